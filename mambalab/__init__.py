@@ -1,0 +1,13 @@
+"""mambalab: selective state space models (Mamba), readable and fast."""
+
+from mambalab.config import AttentionConfig, MLPConfig, ModelConfig, MoEConfig, S4DConfig, SSMConfig
+from mambalab.inference.state import InferenceState
+from mambalab.models.lm import LanguageModel
+from mambalab.ops.selective_scan import selective_scan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionConfig", "InferenceState", "LanguageModel", "MLPConfig", "ModelConfig", "MoEConfig",
+    "S4DConfig", "SSMConfig", "selective_scan",
+]

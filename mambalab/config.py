@@ -1,0 +1,193 @@
+"""Typed model configuration.
+
+`ModelConfig` describes a whole language model: the embedding/width/depth, and a per-layer pattern of
+blocks. Each entry of `layer_pattern` names a mixer, optionally followed by `+` and a feed-forward kind:
+
+    "mamba"            Mamba-1 mixer only (the Mamba paper's homogeneous block)
+    "attention+mlp"    Transformer++ block (attention, then SwiGLU MLP)
+    "mamba+moe"        MoE-Mamba interleaving
+    "s4d"              diagonal LTI SSM
+
+Sub-configs (`ssm`, `attention`, `mlp`, `moe`, `s4d`) hold the options of each kind. Every config
+round-trips through JSON (`to_dict` / `from_dict`); unknown fields are an error, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MIXER_KINDS = ("mamba", "attention", "s4d")
+FFN_KINDS = ("mlp", "moe")
+
+
+@dataclass
+class SSMConfig:
+    """Options of the Mamba-1 mixer (names follow mamba-ssm's `Mamba` module)."""
+
+    d_state: int = 16  # N
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | str = "auto"  # "auto" = ceil(d_model / 16)
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init: str = "random"  # "random" | "constant"
+    dt_scale: float = 1.0
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False
+    # Ablation switches (model-zoo issue): how A is initialised, how it is discretized, whether
+    # Δ, B, C (and A) depend on the input.
+    A_init: str = "s4d_real"  # "s4d_real" | "s4d_lin" | "random"
+    discretization: str = "mamba"  # "mamba" (ZOH for A, Euler for B) | "zoh" | "bilinear" | "euler"
+    selective: bool = True
+    selective_A: bool = False
+    scan_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.dt_init not in ("random", "constant"):
+            raise ValueError(f"SSMConfig.dt_init must be 'random' or 'constant', got {self.dt_init!r}")
+        if self.dt_rank != "auto" and not (isinstance(self.dt_rank, int) and self.dt_rank > 0):
+            raise ValueError(f"SSMConfig.dt_rank must be 'auto' or a positive int, got {self.dt_rank!r}")
+        for name in ("d_state", "d_conv", "expand"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SSMConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class AttentionConfig:
+    """Transformer++ attention: RoPE, no biases, grouped-query optional."""
+
+    n_heads: int = 12
+    n_kv_heads: int | None = None  # None = n_heads (multi-head attention)
+    head_dim: int | None = None  # None = d_model // n_heads
+    rope_theta: float = 10000.0
+
+
+@dataclass
+class MLPConfig:
+    """SwiGLU feed-forward. d_intermediate=None uses the LLaMA rule: 8/3·d_model rounded up to `multiple_of`."""
+
+    d_intermediate: int | None = None
+    multiple_of: int = 64
+
+
+@dataclass
+class MoEConfig:
+    """Mixture of SwiGLU experts with top-k routing."""
+
+    n_experts: int = 8
+    top_k: int = 2
+    capacity_factor: float = 1.25
+    aux_loss_weight: float = 0.01
+    d_intermediate: int | None = None
+
+
+@dataclass
+class S4DConfig:
+    """Diagonal LTI SSM (S4D) options."""
+
+    d_state: int = 64
+    init: str = "s4d_lin"  # "s4d_lin" | "s4d_inv" | "s4d_real" | "legs" | "random"
+    discretization: str = "zoh"  # "zoh" | "bilinear" | "euler"
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    mode: str = "cnn"  # parallel forward: "cnn" (FFT convolution) or "rnn" (scan)
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 768
+    n_layer: int = 24
+    vocab_size: int = 50277
+    pad_vocab_size_multiple: int = 8
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    residual_in_fp32: bool = True
+    layer_pattern: list[str] | None = None  # None = ["mamba"] * n_layer
+    ssm: SSMConfig = field(default_factory=SSMConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    s4d: S4DConfig = field(default_factory=S4DConfig)
+    initializer_range: float = 0.02
+    rescale_prenorm_residual: bool = True
+
+    def __post_init__(self) -> None:
+        if self.layer_pattern is None:
+            self.layer_pattern = ["mamba"] * self.n_layer
+        if len(self.layer_pattern) != self.n_layer:
+            raise ValueError(
+                f"ModelConfig.layer_pattern has {len(self.layer_pattern)} entries but n_layer={self.n_layer}"
+            )
+        for i, entry in enumerate(self.layer_pattern):
+            parse_layer_kind(entry, where=f"ModelConfig.layer_pattern[{i}]")
+        if self.d_model < 1 or self.n_layer < 1 or self.vocab_size < 1:
+            raise ValueError("ModelConfig.d_model, n_layer and vocab_size must be >= 1")
+
+    # Derived sizes -------------------------------------------------------------------------------------
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_size_multiple
+        return self.vocab_size if m <= 1 else math.ceil(self.vocab_size / m) * m
+
+    @property
+    def d_inner(self) -> int:
+        return self.ssm.expand * self.d_model
+
+    @property
+    def dt_rank(self) -> int:
+        r = self.ssm.dt_rank
+        return math.ceil(self.d_model / 16) if r == "auto" else int(r)
+
+    # JSON round trip ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> ModelConfig:
+        return _from_dict(cls, data, where)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        return cls.from_dict(data, where=str(path))
+
+
+def parse_layer_kind(entry: str, where: str = "layer_pattern") -> tuple[str, str | None]:
+    """'mamba+mlp' -> ('mamba', 'mlp'); 'mamba' -> ('mamba', None). Raises ValueError on unknown kinds."""
+    parts = entry.split("+")
+    if len(parts) > 2 or parts[0] not in MIXER_KINDS or (len(parts) == 2 and parts[1] not in FFN_KINDS):
+        raise ValueError(
+            f"{where}: unknown layer kind {entry!r}; expected a mixer in {MIXER_KINDS}"
+            f" optionally followed by '+' and one of {FFN_KINDS}"
+        )
+    return parts[0], (parts[1] if len(parts) == 2 else None)
+
+
+_SUBCONFIGS = {"ssm": SSMConfig, "attention": AttentionConfig, "mlp": MLPConfig, "moe": MoEConfig, "s4d": S4DConfig}
+
+
+def _from_dict(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown} for {cls.__name__}; known fields: {sorted(known)}")
+    kwargs = {}
+    for key, value in data.items():
+        sub = _SUBCONFIGS.get(key) if cls is ModelConfig else None
+        kwargs[key] = _from_dict(sub, value, f"{where}.{key}") if sub is not None else value
+    return cls(**kwargs)

@@ -1,0 +1,67 @@
+"""A residual block: x = x + mixer(norm(x)), then optionally x = x + ffn(norm2(x)).
+
+Mixers and feed-forwards are looked up by the kind names of `ModelConfig.layer_pattern`. Each mixer class
+implements `from_config(config, layer_idx)`, `forward(x, state=None, seqlen=None)`, `step(x, state, seqlen)`
+and `allocate_state(batch, device, dtype)`; each feed-forward `from_config(config, layer_idx)` and
+`forward(x) -> (y, aux_loss or None)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import nn
+
+from mambalab.config import ModelConfig, parse_layer_kind
+from mambalab.layers.norm import RMSNorm
+
+MIXERS = {
+    "mamba": "mambalab.layers.mamba:Mamba",
+    "attention": "mambalab.layers.attention:Attention",
+    "s4d": "mambalab.layers.s4d:S4DMixer",
+}
+FFNS = {
+    "mlp": "mambalab.layers.mlp:SwiGLU",
+    "moe": "mambalab.layers.moe:MoE",
+}
+
+
+def _resolve(path: str) -> type:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        mixer_kind, ffn_kind = parse_layer_kind(config.layer_pattern[layer_idx])
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mixer = _resolve(MIXERS[mixer_kind]).from_config(config, layer_idx)
+        if ffn_kind is not None:
+            self.norm2 = RMSNorm(config.d_model, config.norm_eps)
+            self.mlp = _resolve(FFNS[ffn_kind]).from_config(config, layer_idx)
+        else:
+            self.norm2 = self.mlp = None
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() if self.residual_in_fp32 and x.dtype != torch.float64 else x
+
+    def _ffn(self, x: torch.Tensor):
+        if self.mlp is None:
+            return x, None
+        y, aux = self.mlp(self.norm2(x))
+        return x + y.to(x.dtype), aux
+
+    def forward(self, x, state: dict | None = None, seqlen=None):
+        """x (b, l, d_model) -> (x, aux_loss or None)."""
+        x = self._residual(x)
+        x = x + self.mixer(self.norm(x), state=state, seqlen=seqlen).to(x.dtype)
+        return self._ffn(x)
+
+    def step(self, x, state: dict, seqlen):
+        """x (b, d_model) -> (b, d_model), one token of recurrent mode."""
+        x = self._residual(x)
+        x = x + self.mixer.step(self.norm(x), state, seqlen).to(x.dtype)
+        return self._ffn(x)[0]

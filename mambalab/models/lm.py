@@ -1,0 +1,118 @@
+"""`LanguageModel`: embeddings → residual blocks → norm_f → lm_head, in parallel or recurrent mode.
+
+Parameter names follow HF transformers' Mamba (`backbone.embeddings`, `backbone.layers.{i}.norm`,
+`backbone.layers.{i}.mixer.*`, `backbone.norm_f`, `lm_head`), so checkpoints map one to one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mambalab.config import ModelConfig
+from mambalab.inference.state import InferenceState
+from mambalab.layers.block import Block
+from mambalab.layers.norm import RMSNorm
+
+
+class Backbone(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embeddings = nn.Embedding(config.padded_vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm_f = RMSNorm(config.d_model, config.norm_eps)
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = Backbone(config)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        self.init_weights()
+        if config.tie_embeddings:
+            self.lm_head.weight = self.backbone.embeddings.weight
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """GPT-2 style init as in mamba-ssm: N(0, 0.02) embeddings, zero linear biases, and every residual
+        output projection (out_proj, down-projections) rescaled by 1/sqrt(n_layer)."""
+        cfg = self.config
+        nn.init.normal_(self.backbone.embeddings.weight, std=cfg.initializer_range)
+        if not cfg.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, std=cfg.initializer_range)
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.bias is not None and not getattr(module.bias, "_no_weight_decay", False):
+                nn.init.zeros_(module.bias)
+        if cfg.rescale_prenorm_residual:
+            for name, p in self.named_parameters():
+                if name.endswith(("out_proj.weight", "o_proj.weight", "down_proj.weight")):
+                    nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+                    p /= math.sqrt(cfg.n_layer)
+
+    # Convenience ------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.embeddings.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.embeddings.weight.dtype
+
+    def _check_ids(self, input_ids: torch.Tensor, name: str) -> None:
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{name} must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"{name} holds token ids outside [0, vocab_size={self.config.vocab_size}):"
+                f" min {int(input_ids.min())}, max {int(input_ids.max())}"
+            )
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone.norm_f(hidden).to(self.lm_head.weight.dtype)
+        return self.lm_head(hidden)[..., : self.config.vocab_size]
+
+    # Parallel mode ----------------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, return_aux_loss: bool = False, state: InferenceState | None = None):
+        """input_ids (b, l) -> logits (b, l, vocab_size) [, aux_loss]. With `state`, continue from it and
+        advance it in place (that is prefill)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        self._check_ids(input_ids, "input_ids")
+        x = self.backbone.embeddings(input_ids)  # (b, l, d_model)
+        aux_total = x.new_zeros((), dtype=torch.float32)
+        for i, layer in enumerate(self.backbone.layers):
+            layer_state = None if state is None else state.layers[i]
+            x, aux = layer(x, state=layer_state, seqlen=None if state is None else state.seqlen)
+            if aux is not None:
+                aux_total = aux_total + aux
+        if state is not None:
+            state.seqlen += input_ids.shape[1]
+        logits = self._logits(x)  # (b, l, vocab_size)
+        return (logits, aux_total) if return_aux_loss else logits
+
+    def allocate_state(self, batch_size: int, device=None, dtype=None) -> InferenceState:
+        device = device or self.device
+        layers = [layer.mixer.allocate_state(batch_size, device, dtype) for layer in self.backbone.layers]
+        return InferenceState(layers, torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def prefill(self, input_ids: torch.Tensor, state: InferenceState | None = None):
+        """Run the prompt in parallel mode: (logits (b, l, vocab), state after the last token).
+        A given `state` (e.g. a cached prefix) is continued, and not modified: the result is a new state."""
+        state = self.allocate_state(input_ids.shape[0]) if state is None else state.clone()
+        if state.batch_size != input_ids.shape[0]:
+            raise ValueError(f"state has batch {state.batch_size} but input_ids has batch {input_ids.shape[0]}")
+        return self.forward(input_ids, state=state), state
+
+    def step(self, token_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
+        """One token per row in recurrent mode: token_ids (b,) -> logits (b, vocab_size); advances `state`."""
+        if token_ids.dim() != 1 or token_ids.shape[0] != state.batch_size:
+            raise ValueError(f"token_ids must be (batch={state.batch_size},), got shape {tuple(token_ids.shape)}")
+        self._check_ids(token_ids, "token_ids")
+        x = self.backbone.embeddings(token_ids)  # (b, d_model)
+        for i, layer in enumerate(self.backbone.layers):
+            x = layer.step(x, state.layers[i], state.seqlen)
+        state.seqlen += 1
+        return self._logits(x)  # (b, vocab_size)

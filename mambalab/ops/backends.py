@@ -1,0 +1,57 @@
+"""Registry of op backends by name.
+
+Each op (e.g. "selective_scan") has named backends ("reference", "torch", "triton"). A backend is
+registered with a loader that imports it lazily, so optional dependencies (triton) are only imported
+when that backend is used; an unavailable backend raises `BackendUnavailable` with the reason and how to
+fix it. `"auto"` resolves through the op's own preference function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend exists but cannot run here (missing package, no GPU, not built yet)."""
+
+
+@dataclass
+class _Backend:
+    loader: Callable[[], Callable]
+    _fn: Callable | None = None
+
+    def load(self) -> Callable:
+        if self._fn is None:
+            self._fn = self.loader()
+        return self._fn
+
+
+_REGISTRY: dict[str, dict[str, _Backend]] = {}
+
+
+def register(op: str, name: str, loader: Callable[[], Callable]) -> None:
+    """Register `loader` (returns the implementation; may raise BackendUnavailable) as `op`'s `name`."""
+    _REGISTRY.setdefault(op, {})[name] = _Backend(loader)
+
+
+def names(op: str) -> list[str]:
+    return sorted(_REGISTRY.get(op, {}))
+
+
+def get(op: str, name: str) -> Callable:
+    """The implementation of `op` named `name`; a clear error if unknown or unavailable here."""
+    backends = _REGISTRY.get(op)
+    if not backends:
+        raise KeyError(f"no backends registered for op {op!r}")
+    if name not in backends:
+        raise ValueError(f"unknown backend {name!r} for {op}; available: {sorted(backends)} or 'auto'")
+    return backends[name].load()
+
+
+def is_available(op: str, name: str) -> bool:
+    try:
+        get(op, name)
+    except BackendUnavailable:
+        return False
+    return True

@@ -1,0 +1,100 @@
+"""`selective_scan`: validate the arguments once, then dispatch to a named backend.
+
+Backends: "reference" (for-loops, the oracle), "torch" (parallel chunked scan, any device), "triton"
+(fused GPU kernels), "auto" (triton on CUDA when available, else torch). All share this signature and
+these semantics; see reference.py for the math and the glossary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mambalab.ops import backends
+
+OP = "selective_scan"
+
+
+def _load_reference():
+    from mambalab.ops.selective_scan.reference import selective_scan_reference
+
+    return selective_scan_reference
+
+
+def _load_torch():
+    from mambalab.ops.selective_scan.torch_scan import selective_scan_torch
+
+    return selective_scan_torch
+
+
+def _load_triton():
+    from mambalab.ops.selective_scan.triton_scan import load_triton_scan
+
+    return load_triton_scan()
+
+
+backends.register(OP, "reference", _load_reference)
+backends.register(OP, "torch", _load_torch)
+backends.register(OP, "triton", _load_triton)
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """'auto' -> 'triton' on CUDA when it can run there, else 'torch'; other names pass through."""
+    if name != "auto":
+        return name
+    if device.type == "cuda" and backends.is_available(OP, "triton"):
+        return "triton"
+    return "torch"
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    initial_state=None, return_final_state=False, cu_seqlens=None, backend="auto",
+):
+    """y = selective_scan(u, Δ, A, B, C, ...): the Mamba-1 selective SSM over the whole sequence.
+
+    u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L) or (batch, G, N, L);
+    D, delta_bias: (dim,); initial_state: (batch, dim, N) (or (num_seqs, dim, N) with cu_seqlens).
+    Returns y (u's dtype), or (y, final_state) with final_state float32 (float64 for float64 inputs).
+    """
+    validate(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens)
+    impl = backends.get(OP, resolve_backend(backend, u.device))
+    return impl(
+        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+        initial_state=initial_state, return_final_state=return_final_state, cu_seqlens=cu_seqlens,
+    )
+
+
+def _expect(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(f"selective_scan: {message}")
+
+
+def validate(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None, cu_seqlens=None):
+    _expect(u.dim() == 3, f"u must be (batch, dim, L), got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    _expect(delta.shape == u.shape, f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    _expect(A.dim() == 2 and A.shape[0] == dim, f"A must be (dim={dim}, N), got {tuple(A.shape)}")
+    n = A.shape[1]
+    _expect(B.dim() in (3, 4), f"B must be (batch, N, L) or (batch, G, N, L), got {tuple(B.shape)}")
+    _expect(C.shape == B.shape, f"C must have B's shape {tuple(B.shape)}, got {tuple(C.shape)}")
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    expected_b = (batch, n, length) if B.dim() == 3 else (batch, groups, n, length)
+    _expect(tuple(B.shape) == expected_b, f"B must be {expected_b} (batch, [G,] N, L), got {tuple(B.shape)}")
+    _expect(groups >= 1 and dim % groups == 0, f"dim={dim} must be divisible by the number of groups G={groups}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        _expect(t is None or tuple(t.shape) == (dim,), f"{name} must be (dim={dim},), got {None if t is None else tuple(t.shape)}")
+    _expect(z is None or z.shape == u.shape, f"z must have u's shape {tuple(u.shape)}, got {None if z is None else tuple(z.shape)}")
+    rows = batch
+    if cu_seqlens is not None:
+        _expect(batch == 1, f"cu_seqlens packs sequences into one row: batch must be 1, got {batch}")
+        _expect(cu_seqlens.dim() == 1 and cu_seqlens.numel() >= 2, "cu_seqlens must be 1-D with >= 2 entries")
+        _expect(not cu_seqlens.dtype.is_floating_point, f"cu_seqlens must be an integer tensor, got {cu_seqlens.dtype}")
+        c = cu_seqlens.tolist()
+        _expect(c[0] == 0 and c[-1] == length, f"cu_seqlens must start at 0 and end at L={length}, got {c[0]}..{c[-1]}")
+        _expect(all(a <= b for a, b in zip(c, c[1:])), "cu_seqlens must be non-decreasing")
+        rows = len(c) - 1
+    if initial_state is not None:
+        _expect(tuple(initial_state.shape) == (rows, dim, n),
+                f"initial_state must be ({rows}, dim={dim}, N={n}), got {tuple(initial_state.shape)}")
+    devices = {t.device for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None}
+    _expect(len(devices) == 1, f"all tensors must be on one device, got {sorted(map(str, devices))}")

@@ -1,0 +1,34 @@
+"""One recurrent (RNN-mode) step of the selective SSM: the decode-time counterpart of selective_scan.
+
+state: (b, d, n) float32, updated in place; x_t, dt_t, z_t: (b, d); A: (d, n); B_t, C_t: (b, n) or
+(b, g, n); D, dt_bias: (d,). Same math as one iteration of reference.py's loop.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+
+def selective_state_update(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_bias=None, dt_softplus=False):
+    """h ← exp(Δ A) h + Δ B x; returns y = (C·h + D x) · silu(z)  (b, d) in x_t's dtype."""
+    batch, dim, n = state.shape
+    dt = dt_t.to(state.dtype)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(state.dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)  # Δ                                                      (b, d)
+    if B_t.dim() == 3:  # groups: channel i reads group i // (d/g)
+        B_t = B_t.repeat_interleave(dim // B_t.shape[1], dim=1)  # (b, d, n)
+        C_t = C_t.repeat_interleave(dim // C_t.shape[1], dim=1)
+    else:
+        B_t, C_t = B_t[:, None, :], C_t[:, None, :]  # (b, 1, n)
+    x = x_t.to(state.dtype)
+    dA = (dt[..., None] * A).exp()  # Ā = exp(Δ A)                                    (b, d, n)
+    dBx = dt[..., None] * B_t.to(state.dtype) * x[..., None]  # B̄ x = Δ B x             (b, d, n)
+    state.copy_(dA * state + dBx)  # h_t = Ā h_{t-1} + B̄ x_t
+    y = (state * C_t.to(state.dtype)).sum(-1)  # C_t · h_t                              (b, d)
+    if D is not None:
+        y = y + D.to(state.dtype) * x
+    if z_t is not None:
+        y = y * F.silu(z_t.to(state.dtype))
+    return y.to(x_t.dtype)
