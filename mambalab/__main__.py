@@ -1,0 +1,3 @@
+from mambalab.cli import main
+
+main()
