@@ -51,17 +51,17 @@ class Block(nn.Module):
     def _ffn(self, x: torch.Tensor):
         if self.mlp is None:
             return x, None
-        y, aux = self.mlp(self.norm2(x))
+        y, aux = self.mlp(self.norm2(x.to(self.norm2.weight.dtype)))
         return x + y.to(x.dtype), aux
 
     def forward(self, x, state: dict | None = None, seqlen=None):
         """x (b, l, d_model) -> (x, aux_loss or None)."""
         x = self._residual(x)
-        x = x + self.mixer(self.norm(x), state=state, seqlen=seqlen).to(x.dtype)
+        x = x + self.mixer(self.norm(x.to(self.norm.weight.dtype)), state=state, seqlen=seqlen).to(x.dtype)
         return self._ffn(x)
 
     def step(self, x, state: dict, seqlen):
         """x (b, d_model) -> (b, d_model), one token of recurrent mode."""
         x = self._residual(x)
-        x = x + self.mixer.step(self.norm(x), state, seqlen).to(x.dtype)
+        x = x + self.mixer.step(self.norm(x.to(self.norm.weight.dtype)), state, seqlen).to(x.dtype)
         return self._ffn(x)[0]
