@@ -111,8 +111,18 @@ class LanguageModel(nn.Module):
         if token_ids.dim() != 1 or token_ids.shape[0] != state.batch_size:
             raise ValueError(f"token_ids must be (batch={state.batch_size},), got shape {tuple(token_ids.shape)}")
         self._check_ids(token_ids, "token_ids")
+        return self._step(token_ids, state)
+
+    def _step(self, token_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
+        """`step` without validation: no host synchronisation, so it can be captured in a CUDA graph."""
         x = self.backbone.embeddings(token_ids)  # (b, d_model)
         for i, layer in enumerate(self.backbone.layers):
             x = layer.step(x, state.layers[i], state.seqlen)
         state.seqlen += 1
         return self._logits(x)  # (b, vocab_size)
+
+    def generate(self, prompts, max_new_tokens: int, **kwargs):
+        """Generate continuations of `prompts`; see `mambalab.inference.generate.generate` for the options."""
+        from mambalab.inference.generate import generate
+
+        return generate(self, prompts, max_new_tokens, **kwargs)
