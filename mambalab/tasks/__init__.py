@@ -1,0 +1,67 @@
+"""Synthetic tasks and the language-modelling task, by name.
+
+    selective_copying   Mamba paper §4.1           induction_heads   Mamba paper §4.1 / Table 3
+    mqar                Zoology (arXiv 2312.04927)  copying           arXiv 2402.01032
+    phonebook           arXiv 2402.01032 §4         lm                a text corpus (embedded default)
+
+`build_task(name, **options)` returns a `Task`; options are the task's dataclass fields (for "lm":
+`corpus` = a text file, or None for the embedded corpus, and `tokenizer`).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from mambalab.tasks.base import IGNORE_INDEX, Task, accuracy_metrics, seeded
+from mambalab.tasks.copying import Copying
+from mambalab.tasks.induction_heads import InductionHeads
+from mambalab.tasks.lm import LanguageModelling
+from mambalab.tasks.mqar import MQAR
+from mambalab.tasks.phonebook import PhoneBook
+from mambalab.tasks.selective_copying import SelectiveCopying
+
+SYNTHETIC_TASKS: dict[str, type[Task]] = {
+    "selective_copying": SelectiveCopying,
+    "induction_heads": InductionHeads,
+    "mqar": MQAR,
+    "copying": Copying,
+    "phonebook": PhoneBook,
+}
+TASK_NAMES = (*SYNTHETIC_TASKS, "lm")
+
+
+def build_task(name: str, **options) -> Task:
+    """The task called `name`, configured by `options` (its dataclass fields)."""
+    if name == "lm":
+        return lm_task(**options)
+    if name not in SYNTHETIC_TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {TASK_NAMES}")
+    return SYNTHETIC_TASKS[name](**options)
+
+
+def lm_task(corpus: str | Path | None = None, tokenizer: str = "byte", max_bytes: int | None = None,
+            val_fraction: float = 0.1) -> LanguageModelling:
+    """Language modelling on a text file (default: the corpus embedded in the package, no download).
+    `max_bytes` keeps only the start of the text (small runs need no more)."""
+    from mambalab.train.tokenizer import load_tokenizer
+
+    path = Path(corpus) if corpus is not None else resources.files("mambalab") / "data" / "corpus.txt"
+    if not path.is_file():
+        raise ValueError(f"lm: corpus must be a text file, got {str(path)!r} (not found)")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if max_bytes is not None:
+        text = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+    tok = load_tokenizer(tokenizer)
+    ids = torch.tensor(tok.encode(text), dtype=torch.long)  # (n,)
+    bytes_per_token = tok.bytes_per_token or len(text.encode("utf-8")) / max(1, ids.numel())
+    return LanguageModelling(ids, vocab_size=tok.vocab_size, bytes_per_token=bytes_per_token,
+                             val_fraction=val_fraction)
+
+
+__all__ = [
+    "IGNORE_INDEX", "MQAR", "TASK_NAMES", "Copying", "InductionHeads", "LanguageModelling", "PhoneBook",
+    "SelectiveCopying", "Task", "accuracy_metrics", "build_task", "lm_task", "seeded",
+]

@@ -1,0 +1,143 @@
+"""Task generators: format, seeding, the semantics each paper defines, and the metric on right/wrong answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mambalab.tasks import (
+    IGNORE_INDEX,
+    MQAR,
+    Copying,
+    InductionHeads,
+    PhoneBook,
+    SelectiveCopying,
+    build_task,
+    seeded,
+)
+from mambalab.tasks.base import accuracy_metrics
+from mambalab.tasks.selective_copying import NOISE, SEPARATOR
+
+CASES = [
+    ("selective_copying", {"vocab_size": 16, "n_copy": 6}, 40),
+    ("induction_heads", {"vocab_size": 16}, 33),
+    ("mqar", {"vocab_size": 128}, 64),
+    ("copying", {"alphabet_size": 26}, 31),
+    ("phonebook", {"n_letters": 6}, 50),
+    ("lm", {"max_bytes": 20000}, 24),
+]
+
+
+def perfect_logits(labels: torch.Tensor, vocab: int) -> torch.Tensor:
+    logits = torch.randn(*labels.shape, vocab)  # (b, l, v)
+    logits.scatter_(2, labels.clamp(min=0)[..., None], 100.0)
+    return logits
+
+
+@pytest.mark.parametrize("name,options,length", CASES)
+def test_format_seeding_and_metric(name, options, length):
+    task = build_task(name, **options)
+    seed = int(torch.randint(0, 2**31, ()).item())
+    for train in (True, False):
+        batch = task.batch(8, length, seeded(seed), train=train)
+        ids, labels = batch["input_ids"], batch["labels"]
+        assert ids.dtype == labels.dtype == torch.long and ids.shape == labels.shape and ids.shape[0] == 8
+        assert ids.shape[1] <= length and (name == "phonebook" or ids.shape[1] == length)
+        assert 0 <= int(ids.min()) and int(ids.max()) < task.vocab_size
+        scored = labels[labels != IGNORE_INDEX]
+        assert scored.numel() > 0 and int(scored.min()) >= 0 and int(scored.max()) < task.vocab_size
+        again = task.batch(8, length, seeded(seed), train=train)
+        assert torch.equal(again["input_ids"], ids) and torch.equal(again["labels"], labels)
+        other = task.batch(8, length, seeded(seed + 1), train=train)
+        assert not torch.equal(other["input_ids"], ids)
+        right = task.score(perfect_logits(labels, task.vocab_size), batch)
+        assert right["token_accuracy"] == right["sequence_accuracy"] == 1.0
+        wrong_labels = torch.where(labels == IGNORE_INDEX, labels, (labels + 1) % task.vocab_size)
+        wrong = task.score(perfect_logits(wrong_labels, task.vocab_size), batch)
+        assert wrong["token_accuracy"] == wrong["sequence_accuracy"] == 0.0
+        assert wrong["loss"] > right["loss"]
+
+
+def test_metric_counts_partial_answers():
+    labels = torch.tensor([[IGNORE_INDEX, 3, 4], [IGNORE_INDEX, IGNORE_INDEX, 5]])  # 3 scored tokens, 2 examples
+    logits = perfect_logits(labels, 8)
+    logits[0, 2] = 0.0
+    logits[0, 2, 7] = 100.0  # one wrong token in example 0
+    m = accuracy_metrics(logits, labels)
+    assert m["token_accuracy"] == pytest.approx(2 / 3) and m["sequence_accuracy"] == pytest.approx(1 / 2)
+
+
+def test_selective_copying_answer_is_the_data_in_order():
+    task = SelectiveCopying(vocab_size=10, n_copy=5)
+    b = task.batch(16, 30, seeded(1))
+    for ids, labels in zip(b["input_ids"], b["labels"]):
+        context = ids[: 30 - 5]
+        data = context[context != NOISE]
+        assert data.numel() == 5 and int(ids[25]) == SEPARATOR
+        assert torch.equal(labels[labels != IGNORE_INDEX], data)
+        assert torch.equal(ids[26:], data[:-1])  # teacher forcing
+
+
+def test_induction_heads_answer_follows_first_special():
+    task = InductionHeads(vocab_size=8)
+    b = task.batch(32, 40, seeded(2))
+    for ids, labels in zip(b["input_ids"], b["labels"]):
+        specials = (ids == 0).nonzero().flatten()
+        assert specials.numel() == 2 and int(specials[1]) == 39
+        assert int(labels[39]) == int(ids[specials[0] + 1]) and (labels != IGNORE_INDEX).sum() == 1
+
+
+def test_mqar_keys_values_halves_and_queries():
+    task = MQAR(vocab_size=256)
+    b = task.batch(16, 128, seeded(3))
+    n_kv = 128 // 16
+    for ids, labels in zip(b["input_ids"], b["labels"]):
+        keys, values = ids[0 : 2 * n_kv : 2], ids[1 : 2 * n_kv : 2]
+        assert keys.unique().numel() == n_kv and int(keys.min()) >= 1 and int(keys.max()) < 128
+        assert values.unique().numel() == n_kv and int(values.min()) >= 128
+        answers = (labels != IGNORE_INDEX).nonzero().flatten()
+        assert answers.numel() == n_kv and int(answers.min()) >= 2 * n_kv
+        lookup = dict(zip(keys.tolist(), values.tolist()))
+        for pos in answers.tolist():
+            assert int(labels[pos]) == lookup[int(ids[pos])]  # the query's value
+            assert (pos - 2 * n_kv) % 2 == 0
+
+
+def test_mqar_power_law_places_queries_early():
+    task = MQAR(vocab_size=512, n_kv=4)
+    labels = task.batch(512, 512, seeded(4))["labels"]
+    offsets = (labels != IGNORE_INDEX).nonzero()[:, 1].float() - 8  # position in the query region
+    assert offsets.median() < 0.25 * (512 - 8)  # p(g) ∝ g^-0.99 puts most gaps near the start
+
+
+def test_copying_layout_and_variable_training_lengths():
+    task = Copying(alphabet_size=26)
+    b = task.batch(64, 22, seeded(5), train=False)  # n = 10 letters
+    for ids, labels in zip(b["input_ids"], b["labels"]):
+        assert int(ids[0]) == task.bos and int(ids[11]) == task.sep
+        assert torch.equal(ids[12:22], ids[1:11])
+        assert torch.equal(labels[11:21], ids[1:11]) and int(labels[21]) == task.eos
+        assert (labels[:11] == IGNORE_INDEX).all()
+    lengths = (task.batch(64, 22, seeded(5), train=True)["labels"] == task.eos).nonzero()[:, 1]
+    assert lengths.unique().numel() > 3  # training mixes string lengths
+
+
+def test_phonebook_query_number_is_in_the_book():
+    task = PhoneBook(n_letters=5, name_len=2, number_len=3)
+    b = task.batch(16, 60, seeded(6))
+    e = task.entry_len
+    for ids, labels in zip(b["input_ids"], b["labels"]):
+        n = task.entries(60)
+        book = ids[: n * e].view(n, e)
+        names = [tuple(r[:2].tolist()) for r in book]
+        assert len(set(names)) == n
+        query_name = tuple(ids[n * e + 1 : n * e + 3].tolist())
+        number = labels[labels != IGNORE_INDEX]
+        assert number.tolist() == book[names.index(query_name), 3:6].tolist()
+
+
+@pytest.mark.parametrize("bad", [lambda: SelectiveCopying(n_copy=0), lambda: MQAR(kv_ratio=2),
+                                 lambda: build_task("nope"), lambda: InductionHeads().batch(2, 2, seeded(0))])
+def test_bad_arguments_raise(bad):
+    with pytest.raises(ValueError):
+        bad()
