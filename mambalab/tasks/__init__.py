@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -46,9 +45,10 @@ def lm_task(corpus: str | Path | None = None, tokenizer: str = "byte", max_bytes
             val_fraction: float = 0.1) -> LanguageModelling:
     """Language modelling on a text file (default: the corpus embedded in the package, no download).
     `max_bytes` keeps only the start of the text (small runs need no more)."""
+    from mambalab.train.corpus import embedded_corpus_path
     from mambalab.train.tokenizer import load_tokenizer
 
-    path = Path(corpus) if corpus is not None else resources.files("mambalab") / "data" / "corpus.txt"
+    path = Path(corpus) if corpus is not None else embedded_corpus_path()
     if not path.is_file():
         raise ValueError(f"lm: corpus must be a text file, got {str(path)!r} (not found)")
     text = path.read_text(encoding="utf-8", errors="replace")

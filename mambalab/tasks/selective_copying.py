@@ -10,6 +10,10 @@ know where to look, while a selective SSM can ignore the noise. Vocabulary (16 i
 Full sequence: `context (length - n_copy tokens) | SEP | d_1 … d_n`; the model reads up to d_{n-1}
 (teacher forcing) and is scored on predicting d_1 … d_n. The paper scores each copied token (`headline`:
 token accuracy); `sequence_accuracy` is the stricter all-tokens-right rate.
+
+`scattered=False` gives the classic copying-memory task instead (Arjovsky et al. 2016; the HiPPO and S4
+papers' long-range memory test): the data tokens sit at the very start, followed by `length - 2·n_copy`
+noise tokens, so a fixed (LTI) memory can solve it and the difficulty is the delay alone.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ NOISE, SEPARATOR, FIRST_DATA = 0, 1, 2
 class SelectiveCopying(Task):
     vocab_size: int = 16
     n_copy: int = 16
+    scattered: bool = True
     name: str = "selective_copying"
     headline: str = "token_accuracy"
 
@@ -43,7 +48,10 @@ class SelectiveCopying(Task):
         self.check_length(length)
         n, context = self.n_copy, length - self.n_copy
         data = random_tokens((batch_size, n), FIRST_DATA, self.vocab_size, generator)  # (b, n)
-        positions = sample_without_replacement(batch_size, context, n, generator).sort(-1).values  # (b, n)
+        if self.scattered:
+            positions = sample_without_replacement(batch_size, context, n, generator).sort(-1).values  # (b, n)
+        else:
+            positions = torch.arange(n).expand(batch_size, n)  # (b, n)
         ctx = torch.full((batch_size, context), NOISE, dtype=torch.long)  # (b, context)
         ctx.scatter_(1, positions, data)
         sep = torch.full((batch_size, 1), SEPARATOR, dtype=torch.long)
