@@ -4,11 +4,22 @@ One dict of tensors per layer, every tensor batch-first, plus `seqlen` (b,) = to
 per row. A Mamba layer holds {"conv": (b, d_inner, d_conv) conv window, "ssm": (b, d_inner, N) float32};
 an attention layer holds its KV cache. `prefill` returns a state, `step` advances it in place, and it can
 be cloned, moved, split and joined along the batch (the basis of prefix caching and batched decoding).
+
+`save(path, model, prefix_tokens)` writes a safetensors file whose metadata fingerprints what the state
+belongs to: the model config, a hash of the weights, the dtype and the tokens it has consumed.
+`InferenceState.load(path, model)` refuses a state of another model, dtype or prefix with `StateMismatchError`
+naming the mismatch, and a corrupt or truncated file with `CorruptStateError`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +82,51 @@ class InferenceState:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for layer in self.layers for t in layer.values())
 
+    # Persistence ----------------------------------------------------------------------------------------
+    def save(self, path: str | Path, model, prefix_tokens=None) -> None:
+        """Write the state to `path` (safetensors, atomically) with the fingerprint of `model` and of the
+        tokens it has consumed (`prefix_tokens`: one token list, or one per row; None = not recorded)."""
+        tensors = {f"layers.{i}.{k}": v.detach().contiguous().cpu() for i, layer in enumerate(self.layers)
+                   for k, v in layer.items()}
+        tensors["seqlen"] = self.seqlen.detach().contiguous().cpu()
+        rows = _token_rows(prefix_tokens, self.batch_size)
+        metadata = {
+            "format": STATE_FORMAT,
+            **model_fingerprint(model),
+            "prefix_tokens": json.dumps(rows),
+            "prefix_hash": tokens_hash(rows),
+            "content_hash": _content_hash(tensors),
+        }
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str | Path, model, prefix_tokens=None) -> InferenceState:
+        """Read a state saved by `save` onto `model`'s device, after checking that it was saved from this
+        model (config, weights, dtype) and, when `prefix_tokens` is given, after exactly these tokens."""
+        metadata, tensors = read_state_file(path)
+        check_fingerprint(metadata, model, path)
+        if prefix_tokens is not None:
+            rows = _token_rows(prefix_tokens, int(tensors["seqlen"].shape[0]))
+            if tokens_hash(rows) != metadata["prefix_hash"]:
+                raise StateMismatchError(f"{path}: the state was saved after other prefix tokens than the given ones")
+        n_layer = model.config.n_layer
+        layers = [{} for _ in range(n_layer)]
+        for name, t in tensors.items():
+            if name != "seqlen":
+                _, i, key = name.split(".", 2)
+                layers[int(i)][key] = t.to(model.device)
+        return cls(layers, tensors["seqlen"].to(model.device))
+
 
 def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
     shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
@@ -81,3 +137,131 @@ def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
             pad += [0, shape[d - 1] - t.shape[d]]
         padded.append(F.pad(t, pad) if any(pad) else t)
     return torch.cat(padded)
+
+
+# Fingerprints and the state file format ------------------------------------------------------------------
+STATE_FORMAT = "mambalab.InferenceState/1"
+
+
+class StateMismatchError(ValueError):
+    """A saved state belongs to another model, dtype or prefix than the one it is loaded for."""
+
+
+class CorruptStateError(ValueError):
+    """A state file is truncated, corrupt, or not a mambalab state."""
+
+
+# model -> (version key, fingerprint): hashing the weights once per version of the parameters.
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def model_fingerprint(model) -> dict[str, str]:
+    """What a state depends on: {"config": JSON, "config_hash", "weights_hash", "dtype"}.
+
+    The weights hash covers the name, dtype, shape and bytes of every parameter and buffer. It is cached per
+    model and recomputed when a tensor is replaced, moved or updated in place (tracked via `_version`,
+    which optimizer steps and `load_state_dict` bump; writes through `.data` bypass it)."""
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    key = tuple((name, t.data_ptr(), t._version, t.dtype, t.device) for name, t in named)
+    cached = _FINGERPRINTS.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    weights = hashlib.blake2b(digest_size=16)
+    for name, t in named:
+        weights.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        weights.update(_tensor_bytes(t))
+    config = model.config.to_dict()
+    config_json = json.dumps(config, sort_keys=True)
+    fingerprint = {
+        "config": config_json,
+        "config_hash": hashlib.sha256(config_json.encode()).hexdigest(),
+        "weights_hash": weights.hexdigest(),
+        "dtype": str(model.dtype),
+    }
+    _FINGERPRINTS[model] = (key, fingerprint)
+    return fingerprint
+
+
+def tokens_hash(rows: list[list[int]] | None) -> str:
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def read_state_file(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a state file, verified against its content hash; CorruptStateError if not."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except SafetensorError as e:
+        raise CorruptStateError(f"{path}: not a readable state file (truncated or corrupt?): {e}") from e
+    if metadata.get("format") != STATE_FORMAT:
+        raise CorruptStateError(f"{path}: not a {STATE_FORMAT} file (format {metadata.get('format')!r})")
+    if "seqlen" not in tensors or _content_hash(tensors) != metadata.get("content_hash"):
+        raise CorruptStateError(f"{path}: the state tensors do not match their recorded hash (corrupt file)")
+    return metadata, tensors
+
+
+def read_state_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a state file, reading only its header; CorruptStateError if unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except SafetensorError as e:
+        raise CorruptStateError(f"{path}: not a readable state file (truncated or corrupt?): {e}") from e
+
+
+def check_fingerprint(metadata: dict[str, str], model, path: str | Path = "state") -> None:
+    """Raise StateMismatchError naming the first difference between a file's fingerprint and `model`'s."""
+    mine = model_fingerprint(model)
+    if metadata.get("config_hash") != mine["config_hash"]:
+        theirs, ours = _flatten(json.loads(metadata["config"])), _flatten(json.loads(mine["config"]))
+        diffs = [f"{k}: {theirs.get(k)!r} (state) vs {ours.get(k)!r} (model)"
+                 for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+        raise StateMismatchError(f"{path}: the state was saved from a model with another config ({'; '.join(diffs)})")
+    if metadata.get("dtype") != mine["dtype"]:
+        raise StateMismatchError(
+            f"{path}: the state was saved from a {metadata.get('dtype')} model, this model is {mine['dtype']}"
+        )
+    if metadata.get("weights_hash") != mine["weights_hash"]:
+        raise StateMismatchError(
+            f"{path}: the state was saved from a model with other weights (weights hash"
+            f" {metadata.get('weights_hash')} vs {mine['weights_hash']})"
+        )
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    flat = t.detach().contiguous().cpu().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def _content_hash(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        h.update(f"{name}|{tensors[name].dtype}|{tuple(tensors[name].shape)}|".encode())
+        h.update(_tensor_bytes(tensors[name]))
+    return h.hexdigest()
+
+
+def _token_rows(tokens, batch_size: int) -> list[list[int]] | None:
+    """None, one token list (for a batch-1 state) or one list per row -> a list of int lists per row."""
+    if tokens is None:
+        return None
+    if isinstance(tokens, torch.Tensor):
+        tokens = tokens.tolist()
+    tokens = list(tokens)
+    rows = [tokens] if not tokens or not isinstance(tokens[0], (list, tuple, torch.Tensor)) else tokens
+    rows = [[int(t) for t in row] for row in rows]
+    if len(rows) != batch_size:
+        raise ValueError(f"prefix_tokens: got {len(rows)} token rows for a state of batch {batch_size}")
+    return rows
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out

@@ -1,0 +1,122 @@
+"""Decoding steps: eager, or replayed from CUDA graphs.
+
+A decode step launches hundreds of tiny kernels (every layer's projections, conv update, state update,
+norms); issued one by one from Python it is launch-bound. On CUDA, `GraphStep` captures the whole step once
+per batch size and state layout on static buffers: the state being advanced lives in those buffers, each
+call copies the token ids in, replays the graph and copies the logits out. Elsewhere `EagerStep` calls
+`model._step` directly. `decode_step(model, state)` picks one and returns it with the state to advance.
+
+Capturing needs a step that updates its state tensors in place and never synchronises with the host; a
+model whose step does not (e.g. a layer that grows its cache by reallocation) falls back to eager decoding
+with a logged warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+
+import torch
+
+from mambalab.inference.state import InferenceState
+
+logger = logging.getLogger(__name__)
+
+WARMUP_STEPS = 3
+
+
+class EagerStep:
+    """Advance `state` one token per call with the model's own step: tokens (b,) -> logits (b, vocab)."""
+
+    def __init__(self, step_fn: Callable, state: InferenceState):
+        self.step_fn, self.state = step_fn, state
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.step_fn(tokens, self.state)
+
+
+class GraphStep:
+    """One captured decode step for one batch size and state layout, on static buffers.
+
+    `load(state)` copies a state into the static buffers (then `self.state` is the state being advanced);
+    each call copies tokens (b,) in, replays, and returns a copy of the logits (b, vocab)."""
+
+    def __init__(self, step_fn: Callable, template: InferenceState, pool=None):
+        self.state = template.clone()  # static state buffers
+        self.tokens = torch.zeros(template.batch_size, dtype=torch.long, device=template.device)  # (b,)
+        side = torch.cuda.Stream(device=template.device)
+        side.wait_stream(torch.cuda.current_stream(template.device))
+        with torch.cuda.stream(side):  # warm up (lazy inits, autotuning, compilation) off the capture
+            for _ in range(WARMUP_STEPS):
+                step_fn(self.tokens, self.state)
+        torch.cuda.current_stream(template.device).wait_stream(side)
+        pointers = _pointers(self.state)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.logits = step_fn(self.tokens, self.state)  # (b, vocab) static output
+        if _pointers(self.state) != pointers:
+            raise RuntimeError("the model's step replaces state tensors instead of updating them in place")
+
+    def load(self, state: InferenceState) -> None:
+        for static, layer in zip(self.state.layers, state.layers):
+            for key, t in layer.items():
+                static[key].copy_(t)
+        self.state.seqlen.copy_(state.seqlen)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        return self.logits.clone()
+
+
+class _GraphCache:
+    """The captured steps of one model (for the parameters' current storage), keyed by state layout."""
+
+    def __init__(self):
+        self.steps: dict[tuple, GraphStep | None] = {}  # None = capture failed, decode eagerly
+        self.params: tuple = ()
+        self.pool = None
+
+
+_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def decode_step(model, state: InferenceState, use_cuda_graph: bool = True, compile_step: bool = False):
+    """A callable tokens (b,) -> logits (b, vocab) whose `.state` is the state it advances: `state` itself
+    when eager, static buffers loaded from `state` when replaying a CUDA graph (CUDA and `use_cuda_graph`).
+
+    `compile_step` runs the captured step through `torch.compile` first (fuses the elementwise work)."""
+    if not (use_cuda_graph and state.device.type == "cuda"):
+        return EagerStep(model._step, state)
+    cache = _CACHES.setdefault(model, _GraphCache())
+    params = tuple(p.data_ptr() for p in model.parameters())
+    if params != cache.params:  # the model was moved or cast: its old graphs read freed storage
+        cache.steps.clear()
+        cache.params = params
+    key = (compile_step, _layout(state))
+    if key not in cache.steps:
+        step_fn = torch.compile(model._step, dynamic=False) if compile_step else model._step
+        if cache.pool is None:
+            cache.pool = torch.cuda.graph_pool_handle()
+        try:
+            cache.steps[key] = GraphStep(step_fn, state, cache.pool)
+            logger.info("captured a CUDA graph of the decode step for batch %d", state.batch_size)
+        except RuntimeError as e:
+            logger.warning("CUDA graph capture of the decode step failed (%s); decoding eagerly", e)
+            cache.steps[key] = None
+    graph = cache.steps[key]
+    if graph is None:
+        return EagerStep(model._step, state)
+    graph.load(state)
+    return graph
+
+
+def _layout(state: InferenceState) -> tuple:
+    return tuple(
+        tuple((k, tuple(t.shape), t.dtype) for k, t in sorted(layer.items())) for layer in state.layers
+    ) + (state.batch_size, str(state.device))
+
+
+def _pointers(state: InferenceState) -> tuple:
+    return tuple(t.data_ptr() for layer in state.layers for t in layer.values()) + (state.seqlen.data_ptr(),)

@@ -1,0 +1,177 @@
+"""`generate`: prompts in, continuations out, in recurrent (RNN) mode.
+
+1. Prefill: prompts of equal length are run together in parallel mode (in chunks, so the logits of a long
+   prompt never all sit in memory); groups of different lengths are prefilled separately and their states
+   joined with `InferenceState.concat`. A given `state` (e.g. a cached prefix) is continued, not modified.
+2. Decode: all rows advance together one token per step (`model.step`, replayed from a CUDA graph on GPU).
+   Each row stops at EOS on its own; a finished row keeps being fed a pad token, but nothing more is
+   reported for it. Each row's tokens are those that prompt alone would give.
+
+The next token is chosen by `SamplingConfig` (greedy, or sampling with temperature / top-k / top-p / min-p,
+plus a repetition penalty), seeded by `generator` for reproducible draws.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mambalab.inference.cuda_graph import decode_step
+from mambalab.inference.sampling import SamplingConfig
+from mambalab.inference.state import InferenceState
+
+# Tokens per parallel forward call while prefilling (rows × chunk length).
+PREFILL_TOKENS_PER_CALL = 2048
+
+
+@dataclass
+class GenerationResult:
+    """sequences[i]: the new tokens of prompt i (its EOS included when it stopped there); finish_reasons[i]:
+    "stop" (EOS) or "length" (max_new_tokens); state: per row, the state after its prompt and all its new
+    tokens (only with return_state=True)."""
+
+    sequences: list[list[int]]
+    finish_reasons: list[str]
+    prompt_lengths: list[int]
+    state: InferenceState | None = None
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompts,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    eos_token_id: int | Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    state: InferenceState | None = None,
+    streamer: Callable[[int, int], None] | None = None,
+    return_state: bool = False,
+    use_cuda_graph: bool = True,
+    compile_step: bool = False,
+) -> GenerationResult:
+    """Continue each prompt by up to `max_new_tokens` tokens.
+
+    prompts: a (b, l) integer tensor, or a list of b token lists (lengths may differ).
+    state: continue from it (batch b, or 1 = shared by every prompt); the prompts are then what follows it.
+    streamer: called as streamer(row, token_id) for every new token as soon as it is chosen.
+    eos_token_id: one id or several; a row stops after producing one of them.
+    use_cuda_graph: on CUDA, replay the decode step from a CUDA graph (see cuda_graph.py); compile_step
+    additionally runs it through torch.compile.
+    The sampling options are those of `SamplingConfig` (HF transformers' semantics)."""
+    sampler = SamplingConfig(do_sample, temperature, top_k, top_p, min_p, repetition_penalty)
+    rows = _prompt_rows(prompts, model.config.vocab_size)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    eos = _eos_ids(eos_token_id, model.config.vocab_size)
+    if state is not None and state.batch_size not in (1, len(rows)):
+        raise ValueError(f"state has batch {state.batch_size}; expected 1 or the number of prompts ({len(rows)})")
+
+    logits, state = prefill(model, rows, state)  # (b, vocab)
+    b, device = len(rows), logits.device
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = torch.zeros(b, logits.shape[-1], dtype=torch.bool, device=device)  # (b, vocab)
+        for i, row in enumerate(rows):
+            seen[i, torch.tensor(row, device=device)] = True
+    eos_t = torch.tensor(eos, dtype=torch.long, device=device)
+    pad = eos[0] if eos else 0
+
+    step = decode_step(model, state, use_cuda_graph, compile_step)
+    sequences: list[list[int]] = [[] for _ in range(b)]
+    reasons = ["length"] * b
+    snapshots: dict[int, InferenceState] = {}
+    finished = torch.zeros(b, dtype=torch.bool, device=device)  # (b,)
+    for t in range(max_new_tokens):
+        tokens = sampler.choose(logits, seen, generator)  # (b,)
+        tokens = torch.where(finished, pad, tokens)
+        newly = ~finished & torch.isin(tokens, eos_t)  # (b,)
+        done_before, finished = finished, finished | newly
+        if seen is not None:
+            seen.scatter_(1, tokens[:, None], True)
+        if return_state or t < max_new_tokens - 1:
+            logits = step(tokens)  # launched before the host reads the tokens back
+        token_list, done_list, newly_list = tokens.tolist(), done_before.tolist(), newly.tolist()
+        for i in range(b):
+            if not done_list[i]:
+                sequences[i].append(token_list[i])
+                if streamer is not None:
+                    streamer(i, token_list[i])
+            if newly_list[i]:
+                reasons[i] = "stop"
+                if return_state:  # the step above consumed its EOS; later steps only feed it padding
+                    snapshots[i] = step.state.select([i])
+        if all(done or new for done, new in zip(done_list, newly_list)):
+            break
+    final = None
+    if return_state:
+        final = InferenceState.concat([snapshots[i] if i in snapshots else step.state.select([i]) for i in range(b)])
+    return GenerationResult(sequences, reasons, [len(r) for r in rows], final)
+
+
+def prefill(model, rows: list[list[int]], state: InferenceState | None = None):
+    """Run each prompt through the model in parallel mode, grouping prompts of equal length.
+    Returns (logits of each prompt's last token (b, vocab), state after each prompt (batch b))."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        groups[len(row)].append(i)
+    order, last_logits, states = [], [], []
+    for length, members in groups.items():
+        if state is None:
+            group_state = model.allocate_state(len(members))
+        else:
+            group_state = state.select([0] * len(members) if state.batch_size == 1 else members)
+        ids = torch.tensor([rows[i] for i in members], dtype=torch.long, device=model.device)  # (g, l)
+        chunk = max(1, PREFILL_TOKENS_PER_CALL // len(members))
+        for start in range(0, length, chunk):
+            logits = model(ids[:, start : start + chunk], state=group_state)  # (g, c, vocab)
+        order += members
+        last_logits.append(logits[:, -1])
+        states.append(group_state)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    logits = torch.cat(last_logits)[inverse.to(model.device)]  # (b, vocab) in prompt order
+    joined = states[0] if len(states) == 1 else InferenceState.concat(states)
+    return logits, joined.select(inverse.to(joined.device)) if len(states) > 1 else joined
+
+
+def _prompt_rows(prompts, vocab_size: int) -> list[list[int]]:
+    """A (b, l) tensor or a list of token lists -> a list of int lists, validated."""
+    if isinstance(prompts, torch.Tensor):
+        if prompts.dim() != 2 or prompts.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"prompts must be a (batch, length) integer tensor, got {tuple(prompts.shape)} {prompts.dtype}"
+            )
+        prompts = prompts.tolist()
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(
+        isinstance(r, (list, tuple)) for r in prompts
+    ):
+        raise ValueError("prompts must be a (batch, length) tensor or a non-empty list of token lists")
+    rows = []
+    for i, row in enumerate(prompts):
+        if not row:
+            raise ValueError(f"prompts[{i}] is empty; every prompt needs at least one token")
+        row = [int(t) for t in row]
+        bad = [t for t in row if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"prompts[{i}] holds token id {bad[0]} outside [0, vocab_size={vocab_size})")
+        rows.append(row)
+    return rows
+
+
+def _eos_ids(eos_token_id, vocab_size: int) -> list[int]:
+    if eos_token_id is None:
+        return []
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    for t in ids:
+        if not isinstance(t, int) or not 0 <= t < vocab_size:
+            raise ValueError(f"eos_token_id must be token id(s) in [0, vocab_size={vocab_size}), got {eos_token_id!r}")
+    return ids

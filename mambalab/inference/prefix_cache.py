@@ -1,0 +1,157 @@
+"""`PrefixCache`: states of token prefixes (system prompts, shared context), found by longest prefix match.
+
+A Mamba state has a fixed size whatever the prefix length, so resuming from a cached prefix costs the same
+for a 100-token and a 100,000-token prefix. Entries are batch-1 states keyed by the exact tokens they have
+consumed. In memory they form an LRU bounded in bytes; with a `directory`, every entry is also written there
+(atomically, with the model's fingerprint, see `InferenceState.save`), entries evicted from memory are
+reloaded from disk on demand, and a new cache over the same directory (another process) finds them again.
+Files from another model or dtype are ignored; corrupt files are skipped with a warning.
+
+Not thread-safe: callers that share one cache between threads serialise access (the server holds a lock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from mambalab.inference.generate import prefill
+from mambalab.inference.state import (
+    CorruptStateError,
+    InferenceState,
+    model_fingerprint,
+    read_state_metadata,
+    tokens_hash,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Entry:
+    tokens: tuple[int, ...]
+    path: Path | None = None  # its file when the cache has a directory
+
+
+class PrefixCache:
+    """States of token prefixes for one model: `put`, `lookup` (longest cached prefix), `prefill`."""
+
+    def __init__(self, model, max_bytes: int = 1 << 30, directory: str | Path | None = None):
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.model, self.max_bytes = model, max_bytes
+        self.directory = None if directory is None else Path(directory)
+        self._entries: dict[tuple[int, ...], _Entry] = {}
+        self._memory: OrderedDict[tuple[int, ...], InferenceState] = OrderedDict()  # LRU order, oldest first
+        self._bytes = 0
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._index_directory()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the states held in memory."""
+        return self._bytes
+
+    def put(self, tokens, state: InferenceState) -> None:
+        """Cache `state` (batch 1) as the state after exactly `tokens`."""
+        key = _key(tokens)
+        if state.batch_size != 1 or int(state.seqlen[0]) != len(key):
+            raise ValueError(
+                f"state: expected a batch-1 state that has consumed the {len(key)} given tokens, got batch"
+                f" {state.batch_size} with seqlen {state.seqlen.tolist()}"
+            )
+        entry = self._entries.setdefault(key, _Entry(key))
+        if self.directory is not None and entry.path is None:
+            entry.path = self.directory / f"{self._file_stem(key)}.safetensors"
+            state.save(entry.path, self.model, prefix_tokens=list(key))
+        self._remember(key, state.clone())
+
+    def lookup(self, tokens) -> tuple[int, InferenceState | None]:
+        """(n, state) for the longest cached prefix tokens[:n] with n < len(tokens) (at least one token is
+        left to run, whose logits start generation); (0, None) when none is cached. The state is a copy."""
+        key = _key(tokens)
+        candidates = sorted((k for k in self._entries if len(k) < len(key) and key[: len(k)] == k), key=len)
+        while candidates:
+            best = candidates.pop()
+            state = self._state(best)
+            if state is not None:
+                return len(best), state
+        return 0, None
+
+    def prefill(self, tokens) -> InferenceState:
+        """The state after `tokens`: from the cache when cached, else computed (resuming from the longest
+        cached prefix) and cached."""
+        key = _key(tokens)
+        state = self._state(key) if key in self._entries else None
+        if state is not None:
+            return state
+        n, state = self.lookup(key)
+        _, state = prefill(self.model, [list(key[n:])], state)
+        self.put(key, state)
+        return state
+
+    # Internals ------------------------------------------------------------------------------------------
+    def _state(self, key: tuple[int, ...]) -> InferenceState | None:
+        """A copy of the cached state of `key`, read from disk when not in memory; None (and the entry
+        dropped) when its file has become unreadable or no longer matches the model."""
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            return self._memory[key].clone()
+        path = self._entries[key].path
+        try:
+            state = InferenceState.load(path, self.model, prefix_tokens=list(key))
+        except (FileNotFoundError, ValueError) as e:  # CorruptStateError / StateMismatchError
+            logger.warning("prefix cache: dropping %s: %s", path, e)
+            del self._entries[key]
+            return None
+        self._remember(key, state)
+        return state.clone()
+
+    def _remember(self, key: tuple[int, ...], state: InferenceState) -> None:
+        if key in self._memory:
+            self._bytes -= self._memory.pop(key).nbytes()
+        self._memory[key] = state
+        self._bytes += state.nbytes()
+        while self._bytes > self.max_bytes and self._memory:
+            old_key, old = self._memory.popitem(last=False)
+            self._bytes -= old.nbytes()
+            if self._entries[old_key].path is None:  # not on disk: evicting forgets it
+                del self._entries[old_key]
+
+    def _file_stem(self, key: tuple[int, ...]) -> str:
+        model_hash = model_fingerprint(self.model)["weights_hash"]
+        return hashlib.sha256(f"{model_hash}:{tokens_hash([list(key)])}".encode()).hexdigest()[:32]
+
+    def _index_directory(self) -> None:
+        """Register the directory's states that belong to this model (read from their headers only)."""
+        mine = model_fingerprint(self.model)
+        for path in sorted(self.directory.glob("*.safetensors")):
+            try:
+                meta = read_state_metadata(path)
+            except CorruptStateError as e:
+                logger.warning("prefix cache: skipping %s", e)
+                continue
+            if any(meta.get(k) != mine[k] for k in ("config_hash", "weights_hash", "dtype")):
+                logger.debug("prefix cache: %s belongs to another model or dtype; ignored", path)
+                continue
+            rows = json.loads(meta.get("prefix_tokens", "null"))
+            if rows is None or len(rows) != 1:
+                continue
+            key = _key(rows[0])
+            self._entries[key] = _Entry(key, path)
+        logger.info("prefix cache: %d states of this model in %s", len(self._entries), self.directory)
+
+
+def _key(tokens) -> tuple[int, ...]:
+    key = tuple(int(t) for t in (tokens.tolist() if hasattr(tokens, "tolist") else tokens))
+    if not key:
+        raise ValueError("tokens: a cached prefix needs at least one token")
+    return key
