@@ -1,0 +1,376 @@
+"""Fused selective-scan kernels: the forward writes y (+ final state, + per-chunk state checkpoints); the
+backward recomputes the recurrence chunk by chunk from those checkpoints and runs the adjoint (reverse) scan.
+The expanded state (b, d, l, n) never touches HBM.
+
+Work split: one program owns BLOCK_D channels of one group of one sequence and keeps their (BLOCK_D, n)
+state in registers; it walks the sequence in chunks of CHUNK steps. Inside a chunk the recurrence
+h_t = a_t h_{t-1} + b_t (a = exp(Δ A), b = Δ B u) is an associative scan over time of the affine maps
+(a_t, b_t), a (BLOCK_D, n, CHUNK) register tile. A "sequence" is a batch row, or with cu_seqlens one packed
+sequence of the single row, so a program never crosses a state reset.
+
+Checkpoints: h at the start of every chunk, (slots, d, n) float32; a sequence's chunk k lives in slot
+`slot0 + k` with slot0 = row · ceil(L / CHUNK), or cu_seqlens[s] // CHUNK + s when packed (at most
+L // CHUNK + num_seqs + 1 slots, whatever the lengths), so every shape depends only on the input shapes.
+
+Backward, per chunk from the last: recompute h_t from the checkpoint; with dy_ssm = dy · silu(z) and
+g_t = dL/dh_t, the adjoint recurrence g_t = C_t dy_ssm_t + a_{t+1} g_{t+1} is a reverse scan of
+(a_{t+1}, C_t dy_ssm_t); then, using a_t h_{t-1} = h_t − b_t,
+  dΔ_t = Σ_n g_t (h_t − b_t) A + u_t Σ_n g_t B_t     du_t = Δ_t Σ_n g_t B_t + D dy_ssm_t
+  dA  += Σ_t g_t (h_t − b_t) Δ_t                     dB_t = Σ_d g_t Δ_t u_t,  dC_t = Σ_d dy_ssm_t h_t
+  dh_init = a_start g_start.
+dB/dC sum over channel blocks with float32 atomics; dA, dD, dΔ-bias are per-sequence partials summed by
+the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from mambalab.ops.triton.common import INTERPRETED, LOG2E, affine_combine, softplus
+
+__all__ = ["INTERPRETED", "ScanConfig", "default_config", "checkpoint_slots", "scan_forward", "scan_backward"]
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Tile sizes: channels per program and steps per chunk (shared by forward and backward: the checkpoint
+    layout depends on chunk), and warps per program for each direction."""
+
+    block_d: int = 16
+    chunk: int = 32
+    fwd_warps: int = 4
+    bwd_block_d: int = 16
+    bwd_warps: int = 8
+
+
+def default_config(dim_per_group: int, n: int) -> ScanConfig:
+    """Tile sizes for (d/G, N): keep the (block_d, N, chunk) tile near 16 float32 registers per thread per live
+    tensor; the constants were chosen by sweeping on an H200 (benchmarks/notes/scan.md)."""
+    n_pow2 = triton.next_power_of_2(n)
+    block_d = max(1, min(16, triton.next_power_of_2(dim_per_group), 256 // n_pow2))
+    return ScanConfig(block_d=block_d, bwd_block_d=block_d)
+
+
+def checkpoint_slots(rows: int, length: int, chunk: int, varlen: bool) -> int:
+    """Number of (d, n) checkpoint slots; see the module docstring."""
+    return length // chunk + rows + 1 if varlen else rows * triton.cdiv(length, chunk)
+
+
+@triton.jit
+def _sequence_bounds(cu_ptr, seq, length, n_chunks, CHUNK: tl.constexpr, VARLEN: tl.constexpr):
+    """(batch row, first step, end step, first checkpoint slot) of sequence `seq`."""
+    if VARLEN:
+        start = tl.load(cu_ptr + seq).to(tl.int32)
+        end = tl.load(cu_ptr + seq + 1).to(tl.int32)
+        row = seq * 0
+        slot0 = start // CHUNK + seq
+    else:
+        start = seq * 0
+        end = seq * 0 + length
+        row = seq
+        slot0 = seq * n_chunks
+    return row.to(tl.int64), start, end, slot0.to(tl.int64)
+
+
+@triton.jit
+def _load_delta(dt_base, t, mask, bias, s_dt_l, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Δ = softplus(delta + bias) on a (BLOCK_D, CHUNK) tile, 0 where masked (so exp(ΔA) = 1, ΔBu = 0).
+    Also returns the pre-softplus value (for softplus' derivative)."""
+    raw = tl.load(dt_base + t[None, :] * s_dt_l, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + bias[:, None]
+    dt = raw
+    if SOFTPLUS:
+        dt = softplus(raw)
+    return tl.where(mask, dt, 0.0), raw
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, cu_ptr,
+    y_ptr, hT_ptr, ckpt_ptr,
+    length, dim, dim_per_group, n_chunks,
+    s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
+    s_z_b, s_z_d, s_z_l, s_h0_s, s_h0_d, s_h0_n,
+    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, VARLEN: tl.constexpr, STORE_CKPT: tl.constexpr,
+):
+    pid_blk = tl.program_id(0)
+    seq = tl.program_id(1)
+    n_blk = tl.cdiv(dim_per_group, BLOCK_D)
+    grp = pid_blk // n_blk
+    offs_c = (pid_blk % n_blk) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_c < dim_per_group
+    offs_d = grp * dim_per_group + offs_c  # channels of this program                       (BD,)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    offs_t = tl.arange(0, CHUNK)
+    row, start, end, slot0 = _sequence_bounds(cu_ptr, seq, length, n_chunks, CHUNK, VARLEN)
+
+    A2 = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
+    A2 = A2.to(tl.float32) * LOG2E  # exp(Δ A) = exp2(Δ · A log2 e)                          (BD, NP)
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # state                                   (BD, NP)
+    if HAS_H0:
+        h = tl.load(h0_ptr + seq * s_h0_s + offs_d[:, None] * s_h0_d + offs_n[None, :] * s_h0_n,
+                    mask=mask_dn, other=0.0).to(tl.float32)
+
+    u_base = u_ptr + row * s_u_b + offs_d[:, None] * s_u_d
+    dt_base = dt_ptr + row * s_dt_b + offs_d[:, None] * s_dt_d
+    z_base = z_ptr + row * s_z_b + offs_d[:, None] * s_z_d
+    y_base = y_ptr + row * dim * length + offs_d[:, None] * length
+    B_base = B_ptr + row * s_B_b + grp * s_B_g + offs_n[:, None] * s_B_n
+    C_base = C_ptr + row * s_C_b + grp * s_C_g + offs_n[:, None] * s_C_n
+    ckpt_base = ckpt_ptr + offs_d[:, None] * N + offs_n[None, :]
+    last = (offs_t == CHUNK - 1)[None, None, :]
+
+    for t0 in range(start, end, CHUNK):
+        if STORE_CKPT:
+            slot = slot0 + (t0 - start) // CHUNK
+            tl.store(ckpt_base + slot * dim * N, h, mask=mask_dn)
+        t = t0 + offs_t
+        mask_t = t < end
+        mask_dt = mask_d[:, None] & mask_t[None, :]
+        dt, _ = _load_delta(dt_base, t, mask_dt, bias, s_dt_l, HAS_BIAS, SOFTPLUS)  # Δ     (BD, T)
+        u = tl.load(u_base + t[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)  # (BD, T)
+        mask_nt = mask_n[:, None] & mask_t[None, :]
+        Bt = tl.load(B_base + t[None, :] * s_B_l, mask=mask_nt, other=0.0).to(tl.float32)  # (NP, T)
+        Ct = tl.load(C_base + t[None, :] * s_C_l, mask=mask_nt, other=0.0).to(tl.float32)  # (NP, T)
+
+        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])  # Ā_t = exp(Δ_t A)                  (BD, NP, T)
+        dBu = (dt * u)[:, None, :] * Bt[None, :, :]  # B̄_t u_t = Δ_t B_t u_t               (BD, NP, T)
+        a_cum, b_cum = tl.associative_scan((dA, dBu), axis=2, combine_fn=affine_combine)
+        hs = a_cum * h[:, :, None] + b_cum  # h_t for every step of the chunk               (BD, NP, T)
+        y = tl.sum(hs * Ct[None, :, :], axis=1)  # C_t · h_t                                 (BD, T)
+        h = tl.sum(tl.where(last, hs, 0.0), axis=2)  # state after the chunk (masked steps keep it)
+
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            z = tl.load(z_base + t[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
+            y *= z * tl.sigmoid(z)
+        tl.store(y_base + t[None, :], y.to(y_ptr.dtype.element_ty), mask=mask_dt)
+
+    tl.store(hT_ptr + seq * dim * N + offs_d[:, None] * N + offs_n[None, :], h, mask=mask_dn)
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, cu_ptr, ckpt_ptr, dy_ptr, dhT_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    length, dim, dim_per_group, n_chunks, groups,
+    s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
+    s_z_b, s_z_d, s_z_l, s_dy_b, s_dy_d, s_dy_l,
+    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_DHT: tl.constexpr, VARLEN: tl.constexpr,
+):
+    pid_blk = tl.program_id(0)
+    seq = tl.program_id(1)
+    n_blk = tl.cdiv(dim_per_group, BLOCK_D)
+    grp = pid_blk // n_blk
+    offs_c = (pid_blk % n_blk) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_c < dim_per_group
+    offs_d = grp * dim_per_group + offs_c  # (BD,)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    offs_t = tl.arange(0, CHUNK)
+    row, start, end, slot0 = _sequence_bounds(cu_ptr, seq, length, n_chunks, CHUNK, VARLEN)
+
+    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
+    A = A.to(tl.float32)  # (BD, NP)
+    A2 = A * LOG2E
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    dn_offs = offs_d[:, None] * N + offs_n[None, :]  # (d, n) offsets in contiguous (·, d, n) tensors
+    g_carry = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # dL/dh at the first step of the later chunk
+    if HAS_DHT:
+        g_carry = tl.load(dhT_ptr + seq * dim * N + dn_offs, mask=mask_dn, other=0.0)
+    dA_acc = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+
+    u_base = u_ptr + row * s_u_b + offs_d[:, None] * s_u_d
+    dt_base = dt_ptr + row * s_dt_b + offs_d[:, None] * s_dt_d
+    z_base = z_ptr + row * s_z_b + offs_d[:, None] * s_z_d
+    dy_base = dy_ptr + row * s_dy_b + offs_d[:, None] * s_dy_d
+    grad_base = row * dim * length + offs_d[:, None] * length  # du, dΔ, dz: contiguous (b, d, l)
+    B_base = B_ptr + row * s_B_b + grp * s_B_g + offs_n[:, None] * s_B_n
+    C_base = C_ptr + row * s_C_b + grp * s_C_g + offs_n[:, None] * s_C_n
+    dBC_base = (row * groups + grp) * N * length + offs_n[:, None] * length  # dB, dC: (b, G, n, l) fp32
+    first = (offs_t == 0)[None, None, :]
+    last = (offs_t == CHUNK - 1)[None, None, :]
+
+    n_seq_chunks = tl.cdiv(end - start, CHUNK)
+    for k in range(0, n_seq_chunks):
+        chunk_idx = n_seq_chunks - 1 - k
+        t = start + chunk_idx * CHUNK + offs_t
+        h = tl.load(ckpt_ptr + (slot0 + chunk_idx) * dim * N + dn_offs, mask=mask_dn, other=0.0)  # (BD, NP)
+        mask_t = t < end
+        mask_dt = mask_d[:, None] & mask_t[None, :]
+        mask_nt = mask_n[:, None] & mask_t[None, :]
+        dt, raw = _load_delta(dt_base, t, mask_dt, bias, s_dt_l, HAS_BIAS, SOFTPLUS)  # (BD, T)
+        mask_next = mask_d[:, None] & (t + 1 < end)[None, :]
+        dt_next, _ = _load_delta(dt_base, t + 1, mask_next, bias, s_dt_l, HAS_BIAS, SOFTPLUS)  # Δ_{t+1}
+        u = tl.load(u_base + t[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)  # (BD, T)
+        dy = tl.load(dy_base + t[None, :] * s_dy_l, mask=mask_dt, other=0.0).to(tl.float32)  # (BD, T)
+        Bt = tl.load(B_base + t[None, :] * s_B_l, mask=mask_nt, other=0.0).to(tl.float32)  # (NP, T)
+        Ct = tl.load(C_base + t[None, :] * s_C_l, mask=mask_nt, other=0.0).to(tl.float32)  # (NP, T)
+
+        # Recompute the forward states of this chunk.
+        dtu = dt * u  # (BD, T)
+        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])  # (BD, NP, T)
+        dBu = dtu[:, None, :] * Bt[None, :, :]  # (BD, NP, T)
+        a_cum, b_cum = tl.associative_scan((dA, dBu), axis=2, combine_fn=affine_combine)
+        hs = a_cum * h[:, :, None] + b_cum  # h_t                                             (BD, NP, T)
+
+        # Through the gate and the skip: dy_ssm = dL/d(C·h).
+        dy_ssm = dy
+        if HAS_Z:
+            z = tl.load(z_base + t[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
+            sig_z = tl.sigmoid(z)
+            pre_gate = tl.sum(hs * Ct[None, :, :], axis=1)  # (BD, T)
+            if HAS_D:
+                pre_gate += Dv[:, None] * u
+            dz = dy * pre_gate * sig_z * (1.0 + z * (1.0 - sig_z))
+            tl.store(dz_ptr + grad_base + t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask_dt)
+            dy_ssm = dy * z * sig_z
+        du = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+        if HAS_D:
+            dD_acc += tl.sum(dy_ssm * u, axis=1)
+            du = dy_ssm * Dv[:, None]
+        dC = tl.sum(dy_ssm[:, None, :] * hs, axis=0)  # (NP, T)
+        tl.atomic_add(dC_ptr + dBC_base + t[None, :], dC, mask=mask_nt)
+
+        # Adjoint: g_t = C_t dy_ssm_t + a_{t+1} g_{t+1}, the later chunk entering at the last step.
+        a_next = tl.exp2(dt_next[:, None, :] * A2[:, :, None])  # (BD, NP, T)
+        c = dy_ssm[:, None, :] * Ct[None, :, :] + tl.where(last, a_next * g_carry[:, :, None], 0.0)
+        _, gs = tl.associative_scan((a_next, c), axis=2, combine_fn=affine_combine, reverse=True)
+        g_carry = tl.sum(tl.where(first, gs, 0.0), axis=2)  # (BD, NP)
+
+        h_decay = hs - dBu  # a_t h_{t-1}                                                      (BD, NP, T)
+        gB = tl.sum(gs * Bt[None, :, :], axis=1)  # Σ_n g_t B_t                                (BD, T)
+        ddt = tl.sum(gs * h_decay * A[:, :, None], axis=1) + gB * u  # dL/dΔ_t                   (BD, T)
+        du += gB * dt
+        dB = tl.sum(gs * dtu[:, None, :], axis=0)  # (NP, T)
+        tl.atomic_add(dB_ptr + dBC_base + t[None, :], dB, mask=mask_nt)
+        dA_acc += tl.sum(gs * h_decay * dt[:, None, :], axis=2)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(raw)
+        ddt = tl.where(mask_dt, ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=1)
+        tl.store(du_ptr + grad_base + t[None, :], du.to(du_ptr.dtype.element_ty), mask=mask_dt)
+        tl.store(ddt_ptr + grad_base + t[None, :], ddt.to(ddt_ptr.dtype.element_ty), mask=mask_dt)
+
+    # dL/dh_init = a_start g_start (g_carry is dL/dh_T itself for an empty sequence: a = 1).
+    mask_start = mask_d & ((start + 0 * offs_c) < end)  # (BD,)
+    raw0 = tl.load(dt_base + start * s_dt_l, mask=mask_start[:, None], other=0.0).to(tl.float32)  # (BD, 1)
+    if HAS_BIAS:
+        raw0 = raw0 + bias[:, None]
+    dt0 = raw0
+    if SOFTPLUS:
+        dt0 = softplus(raw0)
+    dt0 = tl.where(mask_start[:, None], dt0, 0.0)
+    dh0 = tl.exp2(dt0 * A2) * g_carry  # (BD, NP)
+    tl.store(dh0_ptr + seq * dim * N + dn_offs, dh0, mask=mask_dn)
+    tl.store(dA_ptr + seq * dim * N + dn_offs, dA_acc, mask=mask_dn)
+    tl.store(dD_ptr + seq * dim + offs_d, dD_acc, mask=mask_d)
+    tl.store(dbias_ptr + seq * dim + offs_d, dbias_acc, mask=mask_d)
+
+
+def _groups_view(B: torch.Tensor) -> torch.Tensor:
+    return B.unsqueeze(1) if B.dim() == 3 else B  # (b, G, n, l), a view
+
+
+def _rows(u: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
+    return u.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+
+
+def _dummy(u: torch.Tensor) -> torch.Tensor:
+    return u.new_empty(1)  # stands for an absent optional tensor (never read: the flag is off)
+
+
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
+                 store_checkpoints, config: ScanConfig):
+    """Launch the forward. Returns y (b, d, l) in u's dtype, final state (rows, d, n) float32 and the
+    checkpoints (slots, d, n) float32 (an empty tensor unless store_checkpoints)."""
+    batch, dim, length = u.shape
+    n = A.shape[1]
+    B4, C4 = _groups_view(B), _groups_view(C)
+    groups = B4.shape[1]
+    rows, varlen = _rows(u, cu_seqlens), cu_seqlens is not None
+    n_chunks = triton.cdiv(length, config.chunk)
+    y = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)  # (b, d, l)
+    final = torch.empty(rows, dim, n, device=u.device, dtype=torch.float32)  # (rows, d, n)
+    slots = checkpoint_slots(rows, length, config.chunk, varlen) if store_checkpoints else 0
+    ckpt = torch.empty(slots, dim, n, device=u.device, dtype=torch.float32)  # (slots, d, n)
+    z_ = z if z is not None else u
+    h0 = initial_state if initial_state is not None else final
+    grid = (groups * triton.cdiv(dim // groups, config.block_d), rows)
+    _scan_fwd_kernel[grid](
+        u, delta, A, B4, C4,
+        D if D is not None else _dummy(u), z_, delta_bias if delta_bias is not None else _dummy(u), h0,
+        cu_seqlens if varlen else _dummy(u),
+        y, final, ckpt if store_checkpoints else _dummy(u),
+        length, dim, dim // groups, n_chunks,
+        *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *z_.stride(), *h0.stride(),
+        N=n, NP=triton.next_power_of_2(n), BLOCK_D=config.block_d, CHUNK=config.chunk,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        HAS_H0=initial_state is not None, VARLEN=varlen, STORE_CKPT=store_checkpoints,
+        num_warps=config.fwd_warps,
+    )
+    return y, final, ckpt
+
+
+def scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ckpt, delta_softplus,
+                  config: ScanConfig):
+    """Launch the backward. Returns float32/raw gradients: du, dΔ, dz (b, d, l) in the inputs' dtypes; dA
+    (d, n), dB and dC shaped like B/C, dD, dΔ-bias (d,) float32 (dz/dD/dbias empty when absent); dh_init
+    (rows, d, n) float32."""
+    batch, dim, length = u.shape
+    n = A.shape[1]
+    B4, C4 = _groups_view(B), _groups_view(C)
+    groups = B4.shape[1]
+    rows, varlen = _rows(u, cu_seqlens), cu_seqlens is not None
+    f32 = dict(device=u.device, dtype=torch.float32)
+    du = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)  # (b, d, l)
+    ddelta = torch.empty(batch, dim, length, device=u.device, dtype=delta.dtype)  # (b, d, l)
+    dz = torch.empty(batch, dim, length, device=u.device, dtype=z.dtype) if z is not None else _dummy(u)
+    dA = torch.empty(rows, dim, n, **f32)  # per-sequence partials                              (rows, d, n)
+    dB = torch.zeros(batch, groups, n, length, **f32)  # atomically accumulated                  (b, G, n, l)
+    dC = torch.zeros(batch, groups, n, length, **f32)
+    dD = torch.empty(rows, dim, **f32)  # (rows, d)
+    dbias = torch.empty(rows, dim, **f32)
+    dh0 = torch.empty(rows, dim, n, **f32)  # (rows, d, n)
+    z_ = z if z is not None else u
+    grid = (groups * triton.cdiv(dim // groups, config.bwd_block_d), rows)
+    _scan_bwd_kernel[grid](
+        u, delta, A, B4, C4,
+        D if D is not None else _dummy(u), z_, delta_bias if delta_bias is not None else _dummy(u),
+        cu_seqlens if varlen else _dummy(u), ckpt, dy, d_final if d_final is not None else _dummy(u),
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0,
+        length, dim, dim // groups, triton.cdiv(length, config.chunk), groups,
+        *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *z_.stride(), *dy.stride(),
+        N=n, NP=triton.next_power_of_2(n), BLOCK_D=config.bwd_block_d, CHUNK=config.chunk,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        HAS_DHT=d_final is not None, VARLEN=varlen,
+        num_warps=config.bwd_warps,
+    )
+    dB, dC = (g.view(B.shape) if B.dim() == 4 else g.squeeze(1) for g in (dB, dC))
+    return du, ddelta, dz, dA.sum(0), dB, dC, dD.sum(0), dbias.sum(0), dh0
