@@ -2,6 +2,7 @@
 
 from mambalab.config import AttentionConfig, MLPConfig, ModelConfig, MoEConfig, S4DConfig, SSMConfig
 from mambalab.inference.state import InferenceState
+from mambalab.models.checkpoint import load
 from mambalab.models.lm import LanguageModel
 from mambalab.ops.selective_scan import selective_scan
 
@@ -9,5 +10,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttentionConfig", "InferenceState", "LanguageModel", "MLPConfig", "ModelConfig", "MoEConfig",
-    "S4DConfig", "SSMConfig", "selective_scan",
+    "S4DConfig", "SSMConfig", "load", "selective_scan",
 ]

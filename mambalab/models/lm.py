@@ -126,3 +126,18 @@ class LanguageModel(nn.Module):
         from mambalab.inference.generate import generate
 
         return generate(self, prompts, max_new_tokens, **kwargs)
+
+    # Checkpoints (mambalab/models/checkpoint.py; imported here lazily because it imports this module) -----
+    def save_pretrained(self, directory):
+        """Write config.json + model.safetensors, loadable by `mambalab.load` and, for a pure Mamba, by
+        transformers' `MambaForCausalLM.from_pretrained`. Returns the directory."""
+        from mambalab.models.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, **kw) -> LanguageModel:
+        """Load a mambalab, transformers or official state-spaces checkpoint directory (`mambalab.load`)."""
+        from mambalab.models.checkpoint import load
+
+        return load(directory, **kw)
