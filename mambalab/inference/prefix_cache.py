@@ -48,6 +48,7 @@ class PrefixCache:
         self._entries: dict[tuple[int, ...], _Entry] = {}
         self._memory: OrderedDict[tuple[int, ...], InferenceState] = OrderedDict()  # LRU order, oldest first
         self._bytes = 0
+        self.hits = self.misses = 0  # lookups that found a cached prefix / found none
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._index_directory()
@@ -83,7 +84,9 @@ class PrefixCache:
             best = candidates.pop()
             state = self._state(best)
             if state is not None:
+                self.hits += 1
                 return len(best), state
+        self.misses += 1
         return 0, None
 
     def prefill(self, tokens) -> InferenceState:
