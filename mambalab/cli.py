@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="mambalab: selective state space models.")
@@ -38,6 +40,121 @@ def demo(seed: int = typer.Option(0, help="Random seed.")) -> None:
     for row in result.timing:
         table.add_row(str(row["L"]), f"{row['reference_ms']:.1f}", f"{row['torch_ms']:.2f}", f"{row['speedup']:.0f}x")
     console.print(table)
+
+
+@app.command()
+def compare(
+    preset: str = typer.Option("quick", help="smoke | quick (2-core CPU, ≤15 min) | standard (1 GPU, ≤25 min) | paper."),
+    models: str = typer.Option(None, help="Comma-separated families (default all): mamba,transformer,s4d,hybrid,moe."),
+    tasks: str = typer.Option(None, help="Comma-separated tasks (default: the preset's)."),
+    studies: str = typer.Option(None, help="Comma-separated studies (default all): precision,cost,init,scaling,state."),
+    out: str = typer.Option("compare-out", help="Output folder: report.md, PNGs, results.json, cached runs."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Matched Mamba, Transformer++, S4D, hybrid and MoE models on recall, copying, induction and LM, with
+    cost, precision, init, scaling and state-size studies, in one report. Resumes from cached runs in --out."""
+    import logging
+
+    from mambalab.experiments.compare import compare as run_compare
+
+    def split(value: str | None) -> list[str] | None:
+        return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        results = run_compare(preset, split(models), split(tasks), out, device, split(studies), progress=not quiet)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    failed = [r for r in results["runs"] if r["status"] != "ok"]
+    typer.echo(f"report: {out}/report.md ({len(results['runs'])} runs, {len(failed)} failed, "
+               f"{results['wall_s']:.0f} s)")
+    for finding in results["findings"]:
+        typer.echo(f"- {finding['text']}")
+
+
+_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def _device_and_dtype(device: str, dtype: str | None):
+    """'auto' -> cuda when available; a dtype name -> torch.dtype (None keeps the checkpoint's)."""
+    import torch
+
+    if dtype is not None and dtype not in _DTYPES:
+        raise typer.BadParameter(f"--dtype must be one of {_DTYPES}, got {dtype!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, None if dtype is None else getattr(torch, dtype)
+
+
+@app.command()
+def generate(
+    model: str = typer.Option(..., help="Model directory (mambalab, transformers or official Mamba checkpoint)."),
+    prompt: str = typer.Option(None, help="Prompt text."),
+    prompt_file: str = typer.Option(None, help="Read the prompt text from this file."),
+    prefix_file: str = typer.Option(None, help="Text before the prompt (e.g. a long context) whose state is cached."),
+    cache_dir: str = typer.Option(None, help="Keep prefix states here, reused by later runs."),
+    max_new_tokens: int = typer.Option(64, help="Tokens to generate at most."),
+    sample: bool = typer.Option(False, "--sample/--greedy", help="Sample (with the options below) or take the argmax."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature."),
+    top_k: int = typer.Option(0, help="Keep the k most likely tokens (0 = all)."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass in (0, 1]."),
+    min_p: float = typer.Option(0.0, help="Drop tokens below min_p x the top probability."),
+    repetition_penalty: float = typer.Option(1.0, help="> 1 discourages tokens already in the text."),
+    seed: int = typer.Option(None, help="Seed of the sampler, for reproducible samples."),
+    stream: bool = typer.Option(False, help="Print tokens as they come."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    dtype: str = typer.Option(None, help="float32 | bfloat16 | float16 | float64 (default: the checkpoint's)."),
+) -> None:
+    """Continue a prompt with a model directory, in recurrent mode; a --prefix-file's state is computed once
+    and reused (from --cache-dir across runs)."""
+    from mambalab.serve.engine import Engine
+
+    if (prompt is None) == (prompt_file is None):
+        raise typer.BadParameter("give exactly one of --prompt and --prompt-file")
+    text = prompt if prompt is not None else Path(prompt_file).read_text()
+    device, torch_dtype = _device_and_dtype(device, dtype)
+    try:
+        engine = Engine.from_dir(model, device=device, dtype=torch_dtype, cache_dir=cache_dir)
+        tokens = engine.encode(text)
+        if prefix_file is not None:
+            prefix = engine.encode(Path(prefix_file).read_text())
+            engine.cache_prefix(prefix)
+            tokens = prefix + tokens
+        sampling = {"do_sample": sample, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                    "min_p": min_p, "repetition_penalty": repetition_penalty}
+        on_text = (lambda _, delta: typer.echo(delta, nl=False)) if stream else None
+        (completion,) = engine.complete([tokens], max_new_tokens, on_text=on_text, seed=seed, **sampling)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    typer.echo("" if stream else completion.text)
+
+
+@app.command()
+def serve(
+    model: str = typer.Option(..., help="Model directory to serve."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port (0 = any free port)."),
+    system_prompt_file: str = typer.Option(None, help="Default system prompt of chat requests, prefilled once."),
+    cache_dir: str = typer.Option(None, help="Keep prefix states here, reused across restarts."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    dtype: str = typer.Option(None, help="float32 | bfloat16 | float16 | float64 (default: the checkpoint's)."),
+) -> None:
+    """An OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models) for a model directory."""
+    import logging
+
+    from mambalab.serve.app import serve as run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    system_prompt = None if system_prompt_file is None else Path(system_prompt_file).read_text()
+    device, torch_dtype = _device_and_dtype(device, dtype)
+    typer.echo(f"loading {model} on {device}; serving on http://{host}:{port}/v1 (Ctrl-C stops)")
+    try:
+        run_server(model, host, port, system_prompt, device=device, dtype=torch_dtype, cache_dir=cache_dir)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    except KeyboardInterrupt:
+        typer.echo("stopped")
 
 
 def main() -> None:
