@@ -357,6 +357,8 @@ def load_config(directory: str | Path) -> tuple[ModelConfig, str]:
 # --- Reading weight files ---------------------------------------------------------------------------------
 def _checkpoint_dir(directory: str | Path) -> Path:
     directory = Path(directory)
+    if directory.is_file():
+        raise CheckpointError(f"{directory}: is a file; pass the directory that holds {CONFIG_NAME}")
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory not found")
     return directory
@@ -400,10 +402,10 @@ def _read_sharded(index_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{index_path}: not a shard index with a 'weight_map' object ({e!r})") from e
-    if not isinstance(weight_map, dict):
-        raise CheckpointError(
-            f"{index_path}: 'weight_map' must be an object, got {type(weight_map).__name__}"
-        )
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(name, str) and Path(name).name == name for name in weight_map.values()
+    ):
+        raise CheckpointError(f"{index_path}: 'weight_map' must map keys to shard file names in this folder")
     state: dict[str, torch.Tensor] = {}
     sources: dict[str, Path] = {}
     for shard_name in sorted(set(weight_map.values())):

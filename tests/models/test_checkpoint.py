@@ -169,6 +169,8 @@ def saved(tmp_path) -> Path:
 def test_missing_directory_config_and_weights(tmp_path, saved):
     with pytest.raises(CheckpointError, match="nowhere: checkpoint directory not found"):
         mambalab.load(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: is a file; pass the directory that holds"):
+        mambalab.load(saved / "model.safetensors")
     (saved / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no weights file found; expected one of"):
         mambalab.load(saved)
@@ -302,6 +304,10 @@ def test_bad_shards(tmp_path):
     index["weight_map"]["backbone.layers.9.norm.weight"] = shard
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=r"'backbone\.layers\.9\.norm\.weight' listed in .* is not in"):
+        mambalab.load(tmp_path)
+    index["weight_map"]["backbone.layers.9.norm.weight"] = "../elsewhere.safetensors"
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="'weight_map' must map keys to shard file names in this folder"):
         mambalab.load(tmp_path)
 
 
