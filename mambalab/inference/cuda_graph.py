@@ -6,13 +6,15 @@ per batch size and state layout on static buffers: the state being advanced live
 call copies the token ids in, replays the graph and copies the logits out. Elsewhere `EagerStep` calls
 `model._step` directly. `decode_step(model, state)` picks one and returns it with the state to advance.
 
-Capturing needs a step that updates its state tensors in place and never synchronises with the host; a
-model whose step does not (e.g. a layer that grows its cache by reallocation) falls back to eager decoding
-with a logged warning.
+Capturing needs a step that updates its state tensors in place and never synchronises with the host. Both
+are checked during warm-up, before capturing (host syncs raise under `torch.cuda.set_sync_debug_mode`); a
+model whose step fails them (e.g. attention that grows its KV cache by reallocation) decodes eagerly, with a
+logged warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
 from collections.abc import Callable
@@ -47,16 +49,18 @@ class GraphStep:
         self.tokens = torch.zeros(template.batch_size, dtype=torch.long, device=template.device)  # (b,)
         side = torch.cuda.Stream(device=template.device)
         side.wait_stream(torch.cuda.current_stream(template.device))
-        with torch.cuda.stream(side):  # warm up (lazy inits, autotuning, compilation) off the capture
-            for _ in range(WARMUP_STEPS):
-                step_fn(self.tokens, self.state)
+        with torch.cuda.stream(side):  # warm up off the capture
+            step_fn(self.tokens, self.state)  # the first call may initialise, compile, autotune, allocate
+            pointers = _pointers(self.state)
+            with _host_syncs_raise():
+                for _ in range(WARMUP_STEPS - 1):
+                    step_fn(self.tokens, self.state)
         torch.cuda.current_stream(template.device).wait_stream(side)
-        pointers = _pointers(self.state)
+        _check_in_place(self.state, pointers)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=pool):
             self.logits = step_fn(self.tokens, self.state)  # (b, vocab) static output
-        if _pointers(self.state) != pointers:
-            raise RuntimeError("the model's step replaces state tensors instead of updating them in place")
+        _check_in_place(self.state, pointers)
 
     def load(self, state: InferenceState) -> None:
         for static, layer in zip(self.state.layers, state.layers):
@@ -112,6 +116,17 @@ def decode_step(model, state: InferenceState, use_cuda_graph: bool = True, compi
     return graph
 
 
+@contextlib.contextmanager
+def _host_syncs_raise():
+    """Make operations that wait for the GPU (e.g. `.item()`, `int(tensor)`) raise a RuntimeError."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
 def _layout(state: InferenceState) -> tuple:
     return tuple(
         tuple((k, tuple(t.shape), t.dtype) for k, t in sorted(layer.items())) for layer in state.layers
@@ -120,3 +135,8 @@ def _layout(state: InferenceState) -> tuple:
 
 def _pointers(state: InferenceState) -> tuple:
     return tuple(t.data_ptr() for layer in state.layers for t in layer.values()) + (state.seqlen.data_ptr(),)
+
+
+def _check_in_place(state: InferenceState, pointers: tuple) -> None:
+    if _pointers(state) != pointers:
+        raise RuntimeError("the model's step replaces state tensors instead of updating them in place")

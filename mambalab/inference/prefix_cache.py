@@ -154,7 +154,8 @@ class PrefixCache:
 
 
 def _key(tokens) -> tuple[int, ...]:
-    key = tuple(int(t) for t in (tokens.tolist() if hasattr(tokens, "tolist") else tokens))
+    """The token ids as a tuple; no per-token conversion, so a lookup stays cheap for long prompts."""
+    key = tuple(tokens.tolist() if hasattr(tokens, "tolist") else tokens)
     if not key:
         raise ValueError("tokens: a cached prefix needs at least one token")
     return key
