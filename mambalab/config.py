@@ -53,6 +53,10 @@ class SSMConfig:
             raise ValueError(f"SSMConfig.dt_init must be 'random' or 'constant', got {self.dt_init!r}")
         if self.dt_rank != "auto" and not (isinstance(self.dt_rank, int) and self.dt_rank > 0):
             raise ValueError(f"SSMConfig.dt_rank must be 'auto' or a positive int, got {self.dt_rank!r}")
+        for name, allowed in (("A_init", ("s4d_real", "s4d_lin", "random")),
+                              ("discretization", ("mamba", "zoh", "bilinear", "euler"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"SSMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("d_state", "d_conv", "expand"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SSMConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -66,6 +70,13 @@ class AttentionConfig:
     n_kv_heads: int | None = None  # None = n_heads (multi-head attention)
     head_dim: int | None = None  # None = d_model // n_heads
     rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        kv = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+        if self.n_heads < 1 or kv < 1 or self.n_heads % kv:
+            raise ValueError(
+                f"AttentionConfig: n_heads={self.n_heads} must be >= 1 and a multiple of n_kv_heads={kv}"
+            )
 
 
 @dataclass
@@ -84,7 +95,13 @@ class MoEConfig:
     top_k: int = 2
     capacity_factor: float = 1.25
     aux_loss_weight: float = 0.01
-    d_intermediate: int | None = None
+    d_intermediate: int | None = None  # None = MLPConfig's rule (8/3·d_model rounded up)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"MoEConfig.top_k must be in [1, n_experts={self.n_experts}], got {self.top_k}")
+        if self.capacity_factor <= 0:
+            raise ValueError(f"MoEConfig.capacity_factor must be > 0, got {self.capacity_factor}")
 
 
 @dataclass
@@ -97,6 +114,24 @@ class S4DConfig:
     dt_min: float = 0.001
     dt_max: float = 0.1
     mode: str = "cnn"  # parallel forward: "cnn" (FFT convolution) or "rnn" (scan)
+    expand: int = 1  # H = expand·d_model channels
+    gate: str = "glu"  # "glu" (S4D paper: GELU, then Linear(H, 2·d_model) + GLU) | "silu" (y·SiLU(z), Mamba-like)
+
+    def __post_init__(self) -> None:
+        choices = {
+            "init": ("s4d_lin", "s4d_inv", "s4d_real", "legs", "random"),
+            "discretization": ("zoh", "bilinear", "euler", "mamba"),
+            "mode": ("cnn", "rnn"),
+            "gate": ("glu", "silu"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"S4DConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.d_state < 2 or self.d_state % 2 or self.expand < 1:
+            raise ValueError(
+                f"S4DConfig: d_state must be even and >= 2 (N/2 complex modes), expand >= 1;"
+                f" got d_state={self.d_state}, expand={self.expand}"
+            )
 
 
 @dataclass

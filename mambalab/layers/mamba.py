@@ -1,6 +1,15 @@
 """The Mamba-1 mixer (Figure 3 of arXiv 2312.00752), parameter names as HF transformers' `MambaMixer`.
 
 Shapes: b batch, l length, d_model model width, d = d_inner = expand·d_model, n = d_state, r = dt_rank.
+
+Ablation switches (SSMConfig; the defaults are the paper's Mamba and run `selective_scan`):
+    A_init          "s4d_real" A = −(1..N) | "s4d_lin" A = −1/2 | "random" A = −exp(N(0, 1)) (init only)
+    discretization  "mamba" (ZOH for A, Euler for B) | "zoh" | "bilinear" | "euler"  (see ops/hippo.py)
+    selective       False: Δ, B, C are learned per-channel parameters (dt_bias (d,), B, C (d, n)), not
+                    functions of the input: the LTI "Mamba + S4" ablation, run in CNN mode (ops/s4d.py)
+    selective_A     True: A_t = −exp(A_log + A_proj(x_t)) also depends on the input (A_proj zero at init)
+A non-default discretization or selective_A runs the for-loop recurrence of ops/s4d.py (`diagonal_recurrence`),
+which materialises (b, d, l, n) tensors: meant for ablations at small scale.
 """
 
 from __future__ import annotations
@@ -13,26 +22,31 @@ from torch import nn
 
 from mambalab.config import ModelConfig, SSMConfig
 from mambalab.ops.conv1d import causal_conv1d, causal_conv1d_update
+from mambalab.ops.hippo import discretize_diagonal, s4d_init
+from mambalab.ops.s4d import diagonal_recurrence, s4d_cnn
 from mambalab.ops.selective_scan import selective_scan
 from mambalab.ops.state_update import selective_state_update
 
-# Parameters that stay float32 whatever dtype the model is cast to, and get no weight decay.
-FP32_PARAMS = ("A_log", "D", "dt_proj.bias")
+# Parameters that stay float32 whatever dtype the model is cast to, and get no weight decay
+# ("dt_bias" replaces "dt_proj.bias" when selective=False).
+FP32_PARAMS = ("A_log", "D", "dt_proj.bias", "dt_bias")
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     return y + torch.log(-torch.expm1(-y))  # softplus(inverse_softplus(y)) == y
 
 
+def restore_float32(params) -> None:
+    """Put parameters that a cast made float16/bfloat16 back to float32 (SSM parameters need the range)."""
+    for p in params:
+        if p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()
+
+
 class Mamba(nn.Module):
     def __init__(self, d_model: int, ssm: SSMConfig | None = None, layer_idx: int = 0, n_layer: int = 1):
         super().__init__()
         ssm = ssm or SSMConfig()
-        if ssm.A_init != "s4d_real" or ssm.discretization != "mamba" or not ssm.selective or ssm.selective_A:
-            raise ValueError(
-                "Mamba: the ablation switches A_init/discretization/selective/selective_A are not supported by this"
-                " mixer yet (issue 5); use their defaults"
-            )
         self.d_model, self.layer_idx, self.cfg = d_model, layer_idx, ssm
         self.d_inner = ssm.expand * d_model
         self.d_state, self.d_conv = ssm.d_state, ssm.d_conv
@@ -41,8 +55,15 @@ class Mamba(nn.Module):
 
         self.in_proj = nn.Linear(d_model, 2 * d, bias=ssm.bias)
         self.conv1d = nn.Conv1d(d, d, ssm.d_conv, groups=d, padding=ssm.d_conv - 1, bias=ssm.conv_bias)
-        self.x_proj = nn.Linear(d, r + 2 * n, bias=False)
-        self.dt_proj = nn.Linear(r, d, bias=True)
+        if ssm.selective:
+            self.x_proj = nn.Linear(d, r + 2 * n, bias=False)
+            self.dt_proj = nn.Linear(r, d, bias=True)
+        else:  # LTI: Δ = softplus(dt_bias), B and C per channel
+            self.dt_bias = nn.Parameter(torch.empty(d))
+            self.B = nn.Parameter(torch.empty(d, n))
+            self.C = nn.Parameter(torch.empty(d, n))
+        if ssm.selective_A:
+            self.A_proj = nn.Linear(d, n, bias=False)
         self.A_log = nn.Parameter(torch.empty(d, n))
         self.D = nn.Parameter(torch.empty(d))
         self.out_proj = nn.Linear(d, d_model, bias=ssm.bias)
@@ -52,29 +73,46 @@ class Mamba(nn.Module):
     def from_config(cls, config: ModelConfig, layer_idx: int) -> Mamba:
         return cls(config.d_model, config.ssm, layer_idx=layer_idx, n_layer=config.n_layer)
 
+    @property
+    def uses_selective_scan(self) -> bool:
+        """True for the paper's Mamba (the default switches): the fast `selective_scan` path."""
+        return self.cfg.selective and not self.cfg.selective_A and self.cfg.discretization == "mamba"
+
+    def _fp32_params(self) -> list[nn.Parameter]:
+        dt_bias = self.dt_proj.bias if self.cfg.selective else self.dt_bias
+        return [self.A_log, self.D, dt_bias]
+
     @torch.no_grad()
     def reset_ssm_parameters(self) -> None:
-        """S4D-Real A, D = 1, and Δ's projection so that softplus(bias) is log-uniform in [dt_min, dt_max]."""
+        """A from `A_init` (S4D-Real: A = −(1..N)), D = 1, and Δ's bias so that softplus(bias) is log-uniform
+        in [dt_min, dt_max]; with selective=False, B = 1 and C ~ N(0, 1/N); A_proj starts at zero."""
         cfg, d, n = self.cfg, self.d_inner, self.d_state
-        dt_std = self.dt_rank**-0.5 * cfg.dt_scale
-        if cfg.dt_init == "constant":
-            nn.init.constant_(self.dt_proj.weight, dt_std)
-        else:
-            nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)
         log_dt = torch.rand(d) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)
         dt = log_dt.exp().clamp(min=cfg.dt_init_floor)
-        self.dt_proj.bias.copy_(inverse_softplus(dt))
-        self.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d, 1))  # A = -(1..N)
+        if cfg.selective:
+            dt_std = self.dt_rank**-0.5 * cfg.dt_scale
+            if cfg.dt_init == "constant":
+                nn.init.constant_(self.dt_proj.weight, dt_std)
+            else:
+                nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)
+        else:
+            self.B.fill_(1.0)
+            nn.init.normal_(self.C, std=n**-0.5)
+        self._fp32_params()[2].copy_(inverse_softplus(dt))
+        if cfg.A_init == "random":
+            self.A_log.normal_()  # A = −exp(N(0, 1))
+        else:
+            self.A_log.copy_(torch.log(-s4d_init(cfg.A_init, n, dtype=torch.complex64).real).repeat(d, 1))
+        if cfg.selective_A:
+            nn.init.zeros_(self.A_proj.weight)
         self.D.fill_(1.0)
-        for p in (self.A_log, self.D, self.dt_proj.bias):
+        for p in self._fp32_params():
             p._no_weight_decay = True
 
     def _apply(self, fn, recurse=True):
         """Casting the model (e.g. .to(bfloat16)) keeps A_log, D and the Δ bias in float32."""
         super()._apply(fn, recurse)
-        for p in (self.A_log, self.D, self.dt_proj.bias):
-            if p.dtype in (torch.float16, torch.bfloat16):
-                p.data = p.data.float()
+        restore_float32(self._fp32_params())
         return self
 
     # State ------------------------------------------------------------------------------------------------
@@ -106,6 +144,8 @@ class Mamba(nn.Module):
                 x, conv_weight, self.conv1d.bias, "silu", initial_state=state["conv"], return_final_state=True
             )
             state["conv"] = state["conv"].to(xz.dtype)
+        if not self.uses_selective_scan:  # 4.-5. the ablation switches' SSM (see the module docstring)
+            return self.out_proj(self._ablation_ssm(x, z, state).transpose(1, 2))  # (b, l, d_model)
         # 4. x_proj gives the input-dependent Δ (low rank), B and C
         x_dbl = self.x_proj(x.transpose(1, 2))  # (b, l, r + 2n)
         dt, B, C = x_dbl.split([r, n, n], dim=-1)
@@ -114,7 +154,7 @@ class Mamba(nn.Module):
         C = C.transpose(1, 2)  # (b, n, l)
         # 5. selective scan: Δ = softplus(dt + bias), h_t = exp(ΔA) h + ΔB x, y = C h + D x, y *= silu(z)
         A, D, dt_bias = self._ssm_params()
-        scan_args = dict(D=D, z=z, delta_bias=dt_bias, delta_softplus=True, backend=self.cfg.scan_backend)
+        scan_args = {"D": D, "z": z, "delta_bias": dt_bias, "delta_softplus": True, "backend": self.cfg.scan_backend}
         if state is None:
             y = selective_scan(x, dt, A, B, C, **scan_args)  # (b, d, l)
         else:
@@ -130,8 +170,44 @@ class Mamba(nn.Module):
         xz = self.in_proj(hidden)  # (b, 2d)
         x, z = xz.chunk(2, dim=-1)  # (b, d)
         x = causal_conv1d_update(x, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")  # (b, d)
+        if not self.uses_selective_scan:
+            return self.out_proj(self._ablation_ssm(x[..., None], z[..., None], state)[..., 0])  # (b, d_model)
         dt, B, C = self.x_proj(x).split([r, n, n], dim=-1)  # (b, r), (b, n), (b, n)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, d)
         A, D, dt_bias = self._ssm_params()
         y = selective_state_update(state["ssm"], x, dt, A, B, C, D, z, dt_bias=dt_bias, dt_softplus=True)  # (b, d)
         return self.out_proj(y)  # (b, d_model)
+
+    # Ablation switches ------------------------------------------------------------------------------------------
+    def _ablation_ssm(self, x: torch.Tensor, z: torch.Tensor, state: dict | None) -> torch.Tensor:
+        """The SSM of the non-default switches: x, z (b, d, l) after the conv -> y (b, d, l).
+
+        Tensors are laid out (b|1, d|1, l|1, n) so that constant ones broadcast: Δ (·, d, ·, 1), A, B, C.
+        """
+        cfg, n, r = self.cfg, self.d_state, self.dt_rank
+        A_log = self.A_log if self.A_log.dtype == torch.float64 else self.A_log.float()
+        xc = x.to(A_log.dtype)  # the SSM runs in float32 (float64 for a float64 model)     (b, d, l)
+        x_rows = x.transpose(1, 2)  # (b, l, d)
+        if cfg.selective:  # Δ_t, B_t, C_t from the input, as the default path
+            dt, B, C = self.x_proj(x_rows).split([r, n, n], dim=-1)  # (b, l, r), (b, l, n), (b, l, n)
+            dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2).to(A_log.dtype)  # (b, d, l)
+            dt = dt + self.dt_proj.bias.to(A_log.dtype)[:, None]
+            B, C = B[:, None].to(A_log.dtype), C[:, None].to(A_log.dtype)  # (b, 1, l, n)
+        else:  # one learned Δ, B, C per channel
+            dt = self.dt_bias.to(A_log.dtype)[None, :, None]  # (1, d, 1)
+            B, C = self.B[None, :, None].to(A_log.dtype), self.C[None, :, None].to(A_log.dtype)  # (1, d, 1, n)
+        dt = F.softplus(dt)[..., None]  # Δ                                        (b|1, d, l|1, 1)
+        log_neg_A = A_log[None, :, None]  # (1, d, 1, n)
+        if cfg.selective_A:
+            log_neg_A = log_neg_A + self.A_proj(x_rows)[:, None].to(A_log.dtype)  # (b, d, l, n)
+        dA, dB = discretize_diagonal(-torch.exp(log_neg_A), B, dt, cfg.discretization)
+        h0 = None if state is None else state["ssm"]
+        if cfg.selective or cfg.selective_A:  # time-varying: the recurrence
+            y, final = diagonal_recurrence(dA, dB * xc[..., None], C, initial_state=h0)  # (b, d, l), (b, d, n)
+            y = y + self.D.to(A_log.dtype)[:, None] * xc
+        else:  # time-invariant: the S4D convolution, continuing from the state
+            y, final = s4d_cnn(xc, dA[0, :, 0], dB[0, :, 0], C[0, :, 0], self.D, initial_state=h0,
+                               return_final_state=True)
+        if state is not None:
+            state["ssm"].copy_(final)
+        return (y * F.silu(z.to(y.dtype))).to(x.dtype)  # y · SiLU(z)              (b, d, l)

@@ -154,5 +154,6 @@ def test_bilinear_formula_and_bad_method():
     A = torch.tensor([-0.5 + 3j], dtype=torch.complex128)
     dA, dB = discretize_diagonal(A, torch.ones(1, dtype=torch.complex128), 0.1, "bilinear")
     assert rel_error(torch.view_as_real(dA), torch.view_as_real((1 + 0.05 * A) / (1 - 0.05 * A))) < 1e-15
+    assert rel_error(torch.view_as_real(dB), torch.view_as_real(0.1 / (1 - 0.05 * A))) < 1e-15
     with pytest.raises(ValueError, match="discretization"):
         discretize_diagonal(A, A, 0.1, "rk4")

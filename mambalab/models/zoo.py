@@ -1,0 +1,243 @@
+"""The model zoo: named presets, parameter and FLOP counts without building a model, and size matching.
+
+Families (layer patterns of `ModelConfig`):
+    mamba        ["mamba"] · n                        the Mamba paper's homogeneous stack
+    transformer  ["attention+mlp"] · n                Transformer++ (RoPE, SwiGLU, RMSNorm, no biases)
+    s4d          ["s4d+mlp"] · n                      S4D layers interleaved with SwiGLU MLPs
+    hybrid       `hybrid_pattern`: Jamba-style, one attention layer per 8, an MLP in every layer
+    moe          ["mamba+moe"] · n                    MoE-Mamba: Mamba layers interleaved with MoE layers
+
+`match_config(config, family)` gives a config of another family with the same d_model and a parameter
+count within ±3% (MoE: total parameters, all experts counted), by searching the depth together with the
+family's width knob (Mamba's expand, the MLP/expert width), preferring the knob's default.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+from mambalab.config import AttentionConfig, ModelConfig, MoEConfig, S4DConfig, SSMConfig, parse_layer_kind
+from mambalab.layers.mlp import swiglu_width
+
+FAMILIES = ("mamba", "transformer", "s4d", "hybrid", "moe")
+
+
+# Layer patterns --------------------------------------------------------------------------------------------
+def hybrid_pattern(n_layer: int, attention_every: int = 8, attention_offset: int = 4,
+                   moe_every: int | None = 2, moe_offset: int = 1, ffn: str | None = "mlp") -> list[str]:
+    """A Jamba-style pattern: layer i is attention when i % attention_every == attention_offset, else Mamba;
+    its FFN is MoE when i % moe_every == moe_offset, else `ffn` ("mlp" or None). Jamba itself is the
+    default (1 attention : 7 Mamba, MoE every other layer); moe_every=None gives the MoE-free hybrid."""
+    if attention_every < 1 or not 0 <= attention_offset < attention_every:
+        raise ValueError(f"hybrid_pattern: need attention_every >= 1 and 0 <= attention_offset < attention_every,"
+                         f" got {attention_every}, {attention_offset}")
+    pattern = []
+    for i in range(n_layer):
+        mixer = "attention" if i % attention_every == attention_offset else "mamba"
+        block_ffn = "moe" if moe_every and i % moe_every == moe_offset else ffn
+        pattern.append(mixer if block_ffn is None else f"{mixer}+{block_ffn}")
+    return pattern
+
+
+def moe_mamba_pattern(n_layer: int) -> list[str]:
+    """MoE-Mamba (arXiv 2401.04081): every Mamba layer followed by an MoE layer."""
+    return ["mamba+moe"] * n_layer
+
+
+def family_pattern(family: str, n_layer: int) -> list[str]:
+    """The layer pattern of a family (see the module doc) at depth n_layer."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if family == "hybrid":
+        return hybrid_pattern(n_layer, attention_offset=min(4, n_layer // 2), moe_every=None)  # ≥ 1 attention
+    if family == "moe":
+        return moe_mamba_pattern(n_layer)
+    return [{"mamba": "mamba", "transformer": "attention+mlp", "s4d": "s4d+mlp"}[family]] * n_layer
+
+
+# Parameter counts ------------------------------------------------------------------------------------------
+def _mamba_params(config: ModelConfig) -> int:
+    ssm, d_model, d, n, r = config.ssm, config.d_model, config.d_inner, config.ssm.d_state, config.dt_rank
+    total = d_model * 2 * d + (2 * d if ssm.bias else 0)  # in_proj
+    total += d * ssm.d_conv + (d if ssm.conv_bias else 0)  # conv1d
+    total += d * (r + 2 * n) + r * d + d if ssm.selective else d + 2 * d * n  # x_proj, dt_proj | dt_bias, B, C
+    total += d * n if ssm.selective_A else 0  # A_proj
+    total += d * n + d  # A_log, D
+    return total + d * d_model + (d_model if ssm.bias else 0)  # out_proj
+
+
+def _attention_params(config: ModelConfig) -> int:
+    cfg = config.attention
+    hd = cfg.head_dim or config.d_model // cfg.n_heads
+    kv = cfg.n_kv_heads or cfg.n_heads
+    return config.d_model * hd * (2 * cfg.n_heads + 2 * kv)  # q, o and k, v
+
+
+def _s4d_params(config: ModelConfig) -> int:
+    cfg, d_model = config.s4d, config.d_model
+    H, n = cfg.expand * d_model, cfg.d_state // 2
+    if cfg.gate == "silu":
+        projections = d_model * 2 * H + H * d_model
+    else:
+        projections = (d_model * H if H != d_model else 0) + H * 2 * d_model
+    return projections + H + 2 * H * n + 4 * H * n + H  # log_dt, A (2 reals), B and C (complex), D
+
+
+def _ffn_params(config: ModelConfig, kind: str) -> int:
+    if kind == "mlp":
+        return 3 * config.d_model * swiglu_width(config.d_model, config.mlp.d_intermediate, config.mlp.multiple_of)
+    d_int = swiglu_width(config.d_model, config.moe.d_intermediate, config.mlp.multiple_of)
+    return config.moe.n_experts * (config.d_model + 3 * config.d_model * d_int)  # router + experts
+
+
+_MIXER_PARAMS = {"mamba": _mamba_params, "attention": _attention_params, "s4d": _s4d_params}
+
+
+def count_params(config: ModelConfig) -> int:
+    """The number of parameters of `LanguageModel(config)`, computed from the config alone (a tied lm_head
+    counted once)."""
+    embeddings = config.padded_vocab_size * config.d_model
+    total = embeddings + config.d_model + (0 if config.tie_embeddings else embeddings)  # + norm_f
+    for entry in config.layer_pattern:
+        mixer, ffn = parse_layer_kind(entry)
+        total += config.d_model + _MIXER_PARAMS[mixer](config)  # norm + mixer
+        if ffn is not None:
+            total += config.d_model + _ffn_params(config, ffn)  # norm2 + FFN
+    return total
+
+
+# FLOPs -----------------------------------------------------------------------------------------------------
+def _mixer_flops(config: ModelConfig, mixer: str, seq_len: int) -> float:
+    """Forward FLOPs per token of one mixer: 2 per weight of its matmuls plus its sequence op."""
+    if mixer == "mamba":
+        d, n, ssm = config.d_inner, config.ssm.d_state, config.ssm
+        weights = _mamba_params(config) - d * n - d - (d if ssm.conv_bias else 0) - d * ssm.d_conv
+        # scan: 9·d·n as mamba-ssm's FLOP counter (discretize, update, readout), + D·x and the gate
+        return 2 * weights + 2 * d * ssm.d_conv + 9 * d * n + 2 * d
+    if mixer == "attention":
+        cfg = config.attention
+        hd = cfg.head_dim or config.d_model // cfg.n_heads
+        # QKᵀ and the weighted sum over the whole context (PaLM's MFU convention, causal mask not halved)
+        return 2 * _attention_params(config) + 4 * seq_len * cfg.n_heads * hd
+    H, n = config.s4d.expand * config.d_model, config.s4d.d_state // 2
+    ssm_only = H + 6 * H * n + H
+    # three length-2L real FFTs (≈ 5·log2(2L) each per token and channel), the Vandermonde kernel (8 per
+    # complex multiply-add per channel, mode and position), D·x
+    return 2 * (_s4d_params(config) - ssm_only) + H * (15 * math.log2(2 * seq_len) + 8 * n + 2)
+
+
+def flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward ≈ 3 × forward) at context length `seq_len`: every
+    matmul (2 per weight and token; the lm_head included, the embedding lookup free), attention's
+    quadratic term, the scan and the S4D convolution. Elementwise work (norms, activations) is left out;
+    an MoE counts its router and the top_k experts a token visits."""
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    forward = 2 * config.d_model * config.padded_vocab_size  # lm_head
+    for entry in config.layer_pattern:
+        mixer, ffn = parse_layer_kind(entry)
+        forward += _mixer_flops(config, mixer, seq_len)
+        if ffn == "mlp":
+            forward += 2 * _ffn_params(config, "mlp")
+        elif ffn == "moe":
+            d_int = swiglu_width(config.d_model, config.moe.d_intermediate, config.mlp.multiple_of)
+            forward += 2 * config.d_model * config.moe.n_experts + config.moe.top_k * 6 * config.d_model * d_int
+    return 3 * forward
+
+
+# Matching --------------------------------------------------------------------------------------------------
+def _with(config: ModelConfig, family: str, n_layer: int, knob: int) -> ModelConfig:
+    """`config` turned into `family` at depth n_layer, with the family's width knob set to `knob`."""
+    new = copy.deepcopy(config)
+    new.n_layer, new.layer_pattern = n_layer, family_pattern(family, n_layer)
+    if family == "mamba":
+        new.ssm.expand = knob
+    elif family == "moe":
+        new.moe.d_intermediate = knob
+    else:
+        new.mlp.d_intermediate = knob
+    if family in ("transformer", "hybrid") and config.d_model % new.attention.n_heads:
+        new.attention.n_heads = max(1, config.d_model // 64)
+        new.attention.n_kv_heads = None
+    return ModelConfig.from_dict(new.to_dict())  # re-validated
+
+
+def _knob_candidates(config: ModelConfig, family: str, n_layer: int, target: int) -> list[tuple[int, int]]:
+    """(knob, default knob) pairs to try at this depth: Mamba's expand in 1..4; for an FFN width, the
+    width (a multiple of 8) that makes the count hit the target, found from the count's linearity in it."""
+    if family == "mamba":
+        return [(e, 2) for e in (1, 2, 3, 4)]
+    default = swiglu_width(config.d_model, None, config.mlp.multiple_of)
+    low, high = count_params(_with(config, family, n_layer, 8)), count_params(_with(config, family, n_layer, 16))
+    width = 8 + (target - low) * 8 / (high - low)
+    return [(max(8, 8 * round(width / 8)), default)]
+
+
+def match_config(config: ModelConfig, family: str, tolerance: float = 0.03) -> ModelConfig:
+    """A config of `family` with config's d_model (and vocabulary, norms, sub-configs) whose parameter count
+    is within `tolerance` of config's. Among the depths and knob values that fit, the one closest to the
+    knob's default (Mamba expand 2, the LLaMA MLP width) and, at half that weight, to config's depth wins
+    (distances in log scale), then the closest count."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    target = count_params(config)
+    best, best_key = None, None
+    for n_layer in range(1, 4 * config.n_layer + 9):
+        for knob, default in _knob_candidates(config, family, n_layer, target):
+            candidate = _with(config, family, n_layer, knob)
+            error = abs(count_params(candidate) / target - 1)
+            key = (abs(math.log(knob / default)) + 0.5 * abs(math.log(n_layer / config.n_layer)), error)
+            if error <= tolerance and (best_key is None or key < best_key):
+                best, best_key = candidate, key
+    if best is None:
+        raise ValueError(
+            f"match_config: no {family} config with d_model={config.d_model} within {tolerance:.0%} of"
+            f" {target:,} parameters (depth 1..{4 * config.n_layer + 8})"
+        )
+    return best
+
+
+# Presets ---------------------------------------------------------------------------------------------------
+def _mamba(d_model: int, n_layer: int, **kw) -> ModelConfig:
+    return ModelConfig(d_model=d_model, n_layer=n_layer, vocab_size=50277, **kw)
+
+
+def _transformer(d_model: int, n_layer: int, n_heads: int) -> ModelConfig:
+    return ModelConfig(d_model=d_model, n_layer=n_layer, vocab_size=50277, attention=AttentionConfig(n_heads=n_heads),
+                       layer_pattern=family_pattern("transformer", n_layer))
+
+
+def _tiny(family: str, **kw) -> ModelConfig:
+    base = ModelConfig(d_model=128, n_layer=4, vocab_size=256, ssm=SSMConfig(d_state=16),
+                       attention=AttentionConfig(n_heads=4), moe=MoEConfig(n_experts=4, top_k=2),
+                       s4d=S4DConfig(d_state=32), **kw)
+    return base if family == "mamba" else match_config(base, family)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # the Mamba paper's checkpoints (vocab 50277 of GPT-NeoX, padded to 50280)
+    "mamba-130m": _mamba(768, 24),
+    "mamba-370m": _mamba(1024, 48),
+    "mamba-790m": _mamba(1536, 48),
+    "mamba-1.4b": _mamba(2048, 48),
+    "mamba-2.8b": _mamba(2560, 64),
+    # the Mamba paper's Transformer++ baselines (Table 12: layers × d_model, heads of 64 or 96)
+    "transformer-125m": _transformer(768, 12, 12),
+    "transformer-350m": _transformer(1024, 24, 16),
+    "transformer-760m": _transformer(1536, 24, 16),
+    "transformer-1.3b": _transformer(2048, 24, 32),
+    # CPU sizes: ~0.8M parameters, vocabulary 256 (bytes); the other families matched to tiny-mamba
+    "tiny-mamba": _tiny("mamba"),
+    "tiny-transformer": _tiny("transformer"),
+    "tiny-s4d": _tiny("s4d"),
+    "tiny-hybrid": _tiny("hybrid"),
+    "tiny-moe": _tiny("moe"),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """A fresh copy of the preset `name` (see PRESETS)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    return copy.deepcopy(PRESETS[name])
