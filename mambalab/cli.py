@@ -157,6 +157,34 @@ def serve(
         typer.echo("stopped")
 
 
+@app.command()
+def zoo(
+    seq_len: int = typer.Option(2048, help="Context length for the FLOP count."),
+    match: str | None = typer.Option(None, help="Also match every preset to this family (mamba, transformer, "
+                                     "s4d, hybrid, moe) within 3% of its parameters."),
+) -> None:
+    """The model presets: shape, parameters, training FLOPs per token (and matched configs)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mambalab.models.zoo import PRESETS, count_params, flops_per_token, match_config
+
+    table = Table(title=f"model presets (training FLOPs per token at context {seq_len})")
+    for col in ("preset", "layers × d_model", "parameters", "GFLOP/token") + ((f"{match} match",) if match else ()):
+        table.add_column(col, justify="right")
+    for name, config in PRESETS.items():
+        row = [name, f"{config.n_layer} × {config.d_model}", f"{count_params(config):,}",
+               f"{flops_per_token(config, seq_len) / 1e9:.3g}"]
+        if match:
+            try:
+                matched = match_config(config, match)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from exc
+            row.append(f"{matched.n_layer} layers, {count_params(matched):,}")
+        table.add_row(*row)
+    Console().print(table)
+
+
 def main() -> None:
     app()
 

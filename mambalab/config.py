@@ -23,6 +23,9 @@ from typing import Any
 
 MIXER_KINDS = ("mamba", "attention", "s4d")
 FFN_KINDS = ("mlp", "moe")
+MAMBA_A_INITS = ("s4d_real", "s4d_lin", "random")  # real diagonal A of the Mamba mixer (ops/hippo.py)
+S4D_INITS = ("s4d_lin", "s4d_inv", "s4d_real", "legs", "random")  # complex diagonal A of S4D
+DISCRETIZATIONS = ("zoh", "bilinear", "euler", "mamba")  # "mamba" = ZOH for A, Euler for B
 
 
 @dataclass
@@ -53,8 +56,7 @@ class SSMConfig:
             raise ValueError(f"SSMConfig.dt_init must be 'random' or 'constant', got {self.dt_init!r}")
         if self.dt_rank != "auto" and not (isinstance(self.dt_rank, int) and self.dt_rank > 0):
             raise ValueError(f"SSMConfig.dt_rank must be 'auto' or a positive int, got {self.dt_rank!r}")
-        for name, allowed in (("A_init", ("s4d_real", "s4d_lin", "random")),
-                              ("discretization", ("mamba", "zoh", "bilinear", "euler"))):
+        for name, allowed in (("A_init", MAMBA_A_INITS), ("discretization", DISCRETIZATIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SSMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("d_state", "d_conv", "expand"):
@@ -119,8 +121,8 @@ class S4DConfig:
 
     def __post_init__(self) -> None:
         choices = {
-            "init": ("s4d_lin", "s4d_inv", "s4d_real", "legs", "random"),
-            "discretization": ("zoh", "bilinear", "euler", "mamba"),
+            "init": S4D_INITS,
+            "discretization": DISCRETIZATIONS,
             "mode": ("cnn", "rnn"),
             "gate": ("glu", "silu"),
         }

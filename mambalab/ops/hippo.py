@@ -37,9 +37,9 @@ import math
 
 import torch
 
+from mambalab.config import DISCRETIZATIONS, S4D_INITS
+
 HIPPO_MEASURES = ("legs", "legt", "lmu", "fout")
-S4D_INITS = ("s4d_lin", "s4d_inv", "s4d_real", "legs", "random")
-DISCRETIZATIONS = ("zoh", "bilinear", "euler", "mamba")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
