@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -155,6 +156,85 @@ def serve(
         raise typer.BadParameter(str(e)) from e
     except KeyboardInterrupt:
         typer.echo("stopped")
+
+
+@app.command()
+def prepare(
+    inputs: Annotated[list[str], typer.Argument(help="Text files, folders, JSONL files ('text' field), or 'embedded'.")],
+    out: str = typer.Option(..., "--out", help="Directory for the token shards and manifest.json."),
+    tokenizer: str = typer.Option("byte", help="'byte', a tokenizer.json, or a directory holding one."),
+    val_fraction: float = typer.Option(0.05, help="Fraction of the token stream kept for validation."),
+    text_field: str = typer.Option("text", help="Field of each JSONL record holding the text."),
+    overwrite: bool = typer.Option(False, help="Replace an existing prepared dataset at --out."),
+) -> None:
+    """Tokenize text into uint16/uint32 token shards with a manifest and a validation split."""
+    from mambalab.train.data import prepare_dataset
+    from mambalab.train.tokenizer import load_tokenizer
+
+    try:
+        m = prepare_dataset(inputs, out, load_tokenizer(tokenizer), val_fraction=val_fraction,
+                            text_field=text_field, overwrite=overwrite)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"{out}: {m['documents']} documents, {m['splits']['train']['tokens']:,} train +"
+               f" {m['splits']['val']['tokens']:,} val tokens ({m['dtype']}, tokenizer {m['tokenizer']['name']})")
+
+
+@app.command()
+def train(
+    config: str = typer.Option(None, "--config", help="Run config YAML (sections model, data, train)."),
+    preset: str = typer.Option(None, "--preset", help="Model-zoo preset, e.g. tiny-mamba."),
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="key=value, e.g. --set train.lr=1e-3.")] = None,
+    out: str = typer.Option("runs/train", "--out", help="Output directory (checkpoints, metrics, model/)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest valid checkpoint in --out."),
+) -> None:
+    """Train a model (on the embedded corpus by default); works under `torchrun --nproc_per_node=N`."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    from mambalab.train.run import load_run_config, run_training
+    from mambalab.train.trainer import TrainingDiverged
+
+    if config is None and preset is None:
+        raise typer.BadParameter("give --config FILE.yaml or --preset NAME")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    try:
+        result = run_training(load_run_config(config, preset, overrides or []), out, resume=resume)
+    except TrainingDiverged as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if result.model_dir is not None:
+        last = next((r for r in reversed(result.records) if "val_loss" in r), None)
+        stop = "stopped by signal; resume with --resume. " if result.stopped_by_signal else ""
+        summary = f" val loss {last['val_loss']:.4f}, val bpb {last.get('val_bpb', float('nan')):.4f}." if last else ""
+        typer.echo(f"{stop}Model: {result.model_dir}.{summary} Metrics: {result.out_dir / 'metrics.jsonl'}")
+
+
+@app.command(name="eval")
+def eval_(
+    model: str = typer.Option(..., "--model", help="Exported model dir, training run dir, or checkpoint dir."),
+    data: str = typer.Option(..., "--data", help="Prepared dataset dir, or text/JSONL files/folders, or 'embedded'."),
+    split: str = typer.Option("val", help="Split of a prepared dataset (raw text is scored whole)."),
+    batch_size: int = typer.Option(8, help="Sequences per batch."),
+    seq_len: int = typer.Option(512, help="Tokens per scored window."),
+    max_batches: int = typer.Option(None, help="Stop after this many batches (default: all)."),
+    tokenizer: str = typer.Option(None, help="Tokenizer for raw text (default: the model directory's)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
+) -> None:
+    """Perplexity and bits per byte of a model on a dataset."""
+    import json
+
+    from mambalab.train.evaluate import evaluate_model
+
+    try:
+        result = evaluate_model(model, data, split=split, batch_size=batch_size, seq_len=seq_len,
+                                max_batches=max_batches, tokenizer=tokenizer, device=device)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()

@@ -7,9 +7,10 @@ A prepared dataset is a directory:
     val-00000.bin ...
 
 Every document is tokenized and followed by EOS; the concatenated stream is cut into chunks of `chunk_tokens`
-and chunk i goes to the validation split iff ceil((i+1)·f) > ceil(i·f) for f = val_fraction (exactly a
-fraction f of the chunks, spread evenly, chunk 0 first so a small corpus still gets one). Chunks are
-assigned while streaming, so inputs of any size pass through in one pass with bounded memory.
+and chunk i >= 1 goes to the validation split iff ceil(i·f) > ceil((i-1)·f) for f = val_fraction: a fraction
+f of the chunks, spread evenly, chunks 1, 1 + 1/f, ... (chunk 0 trains, so a tiny corpus still trains, and
+two chunks already give a validation split). Chunks are assigned while streaming, so inputs of any size
+pass through in one pass with bounded memory.
 
 Loaders yield `{"input_ids": (b, l) long, "labels": (b, l) long}` with labels[:, t] = the token after
 input_ids[:, t] (the shift is done here; the trainer scores logits[:, t] against labels[:, t]). Windows of
@@ -141,7 +142,7 @@ class _ShardWriter:
 
 
 def _is_val_chunk(index: int, fraction: Fraction) -> bool:
-    return math.ceil((index + 1) * fraction) > math.ceil(index * fraction)
+    return index >= 1 and math.ceil(index * fraction) > math.ceil((index - 1) * fraction)
 
 
 def prepare_dataset(
