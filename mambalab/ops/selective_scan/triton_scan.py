@@ -8,6 +8,8 @@ Inputs are used in place with their strides (no copies, non-contiguous is fine);
 Float64 is not supported here (the kernels keep state in float32): use the torch backend for it.
 """
 
+# ruff: noqa: UP045  (typing.Optional: torch.library infers the ops' schemas from these annotations)
+
 import importlib.util
 import logging
 from typing import Optional
@@ -64,8 +66,8 @@ def selective_scan_triton(
     initial_state=None, return_final_state=False, cu_seqlens=None,
 ):
     """Same signature and semantics as `mambalab.ops.selective_scan.selective_scan` (arguments validated there)."""
-    _check_runnable(dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-                         initial_state=initial_state))
+    _check_runnable({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias,
+                     "initial_state": initial_state})
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(device=u.device, dtype=torch.int32)
     needs_grad = torch.is_grad_enabled() and any(
@@ -138,7 +140,7 @@ def _scan_bwd_op(
 @_scan_bwd_op.register_fake
 def _scan_bwd_fake(dy, d_final, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, ckpt, delta_softplus):
     empty = u.new_empty(0)
-    like = lambda t: t.new_empty(t.shape) if t is not None else empty  # noqa: E731  (contiguous)
+    like = lambda t: t.new_empty(t.shape) if t is not None else empty  # contiguous
     return like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias), like(initial_state)
 
 
@@ -155,7 +157,7 @@ def _backward(ctx, dy, d_final, _d_checkpoints):
     du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _scan_bwd_op(
         dy, d_final, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, ckpt, ctx.delta_softplus
     )
-    present = lambda g, t: g if t is not None else None  # noqa: E731
+    present = lambda g, t: g if t is not None else None
     return (du, ddelta, dA, dB, dC, present(dD, D), present(dz, z), present(dbias, delta_bias),
             present(dh0, initial_state), None, None, None)
 

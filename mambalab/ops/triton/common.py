@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton
 import triton.language as tl
 
 # Triton decides at decoration time whether @triton.jit functions are interpreted; record that decision.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+def empty(*shape, device, dtype) -> torch.Tensor:
+    """Uninitialised output buffers of the kernels (tests replace this to poison them with NaN)."""
+    return torch.empty(*shape, device=device, dtype=dtype)
+
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x · log2 e): one multiply folded into A, then the fast ex2
 

@@ -30,29 +30,30 @@ import torch
 import triton
 import triton.language as tl
 
+from mambalab.ops.triton import common
 from mambalab.ops.triton.common import INTERPRETED, LOG2E, affine_combine, softplus
 
-__all__ = ["INTERPRETED", "ScanConfig", "default_config", "checkpoint_slots", "scan_forward", "scan_backward"]
+__all__ = ["INTERPRETED", "ScanConfig", "checkpoint_slots", "default_config", "scan_backward", "scan_forward"]
 
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Tile sizes: channels per program and steps per chunk (shared by forward and backward: the checkpoint
-    layout depends on chunk), and warps per program for each direction."""
+    """Tile sizes: channels per program and warps for each direction, and the steps per chunk (shared by
+    forward and backward: the checkpoint layout depends on it)."""
 
-    block_d: int = 16
-    chunk: int = 32
-    fwd_warps: int = 4
-    bwd_block_d: int = 16
+    block_d: int = 32
+    chunk: int = 16
+    fwd_warps: int = 8
+    bwd_block_d: int = 32
     bwd_warps: int = 8
 
 
 def default_config(dim_per_group: int, n: int) -> ScanConfig:
-    """Tile sizes for (d/G, N): keep the (block_d, N, chunk) tile near 16 float32 registers per thread per live
-    tensor; the constants were chosen by sweeping on an H200 (benchmarks/notes/scan.md)."""
-    n_pow2 = triton.next_power_of_2(n)
-    block_d = max(1, min(16, triton.next_power_of_2(dim_per_group), 256 // n_pow2))
-    return ScanConfig(block_d=block_d, bwd_block_d=block_d)
+    """Tile sizes for (d/G, N); the constants were chosen by sweeping on an H200 (benchmarks/notes/scan.md).
+    Small channel counts (tests, narrow groups) use narrower programs so that fewer lanes idle."""
+    block_d = max(8, min(32, triton.next_power_of_2(dim_per_group)))
+    warps = 8 if n >= 16 else 4
+    return ScanConfig(block_d=block_d, bwd_block_d=block_d, fwd_warps=warps, bwd_warps=warps)
 
 
 def checkpoint_slots(rows: int, length: int, chunk: int, varlen: bool) -> int:
@@ -78,15 +79,22 @@ def _sequence_bounds(cu_ptr, seq, length, n_chunks, CHUNK: tl.constexpr, VARLEN:
 
 @triton.jit
 def _load_delta(dt_base, t, mask, bias, s_dt_l, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Δ = softplus(delta + bias) on a (BLOCK_D, CHUNK) tile, 0 where masked (so exp(ΔA) = 1, ΔBu = 0).
+    """Δ = softplus(delta + bias) on a (CHUNK, BLOCK_D) tile, 0 where masked (so exp(ΔA) = 1, ΔBu = 0).
     Also returns the pre-softplus value (for softplus' derivative)."""
-    raw = tl.load(dt_base + t[None, :] * s_dt_l, mask=mask, other=0.0).to(tl.float32)
+    raw = tl.load(dt_base + t[:, None] * s_dt_l, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        raw = raw + bias[:, None]
+        raw = raw + bias[None, :]
     dt = raw
     if SOFTPLUS:
         dt = softplus(raw)
     return tl.where(mask, dt, 0.0), raw
+
+
+# Tile layout. Every 3-D tile is (CHUNK, N, BLOCK_D) with channels last: Triton's default layout gives the
+# last axis to the lanes and warps, so each thread owns whole channels and holds its N states and all CHUNK
+# steps in registers. The scan over time (axis 0) and the sum over N (axis 1) then run inside a thread with
+# no shuffles; only the backward's dB/dC (sums over channels) cross lanes. Loads of (CHUNK, BLOCK_D) tiles
+# stay coalesced along time (Triton converts their layout through shared memory).
 
 
 @triton.jit
@@ -110,59 +118,59 @@ def _scan_fwd_kernel(
     offs_d = grp * dim_per_group + offs_c  # channels of this program                       (BD,)
     offs_n = tl.arange(0, NP)
     mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    mask_nd = mask_n[:, None] & mask_d[None, :]
     offs_t = tl.arange(0, CHUNK)
     row, start, end, slot0 = _sequence_bounds(cu_ptr, seq, length, n_chunks, CHUNK, VARLEN)
 
-    A2 = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
-    A2 = A2.to(tl.float32) * LOG2E  # exp(Δ A) = exp2(Δ · A log2 e)                          (BD, NP)
+    A2 = tl.load(A_ptr + offs_n[:, None] * s_A_n + offs_d[None, :] * s_A_d, mask=mask_nd, other=0.0)
+    A2 = A2.to(tl.float32) * LOG2E  # exp(Δ A) = exp2(Δ · A log2 e)                          (NP, BD)
     bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # state                                   (BD, NP)
+    h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)  # state                                   (NP, BD)
     if HAS_H0:
-        h = tl.load(h0_ptr + seq * s_h0_s + offs_d[:, None] * s_h0_d + offs_n[None, :] * s_h0_n,
-                    mask=mask_dn, other=0.0).to(tl.float32)
+        h = tl.load(h0_ptr + seq * s_h0_s + offs_n[:, None] * s_h0_n + offs_d[None, :] * s_h0_d,
+                    mask=mask_nd, other=0.0).to(tl.float32)
 
-    u_base = u_ptr + row * s_u_b + offs_d[:, None] * s_u_d
-    dt_base = dt_ptr + row * s_dt_b + offs_d[:, None] * s_dt_d
-    z_base = z_ptr + row * s_z_b + offs_d[:, None] * s_z_d
-    y_base = y_ptr + row * dim * length + offs_d[:, None] * length
-    B_base = B_ptr + row * s_B_b + grp * s_B_g + offs_n[:, None] * s_B_n
-    C_base = C_ptr + row * s_C_b + grp * s_C_g + offs_n[:, None] * s_C_n
-    ckpt_base = ckpt_ptr + offs_d[:, None] * N + offs_n[None, :]
-    last = (offs_t == CHUNK - 1)[None, None, :]
+    u_base = u_ptr + row * s_u_b + offs_d[None, :] * s_u_d
+    dt_base = dt_ptr + row * s_dt_b + offs_d[None, :] * s_dt_d
+    z_base = z_ptr + row * s_z_b + offs_d[None, :] * s_z_d
+    y_base = y_ptr + row * dim * length + offs_d[None, :] * length
+    B_base = B_ptr + row * s_B_b + grp * s_B_g + offs_n[None, :] * s_B_n
+    C_base = C_ptr + row * s_C_b + grp * s_C_g + offs_n[None, :] * s_C_n
+    nd_offs = offs_n[:, None] + offs_d[None, :] * N  # (n, d) in contiguous (·, d, n) tensors
+    first = (offs_t == 0)[:, None, None]
+    last = (offs_t == CHUNK - 1)[:, None, None]
 
     for t0 in range(start, end, CHUNK):
         if STORE_CKPT:
-            slot = slot0 + (t0 - start) // CHUNK
-            tl.store(ckpt_base + slot * dim * N, h, mask=mask_dn)
+            tl.store(ckpt_ptr + (slot0 + (t0 - start) // CHUNK) * dim * N + nd_offs, h, mask=mask_nd)
         t = t0 + offs_t
         mask_t = t < end
-        mask_dt = mask_d[:, None] & mask_t[None, :]
-        dt, _ = _load_delta(dt_base, t, mask_dt, bias, s_dt_l, HAS_BIAS, SOFTPLUS)  # Δ     (BD, T)
-        u = tl.load(u_base + t[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)  # (BD, T)
-        mask_nt = mask_n[:, None] & mask_t[None, :]
-        Bt = tl.load(B_base + t[None, :] * s_B_l, mask=mask_nt, other=0.0).to(tl.float32)  # (NP, T)
-        Ct = tl.load(C_base + t[None, :] * s_C_l, mask=mask_nt, other=0.0).to(tl.float32)  # (NP, T)
+        mask_td = mask_t[:, None] & mask_d[None, :]
+        dt, _ = _load_delta(dt_base, t, mask_td, bias, s_dt_l, HAS_BIAS, SOFTPLUS)  # Δ     (T, BD)
+        u = tl.load(u_base + t[:, None] * s_u_l, mask=mask_td, other=0.0).to(tl.float32)  # (T, BD)
+        mask_tn = mask_t[:, None] & mask_n[None, :]
+        Bt = tl.load(B_base + t[:, None] * s_B_l, mask=mask_tn, other=0.0).to(tl.float32)  # (T, NP)
+        Ct = tl.load(C_base + t[:, None] * s_C_l, mask=mask_tn, other=0.0).to(tl.float32)  # (T, NP)
 
-        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])  # Ā_t = exp(Δ_t A)                  (BD, NP, T)
-        dBu = (dt * u)[:, None, :] * Bt[None, :, :]  # B̄_t u_t = Δ_t B_t u_t               (BD, NP, T)
-        a_cum, b_cum = tl.associative_scan((dA, dBu), axis=2, combine_fn=affine_combine)
-        hs = a_cum * h[:, :, None] + b_cum  # h_t for every step of the chunk               (BD, NP, T)
-        y = tl.sum(hs * Ct[None, :, :], axis=1)  # C_t · h_t                                 (BD, T)
-        h = tl.sum(tl.where(last, hs, 0.0), axis=2)  # state after the chunk (masked steps keep it)
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # Ā_t = exp(Δ_t A)                  (T, NP, BD)
+        dBu = (dt * u)[:, None, :] * Bt[:, :, None]  # B̄_t u_t = Δ_t B_t u_t               (T, NP, BD)
+        dBu += tl.where(first, dA * h[None, :, :], 0.0)  # the carried state enters at the first step
+        _, hs = tl.associative_scan((dA, dBu), axis=0, combine_fn=affine_combine)  # h_t  (T, NP, BD)
+        y = tl.sum(hs * Ct[:, :, None], axis=1)  # C_t · h_t                                 (T, BD)
+        h = tl.sum(tl.where(last, hs, 0.0), axis=0)  # state after the chunk (masked steps keep it)
 
         if HAS_D:
-            y += Dv[:, None] * u
+            y += Dv[None, :] * u
         if HAS_Z:
-            z = tl.load(z_base + t[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
+            z = tl.load(z_base + t[:, None] * s_z_l, mask=mask_td, other=0.0).to(tl.float32)
             y *= z * tl.sigmoid(z)
-        tl.store(y_base + t[None, :], y.to(y_ptr.dtype.element_ty), mask=mask_dt)
+        tl.store(y_base + t[:, None], y.to(y_ptr.dtype.element_ty), mask=mask_td)
 
-    tl.store(hT_ptr + seq * dim * N + offs_d[:, None] * N + offs_n[None, :], h, mask=mask_dn)
+    tl.store(hT_ptr + seq * dim * N + nd_offs, h, mask=mask_nd)
 
 
 @triton.jit
@@ -186,110 +194,110 @@ def _scan_bwd_kernel(
     offs_d = grp * dim_per_group + offs_c  # (BD,)
     offs_n = tl.arange(0, NP)
     mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    mask_nd = mask_n[:, None] & mask_d[None, :]
     offs_t = tl.arange(0, CHUNK)
     row, start, end, slot0 = _sequence_bounds(cu_ptr, seq, length, n_chunks, CHUNK, VARLEN)
 
-    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
-    A = A.to(tl.float32)  # (BD, NP)
+    A = tl.load(A_ptr + offs_n[:, None] * s_A_n + offs_d[None, :] * s_A_d, mask=mask_nd, other=0.0)
+    A = A.to(tl.float32)  # (NP, BD)
     A2 = A * LOG2E
     bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    dn_offs = offs_d[:, None] * N + offs_n[None, :]  # (d, n) offsets in contiguous (·, d, n) tensors
-    g_carry = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # dL/dh at the first step of the later chunk
+    nd_offs = offs_n[:, None] + offs_d[None, :] * N  # (n, d) offsets in contiguous (·, d, n) tensors
+    g_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)  # dL/dh at the first step of the later chunk
     if HAS_DHT:
-        g_carry = tl.load(dhT_ptr + seq * dim * N + dn_offs, mask=mask_dn, other=0.0)
-    dA_acc = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+        g_carry = tl.load(dhT_ptr + seq * dim * N + nd_offs, mask=mask_nd, other=0.0)
+    dA_acc = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-    u_base = u_ptr + row * s_u_b + offs_d[:, None] * s_u_d
-    dt_base = dt_ptr + row * s_dt_b + offs_d[:, None] * s_dt_d
-    z_base = z_ptr + row * s_z_b + offs_d[:, None] * s_z_d
-    dy_base = dy_ptr + row * s_dy_b + offs_d[:, None] * s_dy_d
-    grad_base = row * dim * length + offs_d[:, None] * length  # du, dΔ, dz: contiguous (b, d, l)
-    B_base = B_ptr + row * s_B_b + grp * s_B_g + offs_n[:, None] * s_B_n
-    C_base = C_ptr + row * s_C_b + grp * s_C_g + offs_n[:, None] * s_C_n
-    dBC_base = (row * groups + grp) * N * length + offs_n[:, None] * length  # dB, dC: (b, G, n, l) fp32
-    first = (offs_t == 0)[None, None, :]
-    last = (offs_t == CHUNK - 1)[None, None, :]
+    u_base = u_ptr + row * s_u_b + offs_d[None, :] * s_u_d
+    dt_base = dt_ptr + row * s_dt_b + offs_d[None, :] * s_dt_d
+    z_base = z_ptr + row * s_z_b + offs_d[None, :] * s_z_d
+    dy_base = dy_ptr + row * s_dy_b + offs_d[None, :] * s_dy_d
+    grad_base = row * dim * length + offs_d[None, :] * length  # du, dΔ, dz: contiguous (b, d, l)
+    B_base = B_ptr + row * s_B_b + grp * s_B_g + offs_n[None, :] * s_B_n
+    C_base = C_ptr + row * s_C_b + grp * s_C_g + offs_n[None, :] * s_C_n
+    dBC_base = (row * groups + grp) * N * length + offs_n[None, :] * length  # dB, dC: (b, G, n, l) fp32
+    first = (offs_t == 0)[:, None, None]
+    last = (offs_t == CHUNK - 1)[:, None, None]
 
     n_seq_chunks = tl.cdiv(end - start, CHUNK)
-    for k in range(0, n_seq_chunks):
+    for k in range(n_seq_chunks):
         chunk_idx = n_seq_chunks - 1 - k
         t = start + chunk_idx * CHUNK + offs_t
-        h = tl.load(ckpt_ptr + (slot0 + chunk_idx) * dim * N + dn_offs, mask=mask_dn, other=0.0)  # (BD, NP)
+        h = tl.load(ckpt_ptr + (slot0 + chunk_idx) * dim * N + nd_offs, mask=mask_nd, other=0.0)  # (NP, BD)
         mask_t = t < end
-        mask_dt = mask_d[:, None] & mask_t[None, :]
-        mask_nt = mask_n[:, None] & mask_t[None, :]
-        dt, raw = _load_delta(dt_base, t, mask_dt, bias, s_dt_l, HAS_BIAS, SOFTPLUS)  # (BD, T)
-        mask_next = mask_d[:, None] & (t + 1 < end)[None, :]
+        mask_td = mask_t[:, None] & mask_d[None, :]
+        mask_tn = mask_t[:, None] & mask_n[None, :]
+        dt, raw = _load_delta(dt_base, t, mask_td, bias, s_dt_l, HAS_BIAS, SOFTPLUS)  # (T, BD)
+        mask_next = (t + 1 < end)[:, None] & mask_d[None, :]
         dt_next, _ = _load_delta(dt_base, t + 1, mask_next, bias, s_dt_l, HAS_BIAS, SOFTPLUS)  # Δ_{t+1}
-        u = tl.load(u_base + t[None, :] * s_u_l, mask=mask_dt, other=0.0).to(tl.float32)  # (BD, T)
-        dy = tl.load(dy_base + t[None, :] * s_dy_l, mask=mask_dt, other=0.0).to(tl.float32)  # (BD, T)
-        Bt = tl.load(B_base + t[None, :] * s_B_l, mask=mask_nt, other=0.0).to(tl.float32)  # (NP, T)
-        Ct = tl.load(C_base + t[None, :] * s_C_l, mask=mask_nt, other=0.0).to(tl.float32)  # (NP, T)
+        u = tl.load(u_base + t[:, None] * s_u_l, mask=mask_td, other=0.0).to(tl.float32)  # (T, BD)
+        dy = tl.load(dy_base + t[:, None] * s_dy_l, mask=mask_td, other=0.0).to(tl.float32)  # (T, BD)
+        Bt = tl.load(B_base + t[:, None] * s_B_l, mask=mask_tn, other=0.0).to(tl.float32)  # (T, NP)
+        Ct = tl.load(C_base + t[:, None] * s_C_l, mask=mask_tn, other=0.0).to(tl.float32)  # (T, NP)
 
         # Recompute the forward states of this chunk.
-        dtu = dt * u  # (BD, T)
-        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])  # (BD, NP, T)
-        dBu = dtu[:, None, :] * Bt[None, :, :]  # (BD, NP, T)
-        a_cum, b_cum = tl.associative_scan((dA, dBu), axis=2, combine_fn=affine_combine)
-        hs = a_cum * h[:, :, None] + b_cum  # h_t                                             (BD, NP, T)
+        dtu = dt * u  # (T, BD)
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # (T, NP, BD)
+        dBu = dtu[:, None, :] * Bt[:, :, None]  # (T, NP, BD)
+        _, hs = tl.associative_scan((dA, dBu + tl.where(first, dA * h[None, :, :], 0.0)), axis=0,
+                                    combine_fn=affine_combine)  # h_t                          (T, NP, BD)
 
         # Through the gate and the skip: dy_ssm = dL/d(C·h).
         dy_ssm = dy
         if HAS_Z:
-            z = tl.load(z_base + t[None, :] * s_z_l, mask=mask_dt, other=0.0).to(tl.float32)
+            z = tl.load(z_base + t[:, None] * s_z_l, mask=mask_td, other=0.0).to(tl.float32)
             sig_z = tl.sigmoid(z)
-            pre_gate = tl.sum(hs * Ct[None, :, :], axis=1)  # (BD, T)
+            pre_gate = tl.sum(hs * Ct[:, :, None], axis=1)  # (T, BD)
             if HAS_D:
-                pre_gate += Dv[:, None] * u
+                pre_gate += Dv[None, :] * u
             dz = dy * pre_gate * sig_z * (1.0 + z * (1.0 - sig_z))
-            tl.store(dz_ptr + grad_base + t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask_dt)
+            tl.store(dz_ptr + grad_base + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
             dy_ssm = dy * z * sig_z
-        du = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+        du = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
         if HAS_D:
-            dD_acc += tl.sum(dy_ssm * u, axis=1)
-            du = dy_ssm * Dv[:, None]
-        dC = tl.sum(dy_ssm[:, None, :] * hs, axis=0)  # (NP, T)
-        tl.atomic_add(dC_ptr + dBC_base + t[None, :], dC, mask=mask_nt)
+            dD_acc += tl.sum(dy_ssm * u, axis=0)
+            du = dy_ssm * Dv[None, :]
+        dC = tl.sum(dy_ssm[:, None, :] * hs, axis=2)  # (T, NP)
+        tl.atomic_add(dC_ptr + dBC_base + t[:, None], dC, mask=mask_tn)
 
         # Adjoint: g_t = C_t dy_ssm_t + a_{t+1} g_{t+1}, the later chunk entering at the last step.
-        a_next = tl.exp2(dt_next[:, None, :] * A2[:, :, None])  # (BD, NP, T)
-        c = dy_ssm[:, None, :] * Ct[None, :, :] + tl.where(last, a_next * g_carry[:, :, None], 0.0)
-        _, gs = tl.associative_scan((a_next, c), axis=2, combine_fn=affine_combine, reverse=True)
-        g_carry = tl.sum(tl.where(first, gs, 0.0), axis=2)  # (BD, NP)
+        a_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])  # (T, NP, BD)
+        c = dy_ssm[:, None, :] * Ct[:, :, None] + tl.where(last, a_next * g_carry[None, :, :], 0.0)
+        _, gs = tl.associative_scan((a_next, c), axis=0, combine_fn=affine_combine, reverse=True)
+        g_carry = tl.sum(tl.where(first, gs, 0.0), axis=0)  # (NP, BD)
 
-        h_decay = hs - dBu  # a_t h_{t-1}                                                      (BD, NP, T)
-        gB = tl.sum(gs * Bt[None, :, :], axis=1)  # Σ_n g_t B_t                                (BD, T)
-        ddt = tl.sum(gs * h_decay * A[:, :, None], axis=1) + gB * u  # dL/dΔ_t                   (BD, T)
+        h_decay = hs - dBu  # a_t h_{t-1}                                                      (T, NP, BD)
+        gB = tl.sum(gs * Bt[:, :, None], axis=1)  # Σ_n g_t B_t                                (T, BD)
+        ddt = tl.sum(gs * h_decay * A[None, :, :], axis=1) + gB * u  # dL/dΔ_t                   (T, BD)
         du += gB * dt
-        dB = tl.sum(gs * dtu[:, None, :], axis=0)  # (NP, T)
-        tl.atomic_add(dB_ptr + dBC_base + t[None, :], dB, mask=mask_nt)
-        dA_acc += tl.sum(gs * h_decay * dt[:, None, :], axis=2)
+        dB = tl.sum(gs * dtu[:, None, :], axis=2)  # (T, NP)
+        tl.atomic_add(dB_ptr + dBC_base + t[:, None], dB, mask=mask_tn)
+        dA_acc += tl.sum(gs * h_decay * dt[:, None, :], axis=0)
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(raw)
-        ddt = tl.where(mask_dt, ddt, 0.0)
-        dbias_acc += tl.sum(ddt, axis=1)
-        tl.store(du_ptr + grad_base + t[None, :], du.to(du_ptr.dtype.element_ty), mask=mask_dt)
-        tl.store(ddt_ptr + grad_base + t[None, :], ddt.to(ddt_ptr.dtype.element_ty), mask=mask_dt)
+        ddt = tl.where(mask_td, ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=0)
+        tl.store(du_ptr + grad_base + t[:, None], du.to(du_ptr.dtype.element_ty), mask=mask_td)
+        tl.store(ddt_ptr + grad_base + t[:, None], ddt.to(ddt_ptr.dtype.element_ty), mask=mask_td)
 
     # dL/dh_init = a_start g_start (g_carry is dL/dh_T itself for an empty sequence: a = 1).
     mask_start = mask_d & ((start + 0 * offs_c) < end)  # (BD,)
-    raw0 = tl.load(dt_base + start * s_dt_l, mask=mask_start[:, None], other=0.0).to(tl.float32)  # (BD, 1)
+    raw0 = tl.load(dt_base + start * s_dt_l, mask=mask_start[None, :], other=0.0).to(tl.float32)  # (1, BD)
     if HAS_BIAS:
-        raw0 = raw0 + bias[:, None]
+        raw0 = raw0 + bias[None, :]
     dt0 = raw0
     if SOFTPLUS:
         dt0 = softplus(raw0)
-    dt0 = tl.where(mask_start[:, None], dt0, 0.0)
-    dh0 = tl.exp2(dt0 * A2) * g_carry  # (BD, NP)
-    tl.store(dh0_ptr + seq * dim * N + dn_offs, dh0, mask=mask_dn)
-    tl.store(dA_ptr + seq * dim * N + dn_offs, dA_acc, mask=mask_dn)
+    dt0 = tl.where(mask_start[None, :], dt0, 0.0)
+    dh0 = tl.exp2(dt0 * A2) * g_carry  # (NP, BD)
+    tl.store(dh0_ptr + seq * dim * N + nd_offs, dh0, mask=mask_nd)
+    tl.store(dA_ptr + seq * dim * N + nd_offs, dA_acc, mask=mask_nd)
     tl.store(dD_ptr + seq * dim + offs_d, dD_acc, mask=mask_d)
     tl.store(dbias_ptr + seq * dim + offs_d, dbias_acc, mask=mask_d)
 
@@ -316,10 +324,10 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
     groups = B4.shape[1]
     rows, varlen = _rows(u, cu_seqlens), cu_seqlens is not None
     n_chunks = triton.cdiv(length, config.chunk)
-    y = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)  # (b, d, l)
-    final = torch.empty(rows, dim, n, device=u.device, dtype=torch.float32)  # (rows, d, n)
+    y = common.empty(batch, dim, length, device=u.device, dtype=u.dtype)  # (b, d, l)
+    final = common.empty(rows, dim, n, device=u.device, dtype=torch.float32)  # (rows, d, n)
     slots = checkpoint_slots(rows, length, config.chunk, varlen) if store_checkpoints else 0
-    ckpt = torch.empty(slots, dim, n, device=u.device, dtype=torch.float32)  # (slots, d, n)
+    ckpt = common.empty(slots, dim, n, device=u.device, dtype=torch.float32)  # (slots, d, n)
     z_ = z if z is not None else u
     h0 = initial_state if initial_state is not None else final
     grid = (groups * triton.cdiv(dim // groups, config.block_d), rows)
@@ -348,16 +356,16 @@ def scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, 
     B4, C4 = _groups_view(B), _groups_view(C)
     groups = B4.shape[1]
     rows, varlen = _rows(u, cu_seqlens), cu_seqlens is not None
-    f32 = dict(device=u.device, dtype=torch.float32)
-    du = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)  # (b, d, l)
-    ddelta = torch.empty(batch, dim, length, device=u.device, dtype=delta.dtype)  # (b, d, l)
-    dz = torch.empty(batch, dim, length, device=u.device, dtype=z.dtype) if z is not None else _dummy(u)
-    dA = torch.empty(rows, dim, n, **f32)  # per-sequence partials                              (rows, d, n)
+    f32 = {"device": u.device, "dtype": torch.float32}
+    du = common.empty(batch, dim, length, device=u.device, dtype=u.dtype)  # (b, d, l)
+    ddelta = common.empty(batch, dim, length, device=u.device, dtype=delta.dtype)  # (b, d, l)
+    dz = common.empty(batch, dim, length, device=u.device, dtype=z.dtype) if z is not None else _dummy(u)
+    dA = common.empty(rows, dim, n, **f32)  # per-sequence partials                              (rows, d, n)
     dB = torch.zeros(batch, groups, n, length, **f32)  # atomically accumulated                  (b, G, n, l)
     dC = torch.zeros(batch, groups, n, length, **f32)
-    dD = torch.empty(rows, dim, **f32)  # (rows, d)
-    dbias = torch.empty(rows, dim, **f32)
-    dh0 = torch.empty(rows, dim, n, **f32)  # (rows, d, n)
+    dD = common.empty(rows, dim, **f32)  # (rows, d)
+    dbias = common.empty(rows, dim, **f32)
+    dh0 = common.empty(rows, dim, n, **f32)  # (rows, d, n)
     z_ = z if z is not None else u
     grid = (groups * triton.cdiv(dim // groups, config.bwd_block_d), rows)
     _scan_bwd_kernel[grid](

@@ -11,9 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
+from mambalab.ops.triton import common
 from mambalab.ops.triton.common import INTERPRETED, LOG2E, softplus
 
-__all__ = ["INTERPRETED", "state_update", "conv_update"]
+__all__ = ["INTERPRETED", "conv_update", "state_update"]
 
 
 @triton.jit
@@ -102,7 +103,7 @@ def state_update(state, x_t, dt_t, A, B_t, C_t, D, z_t, dt_bias, dt_softplus, st
     n = A.shape[1]
     B3 = B_t.unsqueeze(1) if B_t.dim() == 2 else B_t  # (b, G, n)
     C3 = C_t.unsqueeze(1) if C_t.dim() == 2 else C_t
-    y = torch.empty(batch, dim, device=x_t.device, dtype=x_t.dtype)  # (b, d)
+    y = common.empty(batch, dim, device=x_t.device, dtype=x_t.dtype)  # (b, d)
     z_ = z_t if z_t is not None else x_t
     dummy = x_t.new_empty(1)
     grid = (triton.cdiv(dim, _BLOCK_D), batch)
@@ -123,7 +124,7 @@ def conv_update(x_t, conv_state, weight, bias, silu, state_batch_indices):
     """Launch the conv step; shifts x_t into `conv_state` (slots, d, w) in place, returns y (b, d)."""
     batch, dim = x_t.shape
     width = weight.shape[1]
-    y = torch.empty(batch, dim, device=x_t.device, dtype=x_t.dtype)  # (b, d)
+    y = common.empty(batch, dim, device=x_t.device, dtype=x_t.dtype)  # (b, d)
     dummy = x_t.new_empty(1)
     grid = (triton.cdiv(dim, _BLOCK_D), batch)
     _conv_update_kernel[grid](
