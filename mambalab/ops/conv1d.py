@@ -50,3 +50,17 @@ def causal_conv1d_update(x_t, conv_state, weight, bias=None, activation=None):
     if bias is not None:
         y = y + bias.to(y.dtype)
     return _activate(y, activation).to(x_t.dtype)
+
+
+def causal_conv1d_update_fused(x_t, conv_state, weight, bias=None, activation=None, state_batch_indices=None):
+    """`causal_conv1d_update` as one Triton launch (CUDA tensors, or CPU under Triton's interpreter).
+
+    state_batch_indices: optional (b,) integer tensor; row i shifts x_t[i] into conv_state[state_batch_indices[i]].
+    """
+    from mambalab.ops import triton as kernels
+
+    _activate(x_t[:0], activation)  # validates the activation name
+    kernels.check_step_inputs("causal_conv1d_update_fused", x_t, state_batch_indices)
+    from mambalab.ops.triton.step import conv_update
+
+    return conv_update(x_t, conv_state, weight, bias, activation is not None, state_batch_indices)

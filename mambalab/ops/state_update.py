@@ -32,3 +32,19 @@ def selective_state_update(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_b
     if z_t is not None:
         y = y * F.silu(z_t.to(state.dtype))
     return y.to(x_t.dtype)
+
+
+def selective_state_update_fused(
+    state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_bias=None, dt_softplus=False, state_batch_indices=None
+):
+    """`selective_state_update` as one Triton launch (CUDA tensors, or CPU under Triton's interpreter).
+
+    state_batch_indices: optional (b,) integer tensor; row i reads and updates state[state_batch_indices[i]]
+    (state then holds any number of slots, (slots, d, n)), so a server decodes a subset of its state pool in place.
+    """
+    from mambalab.ops import triton as kernels
+
+    kernels.check_step_inputs("selective_state_update_fused", x_t, state_batch_indices)
+    from mambalab.ops.triton.step import state_update
+
+    return state_update(state, x_t, dt_t, A, B_t, C_t, D, z_t, dt_bias, dt_softplus, state_batch_indices)
