@@ -132,18 +132,9 @@ _OFFICIAL_REQUIRED = {"rms_norm": True, "d_intermediate": 0, "attn_layer_idx": [
 _OFFICIAL_IRRELEVANT = frozenset({"fused_add_norm", "attn_cfg"})
 # ssm_cfg of the official Mamba-1 mixer: same names as our SSMConfig.
 _OFFICIAL_SSM_FIELDS = (
-    "d_state",
-    "d_conv",
-    "expand",
-    "dt_rank",
-    "dt_min",
-    "dt_max",
-    "dt_init",
-    "dt_scale",
-    "dt_init_floor",
-    "conv_bias",
-    "bias",
-)
+    "d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale", "dt_init_floor",
+    "conv_bias", "bias",
+)  # fmt: skip
 _OFFICIAL_SSM_REQUIRED = {"layer": "Mamba1"}
 _OFFICIAL_SSM_IRRELEVANT = frozenset({"use_fast_path"})
 _OFFICIAL_NORM_EPS = 1e-5  # MixerModel's norm_epsilon, not stored in the official config.json
@@ -499,6 +490,7 @@ def load(
 ) -> LanguageModel:
     """Load a mambalab, transformers or official state-spaces Mamba checkpoint directory.
 
+    The model comes back in eval mode (as transformers' `from_pretrained` does); call `.train()` to train.
     device: where the model lives (default CPU). dtype: the model's dtype (default: that of the stored
     embedding); A_log, D and the Δ bias stay float32 whatever it is. Raises `CheckpointError` (a
     ValueError) naming the file and the key on any problem; the model is built only once everything checks.
@@ -515,7 +507,7 @@ def load(
     model.to(device=device or "cpu", dtype=dtype or state[EMBEDDING_KEY].dtype)
     model.load_state_dict(state, strict=True)
     logger.info("loaded %s checkpoint %s (%s)", fmt, directory, weights.name)
-    return model
+    return model.eval()
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:

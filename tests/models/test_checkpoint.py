@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import MambaConfig, MambaForCausalLM
+from transformers import AutoModelForCausalLM, MambaConfig, MambaForCausalLM
 
 import mambalab
-from mambalab import LanguageModel, ModelConfig, SSMConfig
+from mambalab import AttentionConfig, LanguageModel, ModelConfig, SSMConfig
 from mambalab.models.checkpoint import (
     CheckpointError,
     load_config,
@@ -146,6 +146,25 @@ def test_tied_embedding_is_stored_once_and_retied(tmp_path):
     assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")
     loaded = mambalab.load(tmp_path, dtype=torch.float64)
     assert loaded.lm_head.weight is loaded.backbone.embeddings.weight and loaded.dtype == torch.float64
+
+
+def test_hybrid_model_round_trips_and_transformers_refuses_it(tmp_path):
+    pattern = ["mamba", "attention+mlp", "s4d", "mamba+moe"]
+    config = ModelConfig(
+        d_model=32, n_layer=4, vocab_size=VOCAB, layer_pattern=pattern, attention=AttentionConfig(n_heads=4)
+    )
+    model = LanguageModel(config).eval()
+    perturb(model)
+    model.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    assert list(data) == ["mambalab"] and data["mambalab"]["transformers_loadable"] is False
+    assert "transformers cannot load it because layer_pattern has layers other than" in data["mambalab"]["note"]
+    loaded = mambalab.load(tmp_path)
+    assert not loaded.training
+    ids = torch.randint(0, VOCAB, (2, 7))
+    assert loaded.config == config and torch.equal(loaded(ids), model(ids))
+    with pytest.raises(ValueError, match="Should have a `model_type` key"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
 def test_non_mamba_config_is_marked_not_loadable_by_transformers():
