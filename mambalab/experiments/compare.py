@@ -1,0 +1,172 @@
+"""`mambalab compare`: matched models side by side on every task, the studies, and one report.
+
+Work items (each cached in the output folder, see runner.py): the main grid and studies (b)-(d) as training
+runs, one cost profile per family, and the precision study (a). Then `report.write_report` turns the
+collected records into report.md, PNG plots and results.json. Progress: one overall bar with the current
+item, and the trainer's own per-run progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mambalab.experiments.presets import FAMILIES, Preset, get_preset
+from mambalab.experiments.runner import RunSpec, RunStore, execute, run_cached
+from mambalab.experiments.studies import main_specs, study_specs
+
+log = logging.getLogger(__name__)
+
+STUDIES = ("precision", "cost", "init", "scaling", "state")
+COST_VOCAB_TASK = "lm"
+
+
+@dataclass
+class WorkItem:
+    label: str
+    key: str
+    describe: dict
+    fn: Callable[[Path], dict]  # called with a scratch folder
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
+    from mambalab.train.distributed import resolve_device as resolve
+
+    if device != "auto" and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but torch sees no CUDA GPU")
+    return resolve(device)
+
+
+def _choose(given: list[str] | None, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    if given is None:
+        return allowed
+    unknown = [g for g in given if g not in allowed]
+    if unknown or not given:
+        raise ValueError(f"{what}: unknown or empty selection {unknown or given}; expected some of {list(allowed)}")
+    return tuple(g for g in allowed if g in given)
+
+
+def _hash(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _filter_studies(preset: Preset, specs: list[RunSpec], families: tuple[str, ...], tasks: tuple[str, ...],
+                    studies: tuple[str, ...]) -> list[RunSpec]:
+    """Study runs of the selected studies and families (state-study tasks also follow --tasks)."""
+    return [s for s in specs if s.group in studies and s.family in families
+            and (s.group != "state" or s.task in tasks)]
+
+
+def plan_work(preset: Preset, families: tuple[str, ...], tasks: tuple[str, ...], studies: tuple[str, ...],
+              device: torch.device, progress: bool = True) -> tuple[list[RunSpec], list[WorkItem]]:
+    """Every run spec (with its group, duplicates kept) and the unique work items to execute."""
+    specs = main_specs(preset, families, tasks) + _filter_studies(preset, study_specs(preset), families, tasks, studies)
+    items, seen = [], set()
+    for spec in specs:
+        if spec.key not in seen:
+            seen.add(spec.key)
+            items.append(WorkItem(spec.label, spec.key, {"kind": "run", "spec": spec.to_dict()},
+                                  lambda work, spec=spec: execute(spec, device, work, progress)))
+    if "cost" in studies:
+        for family in families:
+            key = _hash("cost", family, preset.cost, preset.size, preset.seed, device.type)
+            items.append(WorkItem(f"cost/{family}", key, {"kind": "cost", "family": family},
+                                  lambda work, family=family: _cost(preset, family, device)))
+    if "precision" in studies:
+        key = _hash("precision", preset.precision, preset.size, preset.seed)
+        items.append(WorkItem("precision", key, {"kind": "precision"}, lambda work: _precision(preset)))
+    return specs, items
+
+
+def _cost(preset: Preset, family: str, device: torch.device) -> dict:
+    from mambalab.experiments.cost import cost_profile
+    from mambalab.experiments.models import family_config
+    from mambalab.models.lm import LanguageModel
+    from mambalab.models.zoo import count_params
+    from mambalab.tasks import build_task
+
+    config = family_config(family, preset.size, build_task(COST_VOCAB_TASK).vocab_size)
+    torch.manual_seed(preset.seed)
+    model = LanguageModel(config).to(device)
+    return {"params": count_params(config), **cost_profile(model, preset.cost, device, preset.seed)}
+
+
+def _precision(preset: Preset) -> dict:
+    from mambalab.experiments.precision import precision_study
+
+    return {"rows": precision_study(preset.precision, preset.size, preset.seed)}
+
+
+def environment(device: torch.device) -> dict:
+    import mambalab
+
+    env = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "mambalab": mambalab.__version__,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def compare(preset: str = "quick", models: list[str] | None = None, tasks: list[str] | None = None,
+            out_dir: str | Path = "compare-out", device: str = "auto", studies: list[str] | None = None,
+            progress: bool = True) -> dict:
+    """Run (or resume) the comparison and write the report; returns the results dict."""
+    from mambalab.experiments.report import write_report
+
+    chosen = get_preset(preset)
+    families = _choose(models, FAMILIES, "models")
+    task_names = _choose(tasks, tuple(chosen.tasks), "tasks")
+    study_names = _choose(studies, STUDIES, "studies")
+    dev = resolve_device(device)
+    out = Path(out_dir)
+    store = RunStore(out)
+    specs, items = plan_work(chosen, families, task_names, study_names, dev, progress)
+    start = time.perf_counter()
+    records = _run_items(items, store, progress)
+    results = {
+        "preset": chosen.to_dict(),
+        "selection": {"models": list(families), "tasks": list(task_names), "studies": list(study_names)},
+        "environment": {**environment(dev), "seed": chosen.seed},
+        "wall_s": time.perf_counter() - start,
+        "compute_s": sum(r.get("wall_s", 0.0) for r in records.values()),
+        "runs": [{**records[s.key], "group": s.group, "spec": s.to_dict()} for s in specs],
+        "cost": {r["family"]: r for r in records.values() if r.get("kind") == "cost"},
+        "precision": next((r for r in records.values() if r.get("kind") == "precision"), None),
+    }
+    write_report(results, out)
+    return results
+
+
+def _run_items(items: list[WorkItem], store: RunStore, progress: bool) -> dict[str, dict]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    records = {}
+    columns = (TextColumn("[bold]compare"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.description}"))
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        overall = bar.add_task("", total=len(items))
+        for item in items:
+            bar.update(overall, description=item.label)
+            records[item.key] = run_cached(store, item.key, item.describe, item.fn)
+            status = records[item.key]["status"] + (" (cached)" if records[item.key]["cached"] else "")
+            log.info("%s: %s in %.1fs", item.label, status, records[item.key].get("wall_s", 0.0))
+            bar.advance(overall)
+    return records

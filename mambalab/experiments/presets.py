@@ -1,0 +1,224 @@
+"""Presets of `mambalab compare`: model sizes, per-task training budgets and evaluation lengths, studies.
+
+Every model family trains on a task with the same budget (steps × batch × length tokens). Sizes:
+
+    smoke     CI: seconds, every code path, numbers meaningless
+    quick     a 2-core CPU in ≤15 minutes, small vocabularies and short sequences, already showing the
+              headline contrasts (tuned and measured on such a machine; see reports/)
+    standard  one GPU in ≤25 minutes: the paper-style settings at reduced step counts
+    paper     the papers' settings (selective copying at length 4096, induction heads trained at 256 and
+              tested to 2^14 and beyond, MQAR at vocab 8192): hours of GPU time
+
+All fields are plain data; `Preset.to_dict()` goes into results.json and into every run's cache key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+FAMILIES = ("mamba", "transformer", "s4d", "hybrid", "moe")
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """How one task is trained and evaluated."""
+
+    options: dict  # the task's dataclass fields (vocab size ...)
+    train_length: int
+    eval_lengths: tuple[int, ...]
+    steps: int
+    batch_size: int
+    lr: float = 1e-3
+    eval_examples: int = 256  # per evaluation length
+    eval_every: int = 0  # 0: evaluate at the end only
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """The reference (Mamba) model; other families are matched to its parameter count."""
+
+    d_model: int
+    n_layer: int
+    d_state: int = 16
+
+
+@dataclass(frozen=True)
+class PrecisionStudy:
+    lengths: tuple[int, ...]
+    dtypes: tuple[str, ...] = ("float64", "float32", "bfloat16", "float16")
+    batch_size: int = 2
+
+
+@dataclass(frozen=True)
+class InitStudy:
+    """(b) HiPPO vs random init: S4D on a long-range task, Mamba's A_init on language modelling."""
+
+    s4d_inits: tuple[str, ...] = ("legs", "s4d_lin", "random")
+    mamba_inits: tuple[str, ...] = ("s4d_real", "random")
+    long_range: TaskPlan | None = None  # trained for every S4D init
+    lm: TaskPlan | None = None  # trained for every Mamba A_init
+
+
+@dataclass(frozen=True)
+class ScalingStudy:
+    """(c) loss vs training FLOPs for Mamba and Transformer++ at ≥3 sizes and 2 sequence lengths."""
+
+    sizes: tuple[ModelSize, ...]
+    lengths: tuple[int, ...]
+    plan: TaskPlan  # LM budget; its train_length is replaced by each of `lengths`, steps scaled to keep tokens
+    families: tuple[str, ...] = ("mamba", "transformer")
+
+
+@dataclass(frozen=True)
+class StateStudy:
+    """(d) accuracy vs state size: Mamba's d_state (and every family's d_model) on recall and copying."""
+
+    d_states: tuple[int, ...]
+    d_models: tuple[int, ...]
+    tasks: tuple[str, ...] = ("mqar", "copying")
+    families: tuple[str, ...] = ("mamba", "transformer")
+
+
+@dataclass(frozen=True)
+class CostStudy:
+    decode_prefixes: tuple[int, ...]
+    decode_tokens: int = 16
+    train_length: int = 256
+    train_batch: int = 8
+    train_steps: int = 5
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    size: ModelSize
+    models: tuple[str, ...]
+    tasks: dict[str, TaskPlan]
+    precision: PrecisionStudy
+    cost: CostStudy
+    init: InitStudy | None = None
+    scaling: ScalingStudy | None = None
+    state: StateStudy | None = None
+    seed: int = 0
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _smoke() -> Preset:
+    sc = TaskPlan({"vocab_size": 8, "n_copy": 2}, 12, (12,), steps=2, batch_size=4, eval_examples=8)
+    tiny = TaskPlan({"max_bytes": 20000}, 16, (16,), steps=2, batch_size=2, eval_examples=4)
+    return Preset(
+        name="smoke",
+        size=ModelSize(d_model=32, n_layer=4, d_state=4),
+        models=FAMILIES,
+        tasks={
+            "selective_copying": sc,
+            "induction_heads": TaskPlan({"vocab_size": 8}, 12, (12, 24), steps=2, batch_size=4, eval_examples=8),
+            "mqar": TaskPlan({"vocab_size": 32}, 16, (16, 32), steps=2, batch_size=4, eval_examples=8),
+            "copying": TaskPlan({"alphabet_size": 4}, 10, (10, 14), steps=2, batch_size=4, eval_examples=8),
+            "phonebook": TaskPlan({"n_letters": 4, "number_len": 2}, 24, (24,), steps=2, batch_size=4,
+                                  eval_examples=8),
+            "lm": tiny,
+        },
+        precision=PrecisionStudy(lengths=(8, 16)),
+        cost=CostStudy(decode_prefixes=(4, 16), decode_tokens=2, train_length=16, train_batch=2, train_steps=2),
+        init=InitStudy(s4d_inits=("legs", "random"), long_range=sc, lm=tiny),
+        scaling=ScalingStudy(sizes=(ModelSize(16, 2, 4), ModelSize(24, 2, 4), ModelSize(32, 2, 4)), lengths=(8, 16),
+                             plan=tiny),
+        state=StateStudy(d_states=(1, 4), d_models=(32,), tasks=("mqar",)),
+    )
+
+
+def _quick() -> Preset:
+    """2-core CPU, ≤15 minutes: 4 Mamba blocks of width 32 (the others matched), vocabularies of 8-64
+    tokens, sequences of 22-64 tokens, a few hundred steps; Mamba, Transformer++ and S4D by default."""
+    size = ModelSize(d_model=32, n_layer=4, d_state=8)
+    lm = TaskPlan({"max_bytes": 200_000}, 64, (64, 256), steps=150, batch_size=16, lr=3e-3, eval_examples=64)
+    copying = TaskPlan({"alphabet_size": 8}, 22, (22, 32, 42), steps=300, batch_size=32, lr=3e-3)
+    mqar = TaskPlan({"vocab_size": 64}, 64, (64, 128, 256), steps=300, batch_size=32, lr=3e-3)
+    sc = TaskPlan({"vocab_size": 16, "n_copy": 4}, 32, (32,), steps=300, batch_size=32, lr=3e-3)
+    return Preset(
+        name="quick",
+        size=size,
+        models=("mamba", "transformer", "s4d"),
+        tasks={
+            "selective_copying": sc,
+            "induction_heads": TaskPlan({"vocab_size": 16}, 32, (32, 64, 128, 256, 512, 1024, 2048), steps=400,
+                                        batch_size=32, lr=3e-3),
+            "mqar": mqar,
+            "copying": copying,
+            "lm": lm,
+        },
+        precision=PrecisionStudy(lengths=(16, 64, 256)),
+        cost=CostStudy(decode_prefixes=(16, 256, 2048), decode_tokens=16, train_length=64, train_batch=16,
+                       train_steps=6),
+        init=InitStudy(s4d_inits=("legs", "random"), long_range=dataclasses.replace(sc, train_length=64, eval_lengths=(64,)),
+                       lm=lm),
+        scaling=ScalingStudy(sizes=(ModelSize(16, 2, 8), ModelSize(32, 2, 8), ModelSize(48, 2, 8)), lengths=(32, 128),
+                             plan=dataclasses.replace(lm, steps=100, eval_lengths=())),
+        state=StateStudy(d_states=(2, 8, 32), d_models=(), tasks=("mqar",), families=("mamba",)),
+        notes=("hybrid and moe run on request (--models); phone-book lookup with --tasks phonebook",),
+    )
+
+
+def _standard() -> Preset:
+    """One GPU, ≤25 minutes: the synthetic tasks at the papers' vocabularies and shapes (selective copying
+    and MQAR at reduced lengths), 2-layer-Transformer-sized models (4 Mamba blocks of width 64), every family."""
+    size = ModelSize(d_model=64, n_layer=4, d_state=16)
+    lm = TaskPlan({}, 512, (512, 2048), steps=1000, batch_size=32, lr=2e-3, eval_examples=64)
+    sc = TaskPlan({"vocab_size": 16, "n_copy": 16}, 512, (512,), steps=1500, batch_size=64, lr=2e-3)
+    return Preset(
+        name="standard",
+        size=size,
+        models=FAMILIES,
+        tasks={
+            "selective_copying": sc,
+            "induction_heads": TaskPlan({"vocab_size": 16}, 256, (256, 1024, 4096, 16384), steps=1500, batch_size=64,
+                                        lr=2e-3),
+            "mqar": TaskPlan({"vocab_size": 8192}, 256, (256, 512, 1024), steps=1500, batch_size=64, lr=2e-3),
+            "copying": TaskPlan({"alphabet_size": 26}, 102, (52, 102, 152, 202), steps=1500, batch_size=64, lr=2e-3),
+            "phonebook": TaskPlan({"n_letters": 26}, 256, (128, 256, 512, 1024), steps=1500, batch_size=64, lr=2e-3),
+            "lm": lm,
+        },
+        precision=PrecisionStudy(lengths=(64, 256, 1024, 4096)),
+        cost=CostStudy(decode_prefixes=(128, 1024, 8192, 16384), decode_tokens=64, train_length=2048, train_batch=8,
+                       train_steps=20),
+        init=InitStudy(long_range=dataclasses.replace(sc, options={"vocab_size": 16, "n_copy": 16},
+                                                      train_length=1024, eval_lengths=(1024,)), lm=lm),
+        scaling=ScalingStudy(sizes=(ModelSize(64, 4, 16), ModelSize(128, 4, 16), ModelSize(256, 4, 16)),
+                             lengths=(256, 1024), plan=dataclasses.replace(lm, steps=800, eval_lengths=())),
+        state=StateStudy(d_states=(2, 4, 16, 64), d_models=(32, 64, 128), tasks=("mqar", "copying")),
+    )
+
+
+def _paper() -> Preset:
+    """The papers' settings, hours of GPU time: selective copying at length 4096 (Table 1), induction heads
+    trained at 256 and tested to 2^18 (Table 3), MQAR at vocab 8192 up to length 512, copying of strings up
+    to 50 letters tested to 200."""
+    base = _standard()
+    steps = 10_000
+    return dataclasses.replace(
+        base,
+        name="paper",
+        tasks={
+            "selective_copying": TaskPlan({"vocab_size": 16, "n_copy": 16}, 4096, (4096,), steps=steps, batch_size=32),
+            "induction_heads": TaskPlan({"vocab_size": 16}, 256, tuple(256 * 4**k for k in range(7)), steps=steps,
+                                        batch_size=64, eval_examples=128),
+            "mqar": TaskPlan({"vocab_size": 8192}, 512, (128, 256, 512, 1024), steps=steps, batch_size=64),
+            "copying": TaskPlan({"alphabet_size": 26}, 102, (52, 102, 152, 202, 402), steps=steps, batch_size=64),
+            "phonebook": TaskPlan({"n_letters": 26}, 512, (256, 512, 1024, 2048), steps=steps, batch_size=64),
+            "lm": dataclasses.replace(base.tasks["lm"], train_length=2048, eval_lengths=(2048, 8192), steps=steps),
+        },
+    )
+
+
+PRESETS = {"smoke": _smoke, "quick": _quick, "standard": _standard, "paper": _paper}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]()

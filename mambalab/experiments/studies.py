@@ -1,0 +1,71 @@
+"""The training runs of a comparison, as `RunSpec`s: the main grid and studies (b), (c), (d).
+
+main     every family × every task of the preset, same budget per task
+init     (b) S4D with each init on a long-range task (copying memory); Mamba with each A_init on LM
+scaling  (c) Mamba and Transformer++ at ≥3 sizes × 2 sequence lengths on LM, same tokens per size
+state    (d) Mamba at each d_state, and Mamba / Transformer++ at each d_model, on recall and copying
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mambalab.experiments.presets import Preset
+from mambalab.experiments.runner import RunSpec
+
+LONG_RANGE_TASK = "selective_copying"  # with scattered=False: the copying-memory task
+
+
+def main_specs(preset: Preset, families: tuple[str, ...], tasks: tuple[str, ...]) -> list[RunSpec]:
+    return [
+        RunSpec("main", family, task, preset.tasks[task], preset.size, preset.name, preset.seed)
+        for task in tasks for family in families
+    ]
+
+
+def init_specs(preset: Preset) -> list[RunSpec]:
+    study = preset.init
+    if study is None:
+        return []
+    specs = []
+    if study.long_range is not None:
+        plan = dataclasses.replace(study.long_range, options={**study.long_range.options, "scattered": False})
+        specs += [RunSpec("init", "s4d", LONG_RANGE_TASK, plan, preset.size, preset.name, preset.seed,
+                          {"s4d": {"init": init}}) for init in study.s4d_inits]
+    if study.lm is not None:
+        specs += [RunSpec("init", "mamba", "lm", study.lm, preset.size, preset.name, preset.seed,
+                          {"ssm": {"A_init": init}}) for init in study.mamba_inits]
+    return specs
+
+
+def scaling_specs(preset: Preset) -> list[RunSpec]:
+    study = preset.scaling
+    if study is None:
+        return []
+    base = study.plan
+    specs = []
+    for length in study.lengths:
+        # the same number of training tokens at every length: fewer sequences when they are longer
+        batch = max(1, base.batch_size * base.train_length // length)
+        plan = dataclasses.replace(base, train_length=length, eval_lengths=(length,), batch_size=batch)
+        specs += [RunSpec("scaling", family, "lm", plan, size, preset.name, preset.seed)
+                  for size in study.sizes for family in study.families]
+    return specs
+
+
+def state_specs(preset: Preset) -> list[RunSpec]:
+    study = preset.state
+    if study is None:
+        return []
+    specs = []
+    for task in study.tasks:
+        plan = preset.tasks[task]
+        specs += [RunSpec("state", "mamba", task, plan, dataclasses.replace(preset.size, d_state=n), preset.name,
+                          preset.seed) for n in study.d_states]
+        specs += [RunSpec("state", family, task, plan, dataclasses.replace(preset.size, d_model=d), preset.name,
+                          preset.seed) for d in study.d_models for family in study.families]
+    return specs
+
+
+def study_specs(preset: Preset) -> list[RunSpec]:
+    return init_specs(preset) + scaling_specs(preset) + state_specs(preset)

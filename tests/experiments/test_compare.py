@@ -1,0 +1,114 @@
+"""`mambalab compare` end to end at the smoke size: report sections, finite numbers, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from mambalab.experiments import runner
+from mambalab.experiments.compare import compare
+from mambalab.experiments.presets import ModelSize, TaskPlan
+from mambalab.experiments.report import SECTIONS
+from mambalab.experiments.runner import RunSpec, TaskBatches, eval_batches
+from mambalab.tasks import build_task
+
+
+def numbers(obj):
+    """Every int/float inside a JSON-like object."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from numbers(v)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield obj
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    return out, compare("smoke", out_dir=out, device="cpu", progress=False)
+
+
+@pytest.mark.slow
+def test_smoke_report_has_every_section_and_finite_numbers(smoke):
+    out, results = smoke
+    report = (out / "report.md").read_text()
+    for section in SECTIONS:
+        assert f"## {section}" in report
+    assert [r for r in results["runs"] if r["status"] != "ok"] == []
+    assert results["cost"] and all(c["status"] == "ok" for c in results["cost"].values())
+    assert results["precision"]["status"] == "ok"
+    stored = json.loads((out / "results.json").read_text())
+    assert all(math.isfinite(x) for x in numbers(stored))
+    for name in stored["plots"].values():
+        assert (out / name).stat().st_size > 0 and f"]({name})" in report
+    assert {r["group"] for r in stored["runs"]} == {"main", "init", "scaling", "state"}
+    assert stored["findings"] and all(f["text"] in report for f in stored["findings"])
+
+
+@pytest.mark.slow
+def test_second_invocation_reuses_every_cached_run(smoke, monkeypatch):
+    out, first = smoke
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a cached run was trained again")
+
+    monkeypatch.setattr(runner, "train_model", must_not_train)
+    again = compare("smoke", out_dir=out, device="cpu", progress=False, studies=["init", "scaling", "state"])
+    assert again["runs"] and all(r["cached"] and r["status"] == "ok" for r in again["runs"])
+    by_key = {r["key"]: r["eval"] for r in first["runs"]}
+    assert all(r["eval"] == by_key[r["key"]] for r in again["runs"])
+
+
+def test_interrupted_compare_resumes_and_failures_are_reported(tmp_path, monkeypatch):
+    selection = {"models": ["mamba", "transformer"], "tasks": ["copying"], "studies": []}
+    original = runner.train_model
+
+    def fail_for_transformer(model, *args, **kwargs):
+        if any(layer.startswith("attention") for layer in model.config.layer_pattern):
+            raise RuntimeError("boom")
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_model", fail_for_transformer)
+    first = compare("smoke", out_dir=tmp_path, device="cpu", progress=False, **selection)
+    status = {r["spec"]["family"]: r["status"] for r in first["runs"]}
+    assert status == {"mamba": "ok", "transformer": "failed"}
+    report = (tmp_path / "report.md").read_text()
+    assert "RuntimeError: boom" in report and "## Failures" in report
+    monkeypatch.setattr(runner, "train_model", original)
+    second = compare("smoke", out_dir=tmp_path, device="cpu", progress=False, **selection)
+    cached = {r["spec"]["family"]: (r["cached"], r["status"]) for r in second["runs"]}
+    assert cached == {"mamba": (True, "ok"), "transformer": (False, "ok")}  # failed runs are retried
+
+
+def test_bad_selection_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="models"):
+        compare("smoke", models=["rnn"], out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="preset"):
+        compare("huge", out_dir=tmp_path, progress=False)
+
+
+def test_run_key_ignores_group_and_tracks_content():
+    plan = TaskPlan({"vocab_size": 16}, 32, (32,), steps=1, batch_size=2)
+    a = RunSpec("main", "mamba", "mqar", plan, ModelSize(32, 2, 4), "smoke", 0)
+    b = RunSpec("state", "mamba", "mqar", plan, ModelSize(32, 2, 4), "smoke", 0)
+    c = RunSpec("main", "mamba", "mqar", plan, ModelSize(32, 2, 8), "smoke", 0)
+    assert a.key == b.key != c.key
+
+
+def test_task_batches_resume_exactly_and_eval_data_is_held_out():
+    task = build_task("induction_heads", vocab_size=8)
+    plan = TaskPlan({}, 16, (16, 64), steps=4, batch_size=3, eval_examples=5)
+    stream = TaskBatches(task, plan, seed=7)
+    seen = [next(stream)["input_ids"] for _ in range(3)]
+    restored = TaskBatches(task, plan, seed=7)
+    restored.load_state_dict({"index": 2})
+    assert torch.equal(next(restored)["input_ids"], seen[2])
+    held_out = eval_batches(task, plan, 16, seed=7)
+    assert sum(b["input_ids"].shape[0] for b in held_out) == 5
+    assert not any(torch.equal(b["input_ids"][:3], s) for b in held_out for s in seen if b["input_ids"].shape[0] >= 3)

@@ -1,0 +1,77 @@
+"""Findings are rules on the numbers: a contrast the numbers contradict must never be stated."""
+
+from __future__ import annotations
+
+import pytest
+
+from mambalab.experiments.findings import MUCH_BETTER, evaluate_findings
+
+
+def run(task: str, family: str, accuracy: dict[int, float], train_length: int, group: str = "main",
+        overrides: dict | None = None, headline: str = "token_accuracy") -> dict:
+    return {
+        "status": "ok", "group": group, "headline": headline,
+        "spec": {"task": task, "family": family, "plan": {"train_length": train_length}, "overrides": overrides or {},
+                 "size": {"d_model": 64, "n_layer": 2, "d_state": 16}},
+        "eval": {str(n): {headline: a, "loss": 1.0 - a} for n, a in accuracy.items()},
+    }
+
+
+def results(*runs: dict) -> dict:
+    return {"runs": list(runs), "preset": {"size": {"d_model": 64, "n_layer": 2, "d_state": 16}}, "cost": {}}
+
+
+def texts(res: dict) -> dict[str, str]:
+    return {f.id: f.text for f in evaluate_findings(res)}
+
+
+def test_selective_copying_gap_stated_only_when_measured():
+    ok = texts(results(run("selective_copying", "mamba", {64: 0.99}, 64), run("selective_copying", "s4d", {64: 0.3}, 64)))
+    assert "≫" in ok["selective_copying"] and "99.0%" in ok["selective_copying"]
+    narrow = 0.99 - MUCH_BETTER + 0.05
+    bad = texts(results(run("selective_copying", "mamba", {64: 0.99}, 64),
+                        run("selective_copying", "s4d", {64: narrow}, 64)))
+    assert "≫" not in bad["selective_copying"] and "did NOT" in bad["selective_copying"]
+
+
+@pytest.mark.parametrize("mamba,transformer,holds", [(1.0, 0.1, True), (0.5, 0.45, False), (0.1, 0.9, False)])
+def test_induction_extrapolation_rule(mamba, transformer, holds):
+    res = results(run("induction_heads", "mamba", {64: 1.0, 256: mamba, 1024: mamba}, 64),
+                  run("induction_heads", "transformer", {64: 1.0, 256: transformer, 1024: transformer}, 64))
+    found = {f.id: f for f in evaluate_findings(res)}["induction_heads_extrapolation"]
+    assert found.supports_paper is holds
+    assert ("Mamba" in found.text and "≫" in found.text) and (("did NOT" in found.text) is not holds)
+
+
+@pytest.mark.parametrize("task", ["copying", "mqar"])
+def test_transformer_at_least_mamba_past_training_length(task):
+    contradicted = texts(results(run(task, "transformer", {32: 1.0, 64: 0.2}, 32), run(task, "mamba", {32: 1.0, 64: 0.6}, 32)))
+    assert "did NOT hold" in contradicted[f"{task}_extrapolation"]
+    holds = texts(results(run(task, "transformer", {32: 1.0, 64: 0.6}, 32), run(task, "mamba", {32: 1.0, 64: 0.2}, 32)))
+    assert "did NOT" not in holds[f"{task}_extrapolation"] and "≥" in holds[f"{task}_extrapolation"]
+
+
+def test_induction_reach_counts_only_leading_perfect_lengths():
+    res = results(run("induction_heads", "mamba", {64: 1.0, 128: 0.995, 256: 0.5, 512: 1.0}, 64))
+    text = texts(res)["induction_heads_reach"]
+    assert "up to 128 tokens" in text and "512" not in text.split("paper")[0]
+
+
+def test_missing_or_failed_runs_give_no_finding():
+    failed = run("selective_copying", "s4d", {64: 0.1}, 64)
+    failed["status"] = "failed"
+    assert "selective_copying" not in texts(results(run("selective_copying", "mamba", {64: 1.0}, 64), failed))
+    assert evaluate_findings(results()) == []
+
+
+def test_init_finding_follows_the_numbers():
+    hippo_better = results(
+        run("selective_copying", "s4d", {64: 0.9}, 64, "init", {"s4d": {"init": "legs"}}),
+        run("selective_copying", "s4d", {64: 0.2}, 64, "init", {"s4d": {"init": "random"}}),
+    )
+    assert "is better than random" in texts(hippo_better)["init_s4d"]
+    random_better = results(
+        run("selective_copying", "s4d", {64: 0.2}, 64, "init", {"s4d": {"init": "legs"}}),
+        run("selective_copying", "s4d", {64: 0.9}, 64, "init", {"s4d": {"init": "random"}}),
+    )
+    assert "no better than random" in texts(random_better)["init_s4d"]
