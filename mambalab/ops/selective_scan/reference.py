@@ -53,30 +53,29 @@ def selective_scan_reference(
 
     if B.dim() == 3:  # one group: (b, n, l) -> (b, 1, n, l)
         B, C = B.unsqueeze(1), C.unsqueeze(1)
-    groups = B.shape[1]
-    B = B.repeat_interleave(dim // groups, dim=1)  # channel i reads group i // (d/g)   (b, d, n, l)
-    C = C.repeat_interleave(dim // groups, dim=1)  # (b, d, n, l)
+    group_size = dim // B.shape[1]  # channel i reads B/C group i // group_size
 
     if cu_seqlens is None:
-        segments = [(slice(None), 0, length)]  # every batch row is one sequence
+        bounds = [0, length]  # every batch row is one sequence
     else:
-        bounds = [int(x) for x in cu_seqlens]
-        segments = [(slice(0, 1), bounds[s], bounds[s + 1]) for s in range(len(bounds) - 1)]
+        bounds = [int(x) for x in cu_seqlens]  # batch is 1; sequence s is positions bounds[s]:bounds[s+1]
+    if initial_state is None:  # h_0 = 0
+        initial_state = u.new_zeros(batch if cu_seqlens is None else len(bounds) - 1, dim, A.shape[1])
 
+    # One tensor per time step (unbind keeps the backward linear in l: each step's gradient is written once).
+    us, deltas, Bs, Cs = u.unbind(-1), delta.unbind(-1), B.unbind(-1), C.unbind(-1)
     ys, finals = [], []
-    for s, (rows, start, end) in enumerate(segments):
-        if initial_state is None:
-            h = u.new_zeros(u[rows].shape[0], dim, A.shape[1])  # h_0 = 0                (b, d, n)
-        elif cu_seqlens is None:
-            h = initial_state.to(compute)  # (b, d, n)
-        else:
-            h = initial_state[s : s + 1].to(compute)  # (1, d, n)
-        for t in range(start, end):
-            dt = delta[rows, :, t, None]  # Δ_t                                         (b, d, 1)
-            dA = torch.exp(dt * A)  # Ā_t = exp(Δ_t A)                                   (b, d, n)
-            dBu = dt * B[rows, :, :, t] * u[rows, :, t, None]  # B̄_t x_t = Δ_t B_t x_t     (b, d, n)
-            h = dA * h + dBu  # h_t = Ā_t h_{t-1} + B̄_t x_t                            (b, d, n)
-            ys.append((h * C[rows, :, :, t]).sum(-1))  # y_t = C_t · h_t                  (b, d)
+    for s in range(len(bounds) - 1):
+        h = initial_state if cu_seqlens is None else initial_state[s : s + 1]
+        h = h.to(compute)  # h_0                                                           (b, d, n)
+        for t in range(bounds[s], bounds[s + 1]):
+            dt = deltas[t][:, :, None]  # Δ_t                                               (b, d, 1)
+            B_t = Bs[t].repeat_interleave(group_size, dim=1)  # B_t for every channel        (b, d, n)
+            C_t = Cs[t].repeat_interleave(group_size, dim=1)  # C_t for every channel        (b, d, n)
+            dA = torch.exp(dt * A)  # Ā_t = exp(Δ_t A)                                       (b, d, n)
+            dBu = dt * B_t * us[t][:, :, None]  # B̄_t x_t = Δ_t B_t x_t                      (b, d, n)
+            h = dA * h + dBu  # h_t = Ā_t h_{t-1} + B̄_t x_t                                (b, d, n)
+            ys.append((h * C_t).sum(-1))  # y_t = C_t · h_t                                  (b, d)
         finals.append(h)
 
     y = torch.stack(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0)  # (b, d, l)
