@@ -227,12 +227,15 @@ PRESETS: dict[str, ModelConfig] = {
     "transformer-350m": _transformer(1024, 24, 16),
     "transformer-760m": _transformer(1536, 24, 16),
     "transformer-1.3b": _transformer(2048, 24, 32),
-    # CPU sizes: ~0.8M parameters, vocabulary 256 (bytes); the other families matched to tiny-mamba
+    # CPU sizes: ~0.5M parameters, vocabulary 256 (bytes); the other families matched to tiny-mamba
     "tiny-mamba": _tiny("mamba"),
     "tiny-transformer": _tiny("transformer"),
     "tiny-s4d": _tiny("s4d"),
     "tiny-hybrid": _tiny("hybrid"),
     "tiny-moe": _tiny("moe"),
+    # Jamba's layout at CPU size: 8 layers, attention at layer 4, MoE (4 experts, top-2) every other layer
+    "tiny-jamba": ModelConfig(d_model=64, n_layer=8, vocab_size=256, layer_pattern=hybrid_pattern(8),
+                              attention=AttentionConfig(n_heads=4), moe=MoEConfig(n_experts=4, top_k=2)),
 }
 
 

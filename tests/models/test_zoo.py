@@ -36,7 +36,7 @@ def test_count_params_equals_built_model(index):
 
 
 def test_count_params_of_tiny_presets_equals_built_model():
-    for name in ("tiny-transformer", "tiny-s4d", "tiny-hybrid", "tiny-moe"):
+    for name in ("tiny-transformer", "tiny-s4d", "tiny-hybrid", "tiny-moe", "tiny-jamba"):
         model = LanguageModel(get_preset(name))
         assert count_params(get_preset(name)) == sum(p.numel() for p in model.parameters()), name
 

@@ -27,6 +27,7 @@ def config(pattern: list[str], ssm: SSMConfig | None = None, s4d: S4DConfig | No
 
 
 ZOO = {
+    "mamba": config(["mamba"] * 2),
     "mamba-A-s4d_lin": config(["mamba"] * 2, SSMConfig(d_state=4, A_init="s4d_lin", scan_backend="reference")),
     "mamba-A-random": config(["mamba"] * 2, SSMConfig(d_state=4, A_init="random", scan_backend="reference")),
     "mamba-zoh": config(["mamba"] * 2, SSMConfig(d_state=4, discretization="zoh")),
