@@ -78,9 +78,13 @@ class Mamba(nn.Module):
         """True for the paper's Mamba (the default switches): the fast `selective_scan` path."""
         return self.cfg.selective and not self.cfg.selective_A and self.cfg.discretization == "mamba"
 
+    @property
+    def delta_bias(self) -> nn.Parameter:
+        """Δ's bias (d,): `dt_proj.bias` of the selective mixer, `dt_bias` of the LTI one."""
+        return self.dt_proj.bias if self.cfg.selective else self.dt_bias
+
     def _fp32_params(self) -> list[nn.Parameter]:
-        dt_bias = self.dt_proj.bias if self.cfg.selective else self.dt_bias
-        return [self.A_log, self.D, dt_bias]
+        return [self.A_log, self.D, self.delta_bias]
 
     @torch.no_grad()
     def reset_ssm_parameters(self) -> None:
@@ -98,7 +102,7 @@ class Mamba(nn.Module):
         else:
             self.B.fill_(1.0)
             nn.init.normal_(self.C, std=n**-0.5)
-        self._fp32_params()[2].copy_(inverse_softplus(dt))
+        self.delta_bias.copy_(inverse_softplus(dt))
         if cfg.A_init == "random":
             self.A_log.normal_()  # A = −exp(N(0, 1))
         else:
@@ -191,10 +195,10 @@ class Mamba(nn.Module):
         if cfg.selective:  # Δ_t, B_t, C_t from the input, as the default path
             dt, B, C = self.x_proj(x_rows).split([r, n, n], dim=-1)  # (b, l, r), (b, l, n), (b, l, n)
             dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2).to(A_log.dtype)  # (b, d, l)
-            dt = dt + self.dt_proj.bias.to(A_log.dtype)[:, None]
+            dt = dt + self.delta_bias.to(A_log.dtype)[:, None]
             B, C = B[:, None].to(A_log.dtype), C[:, None].to(A_log.dtype)  # (b, 1, l, n)
         else:  # one learned Δ, B, C per channel
-            dt = self.dt_bias.to(A_log.dtype)[None, :, None]  # (1, d, 1)
+            dt = self.delta_bias.to(A_log.dtype)[None, :, None]  # (1, d, 1)
             B, C = self.B[None, :, None].to(A_log.dtype), self.C[None, :, None].to(A_log.dtype)  # (1, d, 1, n)
         dt = F.softplus(dt)[..., None]  # Δ                                        (b|1, d, l|1, 1)
         log_neg_A = A_log[None, :, None]  # (1, d, 1, n)
