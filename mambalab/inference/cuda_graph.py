@@ -44,7 +44,7 @@ class GraphStep:
     `load(state)` copies a state into the static buffers (then `self.state` is the state being advanced);
     each call copies tokens (b,) in, replays, and returns a copy of the logits (b, vocab)."""
 
-    def __init__(self, step_fn: Callable, template: InferenceState, pool=None):
+    def __init__(self, step_fn: Callable, template: InferenceState):
         self.state = template.clone()  # static state buffers
         self.tokens = torch.zeros(template.batch_size, dtype=torch.long, device=template.device)  # (b,)
         side = torch.cuda.Stream(device=template.device)
@@ -58,7 +58,7 @@ class GraphStep:
         torch.cuda.current_stream(template.device).wait_stream(side)
         _check_in_place(self.state, pointers)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        with torch.cuda.graph(self.graph):
             self.logits = step_fn(self.tokens, self.state)  # (b, vocab) static output
         _check_in_place(self.state, pointers)
 
@@ -80,7 +80,6 @@ class _GraphCache:
     def __init__(self):
         self.steps: dict[tuple, GraphStep | None] = {}  # None = capture failed, decode eagerly
         self.params: tuple = ()
-        self.pool = None
 
 
 _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -101,13 +100,12 @@ def decode_step(model, state: InferenceState, use_cuda_graph: bool = True, compi
     key = (compile_step, _layout(state))
     if key not in cache.steps:
         step_fn = torch.compile(model._step, dynamic=False) if compile_step else model._step
-        if cache.pool is None:
-            cache.pool = torch.cuda.graph_pool_handle()
         try:
-            cache.steps[key] = GraphStep(step_fn, state, cache.pool)
+            cache.steps[key] = GraphStep(step_fn, state)
             logger.info("captured a CUDA graph of the decode step for batch %d", state.batch_size)
-        except RuntimeError as e:
-            logger.warning("CUDA graph capture of the decode step failed (%s); decoding eagerly", e)
+        except Exception as e:  # noqa: BLE001 (any failure to warm up, compile or capture: decode eagerly)
+            logger.warning("CUDA graph capture of the decode step failed (%s: %s); decoding eagerly",
+                           type(e).__name__, e)
             cache.steps[key] = None
     graph = cache.steps[key]
     if graph is None:

@@ -83,7 +83,7 @@ def generate(
         for i, row in enumerate(rows):
             seen[i, torch.tensor(row, device=device)] = True
     eos_t = torch.tensor(eos, dtype=torch.long, device=device)
-    pad = eos[0] if eos else 0
+    pad = eos[0] if eos else 0  # fed to finished rows
 
     step = decode_step(model, state, use_cuda_graph, compile_step)
     sequences: list[list[int]] = [[] for _ in range(b)]
@@ -93,13 +93,14 @@ def generate(
     for t in range(max_new_tokens):
         tokens = sampler.choose(logits, seen, generator)  # (b,)
         tokens = torch.where(finished, pad, tokens)
-        newly = ~finished & torch.isin(tokens, eos_t)  # (b,)
+        newly = ~finished & torch.isin(tokens, eos_t) if eos else torch.zeros_like(finished)  # (b,)
         done_before, finished = finished, finished | newly
         if seen is not None:
             seen.scatter_(1, tokens[:, None], True)
+        host = _HostCopy(torch.stack([tokens, done_before.long(), newly.long()]))  # (3, b)
         if return_state or t < max_new_tokens - 1:
-            logits = step(tokens)  # launched before the host reads the tokens back
-        token_list, done_list, newly_list = tokens.tolist(), done_before.tolist(), newly.tolist()
+            logits = step(tokens)  # queued behind the copy: the host reads the tokens while the GPU steps
+        token_list, done_list, newly_list = host.get()
         for i in range(b):
             if not done_list[i]:
                 sequences[i].append(token_list[i])
@@ -141,6 +142,23 @@ def prefill(model, rows: list[list[int]], state: InferenceState | None = None):
     logits = torch.cat(last_logits)[inverse.to(model.device)]  # (b, vocab) in prompt order
     joined = states[0] if len(states) == 1 else InferenceState.concat(states)
     return logits, joined.select(inverse.to(joined.device)) if len(states) > 1 else joined
+
+
+class _HostCopy:
+    """Start copying a tensor to the host now (asynchronously on CUDA); `get()` waits and gives its list."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.ready = None
+        if tensor.device.type == "cuda":
+            tensor = tensor.to("cpu", non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        self.tensor = tensor
+
+    def get(self) -> list:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.tensor.tolist()
 
 
 def _prompt_rows(prompts, vocab_size: int) -> list[list[int]]:
