@@ -207,7 +207,11 @@ def lm_eval_model_class() -> type:
             if isinstance(dtype, str):  # "bfloat16" -> torch.bfloat16 (an unknown name fails in `load`)
                 dtype = getattr(torch, dtype, dtype)
             self.scorer = Scorer.from_pretrained(
-                pretrained, tokenizer, device=device, dtype=dtype, batch_size=int(batch_size)
+                pretrained,
+                tokenizer,
+                device=device,
+                dtype=dtype,
+                batch_size=int(batch_size) if str(batch_size).isdigit() else batch_size,  # "8" from the CLI
             )
             self.max_gen_toks = int(max_gen_toks)
 
