@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 def selective_state_update(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_bias=None, dt_softplus=False):
     """h ← exp(Δ A) h + Δ B x; returns y = (C·h + D x) · silu(z)  (b, d) in x_t's dtype."""
-    batch, dim, n = state.shape
+    _validate(state, x_t, dt_t, A, B_t, C_t, D, z_t, dt_bias)
+    dim = state.shape[1]
     dt = dt_t.to(state.dtype)
     if dt_bias is not None:
         dt = dt + dt_bias.to(state.dtype)
@@ -48,3 +49,26 @@ def selective_state_update_fused(
     from mambalab.ops.triton.step import state_update
 
     return state_update(state, x_t, dt_t, A, B_t, C_t, D, z_t, dt_bias, dt_softplus, state_batch_indices)
+
+
+def _validate(state, x_t, dt_t, A, B_t, C_t, D, z_t, dt_bias):
+    def expect(cond, message):
+        if not cond:
+            raise ValueError(f"selective_state_update: {message}")
+
+    expect(state.dim() == 3, f"state must be (batch, dim, N), got shape {tuple(state.shape)}")
+    batch, dim, n = state.shape
+    for name, t in (("x_t", x_t), ("dt_t", dt_t), ("z_t", z_t)):
+        expect(t is None or tuple(t.shape) == (batch, dim), f"{name} must be ({batch}, {dim}), got {_shape(t)}")
+    expect(tuple(A.shape) == (dim, n), f"A must be ({dim}, {n}), got {tuple(A.shape)}")
+    groups = B_t.shape[1] if B_t.dim() == 3 else 1
+    expected = (batch, n) if B_t.dim() == 2 else (batch, groups, n)
+    expect(tuple(B_t.shape) == expected and dim % groups == 0,
+           f"B_t must be ({batch}, {n}) or ({batch}, G, {n}) with G dividing {dim}, got {tuple(B_t.shape)}")
+    expect(C_t.shape == B_t.shape, f"C_t must have B_t's shape {tuple(B_t.shape)}, got {tuple(C_t.shape)}")
+    for name, t in (("D", D), ("dt_bias", dt_bias)):
+        expect(t is None or tuple(t.shape) == (dim,), f"{name} must be ({dim},), got {_shape(t)}")
+
+
+def _shape(t):
+    return None if t is None else tuple(t.shape)

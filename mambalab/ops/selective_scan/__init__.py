@@ -7,6 +7,8 @@ these semantics; see reference.py for the math and the glossary.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from mambalab.ops import backends
@@ -70,31 +72,38 @@ def _expect(cond: bool, message: str) -> None:
 
 
 def validate(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None, cu_seqlens=None):
+    """Check every shape against u (batch, dim, L) and A (dim, N); a ValueError names the bad argument."""
     _expect(u.dim() == 3, f"u must be (batch, dim, L), got shape {tuple(u.shape)}")
     batch, dim, length = u.shape
     _expect(delta.shape == u.shape, f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
     _expect(A.dim() == 2 and A.shape[0] == dim, f"A must be (dim={dim}, N), got {tuple(A.shape)}")
     n = A.shape[1]
     _expect(B.dim() in (3, 4), f"B must be (batch, N, L) or (batch, G, N, L), got {tuple(B.shape)}")
-    _expect(C.shape == B.shape, f"C must have B's shape {tuple(B.shape)}, got {tuple(C.shape)}")
     groups = 1 if B.dim() == 3 else B.shape[1]
     expected_b = (batch, n, length) if B.dim() == 3 else (batch, groups, n, length)
     _expect(tuple(B.shape) == expected_b, f"B must be {expected_b} (batch, [G,] N, L), got {tuple(B.shape)}")
-    _expect(groups >= 1 and dim % groups == 0, f"dim={dim} must be divisible by the number of groups G={groups}")
+    _expect(C.shape == B.shape, f"C must have B's shape {tuple(B.shape)}, got {tuple(C.shape)}")
+    _expect(groups >= 1 and dim % groups == 0, f"B's group count G={groups} must divide dim={dim}")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
-        _expect(t is None or tuple(t.shape) == (dim,), f"{name} must be (dim={dim},), got {None if t is None else tuple(t.shape)}")
-    _expect(z is None or z.shape == u.shape, f"z must have u's shape {tuple(u.shape)}, got {None if z is None else tuple(z.shape)}")
+        _expect(t is None or tuple(t.shape) == (dim,), f"{name} must be (dim={dim},), got {_shape(t)}")
+    _expect(z is None or z.shape == u.shape, f"z must have u's shape {tuple(u.shape)}, got {_shape(z)}")
     rows = batch
     if cu_seqlens is not None:
         _expect(batch == 1, f"cu_seqlens packs sequences into one row: batch must be 1, got {batch}")
-        _expect(cu_seqlens.dim() == 1 and cu_seqlens.numel() >= 2, "cu_seqlens must be 1-D with >= 2 entries")
-        _expect(not cu_seqlens.dtype.is_floating_point, f"cu_seqlens must be an integer tensor, got {cu_seqlens.dtype}")
+        _expect(cu_seqlens.dim() == 1 and cu_seqlens.numel() >= 2,
+                f"cu_seqlens must be 1-D with >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
+        _expect(not cu_seqlens.dtype.is_floating_point and cu_seqlens.dtype != torch.bool,
+                f"cu_seqlens must be an integer tensor, got {cu_seqlens.dtype}")
         c = cu_seqlens.tolist()
         _expect(c[0] == 0 and c[-1] == length, f"cu_seqlens must start at 0 and end at L={length}, got {c[0]}..{c[-1]}")
-        _expect(all(a <= b for a, b in zip(c, c[1:])), "cu_seqlens must be non-decreasing")
+        _expect(all(a <= b for a, b in itertools.pairwise(c)), f"cu_seqlens must be non-decreasing, got {c}")
         rows = len(c) - 1
     if initial_state is not None:
         _expect(tuple(initial_state.shape) == (rows, dim, n),
                 f"initial_state must be ({rows}, dim={dim}, N={n}), got {tuple(initial_state.shape)}")
     devices = {t.device for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None}
     _expect(len(devices) == 1, f"all tensors must be on one device, got {sorted(map(str, devices))}")
+
+
+def _shape(t):
+    return None if t is None else tuple(t.shape)
