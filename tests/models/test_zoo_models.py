@@ -9,6 +9,7 @@ import torch
 
 from mambalab import InferenceState, LanguageModel, ModelConfig
 from mambalab.config import AttentionConfig, MoEConfig, S4DConfig, SSMConfig
+from mambalab.inference.generate import generate
 from mambalab.models.zoo import hybrid_pattern
 from tests.conftest import rel_error
 from tests.models.test_lm import parallel_vs_recurrent
@@ -103,3 +104,14 @@ def test_moe_hybrid_returns_aux_loss():
     assert logits.shape == (2, 9, VOCAB) and aux.item() > 0
     aux.backward()
     assert model.backbone.layers[1].mlp.router.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["transformer-gqa", "jamba", "s4d-rnn-silu"])
+def test_generate_batches_prompts_of_different_lengths(name):
+    """generate() prefills prompts of different lengths separately, joins their states with concat and
+    decodes them together: each row must continue exactly as its prompt alone."""
+    model = LanguageModel(ZOO[name]).double().eval()
+    prompts = [torch.randint(0, VOCAB, (n,)).tolist() for n in (2, 7, 4)]
+    together = generate(model, prompts, max_new_tokens=5, use_cuda_graph=False).sequences
+    alone = [generate(model, [p], max_new_tokens=5, use_cuda_graph=False).sequences[0] for p in prompts]
+    assert together == alone
