@@ -72,7 +72,8 @@ def hippo_legt(N: int, theta: float = 1.0, form: str = "lmu", dtype=torch.float6
 
 
 def hippo_fout(N: int, theta: float = 1.0, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """HiPPO-FouT (A (N, N), B (N,)): Fourier coefficients of u on the window [t − θ, t] (see module doc)."""
+    """HiPPO-FouT (A (N, N), B (N,)): Fourier coefficients of u on the window [t − θ, t] (see module doc).
+    With an even N the last basis function is a cosine without its sine."""
     b = torch.zeros(N, dtype=dtype)
     b[0] = 1.0
     b[1::2] = math.sqrt(2.0)  # φ_n(0): 1 for the constant, √2 for cosines, 0 for sines
