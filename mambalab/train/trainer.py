@@ -9,7 +9,8 @@ One optimizer step = `grad_accum` micro-batches per rank; the loss of each micro
 non-ignored tokens, so with equal token counts per rank, N ranks at batch b match one process at batch N·b.
 Step skeleton: lr from warmup+cosine -> forward/backward per micro-batch (bf16 autocast on GPU, fp32 on CPU,
 gradient sync only on the last micro-batch) -> clip -> if loss and grad norm are finite, AdamW step, else
-skip it (NaN guard; `nan_patience` skips in a row raise `TrainingDiverged`, no checkpoint is written) ->
+skip it (NaN guard; no checkpoint is written during a run of skips, and `nan_patience` skips in a row
+raise `TrainingDiverged`) ->
 log / evaluate / checkpoint. SIGINT and SIGTERM finish the current step, checkpoint, and return.
 
 Exact resume: a checkpoint holds the full model and optimizer state, the step (the schedule is a function of
@@ -476,7 +477,7 @@ class Trainer:
                         progress.update(task, loss=f"{record['loss']:.4f}", tps=f"{record['tokens_per_s']:,.0f}")
                 if task is not None:
                     progress.update(task, completed=self.step)
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.nan_streak == 0:
                     self.save()
                     self._plot()
                 if self._stop_requested():

@@ -98,13 +98,6 @@ def test_tokenizer_mismatch_and_truncated_shard(tmp_path):
         TokenDataset(tmp_path / "ds", "train")
 
 
-@pytest.fixture(scope="module")
-def embedded_ds(tmp_path_factory):
-    path = tmp_path_factory.mktemp("embedded") / "ds"
-    prepare_dataset(["embedded"], path, ByteTokenizer())
-    return path
-
-
 def test_embedded_corpus_is_prose(embedded_ds):
     manifest = read_manifest(embedded_ds)
     assert 500_000 < manifest["bytes"] < 2_000_000 and manifest["splits"]["val"]["tokens"] > 10_000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -55,8 +57,8 @@ def test_warmup_cosine_schedule():
     lr, min_lr, warmup, total = 1e-3, 1e-4, 10, 110
     values = [lr_at(s, lr, min_lr, warmup, total) for s in range(total + 5)]
     assert values[0] == pytest.approx(lr / warmup) and values[warmup - 1] == pytest.approx(lr)
-    assert all(a < b for a, b in zip(values[:warmup - 1], values[1:warmup]))
+    assert all(a < b for a, b in itertools.pairwise(values[:warmup]))
     decay = values[warmup:total + 1]
-    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(decay))
     assert values[warmup + 50] == pytest.approx((lr + min_lr) / 2)
     assert values[total] == pytest.approx(min_lr) and values[-1] == min_lr
