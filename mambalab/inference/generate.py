@@ -72,6 +72,8 @@ def generate(
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     eos = _eos_ids(eos_token_id, model.config.vocab_size)
+    if generator is not None and generator.device.type != model.device.type:
+        raise ValueError(f"generator is on {generator.device} but the model is on {model.device}")
     if state is not None and state.batch_size not in (1, len(rows)):
         raise ValueError(f"state has batch {state.batch_size}; expected 1 or the number of prompts ({len(rows)})")
 

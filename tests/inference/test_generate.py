@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mambalab import AttentionConfig, LanguageModel, ModelConfig, SSMConfig
 from mambalab.inference.generate import generate
 from tests.conftest import rel_error
 from tests.inference.conftest import VOCAB, random_prompts
@@ -30,6 +31,16 @@ def test_batched_prompts_of_different_lengths_equal_one_by_one(model):
     for prompt, seq in zip(prompts, batched.sequences):
         assert generate(model, [prompt], 8).sequences[0] == seq
     assert batched.prompt_lengths == [5, 1, 9, 5, 3]
+
+
+def test_hybrid_models_with_kv_caches_batch_exactly_too():
+    config = ModelConfig(d_model=32, n_layer=3, vocab_size=VOCAB, ssm=SSMConfig(d_state=8),
+                         attention=AttentionConfig(n_heads=4), layer_pattern=["mamba", "attention+mlp", "s4d+mlp"])
+    model = LanguageModel(config).double().eval()
+    prompts = random_prompts([5, 1, 9])  # KV caches of different lengths, zero-padded when joined
+    batched = generate(model, prompts, 6).sequences
+    assert batched == [generate(model, [p], 6).sequences[0] for p in prompts]
+    assert batched[2] == teacher_forced_argmax(model, prompts[2], batched[2])
 
 
 def test_tensor_prompts_equal_list_prompts(model):
