@@ -37,9 +37,12 @@ OFFICIAL = {  # mamba-ssm selective_scan_cuda, ANCHORS.md (ms)
 }
 TARGETS = {"fwd": {2048: 0.30, 8192: 1.3}, "fwdbwd": {2048: 1.9, 8192: 8.0}}
 # (channels per program, chunk, warps); all keep a thread's registers unspilled when compiled for sm_90
-# Only chunk 16 is eligible as the default: checkpoints cost 4·b·d·N·L/chunk bytes (chunk 8 is timed for the notes).
-FWD_SWEEP = [(32, 16, 8), (32, 16, 4), (64, 16, 8), (64, 16, 16), (32, 32, 16), (32, 8, 4)]
-BWD_SWEEP = [(32, 16, 8), (16, 16, 4), (32, 8, 4)]
+# (channels per program, chunk, warps[, dB/dC as per-block partial sums instead of atomics]). The backward's
+# chunk is also the checkpoint interval (checkpoints cost 4·b·d·N·L/chunk bytes), so only chunk 16 is
+# eligible there (chunk 8 is timed for the notes); the forward's chunk must divide it.
+FWD_SWEEP = [(16, 8, 1), (32, 4, 1), (16, 4, 1), (8, 8, 1)]
+BWD_SWEEP = [(4, 16, 1, False), (4, 16, 1, True), (8, 16, 1, True), (16, 16, 4, True), (8, 8, 1, False),
+             (8, 8, 1, True)]
 CHUNK = 16
 
 T0 = time.time()
@@ -168,29 +171,31 @@ def sweep(report, length=2048):
     call = lambda cfg, store: scan.scan_forward(
         a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"], None, None, True, store, cfg)
     for bd, ch, w in FWD_SWEEP:
-        cfg = scan.ScanConfig(block_d=bd, chunk=ch, fwd_warps=w)
+        cfg = scan.ScanConfig(block_d=bd, chunk=CHUNK, fwd_chunk=ch, fwd_warps=w)
         try:
             fwd_times[f"{bd}x{ch}w{w}"] = do_bench(lambda cfg=cfg: call(cfg, False), warmup=10, rep=50,
                                                    return_mode="median")
         except Exception as e:  # noqa: BLE001  (a config that fails to compile or launch is skipped)
             log(f"fwd config {bd}x{ch}w{w} failed: {type(e).__name__}: {str(e)[:200]}")
         log(f"fwd {bd}x{ch}w{w}: {fwd_times.get(f'{bd}x{ch}w{w}', float('nan')):.3f} ms")
-    for bd, ch, w in BWD_SWEEP:
-        cfg = scan.ScanConfig(chunk=ch, bwd_block_d=bd, bwd_warps=w, block_d=32, fwd_warps=4)
+    for bd, ch, w, partial in BWD_SWEEP:
+        cfg = scan.ScanConfig(chunk=ch, bwd_block_d=bd, bwd_warps=w, block_d=16, fwd_chunk=min(ch, 8), fwd_warps=1,
+                              bwd_partial_dbc=partial)
         _, _, ckpt = call(cfg, True)
         bwd = lambda cfg=cfg, ckpt=ckpt: scan.scan_backward(
             dy, None, a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"], None, ckpt,
             True, cfg)
         try:
-            bwd_times[f"{bd}x{ch}w{w}"] = do_bench(bwd, warmup=10, rep=50, return_mode="median")
+            bwd_times[f"{bd}x{ch}w{w}p{int(partial)}"] = do_bench(bwd, warmup=10, rep=50, return_mode="median")
         except Exception as e:  # noqa: BLE001
-            log(f"bwd config {bd}x{ch}w{w} failed: {type(e).__name__}: {str(e)[:200]}")
-        log(f"bwd {bd}x{ch}w{w}: {bwd_times.get(f'{bd}x{ch}w{w}', float('nan')):.3f} ms")
+            log(f"bwd config {bd}x{ch}w{w} partial={partial} failed: {type(e).__name__}: {str(e)[:200]}")
+        log(f"bwd {bd}x{ch}w{w}p{int(partial)}: {bwd_times.get(f'{bd}x{ch}w{w}p{int(partial)}', float('nan')):.3f} ms")
     report["sweep"] = {"L": length, "fwd_ms": fwd_times, "bwd_ms": bwd_times}
-    parse = lambda key: tuple(int(x) for x in key.replace("x", " ").replace("w", " ").split())
-    fbd, _, fw = parse(min((t, k) for k, t in fwd_times.items() if parse(k)[1] == CHUNK)[1])
-    bbd, _, bw = parse(min((t, k) for k, t in bwd_times.items() if parse(k)[1] == CHUNK)[1])
-    cfg = scan.ScanConfig(block_d=fbd, chunk=CHUNK, fwd_warps=fw, bwd_block_d=bbd, bwd_warps=bw)
+    parse = lambda key: tuple(int(x) for x in key.replace("x", " ").replace("w", " ").replace("p", " ").split())
+    fbd, fch, fw = parse(min((t, k) for k, t in fwd_times.items() if CHUNK % parse(k)[1] == 0)[1])
+    bbd, _, bw, bp = parse(min((t, k) for k, t in bwd_times.items() if parse(k)[1] == CHUNK)[1])
+    cfg = scan.ScanConfig(block_d=fbd, chunk=CHUNK, fwd_chunk=fch, fwd_warps=fw, bwd_block_d=bbd, bwd_warps=bw,
+                          bwd_partial_dbc=bool(bp))
     report["sweep"]["best"] = cfg.__dict__
     log(f"best config {cfg}")
     return cfg

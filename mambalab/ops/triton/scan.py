@@ -38,22 +38,26 @@ __all__ = ["INTERPRETED", "ScanConfig", "checkpoint_slots", "default_config", "s
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Tile sizes: channels per program and warps for each direction, and the steps per chunk (shared by
-    forward and backward: the checkpoint layout depends on it)."""
+    """Tile sizes: channels per program and warps for each direction; steps per chunk of the backward (also
+    the checkpoint interval) and of the forward (fwd_chunk, which must divide chunk)."""
 
-    block_d: int = 32
+    block_d: int = 16
     chunk: int = 16
-    fwd_warps: int = 8
-    bwd_block_d: int = 32
-    bwd_warps: int = 8
+    fwd_warps: int = 1
+    fwd_chunk: int = 8
+    bwd_partial_dbc: bool = False
+    bwd_block_d: int = 4
+    bwd_warps: int = 1
+
+    def __post_init__(self):
+        if self.chunk % self.fwd_chunk:
+            raise ValueError(f"ScanConfig: fwd_chunk={self.fwd_chunk} must divide chunk={self.chunk}")
 
 
 def default_config(dim_per_group: int, n: int) -> ScanConfig:
-    """Tile sizes for (d/G, N); the constants were chosen by sweeping on an H200 (benchmarks/notes/scan.md).
-    Small channel counts (tests, narrow groups) use narrower programs so that fewer lanes idle."""
-    block_d = max(8, min(32, triton.next_power_of_2(dim_per_group)))
-    warps = 8 if n >= 16 else 4
-    return ScanConfig(block_d=block_d, bwd_block_d=block_d, fwd_warps=warps, bwd_warps=warps)
+    """Tile sizes for (d/G, N), chosen by sweeping on an H200 at N=16 (benchmarks/notes/scan.md): one warp per
+    program, 16 channels × 8 steps forward, 4 channels × 16 steps backward."""
+    return ScanConfig()
 
 
 def checkpoint_slots(rows: int, length: int, chunk: int, varlen: bool) -> int:
@@ -78,23 +82,41 @@ def _sequence_bounds(cu_ptr, seq, length, n_chunks, CHUNK: tl.constexpr, VARLEN:
 
 
 @triton.jit
-def _load_delta(dt_base, t, mask, bias, s_dt_l, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Δ = softplus(delta + bias) on a (CHUNK, BLOCK_D) tile, 0 where masked (so exp(ΔA) = 1, ΔBu = 0).
+def _delta(raw, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Δ = softplus(delta + bias) on a loaded (CHUNK, BLOCK_D) tile, 0 where masked (so exp(ΔA) = 1, ΔBu = 0).
     Also returns the pre-softplus value (for softplus' derivative)."""
-    raw = tl.load(dt_base + t[:, None] * s_dt_l, mask=mask, other=0.0).to(tl.float32)
+    x = raw.to(tl.float32)
     if HAS_BIAS:
-        raw = raw + bias[None, :]
-    dt = raw
+        x = x + bias[None, :]
+    dt = x
     if SOFTPLUS:
-        dt = softplus(raw)
-    return tl.where(mask, dt, 0.0), raw
+        dt = softplus(x)
+    return tl.where(mask, dt, 0.0), x
+
+
+@triton.jit
+def _load_td(base, t, mask, stride, PRESENT: tl.constexpr):
+    """A (CHUNK, BLOCK_D) tile at steps t, in its stored dtype (zeros when the tensor is absent)."""
+    if PRESENT:
+        tile = tl.load(base + t[:, None] * stride, mask=mask, other=0.0)
+    else:
+        tile = tl.zeros(mask.shape, dtype=base.dtype.element_ty)
+    return tile
+
+
+@triton.jit
+def _accumulate(ptrs, value, mask, PARTIAL: tl.constexpr):
+    if PARTIAL:
+        tl.store(ptrs, value, mask=mask)
+    else:
+        tl.atomic_add(ptrs, value, mask=mask)
 
 
 # Tile layout. Every 3-D tile is (CHUNK, N, BLOCK_D) with channels last: Triton's default layout gives the
-# last axis to the lanes and warps, so each thread owns whole channels and holds its N states and all CHUNK
-# steps in registers. The scan over time (axis 0) and the sum over N (axis 1) then run inside a thread with
-# no shuffles; only the backward's dB/dC (sums over channels) cross lanes. Loads of (CHUNK, BLOCK_D) tiles
-# stay coalesced along time (Triton converts their layout through shared memory).
+# last axis to the lanes (and warps), so a thread owns whole channels and holds all CHUNK steps (and a share
+# of N) in registers. The scan over time (axis 0) runs inside a thread with no shuffles; sums over N cross
+# at most a few lanes, and only the backward's dB/dC (sums over channels) cross the channel lanes. Inputs
+# are loaded one chunk ahead into registers (loop-carried), so their latency overlaps the current chunk.
 
 
 @triton.jit
@@ -105,10 +127,11 @@ def _scan_fwd_kernel(
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_h0_s, s_h0_d, s_h0_n,
-    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, VARLEN: tl.constexpr, STORE_CKPT: tl.constexpr,
 ):
+    """CHUNK steps per iteration; with STORE_CKPT, the state every CKPT steps (a multiple of CHUNK)."""
     pid_blk = tl.program_id(0)
     seq = tl.program_id(1)
     n_blk = tl.cdiv(dim_per_group, BLOCK_D)
@@ -120,7 +143,7 @@ def _scan_fwd_kernel(
     mask_n = offs_n < N
     mask_nd = mask_n[:, None] & mask_d[None, :]
     offs_t = tl.arange(0, CHUNK)
-    row, start, end, slot0 = _sequence_bounds(cu_ptr, seq, length, n_chunks, CHUNK, VARLEN)
+    row, start, end, slot0 = _sequence_bounds(cu_ptr, seq, length, n_chunks, CKPT, VARLEN)
 
     A2 = tl.load(A_ptr + offs_n[:, None] * s_A_n + offs_d[None, :] * s_A_d, mask=mask_nd, other=0.0)
     A2 = A2.to(tl.float32) * LOG2E  # exp(Δ A) = exp2(Δ · A log2 e)                          (NP, BD)
@@ -144,17 +167,33 @@ def _scan_fwd_kernel(
     first = (offs_t == 0)[:, None, None]
     last = (offs_t == CHUNK - 1)[:, None, None]
 
+    t = start + offs_t
+    mask_td = (t < end)[:, None] & mask_d[None, :]
+    mask_tn = (t < end)[:, None] & mask_n[None, :]
+    dt_raw, u_raw = _load_td(dt_base, t, mask_td, s_dt_l, True), _load_td(u_base, t, mask_td, s_u_l, True)
+    z_raw = _load_td(z_base, t, mask_td, s_z_l, HAS_Z)
+    B_raw = tl.load(B_base + t[:, None] * s_B_l, mask=mask_tn, other=0.0)  # (T, NP)
+    C_raw = tl.load(C_base + t[:, None] * s_C_l, mask=mask_tn, other=0.0)
     for t0 in range(start, end, CHUNK):
-        if STORE_CKPT:
-            tl.store(ckpt_ptr + (slot0 + (t0 - start) // CHUNK) * dim * N + nd_offs, h, mask=mask_nd)
+        if STORE_CKPT:  # noqa: SIM102  (compile-time flag, then a run-time test)
+            if (t0 - start) % CKPT == 0:
+                tl.store(ckpt_ptr + (slot0 + (t0 - start) // CKPT) * dim * N + nd_offs, h, mask=mask_nd)
         t = t0 + offs_t
-        mask_t = t < end
-        mask_td = mask_t[:, None] & mask_d[None, :]
-        dt, _ = _load_delta(dt_base, t, mask_td, bias, s_dt_l, HAS_BIAS, SOFTPLUS)  # Δ     (T, BD)
-        u = tl.load(u_base + t[:, None] * s_u_l, mask=mask_td, other=0.0).to(tl.float32)  # (T, BD)
-        mask_tn = mask_t[:, None] & mask_n[None, :]
-        Bt = tl.load(B_base + t[:, None] * s_B_l, mask=mask_tn, other=0.0).to(tl.float32)  # (T, NP)
-        Ct = tl.load(C_base + t[:, None] * s_C_l, mask=mask_tn, other=0.0).to(tl.float32)  # (T, NP)
+        mask_td = (t < end)[:, None] & mask_d[None, :]
+        dt, _ = _delta(dt_raw, mask_td, bias, HAS_BIAS, SOFTPLUS)  # Δ                          (T, BD)
+        u = u_raw.to(tl.float32)  # (T, BD)
+        z = z_raw.to(tl.float32)
+        Bt = B_raw.to(tl.float32)  # (T, NP)
+        Ct = C_raw.to(tl.float32)
+        # Prefetch the next chunk (masked off past the end).
+        t_next = t + CHUNK
+        mask_next = (t_next < end)[:, None] & mask_d[None, :]
+        mask_next_n = (t_next < end)[:, None] & mask_n[None, :]
+        dt_raw = _load_td(dt_base, t_next, mask_next, s_dt_l, True)
+        u_raw = _load_td(u_base, t_next, mask_next, s_u_l, True)
+        z_raw = _load_td(z_base, t_next, mask_next, s_z_l, HAS_Z)
+        B_raw = tl.load(B_base + t_next[:, None] * s_B_l, mask=mask_next_n, other=0.0)
+        C_raw = tl.load(C_base + t_next[:, None] * s_C_l, mask=mask_next_n, other=0.0)
 
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # Ā_t = exp(Δ_t A)                  (T, NP, BD)
         dBu = (dt * u)[:, None, :] * Bt[:, :, None]  # B̄_t u_t = Δ_t B_t u_t               (T, NP, BD)
@@ -166,7 +205,6 @@ def _scan_fwd_kernel(
         if HAS_D:
             y += Dv[None, :] * u
         if HAS_Z:
-            z = tl.load(z_base + t[:, None] * s_z_l, mask=mask_td, other=0.0).to(tl.float32)
             y *= z * tl.sigmoid(z)
         tl.store(y_base + t[:, None], y.to(y_ptr.dtype.element_ty), mask=mask_td)
 
@@ -183,8 +221,10 @@ def _scan_bwd_kernel(
     s_z_b, s_z_d, s_z_l, s_dy_b, s_dy_d, s_dy_l,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DHT: tl.constexpr, VARLEN: tl.constexpr,
+    HAS_DHT: tl.constexpr, VARLEN: tl.constexpr, DBC_PARTIAL: tl.constexpr,
 ):
+    """CHUNK steps per iteration, from the last chunk back; one checkpoint per chunk. dB/dC: float32 atomics
+    into (b, G, n, l), or with DBC_PARTIAL plain stores of this program's sums into (b, G, n_blk, n, l)."""
     pid_blk = tl.program_id(0)
     seq = tl.program_id(1)
     n_blk = tl.cdiv(dim_per_group, BLOCK_D)
@@ -221,37 +261,61 @@ def _scan_bwd_kernel(
     grad_base = row * dim * length + offs_d[None, :] * length  # du, dΔ, dz: contiguous (b, d, l)
     B_base = B_ptr + row * s_B_b + grp * s_B_g + offs_n[None, :] * s_B_n
     C_base = C_ptr + row * s_C_b + grp * s_C_g + offs_n[None, :] * s_C_n
-    dBC_base = (row * groups + grp) * N * length + offs_n[None, :] * length  # dB, dC: (b, G, n, l) fp32
+    if DBC_PARTIAL:
+        dBC_base = ((row * groups + grp) * n_blk + pid_blk % n_blk) * N * length + offs_n[None, :] * length
+    else:
+        dBC_base = (row * groups + grp) * N * length + offs_n[None, :] * length  # dB, dC: (b, G, n, l) fp32
     first = (offs_t == 0)[:, None, None]
     last = (offs_t == CHUNK - 1)[:, None, None]
 
     n_seq_chunks = tl.cdiv(end - start, CHUNK)
+    t = start + (n_seq_chunks - 1) * CHUNK + offs_t  # the last chunk, loaded before the loop
+    mask_td = (t < end)[:, None] & mask_d[None, :]
+    mask_tn = (t < end)[:, None] & mask_n[None, :]
+    mask_nx = (t + 1 < end)[:, None] & mask_d[None, :]
+    dt_raw, u_raw = _load_td(dt_base, t, mask_td, s_dt_l, True), _load_td(u_base, t, mask_td, s_u_l, True)
+    dtn_raw, dy_raw = _load_td(dt_base, t + 1, mask_nx, s_dt_l, True), _load_td(dy_base, t, mask_td, s_dy_l, True)
+    z_raw = _load_td(z_base, t, mask_td, s_z_l, HAS_Z)
+    B_raw = tl.load(B_base + t[:, None] * s_B_l, mask=mask_tn, other=0.0)  # (T, NP)
+    C_raw = tl.load(C_base + t[:, None] * s_C_l, mask=mask_tn, other=0.0)
+    h = tl.load(ckpt_ptr + (slot0 + n_seq_chunks - 1) * dim * N + nd_offs, mask=mask_nd & (nd_offs * 0 + n_seq_chunks > 0),
+                other=0.0)  # (NP, BD)
     for k in range(n_seq_chunks):
         chunk_idx = n_seq_chunks - 1 - k
         t = start + chunk_idx * CHUNK + offs_t
-        h = tl.load(ckpt_ptr + (slot0 + chunk_idx) * dim * N + nd_offs, mask=mask_nd, other=0.0)  # (NP, BD)
         mask_t = t < end
         mask_td = mask_t[:, None] & mask_d[None, :]
         mask_tn = mask_t[:, None] & mask_n[None, :]
-        dt, raw = _load_delta(dt_base, t, mask_td, bias, s_dt_l, HAS_BIAS, SOFTPLUS)  # (T, BD)
-        mask_next = (t + 1 < end)[:, None] & mask_d[None, :]
-        dt_next, _ = _load_delta(dt_base, t + 1, mask_next, bias, s_dt_l, HAS_BIAS, SOFTPLUS)  # Δ_{t+1}
-        u = tl.load(u_base + t[:, None] * s_u_l, mask=mask_td, other=0.0).to(tl.float32)  # (T, BD)
-        dy = tl.load(dy_base + t[:, None] * s_dy_l, mask=mask_td, other=0.0).to(tl.float32)  # (T, BD)
-        Bt = tl.load(B_base + t[:, None] * s_B_l, mask=mask_tn, other=0.0).to(tl.float32)  # (T, NP)
-        Ct = tl.load(C_base + t[:, None] * s_C_l, mask=mask_tn, other=0.0).to(tl.float32)  # (T, NP)
+        dt, raw = _delta(dt_raw, mask_td, bias, HAS_BIAS, SOFTPLUS)  # (T, BD)
+        dt_next, _ = _delta(dtn_raw, (t + 1 < end)[:, None] & mask_d[None, :], bias, HAS_BIAS, SOFTPLUS)  # Δ_{t+1}
+        u = u_raw.to(tl.float32)  # (T, BD)
+        dy = dy_raw.to(tl.float32)
+        z = z_raw.to(tl.float32)
+        Bt = B_raw.to(tl.float32)  # (T, NP)
+        Ct = C_raw.to(tl.float32)
+        h_start = h
+        # Prefetch the previous chunk (masked off before the start).
+        tp = t - CHUNK
+        mask_p = (tp >= start)[:, None] & mask_d[None, :]
+        mask_pn = (tp >= start)[:, None] & mask_n[None, :]
+        dt_raw, u_raw = _load_td(dt_base, tp, mask_p, s_dt_l, True), _load_td(u_base, tp, mask_p, s_u_l, True)
+        dtn_raw, dy_raw = _load_td(dt_base, tp + 1, mask_p, s_dt_l, True), _load_td(dy_base, tp, mask_p, s_dy_l, True)
+        z_raw = _load_td(z_base, tp, mask_p, s_z_l, HAS_Z)
+        B_raw = tl.load(B_base + tp[:, None] * s_B_l, mask=mask_pn, other=0.0)
+        C_raw = tl.load(C_base + tp[:, None] * s_C_l, mask=mask_pn, other=0.0)
+        h = tl.load(ckpt_ptr + (slot0 + chunk_idx - 1) * dim * N + nd_offs, mask=mask_nd & (nd_offs * 0 + chunk_idx > 0),
+                    other=0.0)
 
         # Recompute the forward states of this chunk.
         dtu = dt * u  # (T, BD)
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # (T, NP, BD)
         dBu = dtu[:, None, :] * Bt[:, :, None]  # (T, NP, BD)
-        _, hs = tl.associative_scan((dA, dBu + tl.where(first, dA * h[None, :, :], 0.0)), axis=0,
+        _, hs = tl.associative_scan((dA, dBu + tl.where(first, dA * h_start[None, :, :], 0.0)), axis=0,
                                     combine_fn=affine_combine)  # h_t                          (T, NP, BD)
 
         # Through the gate and the skip: dy_ssm = dL/d(C·h).
         dy_ssm = dy
         if HAS_Z:
-            z = tl.load(z_base + t[:, None] * s_z_l, mask=mask_td, other=0.0).to(tl.float32)
             sig_z = tl.sigmoid(z)
             pre_gate = tl.sum(hs * Ct[:, :, None], axis=1)  # (T, BD)
             if HAS_D:
@@ -264,7 +328,7 @@ def _scan_bwd_kernel(
             dD_acc += tl.sum(dy_ssm * u, axis=0)
             du = dy_ssm * Dv[None, :]
         dC = tl.sum(dy_ssm[:, None, :] * hs, axis=2)  # (T, NP)
-        tl.atomic_add(dC_ptr + dBC_base + t[:, None], dC, mask=mask_tn)
+        _accumulate(dC_ptr + dBC_base + t[:, None], dC, mask_tn, DBC_PARTIAL)
 
         # Adjoint: g_t = C_t dy_ssm_t + a_{t+1} g_{t+1}, the later chunk entering at the last step.
         a_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])  # (T, NP, BD)
@@ -277,7 +341,7 @@ def _scan_bwd_kernel(
         ddt = tl.sum(gs * h_decay * A[None, :, :], axis=1) + gB * u  # dL/dΔ_t                   (T, BD)
         du += gB * dt
         dB = tl.sum(gs * dtu[:, None, :], axis=2)  # (T, NP)
-        tl.atomic_add(dB_ptr + dBC_base + t[:, None], dB, mask=mask_tn)
+        _accumulate(dB_ptr + dBC_base + t[:, None], dB, mask_tn, DBC_PARTIAL)
         dA_acc += tl.sum(gs * h_decay * dt[:, None, :], axis=0)
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(raw)
@@ -288,13 +352,8 @@ def _scan_bwd_kernel(
 
     # dL/dh_init = a_start g_start (g_carry is dL/dh_T itself for an empty sequence: a = 1).
     mask_start = mask_d & ((start + 0 * offs_c) < end)  # (BD,)
-    raw0 = tl.load(dt_base + start * s_dt_l, mask=mask_start[None, :], other=0.0).to(tl.float32)  # (1, BD)
-    if HAS_BIAS:
-        raw0 = raw0 + bias[None, :]
-    dt0 = raw0
-    if SOFTPLUS:
-        dt0 = softplus(raw0)
-    dt0 = tl.where(mask_start[None, :], dt0, 0.0)
+    raw0 = tl.load(dt_base + start * s_dt_l, mask=mask_start[None, :], other=0.0)  # (1, BD)
+    dt0, _ = _delta(raw0, mask_start[None, :], bias, HAS_BIAS, SOFTPLUS)
     dh0 = tl.exp2(dt0 * A2) * g_carry  # (NP, BD)
     tl.store(dh0_ptr + seq * dim * N + nd_offs, dh0, mask=mask_nd)
     tl.store(dA_ptr + seq * dim * N + nd_offs, dA_acc, mask=mask_nd)
@@ -338,7 +397,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
         y, final, ckpt if store_checkpoints else _dummy(u),
         length, dim, dim // groups, n_chunks,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *z_.stride(), *h0.stride(),
-        N=n, NP=triton.next_power_of_2(n), BLOCK_D=config.block_d, CHUNK=config.chunk,
+        N=n, NP=triton.next_power_of_2(n), BLOCK_D=config.block_d, CHUNK=config.fwd_chunk, CKPT=config.chunk,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_H0=initial_state is not None, VARLEN=varlen, STORE_CKPT=store_checkpoints,
         num_warps=config.fwd_warps,
@@ -361,13 +420,18 @@ def scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, 
     ddelta = common.empty(batch, dim, length, device=u.device, dtype=delta.dtype)  # (b, d, l)
     dz = common.empty(batch, dim, length, device=u.device, dtype=z.dtype) if z is not None else _dummy(u)
     dA = common.empty(rows, dim, n, **f32)  # per-sequence partials                              (rows, d, n)
-    dB = torch.zeros(batch, groups, n, length, **f32)  # atomically accumulated                  (b, G, n, l)
-    dC = torch.zeros(batch, groups, n, length, **f32)
+    n_blk = triton.cdiv(dim // groups, config.bwd_block_d)
+    if config.bwd_partial_dbc:  # one slice per channel block, summed below       (b, G, n_blk, n, l)
+        dB = common.empty(batch, groups, n_blk, n, length, **f32)
+        dC = common.empty(batch, groups, n_blk, n, length, **f32)
+    else:  # accumulated with atomics                                                (b, G, n, l)
+        dB = torch.zeros(batch, groups, n, length, **f32)
+        dC = torch.zeros(batch, groups, n, length, **f32)
     dD = common.empty(rows, dim, **f32)  # (rows, d)
     dbias = common.empty(rows, dim, **f32)
     dh0 = common.empty(rows, dim, n, **f32)  # (rows, d, n)
     z_ = z if z is not None else u
-    grid = (groups * triton.cdiv(dim // groups, config.bwd_block_d), rows)
+    grid = (groups * n_blk, rows)
     _scan_bwd_kernel[grid](
         u, delta, A, B4, C4,
         D if D is not None else _dummy(u), z_, delta_bias if delta_bias is not None else _dummy(u),
@@ -377,8 +441,10 @@ def scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, 
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *z_.stride(), *dy.stride(),
         N=n, NP=triton.next_power_of_2(n), BLOCK_D=config.bwd_block_d, CHUNK=config.chunk,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        HAS_DHT=d_final is not None, VARLEN=varlen,
+        HAS_DHT=d_final is not None, VARLEN=varlen, DBC_PARTIAL=config.bwd_partial_dbc,
         num_warps=config.bwd_warps,
     )
+    if config.bwd_partial_dbc:
+        dB, dC = dB.sum(2), dC.sum(2)  # (b, G, n, l)
     dB, dC = (g.view(B.shape) if B.dim() == 4 else g.squeeze(1) for g in (dB, dC))
     return du, ddelta, dz, dA.sum(0), dB, dC, dD.sum(0), dbias.sum(0), dh0

@@ -7,7 +7,6 @@ states and decode any subset of it without gathering/scattering states.
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
