@@ -190,6 +190,7 @@ def train(
 ) -> None:
     """Train a model (on the embedded corpus by default); works under `torchrun --nproc_per_node=N`."""
     import logging
+    import os
 
     from rich.logging import RichHandler
 
@@ -198,7 +199,9 @@ def train(
 
     if config is None and preset is None:
         raise typer.BadParameter("give --config FILE.yaml or --preset NAME")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 logs progress
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(show_path=False)])
     try:
         result = run_training(load_run_config(config, preset, overrides or []), out, resume=resume)
     except TrainingDiverged as exc:
