@@ -83,7 +83,7 @@ def _config(u, A, B):
     from mambalab.ops.triton.scan import default_config
 
     groups = 1 if B.dim() == 3 else B.shape[1]
-    return default_config(u.shape[1] // groups, A.shape[1])
+    return default_config(u.shape[1] // groups, A.shape[1], u.shape[0], groups, u.shape[2])
 
 
 # The ops' annotations are real types (no `from __future__ import annotations`): torch infers their schemas.
@@ -127,20 +127,18 @@ def _scan_bwd_op(
     du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = scan_backward(
         dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ckpt, delta_softplus, _config(u, A, B)
     )
-    empty = u.new_empty(0)
-    return (
+    return (  # absent inputs get distinct empty tensors (custom-op outputs must not alias)
         du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-        dD.to(D.dtype) if D is not None else empty,
-        dz if z is not None else empty,
-        dbias.to(delta_bias.dtype) if delta_bias is not None else empty,
-        dh0.to(initial_state.dtype) if initial_state is not None else empty,
+        dD.to(D.dtype) if D is not None else u.new_empty(0),
+        dz if z is not None else u.new_empty(0),
+        dbias.to(delta_bias.dtype) if delta_bias is not None else u.new_empty(0),
+        dh0.to(initial_state.dtype) if initial_state is not None else u.new_empty(0),
     )
 
 
 @_scan_bwd_op.register_fake
 def _scan_bwd_fake(dy, d_final, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, ckpt, delta_softplus):
-    empty = u.new_empty(0)
-    like = lambda t: t.new_empty(t.shape) if t is not None else empty  # contiguous
+    like = lambda t: t.new_empty(t.shape) if t is not None else u.new_empty(0)  # contiguous
     return like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias), like(initial_state)
 
 

@@ -54,10 +54,18 @@ class ScanConfig:
             raise ValueError(f"ScanConfig: fwd_chunk={self.fwd_chunk} must divide chunk={self.chunk}")
 
 
-def default_config(dim_per_group: int, n: int) -> ScanConfig:
-    """Tile sizes for (d/G, N), chosen by sweeping on an H200 at N=16 (benchmarks/notes/scan.md): one warp per
-    program, 16 channels × 8 steps forward, 4 channels × 16 steps backward."""
-    return ScanConfig()
+PARTIAL_DBC_MAX_BYTES = 2 << 30
+
+
+def default_config(dim_per_group: int, n: int, batch: int = 1, groups: int = 1, length: int = 0) -> ScanConfig:
+    """Tile sizes chosen by sweeping on an H200 at N=16 (benchmarks/notes/scan.md): one warp per program,
+    16 channels × 8 steps forward, 4 channels × 16 steps backward. The backward sums dB/dC over channel
+    blocks through per-block partial buffers (1.25× faster than float32 atomics) while those stay under
+    PARTIAL_DBC_MAX_BYTES (they hold 2·b·G·(d/G/4)·n·l floats), else with atomics."""
+    config = ScanConfig()
+    n_blk = triton.cdiv(dim_per_group, config.bwd_block_d)
+    partial_bytes = 2 * 4 * batch * groups * n_blk * n * length
+    return ScanConfig(bwd_partial_dbc=partial_bytes <= PARTIAL_DBC_MAX_BYTES)
 
 
 def checkpoint_slots(rows: int, length: int, chunk: int, varlen: bool) -> int:

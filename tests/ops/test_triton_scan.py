@@ -1,0 +1,160 @@
+"""Triton selective-scan kernels vs the float64 for-loop reference, forward and gradients.
+
+Without a GPU the kernels run in Triton's CPU interpreter (`mambalab.ops.triton.interpreter()`, entered for
+this module only); shapes are small because the interpreter is slow. Every output the kernels allocate is
+pre-filled with NaN, so an element they fail to write fails the comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mambalab.ops import triton as kernels
+from mambalab.ops.selective_scan import selective_scan
+from tests.conftest import rel_error
+
+pytestmark = pytest.mark.triton
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernels_runnable():
+    if DEVICE == "cuda":
+        yield
+    else:
+        with kernels.interpreter():
+            yield
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs(monkeypatch):
+    from mambalab.ops.triton import common
+
+    monkeypatch.setattr(common, "empty", lambda *s, device, dtype: torch.full(s, float("nan"), device=device,
+                                                                              dtype=dtype))
+
+
+def make_inputs(batch=2, dim=8, length=21, n=4, groups=1, dtype=torch.float32, seqlens=None, extras=True):
+    """Fresh inputs; Δ around inverse_softplus(0.001..0.1) like a Mamba layer's. seqlens packs sequences."""
+    bc = (batch, n, length) if groups == 1 else (batch, groups, n, length)
+    args = {
+        "u": torch.randn(batch, dim, length),
+        "delta": torch.randn(batch, dim, length) * 0.5 - 3.0,
+        "A": -torch.rand(dim, n) * n - 0.5,
+        "B": torch.randn(*bc),
+        "C": torch.randn(*bc),
+    }
+    if extras:
+        args.update(D=torch.randn(dim), z=torch.randn(batch, dim, length), delta_bias=torch.randn(dim) * 0.3)
+    rows = batch
+    if seqlens is not None:
+        args["cu_seqlens"] = torch.tensor([0, *torch.tensor(seqlens).cumsum(0).tolist()], dtype=torch.int32)
+        rows = len(seqlens)
+    args["initial_state"] = torch.randn(rows, dim, n)
+    low = {k: v.to(dtype) for k, v in args.items() if k in ("u", "delta", "B", "C", "z")}
+    return {**args, **low}
+
+
+def compare(args, tol, softplus=True):
+    """Triton vs the reference in float64 on the same inputs: y, final state and every input gradient."""
+    fixed = {k: v for k, v in args.items() if not v.is_floating_point()}
+    leaves = {k: v.detach().to(DEVICE).requires_grad_(True) for k, v in args.items() if v.is_floating_point()}
+    leaves64 = {k: v.detach().double().requires_grad_(True) for k, v in args.items() if v.is_floating_point()}
+    y, final = selective_scan(**leaves, **{k: v.to(DEVICE) for k, v in fixed.items()}, delta_softplus=softplus,
+                              return_final_state=True, backend="triton")
+    y64, final64 = selective_scan(**leaves64, **fixed, delta_softplus=softplus, return_final_state=True,
+                                  backend="reference")
+    gy, gh = torch.randn_like(y64), torch.randn_like(final64)
+    torch.autograd.backward((y, final), (gy.to(y.dtype).to(DEVICE), gh.float().to(DEVICE)))
+    torch.autograd.backward((y64, final64), (gy, gh))
+    errors = {"y": rel_error(y, y64), "final_state": rel_error(final, final64)}
+    errors.update({f"d{k}": rel_error(leaves[k].grad, leaves64[k].grad) for k in leaves})
+    assert max(errors.values()) <= tol, errors
+
+
+def test_all_options_fp32():
+    """D, z, Δ bias + softplus, initial state; L=21 spans a partial last chunk in both directions."""
+    compare(make_inputs(), 1e-5)
+
+
+def test_groups_without_options_odd_n():
+    """G=2 groups of B/C, no D/z/bias/softplus, N=3 (padded to 4 in the kernel), channels not a power of 2."""
+    args = make_inputs(batch=1, dim=6, n=3, groups=2, extras=False)
+    args["delta"] = torch.rand_like(args["delta"]) * 0.2  # Δ ≥ 0 without softplus
+    compare(args, 1e-5, softplus=False)
+
+
+def test_bf16_inputs():
+    compare(make_inputs(batch=1, length=18, dtype=torch.bfloat16), 1e-2)
+
+
+def test_varlen_with_empty_sequence():
+    """Packed sequences (one empty) reset the state at boundaries; per-sequence initial and final states."""
+    compare(make_inputs(batch=1, length=30, seqlens=[11, 0, 17, 2]), 1e-5)
+
+
+def test_non_contiguous_inputs():
+    """The mixer's layouts: Δ and z channel-last views, B/C transposed out of one (b, l, 2n) tensor."""
+    args = make_inputs(batch=1, length=17)
+    args["delta"] = args["delta"].transpose(1, 2).contiguous().transpose(1, 2)
+    args["z"] = args["z"].transpose(1, 2).contiguous().transpose(1, 2)
+    bc = torch.cat([args["B"], args["C"]], dim=1).transpose(1, 2).contiguous()  # (b, l, 2n)
+    args["B"], args["C"] = bc[..., :4].transpose(1, 2), bc[..., 4:].transpose(1, 2)
+    assert not args["B"].is_contiguous() and not args["delta"].is_contiguous()
+    compare(args, 1e-5)
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_other_tile_configs(monkeypatch, partial):
+    """A forward chunk smaller than the checkpoint interval; dB/dC by atomics or by per-block partial sums."""
+    from mambalab.ops.triton import scan
+
+    config = scan.ScanConfig(block_d=8, chunk=8, fwd_chunk=4, bwd_block_d=8, bwd_partial_dbc=partial)
+    monkeypatch.setattr(scan, "default_config", lambda *args: config)
+    compare(make_inputs(batch=1, length=19, seqlens=[12, 7] if partial else None), 1e-5)
+
+
+def test_torch_compile_has_no_graph_break():
+    """The custom ops trace under torch.compile(fullgraph=True); forward and backward match eager."""
+    args = {k: v.to(DEVICE) for k, v in make_inputs(batch=1, length=9).items()}
+    leaves = {k: v.requires_grad_(True) for k, v in args.items()}
+
+    def f(u, delta, A, B, C, D, z, delta_bias, initial_state):
+        y, h = selective_scan(u, delta, A, B, C, D, z, delta_bias, True, initial_state, True, backend="triton")
+        return y.sum() + h.square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    eager_grads = torch.autograd.grad(f(**leaves), list(leaves.values()))
+    compiled_grads = torch.autograd.grad(compiled(**leaves), list(leaves.values()))
+    for a, b in zip(compiled_grads, eager_grads):
+        assert rel_error(a, b) <= 1e-6
+
+
+def test_triton_unavailable_on_cpu_without_interpreter():
+    """In a fresh process without a GPU or TRITON_INTERPRET: a clear BackendUnavailable; auto picks torch."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: triton is available")
+    code = (
+        "import torch\n"
+        "from mambalab.ops import backends\n"
+        "from mambalab.ops.selective_scan import OP, resolve_backend\n"
+        "assert resolve_backend('auto', torch.device('cpu')) == 'torch'\n"
+        "try:\n"
+        "    backends.get(OP, 'triton')\n"
+        "except backends.BackendUnavailable as e:\n"
+        "    print('unavailable:', e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "unavailable:" in out.stdout and "CUDA GPU" in out.stdout
