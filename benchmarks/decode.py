@@ -250,13 +250,23 @@ def plot(results: dict, path: Path) -> None:
                 title="(b) decode latency vs prefix length")
     axes[1].set_ylim(bottom=0)
     axes[1].legend()
+    label_log_axis(axes[1], results["config"]["prefixes"])
     for key, label in (("miss_ms", "no cache hit"), ("memory_hit_ms", "hit (memory)"), ("disk_hit_ms", "hit (disk)")):
         axes[2].plot([r["system_tokens"] for r in results["ttft"]], [r[key] for r in results["ttft"]], "o-", label=label)
     axes[2].set(xscale="log", yscale="log", xlabel="system prompt (tokens)", ylabel="time to first token (ms)",
                 title="(c) TTFT with and without a prefix-cache hit")
     axes[2].legend()
+    label_log_axis(axes[2], results["config"]["systems"])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def label_log_axis(ax, values: list[int]) -> None:
+    """Tick a log x axis at exactly `values`, labelled as plain numbers."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xticks(values, [str(v) for v in values])
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def main() -> None:
@@ -274,6 +284,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.manual_seed(0)
+    if args.quick:
+        torch.set_num_threads(1)  # tiny models: intra-op threads only add synchronisation
 
     mamba = build(cfg["mamba"], cfg)
     results = {"config": cfg, "device": torch.cuda.get_device_name() if cfg["device"] == "cuda" else "cpu",
