@@ -99,7 +99,7 @@ def decode_step(model, state: InferenceState, use_cuda_graph: bool = True, compi
         cache.params = params
     key = (compile_step, _layout(state))
     if key not in cache.steps:
-        step_fn = torch.compile(model._step, dynamic=False) if compile_step else model._step
+        step_fn = torch.compile(model._step) if compile_step else model._step
         try:
             cache.steps[key] = GraphStep(step_fn, state)
             logger.info("captured a CUDA graph of the decode step for batch %d", state.batch_size)
