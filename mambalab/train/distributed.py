@@ -83,7 +83,11 @@ def wrap_model(model: nn.Module, strategy: str, ctx: DistContext, bf16_params: b
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        # a routed expert may get no token in a batch: DDP must then not wait for its gradient
+        pattern = getattr(getattr(model, "config", None), "layer_pattern", None) or []
+        find_unused = any(kind.endswith("+moe") for kind in pattern)
+        return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                                       find_unused_parameters=find_unused)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     for tensor in model.state_dict().values():  # FSDP2 shards each rank's own copy: make them identical

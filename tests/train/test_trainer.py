@@ -166,3 +166,26 @@ def test_sigkill_then_sigterm_then_resume_reproduces_the_loss_curve(embedded_ds,
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 25))
     assert [r["loss"] for r in records] == [r["loss"] for r in reference]
+
+
+def test_activation_checkpointing_gives_the_same_steps(tiny_model):
+    batches = list(_random_batches(6, 3))
+    cfg = {"lr": 1e-3, "warmup_steps": 0, "max_steps": 3, "log_every": 1, "eval_every": 0, **QUIET}
+    plain = Trainer(tiny_model(3), TrainConfig(**cfg), batches).fit()
+    ckpt = Trainer(tiny_model(3), TrainConfig(activation_checkpointing=True, **cfg), batches).fit()
+    for a, b in zip(plain, ckpt):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-6) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+
+
+def test_moe_aux_loss_is_trained_and_logged():
+    from mambalab.models.zoo import get_preset
+
+    config = get_preset("tiny-moe")
+    config.d_model, config.n_layer, config.layer_pattern, config.moe.d_intermediate = 32, 1, ["mamba+moe"], 64
+    model = LanguageModel(config)
+    router = model.backbone.layers[0].mlp.router.weight
+    before = router.detach().clone()
+    cfg = TrainConfig(lr=1e-3, warmup_steps=0, max_steps=2, log_every=1, eval_every=0, **QUIET)
+    records = Trainer(model, cfg, _random_batches(2, 2, vocab=256)).fit()
+    assert all(r["aux_loss"] > 0 for r in records)
+    assert not torch.equal(router.detach(), before)  # the router is trained
