@@ -1,0 +1,190 @@
+"""Selective scan on CPU: the per-timestep reference loop vs the chunked torch backend vs HF transformers.
+
+"HF slow path" is `transformers.models.mamba.modeling_mamba.mamba_selective_scan`, the sequential scan that
+`MambaMixer` runs when mamba_ssm is not installed (its scan part only, same arguments as ours). Its backward
+indexes the full (b, d, L, N) tensors once per step, so it grows with L²: beyond `--hf-backward-max-len`
+it is not run and the table says so.
+
+Inputs are float32 with D, z, delta_bias and delta_softplus (as in the Mamba block). Times are wall-clock
+seconds (min over repeats) with `--threads` intra-op threads. `--tune` also sweeps the torch backend's
+chunk sizes at the largest length. Writes JSON (machine info, command, every timing) to --out.
+
+    python benchmarks/scan_cpu.py                      # b=2, d=512, N=16, L=1024 and 4096
+    python benchmarks/scan_cpu.py --tune --lengths 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mambalab.ops.selective_scan import selective_scan
+from mambalab.ops.selective_scan.torch_scan import CHUNK_LEN, SUB_LEN, chunked_selective_scan
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def make_inputs(batch, dim, n, length, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = {
+        "u": torch.randn(batch, dim, length, generator=g),
+        "delta": torch.randn(batch, dim, length, generator=g) - 2.0,
+        "A": -torch.arange(1, n + 1, dtype=torch.float32).repeat(dim, 1),
+        "B": torch.randn(batch, n, length, generator=g),
+        "C": torch.randn(batch, n, length, generator=g),
+        "D": torch.ones(dim),
+        "z": torch.randn(batch, dim, length, generator=g),
+        "delta_bias": torch.rand(dim, generator=g) * 0.1,
+    }
+    return {k: v.requires_grad_() for k, v in t.items()}
+
+
+def ours(backend, **chunks):
+    def f(t):
+        args = {k: t[k] for k in ("D", "z", "delta_bias")}
+        if chunks:
+            return chunked_selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], **args, delta_softplus=True,
+                                          **chunks)
+        return selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], **args, delta_softplus=True,
+                              backend=backend)
+    return f
+
+
+def hf_slow_path(t):
+    from transformers.models.mamba.modeling_mamba import mamba_selective_scan
+
+    return mamba_selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"],
+                                delta_bias=t["delta_bias"], delta_softplus=True)
+
+
+def time_it(fn, inputs, backward, repeats):
+    """Min wall-clock seconds of fn (plus backward of y.sum()) over `repeats` runs after one warm-up."""
+    times = []
+    for _ in range(repeats + 1):
+        for v in inputs.values():
+            v.grad = None
+        start = time.perf_counter()
+        if backward:
+            fn(inputs).sum().backward()
+        else:
+            with torch.no_grad():
+                fn(inputs)
+        times.append(time.perf_counter() - start)
+    return min(times[1:]) if repeats else times[0]
+
+
+def machine_info():
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {
+        "cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--state", type=int, default=16)
+    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5, help="repeats of the torch backend")
+    p.add_argument("--loop-repeats", type=int, default=1, help="repeats of the per-timestep loops")
+    p.add_argument("--hf-backward-max-len", type=int, default=1024)
+    p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--tune", action="store_true", help="sweep the torch backend's chunk_len/sub_len")
+    p.add_argument("--out", type=Path, default=RESULTS / "scan_cpu.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    impls = {"reference loop": (ours("reference"), args.loop_repeats), "torch": (ours("torch"), args.repeats)}
+    if not args.skip_hf:
+        impls["HF slow path"] = (hf_slow_path, args.loop_repeats)
+    rows = []
+    for length in args.lengths:
+        inputs = make_inputs(args.batch, args.dim, args.state, length)
+        for mode in ("forward", "forward+backward"):
+            row = {"L": length, "mode": mode}
+            for name, (fn, repeats) in impls.items():
+                if name == "HF slow path" and mode != "forward" and length > args.hf_backward_max_len:
+                    row[name] = None  # quadratic backward, see the module docstring
+                    continue
+                row[name] = time_it(fn, inputs, mode != "forward", repeats)
+                print(f"L={length} {mode:17s} {name:15s} {row[name]:9.3f} s", file=sys.stderr, flush=True)
+            row["speedup vs reference loop"] = row["reference loop"] / row["torch"]
+            if row.get("HF slow path"):
+                row["speedup vs HF slow path"] = row["HF slow path"] / row["torch"]
+            rows.append(row)
+
+    tuning = []
+    if args.tune:
+        length = max(args.lengths)
+        inputs = make_inputs(args.batch, args.dim, args.state, length)
+        for chunk_len, sub_len in [(32, 8), (64, 8), (64, 16), (128, 8), (128, 16), (256, 16), (512, 32)]:
+            fn = ours("torch", chunk_len=chunk_len, sub_len=sub_len)
+            fwd = time_it(fn, inputs, False, args.repeats)
+            fwd_bwd = time_it(fn, inputs, True, args.repeats)
+            tuning.append({"L": length, "chunk_len": chunk_len, "sub_len": sub_len, "forward": fwd,
+                           "forward+backward": fwd_bwd})
+            print(f"tune chunk_len={chunk_len:5d} sub_len={sub_len:3d} fwd {fwd:.3f} s  fwd+bwd {fwd_bwd:.3f} s",
+                  file=sys.stderr, flush=True)
+
+    info = machine_info()
+    info["load_average_at_end"] = list(os.getloadavg())
+    result = {
+        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": info,
+        "shapes": {"batch": args.batch, "dim": args.dim, "N": args.state, "dtype": "float32",
+                   "options": "D, z, delta_bias, delta_softplus"},
+        "torch_backend_chunks": {"chunk_len": CHUNK_LEN, "sub_len": SUB_LEN},
+        "hf_slow_path": "transformers.models.mamba.modeling_mamba.mamba_selective_scan (sequential loop), "
+                        f"backward only for L <= {args.hf_backward_max_len}",
+        "seconds": rows,
+        "tuning": tuning,
+    }
+    write_json(args.out, result)
+
+    names = list(impls)
+    print(f"selective scan on CPU, b={args.batch} d={args.dim} N={args.state} float32, {args.threads} threads "
+          "(wall-clock seconds, min over repeats)")
+    header = ["L", "mode", *names, "torch vs loop", *(["torch vs HF"] if "HF slow path" in names else [])]
+    print(" | ".join(f"{h:>16s}" for h in header))
+    for r in rows:
+        cells = [str(r["L"]), r["mode"], *("not run" if r[n] is None else f"{r[n]:.3f}" for n in names),
+                 f"{r['speedup vs reference loop']:.1f}x"]
+        if "HF slow path" in names:
+            cells.append(f"{r['speedup vs HF slow path']:.1f}x" if "speedup vs HF slow path" in r else "-")
+        print(" | ".join(f"{c:>16s}" for c in cells))
+    for t in tuning:
+        print(f"tune L={t['L']} chunk_len={t['chunk_len']} sub_len={t['sub_len']}: "
+              f"forward {t['forward']:.3f} s, forward+backward {t['forward+backward']:.3f} s")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
