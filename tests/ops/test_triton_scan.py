@@ -111,6 +111,17 @@ def test_non_contiguous_inputs():
     compare(args, 1e-5)
 
 
+def test_expanded_output_gradients_and_empty_sequence():
+    """Gradients of y.sum() + final.sum() arrive as stride-0 expanded tensors; L = 0 returns the initial state."""
+    for length in (0, 5):
+        args = {k: v.to(DEVICE).requires_grad_(True) for k, v in make_inputs(batch=2, length=length).items()}
+        args64 = {k: v.detach().double().cpu().requires_grad_(True) for k, v in args.items()}
+        outs = [selective_scan(**a, delta_softplus=True, return_final_state=True, backend=backend)
+                for a, backend in ((args, "triton"), (args64, "reference"))]
+        grads = [torch.autograd.grad(y.sum() + h.sum(), a["initial_state"])[0] for (y, h), a in zip(outs, (args, args64))]
+        assert rel_error(outs[0][1], outs[1][1]) <= 1e-5 and rel_error(grads[0], grads[1]) <= 1e-5
+
+
 @pytest.mark.parametrize("partial", [False, True])
 def test_other_tile_configs(monkeypatch, partial):
     """A forward chunk smaller than the checkpoint interval; dB/dC by atomics or by per-block partial sums."""

@@ -68,6 +68,11 @@ def selective_scan_triton(
     """Same signature and semantics as `mambalab.ops.selective_scan.selective_scan` (arguments validated there)."""
     _check_runnable({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias,
                      "initial_state": initial_state})
+    if u.shape[-1] == 0:  # nothing to scan: the oracle returns y (b, d, 0) and final = initial state
+        from mambalab.ops.selective_scan.reference import selective_scan_reference
+
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                        return_final_state, cu_seqlens)
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(device=u.device, dtype=torch.int32)
     needs_grad = torch.is_grad_enabled() and any(

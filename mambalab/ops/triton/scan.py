@@ -443,7 +443,8 @@ def scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, 
     _scan_bwd_kernel[grid](
         u, delta, A, B4, C4,
         D if D is not None else _dummy(u), z_, delta_bias if delta_bias is not None else _dummy(u),
-        cu_seqlens if varlen else _dummy(u), ckpt, dy, d_final if d_final is not None else _dummy(u),
+        cu_seqlens if varlen else _dummy(u), ckpt, dy,
+        d_final.contiguous() if d_final is not None else _dummy(u),  # (rows, d, n), read with contiguous strides
         du, ddelta, dz, dA, dB, dC, dD, dbias, dh0,
         length, dim, dim // groups, triton.cdiv(length, config.chunk), groups,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *z_.stride(), *dy.stride(),
