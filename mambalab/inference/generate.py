@@ -79,15 +79,12 @@ def generate(
 
     logits, state = prefill(model, rows, state)  # (b, vocab)
     b, device = len(rows), logits.device
-    seen = None
-    if repetition_penalty != 1.0:
-        seen = torch.zeros(b, logits.shape[-1], dtype=torch.bool, device=device)  # (b, vocab)
-        for i, row in enumerate(rows):
-            seen[i, torch.tensor(row, device=device)] = True
+    seen = _seen_tokens(rows, logits.shape[-1], device) if repetition_penalty != 1.0 else None  # (b, vocab)
     eos_t = torch.tensor(eos, dtype=torch.long, device=device)
     pad = eos[0] if eos else 0  # fed to finished rows
 
-    step = decode_step(model, state, use_cuda_graph, compile_step)
+    # Only the prefill's logits are used when one token is asked for and no state: then there is no step.
+    step = decode_step(model, state, use_cuda_graph, compile_step) if return_state or max_new_tokens > 1 else None
     sequences: list[list[int]] = [[] for _ in range(b)]
     reasons = ["length"] * b
     snapshots: dict[int, InferenceState] = {}
@@ -144,6 +141,14 @@ def prefill(model, rows: list[list[int]], state: InferenceState | None = None):
     logits = torch.cat(last_logits)[inverse.to(model.device)]  # (b, vocab) in prompt order
     joined = states[0] if len(states) == 1 else InferenceState.concat(states)
     return logits, joined.select(inverse.to(joined.device)) if len(states) > 1 else joined
+
+
+def _seen_tokens(rows: list[list[int]], vocab: int, device) -> torch.Tensor:
+    """(b, vocab) bool: which tokens each prompt holds (for the repetition penalty)."""
+    seen = torch.zeros(len(rows), vocab, dtype=torch.bool, device=device)
+    for i, row in enumerate(rows):
+        seen[i, torch.tensor(row, device=device)] = True
+    return seen
 
 
 class _HostCopy:
