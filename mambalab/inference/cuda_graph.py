@@ -85,6 +85,7 @@ class _GraphCache:
 _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+@torch.no_grad()
 def decode_step(model, state: InferenceState, use_cuda_graph: bool = True, compile_step: bool = False):
     """A callable tokens (b,) -> logits (b, vocab) whose `.state` is the state it advances: `state` itself
     when eager, static buffers loaded from `state` when replaying a CUDA graph (CUDA and `use_cuda_graph`).
