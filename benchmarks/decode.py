@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from mambalab import LanguageModel
-from mambalab.inference.cuda_graph import decode_step
+from mambalab.inference.cuda_graph import GraphStep, decode_step
 from mambalab.inference.generate import generate, prefill
 from mambalab.inference.prefix_cache import PrefixCache
 from mambalab.models.zoo import get_preset
@@ -105,8 +105,10 @@ def verify(model, cfg: dict, variants: list[str], batch: int) -> dict:
             eager = model.step(tokens, eager_state)
             worst = max(worst, rel(step(tokens), eager))
             tokens = eager.argmax(-1)
+        out[f"{variant}_captured"] = isinstance(step, GraphStep)  # False: capture failed, it ran eagerly
         out[f"{variant}_vs_eager_logits_rel_err"] = worst
-        log(f"verify: {variant} logits vs eager, max rel. error over 16 steps {worst:.2e}")
+        log(f"verify: {variant} (captured: {out[f'{variant}_captured']}) logits vs eager, max rel. error over"
+            f" 16 steps {worst:.2e}")
     return out
 
 
