@@ -256,7 +256,7 @@ class Trainer:
         self.nan_streak = 0
         self.records: list[dict] = []
         self.stop_signal: int | None = None
-        self._window = {"loss": 0.0, "aux": 0.0, "steps": 0, "skipped": 0, "tokens": 0}
+        self._window = self._empty_window()
         self._metrics = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir and self.ctx.is_main else None
 
     @property
@@ -406,8 +406,13 @@ class Trainer:
                         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
 
-    def _record(self, result: dict, window_start: float) -> dict | None:
-        """Accumulate this step into the logging window; a record when the window closes."""
+    @staticmethod
+    def _empty_window() -> dict:
+        return {"loss": 0.0, "aux": 0.0, "steps": 0, "skipped": 0, "tokens": 0, "seconds": 0.0}
+
+    def _record(self, result: dict) -> dict | None:
+        """Accumulate this step into the logging window; a record when the window closes. tokens/s counts
+        the time of the training steps only (not evaluation or checkpointing)."""
         cfg, w = self.config, self._window
         if result["finite"]:
             w["loss"] += result["loss"]
@@ -416,17 +421,17 @@ class Trainer:
         else:
             w["skipped"] += 1
         w["tokens"] += result["tokens"]
+        w["seconds"] += result["seconds"]
         if self.step % cfg.log_every and self.step != cfg.max_steps and result["finite"]:
             return None
-        seconds = max(time.perf_counter() - window_start, 1e-9)
         record = {"step": self.step, "loss": w["loss"] / w["steps"] if w["steps"] else math.nan,
                   "lr": result["lr"], "grad_norm": result["grad_norm"], "tokens": self.tokens_seen,
-                  "tokens_per_s": w["tokens"] / seconds, "elapsed_s": self.elapsed_s}
+                  "tokens_per_s": w["tokens"] / max(w["seconds"], 1e-9), "elapsed_s": self.elapsed_s}
         if w["aux"]:
             record["aux_loss"] = w["aux"] / max(w["steps"], 1)
         if w["skipped"]:
             record["skipped_steps"] = w["skipped"]
-        self._window = {"loss": 0.0, "aux": 0.0, "steps": 0, "skipped": 0, "tokens": 0}
+        self._window = self._empty_window()
         return record
 
     def _emit(self, record: dict) -> None:
@@ -458,21 +463,20 @@ class Trainer:
         with self._signal_handlers(), self._progress() as progress:
             task = progress.add_task("train", total=cfg.max_steps, completed=self.step, loss="-", tps="-") \
                 if progress is not None else None
-            window_start = time.perf_counter()
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
                 result = self._train_step(batches)
+                result["seconds"] = time.perf_counter() - t0
                 self.step += 1
                 self.tokens_seen += result["tokens"]
-                self.elapsed_s += time.perf_counter() - t0
+                self.elapsed_s += result["seconds"]
                 self._guard(result)
-                record = self._record(result, window_start)
+                record = self._record(result)
                 if cfg.eval_every and self.eval_batches is not None and (
                         self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
                     record = {**(record or {"step": self.step}), **self.evaluate()}
                 if record is not None:
                     self._emit(record)
-                    window_start = time.perf_counter()
                     if task is not None and "tokens_per_s" in record:
                         progress.update(task, loss=f"{record['loss']:.4f}", tps=f"{record['tokens_per_s']:,.0f}")
                 if task is not None:
@@ -496,7 +500,7 @@ class Trainer:
                        result["loss"], result["grad_norm"], self.nan_streak)
         if self.nan_streak >= self.config.nan_patience:
             if self._metrics is not None:
-                self._emit(self._record(result, time.perf_counter()))
+                self._emit(self._record(result))
                 self._plot()
             last = list_checkpoints(self.checkpoint_root) if self.checkpoint_root is not None else []
             raise TrainingDiverged(
