@@ -11,15 +11,12 @@ Float64 is not supported here (the kernels keep state in float32): use the torch
 # ruff: noqa: UP045  (typing.Optional: torch.library infers the ops' schemas from these annotations)
 
 import importlib.util
-import logging
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from mambalab.ops.backends import BackendUnavailable
-
-logger = logging.getLogger(__name__)
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -37,8 +34,6 @@ def load_triton_scan():
             "the kernels in Triton's interpreter (mambalab.ops.triton.interpreter(), or TRITON_INTERPRET=1 set "
             "before mambalab.ops.triton is imported)"
         )
-    if where == "cpu":
-        logger.warning("selective_scan backend 'triton' runs in Triton's CPU interpreter (slow; for tests)")
     return selective_scan_triton
 
 
