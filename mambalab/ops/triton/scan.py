@@ -1,16 +1,17 @@
-"""Fused selective-scan kernels: the forward writes y (+ final state, + per-chunk state checkpoints); the
-backward recomputes the recurrence chunk by chunk from those checkpoints and runs the adjoint (reverse) scan.
-The expanded state (b, d, l, n) never touches HBM.
+"""Fused selective-scan kernels: the forward writes y (+ final state, + state checkpoints every CHUNK steps);
+the backward recomputes the recurrence chunk by chunk from those checkpoints and runs the adjoint (reverse)
+scan. The expanded state (b, d, l, n) never touches HBM.
 
-Work split: one program owns BLOCK_D channels of one group of one sequence and keeps their (BLOCK_D, n)
-state in registers; it walks the sequence in chunks of CHUNK steps. Inside a chunk the recurrence
-h_t = a_t h_{t-1} + b_t (a = exp(Δ A), b = Δ B u) is an associative scan over time of the affine maps
-(a_t, b_t), a (BLOCK_D, n, CHUNK) register tile. A "sequence" is a batch row, or with cu_seqlens one packed
-sequence of the single row, so a program never crosses a state reset.
+Work split: one program owns BLOCK_D channels of one group of one sequence and keeps their (n, BLOCK_D)
+state in registers; it walks the sequence in chunks (fwd_chunk steps forward, chunk steps backward). Inside
+a chunk the recurrence h_t = a_t h_{t-1} + b_t (a = exp(Δ A), b = Δ B u) is an associative scan over time
+of the affine maps (a_t, b_t) on a (steps, n, BLOCK_D) register tile. A "sequence" is a batch row, or with
+cu_seqlens one packed sequence of the single row, so a program never crosses a state reset.
 
-Checkpoints: h at the start of every chunk, (slots, d, n) float32; a sequence's chunk k lives in slot
-`slot0 + k` with slot0 = row · ceil(L / CHUNK), or cu_seqlens[s] // CHUNK + s when packed (at most
-L // CHUNK + num_seqs + 1 slots, whatever the lengths), so every shape depends only on the input shapes.
+Checkpoints: h every `chunk` steps, (slots, d, n) float32 (one float per (b, d, l) at chunk = n = 16); a
+sequence's k-th checkpoint lives in slot `slot0 + k` with slot0 = row · ceil(L / chunk), or
+cu_seqlens[s] // chunk + s when packed (at most L // chunk + num_seqs + 1 slots, whatever the lengths), so
+every shape depends only on the input shapes.
 
 Backward, per chunk from the last: recompute h_t from the checkpoint; with dy_ssm = dy · silu(z) and
 g_t = dL/dh_t, the adjoint recurrence g_t = C_t dy_ssm_t + a_{t+1} g_{t+1} is a reverse scan of
@@ -18,8 +19,8 @@ g_t = dL/dh_t, the adjoint recurrence g_t = C_t dy_ssm_t + a_{t+1} g_{t+1} is a 
   dΔ_t = Σ_n g_t (h_t − b_t) A + u_t Σ_n g_t B_t     du_t = Δ_t Σ_n g_t B_t + D dy_ssm_t
   dA  += Σ_t g_t (h_t − b_t) Δ_t                     dB_t = Σ_d g_t Δ_t u_t,  dC_t = Σ_d dy_ssm_t h_t
   dh_init = a_start g_start.
-dB/dC sum over channel blocks with float32 atomics; dA, dD, dΔ-bias are per-sequence partials summed by
-the caller.
+dB/dC sum over channel blocks with float32 atomics or per-block partial buffers; dA, dD, dΔ-bias are
+per-sequence partials summed by the caller.
 """
 
 from __future__ import annotations
