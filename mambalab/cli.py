@@ -47,8 +47,9 @@ def demo(seed: int = typer.Option(0, help="Random seed.")) -> None:
 def compare(
     preset: str = typer.Option("quick", help="smoke | quick (2-core CPU, ≤15 min) | standard (1 GPU, ≤25 min) | paper."),
     models: str = typer.Option(None, help="Comma-separated families (default all): mamba,transformer,s4d,hybrid,moe."),
-    tasks: str = typer.Option(None, help="Comma-separated tasks (default: the preset's)."),
-    studies: str = typer.Option(None, help="Comma-separated studies (default all): precision,cost,init,scaling,state."),
+    tasks: str = typer.Option(None, help="Comma-separated tasks (default: the preset's; 'none' for studies only)."),
+    studies: str = typer.Option(None, help="Comma-separated studies (default all; 'none' for none): "
+                                "precision,cost,init,scaling,state."),
     out: str = typer.Option("compare-out", help="Output folder: report.md, PNGs, results.json, cached runs."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -60,7 +61,7 @@ def compare(
     from mambalab.experiments.compare import compare as run_compare
 
     def split(value: str | None) -> list[str] | None:
-        return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+        return None if value is None else [v.strip() for v in value.split(",") if v.strip() not in ("", "none")]
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

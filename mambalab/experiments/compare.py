@@ -26,7 +26,7 @@ from mambalab.experiments.studies import main_specs, study_specs
 log = logging.getLogger(__name__)
 
 STUDIES = ("precision", "cost", "init", "scaling", "state")
-COST_VOCAB_TASK = "lm"
+COST_TOKENIZER = "byte"  # cost profiles use the LM task's byte-level vocabulary
 
 
 @dataclass
@@ -48,11 +48,11 @@ def resolve_device(device: str) -> torch.device:
     return resolve(device)
 
 
-def _choose(given: list[str] | None, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+def _choose(given: list[str] | None, allowed: tuple[str, ...], what: str, allow_empty: bool = False) -> tuple[str, ...]:
     if given is None:
         return allowed
     unknown = [g for g in given if g not in allowed]
-    if unknown or not given:
+    if unknown or not (given or allow_empty):
         raise ValueError(f"{what}: unknown or empty selection {unknown or given}; expected some of {list(allowed)}")
     return tuple(g for g in allowed if g in given)
 
@@ -94,9 +94,9 @@ def _cost(preset: Preset, family: str, device: torch.device) -> dict:
     from mambalab.experiments.models import family_config
     from mambalab.models.lm import LanguageModel
     from mambalab.models.zoo import count_params
-    from mambalab.tasks import build_task
+    from mambalab.train.tokenizer import load_tokenizer
 
-    config = family_config(family, preset.size, build_task(COST_VOCAB_TASK).vocab_size)
+    config = family_config(family, preset.size, load_tokenizer(COST_TOKENIZER).vocab_size)
     torch.manual_seed(preset.seed)
     model = LanguageModel(config).to(device)
     return {"params": count_params(config), **cost_profile(model, preset.cost, device, preset.seed)}
@@ -133,8 +133,8 @@ def compare(preset: str = "quick", models: list[str] | None = None, tasks: list[
 
     chosen = get_preset(preset)
     families = _choose(models, FAMILIES, "models")
-    task_names = _choose(tasks, tuple(chosen.tasks), "tasks")
-    study_names = _choose(studies, STUDIES, "studies")
+    task_names = _choose(tasks, tuple(chosen.tasks), "tasks", allow_empty=True)
+    study_names = _choose(studies, STUDIES, "studies", allow_empty=True)
     dev = resolve_device(device)
     out = Path(out_dir)
     store = RunStore(out)

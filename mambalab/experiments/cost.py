@@ -17,6 +17,8 @@ from mambalab.experiments.runner import TaskBatches, train_model
 from mambalab.models.lm import LanguageModel
 from mambalab.tasks import build_task
 
+COST_CORPUS_BYTES = 1 << 20  # throughput does not depend on the text; 1 MB holds any training window here
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -44,7 +46,7 @@ def decode_latency(model: LanguageModel, prefix: int, n_tokens: int, device: tor
 def cost_profile(model: LanguageModel, study: CostStudy, device: torch.device, seed: int) -> dict:
     """Training throughput on the LM task at the study's shape, then decode latency at every prefix."""
     plan = TaskPlan({}, study.train_length, (), steps=study.train_steps, batch_size=study.train_batch)
-    task = build_task("lm")
+    task = build_task("lm", max_bytes=COST_CORPUS_BYTES)
     train = train_model(model, TaskBatches(task, plan, seed), plan, device, seed, progress=False)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -41,14 +41,18 @@ def metric_at(run: dict, length: int) -> float | None:
     return run["eval"].get(str(length), {}).get(run["headline"])
 
 
+def train_metric(run: dict) -> float | None:
+    """The headline metric at the training length."""
+    return metric_at(run, run["spec"]["plan"]["train_length"])
+
+
 def main_metric(results: dict, task: str, family: str) -> tuple[dict, float] | None:
     """(run, headline metric at the training length) of the main run of `family` on `task`."""
     found = runs(results, "main", task, family)
     if not found:
         return None
-    run = found[0]
-    value = metric_at(run, run["spec"]["plan"]["train_length"])
-    return None if value is None else (run, value)
+    value = train_metric(found[0])
+    return None if value is None else (found[0], value)
 
 
 def beyond_training(run: dict) -> tuple[list[int], float] | None:
@@ -92,7 +96,8 @@ def _extrapolation_rule(task: str, better: str, worse: str, strong: bool, title:
         lengths, va = ea
         vb = eb[1]
         train = a[0]["spec"]["plan"]["train_length"]
-        span = f"lengths {lengths[0]}-{lengths[-1]} ({lengths[-1] / train:g}× the training length {train})"
+        span = (f"lengths {lengths[0]}-{lengths[-1]}, up to {lengths[-1] / train:g}× the training length {train}, "
+                f"where they score {pct(a[1])} and {pct(b[1])}")
         margin = MUCH_BETTER if strong else -NOISE
         relation = "≫" if strong else "≥"
         name_a, name_b = _display(better), _display(worse)
@@ -135,9 +140,9 @@ def init_rule(results: dict) -> list[Finding]:
     s4d = {r["spec"]["overrides"]["s4d"]["init"]: r for r in runs(results, "init", family="s4d")}
     hippo = [k for k in s4d if k != "random"]
     if "random" in s4d and hippo:
-        rnd = metric_at(s4d["random"], s4d["random"]["spec"]["plan"]["train_length"])
-        best = max(hippo, key=lambda k: metric_at(s4d[k], s4d[k]["spec"]["plan"]["train_length"]))
-        hb = metric_at(s4d[best], s4d[best]["spec"]["plan"]["train_length"])
+        rnd = train_metric(s4d["random"])
+        best = max(hippo, key=lambda k: train_metric(s4d[k]))
+        hb = train_metric(s4d[best])
         gap = 100 * (hb - rnd)
         verdict = "better than" if gap > 100 * NOISE else "no better than"
         out.append(Finding("init_s4d", f"S4D on copying memory (long-range): HiPPO-based init ({best}) {pct(hb)} is "
@@ -146,9 +151,7 @@ def init_rule(results: dict) -> list[Finding]:
                            gap >= 15))
     mamba = {r["spec"]["overrides"]["ssm"]["A_init"]: r for r in runs(results, "init", family="mamba")}
     if "random" in mamba and "s4d_real" in mamba:
-        def bpb(r):
-            return metric_at(r, r["spec"]["plan"]["train_length"])
-        a, b = bpb(mamba["s4d_real"]), bpb(mamba["random"])
+        a, b = train_metric(mamba["s4d_real"]), train_metric(mamba["random"])
         rel = (b - a) / a
         same = abs(rel) <= 0.02
         out.append(Finding("init_mamba", f"Mamba on language modelling: A_init=random {b:.3f} vs S4D-Real {a:.3f} bits/byte "
@@ -181,7 +184,7 @@ def state_rule(results: dict) -> list[Finding]:
         by_n = {}
         for r in runs(results, "state", task, "mamba"):
             if r["spec"]["size"]["d_model"] == results["preset"]["size"]["d_model"]:
-                by_n[r["spec"]["size"]["d_state"]] = main_value(r)
+                by_n[r["spec"]["size"]["d_state"]] = train_metric(r)
         if len(by_n) < 2:
             continue
         ns = sorted(by_n)
@@ -191,10 +194,6 @@ def state_rule(results: dict) -> list[Finding]:
         trend = "rises with the state size" if grows else "does not rise steadily with the state size"
         out.append(Finding(f"state_{task}", f"{task}: Mamba's accuracy {trend} ({series}).", None))
     return out
-
-
-def main_value(run: dict) -> float:
-    return metric_at(run, run["spec"]["plan"]["train_length"])
 
 
 def precision_rule(results: dict) -> list[Finding]:

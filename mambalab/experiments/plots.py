@@ -13,9 +13,23 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from mambalab.experiments.findings import metric_at, runs
+from mambalab.experiments.findings import metric_at, runs, train_metric
 
 FAMILY_STYLE = {"mamba": "C0", "transformer": "C1", "s4d": "C2", "hybrid": "C3", "moe": "C4"}
+
+
+def _style(ax, title: str | None, xlabel: str, ylabel: str, xlog2: bool = True, ylog: bool = False,
+           legend: int | None = 8) -> None:
+    if xlog2:
+        ax.set_xscale("log", base=2)
+    if ylog:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if legend:
+        ax.legend(fontsize=legend)
 
 
 def _save(fig, path: Path) -> str:
@@ -37,11 +51,8 @@ def accuracy_vs_length(results: dict, path: Path) -> str | None:
             family = run["spec"]["family"]
             ax.plot(lengths, [metric_at(run, n) for n in lengths], "o-", color=FAMILY_STYLE.get(family), label=family)
         ax.axvline(task_runs[0]["spec"]["plan"]["train_length"], color="grey", ls=":", lw=1)
-        ax.set_xscale("log", base=2)
-        ax.set_title(task)
-        ax.set_xlabel("length (tokens); dotted: training length")
-        ax.set_ylabel(task_runs[0]["headline"].replace("_", " "))
-    axes[0][0].legend(fontsize=8)
+        _style(ax, task, "length (tokens); dotted: training length", task_runs[0]["headline"].replace("_", " "),
+               legend=8 if ax is axes[0][0] else None)
     return _save(fig, path)
 
 
@@ -60,9 +71,7 @@ def loss_vs_flops(results: dict, path: Path) -> str | None:
         ls = "-" if length == min(k[1] for k in series) else "--"
         ax.plot(*zip(*points), "o" + ls, color=FAMILY_STYLE.get(family), label=f"{family} L={length}")
     ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs (flops_per_token × tokens)")
-    ax.set_ylabel("eval loss (nats/token)")
-    ax.legend(fontsize=8)
+    _style(ax, None, "training FLOPs (flops_per_token × tokens)", "eval loss (nats/token)", xlog2=False)
     return _save(fig, path)
 
 
@@ -75,10 +84,7 @@ def decode_latency(results: dict, path: Path) -> str | None:
         d = sorted(c["decode"], key=lambda x: x["prefix"])
         ax.plot([x["prefix"] for x in d], [x["ms_per_token"] for x in d], "o-", color=FAMILY_STYLE.get(family),
                 label=family)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("prefix length (tokens)")
-    ax.set_ylabel("decode ms / token (batch 1)")
-    ax.legend(fontsize=8)
+    _style(ax, None, "prefix length (tokens)", "decode ms / token (batch 1)")
     return _save(fig, path)
 
 
@@ -99,12 +105,7 @@ def precision_error(results: dict, path: Path) -> str | None:
                              if r["dtype"] == dtype and r["mode"] == mode)
                 if pts:
                     ax.plot(*zip(*pts), marker="o", ls=["-", "--", ":"][j % 3], color=f"C{i}", label=f"{dtype} {mode}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(f"{model} {level}")
-        ax.set_xlabel("length")
-        ax.set_ylabel("max relative error vs float64")
-        ax.legend(fontsize=6)
+        _style(ax, f"{model} {level}", "length", "max relative error vs float64", ylog=True, legend=6)
     return _save(fig, path)
 
 
@@ -114,23 +115,19 @@ def state_size(results: dict, path: Path) -> str | None:
         return None
     tasks = sorted({r["spec"]["task"] for r in state})
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
-    base_d = results["preset"]["size"]["d_model"]
+    base_d, base_n = results["preset"]["size"]["d_model"], results["preset"]["size"]["d_state"]
     for ax, task in zip(axes[0], tasks):
         sel = [r for r in state if r["spec"]["task"] == task]
-        pts = sorted((r["spec"]["size"]["d_state"], metric_at(r, r["spec"]["plan"]["train_length"])) for r in sel
+        pts = sorted((r["spec"]["size"]["d_state"], train_metric(r)) for r in sel
                      if r["spec"]["family"] == "mamba" and r["spec"]["size"]["d_model"] == base_d)
         if pts:
             ax.plot(*zip(*pts), "o-", color=FAMILY_STYLE["mamba"], label=f"mamba d_model={base_d}, vs d_state")
         for family in sorted({r["spec"]["family"] for r in sel}):
-            by_d = sorted((r["spec"]["size"]["d_model"], metric_at(r, r["spec"]["plan"]["train_length"])) for r in sel
-                          if r["spec"]["family"] == family and r["spec"]["size"]["d_state"] == results["preset"]["size"]["d_state"])
+            by_d = sorted((r["spec"]["size"]["d_model"], train_metric(r)) for r in sel
+                          if r["spec"]["family"] == family and r["spec"]["size"]["d_state"] == base_n)
             if len(by_d) > 1:
                 ax.plot(*zip(*by_d), "s--", color=FAMILY_STYLE.get(family), label=f"{family} vs d_model")
-        ax.set_xscale("log", base=2)
-        ax.set_title(task)
-        ax.set_xlabel("d_state (solid) / d_model (dashed)")
-        ax.set_ylabel("accuracy at the training length")
-        ax.legend(fontsize=7)
+        _style(ax, task, "d_state (solid) / d_model (dashed)", "accuracy at the training length", legend=7)
     return _save(fig, path)
 
 
@@ -144,11 +141,7 @@ def training_curves(results: dict, path: Path) -> str | None:
         for r in runs(results, "main", task):
             if r["train"]["curve"]:
                 ax.plot(*zip(*r["train"]["curve"]), color=FAMILY_STYLE.get(r["spec"]["family"]), label=r["spec"]["family"])
-        ax.set_title(task)
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
-        ax.set_yscale("log")
-    axes[0][0].legend(fontsize=8)
+        _style(ax, task, "step", "training loss", xlog2=False, ylog=True, legend=8 if ax is axes[0][0] else None)
     return _save(fig, path)
 
 

@@ -108,7 +108,8 @@ class Preset:
 
 
 def _smoke() -> Preset:
-    sc = TaskPlan({"vocab_size": 8, "n_copy": 2}, 12, (12,), steps=2, batch_size=4, eval_examples=8)
+    """CI: every family, three tasks and every study at toy sizes, one or two steps per run."""
+    sc = TaskPlan({"vocab_size": 8, "n_copy": 2}, 12, (12, 16), steps=2, batch_size=4, eval_examples=8)
     tiny = TaskPlan({"max_bytes": 20000}, 16, (16,), steps=2, batch_size=2, eval_examples=4)
     return Preset(
         name="smoke",
@@ -116,19 +117,15 @@ def _smoke() -> Preset:
         models=FAMILIES,
         tasks={
             "selective_copying": sc,
-            "induction_heads": TaskPlan({"vocab_size": 8}, 12, (12, 24), steps=2, batch_size=4, eval_examples=8),
             "mqar": TaskPlan({"vocab_size": 32}, 16, (16, 32), steps=2, batch_size=4, eval_examples=8),
-            "copying": TaskPlan({"alphabet_size": 4}, 10, (10, 14), steps=2, batch_size=4, eval_examples=8),
-            "phonebook": TaskPlan({"n_letters": 4, "number_len": 2}, 24, (24,), steps=2, batch_size=4,
-                                  eval_examples=8),
             "lm": tiny,
         },
         precision=PrecisionStudy(lengths=(8, 16)),
         cost=CostStudy(decode_prefixes=(4, 16), decode_tokens=2, train_length=16, train_batch=2, train_steps=2),
         init=InitStudy(s4d_inits=("legs", "random"), long_range=sc, lm=tiny),
-        scaling=ScalingStudy(sizes=(ModelSize(16, 2, 4), ModelSize(24, 2, 4), ModelSize(32, 2, 4)), lengths=(8, 16),
-                             plan=tiny),
-        state=StateStudy(d_states=(1, 4), d_models=(32,), tasks=("mqar",)),
+        scaling=ScalingStudy(sizes=(ModelSize(16, 2, 4), ModelSize(32, 2, 4)), lengths=(8, 16),
+                             plan=dataclasses.replace(tiny, steps=1)),
+        state=StateStudy(d_states=(1, 4), d_models=(), tasks=("mqar",), families=("mamba",)),
     )
 
 
@@ -137,29 +134,28 @@ def _quick() -> Preset:
     tokens, sequences of 22-64 tokens, a few hundred steps; Mamba, Transformer++ and S4D by default."""
     size = ModelSize(d_model=32, n_layer=4, d_state=8)
     lm = TaskPlan({"max_bytes": 200_000}, 64, (64, 256), steps=150, batch_size=16, lr=3e-3, eval_examples=64)
-    copying = TaskPlan({"alphabet_size": 8}, 22, (22, 32, 42), steps=300, batch_size=32, lr=3e-3)
-    mqar = TaskPlan({"vocab_size": 64}, 64, (64, 128, 256), steps=300, batch_size=32, lr=3e-3)
-    sc = TaskPlan({"vocab_size": 16, "n_copy": 4}, 32, (32,), steps=300, batch_size=32, lr=3e-3)
+    sc = TaskPlan({"vocab_size": 16, "n_copy": 4}, 24, (24,), steps=500, batch_size=32, lr=5e-3)
     return Preset(
         name="quick",
         size=size,
         models=("mamba", "transformer", "s4d"),
         tasks={
             "selective_copying": sc,
-            "induction_heads": TaskPlan({"vocab_size": 16}, 32, (32, 64, 128, 256, 512, 1024, 2048), steps=400,
-                                        batch_size=32, lr=3e-3),
-            "mqar": mqar,
-            "copying": copying,
+            "induction_heads": TaskPlan({"vocab_size": 16}, 32, (32, 64, 128, 256, 512, 1024), steps=500,
+                                        batch_size=32, lr=5e-3),
+            "mqar": TaskPlan({"vocab_size": 64}, 64, (64, 128, 256), steps=500, batch_size=32, lr=5e-3),
+            "copying": TaskPlan({"alphabet_size": 8}, 22, (22, 32, 42), steps=500, batch_size=32, lr=5e-3),
             "lm": lm,
         },
         precision=PrecisionStudy(lengths=(16, 64, 256)),
         cost=CostStudy(decode_prefixes=(16, 256, 2048), decode_tokens=16, train_length=64, train_batch=16,
                        train_steps=6),
-        init=InitStudy(s4d_inits=("legs", "random"), long_range=dataclasses.replace(sc, train_length=64, eval_lengths=(64,)),
+        init=InitStudy(s4d_inits=("legs", "random"), long_range=dataclasses.replace(sc, train_length=64,
+                                                                                     eval_lengths=(64,), steps=300),
                        lm=lm),
         scaling=ScalingStudy(sizes=(ModelSize(16, 2, 8), ModelSize(32, 2, 8), ModelSize(48, 2, 8)), lengths=(32, 128),
                              plan=dataclasses.replace(lm, steps=100, eval_lengths=())),
-        state=StateStudy(d_states=(2, 8, 32), d_models=(), tasks=("mqar",), families=("mamba",)),
+        state=StateStudy(d_states=(2, 8, 16), d_models=(), tasks=("mqar",), families=("mamba",)),
         notes=("hybrid and moe run on request (--models); phone-book lookup with --tasks phonebook",),
     )
 
@@ -190,7 +186,7 @@ def _standard() -> Preset:
                                                       train_length=1024, eval_lengths=(1024,)), lm=lm),
         scaling=ScalingStudy(sizes=(ModelSize(64, 4, 16), ModelSize(128, 4, 16), ModelSize(256, 4, 16)),
                              lengths=(256, 1024), plan=dataclasses.replace(lm, steps=800, eval_lengths=())),
-        state=StateStudy(d_states=(2, 4, 16, 64), d_models=(32, 64, 128), tasks=("mqar", "copying")),
+        state=StateStudy(d_states=(2, 4, 16, 64), d_models=(32, 64, 128), tasks=("mqar",)),
     )
 
 

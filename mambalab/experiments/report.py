@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from mambalab.experiments.findings import evaluate_findings, metric_at
+from mambalab.experiments.findings import evaluate_findings, metric_at, train_metric
 from mambalab.experiments.plots import write_plots
 from mambalab.experiments.runner import write_json_atomic
 
@@ -136,7 +136,7 @@ def _study_table(results: dict, group: str, empty: str) -> list[str]:
     rows = []
     for r in sel:
         s = r["spec"]
-        value = "failed" if r["status"] != "ok" else _fmt(metric_at(r, s["plan"]["train_length"]))
+        value = "failed" if r["status"] != "ok" else _fmt(train_metric(r))
         extra = _fmt(r["eval"][str(s["plan"]["train_length"])]["loss"]) if r["status"] == "ok" else "—"
         flops = _fmt(float(r["flops_per_token"] * r["train"]["tokens"])) if r["status"] == "ok" else "—"
         rows.append([s["task"], s["family"], _label_overrides(r), f"{r.get('params', 0):,}", value, extra, flops])

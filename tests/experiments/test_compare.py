@@ -66,7 +66,7 @@ def test_second_invocation_reuses_every_cached_run(smoke, monkeypatch):
 
 
 def test_interrupted_compare_resumes_and_failures_are_reported(tmp_path, monkeypatch):
-    selection = {"models": ["mamba", "transformer"], "tasks": ["copying"], "studies": []}
+    selection = {"models": ["mamba", "transformer"], "tasks": ["selective_copying"], "studies": []}
     original = runner.train_model
 
     def fail_for_transformer(model, *args, **kwargs):
