@@ -21,15 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mambalab.config import ModelConfig, SSMConfig
-from mambalab.ops.conv1d import causal_conv1d, causal_conv1d_update
+from mambalab.ops.conv1d import causal_conv1d, causal_conv1d_update, causal_conv1d_update_fused
 from mambalab.ops.hippo import discretize_diagonal, s4d_init
 from mambalab.ops.s4d import diagonal_recurrence, s4d_cnn
-from mambalab.ops.selective_scan import selective_scan
-from mambalab.ops.state_update import selective_state_update
-
-# Parameters that stay float32 whatever dtype the model is cast to, and get no weight decay
-# ("dt_bias" replaces "dt_proj.bias" when selective=False).
-FP32_PARAMS = ("A_log", "D", "dt_proj.bias", "dt_bias")
+from mambalab.ops.selective_scan import resolve_backend, selective_scan
+from mambalab.ops.state_update import selective_state_update, selective_state_update_fused
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
@@ -173,14 +169,21 @@ class Mamba(nn.Module):
         n, r = self.d_state, self.dt_rank
         xz = self.in_proj(hidden)  # (b, 2d)
         x, z = xz.chunk(2, dim=-1)  # (b, d)
-        x = causal_conv1d_update(x, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")  # (b, d)
+        fused = self._fused_step(x)
+        conv_update = causal_conv1d_update_fused if fused else causal_conv1d_update
+        x = conv_update(x, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")  # (b, d)
         if not self.uses_selective_scan:
             return self.out_proj(self._ablation_ssm(x[..., None], z[..., None], state)[..., 0])  # (b, d_model)
         dt, B, C = self.x_proj(x).split([r, n, n], dim=-1)  # (b, r), (b, n), (b, n)
         dt = F.linear(dt, self.dt_proj.weight)  # (b, d)
         A, D, dt_bias = self._ssm_params()
-        y = selective_state_update(state["ssm"], x, dt, A, B, C, D, z, dt_bias=dt_bias, dt_softplus=True)  # (b, d)
+        state_update = selective_state_update_fused if fused else selective_state_update
+        y = state_update(state["ssm"], x, dt, A, B, C, D, z, dt_bias=dt_bias, dt_softplus=True)  # (b, d)
         return self.out_proj(y)  # (b, d_model)
+
+    def _fused_step(self, x: torch.Tensor) -> bool:
+        """Decode with the fused Triton step kernels where the scan itself would run in Triton (CUDA)."""
+        return x.dtype != torch.float64 and resolve_backend(self.cfg.scan_backend, x.device) == "triton"
 
     # Ablation switches ------------------------------------------------------------------------------------------
     def _ablation_ssm(self, x: torch.Tensor, z: torch.Tensor, state: dict | None) -> torch.Tensor:
