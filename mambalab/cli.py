@@ -46,7 +46,8 @@ def demo(seed: int = typer.Option(0, help="Random seed.")) -> None:
 @app.command()
 def compare(
     preset: str = typer.Option("quick", help="smoke | quick (2-core CPU, ≤15 min) | standard (1 GPU, ≤25 min) | paper."),
-    models: str = typer.Option(None, help="Comma-separated families (default all): mamba,transformer,s4d,hybrid,moe."),
+    models: str = typer.Option(None, help="Comma-separated families (default: the preset's; quick runs mamba,"
+                               "transformer,s4d): mamba,transformer,s4d,hybrid,moe."),
     tasks: str = typer.Option(None, help="Comma-separated tasks (default: the preset's; 'none' for studies only)."),
     studies: str = typer.Option(None, help="Comma-separated studies (default all; 'none' for none): "
                                 "precision,cost,init,scaling,state."),

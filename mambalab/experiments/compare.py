@@ -132,7 +132,7 @@ def compare(preset: str = "quick", models: list[str] | None = None, tasks: list[
     from mambalab.experiments.report import write_report
 
     chosen = get_preset(preset)
-    families = _choose(models, FAMILIES, "models")
+    families = _choose(models, FAMILIES, "models") if models is not None else chosen.models
     task_names = _choose(tasks, tuple(chosen.tasks), "tasks", allow_empty=True)
     study_names = _choose(studies, STUDIES, "studies", allow_empty=True)
     dev = resolve_device(device)

@@ -82,7 +82,8 @@ def _training_section(results: dict, plots: dict) -> list[str]:
             for r in results["runs"] if r["status"] == "ok"]
     if not rows:
         return ["No training run succeeded.", ""]
-    header = ["group", "task", "model", "variant", "params", "final loss", "train tokens/s", "wall s", "peak GB"]
+    header = ["group", "task", "model", "variant (reference size)", "params", "final loss", "train tokens/s", "wall s",
+              "peak GB"]
     return _table(header, rows) + _img(plots, "training_loss.png")
 
 
