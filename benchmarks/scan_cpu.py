@@ -67,19 +67,23 @@ def hf_slow_path(t):
 
 
 def time_it(fn, inputs, backward, repeats):
-    """Min wall-clock seconds of fn (plus backward of y.sum()) over `repeats` runs after one warm-up."""
-    times = []
+    """(wall-clock, process CPU) seconds of fn (plus backward of y.sum()), each the min over `repeats` runs
+    after one warm-up (repeats=0: the single cold run). CPU time is all threads together; on a shared machine
+    it is less disturbed by other processes than wall-clock time."""
+    walls, cpus = [], []
     for _ in range(repeats + 1):
         for v in inputs.values():
             v.grad = None
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         if backward:
             fn(inputs).sum().backward()
         else:
             with torch.no_grad():
                 fn(inputs)
-        times.append(time.perf_counter() - start)
-    return min(times[1:]) if repeats else times[0]
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    keep = slice(1, None) if repeats else slice(None)
+    return min(walls[keep]), min(cpus[keep])
 
 
 def machine_info():
@@ -116,6 +120,7 @@ def main(argv=None):
     p.add_argument("--hf-backward-max-len", type=int, default=1024)
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--tune", action="store_true", help="sweep the torch backend's chunk_len/sub_len")
+    p.add_argument("--skip-loops", action="store_true", help="time only the torch backend (with --tune)")
     p.add_argument("--out", type=Path, default=RESULTS / "scan_cpu.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -125,17 +130,19 @@ def main(argv=None):
     if not args.skip_hf:
         impls["HF slow path"] = (hf_slow_path, args.loop_repeats)
     rows = []
-    for length in args.lengths:
+    for length in [] if args.skip_loops else args.lengths:
         inputs = make_inputs(args.batch, args.dim, args.state, length)
         for mode in ("forward", "forward+backward"):
             row = {"L": length, "mode": mode}
             for name, (fn, repeats) in impls.items():
                 if name == "HF slow path" and mode != "forward" and length > args.hf_backward_max_len:
-                    row[name] = None  # quadratic backward, see the module docstring
+                    row[name] = row[name + " cpu"] = None  # quadratic backward, see the module docstring
                     continue
-                row[name] = time_it(fn, inputs, mode != "forward", repeats)
-                print(f"L={length} {mode:17s} {name:15s} {row[name]:9.3f} s", file=sys.stderr, flush=True)
+                row[name], row[name + " cpu"] = time_it(fn, inputs, mode != "forward", repeats)
+                print(f"L={length} {mode:17s} {name:15s} {row[name]:9.3f} s (cpu {row[name + ' cpu']:.3f} s)",
+                      file=sys.stderr, flush=True)
             row["speedup vs reference loop"] = row["reference loop"] / row["torch"]
+            row["cpu-time speedup vs reference loop"] = row["reference loop cpu"] / row["torch cpu"]
             if row.get("HF slow path"):
                 row["speedup vs HF slow path"] = row["HF slow path"] / row["torch"]
             rows.append(row)
@@ -146,12 +153,11 @@ def main(argv=None):
         inputs = make_inputs(args.batch, args.dim, args.state, length)
         for chunk_len, sub_len in [(32, 8), (64, 8), (64, 16), (128, 8), (128, 16), (256, 16), (512, 32)]:
             fn = ours("torch", chunk_len=chunk_len, sub_len=sub_len)
-            fwd = time_it(fn, inputs, False, args.repeats)
-            fwd_bwd = time_it(fn, inputs, True, args.repeats)
+            (fwd, fwd_cpu), (fwd_bwd, fwd_bwd_cpu) = (time_it(fn, inputs, b, args.repeats) for b in (False, True))
             tuning.append({"L": length, "chunk_len": chunk_len, "sub_len": sub_len, "forward": fwd,
-                           "forward+backward": fwd_bwd})
-            print(f"tune chunk_len={chunk_len:5d} sub_len={sub_len:3d} fwd {fwd:.3f} s  fwd+bwd {fwd_bwd:.3f} s",
-                  file=sys.stderr, flush=True)
+                           "forward+backward": fwd_bwd, "forward cpu": fwd_cpu, "forward+backward cpu": fwd_bwd_cpu})
+            print(f"tune chunk_len={chunk_len:5d} sub_len={sub_len:3d} fwd {fwd:.3f} s  fwd+bwd {fwd_bwd:.3f} s "
+                  f"(cpu {fwd_cpu:.3f} / {fwd_bwd_cpu:.3f} s)", file=sys.stderr, flush=True)
 
     info = machine_info()
     info["load_average_at_end"] = list(os.getloadavg())
@@ -172,17 +178,17 @@ def main(argv=None):
     names = list(impls)
     print(f"selective scan on CPU, b={args.batch} d={args.dim} N={args.state} float32, {args.threads} threads "
           "(wall-clock seconds, min over repeats)")
-    header = ["L", "mode", *names, "torch vs loop", *(["torch vs HF"] if "HF slow path" in names else [])]
+    header = ["L", "mode", *names, "torch vs loop", "(cpu time)", *(["torch vs HF"] if "HF slow path" in names else [])]
     print(" | ".join(f"{h:>16s}" for h in header))
     for r in rows:
         cells = [str(r["L"]), r["mode"], *("not run" if r[n] is None else f"{r[n]:.3f}" for n in names),
-                 f"{r['speedup vs reference loop']:.1f}x"]
+                 f"{r['speedup vs reference loop']:.1f}x", f"{r['cpu-time speedup vs reference loop']:.1f}x"]
         if "HF slow path" in names:
             cells.append(f"{r['speedup vs HF slow path']:.1f}x" if "speedup vs HF slow path" in r else "-")
         print(" | ".join(f"{c:>16s}" for c in cells))
     for t in tuning:
-        print(f"tune L={t['L']} chunk_len={t['chunk_len']} sub_len={t['sub_len']}: "
-              f"forward {t['forward']:.3f} s, forward+backward {t['forward+backward']:.3f} s")
+        print(f"tune L={t['L']} chunk_len={t['chunk_len']} sub_len={t['sub_len']}: forward {t['forward']:.3f} s,"
+              f" forward+backward {t['forward+backward']:.3f} s (cpu {t['forward+backward cpu']:.3f} s)")
     print(f"wrote {args.out}")
 
 

@@ -6,12 +6,13 @@ Same signature and semantics as reference.py (read its glossary first). The recu
 
 is linear in h, so a block of positions can be scanned from a zero state and fixed up afterwards with the
 decay of the whole block. The sequence is cut into chunks of `chunk_len` positions, scanned one after the
-other (the state is carried between them, so memory holds (b, chunk_len, d, n) tensors, never (b, l, d, n));
+other (the state is carried between them, so memory holds a few (b, chunk_len, n, d) work tensors and one
+state per sub-chunk, never a (b, l, d, n) tensor);
 each chunk is cut into m sub-chunks of `sub_len` positions, and all m sub-chunks advance together:
 
     1. local end states   e_k = Σ_j (Π_{i>j} a_{k,i}) β_{k,j}        sub_len steps, each over all k at once
     2. carry              s_{k+1} = p_k s_k + e_k,  p_k = exp(A Σ_j Δ_{k,j})    m small steps
-    3. states and output  h_{k,j} = a_{k,j} h_{k,j-1} + β_{k,j} from s_k;  y = C · h   sub_len steps + a bmm
+    3. states and output  h_{k,j} = a_{k,j} h_{k,j-1} + β_{k,j} from s_k;  y = C · h   sub_len + n steps
 
 Only a handful of Python-level steps run per chunk (2·sub_len + m), each over a large tensor, instead of one
 per position. Every exponential has a non-positive argument (Δ ≥ 0, A < 0): a_t and p_k lie in (0, 1], so
@@ -21,7 +22,10 @@ formed. exp(Δ A) is computed as exp2(Δ · A log2 e), which is faster on CPU.
 The backward runs the chunks in reverse. It recomputes a, β and the states of one chunk from the saved
 sub-chunk start states, then solves the adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} with the same
 three-step scheme run right to left, and reads every gradient off g:
-dβ = g; d(ΔA) = g ⊙ a_t h_{t-1}; dC = Σ_d dy h; dh_0 = a_0 g_0.
+dβ = g; d(ΔA) = g ⊙ a_t h_{t-1}; dC = Σ_d dy h; dh_0 = a_1 g_1.
+
+Inside the scan, tensors are laid out (b, t, n, d): channels last, so every elementwise op runs along the
+long contiguous channel axis, and sums over n add whole rows.
 
 A length that is not a multiple of `sub_len` is padded at the end with Δ = 0, x = 0 (a = 1, β = 0): these
 steps leave the state exactly unchanged and their outputs are dropped.
@@ -29,12 +33,16 @@ steps leave the state exactly unchanged and their outputs are dropped.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 
-# Measured on a 2-core CPU (benchmarks/scan_cpu.py --tune): b=2, d=512, n=16, float32.
+# Picked by measurement on the 2-core CPU, b=2, d=512, n=16, L=4096, float32 forward+backward: with one thread
+# (benchmarks/scan_cpu.py --tune --threads 1, results/scan_cpu_tune.json) chunks of 64-256 in sub-chunks of 16
+# cost about the same CPU time; with two threads 256/16 was fastest (3.2-3.7 s against 4.4-22 s for 64/16 and
+# 5.9-7.8 s for 512/32 on a loaded machine): larger steps amortise the threads' per-op synchronisation.
 CHUNK_LEN = 256
 SUB_LEN = 16
 LOG2E = 1.0 / math.log(2.0)
@@ -61,7 +69,7 @@ def chunked_selective_scan(
         raise ValueError(f"chunk_len={chunk_len} must be a multiple of sub_len={sub_len}")
     out_dtype = u.dtype
     compute = torch.float64 if torch.float64 in (u.dtype, delta.dtype, A.dtype) else torch.float32
-    batch, dim, length = u.shape
+    batch, dim, _ = u.shape
     u, delta, A = u.to(compute), delta.to(compute), A.to(compute)
 
     if delta_bias is not None:
@@ -89,7 +97,7 @@ def chunked_selective_scan(
         y, final_state = scan(slice(None), h0)  # (b, l, d), (b, n, d)
     else:
         bounds = [int(c) for c in cu_seqlens]
-        parts = [scan(slice(s, e), h0[i : i + 1]) for i, (s, e) in enumerate(zip(bounds, bounds[1:]))]
+        parts = [scan(slice(s, e), h0[i : i + 1]) for i, (s, e) in enumerate(itertools.pairwise(bounds))]
         y = torch.cat([p[0] for p in parts], dim=1)  # (1, l, d)
         final_state = torch.cat([p[1] for p in parts])  # (num_seqs, n, d)
 
