@@ -37,13 +37,12 @@ OFFICIAL = {  # mamba-ssm selective_scan_cuda, ANCHORS.md (ms)
     "fwdbwd": {512: 0.698, 1024: 1.47, 2048: 2.92, 4096: 5.78, 8192: 11.9, 16384: 24.5, 32768: 49.4, 65536: 101.5},
 }
 TARGETS = {"fwd": {2048: 0.30, 8192: 1.3}, "fwdbwd": {2048: 1.9, 8192: 8.0}}
-# (channels per program, chunk, warps); all keep a thread's registers unspilled when compiled for sm_90
-# (channels per program, chunk, warps[, dB/dC as per-block partial sums instead of atomics]). The backward's
-# chunk is also the checkpoint interval (checkpoints cost 4·b·d·N·L/chunk bytes), so only chunk 16 is
-# eligible there (chunk 8 is timed for the notes); the forward's chunk must divide it.
-FWD_SWEEP = [(16, 8, 1), (32, 4, 1), (16, 4, 1), (8, 8, 1)]
-BWD_SWEEP = [(4, 16, 1, False), (4, 16, 1, True), (8, 16, 1, True), (16, 16, 4, True), (8, 8, 1, False),
-             (8, 8, 1, True)]
+# Forward: (channels per program, steps per iteration, warps). Backward: (channels per program, checkpoint
+# interval, steps per tile, warps, dB/dC as per-block partial sums instead of atomics). The checkpoint interval
+# sets the checkpoint memory (4·b·d·N·L/interval bytes), so only 16 is eligible; the backward's tile is the
+# interval (16) or half of it (8: each interval split in two halves, one extra half-interval forward scan).
+FWD_SWEEP = [(16, 8, 1), (32, 4, 1)]
+BWD_SWEEP = [(4, 16, 16, 1, True), (8, 16, 8, 1, True), (8, 16, 8, 1, False), (16, 16, 8, 2, True)]
 CHUNK = 16
 
 T0 = time.time()
@@ -179,27 +178,37 @@ def sweep(report, length=2048):
         except Exception as e:  # noqa: BLE001  (a config that fails to compile or launch is skipped)
             log(f"fwd config {bd}x{ch}w{w} failed: {type(e).__name__}: {str(e)[:200]}")
         log(f"fwd {bd}x{ch}w{w}: {fwd_times.get(f'{bd}x{ch}w{w}', float('nan')):.3f} ms")
-    for bd, ch, w, partial in BWD_SWEEP:
-        cfg = scan.ScanConfig(chunk=ch, bwd_block_d=bd, bwd_warps=w, block_d=16, fwd_chunk=min(ch, 8), fwd_warps=1,
-                              bwd_partial_dbc=partial)
+    for bd, ch, steps, w, partial in BWD_SWEEP:
+        cfg = scan.ScanConfig(chunk=ch, bwd_chunk=steps, bwd_block_d=bd, bwd_warps=w, block_d=16,
+                              fwd_chunk=min(ch, 8), fwd_warps=1, bwd_partial_dbc=partial)
+        key = f"{bd}x{ch}s{steps}w{w}p{int(partial)}"
         _, _, ckpt = call(cfg, True)
         bwd = lambda cfg=cfg, ckpt=ckpt: scan.scan_backward(
             dy, None, a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"], None, ckpt,
             True, cfg)
         try:
-            bwd_times[f"{bd}x{ch}w{w}p{int(partial)}"] = do_bench(bwd, warmup=10, rep=50, return_mode="median")
+            bwd_times[key] = do_bench(bwd, warmup=10, rep=50, return_mode="median")
         except Exception as e:  # noqa: BLE001
-            log(f"bwd config {bd}x{ch}w{w} partial={partial} failed: {type(e).__name__}: {str(e)[:200]}")
-        log(f"bwd {bd}x{ch}w{w}p{int(partial)}: {bwd_times.get(f'{bd}x{ch}w{w}p{int(partial)}', float('nan')):.3f} ms")
+            log(f"bwd config {key} failed: {type(e).__name__}: {str(e)[:200]}")
+        log(f"bwd {key}: {bwd_times.get(key, float('nan')):.3f} ms")
     report["sweep"] = {"L": length, "fwd_ms": fwd_times, "bwd_ms": bwd_times}
-    parse = lambda key: tuple(int(x) for x in key.replace("x", " ").replace("w", " ").replace("p", " ").split())
+    parse = lambda key: tuple(int(x) for x in key.translate(str.maketrans("xswp", "    ")).split())
     fbd, fch, fw = parse(min((t, k) for k, t in fwd_times.items() if CHUNK % parse(k)[1] == 0)[1])
-    bbd, _, bw, bp = parse(min((t, k) for k, t in bwd_times.items() if parse(k)[1] == CHUNK)[1])
+    bbd, _, bsteps, bw, bp = parse(min((t, k) for k, t in bwd_times.items() if parse(k)[1] == CHUNK)[1])
     cfg = scan.ScanConfig(block_d=fbd, chunk=CHUNK, fwd_chunk=fch, fwd_warps=fw, bwd_block_d=bbd, bwd_warps=bw,
-                          bwd_partial_dbc=bool(bp))
+                          bwd_chunk=bsteps, bwd_partial_dbc=bool(bp))
     report["sweep"]["best"] = cfg.__dict__
     log(f"best config {cfg}")
     return cfg
+
+
+def with_config(default_config, fn, *args):
+    """fn(*args) with `default_config` as the library's tile rule."""
+    current, scan.default_config = scan.default_config, default_config
+    try:
+        return fn(*args)
+    finally:
+        scan.default_config = current
 
 
 def time_attention(batch, length, fwdbwd):
@@ -264,6 +273,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "scan_h200.json"))
     parser.add_argument("--no-sweep", action="store_true", help="use the default tile config, skip the sweep")
+    parser.add_argument("--no-steps", action="store_true", help="skip the decode-step and conv timings")
     parser.add_argument("--lengths", default="512,1024,2048,4096,8192,16384,32768,65536")
     parser.add_argument("--budget-s", type=float, default=270.0, help="skip remaining sweep lengths past this")
     opts = parser.parse_args()
@@ -282,12 +292,15 @@ def main() -> int:
     write(report, opts.out)
 
     # 2. Tile sweep; the rest runs with the best config.
+    library_default = scan.default_config  # keeps its memory rule for the dB/dC partial buffers
     if not opts.no_sweep:
         best = sweep(report)
-        library_default = scan.default_config  # keeps its memory rule for the dB/dC partial buffers
         tiles = {k: v for k, v in best.__dict__.items() if k != "bwd_partial_dbc"}
         scan.default_config = lambda *args: dataclasses.replace(library_default(*args), **tiles)
+        check("fp32 b8 d2048 L2048 (best config)", make_inputs(8, 2048, 2048, dtype=torch.float32), 1e-5, report)
         check("bf16 b8 d2048 L2048 (best config)", make_inputs(8, 2048, 2048), 1e-2, report)
+        check("fp32 varlen 7 seqs, G=4, d1024 L4000 (best config)", make_inputs(
+            1, 1024, 4000, groups=4, dtype=torch.float32, varlen_seqs=7), 1e-5, report)
         write(report, opts.out)
 
     # 3. Anchors: L=2048 and 8192.
@@ -297,6 +310,7 @@ def main() -> int:
         row = {
             "triton_fwd": time_scan(args, "triton", False),
             "triton_fwdbwd": time_scan(args, "triton", True),
+            "triton_fwdbwd_library_default": with_config(library_default, time_scan, args, "triton", True),
             "torch_fwd": time_scan(args, "torch", False, rep=30),
             "torch_fwdbwd": time_scan(args, "torch", True, rep=30),
             "sdpa_fwd": time_attention(8, length, False),
@@ -311,8 +325,9 @@ def main() -> int:
         write(report, opts.out)
 
     # 4. Decode-step kernels and the sequence conv.
-    time_steps(report)
-    write(report, opts.out)
+    if not opts.no_steps:
+        time_steps(report)
+        write(report, opts.out)
     # 5. L sweep: time, bandwidth, fraction of floor, peak extra memory.
     for length in map(int, opts.lengths.split(",")):
         if time.time() - T0 > opts.budget_s:
@@ -348,6 +363,10 @@ def print_table(report):
               f"{100 * r['fwdbwd_floor_frac']:8.0f}% {r['peak_extra_GB']:8.2f}")
     for length, r in report["anchors"].items():
         print(f"L={length}: " + " ".join(f"{k}={v:.3f}" for k, v in r.items()))
+    if "sweep" in report:
+        for kind in ("fwd_ms", "bwd_ms"):
+            print(f"sweep {kind} L={report['sweep']['L']}: "
+                  + " ".join(f"{k}={v:.3f}" for k, v in report["sweep"][kind].items()))
 
 
 if __name__ == "__main__":

@@ -126,12 +126,20 @@ def test_expanded_output_gradients_and_empty_sequence():
 
 @pytest.mark.parametrize("partial", [False, True])
 def test_other_tile_configs(monkeypatch, partial):
-    """A forward chunk smaller than the checkpoint interval; dB/dC by atomics or by per-block partial sums."""
+    """A forward chunk smaller than the checkpoint interval, a backward tile of a whole interval (the default
+    splits it in halves); dB/dC by atomics or by per-block partial sums."""
     from mambalab.ops.triton import scan
 
-    config = scan.ScanConfig(block_d=8, chunk=8, fwd_chunk=4, bwd_block_d=8, bwd_partial_dbc=partial)
+    config = scan.ScanConfig(block_d=8, chunk=8, fwd_chunk=4, bwd_block_d=8, bwd_chunk=8, bwd_partial_dbc=partial)
     monkeypatch.setattr(scan, "default_config", lambda *args: config)
     compare(make_inputs(batch=1, length=19, seqlens=[12, 7] if partial else None), 1e-5)
+
+
+def test_backward_tile_must_be_the_interval_or_half_of_it():
+    from mambalab.ops.triton import scan
+
+    with pytest.raises(ValueError, match="bwd_chunk=4"):
+        scan.ScanConfig(chunk=16, bwd_chunk=4)
 
 
 def test_torch_compile_has_no_graph_break():

@@ -3,7 +3,7 @@ the backward recomputes the recurrence chunk by chunk from those checkpoints and
 scan. The expanded state (b, d, l, n) never touches HBM.
 
 Work split: one program owns BLOCK_D channels of one group of one sequence and keeps their (n, BLOCK_D)
-state in registers; it walks the sequence in chunks (fwd_chunk steps forward, chunk steps backward). Inside
+state in registers; it walks the sequence in chunks (fwd_chunk steps forward, bwd_chunk backward). Inside
 a chunk the recurrence h_t = a_t h_{t-1} + b_t (a = exp(Δ A), b = Δ B u) is an associative scan over time
 of the affine maps (a_t, b_t) on a (steps, n, BLOCK_D) register tile. A "sequence" is a batch row, or with
 cu_seqlens one packed sequence of the single row, so a program never crosses a state reset.
@@ -13,8 +13,9 @@ sequence's k-th checkpoint lives in slot `slot0 + k` with slot0 = row · ceil(L 
 cu_seqlens[s] // chunk + s when packed (at most L // chunk + num_seqs + 1 slots, whatever the lengths), so
 every shape depends only on the input shapes.
 
-Backward, per chunk from the last: recompute h_t from the checkpoint; with dy_ssm = dy · silu(z) and
-g_t = dL/dh_t, the adjoint recurrence g_t = C_t dy_ssm_t + a_{t+1} g_{t+1} is a reverse scan of
+Backward, per checkpoint interval from the last, in tiles of the whole interval or of its two halves (the
+later half starting from the mid-interval state, recomputed from the checkpoint): recompute h_t; with
+dy_ssm = dy · silu(z) and g_t = dL/dh_t, the adjoint recurrence g_t = C_t dy_ssm_t + a_{t+1} g_{t+1} is a reverse scan of
 (a_{t+1}, C_t dy_ssm_t); then, using a_t h_{t-1} = h_t − b_t,
   dΔ_t = Σ_n g_t (h_t − b_t) A + u_t Σ_n g_t B_t     du_t = Δ_t Σ_n g_t B_t + D dy_ssm_t
   dA  += Σ_t g_t (h_t − b_t) Δ_t                     dB_t = Σ_d g_t Δ_t u_t,  dC_t = Σ_d dy_ssm_t h_t
@@ -39,20 +40,24 @@ __all__ = ["INTERPRETED", "ScanConfig", "checkpoint_slots", "default_config", "s
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Tile sizes: channels per program and warps for each direction; steps per chunk of the backward (also
-    the checkpoint interval) and of the forward (fwd_chunk, which must divide chunk)."""
+    """Tile sizes: channels per program and warps for each direction; the checkpoint interval (chunk), the
+    steps per iteration of the forward (fwd_chunk, which must divide chunk) and per tile of the backward
+    (bwd_chunk: chunk, or chunk / 2 to split each interval in two halves, see _scan_bwd_kernel)."""
 
     block_d: int = 16
     chunk: int = 16
     fwd_warps: int = 1
     fwd_chunk: int = 8
     bwd_partial_dbc: bool = False
-    bwd_block_d: int = 4
+    bwd_block_d: int = 8
     bwd_warps: int = 1
+    bwd_chunk: int = 8
 
     def __post_init__(self):
         if self.chunk % self.fwd_chunk:
             raise ValueError(f"ScanConfig: fwd_chunk={self.fwd_chunk} must divide chunk={self.chunk}")
+        if self.bwd_chunk not in (self.chunk, self.chunk // 2):
+            raise ValueError(f"ScanConfig: bwd_chunk={self.bwd_chunk}, expected chunk={self.chunk} or half of it")
 
 
 PARTIAL_DBC_MAX_BYTES = 2 << 30
@@ -60,9 +65,10 @@ PARTIAL_DBC_MAX_BYTES = 2 << 30
 
 def default_config(dim_per_group: int, n: int, batch: int = 1, groups: int = 1, length: int = 0) -> ScanConfig:
     """Tile sizes chosen by sweeping on an H200 at N=16 (benchmarks/notes/scan.md): one warp per program,
-    16 channels × 8 steps forward, 4 channels × 16 steps backward. The backward sums dB/dC over channel
-    blocks through per-block partial buffers (1.25× faster than float32 atomics) while those stay under
-    PARTIAL_DBC_MAX_BYTES (they hold 2·b·G·(d/G/4)·n·l floats), else with atomics."""
+    16 channels × 8 steps forward, 8 channels × 8 steps (half a 16-step checkpoint interval) backward. The
+    backward sums dB/dC over channel blocks through per-block partial buffers (1.1× faster than float32
+    atomics) while those stay under PARTIAL_DBC_MAX_BYTES (they hold 2·b·G·(d/G/8)·n·l floats), else with
+    atomics."""
     config = ScanConfig()
     n_blk = triton.cdiv(dim_per_group, config.bwd_block_d)
     partial_bytes = 2 * 4 * batch * groups * n_blk * n * length
@@ -121,6 +127,19 @@ def _accumulate(ptrs, value, mask, PARTIAL: tl.constexpr):
         tl.atomic_add(ptrs, value, mask=mask)
 
 
+@triton.jit
+def _chunk_states(h, dt, u, Bt, A2):
+    """The states h_t of STEPS consecutive steps from the state h (NP, BD) before them, as the associative
+    scan over time of the affine maps (Ā_t, B̄_t u_t); dt, u are (STEPS, BD) float32, Bt (STEPS, NP).
+    Returns (Ā, B̄u, h), each (STEPS, NP, BD); B̄u excludes the carried state (so h_t − B̄u_t = Ā_t h_{t-1})."""
+    first = (tl.arange(0, dt.shape[0]) == 0)[:, None, None]
+    dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # Ā_t = exp(Δ_t A)                      (STEPS, NP, BD)
+    dBu = (dt * u)[:, None, :] * Bt[:, :, None]  # B̄_t u_t = Δ_t B_t u_t                   (STEPS, NP, BD)
+    carried = dBu + tl.where(first, dA * h[None, :, :], 0.0)  # the state enters at the first step
+    _, hs = tl.associative_scan((dA, carried), axis=0, combine_fn=affine_combine)
+    return dA, dBu, hs
+
+
 # Tile layout. Every 3-D tile is (CHUNK, N, BLOCK_D) with channels last: Triton's default layout gives the
 # last axis to the lanes (and warps), so a thread owns whole channels and holds all CHUNK steps (and a share
 # of N) in registers. The scan over time (axis 0) runs inside a thread with no shuffles; sums over N cross
@@ -173,7 +192,6 @@ def _scan_fwd_kernel(
     B_base = B_ptr + row * s_B_b + grp * s_B_g + offs_n[None, :] * s_B_n
     C_base = C_ptr + row * s_C_b + grp * s_C_g + offs_n[None, :] * s_C_n
     nd_offs = offs_n[:, None] + offs_d[None, :] * N  # (n, d) in contiguous (·, d, n) tensors
-    first = (offs_t == 0)[:, None, None]
     last = (offs_t == CHUNK - 1)[:, None, None]
 
     t = start + offs_t
@@ -204,10 +222,7 @@ def _scan_fwd_kernel(
         B_raw = tl.load(B_base + t_next[:, None] * s_B_l, mask=mask_next_n, other=0.0)
         C_raw = tl.load(C_base + t_next[:, None] * s_C_l, mask=mask_next_n, other=0.0)
 
-        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # Ā_t = exp(Δ_t A)                  (T, NP, BD)
-        dBu = (dt * u)[:, None, :] * Bt[:, :, None]  # B̄_t u_t = Δ_t B_t u_t               (T, NP, BD)
-        dBu += tl.where(first, dA * h[None, :, :], 0.0)  # the carried state enters at the first step
-        _, hs = tl.associative_scan((dA, dBu), axis=0, combine_fn=affine_combine)  # h_t  (T, NP, BD)
+        _, _, hs = _chunk_states(h, dt, u, Bt, A2)  # h_t                             (T, NP, BD)
         y = tl.sum(hs * Ct[:, :, None], axis=1)  # C_t · h_t                                 (T, BD)
         h = tl.sum(tl.where(last, hs, 0.0), axis=0)  # state after the chunk (masked steps keep it)
 
@@ -221,6 +236,103 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
+def _load_bwd_inputs(dt_base, u_base, z_base, dy_base, B_base, C_base, t, start, end, mask_d, mask_n,
+                     s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z: tl.constexpr):
+    """The backward's inputs at steps t (masked to [start, end)), in their stored dtypes: Δ raw, Δ raw at
+    t + 1, u, dy, z (STEPS, BD) and B, C (STEPS, NP)."""
+    mask_t = (t >= start) & (t < end)
+    mask_td = mask_t[:, None] & mask_d[None, :]
+    mask_tn = mask_t[:, None] & mask_n[None, :]
+    dt_raw = _load_td(dt_base, t, mask_td, s_dt_l, True)
+    dtn_raw = _load_td(dt_base, t + 1, (t + 1 < end)[:, None] & mask_td, s_dt_l, True)
+    u_raw = _load_td(u_base, t, mask_td, s_u_l, True)
+    dy_raw = _load_td(dy_base, t, mask_td, s_dy_l, True)
+    z_raw = _load_td(z_base, t, mask_td, s_z_l, HAS_Z)
+    B_raw = tl.load(B_base + t[:, None] * s_B_l, mask=mask_tn, other=0.0)
+    C_raw = tl.load(C_base + t[:, None] * s_C_l, mask=mask_tn, other=0.0)
+    return dt_raw, dtn_raw, u_raw, dy_raw, z_raw, B_raw, C_raw
+
+
+@triton.jit
+def _advance(h, dt_raw, u_raw, B_raw, t, end, mask_d, bias, A2, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """The state after steps t, starting from h (NP, BD) before them (steps past `end` keep it)."""
+    mask_td = (t < end)[:, None] & mask_d[None, :]
+    dt, _ = _delta(dt_raw, mask_td, bias, HAS_BIAS, SOFTPLUS)  # (STEPS, BD)
+    _, _, hs = _chunk_states(h, dt, u_raw.to(tl.float32), B_raw.to(tl.float32), A2)
+    last = (tl.arange(0, hs.shape[0]) == hs.shape[0] - 1)[:, None, None]
+    return tl.sum(tl.where(last, hs, 0.0), axis=0)
+
+
+@triton.jit
+def _bwd_steps(
+    h_start, g_carry, dA_acc, dD_acc, dbias_acc,
+    dt_raw, dtn_raw, u_raw, dy_raw, z_raw, B_raw, C_raw,
+    t, end, mask_d, mask_n, A, A2, bias, Dv, grad_base, dBC_base,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    DBC_PARTIAL: tl.constexpr,
+):
+    """The backward of steps t (STEPS consecutive steps) given the state h_start before them and g_carry =
+    dL/dh at the step after them: stores du, dΔ, dz, dB, dC there; returns the updated g_carry and dA, dD,
+    dΔ-bias accumulators."""
+    mask_t = t < end
+    mask_td = mask_t[:, None] & mask_d[None, :]
+    mask_tn = mask_t[:, None] & mask_n[None, :]
+    offs_t = tl.arange(0, t.shape[0])
+    first = (offs_t == 0)[:, None, None]
+    last = (offs_t == t.shape[0] - 1)[:, None, None]
+    dt, raw = _delta(dt_raw, mask_td, bias, HAS_BIAS, SOFTPLUS)  # (STEPS, BD)
+    dt_next, _ = _delta(dtn_raw, (t + 1 < end)[:, None] & mask_d[None, :], bias, HAS_BIAS, SOFTPLUS)  # Δ_{t+1}
+    u = u_raw.to(tl.float32)  # (STEPS, BD)
+    dy = dy_raw.to(tl.float32)
+    z = z_raw.to(tl.float32)
+    Bt = B_raw.to(tl.float32)  # (STEPS, NP)
+    Ct = C_raw.to(tl.float32)
+
+    # Recompute the forward states of these steps.
+    dtu = dt * u  # (STEPS, BD)
+    _, dBu, hs = _chunk_states(h_start, dt, u, Bt, A2)  # (STEPS, NP, BD)
+
+    # Through the gate and the skip: dy_ssm = dL/d(C·h).
+    dy_ssm = dy
+    if HAS_Z:
+        sig_z = tl.sigmoid(z)
+        pre_gate = tl.sum(hs * Ct[:, :, None], axis=1)  # (STEPS, BD)
+        if HAS_D:
+            pre_gate += Dv[None, :] * u
+        dz = dy * pre_gate * sig_z * (1.0 + z * (1.0 - sig_z))
+        tl.store(dz_ptr + grad_base + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
+        dy_ssm = dy * z * sig_z
+    du = tl.zeros(dy.shape, dtype=tl.float32)
+    if HAS_D:
+        dD_acc += tl.sum(dy_ssm * u, axis=0)
+        du = dy_ssm * Dv[None, :]
+    dC = tl.sum(dy_ssm[:, None, :] * hs, axis=2)  # (STEPS, NP)
+    _accumulate(dC_ptr + dBC_base + t[:, None], dC, mask_tn, DBC_PARTIAL)
+
+    # Adjoint: g_t = C_t dy_ssm_t + a_{t+1} g_{t+1}, the later steps entering at the last step.
+    a_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])  # (STEPS, NP, BD)
+    c = dy_ssm[:, None, :] * Ct[:, :, None] + tl.where(last, a_next * g_carry[None, :, :], 0.0)
+    _, gs = tl.associative_scan((a_next, c), axis=0, combine_fn=affine_combine, reverse=True)
+    g_carry = tl.sum(tl.where(first, gs, 0.0), axis=0)  # (NP, BD)
+
+    h_decay = hs - dBu  # a_t h_{t-1}                                                       (STEPS, NP, BD)
+    gB = tl.sum(gs * Bt[:, :, None], axis=1)  # Σ_n g_t B_t                                 (STEPS, BD)
+    ddt = tl.sum(gs * h_decay * A[None, :, :], axis=1) + gB * u  # dL/dΔ_t                    (STEPS, BD)
+    du += gB * dt
+    dB = tl.sum(gs * dtu[:, None, :], axis=2)  # (STEPS, NP)
+    _accumulate(dB_ptr + dBC_base + t[:, None], dB, mask_tn, DBC_PARTIAL)
+    dA_acc += tl.sum(gs * h_decay * dt[:, None, :], axis=0)
+    if SOFTPLUS:
+        ddt = ddt * tl.sigmoid(raw)
+    ddt = tl.where(mask_td, ddt, 0.0)
+    dbias_acc += tl.sum(ddt, axis=0)
+    tl.store(du_ptr + grad_base + t[:, None], du.to(du_ptr.dtype.element_ty), mask=mask_td)
+    tl.store(ddt_ptr + grad_base + t[:, None], ddt.to(ddt_ptr.dtype.element_ty), mask=mask_td)
+    return g_carry, dA_acc, dD_acc, dbias_acc
+
+
+@triton.jit
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, cu_ptr, ckpt_ptr, dy_ptr, dhT_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
@@ -228,12 +340,17 @@ def _scan_bwd_kernel(
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_dy_b, s_dy_d, s_dy_l,
-    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, STEPS: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DHT: tl.constexpr, VARLEN: tl.constexpr, DBC_PARTIAL: tl.constexpr,
 ):
-    """CHUNK steps per iteration, from the last chunk back; one checkpoint per chunk. dB/dC: float32 atomics
-    into (b, G, n, l), or with DBC_PARTIAL plain stores of this program's sums into (b, G, n_blk, n, l)."""
+    """One checkpoint interval (CHUNK steps) per iteration, from the last back. With STEPS = CHUNK the whole
+    interval is one (CHUNK, NP, BD) tile. With STEPS = CHUNK / 2 it is two halves (half the registers
+    per tile): the later half starts from the mid-interval state, which the previous iteration computed by
+    advancing this interval's checkpoint through the earlier half (one extra half-interval forward scan, on
+    inputs prefetched a whole iteration ahead); the earlier half starts from the checkpoint. dB/dC: float32
+    atomics into (b, G, n, l), or with DBC_PARTIAL plain stores of this program's sums into
+    (b, G, n_blk, n, l)."""
     pid_blk = tl.program_id(0)
     seq = tl.program_id(1)
     n_blk = tl.cdiv(dim_per_group, BLOCK_D)
@@ -244,7 +361,6 @@ def _scan_bwd_kernel(
     offs_n = tl.arange(0, NP)
     mask_n = offs_n < N
     mask_nd = mask_n[:, None] & mask_d[None, :]
-    offs_t = tl.arange(0, CHUNK)
     row, start, end, slot0 = _sequence_bounds(cu_ptr, seq, length, n_chunks, CHUNK, VARLEN)
 
     A = tl.load(A_ptr + offs_n[:, None] * s_A_n + offs_d[None, :] * s_A_d, mask=mask_nd, other=0.0)
@@ -253,10 +369,11 @@ def _scan_bwd_kernel(
     bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     nd_offs = offs_n[:, None] + offs_d[None, :] * N  # (n, d) offsets in contiguous (·, d, n) tensors
-    g_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)  # dL/dh at the first step of the later chunk
+    g_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)  # dL/dh at the first step of the later interval
     if HAS_DHT:
         g_carry = tl.load(dhT_ptr + seq * dim * N + nd_offs, mask=mask_nd, other=0.0)
     dA_acc = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
@@ -274,90 +391,47 @@ def _scan_bwd_kernel(
         dBC_base = ((row * groups + grp) * n_blk + pid_blk % n_blk) * N * length + offs_n[None, :] * length
     else:
         dBC_base = (row * groups + grp) * N * length + offs_n[None, :] * length  # dB, dC: (b, G, n, l) fp32
-    first = (offs_t == 0)[:, None, None]
-    last = (offs_t == CHUNK - 1)[:, None, None]
+    steps = tl.arange(0, STEPS)  # a half (STEPS < CHUNK: split) or the whole of an interval     (STEPS,)
 
     n_seq_chunks = tl.cdiv(end - start, CHUNK)
-    t = start + (n_seq_chunks - 1) * CHUNK + offs_t  # the last chunk, loaded before the loop
-    mask_td = (t < end)[:, None] & mask_d[None, :]
-    mask_tn = (t < end)[:, None] & mask_n[None, :]
-    mask_nx = (t + 1 < end)[:, None] & mask_d[None, :]
-    dt_raw, u_raw = _load_td(dt_base, t, mask_td, s_dt_l, True), _load_td(u_base, t, mask_td, s_u_l, True)
-    dtn_raw, dy_raw = _load_td(dt_base, t + 1, mask_nx, s_dt_l, True), _load_td(dy_base, t, mask_td, s_dy_l, True)
-    z_raw = _load_td(z_base, t, mask_td, s_z_l, HAS_Z)
-    B_raw = tl.load(B_base + t[:, None] * s_B_l, mask=mask_tn, other=0.0)  # (T, NP)
-    C_raw = tl.load(C_base + t[:, None] * s_C_l, mask=mask_tn, other=0.0)
-    h = tl.load(ckpt_ptr + (slot0 + n_seq_chunks - 1) * dim * N + nd_offs, mask=mask_nd & (nd_offs * 0 + n_seq_chunks > 0),
-                other=0.0)  # (NP, BD)
+    t0 = start + (n_seq_chunks - 1) * CHUNK  # the last interval, loaded before the loop
+    dt_lo, dtn_lo, u_lo, dy_lo, z_lo, B_lo, C_lo = _load_bwd_inputs(
+        dt_base, u_base, z_base, dy_base, B_base, C_base, t0 + steps, start, end, mask_d, mask_n,
+        s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z)
+    h_ck = tl.load(ckpt_ptr + (slot0 + n_seq_chunks - 1) * dim * N + nd_offs,
+                   mask=mask_nd & (nd_offs * 0 + n_seq_chunks > 0), other=0.0)  # (NP, BD)
+    if STEPS < CHUNK:
+        dt_hi, dtn_hi, u_hi, dy_hi, z_hi, B_hi, C_hi = _load_bwd_inputs(
+            dt_base, u_base, z_base, dy_base, B_base, C_base, t0 + STEPS + steps, start, end, mask_d, mask_n,
+            s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z)
+        h_mid = _advance(h_ck, dt_lo, u_lo, B_lo, t0 + steps, end, mask_d, bias, A2, HAS_BIAS, SOFTPLUS)
     for k in range(n_seq_chunks):
         chunk_idx = n_seq_chunks - 1 - k
-        t = start + chunk_idx * CHUNK + offs_t
-        mask_t = t < end
-        mask_td = mask_t[:, None] & mask_d[None, :]
-        mask_tn = mask_t[:, None] & mask_n[None, :]
-        dt, raw = _delta(dt_raw, mask_td, bias, HAS_BIAS, SOFTPLUS)  # (T, BD)
-        dt_next, _ = _delta(dtn_raw, (t + 1 < end)[:, None] & mask_d[None, :], bias, HAS_BIAS, SOFTPLUS)  # Δ_{t+1}
-        u = u_raw.to(tl.float32)  # (T, BD)
-        dy = dy_raw.to(tl.float32)
-        z = z_raw.to(tl.float32)
-        Bt = B_raw.to(tl.float32)  # (T, NP)
-        Ct = C_raw.to(tl.float32)
-        h_start = h
-        # Prefetch the previous chunk (masked off before the start).
-        tp = t - CHUNK
-        mask_p = (tp >= start)[:, None] & mask_d[None, :]
-        mask_pn = (tp >= start)[:, None] & mask_n[None, :]
-        dt_raw, u_raw = _load_td(dt_base, tp, mask_p, s_dt_l, True), _load_td(u_base, tp, mask_p, s_u_l, True)
-        dtn_raw, dy_raw = _load_td(dt_base, tp + 1, mask_p, s_dt_l, True), _load_td(dy_base, tp, mask_p, s_dy_l, True)
-        z_raw = _load_td(z_base, tp, mask_p, s_z_l, HAS_Z)
-        B_raw = tl.load(B_base + tp[:, None] * s_B_l, mask=mask_pn, other=0.0)
-        C_raw = tl.load(C_base + tp[:, None] * s_C_l, mask=mask_pn, other=0.0)
-        h = tl.load(ckpt_ptr + (slot0 + chunk_idx - 1) * dim * N + nd_offs, mask=mask_nd & (nd_offs * 0 + chunk_idx > 0),
-                    other=0.0)
-
-        # Recompute the forward states of this chunk.
-        dtu = dt * u  # (T, BD)
-        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # (T, NP, BD)
-        dBu = dtu[:, None, :] * Bt[:, :, None]  # (T, NP, BD)
-        _, hs = tl.associative_scan((dA, dBu + tl.where(first, dA * h_start[None, :, :], 0.0)), axis=0,
-                                    combine_fn=affine_combine)  # h_t                          (T, NP, BD)
-
-        # Through the gate and the skip: dy_ssm = dL/d(C·h).
-        dy_ssm = dy
-        if HAS_Z:
-            sig_z = tl.sigmoid(z)
-            pre_gate = tl.sum(hs * Ct[:, :, None], axis=1)  # (T, BD)
-            if HAS_D:
-                pre_gate += Dv[None, :] * u
-            dz = dy * pre_gate * sig_z * (1.0 + z * (1.0 - sig_z))
-            tl.store(dz_ptr + grad_base + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
-            dy_ssm = dy * z * sig_z
-        du = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
-        if HAS_D:
-            dD_acc += tl.sum(dy_ssm * u, axis=0)
-            du = dy_ssm * Dv[None, :]
-        dC = tl.sum(dy_ssm[:, None, :] * hs, axis=2)  # (T, NP)
-        _accumulate(dC_ptr + dBC_base + t[:, None], dC, mask_tn, DBC_PARTIAL)
-
-        # Adjoint: g_t = C_t dy_ssm_t + a_{t+1} g_{t+1}, the later chunk entering at the last step.
-        a_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])  # (T, NP, BD)
-        c = dy_ssm[:, None, :] * Ct[:, :, None] + tl.where(last, a_next * g_carry[None, :, :], 0.0)
-        _, gs = tl.associative_scan((a_next, c), axis=0, combine_fn=affine_combine, reverse=True)
-        g_carry = tl.sum(tl.where(first, gs, 0.0), axis=0)  # (NP, BD)
-
-        h_decay = hs - dBu  # a_t h_{t-1}                                                      (T, NP, BD)
-        gB = tl.sum(gs * Bt[:, :, None], axis=1)  # Σ_n g_t B_t                                (T, BD)
-        ddt = tl.sum(gs * h_decay * A[None, :, :], axis=1) + gB * u  # dL/dΔ_t                   (T, BD)
-        du += gB * dt
-        dB = tl.sum(gs * dtu[:, None, :], axis=2)  # (T, NP)
-        _accumulate(dB_ptr + dBC_base + t[:, None], dB, mask_tn, DBC_PARTIAL)
-        dA_acc += tl.sum(gs * h_decay * dt[:, None, :], axis=0)
-        if SOFTPLUS:
-            ddt = ddt * tl.sigmoid(raw)
-        ddt = tl.where(mask_td, ddt, 0.0)
-        dbias_acc += tl.sum(ddt, axis=0)
-        tl.store(du_ptr + grad_base + t[:, None], du.to(du_ptr.dtype.element_ty), mask=mask_td)
-        tl.store(ddt_ptr + grad_base + t[:, None], ddt.to(ddt_ptr.dtype.element_ty), mask=mask_td)
+        t0 = start + chunk_idx * CHUNK
+        if STEPS < CHUNK:  # the later half first, from the mid-interval state
+            g_carry, dA_acc, dD_acc, dbias_acc = _bwd_steps(
+                h_mid, g_carry, dA_acc, dD_acc, dbias_acc, dt_hi, dtn_hi, u_hi, dy_hi, z_hi, B_hi, C_hi,
+                t0 + STEPS + steps, end, mask_d, mask_n, A, A2, bias, Dv, grad_base, dBC_base,
+                du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, DBC_PARTIAL)
+        h_start = h_ck
+        dt_c, dtn_c, u_c, dy_c, z_c, B_c, C_c = dt_lo, dtn_lo, u_lo, dy_lo, z_lo, B_lo, C_lo
+        # Prefetch the previous interval (masked off before the start) and its checkpoint.
+        tp = t0 - CHUNK
+        dt_lo, dtn_lo, u_lo, dy_lo, z_lo, B_lo, C_lo = _load_bwd_inputs(
+            dt_base, u_base, z_base, dy_base, B_base, C_base, tp + steps, start, end, mask_d, mask_n,
+            s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z)
+        h_ck = tl.load(ckpt_ptr + (slot0 + chunk_idx - 1) * dim * N + nd_offs,
+                       mask=mask_nd & (nd_offs * 0 + chunk_idx > 0), other=0.0)
+        if STEPS < CHUNK:
+            dt_hi, dtn_hi, u_hi, dy_hi, z_hi, B_hi, C_hi = _load_bwd_inputs(
+                dt_base, u_base, z_base, dy_base, B_base, C_base, tp + STEPS + steps, start, end, mask_d, mask_n,
+                s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z)
+        g_carry, dA_acc, dD_acc, dbias_acc = _bwd_steps(
+            h_start, g_carry, dA_acc, dD_acc, dbias_acc, dt_c, dtn_c, u_c, dy_c, z_c, B_c, C_c,
+            t0 + steps, end, mask_d, mask_n, A, A2, bias, Dv, grad_base, dBC_base,
+            du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, DBC_PARTIAL)
+        if STEPS < CHUNK:  # the previous interval's mid state, for the next iteration
+            h_mid = _advance(h_ck, dt_lo, u_lo, B_lo, tp + steps, end, mask_d, bias, A2, HAS_BIAS, SOFTPLUS)
 
     # dL/dh_init = a_start g_start (g_carry is dL/dh_T itself for an empty sequence: a = 1).
     mask_start = mask_d & ((start + 0 * offs_c) < end)  # (BD,)
@@ -449,7 +523,7 @@ def scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, 
         du, ddelta, dz, dA, dB, dC, dD, dbias, dh0,
         length, dim, dim // groups, triton.cdiv(length, config.chunk), groups,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *z_.stride(), *dy.stride(),
-        N=n, NP=triton.next_power_of_2(n), BLOCK_D=config.bwd_block_d, CHUNK=config.chunk,
+        N=n, NP=triton.next_power_of_2(n), BLOCK_D=config.bwd_block_d, CHUNK=config.chunk, STEPS=config.bwd_chunk,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_DHT=d_final is not None, VARLEN=varlen, DBC_PARTIAL=config.bwd_partial_dbc,
         num_warps=config.bwd_warps,
