@@ -54,6 +54,7 @@ def compare(
     out: str = typer.Option("compare-out", help="Output folder: report.md, PNGs, results.json, cached runs."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     quiet: bool = typer.Option(False, help="No progress bars."),
+    report_only: bool = typer.Option(False, help="Train nothing: write the report from the runs cached in --out."),
 ) -> None:
     """Matched Mamba, Transformer++, S4D, hybrid and MoE models on recall, copying, induction and LM, with
     cost, precision, init, scaling and state-size studies, in one report. Resumes from cached runs in --out."""
@@ -66,7 +67,8 @@ def compare(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        results = run_compare(preset, split(models), split(tasks), out, device, split(studies), progress=not quiet)
+        results = run_compare(preset, split(models), split(tasks), out, device, split(studies), progress=not quiet,
+                              report_only=report_only)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     failed = [r for r in results["runs"] if r["status"] != "ok"]

@@ -127,8 +127,9 @@ def environment(device: torch.device) -> dict:
 
 def compare(preset: str = "quick", models: list[str] | None = None, tasks: list[str] | None = None,
             out_dir: str | Path = "compare-out", device: str = "auto", studies: list[str] | None = None,
-            progress: bool = True) -> dict:
-    """Run (or resume) the comparison and write the report; returns the results dict."""
+            progress: bool = True, report_only: bool = False) -> dict:
+    """Run (or resume) the comparison and write the report; returns the results dict. With `report_only`,
+    nothing is trained: the report is written from the results cached so far (missing ones are listed)."""
     from mambalab.experiments.report import write_report
 
     chosen = get_preset(preset)
@@ -140,7 +141,7 @@ def compare(preset: str = "quick", models: list[str] | None = None, tasks: list[
     store = RunStore(out)
     specs, items = plan_work(chosen, families, task_names, study_names, dev, progress)
     start = time.perf_counter()
-    records = _run_items(items, store, progress)
+    records = _run_items(items, store, progress, run=not report_only)
     results = {
         "preset": chosen.to_dict(),
         "selection": {"models": list(families), "tasks": list(task_names), "studies": list(study_names)},
@@ -155,7 +156,7 @@ def compare(preset: str = "quick", models: list[str] | None = None, tasks: list[
     return results
 
 
-def _run_items(items: list[WorkItem], store: RunStore, progress: bool) -> dict[str, dict]:
+def _run_items(items: list[WorkItem], store: RunStore, progress: bool, run: bool = True) -> dict[str, dict]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     records = {}
@@ -165,7 +166,7 @@ def _run_items(items: list[WorkItem], store: RunStore, progress: bool) -> dict[s
         overall = bar.add_task("", total=len(items))
         for item in items:
             bar.update(overall, description=item.label)
-            records[item.key] = run_cached(store, item.key, item.describe, item.fn)
+            records[item.key] = run_cached(store, item.key, item.describe, item.fn, run)
             status = records[item.key]["status"] + (" (cached)" if records[item.key]["cached"] else "")
             log.info("%s: %s in %.1fs", item.label, status, records[item.key].get("wall_s", 0.0))
             bar.advance(overall)

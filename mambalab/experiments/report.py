@@ -66,7 +66,7 @@ def _task_section(results: dict, plots: dict) -> list[str]:
         rows = []
         for r in task_runs:
             if r["status"] != "ok":
-                rows.append([r["spec"]["family"], "—"] + ["failed"] * len(lengths))
+                rows.append([r["spec"]["family"], "—"] + [r["status"]] * len(lengths))
                 continue
             rows.append([r["spec"]["family"], f"{r['params']:,}"] + [_cell(r, n, scale) for n in lengths])
         out += _table(header, rows)
@@ -104,7 +104,7 @@ def _cost_section(results: dict, plots: dict) -> list[str]:
     rows = []
     for family, c in cost.items():
         if c["status"] != "ok":
-            rows.append([family] + ["failed"] * (len(header) - 1))
+            rows.append([family] + [c["status"]] * (len(header) - 1))
             continue
         by_p = {d["prefix"]: d for d in c["decode"]}
         rows.append([family, f"{c['params']:,}", f"{c['train_tokens_per_s']:,.0f}", _fmt(c["train_peak_memory_gb"])]
@@ -137,7 +137,7 @@ def _study_table(results: dict, group: str, empty: str) -> list[str]:
     rows = []
     for r in sel:
         s = r["spec"]
-        value = "failed" if r["status"] != "ok" else _fmt(train_metric(r))
+        value = r["status"] if r["status"] != "ok" else _fmt(train_metric(r))
         extra = _fmt(r["eval"][str(s["plan"]["train_length"])]["loss"]) if r["status"] == "ok" else "—"
         flops = _fmt(float(r["flops_per_token"] * r["train"]["tokens"])) if r["status"] == "ok" else "—"
         rows.append([s["task"], s["family"], _label_overrides(r), f"{r.get('params', 0):,}", value, extra, flops])
@@ -189,7 +189,8 @@ def _failures(results: dict) -> list[str]:
         return ["None.", ""]
     out = []
     for label, r in failed:
-        out += [f"- **{label}** (`{r['key']}`): {r['error']}", "", "```", r["traceback"].rstrip(), "```", ""]
+        out += [f"- **{label}** (`{r['key']}`, {r['status']}): {r['error']}", ""]
+        out += ["```", r["traceback"].rstrip(), "```", ""] if "traceback" in r else []
     return out
 
 

@@ -228,12 +228,16 @@ def write_json_atomic(path: Path, data) -> None:
         raise
 
 
-def run_cached(store: RunStore, key: str, describe: dict, fn: Callable[[Path], dict]) -> dict:
+def run_cached(store: RunStore, key: str, describe: dict, fn: Callable[[Path], dict], run: bool = True) -> dict:
     """The stored record of `key` if it succeeded before, else run `fn(work_dir)` and store its record. An exception
-    in `fn` becomes a failed record (status, error, traceback) instead of propagating."""
+    in `fn` becomes a failed record (status, error, traceback) instead of propagating; its scratch folder is
+    removed so that the retry starts afresh. With run=False nothing runs: a missing result is reported as such."""
     cached = store.get(key)
     if cached is not None and cached.get("status") == "ok":
         return {**cached, "cached": True}
+    if not run:
+        return {"status": "missing", "error": "not run yet (report only): run compare again without --report-only",
+                "key": key, **describe, "cached": False}
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
         record = {"status": "ok", **fn(store.work_dir(key))}
@@ -244,6 +248,5 @@ def run_cached(store: RunStore, key: str, describe: dict, fn: Callable[[Path], d
     # CPU time of this process: close to the wall time an unshared machine would need, when others share it
     record.update(key=key, **describe, wall_s=time.perf_counter() - start, cpu_s=time.process_time() - cpu_start)
     store.put(key, record)
-    if record["status"] == "ok":
-        shutil.rmtree(store.work_dir(key), ignore_errors=True)
+    shutil.rmtree(store.work_dir(key), ignore_errors=True)
     return {**record, "cached": False}
