@@ -155,7 +155,7 @@ def _quick() -> Preset:
                        lm=lm),
         scaling=ScalingStudy(sizes=(ModelSize(16, 2, 8), ModelSize(32, 2, 8), ModelSize(48, 2, 8)), lengths=(32, 128),
                              plan=dataclasses.replace(lm, steps=100, eval_lengths=())),
-        state=StateStudy(d_states=(2, 8, 16), d_models=(), tasks=("mqar",), families=("mamba",)),
+        state=StateStudy(d_states=(2, 8), d_models=(), tasks=("mqar",), families=("mamba",)),
         notes=("hybrid and moe run on request (--models); phone-book lookup with --tasks phonebook",),
     )
 
