@@ -148,6 +148,7 @@ def compare(preset: str = "quick", models: list[str] | None = None, tasks: list[
         "environment": {**environment(dev), "seed": chosen.seed},
         "wall_s": time.perf_counter() - start,
         "compute_s": sum(r.get("wall_s", 0.0) for r in records.values()),
+        "cpu_s": sum(r.get("cpu_s", 0.0) for r in records.values()),
         "runs": [{**records[s.key], "group": s.group, "spec": s.to_dict()} for s in specs],
         "cost": {r["family"]: r for r in records.values() if r.get("kind") == "cost"},
         "precision": next((r for r in records.values() if r.get("kind") == "precision"), None),

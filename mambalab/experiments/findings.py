@@ -96,7 +96,7 @@ def _extrapolation_rule(task: str, better: str, worse: str, strong: bool, title:
         lengths, va = ea
         vb = eb[1]
         train = a[0]["spec"]["plan"]["train_length"]
-        span = (f"lengths {lengths[0]}-{lengths[-1]}, up to {lengths[-1] / train:g}× the training length {train}, "
+        span = (f"lengths {lengths[0]}-{lengths[-1]}, up to {lengths[-1] / train:.3g}× the training length {train}, "
                 f"where they score {pct(a[1])} and {pct(b[1])}")
         margin = MUCH_BETTER if strong else -NOISE
         relation = "≫" if strong else "≥"

@@ -152,10 +152,12 @@ def render(results: dict, findings: list, plots: dict) -> str:
         "",
         (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC · device `{env['device']}` "
         f"({env['device_name']}) · wall time of this invocation {results['wall_s']:.0f} s, compute time of all "
-        f"items (cached ones included) {results['compute_s']:.0f} s · models: {', '.join(results['selection']['models'])}"),
+        f"items (cached ones included) {results['compute_s']:.0f} s, their CPU time {results['cpu_s']:.0f} s · models: {', '.join(results['selection']['models'])}"),
         "",
         "Reference model: Mamba d_model={d_model}, {n_layer} layers, d_state={d_state}; every other family matched "
         "to its parameter count (±3%) by the model zoo.".format(**preset["size"]),
+        "",
+        *[f"Note: {note}" for note in preset["notes"]],
         "",
         "## Findings",
         "",

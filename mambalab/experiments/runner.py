@@ -222,6 +222,7 @@ def write_json_atomic(path: Path, data) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, allow_nan=True)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
