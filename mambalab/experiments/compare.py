@@ -48,12 +48,16 @@ def resolve_device(device: str) -> torch.device:
     return resolve(device)
 
 
-def _choose(given: list[str] | None, allowed: tuple[str, ...], what: str, allow_empty: bool = False) -> tuple[str, ...]:
+def _choose(
+    given: list[str] | None, allowed: tuple[str, ...], what: str, allow_empty: bool = False
+) -> tuple[str, ...]:
     if given is None:
         return allowed
     unknown = [g for g in given if g not in allowed]
     if unknown or not (given or allow_empty):
-        raise ValueError(f"{what}: unknown or empty selection {unknown or given}; expected some of {list(allowed)}")
+        raise ValueError(
+            f"{what}: unknown or empty selection {unknown or given}; expected some of {list(allowed)}"
+        )
     return tuple(g for g in allowed if g in given)
 
 
@@ -61,28 +65,56 @@ def _hash(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _filter_studies(preset: Preset, specs: list[RunSpec], families: tuple[str, ...], tasks: tuple[str, ...],
-                    studies: tuple[str, ...]) -> list[RunSpec]:
+def _filter_studies(
+    preset: Preset,
+    specs: list[RunSpec],
+    families: tuple[str, ...],
+    tasks: tuple[str, ...],
+    studies: tuple[str, ...],
+) -> list[RunSpec]:
     """Study runs of the selected studies and families (state-study tasks also follow --tasks)."""
-    return [s for s in specs if s.group in studies and s.family in families
-            and (s.group != "state" or s.task in tasks)]
+    return [
+        s
+        for s in specs
+        if s.group in studies and s.family in families and (s.group != "state" or s.task in tasks)
+    ]
 
 
-def plan_work(preset: Preset, families: tuple[str, ...], tasks: tuple[str, ...], studies: tuple[str, ...],
-              device: torch.device, progress: bool = True) -> tuple[list[RunSpec], list[WorkItem]]:
+def plan_work(
+    preset: Preset,
+    families: tuple[str, ...],
+    tasks: tuple[str, ...],
+    studies: tuple[str, ...],
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[list[RunSpec], list[WorkItem]]:
     """Every run spec (with its group, duplicates kept) and the unique work items to execute."""
-    specs = main_specs(preset, families, tasks) + _filter_studies(preset, study_specs(preset), families, tasks, studies)
+    specs = main_specs(preset, families, tasks) + _filter_studies(
+        preset, study_specs(preset), families, tasks, studies
+    )
     items, seen = [], set()
     for spec in specs:
         if spec.key not in seen:
             seen.add(spec.key)
-            items.append(WorkItem(spec.label, spec.key, {"kind": "run", "spec": spec.to_dict()},
-                                  lambda work, spec=spec: execute(spec, device, work, progress)))
+            items.append(
+                WorkItem(
+                    spec.label,
+                    spec.key,
+                    {"kind": "run", "spec": spec.to_dict()},
+                    lambda work, spec=spec: execute(spec, device, work, progress),
+                )
+            )
     if "cost" in studies:
         for family in families:
             key = _hash("cost", family, preset.cost, preset.size, preset.seed, device.type)
-            items.append(WorkItem(f"cost/{family}", key, {"kind": "cost", "family": family},
-                                  lambda work, family=family: _cost(preset, family, device)))
+            items.append(
+                WorkItem(
+                    f"cost/{family}",
+                    key,
+                    {"kind": "cost", "family": family},
+                    lambda work, family=family: _cost(preset, family, device),
+                )
+            )
     if "precision" in studies:
         key = _hash("precision", preset.precision, preset.size, preset.seed)
         items.append(WorkItem("precision", key, {"kind": "precision"}, lambda work: _precision(preset)))
@@ -113,7 +145,9 @@ def environment(device: torch.device) -> dict:
 
     env = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "mambalab": mambalab.__version__,
@@ -125,9 +159,16 @@ def environment(device: torch.device) -> dict:
     return env
 
 
-def compare(preset: str = "quick", models: list[str] | None = None, tasks: list[str] | None = None,
-            out_dir: str | Path = "compare-out", device: str = "auto", studies: list[str] | None = None,
-            progress: bool = True, report_only: bool = False) -> dict:
+def compare(
+    preset: str = "quick",
+    models: list[str] | None = None,
+    tasks: list[str] | None = None,
+    out_dir: str | Path = "compare-out",
+    device: str = "auto",
+    studies: list[str] | None = None,
+    progress: bool = True,
+    report_only: bool = False,
+) -> dict:
     """Run (or resume) the comparison and write the report; returns the results dict. With `report_only`,
     nothing is trained: the report is written from the results cached so far (missing ones are listed)."""
     from mambalab.experiments.report import write_report
@@ -161,8 +202,13 @@ def _run_items(items: list[WorkItem], store: RunStore, progress: bool, run: bool
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     records = {}
-    columns = (TextColumn("[bold]compare"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.description}"))
+    columns = (
+        TextColumn("[bold]compare"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
     with Progress(*columns, disable=not progress, transient=False) as bar:
         overall = bar.add_task("", total=len(items))
         for item in items:

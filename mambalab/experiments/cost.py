@@ -55,5 +55,7 @@ def cost_profile(model: LanguageModel, study: CostStudy, device: torch.device, s
         "train_tokens_per_s": train["tokens_per_s"],
         "train_peak_memory_gb": train["peak_memory_gb"],
         "decode": decode,
-        "decode_peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
+        "decode_peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9
+        if device.type == "cuda"
+        else None,
     }

@@ -30,10 +30,18 @@ class Finding:
 
 
 # Lookups ----------------------------------------------------------------------------------------------------
-def runs(results: dict, group: str = "main", task: str | None = None, family: str | None = None) -> list[dict]:
+def runs(
+    results: dict, group: str = "main", task: str | None = None, family: str | None = None
+) -> list[dict]:
     """Successful runs of `group` (optionally one task / family)."""
-    return [r for r in results.get("runs", []) if r.get("status") == "ok" and r["group"] == group
-            and (task is None or r["spec"]["task"] == task) and (family is None or r["spec"]["family"] == family)]
+    return [
+        r
+        for r in results.get("runs", [])
+        if r.get("status") == "ok"
+        and r["group"] == group
+        and (task is None or r["spec"]["task"] == task)
+        and (family is None or r["spec"]["family"] == family)
+    ]
 
 
 def metric_at(run: dict, length: int) -> float | None:
@@ -71,16 +79,27 @@ def pct(x: float) -> str:
 
 # Rules ------------------------------------------------------------------------------------------------------
 def selective_copying_rule(results: dict) -> Finding | None:
-    mamba, s4d = main_metric(results, "selective_copying", "mamba"), main_metric(results, "selective_copying", "s4d")
+    mamba, s4d = (
+        main_metric(results, "selective_copying", "mamba"),
+        main_metric(results, "selective_copying", "s4d"),
+    )
     if mamba is None or s4d is None:
         return None
     m, s = mamba[1], s4d[1]
     paper = f"paper (Table 1, length 4096): Mamba 99.8%, S4 18.3%; here Mamba is {100 * (m - 0.998):+.1f} points off"
     if m - s >= MUCH_BETTER:
-        return Finding("selective_copying", f"Selective copying: Mamba {pct(m)} ≫ LTI S4D {pct(s)} "
-                       f"(+{100 * (m - s):.1f} points): input-dependent Δ, B, C let it skip the noise. {paper}.", True)
-    return Finding("selective_copying", f"Selective copying: Mamba {pct(m)} vs LTI S4D {pct(s)}: the paper's "
-                   f"wide gap did NOT appear at this budget ({100 * (m - s):+.1f} points). {paper}.", False)
+        return Finding(
+            "selective_copying",
+            f"Selective copying: Mamba {pct(m)} ≫ LTI S4D {pct(s)} "
+            f"(+{100 * (m - s):.1f} points): input-dependent Δ, B, C let it skip the noise. {paper}.",
+            True,
+        )
+    return Finding(
+        "selective_copying",
+        f"Selective copying: Mamba {pct(m)} vs LTI S4D {pct(s)}: the paper's "
+        f"wide gap did NOT appear at this budget ({100 * (m - s):+.1f} points). {paper}.",
+        False,
+    )
 
 
 def _extrapolation_rule(task: str, better: str, worse: str, strong: bool, title: str, paper: str) -> Callable:
@@ -96,24 +115,36 @@ def _extrapolation_rule(task: str, better: str, worse: str, strong: bool, title:
         lengths, va = ea
         vb = eb[1]
         train = a[0]["spec"]["plan"]["train_length"]
-        span = (f"lengths {lengths[0]}-{lengths[-1]}, up to {lengths[-1] / train:.3g}× the training length {train}, "
-                f"where they score {pct(a[1])} and {pct(b[1])}")
+        span = (
+            f"lengths {lengths[0]}-{lengths[-1]}, up to {lengths[-1] / train:.3g}× the training length {train}, "
+            f"where they score {pct(a[1])} and {pct(b[1])}"
+        )
         margin = MUCH_BETTER if strong else -NOISE
         relation = "≫" if strong else "≥"
         name_a, name_b = _display(better), _display(worse)
         if va - vb >= margin:
-            text = (f"{title} past the training length: {name_a} {pct(va)} {relation} {name_b} {pct(vb)} "
-                    f"(mean over {span}). {paper}")
+            text = (
+                f"{title} past the training length: {name_a} {pct(va)} {relation} {name_b} {pct(vb)} "
+                f"(mean over {span}). {paper}"
+            )
             return Finding(f"{task}_extrapolation", text, True)
-        text = (f"{title} past the training length: {name_a} {pct(va)} vs {name_b} {pct(vb)} (mean over {span}): "
-                f"the expected {name_a} {relation} {name_b} did NOT hold here. {paper}")
+        text = (
+            f"{title} past the training length: {name_a} {pct(va)} vs {name_b} {pct(vb)} (mean over {span}): "
+            f"the expected {name_a} {relation} {name_b} did NOT hold here. {paper}"
+        )
         return Finding(f"{task}_extrapolation", text, False)
 
     return rule
 
 
 def _display(family: str) -> str:
-    return {"mamba": "Mamba", "transformer": "Transformer++", "s4d": "S4D", "hybrid": "hybrid", "moe": "MoE-Mamba"}[family]
+    return {
+        "mamba": "Mamba",
+        "transformer": "Transformer++",
+        "s4d": "S4D",
+        "hybrid": "hybrid",
+        "moe": "MoE-Mamba",
+    }[family]
 
 
 def induction_perfect_rule(results: dict) -> Finding | None:
@@ -127,12 +158,19 @@ def induction_perfect_rule(results: dict) -> Finding | None:
     leading = list(takewhile(lambda n: (metric_at(run, n) or 0.0) >= 0.99, lengths))
     if leading:
         reach = leading[-1]
-        return Finding("induction_heads_reach", f"Induction heads: Mamba stays ≥99% up to {reach} tokens "
-                       f"({reach / train:g}× its training length {train}); paper: 100% up to 2^20.", reach > train)
+        return Finding(
+            "induction_heads_reach",
+            f"Induction heads: Mamba stays ≥99% up to {reach} tokens "
+            f"({reach / train:g}× its training length {train}); paper: 100% up to 2^20.",
+            reach > train,
+        )
     worst = min(lengths, key=lambda n: metric_at(run, n) or 0.0)
-    return Finding("induction_heads_reach", f"Induction heads: Mamba is below 99% already at {lengths[0]} tokens "
-                   f"(lowest {pct(metric_at(run, worst) or 0.0)} at {worst}); paper: 100% at every length up to 2^20.",
-                   False)
+    return Finding(
+        "induction_heads_reach",
+        f"Induction heads: Mamba is below 99% already at {lengths[0]} tokens "
+        f"(lowest {pct(metric_at(run, worst) or 0.0)} at {worst}); paper: 100% at every length up to 2^20.",
+        False,
+    )
 
 
 def init_rule(results: dict) -> list[Finding]:
@@ -145,18 +183,29 @@ def init_rule(results: dict) -> list[Finding]:
         hb = train_metric(s4d[best])
         gap = 100 * (hb - rnd)
         verdict = "better than" if gap > 100 * NOISE else "no better than"
-        out.append(Finding("init_s4d", f"S4D on copying memory (long-range): HiPPO-based init ({best}) {pct(hb)} is "
-                           f"{verdict} random init {pct(rnd)} ({gap:+.1f} points); paper (S4 §4.4, sCIFAR): random "
-                           f"validates >15 points worse, so this differs by {gap - 15:+.1f} points from that gap.",
-                           gap >= 15))
+        out.append(
+            Finding(
+                "init_s4d",
+                f"S4D on copying memory (long-range): HiPPO-based init ({best}) {pct(hb)} is "
+                f"{verdict} random init {pct(rnd)} ({gap:+.1f} points); paper (S4 §4.4, sCIFAR): random "
+                f"validates >15 points worse, so this differs by {gap - 15:+.1f} points from that gap.",
+                gap >= 15,
+            )
+        )
     mamba = {r["spec"]["overrides"]["ssm"]["A_init"]: r for r in runs(results, "init", family="mamba")}
     if "random" in mamba and "s4d_real" in mamba:
         a, b = train_metric(mamba["s4d_real"]), train_metric(mamba["random"])
         rel = (b - a) / a
         same = abs(rel) <= 0.02
-        out.append(Finding("init_mamba", f"Mamba on language modelling: A_init=random {b:.3f} vs S4D-Real {a:.3f} bits/byte "
-                           f"({100 * rel:+.1f}%): {'as good' if same else ('worse' if rel > 0 else 'better')}; "
-                           f"paper ablation: equal (8.71 ppl both).", same))
+        out.append(
+            Finding(
+                "init_mamba",
+                f"Mamba on language modelling: A_init=random {b:.3f} vs S4D-Real {a:.3f} bits/byte "
+                f"({100 * rel:+.1f}%): {'as good' if same else ('worse' if rel > 0 else 'better')}; "
+                f"paper ablation: equal (8.71 ppl both).",
+                same,
+            )
+        )
     return out
 
 
@@ -165,15 +214,23 @@ def scaling_rule(results: dict) -> list[Finding]:
     by = {}
     for r in runs(results, "scaling"):
         s = r["spec"]
-        by.setdefault((s["plan"]["train_length"], s["size"]["d_model"], s["size"]["n_layer"]), {})[s["family"]] = r
+        by.setdefault((s["plan"]["train_length"], s["size"]["d_model"], s["size"]["n_layer"]), {})[
+            s["family"]
+        ] = r
     for length in sorted({k[0] for k in by}):
         pairs = [(k, v) for k, v in by.items() if k[0] == length and {"mamba", "transformer"} <= set(v)]
         if not pairs:
             continue
-        wins = [k for k, v in pairs if v["mamba"]["eval"][str(length)]["loss"] <= v["transformer"]["eval"][str(length)]["loss"]]
+        wins = [
+            k
+            for k, v in pairs
+            if v["mamba"]["eval"][str(length)]["loss"] <= v["transformer"]["eval"][str(length)]["loss"]
+        ]
         sizes = ", ".join(f"d{k[1]}×{k[2]}" for k, _ in sorted(pairs))
-        text = (f"Scaling at length {length} ({sizes}): Mamba's eval loss ≤ Transformer++'s at {len(wins)} of "
-                f"{len(pairs)} sizes; paper (Fig. 4): Mamba matches or beats Transformer++ at every size.")
+        text = (
+            f"Scaling at length {length} ({sizes}): Mamba's eval loss ≤ Transformer++'s at {len(wins)} of "
+            f"{len(pairs)} sizes; paper (Fig. 4): Mamba matches or beats Transformer++ at every size."
+        )
         out.append(Finding(f"scaling_{length}", text, len(wins) == len(pairs)))
     return out
 
@@ -213,12 +270,24 @@ def precision_rule(results: dict) -> list[Finding]:
             if sel:
                 worst = max(sel, key=lambda r: r["max_rel_error"])
                 parts.append(f"{dtype} ≤ {worst['max_rel_error']:.1e} ({worst['mode']})")
-        out.append(Finding(f"precision_{model}", f"{_display(model)} logits, every mode vs the float64 recurrent "
-                           f"oracle at length {longest}: " + "; ".join(parts) + ".", None))
+        out.append(
+            Finding(
+                f"precision_{model}",
+                f"{_display(model)} logits, every mode vs the float64 recurrent "
+                f"oracle at length {longest}: " + "; ".join(parts) + ".",
+                None,
+            )
+        )
         f64 = [r["max_rel_error"] for r in level_rows if r["dtype"] == "float64"]
         if f64 and max(f64) <= 1e-10:
-            out.append(Finding(f"precision_{model}_exact", f"{_display(model)}: parallel and recurrent modes agree to "
-                               f"{max(f64):.1e} in float64 — the two modes compute the same function.", None))
+            out.append(
+                Finding(
+                    f"precision_{model}_exact",
+                    f"{_display(model)}: parallel and recurrent modes agree to "
+                    f"{max(f64):.1e} in float64 — the two modes compute the same function.",
+                    None,
+                )
+            )
     return out
 
 
@@ -231,23 +300,53 @@ def cost_rule(results: dict) -> list[Finding]:
             continue
         ratio = d[-1]["ms_per_token"] / d[0]["ms_per_token"]
         flat = ratio <= 1.25
-        out.append(Finding(f"decode_{family}", f"Decode, {_display(family)}: {d[0]['ms_per_token']:.2f} ms/token after "
-                           f"{d[0]['prefix']} tokens, {d[-1]['ms_per_token']:.2f} after {d[-1]['prefix']} (×{ratio:.2f}, "
-                           f"{'flat' if flat else 'growing'}); state {d[-1]['state_bytes'] / 1e6:.2f} MB.", None))
+        out.append(
+            Finding(
+                f"decode_{family}",
+                f"Decode, {_display(family)}: {d[0]['ms_per_token']:.2f} ms/token after "
+                f"{d[0]['prefix']} tokens, {d[-1]['ms_per_token']:.2f} after {d[-1]['prefix']} (×{ratio:.2f}, "
+                f"{'flat' if flat else 'growing'}); state {d[-1]['state_bytes'] / 1e6:.2f} MB.",
+                None,
+            )
+        )
     return out
 
 
 RULES: list[Callable[[dict], Finding | list[Finding] | None]] = [
     selective_copying_rule,
-    _extrapolation_rule("induction_heads", "mamba", "transformer", True, "Induction heads",
-                        "Paper (Table 3): Mamba 100% at every length, attention 8-60% past 2-8×."),
+    _extrapolation_rule(
+        "induction_heads",
+        "mamba",
+        "transformer",
+        True,
+        "Induction heads",
+        "Paper (Table 3): Mamba 100% at every length, attention 8-60% past 2-8×.",
+    ),
     induction_perfect_rule,
-    _extrapolation_rule("copying", "transformer", "mamba", False, "Copying",
-                        "Paper (arXiv 2402.01032): GSSMs fall to ~0 past the training length, Transformers degrade gradually."),
-    _extrapolation_rule("mqar", "transformer", "mamba", False, "MQAR",
-                        "Paper (Zoology): attention solves MQAR at d_model=64; fixed-state models need more dimension."),
-    _extrapolation_rule("phonebook", "transformer", "mamba", False, "Phone-book lookup",
-                        "Paper: a 410M Transformer beats a 2.8B Mamba once the book has ≥70 entries."),
+    _extrapolation_rule(
+        "copying",
+        "transformer",
+        "mamba",
+        False,
+        "Copying",
+        "Paper (arXiv 2402.01032): GSSMs fall to ~0 past the training length, Transformers degrade gradually.",
+    ),
+    _extrapolation_rule(
+        "mqar",
+        "transformer",
+        "mamba",
+        False,
+        "MQAR",
+        "Paper (Zoology): attention solves MQAR at d_model=64; fixed-state models need more dimension.",
+    ),
+    _extrapolation_rule(
+        "phonebook",
+        "transformer",
+        "mamba",
+        False,
+        "Phone-book lookup",
+        "Paper: a 410M Transformer beats a 2.8B Mamba once the book has ≥70 entries.",
+    ),
     init_rule,
     scaling_rule,
     state_rule,

@@ -20,13 +20,19 @@ def reference_config(size: ModelSize, vocab_size: int) -> ModelConfig:
     """The Mamba model every family is matched to (the Mamba paper's synthetic-task block: no MLP). Its
     attention and MoE sub-configs are what the matched families inherit."""
     return ModelConfig(
-        d_model=size.d_model, n_layer=size.n_layer, vocab_size=vocab_size, layer_pattern=["mamba"] * size.n_layer,
-        ssm=SSMConfig(d_state=size.d_state), attention=AttentionConfig(n_heads=max(1, size.d_model // HEAD_DIM)),
+        d_model=size.d_model,
+        n_layer=size.n_layer,
+        vocab_size=vocab_size,
+        layer_pattern=["mamba"] * size.n_layer,
+        ssm=SSMConfig(d_state=size.d_state),
+        attention=AttentionConfig(n_heads=max(1, size.d_model // HEAD_DIM)),
         moe=MoEConfig(n_experts=N_EXPERTS, top_k=TOP_K),
     )
 
 
-def family_config(family: str, size: ModelSize, vocab_size: int, overrides: dict | None = None) -> ModelConfig:
+def family_config(
+    family: str, size: ModelSize, vocab_size: int, overrides: dict | None = None
+) -> ModelConfig:
     """The config of `family` matched (±3% parameters) to the Mamba reference of `size`, with `overrides`."""
     from mambalab.models.zoo import match_config
 

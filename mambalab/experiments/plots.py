@@ -18,8 +18,15 @@ from mambalab.experiments.findings import metric_at, runs, train_metric
 FAMILY_STYLE = {"mamba": "C0", "transformer": "C1", "s4d": "C2", "hybrid": "C3", "moe": "C4"}
 
 
-def _style(ax, title: str | None, xlabel: str, ylabel: str, xlog2: bool = True, ylog: bool = False,
-           legend: int | None = 8) -> None:
+def _style(
+    ax,
+    title: str | None,
+    xlabel: str,
+    ylabel: str,
+    xlog2: bool = True,
+    ylog: bool = False,
+    legend: int | None = 8,
+) -> None:
     if xlog2:
         ax.set_xscale("log", base=2)
     if ylog:
@@ -49,10 +56,21 @@ def accuracy_vs_length(results: dict, path: Path) -> str | None:
         for run in task_runs:
             lengths = sorted(int(k) for k in run["eval"] if metric_at(run, int(k)) is not None)
             family = run["spec"]["family"]
-            ax.plot(lengths, [metric_at(run, n) for n in lengths], "o-", color=FAMILY_STYLE.get(family), label=family)
+            ax.plot(
+                lengths,
+                [metric_at(run, n) for n in lengths],
+                "o-",
+                color=FAMILY_STYLE.get(family),
+                label=family,
+            )
         ax.axvline(task_runs[0]["spec"]["plan"]["train_length"], color="grey", ls=":", lw=1)
-        _style(ax, task, "length (tokens); dotted: training length", task_runs[0]["headline"].replace("_", " "),
-               legend=8 if ax is axes[0][0] else None)
+        _style(
+            ax,
+            task,
+            "length (tokens); dotted: training length",
+            task_runs[0]["headline"].replace("_", " "),
+            legend=8 if ax is axes[0][0] else None,
+        )
     return _save(fig, path)
 
 
@@ -82,8 +100,13 @@ def decode_latency(results: dict, path: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for family, c in sorted(cost.items()):
         d = sorted(c["decode"], key=lambda x: x["prefix"])
-        ax.plot([x["prefix"] for x in d], [x["ms_per_token"] for x in d], "o-", color=FAMILY_STYLE.get(family),
-                label=family)
+        ax.plot(
+            [x["prefix"] for x in d],
+            [x["ms_per_token"] for x in d],
+            "o-",
+            color=FAMILY_STYLE.get(family),
+            label=family,
+        )
     _style(ax, None, "prefix length (tokens)", "decode ms / token (batch 1)")
     return _save(fig, path)
 
@@ -101,10 +124,19 @@ def precision_error(results: dict, path: Path) -> str | None:
         sel = [r for r in rows if r["model"] == model and r["level"] == level]
         for i, dtype in enumerate(("float64", "float32", "bfloat16", "float16")):
             for j, mode in enumerate(sorted({r["mode"] for r in sel})):
-                pts = sorted((r["length"], max(r["max_rel_error"], 1e-18)) for r in sel
-                             if r["dtype"] == dtype and r["mode"] == mode)
+                pts = sorted(
+                    (r["length"], max(r["max_rel_error"], 1e-18))
+                    for r in sel
+                    if r["dtype"] == dtype and r["mode"] == mode
+                )
                 if pts:
-                    ax.plot(*zip(*pts), marker="o", ls=["-", "--", ":"][j % 3], color=f"C{i}", label=f"{dtype} {mode}")
+                    ax.plot(
+                        *zip(*pts),
+                        marker="o",
+                        ls=["-", "--", ":"][j % 3],
+                        color=f"C{i}",
+                        label=f"{dtype} {mode}",
+                    )
         _style(ax, f"{model} {level}", "length", "max relative error vs float64", ylog=True, legend=6)
     return _save(fig, path)
 
@@ -118,13 +150,21 @@ def state_size(results: dict, path: Path) -> str | None:
     base_d, base_n = results["preset"]["size"]["d_model"], results["preset"]["size"]["d_state"]
     for ax, task in zip(axes[0], tasks):
         sel = [r for r in state if r["spec"]["task"] == task]
-        pts = sorted((r["spec"]["size"]["d_state"], train_metric(r)) for r in sel
-                     if r["spec"]["family"] == "mamba" and r["spec"]["size"]["d_model"] == base_d)
+        pts = sorted(
+            (r["spec"]["size"]["d_state"], train_metric(r))
+            for r in sel
+            if r["spec"]["family"] == "mamba" and r["spec"]["size"]["d_model"] == base_d
+        )
         if pts:
-            ax.plot(*zip(*pts), "o-", color=FAMILY_STYLE["mamba"], label=f"mamba d_model={base_d}, vs d_state")
+            ax.plot(
+                *zip(*pts), "o-", color=FAMILY_STYLE["mamba"], label=f"mamba d_model={base_d}, vs d_state"
+            )
         for family in sorted({r["spec"]["family"] for r in sel}):
-            by_d = sorted((r["spec"]["size"]["d_model"], train_metric(r)) for r in sel
-                          if r["spec"]["family"] == family and r["spec"]["size"]["d_state"] == base_n)
+            by_d = sorted(
+                (r["spec"]["size"]["d_model"], train_metric(r))
+                for r in sel
+                if r["spec"]["family"] == family and r["spec"]["size"]["d_state"] == base_n
+            )
             if len(by_d) > 1:
                 ax.plot(*zip(*by_d), "s--", color=FAMILY_STYLE.get(family), label=f"{family} vs d_model")
         _style(ax, task, "d_state (solid) / d_model (dashed)", "accuracy at the training length", legend=7)
@@ -140,8 +180,14 @@ def training_curves(results: dict, path: Path) -> str | None:
     for ax, task in zip(axes[0], tasks):
         for r in runs(results, "main", task):
             if r["train"]["curve"]:
-                ax.plot(*zip(*r["train"]["curve"]), color=FAMILY_STYLE.get(r["spec"]["family"]), label=r["spec"]["family"])
-        _style(ax, task, "step", "training loss", xlog2=False, ylog=True, legend=8 if ax is axes[0][0] else None)
+                ax.plot(
+                    *zip(*r["train"]["curve"]),
+                    color=FAMILY_STYLE.get(r["spec"]["family"]),
+                    label=r["spec"]["family"],
+                )
+        _style(
+            ax, task, "step", "training loss", xlog2=False, ylog=True, legend=8 if ax is axes[0][0] else None
+        )
     return _save(fig, path)
 
 

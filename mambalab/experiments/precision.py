@@ -26,7 +26,12 @@ from mambalab.ops.state_update import selective_state_update
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 VOCAB = 64
 
 
@@ -39,8 +44,11 @@ def position_errors(out: torch.Tensor, ref: torch.Tensor, time_dim: int) -> dict
     return {"max_rel_error": err.max().item(), "mean_rel_error": err.mean().item()}
 
 
-def scan_inputs(length: int, batch: int, dim: int, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def scan_inputs(
+    length: int, batch: int, dim: int, n: int, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """float64 inputs of a Mamba-like scan: Δ near softplus's working range, A = -(1..N) (S4D-Real)."""
+
     def randn(*shape):
         return torch.randn(*shape, generator=generator, dtype=torch.float64)
 
@@ -62,8 +70,18 @@ def scan_recurrent(x: dict[str, torch.Tensor]) -> torch.Tensor:
     state_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
     state = u.new_zeros(u.shape[0], u.shape[1], x["A"].shape[1], dtype=state_dtype)  # (b, d, n)
     ys = [
-        selective_state_update(state, u[..., t], x["delta"][..., t], x["A"], x["B"][..., t], x["C"][..., t],
-                               x["D"], x["z"][..., t], dt_bias=x["delta_bias"], dt_softplus=True)
+        selective_state_update(
+            state,
+            u[..., t],
+            x["delta"][..., t],
+            x["A"],
+            x["B"][..., t],
+            x["C"][..., t],
+            x["D"],
+            x["z"][..., t],
+            dt_bias=x["delta_bias"],
+            dt_softplus=True,
+        )
         for t in range(u.shape[-1])
     ]
     return torch.stack(ys, dim=-1)  # (b, d, l)
@@ -82,11 +100,21 @@ def op_rows(study: PrecisionStudy, dim: int, n: int, seed: int) -> list[dict]:
         ref = selective_scan(**x64, delta_softplus=True, backend="reference")  # (b, d, l) float64 oracle
         for dtype_name in study.dtypes:
             x = _cast_scan_inputs(x64, DTYPES[dtype_name])
-            outputs = {"parallel": lambda x=x: selective_scan(**x, delta_softplus=True),
-                       "recurrent": lambda x=x: scan_recurrent(x)}
+            outputs = {
+                "parallel": lambda x=x: selective_scan(**x, delta_softplus=True),
+                "recurrent": lambda x=x: scan_recurrent(x),
+            }
             for mode, fn in outputs.items():
-                rows.append({"model": "mamba", "level": "op", "mode": mode, "dtype": dtype_name, "length": length,
-                             **_measured(fn, ref, time_dim=-1)})
+                rows.append(
+                    {
+                        "model": "mamba",
+                        "level": "op",
+                        "mode": mode,
+                        "dtype": dtype_name,
+                        "length": length,
+                        **_measured(fn, ref, time_dim=-1),
+                    }
+                )
     return rows
 
 
@@ -105,7 +133,10 @@ def _stepped_logits(model: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
 
 
 # The parallel modes of each family: Mamba's scan; S4D's FFT convolution ("cnn") and its scan ("rnn").
-PARALLEL_MODES = {"mamba": {"parallel": {}}, "s4d": {"cnn": {"s4d": {"mode": "cnn"}}, "rnn": {"s4d": {"mode": "rnn"}}}}
+PARALLEL_MODES = {
+    "mamba": {"parallel": {}},
+    "s4d": {"cnn": {"s4d": {"mode": "cnn"}}, "rnn": {"s4d": {"mode": "rnn"}}},
+}
 
 
 def logits_rows(study: PrecisionStudy, size: ModelSize, seed: int) -> list[dict]:
@@ -116,7 +147,9 @@ def logits_rows(study: PrecisionStudy, size: ModelSize, seed: int) -> list[dict]
         model64 = LanguageModel(family_config(family, size, VOCAB)).double().eval()
         weights = model64.state_dict()
         for length in study.lengths:
-            ids = torch.randint(0, VOCAB, (study.batch_size, length), generator=torch.Generator().manual_seed(seed))
+            ids = torch.randint(
+                0, VOCAB, (study.batch_size, length), generator=torch.Generator().manual_seed(seed)
+            )
             with torch.no_grad():
                 ref = _stepped_logits(model64, ids)  # (b, l, v) float64 recurrent oracle
             for dtype_name in study.dtypes:
@@ -124,10 +157,21 @@ def logits_rows(study: PrecisionStudy, size: ModelSize, seed: int) -> list[dict]
                     model = LanguageModel(family_config(family, size, VOCAB, overrides)).eval()
                     model.load_state_dict(weights)
                     model = model.to(DTYPES[dtype_name])
-                    fn = (lambda m=model, ids=ids: _stepped_logits(m, ids)) if mode == "recurrent" else (
-                        lambda m=model, ids=ids: m(ids))
-                    rows.append({"model": family, "level": "logits", "mode": mode, "dtype": dtype_name,
-                                 "length": length, **_measured(fn, ref, time_dim=1)})
+                    fn = (
+                        (lambda m=model, ids=ids: _stepped_logits(m, ids))
+                        if mode == "recurrent"
+                        else (lambda m=model, ids=ids: m(ids))
+                    )
+                    rows.append(
+                        {
+                            "model": family,
+                            "level": "logits",
+                            "mode": mode,
+                            "dtype": dtype_name,
+                            "length": length,
+                            **_measured(fn, ref, time_dim=1),
+                        }
+                    )
     return rows
 
 

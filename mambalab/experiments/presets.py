@@ -66,7 +66,9 @@ class ScalingStudy:
 
     sizes: tuple[ModelSize, ...]
     lengths: tuple[int, ...]
-    plan: TaskPlan  # LM budget; its train_length is replaced by each of `lengths`, steps scaled to keep tokens
+    plan: (
+        TaskPlan  # LM budget; its train_length is replaced by each of `lengths`, steps scaled to keep tokens
+    )
     families: tuple[str, ...] = ("mamba", "transformer")
 
 
@@ -121,10 +123,15 @@ def _smoke() -> Preset:
             "lm": tiny,
         },
         precision=PrecisionStudy(lengths=(8, 16)),
-        cost=CostStudy(decode_prefixes=(4, 16), decode_tokens=2, train_length=16, train_batch=2, train_steps=2),
+        cost=CostStudy(
+            decode_prefixes=(4, 16), decode_tokens=2, train_length=16, train_batch=2, train_steps=2
+        ),
         init=InitStudy(s4d_inits=("legs", "random"), long_range=sc, lm=tiny),
-        scaling=ScalingStudy(sizes=(ModelSize(16, 2, 4), ModelSize(32, 2, 4)), lengths=(8, 16),
-                             plan=dataclasses.replace(tiny, steps=1)),
+        scaling=ScalingStudy(
+            sizes=(ModelSize(16, 2, 4), ModelSize(32, 2, 4)),
+            lengths=(8, 16),
+            plan=dataclasses.replace(tiny, steps=1),
+        ),
         state=StateStudy(d_states=(1, 4), d_models=(), tasks=("mqar",), families=("mamba",)),
     )
 
@@ -141,20 +148,27 @@ def _quick() -> Preset:
         models=("mamba", "transformer", "s4d"),
         tasks={
             "selective_copying": sc,
-            "induction_heads": TaskPlan({"vocab_size": 16}, 32, (32, 64, 128, 256, 512, 1024), steps=500,
-                                        batch_size=32, lr=5e-3),
+            "induction_heads": TaskPlan(
+                {"vocab_size": 16}, 32, (32, 64, 128, 256, 512, 1024), steps=500, batch_size=32, lr=5e-3
+            ),
             "mqar": TaskPlan({"vocab_size": 64}, 64, (64, 128, 256), steps=500, batch_size=32, lr=5e-3),
             "copying": TaskPlan({"alphabet_size": 8}, 22, (22, 32, 42), steps=500, batch_size=32, lr=5e-3),
             "lm": lm,
         },
         precision=PrecisionStudy(lengths=(16, 64, 256)),
-        cost=CostStudy(decode_prefixes=(16, 256, 2048), decode_tokens=16, train_length=64, train_batch=16,
-                       train_steps=6),
-        init=InitStudy(s4d_inits=("legs", "random"), long_range=dataclasses.replace(sc, train_length=64,
-                                                                                     eval_lengths=(64,), steps=300),
-                       lm=lm),
-        scaling=ScalingStudy(sizes=(ModelSize(16, 2, 8), ModelSize(32, 2, 8), ModelSize(48, 2, 8)), lengths=(32, 128),
-                             plan=dataclasses.replace(lm, steps=100, eval_lengths=())),
+        cost=CostStudy(
+            decode_prefixes=(16, 256, 2048), decode_tokens=16, train_length=64, train_batch=16, train_steps=6
+        ),
+        init=InitStudy(
+            s4d_inits=("legs", "random"),
+            long_range=dataclasses.replace(sc, train_length=64, eval_lengths=(64,), steps=300),
+            lm=lm,
+        ),
+        scaling=ScalingStudy(
+            sizes=(ModelSize(16, 2, 8), ModelSize(32, 2, 8), ModelSize(48, 2, 8)),
+            lengths=(32, 128),
+            plan=dataclasses.replace(lm, steps=100, eval_lengths=()),
+        ),
         state=StateStudy(d_states=(2, 8), d_models=(), tasks=("mqar",), families=("mamba",)),
         notes=("hybrid and moe run on request (--models); phone-book lookup with --tasks phonebook",),
     )
@@ -172,20 +186,37 @@ def _standard() -> Preset:
         models=FAMILIES,
         tasks={
             "selective_copying": sc,
-            "induction_heads": TaskPlan({"vocab_size": 16}, 256, (256, 1024, 4096, 16384), steps=1500, batch_size=64,
-                                        lr=2e-3),
+            "induction_heads": TaskPlan(
+                {"vocab_size": 16}, 256, (256, 1024, 4096, 16384), steps=1500, batch_size=64, lr=2e-3
+            ),
             "mqar": TaskPlan({"vocab_size": 8192}, 256, (256, 512, 1024), steps=1500, batch_size=64, lr=2e-3),
-            "copying": TaskPlan({"alphabet_size": 26}, 102, (52, 102, 152, 202), steps=1500, batch_size=64, lr=2e-3),
-            "phonebook": TaskPlan({"n_letters": 26}, 256, (128, 256, 512, 1024), steps=1500, batch_size=64, lr=2e-3),
+            "copying": TaskPlan(
+                {"alphabet_size": 26}, 102, (52, 102, 152, 202), steps=1500, batch_size=64, lr=2e-3
+            ),
+            "phonebook": TaskPlan(
+                {"n_letters": 26}, 256, (128, 256, 512, 1024), steps=1500, batch_size=64, lr=2e-3
+            ),
             "lm": lm,
         },
         precision=PrecisionStudy(lengths=(64, 256, 1024, 4096)),
-        cost=CostStudy(decode_prefixes=(128, 1024, 8192, 16384), decode_tokens=64, train_length=2048, train_batch=8,
-                       train_steps=20),
-        init=InitStudy(long_range=dataclasses.replace(sc, options={"vocab_size": 16, "n_copy": 16},
-                                                      train_length=1024, eval_lengths=(1024,)), lm=lm),
-        scaling=ScalingStudy(sizes=(ModelSize(64, 4, 16), ModelSize(128, 4, 16), ModelSize(256, 4, 16)),
-                             lengths=(256, 1024), plan=dataclasses.replace(lm, steps=800, eval_lengths=())),
+        cost=CostStudy(
+            decode_prefixes=(128, 1024, 8192, 16384),
+            decode_tokens=64,
+            train_length=2048,
+            train_batch=8,
+            train_steps=20,
+        ),
+        init=InitStudy(
+            long_range=dataclasses.replace(
+                sc, options={"vocab_size": 16, "n_copy": 16}, train_length=1024, eval_lengths=(1024,)
+            ),
+            lm=lm,
+        ),
+        scaling=ScalingStudy(
+            sizes=(ModelSize(64, 4, 16), ModelSize(128, 4, 16), ModelSize(256, 4, 16)),
+            lengths=(256, 1024),
+            plan=dataclasses.replace(lm, steps=800, eval_lengths=()),
+        ),
         state=StateStudy(d_states=(2, 4, 16, 64), d_models=(32, 64, 128), tasks=("mqar",)),
     )
 
@@ -200,13 +231,25 @@ def _paper() -> Preset:
         base,
         name="paper",
         tasks={
-            "selective_copying": TaskPlan({"vocab_size": 16, "n_copy": 16}, 4096, (4096,), steps=steps, batch_size=32),
-            "induction_heads": TaskPlan({"vocab_size": 16}, 256, tuple(256 * 4**k for k in range(7)), steps=steps,
-                                        batch_size=64, eval_examples=128),
+            "selective_copying": TaskPlan(
+                {"vocab_size": 16, "n_copy": 16}, 4096, (4096,), steps=steps, batch_size=32
+            ),
+            "induction_heads": TaskPlan(
+                {"vocab_size": 16},
+                256,
+                tuple(256 * 4**k for k in range(7)),
+                steps=steps,
+                batch_size=64,
+                eval_examples=128,
+            ),
             "mqar": TaskPlan({"vocab_size": 8192}, 512, (128, 256, 512, 1024), steps=steps, batch_size=64),
-            "copying": TaskPlan({"alphabet_size": 26}, 102, (52, 102, 152, 202, 402), steps=steps, batch_size=64),
+            "copying": TaskPlan(
+                {"alphabet_size": 26}, 102, (52, 102, 152, 202, 402), steps=steps, batch_size=64
+            ),
             "phonebook": TaskPlan({"n_letters": 26}, 512, (256, 512, 1024, 2048), steps=steps, batch_size=64),
-            "lm": dataclasses.replace(base.tasks["lm"], train_length=2048, eval_lengths=(2048, 8192), steps=steps),
+            "lm": dataclasses.replace(
+                base.tasks["lm"], train_length=2048, eval_lengths=(2048, 8192), steps=steps
+            ),
         },
     )
 

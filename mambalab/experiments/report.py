@@ -14,15 +14,27 @@ from mambalab.experiments.findings import evaluate_findings, metric_at, train_me
 from mambalab.experiments.plots import write_plots
 from mambalab.experiments.runner import write_json_atomic
 
-SECTIONS = ("Findings", "Tasks", "Training", "Cost", "Precision", "Init", "Scaling", "State size", "Failures",
-            "Environment")
+SECTIONS = (
+    "Findings",
+    "Tasks",
+    "Training",
+    "Cost",
+    "Precision",
+    "Init",
+    "Scaling",
+    "State size",
+    "Failures",
+    "Environment",
+)
 
 
 def _fmt(x, digits: int = 3) -> str:
     if x is None:
         return "—"
     if isinstance(x, float):
-        return f"{x:.{digits}g}" if abs(x) < 1e-3 or abs(x) >= 1e4 else f"{x:.{digits}f}".rstrip("0").rstrip(".")
+        return (
+            f"{x:.{digits}g}" if abs(x) < 1e-3 or abs(x) >= 1e4 else f"{x:.{digits}f}".rstrip("0").rstrip(".")
+        )
     return str(x)
 
 
@@ -58,11 +70,15 @@ def _task_section(results: dict, plots: dict) -> list[str]:
         scale = (lambda x: _pct(x)) if headline != "bits_per_byte" else (lambda x: _fmt(x))
         unit = "%" if headline != "bits_per_byte" else ""
         out.append(f"### {task}: {headline.replace('_', ' ')}{' (%)' if unit else ''} by length")
-        out.append(f"Budget per model: {plan['steps']} steps × batch {plan['batch_size']} × length "
-                   f"{plan['train_length']} = {plan['steps'] * plan['batch_size'] * plan['train_length']:,} tokens; "
-                   f"{plan['eval_examples']} held-out examples per length; options {plan['options']}.")
+        out.append(
+            f"Budget per model: {plan['steps']} steps × batch {plan['batch_size']} × length "
+            f"{plan['train_length']} = {plan['steps'] * plan['batch_size'] * plan['train_length']:,} tokens; "
+            f"{plan['eval_examples']} held-out examples per length; options {plan['options']}."
+        )
         out.append("")
-        header = ["model", "params"] + [f"{n}{' (train)' if n == plan['train_length'] else ''}" for n in lengths]
+        header = ["model", "params"] + [
+            f"{n}{' (train)' if n == plan['train_length'] else ''}" for n in lengths
+        ]
         rows = []
         for r in task_runs:
             if r["status"] != "ok":
@@ -76,14 +92,34 @@ def _task_section(results: dict, plots: dict) -> list[str]:
 
 
 def _training_section(results: dict, plots: dict) -> list[str]:
-    rows = [[r["group"], r["spec"]["task"], r["spec"]["family"], _label_overrides(r), f"{r['params']:,}",
-             _fmt(r["train"]["final_loss"]), f"{r['train']['tokens_per_s']:,.0f}", _fmt(r["train"]["wall_s"], 2),
-             _fmt(r["train"]["peak_memory_gb"])]
-            for r in results["runs"] if r["status"] == "ok"]
+    rows = [
+        [
+            r["group"],
+            r["spec"]["task"],
+            r["spec"]["family"],
+            _label_overrides(r),
+            f"{r['params']:,}",
+            _fmt(r["train"]["final_loss"]),
+            f"{r['train']['tokens_per_s']:,.0f}",
+            _fmt(r["train"]["wall_s"], 2),
+            _fmt(r["train"]["peak_memory_gb"]),
+        ]
+        for r in results["runs"]
+        if r["status"] == "ok"
+    ]
     if not rows:
         return ["No training run succeeded.", ""]
-    header = ["group", "task", "model", "variant (reference size)", "params", "final loss", "train tokens/s", "wall s",
-              "peak GB"]
+    header = [
+        "group",
+        "task",
+        "model",
+        "variant (reference size)",
+        "params",
+        "final loss",
+        "train tokens/s",
+        "wall s",
+        "peak GB",
+    ]
     return _table(header, rows) + _img(plots, "training_loss.png")
 
 
@@ -100,19 +136,33 @@ def _cost_section(results: dict, plots: dict) -> list[str]:
     if not cost:
         return ["Cost profiling was not selected.", ""]
     prefixes = sorted({d["prefix"] for c in cost.values() if c["status"] == "ok" for d in c["decode"]})
-    header = ["model", "params", "train tokens/s", "train peak GB"] + [f"ms/token @{p}" for p in prefixes] + ["state MB"]
+    header = (
+        ["model", "params", "train tokens/s", "train peak GB"]
+        + [f"ms/token @{p}" for p in prefixes]
+        + ["state MB"]
+    )
     rows = []
     for family, c in cost.items():
         if c["status"] != "ok":
             rows.append([family] + [c["status"]] * (len(header) - 1))
             continue
         by_p = {d["prefix"]: d for d in c["decode"]}
-        rows.append([family, f"{c['params']:,}", f"{c['train_tokens_per_s']:,.0f}", _fmt(c["train_peak_memory_gb"])]
-                    + [_fmt(by_p[p]["ms_per_token"]) if p in by_p else "—" for p in prefixes]
-                    + [_fmt(c["decode"][-1]["state_bytes"] / 1e6)])
-    return ([("Decode: `prefill(prefix)`, then greedy `step` per token at batch 1; state = InferenceState bytes "
-             "after the longest prefix (KV cache for attention)."), ""]
-            + _table(header, rows) + _img(plots, "decode_latency.png"))
+        rows.append(
+            [family, f"{c['params']:,}", f"{c['train_tokens_per_s']:,.0f}", _fmt(c["train_peak_memory_gb"])]
+            + [_fmt(by_p[p]["ms_per_token"]) if p in by_p else "—" for p in prefixes]
+            + [_fmt(c["decode"][-1]["state_bytes"] / 1e6)]
+        )
+    return (
+        [
+            (
+                "Decode: `prefill(prefix)`, then greedy `step` per token at batch 1; state = InferenceState bytes "
+                "after the longest prefix (KV cache for attention)."
+            ),
+            "",
+        ]
+        + _table(header, rows)
+        + _img(plots, "decode_latency.png")
+    )
 
 
 def _precision_section(results: dict, plots: dict) -> list[str]:
@@ -122,12 +172,29 @@ def _precision_section(results: dict, plots: dict) -> list[str]:
     if rec["status"] != "ok":
         return [f"The precision study failed: {rec['error']}", ""]
     header = ["model", "level", "mode", "dtype", "length", "max rel. error", "mean rel. error"]
-    rows = [[r["model"], r["level"], r["mode"], r["dtype"], r["length"], _fmt(r["max_rel_error"]),
-             _fmt(r["mean_rel_error"]) if r["max_rel_error"] is not None else r.get("error", "—")]
-            for r in rec["rows"]]
-    return ([("Every mode against a float64 oracle (op level: the for-loop reference scan; logits: float64 "
-             "token-by-token `step`); error per position ‖out−ref‖/‖ref‖, max and mean over positions."), ""]
-            + _table(header, rows) + _img(plots, "precision_error.png"))
+    rows = [
+        [
+            r["model"],
+            r["level"],
+            r["mode"],
+            r["dtype"],
+            r["length"],
+            _fmt(r["max_rel_error"]),
+            _fmt(r["mean_rel_error"]) if r["max_rel_error"] is not None else r.get("error", "—"),
+        ]
+        for r in rec["rows"]
+    ]
+    return (
+        [
+            (
+                "Every mode against a float64 oracle (op level: the for-loop reference scan; logits: float64 "
+                "token-by-token `step`); error per position ‖out−ref‖/‖ref‖, max and mean over positions."
+            ),
+            "",
+        ]
+        + _table(header, rows)
+        + _img(plots, "precision_error.png")
+    )
 
 
 def _study_table(results: dict, group: str, empty: str) -> list[str]:
@@ -140,8 +207,12 @@ def _study_table(results: dict, group: str, empty: str) -> list[str]:
         value = r["status"] if r["status"] != "ok" else _fmt(train_metric(r))
         extra = _fmt(r["eval"][str(s["plan"]["train_length"])]["loss"]) if r["status"] == "ok" else "—"
         flops = _fmt(float(r["flops_per_token"] * r["train"]["tokens"])) if r["status"] == "ok" else "—"
-        rows.append([s["task"], s["family"], _label_overrides(r), f"{r.get('params', 0):,}", value, extra, flops])
-    return _table(["task", "model", "variant", "params", "headline metric", "eval loss", "training FLOPs"], rows)
+        rows.append(
+            [s["task"], s["family"], _label_overrides(r), f"{r.get('params', 0):,}", value, extra, flops]
+        )
+    return _table(
+        ["task", "model", "variant", "params", "headline metric", "eval loss", "training FLOPs"], rows
+    )
 
 
 def render(results: dict, findings: list, plots: dict) -> str:
@@ -150,9 +221,12 @@ def render(results: dict, findings: list, plots: dict) -> str:
     lines = [
         f"# mambalab compare — preset `{preset['name']}`",
         "",
-        (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC · device `{env['device']}` "
-        f"({env['device_name']}) · wall time of this invocation {results['wall_s']:.0f} s, compute time of all "
-        f"items (cached ones included) {results['compute_s']:.0f} s, their CPU time {results['cpu_s']:.0f} s · models: {', '.join(results['selection']['models'])}"),
+        (
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC · device `{env['device']}` "
+            f"({env['device_name']}) · wall time of this invocation {results['wall_s']:.0f} s, compute time of all "
+            f"items (cached ones included) {results['compute_s']:.0f} s, their CPU time {results['cpu_s']:.0f} s "
+            f"· models: {', '.join(results['selection']['models'])}"
+        ),
         "",
         "Reference model: Mamba d_model={d_model}, {n_layer} layers, d_state={d_state}; every other family matched "
         "to its parameter count (±3%) by the model zoo.".format(**preset["size"]),
@@ -161,8 +235,10 @@ def render(results: dict, findings: list, plots: dict) -> str:
         "",
         "## Findings",
         "",
-        ("Each finding is a rule evaluated on the numbers below (mambalab/experiments/findings.py); a contrast that "
-        "did not hold is reported as such."),
+        (
+            "Each finding is a rule evaluated on the numbers below (mambalab/experiments/findings.py); a contrast that "
+            "did not hold is reported as such."
+        ),
         "",
     ]
     lines += [f"- {f.text}" for f in findings] or ["- No finding: too little was run."]
@@ -170,8 +246,15 @@ def render(results: dict, findings: list, plots: dict) -> str:
     lines += ["## Training", ""] + _training_section(results, plots)
     lines += ["## Cost", ""] + _cost_section(results, plots)
     lines += ["## Precision", ""] + _precision_section(results, plots)
-    lines += ["## Init", "", ("HiPPO vs random: S4D on copying memory (data at the start, then a long delay), "
-              "Mamba's A_init on language modelling."), ""]
+    lines += [
+        "## Init",
+        "",
+        (
+            "HiPPO vs random: S4D on copying memory (data at the start, then a long delay), "
+            "Mamba's A_init on language modelling."
+        ),
+        "",
+    ]
     lines += _study_table(results, "init", "The init study was not selected.")
     lines += ["## Scaling", ""] + _study_table(results, "scaling", "The scaling study was not selected.")
     lines += _img(plots, "loss_vs_flops.png")
@@ -183,7 +266,9 @@ def render(results: dict, findings: list, plots: dict) -> str:
 
 
 def _failures(results: dict) -> list[str]:
-    failed = [(r["spec"]["task"] + "/" + r["spec"]["family"], r) for r in results["runs"] if r["status"] != "ok"]
+    failed = [
+        (r["spec"]["task"] + "/" + r["spec"]["family"], r) for r in results["runs"] if r["status"] != "ok"
+    ]
     failed += [(f"cost/{f}", c) for f, c in (results.get("cost") or {}).items() if c["status"] != "ok"]
     if results.get("precision") and results["precision"]["status"] != "ok":
         failed.append(("precision", results["precision"]))

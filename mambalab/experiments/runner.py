@@ -82,7 +82,9 @@ class TaskBatches:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        batch = self.task.batch(self.plan.batch_size, self.plan.train_length, seeded(self.seed + self.index), train=True)
+        batch = self.task.batch(
+            self.plan.batch_size, self.plan.train_length, seeded(self.seed + self.index), train=True
+        )
         self.index += 1
         return batch
 
@@ -97,12 +99,16 @@ def eval_batches(task: Task, plan: TaskPlan, length: int, seed: int) -> list[dic
     """`plan.eval_examples` held-out examples of `length` tokens, in batches of at most EVAL_TOKENS_PER_BATCH."""
     per_batch = max(1, min(plan.eval_examples, EVAL_TOKENS_PER_BATCH // length))
     gen = seeded(seed + EVAL_SEED_OFFSET + length)
-    sizes = [per_batch] * (plan.eval_examples // per_batch) + ([plan.eval_examples % per_batch] if plan.eval_examples % per_batch else [])
+    sizes = [per_batch] * (plan.eval_examples // per_batch) + (
+        [plan.eval_examples % per_batch] if plan.eval_examples % per_batch else []
+    )
     return [task.batch(n, length, gen, train=False) for n in sizes]
 
 
 @torch.no_grad()
-def evaluate(model: LanguageModel, task: Task, plan: TaskPlan, seed: int, device: torch.device) -> dict[str, dict]:
+def evaluate(
+    model: LanguageModel, task: Task, plan: TaskPlan, seed: int, device: torch.device
+) -> dict[str, dict]:
     """Metrics at every evaluation length: {str(length): task metrics}. A length that does not fit in GPU
     memory (attention at very long lengths) is recorded as {"error": ...} and the others still run."""
     model.eval()
@@ -129,22 +135,38 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def train_model(model: LanguageModel, batches: TaskBatches, plan: TaskPlan, device: torch.device, seed: int,
-                work_dir: Path | None = None, progress: bool = True) -> dict:
+def train_model(
+    model: LanguageModel,
+    batches: TaskBatches,
+    plan: TaskPlan,
+    device: torch.device,
+    seed: int,
+    work_dir: Path | None = None,
+    progress: bool = True,
+) -> dict:
     """Train with the project's Trainer; returns loss curve, tokens/s, wall time and peak GPU memory.
 
     With `work_dir` and at least CHECKPOINT_MIN_STEPS steps, the Trainer checkpoints there and a run
-    interrupted midway resumes from its last checkpoint. A run stopped early (SIGINT finishes the step and returns) raises KeyboardInterrupt, so a
-    partly trained model is never evaluated and cached as a result.
+    interrupted midway resumes from its last checkpoint. A run stopped early (SIGINT finishes the step and
+    returns) raises KeyboardInterrupt, so a partly trained model is never evaluated and cached.
     """
     from mambalab.train.trainer import TrainConfig, Trainer
 
     work_dir = work_dir if plan.steps >= CHECKPOINT_MIN_STEPS else None
     config = TrainConfig(
-        lr=plan.lr, min_lr=plan.lr / 10, warmup_steps=max(1, plan.steps // 10), batch_size=plan.batch_size,
-        seq_len=plan.train_length, max_steps=plan.steps, eval_every=0, log_every=max(1, plan.steps // 50),
-        ckpt_every=plan.steps // 4 if work_dir is not None else 0, keep_last=1, seed=seed,
-        device=str(device), progress=progress,
+        lr=plan.lr,
+        min_lr=plan.lr / 10,
+        warmup_steps=max(1, plan.steps // 10),
+        batch_size=plan.batch_size,
+        seq_len=plan.train_length,
+        max_steps=plan.steps,
+        eval_every=0,
+        log_every=max(1, plan.steps // 50),
+        ckpt_every=plan.steps // 4 if work_dir is not None else 0,
+        keep_last=1,
+        seed=seed,
+        device=str(device),
+        progress=progress,
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -174,8 +196,9 @@ def execute(spec: RunSpec, device: torch.device, work_dir: Path | None = None, p
     config = family_config(spec.family, spec.size, task.vocab_size, spec.overrides)
     torch.manual_seed(spec.seed)
     model = LanguageModel(config).to(device)
-    train = train_model(model, TaskBatches(task, spec.plan, spec.seed), spec.plan, device, spec.seed, work_dir,
-                        progress)
+    train = train_model(
+        model, TaskBatches(task, spec.plan, spec.seed), spec.plan, device, spec.seed, work_dir, progress
+    )
     return {
         "params": count_params(config),
         "flops_per_token": flops_per_token(config, spec.plan.train_length),
@@ -229,7 +252,9 @@ def write_json_atomic(path: Path, data) -> None:
         raise
 
 
-def run_cached(store: RunStore, key: str, describe: dict, fn: Callable[[Path], dict], run: bool = True) -> dict:
+def run_cached(
+    store: RunStore, key: str, describe: dict, fn: Callable[[Path], dict], run: bool = True
+) -> dict:
     """The stored record of `key` if it succeeded before, else run `fn(work_dir)` and store its record. An exception
     in `fn` becomes a failed record (status, error, traceback) instead of propagating; its scratch folder is
     removed so that the retry starts afresh. With run=False nothing runs: a missing result is reported as such."""
@@ -237,17 +262,27 @@ def run_cached(store: RunStore, key: str, describe: dict, fn: Callable[[Path], d
     if cached is not None and cached.get("status") == "ok":
         return {**cached, "cached": True}
     if not run:
-        return {"status": "missing", "error": "not run yet (report only): run compare again without --report-only",
-                "key": key, **describe, "cached": False}
+        return {
+            "status": "missing",
+            "error": "not run yet (report only): run compare again without --report-only",
+            "key": key,
+            **describe,
+            "cached": False,
+        }
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
         record = {"status": "ok", **fn(store.work_dir(key))}
     except Exception as e:  # noqa: BLE001 — a failing run is reported in the report, not fatal
         log.error("run %s failed: %s", key, e)
-        record = {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                  "traceback": traceback.format_exc(limit=8)}
+        record = {
+            "status": "failed",
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(limit=8),
+        }
     # CPU time of this process: close to the wall time an unshared machine would need, when others share it
-    record.update(key=key, **describe, wall_s=time.perf_counter() - start, cpu_s=time.process_time() - cpu_start)
+    record.update(
+        key=key, **describe, wall_s=time.perf_counter() - start, cpu_s=time.process_time() - cpu_start
+    )
     store.put(key, record)
     shutil.rmtree(store.work_dir(key), ignore_errors=True)
     return {**record, "cached": False}

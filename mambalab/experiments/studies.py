@@ -19,7 +19,8 @@ LONG_RANGE_TASK = "selective_copying"  # with scattered=False: the copying-memor
 def main_specs(preset: Preset, families: tuple[str, ...], tasks: tuple[str, ...]) -> list[RunSpec]:
     return [
         RunSpec("main", family, task, preset.tasks[task], preset.size, preset.name, preset.seed)
-        for task in tasks for family in families
+        for task in tasks
+        for family in families
     ]
 
 
@@ -30,11 +31,33 @@ def init_specs(preset: Preset) -> list[RunSpec]:
     specs = []
     if study.long_range is not None:
         plan = dataclasses.replace(study.long_range, options={**study.long_range.options, "scattered": False})
-        specs += [RunSpec("init", "s4d", LONG_RANGE_TASK, plan, preset.size, preset.name, preset.seed,
-                          {"s4d": {"init": init}}) for init in study.s4d_inits]
+        specs += [
+            RunSpec(
+                "init",
+                "s4d",
+                LONG_RANGE_TASK,
+                plan,
+                preset.size,
+                preset.name,
+                preset.seed,
+                {"s4d": {"init": init}},
+            )
+            for init in study.s4d_inits
+        ]
     if study.lm is not None:
-        specs += [RunSpec("init", "mamba", "lm", study.lm, preset.size, preset.name, preset.seed,
-                          {"ssm": {"A_init": init}}) for init in study.mamba_inits]
+        specs += [
+            RunSpec(
+                "init",
+                "mamba",
+                "lm",
+                study.lm,
+                preset.size,
+                preset.name,
+                preset.seed,
+                {"ssm": {"A_init": init}},
+            )
+            for init in study.mamba_inits
+        ]
     return specs
 
 
@@ -48,8 +71,11 @@ def scaling_specs(preset: Preset) -> list[RunSpec]:
         # the same number of training tokens at every length: fewer sequences when they are longer
         batch = max(1, base.batch_size * base.train_length // length)
         plan = dataclasses.replace(base, train_length=length, eval_lengths=(length,), batch_size=batch)
-        specs += [RunSpec("scaling", family, "lm", plan, size, preset.name, preset.seed)
-                  for size in study.sizes for family in study.families]
+        specs += [
+            RunSpec("scaling", family, "lm", plan, size, preset.name, preset.seed)
+            for size in study.sizes
+            for family in study.families
+        ]
     return specs
 
 
@@ -60,10 +86,31 @@ def state_specs(preset: Preset) -> list[RunSpec]:
     specs = []
     for task in study.tasks:
         plan = preset.tasks[task]
-        specs += [RunSpec("state", "mamba", task, plan, dataclasses.replace(preset.size, d_state=n), preset.name,
-                          preset.seed) for n in study.d_states]
-        specs += [RunSpec("state", family, task, plan, dataclasses.replace(preset.size, d_model=d), preset.name,
-                          preset.seed) for d in study.d_models for family in study.families]
+        specs += [
+            RunSpec(
+                "state",
+                "mamba",
+                task,
+                plan,
+                dataclasses.replace(preset.size, d_state=n),
+                preset.name,
+                preset.seed,
+            )
+            for n in study.d_states
+        ]
+        specs += [
+            RunSpec(
+                "state",
+                family,
+                task,
+                plan,
+                dataclasses.replace(preset.size, d_model=d),
+                preset.name,
+                preset.seed,
+            )
+            for d in study.d_models
+            for family in study.families
+        ]
     return specs
 
 

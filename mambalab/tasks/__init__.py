@@ -41,8 +41,12 @@ def build_task(name: str, **options) -> Task:
     return SYNTHETIC_TASKS[name](**options)
 
 
-def lm_task(corpus: str | Path | None = None, tokenizer: str = "byte", max_bytes: int | None = None,
-            val_fraction: float = 0.1) -> LanguageModelling:
+def lm_task(
+    corpus: str | Path | None = None,
+    tokenizer: str = "byte",
+    max_bytes: int | None = None,
+    val_fraction: float = 0.1,
+) -> LanguageModelling:
     """Language modelling on a text file (default: the corpus embedded in the package, no download).
     `max_bytes` keeps only the start of the text (small runs need no more)."""
     from mambalab.train.corpus import embedded_corpus_path
@@ -57,11 +61,23 @@ def lm_task(corpus: str | Path | None = None, tokenizer: str = "byte", max_bytes
     tok = load_tokenizer(tokenizer)
     ids = torch.tensor(tok.encode(text), dtype=torch.long)  # (n,)
     bytes_per_token = tok.bytes_per_token or len(text.encode("utf-8")) / max(1, ids.numel())
-    return LanguageModelling(ids, vocab_size=tok.vocab_size, bytes_per_token=bytes_per_token,
-                             val_fraction=val_fraction)
+    return LanguageModelling(
+        ids, vocab_size=tok.vocab_size, bytes_per_token=bytes_per_token, val_fraction=val_fraction
+    )
 
 
 __all__ = [
-    "IGNORE_INDEX", "MQAR", "TASK_NAMES", "Copying", "InductionHeads", "LanguageModelling", "PhoneBook",
-    "SelectiveCopying", "Task", "accuracy_metrics", "build_task", "lm_task", "seeded",
+    "IGNORE_INDEX",
+    "MQAR",
+    "TASK_NAMES",
+    "Copying",
+    "InductionHeads",
+    "LanguageModelling",
+    "PhoneBook",
+    "SelectiveCopying",
+    "Task",
+    "accuracy_metrics",
+    "build_task",
+    "lm_task",
+    "seeded",
 ]

@@ -26,7 +26,9 @@ IGNORE_INDEX = -100
 def next_token_batch(seq: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
     """seq (b, l+1) tokens, target (b, l+1) bool (True = an answer token) -> {"input_ids", "labels"} (b, l)."""
     if seq.shape != target.shape or seq.dim() != 2:
-        raise ValueError(f"seq and target must both be (batch, length + 1), got {tuple(seq.shape)}, {tuple(target.shape)}")
+        raise ValueError(
+            f"seq and target must both be (batch, length + 1), got {tuple(seq.shape)}, {tuple(target.shape)}"
+        )
     labels = torch.where(target[:, 1:], seq[:, 1:], torch.full_like(seq[:, 1:], IGNORE_INDEX))  # (b, l)
     return {"input_ids": seq[:, :-1].contiguous(), "labels": labels}
 
@@ -38,7 +40,9 @@ def accuracy_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, fl
     examples (with at least one scored position) right at every scored position; loss: mean cross-entropy.
     """
     if logits.shape[:2] != labels.shape:
-        raise ValueError(f"logits (b, l, v) and labels (b, l) disagree: {tuple(logits.shape)} vs {tuple(labels.shape)}")
+        raise ValueError(
+            f"logits (b, l, v) and labels (b, l) disagree: {tuple(logits.shape)} vs {tuple(labels.shape)}"
+        )
     scored = labels != IGNORE_INDEX  # (b, l)
     n_tokens = int(scored.sum())
     if n_tokens == 0:
@@ -103,7 +107,9 @@ def random_tokens(shape: tuple[int, ...], low: int, high: int, generator: torch.
     return torch.randint(low, high, shape, generator=generator, dtype=torch.long)
 
 
-def sample_without_replacement(batch: int, population: int, k: int, generator: torch.Generator) -> torch.Tensor:
+def sample_without_replacement(
+    batch: int, population: int, k: int, generator: torch.Generator
+) -> torch.Tensor:
     """(batch, k) distinct integers from [0, population) per row, in random order."""
     if k > population:
         raise ValueError(f"cannot draw k={k} distinct items from a population of {population}")

@@ -59,7 +59,9 @@ class Copying(Task):
         seq = torch.full((batch_size, length + 1), self.pad, dtype=torch.long)  # (b, l+1)
         seq = torch.where((pos >= 1) & (pos <= n), letters.gather(1, src.expand(batch_size, -1)), seq)
         seq = torch.where(pos == n + 1, torch.full_like(seq, self.sep), seq)
-        seq = torch.where((pos >= n + 2) & (pos <= 2 * n + 1), letters.gather(1, copy_src.expand(batch_size, -1)), seq)
+        seq = torch.where(
+            (pos >= n + 2) & (pos <= 2 * n + 1), letters.gather(1, copy_src.expand(batch_size, -1)), seq
+        )
         seq = torch.where(pos == 2 * n + 2, torch.full_like(seq, self.eos), seq)
         seq[:, 0] = self.bos
         target = (pos >= n + 2) & (pos <= 2 * n + 2)  # the copy and the closing '.'   (b, l+1)

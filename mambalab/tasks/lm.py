@@ -27,14 +27,23 @@ class LanguageModelling(Task):
     higher_is_better: bool = False
 
     def __post_init__(self) -> None:
-        if self.tokens.dim() != 1 or self.tokens.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16):
-            raise ValueError(f"LanguageModelling.tokens must be a 1-D integer tensor, got {self.tokens.dtype} "
-                             f"{tuple(self.tokens.shape)}")
+        if self.tokens.dim() != 1 or self.tokens.dtype not in (
+            torch.int64,
+            torch.int32,
+            torch.uint8,
+            torch.int16,
+        ):
+            raise ValueError(
+                f"LanguageModelling.tokens must be a 1-D integer tensor, got {self.tokens.dtype} "
+                f"{tuple(self.tokens.shape)}"
+            )
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"LanguageModelling.val_fraction must be in (0, 1), got {self.val_fraction}")
         tokens = self.tokens.long()
         if tokens.numel() and int(tokens.max()) >= self.vocab_size:
-            raise ValueError(f"LanguageModelling.tokens hold id {int(tokens.max())} >= vocab_size {self.vocab_size}")
+            raise ValueError(
+                f"LanguageModelling.tokens hold id {int(tokens.max())} >= vocab_size {self.vocab_size}"
+            )
         cut = int(tokens.numel() * (1 - self.val_fraction))
         self._splits = {True: tokens[:cut], False: tokens[cut:]}
 
@@ -46,8 +55,10 @@ class LanguageModelling(Task):
         self.check_length(length)
         stream = self._splits[train]
         if length + 1 > stream.numel():
-            raise ValueError(f"lm: length {length} exceeds the {'train' if train else 'validation'} split "
-                             f"({stream.numel()} tokens)")
+            raise ValueError(
+                f"lm: length {length} exceeds the {'train' if train else 'validation'} split "
+                f"({stream.numel()} tokens)"
+            )
         starts = torch.randint(0, stream.numel() - length, (batch_size,), generator=generator)  # (b,)
         windows = stream[starts[:, None] + torch.arange(length + 1)]  # (b, l+1)
         return {"input_ids": windows[:, :-1].contiguous(), "labels": windows[:, 1:].contiguous()}
@@ -60,5 +71,8 @@ class LanguageModelling(Task):
 
     def _with_lm_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         loss = metrics["loss"]
-        return {**metrics, "perplexity": math.exp(min(loss, 50.0)),
-                "bits_per_byte": bits_per_token(loss) / self.bytes_per_token}
+        return {
+            **metrics,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "bits_per_byte": bits_per_token(loss) / self.bytes_per_token,
+        }

@@ -37,7 +37,9 @@ class MQAR(Task):
         if not 0 < self.power_a <= 1:
             raise ValueError(f"MQAR.power_a must be in (0, 1], got {self.power_a}")
         if self.kv_ratio < 4:
-            raise ValueError(f"MQAR.kv_ratio must be >= 4 (a pair and its query need 4 tokens), got {self.kv_ratio}")
+            raise ValueError(
+                f"MQAR.kv_ratio must be >= 4 (a pair and its query need 4 tokens), got {self.kv_ratio}"
+            )
 
     def pairs(self, length: int) -> int:
         return self.n_kv if self.n_kv is not None else max(1, length // self.kv_ratio)
@@ -49,9 +51,13 @@ class MQAR(Task):
         self.check_length(length)
         n_kv, half = self.pairs(length), self.vocab_size // 2
         if 4 * n_kv > length or n_kv > half - 1:
-            raise ValueError(f"mqar: {n_kv} key-value pairs do not fit length {length} / vocab {self.vocab_size}")
+            raise ValueError(
+                f"mqar: {n_kv} key-value pairs do not fit length {length} / vocab {self.vocab_size}"
+            )
         keys = 1 + sample_without_replacement(batch_size, half - 1, n_kv, generator)  # (b, n_kv) in [1, half)
-        values = half + sample_without_replacement(batch_size, self.vocab_size - half, n_kv, generator)  # (b, n_kv)
+        values = half + sample_without_replacement(
+            batch_size, self.vocab_size - half, n_kv, generator
+        )  # (b, n_kv)
         context = 2 * n_kv
         kvs = torch.stack([keys, values], dim=-1).flatten(1)  # k_1 v_1 k_2 v_2 ...   (b, 2·n_kv)
         space = (length - context) // 2

@@ -54,20 +54,31 @@ class PhoneBook(Task):
         self.check_length(length)
         n = self.entries(length)
         if n > self.n_letters**self.name_len:
-            raise ValueError(f"phonebook: {n} entries need more distinct names than {self.n_letters}^{self.name_len}")
-        name_ids = sample_without_replacement(batch_size, self.n_letters**self.name_len, n, generator)  # (b, n)
+            raise ValueError(
+                f"phonebook: {n} entries need more distinct names than {self.n_letters}^{self.name_len}"
+            )
+        name_ids = sample_without_replacement(
+            batch_size, self.n_letters**self.name_len, n, generator
+        )  # (b, n)
         powers = self.n_letters ** torch.arange(self.name_len - 1, -1, -1)  # base-n_letters digits
         names = N_DIGITS + (name_ids[..., None] // powers) % self.n_letters  # (b, n, name_len)
-        numbers = random_tokens((batch_size, n, self.number_len), 0, N_DIGITS, generator)  # (b, n, number_len)
+        numbers = random_tokens(
+            (batch_size, n, self.number_len), 0, N_DIGITS, generator
+        )  # (b, n, number_len)
         colon = torch.full((batch_size, n, 1), self.colon, dtype=torch.long)
         comma = torch.full((batch_size, n, 1), self.comma, dtype=torch.long)
         book = torch.cat([names, colon, numbers, comma], dim=-1).flatten(1)  # (b, n·entry_len)
         asked = torch.randint(0, n, (batch_size,), generator=generator)  # (b,)
         rows = torch.arange(batch_size)
-        query = torch.cat([
-            torch.full((batch_size, 1), self.query, dtype=torch.long), names[rows, asked],
-            colon[:, 0], numbers[rows, asked],
-        ], dim=-1)  # ? name : number   (b, 2 + name_len + number_len)
+        query = torch.cat(
+            [
+                torch.full((batch_size, 1), self.query, dtype=torch.long),
+                names[rows, asked],
+                colon[:, 0],
+                numbers[rows, asked],
+            ],
+            dim=-1,
+        )  # ? name : number   (b, 2 + name_len + number_len)
         seq = torch.cat([book, query], dim=1)  # (b, l' + 1)
         target = torch.zeros_like(seq, dtype=torch.bool)
         target[:, -self.number_len :] = True

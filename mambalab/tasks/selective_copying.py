@@ -37,7 +37,9 @@ class SelectiveCopying(Task):
 
     def __post_init__(self) -> None:
         if self.vocab_size < FIRST_DATA + 2:
-            raise ValueError(f"SelectiveCopying.vocab_size must be >= {FIRST_DATA + 2}, got {self.vocab_size}")
+            raise ValueError(
+                f"SelectiveCopying.vocab_size must be >= {FIRST_DATA + 2}, got {self.vocab_size}"
+            )
         if self.n_copy < 1:
             raise ValueError(f"SelectiveCopying.n_copy must be >= 1, got {self.n_copy}")
 
@@ -49,7 +51,9 @@ class SelectiveCopying(Task):
         n, context = self.n_copy, length - self.n_copy
         data = random_tokens((batch_size, n), FIRST_DATA, self.vocab_size, generator)  # (b, n)
         if self.scattered:
-            positions = sample_without_replacement(batch_size, context, n, generator).sort(-1).values  # (b, n)
+            positions = (
+                sample_without_replacement(batch_size, context, n, generator).sort(-1).values
+            )  # (b, n)
         else:
             positions = torch.arange(n).expand(batch_size, n)  # (b, n)
         ctx = torch.full((batch_size, context), NOISE, dtype=torch.long)  # (b, context)

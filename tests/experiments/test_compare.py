@@ -111,7 +111,9 @@ def test_task_batches_resume_exactly_and_eval_data_is_held_out():
     assert torch.equal(next(restored)["input_ids"], seen[2])
     held_out = eval_batches(task, plan, 16, seed=7)
     assert sum(b["input_ids"].shape[0] for b in held_out) == 5
-    assert not any(torch.equal(b["input_ids"][:3], s) for b in held_out for s in seen if b["input_ids"].shape[0] >= 3)
+    assert not any(
+        torch.equal(b["input_ids"][:3], s) for b in held_out for s in seen if b["input_ids"].shape[0] >= 3
+    )
 
 
 def test_report_only_trains_nothing_and_lists_missing_runs(tmp_path, monkeypatch):
@@ -119,7 +121,14 @@ def test_report_only_trains_nothing_and_lists_missing_runs(tmp_path, monkeypatch
         raise AssertionError("report_only trained a model")
 
     monkeypatch.setattr(runner, "train_model", must_not_train)
-    results = compare("smoke", models=["mamba"], tasks=["selective_copying"], studies=["init"], out_dir=tmp_path,
-                      progress=False, report_only=True)
+    results = compare(
+        "smoke",
+        models=["mamba"],
+        tasks=["selective_copying"],
+        studies=["init"],
+        out_dir=tmp_path,
+        progress=False,
+        report_only=True,
+    )
     assert results["runs"] and {r["status"] for r in results["runs"]} == {"missing"}
     assert "not run yet" in (tmp_path / "report.md").read_text()

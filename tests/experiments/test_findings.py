@@ -7,12 +7,26 @@ import pytest
 from mambalab.experiments.findings import MUCH_BETTER, evaluate_findings
 
 
-def run(task: str, family: str, accuracy: dict[int, float], train_length: int, group: str = "main",
-        overrides: dict | None = None, headline: str = "token_accuracy") -> dict:
+def run(
+    task: str,
+    family: str,
+    accuracy: dict[int, float],
+    train_length: int,
+    group: str = "main",
+    overrides: dict | None = None,
+    headline: str = "token_accuracy",
+) -> dict:
     return {
-        "status": "ok", "group": group, "headline": headline,
-        "spec": {"task": task, "family": family, "plan": {"train_length": train_length}, "overrides": overrides or {},
-                 "size": {"d_model": 64, "n_layer": 2, "d_state": 16}},
+        "status": "ok",
+        "group": group,
+        "headline": headline,
+        "spec": {
+            "task": task,
+            "family": family,
+            "plan": {"train_length": train_length},
+            "overrides": overrides or {},
+            "size": {"d_model": 64, "n_layer": 2, "d_state": 16},
+        },
         "eval": {str(n): {headline: a, "loss": 1.0 - a} for n, a in accuracy.items()},
     }
 
@@ -26,18 +40,28 @@ def texts(res: dict) -> dict[str, str]:
 
 
 def test_selective_copying_gap_stated_only_when_measured():
-    ok = texts(results(run("selective_copying", "mamba", {64: 0.99}, 64), run("selective_copying", "s4d", {64: 0.3}, 64)))
+    ok = texts(
+        results(
+            run("selective_copying", "mamba", {64: 0.99}, 64), run("selective_copying", "s4d", {64: 0.3}, 64)
+        )
+    )
     assert "≫" in ok["selective_copying"] and "99.0%" in ok["selective_copying"]
     narrow = 0.99 - MUCH_BETTER + 0.05
-    bad = texts(results(run("selective_copying", "mamba", {64: 0.99}, 64),
-                        run("selective_copying", "s4d", {64: narrow}, 64)))
+    bad = texts(
+        results(
+            run("selective_copying", "mamba", {64: 0.99}, 64),
+            run("selective_copying", "s4d", {64: narrow}, 64),
+        )
+    )
     assert "≫" not in bad["selective_copying"] and "did NOT" in bad["selective_copying"]
 
 
 @pytest.mark.parametrize("mamba,transformer,holds", [(1.0, 0.1, True), (0.5, 0.45, False), (0.1, 0.9, False)])
 def test_induction_extrapolation_rule(mamba, transformer, holds):
-    res = results(run("induction_heads", "mamba", {64: 1.0, 256: mamba, 1024: mamba}, 64),
-                  run("induction_heads", "transformer", {64: 1.0, 256: transformer, 1024: transformer}, 64))
+    res = results(
+        run("induction_heads", "mamba", {64: 1.0, 256: mamba, 1024: mamba}, 64),
+        run("induction_heads", "transformer", {64: 1.0, 256: transformer, 1024: transformer}, 64),
+    )
     found = {f.id: f for f in evaluate_findings(res)}["induction_heads_extrapolation"]
     assert found.supports_paper is holds
     assert ("Mamba" in found.text and "≫" in found.text) and (("did NOT" in found.text) is not holds)
@@ -45,9 +69,13 @@ def test_induction_extrapolation_rule(mamba, transformer, holds):
 
 @pytest.mark.parametrize("task", ["copying", "mqar"])
 def test_transformer_at_least_mamba_past_training_length(task):
-    contradicted = texts(results(run(task, "transformer", {32: 1.0, 64: 0.2}, 32), run(task, "mamba", {32: 1.0, 64: 0.6}, 32)))
+    contradicted = texts(
+        results(run(task, "transformer", {32: 1.0, 64: 0.2}, 32), run(task, "mamba", {32: 1.0, 64: 0.6}, 32))
+    )
     assert "did NOT hold" in contradicted[f"{task}_extrapolation"]
-    holds = texts(results(run(task, "transformer", {32: 1.0, 64: 0.6}, 32), run(task, "mamba", {32: 1.0, 64: 0.2}, 32)))
+    holds = texts(
+        results(run(task, "transformer", {32: 1.0, 64: 0.6}, 32), run(task, "mamba", {32: 1.0, 64: 0.2}, 32))
+    )
     assert "did NOT" not in holds[f"{task}_extrapolation"] and "≥" in holds[f"{task}_extrapolation"]
 
 

@@ -13,7 +13,9 @@ def test_position_errors_measures_per_position_and_fails_on_nan():
     out = ref.clone()
     out[..., 4] *= 1.5  # only the last position is off, by 50%
     err = position_errors(out, ref, time_dim=-1)
-    assert abs(err["max_rel_error"] - 0.5) < 1e-6 and abs(err["mean_rel_error"] - 0.1) < 1e-6  # float32 inputs
+    assert (
+        abs(err["max_rel_error"] - 0.5) < 1e-6 and abs(err["mean_rel_error"] - 0.1) < 1e-6
+    )  # float32 inputs
     out[0, 0, 0] = float("nan")
     assert position_errors(out, ref, time_dim=-1)["max_rel_error"] == float("inf")
 

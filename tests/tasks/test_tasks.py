@@ -59,7 +59,9 @@ def test_format_seeding_and_metric(name, options, length):
 
 
 def test_metric_counts_partial_answers():
-    labels = torch.tensor([[IGNORE_INDEX, 3, 4], [IGNORE_INDEX, IGNORE_INDEX, 5]])  # 3 scored tokens, 2 examples
+    labels = torch.tensor(
+        [[IGNORE_INDEX, 3, 4], [IGNORE_INDEX, IGNORE_INDEX, 5]]
+    )  # 3 scored tokens, 2 examples
     logits = perfect_logits(labels, 8)
     logits[0, 2] = 0.0
     logits[0, 2, 7] = 100.0  # one wrong token in example 0
@@ -136,8 +138,15 @@ def test_phonebook_query_number_is_in_the_book():
         assert number.tolist() == book[names.index(query_name), 3:6].tolist()
 
 
-@pytest.mark.parametrize("bad", [lambda: SelectiveCopying(n_copy=0), lambda: MQAR(kv_ratio=2),
-                                 lambda: build_task("nope"), lambda: InductionHeads().batch(2, 2, seeded(0))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: SelectiveCopying(n_copy=0),
+        lambda: MQAR(kv_ratio=2),
+        lambda: build_task("nope"),
+        lambda: InductionHeads().batch(2, 2, seeded(0)),
+    ],
+)
 def test_bad_arguments_raise(bad):
     with pytest.raises(ValueError):
         bad()
