@@ -32,7 +32,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def random_scan_inputs(batch: int, dim: int, n: int, length: int, dtype=torch.float32, generator=None):
     """Inputs shaped like a Mamba layer's: Δ before softplus, A = -(1..N)·U(0.5, 1.5), u/B/C/z ~ N(0, 1)."""
-    g = dict(generator=generator)
+    g = {"generator": generator}
     u = torch.randn(batch, dim, length, **g).to(dtype)
     delta = (torch.rand(batch, dim, length, **g) * 2 - 3).to(dtype)  # softplus(-3..-1) ≈ 0.05..0.3
     A = -torch.arange(1, n + 1, dtype=torch.float32).repeat(dim, 1) * (0.5 + torch.rand(dim, 1, **g))
@@ -94,8 +94,8 @@ def scan_timing(lengths=(256, 1024), generator=None) -> list[dict]:
     rows = []
     for length in lengths:
         inputs = random_scan_inputs(1, 256, 16, length, torch.float32, generator)
-        ref = _time_ms(lambda: selective_scan(**inputs, backend="reference"), repeats=1)
-        fast = _time_ms(lambda: selective_scan(**inputs, backend="torch"), repeats=5)
+        ref = _time_ms(lambda x=inputs: selective_scan(**x, backend="reference"), repeats=1)
+        fast = _time_ms(lambda x=inputs: selective_scan(**x, backend="torch"), repeats=5)
         rows.append({"L": length, "reference_ms": ref, "torch_ms": fast, "speedup": ref / fast})
     return rows
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 
+# Triton reads TRITON_INTERPRET when it is first imported, and torch's dispatch and compile machinery may
+# import it before any kernel test runs: set it first, so the kernels' CPU tests (tests/ops/test_triton_*)
+# run in Triton's interpreter whatever the test order. Nothing else runs Triton on CPU tensors.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 
@@ -23,6 +28,16 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.fixture
 def rel_err():
     return rel_error
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tests' models are tiny: intra-op threads gain nothing, and on a busy 2-core machine each parallel
+    op waits for a descheduled second thread (many times slower). Restored after each test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

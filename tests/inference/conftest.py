@@ -16,16 +16,6 @@ def tiny_model(seed: int = 0, d_model: int = 32, dtype=torch.float64) -> Languag
     return LanguageModel(config).to(dtype).eval()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine each parallel op waits
-    for a descheduled second thread (≈100x slower); run single-threaded, then restore."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def model() -> LanguageModel:
     return tiny_model()

@@ -85,7 +85,7 @@ import json, sys, torch
 from safetensors.torch import load_model
 from mambalab import InferenceState, LanguageModel, ModelConfig
 from mambalab.inference.generate import generate
-torch.set_num_threads(1)  # as the parent test (conftest.py): the same reduction order, the same bits
+torch.set_num_threads(1)  # as the parent test (tests/conftest.py): the same reduction order, the same bits
 d = sys.argv[1]
 args = json.load(open(d + "/args.json"))
 model = LanguageModel(ModelConfig.from_json(d + "/config.json")).to(torch.float64).eval()

@@ -29,7 +29,7 @@ def byte_model() -> LanguageModel:
 @pytest.fixture(scope="module")
 def server():
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: see tests/inference/conftest.py::one_thread
+    torch.set_num_threads(1)  # module-scoped: the server thread outlives each test's tests/conftest.py::_one_thread
     model = byte_model()
     srv = Server(OpenAIApp(Engine(model, TOK), "tiny", system_prompt=SYSTEM), "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from mambalab import LanguageModel, ModelConfig
 from mambalab.train.data import prepare_dataset
 from mambalab.train.tokenizer import ByteTokenizer
 from mambalab.train.trainer import seed_everything
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP spinning makes
-    them many times slower; restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
