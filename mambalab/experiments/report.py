@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+from mambalab.atomic import write_json_atomic
 from mambalab.experiments.findings import evaluate_findings, metric_at, train_metric
 from mambalab.experiments.plots import write_plots
-from mambalab.experiments.runner import write_json_atomic
 
 SECTIONS = (
     "Findings",

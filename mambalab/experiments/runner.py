@@ -13,9 +13,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -24,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from mambalab.atomic import write_json_atomic
 from mambalab.experiments.models import family_config
 from mambalab.experiments.presets import ModelSize, TaskPlan
 from mambalab.models.lm import LanguageModel
@@ -238,18 +237,6 @@ class RunStore:
         write_json_atomic(self.path(key), record)
 
 
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=True)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_cached(

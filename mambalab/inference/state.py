@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from mambalab.atomic import write_atomic
 
 # State tensors whose arithmetic must stay in float32 (float64 when the whole state is float64).
 FP32_KEYS = frozenset({"ssm"})
@@ -99,15 +99,7 @@ class InferenceState:
         }
         from safetensors.torch import save_file
 
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     @classmethod
     def load(cls, path: str | Path, model, prefix_tokens=None) -> InferenceState:

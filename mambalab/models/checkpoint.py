@@ -30,10 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import pickle
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +38,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from mambalab.atomic import write_atomic
 from mambalab.config import ModelConfig
 from mambalab.models.lm import LanguageModel
 
@@ -510,18 +508,6 @@ def load(
     return model.eval()
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """write(tmp) into a temp file beside `path`, then rename it over `path`: no reader sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_pretrained(model: LanguageModel, directory: str | Path) -> Path:
     """Write config.json and model.safetensors into `directory` (created if needed); returns the directory.
 
@@ -554,9 +540,9 @@ def save_pretrained(model: LanguageModel, directory: str | Path) -> Path:
         logger.warning(
             "%s also holds %s; model.safetensors takes precedence when loading", directory, shadowing
         )
-    _write_atomic(
+    write_atomic(
         directory / SAFETENSORS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"})
     )
-    _write_atomic(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(fields, indent=2) + "\n"))
+    write_atomic(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(fields, indent=2) + "\n"))
     logger.info("saved checkpoint to %s", directory)
     return directory

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from mambalab.atomic import write_atomic, write_text_atomic
 
 
 class MetricsLog:
@@ -22,9 +23,7 @@ class MetricsLog:
     def truncate_after(self, step: int) -> list[dict]:
         """Keep only the records with record["step"] <= step (rewritten atomically); returns them."""
         kept = [r for r in self.read() if r["step"] <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
 
     def append(self, record: dict) -> None:
@@ -54,8 +53,4 @@ def plot_loss_curve(records: list[dict], path: str | Path, title: str = "trainin
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -15,22 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mambalab.ops import triton as kernels
 from mambalab.ops.selective_scan import selective_scan
 from tests.conftest import rel_error
+from tests.ops.conftest import TRITON_DEVICE as DEVICE
 
-pytestmark = pytest.mark.triton
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _kernels_runnable():
-    if DEVICE == "cuda":
-        yield
-    else:
-        with kernels.interpreter():
-            yield
+pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("triton_kernels")]
 
 
 @pytest.fixture(autouse=True)

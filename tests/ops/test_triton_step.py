@@ -6,23 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambalab.ops import triton as kernels
 from mambalab.ops.conv1d import causal_conv1d_update, causal_conv1d_update_fused
 from mambalab.ops.state_update import selective_state_update, selective_state_update_fused
 from tests.conftest import rel_error
+from tests.ops.conftest import TRITON_DEVICE as DEVICE
 
-pytestmark = pytest.mark.triton
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _kernels_runnable():
-    if DEVICE == "cuda":
-        yield
-    else:
-        with kernels.interpreter():
-            yield
+pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("triton_kernels")]
 
 
 def test_state_update_with_slot_indices():
