@@ -149,6 +149,7 @@ def train_model(
     interrupted midway resumes from its last checkpoint. A run stopped early (SIGINT finishes the step and
     returns) raises KeyboardInterrupt, so a partly trained model is never evaluated and cached.
     """
+    from mambalab.train.checkpointing import list_checkpoints
     from mambalab.train.trainer import TrainConfig, Trainer
 
     work_dir = work_dir if plan.steps >= CHECKPOINT_MIN_STEPS else None
@@ -170,7 +171,8 @@ def train_model(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer = Trainer(model, config, batches, eval_batches=None, out_dir=work_dir)
-    metrics = trainer.fit(resume=work_dir is not None)
+    # resume an interrupted run; a fresh one has nothing to resume (and the trainer would warn about it)
+    metrics = trainer.fit(resume=work_dir is not None and bool(list_checkpoints(trainer.checkpoint_root)))
     if trainer.step < plan.steps:
         raise KeyboardInterrupt(f"training stopped at step {trainer.step} of {plan.steps}")
     tokens = plan.steps * plan.batch_size * plan.train_length
