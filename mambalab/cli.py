@@ -55,6 +55,8 @@ def compare(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     report_only: bool = typer.Option(False, help="Train nothing: write the report from the runs cached in --out."),
+    jobs: int = typer.Option(1, help="Runs at once, each in its own process (e.g. 8 on one GPU: the small task "
+                             "models leave it mostly idle)."),
 ) -> None:
     """Matched Mamba, Transformer++, S4D, hybrid and MoE models on recall, copying, induction and LM, with
     cost, precision, init, scaling and state-size studies, in one report. Resumes from cached runs in --out."""
@@ -68,7 +70,7 @@ def compare(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         results = run_compare(preset, split(models), split(tasks), out, device, split(studies), progress=not quiet,
-                              report_only=report_only)
+                              report_only=report_only, jobs=jobs)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     failed = [r for r in results["runs"] if r["status"] != "ok"]

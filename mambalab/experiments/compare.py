@@ -4,6 +4,10 @@ Work items (each cached in the output folder, see runner.py): the main grid and 
 runs, one cost profile per family, and the precision study (a). Then `report.write_report` turns the
 collected records into report.md, PNG plots and results.json. Progress: one overall bar with the current
 item, and the trainer's own per-run progress.
+
+With `jobs > 1` the work items run in that many worker processes at once (on one device: the small models of
+the synthetic tasks leave most of a GPU idle, so several runs share it well). Each worker gets an equal share
+of the CPU cores (at most this process's thread count); per-run progress bars are off, the overall bar stays.
 """
 
 from __future__ import annotations
@@ -11,10 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import platform
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,7 +43,7 @@ class WorkItem:
     label: str
     key: str
     describe: dict
-    fn: Callable[[Path], dict]  # called with a scratch folder
+    fn: Callable[[Path], dict]  # called with a scratch folder; picklable (a partial of a module function)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -92,18 +101,7 @@ def plan_work(
     specs = main_specs(preset, families, tasks) + _filter_studies(
         preset, study_specs(preset), families, tasks, studies
     )
-    items, seen = [], set()
-    for spec in specs:
-        if spec.key not in seen:
-            seen.add(spec.key)
-            items.append(
-                WorkItem(
-                    spec.label,
-                    spec.key,
-                    {"kind": "run", "spec": spec.to_dict()},
-                    lambda work, spec=spec: execute(spec, device, work, progress),
-                )
-            )
+    items = run_items(specs, device, progress)
     if "cost" in studies:
         for family in families:
             key = _hash("cost", family, preset.cost, preset.size, preset.seed, device.type)
@@ -112,16 +110,33 @@ def plan_work(
                     f"cost/{family}",
                     key,
                     {"kind": "cost", "family": family},
-                    lambda work, family=family: _cost(preset, family, device),
+                    partial(_cost, preset, family, device),
                 )
             )
     if "precision" in studies:
         key = _hash("precision", preset.precision, preset.size, preset.seed)
-        items.append(WorkItem("precision", key, {"kind": "precision"}, lambda work: _precision(preset)))
+        items.append(WorkItem("precision", key, {"kind": "precision"}, partial(_precision, preset)))
     return specs, items
 
 
-def _cost(preset: Preset, family: str, device: torch.device) -> dict:
+def run_items(specs: list[RunSpec], device: torch.device, progress: bool = True) -> list[WorkItem]:
+    """One work item per distinct run (specs of several groups may share a run)."""
+    items = {}
+    for spec in specs:
+        items.setdefault(
+            spec.key,
+            WorkItem(
+                spec.label,
+                spec.key,
+                {"kind": "run", "spec": spec.to_dict()},
+                partial(execute, spec, device, progress=progress),
+            ),
+        )
+    return list(items.values())
+
+
+def _cost(preset: Preset, family: str, device: torch.device, work_dir: Path) -> dict:
+    """The family's cost profile (`work_dir` unused: a profile has nothing to checkpoint)."""
     from mambalab.experiments.cost import cost_profile
     from mambalab.experiments.models import family_config
     from mambalab.models.lm import LanguageModel
@@ -134,7 +149,8 @@ def _cost(preset: Preset, family: str, device: torch.device) -> dict:
     return {"params": count_params(config), **cost_profile(model, preset.cost, device, preset.seed)}
 
 
-def _precision(preset: Preset) -> dict:
+def _precision(preset: Preset, work_dir: Path) -> dict:
+    """Study (a) (`work_dir` unused: nothing to checkpoint)."""
     from mambalab.experiments.precision import precision_study
 
     return {"rows": precision_study(preset.precision, preset.size, preset.seed)}
@@ -168,21 +184,25 @@ def compare(
     studies: list[str] | None = None,
     progress: bool = True,
     report_only: bool = False,
+    jobs: int = 1,
 ) -> dict:
     """Run (or resume) the comparison and write the report; returns the results dict. With `report_only`,
-    nothing is trained: the report is written from the results cached so far (missing ones are listed)."""
+    nothing is trained: the report is written from the results cached so far (missing ones are listed).
+    `jobs` work items run at once, each in its own process."""
     from mambalab.experiments.report import write_report
 
     chosen = get_preset(preset)
     families = _choose(models, FAMILIES, "models") if models is not None else chosen.models
     task_names = _choose(tasks, tuple(chosen.tasks), "tasks", allow_empty=True)
     study_names = _choose(studies, STUDIES, "studies", allow_empty=True)
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     dev = resolve_device(device)
     out = Path(out_dir)
     store = RunStore(out)
-    specs, items = plan_work(chosen, families, task_names, study_names, dev, progress)
+    specs, items = plan_work(chosen, families, task_names, study_names, dev, progress and jobs == 1)
     start = time.perf_counter()
-    records = _run_items(items, store, progress, run=not report_only)
+    records = run_all(items, store, progress, run=not report_only, jobs=jobs)
     results = {
         "preset": chosen.to_dict(),
         "selection": {"models": list(families), "tasks": list(task_names), "studies": list(study_names)},
@@ -198,10 +218,12 @@ def compare(
     return results
 
 
-def _run_items(items: list[WorkItem], store: RunStore, progress: bool, run: bool = True) -> dict[str, dict]:
+def run_all(
+    items: list[WorkItem], store: RunStore, progress: bool, run: bool = True, jobs: int = 1
+) -> dict[str, dict]:
+    """Every item's record, in the order of `items`; `jobs` items at once in worker processes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    records = {}
     columns = (
         TextColumn("[bold]compare"),
         BarColumn(),
@@ -211,10 +233,50 @@ def _run_items(items: list[WorkItem], store: RunStore, progress: bool, run: bool
     )
     with Progress(*columns, disable=not progress, transient=False) as bar:
         overall = bar.add_task("", total=len(items))
-        for item in items:
-            bar.update(overall, description=item.label)
-            records[item.key] = run_cached(store, item.key, item.describe, item.fn, run)
-            status = records[item.key]["status"] + (" (cached)" if records[item.key]["cached"] else "")
-            log.info("%s: %s in %.1fs", item.label, status, records[item.key].get("wall_s", 0.0))
+
+        def done(item: WorkItem, record: dict) -> None:
+            status = record["status"] + (" (cached)" if record["cached"] else "")
+            log.info("%s: %s in %.1fs", item.label, status, record.get("wall_s", 0.0))
             bar.advance(overall)
-    return records
+
+        if jobs == 1 or not run:
+            records = {}
+            for item in items:
+                bar.update(overall, description=item.label)
+                records[item.key] = run_cached(store, item.key, item.describe, item.fn, run)
+                done(item, records[item.key])
+            return records
+        bar.update(overall, description=f"{jobs} at once")
+        return _run_parallel(items, store, jobs, done)
+
+
+def _run_parallel(
+    items: list[WorkItem], store: RunStore, jobs: int, done: Callable[[WorkItem, dict], None]
+) -> dict[str, dict]:
+    """Run the items in `jobs` spawned worker processes (CUDA needs spawn); a worker that dies (killed, out
+    of host memory) fails its item and the pool's remaining items with that reason, instead of a crash."""
+    threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // jobs))
+    records = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)
+    ) as pool:
+        futures = {pool.submit(run_cached, store, it.key, it.describe, it.fn): it for it in items}
+        try:
+            for future in as_completed(futures):
+                item = futures[future]
+                try:
+                    records[item.key] = future.result()
+                except BrokenProcessPool as e:
+                    records[item.key] = {
+                        "status": "failed",
+                        "error": f"worker process died: {e}",
+                        "key": item.key,
+                        **item.describe,
+                        "cached": False,
+                    }
+                done(item, records[item.key])
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return {it.key: records[it.key] for it in items}

@@ -86,11 +86,25 @@ def test_interrupted_compare_resumes_and_failures_are_reported(tmp_path, monkeyp
     assert cached == {"mamba": (True, "ok"), "transformer": (False, "ok")}  # failed runs are retried
 
 
+def test_parallel_jobs_give_the_sequential_results(tmp_path):
+    selection = {"models": ["mamba", "transformer"], "tasks": ["selective_copying", "mqar"], "studies": ["cost"]}
+    sequential = compare("smoke", out_dir=tmp_path / "seq", device="cpu", progress=False, **selection)
+    parallel = compare("smoke", out_dir=tmp_path / "par", device="cpu", progress=False, jobs=2, **selection)
+    assert [r["key"] for r in parallel["runs"]] == [r["key"] for r in sequential["runs"]]
+    for seq, par in zip(sequential["runs"], parallel["runs"], strict=True):
+        assert par["status"] == "ok" and not par["cached"]
+        assert par["eval"] == seq["eval"] and par["train"]["curve"] == seq["train"]["curve"]
+    assert set(parallel["cost"]) == {"mamba", "transformer"}
+    assert (tmp_path / "par" / "report.md").is_file()
+
+
 def test_bad_selection_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="models"):
         compare("smoke", models=["rnn"], out_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="preset"):
         compare("huge", out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="jobs"):
+        compare("smoke", out_dir=tmp_path, progress=False, jobs=0)
 
 
 def test_run_key_ignores_group_and_tracks_content():

@@ -1,0 +1,106 @@
+"""Sweep training budgets of `mambalab compare` runs (lr × steps × batch, per family and task), in parallel.
+
+Used to choose the `standard` preset's per-task budgets on the GPU: each combination is one cached compare
+run (same model sizes, task generators, seeds and evaluation as the preset), so the chosen budget's result
+is what the preset then reproduces. Writes `<out>/sweep.json`: per run its plan, final training loss, loss
+curve, evaluation per length and wall time.
+
+    PYTHONPATH=. python3 benchmarks/compare_sweep.py --preset standard --jobs 12 --out $OUT/sweep \\
+        --run "mamba:selective_copying:lr=2e-3,5e-3,1e-2:steps=4000" --run "transformer:mqar:lr=5e-3"
+
+A --run is `families:task:field=v1,v2:...` with families separated by `+`; unlisted plan fields keep the
+preset's values; `options.<name>=...` changes a task option (e.g. options.vocab_size=512).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+from mambalab.experiments.compare import resolve_device, run_all, run_items
+from mambalab.experiments.presets import get_preset
+from mambalab.experiments.runner import RunSpec, RunStore
+
+
+def _value(text: str):
+    return float(text) if any(c in text for c in ".e") else int(text)
+
+
+def parse_run(text: str, preset) -> list[RunSpec]:
+    """`families:task:field=v1,v2:...` → one RunSpec per family and combination of values."""
+    families, task, *fields = text.split(":")
+    if task not in preset.tasks:
+        raise ValueError(f"--run {text!r}: unknown task {task!r}; the preset has {sorted(preset.tasks)}")
+    grid = {}
+    for field in fields:
+        name, _, values = field.partition("=")
+        grid[name] = [_value(v) for v in values.split(",")]
+    specs = []
+    for combo in itertools.product(*grid.values()):
+        plan = preset.tasks[task]
+        for name, value in zip(grid, combo, strict=True):
+            if name.startswith("options."):
+                plan = dataclasses.replace(
+                    plan, options={**plan.options, name.removeprefix("options."): value}
+                )
+            elif name in {f.name for f in dataclasses.fields(plan)}:
+                plan = dataclasses.replace(plan, **{name: value})
+            else:
+                raise ValueError(f"--run {text!r}: {name!r} is not a TaskPlan field or options.<name>")
+        specs += [
+            RunSpec("sweep", family, task, plan, preset.size, preset.name, preset.seed)
+            for family in families.split("+")
+        ]
+    return specs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="standard")
+    parser.add_argument("--run", action="append", required=True)
+    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default="sweep-out")
+    args = parser.parse_args()
+    preset = get_preset(args.preset)
+    specs = [spec for text in args.run for spec in parse_run(text, preset)]
+    device = resolve_device(args.device)
+    start = time.perf_counter()
+    records = run_all(
+        run_items(specs, device, progress=False), RunStore(args.out), progress=True, jobs=args.jobs
+    )
+    rows = []
+    for spec in specs:
+        record = records[spec.key]
+        rows.append(
+            {
+                "family": spec.family,
+                "task": spec.task,
+                "plan": dataclasses.asdict(spec.plan),
+                "status": record["status"],
+                "error": record.get("error"),
+                "final_loss": record.get("train", {}).get("final_loss"),
+                "curve": record.get("train", {}).get("curve"),
+                "tokens_per_s": record.get("train", {}).get("tokens_per_s"),
+                "eval": {k: v.get(record.get("headline"), v) for k, v in record.get("eval", {}).items()},
+                "wall_s": record.get("wall_s"),
+            }
+        )
+        print(
+            f"{spec.family:12s} {spec.task:18s} lr={spec.plan.lr:g} steps={spec.plan.steps} b={spec.plan.batch_size}"
+            f" {spec.plan.options} -> {rows[-1]['status']} loss={rows[-1]['final_loss']} eval={rows[-1]['eval']}"
+            f" ({record.get('wall_s', 0):.0f} s)"
+        )
+    out = {"command": " ".join(sys.argv), "wall_s": time.perf_counter() - start, "runs": rows}
+    Path(args.out, "sweep.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
