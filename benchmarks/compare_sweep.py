@@ -9,7 +9,8 @@ curve, evaluation per length and wall time.
         --run "mamba:selective_copying:lr=2e-3,5e-3,1e-2:steps=4000" --run "transformer:mqar:lr=5e-3"
 
 A --run is `families:task:field=v1,v2:...` with families separated by `+`; unlisted plan fields keep the
-preset's values; `options.<name>=...` changes a task option (e.g. options.vocab_size=512).
+preset's values; `options.<name>=...` changes a task option (e.g. options.vocab_size=512); a tuple field is
+written with slashes (eval_lengths=128/512).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from mambalab.experiments.runner import RunSpec, RunStore
 
 
 def _value(text: str):
+    """'5e-3' → float, '128' → int, '128/512' → (128, 512) (a tuple field such as eval_lengths)."""
+    if "/" in text:
+        return tuple(_value(part) for part in text.split("/"))
     return float(text) if any(c in text for c in ".e") else int(text)
 
 
@@ -48,6 +52,8 @@ def parse_run(text: str, preset) -> list[RunSpec]:
                 plan = dataclasses.replace(
                     plan, options={**plan.options, name.removeprefix("options."): value}
                 )
+            elif name == "eval_lengths":
+                plan = dataclasses.replace(plan, eval_lengths=value if isinstance(value, tuple) else (value,))
             elif name in {f.name for f in dataclasses.fields(plan)}:
                 plan = dataclasses.replace(plan, **{name: value})
             else:

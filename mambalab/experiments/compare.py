@@ -44,6 +44,7 @@ class WorkItem:
     key: str
     describe: dict
     fn: Callable[[Path], dict]  # called with a scratch folder; picklable (a partial of a module function)
+    weight: float = float("inf")  # expected cost (training tokens); parallel runs start the heaviest first
 
 
 def resolve_device(device: str) -> torch.device:
@@ -130,6 +131,7 @@ def run_items(specs: list[RunSpec], device: torch.device, progress: bool = True)
                 spec.key,
                 {"kind": "run", "spec": spec.to_dict()},
                 partial(execute, spec, device, progress=progress),
+                spec.plan.steps * spec.plan.batch_size * spec.plan.train_length,
             ),
         )
     return list(items.values())
@@ -261,7 +263,8 @@ def _run_parallel(
     with ProcessPoolExecutor(
         jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)
     ) as pool:
-        futures = {pool.submit(run_cached, store, it.key, it.describe, it.fn): it for it in items}
+        heaviest_first = sorted(items, key=lambda it: -it.weight)  # so that no long run starts last
+        futures = {pool.submit(run_cached, store, it.key, it.describe, it.fn): it for it in heaviest_first}
         try:
             for future in as_completed(futures):
                 item = futures[future]
