@@ -37,13 +37,30 @@ OFFICIAL = {  # mamba-ssm selective_scan_cuda, ANCHORS.md (ms)
     "fwdbwd": {512: 0.698, 1024: 1.47, 2048: 2.92, 4096: 5.78, 8192: 11.9, 16384: 24.5, 32768: 49.4, 65536: 101.5},
 }
 TARGETS = {"fwd": {2048: 0.30, 8192: 1.3}, "fwdbwd": {2048: 1.9, 8192: 8.0}}
-# Forward: (channels per program, steps per iteration, warps). Backward: (channels per program, checkpoint
-# interval, steps per tile, warps, dB/dC as per-block partial sums instead of atomics). The checkpoint interval
-# sets the checkpoint memory (4·b·d·N·L/interval bytes), so only 16 is eligible; the backward's tile is the
-# interval (16) or half of it (8: each interval split in two halves, one extra half-interval forward scan).
-FWD_SWEEP = [(16, 8, 1), (32, 4, 1)]
-BWD_SWEEP = [(4, 16, 16, 1, True), (8, 16, 8, 1, True), (8, 16, 8, 1, False), (16, 16, 8, 2, True)]
-CHUNK = 16
+# Tile configs swept at L=2048 (ScanConfig fields; the rest are the defaults). Forward: channels per program,
+# steps per iteration, register cap. Backward: checkpoint interval (chunk: 16, one float of checkpoints per
+# (b, d, l), or 8, two floats; both O(b·d·L)), channels per program, steps per tile (the interval or half of
+# it), channels per thread (bwd_sub), register cap, dB/dC as per-block partial sums or atomics. The first of
+# each list is the default before v5; every backward config's gradients are compared with the first's.
+FWD_SWEEP = [
+    {"block_d": 16, "fwd_chunk": 8},
+    {"block_d": 16, "fwd_chunk": 8, "fwd_maxnreg": 128},
+    {"block_d": 32, "fwd_chunk": 4},
+    {"block_d": 32, "fwd_chunk": 8},
+]
+BWD_SWEEP = [
+    {"chunk": 16, "bwd_block_d": 8, "bwd_chunk": 8},
+    {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8},
+    {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_maxnreg": 168},
+    {"chunk": 8, "bwd_block_d": 16, "bwd_chunk": 4, "bwd_sub": 2},
+    {"chunk": 8, "bwd_block_d": 16, "bwd_chunk": 4, "bwd_sub": 2, "bwd_partial_dbc": False},
+    {"chunk": 8, "bwd_block_d": 16, "bwd_chunk": 8, "bwd_sub": 2},
+    {"chunk": 8, "bwd_block_d": 16, "bwd_chunk": 4, "bwd_sub": 4},
+    {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_sub": 2},
+    {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 4, "bwd_sub": 2},
+    {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 4, "bwd_sub": 2, "bwd_maxnreg": 128},
+    {"chunk": 16, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_sub": 2},
+]
 
 T0 = time.time()
 
@@ -162,41 +179,50 @@ def peak_extra_gb(args, backend):
     return (torch.cuda.max_memory_allocated() - base) / 1e9
 
 
+def tile_label(fields: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in fields.items())
+
+
 def sweep(report, length=2048):
-    """Time each tile config of the forward and backward kernels directly; returns the best ScanConfig."""
+    """Time each tile config of the forward and backward kernels directly (the backward's gradients checked
+    against the first config's); returns the best ScanConfig."""
     args = make_inputs(8, 2048, length)
     a = {k: v for k, v in args.items() if k != "initial_state"}
     dy = torch.randn_like(a["u"])
-    fwd_times, bwd_times = {}, {}
+    fwd_times, bwd_times, bwd_diffs = {}, {}, {}
     call = lambda cfg, store: scan.scan_forward(
         a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"], None, None, True, store, cfg)
-    for bd, ch, w in FWD_SWEEP:
-        cfg = scan.ScanConfig(block_d=bd, chunk=CHUNK, fwd_chunk=ch, fwd_warps=w)
+    for fields in FWD_SWEEP:
+        cfg, key = scan.ScanConfig(bwd_partial_dbc=True, **fields), tile_label(fields)
         try:
-            fwd_times[f"{bd}x{ch}w{w}"] = do_bench(lambda cfg=cfg: call(cfg, False), warmup=10, rep=50,
-                                                   return_mode="median")
+            fwd_times[key] = do_bench(lambda cfg=cfg: call(cfg, False), warmup=10, rep=50, return_mode="median")
         except Exception as e:  # noqa: BLE001  (a config that fails to compile or launch is skipped)
-            log(f"fwd config {bd}x{ch}w{w} failed: {type(e).__name__}: {str(e)[:200]}")
-        log(f"fwd {bd}x{ch}w{w}: {fwd_times.get(f'{bd}x{ch}w{w}', float('nan')):.3f} ms")
-    for bd, ch, steps, w, partial in BWD_SWEEP:
-        cfg = scan.ScanConfig(chunk=ch, bwd_chunk=steps, bwd_block_d=bd, bwd_warps=w, block_d=16,
-                              fwd_chunk=min(ch, 8), fwd_warps=1, bwd_partial_dbc=partial)
-        key = f"{bd}x{ch}s{steps}w{w}p{int(partial)}"
-        _, _, ckpt = call(cfg, True)
-        bwd = lambda cfg=cfg, ckpt=ckpt: scan.scan_backward(
-            dy, None, a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"], None, ckpt,
-            True, cfg)
+            log(f"fwd config {key} failed: {type(e).__name__}: {str(e)[:200]}")
+        log(f"fwd {key}: {fwd_times.get(key, float('nan')):.3f} ms")
+    first = None
+    for fields in BWD_SWEEP:
+        cfg, key = scan.ScanConfig(**{"bwd_partial_dbc": True, **fields}), tile_label(fields)
         try:
+            _, _, ckpt = call(cfg, True)
+            bwd = lambda cfg=cfg, ckpt=ckpt: scan.scan_backward(
+                dy, None, a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"], None, ckpt,
+                True, cfg)
+            grads = bwd()
+            first = first or grads
+            bwd_diffs[key] = max(rel_error(g, f) for g, f in zip(grads, first))
+            del grads
             bwd_times[key] = do_bench(bwd, warmup=10, rep=50, return_mode="median")
         except Exception as e:  # noqa: BLE001
             log(f"bwd config {key} failed: {type(e).__name__}: {str(e)[:200]}")
-        log(f"bwd {key}: {bwd_times.get(key, float('nan')):.3f} ms")
-    report["sweep"] = {"L": length, "fwd_ms": fwd_times, "bwd_ms": bwd_times}
-    parse = lambda key: tuple(int(x) for x in key.translate(str.maketrans("xswp", "    ")).split())
-    fbd, fch, fw = parse(min((t, k) for k, t in fwd_times.items() if CHUNK % parse(k)[1] == 0)[1])
-    bbd, _, bsteps, bw, bp = parse(min((t, k) for k, t in bwd_times.items() if parse(k)[1] == CHUNK)[1])
-    cfg = scan.ScanConfig(block_d=fbd, chunk=CHUNK, fwd_chunk=fch, fwd_warps=fw, bwd_block_d=bbd, bwd_warps=bw,
-                          bwd_chunk=bsteps, bwd_partial_dbc=bool(bp))
+        log(f"bwd {key}: {bwd_times.get(key, float('nan')):.3f} ms (max rel diff to the first "
+            f"{bwd_diffs.get(key, float('nan')):.1e})")
+    report["sweep"] = {"L": length, "fwd_ms": fwd_times, "bwd_ms": bwd_times, "bwd_max_rel_diff": bwd_diffs}
+    by_key = {tile_label(f): f for f in FWD_SWEEP + BWD_SWEEP}
+    agree = {k: t for k, t in bwd_times.items() if bwd_diffs[k] <= 1e-2}  # a config must agree with the first
+    bwd_best = by_key[min(agree, key=agree.get)]
+    fwd_ok = {k: t for k, t in fwd_times.items() if bwd_best["chunk"] % by_key[k]["fwd_chunk"] == 0}
+    fwd_best = by_key[min(fwd_ok, key=fwd_ok.get)]
+    cfg = scan.ScanConfig(**{"bwd_partial_dbc": True, **fwd_best, **bwd_best})
     report["sweep"]["best"] = cfg.__dict__
     log(f"best config {cfg}")
     return cfg
@@ -274,6 +300,8 @@ def main() -> int:
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "scan_h200.json"))
     parser.add_argument("--no-sweep", action="store_true", help="use the default tile config, skip the sweep")
     parser.add_argument("--no-steps", action="store_true", help="skip the decode-step and conv timings")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="time only triton at the anchors (skip the torch backend, the naive loop and SDPA)")
     parser.add_argument("--lengths", default="512,1024,2048,4096,8192,16384,32768,65536")
     parser.add_argument("--budget-s", type=float, default=270.0, help="skip remaining sweep lengths past this")
     opts = parser.parse_args()
@@ -311,12 +339,13 @@ def main() -> int:
             "triton_fwd": time_scan(args, "triton", False),
             "triton_fwdbwd": time_scan(args, "triton", True),
             "triton_fwdbwd_library_default": with_config(library_default, time_scan, args, "triton", True),
-            "torch_fwd": time_scan(args, "torch", False, rep=30),
-            "torch_fwdbwd": time_scan(args, "torch", True, rep=30),
-            "sdpa_fwd": time_attention(8, length, False),
-            "sdpa_fwdbwd": time_attention(8, length, True),
         }
-        if length == 2048:
+        if not opts.no_baselines:
+            row["torch_fwd"] = time_scan(args, "torch", False, rep=30)
+            row["torch_fwdbwd"] = time_scan(args, "torch", True, rep=30)
+            row["sdpa_fwd"] = time_attention(8, length, False)
+            row["sdpa_fwdbwd"] = time_attention(8, length, True)
+        if length == 2048 and not opts.no_baselines:
             row["naive_loop_fwd"] = time_scan(args, "reference", False, rep=5)
         row["official_fwd"], row["official_fwdbwd"] = OFFICIAL["fwd"][length], OFFICIAL["fwdbwd"][length]
         row["target_fwd"], row["target_fwdbwd"] = TARGETS["fwd"][length], TARGETS["fwdbwd"][length]

@@ -113,22 +113,34 @@ def test_expanded_output_gradients_and_empty_sequence():
         assert rel_error(outs[0][1], outs[1][1]) <= 1e-5 and rel_error(grads[0], grads[1]) <= 1e-5
 
 
-@pytest.mark.parametrize("partial", [False, True])
-def test_other_tile_configs(monkeypatch, partial):
-    """A forward chunk smaller than the checkpoint interval, a backward tile of a whole interval (the default
-    splits it in halves); dB/dC by atomics or by per-block partial sums."""
+@pytest.mark.parametrize(
+    ("tiles", "groups", "seqlens"),
+    [
+        ({"bwd_block_d": 8, "bwd_chunk": 8, "bwd_partial_dbc": False}, 1, None),
+        ({"bwd_block_d": 8, "bwd_chunk": 8, "bwd_partial_dbc": True}, 1, [12, 7]),
+        ({"bwd_block_d": 8, "bwd_chunk": 4, "bwd_sub": 2, "bwd_partial_dbc": True}, 2, None),
+        ({"bwd_block_d": 16, "bwd_chunk": 8, "bwd_sub": 4, "bwd_partial_dbc": False, "bwd_maxnreg": 128}, 1, [5, 14]),
+    ],
+)
+def test_other_tile_configs(monkeypatch, tiles, groups, seqlens):
+    """A forward chunk smaller than the checkpoint interval (8), a backward tile of a whole interval or of half
+    of it, channel sub-blocks per thread (bwd_sub, with channels masked off inside a sub-block: 6 channels per
+    group), dB/dC by atomics or by per-block partial sums, a register cap."""
     from mambalab.ops.triton import scan
 
-    config = scan.ScanConfig(block_d=8, chunk=8, fwd_chunk=4, bwd_block_d=8, bwd_chunk=8, bwd_partial_dbc=partial)
+    config = scan.ScanConfig(block_d=8, chunk=8, fwd_chunk=4, **tiles)
     monkeypatch.setattr(scan, "default_config", lambda *args: config)
-    compare(make_inputs(batch=1, length=19, seqlens=[12, 7] if partial else None), 1e-5)
+    compare(make_inputs(batch=1 if seqlens else 2, dim=12 if groups > 1 else 8, length=19, groups=groups,
+                        seqlens=seqlens), 1e-5)
 
 
-def test_backward_tile_must_be_the_interval_or_half_of_it():
+def test_backward_tile_validation():
     from mambalab.ops.triton import scan
 
     with pytest.raises(ValueError, match="bwd_chunk=4"):
         scan.ScanConfig(chunk=16, bwd_chunk=4)
+    with pytest.raises(ValueError, match="bwd_sub=3"):
+        scan.ScanConfig(bwd_block_d=8, bwd_sub=3)
 
 
 def test_torch_compile_has_no_graph_break():

@@ -42,7 +42,10 @@ __all__ = ["INTERPRETED", "ScanConfig", "checkpoint_slots", "default_config", "s
 class ScanConfig:
     """Tile sizes: channels per program and warps for each direction; the checkpoint interval (chunk), the
     steps per iteration of the forward (fwd_chunk, which must divide chunk) and per tile of the backward
-    (bwd_chunk: chunk, or chunk / 2 to split each interval in two halves, see _scan_bwd_kernel)."""
+    (bwd_chunk: chunk, or chunk / 2 to split each interval in two halves, see _scan_bwd_kernel); bwd_sub:
+    channels each backward thread owns (bwd_block_d = bwd_sub sub-blocks of bwd_block_d / bwd_sub channels
+    on lanes), so the channel sums of dB/dC are pre-reduced in registers before crossing lanes; fwd_maxnreg /
+    bwd_maxnreg: a cap on registers per thread (more resident warps, possibly spills), None = the compiler's."""
 
     block_d: int = 16
     chunk: int = 16
@@ -52,12 +55,17 @@ class ScanConfig:
     bwd_block_d: int = 8
     bwd_warps: int = 1
     bwd_chunk: int = 8
+    bwd_sub: int = 1
+    fwd_maxnreg: int | None = None
+    bwd_maxnreg: int | None = None
 
     def __post_init__(self):
         if self.chunk % self.fwd_chunk:
             raise ValueError(f"ScanConfig: fwd_chunk={self.fwd_chunk} must divide chunk={self.chunk}")
         if self.bwd_chunk not in (self.chunk, self.chunk // 2):
             raise ValueError(f"ScanConfig: bwd_chunk={self.bwd_chunk}, expected chunk={self.chunk} or half of it")
+        if self.bwd_block_d % self.bwd_sub:
+            raise ValueError(f"ScanConfig: bwd_sub={self.bwd_sub} must divide bwd_block_d={self.bwd_block_d}")
 
 
 PARTIAL_DBC_MAX_BYTES = 2 << 30
@@ -98,11 +106,11 @@ def _sequence_bounds(cu_ptr, seq, length, n_chunks, CHUNK: tl.constexpr, VARLEN:
 
 @triton.jit
 def _delta(raw, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Δ = softplus(delta + bias) on a loaded (CHUNK, BLOCK_D) tile, 0 where masked (so exp(ΔA) = 1, ΔBu = 0).
-    Also returns the pre-softplus value (for softplus' derivative)."""
+    """Δ = softplus(delta + bias) on a loaded tile of channels (bias broadcastable to it), 0 where masked (so
+    exp(ΔA) = 1, ΔBu = 0). Also returns the pre-softplus value (for softplus' derivative)."""
     x = raw.to(tl.float32)
     if HAS_BIAS:
-        x = x + bias[None, :]
+        x = x + bias
     dt = x
     if SOFTPLUS:
         dt = softplus(x)
@@ -110,10 +118,11 @@ def _delta(raw, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _load_td(base, t, mask, stride, PRESENT: tl.constexpr):
-    """A (CHUNK, BLOCK_D) tile at steps t, in its stored dtype (zeros when the tensor is absent)."""
+def _load_td(base, t_offs, mask, PRESENT: tl.constexpr):
+    """A tile of steps × channels at base + t_offs (time offsets broadcast over the channels of base), in its
+    stored dtype (zeros when the tensor is absent)."""
     if PRESENT:
-        tile = tl.load(base + t[:, None] * stride, mask=mask, other=0.0)
+        tile = tl.load(base + t_offs, mask=mask, other=0.0)
     else:
         tile = tl.zeros(mask.shape, dtype=base.dtype.element_ty)
     return tile
@@ -128,16 +137,13 @@ def _accumulate(ptrs, value, mask, PARTIAL: tl.constexpr):
 
 
 @triton.jit
-def _chunk_states(h, dt, u, Bt, A2):
-    """The states h_t of STEPS consecutive steps from the state h (NP, BD) before them, as the associative
-    scan over time of the affine maps (Ā_t, B̄_t u_t); dt, u are (STEPS, BD) float32, Bt (STEPS, NP).
-    Returns (Ā, B̄u, h), each (STEPS, NP, BD); B̄u excludes the carried state (so h_t − B̄u_t = Ā_t h_{t-1})."""
-    first = (tl.arange(0, dt.shape[0]) == 0)[:, None, None]
-    dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # Ā_t = exp(Δ_t A)                      (STEPS, NP, BD)
-    dBu = (dt * u)[:, None, :] * Bt[:, :, None]  # B̄_t u_t = Δ_t B_t u_t                   (STEPS, NP, BD)
-    carried = dBu + tl.where(first, dA * h[None, :, :], 0.0)  # the state enters at the first step
+def _chunk_states(h, dA, dBu, first):
+    """The states h_t of consecutive steps (axis 0) from the state h before them, as the associative scan over
+    time of the affine maps (Ā_t, B̄_t u_t) = (dA, dBu), tiles (STEPS, *h.shape); `first` (broadcastable to
+    them) is true at the first step, where the carried state enters."""
+    carried = dBu + tl.where(first, dA * h[None], 0.0)
     _, hs = tl.associative_scan((dA, carried), axis=0, combine_fn=affine_combine)
-    return dA, dBu, hs
+    return hs
 
 
 # Tile layout. Every 3-D tile is (CHUNK, N, BLOCK_D) with channels last: Triton's default layout gives the
@@ -192,13 +198,15 @@ def _scan_fwd_kernel(
     B_base = B_ptr + row * s_B_b + grp * s_B_g + offs_n[None, :] * s_B_n
     C_base = C_ptr + row * s_C_b + grp * s_C_g + offs_n[None, :] * s_C_n
     nd_offs = offs_n[:, None] + offs_d[None, :] * N  # (n, d) in contiguous (·, d, n) tensors
+    first = (offs_t == 0)[:, None, None]
     last = (offs_t == CHUNK - 1)[:, None, None]
 
     t = start + offs_t
     mask_td = (t < end)[:, None] & mask_d[None, :]
     mask_tn = (t < end)[:, None] & mask_n[None, :]
-    dt_raw, u_raw = _load_td(dt_base, t, mask_td, s_dt_l, True), _load_td(u_base, t, mask_td, s_u_l, True)
-    z_raw = _load_td(z_base, t, mask_td, s_z_l, HAS_Z)
+    dt_raw = _load_td(dt_base, t[:, None] * s_dt_l, mask_td, True)
+    u_raw = _load_td(u_base, t[:, None] * s_u_l, mask_td, True)
+    z_raw = _load_td(z_base, t[:, None] * s_z_l, mask_td, HAS_Z)
     B_raw = tl.load(B_base + t[:, None] * s_B_l, mask=mask_tn, other=0.0)  # (T, NP)
     C_raw = tl.load(C_base + t[:, None] * s_C_l, mask=mask_tn, other=0.0)
     for t0 in range(start, end, CHUNK):
@@ -207,7 +215,7 @@ def _scan_fwd_kernel(
                 tl.store(ckpt_ptr + (slot0 + (t0 - start) // CKPT) * dim * N + nd_offs, h, mask=mask_nd)
         t = t0 + offs_t
         mask_td = (t < end)[:, None] & mask_d[None, :]
-        dt, _ = _delta(dt_raw, mask_td, bias, HAS_BIAS, SOFTPLUS)  # Δ                          (T, BD)
+        dt, _ = _delta(dt_raw, mask_td, bias[None, :], HAS_BIAS, SOFTPLUS)  # Δ                 (T, BD)
         u = u_raw.to(tl.float32)  # (T, BD)
         z = z_raw.to(tl.float32)
         Bt = B_raw.to(tl.float32)  # (T, NP)
@@ -216,13 +224,15 @@ def _scan_fwd_kernel(
         t_next = t + CHUNK
         mask_next = (t_next < end)[:, None] & mask_d[None, :]
         mask_next_n = (t_next < end)[:, None] & mask_n[None, :]
-        dt_raw = _load_td(dt_base, t_next, mask_next, s_dt_l, True)
-        u_raw = _load_td(u_base, t_next, mask_next, s_u_l, True)
-        z_raw = _load_td(z_base, t_next, mask_next, s_z_l, HAS_Z)
+        dt_raw = _load_td(dt_base, t_next[:, None] * s_dt_l, mask_next, True)
+        u_raw = _load_td(u_base, t_next[:, None] * s_u_l, mask_next, True)
+        z_raw = _load_td(z_base, t_next[:, None] * s_z_l, mask_next, HAS_Z)
         B_raw = tl.load(B_base + t_next[:, None] * s_B_l, mask=mask_next_n, other=0.0)
         C_raw = tl.load(C_base + t_next[:, None] * s_C_l, mask=mask_next_n, other=0.0)
 
-        _, _, hs = _chunk_states(h, dt, u, Bt, A2)  # h_t                             (T, NP, BD)
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # Ā_t = exp(Δ_t A)                     (T, NP, BD)
+        dBu = (dt * u)[:, None, :] * Bt[:, :, None]  # B̄_t u_t = Δ_t B_t u_t                  (T, NP, BD)
+        hs = _chunk_states(h, dA, dBu, first)  # h_t                                         (T, NP, BD)
         y = tl.sum(hs * Ct[:, :, None], axis=1)  # C_t · h_t                                 (T, BD)
         h = tl.sum(tl.where(last, hs, 0.0), axis=0)  # state after the chunk (masked steps keep it)
 
@@ -235,32 +245,55 @@ def _scan_fwd_kernel(
     tl.store(hT_ptr + seq * dim * N + nd_offs, h, mask=mask_nd)
 
 
+# Backward tiles are 4-D, (STEPS, SUB, NP, DI): a program's BLOCK_D = SUB · DI channels are SUB sub-blocks of
+# DI channels, channel (s, i) = s · DI + i. The default layout gives DI to the lanes first, then N, so a thread
+# holds all STEPS steps of SUB channels (one per sub-block) and a share of N: the sums over channels (dB, dC)
+# add the SUB sub-blocks inside the thread before crossing the DI lanes. Channel tiles are (STEPS, SUB, DI),
+# B/C tiles (STEPS, NP), states (SUB, NP, DI).
+
+
 @triton.jit
 def _load_bwd_inputs(dt_base, u_base, z_base, dy_base, B_base, C_base, t, start, end, mask_d, mask_n,
                      s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z: tl.constexpr):
     """The backward's inputs at steps t (masked to [start, end)), in their stored dtypes: Δ raw, Δ raw at
-    t + 1, u, dy, z (STEPS, BD) and B, C (STEPS, NP)."""
+    t + 1, u, dy, z (STEPS, SUB, DI) and B, C (STEPS, NP)."""
     mask_t = (t >= start) & (t < end)
-    mask_td = mask_t[:, None] & mask_d[None, :]
+    mask_td = mask_t[:, None, None] & mask_d[None, :, :]
     mask_tn = mask_t[:, None] & mask_n[None, :]
-    dt_raw = _load_td(dt_base, t, mask_td, s_dt_l, True)
-    dtn_raw = _load_td(dt_base, t + 1, (t + 1 < end)[:, None] & mask_td, s_dt_l, True)
-    u_raw = _load_td(u_base, t, mask_td, s_u_l, True)
-    dy_raw = _load_td(dy_base, t, mask_td, s_dy_l, True)
-    z_raw = _load_td(z_base, t, mask_td, s_z_l, HAS_Z)
+    t3 = t[:, None, None]
+    dt_raw = _load_td(dt_base, t3 * s_dt_l, mask_td, True)
+    dtn_raw = _load_td(dt_base, (t3 + 1) * s_dt_l, (t3 + 1 < end) & mask_td, True)
+    u_raw = _load_td(u_base, t3 * s_u_l, mask_td, True)
+    dy_raw = _load_td(dy_base, t3 * s_dy_l, mask_td, True)
+    z_raw = _load_td(z_base, t3 * s_z_l, mask_td, HAS_Z)
     B_raw = tl.load(B_base + t[:, None] * s_B_l, mask=mask_tn, other=0.0)
     C_raw = tl.load(C_base + t[:, None] * s_C_l, mask=mask_tn, other=0.0)
     return dt_raw, dtn_raw, u_raw, dy_raw, z_raw, B_raw, C_raw
 
 
 @triton.jit
+def _first_last(t):
+    """Masks of the first and the last step of a (STEPS, SUB, NP, DI) tile over steps t."""
+    offs_t = tl.arange(0, t.shape[0])
+    return (offs_t == 0)[:, None, None, None], (offs_t == t.shape[0] - 1)[:, None, None, None]
+
+
+@triton.jit
 def _advance(h, dt_raw, u_raw, B_raw, t, end, mask_d, bias, A2, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """The state after steps t, starting from h (NP, BD) before them (steps past `end` keep it)."""
-    mask_td = (t < end)[:, None] & mask_d[None, :]
-    dt, _ = _delta(dt_raw, mask_td, bias, HAS_BIAS, SOFTPLUS)  # (STEPS, BD)
-    _, _, hs = _chunk_states(h, dt, u_raw.to(tl.float32), B_raw.to(tl.float32), A2)
-    last = (tl.arange(0, hs.shape[0]) == hs.shape[0] - 1)[:, None, None]
+    """The state (SUB, NP, DI) after steps t, starting from h before them (steps past `end` keep it)."""
+    mask_td = (t < end)[:, None, None] & mask_d[None, :, :]
+    dt, _ = _delta(dt_raw, mask_td, bias[None, :, :], HAS_BIAS, SOFTPLUS)  # (STEPS, SUB, DI)
+    dA = tl.exp2(dt[:, :, None, :] * A2[None])  # (STEPS, SUB, NP, DI)
+    dBu = (dt * u_raw.to(tl.float32))[:, :, None, :] * B_raw.to(tl.float32)[:, None, :, None]
+    first, last = _first_last(t)
+    hs = _chunk_states(h, dA, dBu, first)
     return tl.sum(tl.where(last, hs, 0.0), axis=0)
+
+
+@triton.jit
+def _channel_sum(x):
+    """Σ over the channels of a (STEPS, SUB, NP, DI) tile: the SUB sub-blocks in registers, then the DI lanes."""
+    return tl.sum(tl.sum(x, axis=1), axis=2)  # (STEPS, NP)
 
 
 @triton.jit
@@ -272,63 +305,64 @@ def _bwd_steps(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     DBC_PARTIAL: tl.constexpr,
 ):
-    """The backward of steps t (STEPS consecutive steps) given the state h_start before them and g_carry =
-    dL/dh at the step after them: stores du, dΔ, dz, dB, dC there; returns the updated g_carry and dA, dD,
-    dΔ-bias accumulators."""
+    """The backward of steps t (STEPS consecutive steps) given the state h_start (SUB, NP, DI) before them and
+    g_carry = dL/dh at the step after them: stores du, dΔ, dz, dB, dC there; returns the updated g_carry and
+    dA, dD, dΔ-bias accumulators."""
     mask_t = t < end
-    mask_td = mask_t[:, None] & mask_d[None, :]
-    mask_tn = mask_t[:, None] & mask_n[None, :]
-    offs_t = tl.arange(0, t.shape[0])
-    first = (offs_t == 0)[:, None, None]
-    last = (offs_t == t.shape[0] - 1)[:, None, None]
-    dt, raw = _delta(dt_raw, mask_td, bias, HAS_BIAS, SOFTPLUS)  # (STEPS, BD)
-    dt_next, _ = _delta(dtn_raw, (t + 1 < end)[:, None] & mask_d[None, :], bias, HAS_BIAS, SOFTPLUS)  # Δ_{t+1}
-    u = u_raw.to(tl.float32)  # (STEPS, BD)
+    mask_td = mask_t[:, None, None] & mask_d[None, :, :]  # (STEPS, SUB, DI)
+    mask_tn = mask_t[:, None] & mask_n[None, :]  # (STEPS, NP)
+    first, last = _first_last(t)
+    dt, raw = _delta(dt_raw, mask_td, bias[None, :, :], HAS_BIAS, SOFTPLUS)  # (STEPS, SUB, DI)
+    mask_next = (t + 1 < end)[:, None, None] & mask_d[None, :, :]
+    dt_next, _ = _delta(dtn_raw, mask_next, bias[None, :, :], HAS_BIAS, SOFTPLUS)  # Δ_{t+1}
+    u = u_raw.to(tl.float32)  # (STEPS, SUB, DI)
     dy = dy_raw.to(tl.float32)
     z = z_raw.to(tl.float32)
-    Bt = B_raw.to(tl.float32)  # (STEPS, NP)
-    Ct = C_raw.to(tl.float32)
+    Bt = B_raw.to(tl.float32)[:, None, :, None]  # (STEPS, 1, NP, 1)
+    Ct = C_raw.to(tl.float32)[:, None, :, None]
 
     # Recompute the forward states of these steps.
-    dtu = dt * u  # (STEPS, BD)
-    _, dBu, hs = _chunk_states(h_start, dt, u, Bt, A2)  # (STEPS, NP, BD)
+    dtu = dt * u  # (STEPS, SUB, DI)
+    dA = tl.exp2(dt[:, :, None, :] * A2[None])  # Ā_t = exp(Δ_t A)                   (STEPS, SUB, NP, DI)
+    dBu = dtu[:, :, None, :] * Bt  # B̄_t u_t                                          (STEPS, SUB, NP, DI)
+    hs = _chunk_states(h_start, dA, dBu, first)  # h_t                                (STEPS, SUB, NP, DI)
 
     # Through the gate and the skip: dy_ssm = dL/d(C·h).
     dy_ssm = dy
     if HAS_Z:
         sig_z = tl.sigmoid(z)
-        pre_gate = tl.sum(hs * Ct[:, :, None], axis=1)  # (STEPS, BD)
+        pre_gate = tl.sum(hs * Ct, axis=2)  # (STEPS, SUB, DI)
         if HAS_D:
-            pre_gate += Dv[None, :] * u
+            pre_gate += Dv[None, :, :] * u
         dz = dy * pre_gate * sig_z * (1.0 + z * (1.0 - sig_z))
-        tl.store(dz_ptr + grad_base + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
+        tl.store(dz_ptr + grad_base + t[:, None, None], dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
         dy_ssm = dy * z * sig_z
     du = tl.zeros(dy.shape, dtype=tl.float32)
     if HAS_D:
         dD_acc += tl.sum(dy_ssm * u, axis=0)
-        du = dy_ssm * Dv[None, :]
-    dC = tl.sum(dy_ssm[:, None, :] * hs, axis=2)  # (STEPS, NP)
+        du = dy_ssm * Dv[None, :, :]
+    dC = _channel_sum(dy_ssm[:, :, None, :] * hs)  # (STEPS, NP)
     _accumulate(dC_ptr + dBC_base + t[:, None], dC, mask_tn, DBC_PARTIAL)
 
     # Adjoint: g_t = C_t dy_ssm_t + a_{t+1} g_{t+1}, the later steps entering at the last step.
-    a_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])  # (STEPS, NP, BD)
-    c = dy_ssm[:, None, :] * Ct[:, :, None] + tl.where(last, a_next * g_carry[None, :, :], 0.0)
+    a_next = tl.exp2(dt_next[:, :, None, :] * A2[None])  # (STEPS, SUB, NP, DI)
+    c = dy_ssm[:, :, None, :] * Ct + tl.where(last, a_next * g_carry[None], 0.0)
     _, gs = tl.associative_scan((a_next, c), axis=0, combine_fn=affine_combine, reverse=True)
-    g_carry = tl.sum(tl.where(first, gs, 0.0), axis=0)  # (NP, BD)
+    g_carry = tl.sum(tl.where(first, gs, 0.0), axis=0)  # (SUB, NP, DI)
 
-    h_decay = hs - dBu  # a_t h_{t-1}                                                       (STEPS, NP, BD)
-    gB = tl.sum(gs * Bt[:, :, None], axis=1)  # Σ_n g_t B_t                                 (STEPS, BD)
-    ddt = tl.sum(gs * h_decay * A[None, :, :], axis=1) + gB * u  # dL/dΔ_t                    (STEPS, BD)
+    h_decay = hs - dBu  # a_t h_{t-1}                                                 (STEPS, SUB, NP, DI)
+    gB = tl.sum(gs * Bt, axis=2)  # Σ_n g_t B_t                                         (STEPS, SUB, DI)
+    ddt = tl.sum(gs * h_decay * A[None], axis=2) + gB * u  # dL/dΔ_t                   (STEPS, SUB, DI)
     du += gB * dt
-    dB = tl.sum(gs * dtu[:, None, :], axis=2)  # (STEPS, NP)
+    dB = _channel_sum(gs * dtu[:, :, None, :])  # (STEPS, NP)
     _accumulate(dB_ptr + dBC_base + t[:, None], dB, mask_tn, DBC_PARTIAL)
-    dA_acc += tl.sum(gs * h_decay * dt[:, None, :], axis=0)
+    dA_acc += tl.sum(gs * h_decay * dt[:, :, None, :], axis=0)
     if SOFTPLUS:
         ddt = ddt * tl.sigmoid(raw)
     ddt = tl.where(mask_td, ddt, 0.0)
     dbias_acc += tl.sum(ddt, axis=0)
-    tl.store(du_ptr + grad_base + t[:, None], du.to(du_ptr.dtype.element_ty), mask=mask_td)
-    tl.store(ddt_ptr + grad_base + t[:, None], ddt.to(ddt_ptr.dtype.element_ty), mask=mask_td)
+    tl.store(du_ptr + grad_base + t[:, None, None], du.to(du_ptr.dtype.element_ty), mask=mask_td)
+    tl.store(ddt_ptr + grad_base + t[:, None, None], ddt.to(ddt_ptr.dtype.element_ty), mask=mask_td)
     return g_carry, dA_acc, dD_acc, dbias_acc
 
 
@@ -340,52 +374,53 @@ def _scan_bwd_kernel(
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_dy_b, s_dy_d, s_dy_l,
-    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, STEPS: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DHT: tl.constexpr, VARLEN: tl.constexpr, DBC_PARTIAL: tl.constexpr,
+    N: tl.constexpr, NP: tl.constexpr, SUB: tl.constexpr, DI: tl.constexpr, CHUNK: tl.constexpr,
+    STEPS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr, VARLEN: tl.constexpr, DBC_PARTIAL: tl.constexpr,
 ):
-    """One checkpoint interval (CHUNK steps) per iteration, from the last back. With STEPS = CHUNK the whole
-    interval is one (CHUNK, NP, BD) tile. With STEPS = CHUNK / 2 it is two halves (half the registers
+    """One checkpoint interval (CHUNK steps) per iteration, from the last back, over SUB · DI channels. With
+    STEPS = CHUNK the whole interval is one tile. With STEPS = CHUNK / 2 it is two halves (half the registers
     per tile): the later half starts from the mid-interval state, which the previous iteration computed by
     advancing this interval's checkpoint through the earlier half (one extra half-interval forward scan, on
     inputs prefetched a whole iteration ahead); the earlier half starts from the checkpoint. dB/dC: float32
     atomics into (b, G, n, l), or with DBC_PARTIAL plain stores of this program's sums into
     (b, G, n_blk, n, l)."""
+    BLOCK_D: tl.constexpr = SUB * DI
     pid_blk = tl.program_id(0)
     seq = tl.program_id(1)
     n_blk = tl.cdiv(dim_per_group, BLOCK_D)
     grp = pid_blk // n_blk
-    offs_c = (pid_blk % n_blk) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_c < dim_per_group
-    offs_d = grp * dim_per_group + offs_c  # (BD,)
+    offs_c = (pid_blk % n_blk) * BLOCK_D + tl.arange(0, SUB)[:, None] * DI + tl.arange(0, DI)[None, :]
+    mask_d = offs_c < dim_per_group  # (SUB, DI)
+    offs_d = grp * dim_per_group + offs_c  # (SUB, DI)
     offs_n = tl.arange(0, NP)
     mask_n = offs_n < N
-    mask_nd = mask_n[:, None] & mask_d[None, :]
+    mask_nd = mask_n[None, :, None] & mask_d[:, None, :]  # (SUB, NP, DI)
     row, start, end, slot0 = _sequence_bounds(cu_ptr, seq, length, n_chunks, CHUNK, VARLEN)
 
-    A = tl.load(A_ptr + offs_n[:, None] * s_A_n + offs_d[None, :] * s_A_d, mask=mask_nd, other=0.0)
-    A = A.to(tl.float32)  # (NP, BD)
+    A = tl.load(A_ptr + offs_n[None, :, None] * s_A_n + offs_d[:, None, :] * s_A_d, mask=mask_nd, other=0.0)
+    A = A.to(tl.float32)  # (SUB, NP, DI)
     A2 = A * LOG2E
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    bias = tl.zeros([SUB, DI], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    Dv = tl.zeros([SUB, DI], dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    nd_offs = offs_n[:, None] + offs_d[None, :] * N  # (n, d) offsets in contiguous (·, d, n) tensors
-    g_carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)  # dL/dh at the first step of the later interval
+    nd_offs = offs_n[None, :, None] + offs_d[:, None, :] * N  # (n, d) offsets in contiguous (·, d, n) tensors
+    g_carry = tl.zeros([SUB, NP, DI], dtype=tl.float32)  # dL/dh at the first step of the later interval
     if HAS_DHT:
         g_carry = tl.load(dhT_ptr + seq * dim * N + nd_offs, mask=mask_nd, other=0.0)
-    dA_acc = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
-    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dA_acc = tl.zeros([SUB, NP, DI], dtype=tl.float32)
+    dD_acc = tl.zeros([SUB, DI], dtype=tl.float32)
+    dbias_acc = tl.zeros([SUB, DI], dtype=tl.float32)
 
-    u_base = u_ptr + row * s_u_b + offs_d[None, :] * s_u_d
-    dt_base = dt_ptr + row * s_dt_b + offs_d[None, :] * s_dt_d
-    z_base = z_ptr + row * s_z_b + offs_d[None, :] * s_z_d
-    dy_base = dy_ptr + row * s_dy_b + offs_d[None, :] * s_dy_d
-    grad_base = row * dim * length + offs_d[None, :] * length  # du, dΔ, dz: contiguous (b, d, l)
-    B_base = B_ptr + row * s_B_b + grp * s_B_g + offs_n[None, :] * s_B_n
+    u_base = u_ptr + row * s_u_b + offs_d[None, :, :] * s_u_d  # (1, SUB, DI)
+    dt_base = dt_ptr + row * s_dt_b + offs_d[None, :, :] * s_dt_d
+    z_base = z_ptr + row * s_z_b + offs_d[None, :, :] * s_z_d
+    dy_base = dy_ptr + row * s_dy_b + offs_d[None, :, :] * s_dy_d
+    grad_base = row * dim * length + offs_d[None, :, :] * length  # du, dΔ, dz: contiguous (b, d, l)
+    B_base = B_ptr + row * s_B_b + grp * s_B_g + offs_n[None, :] * s_B_n  # (1, NP)
     C_base = C_ptr + row * s_C_b + grp * s_C_g + offs_n[None, :] * s_C_n
     if DBC_PARTIAL:
         dBC_base = ((row * groups + grp) * n_blk + pid_blk % n_blk) * N * length + offs_n[None, :] * length
@@ -399,7 +434,7 @@ def _scan_bwd_kernel(
         dt_base, u_base, z_base, dy_base, B_base, C_base, t0 + steps, start, end, mask_d, mask_n,
         s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z)
     h_ck = tl.load(ckpt_ptr + (slot0 + n_seq_chunks - 1) * dim * N + nd_offs,
-                   mask=mask_nd & (nd_offs * 0 + n_seq_chunks > 0), other=0.0)  # (NP, BD)
+                   mask=mask_nd & (nd_offs * 0 + n_seq_chunks > 0), other=0.0)  # (SUB, NP, DI)
     if STEPS < CHUNK:
         dt_hi, dtn_hi, u_hi, dy_hi, z_hi, B_hi, C_hi = _load_bwd_inputs(
             dt_base, u_base, z_base, dy_base, B_base, C_base, t0 + STEPS + steps, start, end, mask_d, mask_n,
@@ -434,10 +469,10 @@ def _scan_bwd_kernel(
             h_mid = _advance(h_ck, dt_lo, u_lo, B_lo, tp + steps, end, mask_d, bias, A2, HAS_BIAS, SOFTPLUS)
 
     # dL/dh_init = a_start g_start (g_carry is dL/dh_T itself for an empty sequence: a = 1).
-    mask_start = mask_d & ((start + 0 * offs_c) < end)  # (BD,)
-    raw0 = tl.load(dt_base + start * s_dt_l, mask=mask_start[None, :], other=0.0)  # (1, BD)
-    dt0, _ = _delta(raw0, mask_start[None, :], bias, HAS_BIAS, SOFTPLUS)
-    dh0 = tl.exp2(dt0 * A2) * g_carry  # (NP, BD)
+    mask_start = mask_d & ((start + 0 * offs_c) < end)  # (SUB, DI)
+    raw0 = tl.load(dt_ptr + row * s_dt_b + offs_d * s_dt_d + start * s_dt_l, mask=mask_start, other=0.0)
+    dt0, _ = _delta(raw0, mask_start, bias, HAS_BIAS, SOFTPLUS)  # (SUB, DI)
+    dh0 = tl.exp2(dt0[:, None, :] * A2) * g_carry  # (SUB, NP, DI)
     tl.store(dh0_ptr + seq * dim * N + nd_offs, dh0, mask=mask_nd)
     tl.store(dA_ptr + seq * dim * N + nd_offs, dA_acc, mask=mask_nd)
     tl.store(dD_ptr + seq * dim + offs_d, dD_acc, mask=mask_d)
@@ -450,6 +485,11 @@ def _groups_view(B: torch.Tensor) -> torch.Tensor:
 
 def _rows(u: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
     return u.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+
+
+def _register_cap(maxnreg: int | None) -> dict:
+    """Launch option capping registers per thread (absent: the compiler's choice, up to 255 at one warp)."""
+    return {} if maxnreg is None else {"maxnreg": maxnreg}
 
 
 def _dummy(u: torch.Tensor) -> torch.Tensor:
@@ -483,7 +523,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
         N=n, NP=triton.next_power_of_2(n), BLOCK_D=config.block_d, CHUNK=config.fwd_chunk, CKPT=config.chunk,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_H0=initial_state is not None, VARLEN=varlen, STORE_CKPT=store_checkpoints,
-        num_warps=config.fwd_warps,
+        num_warps=config.fwd_warps, **_register_cap(config.fwd_maxnreg),
     )
     return y, final, ckpt
 
@@ -523,10 +563,11 @@ def scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, 
         du, ddelta, dz, dA, dB, dC, dD, dbias, dh0,
         length, dim, dim // groups, triton.cdiv(length, config.chunk), groups,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *z_.stride(), *dy.stride(),
-        N=n, NP=triton.next_power_of_2(n), BLOCK_D=config.bwd_block_d, CHUNK=config.chunk, STEPS=config.bwd_chunk,
+        N=n, NP=triton.next_power_of_2(n), SUB=config.bwd_sub, DI=config.bwd_block_d // config.bwd_sub,
+        CHUNK=config.chunk, STEPS=config.bwd_chunk,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_DHT=d_final is not None, VARLEN=varlen, DBC_PARTIAL=config.bwd_partial_dbc,
-        num_warps=config.bwd_warps,
+        num_warps=config.bwd_warps, **_register_cap(config.bwd_maxnreg),
     )
     if config.bwd_partial_dbc:
         dB, dC = dB.sum(2), dC.sum(2)  # (b, G, n, l)
