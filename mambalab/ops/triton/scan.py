@@ -8,7 +8,7 @@ a chunk the recurrence h_t = a_t h_{t-1} + b_t (a = exp(Δ A), b = Δ B u) is an
 of the affine maps (a_t, b_t) on a (steps, n, BLOCK_D) register tile. A "sequence" is a batch row, or with
 cu_seqlens one packed sequence of the single row, so a program never crosses a state reset.
 
-Checkpoints: h every `chunk` steps, (slots, d, n) float32 (one float per (b, d, l) at chunk = n = 16); a
+Checkpoints: h every `chunk` steps, (slots, d, n) float32 (n / chunk floats per (b, d, l): 2 by default); a
 sequence's k-th checkpoint lives in slot `slot0 + k` with slot0 = row · ceil(L / chunk), or
 cu_seqlens[s] // chunk + s when packed (at most L // chunk + num_seqs + 1 slots, whatever the lengths), so
 every shape depends only on the input shapes.
@@ -48,7 +48,7 @@ class ScanConfig:
     bwd_maxnreg: a cap on registers per thread (more resident warps, possibly spills), None = the compiler's."""
 
     block_d: int = 16
-    chunk: int = 16
+    chunk: int = 8
     fwd_warps: int = 1
     fwd_chunk: int = 8
     bwd_partial_dbc: bool = False
@@ -72,11 +72,12 @@ PARTIAL_DBC_MAX_BYTES = 2 << 30
 
 
 def default_config(dim_per_group: int, n: int, batch: int = 1, groups: int = 1, length: int = 0) -> ScanConfig:
-    """Tile sizes chosen by sweeping on an H200 at N=16 (benchmarks/notes/scan.md): one warp per program,
-    16 channels × 8 steps forward, 8 channels × 8 steps (half a 16-step checkpoint interval) backward. The
-    backward sums dB/dC over channel blocks through per-block partial buffers (1.1× faster than float32
-    atomics) while those stay under PARTIAL_DBC_MAX_BYTES (they hold 2·b·G·(d/G/8)·n·l floats), else with
-    atomics."""
+    """Tile sizes chosen by sweeping on an H200 at N=16 (benchmarks/notes/scan.md, v5): one warp per program,
+    16 channels × 8 steps forward, checkpoints every 8 steps (two floats per (b, d, l) at n = 16), 8 channels
+    × one whole 8-step interval per backward tile (1.09× faster than 16-step intervals in two halves; channel
+    sub-blocks and register caps measured slower). The backward sums dB/dC over channel blocks through
+    per-block partial buffers (1.1× faster than float32 atomics) while those stay under PARTIAL_DBC_MAX_BYTES
+    (they hold 2·b·G·(d/G/8)·n·l floats), else with atomics."""
     config = ScanConfig()
     n_blk = triton.cdiv(dim_per_group, config.bwd_block_d)
     partial_bytes = 2 * 4 * batch * groups * n_blk * n * length
