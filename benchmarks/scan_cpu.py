@@ -5,9 +5,11 @@
 indexes the full (b, d, L, N) tensors once per step, so it grows with L²: beyond `--hf-backward-max-len`
 it is not run and the table says so.
 
-Inputs are float32 with D, z, delta_bias and delta_softplus (as in the Mamba block). Times are wall-clock
-seconds (min over repeats) with `--threads` intra-op threads. `--tune` also sweeps the torch backend's
-chunk sizes at the largest length. Writes JSON (machine info, command, every timing) to --out.
+Inputs are float32 with D, z, delta_bias and delta_softplus (as in the Mamba block). Every timing is the
+median of `--repeats` runs after one untimed warm-up, with `--threads` intra-op threads; the JSON keeps every
+run, the CPU time and the load average around each measurement (the machine may be shared: a second core
+that is busy elsewhere slows every two-thread op). `--tune` also sweeps the torch backend's chunk sizes at
+the largest length. Writes JSON (machine info, command, every timing) to --out.
 
     python benchmarks/scan_cpu.py                      # b=2, d=512, N=16, L=1024 and 4096
     python benchmarks/scan_cpu.py --tune --lengths 4096
@@ -20,6 +22,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -67,11 +70,13 @@ def hf_slow_path(t):
 
 
 def time_it(fn, inputs, backward, repeats):
-    """(wall-clock, process CPU) seconds of fn (plus backward of y.sum()), each the min over `repeats` runs
-    after one warm-up (repeats=0: the single cold run). CPU time is all threads together; on a shared machine
-    it is less disturbed by other processes than wall-clock time."""
+    """Wall-clock and process CPU seconds of fn (plus the backward of y.sum()) over `repeats` runs after one
+    untimed warm-up run: {"median", "min", "runs", "cpu median", "load"}. Forward-only runs under no_grad (no
+    graph, no saved tensors). CPU time is all threads together (spin-waiting included); "load" is the 1-minute
+    load average before and after: the machine is shared, and a busy second core slows every two-thread op."""
     walls, cpus = [], []
-    for _ in range(repeats + 1):
+    load_before = os.getloadavg()[0]
+    for i in range(repeats + 1):
         for v in inputs.values():
             v.grad = None
         wall, cpu = time.perf_counter(), time.process_time()
@@ -80,10 +85,11 @@ def time_it(fn, inputs, backward, repeats):
         else:
             with torch.no_grad():
                 fn(inputs)
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    keep = slice(1, None) if repeats else slice(None)
-    return min(walls[keep]), min(cpus[keep])
+        if i:
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
+    return {"median": statistics.median(walls), "min": min(walls), "runs": walls,
+            "cpu median": statistics.median(cpus), "load": [load_before, os.getloadavg()[0]]}
 
 
 def machine_info():
@@ -115,8 +121,8 @@ def main(argv=None):
     p.add_argument("--state", type=int, default=16)
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5, help="repeats of the torch backend")
-    p.add_argument("--loop-repeats", type=int, default=1, help="repeats of the per-timestep loops")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of the torch backend")
+    p.add_argument("--loop-repeats", type=int, default=3, help="timed runs of the per-timestep loops")
     p.add_argument("--hf-backward-max-len", type=int, default=1024)
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--tune", action="store_true", help="sweep the torch backend's chunk_len/sub_len")
@@ -125,6 +131,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    info = machine_info()
 
     impls = {"reference loop": (ours("reference"), args.loop_repeats), "torch": (ours("torch"), args.repeats)}
     if not args.skip_hf:
@@ -136,30 +143,31 @@ def main(argv=None):
             row = {"L": length, "mode": mode}
             for name, (fn, repeats) in impls.items():
                 if name == "HF slow path" and mode != "forward" and length > args.hf_backward_max_len:
-                    row[name] = row[name + " cpu"] = None  # quadratic backward, see the module docstring
+                    row[name] = None  # quadratic backward, see the module docstring
                     continue
-                row[name], row[name + " cpu"] = time_it(fn, inputs, mode != "forward", repeats)
-                print(f"L={length} {mode:17s} {name:15s} {row[name]:9.3f} s (cpu {row[name + ' cpu']:.3f} s)",
+                row[name] = t = time_it(fn, inputs, mode != "forward", repeats)
+                print(f"L={length} {mode:17s} {name:15s} median {t['median']:9.3f} s  min {t['min']:.3f} s  "
+                      f"(cpu {t['cpu median']:.3f} s, load {t['load'][0]:.2f}-{t['load'][1]:.2f})",
                       file=sys.stderr, flush=True)
-            row["speedup vs reference loop"] = row["reference loop"] / row["torch"]
-            row["cpu-time speedup vs reference loop"] = row["reference loop cpu"] / row["torch cpu"]
+            row["speedup vs reference loop"] = row["reference loop"]["median"] / row["torch"]["median"]
+            row["cpu-time speedup vs reference loop"] = (row["reference loop"]["cpu median"]
+                                                         / row["torch"]["cpu median"])
             if row.get("HF slow path"):
-                row["speedup vs HF slow path"] = row["HF slow path"] / row["torch"]
+                row["speedup vs HF slow path"] = row["HF slow path"]["median"] / row["torch"]["median"]
             rows.append(row)
 
     tuning = []
     if args.tune:
         length = max(args.lengths)
         inputs = make_inputs(args.batch, args.dim, args.state, length)
-        for chunk_len, sub_len in [(32, 8), (64, 8), (64, 16), (128, 8), (128, 16), (256, 16), (512, 32)]:
+        for chunk_len, sub_len in [(32, 8), (32, 32), (64, 8), (64, 16), (128, 16), (256, 16)]:
             fn = ours("torch", chunk_len=chunk_len, sub_len=sub_len)
-            (fwd, fwd_cpu), (fwd_bwd, fwd_bwd_cpu) = (time_it(fn, inputs, b, args.repeats) for b in (False, True))
+            fwd, fwd_bwd = (time_it(fn, inputs, b, args.repeats) for b in (False, True))
             tuning.append({"L": length, "chunk_len": chunk_len, "sub_len": sub_len, "forward": fwd,
-                           "forward+backward": fwd_bwd, "forward cpu": fwd_cpu, "forward+backward cpu": fwd_bwd_cpu})
-            print(f"tune chunk_len={chunk_len:5d} sub_len={sub_len:3d} fwd {fwd:.3f} s  fwd+bwd {fwd_bwd:.3f} s "
-                  f"(cpu {fwd_cpu:.3f} / {fwd_bwd_cpu:.3f} s)", file=sys.stderr, flush=True)
+                           "forward+backward": fwd_bwd})
+            print(f"tune chunk_len={chunk_len:5d} sub_len={sub_len:3d} fwd {fwd['median']:.3f} s  "
+                  f"fwd+bwd {fwd_bwd['median']:.3f} s (load {fwd_bwd['load'][1]:.2f})", file=sys.stderr, flush=True)
 
-    info = machine_info()
     info["load_average_at_end"] = list(os.getloadavg())
     result = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
@@ -177,18 +185,18 @@ def main(argv=None):
 
     names = list(impls)
     print(f"selective scan on CPU, b={args.batch} d={args.dim} N={args.state} float32, {args.threads} threads "
-          "(wall-clock seconds, min over repeats)")
+          "(wall-clock seconds, median over repeats)")
     header = ["L", "mode", *names, "torch vs loop", "(cpu time)", *(["torch vs HF"] if "HF slow path" in names else [])]
     print(" | ".join(f"{h:>16s}" for h in header))
     for r in rows:
-        cells = [str(r["L"]), r["mode"], *("not run" if r[n] is None else f"{r[n]:.3f}" for n in names),
+        cells = [str(r["L"]), r["mode"], *("not run" if r[n] is None else f"{r[n]['median']:.3f}" for n in names),
                  f"{r['speedup vs reference loop']:.1f}x", f"{r['cpu-time speedup vs reference loop']:.1f}x"]
         if "HF slow path" in names:
             cells.append(f"{r['speedup vs HF slow path']:.1f}x" if "speedup vs HF slow path" in r else "-")
         print(" | ".join(f"{c:>16s}" for c in cells))
     for t in tuning:
-        print(f"tune L={t['L']} chunk_len={t['chunk_len']} sub_len={t['sub_len']}: forward {t['forward']:.3f} s,"
-              f" forward+backward {t['forward+backward']:.3f} s (cpu {t['forward+backward cpu']:.3f} s)")
+        print(f"tune L={t['L']} chunk_len={t['chunk_len']} sub_len={t['sub_len']}: forward "
+              f"{t['forward']['median']:.3f} s, forward+backward {t['forward+backward']['median']:.3f} s")
     print(f"wrote {args.out}")
 
 

@@ -130,6 +130,25 @@ def test_torch_chunk_sizes(chunk_len, sub_len):
         assert rel_error(g[name], g_ref[name]) <= 1e-8, name
 
 
+def test_torch_backward_keeps_no_full_state_tensor():
+    """What the torch backend saves for the backward is a few (b, d, l) tensors and one state per sub-chunk:
+    far less than the (b, d, l, n) states of the whole sequence (here n = 64, so those would be 64 × (b, d, l))."""
+    batch, dim, n, length = 1, 32, 64, 512
+    kw = requiring_grad(make_inputs(batch, dim, n, length, 1, OPTIONS["all"], dtype=torch.float32))
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = run("torch", kw)
+    full = batch * dim * length * n * 4
+    assert 0 < sum(saved) < full / 3  # 0.24 at these sizes
+    y.sum().backward()
+    assert all(kw[k].grad is not None for k in TENSOR_ARGS if k in kw)
+
+
 def test_torch_chunk_len_must_be_multiple_of_sub_len():
     kw = make_inputs(1, 2, 2, 4, 1, set())
     with pytest.raises(ValueError, match="chunk_len"):
