@@ -42,8 +42,8 @@ TARGETS = {"fwd": {2048: 0.30, 8192: 1.3}, "fwdbwd": {2048: 1.9, 8192: 8.0}}
 # (b, d, l), or 8, two floats; both O(b·d·L)), channels per program, steps per tile (the interval or half of
 # it), channels per thread (bwd_sub), register cap, dB/dC as per-block partial sums or atomics. The first
 # backward config is the v4 default (every other config's gradients are compared with its), the second the
-# v5 default; the rest are the v5 runners-up and the register caps that keep the v5 tile free of spills
-# (notes/scan.md, v5). The v5 run's full list (caps with spills, 4 × 4 sub-blocks, 4-step halves) is in
+# v5 default; the rest are the v5 runner-up, the register caps that keep the v5 tile free of spills and the
+# adjoint's decay reused from the recomputed Ā (bwd_reuse_decay; notes/scan.md, after v5). The v5 run's full list (caps with spills, 4 × 4 sub-blocks, 4-step halves) is in
 # results/scan_h200_v5.json.
 FWD_SWEEP = [
     {"block_d": 16, "fwd_chunk": 8},
@@ -57,6 +57,8 @@ BWD_SWEEP = [
     {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_maxnreg": 224},
     {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_maxnreg": 200},
     {"chunk": 8, "bwd_block_d": 16, "bwd_chunk": 8, "bwd_sub": 2},
+    {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_reuse_decay": True},
+    {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_reuse_decay": True, "bwd_maxnreg": 224},
 ]
 
 T0 = time.time()

@@ -44,7 +44,10 @@ class ScanConfig:
     steps per iteration of the forward (fwd_chunk, which must divide chunk) and per tile of the backward
     (bwd_chunk: chunk, or chunk / 2 to split each interval in two halves, see _scan_bwd_kernel); bwd_sub:
     channels each backward thread owns (bwd_block_d = bwd_sub sub-blocks of bwd_block_d / bwd_sub channels
-    on lanes), so the channel sums of dB/dC are pre-reduced in registers before crossing lanes; fwd_maxnreg /
+    on lanes), so the channel sums of dB/dC are pre-reduced in registers before crossing lanes;
+    bwd_reuse_decay: the adjoint's decay Ā_{t+1} taken from the recomputed Ā of the next step (a shift along
+    the steps, free in registers) instead of recomputed from Δ_{t+1} (one step loaded per tile instead of a
+    second Δ tile, and 1/STEPS of the exponentials and softplus of it); fwd_maxnreg /
     bwd_maxnreg: a cap on registers per thread (more resident warps, possibly spills), None = the compiler's."""
 
     block_d: int = 16
@@ -56,6 +59,7 @@ class ScanConfig:
     bwd_warps: int = 1
     bwd_chunk: int = 8
     bwd_sub: int = 1
+    bwd_reuse_decay: bool = False
     fwd_maxnreg: int | None = None
     bwd_maxnreg: int | None = None
 
@@ -255,15 +259,18 @@ def _scan_fwd_kernel(
 
 @triton.jit
 def _load_bwd_inputs(dt_base, u_base, z_base, dy_base, B_base, C_base, t, start, end, mask_d, mask_n,
-                     s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z: tl.constexpr):
+                     s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z: tl.constexpr, REUSE_DECAY: tl.constexpr):
     """The backward's inputs at steps t (masked to [start, end)), in their stored dtypes: Δ raw, Δ raw at
-    t + 1, u, dy, z (STEPS, SUB, DI) and B, C (STEPS, NP)."""
+    t + 1 (not loaded with REUSE_DECAY: Δ raw again), u, dy, z (STEPS, SUB, DI) and B, C (STEPS, NP)."""
     mask_t = (t >= start) & (t < end)
     mask_td = mask_t[:, None, None] & mask_d[None, :, :]
     mask_tn = mask_t[:, None] & mask_n[None, :]
     t3 = t[:, None, None]
     dt_raw = _load_td(dt_base, t3 * s_dt_l, mask_td, True)
-    dtn_raw = _load_td(dt_base, (t3 + 1) * s_dt_l, (t3 + 1 < end) & mask_td, True)
+    if REUSE_DECAY:
+        dtn_raw = dt_raw
+    else:
+        dtn_raw = _load_td(dt_base, (t3 + 1) * s_dt_l, (t3 + 1 < end) & mask_td, True)
     u_raw = _load_td(u_base, t3 * s_u_l, mask_td, True)
     dy_raw = _load_td(dy_base, t3 * s_dy_l, mask_td, True)
     z_raw = _load_td(z_base, t3 * s_z_l, mask_td, HAS_Z)
@@ -292,6 +299,14 @@ def _advance(h, dt_raw, u_raw, B_raw, t, end, mask_d, bias, A2, HAS_BIAS: tl.con
 
 
 @triton.jit
+def _last_two(l_last, l_prev, l_two, r_last, r_prev, r_two):
+    """Combine of a reverse scan that yields, at each step, the value of the step after it: a segment is
+    represented by its last value and the one before it (r_two = 0: a single step), the later segment being l
+    (a reverse scan runs from the end). In-thread, with constant r_two, it compiles to register moves."""
+    return r_last, tl.where(r_two != 0, r_prev, l_last), r_two | 1
+
+
+@triton.jit
 def _channel_sum(x):
     """Σ over the channels of a (STEPS, SUB, NP, DI) tile: the SUB sub-blocks in registers, then the DI lanes."""
     return tl.sum(tl.sum(x, axis=1), axis=2)  # (STEPS, NP)
@@ -299,23 +314,22 @@ def _channel_sum(x):
 
 @triton.jit
 def _bwd_steps(
-    h_start, g_carry, dA_acc, dD_acc, dbias_acc,
+    h_start, g_carry, dA_acc, dD_acc, dbias_acc, dt_after,
     dt_raw, dtn_raw, u_raw, dy_raw, z_raw, B_raw, C_raw,
     t, end, mask_d, mask_n, A, A2, bias, Dv, grad_base, dBC_base,
     du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    DBC_PARTIAL: tl.constexpr,
+    DBC_PARTIAL: tl.constexpr, REUSE_DECAY: tl.constexpr,
 ):
-    """The backward of steps t (STEPS consecutive steps) given the state h_start (SUB, NP, DI) before them and
-    g_carry = dL/dh at the step after them: stores du, dΔ, dz, dB, dC there; returns the updated g_carry and
-    dA, dD, dΔ-bias accumulators."""
+    """The backward of steps t (STEPS consecutive steps) given the state h_start (SUB, NP, DI) before them,
+    g_carry = dL/dh at the step after them and (with REUSE_DECAY) dt_after = Δ there (SUB, DI), 0 past the
+    end: stores du, dΔ, dz, dB, dC there; returns the updated g_carry, dA, dD, dΔ-bias accumulators and Δ at
+    the first of these steps (the next call's dt_after)."""
     mask_t = t < end
     mask_td = mask_t[:, None, None] & mask_d[None, :, :]  # (STEPS, SUB, DI)
     mask_tn = mask_t[:, None] & mask_n[None, :]  # (STEPS, NP)
     first, last = _first_last(t)
     dt, raw = _delta(dt_raw, mask_td, bias[None, :, :], HAS_BIAS, SOFTPLUS)  # (STEPS, SUB, DI)
-    mask_next = (t + 1 < end)[:, None, None] & mask_d[None, :, :]
-    dt_next, _ = _delta(dtn_raw, mask_next, bias[None, :, :], HAS_BIAS, SOFTPLUS)  # Δ_{t+1}
     u = u_raw.to(tl.float32)  # (STEPS, SUB, DI)
     dy = dy_raw.to(tl.float32)
     z = z_raw.to(tl.float32)
@@ -346,7 +360,16 @@ def _bwd_steps(
     _accumulate(dC_ptr + dBC_base + t[:, None], dC, mask_tn, DBC_PARTIAL)
 
     # Adjoint: g_t = C_t dy_ssm_t + a_{t+1} g_{t+1}, the later steps entering at the last step.
-    a_next = tl.exp2(dt_next[:, :, None, :] * A2[None])  # (STEPS, SUB, NP, DI)
+    if REUSE_DECAY:  # Ā_{t+1} = the next row of Ā; for the last row, from Δ at the step after the tile
+        a_after = tl.exp2(dt_after[:, None, :] * A2)  # (SUB, NP, DI)
+        _, dA_next, _ = tl.associative_scan((dA, dA, tl.zeros(dA.shape, dtype=tl.int32)), axis=0,
+                                            combine_fn=_last_two, reverse=True)
+        a_next = tl.where(last, a_after[None], dA_next)  # (STEPS, SUB, NP, DI)
+        dt_after = tl.sum(tl.where((tl.arange(0, t.shape[0]) == 0)[:, None, None], dt, 0.0), axis=0)  # Δ, 1st step
+    else:
+        mask_next = (t + 1 < end)[:, None, None] & mask_d[None, :, :]
+        dt_next, _ = _delta(dtn_raw, mask_next, bias[None, :, :], HAS_BIAS, SOFTPLUS)  # Δ_{t+1}
+        a_next = tl.exp2(dt_next[:, :, None, :] * A2[None])  # (STEPS, SUB, NP, DI)
     c = dy_ssm[:, :, None, :] * Ct + tl.where(last, a_next * g_carry[None], 0.0)
     _, gs = tl.associative_scan((a_next, c), axis=0, combine_fn=affine_combine, reverse=True)
     g_carry = tl.sum(tl.where(first, gs, 0.0), axis=0)  # (SUB, NP, DI)
@@ -364,7 +387,7 @@ def _bwd_steps(
     dbias_acc += tl.sum(ddt, axis=0)
     tl.store(du_ptr + grad_base + t[:, None, None], du.to(du_ptr.dtype.element_ty), mask=mask_td)
     tl.store(ddt_ptr + grad_base + t[:, None, None], ddt.to(ddt_ptr.dtype.element_ty), mask=mask_td)
-    return g_carry, dA_acc, dD_acc, dbias_acc
+    return g_carry, dA_acc, dD_acc, dbias_acc, dt_after
 
 
 @triton.jit
@@ -378,6 +401,7 @@ def _scan_bwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, SUB: tl.constexpr, DI: tl.constexpr, CHUNK: tl.constexpr,
     STEPS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr, VARLEN: tl.constexpr, DBC_PARTIAL: tl.constexpr,
+    REUSE_DECAY: tl.constexpr,
 ):
     """One checkpoint interval (CHUNK steps) per iteration, from the last back, over SUB · DI channels. With
     STEPS = CHUNK the whole interval is one tile. With STEPS = CHUNK / 2 it is two halves (half the registers
@@ -415,6 +439,7 @@ def _scan_bwd_kernel(
     dA_acc = tl.zeros([SUB, NP, DI], dtype=tl.float32)
     dD_acc = tl.zeros([SUB, DI], dtype=tl.float32)
     dbias_acc = tl.zeros([SUB, DI], dtype=tl.float32)
+    dt_after = tl.zeros([SUB, DI], dtype=tl.float32)  # Δ at the step after the current tile (REUSE_DECAY)
 
     u_base = u_ptr + row * s_u_b + offs_d[None, :, :] * s_u_d  # (1, SUB, DI)
     dt_base = dt_ptr + row * s_dt_b + offs_d[None, :, :] * s_dt_d
@@ -433,39 +458,41 @@ def _scan_bwd_kernel(
     t0 = start + (n_seq_chunks - 1) * CHUNK  # the last interval, loaded before the loop
     dt_lo, dtn_lo, u_lo, dy_lo, z_lo, B_lo, C_lo = _load_bwd_inputs(
         dt_base, u_base, z_base, dy_base, B_base, C_base, t0 + steps, start, end, mask_d, mask_n,
-        s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z)
+        s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z, REUSE_DECAY)
     h_ck = tl.load(ckpt_ptr + (slot0 + n_seq_chunks - 1) * dim * N + nd_offs,
                    mask=mask_nd & (nd_offs * 0 + n_seq_chunks > 0), other=0.0)  # (SUB, NP, DI)
     if STEPS < CHUNK:
         dt_hi, dtn_hi, u_hi, dy_hi, z_hi, B_hi, C_hi = _load_bwd_inputs(
             dt_base, u_base, z_base, dy_base, B_base, C_base, t0 + STEPS + steps, start, end, mask_d, mask_n,
-            s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z)
+            s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z, REUSE_DECAY)
         h_mid = _advance(h_ck, dt_lo, u_lo, B_lo, t0 + steps, end, mask_d, bias, A2, HAS_BIAS, SOFTPLUS)
     for k in range(n_seq_chunks):
         chunk_idx = n_seq_chunks - 1 - k
         t0 = start + chunk_idx * CHUNK
         if STEPS < CHUNK:  # the later half first, from the mid-interval state
-            g_carry, dA_acc, dD_acc, dbias_acc = _bwd_steps(
-                h_mid, g_carry, dA_acc, dD_acc, dbias_acc, dt_hi, dtn_hi, u_hi, dy_hi, z_hi, B_hi, C_hi,
+            g_carry, dA_acc, dD_acc, dbias_acc, dt_after = _bwd_steps(
+                h_mid, g_carry, dA_acc, dD_acc, dbias_acc, dt_after, dt_hi, dtn_hi, u_hi, dy_hi, z_hi, B_hi, C_hi,
                 t0 + STEPS + steps, end, mask_d, mask_n, A, A2, bias, Dv, grad_base, dBC_base,
-                du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, DBC_PARTIAL)
+                du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, DBC_PARTIAL,
+                REUSE_DECAY)
         h_start = h_ck
         dt_c, dtn_c, u_c, dy_c, z_c, B_c, C_c = dt_lo, dtn_lo, u_lo, dy_lo, z_lo, B_lo, C_lo
         # Prefetch the previous interval (masked off before the start) and its checkpoint.
         tp = t0 - CHUNK
         dt_lo, dtn_lo, u_lo, dy_lo, z_lo, B_lo, C_lo = _load_bwd_inputs(
             dt_base, u_base, z_base, dy_base, B_base, C_base, tp + steps, start, end, mask_d, mask_n,
-            s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z)
+            s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z, REUSE_DECAY)
         h_ck = tl.load(ckpt_ptr + (slot0 + chunk_idx - 1) * dim * N + nd_offs,
                        mask=mask_nd & (nd_offs * 0 + chunk_idx > 0), other=0.0)
         if STEPS < CHUNK:
             dt_hi, dtn_hi, u_hi, dy_hi, z_hi, B_hi, C_hi = _load_bwd_inputs(
                 dt_base, u_base, z_base, dy_base, B_base, C_base, tp + STEPS + steps, start, end, mask_d, mask_n,
-                s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z)
-        g_carry, dA_acc, dD_acc, dbias_acc = _bwd_steps(
-            h_start, g_carry, dA_acc, dD_acc, dbias_acc, dt_c, dtn_c, u_c, dy_c, z_c, B_c, C_c,
+                s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z, REUSE_DECAY)
+        g_carry, dA_acc, dD_acc, dbias_acc, dt_after = _bwd_steps(
+            h_start, g_carry, dA_acc, dD_acc, dbias_acc, dt_after, dt_c, dtn_c, u_c, dy_c, z_c, B_c, C_c,
             t0 + steps, end, mask_d, mask_n, A, A2, bias, Dv, grad_base, dBC_base,
-            du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, DBC_PARTIAL)
+            du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, DBC_PARTIAL,
+                REUSE_DECAY)
         if STEPS < CHUNK:  # the previous interval's mid state, for the next iteration
             h_mid = _advance(h_ck, dt_lo, u_lo, B_lo, tp + steps, end, mask_d, bias, A2, HAS_BIAS, SOFTPLUS)
 
@@ -568,7 +595,7 @@ def scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, 
         CHUNK=config.chunk, STEPS=config.bwd_chunk,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_DHT=d_final is not None, VARLEN=varlen, DBC_PARTIAL=config.bwd_partial_dbc,
-        num_warps=config.bwd_warps, **_register_cap(config.bwd_maxnreg),
+        REUSE_DECAY=config.bwd_reuse_decay, num_warps=config.bwd_warps, **_register_cap(config.bwd_maxnreg),
     )
     if config.bwd_partial_dbc:
         dB, dC = dB.sum(2), dC.sum(2)  # (b, G, n, l)
