@@ -55,8 +55,8 @@ def compare(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     report_only: bool = typer.Option(False, help="Train nothing: write the report from the runs cached in --out."),
-    jobs: int = typer.Option(1, help="Runs at once, each in its own process (e.g. 8 on one GPU: the small task "
-                             "models leave it mostly idle)."),
+    jobs: int = typer.Option(None, help="Runs at once, each in its own process (default: the preset's: quick 2, "
+                             "standard 14 — small task models leave a GPU mostly idle — capped at the CPU count)."),
 ) -> None:
     """Matched Mamba, Transformer++, S4D, hybrid and MoE models on recall, copying, induction and LM, with
     cost, precision, init, scaling and state-size studies, in one report. Resumes from cached runs in --out."""
@@ -73,6 +73,9 @@ def compare(
                               report_only=report_only, jobs=jobs)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: finished runs are cached in {out}; the same command resumes", err=True)
+        raise typer.Exit(130) from None
     failed = [r for r in results["runs"] if r["status"] != "ok"]
     typer.echo(f"report: {out}/report.md ({len(results['runs'])} runs, {len(failed)} failed, "
                f"{results['wall_s']:.0f} s)")

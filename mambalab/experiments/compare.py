@@ -12,12 +12,15 @@ of the CPU cores (at most this process's thread count); per-run progress bars ar
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import platform
+import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -186,17 +189,18 @@ def compare(
     studies: list[str] | None = None,
     progress: bool = True,
     report_only: bool = False,
-    jobs: int = 1,
+    jobs: int | None = None,
 ) -> dict:
     """Run (or resume) the comparison and write the report; returns the results dict. With `report_only`,
     nothing is trained: the report is written from the results cached so far (missing ones are listed).
-    `jobs` work items run at once, each in its own process."""
+    `jobs` work items run at once, each in its own process (default: the preset's, at most the CPU count)."""
     from mambalab.experiments.report import write_report
 
     chosen = get_preset(preset)
     families = _choose(models, FAMILIES, "models") if models is not None else chosen.models
     task_names = _choose(tasks, tuple(chosen.tasks), "tasks", allow_empty=True)
     study_names = _choose(studies, STUDIES, "studies", allow_empty=True)
+    jobs = min(chosen.jobs, os.cpu_count() or 1) if jobs is None else jobs
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     dev = resolve_device(device)
@@ -256,16 +260,23 @@ def _run_parallel(
     items: list[WorkItem], store: RunStore, jobs: int, done: Callable[[WorkItem, dict], None]
 ) -> dict[str, dict]:
     """Run the items in `jobs` spawned worker processes (CUDA needs spawn); a worker that dies (killed, out
-    of host memory) fails its item and the pool's remaining items with that reason, instead of a crash."""
+    of host memory) fails its item and the pool's remaining items with that reason, instead of a crash.
+
+    Stopping: Ctrl-C reaches the workers too (one process group); SIGTERM to this process (`timeout`, a job
+    scheduler) is passed on to them. Either way each worker's trainer finishes its step and checkpoints, no
+    worker outlives this call, and the next call resumes the unfinished runs."""
     threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // jobs))
     records = {}
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)
-    ) as pool:
-        heaviest_first = sorted(items, key=lambda it: -it.weight)  # so that no long run starts last
-        futures = {pool.submit(run_cached, store, it.key, it.describe, it.fn): it for it in heaviest_first}
-        try:
+    )
+    heaviest_first = sorted(items, key=lambda it: -it.weight)  # so that no long run starts last
+    try:
+        with _forward_sigterm(pool):
+            futures = {
+                pool.submit(run_cached, store, it.key, it.describe, it.fn): it for it in heaviest_first
+            }
             for future in as_completed(futures):
                 item = futures[future]
                 try:
@@ -279,7 +290,26 @@ def _run_parallel(
                         "cached": False,
                     }
                 done(item, records[item.key])
-        except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return {it.key: records[it.key] for it in items}
+
+
+@contextlib.contextmanager
+def _forward_sigterm(pool: ProcessPoolExecutor):
+    """While active, SIGTERM sends SIGTERM to the pool's workers and raises KeyboardInterrupt here."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        # the executor has no public way to signal its workers (Python 3.14 adds terminate_workers)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

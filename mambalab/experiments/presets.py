@@ -113,6 +113,7 @@ class Preset:
     scaling: ScalingStudy | None = None
     state: StateStudy | None = None
     seed: int = 0
+    jobs: int = 1  # runs at once by default (`compare --jobs`), capped at the machine's CPU count
     notes: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict:
@@ -151,7 +152,7 @@ def _quick() -> Preset:
     tokens, sequences of 22-64 tokens, a few hundred steps; Mamba, Transformer++ and S4D by default."""
     size = ModelSize(d_model=32, n_layer=4, d_state=8)
     lm = TaskPlan({"max_bytes": 200_000}, 64, (64, 256), steps=150, batch_size=16, lr=3e-3, eval_examples=64)
-    sc = TaskPlan({"vocab_size": 16, "n_copy": 4}, 24, (24,), steps=500, batch_size=32, lr=5e-3)
+    sc = TaskPlan({"vocab_size": 16, "n_copy": 4}, 24, (24,), steps=1500, batch_size=32, lr=1e-2)
     return Preset(
         name="quick",
         size=size,
@@ -162,7 +163,9 @@ def _quick() -> Preset:
                 {"vocab_size": 16}, 32, (32, 64, 128, 256, 512, 1024), steps=500, batch_size=32, lr=5e-3
             ),
             "mqar": TaskPlan({"vocab_size": 64}, 64, (64, 128, 256), steps=500, batch_size=32, lr=5e-3),
-            "copying": TaskPlan({"alphabet_size": 8}, 22, (22, 32, 42), steps=500, batch_size=32, lr=5e-3),
+            "copying": TaskPlan(
+                {"alphabet_size": 8}, 22, (22, 24, 26, 32, 42), steps=500, batch_size=32, lr=5e-3
+            ),
             "lm": lm,
         },
         precision=PrecisionStudy(lengths=(16, 64, 256)),
@@ -171,7 +174,7 @@ def _quick() -> Preset:
         ),
         init=InitStudy(
             s4d_inits=("legs", "random"),
-            long_range=dataclasses.replace(sc, train_length=64, eval_lengths=(64,), steps=300),
+            long_range=dataclasses.replace(sc, train_length=64, eval_lengths=(64,), steps=300, lr=5e-3),
             lm=lm,
         ),
         scaling=ScalingStudy(
@@ -180,6 +183,7 @@ def _quick() -> Preset:
             plan=dataclasses.replace(lm, steps=100, eval_lengths=()),
         ),
         state=StateStudy(d_states=(2, 8), d_models=(), tasks=("mqar",), families=("mamba",)),
+        jobs=2,
         notes=("hybrid and moe run on request (--models); phone-book lookup with --tasks phonebook",),
     )
 
@@ -239,8 +243,9 @@ def _standard() -> Preset:
             plan=dataclasses.replace(lm, steps=800, eval_lengths=()),
         ),
         state=StateStudy(d_states=(2, 16, 64), d_models=(32, 64, 128), tasks=("mqar",)),
+        jobs=14,
         notes=(
-            "hybrid and moe run on request (--models); run with --jobs 14 on one GPU",
+            "hybrid and moe run on request (--models)",
             "selective copying at length 128 with 8 tokens (paper: 4096 and 16) and MQAR up to length 1024: "
             + "reduced to fit the budget",
         ),

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -87,7 +91,11 @@ def test_interrupted_compare_resumes_and_failures_are_reported(tmp_path, monkeyp
 
 
 def test_parallel_jobs_give_the_sequential_results(tmp_path):
-    selection = {"models": ["mamba", "transformer"], "tasks": ["selective_copying", "mqar"], "studies": ["cost"]}
+    selection = {
+        "models": ["mamba", "transformer"],
+        "tasks": ["selective_copying", "mqar"],
+        "studies": ["cost"],
+    }
     sequential = compare("smoke", out_dir=tmp_path / "seq", device="cpu", progress=False, **selection)
     parallel = compare("smoke", out_dir=tmp_path / "par", device="cpu", progress=False, jobs=2, **selection)
     assert [r["key"] for r in parallel["runs"]] == [r["key"] for r in sequential["runs"]]
@@ -146,3 +154,34 @@ def test_report_only_trains_nothing_and_lists_missing_runs(tmp_path, monkeypatch
     )
     assert results["runs"] and {r["status"] for r in results["runs"]} == {"missing"}
     assert "not run yet" in (tmp_path / "report.md").read_text()
+
+
+ENDLESS_COMPARE = """
+import dataclasses, sys
+from mambalab.experiments import presets
+from mambalab.experiments.compare import compare
+smoke = presets.get_preset("smoke")
+endless = dataclasses.replace(smoke, tasks={**smoke.tasks, "lm": dataclasses.replace(smoke.tasks["lm"], steps=10**4)})
+presets.PRESETS["endless"] = lambda: endless
+compare("endless", models=["mamba", "transformer"], tasks=["lm"], studies=[], out_dir=sys.argv[1], device="cpu",
+        progress=False, jobs=2)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_stops_parallel_workers_and_leaves_nothing_cached(tmp_path):
+    """`timeout` sends SIGTERM to the main process only: no worker may outlive it (a worker holding the
+    stdout pipe would hang `compare ... | tail`), and the interrupted runs are not cached as done."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ENDLESS_COMPARE, str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("runs/*.work"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0].decode()
+    time.sleep(1.0)  # both workers training
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)  # EOF only once every process holding the pipe has exited
+    assert proc.returncode != 0, output.decode()
+    assert not list(out.glob("runs/*.json"))
