@@ -40,11 +40,13 @@ TARGETS = {"fwd": {2048: 0.30, 8192: 1.3}, "fwdbwd": {2048: 1.9, 8192: 8.0}}
 # Tile configs swept at L=2048 (ScanConfig fields; the rest are the defaults). Forward: channels per program,
 # steps per iteration, register cap. Backward: checkpoint interval (chunk: 16, one float of checkpoints per
 # (b, d, l), or 8, two floats; both O(b·d·L)), channels per program, steps per tile (the interval or half of
-# it), channels per thread (bwd_sub), register cap, dB/dC as per-block partial sums or atomics. The first
-# backward config is the v4 default (every other config's gradients are compared with its), the second the
-# v5 default; the rest are the v5 runner-up, the register caps that keep the v5 tile free of spills and the
-# adjoint's decay reused from the recomputed Ā (bwd_reuse_decay; notes/scan.md, after v5). The v5 run's full list (caps with spills, 4 × 4 sub-blocks, 4-step halves) is in
-# results/scan_h200_v5.json.
+# it), channels per thread (bwd_sub), register cap, dB/dC as per-block partial sums or atomics, the adjoint's
+# decay reused from the recomputed Ā (bwd_reuse_decay), the adjoint as a forward scan over flipped steps
+# (bwd_forward_adjoint). The first backward config is the v4 default (every other config's gradients are
+# compared with its), the second the v5 default; the rest are the candidates after v5 (notes/scan.md). The
+# v5 run's full list (caps with spills, channel sub-blocks, 4-step halves) is in results/scan_h200_v5.json.
+V5 = {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8}
+FAST = {"bwd_reuse_decay": True, "bwd_forward_adjoint": True}
 FWD_SWEEP = [
     {"block_d": 16, "fwd_chunk": 8},
     {"block_d": 16, "fwd_chunk": 8, "fwd_maxnreg": 152},
@@ -52,13 +54,16 @@ FWD_SWEEP = [
 ]
 BWD_SWEEP = [
     {"chunk": 16, "bwd_block_d": 8, "bwd_chunk": 8},
-    {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8},
-    {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_partial_dbc": False},
-    {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_maxnreg": 224},
-    {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_maxnreg": 200},
-    {"chunk": 8, "bwd_block_d": 16, "bwd_chunk": 8, "bwd_sub": 2},
-    {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_reuse_decay": True},
-    {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_reuse_decay": True, "bwd_maxnreg": 224},
+    V5,
+    {**V5, "bwd_partial_dbc": False},
+    {**V5, "bwd_maxnreg": 224},
+    {**V5, "bwd_forward_adjoint": True},
+    {**V5, "bwd_reuse_decay": True},
+    {**V5, **FAST},
+    {**V5, "bwd_forward_adjoint": True, "bwd_maxnreg": 224},
+    {**V5, **FAST, "bwd_maxnreg": 224},
+    {**V5, **FAST, "bwd_partial_dbc": False},
+    {"chunk": 16, "bwd_block_d": 8, "bwd_chunk": 8, **FAST},
 ]
 
 T0 = time.time()

@@ -122,14 +122,17 @@ def test_expanded_output_gradients_and_empty_sequence():
         ({"bwd_block_d": 8, "bwd_chunk": 4, "bwd_sub": 2, "bwd_partial_dbc": True}, 2, None),
         ({"bwd_block_d": 16, "bwd_chunk": 8, "bwd_sub": 4, "bwd_partial_dbc": False, "bwd_maxnreg": 128}, 1, [5, 14]),
         ({"bwd_block_d": 8, "bwd_chunk": 8, "bwd_reuse_decay": True}, 2, [9, 0, 10]),
-        ({"chunk": 16, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_reuse_decay": True}, 1, None),
+        ({"chunk": 16, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_reuse_decay": True, "bwd_forward_adjoint": True}, 1,
+         None),
+        ({"bwd_block_d": 16, "bwd_chunk": 4, "bwd_sub": 2, "bwd_forward_adjoint": True}, 1, [5, 0, 14]),
     ],
 )
 def test_other_tile_configs(monkeypatch, tiles, groups, seqlens):
     """A forward chunk smaller than the checkpoint interval (8 or 16), a backward tile of a whole interval or of
     half of it (the later half from the recomputed mid-interval state), channel sub-blocks per thread (bwd_sub,
     with channels masked off inside a sub-block: 6 channels per group), dB/dC by atomics or by per-block
-    partial sums, a register cap, the adjoint's decay read off the recomputed Ā of the next step."""
+    partial sums, a register cap, the adjoint's decay read off the recomputed Ā of the next step, the adjoint as
+    a forward scan over flipped steps."""
     from mambalab.ops.triton import scan
 
     config = scan.ScanConfig(**{"block_d": 8, "chunk": 8, "fwd_chunk": 4, **tiles})

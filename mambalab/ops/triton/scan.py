@@ -47,7 +47,9 @@ class ScanConfig:
     on lanes), so the channel sums of dB/dC are pre-reduced in registers before crossing lanes;
     bwd_reuse_decay: the adjoint's decay Ā_{t+1} taken from the recomputed Ā of the next step (a shift along
     the steps, free in registers) instead of recomputed from Δ_{t+1} (one step loaded per tile instead of a
-    second Δ tile, and 1/STEPS of the exponentials and softplus of it); fwd_maxnreg /
+    second Δ tile, and 1/STEPS of the exponentials and softplus of it); bwd_forward_adjoint: the adjoint's
+    reverse scan run as a forward scan over the flipped steps (Triton lowers `reverse=True` with lane
+    reversals of every operand; an in-thread flip is free); fwd_maxnreg /
     bwd_maxnreg: a cap on registers per thread (more resident warps, possibly spills), None = the compiler's."""
 
     block_d: int = 16
@@ -60,6 +62,7 @@ class ScanConfig:
     bwd_chunk: int = 8
     bwd_sub: int = 1
     bwd_reuse_decay: bool = False
+    bwd_forward_adjoint: bool = False
     fwd_maxnreg: int | None = None
     bwd_maxnreg: int | None = None
 
@@ -300,10 +303,33 @@ def _advance(h, dt_raw, u_raw, B_raw, t, end, mask_d, bias, A2, HAS_BIAS: tl.con
 
 @triton.jit
 def _last_two(l_last, l_prev, l_two, r_last, r_prev, r_two):
-    """Combine of a reverse scan that yields, at each step, the value of the step after it: a segment is
-    represented by its last value and the one before it (r_two = 0: a single step), the later segment being l
-    (a reverse scan runs from the end). In-thread, with constant r_two, it compiles to register moves."""
+    """Combine of a scan yielding, at each row, the row before it: a segment is represented by its last value
+    and the one before it (r_two = 0: a single row), l preceding r. In-thread, with constant r_two, it
+    compiles to register moves."""
     return r_last, tl.where(r_two != 0, r_prev, l_last), r_two | 1
+
+
+@triton.jit
+def _next_rows(x):
+    """x one row (step) later along axis 0, row by row; the last row is x's own (the caller replaces it). A
+    forward scan over the flipped rows (the flips cost nothing in registers)."""
+    flipped = tl.flip(x, 0)
+    _, prev, _ = tl.associative_scan((flipped, flipped, tl.zeros(x.shape, dtype=tl.int32)), axis=0,
+                                     combine_fn=_last_two)
+    return tl.flip(prev, 0)
+
+
+@triton.jit
+def _adjoint_scan(a_next, c, FORWARD: tl.constexpr):
+    """g_t = c_t + a_next_t g_{t+1} along axis 0 (g after the last row = 0): a reverse scan, or with FORWARD
+    a forward scan over the flipped rows (Triton lowers `reverse=True` by reversing the lanes of every
+    operand and result, even for an axis inside the thread; a flip inside the thread costs nothing)."""
+    if FORWARD:
+        _, gs = tl.associative_scan((tl.flip(a_next, 0), tl.flip(c, 0)), axis=0, combine_fn=affine_combine)
+        gs = tl.flip(gs, 0)
+    else:
+        _, gs = tl.associative_scan((a_next, c), axis=0, combine_fn=affine_combine, reverse=True)
+    return gs
 
 
 @triton.jit
@@ -319,7 +345,7 @@ def _bwd_steps(
     t, end, mask_d, mask_n, A, A2, bias, Dv, grad_base, dBC_base,
     du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    DBC_PARTIAL: tl.constexpr, REUSE_DECAY: tl.constexpr,
+    DBC_PARTIAL: tl.constexpr, REUSE_DECAY: tl.constexpr, FORWARD_ADJOINT: tl.constexpr,
 ):
     """The backward of steps t (STEPS consecutive steps) given the state h_start (SUB, NP, DI) before them,
     g_carry = dL/dh at the step after them and (with REUSE_DECAY) dt_after = Δ there (SUB, DI), 0 past the
@@ -362,16 +388,14 @@ def _bwd_steps(
     # Adjoint: g_t = C_t dy_ssm_t + a_{t+1} g_{t+1}, the later steps entering at the last step.
     if REUSE_DECAY:  # Ā_{t+1} = the next row of Ā; for the last row, from Δ at the step after the tile
         a_after = tl.exp2(dt_after[:, None, :] * A2)  # (SUB, NP, DI)
-        _, dA_next, _ = tl.associative_scan((dA, dA, tl.zeros(dA.shape, dtype=tl.int32)), axis=0,
-                                            combine_fn=_last_two, reverse=True)
-        a_next = tl.where(last, a_after[None], dA_next)  # (STEPS, SUB, NP, DI)
+        a_next = tl.where(last, a_after[None], _next_rows(dA))  # (STEPS, SUB, NP, DI)
         dt_after = tl.sum(tl.where((tl.arange(0, t.shape[0]) == 0)[:, None, None], dt, 0.0), axis=0)  # Δ, 1st step
     else:
         mask_next = (t + 1 < end)[:, None, None] & mask_d[None, :, :]
         dt_next, _ = _delta(dtn_raw, mask_next, bias[None, :, :], HAS_BIAS, SOFTPLUS)  # Δ_{t+1}
         a_next = tl.exp2(dt_next[:, :, None, :] * A2[None])  # (STEPS, SUB, NP, DI)
     c = dy_ssm[:, :, None, :] * Ct + tl.where(last, a_next * g_carry[None], 0.0)
-    _, gs = tl.associative_scan((a_next, c), axis=0, combine_fn=affine_combine, reverse=True)
+    gs = _adjoint_scan(a_next, c, FORWARD_ADJOINT)  # g_t                         (STEPS, SUB, NP, DI)
     g_carry = tl.sum(tl.where(first, gs, 0.0), axis=0)  # (SUB, NP, DI)
 
     h_decay = hs - dBu  # a_t h_{t-1}                                                 (STEPS, SUB, NP, DI)
@@ -401,7 +425,7 @@ def _scan_bwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, SUB: tl.constexpr, DI: tl.constexpr, CHUNK: tl.constexpr,
     STEPS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr, VARLEN: tl.constexpr, DBC_PARTIAL: tl.constexpr,
-    REUSE_DECAY: tl.constexpr,
+    REUSE_DECAY: tl.constexpr, FORWARD_ADJOINT: tl.constexpr,
 ):
     """One checkpoint interval (CHUNK steps) per iteration, from the last back, over SUB · DI channels. With
     STEPS = CHUNK the whole interval is one tile. With STEPS = CHUNK / 2 it is two halves (half the registers
@@ -474,7 +498,7 @@ def _scan_bwd_kernel(
                 h_mid, g_carry, dA_acc, dD_acc, dbias_acc, dt_after, dt_hi, dtn_hi, u_hi, dy_hi, z_hi, B_hi, C_hi,
                 t0 + STEPS + steps, end, mask_d, mask_n, A, A2, bias, Dv, grad_base, dBC_base,
                 du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, DBC_PARTIAL,
-                REUSE_DECAY)
+                REUSE_DECAY, FORWARD_ADJOINT)
         h_start = h_ck
         dt_c, dtn_c, u_c, dy_c, z_c, B_c, C_c = dt_lo, dtn_lo, u_lo, dy_lo, z_lo, B_lo, C_lo
         # Prefetch the previous interval (masked off before the start) and its checkpoint.
@@ -492,7 +516,7 @@ def _scan_bwd_kernel(
             h_start, g_carry, dA_acc, dD_acc, dbias_acc, dt_after, dt_c, dtn_c, u_c, dy_c, z_c, B_c, C_c,
             t0 + steps, end, mask_d, mask_n, A, A2, bias, Dv, grad_base, dBC_base,
             du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, DBC_PARTIAL,
-                REUSE_DECAY)
+                REUSE_DECAY, FORWARD_ADJOINT)
         if STEPS < CHUNK:  # the previous interval's mid state, for the next iteration
             h_mid = _advance(h_ck, dt_lo, u_lo, B_lo, tp + steps, end, mask_d, bias, A2, HAS_BIAS, SOFTPLUS)
 
@@ -595,7 +619,8 @@ def scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, 
         CHUNK=config.chunk, STEPS=config.bwd_chunk,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_DHT=d_final is not None, VARLEN=varlen, DBC_PARTIAL=config.bwd_partial_dbc,
-        REUSE_DECAY=config.bwd_reuse_decay, num_warps=config.bwd_warps, **_register_cap(config.bwd_maxnreg),
+        REUSE_DECAY=config.bwd_reuse_decay, FORWARD_ADJOINT=config.bwd_forward_adjoint,
+        num_warps=config.bwd_warps, **_register_cap(config.bwd_maxnreg),
     )
     if config.bwd_partial_dbc:
         dB, dC = dB.sum(2), dC.sum(2)  # (b, G, n, l)
