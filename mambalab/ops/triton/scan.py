@@ -40,17 +40,21 @@ __all__ = ["INTERPRETED", "ScanConfig", "checkpoint_slots", "default_config", "s
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Tile sizes: channels per program and warps for each direction; the checkpoint interval (chunk), the
-    steps per iteration of the forward (fwd_chunk, which must divide chunk) and per tile of the backward
-    (bwd_chunk: chunk, or chunk / 2 to split each interval in two halves, see _scan_bwd_kernel); bwd_sub:
-    channels each backward thread owns (bwd_block_d = bwd_sub sub-blocks of bwd_block_d / bwd_sub channels
-    on lanes), so the channel sums of dB/dC are pre-reduced in registers before crossing lanes;
-    bwd_reuse_decay: the adjoint's decay Ā_{t+1} taken from the recomputed Ā of the next step (a shift along
-    the steps, free in registers) instead of recomputed from Δ_{t+1} (one step loaded per tile instead of a
-    second Δ tile, and 1/STEPS of the exponentials and softplus of it); bwd_forward_adjoint: the adjoint's
-    reverse scan run as a forward scan over the flipped steps (Triton lowers `reverse=True` with lane
-    reversals of every operand; an in-thread flip is free); fwd_maxnreg /
-    bwd_maxnreg: a cap on registers per thread (more resident warps, possibly spills), None = the compiler's."""
+    """Tile sizes and code variants of the two kernels.
+
+    - block_d / bwd_block_d, fwd_warps / bwd_warps: channels and warps per program, forward / backward.
+    - chunk: the checkpoint interval; fwd_chunk: steps per forward iteration (must divide chunk); bwd_chunk:
+      steps per backward tile, chunk or chunk / 2 (each interval in two halves, see _scan_bwd_kernel).
+    - bwd_sub: channels each backward thread owns (bwd_block_d = bwd_sub sub-blocks of bwd_block_d / bwd_sub
+      channels on lanes), so that the dB/dC channel sums are pre-reduced in registers before crossing lanes.
+    - bwd_partial_dbc: dB/dC summed over channel blocks through per-block partial buffers, else atomics.
+    - bwd_reuse_decay: the adjoint's decay Ā_{t+1} taken from the recomputed Ā of the next step (a shift
+      along the steps, free in registers) instead of recomputed from a second Δ tile (no second Δ load; Δ at
+      the step after a tile comes from the previously processed tile).
+    - bwd_forward_adjoint: the adjoint's reverse scan run as a forward scan over the flipped steps (Triton
+      lowers `reverse=True` with lane reversals of every operand; an in-thread flip is free).
+    - fwd_maxnreg / bwd_maxnreg: a cap on registers per thread (more resident warps, possibly spills); None:
+      the compiler's choice."""
 
     block_d: int = 16
     chunk: int = 8
