@@ -393,7 +393,8 @@ def _bwd_steps(
     if REUSE_DECAY:  # Ā_{t+1} = the next row of Ā; for the last row, from Δ at the step after the tile
         a_after = tl.exp2(dt_after[:, None, :] * A2)  # (SUB, NP, DI)
         a_next = tl.where(last, a_after[None], _next_rows(dA))  # (STEPS, SUB, NP, DI)
-        dt_after = tl.sum(tl.where((tl.arange(0, t.shape[0]) == 0)[:, None, None], dt, 0.0), axis=0)  # Δ, 1st step
+        first_step = (tl.arange(0, t.shape[0]) == 0)[:, None, None]  # (STEPS, 1, 1)
+        dt_after = tl.sum(tl.where(first_step, dt, 0.0), axis=0)  # Δ at the first step, for the next call
     else:
         mask_next = (t + 1 < end)[:, None, None] & mask_d[None, :, :]
         dt_next, _ = _delta(dtn_raw, mask_next, bias[None, :, :], HAS_BIAS, SOFTPLUS)  # Δ_{t+1}
