@@ -30,8 +30,8 @@ class TaskPlan:
     steps: int
     batch_size: int
     lr: float = 1e-3
+    weight_decay: float = 0.1  # AdamW's, on every parameter not flagged _no_weight_decay
     eval_examples: int = 256  # per evaluation length
-    eval_every: int = 0  # 0: evaluate at the end only
 
     def __post_init__(self) -> None:
         lengths = self.eval_lengths
@@ -152,7 +152,8 @@ def _quick() -> Preset:
     tokens, sequences of 22-64 tokens, a few hundred steps; Mamba, Transformer++ and S4D by default."""
     size = ModelSize(d_model=32, n_layer=4, d_state=8)
     lm = TaskPlan({"max_bytes": 200_000}, 64, (64, 256), steps=150, batch_size=16, lr=3e-3, eval_examples=64)
-    sc = TaskPlan({"vocab_size": 16, "n_copy": 4}, 24, (24,), steps=1500, batch_size=32, lr=1e-2)
+    synthetic = {"batch_size": 32, "lr": 5e-3, "weight_decay": 0.0}
+    sc = TaskPlan({"vocab_size": 16, "n_copy": 4}, 24, (24,), steps=1500, **{**synthetic, "lr": 1e-2})
     return Preset(
         name="quick",
         size=size,
@@ -160,12 +161,10 @@ def _quick() -> Preset:
         tasks={
             "selective_copying": sc,
             "induction_heads": TaskPlan(
-                {"vocab_size": 16}, 32, (32, 64, 128, 256, 512, 1024), steps=500, batch_size=32, lr=5e-3
+                {"vocab_size": 16}, 32, (32, 64, 128, 256, 512, 1024), steps=500, **synthetic
             ),
-            "mqar": TaskPlan({"vocab_size": 64}, 64, (64, 128, 256), steps=500, batch_size=32, lr=5e-3),
-            "copying": TaskPlan(
-                {"alphabet_size": 8}, 22, (22, 24, 26, 32, 42), steps=500, batch_size=32, lr=5e-3
-            ),
+            "mqar": TaskPlan({"vocab_size": 64}, 64, (64, 128, 256), steps=500, **synthetic),
+            "copying": TaskPlan({"alphabet_size": 8}, 22, (22, 24, 26, 32, 42), steps=500, **synthetic),
             "lm": lm,
         },
         precision=PrecisionStudy(lengths=(16, 64, 256)),
@@ -200,7 +199,8 @@ def _standard() -> Preset:
     this preset uses length 128 with 8 tokens to copy."""
     size = ModelSize(d_model=64, n_layer=4, d_state=16)
     lm = TaskPlan({}, 512, (512, 2048), steps=1000, batch_size=32, lr=2e-3, eval_examples=64)
-    sc = TaskPlan({"vocab_size": 16, "n_copy": 8}, 128, (128,), steps=3000, batch_size=64, lr=5e-3)
+    synthetic = {"batch_size": 64, "lr": 5e-3, "weight_decay": 0.0}
+    sc = TaskPlan({"vocab_size": 16, "n_copy": 8}, 128, (128,), steps=3000, **synthetic)
     return Preset(
         name="standard",
         size=size,
@@ -208,15 +208,13 @@ def _standard() -> Preset:
         tasks={
             "selective_copying": sc,
             "induction_heads": TaskPlan(
-                {"vocab_size": 16}, 256, (256, 1024, 4096, 16384), steps=4000, batch_size=64, lr=1e-3
+                {"vocab_size": 16}, 256, (256, 1024, 4096, 16384), steps=4000, **{**synthetic, "lr": 1e-3}
             ),
-            "mqar": TaskPlan({"vocab_size": 8192}, 256, (256, 512, 1024), steps=4000, batch_size=64, lr=5e-3),
+            "mqar": TaskPlan({"vocab_size": 8192}, 256, (256, 512, 1024), steps=4000, **synthetic),
             "copying": TaskPlan(
-                {"alphabet_size": 26}, 102, (52, 102, 112, 127, 152, 202), steps=3000, batch_size=64, lr=5e-3
+                {"alphabet_size": 26}, 102, (52, 102, 112, 127, 152, 202), steps=3000, **synthetic
             ),
-            "phonebook": TaskPlan(
-                {"n_letters": 26}, 256, (128, 256, 512, 1024), steps=1500, batch_size=64, lr=5e-3
-            ),
+            "phonebook": TaskPlan({"n_letters": 26}, 256, (128, 256, 512, 1024), steps=1500, **synthetic),
             "lm": lm,
         },
         precision=PrecisionStudy(lengths=(64, 256, 1024, 4096)),

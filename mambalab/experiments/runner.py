@@ -156,6 +156,7 @@ def train_model(
     config = TrainConfig(
         lr=plan.lr,
         min_lr=plan.lr / 10,
+        weight_decay=plan.weight_decay,
         warmup_steps=max(1, plan.steps // 10),
         batch_size=plan.batch_size,
         seq_len=plan.train_length,
