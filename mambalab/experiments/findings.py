@@ -6,7 +6,8 @@ holds, it says so; when it does not, it says that instead (with both numbers), s
 contradict can appear. Where the paper reports a number (ANCHORS.md "Published results"), the finding
 gives the difference.
 
-Thresholds: "A ≫ B" means A − B ≥ 20 points; "A ≥ B" means A − B ≥ −1 point (evaluation noise).
+Thresholds: "A ≫ B" means A − B ≥ 20 points; "A ≥ B" means A − B ≥ −1 point (evaluation noise). When both
+score below 1 point, "A ≥ B" is not claimed: there is nothing to compare.
 """
 
 from __future__ import annotations
@@ -122,6 +123,13 @@ def _extrapolation_rule(task: str, better: str, worse: str, strong: bool, title:
         margin = MUCH_BETTER if strong else -NOISE
         relation = "≫" if strong else "≥"
         name_a, name_b = _display(better), _display(worse)
+        if max(va, vb) < NOISE:
+            text = (
+                f"{title} past the training length: {name_a} {pct(va)} and {name_b} {pct(vb)} (mean over {span}): "
+                f"neither model gets anything right there, so this budget cannot show {name_a} {relation} "
+                f"{name_b}. {paper}"
+            )
+            return Finding(f"{task}_extrapolation", text, False)
         if va - vb >= margin:
             text = (
                 f"{title} past the training length: {name_a} {pct(va)} {relation} {name_b} {pct(vb)} "

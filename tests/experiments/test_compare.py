@@ -115,6 +115,13 @@ def test_bad_selection_is_a_value_error(tmp_path):
         compare("smoke", out_dir=tmp_path, progress=False, jobs=0)
 
 
+def test_task_plan_rejects_bad_fields_before_any_training():
+    with pytest.raises(ValueError, match="eval_lengths"):
+        TaskPlan({}, 32, 32, steps=1, batch_size=2)  # an int, not a tuple: would fail only after training
+    with pytest.raises(ValueError, match="positive"):
+        TaskPlan({}, 32, (32,), steps=0, batch_size=2)
+
+
 def test_run_key_ignores_group_and_tracks_content():
     plan = TaskPlan({"vocab_size": 16}, 32, (32,), steps=1, batch_size=2)
     a = RunSpec("main", "mamba", "mqar", plan, ModelSize(32, 2, 4), "smoke", 0)

@@ -77,6 +77,11 @@ def test_transformer_at_least_mamba_past_training_length(task):
         results(run(task, "transformer", {32: 1.0, 64: 0.6}, 32), run(task, "mamba", {32: 1.0, 64: 0.2}, 32))
     )
     assert "did NOT" not in holds[f"{task}_extrapolation"] and "≥" in holds[f"{task}_extrapolation"]
+    empty = evaluate_findings(
+        results(run(task, "transformer", {32: 0.9, 64: 0.0}, 32), run(task, "mamba", {32: 0.0, 64: 0.0}, 32))
+    )
+    finding = {f.id: f for f in empty}[f"{task}_extrapolation"]
+    assert "neither model" in finding.text and finding.supports_paper is False
 
 
 def test_induction_reach_counts_only_leading_perfect_lengths():
