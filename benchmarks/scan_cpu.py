@@ -69,16 +69,39 @@ def hf_slow_path(t):
                                 delta_bias=t["delta_bias"], delta_softplus=True)
 
 
-def time_it(fn, inputs, backward, repeats):
+def cpu_pressure():
+    """Share of the last 10 s in which some runnable task waited for a CPU (Linux PSI), or None."""
+    path = Path("/proc/pressure/cpu")
+    if not path.exists():
+        return None
+    return float(path.read_text().split()[1].split("=")[1])
+
+
+def wait_quiet(limit, max_wait=900.0):
+    """Sleep until the CPU pressure is below `limit` % (two checks 5 s apart), at most max_wait seconds."""
+    waited, calm = 0.0, 0
+    while limit is not None and waited < max_wait and calm < 2:
+        pressure = cpu_pressure()
+        calm = calm + 1 if pressure is None or pressure < limit else 0
+        if calm < 2:
+            time.sleep(5.0)
+            waited += 5.0
+
+
+def time_it(fn, inputs, backward, repeats, quiet=None):
     """Wall-clock and process CPU seconds of fn (plus the backward of y.sum()) over `repeats` runs after one
-    untimed warm-up run: {"median", "min", "runs", "cpu median", "load"}. Forward-only runs under no_grad (no
-    graph, no saved tensors). CPU time is all threads together (spin-waiting included); "load" is the 1-minute
-    load average before and after: the machine is shared, and a busy second core slows every two-thread op."""
-    walls, cpus = [], []
+    untimed warm-up run: {"median", "min", "runs", "cpu median", "load", "pressure"}. Forward-only runs under
+    no_grad (no graph, no saved tensors). CPU time is all threads together (spin-waiting included). The
+    machine may be shared, and a busy second core slows every two-thread op: "load" is the 1-minute load
+    average before and after, "pressure" the CPU pressure (% of time something waited for a CPU) at the
+    start and end of each run; with `quiet`, each run first waits until the pressure is below that."""
+    walls, cpus, pressures = [], [], []
     load_before = os.getloadavg()[0]
     for i in range(repeats + 1):
         for v in inputs.values():
             v.grad = None
+        wait_quiet(quiet)
+        start_pressure = cpu_pressure()
         wall, cpu = time.perf_counter(), time.process_time()
         if backward:
             fn(inputs).sum().backward()
@@ -88,8 +111,10 @@ def time_it(fn, inputs, backward, repeats):
         if i:
             walls.append(time.perf_counter() - wall)
             cpus.append(time.process_time() - cpu)
+            pressures.append([start_pressure, cpu_pressure()])
     return {"median": statistics.median(walls), "min": min(walls), "runs": walls,
-            "cpu median": statistics.median(cpus), "load": [load_before, os.getloadavg()[0]]}
+            "cpu median": statistics.median(cpus), "load": [load_before, os.getloadavg()[0]],
+            "pressure": pressures}
 
 
 def machine_info():
@@ -125,6 +150,8 @@ def main(argv=None):
     p.add_argument("--loop-repeats", type=int, default=3, help="timed runs of the per-timestep loops")
     p.add_argument("--hf-backward-max-len", type=int, default=1024)
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--wait-quiet", type=float, default=None, metavar="PCT",
+                   help="before each run, wait until the CPU pressure (/proc/pressure/cpu avg10) is below PCT")
     p.add_argument("--tune", action="store_true", help="sweep the torch backend's chunk_len/sub_len")
     p.add_argument("--skip-loops", action="store_true", help="time only the torch backend (with --tune)")
     p.add_argument("--out", type=Path, default=RESULTS / "scan_cpu.json")
@@ -145,9 +172,10 @@ def main(argv=None):
                 if name == "HF slow path" and mode != "forward" and length > args.hf_backward_max_len:
                     row[name] = None  # quadratic backward, see the module docstring
                     continue
-                row[name] = t = time_it(fn, inputs, mode != "forward", repeats)
+                row[name] = t = time_it(fn, inputs, mode != "forward", repeats, args.wait_quiet)
                 print(f"L={length} {mode:17s} {name:15s} median {t['median']:9.3f} s  min {t['min']:.3f} s  "
-                      f"(cpu {t['cpu median']:.3f} s, load {t['load'][0]:.2f}-{t['load'][1]:.2f})",
+                      f"(cpu {t['cpu median']:.3f} s, load {t['load'][0]:.2f}-{t['load'][1]:.2f}, "
+                      f"cpu pressure {[p[1] for p in t['pressure']]})",
                       file=sys.stderr, flush=True)
             row["speedup vs reference loop"] = row["reference loop"]["median"] / row["torch"]["median"]
             row["cpu-time speedup vs reference loop"] = (row["reference loop"]["cpu median"]
@@ -162,7 +190,7 @@ def main(argv=None):
         inputs = make_inputs(args.batch, args.dim, args.state, length)
         for chunk_len, sub_len in [(32, 8), (32, 32), (64, 8), (64, 16), (128, 16), (256, 16)]:
             fn = ours("torch", chunk_len=chunk_len, sub_len=sub_len)
-            fwd, fwd_bwd = (time_it(fn, inputs, b, args.repeats) for b in (False, True))
+            fwd, fwd_bwd = (time_it(fn, inputs, b, args.repeats, args.wait_quiet) for b in (False, True))
             tuning.append({"L": length, "chunk_len": chunk_len, "sub_len": sub_len, "forward": fwd,
                            "forward+backward": fwd_bwd})
             print(f"tune chunk_len={chunk_len:5d} sub_len={sub_len:3d} fwd {fwd['median']:.3f} s  "

@@ -41,8 +41,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-# Picked by measurement on the 2-core CPU, b=2, d=512, n=16, L=4096, float32 forward+backward
-# (benchmarks/scan_cpu.py --tune, benchmarks/notes/scan_cpu.md).
+# Picked by measurement on the 2-core CPU, b=2, d=512, n=16, L=4096, float32, two threads: chunks of 64 in
+# sub-chunks of 16 or 8 were fastest (0.70-0.72 s forward+backward against 0.82-0.85 s for 32/8, 128/16 and
+# 256/16; benchmarks/notes/scan_cpu.md): each work tensor stays at 4 MB, so the backward's three fit in L3.
 CHUNK_LEN = 64
 SUB_LEN = 16
 LOG2E = 1.0 / math.log(2.0)
