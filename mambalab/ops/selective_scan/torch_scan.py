@@ -102,7 +102,8 @@ class _SelectiveScan(torch.autograd.Function):
         raw = delta if bias is None else delta + bias[:, None]  # Δ before softplus                 (b, d, l)
         dt = F.softplus(raw) if softplus else raw  # Δ                                              (b, d, l)
         dt_t = _transposed(dt)  # (b, l, d)
-        x = torch.mul(dt, u, out=raw) if raw is not delta and raw is not dt else dt * u  # Δ x       (b, d, l)
+        # Δ x, written over Δ + bias when softplus gave Δ its own buffer                            (b, d, l)
+        x = torch.mul(dt, u, out=raw) if raw is not delta and raw is not dt else dt * u
         x_t = _transposed(x)  # (b, l, d)
         b_t = B.permute(0, 3, 2, 1).contiguous()  # (b, l, n, g)
         c_t = C.permute(0, 3, 2, 1).contiguous()  # (b, l, n, g)
