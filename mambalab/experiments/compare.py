@@ -207,13 +207,28 @@ def compare(
     out = Path(out_dir)
     store = RunStore(out)
     specs, items = plan_work(chosen, families, task_names, study_names, dev, progress and jobs == 1)
-    start = time.perf_counter()
-    records = run_all(items, store, progress, run=not report_only, jobs=jobs)
+    start, finished = time.perf_counter(), False
+    try:
+        records = run_all(items, store, progress, run=not report_only, jobs=jobs)
+        finished = True
+    finally:
+        store.log_invocation(
+            {
+                "started": time.strftime(
+                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (time.perf_counter() - start))
+                ),
+                "wall_s": time.perf_counter() - start,
+                "jobs": jobs,
+                "report_only": report_only,
+                "finished": finished,
+            }
+        )
     results = {
         "preset": chosen.to_dict(),
         "selection": {"models": list(families), "tasks": list(task_names), "studies": list(study_names)},
         "environment": {**environment(dev), "seed": chosen.seed},
         "wall_s": time.perf_counter() - start,
+        "invocations": store.invocations(),
         "compute_s": sum(r.get("wall_s", 0.0) for r in records.values()),
         "cpu_s": sum(r.get("cpu_s", 0.0) for r in records.values()),
         "runs": [{**records[s.key], "group": s.group, "spec": s.to_dict()} for s in specs],

@@ -215,6 +215,18 @@ def _study_table(results: dict, group: str, empty: str) -> list[str]:
     )
 
 
+def _training_calls(calls: list[dict]) -> str:
+    """' (the calls that trained: 2, 912 s)' — every `compare` call on this output folder but report-only ones."""
+    trained = [c for c in calls if not c.get("report_only")]
+    if not trained:
+        return ""
+    jobs = sorted({c.get("jobs", 1) for c in trained})
+    return (
+        f" (calls that trained: {len(trained)}, {sum(c['wall_s'] for c in trained):.0f} s in total, "
+        f"{'/'.join(map(str, jobs))} run(s) at a time)"
+    )
+
+
 def render(results: dict, findings: list, plots: dict) -> str:
     env = results["environment"]
     preset = results["preset"]
@@ -223,7 +235,8 @@ def render(results: dict, findings: list, plots: dict) -> str:
         "",
         (
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC · device `{env['device']}` "
-            f"({env['device_name']}) · wall time of this invocation {results['wall_s']:.0f} s, compute time of all "
+            f"({env['device_name']}) · wall time of this invocation {results['wall_s']:.0f} s"
+            f"{_training_calls(results.get('invocations', []))}, compute time of all "
             f"items (cached ones included) {results['compute_s']:.0f} s, their CPU time {results['cpu_s']:.0f} s "
             f"· models: {', '.join(results['selection']['models'])}"
         ),

@@ -239,7 +239,26 @@ class RunStore:
     def put(self, key: str, record: dict) -> None:
         write_json_atomic(self.path(key), record)
 
+    @property
+    def invocations_path(self) -> Path:
+        return self.dir.parent / "invocations.jsonl"
 
+    def log_invocation(self, record: dict) -> None:
+        """Append one `compare` call (wall time, jobs, whether it trained or only reported, finished or not)."""
+        with self.invocations_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def invocations(self) -> list[dict]:
+        """Every logged call, oldest first (a line cut short by a crash is skipped)."""
+        if not self.invocations_path.is_file():
+            return []
+        calls = []
+        for line in self.invocations_path.read_text().splitlines():
+            try:
+                calls.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("skipping an unreadable line of %s", self.invocations_path)
+        return calls
 
 
 def run_cached(

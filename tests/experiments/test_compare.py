@@ -192,3 +192,14 @@ def test_sigterm_stops_parallel_workers_and_leaves_nothing_cached(tmp_path):
     output, _ = proc.communicate(timeout=60)  # EOF only once every process holding the pipe has exited
     assert proc.returncode != 0, output.decode()
     assert not list(out.glob("runs/*.json"))
+
+
+def test_every_call_is_logged_and_the_report_counts_the_training_calls(tmp_path):
+    selection = {"models": ["mamba"], "tasks": ["selective_copying"], "studies": []}
+    compare("smoke", out_dir=tmp_path, device="cpu", progress=False, **selection)
+    results = compare("smoke", out_dir=tmp_path, device="cpu", progress=False, report_only=True, **selection)
+    calls = results["invocations"]
+    assert [(c["report_only"], c["finished"]) for c in calls] == [(False, True), (True, True)]
+    assert all(c["wall_s"] >= 0 and c["jobs"] >= 1 for c in calls)
+    header = (tmp_path / "report.md").read_text().splitlines()[2]
+    assert f"calls that trained: 1, {calls[0]['wall_s']:.0f} s in total" in header
