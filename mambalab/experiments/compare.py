@@ -282,11 +282,16 @@ def _run_parallel(
     worker outlives this call, and the next call resumes the unfinished runs."""
     threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // jobs))
     records = {}
+    for item in items:  # cached results need no worker process
+        if (cached := store.succeeded(item.key)) is not None:
+            records[item.key] = cached
+            done(item, cached)
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(
         jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)
     )
-    heaviest_first = sorted(items, key=lambda it: -it.weight)  # so that no long run starts last
+    pending = [it for it in items if it.key not in records]
+    heaviest_first = sorted(pending, key=lambda it: -it.weight)  # so that no long run starts last
     try:
         with _forward_sigterm(pool):
             futures = {

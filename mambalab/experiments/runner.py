@@ -236,6 +236,11 @@ class RunStore:
             log.warning("ignoring unreadable cached result %s", path)
             return None
 
+    def succeeded(self, key: str) -> dict | None:
+        """The stored record of `key` marked `cached`, if that run succeeded; else None (run it)."""
+        record = self.get(key)
+        return {**record, "cached": True} if record is not None and record.get("status") == "ok" else None
+
     def put(self, key: str, record: dict) -> None:
         write_json_atomic(self.path(key), record)
 
@@ -267,9 +272,9 @@ def run_cached(
     """The stored record of `key` if it succeeded before, else run `fn(work_dir)` and store its record. An exception
     in `fn` becomes a failed record (status, error, traceback) instead of propagating; its scratch folder is
     removed so that the retry starts afresh. With run=False nothing runs: a missing result is reported as such."""
-    cached = store.get(key)
-    if cached is not None and cached.get("status") == "ok":
-        return {**cached, "cached": True}
+    cached = store.succeeded(key)
+    if cached is not None:
+        return cached
     if not run:
         return {
             "status": "missing",

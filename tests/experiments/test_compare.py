@@ -104,6 +104,8 @@ def test_parallel_jobs_give_the_sequential_results(tmp_path):
         assert par["eval"] == seq["eval"] and par["train"]["curve"] == seq["train"]["curve"]
     assert set(parallel["cost"]) == {"mamba", "transformer"}
     assert (tmp_path / "par" / "report.md").is_file()
+    again = compare("smoke", out_dir=tmp_path / "par", device="cpu", progress=False, jobs=2, **selection)
+    assert all(r["cached"] for r in again["runs"]) and again["wall_s"] < parallel["wall_s"]
 
 
 def test_bad_selection_is_a_value_error(tmp_path):
