@@ -1,8 +1,9 @@
 """Atomic file writes: write into a temp file beside the target, then rename it over the target, so that no
-reader (nor a crash half-way) ever sees half a file."""
+reader (nor a crash half-way) ever sees half a file. And `file_sha256`, to tell whether a file changed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -33,3 +34,12 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, data, indent: int = 1) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=indent, allow_nan=True) + "\n")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -55,6 +55,8 @@ def compare(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     report_only: bool = typer.Option(False, help="Train nothing: write the report from the runs cached in --out."),
+    corpus: str = typer.Option(None, help="A UTF-8 text file for the language-modelling runs (default: the "
+                               "embedded corpus)."),
     jobs: int = typer.Option(None, help="Runs at once, each in its own process (default: the preset's: quick 2, "
                              "standard 14 — small task models leave a GPU mostly idle — capped at the CPU count)."),
 ) -> None:
@@ -70,7 +72,7 @@ def compare(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         results = run_compare(preset, split(models), split(tasks), out, device, split(studies), progress=not quiet,
-                              report_only=report_only, jobs=jobs)
+                              report_only=report_only, jobs=jobs, corpus=corpus)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     except KeyboardInterrupt:

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from mambalab.experiments.presets import FAMILIES, Preset, get_preset
+from mambalab.atomic import file_sha256
+from mambalab.experiments.presets import FAMILIES, Preset, get_preset, with_corpus
 from mambalab.experiments.runner import RunSpec, RunStore, execute, run_cached
 from mambalab.experiments.studies import main_specs, study_specs
 
@@ -190,13 +191,20 @@ def compare(
     progress: bool = True,
     report_only: bool = False,
     jobs: int | None = None,
+    corpus: str | Path | None = None,
 ) -> dict:
     """Run (or resume) the comparison and write the report; returns the results dict. With `report_only`,
     nothing is trained: the report is written from the results cached so far (missing ones are listed).
-    `jobs` work items run at once, each in its own process (default: the preset's, at most the CPU count)."""
+    `jobs` work items run at once, each in its own process (default: the preset's, at most the CPU count).
+    `corpus`: a text file for the language-modelling runs instead of the embedded corpus."""
     from mambalab.experiments.report import write_report
 
     chosen = get_preset(preset)
+    if corpus is not None:
+        path = Path(corpus).resolve()
+        if not path.is_file():
+            raise ValueError(f"corpus must be a text file, got {str(corpus)!r} (not found)")
+        chosen = with_corpus(chosen, str(path), file_sha256(path))
     families = _choose(models, FAMILIES, "models") if models is not None else chosen.models
     task_names = _choose(tasks, tuple(chosen.tasks), "tasks", allow_empty=True)
     study_names = _choose(studies, STUDIES, "studies", allow_empty=True)

@@ -283,6 +283,20 @@ def _paper() -> Preset:
     )
 
 
+def with_corpus(preset: Preset, corpus: str, sha256: str) -> Preset:
+    """The preset with every language-modelling plan (main grid, init and scaling studies) on `corpus`."""
+
+    def on_corpus(plan: TaskPlan | None) -> TaskPlan | None:
+        if plan is None:
+            return None
+        return dataclasses.replace(plan, options={**plan.options, "corpus": corpus, "corpus_sha256": sha256})
+
+    tasks = {name: on_corpus(plan) if name == "lm" else plan for name, plan in preset.tasks.items()}
+    init = preset.init and dataclasses.replace(preset.init, lm=on_corpus(preset.init.lm))
+    scaling = preset.scaling and dataclasses.replace(preset.scaling, plan=on_corpus(preset.scaling.plan))
+    return dataclasses.replace(preset, tasks=tasks, init=init, scaling=scaling)
+
+
 PRESETS = {"smoke": _smoke, "quick": _quick, "standard": _standard, "paper": _paper}
 
 

@@ -46,15 +46,20 @@ def lm_task(
     tokenizer: str = "byte",
     max_bytes: int | None = None,
     val_fraction: float = 0.1,
+    corpus_sha256: str | None = None,
 ) -> LanguageModelling:
     """Language modelling on a text file (default: the corpus embedded in the package, no download).
-    `max_bytes` keeps only the start of the text (small runs need no more)."""
+    `max_bytes` keeps only the start of the text (small runs need no more). With `corpus_sha256` the file
+    must still have that content (a comparison's cached runs are keyed on it)."""
+    from mambalab.atomic import file_sha256
     from mambalab.train.corpus import embedded_corpus_path
     from mambalab.train.tokenizer import load_tokenizer
 
     path = Path(corpus) if corpus is not None else embedded_corpus_path()
     if not path.is_file():
         raise ValueError(f"lm: corpus must be a text file, got {str(path)!r} (not found)")
+    if corpus_sha256 is not None and file_sha256(path) != corpus_sha256:
+        raise ValueError(f"lm: corpus {str(path)!r} changed (sha256 differs from {corpus_sha256[:12]}…)")
     text = path.read_text(encoding="utf-8", errors="replace")
     if max_bytes is not None:
         text = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")

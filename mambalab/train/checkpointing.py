@@ -15,7 +15,6 @@ file raises `CorruptCheckpoint` naming it, and `latest_valid_checkpoint` falls b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from mambalab.atomic import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +49,6 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     optimizer: dict  # {"state": {name: {key: value}}, "param_groups": [...]} as torch's full optimizer state
     state: dict  # the rest of state.json
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -122,7 +115,7 @@ def save_checkpoint(
         files = {}
         for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
             _fsync(tmp / name)
-            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
         index = {"format": FORMAT, "version": FORMAT_VERSION, "step": step, "files": files}
         (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
         _fsync(tmp / INDEX)
@@ -165,7 +158,7 @@ def verify_checkpoint(path: str | Path) -> dict:
         size = file.stat().st_size
         if size != meta["bytes"]:
             raise CorruptCheckpoint(f"{file}: truncated or altered: {size} bytes, expected {meta['bytes']}")
-        if _sha256(file) != meta["sha256"]:
+        if file_sha256(file) != meta["sha256"]:
             raise CorruptCheckpoint(f"{file}: corrupted: SHA-256 does not match {INDEX}")
     return index
 

@@ -205,3 +205,38 @@ def test_every_call_is_logged_and_the_report_counts_the_training_calls(tmp_path)
     assert all(c["wall_s"] >= 0 and c["jobs"] >= 1 for c in calls)
     header = (tmp_path / "report.md").read_text().splitlines()[2]
     assert f"calls that trained: 1, {calls[0]['wall_s']:.0f} s in total" in header
+
+
+def test_user_corpus_feeds_every_lm_run_and_a_missing_one_is_refused(tmp_path):
+    corpus = tmp_path / "my.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    results = compare(
+        "smoke",
+        models=["mamba"],
+        tasks=["lm"],
+        studies=["scaling"],
+        out_dir=tmp_path / "out",
+        device="cpu",
+        progress=False,
+        corpus=corpus,
+    )
+    lm_runs = [r for r in results["runs"] if r["spec"]["task"] == "lm"]
+    assert len(lm_runs) > 1 and all(r["status"] == "ok" for r in lm_runs)
+    assert all(r["spec"]["plan"]["options"]["corpus"] == str(corpus.resolve()) for r in lm_runs)
+    with pytest.raises(ValueError, match="corpus"):
+        compare(
+            "smoke", tasks=["lm"], out_dir=tmp_path / "out", progress=False, corpus=tmp_path / "missing.txt"
+        )
+    corpus.write_text("changed")  # the cached runs were keyed on the old content: they are not reused
+    again = compare(
+        "smoke",
+        models=["mamba"],
+        tasks=["lm"],
+        studies=[],
+        out_dir=tmp_path / "out",
+        device="cpu",
+        progress=False,
+        corpus=corpus,
+        report_only=True,
+    )
+    assert {r["status"] for r in again["runs"]} == {"missing"}

@@ -13,6 +13,7 @@ from mambalab.tasks import (
     PhoneBook,
     SelectiveCopying,
     build_task,
+    lm_task,
     seeded,
 )
 from mambalab.tasks.base import accuracy_metrics
@@ -150,3 +151,15 @@ def test_phonebook_query_number_is_in_the_book():
 def test_bad_arguments_raise(bad):
     with pytest.raises(ValueError):
         bad()
+
+
+def test_lm_task_refuses_a_corpus_whose_content_changed(tmp_path):
+    from mambalab.atomic import file_sha256
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abc " * 100)
+    digest = file_sha256(corpus)
+    assert lm_task(corpus=corpus, corpus_sha256=digest).tokens.numel() == 400
+    corpus.write_text("abd " * 100)
+    with pytest.raises(ValueError, match="changed"):
+        lm_task(corpus=corpus, corpus_sha256=digest)
