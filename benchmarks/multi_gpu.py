@@ -1,7 +1,10 @@
 """Multi-GPU training on one host (issue #8): DDP and FSDP2 against one GPU, through mambalab's own trainer.
 
-    PYTHONPATH=. python3 benchmarks/multi_gpu.py --out $OUT/multi_gpu.json      # ≥2 GPUs, one device call
-    PYTHONPATH=. python3 benchmarks/multi_gpu.py --tiny --device cpu --out x.json  # same path: gloo, 2 processes
+    PYTHONPATH=. python3 benchmarks/multi_gpu.py --out $OUT/multi_gpu.json  # ≥2 GPUs; ~7-8 min on 2 H200s
+    PYTHONPATH=. python3 benchmarks/multi_gpu.py --tiny --device cpu         # same path on CPU (gloo), ~1 min
+
+Writes the JSON (--out, default $OUT/multi_gpu.json) and the runs' logs beside it (multi_gpu_logs/), and
+prints a table. --strategies fsdp (or ddp) runs one strategy only; --nproc 2,4 lists the GPU counts.
 
 Every training run is `run_training` (what `mambalab train` calls) in a subprocess: `python3 THIS worker ...`
 for one process, `python3 -m torch.distributed.run --standalone --nproc_per_node=N THIS worker ...` (torchrun)
@@ -11,25 +14,28 @@ N ranks at batch b/N see exactly one process's windows at batch b), the global b
 rate after a linear warmup (min_lr = lr, so a run's schedule does not depend on its length). Phases:
 
 1. one GPU: `base_steps` steps (default 50), a checkpoint `resume_steps` before the end;
-2. for N in --nproc (2, and 4 when that many GPUs are visible): DDP, then FSDP2, `steps` steps (default 200),
-   a checkpoint `resume_steps` before the end. Per step: loss and time; tokens/s over the steps after
-   `throughput_warmup` up to the checkpoint; peak memory of every rank. Loss match: max over the first
-   min(50, base_steps) steps of |loss_N - loss_1| / loss_1 (target 1e-3 in bf16; reported, not asserted).
-   Scaling efficiency = tokens/s(N) / (N × tokens/s(1)) (goals 0.90 at N=2, 0.85 at N=4);
+2. N = the first of --nproc (2): DDP, then FSDP2, `steps` steps (default 200), a checkpoint `resume_steps`
+   before the end. Per step: loss and time; tokens/s over the steps after `throughput_warmup` up to the
+   checkpoint; peak memory of every rank. Loss match: max over the first min(50, base_steps) steps of
+   |loss_N - loss_1| / loss_1 (target 1e-3 in bf16; reported, not asserted). Scaling efficiency =
+   tokens/s(N) / (N × tokens/s(1)) at the same global batch (goals 0.90 at N=2, 0.85 at N=4);
 3. portability: the N-GPU DDP and FSDP2 checkpoints resume on one GPU (both at once, one GPU each), and the
    one-GPU checkpoint resumes on N GPUs under FSDP2 (and DDP when time allows); the resumed losses are
    compared with the uninterrupted run's at the same steps (`ok` when within `resume_tol`: 1e-2 in bf16,
-   1e-4 in fp32, and the steps continue from the checkpoint).
+   1e-4 in fp32, and the steps continue from the checkpoint);
+4. the other N of --nproc that are visible (4 on a 4-GPU host) as in 2., as the budget allows.
 
 The JSON (written after every phase, so a run cut short still leaves its results) starts with the exact
-command. --budget-s: an optional phase (N=4, the 1-GPU → N DDP resume) is skipped when the time it is
-expected to take (measured on its N=2 counterpart) would pass the budget; a run still going at the budget is
-stopped. NCCL's NVLink multicast stays off in every process (NCCL_NVLS_ENABLE=0, ...; the device's KINDS.md).
+command; "complete" says the command reached its end, "skipped" what it left out. --budget-s (default
+550, under the device's 600 s per call): an optional phase (N=4, the 1-GPU → N DDP resume) is skipped when
+the time it is expected to take (measured on its N=2 counterpart) would pass the budget; a run still going at
+the budget is stopped (SIGTERM, then SIGKILL 15 s later), later phases are skipped. NCCL's NVLink multicast
+stays off in every process (NCCL_NVLS_ENABLE=0, ...; the device's KINDS.md).
 
 Full settings: the mamba-370m shape (48 × 1024, the preset's 50277-token vocabulary so the lm_head costs what
 it does in the real model; byte ids are a subset), L = 2048, global batch 8 sequences (4 per GPU on 2),
 bf16 autocast with fp32 parameters (FSDP2: bf16 parameters, fp32 reduction), the Triton scan, AdamW at
-lr 6e-4. The corpus holds ~556 windows of 2048 tokens, so 200 steps make ~3 epochs.
+lr 6e-4. The corpus holds ~540 windows of 2048 tokens, so 200 steps make ~3 epochs.
 """
 
 from __future__ import annotations
@@ -81,7 +87,7 @@ TINY = Plan(preset="tiny-mamba", seq_len=64, global_batch=4, steps=8, base_steps
             warmup_steps=2, throughput_warmup=1, lr=2e-3)
 
 
-# Worker ------------------------------------------------------------------------------------------------------
+# Worker -----------------------------------------------------------------------------------------------------
 def worker(argv: list[str]) -> None:
     """One rank of one training run: `run_training` as `mambalab train` runs it, then this rank's peak GPU
     memory (over the whole run) to OUT/peak_memory_rank{R}.json."""
@@ -109,7 +115,7 @@ def worker(argv: list[str]) -> None:
     write_json_atomic(Path(args.out) / f"peak_memory_rank{rank}.json", memory)
 
 
-# Launching runs ----------------------------------------------------------------------------------------------
+# Launching runs ---------------------------------------------------------------------------------------------
 @dataclass
 class Launch:
     """A running training subprocess (a process group: torchrun and its ranks)."""
@@ -122,15 +128,16 @@ class Launch:
     started: float
 
 
-def run_overrides(plan: Plan, device: str, data_dir: Path, seed: int, world: int, strategy: str, max_steps: int,
-                  ckpt_every: int) -> list[str]:
+def run_overrides(plan: Plan, device: str, data_dir: Path, seed: int, world: int, strategy: str,
+                  max_steps: int, ckpt_every: int) -> list[str]:
     """The `--set` items of one run: the shared plan, then this run's world size, strategy and length."""
     if plan.global_batch % world:
         raise ValueError(f"--global-batch {plan.global_batch} is not divisible by {world} processes")
     cuda = device == "cuda"
     items = [
         f"data.path={data_dir}", f"seed={seed}", f"lr={plan.lr}", f"min_lr={plan.lr}",
-        f"warmup_steps={plan.warmup_steps}", f"batch_size={plan.global_batch // world}", f"seq_len={plan.seq_len}",
+        f"warmup_steps={plan.warmup_steps}", f"batch_size={plan.global_batch // world}",
+        f"seq_len={plan.seq_len}",
         f"max_steps={max_steps}", f"ckpt_every={ckpt_every}", "log_every=1", "eval_every=0", "progress=false",
         f"device={device}", f"precision={'bf16' if cuda else 'fp32'}", f"distributed={strategy}",
         *plan.model_overrides,
@@ -215,7 +222,7 @@ def disjoint_groups(specs: list[Resume]) -> list[list[Resume]]:
     return groups
 
 
-# Reading results ---------------------------------------------------------------------------------------------
+# Reading results --------------------------------------------------------------------------------------------
 def read_records(run_dir: Path) -> list[dict]:
     from mambalab.train.metrics import MetricsLog
 
@@ -252,7 +259,7 @@ def max_rel_diff(values: list[float], reference: list[float]) -> float:
     return max(abs(v - r) / abs(r) for v, r in zip(values, reference, strict=True))
 
 
-# The benchmark -----------------------------------------------------------------------------------------------
+# The benchmark ----------------------------------------------------------------------------------------------
 class Benchmark:
     """Runs the phases in order, keeping the JSON up to date after each."""
 
@@ -273,7 +280,7 @@ class Benchmark:
                          "tokens_per_step": plan.global_batch * plan.seq_len, "budget_s": args.budget_s,
                          "loss_match_steps": min(LOSS_MATCH_STEPS, plan.base_steps, plan.steps),
                          "loss_match_target": LOSS_MATCH_TARGET, "resume_tol": self.resume_tol},
-            "runs": {}, "loss_match": {}, "scaling": {}, "resume": {}, "skipped": [],
+            "data": None, "runs": {}, "loss_match": {}, "scaling": {}, "resume": {}, "skipped": [],
         }
 
     # helpers
@@ -294,11 +301,13 @@ class Benchmark:
         self.result["skipped"].append({"phase": phase, "reason": reason})
         self.save()
 
-    def fits(self, phase: str, estimate_s: float | None) -> bool:
-        """Whether a phase expected to take `estimate_s` fits in the budget left (recorded as skipped if not)."""
+    def fits(self, phase: str, estimate_s: float | None = None) -> bool:
+        """Whether a phase expected to take `estimate_s` (None: unknown) fits in the budget left; a phase
+        that does not is recorded as skipped."""
         left = self.deadline - time.perf_counter()
-        if estimate_s is not None and estimate_s > left:
-            self.skip(phase, f"expected ~{estimate_s:.0f} s, {left:.0f} s of the budget left")
+        if left < max(estimate_s or 0.0, 1.0):
+            self.skip(phase, "the budget is spent" if left < 1.0 else
+                      f"expected ~{estimate_s:.0f} s, {left:.0f} s of the budget left")
             return False
         return True
 
@@ -306,8 +315,8 @@ class Benchmark:
         return list(range(first, first + world)) if self.device == "cuda" else None
 
     def overrides(self, world: int, strategy: str, max_steps: int) -> list[str]:
-        return run_overrides(self.plan, self.device, self.work / "data", self.seed, world, strategy, max_steps,
-                             ckpt_every=max_steps - self.plan.resume_steps)
+        return run_overrides(self.plan, self.device, self.work / "data", self.seed, world, strategy,
+                             max_steps, ckpt_every=max_steps - self.plan.resume_steps)
 
     # phases
     def prepare_data(self) -> None:
@@ -320,7 +329,7 @@ class Benchmark:
 
     def train_run(self, name: str, world: int, strategy: str, max_steps: int) -> dict | None:
         """A from-scratch run on `world` GPUs (processes); its record, or None when it failed."""
-        if not self.fits(name, 1.0):
+        if not self.fits(name):
             return None
         self.log(f"{name}: {world} × {strategy}, {max_steps} steps")
         run_dir = self.work / name
@@ -341,7 +350,7 @@ class Benchmark:
         elapsed = [r["elapsed_s"] for r in records]  # training-step time only, cumulative
         record.update(
             steps=len(records), losses=[r["loss"] for r in records],
-            step_s=[round(b - a, 4) for a, b in zip([0.0, *elapsed[:-1]], elapsed)],
+            step_s=[round(b - a, 4) for a, b in zip([0.0, *elapsed[:-1]], elapsed, strict=True)],
             **throughput(records, self.plan.throughput_warmup, max_steps - self.plan.resume_steps),
             peak_memory_gib=[m["peak_gib"] for m in memory], devices=[m["device"] for m in memory],
         )
@@ -357,9 +366,10 @@ class Benchmark:
                                            "meets_target": diff <= LOSS_MATCH_TARGET}
         efficiency = run["tokens_per_s"] / (world * base["tokens_per_s"])
         goal = SCALING_GOALS.get(world)
-        self.result["scaling"][name] = {"nproc": world, "tokens_per_s": run["tokens_per_s"],
-                                        "single_tokens_per_s": base["tokens_per_s"], "efficiency": efficiency,
-                                        "goal": goal, "meets_goal": None if goal is None else efficiency >= goal}
+        self.result["scaling"][name] = {
+            "nproc": world, "tokens_per_s": run["tokens_per_s"], "single_tokens_per_s": base["tokens_per_s"],
+            "efficiency": efficiency, "goal": goal,
+            "meets_goal": None if goal is None else efficiency >= goal}
         self.save()
 
     def resume_runs(self, specs: list[Resume]) -> None:
@@ -367,9 +377,9 @@ class Benchmark:
         directory (the checkpoint hard-linked in) that trains to the source's last step; compare the resumed
         losses with the source's uninterrupted ones. Specs on disjoint GPUs run at once (all of them on CPU:
         nothing of theirs is timed)."""
-        for group in disjoint_groups([spec for spec in specs if self.fits(spec.name, 1.0)]):
+        for group in disjoint_groups([spec for spec in specs if self.fits(spec.name)]):
             jobs = [self.launch_resume(spec) for spec in group]
-            for spec, (step, last, job) in zip(group, jobs):
+            for spec, (step, last, job) in zip(group, jobs, strict=True):
                 self.finish_resume(spec, step, last, job)
 
     def launch_resume(self, spec: Resume) -> tuple[int, int, Launch]:
@@ -380,7 +390,7 @@ class Benchmark:
         run_dir = self.work / spec.name
         shutil.copytree(checkpoint_dir(self.work / spec.source / "checkpoints", step),
                         checkpoint_dir(run_dir / "checkpoints", step), copy_function=os.link)
-        self.log(f"{spec.name}: resume {spec.source}'s step {step} on {spec.world} × {spec.strategy} to {last}")
+        self.log(f"{spec.name}: {spec.source}'s step {step} on {spec.world} × {spec.strategy} to {last}")
         overrides = self.overrides(spec.world, spec.strategy, last)
         return step, last, launch(spec.name, run_dir, self.plan.preset, overrides, spec.world, spec.gpus,
                                   resume=True)
@@ -395,8 +405,9 @@ class Benchmark:
             resumed = [r["loss"] for r in records]
             reference = self.result["runs"][spec.source]["losses"][step:last]
             diff = math.inf if problem else max_rel_diff(resumed, reference)
-            entry.update(steps=[r["step"] for r in records], resumed_losses=resumed, reference_losses=reference,
-                         max_rel_diff=diff, tolerance=self.resume_tol, ok=diff <= self.resume_tol)
+            entry.update(steps=[r["step"] for r in records], resumed_losses=resumed,
+                         reference_losses=reference, max_rel_diff=diff, tolerance=self.resume_tol,
+                         ok=diff <= self.resume_tol)
             if problem:
                 entry["problem"] = problem
             self.log(f"{spec.name}: max rel diff {diff:.2e} vs {spec.source}, ok={entry['ok']}")
@@ -418,7 +429,8 @@ class Benchmark:
         trained = [s for s in strategies if self.train_run(f"{s}_{n}", n, s, self.plan.steps) is not None]
         for s in trained:
             self.compare_to_base(f"{s}_{n}", n)
-        to_one = [Resume(f"{s}_{n}_to_1", f"{s}_{n}", 1, "none", self.gpus(1, i % n)) for i, s in enumerate(trained)]
+        to_one = [Resume(f"{s}_{n}_to_1", f"{s}_{n}", 1, "none", self.gpus(1, i % n))
+                  for i, s in enumerate(trained)]
         to_n = [Resume(f"single_to_{s}_{n}", "single", n, s, self.gpus(n))
                 for s in sorted(strategies, key=lambda s: s != "fsdp")]
         self.resume_runs(to_one + to_n[:1])
@@ -430,13 +442,13 @@ class Benchmark:
                     self.compare_to_base(name, world)
                     shutil.rmtree(self.work / name, ignore_errors=True)
         for spec in to_n[1:]:
-            if self.fits(spec.name, self.result["resume"][to_n[0].name].get("wall_s")):
+            if self.fits(spec.name, self.result["resume"].get(to_n[0].name, {}).get("wall_s")):
                 self.resume_runs([spec])
         self.result["complete"] = True
         self.save()
 
 
-# Table -------------------------------------------------------------------------------------------------------
+# Table ------------------------------------------------------------------------------------------------------
 def print_table(result: dict) -> None:
     runs, match, scaling = result["runs"], result["loss_match"], result["scaling"]
     print(f"\n{'run':<14}{'procs':>6}{'steps':>7}{'tokens/s':>12}{'efficiency':>12}{'peak GiB/rank':>22}"
@@ -463,7 +475,8 @@ def main() -> None:
     if sys.argv[1:2] == ["worker"]:
         worker(sys.argv[2:])
         return
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny model, short sequences, few steps")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--nproc", default="2,4", help="GPU counts to try (those above the visible count are"
@@ -471,12 +484,12 @@ def main() -> None:
     parser.add_argument("--strategies", default="ddp,fsdp", help="of ddp, fsdp (comma-separated)")
     parser.add_argument("--steps", type=int, help="steps of the N-GPU runs (default 200; tiny 8)")
     parser.add_argument("--base-steps", type=int, help="steps of the 1-GPU run (default 50; tiny 6)")
-    parser.add_argument("--global-batch", type=int, help="sequences per step over all GPUs (default 8; tiny 4)")
+    parser.add_argument("--global-batch", type=int, help="sequences per step, all GPUs (default 8; tiny 4)")
     parser.add_argument("--seq-len", type=int, help="tokens per sequence (default 2048; tiny 64)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budget-s", type=float, default=560.0, help="wall-clock budget of the whole command")
-    parser.add_argument("--out", default=None, help="JSON path (default: $OUT/multi_gpu.json or ./multi_gpu.json)")
-    parser.add_argument("--work-dir", default=None, help="checkpoints and logs (default: a temp dir, removed)")
+    parser.add_argument("--budget-s", type=float, default=550.0, help="wall-clock budget of the command")
+    parser.add_argument("--out", default=None, help="JSON path (default $OUT/multi_gpu.json)")
+    parser.add_argument("--work-dir", default=None, help="checkpoints, logs (default: temp, removed)")
     parser.add_argument("--keep-work", action="store_true", help="keep --work-dir's checkpoints and logs")
     args = parser.parse_args()
     import torch
@@ -497,9 +510,9 @@ def main() -> None:
     plan = dataclasses.replace(base, **{k: v for k, v in {
         "steps": args.steps, "base_steps": args.base_steps, "global_batch": args.global_batch,
         "seq_len": args.seq_len}.items() if v is not None})
-    if min(plan.steps, plan.base_steps) <= max(2 * plan.resume_steps, plan.throughput_warmup + plan.resume_steps):
-        parser.error(f"--steps/--base-steps must exceed {2 * plan.resume_steps} and"
-                     f" {plan.throughput_warmup + plan.resume_steps} (checkpoint and throughput windows)")
+    shortest = max(2 * plan.resume_steps, plan.throughput_warmup + plan.resume_steps) + 1
+    if min(plan.steps, plan.base_steps) < shortest:
+        parser.error(f"--steps and --base-steps must be >= {shortest} (checkpoint and throughput windows)")
     args.out = args.out or str(Path(os.environ.get("OUT", ".")) / "multi_gpu.json")
     script = SCRIPT.relative_to(REPO) if SCRIPT.is_relative_to(REPO) else SCRIPT
     command = shlex.join(["python3", str(script), *sys.argv[1:]])
@@ -507,14 +520,17 @@ def main() -> None:
     bench = Benchmark(plan, args, command)
     bench.result["device"].update(visible=visible, nprocs=nprocs, torch=torch.__version__)
     bench.log(f"{command}\nwork dir {bench.work}; GPU counts {nprocs}; budget {args.budget_s:.0f} s")
+    logs = Path(args.out).with_name(Path(args.out).stem + "_logs")
     try:
         bench.run(nprocs, strategies)
     finally:
         bench.save()
+        if (bench.work / "logs").is_dir():
+            shutil.copytree(bench.work / "logs", logs, dirs_exist_ok=True)
         if not args.keep_work and not args.work_dir:
             shutil.rmtree(bench.work, ignore_errors=True)
     print_table(bench.result)
-    print(f"wrote {args.out} ({bench.elapsed():.0f} s)")
+    print(f"wrote {args.out} and the runs' logs to {logs}/ ({bench.elapsed():.0f} s)")
 
 
 if __name__ == "__main__":
