@@ -79,4 +79,8 @@ def test_tiny_cpu_run_end_to_end(tmp_path):
         assert entry["ok"] and entry["max_rel_diff"] <= 1e-5, (name, entry)
         assert entry["checkpoint_step"] == last - settings["resume_steps"]
         assert entry["steps"] == list(range(entry["checkpoint_step"] + 1, last + 1))
-    assert not (tmp_path / "work" / "fsdp_2_to_1").exists()  # resume runs are removed once read
+    # disk: resume runs are removed once read, finished runs keep only the checkpoint resumed from
+    work = tmp_path / "work"
+    assert not (work / "fsdp_2_to_1").exists() and not (work / "fsdp_2" / "model").exists()
+    kept = [p.name for p in (work / "fsdp_2" / "checkpoints").iterdir()]
+    assert kept == [f"step_{settings['steps'] - settings['resume_steps']:08d}"]
