@@ -27,9 +27,9 @@ rate after a linear warmup (min_lr = lr, so a run's schedule does not depend on 
 
 The JSON (written after every phase, so a run cut short still leaves its results) starts with the exact
 command; "complete" says the command reached its end, "skipped" what it left out. --budget-s (default
-550, under the device's 600 s per call): an optional phase (N=4, the 1-GPU → N DDP resume) is skipped when
+540, under the device's 600 s per call): an optional phase (N=4, the 1-GPU → N DDP resume) is skipped when
 the time it is expected to take (measured on its N=2 counterpart) would pass the budget; a run still going at
-the budget is stopped (SIGTERM, then SIGKILL 15 s later), later phases are skipped. NCCL's NVLink multicast
+the budget is stopped (SIGTERM, then SIGKILL 40 s later), later phases are skipped. NCCL's NVLink multicast
 stays off in every process (NCCL_NVLS_ENABLE=0, ...; the device's KINDS.md).
 
 Full settings: the mamba-370m shape (48 × 1024, the preset's 50277-token vocabulary so the lm_head costs what
@@ -113,6 +113,8 @@ def worker(argv: list[str]) -> None:
     memory = {"rank": rank, "device": torch.cuda.get_device_name() if cuda else "cpu",
               "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
     write_json_atomic(Path(args.out) / f"peak_memory_rank{rank}.json", memory)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 # Launching runs ---------------------------------------------------------------------------------------------
@@ -176,7 +178,8 @@ def wait(job: Launch, deadline: float) -> dict:
         returncode = job.process.wait(timeout=max(deadline - time.perf_counter(), 1.0))
         timed_out = False
     except subprocess.TimeoutExpired:
-        for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        # torchrun passes SIGTERM on to its ranks (each in its own session) and kills them after 30 s itself
+        for sig, grace in ((signal.SIGTERM, 40.0), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(job.process.pid, sig)
                 job.process.wait(timeout=grace)
@@ -498,7 +501,7 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, help="sequences per step, all GPUs (default 8; tiny 4)")
     parser.add_argument("--seq-len", type=int, help="tokens per sequence (default 2048; tiny 64)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budget-s", type=float, default=550.0, help="wall-clock budget of the command")
+    parser.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget of the command")
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/multi_gpu.json)")
     parser.add_argument("--work-dir", default=None, help="checkpoints, logs (default: temp, removed)")
     parser.add_argument("--keep-work", action="store_true", help="keep --work-dir's checkpoints and logs")
