@@ -504,7 +504,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget of the command")
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/multi_gpu.json)")
     parser.add_argument("--work-dir", default=None, help="checkpoints, logs (default: temp, removed)")
-    parser.add_argument("--keep-work", action="store_true", help="keep --work-dir's checkpoints and logs")
+    parser.add_argument("--keep-work", action="store_true", help="keep the temp work dir")
     args = parser.parse_args()
     import torch
 
