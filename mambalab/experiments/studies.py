@@ -83,35 +83,17 @@ def state_specs(preset: Preset) -> list[RunSpec]:
     study = preset.state
     if study is None:
         return []
-    specs = []
-    for task in study.tasks:
-        plan = preset.tasks[task]
-        specs += [
-            RunSpec(
-                "state",
-                "mamba",
-                task,
-                plan,
-                dataclasses.replace(preset.size, d_state=n),
-                preset.name,
-                preset.seed,
-            )
-            for n in study.d_states
-        ]
-        specs += [
-            RunSpec(
-                "state",
-                family,
-                task,
-                plan,
-                dataclasses.replace(preset.size, d_model=d),
-                preset.name,
-                preset.seed,
-            )
-            for d in study.d_models
-            for family in study.families
-        ]
-    return specs
+    # (family, size): Mamba at each d_state, then every family at each d_model
+    variants = [("mamba", dataclasses.replace(preset.size, d_state=n)) for n in study.d_states] + [
+        (family, dataclasses.replace(preset.size, d_model=d))
+        for d in study.d_models
+        for family in study.families
+    ]
+    return [
+        RunSpec("state", family, task, preset.tasks[task], size, preset.name, preset.seed)
+        for task in study.tasks
+        for family, size in variants
+    ]
 
 
 def study_specs(preset: Preset) -> list[RunSpec]:
