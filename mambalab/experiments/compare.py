@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
@@ -275,19 +275,28 @@ def run_all(
                 records[item.key] = run_cached(store, item.key, item.describe, item.fn, run)
                 done(item, records[item.key])
             return records
-        bar.update(overall, description=f"{jobs} at once")
-        return _run_parallel(items, store, jobs, done)
+
+        def running(labels: list[str]) -> None:
+            shown = ", ".join(labels[:3]) + (f" (+{len(labels) - 3})" if len(labels) > 3 else "")
+            bar.update(overall, description=f"running: {shown}" if labels else "")
+
+        return _run_parallel(items, store, jobs, done, running)
 
 
 def _run_parallel(
-    items: list[WorkItem], store: RunStore, jobs: int, done: Callable[[WorkItem, dict], None]
+    items: list[WorkItem],
+    store: RunStore,
+    jobs: int,
+    done: Callable[[WorkItem, dict], None],
+    running: Callable[[list[str]], None],
 ) -> dict[str, dict]:
     """Run the items in `jobs` spawned worker processes (CUDA needs spawn); a worker that dies (killed, out
     of host memory) fails its item and the pool's remaining items with that reason, instead of a crash.
 
     Stopping: Ctrl-C reaches the workers too (one process group); SIGTERM to this process (`timeout`, a job
     scheduler) is passed on to them. Either way each worker's trainer finishes its step and checkpoints, no
-    worker outlives this call, and the next call resumes the unfinished runs."""
+    worker outlives this call, and the next call resumes the unfinished runs. `running` gets the labels of
+    the items in progress, about once a second."""
     threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // jobs))
     records = {}
     for item in items:  # cached results need no worker process
@@ -305,19 +314,23 @@ def _run_parallel(
             futures = {
                 pool.submit(run_cached, store, it.key, it.describe, it.fn): it for it in heaviest_first
             }
-            for future in as_completed(futures):
-                item = futures[future]
-                try:
-                    records[item.key] = future.result()
-                except BrokenProcessPool as e:
-                    records[item.key] = {
-                        "status": "failed",
-                        "error": f"worker process died: {e}",
-                        "key": item.key,
-                        **item.describe,
-                        "cached": False,
-                    }
-                done(item, records[item.key])
+            waiting = set(futures)
+            while waiting:
+                finished, waiting = wait(waiting, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    item = futures[future]
+                    try:
+                        records[item.key] = future.result()
+                    except BrokenProcessPool as e:
+                        records[item.key] = {
+                            "status": "failed",
+                            "error": f"worker process died: {e}",
+                            "key": item.key,
+                            **item.describe,
+                            "cached": False,
+                        }
+                    done(item, records[item.key])
+                running([futures[f].label for f in waiting if f.running()])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return {it.key: records[it.key] for it in items}
