@@ -215,16 +215,14 @@ def compare(
     out = Path(out_dir)
     store = RunStore(out)
     specs, items = plan_work(chosen, families, task_names, study_names, dev, progress and jobs == 1)
-    start, finished = time.perf_counter(), False
+    start, started, finished = time.perf_counter(), time.gmtime(), False
     try:
         records = run_all(items, store, progress, run=not report_only, jobs=jobs)
         finished = True
     finally:
         store.log_invocation(
             {
-                "started": time.strftime(
-                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (time.perf_counter() - start))
-                ),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", started),
                 "wall_s": time.perf_counter() - start,
                 "jobs": jobs,
                 "report_only": report_only,

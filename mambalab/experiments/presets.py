@@ -76,9 +76,8 @@ class ScalingStudy:
 
     sizes: tuple[ModelSize, ...]
     lengths: tuple[int, ...]
-    plan: (
-        TaskPlan  # LM budget; its train_length is replaced by each of `lengths`, steps scaled to keep tokens
-    )
+    # the LM budget; its train_length is replaced by each of `lengths`, the batch scaled to keep the tokens
+    plan: TaskPlan
     families: tuple[str, ...] = ("mamba", "transformer")
 
 
