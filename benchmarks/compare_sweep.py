@@ -9,8 +9,8 @@ curve, evaluation per length and wall time.
         --run "mamba:selective_copying:lr=2e-3,5e-3,1e-2:steps=4000" --run "transformer:mqar:lr=5e-3"
 
 A --run is `families:task:field=v1,v2:...` with families separated by `+`; unlisted plan fields keep the
-preset's values; `options.<name>=...` changes a task option (e.g. options.vocab_size=512); a tuple field is
-written with slashes (eval_lengths=128/512).
+preset's values; `options.<name>=...` changes a task option (e.g. options.vocab_size=512), `size.<name>=...`
+the model size (size.d_state=64, size.n_layer=2); a tuple field is written with slashes (eval_lengths=128/512).
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ def parse_run(text: str, preset) -> list[RunSpec]:
         grid[name] = [_value(v) for v in values.split(",")]
     specs = []
     for combo in itertools.product(*grid.values()):
-        plan = preset.tasks[task]
+        plan, size = preset.tasks[task], preset.size
         for name, value in zip(grid, combo, strict=True):
-            if name.startswith("options."):
+            if name.startswith("size."):
+                size = dataclasses.replace(size, **{name.removeprefix("size."): value})
+            elif name.startswith("options."):
                 plan = dataclasses.replace(
                     plan, options={**plan.options, name.removeprefix("options."): value}
                 )
@@ -57,9 +59,11 @@ def parse_run(text: str, preset) -> list[RunSpec]:
             elif name in {f.name for f in dataclasses.fields(plan)}:
                 plan = dataclasses.replace(plan, **{name: value})
             else:
-                raise ValueError(f"--run {text!r}: {name!r} is not a TaskPlan field or options.<name>")
+                raise ValueError(
+                    f"--run {text!r}: {name!r} is not a TaskPlan field, options.<name> or size.<name>"
+                )
         specs += [
-            RunSpec("sweep", family, task, plan, preset.size, preset.name, preset.seed)
+            RunSpec("sweep", family, task, plan, size, preset.name, preset.seed)
             for family in families.split("+")
         ]
     return specs
@@ -101,7 +105,7 @@ def main() -> None:
         )
         print(
             f"{spec.family:12s} {spec.task:18s} lr={spec.plan.lr:g} steps={spec.plan.steps} b={spec.plan.batch_size}"
-            f" {spec.plan.options} -> {rows[-1]['status']} loss={rows[-1]['final_loss']} eval={rows[-1]['eval']}"
+            f" {spec.plan.options} {spec.size} -> {rows[-1]['status']} loss={rows[-1]['final_loss']} eval={rows[-1]['eval']}"
             f" ({record.get('wall_s', 0):.0f} s)"
         )
     out = {"command": " ".join(sys.argv), "wall_s": time.perf_counter() - start, "runs": rows}
