@@ -43,9 +43,10 @@ TARGETS = {"fwd": {2048: 0.30, 8192: 1.3}, "fwdbwd": {2048: 1.9, 8192: 8.0}}
 # it), channels per thread (bwd_sub), register cap, dB/dC as per-block partial sums or atomics, the adjoint's
 # decay reused from the recomputed Ā (bwd_reuse_decay), the adjoint as a forward scan over flipped steps
 # (bwd_forward_adjoint). The first backward config is the v4 default (every other config's gradients are
-# compared with its), the second the v5 default; the rest are the candidates after v5 (notes/scan.md). The
+# compared with its), the second the v5 default, {**V5, **FAST} the v6 default (notes/scan.md). The
 # v5 run's full list (caps with spills, channel sub-blocks, 4-step halves) is in results/scan_h200_v5.json.
-V5 = {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8}
+SLOW = {"bwd_reuse_decay": False, "bwd_forward_adjoint": False}  # the adjoint as before v6
+V5 = {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8, **SLOW}
 FAST = {"bwd_reuse_decay": True, "bwd_forward_adjoint": True}
 FWD_SWEEP = [
     {"block_d": 16, "fwd_chunk": 8},
@@ -53,7 +54,7 @@ FWD_SWEEP = [
     {"block_d": 32, "fwd_chunk": 8},
 ]
 BWD_SWEEP = [
-    {"chunk": 16, "bwd_block_d": 8, "bwd_chunk": 8},
+    {"chunk": 16, "bwd_block_d": 8, "bwd_chunk": 8, **SLOW},
     V5,
     {**V5, "bwd_partial_dbc": False},
     {**V5, "bwd_maxnreg": 224},

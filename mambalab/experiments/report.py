@@ -76,15 +76,16 @@ def _task_section(results: dict, plots: dict) -> list[str]:
             f"{plan['eval_examples']} held-out examples per length; options {plan['options']}."
         )
         out.append("")
-        header = ["model", "params"] + [
+        header = ["model", "layers", "params"] + [
             f"{n}{' (train)' if n == plan['train_length'] else ''}" for n in lengths
         ]
         rows = []
         for r in task_runs:
             if r["status"] != "ok":
-                rows.append([r["spec"]["family"], "—"] + [r["status"]] * len(lengths))
+                rows.append([r["spec"]["family"], "—", "—"] + [r["status"]] * len(lengths))
                 continue
-            rows.append([r["spec"]["family"], f"{r['params']:,}"] + [_cell(r, n, scale) for n in lengths])
+            depth, params = r["config"]["n_layer"], f"{r['params']:,}"
+            rows.append([r["spec"]["family"], str(depth), params] + [_cell(r, n, scale) for n in lengths])
         out += _table(header, rows)
     if not out:
         return ["No task was run in this selection.", ""]

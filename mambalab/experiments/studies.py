@@ -18,7 +18,8 @@ LONG_RANGE_TASK = "selective_copying"  # with scattered=False: the copying-memor
 
 def main_specs(preset: Preset, families: tuple[str, ...], tasks: tuple[str, ...]) -> list[RunSpec]:
     return [
-        RunSpec("main", family, task, preset.tasks[task], preset.size, preset.name, preset.seed)
+        RunSpec("main", family, task, preset.tasks[task], preset.size_for(preset.tasks[task]), preset.name,
+                preset.seed)
         for task in tasks
         for family in families
     ]
@@ -37,7 +38,7 @@ def init_specs(preset: Preset) -> list[RunSpec]:
                 "s4d",
                 LONG_RANGE_TASK,
                 plan,
-                preset.size,
+                preset.size_for(plan),
                 preset.name,
                 preset.seed,
                 {"s4d": {"init": init}},
@@ -51,7 +52,7 @@ def init_specs(preset: Preset) -> list[RunSpec]:
                 "mamba",
                 "lm",
                 study.lm,
-                preset.size,
+                preset.size_for(study.lm),
                 preset.name,
                 preset.seed,
                 {"ssm": {"A_init": init}},
@@ -83,16 +84,16 @@ def state_specs(preset: Preset) -> list[RunSpec]:
     study = preset.state
     if study is None:
         return []
-    # (family, size): Mamba at each d_state, then every family at each d_model
-    variants = [("mamba", dataclasses.replace(preset.size, d_state=n)) for n in study.d_states] + [
-        (family, dataclasses.replace(preset.size, d_model=d))
-        for d in study.d_models
-        for family in study.families
-    ]
+
+    def variants(size):  # (family, size): Mamba at each d_state, then every family at each d_model
+        return [("mamba", dataclasses.replace(size, d_state=n)) for n in study.d_states] + [
+            (family, dataclasses.replace(size, d_model=d)) for d in study.d_models for family in study.families
+        ]
+
     return [
         RunSpec("state", family, task, preset.tasks[task], size, preset.name, preset.seed)
         for task in study.tasks
-        for family, size in variants
+        for family, size in variants(preset.size_for(preset.tasks[task]))
     ]
 
 

@@ -113,18 +113,23 @@ def test_expanded_output_gradients_and_empty_sequence():
         assert rel_error(outs[0][1], outs[1][1]) <= 1e-5 and rel_error(grads[0], grads[1]) <= 1e-5
 
 
+SLOW_ADJOINT = {"bwd_reuse_decay": False, "bwd_forward_adjoint": False}  # the adjoint before v6
+
+
 @pytest.mark.parametrize(
     ("tiles", "groups", "seqlens"),
     [
-        ({"bwd_block_d": 8, "bwd_chunk": 8, "bwd_partial_dbc": False}, 1, None),
+        ({"bwd_block_d": 8, "bwd_chunk": 8, "bwd_partial_dbc": False, **SLOW_ADJOINT}, 1, None),
         ({"bwd_block_d": 8, "bwd_chunk": 8, "bwd_partial_dbc": True}, 1, [12, 7]),
-        ({"chunk": 16, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_partial_dbc": True}, 1, [2, 0, 17]),
+        ({"chunk": 16, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_partial_dbc": True, **SLOW_ADJOINT}, 1, [2, 0, 17]),
         ({"bwd_block_d": 8, "bwd_chunk": 4, "bwd_sub": 2, "bwd_partial_dbc": True}, 2, None),
-        ({"bwd_block_d": 16, "bwd_chunk": 8, "bwd_sub": 4, "bwd_partial_dbc": False, "bwd_maxnreg": 128}, 1, [5, 14]),
-        ({"bwd_block_d": 8, "bwd_chunk": 8, "bwd_reuse_decay": True}, 2, [9, 0, 10]),
+        ({"bwd_block_d": 16, "bwd_chunk": 8, "bwd_sub": 4, "bwd_partial_dbc": False, "bwd_maxnreg": 128,
+          **SLOW_ADJOINT}, 1, [5, 14]),
+        ({"bwd_block_d": 8, "bwd_chunk": 8, "bwd_reuse_decay": True, "bwd_forward_adjoint": False}, 2, [9, 0, 10]),
         ({"chunk": 16, "bwd_block_d": 8, "bwd_chunk": 8, "bwd_reuse_decay": True, "bwd_forward_adjoint": True}, 1,
          None),
-        ({"bwd_block_d": 16, "bwd_chunk": 4, "bwd_sub": 2, "bwd_forward_adjoint": True}, 1, [5, 0, 14]),
+        ({"bwd_block_d": 16, "bwd_chunk": 4, "bwd_sub": 2, "bwd_reuse_decay": False, "bwd_forward_adjoint": True},
+         1, [5, 0, 14]),
     ],
 )
 def test_other_tile_configs(monkeypatch, tiles, groups, seqlens):

@@ -65,8 +65,8 @@ class ScanConfig:
     bwd_warps: int = 1
     bwd_chunk: int = 8
     bwd_sub: int = 1
-    bwd_reuse_decay: bool = False
-    bwd_forward_adjoint: bool = False
+    bwd_reuse_decay: bool = True
+    bwd_forward_adjoint: bool = True
     fwd_maxnreg: int | None = None
     bwd_maxnreg: int | None = None
 
@@ -83,10 +83,11 @@ PARTIAL_DBC_MAX_BYTES = 2 << 30
 
 
 def default_config(dim_per_group: int, n: int, batch: int = 1, groups: int = 1, length: int = 0) -> ScanConfig:
-    """Tile sizes chosen by sweeping on an H200 at N=16 (benchmarks/notes/scan.md, v5): one warp per program,
-    16 channels × 8 steps forward, checkpoints every 8 steps (two floats per (b, d, l) at n = 16), 8 channels
-    × one whole 8-step interval per backward tile (1.09× faster than 16-step intervals in two halves; channel
-    sub-blocks and register caps measured slower). The backward sums dB/dC over channel blocks through
+    """Tile sizes chosen by sweeping on an H200 at N=16 (benchmarks/notes/scan.md, v5 and v6): one warp per
+    program, 16 channels × 8 steps forward, checkpoints every 8 steps (two floats per (b, d, l) at n = 16), 8
+    channels × one whole 8-step interval per backward tile (1.09× faster than 16-step intervals in two halves;
+    channel sub-blocks and register caps measured slower), the adjoint as a forward scan over flipped steps
+    with its decay reused from the recomputed Ā (v6: backward 1.52 ms instead of 2.80 at L=2048). The backward sums dB/dC over channel blocks through
     per-block partial buffers (1.1× faster than float32 atomics) while those stay under PARTIAL_DBC_MAX_BYTES
     (they hold 2·b·G·(d/G/8)·n·l floats), else with atomics."""
     config = ScanConfig()
