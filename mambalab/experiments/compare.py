@@ -49,6 +49,7 @@ class WorkItem:
     describe: dict
     fn: Callable[[Path], dict]  # called with a scratch folder; picklable (a partial of a module function)
     weight: float = float("inf")  # expected cost (training tokens); parallel runs start the heaviest first
+    timed: bool = False  # measures speed: runs after every other item, alone on the machine
 
 
 def resolve_device(device: str) -> torch.device:
@@ -116,6 +117,7 @@ def plan_work(
                     key,
                     {"kind": "cost", "family": family},
                     partial(_cost, preset, family, device),
+                    timed=True,
                 )
             )
     if "precision" in studies:
@@ -294,7 +296,8 @@ def _run_parallel(
     Stopping: Ctrl-C reaches the workers too (one process group); SIGTERM to this process (`timeout`, a job
     scheduler) is passed on to them. Either way each worker's trainer finishes its step and checkpoints, no
     worker outlives this call, and the next call resumes the unfinished runs. `running` gets the labels of
-    the items in progress, about once a second."""
+    the items in progress, about once a second. Timed items (speed measurements) run last, one at a time in
+    this process, once the workers are gone: sharing the machine with training runs would skew them."""
     threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // jobs))
     records = {}
     for item in items:  # cached results need no worker process
@@ -305,7 +308,7 @@ def _run_parallel(
     pool = ProcessPoolExecutor(
         jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)
     )
-    pending = [it for it in items if it.key not in records]
+    pending = [it for it in items if it.key not in records and not it.timed]
     heaviest_first = sorted(pending, key=lambda it: -it.weight)  # so that no long run starts last
     try:
         with _forward_sigterm(pool):
@@ -331,6 +334,11 @@ def _run_parallel(
                 running([futures[f].label for f in waiting if f.running()])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    for item in items:
+        if item.key not in records:  # the timed items
+            running([item.label])
+            records[item.key] = run_cached(store, item.key, item.describe, item.fn)
+            done(item, records[item.key])
     return {it.key: records[it.key] for it in items}
 
 

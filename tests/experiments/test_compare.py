@@ -240,3 +240,24 @@ def test_user_corpus_feeds_every_lm_run_and_a_missing_one_is_refused(tmp_path):
         report_only=True,
     )
     assert {r["status"] for r in again["runs"]} == {"missing"}
+
+
+def _timestamps(seconds: float, work_dir) -> dict:
+    """A work item that takes `seconds` and says when it ran (module level: picklable for worker processes)."""
+    start = time.time()
+    time.sleep(seconds)
+    return {"started": start, "ended": time.time()}
+
+
+def test_timed_items_run_alone_after_the_parallel_runs(tmp_path):
+    from functools import partial
+
+    from mambalab.experiments.compare import WorkItem, run_all
+    from mambalab.experiments.runner import RunStore
+
+    items = [WorkItem("timed", "t", {}, partial(_timestamps, 0.0), timed=True)] + [
+        WorkItem(f"run{i}", f"r{i}", {}, partial(_timestamps, 0.5), weight=1.0) for i in range(3)
+    ]
+    records = run_all(items, RunStore(tmp_path), progress=False, jobs=2)
+    assert all(r["status"] == "ok" for r in records.values())
+    assert records["t"]["started"] >= max(records[f"r{i}"]["ended"] for i in range(3))
