@@ -183,6 +183,13 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def _training_environment(invocations: list[dict], here: dict) -> dict:
+    """The machine of the latest call that trained (a report written elsewhere with --report-only describes
+    where the numbers were measured), else this one."""
+    trained = [c["environment"] for c in invocations if not c.get("report_only") and "environment" in c]
+    return trained[-1] if trained else here
+
+
 def compare(
     preset: str = "quick",
     models: list[str] | None = None,
@@ -218,6 +225,7 @@ def compare(
     store = RunStore(out)
     specs, items = plan_work(chosen, families, task_names, study_names, dev, progress and jobs == 1)
     start, started, finished = time.perf_counter(), time.gmtime(), False
+    here = {**environment(dev), "seed": chosen.seed}
     try:
         records = run_all(items, store, progress, run=not report_only, jobs=jobs)
         finished = True
@@ -229,12 +237,13 @@ def compare(
                 "jobs": jobs,
                 "report_only": report_only,
                 "finished": finished,
+                "environment": here,
             }
         )
     results = {
         "preset": chosen.to_dict(),
         "selection": {"models": list(families), "tasks": list(task_names), "studies": list(study_names)},
-        "environment": {**environment(dev), "seed": chosen.seed},
+        "environment": _training_environment(store.invocations(), here),
         "wall_s": time.perf_counter() - start,
         "invocations": store.invocations(),
         "compute_s": sum(r.get("wall_s", 0.0) for r in records.values()),

@@ -261,6 +261,36 @@ def state_rule(results: dict) -> list[Finding]:
     return out
 
 
+SOLVED = 0.99  # "solves" a recall task: ≥ 99% at the training length
+
+
+def width_rule(results: dict) -> list[Finding]:
+    """Study (d) across widths: each family's accuracy vs d_model at the reference d_state, and the widths at
+    which it solves the task (Zoology, Fig. 2: attention solves MQAR at d_model = 64)."""
+    out = []
+    d_state = results["preset"]["size"]["d_state"]
+    for task in sorted({r["spec"]["task"] for r in runs(results, "state")}):
+        by_family = {}
+        for r in runs(results, "state", task):
+            if r["spec"]["size"]["d_state"] == d_state:
+                by_family.setdefault(r["spec"]["family"], {})[r["spec"]["size"]["d_model"]] = train_metric(r)
+        by_family = {f: widths for f, widths in by_family.items() if len(widths) >= 2}
+        if not by_family:
+            continue
+        parts = []
+        for family, widths in sorted(by_family.items()):
+            series = ", ".join(f"d{d}: {pct(widths[d])}" for d in sorted(widths))
+            solved = [d for d in sorted(widths) if widths[d] >= SOLVED]
+            at = ", ".join(str(d) for d in solved)
+            verdict = f"solves it (≥{pct(SOLVED)}) at d_model={at}" if solved else f"never reaches {pct(SOLVED)}"
+            parts.append(f"{_display(family)} {verdict} ({series})")
+        attention = by_family.get("transformer", {})
+        supports = None if 64 not in attention else attention[64] >= SOLVED
+        paper = " Zoology (Fig. 2): attention solves MQAR at d_model=64." if task == "mqar" else ""
+        out.append(Finding(f"width_{task}", f"{task} vs d_model: " + "; ".join(parts) + "." + paper, supports))
+    return out
+
+
 def precision_rule(results: dict) -> list[Finding]:
     rec = results.get("precision")
     if not rec or rec.get("status") != "ok":
@@ -358,6 +388,7 @@ RULES: list[Callable[[dict], Finding | list[Finding] | None]] = [
     init_rule,
     scaling_rule,
     state_rule,
+    width_rule,
     precision_rule,
     cost_rule,
 ]

@@ -217,7 +217,7 @@ def _standard() -> Preset:
         tasks={
             "selective_copying": sc,
             "induction_heads": TaskPlan(
-                {"vocab_size": 16}, 256, (256, 1024, 4096, 16384), steps=6000, **{**synthetic, "lr": 5e-4}
+                {"vocab_size": 16}, 256, (256, 1024, 4096, 16384), steps=8000, **{**synthetic, "lr": 5e-4}
             ),
             "mqar": TaskPlan({"vocab_size": 8192}, 256, (256, 512, 1024), steps=4000, **synthetic),
             "copying": TaskPlan(

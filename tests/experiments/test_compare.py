@@ -165,6 +165,19 @@ def test_report_only_trains_nothing_and_lists_missing_runs(tmp_path, monkeypatch
     assert "not run yet" in (tmp_path / "report.md").read_text()
 
 
+def test_report_only_describes_the_machine_that_trained(tmp_path):
+    """A report rewritten elsewhere (--report-only on a laptop) keeps the training machine's environment."""
+    gpu = {"device": "cuda", "device_name": "NVIDIA H200", "torch": "2.11.0", "seed": 0}
+    (tmp_path / "invocations.jsonl").write_text(
+        json.dumps({"wall_s": 1.0, "jobs": 14, "report_only": False, "finished": True, "environment": gpu}) + "\n"
+    )
+    kwargs = {"models": ["mamba"], "tasks": ["mqar"], "studies": [], "out_dir": tmp_path, "progress": False}
+    assert compare("smoke", report_only=True, **kwargs)["environment"] == gpu
+    assert "NVIDIA H200" in (tmp_path / "report.md").read_text()
+    trained_here = compare("smoke", device="cpu", **kwargs)  # a call that trains describes its own machine
+    assert trained_here["environment"]["device"] == "cpu"
+
+
 ENDLESS_COMPARE = """
 import dataclasses, sys
 from mambalab.experiments import presets

@@ -108,3 +108,21 @@ def test_init_finding_follows_the_numbers():
         run("selective_copying", "s4d", {64: 0.9}, 64, "init", {"s4d": {"init": "random"}}),
     )
     assert "no better than random" in texts(random_better)["init_s4d"]
+
+
+def test_width_finding_names_the_widths_that_solve():
+    def state_run(family, d_model, accuracy):
+        r = run("mqar", family, {256: accuracy}, 256, group="state")
+        r["spec"]["size"] = {"d_model": d_model, "n_layer": 2, "d_state": 16}
+        return r
+
+    res = results(
+        state_run("transformer", 32, 0.5), state_run("transformer", 64, 0.995), state_run("transformer", 128, 1.0),
+        state_run("mamba", 32, 0.01), state_run("mamba", 64, 0.02),
+    )
+    found = {f.id: f for f in evaluate_findings(res)}["width_mqar"]
+    assert "Transformer++ solves it (≥99.0%) at d_model=64, 128" in found.text and found.supports_paper is True
+    assert "Mamba never reaches 99.0% (d32: 1.0%, d64: 2.0%)" in found.text
+    res["runs"][1]["eval"]["256"]["token_accuracy"] = 0.9  # attention short of solving at 64: the paper differs
+    found = {f.id: f for f in evaluate_findings(res)}["width_mqar"]
+    assert "solves it (≥99.0%) at d_model=128 (" in found.text and found.supports_paper is False
