@@ -126,3 +126,13 @@ def test_width_finding_names_the_widths_that_solve():
     res["runs"][1]["eval"]["256"]["token_accuracy"] = 0.9  # attention short of solving at 64: the paper differs
     found = {f.id: f for f in evaluate_findings(res)}["width_mqar"]
     assert "solves it (≥99.0%) at d_model=128 (" in found.text and found.supports_paper is False
+
+
+def test_selective_copying_with_more_noise_is_its_own_finding():
+    res = results(
+        run("selective_copying", "mamba", {64: 0.97, 256: 0.8}, 64), run("selective_copying", "s4d", {64: 0.83, 256: 0.1}, 64)
+    )
+    found = {f.id: f for f in evaluate_findings(res)}
+    assert "did NOT appear" in found["selective_copying"].text  # +14 points at the training length
+    assert "Mamba 80.0% ≫ S4D 10.0%" in found["selective_copying_extrapolation"].text
+    assert found["selective_copying_extrapolation"].supports_paper is True
