@@ -274,3 +274,20 @@ def test_timed_items_run_alone_after_the_parallel_runs(tmp_path):
     records = run_all(items, RunStore(tmp_path), progress=False, jobs=2)
     assert all(r["status"] == "ok" for r in records.values())
     assert records["t"]["started"] >= max(records[f"r{i}"]["ended"] for i in range(3))
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "standard", "paper"])
+def test_every_preset_plans_its_work_and_a_task_depth_reaches_its_runs(name):
+    from mambalab.experiments.compare import STUDIES, plan_work
+    from mambalab.experiments.presets import get_preset
+
+    preset = get_preset(name)
+    specs, items = plan_work(preset, preset.models, tuple(preset.tasks), STUDIES, torch.device("cpu"), False)
+    assert len({item.key for item in items}) == len(items) and specs
+    for spec in specs:
+        plan_depth = spec.plan.n_layer or preset.size.n_layer
+        if spec.group in ("main", "state"):
+            assert spec.size.n_layer == plan_depth, spec.label
+    depths = {s.size.n_layer for s in specs if s.group == "main" and s.task == "selective_copying"}
+    expected = preset.tasks["selective_copying"].n_layer or preset.size.n_layer
+    assert depths == {expected}
