@@ -343,11 +343,12 @@ def _run_parallel(
                 running([futures[f].label for f in waiting if f.running()])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    for item in items:
-        if item.key not in records:  # the timed items
-            running([item.label])
-            records[item.key] = run_cached(store, item.key, item.describe, item.fn)
-            done(item, records[item.key])
+    with _forward_sigterm(pool):  # SIGTERM now stops like Ctrl-C (the call is still logged)
+        for item in items:
+            if item.key not in records:  # the timed items
+                running([item.label])
+                records[item.key] = run_cached(store, item.key, item.describe, item.fn)
+                done(item, records[item.key])
     return {it.key: records[it.key] for it in items}
 
 
