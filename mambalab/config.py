@@ -218,7 +218,7 @@ _SUBCONFIGS = {"ssm": SSMConfig, "attention": AttentionConfig, "mlp": MLPConfig,
 
 def _from_dict(cls, data: dict[str, Any], where: str):
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")  # noqa: TRY004
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -40,7 +40,9 @@ def random_scan_inputs(batch: int, dim: int, n: int, length: int, dtype=torch.fl
     D = torch.randn(dim, **g)
     z = torch.randn(batch, dim, length, **g).to(dtype)
     bias = torch.randn(dim, **g) * 0.1
-    return dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=bias, delta_softplus=True)
+    return {
+        "u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": bias, "delta_softplus": True
+    }
 
 
 def scan_agreement(generator=None) -> list[dict]:
