@@ -38,33 +38,27 @@ OFFICIAL = {  # mamba-ssm selective_scan_cuda, ANCHORS.md (ms)
 }
 TARGETS = {"fwd": {2048: 0.30, 8192: 1.3}, "fwdbwd": {2048: 1.9, 8192: 8.0}}
 # Tile configs swept at L=2048 (ScanConfig fields; the rest are the defaults). Forward: channels per program,
-# steps per iteration, register cap. Backward: checkpoint interval (chunk: 16, one float of checkpoints per
-# (b, d, l), or 8, two floats; both O(b·d·L)), channels per program, steps per tile (the interval or half of
-# it), channels per thread (bwd_sub), register cap, dB/dC as per-block partial sums or atomics, the adjoint's
-# decay reused from the recomputed Ā (bwd_reuse_decay), the adjoint as a forward scan over flipped steps
-# (bwd_forward_adjoint). The first backward config is the v4 default (every other config's gradients are
-# compared with its), the second the v5 default, {**V5, **FAST} the v6 default (notes/scan.md). The
-# v5 run's full list (caps with spills, channel sub-blocks, 4-step halves) is in results/scan_h200_v5.json.
-SLOW = {"bwd_reuse_decay": False, "bwd_forward_adjoint": False}  # the adjoint as before v6
-V5 = {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8, **SLOW}
-FAST = {"bwd_reuse_decay": True, "bwd_forward_adjoint": True}
+# steps per iteration, warps. Backward: checkpoint interval (chunk 8: two floats of checkpoints per (b, d, l);
+# 16 in 8-step halves: one), channels per program, channels per thread (bwd_sub), register cap, dB/dC as
+# per-block partial sums or atomics. The first backward config is the v6 default (every other config's
+# gradients are compared with its). Earlier sweeps (v3-v6 tiles, caps with spills, the adjoint variants) are
+# in results/scan_h200_v5.json and scan_h200_v6.json; notes/scan.md says what each measured.
+V6 = {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8}
 FWD_SWEEP = [
     {"block_d": 16, "fwd_chunk": 8},
-    {"block_d": 16, "fwd_chunk": 8, "fwd_maxnreg": 152},
     {"block_d": 32, "fwd_chunk": 8},
+    {"block_d": 32, "fwd_chunk": 8, "fwd_warps": 2},
+    {"block_d": 16, "fwd_chunk": 4},
+    {"block_d": 32, "fwd_chunk": 4},
+    {"block_d": 8, "fwd_chunk": 8},
 ]
 BWD_SWEEP = [
-    {"chunk": 16, "bwd_block_d": 8, "bwd_chunk": 8, **SLOW},
-    V5,
-    {**V5, "bwd_partial_dbc": False},
-    {**V5, "bwd_maxnreg": 224},
-    {**V5, "bwd_forward_adjoint": True},
-    {**V5, "bwd_reuse_decay": True},
-    {**V5, **FAST},
-    {**V5, "bwd_forward_adjoint": True, "bwd_maxnreg": 224},
-    {**V5, **FAST, "bwd_maxnreg": 224},
-    {**V5, **FAST, "bwd_partial_dbc": False},
-    {"chunk": 16, "bwd_block_d": 8, "bwd_chunk": 8, **FAST},
+    V6,
+    {**V6, "bwd_block_d": 4},
+    {**V6, "bwd_block_d": 16, "bwd_sub": 2},
+    {**V6, "bwd_maxnreg": 224},
+    {**V6, "bwd_partial_dbc": False},
+    {**V6, "chunk": 16},
 ]
 
 T0 = time.time()
@@ -168,6 +162,27 @@ def time_scan(args, backend, fwdbwd, rep=100):
         return torch.autograd.grad(y, [leaves[k] for k in names], dy)
 
     return do_bench(fwd_bwd if fwdbwd else fwd, warmup=25, rep=rep, return_mode="median")
+
+
+def kernel_profile(args, reps=5) -> dict:
+    """GPU time per kernel (µs per call, summed over a forward+backward) of the triton backend, from the torch
+    profiler: where fwd+bwd spends what the two scan kernels do not."""
+    leaves = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in args.items()}
+    names = [k for k, v in leaves.items() if v.requires_grad]
+    dy = torch.randn_like(args["u"])
+
+    def fwd_bwd():
+        y = selective_scan(**leaves, delta_softplus=True, backend="triton")
+        return torch.autograd.grad(y, [leaves[k] for k in names], dy)
+
+    fwd_bwd()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fwd_bwd()
+        torch.cuda.synchronize()
+    per_kernel = {e.key[:80]: e.self_device_time_total / reps for e in prof.key_averages() if e.self_device_time_total > 0}
+    return dict(sorted(per_kernel.items(), key=lambda kv: -kv[1]))
 
 
 def peak_extra_gb(args, backend):
@@ -348,6 +363,9 @@ def main() -> int:
         if length == 2048 and not opts.no_baselines:
             row["naive_loop_fwd"] = time_scan(args, "reference", False, rep=5)
         row["official_fwd"], row["official_fwdbwd"] = OFFICIAL["fwd"][length], OFFICIAL["fwdbwd"][length]
+        profile = kernel_profile(args)
+        report.setdefault("fwdbwd_kernels_us", {})[str(length)] = profile
+        log(f"L={length} fwd+bwd kernels (us): " + ", ".join(f"{k[:40]}={v:.0f}" for k, v in profile.items()))
         row["target_fwd"], row["target_fwdbwd"] = TARGETS["fwd"][length], TARGETS["fwdbwd"][length]
         report["anchors"][str(length)] = row
         log(f"L={length}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items()))

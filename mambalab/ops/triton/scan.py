@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from mambalab.ops.triton import common
-from mambalab.ops.triton.common import INTERPRETED, LOG2E, affine_combine, softplus
+from mambalab.ops.triton.common import INTERPRETED, LOG2E, affine_combine, sigmoid, softplus
 
 __all__ = ["INTERPRETED", "ScanConfig", "checkpoint_slots", "default_config", "scan_backward", "scan_forward"]
 
@@ -132,13 +132,21 @@ def _delta(raw, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 @triton.jit
 def _load_td(base, t_offs, mask, PRESENT: tl.constexpr):
-    """A tile of steps × channels at base + t_offs (time offsets broadcast over the channels of base), in its
-    stored dtype (zeros when the tensor is absent)."""
+    """A tile of steps × channels at base + t_offs (time offsets broadcast over the channels of base), in
+    float32 (zeros when the tensor is absent). Converted where it is loaded: the conversion then runs on the
+    load's few values per thread, not on every copy of the tile broadcast over N (triton 3.6 places it after
+    the broadcast otherwise; benchmarks/notes/scan.md "v7")."""
     if PRESENT:
-        tile = tl.load(base + t_offs, mask=mask, other=0.0)
+        tile = tl.load(base + t_offs, mask=mask, other=0.0).to(tl.float32)
     else:
-        tile = tl.zeros(mask.shape, dtype=base.dtype.element_ty)
+        tile = tl.zeros(mask.shape, dtype=tl.float32)
     return tile
+
+
+@triton.jit
+def _load_tn(base, t, s_l, mask):
+    """A (steps, NP) tile of B or C at steps t, in float32 (converted where loaded, as in _load_td)."""
+    return tl.load(base + t[:, None] * s_l, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -220,8 +228,8 @@ def _scan_fwd_kernel(
     dt_raw = _load_td(dt_base, t[:, None] * s_dt_l, mask_td, True)
     u_raw = _load_td(u_base, t[:, None] * s_u_l, mask_td, True)
     z_raw = _load_td(z_base, t[:, None] * s_z_l, mask_td, HAS_Z)
-    B_raw = tl.load(B_base + t[:, None] * s_B_l, mask=mask_tn, other=0.0)  # (T, NP)
-    C_raw = tl.load(C_base + t[:, None] * s_C_l, mask=mask_tn, other=0.0)
+    B_raw = _load_tn(B_base, t, s_B_l, mask_tn)  # (T, NP)
+    C_raw = _load_tn(C_base, t, s_C_l, mask_tn)
     for t0 in range(start, end, CHUNK):
         if STORE_CKPT:  # noqa: SIM102  (compile-time flag, then a run-time test)
             if (t0 - start) % CKPT == 0:
@@ -229,10 +237,7 @@ def _scan_fwd_kernel(
         t = t0 + offs_t
         mask_td = (t < end)[:, None] & mask_d[None, :]
         dt, _ = _delta(dt_raw, mask_td, bias[None, :], HAS_BIAS, SOFTPLUS)  # Δ                 (T, BD)
-        u = u_raw.to(tl.float32)  # (T, BD)
-        z = z_raw.to(tl.float32)
-        Bt = B_raw.to(tl.float32)  # (T, NP)
-        Ct = C_raw.to(tl.float32)
+        u, z, Bt, Ct = u_raw, z_raw, B_raw, C_raw  # (T, BD), (T, BD), (T, NP), (T, NP)
         # Prefetch the next chunk (masked off past the end).
         t_next = t + CHUNK
         mask_next = (t_next < end)[:, None] & mask_d[None, :]
@@ -240,8 +245,8 @@ def _scan_fwd_kernel(
         dt_raw = _load_td(dt_base, t_next[:, None] * s_dt_l, mask_next, True)
         u_raw = _load_td(u_base, t_next[:, None] * s_u_l, mask_next, True)
         z_raw = _load_td(z_base, t_next[:, None] * s_z_l, mask_next, HAS_Z)
-        B_raw = tl.load(B_base + t_next[:, None] * s_B_l, mask=mask_next_n, other=0.0)
-        C_raw = tl.load(C_base + t_next[:, None] * s_C_l, mask=mask_next_n, other=0.0)
+        B_raw = _load_tn(B_base, t_next, s_B_l, mask_next_n)
+        C_raw = _load_tn(C_base, t_next, s_C_l, mask_next_n)
 
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # Ā_t = exp(Δ_t A)                     (T, NP, BD)
         dBu = (dt * u)[:, None, :] * Bt[:, :, None]  # B̄_t u_t = Δ_t B_t u_t                  (T, NP, BD)
@@ -252,7 +257,7 @@ def _scan_fwd_kernel(
         if HAS_D:
             y += Dv[None, :] * u
         if HAS_Z:
-            y *= z * tl.sigmoid(z)
+            y *= z * sigmoid(z)
         tl.store(y_base + t[:, None], y.to(y_ptr.dtype.element_ty), mask=mask_td)
 
     tl.store(hT_ptr + seq * dim * N + nd_offs, h, mask=mask_nd)
@@ -268,7 +273,7 @@ def _scan_fwd_kernel(
 @triton.jit
 def _load_bwd_inputs(dt_base, u_base, z_base, dy_base, B_base, C_base, t, start, end, mask_d, mask_n,
                      s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z: tl.constexpr, REUSE_DECAY: tl.constexpr):
-    """The backward's inputs at steps t (masked to [start, end)), in their stored dtypes: Δ raw, Δ raw at
+    """The backward's inputs at steps t (masked to [start, end)), in float32: Δ raw, Δ raw at
     t + 1 (not loaded with REUSE_DECAY: Δ raw again), u, dy, z (STEPS, SUB, DI) and B, C (STEPS, NP)."""
     mask_t = (t >= start) & (t < end)
     mask_td = mask_t[:, None, None] & mask_d[None, :, :]
@@ -282,8 +287,8 @@ def _load_bwd_inputs(dt_base, u_base, z_base, dy_base, B_base, C_base, t, start,
     u_raw = _load_td(u_base, t3 * s_u_l, mask_td, True)
     dy_raw = _load_td(dy_base, t3 * s_dy_l, mask_td, True)
     z_raw = _load_td(z_base, t3 * s_z_l, mask_td, HAS_Z)
-    B_raw = tl.load(B_base + t[:, None] * s_B_l, mask=mask_tn, other=0.0)
-    C_raw = tl.load(C_base + t[:, None] * s_C_l, mask=mask_tn, other=0.0)
+    B_raw = _load_tn(B_base, t, s_B_l, mask_tn)
+    C_raw = _load_tn(C_base, t, s_C_l, mask_tn)
     return dt_raw, dtn_raw, u_raw, dy_raw, z_raw, B_raw, C_raw
 
 
@@ -300,7 +305,7 @@ def _advance(h, dt_raw, u_raw, B_raw, t, end, mask_d, bias, A2, HAS_BIAS: tl.con
     mask_td = (t < end)[:, None, None] & mask_d[None, :, :]
     dt, _ = _delta(dt_raw, mask_td, bias[None, :, :], HAS_BIAS, SOFTPLUS)  # (STEPS, SUB, DI)
     dA = tl.exp2(dt[:, :, None, :] * A2[None])  # (STEPS, SUB, NP, DI)
-    dBu = (dt * u_raw.to(tl.float32))[:, :, None, :] * B_raw.to(tl.float32)[:, None, :, None]
+    dBu = (dt * u_raw)[:, :, None, :] * B_raw[:, None, :, None]
     first, last = _first_last(t)
     hs = _chunk_states(h, dA, dBu, first)
     return tl.sum(tl.where(last, hs, 0.0), axis=0)
@@ -361,11 +366,9 @@ def _bwd_steps(
     mask_tn = mask_t[:, None] & mask_n[None, :]  # (STEPS, NP)
     first, last = _first_last(t)
     dt, raw = _delta(dt_raw, mask_td, bias[None, :, :], HAS_BIAS, SOFTPLUS)  # (STEPS, SUB, DI)
-    u = u_raw.to(tl.float32)  # (STEPS, SUB, DI)
-    dy = dy_raw.to(tl.float32)
-    z = z_raw.to(tl.float32)
-    Bt = B_raw.to(tl.float32)[:, None, :, None]  # (STEPS, 1, NP, 1)
-    Ct = C_raw.to(tl.float32)[:, None, :, None]
+    u, dy, z = u_raw, dy_raw, z_raw  # (STEPS, SUB, DI)
+    Bt = B_raw[:, None, :, None]  # (STEPS, 1, NP, 1)
+    Ct = C_raw[:, None, :, None]
 
     # Recompute the forward states of these steps.
     dtu = dt * u  # (STEPS, SUB, DI)
@@ -376,7 +379,7 @@ def _bwd_steps(
     # Through the gate and the skip: dy_ssm = dL/d(C·h).
     dy_ssm = dy
     if HAS_Z:
-        sig_z = tl.sigmoid(z)
+        sig_z = sigmoid(z)
         pre_gate = tl.sum(hs * Ct, axis=2)  # (STEPS, SUB, DI)
         if HAS_D:
             pre_gate += Dv[None, :, :] * u
@@ -412,7 +415,7 @@ def _bwd_steps(
     _accumulate(dB_ptr + dBC_base + t[:, None], dB, mask_tn, DBC_PARTIAL)
     dA_acc += tl.sum(gs * h_decay * dt[:, :, None, :], axis=0)
     if SOFTPLUS:
-        ddt = ddt * tl.sigmoid(raw)
+        ddt = ddt * sigmoid(raw)
     ddt = tl.where(mask_td, ddt, 0.0)
     dbias_acc += tl.sum(ddt, axis=0)
     tl.store(du_ptr + grad_base + t[:, None, None], du.to(du_ptr.dtype.element_ty), mask=mask_td)

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from mambalab.ops.triton import common
-from mambalab.ops.triton.common import INTERPRETED, LOG2E, softplus
+from mambalab.ops.triton.common import INTERPRETED, LOG2E, sigmoid, softplus
 
 __all__ = ["INTERPRETED", "conv_update", "state_update"]
 
@@ -57,7 +57,7 @@ def _state_update_kernel(
         y += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) * x
     if HAS_Z:
         z = tl.load(z_ptr + row * s_z_b + offs_d * s_z_d, mask=mask_d, other=0.0).to(tl.float32)
-        y *= z * tl.sigmoid(z)
+        y *= z * sigmoid(z)
     tl.store(y_ptr + row * dim + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
 
 
@@ -89,7 +89,7 @@ def _conv_update_kernel(
     if HAS_BIAS:
         y += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if SILU:
-        y = y * tl.sigmoid(y)
+        y = y * sigmoid(y)
     tl.store(y_ptr + row * dim + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
 
 
