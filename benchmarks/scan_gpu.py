@@ -38,27 +38,20 @@ OFFICIAL = {  # mamba-ssm selective_scan_cuda, ANCHORS.md (ms)
 }
 TARGETS = {"fwd": {2048: 0.30, 8192: 1.3}, "fwdbwd": {2048: 1.9, 8192: 8.0}}
 # Tile configs swept at L=2048 (ScanConfig fields; the rest are the defaults). Forward: channels per program,
-# steps per iteration, warps. Backward: checkpoint interval (chunk 8: two floats of checkpoints per (b, d, l);
-# 16 in 8-step halves: one), channels per program, channels per thread (bwd_sub), register cap, dB/dC as
-# per-block partial sums or atomics. The first backward config is the v6 default (every other config's
-# gradients are compared with its). Earlier sweeps (v3-v6 tiles, caps with spills, the adjoint variants) are
-# in results/scan_h200_v5.json and scan_h200_v6.json; notes/scan.md says what each measured.
+# steps per iteration. Backward: channels per program and per thread (bwd_sub), dB/dC as per-block partial sums
+# or float32 atomics. The first backward config is the v6/v7 default (every other config's gradients are
+# compared with its). Earlier sweeps are in results/scan_h200_v5.json, v6 (caps with spills, the adjoint
+# variants), v7 (forward tiles, 4-channel blocks, caps, 16-step halves) and v8 (atomics into 4-64 slots);
+# notes/scan.md says what each measured.
 V6 = {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8}
 FWD_SWEEP = [
     {"block_d": 16, "fwd_chunk": 8},
     {"block_d": 32, "fwd_chunk": 8},
-    {"block_d": 32, "fwd_chunk": 8, "fwd_warps": 2},
-    {"block_d": 16, "fwd_chunk": 4},
-    {"block_d": 32, "fwd_chunk": 4},
-    {"block_d": 8, "fwd_chunk": 8},
 ]
 BWD_SWEEP = [
     V6,
-    {**V6, "bwd_block_d": 4},
     {**V6, "bwd_block_d": 16, "bwd_sub": 2},
-    {**V6, "bwd_maxnreg": 224},
     {**V6, "bwd_partial_dbc": False},
-    {**V6, "chunk": 16},
 ]
 
 T0 = time.time()
@@ -343,7 +336,8 @@ def main() -> int:
     library_default = scan.default_config  # keeps its memory rule for the dB/dC partial buffers
     if not opts.no_sweep:
         best = sweep(report)
-        tiles = {k: v for k, v in best.__dict__.items() if k != "bwd_partial_dbc"}
+        # The library's memory rule decides partial buffers vs atomics, unless atomics won the sweep.
+        tiles = {k: v for k, v in best.__dict__.items() if k != "bwd_partial_dbc" or not v}
         scan.default_config = lambda *args: dataclasses.replace(library_default(*args), **tiles)
 
     # 3. Anchors: L=2048 and 8192.
