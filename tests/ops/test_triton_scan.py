@@ -113,6 +113,25 @@ def test_expanded_output_gradients_and_empty_sequence():
         assert rel_error(outs[0][1], outs[1][1]) <= 1e-5 and rel_error(grads[0], grads[1]) <= 1e-5
 
 
+@pytest.mark.parametrize("loss_of", ["y", "final_state"])
+def test_gradient_of_one_output_only(loss_of):
+    """A loss of y alone or of the final state alone: autograd hands the op no gradient (None, not zeros) for the
+    other output and none for the checkpoints; the gradients still match the oracle's."""
+    args = {k: v.to(DEVICE).requires_grad_(True) for k, v in make_inputs(batch=2, length=11).items()}
+    args64 = {k: v.detach().double().cpu().requires_grad_(True) for k, v in args.items()}
+    grads = []
+    for a, backend in ((args, "triton"), (args64, "reference")):
+        y, final = selective_scan(**a, delta_softplus=True, return_final_state=True, backend=backend)
+        out = y if loss_of == "y" else final
+        weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape).to(out.device)
+        grads.append(torch.autograd.grad((out * weight).sum(), list(a.values()), materialize_grads=True))
+    for name, g, g64 in zip(args, *grads):
+        if loss_of == "final_state" and name in ("C", "D", "z"):  # the final state does not depend on them
+            assert not g.any() and not g64.any(), name
+        else:
+            assert rel_error(g, g64) <= 1e-5, name
+
+
 SLOW_ADJOINT = {"bwd_reuse_decay": False, "bwd_forward_adjoint": False}  # the adjoint before v6
 
 
