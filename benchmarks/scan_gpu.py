@@ -25,7 +25,12 @@ import triton
 from triton.testing import do_bench
 
 from mambalab.ops import triton as kernels
-from mambalab.ops.conv1d import causal_conv1d, causal_conv1d_update, causal_conv1d_update_fused
+from mambalab.ops.conv1d import (
+    causal_conv1d,
+    causal_conv1d_fused,
+    causal_conv1d_update,
+    causal_conv1d_update_fused,
+)
 from mambalab.ops.selective_scan import selective_scan
 from mambalab.ops.state_update import selective_state_update, selective_state_update_fused
 from mambalab.ops.triton import common, scan
@@ -287,17 +292,30 @@ def time_decode_step(batch, d=1536, n=16, width=4):
 def time_steps(report):
     """Decode-step kernels vs the torch versions, and the sequence conv vs its byte floor."""
     out = {f"b{batch}": time_decode_step(batch) for batch in (1, 64)}
-    # Causal conv over the sequence (prefill / training), torch (cuDNN depthwise conv) vs its byte floor.
-    x = torch.randn(8, 2048, 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    # Causal conv over the sequence (prefill / training): torch (cuDNN depthwise conv) and the fused Triton
+    # kernels against the byte floor, on contiguous x and on the mixer's channels-last view of in_proj's output.
     w = torch.randn(2048, 4, device="cuda", requires_grad=True)
     cb = torch.randn(2048, device="cuda", requires_grad=True)
-    dy = torch.randn_like(x)
-    fwd = do_bench(lambda: causal_conv1d(x, w, cb, "silu"), return_mode="median")
-    fb = do_bench(lambda: torch.autograd.grad(causal_conv1d(x, w, cb, "silu"), (x, w, cb), dy), return_mode="median")
-    floor_f, floor_fb = 2 * x.numel() * 2 / COPY_BW * 1e3, 5 * x.numel() * 2 / COPY_BW * 1e3
-    out["causal_conv1d_b8_d2048_L2048"] = {"fwd_ms": fwd, "fwdbwd_ms": fb, "fwd_floor_ms": floor_f,
-                                           "fwdbwd_floor_ms": floor_fb}
-    log(f"causal_conv1d torch: fwd {fwd:.3f} ms (floor {floor_f:.3f}), fwd+bwd {fb:.3f} ms (floor {floor_fb:.3f})")
+    layouts = {"contiguous": torch.randn(8, 2048, 2048, device="cuda", dtype=torch.bfloat16),
+               "channels_last": torch.randn(8, 2048, 4096, device="cuda", dtype=torch.bfloat16).transpose(1, 2)[:, :2048]}
+    for layout, x in layouts.items():
+        x.requires_grad_(True)
+        dy = torch.randn(x.shape, device="cuda", dtype=x.dtype)
+        floor_f, floor_fb = 2 * x.numel() * 2 / COPY_BW * 1e3, 5 * x.numel() * 2 / COPY_BW * 1e3
+        row = {"fwd_floor_ms": floor_f, "fwdbwd_floor_ms": floor_fb}
+        for name, conv in (("torch", causal_conv1d), ("fused", causal_conv1d_fused)):
+            fwd = do_bench(lambda conv=conv, x=x: conv(x, w, cb, "silu"), return_mode="median")
+            fb = do_bench(lambda conv=conv, x=x, dy=dy: torch.autograd.grad(conv(x, w, cb, "silu"), (x, w, cb), dy),
+                          return_mode="median")
+            row[f"{name}_fwd_ms"], row[f"{name}_fwdbwd_ms"] = fwd, fb
+        x32 = x.detach().float().requires_grad_(True)  # the fused kernels' outputs vs torch in float32
+        fused = (causal_conv1d_fused(x, w, cb, "silu"), *torch.autograd.grad(causal_conv1d_fused(x, w, cb, "silu"),
+                                                                           (x, w, cb), dy))
+        ref = (causal_conv1d(x32, w, cb, "silu"), *torch.autograd.grad(causal_conv1d(x32, w, cb, "silu"),
+                                                                     (x32, w, cb), dy.float()))
+        row["fused_vs_fp32_rel_err"] = max(rel_error(a, b) for a, b in zip(fused, ref))
+        out[f"causal_conv1d_b8_d2048_L2048_{layout}"] = row
+        log(f"causal_conv1d {layout}: " + " ".join(f"{k}={v:.3g}" for k, v in row.items()))
     report["decode_and_conv"] = out
 
 

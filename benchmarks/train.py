@@ -82,10 +82,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny models on CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--scan-backend", default=None, help="override ssm.scan_backend (default: the preset's)")
+    parser.add_argument("--models", default=None, help="comma-separated presets (default: the plan's two)")
+    parser.add_argument("--lengths", default=None, help="comma-separated sequence lengths of the plan to run")
     parser.add_argument("--out", default=None, help="JSON path (default: $OUT/train.json or ./train.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    plan = QUICK if args.quick else FULL
+    plan = dict(QUICK if args.quick else FULL)
+    if args.models:
+        plan["models"] = args.models.split(",")
+    if args.lengths:
+        keep = {int(v) for v in args.lengths.split(",")}
+        plan["shapes"] = [(seq_len, batches) for seq_len, batches in plan["shapes"] if seq_len in keep]
     results = []
     for preset in plan["models"]:
         for seq_len, batches in plan["shapes"]:

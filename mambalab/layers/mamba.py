@@ -21,7 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mambalab.config import ModelConfig, SSMConfig
-from mambalab.ops.conv1d import causal_conv1d, causal_conv1d_update, causal_conv1d_update_fused
+from mambalab.ops.conv1d import (
+    causal_conv1d,
+    causal_conv1d_fused,
+    causal_conv1d_update,
+    causal_conv1d_update_fused,
+)
 from mambalab.ops.hippo import discretize_diagonal, s4d_init
 from mambalab.ops.s4d import diagonal_recurrence, s4d_cnn
 from mambalab.ops.selective_scan import resolve_backend, selective_scan
@@ -137,10 +142,11 @@ class Mamba(nn.Module):
         x, z = xz.chunk(2, dim=1)  # (b, d, l) each
         # 2. causal depthwise conv, 3. SiLU
         conv_weight = self.conv1d.weight.squeeze(1)  # (d, w)
+        conv = causal_conv1d_fused if self._fused_kernels(x) else causal_conv1d
         if state is None:
-            x = causal_conv1d(x, conv_weight, self.conv1d.bias, activation="silu")  # (b, d, l)
+            x = conv(x, conv_weight, self.conv1d.bias, activation="silu")  # (b, d, l)
         else:
-            x, state["conv"] = causal_conv1d(
+            x, state["conv"] = conv(
                 x, conv_weight, self.conv1d.bias, "silu", initial_state=state["conv"], return_final_state=True
             )
             state["conv"] = state["conv"].to(xz.dtype)
@@ -169,7 +175,7 @@ class Mamba(nn.Module):
         n, r = self.d_state, self.dt_rank
         xz = self.in_proj(hidden)  # (b, 2d)
         x, z = xz.chunk(2, dim=-1)  # (b, d)
-        fused = self._fused_step(x)
+        fused = self._fused_kernels(x)
         conv_update = causal_conv1d_update_fused if fused else causal_conv1d_update
         x = conv_update(x, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")  # (b, d)
         if not self.uses_selective_scan:
@@ -181,8 +187,9 @@ class Mamba(nn.Module):
         y = state_update(state["ssm"], x, dt, A, B, C, D, z, dt_bias=dt_bias, dt_softplus=True)  # (b, d)
         return self.out_proj(y)  # (b, d_model)
 
-    def _fused_step(self, x: torch.Tensor) -> bool:
-        """Decode with the fused Triton step kernels where the scan itself would run in Triton (CUDA)."""
+    def _fused_kernels(self, x: torch.Tensor) -> bool:
+        """Run the conv (sequence and decode step) and the SSM step through the fused Triton kernels where the
+        scan itself runs in Triton (CUDA)."""
         return x.dtype != torch.float64 and resolve_backend(self.cfg.scan_backend, x.device) == "triton"
 
     # Ablation switches ------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ x: (b, d, l); weight: (d, w) (w = d_conv); bias: (d,). Output position t sees in
 The conv state is the last w inputs, (b, d, w), oldest first: exactly the window the next step needs.
 """
 
-from __future__ import annotations
+# ruff: noqa: UP045  (typing.Optional: torch.library infers the custom ops' schemas from these annotations)
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,25 +30,36 @@ def _check_weight(op, weight, bias, dim):
         raise ValueError(f"{op}: bias must be (dim={dim},), got {tuple(bias.shape)}")
 
 
+def _check_sequence(op, x, weight, bias, activation, initial_state):
+    _check_activation(op, activation)
+    if x.dim() != 3:
+        raise ValueError(f"{op}: x must be (batch, dim, L), got shape {tuple(x.shape)}")
+    batch, dim, _ = x.shape
+    _check_weight(op, weight, bias, dim)
+    width = weight.shape[1]
+    if initial_state is not None and tuple(initial_state.shape) != (batch, dim, width):
+        raise ValueError(f"{op}: initial_state must be ({batch}, {dim}, {width}), got {tuple(initial_state.shape)}")
+
+
+def _final_state(x, history, width):
+    """The last w inputs (b, d, w), reaching back into history (b, d, w; zeros if None) when l < w. A copy,
+    so that a kept state does not hold on to the whole sequence."""
+    length = x.shape[-1]
+    if length >= width:
+        return x[:, :, length - width :].clone(memory_format=torch.contiguous_format)
+    if history is None:
+        history = x.new_zeros(*x.shape[:2], width)
+    return torch.cat([history[:, :, length:], x], dim=-1)
+
+
 def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
     """y[:, i, t] = act(bias[i] + Σ_k weight[i, k] · x[:, i, t - (w-1) + k]); inputs before 0 come from
     initial_state (b, d, w) (its last w-1 columns), zeros if None. Returns y (b, d, l) [, final_state (b, d, w):
     the last w inputs, reaching back into initial_state when l < w]."""
-    op = "causal_conv1d"
-    _check_activation(op, activation)
-    if x.dim() != 3:
-        raise ValueError(f"{op}: x must be (batch, dim, L), got shape {tuple(x.shape)}")
+    _check_sequence("causal_conv1d", x, weight, bias, activation, initial_state)
     batch, dim, length = x.shape
-    _check_weight(op, weight, bias, dim)
     width = weight.shape[1]
-    if initial_state is None:
-        history = x.new_zeros(batch, dim, width)  # (b, d, w)
-    else:
-        if tuple(initial_state.shape) != (batch, dim, width):
-            raise ValueError(
-                f"{op}: initial_state must be ({batch}, {dim}, {width}), got {tuple(initial_state.shape)}"
-            )
-        history = initial_state.to(x.dtype)  # (b, d, w)
+    history = x.new_zeros(batch, dim, width) if initial_state is None else initial_state.to(x.dtype)  # (b, d, w)
     padded = torch.cat([history, x], dim=-1)  # (b, d, w+l)
     if length == 0:  # F.conv1d rejects an input shorter than the kernel
         y = x.new_empty(batch, dim, 0)  # (b, d, 0)
@@ -55,7 +68,74 @@ def causal_conv1d(x, weight, bias=None, activation=None, initial_state=None, ret
         y = _activate(F.conv1d(padded[:, :, 1:], weight.unsqueeze(1).to(x.dtype), bias, groups=dim), activation)  # (b, d, l)
     if not return_final_state:
         return y
-    return y, padded[:, :, -width:]  # (b, d, w)
+    return y, _final_state(x, history, width)  # (b, d, w)
+
+
+def causal_conv1d_fused(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
+    """`causal_conv1d` through the Triton kernels (mambalab/ops/triton/conv.py): one pass over x forward, one
+    backward, on CUDA tensors or on CPU under Triton's interpreter. Same signature and semantics; x may have
+    any strides (the mixer's channels-last in_proj output is read in place); y is contiguous (b, d, l)."""
+    _check_sequence("causal_conv1d_fused", x, weight, bias, activation, initial_state)
+    from mambalab.ops import triton as kernels
+
+    if kernels.device() != x.device.type:
+        raise ValueError(f"causal_conv1d_fused: x is on {x.device}, but the Triton kernels run on "
+                         f"{kernels.device() or 'no device here'}")
+    history = None if initial_state is None else initial_state.to(x.dtype)
+    if x.shape[-1] == 0:
+        y = x.new_empty(x.shape)
+    else:
+        y = _conv_fwd_op(x, weight, bias, history, activation is not None)
+    if not return_final_state:
+        return y
+    return y, _final_state(x, history, weight.shape[1])
+
+
+# The ops' annotations are real types: torch.library infers their schemas from them.
+@torch.library.custom_op("mambalab::causal_conv1d_fwd", mutates_args=())
+def _conv_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 initial_state: Optional[torch.Tensor], silu: bool) -> torch.Tensor:
+    from mambalab.ops.triton.conv import conv_forward
+
+    return conv_forward(x, weight, bias, initial_state, silu)
+
+
+@_conv_fwd_op.register_fake
+def _conv_fwd_fake(x, weight, bias, initial_state, silu):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("mambalab::causal_conv1d_bwd", mutates_args=())
+def _conv_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 initial_state: Optional[torch.Tensor], silu: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias, d_initial_state) in the inputs' dtypes; empty for absent inputs."""
+    from mambalab.ops.triton.conv import conv_backward
+
+    dx, dw, dbias, dh0 = conv_backward(dy, x, weight, bias, initial_state, silu)
+    return (dx, dw.to(weight.dtype), dbias.to(bias.dtype) if bias is not None else x.new_empty(0),
+            dh0.to(initial_state.dtype) if initial_state is not None else x.new_empty(0))
+
+
+@_conv_bwd_op.register_fake
+def _conv_bwd_fake(dy, x, weight, bias, initial_state, silu):
+    like = lambda t: t.new_empty(t.shape) if t is not None else x.new_empty(0)  # contiguous
+    return like(x), like(weight), like(bias), like(initial_state)
+
+
+def _conv_setup_context(ctx, inputs, output):
+    x, weight, bias, initial_state, silu = inputs
+    ctx.save_for_backward(x, weight, bias, initial_state)
+    ctx.silu = silu
+
+
+def _conv_backward(ctx, dy):
+    x, weight, bias, initial_state = ctx.saved_tensors
+    dx, dw, dbias, dh0 = _conv_bwd_op(dy, x, weight, bias, initial_state, ctx.silu)
+    return (dx, dw, dbias if bias is not None else None, dh0 if initial_state is not None else None, None)
+
+
+_conv_fwd_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
 
 
 def causal_conv1d_update(x_t, conv_state, weight, bias=None, activation=None):

@@ -1,4 +1,5 @@
-"""Fused Triton kernels (selective scan forward/backward, one-step state update, conv window update).
+"""Fused Triton kernels (selective scan forward/backward, causal conv forward/backward, one-step state update,
+conv window update).
 
 Importing this package's kernel modules imports triton. The kernels are compiled for CUDA, or run by Triton's
 CPU interpreter when TRITON_INTERPRET=1: triton reads that variable when `@triton.jit` decorates a function
@@ -14,7 +15,8 @@ import importlib
 import os
 import sys
 
-_KERNEL_MODULES = ("mambalab.ops.triton.common", "mambalab.ops.triton.scan", "mambalab.ops.triton.step")
+_KERNEL_MODULES = ("mambalab.ops.triton.common", "mambalab.ops.triton.scan", "mambalab.ops.triton.step",
+                   "mambalab.ops.triton.conv")
 
 
 def _interpret_env() -> bool:
