@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [check(dtype) for dtype in (torch.float32, torch.bfloat16)]
     for r in rows:
-        print(f"{r['dtype']:>15}  fused kernels: {r["fused_kernels"]}  prefill vs forward {r['prefill_rel_err']:.1e}"
+        print(f"{r['dtype']:>15}  fused kernels: {r['fused_kernels']}  prefill vs forward {r['prefill_rel_err']:.1e}"
               f"  recurrent vs parallel {r['step_max_rel_err']:.1e}")
     with open(os.path.join(args.out, "model_gpu_check.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=2)
