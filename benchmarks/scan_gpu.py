@@ -31,6 +31,7 @@ from mambalab.ops.conv1d import (
     causal_conv1d_update,
     causal_conv1d_update_fused,
 )
+from mambalab.ops.mixer_step import mixer_step, mixer_step_fused
 from mambalab.ops.selective_scan import selective_scan
 from mambalab.ops.state_update import selective_state_update, selective_state_update_fused
 from mambalab.ops.triton import common, scan
@@ -283,10 +284,24 @@ def time_decode_step(batch, d=1536, n=16, width=4):
     e2 = rel_error(causal_conv1d_update_fused(x, c2, w, cb, "silu"), causal_conv1d_update(x, c1, w, cb, "silu"))
     tc_torch = do_bench(lambda: causal_conv1d_update(x, c1, w, cb, "silu"), return_mode="median")
     tc_fused = do_bench(lambda: causal_conv1d_update_fused(x, c2, w, cb, "silu"), return_mode="median")
+    # The whole mixer step between in_proj and out_proj (mamba-130m: rank 48), bf16 weights like a served model.
+    mix = {"x_t": mk(batch, d).bfloat16(), "z_t": mk(batch, d).bfloat16(), "conv_weight": mk(d, width).bfloat16(),
+           "conv_bias": mk(d).bfloat16(), "x_proj_weight": (mk(48 + 2 * n, d) / d**0.5).bfloat16(),
+           "dt_proj_weight": (mk(d, 48) / 48**0.5).bfloat16(), "dt_proj_bias": mk(d) * 0.5 - 3.0,
+           "A_log": mk(d, n) * 0.5, "D": mk(d)}
+    states = [(mk(batch, d, width).bfloat16(), mk(batch, d, n)) for _ in range(2)]
+    ym = [fn(**mix, conv_state=cs, ssm_state=ss) for fn, (cs, ss) in zip((mixer_step, mixer_step_fused), states)]
+    em = rel_error(ym[1], ym[0])
+    tm_torch = do_bench(lambda: mixer_step(**mix, conv_state=states[0][0], ssm_state=states[0][1]),
+                        return_mode="median")
+    tm_fused = do_bench(lambda: mixer_step_fused(**mix, conv_state=states[1][0], ssm_state=states[1][1]),
+                        return_mode="median")
     log(f"decode step b{batch}: ssm torch {t_torch * 1e3:.0f} us fused {t_fused * 1e3:.0f} us (err {err:.1e}); "
-        f"conv torch {tc_torch * 1e3:.0f} us fused {tc_fused * 1e3:.0f} us (err {e2:.1e})")
+        f"conv torch {tc_torch * 1e3:.0f} us fused {tc_fused * 1e3:.0f} us (err {e2:.1e}); "
+        f"mixer step torch {tm_torch * 1e3:.0f} us fused {tm_fused * 1e3:.0f} us (err {em:.1e})")
     return {"state_update_ms": {"torch": t_torch, "fused": t_fused, "rel_err": err},
-            "conv_update_ms": {"torch": tc_torch, "fused": tc_fused, "rel_err": e2}}
+            "conv_update_ms": {"torch": tc_torch, "fused": tc_fused, "rel_err": e2},
+            "mixer_step_ms": {"torch": tm_torch, "fused": tm_fused, "rel_err": em}}
 
 
 def time_steps(report):

@@ -21,16 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mambalab.config import ModelConfig, SSMConfig
-from mambalab.ops.conv1d import (
-    causal_conv1d,
-    causal_conv1d_fused,
-    causal_conv1d_update,
-    causal_conv1d_update_fused,
-)
+from mambalab.ops.conv1d import causal_conv1d, causal_conv1d_fused, causal_conv1d_update
 from mambalab.ops.hippo import discretize_diagonal, s4d_init
+from mambalab.ops.mixer_step import mixer_step, mixer_step_fused
 from mambalab.ops.s4d import diagonal_recurrence, s4d_cnn
 from mambalab.ops.selective_scan import resolve_backend, selective_scan
-from mambalab.ops.state_update import selective_state_update, selective_state_update_fused
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
@@ -171,20 +166,17 @@ class Mamba(nn.Module):
 
     # Recurrent mode (decode) ----------------------------------------------------------------------------------
     def step(self, hidden: torch.Tensor, state: dict, seqlen=None) -> torch.Tensor:
-        """hidden (b, d_model) -> (b, d_model), advancing `state` by one token in place."""
-        n, r = self.d_state, self.dt_rank
+        """hidden (b, d_model) -> (b, d_model), advancing `state` by one token in place: the steps of `forward`
+        for one position (mambalab/ops/mixer_step.py; two Triton launches where the scan runs in Triton)."""
         xz = self.in_proj(hidden)  # (b, 2d)
         x, z = xz.chunk(2, dim=-1)  # (b, d)
-        fused = self._fused_kernels(x)
-        conv_update = causal_conv1d_update_fused if fused else causal_conv1d_update
-        x = conv_update(x, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")  # (b, d)
+        conv_weight = self.conv1d.weight.squeeze(1)  # (d, w)
         if not self.uses_selective_scan:
+            x = causal_conv1d_update(x, state["conv"], conv_weight, self.conv1d.bias, "silu")  # (b, d)
             return self.out_proj(self._ablation_ssm(x[..., None], z[..., None], state)[..., 0])  # (b, d_model)
-        dt, B, C = self.x_proj(x).split([r, n, n], dim=-1)  # (b, r), (b, n), (b, n)
-        dt = F.linear(dt, self.dt_proj.weight)  # (b, d)
-        A, D, dt_bias = self._ssm_params()
-        state_update = selective_state_update_fused if fused else selective_state_update
-        y = state_update(state["ssm"], x, dt, A, B, C, D, z, dt_bias=dt_bias, dt_softplus=True)  # (b, d)
+        step = mixer_step_fused if self._fused_kernels(x) else mixer_step
+        y = step(x, z, state["conv"], state["ssm"], conv_weight, self.conv1d.bias, self.x_proj.weight,
+                 self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D)  # (b, d)
         return self.out_proj(y)  # (b, d_model)
 
     def _fused_kernels(self, x: torch.Tensor) -> bool:
