@@ -289,7 +289,8 @@ def time_decode_step(batch, d=1536, n=16, width=4):
            "conv_bias": mk(d).bfloat16(), "x_proj_weight": (mk(48 + 2 * n, d) / d**0.5).bfloat16(),
            "dt_proj_weight": (mk(d, 48) / 48**0.5).bfloat16(), "dt_proj_bias": mk(d) * 0.5 - 3.0,
            "A_log": mk(d, n) * 0.5, "D": mk(d)}
-    states = [(mk(batch, d, width).bfloat16(), mk(batch, d, n)) for _ in range(2)]
+    start = (mk(batch, d, width).bfloat16(), mk(batch, d, n))
+    states = [(start[0].clone(), start[1].clone()) for _ in range(2)]  # the same start for both paths
     ym = [fn(**mix, conv_state=cs, ssm_state=ss) for fn, (cs, ss) in zip((mixer_step, mixer_step_fused), states)]
     em = rel_error(ym[1], ym[0])
     tm_torch = do_bench(lambda: mixer_step(**mix, conv_state=states[0][0], ssm_state=states[0][1]),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 
-# Triton reads TRITON_INTERPRET when it is first imported, and torch's dispatch and compile machinery may
-# import it before any kernel test runs: set it first, so the kernels' CPU tests (tests/ops/test_triton_*)
-# run in Triton's interpreter whatever the test order. Nothing else runs Triton on CPU tensors.
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import pytest
-import torch
+import torch  # does not import triton
+
+# Triton reads TRITON_INTERPRET when it is first imported, and torch's dispatch and compile machinery may
+# import it before any kernel test runs: without a GPU, set it first, so the kernels' CPU tests
+# (tests/ops/test_triton_*) run in Triton's interpreter whatever the test order. With a GPU they compile.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -66,16 +66,19 @@ def mixer_inputs(batch=3, dim=70, n=5, rank=6, width=4, slots=None):
     }
 
 
-@pytest.mark.parametrize("with_indices", [False, True])
-def test_mixer_step_fused_matches_composition(monkeypatch, with_indices):
-    """The two-launch mixer step against the single ops in float64: y and both states; outputs poisoned."""
+@pytest.mark.parametrize(("batch", "with_indices"), [(3, False), (3, True), (19, False), (19, True)])
+def test_mixer_step_fused_matches_composition(monkeypatch, batch, with_indices):
+    """The two-launch mixer step against the single ops in float64: y and both states; outputs poisoned. Batch
+    19 runs two rows per program (the last program has one)."""
     from mambalab.ops.mixer_step import mixer_step, mixer_step_fused
-    from mambalab.ops.triton import common
+    from mambalab.ops.triton import common, step
 
+    assert step._rows(19) == 2
     monkeypatch.setattr(common, "empty", lambda *s, device, dtype: torch.full(s, float("nan"), device=device,
                                                                               dtype=dtype))
-    args = mixer_inputs(slots=5 if with_indices else None)
-    idx = torch.tensor([4, 0, 2]) if with_indices else torch.arange(3)
+    slots = batch + 4 if with_indices else None
+    args = mixer_inputs(batch=batch, slots=slots)
+    idx = torch.randperm(slots)[:batch] if with_indices else torch.arange(batch)
     fused = {k: v.clone().to(DEVICE) for k, v in args.items()}
     y = mixer_step_fused(**fused, state_batch_indices=idx.to(DEVICE) if with_indices else None)
     ref = {k: v.double() for k, v in args.items()}
