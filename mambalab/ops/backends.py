@@ -1,9 +1,9 @@
 """Registry of op backends by name.
 
-Each op (e.g. "selective_scan") has named backends ("reference", "torch", "triton"). A backend is
-registered with a loader that imports it lazily, so optional dependencies (triton) are only imported
-when that backend is used; an unavailable backend raises `BackendUnavailable` with the reason and how to
-fix it. `"auto"` resolves through the op's own preference function.
+Each op (e.g. "selective_scan") has named backends ("reference", "torch", "triton", "cpu"). A backend is
+registered with a loader that imports it lazily, so optional dependencies (triton, a C compiler) are only
+needed when that backend is used; an unavailable backend raises `BackendUnavailable` with the reason and how
+to fix it. `"auto"` resolves through the op's own preference function.
 """
 
 from __future__ import annotations

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
 
 from mambalab.ops import backends
-from mambalab.ops.selective_scan import resolve_backend, selective_scan
+from mambalab.ops.selective_scan import OP, _load_cpu, resolve_backend, selective_scan
 from mambalab.ops.selective_scan.torch_scan import chunked_selective_scan
 from tests.conftest import rel_error
 
@@ -36,8 +39,9 @@ def make_inputs(batch, dim, n, length, groups, options, dtype=torch.float64, row
         kw["D"] = torch.randn(dim, dtype=dtype)
     if "z" in options:
         kw["z"] = torch.randn(batch, dim, length, dtype=dtype)
-    if "delta_bias" in options:
-        kw["delta_bias"] = torch.randn(dim, dtype=dtype) * 0.5
+    if "delta_bias" in options:  # without softplus, Δ + bias must stay positive too
+        bias = torch.randn(dim, dtype=dtype) * 0.5
+        kw["delta_bias"] = bias if "softplus" in options else bias.abs()
     if "initial_state" in options:
         kw["initial_state"] = torch.randn(rows or batch, dim, n, dtype=dtype)
     kw["delta_softplus"] = "softplus" in options
@@ -130,9 +134,9 @@ def test_torch_chunk_sizes(chunk_len, sub_len):
         assert rel_error(g[name], g_ref[name]) <= 1e-8, name
 
 
-def test_torch_backward_keeps_no_full_state_tensor():
-    """What the torch backend saves for the backward is a few (b, d, l) tensors and one state per sub-chunk:
-    far less than the (b, d, l, n) states of the whole sequence (here n = 64, so those would be 64 × (b, d, l))."""
+def saved_fraction(backend) -> float:
+    """Bytes a backend saves for the backward (n = 64, float32), as a fraction of the (b, d, l, n) states of
+    the whole sequence; also checks that the backward then gives every gradient."""
     batch, dim, n, length = 1, 32, 64, 512
     kw = requiring_grad(make_inputs(batch, dim, n, length, 1, OPTIONS["all"], dtype=torch.float32))
     saved = []
@@ -142,11 +146,16 @@ def test_torch_backward_keeps_no_full_state_tensor():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = run("torch", kw)
-    full = batch * dim * length * n * 4
-    assert 0 < sum(saved) < full / 3  # 0.24 at these sizes
+        y = run(backend, kw)
     y.sum().backward()
     assert all(kw[k].grad is not None for k in TENSOR_ARGS if k in kw)
+    return sum(saved) / (batch * dim * length * n * 4)
+
+
+def test_torch_backward_keeps_no_full_state_tensor():
+    """What the torch backend saves for the backward is a few (b, d, l) tensors and one state per sub-chunk:
+    far less than the (b, d, l, n) states of the whole sequence (here n = 64, so those would be 64 × (b, d, l))."""
+    assert 0 < saved_fraction("torch") < 1 / 3  # 0.24 at these sizes
 
 
 def test_torch_chunk_len_must_be_multiple_of_sub_len():
@@ -280,8 +289,25 @@ def test_unknown_backend_is_a_clear_error():
         run("nope", kw)
 
 
-def test_auto_is_torch_on_cpu():
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
-    assert "reference" in backends.names("selective_scan") and "torch" in backends.names("selective_scan")
+def test_auto_on_cpu_is_the_compiled_backend_else_torch():
+    """'auto' on CPU is 'cpu' where a C compiler builds its kernels, else 'torch': the fallback is simulated by
+    registering a "cpu" loader that raises BackendUnavailable, as a failed compile does."""
+    cpu = torch.device("cpu")
+    assert {"reference", "torch", "cpu"} <= set(backends.names(OP))
     kw = make_inputs(1, 2, 2, 3, 1, OPTIONS["all"])
-    assert torch.equal(run("auto", kw), run("torch", kw))
+    if shutil.which(os.environ.get("CC") or "cc"):
+        assert resolve_backend("auto", cpu) == "cpu"
+        assert torch.equal(run("auto", kw), run("cpu", kw))
+
+    def unavailable():
+        raise backends.BackendUnavailable("simulated: no C compiler")
+
+    backends.register(OP, "cpu", unavailable)
+    try:
+        assert resolve_backend("auto", cpu) == "torch"
+        assert torch.equal(run("auto", kw), run("torch", kw))
+        with pytest.raises(backends.BackendUnavailable, match="simulated"):
+            run("cpu", kw)
+    finally:
+        backends.register(OP, "cpu", _load_cpu)
+    assert resolve_backend("auto", cpu) == ("cpu" if backends.is_available(OP, "cpu") else "torch")

@@ -210,14 +210,14 @@ def test_compiled_mamba_mixer_matches_reference():
 
 
 def test_triton_unavailable_on_cpu_without_interpreter():
-    """In a fresh process without a GPU or TRITON_INTERPRET: a clear BackendUnavailable; auto picks torch."""
+    """In a fresh process without a GPU or TRITON_INTERPRET: a clear BackendUnavailable; auto does not pick it."""
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: triton is available")
     code = (
         "import torch\n"
         "from mambalab.ops import backends\n"
         "from mambalab.ops.selective_scan import OP, resolve_backend\n"
-        "assert resolve_backend('auto', torch.device('cpu')) == 'torch'\n"
+        "assert resolve_backend('auto', torch.device('cpu')) in ('cpu', 'torch')\n"
         "try:\n"
         "    backends.get(OP, 'triton')\n"
         "except backends.BackendUnavailable as e:\n"

@@ -1,8 +1,8 @@
 """`selective_scan`: validate the arguments once, then dispatch to a named backend.
 
 Backends: "reference" (for-loops, the oracle), "torch" (parallel chunked scan, any device), "triton"
-(fused GPU kernels), "auto" (triton on CUDA when available, else torch). All share this signature and
-these semantics; see reference.py for the math and the glossary.
+(fused GPU kernels), "cpu" (fused C/OpenMP kernels, compiled on first use), "auto" (see `resolve_backend`).
+All share this signature and these semantics; see reference.py for the math and the glossary.
 """
 
 from __future__ import annotations
@@ -34,17 +34,28 @@ def _load_triton():
     return load_triton_scan()
 
 
+def _load_cpu():
+    from mambalab.ops.selective_scan.cpu_scan import load_cpu_scan
+
+    return load_cpu_scan()
+
+
 backends.register(OP, "reference", _load_reference)
 backends.register(OP, "torch", _load_torch)
 backends.register(OP, "triton", _load_triton)
+backends.register(OP, "cpu", _load_cpu)
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
-    """'auto' -> 'triton' on CUDA when it can run there, else 'torch'; other names pass through."""
+    """'auto' -> 'triton' on CUDA when it can run there; on CPU 'cpu' when its kernels compile and load here
+    (compiled on the first call, cached on disk; when they cannot be, the reason is logged once as a warning);
+    else 'torch'. Other names pass through."""
     if name != "auto":
         return name
     if device.type == "cuda" and backends.is_available(OP, "triton"):
         return "triton"
+    if device.type == "cpu" and backends.is_available(OP, "cpu"):
+        return "cpu"
     return "torch"
 
 
