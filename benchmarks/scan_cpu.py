@@ -1,4 +1,5 @@
-"""Selective scan on CPU: the per-timestep reference loop vs the chunked torch backend vs HF transformers.
+"""Selective scan on CPU: the per-timestep reference loop vs the chunked torch backend vs the compiled "cpu"
+backend (fused C/OpenMP kernels) vs HF transformers.
 
 "HF slow path" is `transformers.models.mamba.modeling_mamba.mamba_selective_scan`, the sequential scan that
 `MambaMixer` runs when mamba_ssm is not installed (its scan part only, same arguments as ours). Its backward
@@ -9,7 +10,9 @@ Inputs are float32 with D, z, delta_bias and delta_softplus (as in the Mamba blo
 median of `--repeats` runs after one untimed warm-up, with `--threads` intra-op threads; the JSON keeps every
 run, the CPU time and the load average around each measurement (the machine may be shared: a second core
 that is busy elsewhere slows every two-thread op). `--tune` also sweeps the torch backend's chunk sizes at
-the largest length. Writes JSON (machine info, command, every timing) to --out.
+the largest length. The JSON also records the cpu backend's settings and the rate of its float32 exponential
+(one thread, an L1-resident array), the primitive its floor is counted in. Writes JSON (machine info,
+command, every timing) to --out.
 
     python benchmarks/scan_cpu.py                      # b=2, d=512, N=16, L=1024 and 4096
     python benchmarks/scan_cpu.py --tune --lengths 4096
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from mambalab.ops.selective_scan import selective_scan
+from mambalab.ops.selective_scan import cpu_scan, selective_scan
 from mambalab.ops.selective_scan.torch_scan import CHUNK_LEN, SUB_LEN, chunked_selective_scan
 
 RESULTS = Path(__file__).parent / "results"
@@ -117,6 +120,20 @@ def time_it(fn, inputs, backward, repeats, quiet=None):
             "pressure": pressures}
 
 
+def exp_rate(count=4096, calls=20000) -> float:
+    """Elements per second of the cpu backend's float32 2^x (exp2_f32), one thread, on an L1-resident array."""
+    lib = cpu_scan.library()
+    x = -torch.rand(count) * 20
+    y = torch.empty_like(x)
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(calls):
+            lib.mambalab_exp2_f32(x.data_ptr(), y.data_ptr(), count)
+        rates.append(count * calls / (time.perf_counter() - start))
+    return max(rates)
+
+
 def machine_info():
     cpu = platform.processor()
     if Path("/proc/cpuinfo").exists():
@@ -160,7 +177,8 @@ def main(argv=None):
     torch.manual_seed(0)
     info = machine_info()
 
-    impls = {"reference loop": (ours("reference"), args.loop_repeats), "torch": (ours("torch"), args.repeats)}
+    impls = {"reference loop": (ours("reference"), args.loop_repeats), "torch": (ours("torch"), args.repeats),
+             "cpu": (ours("cpu"), args.repeats)}
     if not args.skip_hf:
         impls["HF slow path"] = (hf_slow_path, args.loop_repeats)
     rows = []
@@ -177,11 +195,12 @@ def main(argv=None):
                       f"(cpu {t['cpu median']:.3f} s, load {t['load'][0]:.2f}-{t['load'][1]:.2f}, "
                       f"cpu pressure {[p[1] for p in t['pressure']]})",
                       file=sys.stderr, flush=True)
-            row["speedup vs reference loop"] = row["reference loop"]["median"] / row["torch"]["median"]
-            row["cpu-time speedup vs reference loop"] = (row["reference loop"]["cpu median"]
-                                                         / row["torch"]["cpu median"])
-            if row.get("HF slow path"):
-                row["speedup vs HF slow path"] = row["HF slow path"]["median"] / row["torch"]["median"]
+            for fast in ("torch", "cpu"):
+                for base in ("reference loop", "HF slow path", *(["torch"] if fast == "cpu" else [])):
+                    if row.get(base):
+                        row[f"{fast} speedup vs {base}"] = row[base]["median"] / row[fast]["median"]
+                row[f"{fast} cpu-time speedup vs reference loop"] = (row["reference loop"]["cpu median"]
+                                                                     / row[fast]["cpu median"])
             rows.append(row)
 
     tuning = []
@@ -204,6 +223,8 @@ def main(argv=None):
         "shapes": {"batch": args.batch, "dim": args.dim, "N": args.state, "dtype": "float32",
                    "options": "D, z, delta_bias, delta_softplus"},
         "torch_backend_chunks": {"chunk_len": CHUNK_LEN, "sub_len": SUB_LEN},
+        "cpu_backend": {"flags": " ".join(cpu_scan.FLAGS), "checkpoint_steps": cpu_scan.CHECKPOINT_STEPS,
+                        "compiler": os.environ.get("CC") or "cc", "exp2_f32 per second, one thread": exp_rate()},
         "hf_slow_path": "transformers.models.mamba.modeling_mamba.mamba_selective_scan (sequential loop), "
                         f"backward only for L <= {args.hf_backward_max_len}",
         "seconds": rows,
@@ -214,14 +235,14 @@ def main(argv=None):
     names = list(impls)
     print(f"selective scan on CPU, b={args.batch} d={args.dim} N={args.state} float32, {args.threads} threads "
           "(wall-clock seconds, median over repeats)")
-    header = ["L", "mode", *names, "torch vs loop", "(cpu time)", *(["torch vs HF"] if "HF slow path" in names else [])]
-    print(" | ".join(f"{h:>16s}" for h in header))
+    ratios = {"torch vs loop": "torch speedup vs reference loop", "cpu vs loop": "cpu speedup vs reference loop",
+              "cpu (cpu time)": "cpu cpu-time speedup vs reference loop", "cpu vs torch": "cpu speedup vs torch",
+              "cpu vs HF": "cpu speedup vs HF slow path"}
+    print(" | ".join(f"{h:>14s}" for h in ["L", "mode", *names, *ratios]))
     for r in rows:
         cells = [str(r["L"]), r["mode"], *("not run" if r[n] is None else f"{r[n]['median']:.3f}" for n in names),
-                 f"{r['speedup vs reference loop']:.1f}x", f"{r['cpu-time speedup vs reference loop']:.1f}x"]
-        if "HF slow path" in names:
-            cells.append(f"{r['speedup vs HF slow path']:.1f}x" if "speedup vs HF slow path" in r else "-")
-        print(" | ".join(f"{c:>16s}" for c in cells))
+                 *(f"{r[key]:.1f}x" if key in r else "-" for key in ratios.values())]
+        print(" | ".join(f"{c:>14s}" for c in cells))
     for t in tuning:
         print(f"tune L={t['L']} chunk_len={t['chunk_len']} sub_len={t['sub_len']}: forward "
               f"{t['forward']['median']:.3f} s, forward+backward {t['forward+backward']['median']:.3f} s")

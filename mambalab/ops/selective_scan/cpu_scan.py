@@ -1,6 +1,6 @@
 """`backend="cpu"`: the fused C kernels of cpu_scan.c, compiled on first use, as differentiable torch ops.
 
-The C source is plain C (no torch headers, so it compiles in about a second). On first use in a process it is
+The C source is plain C (no torch headers, so it compiles in about 3 s). On first use in a process it is
 compiled with the system compiler (`$CC`, else `cc`) as `-O3 -march=native -fopenmp -shared -fPIC` into
 the cache folder (`$MAMBALAB_CACHE_DIR`, else `~/.cache/mambalab`), under a name keyed by a hash of the
 source, the flags, the compiler's version and the instruction sets `-march=native` selects here; it is
