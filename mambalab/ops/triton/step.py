@@ -109,42 +109,33 @@ def _conv_update_kernel(
 
 
 @triton.jit
-def _slot(idx_ptr, row, batch, HAS_IDX: tl.constexpr):
-    """The state slot of batch row `row` (< batch, else unused): state_batch_indices[row], or the row itself."""
-    slot = row
-    if HAS_IDX:
-        slot = tl.load(idx_ptr + row, mask=row < batch, other=0).to(tl.int64)
-    return slot
-
-
-@triton.jit
 def _mixer_conv_xproj_kernel(
     x_ptr, conv_ptr, cw_ptr, cb_ptr, wx_ptr, idx_ptr, xc_ptr, part_ptr,
-    batch, dim, n_blk, s_x_b, s_x_d, s_cv_b, s_cv_d, s_cv_w, s_cw_d, s_cw_w, s_wx_j, s_wx_d,
+    dim, n_blk, s_x_b, s_x_d, s_cv_b, s_cv_d, s_cv_w, s_cw_d, s_cw_w, s_wx_j, s_wx_d,
     J: tl.constexpr, JP: tl.constexpr, WIDTH: tl.constexpr, WP: tl.constexpr, BLOCK_D: tl.constexpr,
-    ROWS: tl.constexpr, HAS_CB: tl.constexpr, HAS_IDX: tl.constexpr,
+    HAS_CB: tl.constexpr, HAS_IDX: tl.constexpr,
 ):
-    """The mixer step's first half, per channel block and ROWS batch rows (the weights loaded once for them):
-    the conv window update, xc = SiLU(conv) (stored, float32 (b, d)), and this block's share of x_proj(xc):
-    Σ_c W[j, c] xc[c] for the J = r + 2n outputs (b, n_blk, JP)."""
+    """The mixer step's first half, per channel block: the conv window update, xc = SiLU(conv) (stored, float32
+    (b, d)), and this block's share of x_proj(xc): Σ_c W[j, c] xc[c] for the J = r + 2n outputs (b, n_blk, JP)."""
     pid_d = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    slot = row
+    if HAS_IDX:
+        slot = tl.load(idx_ptr + row).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
-    offs_j = tl.arange(0, JP)
-    cb = tl.zeros([BLOCK_D], dtype=tl.float32)
+    mask_d = offs_d < dim
+    x = tl.load(x_ptr + row * s_x_b + offs_d * s_x_d, mask=mask_d, other=0.0)  # (BD,)
+    xc = _conv_window_step(x, conv_ptr + slot * s_cv_b, cw_ptr, offs_d, mask_d, s_cv_d, s_cv_w, s_cw_d, s_cw_w,
+                           WIDTH, WP)  # (BD,)
     if HAS_CB:
-        cb = tl.load(cb_ptr + offs_d, mask=offs_d < dim, other=0.0).to(tl.float32)
+        xc += tl.load(cb_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    xc = xc * sigmoid(xc)
+    tl.store(xc_ptr + row * dim + offs_d, xc, mask=mask_d)
+    offs_j = tl.arange(0, JP)
     wx = tl.load(wx_ptr + offs_j[:, None] * s_wx_j + offs_d[None, :] * s_wx_d,
-                 mask=(offs_j < J)[:, None] & (offs_d < dim)[None, :], other=0.0).to(tl.float32)  # (JP, BD)
-    for r in tl.static_range(ROWS):
-        row = tl.program_id(1).to(tl.int64) * ROWS + r
-        mask_d = (offs_d < dim) & (offs_d * 0 + row < batch)  # (a vector test: the interpreter rejects scalar ones)
-        x = tl.load(x_ptr + row * s_x_b + offs_d * s_x_d, mask=mask_d, other=0.0)  # (BD,)
-        xc = _conv_window_step(x, conv_ptr + _slot(idx_ptr, row, batch, HAS_IDX) * s_cv_b, cw_ptr, offs_d,
-                               mask_d, s_cv_d, s_cv_w, s_cw_d, s_cw_w, WIDTH, WP) + cb  # (BD,)
-        xc = xc * sigmoid(xc)
-        tl.store(xc_ptr + row * dim + offs_d, xc, mask=mask_d)
-        part = tl.sum(wx * xc[None, :], axis=1)  # (JP,)
-        tl.store(part_ptr + (row * n_blk + pid_d) * JP + offs_j, part, mask=offs_j * 0 + row < batch)
+                 mask=(offs_j < J)[:, None] & mask_d[None, :], other=0.0)  # (JP, BD)
+    part = tl.sum(wx.to(tl.float32) * xc[None, :], axis=1)  # (JP,)
+    tl.store(part_ptr + (row * n_blk + pid_d) * JP + offs_j, part)
 
 
 @triton.jit
@@ -156,47 +147,44 @@ def _projection(part_base, blocks, offs, mask, JP: tl.constexpr):
 @triton.jit
 def _mixer_ssm_kernel(
     part_ptr, xc_ptr, z_ptr, state_ptr, wdt_ptr, bias_ptr, A_log_ptr, D_ptr, idx_ptr, y_ptr,
-    batch, dim, n_blk, rank, s_z_b, s_z_d, s_st_b, s_st_d, s_st_n, s_wdt_d, s_wdt_r, s_A_d, s_A_n,
+    dim, n_blk, rank, s_z_b, s_z_d, s_st_b, s_st_d, s_st_n, s_wdt_d, s_wdt_r, s_A_d, s_A_n,
     N: tl.constexpr, NP: tl.constexpr, RP: tl.constexpr, JP: tl.constexpr, NBP: tl.constexpr,
-    BLOCK_D: tl.constexpr, ROWS: tl.constexpr, HAS_D: tl.constexpr, HAS_IDX: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_IDX: tl.constexpr,
 ):
-    """The mixer step's second half, per channel block and ROWS batch rows (the weights loaded once for them):
-    x_proj's output (Δ low-rank, B, C) from the shares, Δ = softplus(dt_proj(Δ low-rank) + bias),
-    A = -exp(A_log), the state update, y = (C·h + D xc) · SiLU(z)."""
+    """The mixer step's second half, per channel block: x_proj's output (Δ low-rank, B, C) from the shares,
+    Δ = softplus(dt_proj(Δ low-rank) + bias), A = -exp(A_log), the state update, y = (C·h + D xc) · SiLU(z)."""
     pid_d = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    slot = row
+    if HAS_IDX:
+        slot = tl.load(idx_ptr + row).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
+    mask_d = offs_d < dim
     offs_n = tl.arange(0, NP)
+    mask_dn = mask_d[:, None] & (offs_n < N)[None, :]
     offs_r = tl.arange(0, RP)
     blocks = tl.arange(0, NBP)
-    in_d, in_n, in_r = offs_d < dim, offs_n < N, offs_r < rank
-    wdt = tl.load(wdt_ptr + offs_d[:, None] * s_wdt_d + offs_r[None, :] * s_wdt_r, mask=in_d[:, None] & in_r[None, :],
-                  other=0.0).to(tl.float32)  # (BD, RP)
-    bias = tl.load(bias_ptr + offs_d, mask=in_d, other=0.0).to(tl.float32)
-    A_log = tl.load(A_log_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=in_d[:, None] & in_n[None, :],
-                    other=0.0)
+    part_base = part_ptr + row * n_blk * JP
+    in_blk = (blocks < n_blk)[:, None]
+    dt_low = _projection(part_base, blocks, offs_r, in_blk & (offs_r < rank)[None, :], JP)  # (RP,)
+    B = _projection(part_base, blocks, rank + offs_n, in_blk & (offs_n < N)[None, :], JP)  # (NP,)
+    C = _projection(part_base, blocks, rank + N + offs_n, in_blk & (offs_n < N)[None, :], JP)  # (NP,)
+    wdt = tl.load(wdt_ptr + offs_d[:, None] * s_wdt_d + offs_r[None, :] * s_wdt_r,
+                  mask=mask_d[:, None] & (offs_r < rank)[None, :], other=0.0)  # (BD, RP)
+    dt = tl.sum(wdt.to(tl.float32) * dt_low[None, :], axis=1)  # (BD,)
+    dt = softplus(dt + tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32))  # Δ
+    A_log = tl.load(A_log_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
     A2 = -tl.exp2(A_log.to(tl.float32) * LOG2E) * LOG2E  # A log2(e), A = -exp(A_log)          (BD, NP)
-    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    xc = tl.load(xc_ptr + row * dim + offs_d, mask=mask_d, other=0.0)  # (BD,)
+    st_ptrs = state_ptr + slot * s_st_b + offs_d[:, None] * s_st_d + offs_n[None, :] * s_st_n
+    h = _advance(tl.load(st_ptrs, mask=mask_dn, other=0.0).to(tl.float32), xc, dt, A2, B[None, :])  # (BD, NP)
+    tl.store(st_ptrs, h.to(state_ptr.dtype.element_ty), mask=mask_dn)
+    y = tl.sum(h * C[None, :], axis=1)  # C · h                                                (BD,)
     if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=in_d, other=0.0).to(tl.float32)
-    for r in tl.static_range(ROWS):
-        row = tl.program_id(1).to(tl.int64) * ROWS + r
-        mask_d = in_d & (offs_d * 0 + row < batch)  # (a vector test: the interpreter rejects scalar ones)
-        mask_dn = mask_d[:, None] & in_n[None, :]
-        st_ptrs = (state_ptr + _slot(idx_ptr, row, batch, HAS_IDX) * s_st_b + offs_d[:, None] * s_st_d
-                   + offs_n[None, :] * s_st_n)
-        h = tl.load(st_ptrs, mask=mask_dn, other=0.0).to(tl.float32)  # (BD, NP)
-        xc = tl.load(xc_ptr + row * dim + offs_d, mask=mask_d, other=0.0)  # (BD,)
-        z = tl.load(z_ptr + row * s_z_b + offs_d * s_z_d, mask=mask_d, other=0.0).to(tl.float32)
-        part_base = part_ptr + row * n_blk * JP
-        in_blk = (blocks < n_blk)[:, None] & (blocks * 0 + row < batch)[:, None]
-        dt_low = _projection(part_base, blocks, offs_r, in_blk & in_r[None, :], JP)  # (RP,)
-        B = _projection(part_base, blocks, rank + offs_n, in_blk & in_n[None, :], JP)  # (NP,)
-        C = _projection(part_base, blocks, rank + N + offs_n, in_blk & in_n[None, :], JP)  # (NP,)
-        dt = softplus(tl.sum(wdt * dt_low[None, :], axis=1) + bias)  # Δ                       (BD,)
-        h = _advance(h, xc, dt, A2, B[None, :])  # (BD, NP)
-        tl.store(st_ptrs, h.to(state_ptr.dtype.element_ty), mask=mask_dn)
-        y = (tl.sum(h * C[None, :], axis=1) + Dv * xc) * z * sigmoid(z)  # (C·h + D xc) · SiLU(z)  (BD,)
-        tl.store(y_ptr + row * dim + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+        y += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) * xc
+    z = tl.load(z_ptr + row * s_z_b + offs_d * s_z_d, mask=mask_d, other=0.0).to(tl.float32)
+    y *= z * sigmoid(z)
+    tl.store(y_ptr + row * dim + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
 
 
 _BLOCK_D = 64
@@ -246,35 +234,29 @@ def conv_update(x_t, conv_state, weight, bias, silu, state_batch_indices):
 def mixer_step(x_t, z_t, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                dt_proj_bias, A_log, D, state_batch_indices):
     """Launch the Mamba mixer's recurrent step between in_proj and out_proj as two kernels (see
-    mambalab/ops/mixer_step.py); updates both states in place, returns y (b, d) in x_t's dtype. From batch 16
-    on, each program takes several rows (_rows), so that the weights are read once per group of rows."""
+    mambalab/ops/state_update.py `mixer_step`); updates both states in place, returns y (b, d) in x_t's dtype."""
     batch, dim = x_t.shape
     n, rank = A_log.shape[1], dt_proj_weight.shape[1]
     width, j = conv_weight.shape[1], x_proj_weight.shape[0]
-    n_blk, jp, rows = triton.cdiv(dim, _BLOCK_D), triton.next_power_of_2(j), _rows(batch)
+    n_blk, jp = triton.cdiv(dim, _BLOCK_D), triton.next_power_of_2(j)
     f32 = {"device": x_t.device, "dtype": torch.float32}
     xc = common.empty(batch, dim, **f32)  # SiLU(conv(x))                                       (b, d)
     part = common.empty(batch, n_blk, jp, **f32)  # x_proj's output, per channel block       (b, n_blk, JP)
     dummy = x_t.new_empty(1)
     idx = state_batch_indices if state_batch_indices is not None else dummy
-    grid = (n_blk, triton.cdiv(batch, rows))
+    grid = (n_blk, batch)
     _mixer_conv_xproj_kernel[grid](
         x_t, conv_state, conv_weight, conv_bias if conv_bias is not None else dummy, x_proj_weight, idx, xc, part,
-        batch, dim, n_blk, *x_t.stride(), *conv_state.stride(), *conv_weight.stride(), *x_proj_weight.stride(),
-        J=j, JP=jp, WIDTH=width, WP=triton.next_power_of_2(width), BLOCK_D=_BLOCK_D, ROWS=rows,
+        dim, n_blk, *x_t.stride(), *conv_state.stride(), *conv_weight.stride(), *x_proj_weight.stride(),
+        J=j, JP=jp, WIDTH=width, WP=triton.next_power_of_2(width), BLOCK_D=_BLOCK_D,
         HAS_CB=conv_bias is not None, HAS_IDX=state_batch_indices is not None, num_warps=4,
     )
     y = common.empty(batch, dim, device=x_t.device, dtype=x_t.dtype)  # (b, d)
     _mixer_ssm_kernel[grid](
         part, xc, z_t, ssm_state, dt_proj_weight, dt_proj_bias, A_log, D if D is not None else dummy, idx, y,
-        batch, dim, n_blk, rank, *z_t.stride(), *ssm_state.stride(), *dt_proj_weight.stride(), *A_log.stride(),
+        dim, n_blk, rank, *z_t.stride(), *ssm_state.stride(), *dt_proj_weight.stride(), *A_log.stride(),
         N=n, NP=triton.next_power_of_2(n), RP=triton.next_power_of_2(rank), JP=jp,
-        NBP=triton.next_power_of_2(n_blk), BLOCK_D=_BLOCK_D, ROWS=rows, HAS_D=D is not None,
+        NBP=triton.next_power_of_2(n_blk), BLOCK_D=_BLOCK_D, HAS_D=D is not None,
         HAS_IDX=state_batch_indices is not None, num_warps=4,
     )
     return y
-
-
-def _rows(batch: int) -> int:
-    """Batch rows per program of the mixer step: 1 below batch 16 (parallelism first), up to 8 from 64 on."""
-    return max(1, min(8, batch // 8))
