@@ -18,6 +18,18 @@ __all__ = ["INTERPRETED", "conv_update", "mixer_step", "state_update"]
 
 
 @triton.jit
+def _program_rows(idx_ptr, dim, BLOCK_D: tl.constexpr, HAS_IDX: tl.constexpr):
+    """This program's batch row (program axis 1), its state slot (state_batch_indices[row], or the row), its
+    channels (a BLOCK_D block along program axis 0) and their mask."""
+    row = tl.program_id(1).to(tl.int64)
+    slot = row
+    if HAS_IDX:
+        slot = tl.load(idx_ptr + row).to(tl.int64)
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
+    return row, slot, offs_d, offs_d < dim
+
+
+@triton.jit
 def _advance(h, x, dt, A2, B):
     """h ← exp(Δ A) h + Δ B x on a (BD, NP) block of states; A2 = A log2(e) (BD, NP), x and Δ (BD,), B (BD|1, NP)."""
     return tl.exp2(dt[:, None] * A2) * h + (dt * x)[:, None] * B
@@ -33,13 +45,7 @@ def _state_update_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_IDX: tl.constexpr,
 ):
-    pid_d = tl.program_id(0)
-    row = tl.program_id(1).to(tl.int64)
-    slot = row
-    if HAS_IDX:
-        slot = tl.load(idx_ptr + row).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
-    mask_d = offs_d < dim
+    row, slot, offs_d, mask_d = _program_rows(idx_ptr, dim, BLOCK_D, HAS_IDX)
     offs_n = tl.arange(0, NP)
     mask_dn = mask_d[:, None] & (offs_n < N)[None, :]
     grp = offs_d // dim_per_group  # B/C group of each channel
@@ -68,10 +74,10 @@ def _state_update_kernel(
 
 
 @triton.jit
-def _conv_window_step(x, st_base, w_ptr, offs_d, mask_d, s_st_d, s_st_w, s_w_d, s_w_w,
-                      WIDTH: tl.constexpr, WP: tl.constexpr):
+def _conv_window_step(x, st_base, w_ptr, bias_ptr, offs_d, mask_d, s_st_d, s_st_w, s_w_d, s_w_w,
+                      WIDTH: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
     """Shift x (BD,) into the conv windows at st_base (channels offs_d; oldest first) in place; return
-    Σ_k w[:, k] · window[:, k] (BD,) float32."""
+    act(bias + Σ_k w[:, k] · window[:, k]) (BD,) float32, act SiLU or none."""
     offs_w = tl.arange(0, WP)
     st_base = st_base + offs_d[:, None] * s_st_d
     # New window: the old window shifted left by one, then x_t in the last column.
@@ -81,7 +87,12 @@ def _conv_window_step(x, st_base, w_ptr, offs_d, mask_d, s_st_d, s_st_w, s_w_d, 
     in_window = (offs_w < WIDTH)[None, :] & mask_d[:, None]
     tl.store(st_base + offs_w[None, :] * s_st_w, window, mask=in_window)
     w = tl.load(w_ptr + offs_d[:, None] * s_w_d + offs_w[None, :] * s_w_w, mask=in_window, other=0.0)
-    return tl.sum(window.to(tl.float32) * w.to(tl.float32), axis=1)
+    y = tl.sum(window.to(tl.float32) * w.to(tl.float32), axis=1)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if SILU:
+        y = y * sigmoid(y)
+    return y
 
 
 @triton.jit
@@ -91,20 +102,10 @@ def _conv_update_kernel(
     WIDTH: tl.constexpr, WP: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, HAS_IDX: tl.constexpr,
 ):
-    pid_d = tl.program_id(0)
-    row = tl.program_id(1).to(tl.int64)
-    slot = row
-    if HAS_IDX:
-        slot = tl.load(idx_ptr + row).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
-    mask_d = offs_d < dim
+    row, slot, offs_d, mask_d = _program_rows(idx_ptr, dim, BLOCK_D, HAS_IDX)
     x = tl.load(x_ptr + row * s_x_b + offs_d * s_x_d, mask=mask_d, other=0.0)  # (BD,)
-    y = _conv_window_step(x, state_ptr + slot * s_st_b, w_ptr, offs_d, mask_d, s_st_d, s_st_w, s_w_d, s_w_w,
-                          WIDTH, WP)  # (BD,)
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if SILU:
-        y = y * sigmoid(y)
+    y = _conv_window_step(x, state_ptr + slot * s_st_b, w_ptr, bias_ptr, offs_d, mask_d, s_st_d, s_st_w, s_w_d,
+                          s_w_w, WIDTH, WP, HAS_BIAS, SILU)  # (BD,)
     tl.store(y_ptr + row * dim + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
 
 
@@ -117,25 +118,16 @@ def _mixer_conv_xproj_kernel(
 ):
     """The mixer step's first half, per channel block: the conv window update, xc = SiLU(conv) (stored, float32
     (b, d)), and this block's share of x_proj(xc): Σ_c W[j, c] xc[c] for the J = r + 2n outputs (b, n_blk, JP)."""
-    pid_d = tl.program_id(0)
-    row = tl.program_id(1).to(tl.int64)
-    slot = row
-    if HAS_IDX:
-        slot = tl.load(idx_ptr + row).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
-    mask_d = offs_d < dim
+    row, slot, offs_d, mask_d = _program_rows(idx_ptr, dim, BLOCK_D, HAS_IDX)
     x = tl.load(x_ptr + row * s_x_b + offs_d * s_x_d, mask=mask_d, other=0.0)  # (BD,)
-    xc = _conv_window_step(x, conv_ptr + slot * s_cv_b, cw_ptr, offs_d, mask_d, s_cv_d, s_cv_w, s_cw_d, s_cw_w,
-                           WIDTH, WP)  # (BD,)
-    if HAS_CB:
-        xc += tl.load(cb_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    xc = xc * sigmoid(xc)
+    xc = _conv_window_step(x, conv_ptr + slot * s_cv_b, cw_ptr, cb_ptr, offs_d, mask_d, s_cv_d, s_cv_w, s_cw_d,
+                           s_cw_w, WIDTH, WP, HAS_CB, True)  # SiLU(conv)                     (BD,)
     tl.store(xc_ptr + row * dim + offs_d, xc, mask=mask_d)
     offs_j = tl.arange(0, JP)
     wx = tl.load(wx_ptr + offs_j[:, None] * s_wx_j + offs_d[None, :] * s_wx_d,
                  mask=(offs_j < J)[:, None] & mask_d[None, :], other=0.0)  # (JP, BD)
     part = tl.sum(wx.to(tl.float32) * xc[None, :], axis=1)  # (JP,)
-    tl.store(part_ptr + (row * n_blk + pid_d) * JP + offs_j, part)
+    tl.store(part_ptr + (row * n_blk + tl.program_id(0)) * JP + offs_j, part)
 
 
 @triton.jit
@@ -153,13 +145,7 @@ def _mixer_ssm_kernel(
 ):
     """The mixer step's second half, per channel block: x_proj's output (Δ low-rank, B, C) from the shares,
     Δ = softplus(dt_proj(Δ low-rank) + bias), A = -exp(A_log), the state update, y = (C·h + D xc) · SiLU(z)."""
-    pid_d = tl.program_id(0)
-    row = tl.program_id(1).to(tl.int64)
-    slot = row
-    if HAS_IDX:
-        slot = tl.load(idx_ptr + row).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
-    mask_d = offs_d < dim
+    row, slot, offs_d, mask_d = _program_rows(idx_ptr, dim, BLOCK_D, HAS_IDX)
     offs_n = tl.arange(0, NP)
     mask_dn = mask_d[:, None] & (offs_n < N)[None, :]
     offs_r = tl.arange(0, RP)
