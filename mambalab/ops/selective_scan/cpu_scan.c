@@ -137,9 +137,11 @@ static inline float exp2_f32(float y) {
 
 /* softplus(x) = log(1 + e^x) = max(x, 0) + log1p(e), e = e^-|x| ∈ (0, 1]; log1p(e) = 2 atanh(s) with
  * s = e / (2 + e) ∈ (0, 1/3] (no cancellation for tiny e), atanh(s) / s a degree-4 polynomial in s²
- * (Chebyshev fit, relative error 7.8e-9). Branch-free like exp2_f32. */
-static inline float softplus_f32(float x) {
+ * (Chebyshev fit, relative error 7.8e-9). Also its derivative σ(x) = 1 / (1 + e) or e / (1 + e), from the same
+ * e. Branch-free like exp2_f32. */
+static inline float softplus_f32(float x, float *sigma) {
     float e = exp2_f32(-fabsf(x) * (float)LOG2E);
+    *sigma = (x >= 0.0f ? 1.0f : e) / (1.0f + e);
     float s = e / (2.0f + e), w = s * s;
     float p = 1.40873283e-1f;
     p = p * w + 1.39807090e-1f;
@@ -151,8 +153,11 @@ static inline float softplus_f32(float x) {
 
 static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp2_f32(-x * (float)LOG2E)); }
 
-/* float64: libm (softplus is x itself above 20, as torch's). */
-static inline double softplus_f64(double x) { return x > 20 ? x : log1p(exp(x)); }
+/* float64: libm (softplus is x itself above 20, as torch's); sigma = σ(x), its derivative. */
+static inline double softplus_f64(double x, double *sigma) {
+    *sigma = 1 / (1 + exp(-x));
+    return x > 20 ? x : log1p(exp(x));
+}
 
 static inline double sigmoid_f64(double x) { return 1 / (1 + exp(-x)); }
 
@@ -203,7 +208,9 @@ typedef struct {
     REAL *dA;                 /* per vector (n, V): Σ_t q_t Δ_t */
     REAL *dD, *dbias;         /* per vector (V,): Σ_t dy_ssm_t u_t, Σ_t dΔ_t */
     REAL *u, *dt, *x, *z;     /* (K, V): u, Δ, Δ u, z of one vector's segment */
-    REAL *dy, *y_ssm;         /* (K, V): dy (then dy_ssm = dy silu(z)), C · h */
+    REAL *d_softplus;         /* (K, V): σ(delta + bias), dΔ/d delta (backward, with softplus) */
+    REAL *dy, *dy_ssm;        /* (K, V): dy, dy silu(z) */
+    REAL *d_gate, *y_ssm;     /* (K, V): silu'(z), C · h */
     REAL *q_A, *g_B, *out;    /* (K, V): Σ_n q A, Σ_n g B, an output before it is written to its rows */
     REAL *start;              /* (n, V): a checkpoint, the states before the segment */
     REAL *states, *decays;    /* (K + 1, V): h_{t0-1} .. h_{t0+K-1} of one state index; (K, V): its a_t */
@@ -213,7 +220,7 @@ typedef struct {
 
 static int SUFFIX(scratch_alloc)(SUFFIX(Scratch) *w, int64_t n, int64_t K) {
     const int64_t V = LANES, per_vector = VECTORS_PER_BLOCK * n * V;
-    REAL *p = w->block = malloc((size_t)(4 * per_vector + 2 * VECTORS_PER_BLOCK * V + 9 * K * V + n * V +
+    REAL *p = w->block = malloc((size_t)(4 * per_vector + 2 * VECTORS_PER_BLOCK * V + 12 * K * V + n * V +
                                          (2 * K + 1) * V + 2 * n * K * V) * sizeof(REAL));
     if (!p) return 0;
     w->a2 = p, p += per_vector;
@@ -222,7 +229,8 @@ static int SUFFIX(scratch_alloc)(SUFFIX(Scratch) *w, int64_t n, int64_t K) {
     w->dA = p, p += per_vector;
     w->dD = p, p += VECTORS_PER_BLOCK * V;
     w->dbias = p, p += VECTORS_PER_BLOCK * V;
-    REAL **steps[] = {&w->u, &w->dt, &w->x, &w->z, &w->dy, &w->y_ssm, &w->q_A, &w->g_B, &w->out};
+    REAL **steps[] = {&w->u, &w->dt, &w->x, &w->z, &w->d_softplus, &w->dy, &w->dy_ssm, &w->d_gate, &w->y_ssm,
+                      &w->q_A, &w->g_B, &w->out};
     for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) *steps[i] = p, p += K * V;
     w->start = p, p += n * V;
     w->states = p, p += (K + 1) * V;
@@ -266,19 +274,23 @@ static void SUFFIX(vector_setup)(const SUFFIX(ScanInputs) *in, int64_t n, int64_
 }
 
 /* Δ = softplus(delta + bias) (or delta + bias) and Δ u for one vector's segment; u, delta at step t0 of
- * channel c's row. Fills w->u, w->dt, w->x (steps, V). */
+ * channel c's row. Fills w->u, w->dt, w->x and, with softplus and `derivative`, w->d_softplus (steps, V). */
 static void SUFFIX(step_inputs)(const ScanShape *s, const SUFFIX(ScanInputs) *in, int64_t offset, int64_t c,
-                                int64_t lanes, int64_t steps, SUFFIX(Scratch) *w) {
+                                int64_t lanes, int64_t steps, int derivative, SUFFIX(Scratch) *w) {
     REAL bias[LANES];
     for (int64_t l = 0; l < LANES; l++) bias[l] = in->delta_bias && l < lanes ? in->delta_bias[c + l] : 0;
     SUFFIX(gather_lanes)(in->u + offset, s->length, lanes, steps, w->u);
-    SUFFIX(gather_lanes)(in->delta + offset, s->length, lanes, steps, w->dt);
+    SUFFIX(gather_lanes)(in->delta + offset, s->length, lanes, steps, w->out);
+    const REAL *restrict delta = w->out, *restrict u = w->u;
+    REAL *restrict dt = w->dt, *restrict d_softplus = w->d_softplus, *restrict x = w->x;
     for (int64_t j = 0; j < steps; j++)
         for (int64_t l = 0; l < LANES; l++) {
-            REAL raw = w->dt[j * LANES + l] + bias[l];
-            w->dt[j * LANES + l] = s->delta_softplus ? SUFFIX(softplus)(raw) : raw;
+            int64_t e = j * LANES + l;
+            REAL raw = delta[e] + bias[l], sigma = 1;
+            dt[e] = s->delta_softplus ? SUFFIX(softplus)(raw, &sigma) : raw;
+            if (derivative) d_softplus[e] = sigma;
         }
-    for (int64_t e = 0; e < steps * LANES; e++) w->x[e] = w->dt[e] * w->u[e];
+    for (int64_t e = 0; e < steps * LANES; e++) x[e] = dt[e] * u[e];
 }
 
 /* The forward recurrence of one vector over one segment, state index by state index: carry (n, V) holds h;
@@ -291,8 +303,8 @@ static void SUFFIX(forward_segment)(int64_t n, int64_t steps, int64_t length, co
         REAL h[LANES];
         memcpy(h, carry + i * LANES, sizeof h);
         for (int64_t j = 0; j < steps; j++) {
-            const REAL *dt = w->dt + j * LANES, *x = w->x + j * LANES;
-            REAL *y = w->y_ssm + j * LANES, b = B_i[j], c = C_i[j];
+            const REAL *restrict dt = w->dt + j * LANES, *restrict x = w->x + j * LANES;
+            REAL *restrict y = w->y_ssm + j * LANES, b = B_i[j], c = C_i[j];
 #pragma omp simd
             for (int64_t l = 0; l < LANES; l++) {
                 REAL a = DECAY(dt[l] * a2_i[l]); /* exp(Δ_t A) */
@@ -336,7 +348,7 @@ static void SUFFIX(forward_block)(const ScanShape *s, const SUFFIX(ScanInputs) *
             int64_t c = blk.c0 + v * LANES, lanes = min_i64(LANES, blk.c1 - c), row = (q.row * dim + c) * L + t0;
             REAL *carry = w->carry + v * n * LANES;
             if (checkpoints) SUFFIX(store_state)(carry, n, lanes, checkpoints + ((q.slot0 + k) * dim + c) * n);
-            SUFFIX(step_inputs)(s, in, row, c, lanes, steps, w);
+            SUFFIX(step_inputs)(s, in, row, c, lanes, steps, 0, w);
             if (in->z) SUFFIX(gather_lanes)(in->z + row, L, lanes, steps, w->z);
             SUFFIX(forward_segment)(n, steps, L, B + t0, C + t0, w->a2 + v * n * LANES, carry, w);
             SUFFIX(gate_output)(in, c, lanes, steps, w);
@@ -367,10 +379,17 @@ int SUFFIX(mambalab_scan_forward)(const ScanShape *s, const SUFFIX(ScanInputs) *
     return ok;
 }
 
-/* dy_ssm = dy silu(z) in place over w->dy (without z it is dy). */
+/* dy_ssm = dy silu(z) and d_gate = silu'(z) = σ (1 + z (1 - σ)); without z, dy_ssm = dy. */
 static void SUFFIX(gate_input_grad)(const SUFFIX(ScanInputs) *in, int64_t steps, SUFFIX(Scratch) *w) {
-    if (!in->z) return;
-    for (int64_t e = 0; e < steps * LANES; e++) w->dy[e] *= w->z[e] * SUFFIX(sigmoid)(w->z[e]);
+    if (!in->z) {
+        memcpy(w->dy_ssm, w->dy, (size_t)(steps * LANES) * sizeof(REAL));
+        return;
+    }
+    for (int64_t e = 0; e < steps * LANES; e++) {
+        REAL z = w->z[e], sig = SUFFIX(sigmoid)(z);
+        w->dy_ssm[e] = w->dy[e] * z * sig;
+        w->d_gate[e] = sig * (1 + z * (1 - sig));
+    }
 }
 
 /* The backward recurrence of one vector over one segment, state index by state index: recompute h and a from
@@ -387,8 +406,10 @@ static void SUFFIX(backward_segment)(int64_t n, int64_t steps, int64_t length, c
         REAL *dB = w->dB_lanes + i * steps * LANES, *dC = w->dC_lanes + i * steps * LANES; /* (steps, V) */
         memcpy(w->states, start + i * LANES, LANES * sizeof(REAL));
         for (int64_t j = 0; j < steps; j++) {
-            const REAL *dt = w->dt + j * LANES, *x = w->x + j * LANES, *prev = w->states + j * LANES;
-            REAL *a = w->decays + j * LANES, *h = w->states + (j + 1) * LANES, *y = w->y_ssm + j * LANES;
+            const REAL *restrict dt = w->dt + j * LANES, *restrict x = w->x + j * LANES;
+            const REAL *restrict prev = w->states + j * LANES;
+            REAL *restrict a = w->decays + j * LANES, *restrict h = w->states + (j + 1) * LANES;
+            REAL *restrict y = w->y_ssm + j * LANES;
             REAL b = B_i[j], c = C_i[j];
 #pragma omp simd
             for (int64_t l = 0; l < LANES; l++) {
@@ -400,9 +421,11 @@ static void SUFFIX(backward_segment)(int64_t n, int64_t steps, int64_t length, c
         REAL ga[LANES], dA_i[LANES] = {0};
         memcpy(ga, carry + i * LANES, sizeof ga);
         for (int64_t j = steps - 1; j >= 0; j--) {
-            const REAL *dt = w->dt + j * LANES, *x = w->x + j * LANES, *dys = w->dy + j * LANES;
-            const REAL *a = w->decays + j * LANES, *prev = w->states + j * LANES, *h = w->states + (j + 1) * LANES;
-            REAL *qA = w->q_A + j * LANES, *gB = w->g_B + j * LANES, *dB_t = dB + j * LANES, *dC_t = dC + j * LANES;
+            const REAL *restrict dt = w->dt + j * LANES, *restrict x = w->x + j * LANES;
+            const REAL *restrict dys = w->dy_ssm + j * LANES, *restrict a = w->decays + j * LANES;
+            const REAL *restrict prev = w->states + j * LANES, *restrict h = w->states + (j + 1) * LANES;
+            REAL *restrict qA = w->q_A + j * LANES, *restrict gB = w->g_B + j * LANES;
+            REAL *restrict dB_t = dB + j * LANES, *restrict dC_t = dC + j * LANES;
             REAL b = B_i[j], c = C_i[j];
 #pragma omp simd
             for (int64_t l = 0; l < LANES; l++) {
@@ -421,43 +444,35 @@ static void SUFFIX(backward_segment)(int64_t n, int64_t steps, int64_t length, c
     }
 }
 
-/* From the segment's sums: dz = dy (y_ssm + D u) silu'(z) (silu' = σ (1 + z (1 - σ))), du = Δ Σ_n g B + D dy_ssm,
- * dΔ = (Σ_n q A + u Σ_n g B) softplus'(delta + bias), written to their rows; adds dD and d delta_bias. The
- * original dy is re-read from its rows for dz (w->dy holds dy_ssm by now). */
-static void SUFFIX(step_grads)(const ScanShape *s, const SUFFIX(ScanInputs) *in, const REAL *dy, int64_t offset,
-                               int64_t c, int64_t lanes, int64_t steps, SUFFIX(Scratch) *w, REAL *dD, REAL *dbias,
+/* From the segment's sums: dz = dy (y_ssm + D u) silu'(z), du = Δ Σ_n g B + D dy_ssm,
+ * dΔ = (Σ_n q A + u Σ_n g B) softplus'(delta + bias), written to their rows; adds dD and d delta_bias. */
+static void SUFFIX(step_grads)(const ScanShape *s, const SUFFIX(ScanInputs) *in, int64_t offset, int64_t c,
+                               int64_t lanes, int64_t steps, SUFFIX(Scratch) *w, REAL *dD, REAL *dbias,
                                const SUFFIX(ScanGrads) *out) {
     const int64_t L = s->length;
-    REAL D[LANES], bias[LANES];
-    for (int64_t l = 0; l < LANES; l++) {
-        D[l] = in->D && l < lanes ? in->D[c + l] : 0;
-        bias[l] = in->delta_bias && l < lanes ? in->delta_bias[c + l] : 0;
-    }
+    REAL D[LANES];
+    for (int64_t l = 0; l < LANES; l++) D[l] = in->D && l < lanes ? in->D[c + l] : 0;
     if (in->z) {
-        SUFFIX(gather_lanes)(dy + offset, L, lanes, steps, w->out);
         for (int64_t j = 0; j < steps; j++)
             for (int64_t l = 0; l < LANES; l++) {
                 int64_t e = j * LANES + l;
-                REAL z = w->z[e], sig = SUFFIX(sigmoid)(z);
-                w->out[e] *= (w->y_ssm[e] + D[l] * w->u[e]) * sig * (1 + z * (1 - sig));
+                w->out[e] = w->dy[e] * (w->y_ssm[e] + D[l] * w->u[e]) * w->d_gate[e];
             }
         SUFFIX(scatter_lanes)(w->out, lanes, steps, out->dz + offset, L);
     }
     for (int64_t j = 0; j < steps; j++)
         for (int64_t l = 0; l < LANES; l++) {
             int64_t e = j * LANES + l;
-            w->out[e] = w->dt[e] * w->g_B[e] + D[l] * w->dy[e];
-            dD[l] += w->dy[e] * w->u[e];
+            w->out[e] = w->dt[e] * w->g_B[e] + D[l] * w->dy_ssm[e];
+            dD[l] += w->dy_ssm[e] * w->u[e];
         }
     SUFFIX(scatter_lanes)(w->out, lanes, steps, out->du + offset, L);
-    SUFFIX(gather_lanes)(in->delta + offset, L, lanes, steps, w->out); /* delta, for softplus' */
     for (int64_t j = 0; j < steps; j++)
         for (int64_t l = 0; l < LANES; l++) {
             int64_t e = j * LANES + l;
             REAL d_dt = w->q_A[e] + w->u[e] * w->g_B[e];
-            if (s->delta_softplus) d_dt *= SUFFIX(sigmoid)(w->out[e] + bias[l]); /* softplus' = σ */
-            w->out[e] = d_dt;
-            dbias[l] += d_dt;
+            w->out[e] = s->delta_softplus ? d_dt * w->d_softplus[e] : d_dt;
+            dbias[l] += w->out[e];
         }
     SUFFIX(scatter_lanes)(w->out, lanes, steps, out->ddelta + offset, L);
 }
@@ -494,14 +509,14 @@ static void SUFFIX(backward_block)(const ScanShape *s, const SUFFIX(ScanInputs) 
         for (int64_t v = 0; v < vectors; v++) {
             int64_t c = blk.c0 + v * LANES, lanes = min_i64(LANES, blk.c1 - c), row = (q.row * dim + c) * L + t0;
             SUFFIX(load_state)(checkpoints + ((q.slot0 + k) * dim + c) * n, n, lanes, w->start);
-            SUFFIX(step_inputs)(s, in, row, c, lanes, steps, w);
+            SUFFIX(step_inputs)(s, in, row, c, lanes, steps, s->delta_softplus, w);
             if (in->z) SUFFIX(gather_lanes)(in->z + row, L, lanes, steps, w->z);
             SUFFIX(gather_lanes)(dy + row, L, lanes, steps, w->dy);
             SUFFIX(gate_input_grad)(in, steps, w);
             SUFFIX(backward_segment)(n, steps, L, in->B + bc + t0, in->C + bc + t0, w->A + v * n * LANES,
                                      w->a2 + v * n * LANES, w->start, w->carry + v * n * LANES,
                                      w->dA + v * n * LANES, w);
-            SUFFIX(step_grads)(s, in, dy, row, c, lanes, steps, w, w->dD + v * LANES, w->dbias + v * LANES, out);
+            SUFFIX(step_grads)(s, in, row, c, lanes, steps, w, w->dD + v * LANES, w->dbias + v * LANES, out);
         }
         SUFFIX(add_lane_sums)(n, steps, w->dB_lanes, dB_sum + bc + t0, L);
         SUFFIX(add_lane_sums)(n, steps, w->dC_lanes, dC_sum + bc + t0, L);
