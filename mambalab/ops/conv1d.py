@@ -78,9 +78,7 @@ def causal_conv1d_fused(x, weight, bias=None, activation=None, initial_state=Non
     _check_sequence("causal_conv1d_fused", x, weight, bias, activation, initial_state)
     from mambalab.ops import triton as kernels
 
-    if kernels.device() != x.device.type:
-        raise ValueError(f"causal_conv1d_fused: x is on {x.device}, but the Triton kernels run on "
-                         f"{kernels.device() or 'no device here'}")
+    kernels.check_device("causal_conv1d_fused", x)
     history = None if initial_state is None else initial_state.to(x.dtype)
     if x.shape[-1] == 0:
         y = x.new_empty(x.shape)

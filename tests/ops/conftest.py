@@ -18,3 +18,13 @@ def triton_kernels():
     else:
         with kernels.interpreter():
             yield
+
+
+@pytest.fixture
+def poisoned_kernel_outputs(monkeypatch):
+    """Every buffer the Triton kernels allocate (mambalab.ops.triton.common.empty) starts as NaN, so an element
+    they fail to write fails the comparison."""
+    from mambalab.ops.triton import common
+
+    monkeypatch.setattr(common, "empty", lambda *s, device, dtype: torch.full(s, float("nan"), device=device,
+                                                                              dtype=dtype))

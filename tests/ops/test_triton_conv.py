@@ -10,15 +10,7 @@ from mambalab.ops.conv1d import causal_conv1d, causal_conv1d_fused
 from tests.conftest import rel_error
 from tests.ops.conftest import TRITON_DEVICE as DEVICE
 
-pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("triton_kernels")]
-
-
-@pytest.fixture(autouse=True)
-def _poison_outputs(monkeypatch):
-    from mambalab.ops.triton import common
-
-    monkeypatch.setattr(common, "empty", lambda *s, device, dtype: torch.full(s, float("nan"), device=device,
-                                                                              dtype=dtype))
+pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("triton_kernels", "poisoned_kernel_outputs")]
 
 
 def make_inputs(batch, dim, length, width=4, bias=True, state=True, channels_last=False, dtype=torch.float32):

@@ -19,15 +19,7 @@ from mambalab.ops.selective_scan import selective_scan
 from tests.conftest import rel_error
 from tests.ops.conftest import TRITON_DEVICE as DEVICE
 
-pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("triton_kernels")]
-
-
-@pytest.fixture(autouse=True)
-def _poison_outputs(monkeypatch):
-    from mambalab.ops.triton import common
-
-    monkeypatch.setattr(common, "empty", lambda *s, device, dtype: torch.full(s, float("nan"), device=device,
-                                                                              dtype=dtype))
+pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("triton_kernels", "poisoned_kernel_outputs")]
 
 
 def make_inputs(batch=2, dim=8, length=21, n=4, groups=1, dtype=torch.float32, seqlens=None, extras=True):

@@ -59,11 +59,16 @@ def interpreter():
             os.environ["TRITON_INTERPRET"] = previous
 
 
+def check_device(op: str, x) -> None:
+    """ValueError unless the kernels can take tensors on x's device here."""
+    where = device()
+    if where != x.device.type:
+        raise ValueError(f"{op}: tensors are on {x.device}, but the Triton kernels run on {where or 'no device here'}")
+
+
 def check_step_inputs(op: str, x_t, state_batch_indices) -> None:
     """ValueError unless the decode-step kernels can take x_t here and state_batch_indices is (b,) or None."""
-    where = device()
-    if where != x_t.device.type:
-        raise ValueError(f"{op}: tensors are on {x_t.device}, but the Triton kernels run on {where or 'no device here'}")
+    check_device(op, x_t)
     if state_batch_indices is not None and tuple(state_batch_indices.shape) != (x_t.shape[0],):
         raise ValueError(
             f"{op}: state_batch_indices must be ({x_t.shape[0]},), got {tuple(state_batch_indices.shape)}"
