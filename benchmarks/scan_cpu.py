@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -97,20 +98,28 @@ def time_it(fn, inputs, backward, repeats, quiet=None):
     no_grad (no graph, no saved tensors). CPU time is all threads together (spin-waiting included). The
     machine may be shared, and a busy second core slows every two-thread op: "load" is the 1-minute load
     average before and after, "pressure" the CPU pressure (% of time something waited for a CPU) at the
-    start and end of each run; with `quiet`, each run first waits until the pressure is below that."""
+    start and end of each run; with `quiet`, each run first waits until the pressure is below that, then runs
+    once untimed, so that the timed run is not a cold start after the wait (OpenMP threads asleep, freed memory
+    handed back to the OS: ≈ 5 ms more for the cpu backend)."""
     walls, cpus, pressures = [], [], []
     load_before = os.getloadavg()[0]
-    for i in range(repeats + 1):
+
+    def run():
         for v in inputs.values():
             v.grad = None
-        wait_quiet(quiet)
-        start_pressure = cpu_pressure()
-        wall, cpu = time.perf_counter(), time.process_time()
         if backward:
             fn(inputs).sum().backward()
         else:
             with torch.no_grad():
                 fn(inputs)
+
+    for i in range(repeats + 1):
+        if quiet is not None:
+            wait_quiet(quiet)
+            run()
+        start_pressure = cpu_pressure()
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
         if i:
             walls.append(time.perf_counter() - wall)
             cpus.append(time.process_time() - cpu)
@@ -224,6 +233,7 @@ def main(argv=None):
                    "options": "D, z, delta_bias, delta_softplus"},
         "torch_backend_chunks": {"chunk_len": CHUNK_LEN, "sub_len": SUB_LEN},
         "cpu_backend": {"flags": " ".join(cpu_scan.FLAGS), "checkpoint_steps": cpu_scan.CHECKPOINT_STEPS,
+                        "source sha256": hashlib.sha256(cpu_scan.SOURCE.read_bytes()).hexdigest()[:16],
                         "compiler": os.environ.get("CC") or "cc", "exp2_f32 per second, one thread": exp_rate()},
         "hf_slow_path": "transformers.models.mamba.modeling_mamba.mamba_selective_scan (sequential loop), "
                         f"backward only for L <= {args.hf_backward_max_len}",

@@ -79,13 +79,15 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:]) or "(no output)"
 
 
-def build() -> Path:
-    """The compiled library, from the cache or compiled now; BackendUnavailable when that fails."""
+def build(extra_flags: tuple[str, ...] = ()) -> Path:
+    """The compiled library, from the cache or compiled now; BackendUnavailable when that fails. `extra_flags`
+    follow FLAGS (the tests build the portable kernels with `-mno-avx512f`)."""
     cc = os.environ.get("CC") or "cc"
+    flags = [*FLAGS, *extra_flags]
     version = _compiler_output(cc, ["--version"])
-    target = _compiler_output(cc, ["-march=native", "-dM", "-E", "-x", "c", os.devnull])  # predefined macros
+    target = _compiler_output(cc, [*flags, "-dM", "-E", "-x", "c", os.devnull])  # predefined macros
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), cc.encode(), version.encode(),
+    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cc.encode(), version.encode(),
                                      target.encode()])).hexdigest()[:20]
     folder = cache_dir()
     library = folder / f"cpu_scan-{key}.so"
@@ -100,7 +102,7 @@ def build() -> Path:
             "set $MAMBALAB_CACHE_DIR to a writable folder"
         ) from e
     os.close(fd)
-    command = [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"]
+    command = [cc, *flags, "-o", tmp, str(SOURCE), "-lm"]
     logger.info("selective_scan backend 'cpu': compiling %s (once; cached in %s)", SOURCE.name, folder)
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S, check=False)
