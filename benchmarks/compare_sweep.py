@@ -10,7 +10,8 @@ curve, evaluation per length and wall time.
 
 A --run is `families:task:field=v1,v2:...` with families separated by `+`; unlisted plan fields keep the
 preset's values; `options.<name>=...` changes a task option (e.g. options.vocab_size=512), `size.<name>=...`
-the model size (size.d_state=64, size.n_layer=2); a tuple field is written with slashes (eval_lengths=128/512).
+the model size (size.d_state=64, size.n_layer=2), `seed=1,2,3` the seed (how robust a result is); a tuple field is
+written with slashes (eval_lengths=128/512).
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ def parse_run(text: str, preset) -> list[RunSpec]:
         grid[name] = [_value(v) for v in values.split(",")]
     specs = []
     for combo in itertools.product(*grid.values()):
-        plan, size = preset.tasks[task], preset.size
+        plan, size, seed = preset.tasks[task], preset.size, preset.seed
         for name, value in zip(grid, combo, strict=True):
-            if name.startswith("size."):
+            if name == "seed":
+                seed = value
+            elif name.startswith("size."):
                 size = dataclasses.replace(size, **{name.removeprefix("size."): value})
             elif name.startswith("options."):
                 plan = dataclasses.replace(
@@ -60,10 +63,10 @@ def parse_run(text: str, preset) -> list[RunSpec]:
                 plan = dataclasses.replace(plan, **{name: value})
             else:
                 raise ValueError(
-                    f"--run {text!r}: {name!r} is not a TaskPlan field, options.<name> or size.<name>"
+                    f"--run {text!r}: {name!r} is not a TaskPlan field, seed, options.<name> or size.<name>"
                 )
         specs += [
-            RunSpec("sweep", family, task, plan, size, preset.name, preset.seed)
+            RunSpec("sweep", family, task, plan, size, preset.name, seed)
             for family in families.split("+")
         ]
     return specs
