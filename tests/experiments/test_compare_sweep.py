@@ -1,4 +1,4 @@
-"""benchmarks/compare_sweep.py's grid parser: plan fields, task options and model sizes, and its errors."""
+"""benchmarks/compare_sweep.py's grid parser: plan fields, task options, model sizes, seeds, and its errors."""
 
 from __future__ import annotations
 
@@ -35,6 +35,16 @@ def test_one_spec_per_family_and_combination_with_overrides():
         assert spec.plan.eval_lengths == (64, 128)
         assert (spec.size.n_layer, spec.size.d_model) == (2, preset.size.d_model)
     assert len({s.key for s in specs}) == 4  # every combination is its own cached run
+
+
+def test_seeds_are_separate_runs_of_one_plan():
+    sweep, preset = _load_script(), get_preset("quick")
+    specs = sweep.parse_run("mamba:selective_copying:steps=3000:seed=1,2", preset)
+    assert [s.seed for s in specs] == [1, 2]
+    assert specs[0].plan == specs[1].plan and specs[0].plan.steps == 3000
+    assert specs[0].key != specs[1].key
+    (default,) = sweep.parse_run("mamba:selective_copying", preset)
+    assert default.seed == preset.seed
 
 
 @pytest.mark.parametrize(
