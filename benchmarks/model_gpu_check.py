@@ -1,5 +1,7 @@
 """On the GPU: a model decoded in recurrent mode (fused Triton step kernels) matches its parallel forward
-(fused Triton scan), per dtype. Prints a table; writes JSON to $OUT/model_gpu_check.json (or --out).
+(fused Triton scan), per dtype; and the inference forward and step (no gradient recorded: the fused RMSNorm,
+out_proj + residual kernels) match the training path's (the torch composition, cuBLAS). Prints a table; writes JSON to
+$OUT/model_gpu_check.json (or --out).
 
     PYTHONPATH=. python3 benchmarks/model_gpu_check.py
 """
@@ -29,8 +31,15 @@ def check(dtype: torch.dtype, prompt: int = 100, steps: int = 28) -> dict:
     logits, state = model.prefill(ids[:, :prompt])
     errors = [rel(model.step(ids[:, t], state), full[:, t]) for t in range(prompt, prompt + steps)]
     fused = model.backbone.layers[0].mixer._fused_kernels(torch.empty(1, device="cuda", dtype=dtype))
+    with torch.enable_grad():
+        training = model(ids)  # parameters require grad: every norm is the torch composition
+        _, unfused_state = model.prefill(ids[:, :prompt])
+        unfused = model.step(ids[:, prompt], unfused_state).detach()  # cuBLAS out_proj, then the add
+    _, fused_state = model.prefill(ids[:, :prompt])
+    fused_step = model.step(ids[:, prompt], fused_state)  # out_proj + add in one launch (batch ≤ 4)
     return {"dtype": str(dtype), "fused_kernels": fused, "prefill_rel_err": rel(logits, full[:, :prompt]),
-            "step_max_rel_err": max(errors)}
+            "step_max_rel_err": max(errors), "fused_norm_vs_composition_rel_err": rel(full, training.detach()),
+            "fused_vs_unfused_step_rel_err": rel(fused_step, unfused)}
 
 
 def main() -> None:
@@ -40,7 +49,9 @@ def main() -> None:
     rows = [check(dtype) for dtype in (torch.float32, torch.bfloat16)]
     for r in rows:
         print(f"{r['dtype']:>15}  fused kernels: {r['fused_kernels']}  prefill vs forward {r['prefill_rel_err']:.1e}"
-              f"  recurrent vs parallel {r['step_max_rel_err']:.1e}")
+              f"  recurrent vs parallel {r['step_max_rel_err']:.1e}"
+              f"  inference vs training forward {r['fused_norm_vs_composition_rel_err']:.1e}"
+              f"  fused vs unfused step {r['fused_vs_unfused_step_rel_err']:.1e}")
     with open(os.path.join(args.out, "model_gpu_check.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=2)
 

@@ -3,7 +3,8 @@
 Mixers and feed-forwards are looked up by the kind names of `ModelConfig.layer_pattern`. Each mixer class
 implements `from_config(config, layer_idx)`, `forward(x, state=None, seqlen=None)`, `step(x, state, seqlen)`
 and `allocate_state(batch, device, dtype)`; each feed-forward `from_config(config, layer_idx)` and
-`forward(x) -> (y, aux_loss or None)`.
+`forward(x) -> (y, aux_loss or None)`. A mixer may also implement `step_into_residual(x, state, seqlen,
+residual)` = `add_residual(residual, step(x, state, seqlen))` with the add fused (Mamba, at decode batch sizes).
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ def _resolve(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def add_residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + y in x's dtype: one kernel when y's dtype promotes to x's (bf16 onto the float32 residual)."""
+    return x + y if torch.promote_types(x.dtype, y.dtype) == x.dtype else x + y.to(x.dtype)
+
+
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
@@ -51,17 +57,21 @@ class Block(nn.Module):
     def _ffn(self, x: torch.Tensor):
         if self.mlp is None:
             return x, None
-        y, aux = self.mlp(self.norm2(x.to(self.norm2.weight.dtype)))
-        return x + y.to(x.dtype), aux
+        y, aux = self.mlp(self.norm2(x, round_to_weight_dtype=True))
+        return add_residual(x, y), aux
 
     def forward(self, x, state: dict | None = None, seqlen=None):
         """x (b, l, d_model) -> (x, aux_loss or None)."""
         x = self._residual(x)
-        x = x + self.mixer(self.norm(x.to(self.norm.weight.dtype)), state=state, seqlen=seqlen).to(x.dtype)
+        x = add_residual(x, self.mixer(self.norm(x, round_to_weight_dtype=True), state=state, seqlen=seqlen))
         return self._ffn(x)
 
     def step(self, x, state: dict, seqlen):
         """x (b, d_model) -> (b, d_model), one token of recurrent mode."""
         x = self._residual(x)
-        x = x + self.mixer.step(self.norm(x.to(self.norm.weight.dtype)), state, seqlen).to(x.dtype)
+        hidden = self.norm(x, round_to_weight_dtype=True)
+        if hasattr(self.mixer, "step_into_residual"):  # the add fused into the mixer's last kernel
+            x = self.mixer.step_into_residual(hidden, state, seqlen, x)
+        else:
+            x = add_residual(x, self.mixer.step(hidden, state, seqlen))
         return self._ffn(x)[0]

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mambalab.config import ModelConfig, SSMConfig
+from mambalab.layers.block import add_residual
 from mambalab.ops.conv1d import causal_conv1d, causal_conv1d_fused, causal_conv1d_update
 from mambalab.ops.hippo import discretize_diagonal, s4d_init
 from mambalab.ops.mixer_step import mixer_step, mixer_step_fused
@@ -168,16 +169,38 @@ class Mamba(nn.Module):
     def step(self, hidden: torch.Tensor, state: dict, seqlen=None) -> torch.Tensor:
         """hidden (b, d_model) -> (b, d_model), advancing `state` by one token in place: the steps of `forward`
         for one position (mambalab/ops/mixer_step.py; two Triton launches where the scan runs in Triton)."""
+        return self.out_proj(self._step_ssm(hidden, state))  # (b, d_model)
+
+    def step_into_residual(self, hidden: torch.Tensor, state: dict, seqlen, residual: torch.Tensor) -> torch.Tensor:
+        """residual + step(hidden, state) in residual's dtype (see Block). Up to MAX_ROWS rows, where the fused
+        kernels run and no gradient is recorded, out_proj and the add are one Triton launch (ops/triton/linear.py:
+        cuBLAS takes 4-6 µs for this matrix-vector product at batch 1)."""
+        y = self._step_ssm(hidden, state)  # (b, d)
+        if self._fused_out_proj(y, residual):
+            from mambalab.ops.triton.linear import skinny_linear
+
+            return skinny_linear(y, self.out_proj.weight, residual)  # (b, d_model)
+        return add_residual(residual, self.out_proj(y))
+
+    def _step_ssm(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
+        """Steps 1-5 of one token: hidden (b, d_model) -> y (b, d), before out_proj."""
         xz = self.in_proj(hidden)  # (b, 2d)
         x, z = xz.chunk(2, dim=-1)  # (b, d)
         conv_weight = self.conv1d.weight.squeeze(1)  # (d, w)
         if not self.uses_selective_scan:
             x = causal_conv1d_update(x, state["conv"], conv_weight, self.conv1d.bias, "silu")  # (b, d)
-            return self.out_proj(self._ablation_ssm(x[..., None], z[..., None], state)[..., 0])  # (b, d_model)
+            return self._ablation_ssm(x[..., None], z[..., None], state)[..., 0]  # (b, d)
         step = mixer_step_fused if self._fused_kernels(x) else mixer_step
-        y = step(x, z, state["conv"], state["ssm"], conv_weight, self.conv1d.bias, self.x_proj.weight,
-                 self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D)  # (b, d)
-        return self.out_proj(y)  # (b, d_model)
+        return step(x, z, state["conv"], state["ssm"], conv_weight, self.conv1d.bias, self.x_proj.weight,
+                    self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D)  # (b, d)
+
+    def _fused_out_proj(self, y: torch.Tensor, residual: torch.Tensor) -> bool:
+        from mambalab.ops.triton.linear import MAX_ROWS
+
+        weight = self.out_proj.weight
+        return (y.shape[0] <= MAX_ROWS and self.out_proj.bias is None and self._fused_kernels(y)
+                and y.dtype == weight.dtype and torch.promote_types(y.dtype, residual.dtype) == residual.dtype
+                and not (torch.is_grad_enabled() and (weight.requires_grad or y.requires_grad)))
 
     def _fused_kernels(self, x: torch.Tensor) -> bool:
         """Run the conv (sequence and decode step) and the SSM step through the fused Triton kernels where the

@@ -1,5 +1,5 @@
 """Fused Triton kernels (selective scan forward/backward, causal conv forward/backward, one-step state update,
-conv window update).
+conv window update, the mixer's decode step, RMSNorm for inference).
 
 Importing this package's kernel modules imports triton. The kernels are compiled for CUDA, or run by Triton's
 CPU interpreter when TRITON_INTERPRET=1: triton reads that variable when `@triton.jit` decorates a function
@@ -16,7 +16,8 @@ import os
 import sys
 
 _KERNEL_MODULES = ("mambalab.ops.triton.common", "mambalab.ops.triton.scan", "mambalab.ops.triton.step",
-                   "mambalab.ops.triton.conv")
+                   "mambalab.ops.triton.conv", "mambalab.ops.triton.norm",
+                   "mambalab.ops.triton.linear")
 
 
 def _interpret_env() -> bool:

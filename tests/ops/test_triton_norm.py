@@ -1,0 +1,73 @@
+"""The fused RMSNorm kernel (mambalab/ops/triton/norm.py) against `RMSNorm`'s torch composition and a float64
+oracle: every dtype pairing the blocks and norm_f use, rounding the input or not, odd widths, empty and
+strided inputs; outputs poisoned with NaN first. On CPU the kernel runs in Triton's interpreter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mambalab.layers.norm import RMSNorm
+from tests.conftest import rel_error
+from tests.ops.conftest import TRITON_DEVICE
+
+pytestmark = pytest.mark.usefixtures("triton_kernels", "poisoned_kernel_outputs")
+
+# Norm-wise error bound of one rounding to the output dtype (the kernel and torch round at the same places;
+# their float32 sums and square roots differ in the last bits, which can flip a rounding).
+TOL = {torch.float32: 2e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}
+
+
+def torch_norm(x, weight, eps, round_input):
+    norm = RMSNorm(weight.shape[0], eps).to(device=weight.device, dtype=weight.dtype)
+    norm.weight.data.copy_(weight)
+    with torch.no_grad():
+        return norm(x, round_to_weight_dtype=round_input)
+
+
+def oracle(x, weight, eps, round_input):
+    x = (x.to(weight.dtype) if round_input else x).double()
+    return weight.double() * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("w_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("round_input", [False, True])
+@pytest.mark.parametrize("shape", [(3, 37), (2, 5, 768)])
+def test_matches_the_torch_composition(x_dtype, w_dtype, round_input, shape):
+    from mambalab.ops.triton.norm import rms_norm
+
+    x = (torch.randn(shape) * 3).to(device=TRITON_DEVICE, dtype=x_dtype)
+    weight = (1 + 0.1 * torch.randn(shape[-1])).to(device=TRITON_DEVICE, dtype=w_dtype)
+    y, ref = rms_norm(x, weight, 1e-5, round_input), torch_norm(x, weight, 1e-5, round_input)
+    assert y.dtype == ref.dtype and y.shape == ref.shape
+    normalised = w_dtype if round_input else x_dtype  # x̂ is rounded to it, y to ref.dtype
+    tol = max(TOL[normalised], TOL[ref.dtype])
+    assert rel_error(y, ref) <= tol
+    exact = oracle(x, weight, 1e-5, round_input)
+    # Triton's interpreter (numpy has no bfloat16) truncates float32 -> bfloat16 where the GPU rounds to nearest
+    # even: up to twice the rounding error, all of one sign.
+    truncates = TRITON_DEVICE == "cpu" and torch.bfloat16 in (normalised, ref.dtype)
+    assert rel_error(y, exact) <= (4 if truncates else 1.5) * max(rel_error(ref, exact), tol / 8)
+
+
+def test_strided_and_empty_inputs():
+    from mambalab.ops.triton.norm import rms_norm
+
+    base = torch.randn(40, 6, device=TRITON_DEVICE)
+    strided = base.t()  # (6, 40), last dim not contiguous
+    weight = torch.rand(40, device=TRITON_DEVICE) + 0.5
+    assert rel_error(rms_norm(strided, weight, 1e-6, False), torch_norm(strided, weight, 1e-6, False)) <= 2e-6
+    empty = rms_norm(torch.empty(0, 3, 40, device=TRITON_DEVICE), weight, 1e-6, False)
+    assert empty.shape == (0, 3, 40)
+
+
+def test_module_uses_the_kernel_only_where_no_gradient_is_recorded_on_cuda():
+    norm = RMSNorm(8)
+    x = torch.randn(2, 8, requires_grad=True)
+    assert not norm._fused(x)  # CPU tensors: the composition
+    if torch.cuda.is_available():
+        norm, x = norm.cuda(), x.cuda()
+        assert not norm._fused(x)  # a gradient is recorded
+        with torch.no_grad():
+            assert norm._fused(x)
