@@ -5,6 +5,7 @@ norms); issued one by one from Python it is launch-bound. On CUDA, `GraphStep` c
 per batch size and state layout on static buffers: the state being advanced lives in those buffers, each
 call copies the token ids in, replays the graph and copies the logits out. Elsewhere `EagerStep` calls
 `model._step` directly. `decode_step(model, state)` picks one and returns it with the state to advance.
+`GraphChoice` captures the choice of the next tokens (greedy decoding) over a GraphStep's buffers as well.
 
 Capturing needs a step that updates its state tensors in place and never synchronises with the host. Both
 are checked during warm-up, before capturing (host syncs raise under `torch.cuda.set_sync_debug_mode`); a
@@ -72,6 +73,34 @@ class GraphStep:
         self.tokens.copy_(tokens)
         self.graph.replay()
         return self.logits.clone()
+
+
+class GraphChoice:
+    """The choice of the next tokens, `choose(logits) -> (tokens (b,), record)`, captured as a second graph over
+    a GraphStep's static buffers: each call replays it on the step's logits, writes the tokens into the step's
+    input and returns the (static) record. A decode token then costs two replays and a copy to the host
+    instead of ~10 launches from Python (tens of µs each on a slow host, longer than the step's GPU time at
+    batch 1). `choose` must keep its own state in tensors it updates in place."""
+
+    def __init__(self, step: GraphStep, choose: Callable):
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            tokens, self.record = choose(step.logits)
+            step.tokens.copy_(tokens)
+
+    def __call__(self) -> torch.Tensor:
+        self.graph.replay()
+        return self.record
+
+
+def graph_choice(step: GraphStep, choose: Callable) -> GraphChoice | None:
+    """GraphChoice(step, choose), or None (logged) when it cannot be captured: the caller then chooses eagerly."""
+    try:
+        return GraphChoice(step, choose)
+    except Exception as e:  # noqa: BLE001 (any capture failure: choose eagerly, as before)
+        logger.warning("CUDA graph capture of the token choice failed (%s: %s); choosing eagerly",
+                       type(e).__name__, e)
+        return None
 
 
 class _GraphCache:

@@ -13,13 +13,14 @@ plus a repetition penalty), seeded by `generator` for reproducible draws.
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from mambalab.inference.cuda_graph import decode_step
+from mambalab.inference.cuda_graph import GraphStep, decode_step, graph_choice
 from mambalab.inference.sampling import SamplingConfig
 from mambalab.inference.state import InferenceState
 
@@ -80,25 +81,31 @@ def generate(
     logits, state = prefill(model, rows, state)  # (b, vocab)
     b, device = len(rows), logits.device
     seen = _seen_tokens(rows, logits.shape[-1], device) if repetition_penalty != 1.0 else None  # (b, vocab)
-    eos_t = torch.tensor(eos, dtype=torch.long, device=device)
     pad = eos[0] if eos else 0  # fed to finished rows
 
     # Only the prefill's logits are used when one token is asked for and no state: then there is no step.
     step = decode_step(model, state, use_cuda_graph, compile_step) if return_state or max_new_tokens > 1 else None
+    in_graph = None  # greedy, unpenalised, no state kept: the choice is replayed from a graph as well
+    if isinstance(step, GraphStep) and not return_state and not do_sample and seen is None:
+        chooser, in_graph = _graph_chooser(step, sampler, eos, pad)
+    else:
+        chooser = _Chooser(sampler, seen, generator, eos, pad, b, device)
     sequences: list[list[int]] = [[] for _ in range(b)]
     reasons = ["length"] * b
     snapshots: dict[int, InferenceState] = {}
-    finished = torch.zeros(b, dtype=torch.bool, device=device)  # (b,)
     for t in range(max_new_tokens):
-        tokens = sampler.choose(logits, seen, generator)  # (b,)
-        tokens = torch.where(finished, pad, tokens)
-        newly = ~finished & torch.isin(tokens, eos_t) if eos else torch.zeros_like(finished)  # (b,)
-        done_before, finished = finished, finished | newly
-        if seen is not None:
-            seen.scatter_(1, tokens[:, None], True)
-        host = _HostCopy(torch.stack([tokens, done_before.long(), newly.long()]))  # (3, b)
-        if return_state or t < max_new_tokens - 1:
-            logits = step(tokens)  # queued behind the copy: the host reads the tokens while the GPU steps
+        if in_graph is not None and t > 0:
+            record = in_graph()  # the tokens are already the step's input
+        else:
+            tokens, record = chooser.record(logits)
+            if in_graph is not None:
+                step.tokens.copy_(tokens)
+        host = _HostCopy(record)  # (3, b): tokens, finished before, newly finished
+        if return_state or t < max_new_tokens - 1:  # queued behind the copy: the host reads while the GPU steps
+            if in_graph is not None:
+                step.graph.replay()
+            else:
+                logits = step(tokens)
         token_list, done_list, newly_list = host.get()
         for i in range(b):
             if not done_list[i]:
@@ -141,6 +148,46 @@ def prefill(model, rows: list[list[int]], state: InferenceState | None = None):
     logits = torch.cat(last_logits)[inverse.to(model.device)]  # (b, vocab) in prompt order
     joined = states[0] if len(states) == 1 else InferenceState.concat(states)
     return logits, joined.select(inverse.to(joined.device)) if len(states) > 1 else joined
+
+
+class _Chooser:
+    """Each step's next tokens, on the device: chosen by the sampler, the pad token for finished rows, and which
+    rows finish now (their token is an EOS id). Keeps `finished` (b,) and `seen` in tensors it updates in place,
+    so that `record` can be captured in a CUDA graph."""
+
+    def __init__(self, sampler: SamplingConfig, seen, generator, eos: list[int], pad: int, b: int, device):
+        self.sampler, self.seen, self.generator, self.pad = sampler, seen, generator, pad
+        self.eos = torch.tensor(eos, dtype=torch.long, device=device)
+        self.finished = torch.zeros(b, dtype=torch.bool, device=device)  # (b,)
+
+    def record(self, logits: torch.Tensor):
+        """logits (b, vocab) -> (tokens (b,), record (3, b): tokens, finished before, newly finished)."""
+        tokens = self.sampler.choose(logits, self.seen, self.generator)
+        tokens = torch.where(self.finished, self.pad, tokens)
+        newly = ~self.finished & torch.isin(tokens, self.eos) if self.eos.numel() else torch.zeros_like(self.finished)
+        record = torch.stack([tokens, self.finished.long(), newly.long()])
+        self.finished |= newly
+        if self.seen is not None:
+            self.seen.scatter_(1, tokens[:, None], True)
+        return tokens, record
+
+
+# Per captured step: the greedy choosers (by EOS ids and pad) and their graphs, kept with the step because a
+# capture waits for the GPU and collects garbage (milliseconds: too slow for every call).
+_GRAPH_CHOOSERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _graph_chooser(step: GraphStep, sampler: SamplingConfig, eos: list[int], pad: int):
+    """(a greedy chooser over step's batch with no row finished, its GraphChoice or None if it cannot be
+    captured)."""
+    choosers = _GRAPH_CHOOSERS.setdefault(step, {})
+    key = (tuple(eos), pad)
+    if key not in choosers:
+        chooser = _Chooser(sampler, None, None, eos, pad, step.tokens.shape[0], step.tokens.device)
+        choosers[key] = chooser, graph_choice(step, chooser.record)
+    chooser, graph = choosers[key]
+    chooser.finished.zero_()
+    return chooser, graph
 
 
 def _seen_tokens(rows: list[list[int]], vocab: int, device) -> torch.Tensor:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 
 class BackendUnavailable(RuntimeError):
     """The backend exists but cannot run here (missing package, no GPU, not built yet)."""
@@ -55,3 +57,10 @@ def is_available(op: str, name: str) -> bool:
     except BackendUnavailable:
         return False
     return True
+
+
+def records_grad(*tensors) -> bool:
+    """Whether autograd records an op on these tensors (None allowed). The fused kernels' custom ops are
+    needed then, and under torch.compile (fake tensors); otherwise (inference) the kernels are called directly:
+    a custom op's dispatch costs ~100-200 µs of host time per call, which a short prefill pays per layer."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

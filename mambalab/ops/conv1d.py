@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from mambalab.ops.backends import records_grad
+
 _ACTIVATIONS = (None, "silu", "swish")
 
 
@@ -82,8 +84,12 @@ def causal_conv1d_fused(x, weight, bias=None, activation=None, initial_state=Non
     history = None if initial_state is None else initial_state.to(x.dtype)
     if x.shape[-1] == 0:
         y = x.new_empty(x.shape)
-    else:
+    elif records_grad(x, weight, bias, history) or torch.compiler.is_compiling():  # the op: autograd, or tracing
         y = _conv_fwd_op(x, weight, bias, history, activation is not None)
+    else:  # inference: the kernel without the op's dispatch
+        from mambalab.ops.triton.conv import conv_forward
+
+        y = conv_forward(x, weight, bias, history, activation is not None)
     if not return_final_state:
         return y
     return y, _final_state(x, history, weight.shape[1])

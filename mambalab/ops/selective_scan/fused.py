@@ -25,6 +25,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from mambalab.ops.backends import records_grad
+
 
 def sequence_count(u: Tensor, cu_seqlens: Optional[Tensor]) -> int:
     """Rows of the initial/final states: the batch, or the number of sequences packed by cu_seqlens."""
@@ -41,6 +43,7 @@ class FusedScan:
     def __init__(self, name: str, forward: Callable, backward: Callable, checkpoint_slots: Callable,
                  state_dtype: Callable[[Tensor], torch.dtype], index_dtype: torch.dtype):
         self.index_dtype = index_dtype
+        self._forward = forward
 
         # The ops' annotations are real types (no `from __future__ import annotations`): torch infers schemas.
         def fwd(
@@ -122,10 +125,10 @@ class FusedScan:
                                             return_final_state, cu_seqlens)
         if cu_seqlens is not None:
             cu_seqlens = cu_seqlens.to(device=u.device, dtype=self.index_dtype).contiguous()
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)
-        )
-        y, final_state, _ = self.forward_op(
-            u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, needs_grad
-        )
+        args = (u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus)
+        needs_grad = records_grad(u, delta, A, B, C, D, z, delta_bias, initial_state)
+        if needs_grad or torch.compiler.is_compiling():  # the op: autograd, or tracing
+            y, final_state, _ = self.forward_op(*args, needs_grad)
+        else:  # inference: the kernels without the op's dispatch
+            y, final_state, _ = self._forward(*args, False)
         return (y, final_state) if return_final_state else y

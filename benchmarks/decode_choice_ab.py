@@ -1,0 +1,67 @@
+"""A/B of `generate`'s in-graph greedy choice on one host: tokens/s with the choice replayed from a CUDA graph
+(the default) and with it chosen eagerly (the ~8 launches per token from Python it replaced), alternated.
+
+    PYTHONPATH=. python3 benchmarks/decode_choice_ab.py --out $OUT/decode_choice_ab.json    # needs a GPU
+
+mamba-130m shape, bf16, random weights, 16-token prompts, 128 new tokens, prefill included (as decode.py's
+"graph" variant); launch costs differ a lot between hosts, so only an A/B in one process compares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from mambalab import LanguageModel
+from mambalab.models.zoo import get_preset
+
+generate_module = importlib.import_module("mambalab.inference.generate")  # the module (its graph_choice is swapped)
+
+
+def tokens_per_s(model, batch: int, in_graph: bool, repeats: int = 5) -> float:
+    original = generate_module.graph_choice
+    generate_module._GRAPH_CHOOSERS.clear()  # each variant captures (or not) its own choice
+    if not in_graph:
+        generate_module.graph_choice = lambda step, choose: None
+    try:
+        prompts = torch.randint(0, model.config.vocab_size, (batch, 16), device="cuda")
+        generate_module.generate(model, prompts, 128)  # warm-up: capture
+        times = []
+        for _ in range(repeats):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            generate_module.generate(model, prompts, 128)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return batch * 128 / statistics.median(times)
+    finally:
+        generate_module.graph_choice = original
+        generate_module._GRAPH_CHOOSERS.clear()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "decode_choice_ab.json"))
+    opts = parser.parse_args()
+    torch.manual_seed(0)
+    model = LanguageModel(get_preset("mamba-130m")).to(device="cuda", dtype=torch.bfloat16).eval()
+    rows = []
+    for batch in (1, 64):
+        for rnd in range(2):
+            for in_graph in (True, False):
+                rows.append({"batch": batch, "round": rnd, "choice_in_graph": in_graph,
+                             "tokens_per_s": tokens_per_s(model, batch, in_graph)})
+                print(rows[-1], flush=True)
+    with open(opts.out, "w") as f:
+        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                   "command": "PYTHONPATH=. python3 benchmarks/decode_choice_ab.py", "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

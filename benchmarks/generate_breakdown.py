@@ -1,0 +1,79 @@
+"""Where `generate`'s time goes at batch 1: the whole call against its parts, timed alone on one host.
+
+    PYTHONPATH=. python3 benchmarks/generate_breakdown.py --out $OUT/generate_breakdown.json   # needs a GPU
+
+mamba-130m shape, bf16, random weights, a 16-token prompt, 128 new tokens (decode.py's throughput setting):
+generate(128) and generate(2); prefill alone; `decode_step` (finding the captured graph and loading the
+state into it); 128 replays of the step graph. What is left of generate(128) is the per-token loop on the host.
+Also the host (CPU) and GPU time of one prefill by op, from the torch profiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from mambalab import LanguageModel
+from mambalab.inference.cuda_graph import decode_step
+from mambalab.models.zoo import get_preset
+
+generate_module = importlib.import_module("mambalab.inference.generate")  # the module, not the function
+
+
+def ms(fn, repeats: int = 10) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "generate_breakdown.json"))
+    opts = parser.parse_args()
+    torch.manual_seed(0)
+    model = LanguageModel(get_preset("mamba-130m")).to(device="cuda", dtype=torch.bfloat16).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (1, 16), device="cuda")
+    rows = prompt.tolist()
+    _, state = generate_module.prefill(model, rows)
+    step = decode_step(model, state)
+    parts = {
+        "generate_128_ms": ms(lambda: generate_module.generate(model, prompt, 128)),
+        "generate_2_ms": ms(lambda: generate_module.generate(model, prompt, 2)),
+        "prefill_ms": ms(lambda: generate_module.prefill(model, rows)),
+        "decode_step_lookup_and_load_ms": ms(lambda: decode_step(model, state)),
+        "replays_128_ms": ms(lambda: [step.graph.replay() for _ in range(128)]),
+    }
+    parts["rest_of_generate_128_ms"] = (parts["generate_128_ms"] - parts["prefill_ms"]
+                                        - parts["decode_step_lookup_and_load_ms"] - parts["replays_128_ms"])
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        generate_module.prefill(model, rows)
+        torch.cuda.synchronize()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
+    prefill_ops = [{"op": e.key, "calls": e.count, "host_us": e.self_cpu_time_total,
+                    "gpu_us": e.self_device_time_total} for e in ops]
+    for k, v in parts.items():
+        print(f"{k:34s} {v:8.2f}")
+    for row in prefill_ops:
+        print(f"  prefill {row['op'][:50]:50s} ×{row['calls']:<4d} host {row['host_us']:8.0f} us  gpu {row['gpu_us']:6.0f} us")
+    with open(opts.out, "w") as f:
+        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                   "command": "PYTHONPATH=. python3 benchmarks/generate_breakdown.py", "parts": parts,
+                   "prefill_ops": prefill_ops}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
