@@ -3,7 +3,8 @@
 1. Prefill: prompts of equal length are run together in parallel mode (in chunks, so the logits of a long
    prompt never all sit in memory); groups of different lengths are prefilled separately and their states
    joined with `InferenceState.concat`. A given `state` (e.g. a cached prefix) is continued, not modified.
-2. Decode: all rows advance together one token per step (`model.step`, replayed from a CUDA graph on GPU).
+2. Decode: all rows advance together one token per step (`model.step`, replayed from a CUDA graph on GPU;
+   with greedy decoding the choice of the next tokens is replayed from a second graph).
    Each row stops at EOS on its own; a finished row keeps being fed a pad token, but nothing more is
    reported for it. Each row's tokens are those that prompt alone would give.
 
