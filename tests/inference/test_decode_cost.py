@@ -71,3 +71,9 @@ def test_cuda_graph_step_matches_eager():
         tokens = torch.randint(0, 61, (3,), device="cuda")
         assert rel_error(graph(tokens), model.step(tokens, eager_state)) < 1e-5
     assert generate(model, prompts, 10).sequences == generate(model, prompts, 10, use_cuda_graph=False).sequences
+    # with an EOS that row 0 reaches: the greedy choice replayed from its graph (captured once, then reused)
+    eos = generate(model, prompts, 10, use_cuda_graph=False).sequences[0][4]
+    eager = generate(model, prompts, 10, eos_token_id=eos, use_cuda_graph=False)
+    assert eager.finish_reasons[0] == "stop"
+    for _ in range(2):
+        assert generate(model, prompts, 10, eos_token_id=eos).sequences == eager.sequences
