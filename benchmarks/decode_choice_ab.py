@@ -13,13 +13,9 @@ import argparse
 import importlib
 import json
 import os
-import statistics
-import time
 
 import torch
-
-from mambalab import LanguageModel
-from mambalab.models.zoo import get_preset
+from decode import FULL, build, timed  # benchmarks/decode.py (this script's folder is on sys.path)
 
 generate_module = importlib.import_module("mambalab.inference.generate")  # the module (its graph_choice is swapped)
 
@@ -31,15 +27,7 @@ def tokens_per_s(model, batch: int, in_graph: bool, repeats: int = 5) -> float:
         generate_module.graph_choice = lambda step, choose: None
     try:
         prompts = torch.randint(0, model.config.vocab_size, (batch, 16), device="cuda")
-        generate_module.generate(model, prompts, 128)  # warm-up: capture
-        times = []
-        for _ in range(repeats):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            generate_module.generate(model, prompts, 128)
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return batch * 128 / statistics.median(times)
+        return batch * 128 / timed(lambda: generate_module.generate(model, prompts, 128), "cuda", repeats)
     finally:
         generate_module.graph_choice = original
         generate_module._GRAPH_CHOOSERS.clear()
@@ -49,8 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "decode_choice_ab.json"))
     opts = parser.parse_args()
-    torch.manual_seed(0)
-    model = LanguageModel(get_preset("mamba-130m")).to(device="cuda", dtype=torch.bfloat16).eval()
+    model = build(FULL["mamba"], FULL)  # decode.py's model: mamba-130m shape, bf16, on the GPU
     rows = []
     for batch in (1, 64):
         for rnd in range(2):

@@ -14,28 +14,17 @@ import argparse
 import importlib
 import json
 import os
-import statistics
-import time
 
 import torch
+from decode import FULL, build, timed  # benchmarks/decode.py (this script's folder is on sys.path)
 
-from mambalab import LanguageModel
 from mambalab.inference.cuda_graph import decode_step
-from mambalab.models.zoo import get_preset
 
 generate_module = importlib.import_module("mambalab.inference.generate")  # the module, not the function
 
 
-def ms(fn, repeats: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+def ms(fn) -> float:
+    return timed(fn, "cuda", 10) * 1e3
 
 
 @torch.no_grad()
@@ -43,8 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "generate_breakdown.json"))
     opts = parser.parse_args()
-    torch.manual_seed(0)
-    model = LanguageModel(get_preset("mamba-130m")).to(device="cuda", dtype=torch.bfloat16).eval()
+    model = build(FULL["mamba"], FULL)  # decode.py's model: mamba-130m shape, bf16, on the GPU
     prompt = torch.randint(0, model.config.vocab_size, (1, 16), device="cuda")
     rows = prompt.tolist()
     _, state = generate_module.prefill(model, rows)
