@@ -79,8 +79,8 @@ class GraphChoice:
     """The choice of the next tokens, `choose(logits) -> (tokens (b,), record)`, captured as a second graph over
     a GraphStep's static buffers: each call replays it on the step's logits, writes the tokens into the step's
     input and returns the (static) record. A decode token then costs two replays and a copy to the host
-    instead of ~10 launches from Python (tens of µs each on a slow host, longer than the step's GPU time at
-    batch 1). `choose` must keep its own state in tensors it updates in place."""
+    instead of ~10 launches from Python (+2-3 % tokens/s at batch 1 on an H200 host, benchmarks/notes/decode.md).
+    `choose` must keep its own state in tensors it updates in place."""
 
     def __init__(self, step: GraphStep, choose: Callable):
         self.graph = torch.cuda.CUDAGraph()

@@ -22,6 +22,7 @@ from torch import nn
 
 from mambalab.config import ModelConfig, SSMConfig
 from mambalab.layers.block import add_residual
+from mambalab.ops.backends import records_grad
 from mambalab.ops.conv1d import causal_conv1d, causal_conv1d_fused, causal_conv1d_update
 from mambalab.ops.hippo import discretize_diagonal, s4d_init
 from mambalab.ops.mixer_step import mixer_step, mixer_step_fused
@@ -200,7 +201,7 @@ class Mamba(nn.Module):
         weight = self.out_proj.weight
         return (y.shape[0] <= MAX_ROWS and self.out_proj.bias is None and self._fused_kernels(y)
                 and y.dtype == weight.dtype and torch.promote_types(y.dtype, residual.dtype) == residual.dtype
-                and not (torch.is_grad_enabled() and (weight.requires_grad or y.requires_grad)))
+                and not records_grad(weight, y))
 
     def _fused_kernels(self, x: torch.Tensor) -> bool:
         """Run the conv (sequence and decode step) and the SSM step through the fused Triton kernels where the

@@ -31,8 +31,7 @@ class RMSNorm(nn.Module):
     def _fused(self, x: torch.Tensor) -> bool:
         if not x.is_cuda or torch.float64 in (x.dtype, self.weight.dtype) or torch.compiler.is_compiling():
             return False
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            return False
+        from mambalab.ops.backends import records_grad
         from mambalab.ops.selective_scan import resolve_backend
 
-        return resolve_backend("auto", x.device) == "triton"
+        return not records_grad(x, self.weight) and resolve_backend("auto", x.device) == "triton"
