@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from mambalab.errors import MambalabError
 
-class BackendUnavailable(RuntimeError):
+
+class BackendUnavailable(MambalabError, RuntimeError):
     """The backend exists but cannot run here (missing package, no GPU, not built yet)."""
 
 
@@ -30,11 +32,26 @@ class _Backend:
 
 
 _REGISTRY: dict[str, dict[str, _Backend]] = {}
+_AUTO: dict[str, Callable[[torch.device], str]] = {}
 
 
 def register(op: str, name: str, loader: Callable[[], Callable]) -> None:
     """Register `loader` (returns the implementation; may raise BackendUnavailable) as `op`'s `name`."""
     _REGISTRY.setdefault(op, {})[name] = _Backend(loader)
+
+
+def set_auto(op: str, chooser: Callable[[torch.device], str]) -> None:
+    """Register how `op` resolves "auto": chooser(device) returns a backend name (it may probe availability)."""
+    _AUTO[op] = chooser
+
+
+def resolve(op: str, name: str, device: torch.device) -> str:
+    """The backend `name` stands for on `device`: "auto" through the op's chooser, any other name unchanged."""
+    if name != "auto":
+        return name
+    if op not in _AUTO:
+        raise KeyError(f"op {op!r} has no 'auto' chooser registered")
+    return _AUTO[op](device)
 
 
 def names(op: str) -> list[str]:

@@ -46,17 +46,23 @@ backends.register(OP, "triton", _load_triton)
 backends.register(OP, "cpu", _load_cpu)
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
+def _choose_auto(device: torch.device) -> str:
     """'auto' -> 'triton' on CUDA when it can run there; on CPU 'cpu' when its kernels compile and load here
     (compiled on the first call, cached on disk; when they cannot be, the reason is logged once as a warning);
-    else 'torch'. Other names pass through."""
-    if name != "auto":
-        return name
+    else 'torch'."""
     if device.type == "cuda" and backends.is_available(OP, "triton"):
         return "triton"
     if device.type == "cpu" and backends.is_available(OP, "cpu"):
         return "cpu"
     return "torch"
+
+
+backends.set_auto(OP, _choose_auto)
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """The backend `name` stands for on `device` ("auto" resolved as `_choose_auto` says)."""
+    return backends.resolve(OP, name, device)
 
 
 def selective_scan(
