@@ -6,9 +6,10 @@ blocks. Each entry of `layer_pattern` names a mixer, optionally followed by `+` 
     "mamba"            Mamba-1 mixer only (the Mamba paper's homogeneous block)
     "attention+mlp"    Transformer++ block (attention, then SwiGLU MLP)
     "mamba+moe"        MoE-Mamba interleaving
+    "mamba2"           Mamba-2 (SSD) mixer (layers/mamba2.py)
     "s4d"              diagonal LTI SSM
 
-Sub-configs (`ssm`, `attention`, `mlp`, `moe`, `s4d`) hold the options of each kind. Every config
+Sub-configs (`ssm`, `mamba2`, `attention`, `mlp`, `moe`, `s4d`) hold the options of each kind. Every config
 round-trips through JSON (`to_dict` / `from_dict`); unknown fields are an error, never silently dropped.
 """
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MIXER_KINDS = ("mamba", "attention", "s4d")
+MIXER_KINDS = ("mamba", "attention", "s4d", "mamba2")
 FFN_KINDS = ("mlp", "moe")
 MAMBA_A_INITS = ("s4d_real", "s4d_lin", "random")  # real diagonal A of the Mamba mixer (ops/hippo.py)
 S4D_INITS = ("s4d_lin", "s4d_inv", "s4d_real", "legs", "random")  # complex diagonal A of S4D
@@ -62,6 +63,47 @@ class SSMConfig:
         for name in ("d_state", "d_conv", "expand"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SSMConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Mamba2Config:
+    """Options of the Mamba-2 (SSD) mixer (official `Mamba2` defaults; n_heads = expand·d_model / head_dim)."""
+
+    d_state: int = 128  # N
+    d_conv: int = 4
+    expand: int = 2
+    head_dim: int = 64  # P
+    n_groups: int = 1  # G: heads share B and C in groups (G divides the number of heads)
+    chunk_size: int = 256
+    A_init_range: tuple[float, float] = (1.0, 16.0)  # A = −U(A_init_range) per head
+    D_has_hdim: bool = False  # D per channel (h, p) instead of per head (h,)
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False
+    rmsnorm_eps: float = 1e-5  # the gated RMSNorm before out_proj
+    ssd_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.A_init_range = tuple(self.A_init_range)
+        for name in ("d_state", "d_conv", "expand", "head_dim", "n_groups", "chunk_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"Mamba2Config.{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if len(self.A_init_range) != 2 or not 0 < self.A_init_range[0] <= self.A_init_range[1]:
+            raise ValueError(
+                f"Mamba2Config.A_init_range must be (low, high) with 0 < low <= high, got {self.A_init_range}"
+            )
+
+    def n_heads(self, d_model: int) -> int:
+        """Heads of the mixer at this width; ValueError unless head_dim divides d_inner and n_groups the heads."""
+        d_inner = self.expand * d_model
+        if d_inner % self.head_dim or (d_inner // self.head_dim) % self.n_groups:
+            raise ValueError(
+                f"Mamba2Config: d_inner = expand·d_model = {d_inner} must be a multiple of head_dim={self.head_dim},"
+                f" and the {d_inner / self.head_dim:g} heads a multiple of n_groups={self.n_groups}"
+            )
+        return d_inner // self.head_dim
 
 
 @dataclass
@@ -147,6 +189,7 @@ class ModelConfig:
     residual_in_fp32: bool = True
     layer_pattern: list[str] | None = None  # None = ["mamba"] * n_layer
     ssm: SSMConfig = field(default_factory=SSMConfig)
+    mamba2: Mamba2Config = field(default_factory=Mamba2Config)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
@@ -163,6 +206,8 @@ class ModelConfig:
             )
         for i, entry in enumerate(self.layer_pattern):
             parse_layer_kind(entry, where=f"ModelConfig.layer_pattern[{i}]")
+        if any(parse_layer_kind(entry)[0] == "mamba2" for entry in self.layer_pattern):
+            self.mamba2.n_heads(self.d_model)
         if self.d_model < 1 or self.n_layer < 1 or self.vocab_size < 1:
             raise ValueError("ModelConfig.d_model, n_layer and vocab_size must be >= 1")
 
@@ -213,7 +258,7 @@ def parse_layer_kind(entry: str, where: str = "layer_pattern") -> tuple[str, str
     return parts[0], (parts[1] if len(parts) == 2 else None)
 
 
-_SUBCONFIGS = {"ssm": SSMConfig, "attention": AttentionConfig, "mlp": MLPConfig, "moe": MoEConfig, "s4d": S4DConfig}
+_SUBCONFIGS = {"ssm": SSMConfig, "mamba2": Mamba2Config, "attention": AttentionConfig, "mlp": MLPConfig, "moe": MoEConfig, "s4d": S4DConfig}
 
 
 def _from_dict(cls, data: dict[str, Any], where: str):

@@ -21,6 +21,7 @@ MIXERS = {
     "mamba": "mambalab.layers.mamba:Mamba",
     "attention": "mambalab.layers.attention:Attention",
     "s4d": "mambalab.layers.s4d:S4DMixer",
+    "mamba2": "mambalab.layers.mamba2:Mamba2",
 }
 FFNS = {
     "mlp": "mambalab.layers.mlp:SwiGLU",

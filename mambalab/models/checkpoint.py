@@ -14,8 +14,10 @@
 `load(directory, device=None, dtype=None)` reads config.json and tells three formats apart:
 
     mambalab   config.json has a "mambalab" block;
-    HF         model_type "mamba" (transformers' `MambaForCausalLM`);
-    official   d_model / n_layer / ssm_cfg (state-spaces/mamba's `MambaLMHeadModel`).
+    HF         model_type "mamba" (transformers' `MambaForCausalLM`) or "mamba2" (`Mamba2ForCausalLM`);
+    official   d_model / n_layer / ssm_cfg (state-spaces/mamba's `MambaLMHeadModel`; ssm_cfg.layer "Mamba2"
+               for Mamba-2).
+Mamba-2 configs are translated by models/mamba2_hf.py.
 
 Weights come from model.safetensors, a sharded model.safetensors.index.json, or pytorch_model.bin (sharded
 or not), the latter read only with `torch.load(weights_only=True)`. Config fields that would change the
@@ -140,7 +142,7 @@ _OFFICIAL_NORM_EPS = 1e-5  # MixerModel's norm_epsilon, not stored in the offici
 # ModelConfig / SSMConfig fields transformers cannot express but which only affect initialisation or the
 # choice of kernel (not the function the model computes), or are unused by a pure-Mamba model.
 _HF_FREE_MODEL_FIELDS = frozenset(
-    {"layer_pattern", "pad_vocab_size_multiple", "attention", "mlp", "moe", "s4d"}
+    {"layer_pattern", "pad_vocab_size_multiple", "attention", "mlp", "moe", "s4d", "mamba2"}
 )
 _HF_FREE_SSM_FIELDS = frozenset({"A_init", "scan_backend"})
 
@@ -202,6 +204,10 @@ def _as_int(value: Any, key: str, where: str) -> int:
 # --- ModelConfig <-> transformers MambaConfig ---------------------------------------------------------------
 def transformers_incompatibility(config: ModelConfig) -> str | None:
     """Why transformers' `MambaForCausalLM` cannot compute this model, or None when it can."""
+    from mambalab.models import mamba2_hf
+
+    if mamba2_hf.uses_mamba2(config):  # Mamba-2 layers: transformers' Mamba2ForCausalLM
+        return mamba2_hf.transformers_incompatibility(config)
     other = sorted({kind for kind in config.layer_pattern if kind != "mamba"})
     if other:
         return f"layer_pattern has layers other than plain 'mamba': {other}"
@@ -224,6 +230,10 @@ def _hf_ssm_fields() -> frozenset[str]:
 
 def to_hf_config(config: ModelConfig) -> dict[str, Any]:
     """transformers `MambaConfig` fields of a pure-Mamba `config` (vocab_size is the padded vocabulary)."""
+    from mambalab.models import mamba2_hf
+
+    if mamba2_hf.uses_mamba2(config):  # transformers' Mamba2Config
+        return mamba2_hf.to_hf_config(config)
     reason = transformers_incompatibility(config)
     if reason is not None:
         raise ValueError(f"config cannot be expressed as a transformers MambaConfig: {reason}")
@@ -331,10 +341,16 @@ def load_config(directory: str | Path) -> tuple[ModelConfig, str]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     where = str(path)
+    from mambalab.models import mamba2_hf
+
     if "mambalab" in data:
         return _from_mambalab_config(data, where), "mambalab"
+    if data.get("model_type") == "mamba2":
+        return mamba2_hf.from_hf_config(data, where), "hf"
     if "model_type" in data or "hidden_size" in data:
         return _from_hf_config(data, where), "hf"
+    if "d_model" in data and mamba2_hf.is_official_mamba2(data):
+        return mamba2_hf.from_official_config(data, where), "official"
     if "d_model" in data:
         return _from_official_config(data, where), "official"
     raise CheckpointError(
@@ -526,7 +542,7 @@ def save_pretrained(model: LanguageModel, directory: str | Path) -> Path:
         {} if reason else {**to_hf_config(config), "dtype": str(model.dtype).removeprefix("torch.")}
     )
     if reason is None:
-        note = "also loadable by transformers.MambaForCausalLM.from_pretrained"
+        note = f"also loadable by transformers.{fields['architectures'][0]}.from_pretrained"
     else:
         note = f"mambalab-only checkpoint: transformers cannot load it because {reason}"
     fields["mambalab"] = {

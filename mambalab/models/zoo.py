@@ -6,6 +6,8 @@ Families (layer patterns of `ModelConfig`):
     s4d          ["s4d+mlp"] · n                      S4D layers interleaved with SwiGLU MLPs
     hybrid       `hybrid_pattern`: Jamba-style, one attention layer per 8, an MLP in every layer
     moe          ["mamba+moe"] · n                    MoE-Mamba: Mamba layers interleaved with MoE layers
+Mamba-2 presets (["mamba2"] · n, the published mamba2-* shapes) are listed in PRESETS; mixing "mamba2" with
+attention or MoE layers is a matter of the layer pattern.
 
 `match_config(config, family)` gives a config of another family with the same d_model and a parameter
 count within ±3% (MoE: total parameters, all experts counted), by searching the depth together with the
@@ -17,7 +19,15 @@ from __future__ import annotations
 import copy
 import math
 
-from mambalab.config import AttentionConfig, ModelConfig, MoEConfig, S4DConfig, SSMConfig, parse_layer_kind
+from mambalab.config import (
+    AttentionConfig,
+    Mamba2Config,
+    ModelConfig,
+    MoEConfig,
+    S4DConfig,
+    SSMConfig,
+    parse_layer_kind,
+)
 from mambalab.layers.mlp import swiglu_width
 
 FAMILIES = ("mamba", "transformer", "s4d", "hybrid", "moe")
@@ -67,6 +77,26 @@ def _mamba_params(config: ModelConfig) -> int:
     return total + d * d_model + (d_model if ssm.bias else 0)  # out_proj
 
 
+def _mamba2_sizes(config: ModelConfig) -> tuple[int, int, int]:
+    """(d_inner, heads, conv_dim) of the Mamba-2 mixer."""
+    cfg = config.mamba2
+    d = cfg.expand * config.d_model
+    return d, cfg.n_heads(config.d_model), d + 2 * cfg.n_groups * cfg.d_state
+
+
+def _mamba2_projection_params(config: ModelConfig) -> int:
+    """in_proj (-> z, x, B, C, Δ) and out_proj of the Mamba-2 mixer, biases included."""
+    (d, h, conv_dim), d_model, bias = _mamba2_sizes(config), config.d_model, config.mamba2.bias
+    in_proj = d_model * (d + conv_dim + h) + (d + conv_dim + h if bias else 0)
+    return in_proj + d * d_model + (d_model if bias else 0)
+
+
+def _mamba2_params(config: ModelConfig) -> int:
+    (d, h, conv_dim), cfg = _mamba2_sizes(config), config.mamba2
+    conv = conv_dim * cfg.d_conv + (conv_dim if cfg.conv_bias else 0)
+    return _mamba2_projection_params(config) + conv + 2 * h + (d if cfg.D_has_hdim else h) + d  # dt_bias, A_log, D, norm
+
+
 def _attention_params(config: ModelConfig) -> int:
     cfg = config.attention
     hd = cfg.head_dim or config.d_model // cfg.n_heads
@@ -91,7 +121,7 @@ def _ffn_params(config: ModelConfig, kind: str) -> int:
     return config.moe.n_experts * (config.d_model + 3 * config.d_model * d_int)  # router + experts
 
 
-_MIXER_PARAMS = {"mamba": _mamba_params, "attention": _attention_params, "s4d": _s4d_params}
+_MIXER_PARAMS = {"mamba": _mamba_params, "attention": _attention_params, "s4d": _s4d_params, "mamba2": _mamba2_params}
 
 
 def count_params(config: ModelConfig) -> int:
@@ -115,6 +145,10 @@ def _mixer_flops(config: ModelConfig, mixer: str, seq_len: int) -> float:
         weights = _mamba_params(config) - d * n - d - (d if ssm.conv_bias else 0) - d * ssm.d_conv
         # scan: 9·d·n as mamba-ssm's FLOP counter (discretize, update, readout), + D·x and the gate
         return 2 * weights + 2 * d * ssm.d_conv + 9 * d * n + 2 * d
+    if mixer == "mamba2":
+        (d, _, conv_dim), cfg = _mamba2_sizes(config), config.mamba2
+        # SSD counted in its recurrent form: the state update (3·d·n) and readout (2·d·n), + D·x and the gated norm
+        return 2 * _mamba2_projection_params(config) + 2 * conv_dim * cfg.d_conv + 5 * d * cfg.d_state + 8 * d
     if mixer == "attention":
         cfg = config.attention
         hd = cfg.head_dim or config.d_model // cfg.n_heads
@@ -203,6 +237,12 @@ def _mamba(d_model: int, n_layer: int, **kw) -> ModelConfig:
     return ModelConfig(d_model=d_model, n_layer=n_layer, vocab_size=50277, **kw)
 
 
+def _mamba2(d_model: int, n_layer: int) -> ModelConfig:
+    """The published state-spaces/mamba2-* shapes: N 128, head_dim 64, one group, vocabulary padded to 16."""
+    return ModelConfig(d_model=d_model, n_layer=n_layer, vocab_size=50277, pad_vocab_size_multiple=16,
+                       layer_pattern=["mamba2"] * n_layer)
+
+
 def _transformer(d_model: int, n_layer: int, n_heads: int) -> ModelConfig:
     return ModelConfig(d_model=d_model, n_layer=n_layer, vocab_size=50277, attention=AttentionConfig(n_heads=n_heads),
                        layer_pattern=family_pattern("transformer", n_layer))
@@ -222,6 +262,12 @@ PRESETS: dict[str, ModelConfig] = {
     "mamba-790m": _mamba(1536, 48),
     "mamba-1.4b": _mamba(2048, 48),
     "mamba-2.8b": _mamba(2560, 64),
+    # the Mamba-2 paper's checkpoints (state-spaces/mamba2-*)
+    "mamba2-130m": _mamba2(768, 24),
+    "mamba2-370m": _mamba2(1024, 48),
+    "mamba2-780m": _mamba2(1536, 48),
+    "mamba2-1.3b": _mamba2(2048, 48),
+    "mamba2-2.7b": _mamba2(2560, 64),
     # the Mamba paper's Transformer++ baselines (Table 12: layers × d_model, heads of 64 or 96)
     "transformer-125m": _transformer(768, 12, 12),
     "transformer-350m": _transformer(1024, 24, 16),
@@ -233,6 +279,9 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny-s4d": _tiny("s4d"),
     "tiny-hybrid": _tiny("hybrid"),
     "tiny-moe": _tiny("moe"),
+    # Mamba-2 at CPU size: 8 heads of 32 channels, N = 32, chunks of 16 (~0.5M parameters like tiny-mamba)
+    "tiny-mamba2": ModelConfig(d_model=128, n_layer=4, vocab_size=256, layer_pattern=["mamba2"] * 4,
+                               mamba2=Mamba2Config(d_state=32, head_dim=32, chunk_size=16)),
     # Jamba's layout at CPU size: 8 layers, attention at layer 4, MoE (4 experts, top-2) every other layer
     "tiny-jamba": ModelConfig(d_model=64, n_layer=8, vocab_size=256, layer_pattern=hybrid_pattern(8),
                               attention=AttentionConfig(n_heads=4), moe=MoEConfig(n_experts=4, top_k=2)),

@@ -1,0 +1,160 @@
+"""The Mamba-2 mixer (SSD; Figure 6 of arXiv 2405.21060), parameter names as HF transformers' `Mamba2Mixer`.
+
+Shapes: b batch, l length, d_model model width, d = d_inner = expand·d_model, h heads, p = head_dim (h·p = d),
+g = n_groups (the heads of a group share B and C), n = d_state, w = d_conv, conv_dim = d + 2·g·n.
+
+What changes from Mamba-1 (layers/mamba.py): A is one scalar per head; Δ is one scalar per head and token,
+straight out of in_proj (no x_proj / dt_proj); B and C come out of in_proj beside x ("parallel projections")
+and go through the causal conv with it; and the gated output y·SiLU(z) is normalised (grouped RMSNorm) before
+out_proj. The state of a head is a (p, n) matrix: h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t ⊗ B_t, y_t = h_t C_t + D x_t
+(`mambalab.ops.ssd`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mambalab.config import Mamba2Config, ModelConfig
+from mambalab.layers.mamba import inverse_softplus, restore_float32
+from mambalab.ops import backends
+from mambalab.ops.conv1d import (
+    causal_conv1d,
+    causal_conv1d_fused,
+    causal_conv1d_update,
+    causal_conv1d_update_fused,
+)
+from mambalab.ops.ssd import ssd_scan, ssd_state_update
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm(y · SiLU(z)) · weight over groups of `group_size` channels, in float32 (float64 for float64
+    inputs): official Mamba-2's `RMSNormGated` with norm_before_gate=False, HF's `Mamba2RMSNormGated`."""
+
+    def __init__(self, d: int, group_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.group_size, self.eps = group_size, eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # (..., d), (..., d) -> (..., d)
+        dtype = y.dtype
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        gated = y.to(compute) * F.silu(z.to(compute))  # (..., d)
+        groups = gated.unflatten(-1, (-1, self.group_size))  # (..., g, d/g)
+        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * groups.flatten(-2).to(dtype)  # (..., d)
+
+
+class Mamba2(nn.Module):
+    def __init__(self, d_model: int, cfg: Mamba2Config | None = None, layer_idx: int = 0):
+        super().__init__()
+        cfg = cfg or Mamba2Config()
+        self.d_model, self.layer_idx, self.cfg = d_model, layer_idx, cfg
+        self.d_inner = cfg.expand * d_model
+        self.n_heads = cfg.n_heads(d_model)
+        self.head_dim, self.n_groups, self.d_state, self.d_conv = cfg.head_dim, cfg.n_groups, cfg.d_state, cfg.d_conv
+        d, h, g, n = self.d_inner, self.n_heads, self.n_groups, self.d_state
+        self.conv_dim = d + 2 * g * n
+
+        self.in_proj = nn.Linear(d_model, d + self.conv_dim + h, bias=cfg.bias)  # -> z, x, B, C, Δ
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, cfg.d_conv, groups=self.conv_dim,
+                                padding=cfg.d_conv - 1, bias=cfg.conv_bias)
+        self.dt_bias = nn.Parameter(torch.empty(h))
+        self.A_log = nn.Parameter(torch.empty(h))
+        self.D = nn.Parameter(torch.empty(d if cfg.D_has_hdim else h))
+        self.norm = GatedRMSNorm(d, d // g, cfg.rmsnorm_eps)
+        self.out_proj = nn.Linear(d, d_model, bias=cfg.bias)
+        self.reset_ssm_parameters()
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, layer_idx: int) -> Mamba2:
+        return cls(config.d_model, config.mamba2, layer_idx=layer_idx)
+
+    def _fp32_params(self) -> list[nn.Parameter]:
+        return [self.A_log, self.D, self.dt_bias]
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """A = −U(A_init_range) per head, D = 1, and dt_bias such that softplus(dt_bias) is log-uniform in
+        [dt_min, dt_max] (floored at dt_init_floor), as official Mamba-2 initialises them."""
+        cfg, h = self.cfg, self.n_heads
+        log_dt = torch.rand(h) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)
+        self.dt_bias.copy_(inverse_softplus(log_dt.exp().clamp(min=cfg.dt_init_floor)))
+        self.A_log.copy_(torch.empty(h).uniform_(*cfg.A_init_range).log())
+        self.D.fill_(1.0)
+        for p in self._fp32_params():
+            p._no_weight_decay = True
+
+    def _apply(self, fn, recurse=True):
+        """Casting the model (e.g. .to(bfloat16)) keeps A_log, D and dt_bias in float32."""
+        super()._apply(fn, recurse)
+        restore_float32(self._fp32_params())
+        return self
+
+    def _ssm_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (h,) = −exp(A_log) in float32 (float64 for a float64 model) and D, (h,) or (h, p)."""
+        A = -torch.exp(self.A_log if self.A_log.dtype == torch.float64 else self.A_log.float())  # (h,)
+        D = self.D.unflatten(0, (self.n_heads, self.head_dim)) if self.cfg.D_has_hdim else self.D
+        return A, D
+
+    def _fused_kernels(self, x: torch.Tensor) -> bool:
+        """Run the conv (sequence and decode step) through the fused Triton kernels where SSD runs in Triton."""
+        return x.dtype != torch.float64 and backends.resolve("ssd_scan", self.cfg.ssd_backend, x.device) == "triton"
+
+    # State ------------------------------------------------------------------------------------------------
+    def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict[str, torch.Tensor]:
+        dtype = dtype or self.in_proj.weight.dtype
+        ssm_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        h, p, n = self.n_heads, self.head_dim, self.d_state
+        return {
+            "conv": torch.zeros(batch_size, self.conv_dim, self.d_conv, device=device, dtype=dtype),  # (b, conv_dim, w)
+            "ssm": torch.zeros(batch_size, h, p, n, device=device, dtype=ssm_dtype),  # (b, h, p, n)
+        }
+
+    # Parallel mode (training, prefill) -----------------------------------------------------------------------
+    def forward(self, hidden: torch.Tensor, state: dict | None = None, seqlen=None) -> torch.Tensor:
+        """hidden (b, l, d_model) -> (b, l, d_model). With `state`, start from it and leave the final state in it."""
+        d, h, p, g, n = self.d_inner, self.n_heads, self.head_dim, self.n_groups, self.d_state
+        # 1. input projection: the gate z, the SSM input x with B and C, and Δ (one per head), all at once
+        z, xBC, dt = self.in_proj(hidden).split([d, self.conv_dim, h], dim=-1)  # (b, l, d), (b, l, conv_dim), (b, l, h)
+        # 2. causal depthwise conv over x, B and C together, 3. SiLU
+        conv = causal_conv1d_fused if self._fused_kernels(xBC) else causal_conv1d
+        weight = self.conv1d.weight.squeeze(1)  # (conv_dim, w)
+        if state is None:
+            xBC = conv(xBC.transpose(1, 2), weight, self.conv1d.bias, activation="silu")  # (b, conv_dim, l)
+        else:
+            xBC, conv_state = conv(xBC.transpose(1, 2), weight, self.conv1d.bias, "silu",
+                                   initial_state=state["conv"], return_final_state=True)
+            state["conv"].copy_(conv_state)
+        x, B, C = xBC.transpose(1, 2).split([d, g * n, g * n], dim=-1)  # (b, l, d), (b, l, g·n), (b, l, g·n)
+        # 4. SSD: Δ = softplus(dt + dt_bias), h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t ⊗ B_t, y_t = h_t C_t + D x_t
+        A, D = self._ssm_params()
+        args = {"D": D, "dt_bias": self.dt_bias, "dt_softplus": True, "chunk_size": self.cfg.chunk_size,
+                "backend": self.cfg.ssd_backend}
+        heads = (x.unflatten(-1, (h, p)), dt, A, B.unflatten(-1, (g, n)), C.unflatten(-1, (g, n)))
+        if state is None:
+            y = ssd_scan(*heads, **args)  # (b, l, h, p)
+        else:
+            y, final = ssd_scan(*heads, initial_state=state["ssm"], return_final_state=True, **args)
+            state["ssm"].copy_(final)
+        # 5. gated RMSNorm: norm(y · SiLU(z))
+        y = self.norm(y.flatten(-2), z)  # (b, l, d)
+        # 6. output projection
+        return self.out_proj(y)  # (b, l, d_model)
+
+    # Recurrent mode (decode) ----------------------------------------------------------------------------------
+    def step(self, hidden: torch.Tensor, state: dict, seqlen=None) -> torch.Tensor:
+        """hidden (b, d_model) -> (b, d_model), advancing `state` by one token in place: the steps of `forward`
+        for one position."""
+        d, h, p, g, n = self.d_inner, self.n_heads, self.head_dim, self.n_groups, self.d_state
+        z, xBC, dt = self.in_proj(hidden).split([d, self.conv_dim, h], dim=-1)  # (b, d), (b, conv_dim), (b, h)
+        update = causal_conv1d_update_fused if self._fused_kernels(xBC) else causal_conv1d_update
+        xBC = update(xBC, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")  # (b, conv_dim)
+        x, B, C = xBC.split([d, g * n, g * n], dim=-1)  # (b, d), (b, g·n), (b, g·n)
+        A, D = self._ssm_params()
+        y = ssd_state_update(state["ssm"], x.unflatten(-1, (h, p)), dt, A, B.unflatten(-1, (g, n)),
+                             C.unflatten(-1, (g, n)), D=D, dt_bias=self.dt_bias, dt_softplus=True)  # (b, h, p)
+        return self.out_proj(self.norm(y.flatten(-2), z))  # (b, d_model)
