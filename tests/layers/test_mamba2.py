@@ -7,10 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.ssd_stand_in import install
-
-install()
-
 from mambalab.config import Mamba2Config, ModelConfig
 from mambalab.layers.mamba2 import GatedRMSNorm, Mamba2
 from tests.conftest import rel_error
