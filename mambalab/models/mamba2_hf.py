@@ -82,10 +82,18 @@ def uses_mamba2(config: ModelConfig) -> bool:
     return any(parse_layer_kind(entry)[0] == "mamba2" for entry in config.layer_pattern)
 
 
+def _json_float(value: Any) -> Any:
+    """A number of a config.json: transformers 5 writes infinity as {"__float__": "Infinity"}, older
+    versions as the bare `Infinity` that Python's json reads as inf."""
+    return float(value["__float__"]) if isinstance(value, dict) and set(value) == {"__float__"} else value
+
+
 def _check_no_dt_limit(value: Any, key: str, where: str) -> None:
+    """Refuse a clamp of Δ: only (0, inf), or no field, is what mambalab computes."""
     if value is None:
         return
-    if not (isinstance(value, (list, tuple)) and len(value) == 2 and tuple(float(v) for v in value) == _NO_LIMIT):
+    limit = tuple(_json_float(v) for v in value) if isinstance(value, (list, tuple)) else None
+    if limit != _NO_LIMIT:
         raise CheckpointError(
             f"{where}: field {key!r} = {value!r} is not supported; mambalab computes only (0, inf) (no clamp of Δ),"
             " and loading anyway would give different outputs"
