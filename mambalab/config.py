@@ -67,7 +67,7 @@ class SSMConfig:
 
 @dataclass
 class Mamba2Config:
-    """Options of the Mamba-2 (SSD) mixer (official `Mamba2` defaults; n_heads = expand·d_model / head_dim)."""
+    """Options of the Mamba-2 (SSD) mixer, official `Mamba2`'s defaults; heads = expand·d_model / head_dim."""
 
     d_state: int = 128  # N
     d_conv: int = 4
@@ -96,12 +96,13 @@ class Mamba2Config:
             )
 
     def n_heads(self, d_model: int) -> int:
-        """Heads of the mixer at this width; ValueError unless head_dim divides d_inner and n_groups the heads."""
+        """The mixer's heads at this width; ValueError unless head_dim divides d_inner, n_groups the heads."""
         d_inner = self.expand * d_model
         if d_inner % self.head_dim or (d_inner // self.head_dim) % self.n_groups:
             raise ValueError(
-                f"Mamba2Config: d_inner = expand·d_model = {d_inner} must be a multiple of head_dim={self.head_dim},"
-                f" and the {d_inner / self.head_dim:g} heads a multiple of n_groups={self.n_groups}"
+                f"Mamba2Config: d_inner = expand·d_model = {d_inner} must be a multiple of"
+                f" head_dim={self.head_dim}, and the {d_inner / self.head_dim:g} heads a multiple of"
+                f" n_groups={self.n_groups}"
             )
         return d_inner // self.head_dim
 
@@ -206,7 +207,7 @@ class ModelConfig:
             )
         for i, entry in enumerate(self.layer_pattern):
             parse_layer_kind(entry, where=f"ModelConfig.layer_pattern[{i}]")
-        if any(parse_layer_kind(entry)[0] == "mamba2" for entry in self.layer_pattern):
+        if "mamba2" in self.mixer_kinds:
             self.mamba2.n_heads(self.d_model)
         if self.d_model < 1 or self.n_layer < 1 or self.vocab_size < 1:
             raise ValueError("ModelConfig.d_model, n_layer and vocab_size must be >= 1")
@@ -216,6 +217,11 @@ class ModelConfig:
     def padded_vocab_size(self) -> int:
         m = self.pad_vocab_size_multiple
         return self.vocab_size if m <= 1 else math.ceil(self.vocab_size / m) * m
+
+    @property
+    def mixer_kinds(self) -> set[str]:
+        """The mixers of the layer pattern, e.g. {"mamba2", "attention"}."""
+        return {parse_layer_kind(entry)[0] for entry in self.layer_pattern}
 
     @property
     def d_inner(self) -> int:
@@ -258,7 +264,8 @@ def parse_layer_kind(entry: str, where: str = "layer_pattern") -> tuple[str, str
     return parts[0], (parts[1] if len(parts) == 2 else None)
 
 
-_SUBCONFIGS = {"ssm": SSMConfig, "mamba2": Mamba2Config, "attention": AttentionConfig, "mlp": MLPConfig, "moe": MoEConfig, "s4d": S4DConfig}
+_SUBCONFIGS = {"ssm": SSMConfig, "attention": AttentionConfig, "mlp": MLPConfig, "moe": MoEConfig, "s4d": S4DConfig}
+_SUBCONFIGS["mamba2"] = Mamba2Config
 
 
 def _from_dict(cls, data: dict[str, Any], where: str):

@@ -5,9 +5,9 @@ g = n_groups (the heads of a group share B and C), n = d_state, w = d_conv, conv
 
 What changes from Mamba-1 (layers/mamba.py): A is one scalar per head; Δ is one scalar per head and token,
 straight out of in_proj (no x_proj / dt_proj); B and C come out of in_proj beside x ("parallel projections")
-and go through the causal conv with it; and the gated output y·SiLU(z) is normalised (grouped RMSNorm) before
-out_proj. The state of a head is a (p, n) matrix: h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t ⊗ B_t, y_t = h_t C_t + D x_t
-(`mambalab.ops.ssd`).
+and go through the causal conv with it; and the gated output y·SiLU(z) is normalised (grouped RMSNorm)
+before out_proj. The state of a head is a (p, n) matrix: h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t ⊗ B_t,
+y_t = h_t C_t + D x_t (`mambalab.ops.ssd`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class Mamba2(nn.Module):
         self.d_model, self.layer_idx, self.cfg = d_model, layer_idx, cfg
         self.d_inner = cfg.expand * d_model
         self.n_heads = cfg.n_heads(d_model)
-        self.head_dim, self.n_groups, self.d_state, self.d_conv = cfg.head_dim, cfg.n_groups, cfg.d_state, cfg.d_conv
+        self.head_dim, self.n_groups, self.d_state = cfg.head_dim, cfg.n_groups, cfg.d_state
+        self.d_conv = cfg.d_conv
         d, h, g, n = self.d_inner, self.n_heads, self.n_groups, self.d_state
         self.conv_dim = d + 2 * g * n
 
@@ -101,35 +102,37 @@ class Mamba2(nn.Module):
         return A, D
 
     def _fused_kernels(self, x: torch.Tensor) -> bool:
-        """Run the conv (sequence and decode step) through the fused Triton kernels where SSD runs in Triton."""
-        return x.dtype != torch.float64 and backends.resolve("ssd_scan", self.cfg.ssd_backend, x.device) == "triton"
+        """Run the conv (sequence and decode step) in the fused Triton kernels where SSD runs in Triton."""
+        backend = backends.resolve("ssd_scan", self.cfg.ssd_backend, x.device)
+        return x.dtype != torch.float64 and backend == "triton"
 
-    # State ------------------------------------------------------------------------------------------------
+    # State --------------------------------------------------------------------------------------------
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict[str, torch.Tensor]:
         dtype = dtype or self.in_proj.weight.dtype
         ssm_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        h, p, n = self.n_heads, self.head_dim, self.d_state
+        b, w, h, p, n = batch_size, self.d_conv, self.n_heads, self.head_dim, self.d_state
         return {
-            "conv": torch.zeros(batch_size, self.conv_dim, self.d_conv, device=device, dtype=dtype),  # (b, conv_dim, w)
-            "ssm": torch.zeros(batch_size, h, p, n, device=device, dtype=ssm_dtype),  # (b, h, p, n)
+            "conv": torch.zeros(b, self.conv_dim, w, device=device, dtype=dtype),  # (b, conv_dim, w)
+            "ssm": torch.zeros(b, h, p, n, device=device, dtype=ssm_dtype),  # (b, h, p, n)
         }
 
-    # Parallel mode (training, prefill) -----------------------------------------------------------------------
+    # Parallel mode (training, prefill) ----------------------------------------------------------------
     def forward(self, hidden: torch.Tensor, state: dict | None = None, seqlen=None) -> torch.Tensor:
-        """hidden (b, l, d_model) -> (b, l, d_model). With `state`, start from it and leave the final state in it."""
+        """hidden (b, l, d_model) -> (b, l, d_model). With `state`, start from it and leave the final state
+        in it (in place)."""
         d, h, p, g, n = self.d_inner, self.n_heads, self.head_dim, self.n_groups, self.d_state
         # 1. input projection: the gate z, the SSM input x with B and C, and Δ (one per head), all at once
-        z, xBC, dt = self.in_proj(hidden).split([d, self.conv_dim, h], dim=-1)  # (b, l, d), (b, l, conv_dim), (b, l, h)
+        z, xBC, dt = self.in_proj(hidden).split([d, self.conv_dim, h], dim=-1)  # (b, l, d|conv_dim|h)
         # 2. causal depthwise conv over x, B and C together, 3. SiLU
         conv = causal_conv1d_fused if self._fused_kernels(xBC) else causal_conv1d
         weight = self.conv1d.weight.squeeze(1)  # (conv_dim, w)
         if state is None:
-            xBC = conv(xBC.transpose(1, 2), weight, self.conv1d.bias, activation="silu")  # (b, conv_dim, l)
+            xBC = conv(xBC.transpose(1, 2), weight, self.conv1d.bias, "silu")  # (b, conv_dim, l)
         else:
             xBC, conv_state = conv(xBC.transpose(1, 2), weight, self.conv1d.bias, "silu",
-                                   initial_state=state["conv"], return_final_state=True)
+                                   initial_state=state["conv"], return_final_state=True)  # (b, conv_dim, l|w)
             state["conv"].copy_(conv_state)
-        x, B, C = xBC.transpose(1, 2).split([d, g * n, g * n], dim=-1)  # (b, l, d), (b, l, g·n), (b, l, g·n)
+        x, B, C = xBC.transpose(1, 2).split([d, g * n, g * n], dim=-1)  # (b, l, d|g·n|g·n)
         # 4. SSD: Δ = softplus(dt + dt_bias), h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t ⊗ B_t, y_t = h_t C_t + D x_t
         A, D = self._ssm_params()
         args = {"D": D, "dt_bias": self.dt_bias, "dt_softplus": True, "chunk_size": self.cfg.chunk_size,
@@ -145,16 +148,17 @@ class Mamba2(nn.Module):
         # 6. output projection
         return self.out_proj(y)  # (b, l, d_model)
 
-    # Recurrent mode (decode) ----------------------------------------------------------------------------------
+    # Recurrent mode (decode) --------------------------------------------------------------------------
     def step(self, hidden: torch.Tensor, state: dict, seqlen=None) -> torch.Tensor:
-        """hidden (b, d_model) -> (b, d_model), advancing `state` by one token in place: the steps of `forward`
-        for one position."""
+        """hidden (b, d_model) -> (b, d_model), advancing `state` by one token in place: the steps of
+        `forward` for one position."""
         d, h, p, g, n = self.d_inner, self.n_heads, self.head_dim, self.n_groups, self.d_state
-        z, xBC, dt = self.in_proj(hidden).split([d, self.conv_dim, h], dim=-1)  # (b, d), (b, conv_dim), (b, h)
+        z, xBC, dt = self.in_proj(hidden).split([d, self.conv_dim, h], dim=-1)  # (b, d|conv_dim|h)
         update = causal_conv1d_update_fused if self._fused_kernels(xBC) else causal_conv1d_update
-        xBC = update(xBC, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")  # (b, conv_dim)
-        x, B, C = xBC.split([d, g * n, g * n], dim=-1)  # (b, d), (b, g·n), (b, g·n)
+        weight = self.conv1d.weight.squeeze(1)  # (conv_dim, w)
+        xBC = update(xBC, state["conv"], weight, self.conv1d.bias, "silu")  # (b, conv_dim)
+        x, B, C = xBC.split([d, g * n, g * n], dim=-1)  # (b, d|g·n|g·n)
         A, D = self._ssm_params()
-        y = ssd_state_update(state["ssm"], x.unflatten(-1, (h, p)), dt, A, B.unflatten(-1, (g, n)),
-                             C.unflatten(-1, (g, n)), D=D, dt_bias=self.dt_bias, dt_softplus=True)  # (b, h, p)
+        heads = (x.unflatten(-1, (h, p)), dt, A, B.unflatten(-1, (g, n)), C.unflatten(-1, (g, n)))
+        y = ssd_state_update(state["ssm"], *heads, D=D, dt_bias=self.dt_bias, dt_softplus=True)  # (b, h, p)
         return self.out_proj(self.norm(y.flatten(-2), z))  # (b, d_model)

@@ -1,4 +1,4 @@
-"""Mamba-2 checkpoints: `ModelConfig` <-> transformers' `Mamba2Config` and official state-spaces Mamba-2 configs.
+"""Mamba-2 checkpoints: `ModelConfig` <-> transformers' `Mamba2Config` and official state-spaces configs.
 
 Weights need no renaming: the mixer's parameters already carry the names of transformers' `Mamba2Mixer`
 (`in_proj`, `conv1d`, `dt_bias`, `A_log`, `D`, `norm.weight`, `out_proj`), which are also those of official
@@ -6,7 +6,7 @@ Weights need no renaming: the mixer's parameters already carry the names of tran
 (models/checkpoint.py), which calls in here to translate the config:
 
     HF        model_type "mamba2": hidden_size, num_hidden_layers, state_size, head_dim, n_groups, expand,
-              conv_kernel, chunk_size, time_step_*, layer_norm_epsilon (both the block norms and the gated norm)
+              conv_kernel, chunk_size, time_step_*, layer_norm_epsilon (block norms and the gated norm)
     official  d_model / n_layer / ssm_cfg {"layer": "Mamba2", d_state, headdim, ngroups, ...}; norms eps 1e-5
 
 Options mambalab does not compute are refused with the field's name: a clamp of Δ (time_step_limit /
@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mambalab.config import ModelConfig, parse_layer_kind
+from mambalab.config import ModelConfig
 from mambalab.models.checkpoint import (
     _HF_FREE_MODEL_FIELDS,
     _HF_GENERIC,
@@ -67,8 +67,8 @@ _NO_LIMIT = (0.0, math.inf)
 _OFFICIAL_SSM_FIELDS = (
     ("d_state", "d_state"), ("d_conv", "d_conv"), ("expand", "expand"), ("headdim", "head_dim"),
     ("ngroups", "n_groups"), ("chunk_size", "chunk_size"), ("A_init_range", "A_init_range"),
-    ("D_has_hdim", "D_has_hdim"), ("dt_min", "dt_min"), ("dt_max", "dt_max"), ("dt_init_floor", "dt_init_floor"),
-    ("bias", "bias"), ("conv_bias", "conv_bias"),
+    ("D_has_hdim", "D_has_hdim"), ("dt_min", "dt_min"), ("dt_max", "dt_max"),
+    ("dt_init_floor", "dt_init_floor"), ("bias", "bias"), ("conv_bias", "conv_bias"),
 )  # fmt: skip
 _OFFICIAL_SSM_REQUIRED = {"layer": "Mamba2", "rmsnorm": True, "norm_before_gate": False}
 _OFFICIAL_SSM_IRRELEVANT = frozenset({"conv_init", "use_mem_eff_path", "sequence_parallel"})
@@ -79,7 +79,7 @@ _HF_FREE_MAMBA2_FIELDS = frozenset({"A_init_range", "ssd_backend"})
 
 def uses_mamba2(config: ModelConfig) -> bool:
     """Whether any layer of `config` is a Mamba-2 mixer (its checkpoints then go through this module)."""
-    return any(parse_layer_kind(entry)[0] == "mamba2" for entry in config.layer_pattern)
+    return "mamba2" in config.mixer_kinds
 
 
 def _json_float(value: Any) -> Any:
@@ -95,8 +95,8 @@ def _check_no_dt_limit(value: Any, key: str, where: str) -> None:
     limit = tuple(_json_float(v) for v in value) if isinstance(value, (list, tuple)) else None
     if limit != _NO_LIMIT:
         raise CheckpointError(
-            f"{where}: field {key!r} = {value!r} is not supported; mambalab computes only (0, inf) (no clamp of Δ),"
-            " and loading anyway would give different outputs"
+            f"{where}: field {key!r} = {value!r} is not supported; mambalab computes only (0, inf) (no clamp"
+            " of Δ), and loading anyway would give different outputs"
         )
 
 
@@ -107,8 +107,8 @@ def transformers_incompatibility(config: ModelConfig) -> str | None:
     if other:
         return f"layer_pattern has layers other than plain 'mamba2': {other}"
     mapped = {path.split(".", 1)[1] for _, path, _ in _HF_FIELDS if path.startswith("mamba2.")}
-    changed = [f"mamba2.{name}" for name in _non_default_fields(config.mamba2, _HF_FREE_MAMBA2_FIELDS | mapped)
-               if name != "rmsnorm_eps"]
+    exempt = _HF_FREE_MAMBA2_FIELDS | mapped | {"rmsnorm_eps"}  # rmsnorm_eps: compared with norm_eps below
+    changed = [f"mamba2.{name}" for name in _non_default_fields(config.mamba2, exempt)]
     model_mapped = {path for _, path, _ in _HF_FIELDS if "." not in path}
     changed += _non_default_fields(config, _HF_FREE_MODEL_FIELDS | model_mapped | {"ssm"})
     if changed:
@@ -134,7 +134,8 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
 
 
 def from_hf_config(data: dict, where: str) -> ModelConfig:
-    allowed = {hf for hf, _, _ in _HF_FIELDS} | _HF_IRRELEVANT | _HF_GENERIC | {"num_heads", "time_step_limit"}
+    allowed = {hf for hf, _, _ in _HF_FIELDS} | _HF_IRRELEVANT | _HF_GENERIC
+    allowed |= {"num_heads", "time_step_limit"}  # checked below
     _check_fields(data, where, _HF_REQUIRED, allowed)
     _check_no_dt_limit(data.get("time_step_limit"), "time_step_limit", where)
     tree: dict = {"pad_vocab_size_multiple": 1}  # the stored vocab_size is already the embedding's size
@@ -152,7 +153,7 @@ def from_hf_config(data: dict, where: str) -> ModelConfig:
     return config
 
 
-# --- official state-spaces Mamba-2 ----------------------------------------------------------------------------
+# --- official state-spaces Mamba-2 -------------------------------------------------------------------------
 def is_official_mamba2(data: dict) -> bool:
     """Whether an official `MambaConfig` (d_model / n_layer / ssm_cfg) describes Mamba-2 layers."""
     ssm_cfg = data.get("ssm_cfg")
@@ -164,7 +165,8 @@ def from_official_config(data: dict, where: str) -> ModelConfig:
     _check_fields(data, where, _OFFICIAL_REQUIRED, allowed)
     ssm_cfg = data["ssm_cfg"]
     ssm_where = f"{where} (ssm_cfg)"
-    allowed_ssm = {name for name, _ in _OFFICIAL_SSM_FIELDS} | _OFFICIAL_SSM_IRRELEVANT | {"dt_limit", "d_ssm"}
+    allowed_ssm = {name for name, _ in _OFFICIAL_SSM_FIELDS} | _OFFICIAL_SSM_IRRELEVANT
+    allowed_ssm |= {"dt_limit", "d_ssm"}  # checked below
     _check_fields(ssm_cfg, ssm_where, _OFFICIAL_SSM_REQUIRED, allowed_ssm)
     _check_no_dt_limit(ssm_cfg.get("dt_limit"), "dt_limit", ssm_where)
     tree: dict = {

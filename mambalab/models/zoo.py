@@ -94,7 +94,8 @@ def _mamba2_projection_params(config: ModelConfig) -> int:
 def _mamba2_params(config: ModelConfig) -> int:
     (d, h, conv_dim), cfg = _mamba2_sizes(config), config.mamba2
     conv = conv_dim * cfg.d_conv + (conv_dim if cfg.conv_bias else 0)
-    return _mamba2_projection_params(config) + conv + 2 * h + (d if cfg.D_has_hdim else h) + d  # dt_bias, A_log, D, norm
+    D = d if cfg.D_has_hdim else h
+    return _mamba2_projection_params(config) + conv + 2 * h + D + d  # dt_bias, A_log, D, norm
 
 
 def _attention_params(config: ModelConfig) -> int:
@@ -121,7 +122,8 @@ def _ffn_params(config: ModelConfig, kind: str) -> int:
     return config.moe.n_experts * (config.d_model + 3 * config.d_model * d_int)  # router + experts
 
 
-_MIXER_PARAMS = {"mamba": _mamba_params, "attention": _attention_params, "s4d": _s4d_params, "mamba2": _mamba2_params}
+_MIXER_PARAMS = {"mamba": _mamba_params, "attention": _attention_params, "s4d": _s4d_params}
+_MIXER_PARAMS["mamba2"] = _mamba2_params
 
 
 def count_params(config: ModelConfig) -> int:
@@ -147,7 +149,7 @@ def _mixer_flops(config: ModelConfig, mixer: str, seq_len: int) -> float:
         return 2 * weights + 2 * d * ssm.d_conv + 9 * d * n + 2 * d
     if mixer == "mamba2":
         (d, _, conv_dim), cfg = _mamba2_sizes(config), config.mamba2
-        # SSD counted in its recurrent form: the state update (3·d·n) and readout (2·d·n), + D·x and the gated norm
+        # SSD in its recurrent form: the state update (3·d·n) and readout (2·d·n), + D·x and the gated norm
         return 2 * _mamba2_projection_params(config) + 2 * conv_dim * cfg.d_conv + 5 * d * cfg.d_state + 8 * d
     if mixer == "attention":
         cfg = config.attention

@@ -24,9 +24,15 @@ def mamba2_model(pattern: str = "mamba2", seed: int = 0, dtype=torch.float64) ->
     """A tiny model with odd Mamba-2 sizes (3 heads of 8 in 3 groups, N = 5, chunks of 4), moved off its init."""
     torch.manual_seed(seed)
     layers = PATTERNS[pattern]
-    config = ModelConfig(d_model=12, n_layer=len(layers), vocab_size=VOCAB, layer_pattern=layers,
-                         mamba2=Mamba2Config(d_state=5, head_dim=8, n_groups=3, d_conv=3, chunk_size=4),
-                         attention=AttentionConfig(n_heads=2), moe=MoEConfig(n_experts=3, top_k=2))
+    config = ModelConfig(
+        d_model=12,
+        n_layer=len(layers),
+        vocab_size=VOCAB,
+        layer_pattern=layers,
+        mamba2=Mamba2Config(d_state=5, head_dim=8, n_groups=3, d_conv=3, chunk_size=4),
+        attention=AttentionConfig(n_heads=2),
+        moe=MoEConfig(n_experts=3, top_k=2),
+    )
     model = LanguageModel(config).to(dtype).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -75,7 +81,7 @@ def test_generate_equals_greedy_recomputation(pattern):
         with torch.no_grad():
             for _ in range(6):
                 tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
-        assert new == tokens[len(prompt):]
+        assert new == tokens[len(prompt) :]
 
 
 def test_state_save_load_and_fingerprint(tmp_path):
@@ -110,8 +116,11 @@ def test_state_batch_operations_keep_rows():
     prompts = torch.randint(0, VOCAB, (3, 6))
     _, state = model.prefill(prompts)
     joined = InferenceState.concat([state.select([2]), state.select([0, 1])])
-    assert all(torch.equal(joined.layers[i][k], state.layers[i][k][[2, 0, 1]])
-               for i in range(2) for k in state.layers[i])
+    assert all(
+        torch.equal(joined.layers[i][k], state.layers[i][k][[2, 0, 1]])
+        for i in range(2)
+        for k in state.layers[i]
+    )
     assert state.to(dtype=torch.bfloat16).layers[0]["ssm"].dtype == torch.float32
 
 

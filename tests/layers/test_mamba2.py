@@ -29,10 +29,20 @@ def hf_mixer(ours: Mamba2):
     from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
     cfg = ours.cfg
-    hf_cfg = HFConfig(hidden_size=ours.d_model, num_heads=ours.n_heads, head_dim=cfg.head_dim, expand=cfg.expand,
-                      state_size=cfg.d_state, n_groups=cfg.n_groups, conv_kernel=cfg.d_conv, chunk_size=cfg.chunk_size,
-                      use_bias=cfg.bias, use_conv_bias=cfg.conv_bias, layer_norm_epsilon=cfg.rmsnorm_eps,
-                      num_hidden_layers=1)
+    hf_cfg = HFConfig(
+        hidden_size=ours.d_model,
+        num_heads=ours.n_heads,
+        head_dim=cfg.head_dim,
+        expand=cfg.expand,
+        state_size=cfg.d_state,
+        n_groups=cfg.n_groups,
+        conv_kernel=cfg.d_conv,
+        chunk_size=cfg.chunk_size,
+        use_bias=cfg.bias,
+        use_conv_bias=cfg.conv_bias,
+        layer_norm_epsilon=cfg.rmsnorm_eps,
+        num_hidden_layers=1,
+    )
     hf = Mamba2Mixer(hf_cfg, layer_idx=0).to(ours.in_proj.weight.dtype)
     hf.load_state_dict(ours.state_dict(), strict=True)
     return hf.eval()
@@ -41,7 +51,9 @@ def hf_mixer(ours: Mamba2):
 def test_parameter_names_and_shapes_are_transformers_mamba2mixer():
     ours = mixer(n_groups=3, bias=True)
     theirs = hf_mixer(ours)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()
+    }
 
 
 @pytest.mark.parametrize("kw", [{}, {"n_groups": 3}, {"bias": True, "conv_bias": False, "expand": 4}])
@@ -67,7 +79,9 @@ def test_forward_against_the_recurrence_written_out():
         group, state = head // (h // g), torch.zeros(2, p, n, dtype=torch.float64)
         for t in range(7):
             a = torch.exp(delta[:, t, head] * A[head])[:, None, None]
-            state = a * state + delta[:, t, head, None, None] * x[:, t, head, :, None] * B[:, t, group, None, :]
+            state = (
+                a * state + delta[:, t, head, None, None] * x[:, t, head, :, None] * B[:, t, group, None, :]
+            )
             y[:, t, head] = (state * C[:, t, group, None, :]).sum(-1) + D[head] * x[:, t, head]
     gated = y.flatten(-2) * F.silu(z)
     groups = gated.unflatten(-1, (g, -1))
@@ -129,13 +143,21 @@ def test_gated_norm_normalises_each_group_separately():
     assert rel_error(out, (gated / gated.pow(2).mean(-1, keepdim=True).sqrt()).view(4, 6)) < 1e-12
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"head_dim": 7}, "multiple of head_dim=7"),
-    ({"n_groups": 2}, "multiple of n_groups=2"),
-    ({"A_init_range": (0.0, 1.0)}, "A_init_range"),
-    ({"chunk_size": 0}, "chunk_size"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"head_dim": 7}, "multiple of head_dim=7"),
+        ({"n_groups": 2}, "multiple of n_groups=2"),
+        ({"A_init_range": (0.0, 1.0)}, "A_init_range"),
+        ({"chunk_size": 0}, "chunk_size"),
+    ],
+)
 def test_impossible_shapes_are_refused_by_the_config(kw, match):
     with pytest.raises(ValueError, match=match):
-        ModelConfig(d_model=12, n_layer=1, vocab_size=10, layer_pattern=["mamba2"],
-                    mamba2=Mamba2Config(**{"head_dim": 8, **kw}))
+        ModelConfig(
+            d_model=12,
+            n_layer=1,
+            vocab_size=10,
+            layer_pattern=["mamba2"],
+            mamba2=Mamba2Config(**{"head_dim": 8, **kw}),
+        )

@@ -230,7 +230,7 @@ def hf_dir(tmp_path) -> Path:
     [
         (lambda d: d.update(foo=1), r"config\.json: unknown config field\(s\) \['foo'\]"),
         (lambda d: d.update(hidden_act="gelu"), "field 'hidden_act' = 'gelu' is not supported"),
-        (lambda d: d.update(model_type="mamba2"), "field 'model_type' = 'mamba2' is not supported"),
+        (lambda d: d.update(model_type="mamba3"), "field 'model_type' = 'mamba3' is not supported"),
         (lambda d: d.update(n_layer=3), "field 'n_layer' = 3 disagrees with 'num_hidden_layers' = 2"),
         (lambda d: d.update(intermediate_size=48), "'intermediate_size' = 48 but expand·hidden_size = 64"),
         (lambda d: d.update(conv_kernel=4), SHAPE_MESSAGE),
@@ -252,7 +252,7 @@ def test_irrelevant_transformers_fields_are_accepted(hf_dir):
     "edit, message",
     [
         (lambda d: d.update(rms_norm=False), "field 'rms_norm' = False is not supported"),
-        (lambda d: d["ssm_cfg"].update(layer="Mamba2"), r"\(ssm_cfg\): field 'layer' = 'Mamba2' is not"),
+        (lambda d: d["ssm_cfg"].update(layer="Mamba3"), r"\(ssm_cfg\): field 'layer' = 'Mamba3' is not"),
         (lambda d: d["ssm_cfg"].update(foo=1), r"\(ssm_cfg\): unknown config field\(s\) \['foo'\]"),
         (lambda d: d.update(attn_layer_idx=[1]), "field 'attn_layer_idx' = \\[1\\] is not supported"),
     ],

@@ -27,8 +27,16 @@ MIXER = {"d_state": 6, "head_dim": 8, "n_groups": 2, "d_conv": 3, "chunk_size": 
 def hf_model(**kw) -> Mamba2ForCausalLM:
     """A random tiny transformers Mamba-2."""
     fields = {
-        "vocab_size": 64, "hidden_size": 16, "num_heads": 4, "head_dim": 8, "n_groups": 2, "state_size": 6,
-        "conv_kernel": 3, "chunk_size": 8, "num_hidden_layers": 2, "layer_norm_epsilon": 1e-6,
+        "vocab_size": 64,
+        "hidden_size": 16,
+        "num_heads": 4,
+        "head_dim": 8,
+        "n_groups": 2,
+        "state_size": 6,
+        "conv_kernel": 3,
+        "chunk_size": 8,
+        "num_hidden_layers": 2,
+        "layer_norm_epsilon": 1e-6,
     }
     torch.manual_seed(0)
     model = Mamba2ForCausalLM(Mamba2Config(**{**fields, **kw})).eval()
@@ -38,8 +46,14 @@ def hf_model(**kw) -> Mamba2ForCausalLM:
 
 def ours(mixer: dict | None = None, **kw) -> LanguageModel:
     torch.manual_seed(0)
-    config = ModelConfig(d_model=16, n_layer=2, vocab_size=VOCAB, layer_pattern=["mamba2"] * 2,
-                         mamba2=OurMamba2Config(**{**MIXER, **(mixer or {})}), **kw)
+    config = ModelConfig(
+        d_model=16,
+        n_layer=2,
+        vocab_size=VOCAB,
+        layer_pattern=["mamba2"] * 2,
+        mamba2=OurMamba2Config(**{**MIXER, **(mixer or {})}),
+        **kw,
+    )
     model = LanguageModel(config).eval()
     perturb(model)
     return model
@@ -54,8 +68,13 @@ def assert_same_logits(model: LanguageModel, hf: Mamba2ForCausalLM, vocab: int) 
 
 
 # --- Interop with transformers ----------------------------------------------------------------------
-@pytest.mark.parametrize("kw", [{}, {"tie_word_embeddings": True, "use_bias": True, "use_conv_bias": False,
-                                     "expand": 4, "num_heads": 8}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"tie_word_embeddings": True, "use_bias": True, "use_conv_bias": False, "expand": 4, "num_heads": 8},
+    ],
+)
 def test_transformers_checkpoint_loads_with_equal_logits(tmp_path, kw):
     hf = hf_model(**kw)
     hf.save_pretrained(tmp_path)
@@ -82,15 +101,32 @@ def test_saved_model_loads_in_transformers_with_equal_logits(tmp_path, kw):
 
 def official_dir(tmp_path, model: LanguageModel, **ssm_cfg):
     """An official state-spaces Mamba-2 directory (pytorch_model.bin, official names) of our model."""
-    state = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in model.state_dict().items()}
+    state = {
+        k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in model.state_dict().items()
+    }
     torch.save(state, tmp_path / "pytorch_model.bin")  # lm_head.weight included (tied), as official files
     config = model.config
     official = {
-        "d_model": config.d_model, "d_intermediate": 0, "n_layer": config.n_layer, "vocab_size": VOCAB,
-        "ssm_cfg": {"layer": "Mamba2", "d_state": 6, "headdim": 8, "ngroups": 2, "d_conv": 3, "chunk_size": 8,
-                    **ssm_cfg},
-        "attn_layer_idx": [], "attn_cfg": {}, "rms_norm": True, "residual_in_fp32": True,
-        "fused_add_norm": True, "pad_vocab_size_multiple": 8, "tie_embeddings": True,
+        "d_model": config.d_model,
+        "d_intermediate": 0,
+        "n_layer": config.n_layer,
+        "vocab_size": VOCAB,
+        "ssm_cfg": {
+            "layer": "Mamba2",
+            "d_state": 6,
+            "headdim": 8,
+            "ngroups": 2,
+            "d_conv": 3,
+            "chunk_size": 8,
+            **ssm_cfg,
+        },
+        "attn_layer_idx": [],
+        "attn_cfg": {},
+        "rms_norm": True,
+        "residual_in_fp32": True,
+        "fused_add_norm": True,
+        "pad_vocab_size_multiple": 8,
+        "tie_embeddings": True,
     }
     (tmp_path / "config.json").write_text(json.dumps(official))
     return tmp_path
@@ -114,26 +150,35 @@ def test_official_d_has_hdim_loads(tmp_path):
     assert "D_has_hdim" in transformers_incompatibility(model.config)
 
 
-@pytest.mark.parametrize(("ssm_cfg", "message"), [
-    ({"dt_limit": [0.001, 0.1]}, "'dt_limit' = \\[0.001, 0.1\\] is not supported"),
-    ({"norm_before_gate": True}, "'norm_before_gate' = True is not supported"),
-    ({"rmsnorm": False}, "'rmsnorm' = False is not supported"),
-    ({"d_ssm": 16}, "'d_ssm' = 16 is not supported"),
-    ({"nonsense": 1}, "unknown config field\\(s\\) \\['nonsense'\\]"),
-])
+@pytest.mark.parametrize(
+    ("ssm_cfg", "message"),
+    [
+        ({"dt_limit": [0.001, 0.1]}, "'dt_limit' = \\[0.001, 0.1\\] is not supported"),
+        ({"norm_before_gate": True}, "'norm_before_gate' = True is not supported"),
+        ({"rmsnorm": False}, "'rmsnorm' = False is not supported"),
+        ({"d_ssm": 16}, "'d_ssm' = 16 is not supported"),
+        ({"nonsense": 1}, "unknown config field\\(s\\) \\['nonsense'\\]"),
+    ],
+)
 def test_bad_official_mamba2_config(tmp_path, ssm_cfg, message):
     official_dir(tmp_path, ours(), **ssm_cfg)
     with pytest.raises(CheckpointError, match=message):
         mambalab.load(tmp_path)
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda d: d.update(time_step_limit=[0.0, 0.5]), "'time_step_limit' = \\[0.0, 0.5\\] is not supported"),
-    (lambda d: d.update(num_heads=3), "'num_heads' = 3 but expand·hidden_size / head_dim = 4"),
-    (lambda d: d.update(hidden_act="gelu"), "'hidden_act' = 'gelu' is not supported"),
-    (lambda d: d.update(head_dim=5), "multiple of head_dim=5"),
-    (lambda d: d.update(mystery=1), "unknown config field\\(s\\) \\['mystery'\\]"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: d.update(time_step_limit=[0.0, 0.5]),
+            "'time_step_limit' = \\[0.0, 0.5\\] is not supported",
+        ),
+        (lambda d: d.update(num_heads=3), "'num_heads' = 3 but expand·hidden_size / head_dim = 4"),
+        (lambda d: d.update(hidden_act="gelu"), "'hidden_act' = 'gelu' is not supported"),
+        (lambda d: d.update(head_dim=5), "multiple of head_dim=5"),
+        (lambda d: d.update(mystery=1), "unknown config field\\(s\\) \\['mystery'\\]"),
+    ],
+)
 def test_bad_transformers_mamba2_config(tmp_path, edit, message):
     hf_model().save_pretrained(tmp_path)
     edit_config(tmp_path, edit)
@@ -150,8 +195,14 @@ def test_transformers_unlimited_time_step_limit_is_accepted(tmp_path):
 def test_what_transformers_cannot_compute_is_saved_mambalab_only(tmp_path):
     assert "rmsnorm_eps" in transformers_incompatibility(ours(mixer={"rmsnorm_eps": 1e-3}).config)
     pattern = ["mamba2", "attention+mlp", "mamba2+moe", "mamba"]
-    config = ModelConfig(d_model=16, n_layer=4, vocab_size=VOCAB, layer_pattern=pattern,
-                         attention=AttentionConfig(n_heads=2), mamba2=OurMamba2Config(**MIXER))
+    config = ModelConfig(
+        d_model=16,
+        n_layer=4,
+        vocab_size=VOCAB,
+        layer_pattern=pattern,
+        attention=AttentionConfig(n_heads=2),
+        mamba2=OurMamba2Config(**MIXER),
+    )
     model = LanguageModel(config).eval()
     perturb(model)
     assert "other than plain 'mamba2'" in transformers_incompatibility(config)
@@ -164,17 +215,28 @@ def test_what_transformers_cannot_compute_is_saved_mambalab_only(tmp_path):
 
 # --- Zoo ---------------------------------------------------------------------------------------------
 def test_count_params_equals_built_mamba2_models():
-    hybrid = ModelConfig(d_model=16, n_layer=3, vocab_size=VOCAB, layer_pattern=["mamba2+mlp", "attention", "mamba2"],
-                         attention=AttentionConfig(n_heads=2),
-                         mamba2=OurMamba2Config(**MIXER, bias=True, conv_bias=False, D_has_hdim=True))
+    hybrid = ModelConfig(
+        d_model=16,
+        n_layer=3,
+        vocab_size=VOCAB,
+        layer_pattern=["mamba2+mlp", "attention", "mamba2"],
+        attention=AttentionConfig(n_heads=2),
+        mamba2=OurMamba2Config(**MIXER, bias=True, conv_bias=False, D_has_hdim=True),
+    )
     for config in (get_preset("tiny-mamba2"), hybrid):
         assert count_params(config) == sum(p.numel() for p in LanguageModel(config).parameters())
 
 
-@pytest.mark.parametrize(("name", "shape"), [
-    ("mamba2-130m", (24, 768)), ("mamba2-370m", (48, 1024)), ("mamba2-780m", (48, 1536)),
-    ("mamba2-1.3b", (48, 2048)), ("mamba2-2.7b", (64, 2560)),
-])
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("mamba2-130m", (24, 768)),
+        ("mamba2-370m", (48, 1024)),
+        ("mamba2-780m", (48, 1536)),
+        ("mamba2-1.3b", (48, 2048)),
+        ("mamba2-2.7b", (64, 2560)),
+    ],
+)
 def test_mamba2_presets_have_the_published_shapes(name, shape):
     config = get_preset(name)
     assert (config.n_layer, config.d_model) == shape and config.padded_vocab_size == 50288
@@ -183,6 +245,15 @@ def test_mamba2_presets_have_the_published_shapes(name, shape):
 
 def test_mamba2_130m_count_is_the_sum_of_its_checkpoint_tensors():
     """The tensors of state-spaces/mamba2-130m, one by one (24 heads, conv over 1536 + 2·128 channels)."""
-    layer = {"norm": 768, "in_proj": 768 * (2 * 1536 + 2 * 128 + 24), "conv1d.weight": 1792 * 4, "conv1d.bias": 1792,
-             "dt_bias": 24, "A_log": 24, "D": 24, "mixer.norm": 1536, "out_proj": 1536 * 768}
+    layer = {
+        "norm": 768,
+        "in_proj": 768 * (2 * 1536 + 2 * 128 + 24),
+        "conv1d.weight": 1792 * 4,
+        "conv1d.bias": 1792,
+        "dt_bias": 24,
+        "A_log": 24,
+        "D": 24,
+        "mixer.norm": 1536,
+        "out_proj": 1536 * 768,
+    }
     assert count_params(get_preset("mamba2-130m")) == 50288 * 768 + 24 * sum(layer.values()) + 768  # + norm_f
