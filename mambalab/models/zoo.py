@@ -281,9 +281,9 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny-s4d": _tiny("s4d"),
     "tiny-hybrid": _tiny("hybrid"),
     "tiny-moe": _tiny("moe"),
-    # Mamba-2 at CPU size: 8 heads of 32 channels, N = 32, chunks of 16 (~0.5M parameters like tiny-mamba)
+    # Mamba-2 at CPU size: 8 heads of 32 channels, N = 64, chunks of 16 (0.51M parameters, tiny-mamba 0.50M)
     "tiny-mamba2": ModelConfig(d_model=128, n_layer=4, vocab_size=256, layer_pattern=["mamba2"] * 4,
-                               mamba2=Mamba2Config(d_state=32, head_dim=32, chunk_size=16)),
+                               mamba2=Mamba2Config(d_state=64, head_dim=32, chunk_size=16)),
     # Jamba's layout at CPU size: 8 layers, attention at layer 4, MoE (4 experts, top-2) every other layer
     "tiny-jamba": ModelConfig(d_model=64, n_layer=8, vocab_size=256, layer_pattern=hybrid_pattern(8),
                               attention=AttentionConfig(n_heads=4), moe=MoEConfig(n_experts=4, top_k=2)),

@@ -15,7 +15,7 @@ import mambalab
 from mambalab import AttentionConfig, LanguageModel, ModelConfig
 from mambalab.config import Mamba2Config as OurMamba2Config
 from mambalab.models.checkpoint import CheckpointError, load_config, transformers_incompatibility
-from mambalab.models.zoo import count_params, get_preset
+from mambalab.models.zoo import FAMILIES, count_params, flops_per_token, get_preset, match_config
 from tests.conftest import rel_error
 from tests.models.test_checkpoint import edit_config, perturb
 
@@ -257,3 +257,17 @@ def test_mamba2_130m_count_is_the_sum_of_its_checkpoint_tensors():
         "out_proj": 1536 * 768,
     }
     assert count_params(get_preset("mamba2-130m")) == 50288 * 768 + 24 * sum(layer.values()) + 768  # + norm_f
+
+
+def test_tiny_mamba2_is_the_size_of_tiny_mamba_and_every_mamba2_preset_matches_every_family():
+    assert abs(count_params(get_preset("tiny-mamba2")) / count_params(get_preset("tiny-mamba")) - 1) <= 0.03
+    for name in ("tiny-mamba2", "mamba2-130m"):  # `mambalab zoo --match FAMILY` matches every preset
+        for family in FAMILIES:
+            matched = match_config(get_preset(name), family)
+            assert abs(count_params(matched) / count_params(get_preset(name)) - 1) <= 0.03, (name, family)
+
+
+def test_mamba2_flops_are_about_six_per_parameter_and_flat_in_length():
+    config = get_preset("mamba2-130m")
+    assert 0.95 < flops_per_token(config, 2048) / (6 * count_params(config)) < 1.15
+    assert flops_per_token(config, 8192) == flops_per_token(config, 2048)
