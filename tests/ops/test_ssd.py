@@ -114,7 +114,7 @@ def test_output_dtypes_and_return_forms():
 def test_public_export_and_auto_backend():
     assert mambalab.ssd_scan is ssd_scan and "ssd_scan" in mambalab.__all__
     assert backends.resolve(OP, "auto", torch.device("cpu")) == "torch"
-    assert {"reference", "quadratic", "torch"} <= set(backends.names(OP))
+    assert {"reference", "quadratic", "torch", "triton"} <= set(backends.names(OP))
 
 
 def _bad(**changes):
