@@ -98,10 +98,10 @@ def ssd_forward_kernel(
         state += tl.load(h0_ptr + (seq * heads + head) * head_dim * n_state + state_offs, mask=pn_mask,
                          other=0.0).to(ACC)
     x_base, B_base, C_base = x_ptr + head * s_x_h, B_ptr + group * s_B_g, C_ptr + group * s_C_g
-    for c in range(0, tl.cdiv(end - start, BLOCK_Q)):
+    for c in range(tl.cdiv(end - start, BLOCK_Q)):
         rows = start + c * BLOCK_Q + offs_q  # (Q,)
         row_mask = rows < end
-        dt, raw = _step_sizes(dt_ptr, bias_ptr, head, rows, row_mask, s_dt_l, s_dt_h, ACC, HAS_BIAS, SOFTPLUS)
+        dt, _ = _step_sizes(dt_ptr, bias_ptr, head, rows, row_mask, s_dt_l, s_dt_h, ACC, HAS_BIAS, SOFTPLUS)
         log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                         (Q,)
         chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
         x = _load_rows(x_base, rows, offs_p, s_x_l, s_x_p, row_mask[:, None] & p_mask[None, :])  # (Q, P)
@@ -172,7 +172,7 @@ def ssd_backward_kernel(
         D += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC)
     x_base, B_base, C_base = x_ptr + head * s_x_h, B_ptr + group * s_B_g, C_ptr + group * s_C_g
     n_chunks = tl.cdiv(end - start, BLOCK_Q)
-    for i in range(0, n_chunks):
+    for i in range(n_chunks):
         c = n_chunks - 1 - i
         rows = start + c * BLOCK_Q + offs_q
         row_mask = rows < end
