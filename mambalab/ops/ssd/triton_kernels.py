@@ -49,11 +49,16 @@ def _step_sizes(dt_ptr, bias_ptr, head, rows, row_mask, s_dt_l, s_dt_h, ACC: tl.
         raw += tl.load(bias_ptr + head).to(ACC)
     dt = raw
     if SOFTPLUS:
-        if ACC == tl.float64:
-            dt = tl.maximum(raw, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(raw)))
-        else:
-            dt = softplus(raw)
+        dt = _softplus(raw, ACC)
     return tl.where(row_mask, dt, 0.0), raw
+
+
+@triton.jit
+def _softplus(raw, ACC: tl.constexpr):
+    """log(1 + e^raw): exact in float64, the shared fast polynomial in float32."""
+    if ACC == tl.float64:
+        return tl.maximum(raw, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(raw)))
+    return softplus(raw)
 
 
 @triton.jit
@@ -234,3 +239,45 @@ def ssd_backward_kernel(
     tl.store(dA_ptr + (seq * heads + head) * p_blocks + pblock, dA)
     tl.store(dD_ptr + (seq * heads + head) * head_dim + offs_p, dD, mask=p_mask)
     tl.store(dh0_ptr + seq_state, adjoint, mask=pn_mask)
+
+
+@triton.jit
+def ssd_step_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, y_ptr,
+    s_st_b, s_st_h, s_st_p, s_st_n, s_x_b, s_x_h, s_x_p, s_dt_b, s_dt_h, s_B_b, s_B_g, s_B_n,
+    s_C_b, s_C_g, s_C_n, s_D_h, s_D_p, s_z_b, s_z_h, s_z_p, s_y_b, s_y_h, s_y_p,
+    heads_per_group, head_dim, n_state,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_IDX: tl.constexpr,
+):
+    """One decode step for (batch row, head, block of channels): H ← exp(Δ A) H + Δ x ⊗ B (in place, in the
+    state's slot: state_batch_indices[row] or the row), y = H · C + D x, y · silu(z)."""
+    row, head, pblock = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    slot = row
+    if HAS_IDX:
+        slot = tl.load(idx_ptr + row).to(tl.int64)
+    group = head // heads_per_group
+    offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    p_mask, n_mask = offs_p < head_dim, offs_n < n_state
+    pn_mask = p_mask[:, None] & n_mask[None, :]
+    dt = tl.load(dt_ptr + row * s_dt_b + head * s_dt_h).to(ACC)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + head).to(ACC)
+    if SOFTPLUS:
+        dt = _softplus(dt, ACC)
+    decay = tl.exp(dt * tl.load(A_ptr + head).to(ACC))  # exp(Δ A)
+    x = tl.load(x_ptr + row * s_x_b + head * s_x_h + offs_p * s_x_p, mask=p_mask, other=0.0).to(ACC)  # (P,)
+    B = tl.load(B_ptr + row * s_B_b + group * s_B_g + offs_n * s_B_n, mask=n_mask, other=0.0).to(ACC)  # (N,)
+    C = tl.load(C_ptr + row * s_C_b + group * s_C_g + offs_n * s_C_n, mask=n_mask, other=0.0).to(ACC)  # (N,)
+    st_ptrs = state_ptr + slot * s_st_b + head * s_st_h + offs_p[:, None] * s_st_p + offs_n[None, :] * s_st_n
+    state = tl.load(st_ptrs, mask=pn_mask, other=0.0).to(ACC)  # (P, N)
+    state = decay * state + (dt * x)[:, None] * B[None, :]
+    tl.store(st_ptrs, state.to(state_ptr.dtype.element_ty), mask=pn_mask)
+    y = tl.sum(state * C[None, :], axis=1)  # H · C                                           (P,)
+    if HAS_D:
+        y += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC) * x
+    if HAS_Z:
+        z = tl.load(z_ptr + row * s_z_b + head * s_z_h + offs_p * s_z_p, mask=p_mask, other=0.0).to(ACC)
+        y *= z * sigmoid(z)
+    tl.store(y_ptr + row * s_y_b + head * s_y_h + offs_p * s_y_p, y.to(y_ptr.dtype.element_ty), mask=p_mask)

@@ -115,8 +115,11 @@ def _acc_dtypes(x, B, C):
 
     if torch.float64 in (x.dtype, B.dtype, C.dtype):
         return tl.float64, tl.float64, "ieee", torch.float64
-    if x.dtype == B.dtype == C.dtype and x.dtype in (torch.float16, torch.bfloat16):
-        return tl.float32, (tl.float16 if x.dtype == torch.float16 else tl.bfloat16), "tf32", torch.float32
+    if x.dtype == B.dtype == C.dtype == torch.float16:
+        return tl.float32, tl.float16, "tf32", torch.float32
+    # Triton's interpreter multiplies bfloat16 tiles as their raw bits: interpreted, they are multiplied in float32.
+    if x.dtype == B.dtype == C.dtype == torch.bfloat16 and not kernels().INTERPRETED:
+        return tl.float32, tl.bfloat16, "tf32", torch.float32
     return tl.float32, tl.float32, "ieee", torch.float32
 
 
