@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from mambalab import ssd_scan
+from tests.conftest import rel_error
 
 TENSOR_ARGS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
 ALL_OPTIONS = frozenset({"D", "z", "dt_bias", "softplus", "initial_state"})
@@ -50,3 +51,23 @@ def grads_of(kw, y, final_state, gy, gh):
     names = [k for k in TENSOR_ARGS if k in kw]
     loss = (y * gy).sum() + (final_state * gh).sum()
     return dict(zip(names, torch.autograd.grad(loss, [kw[k] for k in names]), strict=True))
+
+
+def check_against_reference(backend, kw, out_bound=1e-9, grad_bound=1e-7, device="cpu", **extra):
+    """Outputs, final state and the gradients of every input of `backend` (run on `device`) against the
+    for-loop on the same inputs (on CPU); the final state is float64 for float64 inputs, else float32."""
+    ref_kw = requiring_grad(kw)
+    kw = requiring_grad({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+    extra_dev = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in extra.items()}
+    y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)
+    y, h = run(backend, kw, return_final_state=True, **extra_dev)
+    assert y.dtype == kw["x"].dtype and y.device == kw["x"].device
+    assert h.dtype == (torch.float64 if kw["x"].dtype == torch.float64 else torch.float32)
+    assert rel_error(y, y_ref) <= out_bound
+    assert rel_error(h, h_ref) <= out_bound
+    gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)
+    g_ref = grads_of(ref_kw, y_ref, h_ref, gy, gh)
+    g = grads_of(kw, y, h, gy.to(device), gh.to(device))
+    for name, grad in g_ref.items():
+        assert g[name].dtype == kw[name].dtype, name
+        assert rel_error(g[name], grad) <= grad_bound, name

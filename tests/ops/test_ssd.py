@@ -11,7 +11,14 @@ from mambalab.errors import InputError
 from mambalab.ops import backends
 from mambalab.ops.ssd import OP, ssd_scan, ssd_state_update
 from tests.conftest import rel_error
-from tests.ops.ssd_cases import ALL_OPTIONS, grads_of, make_inputs, requiring_grad, run
+from tests.ops.ssd_cases import (
+    ALL_OPTIONS,
+    check_against_reference,
+    grads_of,
+    make_inputs,
+    requiring_grad,
+    run,
+)
 
 OPTIONS = {
     "none": frozenset(),
@@ -19,19 +26,6 @@ OPTIONS = {
     "D+softplus": frozenset({"D", "softplus"}),
     "z+bias+state": frozenset({"z", "dt_bias", "initial_state"}),
 }
-
-
-def check_against_reference(backend, kw, out_bound=1e-9, grad_bound=1e-7, **extra):
-    ref_kw, kw = requiring_grad(kw), requiring_grad(kw)
-    y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)
-    y, h = run(backend, kw, return_final_state=True, **extra)
-    assert y.dtype == kw["x"].dtype and h.dtype == torch.float64
-    assert rel_error(y, y_ref) <= out_bound
-    assert rel_error(h, h_ref) <= out_bound
-    gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)
-    g_ref, g = grads_of(ref_kw, y_ref, h_ref, gy, gh), grads_of(kw, y, h, gy, gh)
-    for name, grad in g_ref.items():
-        assert rel_error(g[name], grad) <= grad_bound, name
 
 
 @pytest.mark.parametrize("backend,chunk_size", [("quadratic", 64), ("torch", 8), ("torch", 5), ("torch", 64)])
@@ -114,7 +108,7 @@ def test_output_dtypes_and_return_forms():
 def test_public_export_and_auto_backend():
     assert mambalab.ssd_scan is ssd_scan and "ssd_scan" in mambalab.__all__
     assert backends.resolve(OP, "auto", torch.device("cpu")) == "torch"
-    assert {"reference", "quadratic", "torch"} <= set(backends.names(OP))
+    assert {"reference", "quadratic", "torch", "triton"} <= set(backends.names(OP))
 
 
 def _bad(**changes):

@@ -38,16 +38,30 @@ def _load_torch():
     return ssd_torch
 
 
+def _load_triton():
+    from mambalab.ops.ssd.triton_ssd import load_triton_ssd
+
+    return load_triton_ssd()
+
+
 def _load_step_reference():
     from mambalab.ops.ssd.step import ssd_state_update_reference
 
     return ssd_state_update_reference
 
 
+def _load_step_triton():
+    from mambalab.ops.ssd.triton_step import load_triton_step
+
+    return load_triton_step()
+
+
 backends.register(OP, "reference", _load_reference)
 backends.register(OP, "quadratic", _load_quadratic)
 backends.register(OP, "torch", _load_torch)
+backends.register(OP, "triton", _load_triton)
 backends.register(STEP_OP, "reference", _load_step_reference)
+backends.register(STEP_OP, "triton", _load_step_triton)
 
 
 def _choose_auto(device: torch.device) -> str:

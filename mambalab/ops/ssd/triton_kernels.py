@@ -1,0 +1,283 @@
+"""Fused chunked SSD kernels (Triton): one program per (sequence, head, block of head channels) walks the
+sequence chunk by chunk with its (p, n) state kept on chip.
+
+Notation as in reference.py and torch_ssd.py: in a chunk of Q positions, Λ_t = Σ_{k ≤ t} Δ_k A (restarted
+at the chunk), L[t, s] = exp(Λ_t − Λ_s) for t ≥ s, and H the state entering the chunk.
+
+Forward, per chunk (three matrix products of the chunk's tiles and one for the state):
+
+    y_t  = Σ_s L[t, s] (C_t · B_s) Δ_s x_s  +  exp(Λ_t) C_t · H          intra-chunk + entering state
+    H   ← exp(Λ_Q) H  +  Σ_s exp(Λ_Q − Λ_s) Δ_s x_s ⊗ B_s                 the state leaving the chunk
+
+The forward saves nothing but its inputs. The backward first reruns the state recurrence alone (the same
+kernel with STORE_Y off) to store the state entering every chunk, then walks the chunks backwards carrying
+G = ∂loss/∂H (the adjoint state, also on chip). With gy = ∂loss/∂y before the gate and
+g_s = Σ_{t ≥ s} exp(Λ_t − Λ_s) C_t ⊗ gy_t + exp(Λ_Q − Λ_s) G (never formed), every gradient of a chunk is a
+matrix product of its tiles:
+
+    dx_s = Δ_s g_s B_s + D gy_s            dB_s = Δ_s g_sᵀ x_s            dC_t = H_tᵀ gy_t
+    dΔ_s = x_s · g_s B_s + A dℓ_s          dA = Σ_s Δ_s dℓ_s             G ← exp(Λ_Q) G + Σ_t exp(Λ_t) gy_t ⊗ C_t
+
+where dℓ_s = Σ_{t ≥ s} (gy_t · y_t^ssm − Δ_t x_t · g_t B_t) (+ ⟨∂loss/∂H_final, H_final⟩), the gradient of
+the log-decay ℓ_s = Δ_s A (derivation in docs/math.md). Sums over the heads of a group (dB, dC) are atomic
+adds into float32 (float64) buffers; the other partial sums over channel blocks are stored per block and
+summed by the caller.
+
+Rows (positions) of every (…, l, …) tensor are addressed as start + offset with one stride, so batch rows
+and packed sequences (cu_seqlens) are the same case: `seq_starts` holds each sequence's first row.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+from mambalab.ops.triton.common import sigmoid, softplus
+
+# Triton decides at decoration time whether @triton.jit functions are interpreted; record that decision.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+@triton.jit
+def _step_sizes(dt_ptr, bias_ptr, head, rows, row_mask, s_dt_l, s_dt_h, ACC: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(Δ, dt + bias) of the rows (0 outside row_mask); softplus exact in float64, fast in float32."""
+    raw = tl.load(dt_ptr + rows * s_dt_l + head * s_dt_h, mask=row_mask, other=0.0).to(ACC)
+    if HAS_BIAS:
+        raw += tl.load(bias_ptr + head).to(ACC)
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw, ACC)
+    return tl.where(row_mask, dt, 0.0), raw
+
+
+@triton.jit
+def _softplus(raw, ACC: tl.constexpr):
+    """log(1 + e^raw): exact in float64, the shared fast polynomial in float32."""
+    if ACC == tl.float64:
+        return tl.maximum(raw, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(raw)))
+    return softplus(raw)
+
+
+@triton.jit
+def _load_rows(ptr, rows, cols, s_row, s_col, mask):
+    """A (rows, cols) tile; 0 outside mask."""
+    return tl.load(ptr + rows[:, None] * s_row + cols[None, :] * s_col, mask=mask, other=0.0)
+
+
+@triton.jit
+def _decay_mask(log_decay, offs_q):
+    """L[t, s] = exp(Λ_t − Λ_s) for t ≥ s, else 0  (Q, Q)."""
+    causal = offs_q[:, None] >= offs_q[None, :]
+    return tl.exp(tl.where(causal, log_decay[:, None] - log_decay[None, :], float("-inf")))
+
+
+@triton.jit
+def ssd_forward_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seq_ptr, chunk_ptr,
+    y_ptr, states_ptr, final_ptr,
+    s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n, s_D_h, s_D_p,
+    s_z_l, s_z_h, s_z_p, s_y_l, s_y_h, s_y_p,
+    heads, heads_per_group, head_dim, n_state,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, STORE_Y: tl.constexpr, STORE_STATES: tl.constexpr,
+    STORE_FINAL: tl.constexpr,
+):
+    seq, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = tl.load(seq_ptr + seq).to(tl.int64)
+    end = tl.load(seq_ptr + seq + 1).to(tl.int64)
+    first_chunk = tl.load(chunk_ptr + seq).to(tl.int64)
+    group = head // heads_per_group
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    p_mask, n_mask = offs_p < head_dim, offs_n < n_state
+    pn_mask = p_mask[:, None] & n_mask[None, :]
+    A = tl.load(A_ptr + head).to(ACC)
+    state_offs = offs_p[:, None] * n_state + offs_n[None, :]  # (P, N) within one (h, p, n) state
+    state = tl.zeros((BLOCK_P, BLOCK_N), dtype=ACC)
+    if HAS_INIT:
+        state += tl.load(h0_ptr + (seq * heads + head) * head_dim * n_state + state_offs, mask=pn_mask,
+                         other=0.0).to(ACC)
+    x_base, B_base, C_base = x_ptr + head * s_x_h, B_ptr + group * s_B_g, C_ptr + group * s_C_g
+    for c in range(tl.cdiv(end - start, BLOCK_Q)):
+        rows = start + c * BLOCK_Q + offs_q  # (Q,)
+        row_mask = rows < end
+        dt, _ = _step_sizes(dt_ptr, bias_ptr, head, rows, row_mask, s_dt_l, s_dt_h, ACC, HAS_BIAS, SOFTPLUS)
+        log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                         (Q,)
+        chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
+        x = _load_rows(x_base, rows, offs_p, s_x_l, s_x_p, row_mask[:, None] & p_mask[None, :])  # (Q, P)
+        B = _load_rows(B_base, rows, offs_n, s_B_l, s_B_n, row_mask[:, None] & n_mask[None, :])  # (Q, N)
+        if STORE_STATES:
+            tl.store(states_ptr + ((first_chunk + c) * heads + head) * head_dim * n_state + state_offs, state,
+                     mask=pn_mask)
+        if STORE_Y:
+            C = _load_rows(C_base, rows, offs_n, s_C_l, s_C_n, row_mask[:, None] & n_mask[None, :])  # (Q, N)
+            scores = tl.dot(C.to(DOT), tl.trans(B.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # C_t · B_s
+            weights = scores * _decay_mask(log_decay, offs_q) * dt[None, :]  # (Q, Q)
+            y = tl.dot(weights.to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
+            y += tl.exp(log_decay)[:, None] * tl.dot(C.to(DOT), tl.trans(state.to(DOT)), input_precision=PRECISION,
+                                                      out_dtype=ACC)
+            if HAS_D:
+                y += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC)[None, :] * x.to(ACC)
+            if HAS_Z:
+                z = _load_rows(z_ptr + head * s_z_h, rows, offs_p, s_z_l, s_z_p,
+                               row_mask[:, None] & p_mask[None, :]).to(ACC)
+                y *= z * sigmoid(z)
+            y_ptrs = y_ptr + head * s_y_h + rows[:, None] * s_y_l + offs_p[None, :] * s_y_p
+            tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=row_mask[:, None] & p_mask[None, :])
+        to_end = tl.exp(chunk_decay - log_decay) * dt  # exp(Λ_Q − Λ_s) Δ_s                   (Q,)
+        inputs = (x.to(ACC) * to_end[:, None]).to(DOT)  # (Q, P)
+        state = tl.exp(chunk_decay) * state + tl.dot(tl.trans(inputs), B.to(DOT), input_precision=PRECISION,
+                                                     out_dtype=ACC)
+    if STORE_FINAL:
+        tl.store(final_ptr + (seq * heads + head) * head_dim * n_state + state_offs, state, mask=pn_mask)
+
+
+@triton.jit
+def ssd_backward_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, states_ptr,
+    final_ptr, dfinal_ptr,
+    dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dh0_ptr,
+    s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n, s_D_h, s_D_p,
+    s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p, s_o_l, s_o_h, s_o_p,
+    heads, groups, heads_per_group, head_dim, n_state, p_blocks,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_DFINAL: tl.constexpr,
+):
+    """Outputs: dx, dz (l, h, p) in their inputs' dtypes, with strides s_o_*; ddt (l, h, p_blocks) partial sums over channel
+    blocks, after the softplus; dB, dC (l, g, n) accumulated atomically (zeroed by the caller); dA
+    (seqs, h, p_blocks) partial sums; dD (seqs, h, p); dh0 (seqs, h, p, n). All partials in ACC."""
+    seq, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = tl.load(seq_ptr + seq).to(tl.int64)
+    end = tl.load(seq_ptr + seq + 1).to(tl.int64)
+    first_chunk = tl.load(chunk_ptr + seq).to(tl.int64)
+    group = head // heads_per_group
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    p_mask, n_mask = offs_p < head_dim, offs_n < n_state
+    pn_mask = p_mask[:, None] & n_mask[None, :]
+    A = tl.load(A_ptr + head).to(ACC)
+    state_offs = offs_p[:, None] * n_state + offs_n[None, :]
+    seq_state = (seq * heads + head) * head_dim * n_state + state_offs
+    adjoint = tl.zeros((BLOCK_P, BLOCK_N), dtype=ACC)  # G = ∂loss/∂(state leaving the chunk)
+    later = A * 0.0  # Σ over later positions of ∂loss/∂Λ_t (dℓ's carry)
+    if HAS_DFINAL:
+        adjoint += tl.load(dfinal_ptr + seq_state, mask=pn_mask, other=0.0).to(ACC)
+        later += tl.sum(tl.sum(adjoint * tl.load(final_ptr + seq_state, mask=pn_mask, other=0.0), axis=1), axis=0)
+    dA = A * 0.0
+    dD = tl.zeros((BLOCK_P,), dtype=ACC)
+    D = tl.zeros((BLOCK_P,), dtype=ACC)
+    if HAS_D:
+        D += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC)
+    x_base, B_base, C_base = x_ptr + head * s_x_h, B_ptr + group * s_B_g, C_ptr + group * s_C_g
+    n_chunks = tl.cdiv(end - start, BLOCK_Q)
+    for i in range(n_chunks):
+        c = n_chunks - 1 - i
+        rows = start + c * BLOCK_Q + offs_q
+        row_mask = rows < end
+        qp_mask = row_mask[:, None] & p_mask[None, :]
+        qn_mask = row_mask[:, None] & n_mask[None, :]
+        dt, raw = _step_sizes(dt_ptr, bias_ptr, head, rows, row_mask, s_dt_l, s_dt_h, ACC, HAS_BIAS, SOFTPLUS)
+        log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                      (Q,)
+        chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
+        from_start = tl.exp(log_decay)  # exp(Λ_t)                                         (Q,)
+        to_end = tl.exp(chunk_decay - log_decay)  # exp(Λ_Q − Λ_s)                          (Q,)
+        x = _load_rows(x_base, rows, offs_p, s_x_l, s_x_p, qp_mask)  # (Q, P)
+        B = _load_rows(B_base, rows, offs_n, s_B_l, s_B_n, qn_mask).to(DOT)  # (Q, N)
+        C = _load_rows(C_base, rows, offs_n, s_C_l, s_C_n, qn_mask).to(DOT)  # (Q, N)
+        dy = _load_rows(dy_ptr + head * s_dy_h, rows, offs_p, s_dy_l, s_dy_p, qp_mask).to(ACC)  # (Q, P)
+        entering = tl.load(states_ptr + ((first_chunk + c) * heads + head) * head_dim * n_state + state_offs,
+                           mask=pn_mask, other=0.0).to(ACC)  # H                             (P, N)
+        mask = _decay_mask(log_decay, offs_q)  # L                                          (Q, Q)
+        scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ  (Q, Q)
+        y = tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)
+        y += from_start[:, None] * tl.dot(C, tl.trans(entering.to(DOT)), input_precision=PRECISION,
+                                          out_dtype=ACC)  # y^ssm                            (Q, P)
+        x = x.to(ACC)
+        gy = dy
+        if HAS_Z:
+            z = _load_rows(z_ptr + head * s_z_h, rows, offs_p, s_z_l, s_z_p, qp_mask).to(ACC)
+            gate = sigmoid(z)
+            dz = dy * (y + D[None, :] * x) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z) = σ (1 + z (1 − σ))
+            tl.store(dz_ptr + head * s_o_h + rows[:, None] * s_o_l + offs_p[None, :] * s_o_p,
+                     dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
+            gy = dy * z * gate  # ∂loss/∂y before the gate                                    (Q, P)
+        dD += tl.sum(gy * x, axis=0)
+        gy_dot = gy.to(DOT)
+        pairs = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC) * mask  # L[t,s] gy_t·x_s
+        dC = tl.dot((pairs * dt[None, :]).to(DOT), B, input_precision=PRECISION, out_dtype=ACC)
+        dC += from_start[:, None] * tl.dot(gy_dot, entering.to(DOT), input_precision=PRECISION, out_dtype=ACC)
+        dB = tl.dot(tl.trans(pairs.to(DOT)), C, input_precision=PRECISION, out_dtype=ACC)
+        dB += to_end[:, None] * tl.dot(x.to(DOT), adjoint.to(DOT), input_precision=PRECISION, out_dtype=ACC)
+        dB *= dt[:, None]
+        gn_offs = group * n_state + rows[:, None] * (groups * n_state) + offs_n[None, :]
+        tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask)
+        tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask)
+        gB = tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
+        gB += to_end[:, None] * tl.dot(B, tl.trans(adjoint.to(DOT)), input_precision=PRECISION, out_dtype=ACC)
+        dx = dt[:, None] * gB + D[None, :] * gy  # g_s B_s Δ_s + D gy_s                        (Q, P)
+        tl.store(dx_ptr + head * s_o_h + rows[:, None] * s_o_l + offs_p[None, :] * s_o_p,
+                 dx.to(dx_ptr.dtype.element_ty), mask=qp_mask)
+        input_grad = tl.sum(x * gB, axis=1)  # x_s · g_s B_s                                  (Q,)
+        d_log = tl.sum(gy * y, axis=1) - dt * input_grad  # ∂loss/∂Λ_t                       (Q,)
+        total = tl.sum(d_log, axis=0)
+        d_step = later + total - tl.cumsum(d_log, axis=0) + d_log  # dℓ_s = Σ_{t ≥ s} ∂loss/∂Λ_t  (Q,)
+        later += total
+        dA += tl.sum(d_step * dt, axis=0)
+        ddt = input_grad + A * d_step
+        if SOFTPLUS:
+            ddt *= sigmoid(raw)
+        tl.store(ddt_ptr + (rows * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
+        adjoint = tl.exp(chunk_decay) * adjoint + tl.dot(tl.trans((gy * from_start[:, None]).to(DOT)), C,
+                                                         input_precision=PRECISION, out_dtype=ACC)
+    tl.store(dA_ptr + (seq * heads + head) * p_blocks + pblock, dA)
+    tl.store(dD_ptr + (seq * heads + head) * head_dim + offs_p, dD, mask=p_mask)
+    tl.store(dh0_ptr + seq_state, adjoint, mask=pn_mask)
+
+
+@triton.jit
+def ssd_step_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, y_ptr,
+    s_st_b, s_st_h, s_st_p, s_st_n, s_x_b, s_x_h, s_x_p, s_dt_b, s_dt_h, s_B_b, s_B_g, s_B_n,
+    s_C_b, s_C_g, s_C_n, s_D_h, s_D_p, s_z_b, s_z_h, s_z_p, s_y_b, s_y_h, s_y_p,
+    heads_per_group, head_dim, n_state,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_IDX: tl.constexpr,
+):
+    """One decode step for (batch row, head, block of channels): H ← exp(Δ A) H + Δ x ⊗ B (in place, in the
+    state's slot: state_batch_indices[row] or the row), y = H · C + D x, y · silu(z)."""
+    row, head, pblock = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    slot = row
+    if HAS_IDX:
+        slot = tl.load(idx_ptr + row).to(tl.int64)
+    group = head // heads_per_group
+    offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    p_mask, n_mask = offs_p < head_dim, offs_n < n_state
+    pn_mask = p_mask[:, None] & n_mask[None, :]
+    dt = tl.load(dt_ptr + row * s_dt_b + head * s_dt_h).to(ACC)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + head).to(ACC)
+    if SOFTPLUS:
+        dt = _softplus(dt, ACC)
+    decay = tl.exp(dt * tl.load(A_ptr + head).to(ACC))  # exp(Δ A)
+    x = tl.load(x_ptr + row * s_x_b + head * s_x_h + offs_p * s_x_p, mask=p_mask, other=0.0).to(ACC)  # (P,)
+    B = tl.load(B_ptr + row * s_B_b + group * s_B_g + offs_n * s_B_n, mask=n_mask, other=0.0).to(ACC)  # (N,)
+    C = tl.load(C_ptr + row * s_C_b + group * s_C_g + offs_n * s_C_n, mask=n_mask, other=0.0).to(ACC)  # (N,)
+    st_ptrs = state_ptr + slot * s_st_b + head * s_st_h + offs_p[:, None] * s_st_p + offs_n[None, :] * s_st_n
+    state = tl.load(st_ptrs, mask=pn_mask, other=0.0).to(ACC)  # (P, N)
+    state = decay * state + (dt * x)[:, None] * B[None, :]
+    tl.store(st_ptrs, state.to(state_ptr.dtype.element_ty), mask=pn_mask)
+    y = tl.sum(state * C[None, :], axis=1)  # H · C                                           (P,)
+    if HAS_D:
+        y += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC) * x
+    if HAS_Z:
+        z = tl.load(z_ptr + row * s_z_b + head * s_z_h + offs_p * s_z_p, mask=p_mask, other=0.0).to(ACC)
+        y *= z * sigmoid(z)
+    tl.store(y_ptr + row * s_y_b + head * s_y_h + offs_p * s_y_p, y.to(y_ptr.dtype.element_ty), mask=p_mask)

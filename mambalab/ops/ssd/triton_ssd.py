@@ -1,0 +1,274 @@
+"""`backend="triton"`: the fused chunked kernels of triton_kernels.py as one differentiable op.
+
+The forward launches one kernel (grid: sequences × heads × blocks of head channels) and saves only its
+inputs and the final state; the backward reruns the state recurrence to store the state entering each chunk
+(float32, transient: (chunks, h, p, n)), then runs the fused backward kernel. Sums the kernels leave per
+channel block or per sequence (dΔ, dA, dD, dt_bias) are finished here with a few torch reductions.
+
+The kernel's chunk is the largest power of two ≤ chunk_size, clamped to [16, 64] (the (p, n) state and the
+(Q, Q) score tile must fit on chip); the result does not depend on it.
+
+Runs on CUDA when compiled, on CPU in Triton's interpreter when TRITON_INTERPRET=1 (tests, tiny shapes).
+Float64 is computed in float64 (interpreter and GPU); 16-bit inputs use 16-bit matrix products with float32
+accumulation and state; float32 inputs use exact ("ieee") float32 products.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from mambalab.ops.backends import BackendUnavailable
+
+_KERNELS = "mambalab.ops.ssd.triton_kernels"
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _interpret_env() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def kernels():
+    """The kernel module, (re)imported so that it is interpreted exactly when TRITON_INTERPRET is set now."""
+    module = sys.modules.get(_KERNELS) or importlib.import_module(_KERNELS)
+    if module.INTERPRETED != _interpret_env():
+        module = importlib.reload(module)
+    return module
+
+
+def kernel_device() -> str | None:
+    """"cpu" under TRITON_INTERPRET=1, "cuda" when a GPU is visible, else None."""
+    if _interpret_env():
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def load_triton_ssd():
+    """The triton `ssd_scan`, or BackendUnavailable saying why it cannot run here."""
+    if importlib.util.find_spec("triton") is None:
+        raise BackendUnavailable("ssd_scan backend 'triton' needs the triton package: pip install 'mambalab[triton]'")
+    if kernel_device() is None:
+        raise BackendUnavailable(
+            "ssd_scan backend 'triton' needs a CUDA GPU (none is visible); on CPU use backend='torch', or run the "
+            "kernels in Triton's interpreter (TRITON_INTERPRET=1)"
+        )
+    return ssd_triton
+
+
+def check_runnable(op: str, tensors: dict) -> None:
+    """BackendUnavailable unless every tensor is on the device the kernels run on and of a float dtype they take."""
+    where = kernel_device()
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.device.type != where:
+            raise BackendUnavailable(f"{op} backend 'triton': {name} is on {t.device}, but the kernels run on "
+                                     f"{where or 'no device here'} tensors")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise BackendUnavailable(f"{op} backend 'triton': {name} is {t.dtype}; the kernels take float16, "
+                                     "bfloat16, float32 or float64")
+
+
+@dataclass(frozen=True)
+class SSDConfig:
+    """Tile sizes of the kernels: chunk (positions), channel block of the forward and of the backward, warps."""
+
+    chunk: int = 64
+    block_p_forward: int = 64
+    block_p_backward: int = 32
+    warps_forward: int = 4
+    warps_backward: int = 4
+
+
+def _pow2_at_most(v: int) -> int:
+    return 1 << (max(v, 1).bit_length() - 1)
+
+
+def default_config(chunk_size: int) -> SSDConfig:
+    return SSDConfig(chunk=min(max(_pow2_at_most(chunk_size), 16), 64))
+
+
+def _block(size: int, cap: int) -> int:
+    """A power-of-two tile ≥ 16 (tl.dot's minimum) covering `size`, at most `cap` unless size needs less."""
+    return max(16, min(triton_next_pow2(size), cap))
+
+
+def triton_next_pow2(v: int) -> int:
+    return 1 << (max(v, 1) - 1).bit_length()
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t (b, l, ...) whose batch and position axes merge into one row axis of stride t.stride(1)."""
+    if t.shape[0] > 1 and t.stride(0) != t.shape[1] * t.stride(1):
+        t = t.contiguous()
+    return t
+
+
+def _acc_dtypes(x, B, C):
+    """(tl accumulator dtype, tl matrix-product operand dtype, input precision, torch accumulator dtype)."""
+    import triton.language as tl
+
+    if torch.float64 in (x.dtype, B.dtype, C.dtype):
+        return tl.float64, tl.float64, "ieee", torch.float64
+    if x.dtype == B.dtype == C.dtype == torch.float16:
+        return tl.float32, tl.float16, "tf32", torch.float32
+    # Triton's interpreter multiplies bfloat16 tiles as their raw bits: interpreted, they are multiplied in float32.
+    if x.dtype == B.dtype == C.dtype == torch.bfloat16 and not kernels().INTERPRETED:
+        return tl.float32, tl.bfloat16, "tf32", torch.float32
+    return tl.float32, tl.float32, "ieee", torch.float32
+
+
+@dataclass
+class _Layout:
+    """Where each sequence starts (rows of the flattened (b·l) axis) and its first chunk in the states buffer."""
+
+    seq_starts: torch.Tensor  # (seqs + 1,) int64
+    first_chunks: torch.Tensor  # (seqs + 1,) int64
+    chunk_bound: int  # ≥ total chunks
+
+    @classmethod
+    def of(cls, batch, length, cu_seqlens, chunk, device):
+        if cu_seqlens is None:
+            starts = torch.arange(batch + 1, device=device, dtype=torch.int64) * length
+            seqs, bound = batch, batch * -(-length // chunk)
+        else:
+            starts = cu_seqlens.to(device=device, dtype=torch.int64)
+            seqs = starts.numel() - 1
+            bound = -(-length // chunk) + seqs
+        counts = torch.div(starts.diff() + chunk - 1, chunk, rounding_mode="floor")
+        first = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        return cls(starts, first, bound), seqs
+
+
+def _empty(*shape, device, dtype):
+    from mambalab.ops.triton import common
+
+    return common.empty(*shape, device=device, dtype=dtype)
+
+
+def _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, seqs, softplus, cfg, store_y, store_states):
+    """y (b, l, h, p) or None, final state (seqs, h, p, n), states entering each chunk or None."""
+    k = kernels()
+    batch, length, heads, head_dim = x.shape
+    groups, n = B.shape[2], B.shape[3]
+    acc, dot, precision, acc_torch = _acc_dtypes(x, B, C)
+    dev = x.device
+    y = _empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype) if store_y else None
+    final = _empty(seqs, heads, head_dim, n, device=dev, dtype=acc_torch)
+    states = _empty(layout.chunk_bound, heads, head_dim, n, device=dev, dtype=acc_torch) if store_states else None
+    Dm = D if D is None or D.dim() == 2 else D[:, None].expand(heads, head_dim)
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    block_p = _block(head_dim, cfg.block_p_forward)
+    grid = (seqs, heads, -(-head_dim // block_p))
+    out = y if y is not None else x
+    k.ssd_forward_kernel[grid](
+        x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), _or(h0, final), layout.seq_starts,
+        layout.first_chunks, out, _or(states, final), final,
+        x.stride(1), x.stride(2), x.stride(3), dt.stride(1), dt.stride(2), B.stride(1), B.stride(2), B.stride(3),
+        C.stride(1), C.stride(2), C.stride(3), *_strides2(Dm), *_strides_lhp(z), *_strides_lhp(out),
+        heads, heads // groups, head_dim, n,
+        BLOCK_Q=cfg.chunk, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30), ACC=acc, DOT=dot, PRECISION=precision,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
+        HAS_INIT=initial_state is not None, STORE_Y=store_y, STORE_STATES=store_states, STORE_FINAL=True,
+        num_warps=cfg.warps_forward,
+    )
+    return y, final, states
+
+
+def _or(t, fallback):
+    return fallback if t is None else t
+
+
+def _strides2(t):
+    return (t.stride(0), t.stride(1)) if t is not None else (0, 0)
+
+
+def _strides_lhp(t):
+    return (t.stride(1), t.stride(2), t.stride(3)) if t is not None else (0, 0, 0)
+
+
+def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, layout, seqs, softplus, cfg):
+    k = kernels()
+    batch, length, heads, head_dim = x.shape
+    groups, n = B.shape[2], B.shape[3]
+    acc, dot, precision, acc_torch = _acc_dtypes(x, B, C)
+    dev = x.device
+    _, _, states = _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, seqs, softplus, cfg,
+                            store_y=False, store_states=True)
+    block_p = _block(head_dim, cfg.block_p_backward)
+    p_blocks = -(-head_dim // block_p)
+    rows = batch * length
+    dx = _empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype)
+    dz = _empty(batch, length, heads, head_dim, device=dev, dtype=z.dtype) if z is not None else None
+    ddt = _empty(rows, heads, p_blocks, device=dev, dtype=acc_torch)
+    dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
+    dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
+    dA = _empty(seqs, heads, p_blocks, device=dev, dtype=acc_torch)
+    dD = _empty(seqs, heads, head_dim, device=dev, dtype=acc_torch)
+    dh0 = _empty(seqs, heads, head_dim, n, device=dev, dtype=acc_torch)
+    Dm = D if D is None or D.dim() == 2 else D[:, None].expand(heads, head_dim)
+    dfinal = dfinal.contiguous() if dfinal is not None else None
+    k.ssd_backward_kernel[(seqs, heads, p_blocks)](
+        x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
+        states, final, _or(dfinal, final),
+        dx, _or(dz, dx), ddt, dB, dC, dA, dD, dh0,
+        x.stride(1), x.stride(2), x.stride(3), dt.stride(1), dt.stride(2), B.stride(1), B.stride(2), B.stride(3),
+        C.stride(1), C.stride(2), C.stride(3), *_strides2(Dm), *_strides_lhp(z), *_strides_lhp(dy),
+        *_strides_lhp(dx),
+        heads, groups, heads // groups, head_dim, n, p_blocks,
+        BLOCK_Q=cfg.chunk, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30), ACC=acc, DOT=dot, PRECISION=precision,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
+        HAS_DFINAL=dfinal is not None, num_warps=cfg.warps_backward,
+    )
+    ddt = ddt.sum(-1)  # (b·l, h): ∂loss/∂(dt + dt_bias) after the softplus
+    grads = {
+        "x": dx, "dt": ddt.view(batch, length, heads).to(dt.dtype), "A": dA.sum((0, 2)).to(A.dtype),
+        "B": dB.view(batch, length, groups, n).to(B.dtype), "C": dC.view(batch, length, groups, n).to(C.dtype),
+        "D": None, "z": dz, "dt_bias": ddt.sum(0).to(dt_bias.dtype) if dt_bias is not None else None,
+        "initial_state": dh0.to(initial_state.dtype) if initial_state is not None else None,
+    }
+    if D is not None:
+        dD = dD.sum(0)  # (h, p)
+        grads["D"] = (dD if D.dim() == 2 else dD.sum(-1)).to(D.dtype)
+    return grads
+
+
+class _SSDFunction(torch.autograd.Function):
+    """(y, final_state) with a backward through the fused kernels; cu_seqlens, softplus and cfg are constants."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softplus, cfg):
+        x, dt, B, C = _rows(x), _rows(dt), _rows(B), _rows(C)
+        z = _rows(z) if z is not None else None
+        layout, seqs = _Layout.of(x.shape[0], x.shape[1], cu_seqlens, cfg.chunk, x.device)
+        y, final, _ = _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, seqs, softplus, cfg,
+                               store_y=True, store_states=False)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, final)
+        ctx.layout, ctx.seqs, ctx.softplus, ctx.cfg = layout, seqs, softplus, cfg
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, dt, A, B, C, D, z, dt_bias, initial_state, final = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros_like(x)
+        grads = _backward(_rows(dy), dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, ctx.layout,
+                          ctx.seqs, ctx.softplus, ctx.cfg)
+        names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
+        return (*(grads[k] for k in names), None, None, None)
+
+
+def ssd_triton(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None,
+               return_final_state=False, cu_seqlens=None, chunk_size=64, config: SSDConfig | None = None):
+    """Same signature and semantics as `mambalab.ops.ssd.ssd_scan` (arguments validated there); `config`
+    overrides the tile sizes (benchmarks)."""
+    check_runnable("ssd_scan", {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z, "dt_bias": dt_bias,
+                                "initial_state": initial_state})
+    cfg = config or default_config(chunk_size)
+    y, final = _SSDFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, bool(dt_softplus), cfg)
+    return (y, final) if return_final_state else y
