@@ -106,6 +106,12 @@ class Mamba2(nn.Module):
         backend = backends.resolve("ssd_scan", self.cfg.ssd_backend, x.device)
         return x.dtype != torch.float64 and backend == "triton"
 
+    def _step_backend(self) -> str:
+        """The decode step's backend: ssd_backend where the step has one of that name ("reference",
+        "triton"), else the step's own "auto" (e.g. ssd_backend="torch", a sequence-only backend)."""
+        name = self.cfg.ssd_backend
+        return name if name in backends.names("ssd_state_update") else "auto"
+
     # State --------------------------------------------------------------------------------------------
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict[str, torch.Tensor]:
         dtype = dtype or self.in_proj.weight.dtype
@@ -160,5 +166,6 @@ class Mamba2(nn.Module):
         x, B, C = xBC.split([d, g * n, g * n], dim=-1)  # (b, d|g·n|g·n)
         A, D = self._ssm_params()
         heads = (x.unflatten(-1, (h, p)), dt, A, B.unflatten(-1, (g, n)), C.unflatten(-1, (g, n)))
-        y = ssd_state_update(state["ssm"], *heads, D=D, dt_bias=self.dt_bias, dt_softplus=True)  # (b, h, p)
+        y = ssd_state_update(state["ssm"], *heads, D=D, dt_bias=self.dt_bias, dt_softplus=True,
+                             backend=self._step_backend())  # (b, h, p)
         return self.out_proj(self.norm(y.flatten(-2), z))  # (b, d_model)
