@@ -1,8 +1,9 @@
 """`InferenceState`: everything a model needs to continue a sequence in recurrent (RNN) mode.
 
 One dict of tensors per layer, every tensor batch-first, plus `seqlen` (b,) = tokens already consumed
-per row. A Mamba layer holds {"conv": (b, d_inner, d_conv) conv window, "ssm": (b, d_inner, N) float32};
-an attention layer holds its KV cache. `prefill` returns a state, `step` advances it in place, and it can
+per row. A Mamba layer holds {"conv": (b, d_inner, d_conv) conv window, "ssm": (b, d_inner, N) float32}; a
+Mamba-2 layer {"conv": (b, d_inner + 2·G·N, d_conv), "ssm": (b, heads, head_dim, N) float32}; an attention
+layer holds its KV cache. `prefill` returns a state, `step` advances it in place, and it can
 be cloned, moved, split and joined along the batch (the basis of prefix caching and batched decoding).
 
 `save(path, model, prefix_tokens)` writes a safetensors file whose metadata fingerprints what the state
