@@ -49,6 +49,8 @@ class GatedRMSNorm(nn.Module):
 
 
 class Mamba2(nn.Module):
+    """The Mamba-2 mixer: `forward` runs steps 1-6 of Figure 6 over a sequence, `step` over one token."""
+
     def __init__(self, d_model: int, cfg: Mamba2Config | None = None, layer_idx: int = 0):
         super().__init__()
         cfg = cfg or Mamba2Config()

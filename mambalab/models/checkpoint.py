@@ -14,10 +14,8 @@
 `load(directory, device=None, dtype=None)` reads config.json and tells three formats apart:
 
     mambalab   config.json has a "mambalab" block;
-    HF         model_type "mamba" (transformers' `MambaForCausalLM`) or "mamba2" (`Mamba2ForCausalLM`);
-    official   d_model / n_layer / ssm_cfg (state-spaces/mamba's `MambaLMHeadModel`; ssm_cfg.layer "Mamba2"
-               for Mamba-2).
-Mamba-2 configs are translated by models/mamba2_hf.py.
+    HF         model_type "mamba" (transformers' `MambaForCausalLM`);
+    official   d_model / n_layer / ssm_cfg (state-spaces/mamba's `MambaLMHeadModel`).
 
 Weights come from model.safetensors, a sharded model.safetensors.index.json, or pytorch_model.bin (sharded
 or not), the latter read only with `torch.load(weights_only=True)`. Config fields that would change the

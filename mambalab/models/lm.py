@@ -129,8 +129,8 @@ class LanguageModel(nn.Module):
 
     # Checkpoints (mambalab/models/checkpoint.py; imported here lazily because it imports this module) -----
     def save_pretrained(self, directory):
-        """Write config.json + model.safetensors, loadable by `mambalab.load` and, for a pure Mamba (pure
-        Mamba-2), by transformers' `MambaForCausalLM` (`Mamba2ForCausalLM`). Returns the directory."""
+        """Write config.json + model.safetensors, loadable by `mambalab.load` and, for a pure Mamba, by
+        transformers' `MambaForCausalLM.from_pretrained`. Returns the directory."""
         from mambalab.models.checkpoint import save_pretrained
 
         return save_pretrained(self, directory)
