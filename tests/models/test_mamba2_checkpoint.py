@@ -271,3 +271,14 @@ def test_mamba2_flops_are_about_six_per_parameter_and_flat_in_length():
     config = get_preset("mamba2-130m")
     assert 0.95 < flops_per_token(config, 2048) / (6 * count_params(config)) < 1.15
     assert flops_per_token(config, 8192) == flops_per_token(config, 2048)
+
+
+def test_published_mamba2_130m_config_is_the_preset(tmp_path):
+    """The config.json of state-spaces/mamba2-130m (Mamba2 defaults in ssm_cfg) gives the mamba2-130m preset."""
+    published = {
+        "d_model": 768, "d_intermediate": 0, "n_layer": 24, "vocab_size": 50277, "ssm_cfg": {"layer": "Mamba2"},
+        "attn_layer_idx": [], "attn_cfg": {}, "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
+        "pad_vocab_size_multiple": 16, "tie_embeddings": True,
+    }  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(published))
+    assert load_config(tmp_path) == (get_preset("mamba2-130m"), "official")
