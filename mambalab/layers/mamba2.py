@@ -21,6 +21,7 @@ from torch import nn
 from mambalab.config import Mamba2Config, ModelConfig
 from mambalab.layers.mamba import inverse_softplus, restore_float32
 from mambalab.ops import backends
+from mambalab.ops.backends import records_grad
 from mambalab.ops.conv1d import (
     causal_conv1d,
     causal_conv1d_fused,
@@ -40,12 +41,24 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # (..., d), (..., d) -> (..., d)
+        """Where no gradient is recorded and the Triton kernels run (CUDA), one fused launch
+        (mambalab/ops/triton/gated_norm.py) instead of the ~10 kernels below."""
+        if self._fused(y, z):
+            from mambalab.ops.triton.gated_norm import gated_rms_norm
+
+            return gated_rms_norm(y, z, self.weight, self.group_size, self.eps)
         dtype = y.dtype
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         gated = y.to(compute) * F.silu(z.to(compute))  # (..., d)
         groups = gated.unflatten(-1, (-1, self.group_size))  # (..., g, d/g)
         groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * groups.flatten(-2).to(dtype)  # (..., d)
+
+    def _fused(self, y: torch.Tensor, z: torch.Tensor) -> bool:
+        if not y.is_cuda or torch.float64 in (y.dtype, self.weight.dtype) or torch.compiler.is_compiling():
+            return False
+        triton_here = backends.resolve("ssd_scan", "auto", y.device) == "triton"
+        return triton_here and not records_grad(y, z, self.weight)
 
 
 class Mamba2(nn.Module):
