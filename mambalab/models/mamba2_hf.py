@@ -10,8 +10,8 @@ Weights need no renaming: the mixer's parameters already carry the names of tran
     official  d_model / n_layer / ssm_cfg {"layer": "Mamba2", d_state, headdim, ngroups, ...}; norms eps 1e-5
 
 Options mambalab does not compute are refused with the field's name: a clamp of Δ (time_step_limit /
-dt_limit other than (0, inf)), norm_before_gate, no gated norm (rmsnorm false), an SSM narrower than d_inner
-(d_ssm, with a gated MLP beside it).
+dt_limit other than (0, inf)), official norm_before_gate true, no gated norm (rmsnorm false), an SSM narrower
+than d_inner (d_ssm, with a gated MLP beside it).
 """
 
 from __future__ import annotations
@@ -58,9 +58,13 @@ _HF_FIELDS = (
     ("initializer_range", "initializer_range", 0.1),
     ("rescale_prenorm_residual", "rescale_prenorm_residual", False),
 )
-_HF_REQUIRED = {"model_type": "mamba2", "hidden_act": "silu", "rms_norm": True, "norm_before_gate": False}
-# Fields that do not change the logits: caching, token ids, and time_step_rank (Mamba-2 has no dt_proj).
-_HF_IRRELEVANT = frozenset({"use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "time_step_rank"})
+_HF_REQUIRED = {"model_type": "mamba2", "hidden_act": "silu", "rms_norm": True}
+# Fields that do not change the logits: caching, token ids, time_step_rank (Mamba-2 has no dt_proj), and
+# norm_before_gate, which transformers 4.44 wrote (default true) but whose PyTorch path always gated first,
+# as the checkpoints were trained; later versions dropped the field.
+_HF_IRRELEVANT = frozenset(
+    {"use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "time_step_rank", "norm_before_gate"}
+)
 _NO_LIMIT = (0.0, math.inf)
 
 # ssm_cfg of official Mamba-2: (official name, Mamba2Config field)

@@ -186,10 +186,13 @@ def test_bad_transformers_mamba2_config(tmp_path, edit, message):
         mambalab.load(tmp_path)
 
 
-def test_transformers_unlimited_time_step_limit_is_accepted(tmp_path):
-    hf_model().save_pretrained(tmp_path)
-    edit_config(tmp_path, lambda d: d.update(time_step_limit=[0.0, math.inf]))
-    assert mambalab.load(tmp_path).config.n_layer == 2
+def test_fields_of_older_transformers_are_read_as_transformers_reads_them(tmp_path):
+    """4.44 wrote norm_before_gate (default true; its PyTorch path gated first all the same) and a bare
+    Infinity in time_step_limit."""
+    hf = hf_model()
+    hf.save_pretrained(tmp_path)
+    edit_config(tmp_path, lambda d: d.update(time_step_limit=[0.0, math.inf], norm_before_gate=True))
+    assert_same_logits(mambalab.load(tmp_path), Mamba2ForCausalLM.from_pretrained(tmp_path).eval(), vocab=64)
 
 
 def test_what_transformers_cannot_compute_is_saved_mambalab_only(tmp_path):
