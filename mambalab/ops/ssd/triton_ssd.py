@@ -5,8 +5,8 @@ inputs and the final state; the backward reruns the state recurrence to store th
 (float32, transient: (chunks, h, p, n)), then runs the fused backward kernel. Sums the kernels leave per
 channel block or per sequence (dΔ, dA, dD, dt_bias) are finished here with a few torch reductions.
 
-The kernel's chunk is the largest power of two ≤ chunk_size, clamped to [16, 64] (the (p, n) state and the
-(Q, Q) score tile must fit on chip); the result does not depend on it.
+The kernels' chunks are powers of two ≤ chunk_size, within [16, 32] (forward) and [16, 64] (backward), so
+that the (p, n) state and the (Q, Q) score tiles fit on chip (`SSDConfig`); the result does not depend on them.
 
 Runs on CUDA when compiled, on CPU in Triton's interpreter when TRITON_INTERPRET=1 (tests, tiny shapes).
 Float64 is computed in float64 (interpreter and GPU); 16-bit inputs use 16-bit matrix products with float32
@@ -15,6 +15,7 @@ accumulation and state; float32 inputs use exact ("ieee") float32 products.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import itertools
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mambalab.ops.backends import BackendUnavailable
+from mambalab.ops.backends import BackendUnavailable, records_grad
 
 _KERNELS = "mambalab.ops.ssd.triton_kernels"
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -77,13 +78,21 @@ def check_runnable(op: str, tensors: dict) -> None:
 
 @dataclass(frozen=True)
 class SSDConfig:
-    """Tile sizes of the kernels: chunk (positions), channel block of the forward and of the backward, warps."""
+    """Tile sizes of the kernels. The forward's output pass walks chunks of `chunk_forward` positions; the
+    backward (the state pass, the adjoint walk and the chunk-parallel gradients) chunks of `chunk_backward`.
+    Channel blocks (block_p_*) of head_dim per program; warps per program of each kernel.
 
-    chunk: int = 64
+    Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16): the forward at 32
+    positions × 64 channels × 4 warps and the gradient kernel at 64 × 32 × 8 warps build without spills;
+    64 × 64 forward tiles spill (150-270 B)."""
+
+    chunk_forward: int = 32
+    chunk_backward: int = 64
     block_p_forward: int = 64
     block_p_backward: int = 32
     warps_forward: int = 4
-    warps_backward: int = 4
+    warps_adjoint: int = 8
+    warps_backward: int = 8
     stages: int = 2
 
 
@@ -92,7 +101,12 @@ def _pow2_at_most(v: int) -> int:
 
 
 def default_config(chunk_size: int) -> SSDConfig:
-    return SSDConfig(chunk=min(max(_pow2_at_most(chunk_size), 16), 64))
+    """Chunks of the largest power of two ≤ chunk_size, within [16, the default]: results do not depend on
+    the chunk; a small chunk_size asks for small tiles."""
+    chunk = max(_pow2_at_most(chunk_size), 16)
+    base = SSDConfig()
+    return dataclasses.replace(base, chunk_forward=min(chunk, base.chunk_forward),
+                               chunk_backward=min(chunk, base.chunk_backward))
 
 
 def _block(size: int, cap: int) -> int:
@@ -124,6 +138,21 @@ def _acc_dtypes(x, B, C):
     if x.dtype == B.dtype == C.dtype == torch.bfloat16 and not kernels().INTERPRETED:
         return tl.float32, tl.bfloat16, "tf32", torch.float32, torch.bfloat16
     return tl.float32, tl.float32, "ieee", torch.float32, torch.float32
+
+
+@dataclass
+class _Sequences:
+    """What the forward's output pass needs: where each sequence starts along the flattened (b·l) rows."""
+
+    seq_starts: torch.Tensor  # (seqs + 1,) int64
+    seqs: int
+    first_chunks = None  # the output pass stores no chunk states
+
+    @classmethod
+    def of(cls, x, cu_seqlens):
+        if cu_seqlens is None:
+            return cls(torch.arange(x.shape[0] + 1, device=x.device, dtype=torch.int64) * x.shape[1], x.shape[0])
+        return cls(cu_seqlens.to(dtype=torch.int64), cu_seqlens.numel() - 1)
 
 
 @dataclass
@@ -191,11 +220,12 @@ def _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg
     out = y if y is not None else x
     kernels().ssd_forward_kernel[(layout.seqs, heads, -(-head_dim // block_p))](
         x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), _or(h0, x), layout.seq_starts,
-        layout.first_chunks, out, _or(states, x), _or(final, x),
+        _or(layout.first_chunks, layout.seq_starts), out, _or(states, x), _or(final, x),
         *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
         *out.stride()[1:],
         heads, heads // B.shape[2], head_dim, n,
-        BLOCK_Q=cfg.chunk, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30), ACC=acc, DOT=dot, PRECISION=precision,
+        BLOCK_Q=cfg.chunk_forward if store_y else cfg.chunk_backward, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30),
+        ACC=acc, DOT=dot, PRECISION=precision,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
         HAS_INIT=initial_state is not None, STORE_Y=store_y, STORE_STATES=store_states, STORE_FINAL=store_y,
         num_warps=cfg.warps_forward, num_stages=cfg.stages,
@@ -228,7 +258,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, l
     groups, n = B.shape[2], B.shape[3]
     acc, dot, precision, acc_torch, state_torch = _acc_dtypes(x, B, C)
     dev = x.device
-    flags = {"BLOCK_Q": cfg.chunk, "BLOCK_N": _block(n, 1 << 30), "ACC": acc, "DOT": dot, "PRECISION": precision,
+    flags = {"BLOCK_Q": cfg.chunk_backward, "BLOCK_N": _block(n, 1 << 30), "ACC": acc, "DOT": dot, "PRECISION": precision,
              "HAS_Z": z is not None, "HAS_BIAS": dt_bias is not None, "SOFTPLUS": softplus}
     states = _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, False, True)
 
@@ -240,7 +270,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, l
         dt, A, C, _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks, _or(dfinal, x), adjoints,
         dh0, *dt.stride()[1:], *C.stride()[1:], *_strides_lhp(z), *dy.stride()[1:],
         heads, heads // groups, head_dim, n, BLOCK_P=block_p, HAS_DFINAL=dfinal is not None, **flags,
-        num_warps=cfg.warps_forward, num_stages=cfg.stages,
+        num_warps=cfg.warps_adjoint, num_stages=cfg.stages,
     )
 
     block_p = _block(head_dim, cfg.block_p_backward)
@@ -270,7 +300,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, l
     at_end = (dfinal.double() * final.double()).sum((2, 3)) if dfinal is not None else final.new_zeros(
         layout.seqs, heads, dtype=torch.float64)
     later = layout.later_sums(totals.sum(-1), at_end).to(acc_torch)  # (chunks, h)
-    carry = A.to(acc_torch) * later[layout.row_chunks(batch, length, cfg.chunk)]  # (b·l, h)
+    carry = A.to(acc_torch) * later[layout.row_chunks(batch, length, cfg.chunk_backward)]  # (b·l, h)
     if softplus:
         raw = dt.reshape(rows, heads).to(acc_torch)
         carry = carry * torch.sigmoid(raw + dt_bias.to(acc_torch) if dt_bias is not None else raw)
@@ -288,6 +318,12 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, l
     return grads
 
 
+def _output_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softplus, cfg):
+    """(y, final state): one launch of the fused forward (inputs with mergeable batch and length axes)."""
+    return _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, _Sequences.of(x, cu_seqlens), softplus, cfg,
+                    True, False)
+
+
 class _SSDFunction(torch.autograd.Function):
     """(y, final_state) with a backward through the fused kernels; cu_seqlens, softplus and cfg are constants."""
 
@@ -295,10 +331,9 @@ class _SSDFunction(torch.autograd.Function):
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softplus, cfg):
         x, dt, B, C = _rows(x), _rows(dt), _rows(B), _rows(C)
         z = _rows(z) if z is not None else None
-        layout = _Layout.of(x.shape[0], x.shape[1], cu_seqlens, cfg.chunk, x.device)
-        y, final = _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, True, False)
+        y, final = _output_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softplus, cfg)
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, final)
-        ctx.layout, ctx.softplus, ctx.cfg = layout, softplus, cfg
+        ctx.cu_seqlens, ctx.softplus, ctx.cfg = cu_seqlens, softplus, cfg
         return y, final
 
     @staticmethod
@@ -306,7 +341,8 @@ class _SSDFunction(torch.autograd.Function):
         x, dt, A, B, C, D, z, dt_bias, initial_state, final = ctx.saved_tensors
         if dy is None:
             dy = torch.zeros_like(x)
-        grads = _backward(_rows(dy), dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, ctx.layout,
+        layout = _Layout.of(x.shape[0], x.shape[1], ctx.cu_seqlens, ctx.cfg.chunk_backward, x.device)
+        grads = _backward(_rows(dy), dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, layout,
                           ctx.softplus, ctx.cfg)
         names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
         return (*(grads[k] for k in names), None, None, None)
@@ -319,5 +355,10 @@ def ssd_triton(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, 
     check_runnable("ssd_scan", {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z, "dt_bias": dt_bias,
                                 "initial_state": initial_state})
     cfg = config or default_config(chunk_size)
-    y, final = _SSDFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, bool(dt_softplus), cfg)
+    if records_grad(x, dt, A, B, C, D, z, dt_bias, initial_state):
+        y, final = _SSDFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, bool(dt_softplus),
+                                      cfg)
+    else:
+        y, final = _output_pass(_rows(x), _rows(dt), A, _rows(B), _rows(C), D, None if z is None else _rows(z),
+                                dt_bias, initial_state, cu_seqlens, bool(dt_softplus), cfg)
     return (y, final) if return_final_state else y
