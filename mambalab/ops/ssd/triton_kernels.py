@@ -41,10 +41,10 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "
 
 
 @triton.jit
-def _step_sizes(dt_ptr, bias_ptr, head, rows, row_mask, s_dt_l, s_dt_h, ACC: tl.constexpr,
+def _step_sizes(dt_chunk, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """(Δ, dt + bias) of the rows (0 outside row_mask); softplus exact in float64, fast in float32."""
-    raw = tl.load(dt_ptr + rows * s_dt_l + head * s_dt_h, mask=row_mask, other=0.0).to(ACC)
+    """(Δ, dt + bias) of a chunk's rows (0 outside row_mask); softplus exact in float64, fast in float32."""
+    raw = tl.load(dt_chunk + offs_q * s_dt_l, mask=row_mask, other=0.0).to(ACC)
     if HAS_BIAS:
         raw += tl.load(bias_ptr + head).to(ACC)
     dt = raw
@@ -62,9 +62,9 @@ def _softplus(raw, ACC: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(ptr, rows, cols, s_row, s_col, mask):
-    """A (rows, cols) tile; 0 outside mask."""
-    return tl.load(ptr + rows[:, None] * s_row + cols[None, :] * s_col, mask=mask, other=0.0)
+def _tile(offs_rows, offs_cols, s_row, s_col):
+    """int32 offsets of a (rows, cols) tile from its first element (loop-invariant: a chunk moves the base)."""
+    return offs_rows[:, None] * s_row + offs_cols[None, :] * s_col
 
 
 @triton.jit
@@ -86,9 +86,11 @@ def ssd_forward_kernel(
     SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, STORE_Y: tl.constexpr, STORE_STATES: tl.constexpr,
     STORE_FINAL: tl.constexpr,
 ):
+    """y (STORE_Y), the state entering each chunk (STORE_STATES, (chunks, h, p, n)) and the final state
+    (STORE_FINAL, (seqs, h, p, n)) of one (sequence, head, channel block)."""
     seq, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(seq_ptr + seq).to(tl.int64)
-    end = tl.load(seq_ptr + seq + 1).to(tl.int64)
+    length = tl.load(seq_ptr + seq + 1).to(tl.int64) - start
     first_chunk = tl.load(chunk_ptr + seq).to(tl.int64)
     group = head // heads_per_group
     offs_q = tl.arange(0, BLOCK_Q)
@@ -97,148 +99,201 @@ def ssd_forward_kernel(
     p_mask, n_mask = offs_p < head_dim, offs_n < n_state
     pn_mask = p_mask[:, None] & n_mask[None, :]
     A = tl.load(A_ptr + head).to(ACC)
-    state_offs = offs_p[:, None] * n_state + offs_n[None, :]  # (P, N) within one (h, p, n) state
+    state_offs = _tile(offs_p, offs_n, n_state, 1)  # (P, N) within one (h, p, n) state
+    head_state = heads * head_dim * n_state
     state = tl.zeros((BLOCK_P, BLOCK_N), dtype=ACC)
     if HAS_INIT:
-        state += tl.load(h0_ptr + (seq * heads + head) * head_dim * n_state + state_offs, mask=pn_mask,
+        state += tl.load(h0_ptr + seq * head_state + head * head_dim * n_state + state_offs, mask=pn_mask,
                          other=0.0).to(ACC)
-    x_base, B_base, C_base = x_ptr + head * s_x_h, B_ptr + group * s_B_g, C_ptr + group * s_C_g
-    for c in range(tl.cdiv(end - start, BLOCK_Q)):
-        rows = start + c * BLOCK_Q + offs_q  # (Q,)
-        row_mask = rows < end
-        dt, _ = _step_sizes(dt_ptr, bias_ptr, head, rows, row_mask, s_dt_l, s_dt_h, ACC, HAS_BIAS, SOFTPLUS)
+    x_offs, y_offs = _tile(offs_q, offs_p, s_x_l, s_x_p), _tile(offs_q, offs_p, s_y_l, s_y_p)
+    z_offs = _tile(offs_q, offs_p, s_z_l, s_z_p)
+    B_offs, C_offs = _tile(offs_q, offs_n, s_B_l, s_B_n), _tile(offs_q, offs_n, s_C_l, s_C_n)
+    D = tl.zeros((BLOCK_P,), dtype=ACC)
+    if HAS_D:
+        D += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC)
+    for c in range(tl.cdiv(length, BLOCK_Q)):
+        row = start + c * BLOCK_Q  # the chunk's first row
+        row_mask = offs_q < length - c * BLOCK_Q  # (Q,)
+        qp_mask, qn_mask = row_mask[:, None] & p_mask[None, :], row_mask[:, None] & n_mask[None, :]
+        dt, _ = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
+                            HAS_BIAS, SOFTPLUS)
         log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                         (Q,)
         chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
-        x = _load_rows(x_base, rows, offs_p, s_x_l, s_x_p, row_mask[:, None] & p_mask[None, :])  # (Q, P)
-        B = _load_rows(B_base, rows, offs_n, s_B_l, s_B_n, row_mask[:, None] & n_mask[None, :])  # (Q, N)
+        x = tl.load(x_ptr + row * s_x_l + head * s_x_h + x_offs, mask=qp_mask, other=0.0)  # (Q, P)
+        B = tl.load(B_ptr + row * s_B_l + group * s_B_g + B_offs, mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
         if STORE_STATES:
-            tl.store(states_ptr + ((first_chunk + c) * heads + head) * head_dim * n_state + state_offs, state,
-                     mask=pn_mask)
+            tl.store(states_ptr + (first_chunk + c) * head_state + head * head_dim * n_state + state_offs,
+                     state.to(states_ptr.dtype.element_ty), mask=pn_mask)
         if STORE_Y:
-            C = _load_rows(C_base, rows, offs_n, s_C_l, s_C_n, row_mask[:, None] & n_mask[None, :])  # (Q, N)
-            scores = tl.dot(C.to(DOT), tl.trans(B.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # C_t · B_s
-            weights = scores * _decay_mask(log_decay, offs_q) * dt[None, :]  # (Q, Q)
+            C = tl.load(C_ptr + row * s_C_l + group * s_C_g + C_offs, mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
+            scores = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC)  # C_t · B_s   (Q, Q)
+            weights = scores * _decay_mask(log_decay, offs_q) * dt[None, :]  # L ∘ C Bᵀ, times Δ_s
             y = tl.dot(weights.to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
-            y += tl.exp(log_decay)[:, None] * tl.dot(C.to(DOT), tl.trans(state.to(DOT)), input_precision=PRECISION,
+            y += tl.exp(log_decay)[:, None] * tl.dot(C, tl.trans(state.to(DOT)), input_precision=PRECISION,
                                                       out_dtype=ACC)
-            if HAS_D:
-                y += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC)[None, :] * x.to(ACC)
+            y += D[None, :] * x.to(ACC)
             if HAS_Z:
-                z = _load_rows(z_ptr + head * s_z_h, rows, offs_p, s_z_l, s_z_p,
-                               row_mask[:, None] & p_mask[None, :]).to(ACC)
+                z = tl.load(z_ptr + row * s_z_l + head * s_z_h + z_offs, mask=qp_mask, other=0.0).to(ACC)
                 y *= z * sigmoid(z)
-            y_ptrs = y_ptr + head * s_y_h + rows[:, None] * s_y_l + offs_p[None, :] * s_y_p
-            tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=row_mask[:, None] & p_mask[None, :])
+            tl.store(y_ptr + row * s_y_l + head * s_y_h + y_offs, y.to(y_ptr.dtype.element_ty), mask=qp_mask)
         to_end = tl.exp(chunk_decay - log_decay) * dt  # exp(Λ_Q − Λ_s) Δ_s                   (Q,)
         inputs = (x.to(ACC) * to_end[:, None]).to(DOT)  # (Q, P)
-        state = tl.exp(chunk_decay) * state + tl.dot(tl.trans(inputs), B.to(DOT), input_precision=PRECISION,
+        state = tl.exp(chunk_decay) * state + tl.dot(tl.trans(inputs), B, input_precision=PRECISION,
                                                      out_dtype=ACC)
     if STORE_FINAL:
-        tl.store(final_ptr + (seq * heads + head) * head_dim * n_state + state_offs, state, mask=pn_mask)
+        tl.store(final_ptr + seq * head_state + head * head_dim * n_state + state_offs, state, mask=pn_mask)
 
 
 @triton.jit
-def ssd_backward_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, states_ptr,
-    final_ptr, dfinal_ptr,
-    dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dh0_ptr,
+def _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, z_offs, qp_mask, ACC: tl.constexpr, HAS_Z: tl.constexpr):
+    """(gy, z, σ(z)): ∂loss/∂y before the gate y · silu(z) (dy itself without z)."""
+    if HAS_Z:
+        z = tl.load(z_ptr + row * s_z_l + head * s_z_h + z_offs, mask=qp_mask, other=0.0).to(ACC)
+        gate = sigmoid(z)
+        return dy * z * gate, z, gate
+    return dy, dy, dy
+
+
+@triton.jit
+def ssd_adjoint_kernel(
+    dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, dfinal_ptr, adjoints_ptr, dh0_ptr,
+    s_dt_l, s_dt_h, s_C_l, s_C_g, s_C_n, s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p,
+    heads, heads_per_group, head_dim, n_state,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_DFINAL: tl.constexpr,
+):
+    """Walk one (sequence, head, channel block) backwards: store G_c = ∂loss/∂(state leaving chunk c) for
+    every chunk ((chunks, h, p, n)), then G ← exp(Λ_Q) G + Σ_t exp(Λ_t) gy_t ⊗ C_t; the last G is ∂loss/∂H_0."""
+    seq, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = tl.load(seq_ptr + seq).to(tl.int64)
+    length = tl.load(seq_ptr + seq + 1).to(tl.int64) - start
+    first_chunk = tl.load(chunk_ptr + seq).to(tl.int64)
+    group = head // heads_per_group
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    p_mask, n_mask = offs_p < head_dim, offs_n < n_state
+    pn_mask = p_mask[:, None] & n_mask[None, :]
+    A = tl.load(A_ptr + head).to(ACC)
+    state_offs = _tile(offs_p, offs_n, n_state, 1)
+    head_state = heads * head_dim * n_state
+    seq_state = seq * head_state + head * head_dim * n_state + state_offs
+    adjoint = tl.zeros((BLOCK_P, BLOCK_N), dtype=ACC)
+    if HAS_DFINAL:
+        adjoint += tl.load(dfinal_ptr + seq_state, mask=pn_mask, other=0.0).to(ACC)
+    z_offs, dy_offs = _tile(offs_q, offs_p, s_z_l, s_z_p), _tile(offs_q, offs_p, s_dy_l, s_dy_p)
+    C_offs = _tile(offs_q, offs_n, s_C_l, s_C_n)
+    n_chunks = tl.cdiv(length, BLOCK_Q)
+    for i in range(n_chunks):
+        c = n_chunks - 1 - i
+        row = start + c * BLOCK_Q
+        row_mask = offs_q < length - c * BLOCK_Q
+        qp_mask, qn_mask = row_mask[:, None] & p_mask[None, :], row_mask[:, None] & n_mask[None, :]
+        tl.store(adjoints_ptr + (first_chunk + c) * head_state + head * head_dim * n_state + state_offs,
+                 adjoint.to(adjoints_ptr.dtype.element_ty), mask=pn_mask)
+        dt, _ = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
+                            HAS_BIAS, SOFTPLUS)
+        log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                        (Q,)
+        dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + dy_offs, mask=qp_mask, other=0.0).to(ACC)
+        gy, _, _ = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, z_offs, qp_mask, ACC, HAS_Z)
+        C = tl.load(C_ptr + row * s_C_l + group * s_C_g + C_offs, mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
+        weighted = (gy * tl.exp(log_decay)[:, None]).to(DOT)  # exp(Λ_t) gy_t                (Q, P)
+        adjoint = tl.exp(tl.sum(dt * A, axis=0)) * adjoint + tl.dot(tl.trans(weighted), C, input_precision=PRECISION,
+                                                                    out_dtype=ACC)
+    tl.store(dh0_ptr + seq_state, adjoint, mask=pn_mask)
+
+
+@triton.jit
+def ssd_chunk_backward_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
+    states_ptr, adjoints_ptr,
+    dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, total_ptr, dt_sum_ptr,
     s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n, s_D_h, s_D_p,
     s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p, s_o_l, s_o_h, s_o_p,
     heads, groups, heads_per_group, head_dim, n_state, p_blocks,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_DFINAL: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
 ):
-    """Outputs: dx, dz (l, h, p) in their inputs' dtypes, with strides s_o_*; ddt (l, h, p_blocks) partial sums over channel
-    blocks, after the softplus; dB, dC (l, g, n) accumulated atomically (zeroed by the caller); dA
-    (seqs, h, p_blocks) partial sums; dD (seqs, h, p); dh0 (seqs, h, p, n). All partials in ACC."""
-    seq, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """Every gradient of one (chunk, head, channel block) from the state entering the chunk (states) and the
+    adjoint of the state leaving it (adjoints): chunks are independent here. Outputs: dx, dz (l, h, p) with
+    strides s_o_*; dB, dC (l, g, n) accumulated atomically (zeroed by the caller); per (chunk, h, p_block)
+    partial sums: ddt (l, h, p_blocks) without the carry of later chunks (ddt_s += A dℓ_later σ(dt + bias)
+    is added by the caller), dA, total = Σ_t ∂loss/∂Λ_t; dD (chunks, h, p); dt_sum = Σ_s Δ_s (chunks, h)."""
+    chunk, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    seq = tl.load(chunk_seq_ptr + chunk)
     start = tl.load(seq_ptr + seq).to(tl.int64)
-    end = tl.load(seq_ptr + seq + 1).to(tl.int64)
-    first_chunk = tl.load(chunk_ptr + seq).to(tl.int64)
+    c = chunk - tl.load(chunk_ptr + seq)
+    row = start + c * BLOCK_Q  # the chunk's first row
+    rows_left = tl.load(seq_ptr + seq + 1).to(tl.int64) - row
     group = head // heads_per_group
     offs_q = tl.arange(0, BLOCK_Q)
     offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
-    p_mask, n_mask = offs_p < head_dim, offs_n < n_state
+    p_mask, n_mask, row_mask = offs_p < head_dim, offs_n < n_state, offs_q < rows_left
     pn_mask = p_mask[:, None] & n_mask[None, :]
+    qp_mask, qn_mask = row_mask[:, None] & p_mask[None, :], row_mask[:, None] & n_mask[None, :]
     A = tl.load(A_ptr + head).to(ACC)
-    state_offs = offs_p[:, None] * n_state + offs_n[None, :]
-    seq_state = (seq * heads + head) * head_dim * n_state + state_offs
-    adjoint = tl.zeros((BLOCK_P, BLOCK_N), dtype=ACC)  # G = ∂loss/∂(state leaving the chunk)
-    later = A * 0.0  # Σ over later positions of ∂loss/∂Λ_t (dℓ's carry)
-    if HAS_DFINAL:
-        adjoint += tl.load(dfinal_ptr + seq_state, mask=pn_mask, other=0.0).to(ACC)
-        later += tl.sum(tl.sum(adjoint * tl.load(final_ptr + seq_state, mask=pn_mask, other=0.0), axis=1), axis=0)
-    dA = A * 0.0
-    dD = tl.zeros((BLOCK_P,), dtype=ACC)
+    chunk_state = chunk.to(tl.int64) * heads * head_dim * n_state + head * head_dim * n_state
+    chunk_state += _tile(offs_p, offs_n, n_state, 1)
+    entering = tl.load(states_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # H              (P, N)
+    adjoint = tl.load(adjoints_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # G             (P, N)
     D = tl.zeros((BLOCK_P,), dtype=ACC)
     if HAS_D:
         D += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC)
-    x_base, B_base, C_base = x_ptr + head * s_x_h, B_ptr + group * s_B_g, C_ptr + group * s_C_g
-    n_chunks = tl.cdiv(end - start, BLOCK_Q)
-    for i in range(n_chunks):
-        c = n_chunks - 1 - i
-        rows = start + c * BLOCK_Q + offs_q
-        row_mask = rows < end
-        qp_mask = row_mask[:, None] & p_mask[None, :]
-        qn_mask = row_mask[:, None] & n_mask[None, :]
-        dt, raw = _step_sizes(dt_ptr, bias_ptr, head, rows, row_mask, s_dt_l, s_dt_h, ACC, HAS_BIAS, SOFTPLUS)
-        log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                      (Q,)
-        chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
-        from_start = tl.exp(log_decay)  # exp(Λ_t)                                         (Q,)
-        to_end = tl.exp(chunk_decay - log_decay)  # exp(Λ_Q − Λ_s)                          (Q,)
-        x = _load_rows(x_base, rows, offs_p, s_x_l, s_x_p, qp_mask)  # (Q, P)
-        B = _load_rows(B_base, rows, offs_n, s_B_l, s_B_n, qn_mask).to(DOT)  # (Q, N)
-        C = _load_rows(C_base, rows, offs_n, s_C_l, s_C_n, qn_mask).to(DOT)  # (Q, N)
-        dy = _load_rows(dy_ptr + head * s_dy_h, rows, offs_p, s_dy_l, s_dy_p, qp_mask).to(ACC)  # (Q, P)
-        entering = tl.load(states_ptr + ((first_chunk + c) * heads + head) * head_dim * n_state + state_offs,
-                           mask=pn_mask, other=0.0).to(ACC)  # H                             (P, N)
-        mask = _decay_mask(log_decay, offs_q)  # L                                          (Q, Q)
-        scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ  (Q, Q)
-        y = tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)
-        y += from_start[:, None] * tl.dot(C, tl.trans(entering.to(DOT)), input_precision=PRECISION,
-                                          out_dtype=ACC)  # y^ssm                            (Q, P)
-        x = x.to(ACC)
-        gy = dy
-        if HAS_Z:
-            z = _load_rows(z_ptr + head * s_z_h, rows, offs_p, s_z_l, s_z_p, qp_mask).to(ACC)
-            gate = sigmoid(z)
-            dz = dy * (y + D[None, :] * x) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z) = σ (1 + z (1 − σ))
-            tl.store(dz_ptr + head * s_o_h + rows[:, None] * s_o_l + offs_p[None, :] * s_o_p,
-                     dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
-            gy = dy * z * gate  # ∂loss/∂y before the gate                                    (Q, P)
-        dD += tl.sum(gy * x, axis=0)
-        gy_dot = gy.to(DOT)
-        pairs = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC) * mask  # L[t,s] gy_t·x_s
-        dC = tl.dot((pairs * dt[None, :]).to(DOT), B, input_precision=PRECISION, out_dtype=ACC)
-        dC += from_start[:, None] * tl.dot(gy_dot, entering.to(DOT), input_precision=PRECISION, out_dtype=ACC)
-        dB = tl.dot(tl.trans(pairs.to(DOT)), C, input_precision=PRECISION, out_dtype=ACC)
-        dB += to_end[:, None] * tl.dot(x.to(DOT), adjoint.to(DOT), input_precision=PRECISION, out_dtype=ACC)
-        dB *= dt[:, None]
-        gn_offs = group * n_state + rows[:, None] * (groups * n_state) + offs_n[None, :]
-        tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask)
-        tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask)
-        gB = tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
-        gB += to_end[:, None] * tl.dot(B, tl.trans(adjoint.to(DOT)), input_precision=PRECISION, out_dtype=ACC)
-        dx = dt[:, None] * gB + D[None, :] * gy  # g_s B_s Δ_s + D gy_s                        (Q, P)
-        tl.store(dx_ptr + head * s_o_h + rows[:, None] * s_o_l + offs_p[None, :] * s_o_p,
-                 dx.to(dx_ptr.dtype.element_ty), mask=qp_mask)
-        input_grad = tl.sum(x * gB, axis=1)  # x_s · g_s B_s                                  (Q,)
-        d_log = tl.sum(gy * y, axis=1) - dt * input_grad  # ∂loss/∂Λ_t                       (Q,)
-        total = tl.sum(d_log, axis=0)
-        d_step = later + total - tl.cumsum(d_log, axis=0) + d_log  # dℓ_s = Σ_{t ≥ s} ∂loss/∂Λ_t  (Q,)
-        later += total
-        dA += tl.sum(d_step * dt, axis=0)
-        ddt = input_grad + A * d_step
-        if SOFTPLUS:
-            ddt *= sigmoid(raw)
-        tl.store(ddt_ptr + (rows * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
-        adjoint = tl.exp(chunk_decay) * adjoint + tl.dot(tl.trans((gy * from_start[:, None]).to(DOT)), C,
-                                                         input_precision=PRECISION, out_dtype=ACC)
-    tl.store(dA_ptr + (seq * heads + head) * p_blocks + pblock, dA)
-    tl.store(dD_ptr + (seq * heads + head) * head_dim + offs_p, dD, mask=p_mask)
-    tl.store(dh0_ptr + seq_state, adjoint, mask=pn_mask)
+
+    dt, raw = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
+                          HAS_BIAS, SOFTPLUS)
+    log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                            (Q,)
+    chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
+    from_start = tl.exp(log_decay)  # exp(Λ_t)                                               (Q,)
+    to_end = tl.exp(chunk_decay - log_decay)  # exp(Λ_Q − Λ_s)                                (Q,)
+    x = tl.load(x_ptr + row * s_x_l + head * s_x_h + _tile(offs_q, offs_p, s_x_l, s_x_p), mask=qp_mask, other=0.0)
+    B = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask,
+                other=0.0).to(DOT)  # (Q, N)
+    C = tl.load(C_ptr + row * s_C_l + group * s_C_g + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask,
+                other=0.0).to(DOT)  # (Q, N)
+    dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + _tile(offs_q, offs_p, s_dy_l, s_dy_p), mask=qp_mask,
+                 other=0.0).to(ACC)  # (Q, P)
+    mask = _decay_mask(log_decay, offs_q)  # L                                                (Q, Q)
+    scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ     (Q, Q)
+    y = tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)
+    y += from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)  # y^ssm
+    x = x.to(ACC)
+    gy, z, gate = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, _tile(offs_q, offs_p, s_z_l, s_z_p), qp_mask,
+                                 ACC, HAS_Z)
+    o_offs = row * s_o_l + head * s_o_h + _tile(offs_q, offs_p, s_o_l, s_o_p)
+    if HAS_Z:
+        dz = dy * (y + D[None, :] * x) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z) = σ (1 + z (1 − σ))
+        tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
+    gy_dot = gy.to(DOT)
+    # Input side: g_s B_s = Σ_{t ≥ s} L[t, s] (C_t · B_s) gy_t + exp(Λ_Q − Λ_s) G B_s
+    gB = tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
+    gB += to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
+    tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
+    input_grad = tl.sum(x * gB, axis=1)  # x_s · g_s B_s                                      (Q,)
+    d_log = tl.sum(gy * y, axis=1) - dt * input_grad  # ∂loss/∂Λ_t                           (Q,)
+    total = tl.sum(d_log, axis=0)
+    d_step = total - tl.cumsum(d_log, axis=0) + d_log  # Σ_{t ≥ s in the chunk} ∂loss/∂Λ_t        (Q,)
+    ddt = input_grad + A * d_step
+    if SOFTPLUS:
+        ddt *= sigmoid(raw)
+    tl.store(ddt_ptr + ((row + offs_q) * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
+    partial = (chunk * heads + head) * p_blocks + pblock
+    tl.store(dA_ptr + partial, tl.sum(d_step * dt, axis=0))
+    tl.store(total_ptr + partial, total)
+    tl.store(dt_sum_ptr + chunk * heads + head, tl.sum(dt, axis=0), mask=pblock == 0)
+    tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, tl.sum(gy * x, axis=0), mask=p_mask)
+    # State side: dC_t = H_tᵀ gy_t, dB_s = Δ_s g_sᵀ x_s
+    pairs = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC) * mask  # L[t,s] gy_t·x_s
+    dC = tl.dot((pairs * dt[None, :]).to(DOT), B, input_precision=PRECISION, out_dtype=ACC)
+    dC += from_start[:, None] * tl.dot(gy_dot, entering, input_precision=PRECISION, out_dtype=ACC)
+    gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
+    tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask)
+    dB = tl.dot(tl.trans(pairs.to(DOT)), C, input_precision=PRECISION, out_dtype=ACC)
+    dB += to_end[:, None] * tl.dot(x.to(DOT), adjoint, input_precision=PRECISION, out_dtype=ACC)
+    tl.atomic_add(dB_ptr + gn_offs, dB * dt[:, None], mask=qn_mask)
 
 
 @triton.jit

@@ -5,8 +5,8 @@ inputs and the final state; the backward reruns the state recurrence to store th
 (float32, transient: (chunks, h, p, n)), then runs the fused backward kernel. Sums the kernels leave per
 channel block or per sequence (dΔ, dA, dD, dt_bias) are finished here with a few torch reductions.
 
-The kernel's chunk is the largest power of two ≤ chunk_size, clamped to [16, 64] (the (p, n) state and the
-(Q, Q) score tile must fit on chip); the result does not depend on it.
+The kernels' chunks are powers of two ≤ chunk_size, within [16, 32] (forward) and [16, 64] (backward), so
+that the (p, n) state and the (Q, Q) score tiles fit on chip (`SSDConfig`); the result does not depend on them.
 
 Runs on CUDA when compiled, on CPU in Triton's interpreter when TRITON_INTERPRET=1 (tests, tiny shapes).
 Float64 is computed in float64 (interpreter and GPU); 16-bit inputs use 16-bit matrix products with float32
@@ -15,15 +15,17 @@ accumulation and state; float32 inputs use exact ("ieee") float32 products.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
+import itertools
 import os
 import sys
 from dataclasses import dataclass
 
 import torch
 
-from mambalab.ops.backends import BackendUnavailable
+from mambalab.ops.backends import BackendUnavailable, records_grad
 
 _KERNELS = "mambalab.ops.ssd.triton_kernels"
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -76,13 +78,22 @@ def check_runnable(op: str, tensors: dict) -> None:
 
 @dataclass(frozen=True)
 class SSDConfig:
-    """Tile sizes of the kernels: chunk (positions), channel block of the forward and of the backward, warps."""
+    """Tile sizes of the kernels. The forward's output pass walks chunks of `chunk_forward` positions; the
+    backward (the state pass, the adjoint walk and the chunk-parallel gradients) chunks of `chunk_backward`.
+    Channel blocks (block_p_*) of head_dim per program; warps per program of each kernel.
 
-    chunk: int = 64
+    Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16): the forward at 32
+    positions × 64 channels × 4 warps and the gradient kernel at 64 × 32 × 8 warps build without spills;
+    64 × 64 forward tiles spill (150-270 B)."""
+
+    chunk_forward: int = 32
+    chunk_backward: int = 64
     block_p_forward: int = 64
     block_p_backward: int = 32
     warps_forward: int = 4
-    warps_backward: int = 4
+    warps_adjoint: int = 8
+    warps_backward: int = 8
+    stages: int = 2
 
 
 def _pow2_at_most(v: int) -> int:
@@ -90,7 +101,12 @@ def _pow2_at_most(v: int) -> int:
 
 
 def default_config(chunk_size: int) -> SSDConfig:
-    return SSDConfig(chunk=min(max(_pow2_at_most(chunk_size), 16), 64))
+    """Chunks of the largest power of two ≤ chunk_size, within [16, the default]: results do not depend on
+    the chunk; a small chunk_size asks for small tiles."""
+    chunk = max(_pow2_at_most(chunk_size), 16)
+    base = SSDConfig()
+    return dataclasses.replace(base, chunk_forward=min(chunk, base.chunk_forward),
+                               chunk_backward=min(chunk, base.chunk_backward))
 
 
 def _block(size: int, cap: int) -> int:
@@ -110,39 +126,76 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _acc_dtypes(x, B, C):
-    """(tl accumulator dtype, tl matrix-product operand dtype, input precision, torch accumulator dtype)."""
+    """(tl accumulator dtype, tl matrix-product operand dtype, input precision, torch accumulator dtype, torch
+    dtype of the stored chunk states = the operand dtype: they are only ever matrix-product operands)."""
     import triton.language as tl
 
     if torch.float64 in (x.dtype, B.dtype, C.dtype):
-        return tl.float64, tl.float64, "ieee", torch.float64
+        return tl.float64, tl.float64, "ieee", torch.float64, torch.float64
     if x.dtype == B.dtype == C.dtype == torch.float16:
-        return tl.float32, tl.float16, "tf32", torch.float32
+        return tl.float32, tl.float16, "tf32", torch.float32, torch.float16
     # Triton's interpreter multiplies bfloat16 tiles as their raw bits: interpreted, they are multiplied in float32.
     if x.dtype == B.dtype == C.dtype == torch.bfloat16 and not kernels().INTERPRETED:
-        return tl.float32, tl.bfloat16, "tf32", torch.float32
-    return tl.float32, tl.float32, "ieee", torch.float32
+        return tl.float32, tl.bfloat16, "tf32", torch.float32, torch.bfloat16
+    return tl.float32, tl.float32, "ieee", torch.float32, torch.float32
+
+
+@dataclass
+class _Sequences:
+    """What the forward's output pass needs: where each sequence starts along the flattened (b·l) rows."""
+
+    seq_starts: torch.Tensor  # (seqs + 1,) int64
+    seqs: int
+    first_chunks = None  # the output pass stores no chunk states
+
+    @classmethod
+    def of(cls, x, cu_seqlens):
+        if cu_seqlens is None:
+            return cls(torch.arange(x.shape[0] + 1, device=x.device, dtype=torch.int64) * x.shape[1], x.shape[0])
+        return cls(cu_seqlens.to(dtype=torch.int64), cu_seqlens.numel() - 1)
 
 
 @dataclass
 class _Layout:
-    """Where each sequence starts (rows of the flattened (b·l) axis) and its first chunk in the states buffer."""
+    """Sequences along the flattened (b·l) row axis and their chunks: sequence s is rows
+    seq_starts[s]:seq_starts[s+1] and chunks first_chunks[s]:first_chunks[s+1]; chunk j belongs to chunk_seq[j]."""
 
     seq_starts: torch.Tensor  # (seqs + 1,) int64
     first_chunks: torch.Tensor  # (seqs + 1,) int64
-    chunk_bound: int  # ≥ total chunks
+    chunk_seq: torch.Tensor  # (chunks,) int32
+    seqs: int
+    chunks: int
 
     @classmethod
     def of(cls, batch, length, cu_seqlens, chunk, device):
         if cu_seqlens is None:
+            per_seq = -(-length // chunk)
             starts = torch.arange(batch + 1, device=device, dtype=torch.int64) * length
-            seqs, bound = batch, batch * -(-length // chunk)
-        else:
-            starts = cu_seqlens.to(device=device, dtype=torch.int64)
-            seqs = starts.numel() - 1
-            bound = -(-length // chunk) + seqs
-        counts = torch.div(starts.diff() + chunk - 1, chunk, rounding_mode="floor")
-        first = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        return cls(starts, first, bound), seqs
+            first = torch.arange(batch + 1, device=device, dtype=torch.int64) * per_seq
+            chunk_seq = torch.arange(batch, device=device, dtype=torch.int32).repeat_interleave(per_seq)
+            return cls(starts, first, chunk_seq, batch, batch * per_seq)
+        offsets = cu_seqlens.tolist()  # validated already (a host copy there too)
+        counts = [-(-(b - a) // chunk) for a, b in itertools.pairwise(offsets)]
+        first = [0, *itertools.accumulate(counts)]
+        seqs = len(counts)
+        chunk_seq = torch.repeat_interleave(torch.arange(seqs, dtype=torch.int32), torch.tensor(counts, dtype=torch.int64))
+        return cls(cu_seqlens.to(device=device, dtype=torch.int64), torch.tensor(first, device=device),
+                   chunk_seq.to(device), seqs, first[-1])
+
+    def row_chunks(self, batch, length, chunk):
+        """The chunk of every row (b·l,)."""
+        rows = torch.arange(batch * length, device=self.seq_starts.device)
+        seq = torch.searchsorted(self.seq_starts[1:], rows, right=True)
+        return self.first_chunks[seq] + torch.div(rows - self.seq_starts[seq], chunk, rounding_mode="floor")
+
+    def later_sums(self, totals, at_end):
+        """Σ over the later chunks of the same sequence of totals (chunks, h), plus at_end (seqs, h) of the
+        sequence; in float64."""
+        totals = totals.double()
+        suffix = torch.cat([totals.flip(0).cumsum(0).flip(0), totals.new_zeros(1, totals.shape[1])])  # (chunks + 1, h)
+        seq = self.chunk_seq.long()
+        end = self.first_chunks[seq + 1]
+        return suffix[:-1] - totals - suffix[end] + at_end.double()[seq]
 
 
 def _empty(*shape, device, dtype):
@@ -151,33 +204,38 @@ def _empty(*shape, device, dtype):
     return common.empty(*shape, device=device, dtype=dtype)
 
 
-def _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, seqs, softplus, cfg, store_y, store_states):
-    """y (b, l, h, p) or None, final state (seqs, h, p, n), states entering each chunk or None."""
-    k = kernels()
+def _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, store_y, store_states):
+    """y (b, l, h, p) or None, and the final state (seqs, h, p, n) (store_y), or the state entering each chunk
+    (chunks, h, p, n) in the matrix-product dtype (store_states)."""
     batch, length, heads, head_dim = x.shape
-    groups, n = B.shape[2], B.shape[3]
-    acc, dot, precision, acc_torch = _acc_dtypes(x, B, C)
+    n = B.shape[3]
+    acc, dot, precision, acc_torch, state_torch = _acc_dtypes(x, B, C)
     dev = x.device
     y = _empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype) if store_y else None
-    final = _empty(seqs, heads, head_dim, n, device=dev, dtype=acc_torch)
-    states = _empty(layout.chunk_bound, heads, head_dim, n, device=dev, dtype=acc_torch) if store_states else None
-    Dm = D if D is None or D.dim() == 2 else D[:, None].expand(heads, head_dim)
+    final = _empty(layout.seqs, heads, head_dim, n, device=dev, dtype=acc_torch) if store_y else None
+    states = _empty(layout.chunks, heads, head_dim, n, device=dev, dtype=state_torch) if store_states else None
+    Dm = _d_matrix(D, heads, head_dim)
     h0 = initial_state.contiguous() if initial_state is not None else None
     block_p = _block(head_dim, cfg.block_p_forward)
-    grid = (seqs, heads, -(-head_dim // block_p))
     out = y if y is not None else x
-    k.ssd_forward_kernel[grid](
-        x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), _or(h0, final), layout.seq_starts,
-        layout.first_chunks, out, _or(states, final), final,
-        x.stride(1), x.stride(2), x.stride(3), dt.stride(1), dt.stride(2), B.stride(1), B.stride(2), B.stride(3),
-        C.stride(1), C.stride(2), C.stride(3), *_strides2(Dm), *_strides_lhp(z), *_strides_lhp(out),
-        heads, heads // groups, head_dim, n,
-        BLOCK_Q=cfg.chunk, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30), ACC=acc, DOT=dot, PRECISION=precision,
+    kernels().ssd_forward_kernel[(layout.seqs, heads, -(-head_dim // block_p))](
+        x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), _or(h0, x), layout.seq_starts,
+        _or(layout.first_chunks, layout.seq_starts), out, _or(states, x), _or(final, x),
+        *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
+        *out.stride()[1:],
+        heads, heads // B.shape[2], head_dim, n,
+        BLOCK_Q=cfg.chunk_forward if store_y else cfg.chunk_backward, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30),
+        ACC=acc, DOT=dot, PRECISION=precision,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-        HAS_INIT=initial_state is not None, STORE_Y=store_y, STORE_STATES=store_states, STORE_FINAL=True,
-        num_warps=cfg.warps_forward,
+        HAS_INIT=initial_state is not None, STORE_Y=store_y, STORE_STATES=store_states, STORE_FINAL=store_y,
+        num_warps=cfg.warps_forward, num_stages=cfg.stages,
     )
-    return y, final, states
+    return (y, final) if store_y else states
+
+
+def _d_matrix(D, heads, head_dim):
+    """D as (h, p) (a (h,) D broadcast with stride 0), or None."""
+    return D if D is None or D.dim() == 2 else D[:, None].expand(heads, head_dim)
 
 
 def _or(t, fallback):
@@ -192,42 +250,64 @@ def _strides_lhp(t):
     return (t.stride(1), t.stride(2), t.stride(3)) if t is not None else (0, 0, 0)
 
 
-def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, layout, seqs, softplus, cfg):
+def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, layout, softplus, cfg):
+    """Every input's gradient: the states entering each chunk (forward kernel), the adjoints leaving each chunk
+    (backward walk), then all chunks at once; the carry of ∂loss/∂Λ across chunks is added here."""
     k = kernels()
     batch, length, heads, head_dim = x.shape
     groups, n = B.shape[2], B.shape[3]
-    acc, dot, precision, acc_torch = _acc_dtypes(x, B, C)
+    acc, dot, precision, acc_torch, state_torch = _acc_dtypes(x, B, C)
     dev = x.device
-    _, _, states = _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, seqs, softplus, cfg,
-                            store_y=False, store_states=True)
+    flags = {"BLOCK_Q": cfg.chunk_backward, "BLOCK_N": _block(n, 1 << 30), "ACC": acc, "DOT": dot, "PRECISION": precision,
+             "HAS_Z": z is not None, "HAS_BIAS": dt_bias is not None, "SOFTPLUS": softplus}
+    states = _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, False, True)
+
+    adjoints = _empty(layout.chunks, heads, head_dim, n, device=dev, dtype=state_torch)
+    dh0 = _empty(layout.seqs, heads, head_dim, n, device=dev, dtype=acc_torch)
+    block_p = _block(head_dim, cfg.block_p_forward)
+    dfinal = dfinal.contiguous() if dfinal is not None else None
+    k.ssd_adjoint_kernel[(layout.seqs, heads, -(-head_dim // block_p))](
+        dt, A, C, _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks, _or(dfinal, x), adjoints,
+        dh0, *dt.stride()[1:], *C.stride()[1:], *_strides_lhp(z), *dy.stride()[1:],
+        heads, heads // groups, head_dim, n, BLOCK_P=block_p, HAS_DFINAL=dfinal is not None, **flags,
+        num_warps=cfg.warps_adjoint, num_stages=cfg.stages,
+    )
+
     block_p = _block(head_dim, cfg.block_p_backward)
     p_blocks = -(-head_dim // block_p)
-    rows = batch * length
+    rows, chunks = batch * length, layout.chunks
     dx = _empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype)
     dz = _empty(batch, length, heads, head_dim, device=dev, dtype=z.dtype) if z is not None else None
     ddt = _empty(rows, heads, p_blocks, device=dev, dtype=acc_torch)
     dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
     dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
-    dA = _empty(seqs, heads, p_blocks, device=dev, dtype=acc_torch)
-    dD = _empty(seqs, heads, head_dim, device=dev, dtype=acc_torch)
-    dh0 = _empty(seqs, heads, head_dim, n, device=dev, dtype=acc_torch)
-    Dm = D if D is None or D.dim() == 2 else D[:, None].expand(heads, head_dim)
-    dfinal = dfinal.contiguous() if dfinal is not None else None
-    k.ssd_backward_kernel[(seqs, heads, p_blocks)](
-        x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
-        states, final, _or(dfinal, final),
-        dx, _or(dz, dx), ddt, dB, dC, dA, dD, dh0,
-        x.stride(1), x.stride(2), x.stride(3), dt.stride(1), dt.stride(2), B.stride(1), B.stride(2), B.stride(3),
-        C.stride(1), C.stride(2), C.stride(3), *_strides2(Dm), *_strides_lhp(z), *_strides_lhp(dy),
-        *_strides_lhp(dx),
-        heads, groups, heads // groups, head_dim, n, p_blocks,
-        BLOCK_Q=cfg.chunk, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30), ACC=acc, DOT=dot, PRECISION=precision,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-        HAS_DFINAL=dfinal is not None, num_warps=cfg.warps_backward,
-    )
-    ddt = ddt.sum(-1)  # (b·l, h): ∂loss/∂(dt + dt_bias) after the softplus
+    dA = _empty(chunks, heads, p_blocks, device=dev, dtype=acc_torch)
+    totals = _empty(chunks, heads, p_blocks, device=dev, dtype=acc_torch)
+    dD = _empty(chunks, heads, head_dim, device=dev, dtype=acc_torch)
+    dt_sum = _empty(chunks, heads, device=dev, dtype=acc_torch)
+    Dm = _d_matrix(D, heads, head_dim)
+    if chunks:
+        k.ssd_chunk_backward_kernel[(chunks, heads, p_blocks)](
+            x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
+            layout.chunk_seq, states, adjoints, dx, _or(dz, dx), ddt, dB, dC, dA, dD, totals, dt_sum,
+            *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
+            *dy.stride()[1:], *dx.stride()[1:],
+            heads, groups, heads // groups, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None, **flags,
+            num_warps=cfg.warps_backward, num_stages=cfg.stages,
+        )
+
+    # ∂loss/∂Λ of the later chunks (and ⟨∂loss/∂H_final, H_final⟩) reaches every step of earlier chunks
+    at_end = (dfinal.double() * final.double()).sum((2, 3)) if dfinal is not None else final.new_zeros(
+        layout.seqs, heads, dtype=torch.float64)
+    later = layout.later_sums(totals.sum(-1), at_end).to(acc_torch)  # (chunks, h)
+    carry = A.to(acc_torch) * later[layout.row_chunks(batch, length, cfg.chunk_backward)]  # (b·l, h)
+    if softplus:
+        raw = dt.reshape(rows, heads).to(acc_torch)
+        carry = carry * torch.sigmoid(raw + dt_bias.to(acc_torch) if dt_bias is not None else raw)
+    ddt = ddt.sum(-1) + carry  # (b·l, h): ∂loss/∂(dt + dt_bias)
     grads = {
-        "x": dx, "dt": ddt.view(batch, length, heads).to(dt.dtype), "A": dA.sum((0, 2)).to(A.dtype),
+        "x": dx, "dt": ddt.view(batch, length, heads).to(dt.dtype),
+        "A": (dA.sum((0, 2)) + (later * dt_sum).sum(0)).to(A.dtype),
         "B": dB.view(batch, length, groups, n).to(B.dtype), "C": dC.view(batch, length, groups, n).to(C.dtype),
         "D": None, "z": dz, "dt_bias": ddt.sum(0).to(dt_bias.dtype) if dt_bias is not None else None,
         "initial_state": dh0.to(initial_state.dtype) if initial_state is not None else None,
@@ -238,6 +318,12 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, l
     return grads
 
 
+def _output_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softplus, cfg):
+    """(y, final state): one launch of the fused forward (inputs with mergeable batch and length axes)."""
+    return _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, _Sequences.of(x, cu_seqlens), softplus, cfg,
+                    True, False)
+
+
 class _SSDFunction(torch.autograd.Function):
     """(y, final_state) with a backward through the fused kernels; cu_seqlens, softplus and cfg are constants."""
 
@@ -245,11 +331,9 @@ class _SSDFunction(torch.autograd.Function):
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softplus, cfg):
         x, dt, B, C = _rows(x), _rows(dt), _rows(B), _rows(C)
         z = _rows(z) if z is not None else None
-        layout, seqs = _Layout.of(x.shape[0], x.shape[1], cu_seqlens, cfg.chunk, x.device)
-        y, final, _ = _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, seqs, softplus, cfg,
-                               store_y=True, store_states=False)
+        y, final = _output_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softplus, cfg)
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, final)
-        ctx.layout, ctx.seqs, ctx.softplus, ctx.cfg = layout, seqs, softplus, cfg
+        ctx.cu_seqlens, ctx.softplus, ctx.cfg = cu_seqlens, softplus, cfg
         return y, final
 
     @staticmethod
@@ -257,8 +341,9 @@ class _SSDFunction(torch.autograd.Function):
         x, dt, A, B, C, D, z, dt_bias, initial_state, final = ctx.saved_tensors
         if dy is None:
             dy = torch.zeros_like(x)
-        grads = _backward(_rows(dy), dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, ctx.layout,
-                          ctx.seqs, ctx.softplus, ctx.cfg)
+        layout = _Layout.of(x.shape[0], x.shape[1], ctx.cu_seqlens, ctx.cfg.chunk_backward, x.device)
+        grads = _backward(_rows(dy), dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, layout,
+                          ctx.softplus, ctx.cfg)
         names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
         return (*(grads[k] for k in names), None, None, None)
 
@@ -270,5 +355,10 @@ def ssd_triton(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, 
     check_runnable("ssd_scan", {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z, "dt_bias": dt_bias,
                                 "initial_state": initial_state})
     cfg = config or default_config(chunk_size)
-    y, final = _SSDFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, bool(dt_softplus), cfg)
+    if records_grad(x, dt, A, B, C, D, z, dt_bias, initial_state):
+        y, final = _SSDFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, bool(dt_softplus),
+                                      cfg)
+    else:
+        y, final = _output_pass(_rows(x), _rows(dt), A, _rows(B), _rows(C), D, None if z is None else _rows(z),
+                                dt_bias, initial_state, cu_seqlens, bool(dt_softplus), cfg)
     return (y, final) if return_final_state else y
