@@ -83,6 +83,8 @@ class Mamba2(nn.Module):
         self.D = nn.Parameter(torch.empty(d if cfg.D_has_hdim else h))
         self.norm = GatedRMSNorm(d, d // g, cfg.rmsnorm_eps)
         self.out_proj = nn.Linear(d, d_model, bias=cfg.bias)
+        for p in self._fp32_params():  # SSM parameters: float32 whatever the model's dtype, no weight decay
+            p._no_weight_decay = True
         self.reset_ssm_parameters()
 
     @classmethod
@@ -101,8 +103,6 @@ class Mamba2(nn.Module):
         self.dt_bias.copy_(inverse_softplus(log_dt.exp().clamp(min=cfg.dt_init_floor)))
         self.A_log.copy_(torch.empty(h).uniform_(*cfg.A_init_range).log())
         self.D.fill_(1.0)
-        for p in self._fp32_params():
-            p._no_weight_decay = True
 
     def _apply(self, fn, recurse=True):
         """Casting the model (e.g. .to(bfloat16)) keeps A_log, D and dt_bias in float32."""

@@ -9,9 +9,9 @@ import torch
 from mambalab import AttentionConfig, InferenceState, LanguageModel, ModelConfig, MoEConfig
 from mambalab.config import Mamba2Config
 from mambalab.inference.generate import generate
-from mambalab.inference.prefix_cache import PrefixCache
 from mambalab.inference.state import StateMismatchError
 from tests.conftest import rel_error
+from tests.inference import test_prefix_cache
 from tests.inference.conftest import VOCAB, random_prompts
 
 PATTERNS = {
@@ -101,14 +101,9 @@ def test_state_save_load_and_fingerprint(tmp_path):
         InferenceState.load(path, mamba2_model("mamba2"))
 
 
-def test_prefix_cache_resumes_with_the_same_tokens():
-    model = mamba2_model("hybrid")
-    cache = PrefixCache(model)
-    system, user = random_prompts([10, 3])
-    cache.prefill(system)
-    n, state = cache.lookup(system + user)
-    assert n == len(system)
-    assert generate(model, [user], 5, state=state).sequences == generate(model, [system + user], 5).sequences
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+def test_prefix_cache_resumes_with_the_same_tokens(pattern):
+    test_prefix_cache.test_resuming_from_the_cache_gives_the_same_tokens(mamba2_model(pattern))  # on Mamba-2
 
 
 def test_state_batch_operations_keep_rows():
