@@ -15,6 +15,7 @@ from mambalab.config import ModelConfig
 from mambalab.inference.state import InferenceState
 from mambalab.layers.block import Block
 from mambalab.layers.norm import RMSNorm
+from mambalab.ops.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
 
 class Backbone(nn.Module):
@@ -75,9 +76,14 @@ class LanguageModel(nn.Module):
         return self.lm_head(hidden)[..., : self.config.vocab_size]
 
     # Parallel mode ----------------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, return_aux_loss: bool = False, state: InferenceState | None = None):
+    def forward(self, input_ids: torch.Tensor, return_aux_loss: bool = False, state: InferenceState | None = None,
+                labels: torch.Tensor | None = None):
         """input_ids (b, l) -> logits (b, l, vocab_size) [, aux_loss]. With `state`, continue from it and
-        advance it in place (that is prefill)."""
+        advance it in place (that is prefill).
+
+        With `labels` (b, l) (token ids, or -100 where not scored), the logits are replaced by the pair (sum of
+        the next-token cross-entropy over the labelled positions in float32, their count), computed by the
+        chunked fused head (`ops/linear_cross_entropy.py`): the (b, l, vocab) logits are never stored."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         self._check_ids(input_ids, "input_ids")
@@ -90,8 +96,20 @@ class LanguageModel(nn.Module):
                 aux_total = aux_total + aux
         if state is not None:
             state.seqlen += input_ids.shape[1]
-        logits = self._logits(x)  # (b, l, vocab_size)
-        return (logits, aux_total) if return_aux_loss else logits
+        if labels is not None:
+            out = self._loss(x, labels)  # ((), ())
+        else:
+            out = self._logits(x)  # (b, l, vocab_size)
+        return (out, aux_total) if return_aux_loss else out
+
+    def _loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if labels.shape != hidden.shape[:2]:
+            raise ValueError(f"labels must be (batch, length) = {tuple(hidden.shape[:2])}, got {tuple(labels.shape)}")
+        scored = labels[labels != IGNORE_INDEX]
+        self._check_ids(scored, "labels (other than -100)")
+        hidden = self.backbone.norm_f(hidden).to(self.lm_head.weight.dtype)  # (b, l, d_model)
+        return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, labels.reshape(-1),
+                                    self.config.vocab_size, IGNORE_INDEX)
 
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> InferenceState:
         device = device or self.device

@@ -1,8 +1,9 @@
 """The training loop: `TrainConfig` and `Trainer(model, config, train_batches, eval_batches, out_dir).fit()`.
 
 Contract (used by the compare runner too): batches are dicts `{"input_ids": (b, l) long, "labels": (b, l)
-long}` with -100 = ignored; logits at position t are scored against labels[:, t] (callers shift), and the
-model's MoE aux loss (`model(ids, return_aux_loss=True)`, already weighted by the model) is added.
+long}` with -100 = ignored; position t is scored against labels[:, t] (callers shift) by the model itself
+(`model(ids, labels=labels, return_aux_loss=True)` -> ((loss sum, count), aux): the fused chunked head, no
+stored logits), and the model's MoE aux loss (already weighted by the model) is added.
 `fit()` returns the metric records, one per logged step (train keys, plus val_* keys on evaluation steps).
 
 One optimizer step = `grad_accum` micro-batches per rank; the loss of each micro-batch is the mean over its
@@ -37,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mambalab.train import distributed as dist_utils
@@ -47,7 +47,6 @@ from mambalab.train.optim import build_optimizer, lr_at, no_weight_decay_names
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -175,15 +174,6 @@ def tied_aliases(model: nn.Module) -> dict[str, str]:
     return aliases
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of the cross-entropy over non-ignored tokens in fp32, their count); logits (b, l, v), labels (b, l)."""
-    flat_labels = labels.reshape(-1)  # (b·l,)
-    total = F.cross_entropy(
-        logits.float().reshape(flat_labels.numel(), -1), flat_labels, ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    return total, (flat_labels != IGNORE_INDEX).sum()
-
-
 @torch.no_grad()
 def evaluate_loss(forward, batches: Iterable[dict], device: torch.device, autocast_dtype: torch.dtype | None = None,
                   max_batches: int | None = None, bytes_per_token: float | None = None) -> dict:
@@ -194,8 +184,7 @@ def evaluate_loss(forward, batches: Iterable[dict], device: torch.device, autoca
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     for batch in itertools.islice(batches, max_batches):
         with autocast:
-            logits = forward(batch["input_ids"].to(device))  # (b, l, v)
-            batch_total, batch_count = token_loss_sum(logits, batch["labels"].to(device))
+            batch_total, batch_count = forward(batch["input_ids"].to(device), labels=batch["labels"].to(device))
         total += batch_total.double()
         count += batch_count
     total, count = dist_utils.all_reduce(total, "sum"), dist_utils.all_reduce(count, "sum")
@@ -293,8 +282,7 @@ class Trainer:
             tokens += ids.numel()
             with self._grad_sync(micro == cfg.grad_accum - 1):
                 with self._autocast():
-                    logits, aux = self.forward_model(ids, return_aux_loss=True)  # (b, l, v), ()
-                    total, count = token_loss_sum(logits, labels)
+                    (total, count), aux = self.forward_model(ids, labels=labels, return_aux_loss=True)  # (), (), ()
                     loss = total / count.clamp(min=1)
                 ((loss + aux.float()) / cfg.grad_accum).backward()
             loss_sum += loss.detach()
