@@ -114,7 +114,7 @@ def train_steps(model, loss_fn, ids, labels, warmup: int, steps: int, cuda: bool
             elapsed = 1000 * (time.perf_counter() - start)
         if step >= warmup:
             times.append(elapsed)
-    return {"step_ms": times, "loss": float(loss)}
+    return {"step_ms": times, "loss": loss.item()}
 
 
 def profile_step(model, loss_fn, ids, labels, top: int = 25) -> list[dict]:
