@@ -2,7 +2,7 @@
 for Nsight Compute:
 
     PYTHONPATH=. ncu --clock-control none -k regex:_conv_ -s 3 -c 3 --section SpeedOfLight \\
-        --section MemoryWorkloadAnalysis python3 benchmarks/conv_ncu.py
+        --section MemoryWorkloadAnalysis python3 benchmarks/investigations/conv_ncu.py
 
 (`-s 3` skips the first forward and backward, which compile the kernels.)
 """
