@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def command_line() -> str:
     """The command that produced this result, as it would be typed from the repository root."""
     script = Path(sys.argv[0]).resolve()
     shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
-    return " ".join(["python3", str(shown), *sys.argv[1:]])
+    return shlex.join(["python3", str(shown), *sys.argv[1:]])
 
 
 def default_out() -> Path:
