@@ -9,12 +9,15 @@ for Nsight Compute:
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from mambalab.ops.conv1d import causal_conv1d_fused
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()  # no options: --help only
     x = torch.randn(8, 2048, 4096, device="cuda", dtype=torch.bfloat16).transpose(1, 2)[:, :2048].requires_grad_(True)
     w = torch.randn(2048, 4, device="cuda", requires_grad=True)
     b = torch.randn(2048, device="cuda", requires_grad=True)
