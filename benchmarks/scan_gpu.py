@@ -44,9 +44,9 @@ TARGETS = {"fwd": {2048: 0.30, 8192: 1.3}, "fwdbwd": {2048: 1.9, 8192: 8.0}}
 # Tile configs swept at L=2048 (ScanConfig fields; the rest are the defaults). Forward: channels per program,
 # steps per iteration. Backward: channels per program and per thread (bwd_sub), dB/dC as per-block partial sums
 # or float32 atomics. The first backward config is the v6/v7 default (every other config's gradients are
-# compared with its). Earlier sweeps are in results/scan_h200_v5.json, v6 (caps with spills, the adjoint
-# variants), v7 (forward tiles, 4-channel blocks, caps, 16-step halves) and v8 (atomics into 4-64 slots);
-# notes/scan.md says what each measured.
+# compared with its). Earlier sweeps are in the v5, v6 (caps with spills, the adjoint variants), v7 (forward
+# tiles, 4-channel blocks, caps, 16-step halves) and v8 (atomics into 4-64 slots) results, in git
+# (notes/results_history.md); notes/scan.md says what each measured.
 V6 = {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8}
 FWD_SWEEP = [
     {"block_d": 16, "fwd_chunk": 8},
