@@ -5,8 +5,8 @@ was dirty), so every committed number says what produced it. By default it goes 
 folder) when set, else to benchmarks/results/, where one current file per benchmark is kept; the history of
 earlier results lives in git and is indexed in benchmarks/notes/results_history.md.
 
-Scripts are run as `PYTHONPATH=. python3 benchmarks/<script>.py`; this folder is then on sys.path, so
-`from common import ...` works from the benchmarks/ folder and `benchmarks/investigations/`.
+Scripts run from the repository root as `PYTHONPATH=. python3 benchmarks/<script>.py` (also those in
+investigations/ and sweeps/) and import this module as `benchmarks.common`.
 """
 
 from __future__ import annotations

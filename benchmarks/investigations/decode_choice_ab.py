@@ -19,7 +19,7 @@ from benchmarks.decode import FULL, build, timed
 generate_module = importlib.import_module("mambalab.inference.generate")  # the module (its graph_choice is swapped)
 
 
-def tokens_per_s(model, batch: int, in_graph: bool, repeats: int = 5) -> float:
+def tokens_per_s(model, batch: int, in_graph: bool, repeats: int) -> float:
     original = generate_module.graph_choice
     generate_module._GRAPH_CHOOSERS.clear()  # each variant captures (or not) its own choice
     if not in_graph:
@@ -33,7 +33,7 @@ def tokens_per_s(model, batch: int, in_graph: bool, repeats: int = 5) -> float:
 
 
 def main() -> None:
-    parser = base_parser(__doc__.split("\n")[0])
+    parser = base_parser(__doc__.split("\n")[0], repeats=5)
     opts = parser.parse_args()
     model = build(FULL["mamba"], FULL)  # decode.py's model: mamba-130m shape, bf16, on the GPU
     rows = []
@@ -41,7 +41,7 @@ def main() -> None:
         for rnd in range(2):
             for in_graph in (True, False):
                 rows.append({"batch": batch, "round": rnd, "choice_in_graph": in_graph,
-                             "tokens_per_s": tokens_per_s(model, batch, in_graph)})
+                             "tokens_per_s": tokens_per_s(model, batch, in_graph, opts.repeats)})
                 print(rows[-1], flush=True)
     print(f"wrote {write_result('decode_choice_ab', {'rows': rows}, opts.out)}")
 

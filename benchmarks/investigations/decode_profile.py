@@ -49,13 +49,13 @@ def profile_step(model, batch: int, compile_step: bool, steps: int = 20) -> dict
 
 
 def main() -> None:
-    parser = base_parser(__doc__.split("\n")[0])
+    parser = base_parser(__doc__.split("\n")[0], dtype="bfloat16")
     parser.add_argument("--preset", default="mamba-130m")
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--no-compile", action="store_true")
     opts = parser.parse_args()
     torch.manual_seed(0)
-    model = LanguageModel(get_preset(opts.preset)).to(device="cuda", dtype=torch.bfloat16).eval()
+    model = LanguageModel(get_preset(opts.preset)).to(device="cuda", dtype=getattr(torch, opts.dtype)).eval()
     rows = []
     with torch.no_grad():
         for compiled in (False,) if opts.no_compile else (False, True):
@@ -66,7 +66,7 @@ def main() -> None:
                                 for k, v in list(r["kernels"].items())[:8])
                 print(f"batch {batch} compiled={compiled}: {r['wall_us_per_step']:.0f} us/step wall, "
                       f"{r['kernel_us_per_step']:.0f} us in {r['kernels_per_step']:.0f} kernels; {top}", flush=True)
-    print(f"wrote {write_result('decode_profile', {'preset': opts.preset, 'rows': rows}, opts.out)}")
+    print(f"wrote {write_result('decode_profile', {'preset': opts.preset, 'dtype': opts.dtype, 'rows': rows}, opts.out)}")
 
 
 if __name__ == "__main__":

@@ -21,13 +21,13 @@ from mambalab.inference.cuda_graph import decode_step
 generate_module = importlib.import_module("mambalab.inference.generate")  # the module, not the function
 
 
-def ms(fn) -> float:
-    return timed(fn, "cuda", 10) * 1e3
+def ms(fn, repeats: int) -> float:
+    return timed(fn, "cuda", repeats) * 1e3
 
 
 @torch.no_grad()
 def main() -> None:
-    parser = base_parser(__doc__.split("\n")[0])
+    parser = base_parser(__doc__.split("\n")[0], repeats=10)
     opts = parser.parse_args()
     model = build(FULL["mamba"], FULL)  # decode.py's model: mamba-130m shape, bf16, on the GPU
     prompt = torch.randint(0, model.config.vocab_size, (1, 16), device="cuda")
@@ -35,11 +35,11 @@ def main() -> None:
     _, state = generate_module.prefill(model, rows)
     step = decode_step(model, state)
     parts = {
-        "generate_128_ms": ms(lambda: generate_module.generate(model, prompt, 128)),
-        "generate_2_ms": ms(lambda: generate_module.generate(model, prompt, 2)),
-        "prefill_ms": ms(lambda: generate_module.prefill(model, rows)),
-        "decode_step_lookup_and_load_ms": ms(lambda: decode_step(model, state)),
-        "replays_128_ms": ms(lambda: [step.graph.replay() for _ in range(128)]),
+        "generate_128_ms": ms(lambda: generate_module.generate(model, prompt, 128), opts.repeats),
+        "generate_2_ms": ms(lambda: generate_module.generate(model, prompt, 2), opts.repeats),
+        "prefill_ms": ms(lambda: generate_module.prefill(model, rows), opts.repeats),
+        "decode_step_lookup_and_load_ms": ms(lambda: decode_step(model, state), opts.repeats),
+        "replays_128_ms": ms(lambda: [step.graph.replay() for _ in range(128)], opts.repeats),
     }
     parts["rest_of_generate_128_ms"] = (parts["generate_128_ms"] - parts["prefill_ms"]
                                         - parts["decode_step_lookup_and_load_ms"] - parts["replays_128_ms"])
