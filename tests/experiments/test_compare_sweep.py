@@ -1,4 +1,4 @@
-"""benchmarks/compare_sweep.py's grid parser: plan fields, task options, model sizes, seeds, and its errors."""
+"""benchmarks/sweeps/compare_sweep.py's grid parser: plan fields, task options, model sizes, seeds, and its errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from mambalab.experiments.presets import get_preset
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_sweep.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "sweeps" / "compare_sweep.py"
 
 
 def _load_script():

@@ -1,6 +1,6 @@
 """Decode-sized projections: cuBLAS (F.linear) vs the few-row Triton kernel (mambalab/ops/triton/linear.py).
 
-    PYTHONPATH=. python3 benchmarks/skinny_linear.py --out $OUT/skinny_linear.json    # needs a GPU
+    PYTHONPATH=. python3 benchmarks/investigations/skinny_linear.py --out $OUT    # needs a GPU
 
 For mamba-130m's in_proj (768 -> 3072) and out_proj (1536 -> 768) in bf16 at 1, 2 and 4 rows, every block
 shape of the sweep is checked against a float32 matmul and timed inside a CUDA graph
@@ -11,15 +11,13 @@ Floor: the weight read once at 4.25 TB/s (ANCHORS.md): 1.11 µs for in_proj, 0.5
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-import os
 
 import torch
 import torch.nn.functional as F
 from triton.testing import do_bench_cudagraph
 
+from benchmarks.common import base_parser, write_result
 from mambalab.ops.triton.linear import skinny_linear
 
 SHAPES = {"in_proj": (768, 3072), "out_proj": (1536, 768)}
@@ -33,9 +31,8 @@ def us(fn, *args) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = base_parser(__doc__.split("\n")[0])
     parser.add_argument("--rows", default="1,2,4")
-    parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "skinny_linear.json"))
     opts = parser.parse_args()
     torch.manual_seed(0)
     results = []
@@ -60,9 +57,7 @@ def main() -> None:
         print(f"{name} rows={rows}: cuBLAS {row['cublas_us']:.2f} us, best Triton {best['us']:.2f} us "
               f"(block_n={best['block_n']} block_k={best['block_k']} warps={best['num_warps']}, "
               f"err {best['rel_err']:.1e}); floor {row['floor_us']:.2f} us", flush=True)
-        with open(opts.out, "w") as f:  # after every shape
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                       "command": "PYTHONPATH=. python3 benchmarks/skinny_linear.py", "rows": results}, f, indent=1)
+        write_result("skinny_linear", {"rows": results}, opts.out)  # after every shape
 
 
 if __name__ == "__main__":

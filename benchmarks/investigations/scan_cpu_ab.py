@@ -1,6 +1,6 @@
 """A/B versions of the cpu scan kernels (mambalab/ops/selective_scan/cpu_scan.c) in one process.
 
-    python3 benchmarks/scan_cpu_ab.py old.c new.c [--threads 1] [--rounds 10]
+    PYTHONPATH=. python3 benchmarks/investigations/scan_cpu_ab.py old.c new.c [--threads 1] [--rounds 10]
 
 Each source is compiled with the backend's flags; rounds alternate the builds (so that load and frequency
 drift hit every version alike) and time the forward kernel, the backward kernel, and the whole op
@@ -11,7 +11,6 @@ delta_bias and softplus. Prints min and median per version (milliseconds).
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import Timing
 from mambalab.ops.selective_scan import cpu_scan, selective_scan
 
 
@@ -56,8 +56,9 @@ def main() -> None:
             times[name]["fwd"].append(mid - start)
             times[name]["bwd"].append(end - mid)
     for name, parts in times.items():
-        print(f"{name:40s} " + "  ".join(f"{k} min {min(v) * 1e3:6.1f} med {statistics.median(v) * 1e3:6.1f}"
-                                        for k, v in parts.items()))
+        stats = {k: Timing.of(v) for k, v in parts.items()}
+        print(f"{name:40s} " + "  ".join(f"{k} min {t.min_s * 1e3:6.1f} med {t.median_s * 1e3:6.1f}"
+                                        for k, t in stats.items()))
 
 
 if __name__ == "__main__":

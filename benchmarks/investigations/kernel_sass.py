@@ -5,9 +5,9 @@ launch at the ANCHORS.md shape would be (pointers 16-byte aligned, integer argum
 constants, multiples of 16 marked divisible), and prints registers, spills and the SASS instruction mix of the
 main loop (the largest backward branch), per (b, d, l, n) element:
 
-    python3 benchmarks/kernel_sass.py fwd                       # the default ScanConfig
-    python3 benchmarks/kernel_sass.py fwd --set block_d=32 --define FAST_MATH=1
-    python3 benchmarks/kernel_sass.py bwd --dump /tmp/bwd.sass  # also write the whole SASS
+    PYTHONPATH=. python3 benchmarks/investigations/kernel_sass.py fwd                       # the default ScanConfig
+    PYTHONPATH=. python3 benchmarks/investigations/kernel_sass.py fwd --set block_d=32 --define FAST_MATH=1
+    PYTHONPATH=. python3 benchmarks/investigations/kernel_sass.py bwd --dump /tmp/bwd.sass  # also write the whole SASS
 
 Numbers from this script are predictions' raw material (benchmarks/notes/scan.md), not timings.
 """

@@ -5,7 +5,7 @@ run (same model sizes, task generators, seeds and evaluation as the preset), so 
 is what the preset then reproduces. Writes `<out>/sweep.json`: per run its plan, final training loss, loss
 curve, evaluation per length and wall time.
 
-    PYTHONPATH=. python3 benchmarks/compare_sweep.py --preset standard --jobs 12 --out $OUT/sweep \\
+    PYTHONPATH=. python3 benchmarks/sweeps/compare_sweep.py --preset standard --jobs 12 --out $OUT/sweep \\
         --run "mamba:selective_copying:lr=2e-3,5e-3,1e-2:steps=4000" --run "transformer:mqar:lr=5e-3"
 
 A --run is `families:task:field=v1,v2:...` with families separated by `+`; unlisted plan fields keep the
@@ -16,14 +16,11 @@ written with slashes (eval_lengths=128/512).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
-import json
-import sys
 import time
-from pathlib import Path
 
+from benchmarks.common import base_parser, write_result
 from mambalab.experiments.compare import resolve_device, run_all, run_items
 from mambalab.experiments.presets import get_preset
 from mambalab.experiments.runner import RunSpec, RunStore
@@ -73,14 +70,12 @@ def parse_run(text: str, preset) -> list[RunSpec]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = base_parser(__doc__, raw_description=True, device="auto",
+                         out_help="folder of the run records and sweep.json (default sweep-out)")
     parser.add_argument("--preset", default="standard")
     parser.add_argument("--run", action="append", required=True)
     parser.add_argument("--jobs", type=int, default=8)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="sweep-out")
+    parser.set_defaults(out="sweep-out")
     args = parser.parse_args()
     preset = get_preset(args.preset)
     specs = [spec for text in args.run for spec in parse_run(text, preset)]
@@ -111,8 +106,7 @@ def main() -> None:
             f" {spec.plan.options} {spec.size} -> {rows[-1]['status']} loss={rows[-1]['final_loss']} eval={rows[-1]['eval']}"
             f" ({record.get('wall_s', 0):.0f} s)"
         )
-    out = {"command": " ".join(sys.argv), "wall_s": time.perf_counter() - start, "runs": rows}
-    Path(args.out, "sweep.json").write_text(json.dumps(out, indent=1))
+    write_result("sweep", {"wall_s": time.perf_counter() - start, "runs": rows}, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Where `generate`'s time goes at batch 1: the whole call against its parts, timed alone on one host.
 
-    PYTHONPATH=. python3 benchmarks/generate_breakdown.py --out $OUT/generate_breakdown.json   # needs a GPU
+    PYTHONPATH=. python3 benchmarks/investigations/generate_breakdown.py --out $OUT   # needs a GPU
 
 mamba-130m shape, bf16, random weights, a 16-token prompt, 128 new tokens (decode.py's throughput setting):
 generate(128) and generate(2); prefill alone; `decode_step` (finding the captured graph and loading the
@@ -10,27 +10,24 @@ Also the host (CPU) and GPU time of one prefill by op, from the torch profiler.
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import json
-import os
 
 import torch
-from decode import FULL, build, timed  # benchmarks/decode.py (this script's folder is on sys.path)
 
+from benchmarks.common import base_parser, write_result
+from benchmarks.decode import FULL, build, timed
 from mambalab.inference.cuda_graph import decode_step
 
 generate_module = importlib.import_module("mambalab.inference.generate")  # the module, not the function
 
 
-def ms(fn) -> float:
-    return timed(fn, "cuda", 10) * 1e3
+def ms(fn, repeats: int) -> float:
+    return timed(fn, "cuda", repeats) * 1e3
 
 
 @torch.no_grad()
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "generate_breakdown.json"))
+    parser = base_parser(__doc__.split("\n")[0], repeats=10)
     opts = parser.parse_args()
     model = build(FULL["mamba"], FULL)  # decode.py's model: mamba-130m shape, bf16, on the GPU
     prompt = torch.randint(0, model.config.vocab_size, (1, 16), device="cuda")
@@ -38,11 +35,11 @@ def main() -> None:
     _, state = generate_module.prefill(model, rows)
     step = decode_step(model, state)
     parts = {
-        "generate_128_ms": ms(lambda: generate_module.generate(model, prompt, 128)),
-        "generate_2_ms": ms(lambda: generate_module.generate(model, prompt, 2)),
-        "prefill_ms": ms(lambda: generate_module.prefill(model, rows)),
-        "decode_step_lookup_and_load_ms": ms(lambda: decode_step(model, state)),
-        "replays_128_ms": ms(lambda: [step.graph.replay() for _ in range(128)]),
+        "generate_128_ms": ms(lambda: generate_module.generate(model, prompt, 128), opts.repeats),
+        "generate_2_ms": ms(lambda: generate_module.generate(model, prompt, 2), opts.repeats),
+        "prefill_ms": ms(lambda: generate_module.prefill(model, rows), opts.repeats),
+        "decode_step_lookup_and_load_ms": ms(lambda: decode_step(model, state), opts.repeats),
+        "replays_128_ms": ms(lambda: [step.graph.replay() for _ in range(128)], opts.repeats),
     }
     parts["rest_of_generate_128_ms"] = (parts["generate_128_ms"] - parts["prefill_ms"]
                                         - parts["decode_step_lookup_and_load_ms"] - parts["replays_128_ms"])
@@ -57,10 +54,7 @@ def main() -> None:
         print(f"{k:34s} {v:8.2f}")
     for row in prefill_ops:
         print(f"  prefill {row['op'][:50]:50s} ×{row['calls']:<4d} host {row['host_us']:8.0f} us  gpu {row['gpu_us']:6.0f} us")
-    with open(opts.out, "w") as f:
-        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                   "command": "PYTHONPATH=. python3 benchmarks/generate_breakdown.py", "parts": parts,
-                   "prefill_ops": prefill_ops}, f, indent=1)
+    print(f"wrote {write_result('generate_breakdown', {'parts': parts, 'prefill_ops': prefill_ops}, opts.out)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """One forward (with checkpoints) and one backward of the Triton scan at the ANCHORS.md shape, for Nsight Compute:
 
     PYTHONPATH=. ncu --clock-control none -k regex:_scan_ -s 2 -c 2 --section SpeedOfLight --section Occupancy \\
-        --section WarpStateStats --section SchedulerStats python3 benchmarks/scan_ncu.py
+        --section WarpStateStats --section SchedulerStats python3 benchmarks/investigations/scan_ncu.py
 
 (`--clock-control none` leaves the card's clocks as they are; `-s 2` skips the first forward and backward,
 which compile the kernels.)

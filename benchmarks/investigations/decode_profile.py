@@ -1,6 +1,6 @@
 """Where a decode step's time goes: the GPU kernels of one CUDA-graph replay of `model._step`, per token.
 
-    PYTHONPATH=. python3 benchmarks/decode_profile.py --out $OUT/decode_profile.json   # needs a GPU
+    PYTHONPATH=. python3 benchmarks/investigations/decode_profile.py --out $OUT   # needs a GPU
 
 For each batch size and variant (graph, graph + torch.compile), the step is captured as `mambalab generate`
 captures it (mambalab/inference/cuda_graph.py), replayed under the torch profiler, and the kernels are summed
@@ -10,13 +10,11 @@ gaps between the graph's kernels).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import time
 
 import torch
 
+from benchmarks.common import base_parser, write_result
 from mambalab.inference.cuda_graph import GraphStep, decode_step
 from mambalab.models.lm import LanguageModel
 from mambalab.models.zoo import get_preset
@@ -51,14 +49,13 @@ def profile_step(model, batch: int, compile_step: bool, steps: int = 20) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = base_parser(__doc__.split("\n")[0], dtype="bfloat16")
     parser.add_argument("--preset", default="mamba-130m")
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "decode_profile.json"))
     opts = parser.parse_args()
     torch.manual_seed(0)
-    model = LanguageModel(get_preset(opts.preset)).to(device="cuda", dtype=torch.bfloat16).eval()
+    model = LanguageModel(get_preset(opts.preset)).to(device="cuda", dtype=getattr(torch, opts.dtype)).eval()
     rows = []
     with torch.no_grad():
         for compiled in (False,) if opts.no_compile else (False, True):
@@ -69,9 +66,7 @@ def main() -> None:
                                 for k, v in list(r["kernels"].items())[:8])
                 print(f"batch {batch} compiled={compiled}: {r['wall_us_per_step']:.0f} us/step wall, "
                       f"{r['kernel_us_per_step']:.0f} us in {r['kernels_per_step']:.0f} kernels; {top}", flush=True)
-    with open(opts.out, "w") as f:
-        json.dump({"preset": opts.preset, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                   "command": "PYTHONPATH=. python3 benchmarks/decode_profile.py", "rows": rows}, f, indent=1)
+    print(f"wrote {write_result('decode_profile', {'preset': opts.preset, 'dtype': opts.dtype, 'rows': rows}, opts.out)}")
 
 
 if __name__ == "__main__":

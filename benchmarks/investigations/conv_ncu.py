@@ -2,12 +2,14 @@
 for Nsight Compute:
 
     PYTHONPATH=. ncu --clock-control none -k regex:_conv_ -s 3 -c 3 --section SpeedOfLight \\
-        --section MemoryWorkloadAnalysis python3 benchmarks/conv_ncu.py
+        --section MemoryWorkloadAnalysis python3 benchmarks/investigations/conv_ncu.py
 
 (`-s 3` skips the first forward and backward, which compile the kernels.)
 """
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 
@@ -15,6 +17,7 @@ from mambalab.ops.conv1d import causal_conv1d_fused
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()  # no options: --help only
     x = torch.randn(8, 2048, 4096, device="cuda", dtype=torch.bfloat16).transpose(1, 2)[:, :2048].requires_grad_(True)
     w = torch.randn(2048, 4, device="cuda", requires_grad=True)
     b = torch.randn(2048, device="cuda", requires_grad=True)
