@@ -32,7 +32,12 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 
 def git_commit(repo: Path = REPO) -> dict:
-    """{"commit": HEAD's hash, "dirty": uncommitted changes to tracked files}; None for both outside a checkout."""
+    """{"commit": HEAD's hash, "dirty": uncommitted changes to tracked files}; None for both outside a checkout.
+    $BENCH_GIT_COMMIT, when set, names the commit instead (a copied tree, such as a device machine's, can carry a
+    stale .git: the caller passes the hash it sent)."""
+    if os.environ.get("BENCH_GIT_COMMIT"):
+        return {"commit": os.environ["BENCH_GIT_COMMIT"], "dirty": None}
+
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True,
                               timeout=30).stdout.strip()

@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import write_result
 from mambalab.ops.selective_scan import selective_scan
 
 SHAPES = [(8, 2048), (2, 8192), (1, 32768)]
@@ -117,7 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--official", type=Path, default=Path("/tmp/official"))
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {list(CONFIGS)}")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", default=None, help="JSON path or folder (default: $OUT, else benchmarks/results)")
     args = parser.parse_args()
     official = None
     if (args.official / "bss").is_dir():
@@ -154,14 +153,8 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
         del leaves, dy, reference
         torch.cuda.empty_cache()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    payload = {"benchmark": "scan_model_shapes", "device": torch.cuda.get_device_name(), "git_commit": commit,
-               "torch": torch.__version__, "rows": rows}
-    out = args.out or Path(os.environ.get("OUT") or Path(__file__).parent / "results") / "scan_model_shapes.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {out}")
+    path = write_result("scan_model_shapes", {"device": torch.cuda.get_device_name(), "rows": rows}, args.out)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

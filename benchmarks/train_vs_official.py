@@ -2,21 +2,23 @@
 Mamba, HF Llama (12 × 768, SDPA) and our Transformer++, at the mamba-130m shape (24 × 768, vocab 50280).
 
     # on the GPU machine, the official kernels built first (../shared/anchors/README.md):
-    bash .official-src/build_official.sh /tmp/official && \
-        PYTHONPATH=. python3 benchmarks/train_vs_official.py --official /tmp/official
+    (bash .official-src/build_official.sh /tmp/official > build.log 2>&1 &)
+    PYTHONPATH=. python3 benchmarks/train_vs_official.py --official /tmp/official --wait-official 300 \
+        --models mambalab-mamba,hf-llama,mambalab-transformer,official-mamba
     PYTHONPATH=. python3 benchmarks/train_vs_official.py --quick      # tiny shapes on CPU: the loop itself
 
 The loop (the same for every model): fp32 parameters, `torch.optim.AdamW(fused=True)` on CUDA, bf16 autocast,
 random token ids drawn once per shape (throughput does not depend on the data), loss = cross-entropy of the
 next token. Each model computes its loss the way its library offers: official and HF through their logits and
 `F.cross_entropy` (what their users write), ours through `LanguageModel.forward(ids, labels=...)` (the chunked
-fused lm_head + cross-entropy: the (b, l, vocab) logits are never stored); `--our-loss logits` times ours
-through its logits too, so the loss path's share is measured. Per shape (L = 2048, 8192, 32768 at batch 8, 2, 1):
+fused lm_head + cross-entropy: the (b, l, vocab) logits are never stored); the variant
+`mambalab-mamba+logits-loss` times ours through its logits too, so the loss path's share is measured. Per shape (L = 2048, 8192, 32768 at batch 8, 2, 1):
 `warmup` steps, then `steps` steps each timed with CUDA events; tokens/s from the median step. Peak memory =
 torch.cuda.max_memory_allocated over the model's run (weights, optimizer state and activations). One step of
 each Mamba is profiled (torch.profiler): the top CUDA kernels with calls and time per call.
 
-Writes `train_vs_official.json` (to $OUT when set, else benchmarks/results/) with the GPU name and git commit.
+Writes `train_vs_official.json` (to $OUT when set, else benchmarks/results/) after each model, with the
+environment (GPU, git commit) embedded.
 """
 
 from __future__ import annotations
@@ -24,9 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,22 +34,30 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import write_result
 from mambalab import LanguageModel
 from mambalab.models.zoo import get_preset
 
-FULL = {"shapes": [(2048, 8), (8192, 2), (32768, 1)], "warmup": 5, "steps": 20, "vocab": 50280,
+FULL = {"shapes": [(2048, 8), (8192, 2), (32768, 1)], "warmup": 5, "steps": 20, "vocab": 50277,
         "d_model": 768, "n_layer": 24, "llama_layers": 12, "llama_ffn": 2048, "llama_heads": 12,
         "ours_mamba": "mamba-130m", "ours_transformer": "transformer-125m"}
 QUICK = {"shapes": [(64, 2), (128, 1)], "warmup": 1, "steps": 3, "vocab": 256,
          "d_model": 64, "n_layer": 2, "llama_layers": 2, "llama_ffn": 128, "llama_heads": 2,
          "ours_mamba": "tiny-mamba", "ours_transformer": "tiny-transformer"}
 MODELS = ("official-mamba", "mambalab-mamba", "hf-llama", "mambalab-transformer")
+# A/B variants of our Mamba: "+logits-loss" scores through the (b, l, vocab) logits as the others do,
+# "+eager-norm" keeps RMSNorm's torch composition in training (not torch.compile'd).
+VARIANTS = ("+logits-loss", "+eager-norm")
 
 
-def add_official_to_path(root: Path) -> bool:
-    """Put the built official package first on sys.path (anchors/build_official.sh's layout); False if absent."""
+def add_official_to_path(root: Path, wait_s: float) -> bool:
+    """Put the built official package first on sys.path (anchors/build_official.sh's layout), waiting up to
+    wait_s seconds for a build running beside this process to finish; False if it is not there."""
     package, built = root / "mamba_ssm-2.3.2.post1", root / "bss"
-    if not (package.is_dir() and built.is_dir()):
+    deadline = time.monotonic() + wait_s
+    while not list(built.glob("selective_scan_cuda*.so")) and time.monotonic() < deadline:
+        time.sleep(2)
+    if not (package.is_dir() and list(built.glob("selective_scan_cuda*.so"))):
         return False
     sys.path[:0] = [str(package), str(built)]
     return True
@@ -60,17 +68,19 @@ def logits_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
-def build(name: str, plan: dict, our_loss: str, device: str):
-    """(model, loss_fn(ids, labels) -> scalar loss) for `name`, fp32 parameters on `device`."""
+def build(name: str, plan: dict, device: str):
+    """(model, loss_fn(ids, labels) -> scalar loss) for `name` (a model of MODELS, ours with VARIANTS suffixes),
+    fp32 parameters on `device`. The official model pads its vocabulary (as its users run it); ids are drawn
+    below every model's vocabulary (plan["vocab"], the GPT-NeoX tokenizer's 50277)."""
     if name == "official-mamba":
         from mamba_ssm.models.config_mamba import MambaConfig
         from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 
         config = MambaConfig(d_model=plan["d_model"], n_layer=plan["n_layer"], d_intermediate=0,
                              vocab_size=plan["vocab"], ssm_cfg={"layer": "Mamba1"}, rms_norm=True,
-                             residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=16)
+                             residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=8)
         model = MambaLMHeadModel(config, device=device)
-        return model, lambda ids, labels: logits_loss(model(ids).logits[..., : plan["vocab"]], labels)
+        return model, lambda ids, labels: logits_loss(model(ids).logits, labels)
     if name == "hf-llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -81,14 +91,21 @@ def build(name: str, plan: dict, our_loss: str, device: str):
                              tie_word_embeddings=False)
         model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa").to(device)
         return model, lambda ids, labels: logits_loss(model(input_ids=ids).logits, labels)
-    preset = plan["ours_mamba"] if name == "mambalab-mamba" else plan["ours_transformer"]
+    base, *variants = name.split("+")
+    preset = plan["ours_mamba"] if base == "mambalab-mamba" else plan["ours_transformer"]
     model = LanguageModel(get_preset(preset)).to(device)
-    if our_loss == "fused":
-        def loss_fn(ids, labels):
-            total, count = model(ids, labels=labels)
-            return total / count
-        return model, loss_fn
-    return model, lambda ids, labels: logits_loss(model(ids), labels)
+    if "eager-norm" in variants:
+        from mambalab.layers import norm
+
+        norm._compiled_composition = lambda: norm.rms_norm_composition
+    if "logits-loss" in variants:
+        return model, lambda ids, labels: logits_loss(model(ids), labels)
+
+    def loss_fn(ids, labels):
+        total, count = model(ids, labels=labels)
+        return total / count
+
+    return model, loss_fn
 
 
 def train_steps(model, loss_fn, ids, labels, warmup: int, steps: int, cuda: bool) -> dict:
@@ -137,7 +154,7 @@ def profile_step(model, loss_fn, ids, labels, top: int = 25) -> list[dict]:
     return rows[:top]
 
 
-def measure(name: str, plan: dict, our_loss: str, device: str, profile: bool) -> list[dict]:
+def measure(name: str, plan: dict, device: str, profile: bool) -> list[dict]:
     cuda = device == "cuda"
     results = []
     for length, batch in plan["shapes"]:
@@ -146,11 +163,11 @@ def measure(name: str, plan: dict, our_loss: str, device: str, profile: bool) ->
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         torch.manual_seed(0)
-        row = {"model": name, "seq_len": length, "batch": batch, "loss_path": None}
+        row = {"model": name, "seq_len": length, "batch": batch}
+        saved_norm = _norm_module().__dict__["_compiled_composition"]
         try:
-            model, loss_fn = build(name, plan, our_loss, device)
+            model, loss_fn = build(name, plan, device)
             row["params"] = sum(p.numel() for p in model.parameters())
-            row["loss_path"] = our_loss if name.startswith("mambalab") else "logits"
             ids = torch.randint(plan["vocab"], (batch, length + 1), device=device)  # (b, l + 1)
             inputs, labels = ids[:, :-1], ids[:, 1:]
             run = train_steps(model, loss_fn, inputs, labels, plan["warmup"], plan["steps"], cuda)
@@ -164,11 +181,18 @@ def measure(name: str, plan: dict, our_loss: str, device: str, profile: bool) ->
             row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
         finally:
             model = loss_fn = None
+            _norm_module()._compiled_composition = saved_norm
         results.append(row)
         rate = f"{row['tokens_per_s']:>10,.0f} tok/s" if "tokens_per_s" in row else row.get("error", "")
         peak = f"{row['peak_gb']:.1f} GB" if row.get("peak_gb") is not None else ""
         print(f"{name:>22} L={length:<6} b={batch:<2} {rate} {peak}", flush=True)
     return results
+
+
+def _norm_module():
+    from mambalab.layers import norm
+
+    return norm
 
 
 def ratios(results: list[dict]) -> list[dict]:
@@ -196,25 +220,18 @@ def ratios(results: list[dict]) -> list[dict]:
     return out
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny shapes on CPU (checks the loop, no timing claim)")
     parser.add_argument("--official", type=Path, default=Path("/tmp/official"),
                         help="where anchors/build_official.sh built the official package")
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
+    parser.add_argument("--wait-official", type=float, default=0.0,
+                        help="seconds to wait for that build (run beside this script) when the official model's turn comes")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"comma-separated, from {MODELS}; our models may take suffixes {VARIANTS}")
     parser.add_argument("--lengths", default=None, help="comma-separated subset of the plan's lengths")
-    parser.add_argument("--our-loss", choices=("fused", "logits"), default="fused",
-                        help="how our models compute the loss (default: the fused chunked lm_head + CE)")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-kernel profile of each Mamba")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path")
+    parser.add_argument("--out", default=None, help="JSON path or folder (default: $OUT, else benchmarks/results)")
     args = parser.parse_args()
     plan = dict(QUICK if args.quick else FULL)
     if args.lengths:
@@ -223,27 +240,19 @@ def main() -> None:
     device = "cpu" if args.quick else "cuda"
     models = [m for m in args.models.split(",") if m]
     notes = []
-    if "official-mamba" in models and not add_official_to_path(args.official):
-        notes.append(f"official mamba-ssm not found under {args.official}: skipped")
+    if args.quick and "official-mamba" in models:
         models.remove("official-mamba")
-    if "official-mamba" in models and args.quick:
-        models.remove("official-mamba")
+    header = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+              "plan": {k: plan[k] for k in ("shapes", "warmup", "steps")}, "notes": notes}
     results = []
     for name in models:
-        results.extend(measure(name, plan, args.our_loss, device, profile=not args.no_profile))
-    payload = {
-        "benchmark": "train_vs_official", "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "git_commit": git_commit(), "torch": torch.__version__, "plan": {k: plan[k] for k in ("shapes", "warmup", "steps")},
-        "our_loss": args.our_loss, "notes": notes, "results": results, "ratios": ratios(results),
-    }
-    out = args.out or Path(os.environ.get("OUT") or Path(__file__).parent / "results") / "train_vs_official.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, out)
-    for row in payload["ratios"]:
+        if name == "official-mamba" and not add_official_to_path(args.official, args.wait_official):
+            notes.append(f"official mamba-ssm not built under {args.official}: skipped")
+            continue
+        results.extend(measure(name, plan, device, profile=not args.no_profile and "+" not in name))
+        write_result("train_vs_official", {**header, "results": results, "ratios": ratios(results)}, args.out)
+    for row in ratios(results):
         print(json.dumps(row))
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
