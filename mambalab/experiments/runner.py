@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from mambalab.atomic import write_json_atomic
-from mambalab.experiments.models import family_config
+from mambalab.experiments.families import family_config
 from mambalab.experiments.presets import ModelSize, TaskPlan
 from mambalab.models.lm import LanguageModel
 from mambalab.tasks import Task, build_task, seeded
@@ -149,7 +149,7 @@ def train_model(
     interrupted midway resumes from its last checkpoint. A run stopped early (SIGINT finishes the step and
     returns) raises KeyboardInterrupt, so a partly trained model is never evaluated and cached.
     """
-    from mambalab.train.checkpointing import list_checkpoints
+    from mambalab.train.resume_checkpoints import list_checkpoints
     from mambalab.train.trainer import TrainConfig, Trainer
 
     work_dir = work_dir if plan.steps >= CHECKPOINT_MIN_STEPS else None

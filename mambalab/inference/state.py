@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from mambalab.atomic import write_atomic
+from mambalab.errors import CorruptStateError, StateMismatchError
 
 # State tensors whose arithmetic must stay in float32 (float64 when the whole state is float64).
 FP32_KEYS = frozenset({"ssm"})
@@ -133,14 +134,6 @@ def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 # Fingerprints and the state file format ------------------------------------------------------------------
 STATE_FORMAT = "mambalab.InferenceState/1"
-
-
-class StateMismatchError(ValueError):
-    """A saved state belongs to another model, dtype or prefix than the one it is loaded for."""
-
-
-class CorruptStateError(ValueError):
-    """A state file is truncated, corrupt, or not a mambalab state."""
 
 
 # model -> (version key, fingerprint): hashing the weights once per version of the parameters.

@@ -44,7 +44,7 @@ from mambalab.train.data import (
     prepare_dataset,
     read_manifest,
 )
-from mambalab.train.tokenizer import HFTokenizer, load_tokenizer
+from mambalab.tokenizer import HFTokenizer, load_tokenizer
 from mambalab.train.trainer import TrainConfig, Trainer, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def resolve_dataset(data: DataConfig, out_dir: Path, ctx: dist_utils.DistContext
 # Run -----------------------------------------------------------------------------------------------------------
 def export_model(trainer: Trainer, config: ModelConfig, directory: Path, tokenizer) -> Path | None:
     """Gather the full weights (collective) and `save_pretrained` them on rank 0, with tokenizer.json."""
-    from mambalab.models.checkpoint import save_pretrained
+    from mambalab.models.pretrained import save_pretrained
 
     state = dist_utils.full_model_state(trainer.model)
     if not trainer.ctx.is_main:

@@ -40,8 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mambalab.errors import ConfigError, TrainingDiverged
 from mambalab.train import distributed as dist_utils
-from mambalab.train.checkpointing import latest_valid_checkpoint, list_checkpoints, save_checkpoint
+from mambalab.train.resume_checkpoints import latest_valid_checkpoint, list_checkpoints, save_checkpoint
 from mambalab.train.metrics import MetricsLog, plot_loss_curve
 from mambalab.train.optim import build_optimizer, lr_at, no_weight_decay_names
 
@@ -49,10 +50,6 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-class TrainingDiverged(RuntimeError):
-    """`nan_patience` optimizer steps in a row had a non-finite loss or gradient norm."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mambalab.atomic import file_sha256
+from mambalab.errors import CorruptCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +37,6 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 PREFIX = "step_"
-
-
-class CorruptCheckpoint(ValueError):
-    """A checkpoint file is missing, truncated or does not match its recorded checksum."""
 
 
 @dataclass
