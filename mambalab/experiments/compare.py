@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 
 from mambalab.atomic import file_sha256
+from mambalab.device import resolve_device
+from mambalab.errors import ConfigError
 from mambalab.experiments.presets import FAMILIES, Preset, get_compare_preset, with_corpus
 from mambalab.experiments.runner import RunSpec, RunStore, execute, run_cached
 from mambalab.experiments.studies import main_specs, study_specs
@@ -52,17 +54,6 @@ class WorkItem:
     timed: bool = False  # measures speed: runs after every other item, alone on the machine
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
-    from mambalab.train.distributed import resolve_device as resolve
-
-    if device != "auto" and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but torch sees no CUDA GPU")
-    return resolve(device)
-
-
 def _choose(
     given: list[str] | None, allowed: tuple[str, ...], what: str, allow_empty: bool = False
 ) -> tuple[str, ...]:
@@ -70,7 +61,7 @@ def _choose(
         return allowed
     unknown = [g for g in given if g not in allowed]
     if unknown or not (given or allow_empty):
-        raise ValueError(
+        raise ConfigError(
             f"{what}: unknown or empty selection {unknown or given}; expected some of {list(allowed)}"
         )
     return tuple(g for g in allowed if g in given)
@@ -212,14 +203,14 @@ def compare(
     if corpus is not None:
         path = Path(corpus).resolve()
         if not path.is_file():
-            raise ValueError(f"corpus must be a text file, got {str(corpus)!r} (not found)")
+            raise ConfigError(f"corpus must be a text file, got {str(corpus)!r} (not found)")
         chosen = with_corpus(chosen, str(path), file_sha256(path))
     families = _choose(models, FAMILIES, "models") if models is not None else chosen.models
     task_names = _choose(tasks, tuple(chosen.tasks), "tasks", allow_empty=True)
     study_names = _choose(studies, STUDIES, "studies", allow_empty=True)
     jobs = min(chosen.jobs, os.cpu_count() or 1) if jobs is None else jobs
     if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
     dev = resolve_device(device)
     out = Path(out_dir)
     store = RunStore(out)

@@ -74,8 +74,9 @@ def beyond_training(run: dict) -> tuple[list[int], float] | None:
     return sorted(lengths), sum(metric_at(run, n) or 0.0 for n in lengths) / len(lengths)
 
 
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def pct(x: float | None, unit: str = "%") -> str:
+    """A fraction as a percentage with one decimal ("12.5%"); None (no result) as a dash."""
+    return "—" if x is None else f"{100 * x:.1f}{unit}"
 
 
 # Rules ------------------------------------------------------------------------------------------------------

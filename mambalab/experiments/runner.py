@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from mambalab.atomic import write_json_atomic
+from mambalab.config import flatten_dict
 from mambalab.experiments.families import family_config
 from mambalab.experiments.presets import ModelSize, TaskPlan
 from mambalab.models.lm import LanguageModel
@@ -58,16 +59,9 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        extra = ",".join(f"{k}={v}" for k, v in _flatten(self.overrides).items())
+        extra = ",".join(f"{k}={v}" for k, v in flatten_dict(self.overrides).items())
         size = f"d{self.size.d_model}xL{self.size.n_layer}n{self.size.d_state}"
         return f"{self.group}/{self.task}/{self.family}[{size}{',' + extra if extra else ''}]@{self.plan.train_length}"
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 class TaskBatches:

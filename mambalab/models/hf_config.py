@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mambalab.config import ModelConfig
-from mambalab.errors import CheckpointError
+from mambalab.errors import CheckpointError, ConfigError
 
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
@@ -187,7 +187,7 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
     """transformers `MambaConfig` fields of a pure-Mamba `config` (vocab_size is the padded vocabulary)."""
     reason = transformers_incompatibility(config)
     if reason is not None:
-        raise ValueError(f"config cannot be expressed as a transformers MambaConfig: {reason}")
+        raise ConfigError(f"config cannot be expressed as a transformers MambaConfig: {reason}")
     fields = {hf: _get(config, path) for hf, path, _ in _HF_FIELDS}
     # rescale_prenorm_residual only shapes a fresh init, but transformers' `_init_weights` (5.x) divides
     # out_proj.weight by sqrt(n_layer) even when that weight was loaded from the checkpoint: write False.

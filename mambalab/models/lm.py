@@ -71,9 +71,9 @@ class LanguageModel(nn.Module):
 
     def _check_ids(self, input_ids: torch.Tensor, name: str) -> None:
         if input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"{name} must be an integer tensor, got {input_ids.dtype}")
+            raise InputError(f"{name} must be an integer tensor, got {input_ids.dtype}")
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-            raise ValueError(
+            raise InputError(
                 f"{name} holds token ids outside [0, vocab_size={self.config.vocab_size}):"
                 f" min {int(input_ids.min())}, max {int(input_ids.max())}"
             )
@@ -87,7 +87,7 @@ class LanguageModel(nn.Module):
         """input_ids (b, l) -> logits (b, l, vocab_size) [, aux_loss]. With `state`, continue from it and
         advance it in place (that is prefill)."""
         if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+            raise InputError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         self._check_ids(input_ids, "input_ids")
         x = self.backbone.embeddings(input_ids)  # (b, l, d_model)
         aux_total = x.new_zeros((), dtype=torch.float32)
@@ -111,13 +111,13 @@ class LanguageModel(nn.Module):
         A given `state` (e.g. a cached prefix) is continued, and not modified: the result is a new state."""
         state = self.allocate_state(input_ids.shape[0]) if state is None else state.clone()
         if state.batch_size != input_ids.shape[0]:
-            raise ValueError(f"state has batch {state.batch_size} but input_ids has batch {input_ids.shape[0]}")
+            raise InputError(f"state has batch {state.batch_size} but input_ids has batch {input_ids.shape[0]}")
         return self.forward(input_ids, state=state), state
 
     def step(self, token_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
         """One token per row in recurrent mode: token_ids (b,) -> logits (b, vocab_size); advances `state`."""
         if token_ids.dim() != 1 or token_ids.shape[0] != state.batch_size:
-            raise ValueError(f"token_ids must be (batch={state.batch_size},), got shape {tuple(token_ids.shape)}")
+            raise InputError(f"token_ids must be (batch={state.batch_size},), got shape {tuple(token_ids.shape)}")
         self._check_ids(token_ids, "token_ids")
         return self._step(token_ids, state)
 
