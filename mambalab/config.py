@@ -46,8 +46,8 @@ class SSMConfig:
     dt_init_floor: float = 1e-4
     conv_bias: bool = True
     bias: bool = False
-    # Ablation switches (model-zoo issue): how A is initialised, how it is discretized, whether
-    # Δ, B, C (and A) depend on the input.
+    # Ablation switches (the Mamba paper's §4.6 ablations): how A is initialised, how it is discretized,
+    # whether Δ, B, C (and A) depend on the input.
     A_init: str = "s4d_real"  # "s4d_real" | "s4d_lin" | "random"
     discretization: str = "mamba"  # "mamba" (ZOH for A, Euler for B) | "zoh" | "bilinear" | "euler"
     selective: bool = True

@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic directories, checksummed files, keep-last-K, newest-valid lookup.
+"""Training resume checkpoints (not pretrained model directories: see models/pretrained.py): atomic
+directories, checksummed files, keep-last-K, newest-valid lookup.
 
 A checkpoint is a directory `<root>/step_00000100/`:
 
