@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mambalab.atomic import read_versioned_json
 from mambalab.errors import InputError
 from mambalab.tokenizer import Tokenizer
 from mambalab.train.corpus import EMBEDDED_CORPUS_NAME, embedded_corpus_path
@@ -237,17 +238,8 @@ def prepare_dataset(
 # Reading shards -----------------------------------------------------------------------------------------------
 def read_manifest(path: str | Path) -> dict:
     path = Path(path)
-    file = path / MANIFEST
-    if not file.is_file():
-        raise InputError(f"{path} is not a prepared dataset: no {MANIFEST} (run `mambalab prepare`)")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{file}: invalid JSON ({exc.msg})") from exc
-    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-        raise InputError(f"{file}: expected format {FORMAT} v{FORMAT_VERSION}, got {manifest.get('format')}"
-                         f" v{manifest.get('version')}")
-    return manifest
+    return read_versioned_json(path / MANIFEST, FORMAT, FORMAT_VERSION, InputError,
+                               missing=f"{path} is not a prepared dataset (run `mambalab prepare`)")
 
 
 class TokenDataset:
