@@ -333,8 +333,8 @@ class Benchmark:
 
     # phases
     def prepare_data(self) -> None:
-        from mambalab.train.data import prepare_dataset
         from mambalab.tokenizer import ByteTokenizer
+        from mambalab.train.data import prepare_dataset
 
         manifest = prepare_dataset(["embedded"], self.work / "data", ByteTokenizer(), overwrite=True)
         self.result["data"] = {"source": "embedded corpus", "tokenizer": "byte",
