@@ -121,7 +121,7 @@ def hf_throughput(model, cfg: dict, checks: dict) -> list[dict]:
     """The same weights in transformers' MambaForCausalLM (its slow path unless mamba-ssm is installed)."""
     from transformers import MambaForCausalLM
 
-    from mambalab.models.checkpoint import save_pretrained
+    from mambalab.models.pretrained import save_pretrained
 
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(model, tmp)

@@ -229,7 +229,7 @@ def disjoint_groups(specs: list[Resume]) -> list[list[Resume]]:
 def keep_only_resume_checkpoint(run_dir: Path, step: int) -> None:
     """Free the disk a finished run no longer needs (~6 GB at 370M parameters): its exported model and every
     checkpoint but the one of `step`, which the resume phases continue from."""
-    from mambalab.train.checkpointing import checkpoint_dir, list_checkpoints
+    from mambalab.train.resume_checkpoints import checkpoint_dir, list_checkpoints
 
     keep = checkpoint_dir(run_dir / "checkpoints", step)
     for path in [run_dir / "model", *(c for c in list_checkpoints(run_dir / "checkpoints") if c != keep)]:
@@ -332,8 +332,8 @@ class Benchmark:
 
     # phases
     def prepare_data(self) -> None:
+        from mambalab.tokenizer import ByteTokenizer
         from mambalab.train.data import prepare_dataset
-        from mambalab.train.tokenizer import ByteTokenizer
 
         manifest = prepare_dataset(["embedded"], self.work / "data", ByteTokenizer(), overwrite=True)
         self.result["data"] = {"source": "embedded corpus", "tokenizer": "byte",
@@ -396,7 +396,7 @@ class Benchmark:
                 self.finish_resume(spec, step, last, job)
 
     def launch_resume(self, spec: Resume) -> tuple[int, int, Launch]:
-        from mambalab.train.checkpointing import checkpoint_dir
+        from mambalab.train.resume_checkpoints import checkpoint_dir
 
         last = len(self.result["runs"][spec.source]["losses"])
         step = last - self.plan.resume_steps

@@ -48,7 +48,7 @@ class Mamba(nn.Module):
         self.d_model, self.layer_idx, self.cfg = d_model, layer_idx, ssm
         self.d_inner = ssm.expand * d_model
         self.d_state, self.d_conv = ssm.d_state, ssm.d_conv
-        self.dt_rank = math.ceil(d_model / 16) if ssm.dt_rank == "auto" else int(ssm.dt_rank)
+        self.dt_rank = ssm.dt_rank_for(d_model)
         d, n, r = self.d_inner, self.d_state, self.dt_rank
 
         self.in_proj = nn.Linear(d_model, 2 * d, bias=ssm.bias)

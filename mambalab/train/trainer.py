@@ -40,18 +40,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from mambalab.config import strict_from_dict
+from mambalab.errors import ConfigError, TrainingDiverged
 from mambalab.train import distributed as dist_utils
-from mambalab.train.checkpointing import latest_valid_checkpoint, list_checkpoints, save_checkpoint
 from mambalab.train.metrics import MetricsLog, plot_loss_curve
 from mambalab.train.optim import build_optimizer, lr_at, no_weight_decay_names
+from mambalab.train.resume_checkpoints import latest_valid_checkpoint, list_checkpoints, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-class TrainingDiverged(RuntimeError):
-    """`nan_patience` optimizer steps in a row had a non-finite loss or gradient norm."""
 
 
 @dataclass
@@ -88,32 +86,28 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
         if len(self.betas) != 2:
-            raise ValueError(f"TrainConfig.betas must have 2 values, got {self.betas}")
+            raise ConfigError(f"TrainConfig.betas must have 2 values, got {self.betas}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise ConfigError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.distributed not in dist_utils.STRATEGIES:
-            raise ValueError(
+            raise ConfigError(
                 f"TrainConfig.distributed must be one of {dist_utils.STRATEGIES}, got {self.distributed!r}"
             )
         for name in ("grad_accum", "batch_size", "seq_len", "max_steps", "log_every", "nan_patience"):
             if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "eval_every", "eval_batches", "ckpt_every", "keep_last", "grad_clip"):
             if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"TrainConfig: need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+            raise ConfigError(f"TrainConfig: need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return strict_from_dict(cls, data, where="train")
 
 
 # RNG state -------------------------------------------------------------------------------------------------
@@ -189,7 +183,7 @@ def evaluate_loss(forward, batches: Iterable[dict], device: torch.device, autoca
         count += batch_count
     total, count = dist_utils.all_reduce(total, "sum"), dist_utils.all_reduce(count, "sum")
     if count.item() == 0:
-        raise ValueError("evaluate: the batches hold no labelled tokens")
+        raise ConfigError("evaluate: the batches hold no labelled tokens")
     loss = (total / count).item()
     out = {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": int(count.item())}
     if bytes_per_token:
@@ -338,11 +332,11 @@ class Trainer:
     def _resume(self) -> None:
         root = self.checkpoint_root
         if root is None:
-            raise ValueError("resume needs an out_dir holding checkpoints/")
+            raise ConfigError("resume needs an out_dir holding checkpoints/")
         ckpt = latest_valid_checkpoint(root)
         if ckpt is None:
             if list_checkpoints(root):
-                raise ValueError(f"resume: every checkpoint under {root} is corrupt (see the warnings above)")
+                raise ConfigError(f"resume: every checkpoint under {root} is corrupt (see the warnings above)")
             logger.warning("resume: no checkpoint under %s yet; starting from step 0", root)
             return
         dist_utils.load_full_state(self.model, self.optimizer, ckpt.model, ckpt.optimizer)
@@ -440,7 +434,7 @@ class Trainer:
         if resume:
             self._resume()
         elif self.checkpoint_root is not None and list_checkpoints(self.checkpoint_root):
-            raise ValueError(f"{self.out_dir} already holds checkpoints: resume, or choose another out_dir")
+            raise ConfigError(f"{self.out_dir} already holds checkpoints: resume, or choose another out_dir")
         elif self._metrics is not None and self._metrics.path.exists():
             self._metrics.truncate_after(-1)
         batches = iter(self.train_batches)

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from mambalab import LanguageModel
-from mambalab.train.checkpointing import latest_valid_checkpoint, list_checkpoints
 from mambalab.train.evaluate import evaluate_model
+from mambalab.train.resume_checkpoints import latest_valid_checkpoint, list_checkpoints
 from mambalab.train.run import load_run_config, run_training
 from mambalab.train.trainer import TrainConfig, Trainer, TrainingDiverged
 

@@ -24,6 +24,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from mambalab.errors import InputError
+
 BYTE_TOKENIZER_NAME = "byte"
 TOKENIZER_FILE = "tokenizer.json"
 # Names under which HF tokenizers commonly spell their special tokens, most specific first.
@@ -60,7 +62,7 @@ class ByteTokenizer:
             if 0 <= i < 256:
                 out.append(i)
             elif not 256 <= i < self.vocab_size:
-                raise ValueError(f"ByteTokenizer.decode: token id {i} is outside [0, {self.vocab_size})")
+                raise InputError(f"ByteTokenizer.decode: token id {i} is outside [0, {self.vocab_size})")
         return bytes(out)
 
     def decode(self, ids: Sequence[int], errors: str = "replace") -> str:
@@ -90,7 +92,7 @@ class HFTokenizer:
         try:
             self._tok = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception for malformed files
-            raise ValueError(f"cannot load tokenizer file {path}: {exc}") from exc
+            raise InputError(f"cannot load tokenizer file {path}: {exc}") from exc
         self.path = path
         self.name = str(path)
         names = self._configured_special_tokens(path.parent / "tokenizer_config.json")
@@ -105,7 +107,7 @@ class HFTokenizer:
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot parse {config_path}: {exc}") from exc
+            raise InputError(f"cannot parse {config_path}: {exc}") from exc
         found = {}
         for key in ("bos_token", "eos_token", "pad_token"):
             value = config.get(key)
@@ -131,7 +133,7 @@ class HFTokenizer:
         ids = self._tok.encode(text, add_special_tokens=False).ids
         for flag, token_id, what in ((add_bos, self.bos_token_id, "BOS"), (add_eos, self.eos_token_id, "EOS")):
             if flag and token_id is None:
-                raise ValueError(f"tokenizer {self.path} has no {what} token; cannot add one")
+                raise InputError(f"tokenizer {self.path} has no {what} token; cannot add one")
         return ([self.bos_token_id] if add_bos else []) + ids + ([self.eos_token_id] if add_eos else [])
 
     def decode(self, ids: Sequence[int], errors: str = "replace") -> str:
@@ -163,7 +165,7 @@ def load_tokenizer(path_or_name: str | Path | None = None) -> Tokenizer:
         return HFTokenizer(file) if file.is_file() else ByteTokenizer()
     if path.is_file():
         return HFTokenizer(path)
-    raise ValueError(
+    raise InputError(
         f"tokenizer: {str(path_or_name)!r} is neither {BYTE_TOKENIZER_NAME!r}, a directory, nor a tokenizer.json"
         " file (no downloads are made)"
     )

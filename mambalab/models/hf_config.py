@@ -1,67 +1,28 @@
-"""Checkpoints: save in HF transformers' Mamba layout, load ours, transformers' and the official ones.
+"""Pretrained-config translation: a checkpoint's config.json <-> `ModelConfig`, for three formats.
 
-`save_pretrained(model, directory)` writes two files, each through a temp file and `os.replace`:
-
-    config.json        transformers' `MambaConfig` fields (model_type "mamba", hidden_size, state_size, ...,
-                       vocab_size = our padded vocabulary so shapes match) plus a "mambalab" block holding the
-                       full `ModelConfig`, so our own directories round-trip exactly. A model transformers
-                       cannot represent (attention/MoE/S4D layers, SSM ablations) gets only the "mambalab"
-                       block, with `transformers_loadable: false` and the reason, and no HF fields.
-    model.safetensors  the state dict under transformers' names; a tied lm_head is stored once, as
-                       `backbone.embeddings.weight` (safetensors refuses shared tensors; transformers
-                       re-ties it).
-
-`load(directory, device=None, dtype=None)` reads config.json and tells three formats apart:
-
-    mambalab   config.json has a "mambalab" block;
-    HF         model_type "mamba" (transformers' `MambaForCausalLM`);
+    mambalab   config.json has a "mambalab" block holding the full `ModelConfig` (our own directories
+               round-trip exactly), beside transformers' fields when transformers can represent the model;
+    HF         model_type "mamba" (transformers' `MambaForCausalLM` / `MambaConfig`);
     official   d_model / n_layer / ssm_cfg (state-spaces/mamba's `MambaLMHeadModel`).
 
-Weights come from model.safetensors, a sharded model.safetensors.index.json, or pytorch_model.bin (sharded
-or not), the latter read only with `torch.load(weights_only=True)`. Config fields that would change the
-math in a way mambalab does not implement (e.g. hidden_act other than silu, LayerNorm instead of RMSNorm)
-are refused; fields known to be irrelevant (use_cache, use_mambapy, fused_add_norm, ...) are ignored; any
-other field is an error. The whole state dict is read and checked (keys, shapes, dtypes, tied weights)
-before the model is touched, and every problem raises one `CheckpointError` naming the file and the key.
+Config fields that would change the math in a way mambalab does not implement (e.g. hidden_act other than
+silu, LayerNorm instead of RMSNorm) are refused; fields known to be irrelevant (use_cache, use_mambapy,
+fused_add_norm, ...) are ignored; any other field is an error. Every problem raises `CheckpointError`
+naming the file and the field. This module imports no model, so the model can import it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-import pickle
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-
-from mambalab.atomic import write_atomic
 from mambalab.config import ModelConfig
-from mambalab.models.lm import LanguageModel
-
-logger = logging.getLogger(__name__)
+from mambalab.errors import CheckpointError, ConfigError
 
 CONFIG_NAME = "config.json"
-SAFETENSORS_NAME = "model.safetensors"
-# Weight files in the order `load` looks for them.
-WEIGHT_NAMES = (
-    SAFETENSORS_NAME,
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 FORMAT_VERSION = 1
-EMBEDDING_KEY = "backbone.embeddings.weight"
-LM_HEAD_KEY = "lm_head.weight"
-# Official state-spaces checkpoints (and old transformers ones) name the embedding in the singular.
-_KEY_RENAMES = {"backbone.embedding.weight": EMBEDDING_KEY}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be loaded as it is; the message names the file and the key."""
 
 
 # --- Config field tables -----------------------------------------------------------------------------------
@@ -226,7 +187,7 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
     """transformers `MambaConfig` fields of a pure-Mamba `config` (vocab_size is the padded vocabulary)."""
     reason = transformers_incompatibility(config)
     if reason is not None:
-        raise ValueError(f"config cannot be expressed as a transformers MambaConfig: {reason}")
+        raise ConfigError(f"config cannot be expressed as a transformers MambaConfig: {reason}")
     fields = {hf: _get(config, path) for hf, path, _ in _HF_FIELDS}
     # rescale_prenorm_residual only shapes a fresh init, but transformers' `_init_weights` (5.x) divides
     # out_proj.weight by sqrt(n_layer) even when that weight was loaded from the checkpoint: write False.
@@ -321,7 +282,7 @@ def _from_mambalab_config(data: dict, where: str) -> ModelConfig:
 
 def load_config(directory: str | Path) -> tuple[ModelConfig, str]:
     """(ModelConfig, format) of a checkpoint directory; format is "mambalab", "hf" or "official"."""
-    path = _checkpoint_dir(directory) / CONFIG_NAME
+    path = checkpoint_dir(directory) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: config file not found")
     try:
@@ -343,8 +304,8 @@ def load_config(directory: str | Path) -> tuple[ModelConfig, str]:
     )
 
 
-# --- Reading weight files ---------------------------------------------------------------------------------
-def _checkpoint_dir(directory: str | Path) -> Path:
+def checkpoint_dir(directory: str | Path) -> Path:
+    """`directory` as a Path after checking it is an existing directory (not, say, the weights file)."""
     directory = Path(directory)
     if directory.is_file():
         raise CheckpointError(f"{directory}: is a file; pass the directory that holds {CONFIG_NAME}")
@@ -353,178 +314,13 @@ def _checkpoint_dir(directory: str | Path) -> Path:
     return directory
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: unreadable safetensors file, truncated or corrupt ({e})") from e
-
-
-def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
-    """A pytorch_model.bin state dict, unpickled only with weights_only=True (no arbitrary code runs)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused: the pickle holds objects other than tensors, and mambalab only loads"
-            " pickles with"
-            f" torch.load(weights_only=True) ({str(e).splitlines()[-1]})"
-        ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable PyTorch file, truncated or corrupt ({e})") from e
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a state dict (key -> tensor), got {type(state).__name__}")
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: key {key!r} holds a {type(value).__name__}, expected a tensor")
-    return state
-
-
-def _read_file(path: Path) -> dict[str, torch.Tensor]:
-    return _read_safetensors(path) if path.suffix == ".safetensors" else _read_pickle(path)
-
-
-def _read_sharded(index_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
-    """Read every shard named by a transformers index file; each key must be in the shard the index names."""
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index_path}: not a shard index with a 'weight_map' object ({e!r})") from e
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(name, str) and Path(name).name == name for name in weight_map.values()
-    ):
-        raise CheckpointError(f"{index_path}: 'weight_map' must map keys to shard file names in this folder")
-    state: dict[str, torch.Tensor] = {}
-    sources: dict[str, Path] = {}
-    for shard_name in sorted(set(weight_map.values())):
-        shard = index_path.parent / shard_name
-        if not shard.is_file():
-            raise CheckpointError(f"{shard}: shard listed in {index_path.name} not found")
-        for key, tensor in _read_file(shard).items():
-            if weight_map.get(key) != shard_name:
-                raise CheckpointError(
-                    f"{shard}: key {key!r} is not assigned to this shard by {index_path.name}"
-                )
-            state[key], sources[key] = tensor, shard
-    missing = sorted(set(weight_map) - set(state))
-    if missing:
-        raise CheckpointError(
-            f"{index_path.parent / weight_map[missing[0]]}: key {missing[0]!r} listed in {index_path.name}"
-            f" is not in the shard ({len(missing)} missing)"
-        )
-    return state, sources
-
-
-def _read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path], Path]:
-    """(state dict with our key names, file of each key, the weights file or index that was read)."""
-    for name in WEIGHT_NAMES:
-        path = directory / name
-        if path.is_file():
-            break
-    else:
-        raise CheckpointError(f"{directory}: no weights file found; expected one of {list(WEIGHT_NAMES)}")
-    if name.endswith(".index.json"):
-        state, sources = _read_sharded(path)
-    else:
-        state = _read_file(path)
-        sources = dict.fromkeys(state, path)
-    for old, new in _KEY_RENAMES.items():
-        if old in state:
-            if new in state:
-                raise CheckpointError(f"{sources[old]}: both {old!r} and {new!r} are present; expected one")
-            state[new], sources[new] = state.pop(old), sources.pop(old)
-    return state, sources, path
-
-
-def _check_state(
-    state: dict[str, torch.Tensor], sources: dict[str, Path], weights: Path, model: LanguageModel
-) -> None:
-    """Refuse missing / unexpected keys, wrong shapes, non-float tensors and an untied lm_head that should be
-    tied; afterwards `state` is exactly what `model.load_state_dict(strict=True)` needs."""
-    tied = model.config.tie_embeddings
-    if (
-        tied
-        and LM_HEAD_KEY in state
-        and EMBEDDING_KEY in state
-        and not torch.equal(state[LM_HEAD_KEY], state[EMBEDDING_KEY])
-    ):
-        raise CheckpointError(
-            f"{sources[LM_HEAD_KEY]}: key {LM_HEAD_KEY!r} differs from {EMBEDDING_KEY!r}, but the config ties"
-            " the embeddings (tie_embeddings / tie_word_embeddings is true)"
-        )
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if tied:
-        state.pop(LM_HEAD_KEY, None)
-        del expected[LM_HEAD_KEY]
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing:
-        raise CheckpointError(
-            f"{weights}: missing key {missing[0]!r} ({len(missing)} missing: {missing[:5]})"
-        )
-    if unexpected:
-        raise CheckpointError(
-            f"{sources[unexpected[0]]}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected:"
-            f" {unexpected[:5]}); the config does not have this parameter"
-        )
-    for key, shape in expected.items():
-        tensor = state[key]
-        if tensor.shape != shape:
-            raise CheckpointError(
-                f"{sources[key]}: key {key!r} has shape {tuple(tensor.shape)}"
-                f" but the config expects {tuple(shape)}"
-            )
-        if not tensor.is_floating_point():
-            raise CheckpointError(
-                f"{sources[key]}: key {key!r} has dtype {tensor.dtype}, expected a float dtype"
-            )
-    if tied:
-        state[LM_HEAD_KEY] = state[EMBEDDING_KEY]
-
-
-# --- Public API --------------------------------------------------------------------------------------------
-def load(
-    directory: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-) -> LanguageModel:
-    """Load a mambalab, transformers or official state-spaces Mamba checkpoint directory.
-
-    The model comes back in eval mode (as transformers' `from_pretrained` does); call `.train()` to train.
-    device: where the model lives (default CPU). dtype: the model's dtype (default: that of the stored
-    embedding); A_log, D and the Δ bias stay float32 whatever it is. Raises `CheckpointError` (a
-    ValueError) naming the file and the key on any problem; the model is built only once everything checks.
-    Loading does not disturb the global random number generator.
-    """
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
-    directory = _checkpoint_dir(directory)
-    config, fmt = load_config(directory)
-    state, sources, weights = _read_weights(directory)
-    with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG as it was
-        model = LanguageModel(config)
-    _check_state(state, sources, weights, model)
-    model.to(device=device or "cpu", dtype=dtype or state[EMBEDDING_KEY].dtype)
-    model.load_state_dict(state, strict=True)
-    logger.info("loaded %s checkpoint %s (%s)", fmt, directory, weights.name)
-    return model.eval()
-
-
-def save_pretrained(model: LanguageModel, directory: str | Path) -> Path:
-    """Write config.json and model.safetensors into `directory` (created if needed); returns the directory.
-
-    A pure-Mamba model is loadable by `transformers.MambaForCausalLM.from_pretrained(directory)`.
-    """
-    if not isinstance(model, LanguageModel):
-        raise TypeError(f"model must be a mambalab LanguageModel, got {type(model).__name__}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = model.config
-    tensors = {key: t.detach().cpu().contiguous() for key, t in model.state_dict().items()}
-    if config.tie_embeddings:
-        del tensors[LM_HEAD_KEY]  # stored once, as the embedding; transformers and `load` re-tie it
+def pretrained_config_json(config: ModelConfig, dtype_name: str) -> dict[str, Any]:
+    """The config.json `save_pretrained` writes: transformers' `MambaConfig` fields (vocab_size = the padded
+    vocabulary, so shapes match) when transformers can compute the model, plus the "mambalab" block holding
+    the full `ModelConfig`. A model transformers cannot represent (attention/MoE/S4D layers, SSM ablations)
+    gets only the block, with `transformers_loadable: false` and the reason."""
     reason = transformers_incompatibility(config)
-    fields: dict[str, Any] = (
-        {} if reason else {**to_hf_config(config), "dtype": str(model.dtype).removeprefix("torch.")}
-    )
+    fields: dict[str, Any] = {} if reason else {**to_hf_config(config), "dtype": dtype_name}
     if reason is None:
         note = "also loadable by transformers.MambaForCausalLM.from_pretrained"
     else:
@@ -535,14 +331,4 @@ def save_pretrained(model: LanguageModel, directory: str | Path) -> Path:
         "note": note,
         "model": config.to_dict(),
     }
-    shadowing = [name for name in WEIGHT_NAMES[1:] if (directory / name).exists()]
-    if shadowing:
-        logger.warning(
-            "%s also holds %s; model.safetensors takes precedence when loading", directory, shadowing
-        )
-    write_atomic(
-        directory / SAFETENSORS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"})
-    )
-    write_atomic(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(fields, indent=2) + "\n"))
-    logger.info("saved checkpoint to %s", directory)
-    return directory
+    return fields

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mambalab.train.checkpointing import (
+from mambalab.train.resume_checkpoints import (
     CorruptCheckpoint,
     latest_valid_checkpoint,
     list_checkpoints,

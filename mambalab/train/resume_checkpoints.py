@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic directories, checksummed files, keep-last-K, newest-valid lookup.
+"""Training resume checkpoints (not pretrained model directories: see models/pretrained.py): atomic
+directories, checksummed files, keep-last-K, newest-valid lookup.
 
 A checkpoint is a directory `<root>/step_00000100/`:
 
@@ -25,7 +26,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mambalab.atomic import file_sha256
+from mambalab.atomic import file_sha256, read_versioned_json
+from mambalab.errors import CorruptCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +38,6 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 PREFIX = "step_"
-
-
-class CorruptCheckpoint(ValueError):
-    """A checkpoint file is missing, truncated or does not match its recorded checksum."""
 
 
 @dataclass
@@ -142,15 +140,8 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 def verify_checkpoint(path: str | Path) -> dict:
     """The index of checkpoint `path` after checking every file's size and SHA-256; `CorruptCheckpoint` else."""
     path = Path(path)
-    index_file = path / INDEX
-    if not index_file.is_file():
-        raise CorruptCheckpoint(f"{index_file}: missing; {path} is not a complete training checkpoint")
-    try:
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptCheckpoint(f"{index_file}: unreadable ({exc})") from exc
-    if index.get("format") != FORMAT or index.get("version") != FORMAT_VERSION:
-        raise CorruptCheckpoint(f"{index_file}: expected {FORMAT} v{FORMAT_VERSION}, got {index.get('format')}")
+    index = read_versioned_json(path / INDEX, FORMAT, FORMAT_VERSION, CorruptCheckpoint,
+                                missing=f"{path} is not a complete training checkpoint")
     for name, meta in index["files"].items():
         file = path / name
         if not file.is_file():

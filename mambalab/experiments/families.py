@@ -8,7 +8,7 @@ overrides (an init, a state size) are applied afterwards as nested config fields
 
 from __future__ import annotations
 
-from mambalab.config import AttentionConfig, ModelConfig, MoEConfig, SSMConfig
+from mambalab.config import AttentionConfig, ModelConfig, MoEConfig, SSMConfig, deep_merge
 from mambalab.experiments.presets import ModelSize
 
 HEAD_DIM = 32  # attention heads of the matched Transformer++ / hybrid: d_model // 32 of them
@@ -46,14 +46,5 @@ def family_config(
     elif family != "mamba":
         config = match_config(config, family)
     if overrides:
-        config = ModelConfig.from_dict(_deep_update(config.to_dict(), overrides), where="overrides")
+        config = ModelConfig.from_dict(deep_merge(config.to_dict(), overrides, where="overrides"), where="overrides")
     return config
-
-
-def _deep_update(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        if key not in base:
-            raise ValueError(f"overrides: unknown config field {key!r}; known: {sorted(base)}")
-        out[key] = _deep_update(base[key], value) if isinstance(value, dict) else value
-    return out

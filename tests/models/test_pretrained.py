@@ -13,12 +13,9 @@ from transformers import AutoModelForCausalLM, MambaConfig, MambaForCausalLM
 
 import mambalab
 from mambalab import AttentionConfig, LanguageModel, ModelConfig, SSMConfig
-from mambalab.models.checkpoint import (
-    CheckpointError,
-    load_config,
-    to_hf_config,
-    transformers_incompatibility,
-)
+from mambalab.errors import CheckpointError
+from mambalab.models.hf_config import load_config, to_hf_config, transformers_incompatibility
+from mambalab.models.pretrained import save_pretrained
 from tests.conftest import rel_error
 
 VOCAB = 61  # padded to 64 by pad_vocab_size_multiple=8
@@ -332,4 +329,4 @@ def test_bad_shards(tmp_path):
 
 def test_save_rejects_non_model(tmp_path):
     with pytest.raises(TypeError, match="model must be a mambalab LanguageModel, got Linear"):
-        mambalab.models.checkpoint.save_pretrained(torch.nn.Linear(2, 2), tmp_path)
+        save_pretrained(torch.nn.Linear(2, 2), tmp_path)
