@@ -13,6 +13,8 @@ the softmax in float32.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 IGNORE_INDEX = -100
@@ -46,9 +48,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, labels, vocab_size, ignore_index):
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         dtype = _compute_dtype(weight)
-        w = weight[:vocab_size].to(dtype)  # (v, d)
+        # All rows of the (padded) weight: a vocabulary like 50277 makes (tokens, vocab) operands whose rows are
+        # not 16-byte aligned, which sends every matrix product to slow kernels. Padded columns get logit −inf.
+        w = weight.to(dtype)  # (v_padded, d)
         tokens = hidden.shape[0]
-        chunk = max(1, CHUNK_LOGITS // vocab_size)
+        chunk = max(1, CHUNK_LOGITS // weight.shape[0])
         acc = torch.float64 if torch.float64 in (dtype, hidden.dtype) else torch.float32  # the softmax's dtype
         total = torch.zeros((), device=hidden.device, dtype=acc)
         grad_hidden = torch.empty_like(hidden) if needs_grad else None  # (t, d)
@@ -58,18 +62,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h = hidden[start : start + chunk].to(dtype)  # (c, d)
             valid = valid_all[start : start + chunk]  # (c,)
             target = labels[start : start + chunk].clamp(0, vocab_size - 1)[:, None]  # (c, 1)
-            logits = (h @ w.t()).to(acc)  # (c, v)
+            logits = (h @ w.t()).to(acc)  # (c, v_padded)
+            logits[:, vocab_size:] = -math.inf
             lse = torch.logsumexp(logits, dim=-1)  # (c,)
             picked = logits.gather(1, target)[:, 0]  # (c,)
             total += torch.where(valid, lse - picked, 0.0).sum()
             if not needs_grad:
                 continue
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits   (c, v)
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits   (c, v_padded)
             grad.scatter_add_(1, target, torch.full_like(picked, -1.0)[:, None])  # − one-hot
             grad.mul_(valid[:, None])
             grad = grad.to(dtype)
             grad_hidden[start : start + chunk] = grad @ w  # (c, d)
-            grad_weight[:vocab_size].add_(grad.t() @ h)  # (v, d)
+            grad_weight.add_(grad.t() @ h)  # (v_padded, d); zero on the padded rows
         if needs_grad:
             ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
