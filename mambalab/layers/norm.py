@@ -1,4 +1,5 @@
-"""RMSNorm (as in Mamba and LLaMA): x / rms(x) · weight, computed in float32."""
+"""RMSNorm (Zhang & Sennrich 2019, arXiv 1910.07467; as in Mamba and LLaMA): x / rms(x) · weight, computed in
+float32."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, round_to_weight_dtype: bool = False) -> torch.Tensor:  # (..., d) -> (..., d)
         """With round_to_weight_dtype, x is first rounded to the weight's dtype (the blocks normalise their
         float32 residual stream so). Where no gradient is recorded and the Triton kernels run (CUDA), one
-        fused launch (mambalab/ops/triton/norm.py) instead of the 6-9 kernels below; under torch.compile the
+        fused launch (mambalab/ops/triton/norm.py) instead of the several kernels below; under torch.compile the
         composition, which inductor fuses with its neighbours."""
         if self._fused(x):
             from mambalab.ops.triton.norm import rms_norm
@@ -31,7 +32,7 @@ class RMSNorm(nn.Module):
     def _fused(self, x: torch.Tensor) -> bool:
         if not x.is_cuda or torch.float64 in (x.dtype, self.weight.dtype) or torch.compiler.is_compiling():
             return False
+        from mambalab.ops import triton as kernels
         from mambalab.ops.backends import records_grad
-        from mambalab.ops.selective_scan import resolve_backend
 
-        return not records_grad(x, self.weight) and resolve_backend("auto", x.device) == "triton"
+        return not records_grad(x, self.weight) and kernels.runs_on(x.device)

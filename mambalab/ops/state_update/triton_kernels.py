@@ -220,7 +220,7 @@ def conv_update(x_t, conv_state, weight, bias, silu, state_batch_indices):
 def mixer_step(x_t, z_t, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                dt_proj_bias, A_log, D, state_batch_indices):
     """Launch the Mamba mixer's recurrent step between in_proj and out_proj as two kernels (see
-    mambalab/ops/state_update.py `mixer_step`); updates both states in place, returns y (b, d) in x_t's dtype."""
+    mambalab/ops/state_update/reference.py `mixer_step_reference`); updates both states in place, returns y (b, d) in x_t's dtype."""
     batch, dim = x_t.shape
     n, rank = A_log.shape[1], dt_proj_weight.shape[1]
     width, j = conv_weight.shape[1], x_proj_weight.shape[0]
