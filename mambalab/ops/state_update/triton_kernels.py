@@ -1,4 +1,6 @@
-"""Fused one-token decode kernels: the selective SSM state update and the causal-conv window update.
+"""Fused one-token decode kernels: the selective SSM state update, the causal-conv window update, and the
+Mamba mixer's step (the conv window update with x_proj, then dt_proj with the state update), which share their
+window and state-advance code: so they live in one module.
 
 Each is one launch per layer and token (the torch versions take ~10 small ops). An optional
 `state_batch_indices` (b,) maps batch row i to state slot indices[i], so a server can keep a pool of
