@@ -34,7 +34,9 @@ from mambalab.ops.selective_scan import triton_kernels as scan
 from mambalab.ops.state_update.reference import mixer_step_reference as mixer_step
 from mambalab.ops.state_update.reference import selective_state_update_reference as selective_state_update
 from mambalab.ops.state_update.triton_step import mixer_step_triton as mixer_step_fused
-from mambalab.ops.state_update.triton_step import selective_state_update_triton as selective_state_update_fused
+from mambalab.ops.state_update.triton_step import (
+    selective_state_update_triton as selective_state_update_fused,
+)
 from mambalab.ops.triton import common
 
 COPY_BW = 4.25e12  # measured device-to-device copy, bytes/s (read + write), ANCHORS.md

@@ -64,3 +64,19 @@ def test_discretizations_differ_and_state_dtype_kept():
         m(x, state)
         assert state["ssm"].dtype == torch.float64 and state["ssm"].shape == (2, 32, 4)
     assert all(rel_error(outs[k], outs["mamba"]) > 1e-6 for k in ("zoh", "bilinear", "euler"))
+
+
+def test_ablation_switches_need_the_ablation_class_and_the_block_picks_it():
+    import pytest
+
+    from mambalab.config import MIXER_KINDS, ModelConfig
+    from mambalab.errors import InputError
+    from mambalab.layers.block import MIXERS, Block
+    from mambalab.layers.mamba_ablations import MambaAblation
+
+    with pytest.raises(InputError, match="MambaAblation"):
+        Mamba(16, SSMConfig(selective=False))
+    assert set(MIXERS) == set(MIXER_KINDS)
+    for ssm, cls in ((SSMConfig(), Mamba), (SSMConfig(discretization="zoh"), MambaAblation)):
+        block = Block(ModelConfig(d_model=16, n_layer=1, vocab_size=8, ssm=ssm), 0)
+        assert type(block.mixer) is cls
