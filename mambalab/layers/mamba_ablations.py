@@ -1,5 +1,5 @@
-"""The Mamba mixer with SSMConfig's ablation switches (the ablations of arXiv 2312.00752, Sections 4.6 and
-E.2): what changes steps 4-5 of `Mamba` (layers/mamba.py); steps 1-3 and 6 are the paper's.
+"""The Mamba mixer with SSMConfig's ablation switches (the model ablations of arXiv 2312.00752, Section
+4.6): what changes steps 4-5 of `Mamba` (layers/mamba.py); steps 1-3 and 6 are the paper's.
 
     discretization  "mamba" (ZOH for A, Euler for B) | "zoh" | "bilinear" | "euler"  (see ops/hippo.py)
     selective       False: Δ, B, C are learned per-channel parameters (dt_bias (d,), B, C (d, n)), not
