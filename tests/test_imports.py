@@ -127,14 +127,23 @@ def dependency_order(graph: dict[str, set[str]]) -> list[str]:
 @pytest.mark.parametrize("dependents_first", [False, True])
 def test_every_module_imports_in_a_fresh_interpreter(dependents_first):
     """All modules imported in one fresh interpreter, in dependency order, and in the reverse order (each module
-    then pulls its own imports in first: where a cycle at import time would show)."""
+    then pulls its own imports in first: where a cycle at import time would show). A missing optional
+    dependency skips the modules that need it."""
     graph = import_graph()
     for source, target in KNOWN_CYCLE_EDGES:
         graph[source].discard(target)
     names = [m for m in dependency_order(graph) if not m.endswith("__main__")]
     if dependents_first:
         names.reverse()
-    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    code = (  # a missing optional dependency (triton) skips the modules that need it
+        "import importlib, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ModuleNotFoundError as e:\n"
+        "        if e.name.startswith('mambalab'):\n"
+        "            raise\n"
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     env.pop("TRITON_INTERPRET", None)
     out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, env=env, timeout=300,
