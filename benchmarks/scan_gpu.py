@@ -23,16 +23,19 @@ from triton.testing import do_bench
 
 from benchmarks.common import base_parser, write_result
 from mambalab.ops import triton as kernels
-from mambalab.ops.conv1d import (
-    causal_conv1d,
-    causal_conv1d_fused,
-    causal_conv1d_update,
-    causal_conv1d_update_fused,
-)
-from mambalab.ops.mixer_step import mixer_step, mixer_step_fused
+from mambalab.ops.causal_conv1d.reference import causal_conv1d_reference as causal_conv1d
+from mambalab.ops.causal_conv1d.reference import causal_conv1d_update_reference as causal_conv1d_update
+from mambalab.ops.causal_conv1d.triton_conv import causal_conv1d_triton as causal_conv1d_fused
+from mambalab.ops.causal_conv1d.triton_conv import causal_conv1d_update_triton as causal_conv1d_update_fused
 from mambalab.ops.selective_scan import selective_scan
-from mambalab.ops.state_update import selective_state_update, selective_state_update_fused
-from mambalab.ops.triton import common, scan
+from mambalab.ops.selective_scan import triton_kernels as scan
+from mambalab.ops.state_update.reference import mixer_step_reference as mixer_step
+from mambalab.ops.state_update.reference import selective_state_update_reference as selective_state_update
+from mambalab.ops.state_update.triton_step import mixer_step_triton as mixer_step_fused
+from mambalab.ops.state_update.triton_step import (
+    selective_state_update_triton as selective_state_update_fused,
+)
+from mambalab.ops.triton import common
 
 COPY_BW = 4.25e12  # measured device-to-device copy, bytes/s (read + write), ANCHORS.md
 SFU_EXP = 16 * 132 * 1.98e9  # ex2 per second on the special-function units

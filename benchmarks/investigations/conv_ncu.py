@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from mambalab.ops.conv1d import causal_conv1d_fused
+from mambalab.ops.causal_conv1d.triton_conv import causal_conv1d_triton as causal_conv1d_fused
 
 
 def main() -> None:

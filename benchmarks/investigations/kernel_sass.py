@@ -27,7 +27,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mambalab.ops.triton import scan
+from mambalab.ops.selective_scan import triton_kernels as scan
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 SHAPE = {"dim": 2048, "length": 2048, "n": 16}  # the anchors (batch 8: only the grid depends on it)

@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from benchmarks.scan_gpu import make_inputs
-from mambalab.ops.triton import scan
+from mambalab.ops.selective_scan import triton_kernels as scan
 
 
 def main() -> None:

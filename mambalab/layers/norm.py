@@ -1,4 +1,5 @@
-"""RMSNorm (as in Mamba and LLaMA): x / rms(x) · weight, computed in float32."""
+"""RMSNorm (Zhang & Sennrich 2019, arXiv 1910.07467; as in Mamba and LLaMA): x / rms(x) · weight, computed in
+float32."""
 
 from __future__ import annotations
 
@@ -39,18 +40,13 @@ class RMSNorm(nn.Module):
         and backward fused). Inside an outer torch.compile, the plain composition, which inductor fuses with
         its neighbours."""
         if x.is_cuda and torch.float64 not in (x.dtype, self.weight.dtype) and not torch.compiler.is_compiling():
+            from mambalab.ops import triton as kernels
             from mambalab.ops.backends import records_grad
 
             if records_grad(x, self.weight):
                 return _compiled_composition()(x, self.weight, self.eps, round_to_weight_dtype)
-            if self._triton_available(x):
+            if kernels.runs_on(x.device):
                 from mambalab.ops.triton.norm import rms_norm
 
                 return rms_norm(x, self.weight, self.eps, round_to_weight_dtype)
         return rms_norm_composition(x, self.weight, self.eps, round_to_weight_dtype)
-
-    @staticmethod
-    def _triton_available(x: torch.Tensor) -> bool:
-        from mambalab.ops.selective_scan import resolve_backend
-
-        return resolve_backend("auto", x.device) == "triton"

@@ -1,4 +1,6 @@
-"""Fused one-token decode kernels: the selective SSM state update and the causal-conv window update.
+"""Fused one-token decode kernels: the selective SSM state update, the causal-conv window update, and the
+Mamba mixer's step (the conv window update with x_proj, then dt_proj with the state update), which share their
+window and state-advance code: so they live in one module.
 
 Each is one launch per layer and token (the torch versions take ~10 small ops). An optional
 `state_batch_indices` (b,) maps batch row i to state slot indices[i], so a server can keep a pool of
@@ -220,7 +222,7 @@ def conv_update(x_t, conv_state, weight, bias, silu, state_batch_indices):
 def mixer_step(x_t, z_t, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                dt_proj_bias, A_log, D, state_batch_indices):
     """Launch the Mamba mixer's recurrent step between in_proj and out_proj as two kernels (see
-    mambalab/ops/state_update.py `mixer_step`); updates both states in place, returns y (b, d) in x_t's dtype."""
+    mambalab/ops/state_update/reference.py `mixer_step_reference`); updates both states in place, returns y (b, d) in x_t's dtype."""
     batch, dim = x_t.shape
     n, rank = A_log.shape[1], dt_proj_weight.shape[1]
     width, j = conv_weight.shape[1], x_proj_weight.shape[0]

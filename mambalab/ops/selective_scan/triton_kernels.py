@@ -83,14 +83,12 @@ PARTIAL_DBC_MAX_BYTES = 2 << 30
 
 
 def default_config(dim_per_group: int, n: int, batch: int = 1, groups: int = 1, length: int = 0) -> ScanConfig:
-    """Tile sizes chosen by sweeping on an H200 at N=16 (benchmarks/notes/scan.md, v5-v8): one warp per
+    """The tiles chosen by sweeping on a GPU at N=16 (the sweeps: benchmarks/notes/scan.md): one warp per
     program, 16 channels × 8 steps forward, checkpoints every 8 steps (two floats per (b, d, l) at n = 16), 8
-    channels × one whole 8-step interval per backward tile (1.09× faster than 16-step intervals in two halves;
-    channel sub-blocks and register caps measured slower; v7/v8 re-swept: 16 = 2 × 8 channels within 1%), the
-    adjoint as a forward scan over flipped steps with its decay reused from the recomputed Ā (v6: backward
-    1.52 ms instead of 2.80 at L=2048). The backward sums dB/dC over channel blocks through per-block partial
-    buffers (1.25× faster than float32 atomics in v8; atomics into 4-64 slots were slower still) while those
-    stay under PARTIAL_DBC_MAX_BYTES (they hold 2·b·G·(d/G/8)·n·l floats), else with atomics."""
+    channels × one whole 8-step interval per backward tile, the adjoint as a forward scan over flipped steps with
+    its decay reused from the recomputed Ā. The backward sums dB/dC over channel blocks through per-block partial
+    buffers (faster than float32 atomics) while those stay under PARTIAL_DBC_MAX_BYTES (they hold
+    2·b·G·(d/G/8)·n·l floats), else with atomics."""
     config = ScanConfig()
     n_blk = triton.cdiv(dim_per_group, config.bwd_block_d)
     partial_bytes = 2 * 4 * batch * groups * n_blk * n * length
@@ -136,7 +134,7 @@ def _load_td(base, t_offs, mask, PRESENT: tl.constexpr):
     """A tile of steps × channels at base + t_offs (time offsets broadcast over the channels of base), in
     float32 (zeros when the tensor is absent). Converted where it is loaded: the conversion then runs on the
     load's few values per thread, not on every copy of the tile broadcast over N (triton 3.6 places it after
-    the broadcast otherwise; benchmarks/notes/scan.md "v7")."""
+    the broadcast otherwise; benchmarks/notes/scan.md)."""
     if PRESENT:
         tile = tl.load(base + t_offs, mask=mask, other=0.0).to(tl.float32)
     else:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mambalab.ops.conv1d import causal_conv1d, causal_conv1d_update
+from mambalab.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from tests.conftest import rel_error
 
 

@@ -2,7 +2,7 @@
 
 y[b, i, t] = act(bias[i] + Σ_k w[i, k] · x[b, i, t - (W-1) + k]), inputs before position 0 read from the
 initial state h0 (b, d, W) (the last W inputs, oldest first: position -p is column W - p). act is SiLU or
-none. Same semantics as mambalab/ops/conv1d.py `causal_conv1d` (the oracle).
+none. Same semantics as `causal_conv1d_reference` (reference.py, the oracle).
 
 One program owns BLOCK_L positions × BLOCK_D channels of one batch row; every input tile is read W times
 (shifted by one step each time; the re-reads hit L1/L2), so HBM sees x once and y once. Tiles are (BLOCK_L,
@@ -13,7 +13,7 @@ Backward, with g = dy · act'(p) (p the pre-activation, recomputed): dx[t] = Σ_
 dh0[column W-p] = the same sum at position -p, dw[i, k] = Σ_{b,t} g[t] x[t-(W-1)+k], dbias = Σ_{b,t} g. Two
 passes: the first writes g (float32) with per-program partial sums of dw and dbias (summed by the caller),
 the second reads g W times (shifted) for dx and dh0. (One pass recomputing g at t .. t+W-1 needs W² shifted
-loads of x per tile: 0.72 ms at b8, d2048, L2048 on an H200, 9× its byte floor; benchmarks/notes/scan.md.)
+loads of x per tile: far slower, benchmarks/notes/scan.md.)
 """
 
 from __future__ import annotations
