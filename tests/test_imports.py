@@ -16,9 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mambalab"
 
 # Known edges of a cycle that another change removes; each must still exist (so the list cannot go stale).
-KNOWN_CYCLE_EDGES = {
-    ("mambalab.models.checkpoint", "mambalab.models.lm"),  # removed by the models refactor
-}
 
 
 def modules() -> list[str]:
@@ -100,9 +97,6 @@ def test_the_graph_sees_imports():
 
 def test_module_level_import_graph_is_acyclic():
     graph = import_graph()
-    for source, target in KNOWN_CYCLE_EDGES:
-        assert target in graph[source], f"{source} -> {target} is gone: remove it from KNOWN_CYCLE_EDGES"
-        graph[source].discard(target)
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -130,8 +124,6 @@ def test_every_module_imports_in_a_fresh_interpreter(dependents_first):
     then pulls its own imports in first: where a cycle at import time would show). A missing optional
     dependency skips the modules that need it."""
     graph = import_graph()
-    for source, target in KNOWN_CYCLE_EDGES:
-        graph[source].discard(target)
     names = [m for m in dependency_order(graph) if not m.endswith("__main__")]
     if dependents_first:
         names.reverse()
