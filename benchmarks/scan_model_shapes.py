@@ -101,7 +101,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def with_config(overrides: dict):
     """Make our triton backend use the default ScanConfig with `overrides` (restored by the caller)."""
-    from mambalab.ops.triton import scan as kernels
+    from mambalab.ops.selective_scan import triton_kernels as kernels
 
     original = kernels.default_config
 

@@ -41,7 +41,8 @@ def model_and_ids(request):
 @torch.no_grad()
 def test_fused_kernels_are_used(model_and_ids):
     model, _, dtype = model_and_ids
-    assert model.backbone.layers[0].mixer._fused_kernels(torch.empty(1, device="cuda", dtype=dtype))
+    chosen = model.backbone.layers[0].mixer.kernel_backends(torch.empty(1, device="cuda", dtype=dtype))
+    assert set(chosen.values()) == {"triton"}, chosen
 
 
 @torch.no_grad()
