@@ -21,14 +21,15 @@ from torch import nn
 from mambalab.config import Mamba2Config, ModelConfig
 from mambalab.layers.mamba import inverse_softplus, restore_float32
 from mambalab.ops import backends
+from mambalab.ops import triton as kernels
 from mambalab.ops.backends import records_grad
-from mambalab.ops.conv1d import (
-    causal_conv1d,
-    causal_conv1d_fused,
-    causal_conv1d_update,
-    causal_conv1d_update_fused,
-)
-from mambalab.ops.ssd import ssd_scan, ssd_state_update
+from mambalab.ops.causal_conv1d import OP as CONV_OP
+from mambalab.ops.causal_conv1d import UPDATE_OP as CONV_UPDATE_OP
+from mambalab.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
+from mambalab.ops.ssd import OP as SSD_OP
+from mambalab.ops.ssd import STEP_OP as SSD_STEP_OP
+from mambalab.ops.ssd import ssd_scan
+from mambalab.ops.triton import resolve_for
 
 
 class GatedRMSNorm(nn.Module):
@@ -57,8 +58,7 @@ class GatedRMSNorm(nn.Module):
     def _fused(self, y: torch.Tensor, z: torch.Tensor) -> bool:
         if not y.is_cuda or torch.float64 in (y.dtype, self.weight.dtype) or torch.compiler.is_compiling():
             return False
-        triton_here = backends.resolve("ssd_scan", "auto", y.device) == "triton"
-        return triton_here and not records_grad(y, z, self.weight)
+        return kernels.runs_on(y.device) and not records_grad(y, z, self.weight)
 
 
 class Mamba2(nn.Module):
@@ -116,16 +116,19 @@ class Mamba2(nn.Module):
         D = self.D.unflatten(0, (self.n_heads, self.head_dim)) if self.cfg.D_has_hdim else self.D
         return A, D
 
-    def _fused_kernels(self, x: torch.Tensor) -> bool:
-        """Run the conv (sequence and decode step) in the fused Triton kernels where SSD runs in Triton."""
-        backend = backends.resolve("ssd_scan", self.cfg.ssd_backend, x.device)
-        return x.dtype != torch.float64 and backend == "triton"
-
-    def _step_backend(self) -> str:
-        """The decode step's backend: ssd_backend where the step has one of that name ("reference",
-        "triton"), else the step's own "auto" (e.g. ssd_backend="torch", a sequence-only backend)."""
+    # Kernels ----------------------------------------------------------------------------------------
+    def _backend(self, op: str) -> str:
+        """The backend name the mixer passes to `op`: ssd_backend where op has a backend of that name
+        ("reference", "triton"), else "auto" (e.g. ssd_backend="torch", which only SSD has: the conv and the
+        decode step run their own "auto")."""
         name = self.cfg.ssd_backend
-        return name if name in backends.names("ssd_state_update") else "auto"
+        return name if name in backends.names(op) else "auto"
+
+    def kernel_backends(self, x: torch.Tensor) -> dict[str, str]:
+        """The backend each op of the mixer resolves to for tensors like x."""
+        return {SSD_OP: backends.resolve(SSD_OP, self.cfg.ssd_backend, x.device),
+                SSD_STEP_OP: backends.resolve(SSD_STEP_OP, self._backend(SSD_STEP_OP), x.device),
+                **{op: resolve_for(op, self._backend(op), x) for op in (CONV_OP, CONV_UPDATE_OP)}}
 
     # State --------------------------------------------------------------------------------------------
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict[str, torch.Tensor]:
@@ -145,13 +148,13 @@ class Mamba2(nn.Module):
         # 1. input projection: the gate z, the SSM input x with B and C, and Δ (one per head), all at once
         z, xBC, dt = self.in_proj(hidden).split([d, self.conv_dim, h], dim=-1)  # (b, l, d|conv_dim|h)
         # 2. causal depthwise conv over x, B and C together, 3. SiLU
-        conv = causal_conv1d_fused if self._fused_kernels(xBC) else causal_conv1d
-        weight = self.conv1d.weight.squeeze(1)  # (conv_dim, w)
+        conv_args = (self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")  # weight (conv_dim, w)
+        backend = self._backend(CONV_OP)
         if state is None:
-            xBC = conv(xBC.transpose(1, 2), weight, self.conv1d.bias, "silu")  # (b, conv_dim, l)
+            xBC = causal_conv1d(xBC.transpose(1, 2), *conv_args, backend=backend)  # (b, conv_dim, l)
         else:
-            xBC, conv_state = conv(xBC.transpose(1, 2), weight, self.conv1d.bias, "silu",
-                                   initial_state=state["conv"], return_final_state=True)  # (b, conv_dim, l|w)
+            xBC, conv_state = causal_conv1d(xBC.transpose(1, 2), *conv_args, initial_state=state["conv"],
+                                            return_final_state=True, backend=backend)  # (b, conv_dim, l|w)
             state["conv"].copy_(conv_state)
         x, B, C = xBC.transpose(1, 2).split([d, g * n, g * n], dim=-1)  # (b, l, d|g·n|g·n)
         # 4. SSD: Δ = softplus(dt + dt_bias), h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t ⊗ B_t, y_t = h_t C_t + D x_t
@@ -175,12 +178,18 @@ class Mamba2(nn.Module):
         `forward` for one position."""
         d, h, p, g, n = self.d_inner, self.n_heads, self.head_dim, self.n_groups, self.d_state
         z, xBC, dt = self.in_proj(hidden).split([d, self.conv_dim, h], dim=-1)  # (b, d|conv_dim|h)
-        update = causal_conv1d_update_fused if self._fused_kernels(xBC) else causal_conv1d_update
-        weight = self.conv1d.weight.squeeze(1)  # (conv_dim, w)
-        xBC = update(xBC, state["conv"], weight, self.conv1d.bias, "silu")  # (b, conv_dim)
+        xBC = causal_conv1d_update(xBC, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
+                                   backend=self._backend(CONV_UPDATE_OP))  # (b, conv_dim)
         x, B, C = xBC.split([d, g * n, g * n], dim=-1)  # (b, d|g·n|g·n)
         A, D = self._ssm_params()
         heads = (x.unflatten(-1, (h, p)), dt, A, B.unflatten(-1, (g, n)), C.unflatten(-1, (g, n)))
-        y = ssd_state_update(state["ssm"], *heads, D=D, dt_bias=self.dt_bias, dt_softplus=True,
-                             backend=self._step_backend())  # (b, h, p)
+        y = self._ssd_step(x)(state["ssm"], *heads, D=D, dt_bias=self.dt_bias, dt_softplus=True)  # (b, h, p)
         return self.out_proj(self.norm(y.flatten(-2), z))  # (b, d_model)
+
+    def _ssd_step(self, x: torch.Tensor):
+        """The backend of `ssd_state_update` for tensors like x, called without the op's argument checks:
+        the mixer builds every argument in the shapes the op expects (the state comes from `allocate_state`,
+        a prefill, or a saved state fingerprinted against this model), with A = −exp(A_log) < 0, and the
+        checks' test of A's values reads the GPU: a host sync per layer and token, which a CUDA graph's
+        warm-up refuses."""
+        return backends.get(SSD_STEP_OP, backends.resolve(SSD_STEP_OP, self._backend(SSD_STEP_OP), x.device))

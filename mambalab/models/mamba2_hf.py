@@ -2,8 +2,8 @@
 
 Weights need no renaming: the mixer's parameters already carry the names of transformers' `Mamba2Mixer`
 (`in_proj`, `conv1d`, `dt_bias`, `A_log`, `D`, `norm.weight`, `out_proj`), which are also those of official
-`mamba_ssm.modules.mamba2.Mamba2`; the official `backbone.embedding.weight` is renamed by the common loader
-(models/checkpoint.py), which calls in here to translate the config:
+`mamba_ssm.modules.mamba2.Mamba2`; the official `backbone.embedding.weight` is renamed by the common weights
+reader (models/weights_io.py). models/hf_config.py calls in here to translate the config:
 
     HF        model_type "mamba2": hidden_size, num_hidden_layers, state_size, head_dim, n_groups, expand,
               conv_kernel, chunk_size, time_step_*, layer_norm_epsilon (block norms and the gated norm)
@@ -20,14 +20,14 @@ import math
 from typing import Any
 
 from mambalab.config import ModelConfig
-from mambalab.models.checkpoint import (
+from mambalab.errors import CheckpointError, ConfigError
+from mambalab.models.hf_config import (
     _HF_FREE_MODEL_FIELDS,
     _HF_GENERIC,
     _OFFICIAL_FIELDS,
     _OFFICIAL_IRRELEVANT,
     _OFFICIAL_NORM_EPS,
     _OFFICIAL_REQUIRED,
-    CheckpointError,
     _as_int,
     _check_fields,
     _get,
@@ -127,7 +127,7 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
     """transformers `Mamba2Config` fields of a pure Mamba-2 `config` (vocab_size is the padded vocabulary)."""
     reason = transformers_incompatibility(config)
     if reason is not None:
-        raise ValueError(f"config cannot be expressed as a transformers Mamba2Config: {reason}")
+        raise ConfigError(f"config cannot be expressed as a transformers Mamba2Config: {reason}")
     fields = {hf: _get(config, path) for hf, path, _ in _HF_FIELDS}
     # rescale_prenorm_residual False: transformers' init would otherwise rescale the loaded out_proj weights.
     fields.update(vocab_size=config.padded_vocab_size, rescale_prenorm_residual=False,

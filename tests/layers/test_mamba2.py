@@ -177,6 +177,7 @@ def test_triton_kernels_equal_the_reference_in_the_mixer():
         fast = Mamba2(12, Mamba2Config(**{**vars(ref.cfg), "ssd_backend": "triton"})).to(device)
         fast.load_state_dict(ref.state_dict())
         hidden = torch.randn(2, 9, 12, device=device)
+        assert set(fast.kernel_backends(hidden).values()) == {"triton"}
         outputs, grads = [], []
         for m in (ref, fast):
             y = m(hidden)
@@ -189,3 +190,31 @@ def test_triton_kernels_equal_the_reference_in_the_mixer():
                 outputs.append(torch.stack([m.step(hidden[:, t], state) for t in range(5, 9)], 1))
     assert rel_error(outputs[2], outputs[0]) < 1e-5 and rel_error(outputs[3], outputs[1]) < 1e-5
     assert all(rel_error(grads[1][k], grads[0][k]) < 1e-4 for k in grads[0])
+
+
+@pytest.mark.parametrize(("ssd_backend", "conv_and_step"), [("reference", "reference"), ("torch", "reference"),
+                                                             ("quadratic", "reference"), ("auto", "reference")])
+def test_each_op_runs_the_backend_the_mixer_asks_for(ssd_backend, conv_and_step):
+    """ssd_backend names SSD's backend; the conv and the decode step take that name where they have a backend
+    of it, else their own "auto" (reference on CPU)."""
+    m = mixer(dtype=torch.float32, ssd_backend=ssd_backend)
+    chosen = m.kernel_backends(torch.empty(1))
+    assert chosen == {"ssd_scan": "torch" if ssd_backend == "auto" else ssd_backend,
+                      **dict.fromkeys(("ssd_state_update", "causal_conv1d", "causal_conv1d_update"), conv_and_step)}
+
+
+def test_the_decode_step_reads_nothing_back_from_the_device(monkeypatch):
+    """No value of a tensor goes to the host during `step` (on a GPU each read is a sync, which a CUDA graph's
+    warm-up refuses): bool(), item() and tolist() of any tensor fail inside it."""
+    m = mixer(dtype=torch.float32)
+    state = m.allocate_state(2)
+    hidden = torch.randn(2, 12)
+    m.step(hidden, state)  # the backends load (and may probe the device) on first use
+
+    def host_read(*_):
+        raise AssertionError("a tensor's value was read on the host during the decode step")
+
+    for name in ("__bool__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    with torch.no_grad():
+        m.step(hidden, state)

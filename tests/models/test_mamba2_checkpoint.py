@@ -14,10 +14,11 @@ from transformers import Mamba2Config, Mamba2ForCausalLM
 import mambalab
 from mambalab import AttentionConfig, LanguageModel, ModelConfig
 from mambalab.config import Mamba2Config as OurMamba2Config
-from mambalab.models.checkpoint import CheckpointError, load_config, transformers_incompatibility
+from mambalab.errors import CheckpointError
+from mambalab.models.hf_config import load_config, transformers_incompatibility
 from mambalab.models.zoo import FAMILIES, count_params, flops_per_token, get_preset, match_config
 from tests.conftest import rel_error
-from tests.models.test_checkpoint import edit_config, perturb
+from tests.models.test_pretrained import edit_config, perturb
 
 VOCAB = 61  # padded to 64 by pad_vocab_size_multiple=8
 # Odd sizes so that a mis-mapped field changes a shape: 4 heads of 8, 2 groups, N = 6, width-3 conv.

@@ -68,3 +68,19 @@ def test_module_uses_the_kernel_only_where_no_gradient_is_recorded_on_cuda():
         assert not norm._fused(y, z)  # a gradient is recorded
         with torch.no_grad():
             assert norm._fused(y, z)
+
+
+@pytest.mark.parametrize(("z_shape", "w_shape", "group_size", "message"), [
+    ((3, 7), (8,), 4, r"z must have y's shape \(3, 8\), got \(3, 7\)"),
+    ((3, 8), (6,), 4, r"weight must be \(d=8,\), got \(6,\)"),
+    ((3, 8), (8,), 3, "group_size must be a positive int dividing d=8, got 3"),
+    ((3, 8), (8,), 0, "group_size must be a positive int dividing d=8, got 0"),
+])
+def test_bad_arguments_are_named(z_shape, w_shape, group_size, message):
+    from mambalab.errors import InputError
+    from mambalab.ops.triton.gated_norm import gated_rms_norm
+
+    y = torch.randn(3, 8, device=TRITON_DEVICE)
+    z, weight = torch.randn(z_shape, device=TRITON_DEVICE), torch.ones(w_shape, device=TRITON_DEVICE)
+    with pytest.raises(InputError, match=message):
+        gated_rms_norm(y, z, weight, group_size, 1e-5)

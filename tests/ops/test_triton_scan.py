@@ -149,7 +149,7 @@ def test_other_tile_configs(monkeypatch, tiles, groups, seqlens):
     with channels masked off inside a sub-block: 6 channels per group), dB/dC by atomics or by per-block
     partial sums, a register cap, the adjoint's decay read off the recomputed Ā of the next step, the adjoint as
     a forward scan over flipped steps."""
-    from mambalab.ops.triton import scan
+    from mambalab.ops.selective_scan import triton_kernels as scan
 
     config = scan.ScanConfig(**{"block_d": 8, "chunk": 8, "fwd_chunk": 4, **tiles})
     monkeypatch.setattr(scan, "default_config", lambda *args: config)
@@ -158,7 +158,7 @@ def test_other_tile_configs(monkeypatch, tiles, groups, seqlens):
 
 
 def test_backward_tile_validation():
-    from mambalab.ops.triton import scan
+    from mambalab.ops.selective_scan import triton_kernels as scan
 
     with pytest.raises(ValueError, match="bwd_chunk=4"):
         scan.ScanConfig(chunk=16, bwd_chunk=4)

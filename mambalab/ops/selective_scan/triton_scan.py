@@ -1,4 +1,4 @@
-"""`backend="triton"`: the fused kernels of mambalab/ops/triton/scan.py as differentiable torch ops.
+"""`backend="triton"`: the fused kernels of triton_kernels.py as differentiable torch ops.
 
 Two torch.library custom ops, `mambalab::selective_scan_fwd` and `mambalab::selective_scan_bwd`, with fake
 implementations and autograd (fused.py), so `torch.compile` traces a mixer using them without graph breaks. The
@@ -10,8 +10,6 @@ Float64 is not supported here (the kernels keep state in float32): use the torch
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from mambalab.ops.backends import BackendUnavailable
@@ -22,17 +20,9 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def load_triton_scan():
     """The triton `selective_scan`, or BackendUnavailable saying why it cannot run here."""
-    if importlib.util.find_spec("triton") is None:
-        raise BackendUnavailable("selective_scan backend 'triton' needs the triton package: pip install 'mambalab[triton]'")
     from mambalab.ops import triton as kernels
 
-    where = kernels.device()
-    if where is None:
-        raise BackendUnavailable(
-            "selective_scan backend 'triton' needs a CUDA GPU (none is visible); on CPU, use backend='torch', or run "
-            "the kernels in Triton's interpreter (mambalab.ops.triton.interpreter(), or TRITON_INTERPRET=1 set "
-            "before mambalab.ops.triton is imported)"
-        )
+    kernels.require("selective_scan")
     return selective_scan_triton
 
 
@@ -66,28 +56,28 @@ def selective_scan_triton(
 
 
 def _config(u, A, B):
-    from mambalab.ops.triton.scan import default_config
+    from mambalab.ops.selective_scan.triton_kernels import default_config
 
     groups = 1 if B.dim() == 3 else B.shape[1]
     return default_config(u.shape[1] // groups, A.shape[1], u.shape[0], groups, u.shape[2])
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, store_checkpoints):
-    from mambalab.ops.triton.scan import scan_forward
+    from mambalab.ops.selective_scan.triton_kernels import scan_forward
 
     return scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
                         store_checkpoints, _config(u, A, B))
 
 
 def _backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ckpt, delta_softplus):
-    from mambalab.ops.triton.scan import scan_backward
+    from mambalab.ops.selective_scan.triton_kernels import scan_backward
 
     return scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ckpt, delta_softplus,
                          _config(u, A, B))
 
 
 def _checkpoint_slots(u, A, B, cu_seqlens):
-    from mambalab.ops.triton.scan import checkpoint_slots
+    from mambalab.ops.selective_scan.triton_kernels import checkpoint_slots
 
     return checkpoint_slots(sequence_count(u, cu_seqlens), u.shape[2], _config(u, A, B).chunk,
                             cu_seqlens is not None)

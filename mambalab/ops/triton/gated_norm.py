@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mambalab.errors import InputError
 from mambalab.ops.triton import common
 from mambalab.ops.triton.common import INTERPRETED
 
@@ -43,6 +44,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, group_size: int,
                    eps: float) -> torch.Tensor:
     """y, z (…, d), weight (d,) -> (…, d) in promote(weight dtype, y dtype); see the module docstring."""
+    validate(y, z, weight, group_size)
     dim = y.shape[-1]
     y_rows, z_rows = _rows(y), _rows(z)  # (r, d)
     dtype = torch.promote_types(weight.dtype, y.dtype)
@@ -53,3 +55,19 @@ def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, group
             y_rows, z_rows, weight, out, y_rows.stride(0), z_rows.stride(0), out.stride(0), group_size, eps,
             BLOCK_G=block, num_warps=4 if block <= 4096 else 8)
     return out.view(*y.shape[:-1], dim)
+
+
+def validate(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, group_size: int) -> None:
+    """InputError naming the bad argument unless y and z are (…, d) alike, weight is (d,), and group_size
+    divides d."""
+    _expect(y.dim() >= 1, "y must be (..., d), got a scalar")
+    dim = y.shape[-1]
+    _expect(tuple(z.shape) == tuple(y.shape), f"z must have y's shape {tuple(y.shape)}, got {tuple(z.shape)}")
+    _expect(tuple(weight.shape) == (dim,), f"weight must be (d={dim},), got {tuple(weight.shape)}")
+    _expect(isinstance(group_size, int) and group_size > 0 and dim % group_size == 0,
+            f"group_size must be a positive int dividing d={dim}, got {group_size!r}")
+
+
+def _expect(cond: bool, message: str) -> None:
+    if not cond:
+        raise InputError(f"gated_rms_norm: {message}")
