@@ -44,14 +44,19 @@ SHAPES = [(8, 24, 2048), (8, 32, 2048), (8, 24, 8192), (8, 32, 8192), (2, 24, 32
 HEAD_DIM, N = 64, 128
 SWEEP = [  # SSDConfig fields; the first is the default
     {},
-    {"chunk_forward": 64, "warps_forward": 8},
-    {"block_p_forward": 32},
-    {"warps_forward": 8},
-    {"chunk_backward": 32, "block_p_backward": 32, "warps_backward": 4},
+    {"forward_mode": "fused"},
+    {"forward_mode": "fused", "chunk_forward": 64, "warps_forward": 8},
+    {"forward_mode": "chunked", "chunk_forward": 64, "warps_forward": 8},
+    {"forward_mode": "chunked", "chunk_forward": 64, "block_p_forward": 32},
+    {"block_p_state": 64},
+    {"block_p_state": 16},
+    {"chunk_backward": 32, "warps_backward": 4},
     {"block_p_backward": 64},
+    {"warps_adjoint": 4},
     {"stages": 1},
     {"stages": 3},
 ]
+FORWARD_FIELDS = {"forward_mode", "chunk_forward", "block_p_forward", "warps_forward"}
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
 T0 = time.time()
 
@@ -171,7 +176,6 @@ def peak_extra_gb(fn) -> float | None:
 def sweep(report) -> SSDConfig:
     """Time each tile config at b8 h24 L2048; the best forward fields and the best backward fields combine."""
     args = make_inputs(*SWEEP_SHAPE)
-    forward_fields = {"chunk_forward", "block_p_forward", "warps_forward"}
     rows, first = {}, None
     for fields in SWEEP:
         key = ",".join(f"{k}={v}" for k, v in fields.items()) or "default"
@@ -190,8 +194,8 @@ def sweep(report) -> SSDConfig:
     ok = {k: r for k, r in rows.items() if "error" not in r and r["max_rel_diff_to_default"] < 2e-2}
     best_f = min(ok.values(), key=lambda r: r["fwd_ms"])["fields"]
     best_b = min(ok.values(), key=lambda r: r["fwdbwd_ms"] - r["fwd_ms"])["fields"]
-    best = dataclasses.replace(SSDConfig(), **{k: v for k, v in best_f.items() if k in forward_fields},
-                               **{k: v for k, v in best_b.items() if k not in forward_fields})
+    best = dataclasses.replace(SSDConfig(), **{k: v for k, v in best_f.items() if k in FORWARD_FIELDS},
+                               **{k: v for k, v in best_b.items() if k not in FORWARD_FIELDS})
     report["sweep"] = {"shape": SWEEP_SHAPE, "rows": rows, "best": dataclasses.asdict(best)}
     log(f"best config {best}")
     return best
@@ -299,7 +303,7 @@ def main() -> int:
     if opts.smoke:
         global DEVICE, SHAPES, SWEEP, SWEEP_SHAPE, HEAD_DIM, N
         DEVICE, SHAPES, SWEEP_SHAPE, HEAD_DIM, N = "cpu", [(2, 2, 40)], (2, 2, 40), 16, 16
-        SWEEP = [{}, {"chunk_forward": 16}]
+        SWEEP = [{}, {"forward_mode": "fused", "chunk_forward": 16}, {"chunk_backward": 16}]
     report = {"environment": environment(), "shapes": {}}
     official, why = load_official()
     report["official"] = "mamba_ssm 2.3.2 mamba_chunk_scan_combined (Triton)" if official else f"skipped: {why}"
