@@ -8,6 +8,7 @@ import torch
 
 from mambalab.ops import backends
 from mambalab.ops.ssd import OP, STEP_OP, ssd_scan, ssd_state_update
+from mambalab.ops.ssd.triton_ssd import SSDConfig, ssd_triton
 from tests.conftest import rel_error
 from tests.ops.conftest import TRITON_DEVICE
 from tests.ops.ssd_cases import check_against_reference, grads_of, make_inputs, requiring_grad, run
@@ -148,5 +149,25 @@ def test_grads_of_partial_use():
     g_ref = grads_of(ref_kw, y_ref, torch.zeros(()), gy, torch.zeros(()))
     g = grads_of(tri_kw, y, torch.zeros((), device=TRITON_DEVICE), gy.to(TRITON_DEVICE),
                  torch.zeros((), device=TRITON_DEVICE))
+    for name in g_ref:
+        assert rel_error(g[name], g_ref[name]) <= 1e-9, name
+
+
+@pytest.mark.parametrize("mode", ["fused", "chunked"])
+def test_forward_modes_and_tiles(mode):
+    """Both forward algorithms (walk whole sequences / pass states then chunks in parallel), forward and
+    backward chunks of different sizes, packed sequences, against the loop."""
+    lengths = [7, 33, 0, 18]
+    kw = make_inputs(1, sum(lengths), 4, 3, 2, 5, rows=len(lengths))
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()]).to(TRITON_DEVICE)
+    cfg = SSDConfig(chunk_forward=16, chunk_backward=32, block_p_state=16, forward_mode=mode)
+    tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+    ref_kw = requiring_grad(kw)
+    y_ref, h_ref = run("reference", ref_kw, return_final_state=True, cu_seqlens=offsets.cpu())
+    y, h = ssd_triton(**tri_kw, return_final_state=True, cu_seqlens=offsets, config=cfg)
+    assert rel_error(y, y_ref) <= 1e-12 and rel_error(h, h_ref) <= 1e-12
+    gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)
+    g_ref = grads_of(ref_kw, y_ref, h_ref, gy, gh)
+    g = grads_of(tri_kw, y, h, gy.to(TRITON_DEVICE), gh.to(TRITON_DEVICE))
     for name in g_ref:
         assert rel_error(g[name], g_ref[name]) <= 1e-9, name

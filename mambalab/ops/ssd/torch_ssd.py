@@ -51,12 +51,13 @@ def _chunked(x, dt, A, B, C, state, chunk_size):
 
     # 1. intra-chunk: (L ∘ C Bᵀ) (Δ x) inside each chunk
     scores = torch.einsum("bcqgn,bckgn->bcgqk", Cs, Bs)  # C_t · B_s                  (b, c, g, q, q)
-    mask = decay_mask(log_decay)  # L                                                  (b, g, r, c, q, q)
-    y = torch.einsum("bcgqk,bgrcqk,bckgrp->bcqgrp", scores, mask, values)  # (b, c, q, g, r, p)
+    mask = decay_mask(log_decay).permute(0, 3, 1, 2, 4, 5)  # L                         (b, c, g, r, q, q)
+    y = torch.einsum("bcgrqk,bckgrp->bcqgrp", scores[:, :, :, None] * mask, values)  # (b, c, q, g, r, p)
 
     # 2. what each chunk adds to the state
     to_end = torch.exp(log_decay[..., -1:] - log_decay)  # exp(Λ_last − Λ_s)           (b, g, r, c, q)
-    added = torch.einsum("bgrcq,bcqgrp,bcqgn->bcgrpn", to_end, values, Bs)  # S_c         (b, c, g, r, p, n)
+    to_end = to_end.permute(0, 3, 4, 1, 2)[..., None]  # (b, c, q, g, r, 1)
+    added = torch.einsum("bcqgrp,bcqgn->bcgrpn", values * to_end, Bs)  # S_c               (b, c, g, r, p, n)
 
     # 3. pass the state from chunk to chunk
     chunk_decay = torch.exp(log_decay[..., -1])  # exp(Λ_last)                           (b, g, r, c)

@@ -75,6 +75,73 @@ def _decay_mask(log_decay, offs_q):
 
 
 @triton.jit
+def _chunk_output(x, B, C, entering, dt, log_decay, D, offs_q, ACC: tl.constexpr, DOT: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    """y_t = Σ_s L[t, s] (C_t · B_s) Δ_s x_s + exp(Λ_t) C_t · H + D x_t for one chunk  (Q, P)."""
+    scores = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC)  # C_t · B_s        (Q, Q)
+    weights = scores * _decay_mask(log_decay, offs_q) * dt[None, :]  # L ∘ C Bᵀ, times Δ_s
+    y = tl.dot(weights.to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
+    y += tl.exp(log_decay)[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
+    return y + D[None, :] * x.to(ACC)
+
+
+@triton.jit
+def _gate(z_ptrs, mask, ACC: tl.constexpr):
+    """silu(z) of a tile."""
+    z = tl.load(z_ptrs, mask=mask, other=0.0).to(ACC)
+    return z * sigmoid(z)
+
+
+@triton.jit
+def _chunk_place(chunk_seq_ptr, seq_ptr, chunk_ptr, chunk, BLOCK_Q: tl.constexpr):
+    """(first row, rows left in the sequence from there) of chunk `chunk` of the (chunks, …) layout."""
+    seq = tl.load(chunk_seq_ptr + chunk)
+    row = tl.load(seq_ptr + seq).to(tl.int64) + (chunk - tl.load(chunk_ptr + seq)) * BLOCK_Q
+    return row, tl.load(seq_ptr + seq + 1).to(tl.int64) - row
+
+
+@triton.jit
+def ssd_chunk_forward_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr, states_ptr,
+    y_ptr,
+    s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n, s_D_h, s_D_p,
+    s_z_l, s_z_h, s_z_p, s_y_l, s_y_h, s_y_p,
+    heads, heads_per_group, head_dim, n_state,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+):
+    """y of one (chunk, head, channel block) from the state entering the chunk (states, (chunks, h, p, n)):
+    the chunk-parallel forward, for few (sequence, head) pairs and long sequences."""
+    chunk, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row, rows_left = _chunk_place(chunk_seq_ptr, seq_ptr, chunk_ptr, chunk, BLOCK_Q)
+    group = head // heads_per_group
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    p_mask, n_mask, row_mask = offs_p < head_dim, offs_n < n_state, offs_q < rows_left
+    qp_mask, qn_mask = row_mask[:, None] & p_mask[None, :], row_mask[:, None] & n_mask[None, :]
+    A = tl.load(A_ptr + head).to(ACC)
+    chunk_state = (chunk.to(tl.int64) * heads + head) * head_dim * n_state + _tile(offs_p, offs_n, n_state, 1)
+    entering = tl.load(states_ptr + chunk_state, mask=p_mask[:, None] & n_mask[None, :], other=0.0).to(DOT)
+    D = tl.zeros((BLOCK_P,), dtype=ACC)
+    if HAS_D:
+        D += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC)
+    dt, _ = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
+                        HAS_BIAS, SOFTPLUS)
+    x = tl.load(x_ptr + row * s_x_l + head * s_x_h + _tile(offs_q, offs_p, s_x_l, s_x_p), mask=qp_mask, other=0.0)
+    B = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask,
+                other=0.0).to(DOT)
+    C = tl.load(C_ptr + row * s_C_l + group * s_C_g + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask,
+                other=0.0).to(DOT)
+    y = _chunk_output(x, B, C, entering, dt, tl.cumsum(dt * A, axis=0), D, offs_q, ACC, DOT, PRECISION)
+    if HAS_Z:
+        y *= _gate(z_ptr + row * s_z_l + head * s_z_h + _tile(offs_q, offs_p, s_z_l, s_z_p), qp_mask, ACC)
+    tl.store(y_ptr + row * s_y_l + head * s_y_h + _tile(offs_q, offs_p, s_y_l, s_y_p), y.to(y_ptr.dtype.element_ty),
+             mask=qp_mask)
+
+
+@triton.jit
 def ssd_forward_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seq_ptr, chunk_ptr,
     y_ptr, states_ptr, final_ptr,
@@ -126,15 +193,9 @@ def ssd_forward_kernel(
                      state.to(states_ptr.dtype.element_ty), mask=pn_mask)
         if STORE_Y:
             C = tl.load(C_ptr + row * s_C_l + group * s_C_g + C_offs, mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
-            scores = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC)  # C_t · B_s   (Q, Q)
-            weights = scores * _decay_mask(log_decay, offs_q) * dt[None, :]  # L ∘ C Bᵀ, times Δ_s
-            y = tl.dot(weights.to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
-            y += tl.exp(log_decay)[:, None] * tl.dot(C, tl.trans(state.to(DOT)), input_precision=PRECISION,
-                                                      out_dtype=ACC)
-            y += D[None, :] * x.to(ACC)
+            y = _chunk_output(x, B, C, state.to(DOT), dt, log_decay, D, offs_q, ACC, DOT, PRECISION)
             if HAS_Z:
-                z = tl.load(z_ptr + row * s_z_l + head * s_z_h + z_offs, mask=qp_mask, other=0.0).to(ACC)
-                y *= z * sigmoid(z)
+                y *= _gate(z_ptr + row * s_z_l + head * s_z_h + z_offs, qp_mask, ACC)
             tl.store(y_ptr + row * s_y_l + head * s_y_h + y_offs, y.to(y_ptr.dtype.element_ty), mask=qp_mask)
         to_end = tl.exp(chunk_decay - log_decay) * dt  # exp(Λ_Q − Λ_s) Δ_s                   (Q,)
         inputs = (x.to(ACC) * to_end[:, None]).to(DOT)  # (Q, P)
@@ -222,11 +283,7 @@ def ssd_chunk_backward_kernel(
     partial sums: ddt (l, h, p_blocks) without the carry of later chunks (ddt_s += A dℓ_later σ(dt + bias)
     is added by the caller), dA, total = Σ_t ∂loss/∂Λ_t; dD (chunks, h, p); dt_sum = Σ_s Δ_s (chunks, h)."""
     chunk, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    seq = tl.load(chunk_seq_ptr + chunk)
-    start = tl.load(seq_ptr + seq).to(tl.int64)
-    c = chunk - tl.load(chunk_ptr + seq)
-    row = start + c * BLOCK_Q  # the chunk's first row
-    rows_left = tl.load(seq_ptr + seq + 1).to(tl.int64) - row
+    row, rows_left = _chunk_place(chunk_seq_ptr, seq_ptr, chunk_ptr, chunk, BLOCK_Q)
     group = head // heads_per_group
     offs_q = tl.arange(0, BLOCK_Q)
     offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)

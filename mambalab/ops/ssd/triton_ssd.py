@@ -78,9 +78,9 @@ def check_runnable(op: str, tensors: dict) -> None:
 
 @dataclass(frozen=True)
 class SSDConfig:
-    """Tile sizes of the kernels. The forward's output pass walks chunks of `chunk_forward` positions; the
-    backward (the state pass, the adjoint walk and the chunk-parallel gradients) chunks of `chunk_backward`.
-    Channel blocks (block_p_*) of head_dim per program; warps per program of each kernel.
+    """Tile sizes of the kernels. The forward works in chunks of `chunk_forward` positions, the backward (its
+    state pass, the adjoint walk and the chunk-parallel gradients) in chunks of `chunk_backward`. Channel
+    blocks (block_p_*) of head_dim per program; warps per program of each kernel.
 
     Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16): the forward at 32
     positions × 64 channels × 4 warps and the gradient kernel at 64 × 32 × 8 warps build without spills;
@@ -90,10 +90,13 @@ class SSDConfig:
     chunk_backward: int = 64
     block_p_forward: int = 64
     block_p_backward: int = 32
+    block_p_state: int = 0  # 0: chosen for parallelism (_state_block)
     warps_forward: int = 4
+    warps_state: int = 4
     warps_adjoint: int = 8
     warps_backward: int = 8
     stages: int = 2
+    forward_mode: str = "auto"  # "fused" (walk whole sequences), "chunked" (pass states, then chunks in parallel)
 
 
 def _pow2_at_most(v: int) -> int:
@@ -165,6 +168,7 @@ class _Layout:
     chunk_seq: torch.Tensor  # (chunks,) int32
     seqs: int
     chunks: int
+    chunk: int  # positions per chunk
 
     @classmethod
     def of(cls, batch, length, cu_seqlens, chunk, device):
@@ -173,20 +177,20 @@ class _Layout:
             starts = torch.arange(batch + 1, device=device, dtype=torch.int64) * length
             first = torch.arange(batch + 1, device=device, dtype=torch.int64) * per_seq
             chunk_seq = torch.arange(batch, device=device, dtype=torch.int32).repeat_interleave(per_seq)
-            return cls(starts, first, chunk_seq, batch, batch * per_seq)
+            return cls(starts, first, chunk_seq, batch, batch * per_seq, chunk)
         offsets = cu_seqlens.tolist()  # validated already (a host copy there too)
         counts = [-(-(b - a) // chunk) for a, b in itertools.pairwise(offsets)]
         first = [0, *itertools.accumulate(counts)]
         seqs = len(counts)
         chunk_seq = torch.repeat_interleave(torch.arange(seqs, dtype=torch.int32), torch.tensor(counts, dtype=torch.int64))
         return cls(cu_seqlens.to(device=device, dtype=torch.int64), torch.tensor(first, device=device),
-                   chunk_seq.to(device), seqs, first[-1])
+                   chunk_seq.to(device), seqs, first[-1], chunk)
 
-    def row_chunks(self, batch, length, chunk):
+    def row_chunks(self, batch, length):
         """The chunk of every row (b·l,)."""
         rows = torch.arange(batch * length, device=self.seq_starts.device)
         seq = torch.searchsorted(self.seq_starts[1:], rows, right=True)
-        return self.first_chunks[seq] + torch.div(rows - self.seq_starts[seq], chunk, rounding_mode="floor")
+        return self.first_chunks[seq] + torch.div(rows - self.seq_starts[seq], self.chunk, rounding_mode="floor")
 
     def later_sums(self, totals, at_end):
         """Σ over the later chunks of the same sequence of totals (chunks, h), plus at_end (seqs, h) of the
@@ -204,33 +208,90 @@ def _empty(*shape, device, dtype):
     return common.empty(*shape, device=device, dtype=dtype)
 
 
-def _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, store_y, store_states):
-    """y (b, l, h, p) or None, and the final state (seqs, h, p, n) (store_y), or the state entering each chunk
-    (chunks, h, p, n) in the matrix-product dtype (store_states)."""
+def _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, mode):
+    """One launch of the sequence-walking kernel (grid: sequences × heads × channel blocks).
+
+    mode "output": (y, final state (seqs, h, p, n)) at chunks of cfg.chunk_forward (the fused forward);
+    "states": (states entering each chunk (chunks, h, p, n) in the matrix-product dtype, final state) at the
+    layout's chunk (the chunked forward and the backward; no y)."""
     batch, length, heads, head_dim = x.shape
     n = B.shape[3]
     acc, dot, precision, acc_torch, state_torch = _acc_dtypes(x, B, C)
     dev = x.device
+    store_y = mode == "output"
     y = _empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype) if store_y else None
-    final = _empty(layout.seqs, heads, head_dim, n, device=dev, dtype=acc_torch) if store_y else None
-    states = _empty(layout.chunks, heads, head_dim, n, device=dev, dtype=state_torch) if store_states else None
+    final = _empty(layout.seqs, heads, head_dim, n, device=dev, dtype=acc_torch)
+    states = None if store_y else _empty(layout.chunks, heads, head_dim, n, device=dev, dtype=state_torch)
     Dm = _d_matrix(D, heads, head_dim)
     h0 = initial_state.contiguous() if initial_state is not None else None
-    block_p = _block(head_dim, cfg.block_p_forward)
-    out = y if y is not None else x
+    if store_y:
+        block_p, chunk, warps = _block(head_dim, cfg.block_p_forward), cfg.chunk_forward, cfg.warps_forward
+    else:
+        block_p, chunk, warps = _state_block(layout.seqs * heads, head_dim, cfg, dev), layout.chunk, cfg.warps_state
+    out = y if store_y else x
     kernels().ssd_forward_kernel[(layout.seqs, heads, -(-head_dim // block_p))](
         x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), _or(h0, x), layout.seq_starts,
-        _or(layout.first_chunks, layout.seq_starts), out, _or(states, x), _or(final, x),
+        _or(layout.first_chunks, layout.seq_starts), out, _or(states, x), final,
         *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
         *out.stride()[1:],
         heads, heads // B.shape[2], head_dim, n,
-        BLOCK_Q=cfg.chunk_forward if store_y else cfg.chunk_backward, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30),
-        ACC=acc, DOT=dot, PRECISION=precision,
+        BLOCK_Q=chunk, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30), ACC=acc, DOT=dot, PRECISION=precision,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-        HAS_INIT=initial_state is not None, STORE_Y=store_y, STORE_STATES=store_states, STORE_FINAL=store_y,
-        num_warps=cfg.warps_forward, num_stages=cfg.stages,
+        HAS_INIT=initial_state is not None, STORE_Y=store_y, STORE_STATES=not store_y, STORE_FINAL=True,
+        num_warps=warps, num_stages=cfg.stages,
     )
-    return (y, final) if store_y else states
+    return (y, final) if store_y else (states, final)
+
+
+def _multiprocessors(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+
+
+def _state_block(rows: int, head_dim: int, cfg, device) -> int:
+    """Channels per program of the state pass and the adjoint walk: cfg.block_p_state, or (0) the widest block
+    that still gives ≥ 2 programs per multiprocessor (these walks are sequential in l: parallel only over
+    sequences × heads × blocks)."""
+    if cfg.block_p_state:
+        return _block(head_dim, cfg.block_p_state)
+    for block in (64, 32):
+        if block <= triton_next_pow2(head_dim) and rows * -(-head_dim // block) >= 2 * _multiprocessors(device):
+            return block
+    return 16
+
+
+def _fused_forward(rows: int, head_dim: int, cfg, device) -> bool:
+    """Whether the forward walks whole sequences (cfg.forward_mode "fused"), or passes states and then computes
+    every chunk in parallel ("chunked"); "auto": fused when its grid gives ≥ 2 programs per multiprocessor."""
+    if cfg.forward_mode != "auto":
+        return cfg.forward_mode == "fused"
+    return rows * -(-head_dim // _block(head_dim, cfg.block_p_forward)) >= 2 * _multiprocessors(device)
+
+
+def _output_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softplus, cfg):
+    """(y, final state) of inputs whose batch and length axes merge (see _rows)."""
+    heads, head_dim = x.shape[2], x.shape[3]
+    seqs = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+    if _fused_forward(seqs * heads, head_dim, cfg, x.device):
+        return _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, _Sequences.of(x, cu_seqlens), softplus,
+                              cfg, "output")
+    layout = _Layout.of(x.shape[0], x.shape[1], cu_seqlens, cfg.chunk_forward, x.device)
+    states, final = _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, "states")
+    acc, dot, precision, _, _ = _acc_dtypes(x, B, C)
+    y = _empty(*x.shape, device=x.device, dtype=x.dtype)
+    Dm = _d_matrix(D, heads, head_dim)
+    block_p = _block(head_dim, cfg.block_p_forward)
+    if layout.chunks:
+        kernels().ssd_chunk_forward_kernel[(layout.chunks, heads, -(-head_dim // block_p))](
+            x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), layout.seq_starts, layout.first_chunks,
+            layout.chunk_seq, states, y,
+            *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
+            *y.stride()[1:],
+            heads, heads // B.shape[2], head_dim, B.shape[3],
+            BLOCK_Q=layout.chunk, BLOCK_P=block_p, BLOCK_N=_block(B.shape[3], 1 << 30), ACC=acc, DOT=dot,
+            PRECISION=precision, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
+            SOFTPLUS=softplus, num_warps=cfg.warps_forward, num_stages=cfg.stages,
+        )
+    return y, final
 
 
 def _d_matrix(D, heads, head_dim):
@@ -260,11 +321,11 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, l
     dev = x.device
     flags = {"BLOCK_Q": cfg.chunk_backward, "BLOCK_N": _block(n, 1 << 30), "ACC": acc, "DOT": dot, "PRECISION": precision,
              "HAS_Z": z is not None, "HAS_BIAS": dt_bias is not None, "SOFTPLUS": softplus}
-    states = _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, False, True)
+    states, _ = _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, "states")
 
     adjoints = _empty(layout.chunks, heads, head_dim, n, device=dev, dtype=state_torch)
     dh0 = _empty(layout.seqs, heads, head_dim, n, device=dev, dtype=acc_torch)
-    block_p = _block(head_dim, cfg.block_p_forward)
+    block_p = _state_block(layout.seqs * heads, head_dim, cfg, dev)
     dfinal = dfinal.contiguous() if dfinal is not None else None
     k.ssd_adjoint_kernel[(layout.seqs, heads, -(-head_dim // block_p))](
         dt, A, C, _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks, _or(dfinal, x), adjoints,
@@ -300,7 +361,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, l
     at_end = (dfinal.double() * final.double()).sum((2, 3)) if dfinal is not None else final.new_zeros(
         layout.seqs, heads, dtype=torch.float64)
     later = layout.later_sums(totals.sum(-1), at_end).to(acc_torch)  # (chunks, h)
-    carry = A.to(acc_torch) * later[layout.row_chunks(batch, length, cfg.chunk_backward)]  # (b·l, h)
+    carry = A.to(acc_torch) * later[layout.row_chunks(batch, length)]  # (b·l, h)
     if softplus:
         raw = dt.reshape(rows, heads).to(acc_torch)
         carry = carry * torch.sigmoid(raw + dt_bias.to(acc_torch) if dt_bias is not None else raw)
@@ -316,12 +377,6 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, l
         dD = dD.sum(0)  # (h, p)
         grads["D"] = (dD if D.dim() == 2 else dD.sum(-1)).to(D.dtype)
     return grads
-
-
-def _output_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softplus, cfg):
-    """(y, final state): one launch of the fused forward (inputs with mergeable batch and length axes)."""
-    return _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, _Sequences.of(x, cu_seqlens), softplus, cfg,
-                    True, False)
 
 
 class _SSDFunction(torch.autograd.Function):
