@@ -3,7 +3,7 @@
 Weights need no renaming: the mixer's parameters already carry the names of transformers' `Mamba2Mixer`
 (`in_proj`, `conv1d`, `dt_bias`, `A_log`, `D`, `norm.weight`, `out_proj`), which are also those of official
 `mamba_ssm.modules.mamba2.Mamba2`; the official `backbone.embedding.weight` is renamed by the common weights
-reader (models/weights_io.py). models/hf_config.py calls in here to translate the config:
+reader (models/weights_io.py). models/hf_config.py sends Mamba-2 configs here to be translated:
 
     HF        model_type "mamba2": hidden_size, num_hidden_layers, state_size, head_dim, n_groups, expand,
               conv_kernel, chunk_size, time_step_*, layer_norm_epsilon (block norms and the gated norm)
@@ -21,19 +21,19 @@ from typing import Any
 
 from mambalab.config import ModelConfig
 from mambalab.errors import CheckpointError, ConfigError
-from mambalab.models.hf_config import (
-    _HF_FREE_MODEL_FIELDS,
-    _HF_GENERIC,
-    _OFFICIAL_FIELDS,
-    _OFFICIAL_IRRELEVANT,
-    _OFFICIAL_NORM_EPS,
-    _OFFICIAL_REQUIRED,
-    _as_int,
-    _check_fields,
-    _get,
-    _non_default_fields,
-    _put,
-    _to_model_config,
+from mambalab.models.config_fields import (
+    HF_FREE_MODEL_FIELDS,
+    HF_GENERIC_FIELDS,
+    OFFICIAL_FIELDS,
+    OFFICIAL_IRRELEVANT,
+    OFFICIAL_NORM_EPS,
+    OFFICIAL_REQUIRED,
+    as_int,
+    check_fields,
+    get_path,
+    non_default_fields,
+    put_path,
+    to_model_config,
 )
 
 # (transformers Mamba2Config field, ModelConfig attribute path, transformers' default when absent)
@@ -112,9 +112,9 @@ def transformers_incompatibility(config: ModelConfig) -> str | None:
         return f"layer_pattern has layers other than plain 'mamba2': {other}"
     mapped = {path.split(".", 1)[1] for _, path, _ in _HF_FIELDS if path.startswith("mamba2.")}
     exempt = _HF_FREE_MAMBA2_FIELDS | mapped | {"rmsnorm_eps"}  # rmsnorm_eps: compared with norm_eps below
-    changed = [f"mamba2.{name}" for name in _non_default_fields(config.mamba2, exempt)]
+    changed = [f"mamba2.{name}" for name in non_default_fields(config.mamba2, exempt)]
     model_mapped = {path for _, path, _ in _HF_FIELDS if "." not in path}
-    changed += _non_default_fields(config, _HF_FREE_MODEL_FIELDS | model_mapped | {"ssm"})
+    changed += non_default_fields(config, HF_FREE_MODEL_FIELDS | model_mapped | {"ssm"})
     if changed:
         return f"options transformers' Mamba2 does not have are set: {changed}"
     if config.mamba2.rmsnorm_eps != config.norm_eps:
@@ -128,7 +128,7 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
     reason = transformers_incompatibility(config)
     if reason is not None:
         raise ConfigError(f"config cannot be expressed as a transformers Mamba2Config: {reason}")
-    fields = {hf: _get(config, path) for hf, path, _ in _HF_FIELDS}
+    fields = {hf: get_path(config, path) for hf, path, _ in _HF_FIELDS}
     # rescale_prenorm_residual False: transformers' init would otherwise rescale the loaded out_proj weights.
     fields.update(vocab_size=config.padded_vocab_size, rescale_prenorm_residual=False,
                   num_heads=config.mamba2.n_heads(config.d_model))
@@ -138,17 +138,17 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
 
 
 def from_hf_config(data: dict, where: str) -> ModelConfig:
-    allowed = {hf for hf, _, _ in _HF_FIELDS} | _HF_IRRELEVANT | _HF_GENERIC
+    allowed = {hf for hf, _, _ in _HF_FIELDS} | _HF_IRRELEVANT | HF_GENERIC_FIELDS
     allowed |= {"num_heads", "time_step_limit"}  # checked below
-    _check_fields(data, where, _HF_REQUIRED, allowed)
+    check_fields(data, where, _HF_REQUIRED, allowed)
     _check_no_dt_limit(data.get("time_step_limit"), "time_step_limit", where)
     tree: dict = {"pad_vocab_size_multiple": 1}  # the stored vocab_size is already the embedding's size
     for hf, path, default in _HF_FIELDS:
-        _put(tree, path, data.get(hf, default))
-    tree["layer_pattern"] = ["mamba2"] * _as_int(tree["n_layer"], "num_hidden_layers", where)
-    tree["mamba2"]["expand"] = _as_int(tree["mamba2"]["expand"], "expand", where)
+        put_path(tree, path, data.get(hf, default))
+    tree["layer_pattern"] = ["mamba2"] * as_int(tree["n_layer"], "num_hidden_layers", where)
+    tree["mamba2"]["expand"] = as_int(tree["mamba2"]["expand"], "expand", where)
     tree["mamba2"]["rmsnorm_eps"] = tree["norm_eps"]
-    config = _to_model_config(tree, where)
+    config = to_model_config(tree, where)
     if "num_heads" in data and data["num_heads"] != config.mamba2.n_heads(config.d_model):
         raise CheckpointError(
             f"{where}: field 'num_heads' = {data['num_heads']!r} but expand·hidden_size / head_dim ="
@@ -165,23 +165,23 @@ def is_official_mamba2(data: dict) -> bool:
 
 
 def from_official_config(data: dict, where: str) -> ModelConfig:
-    allowed = {name for name, _, _ in _OFFICIAL_FIELDS} | _OFFICIAL_IRRELEVANT | {"ssm_cfg"}
-    _check_fields(data, where, _OFFICIAL_REQUIRED, allowed)
+    allowed = {name for name, _, _ in OFFICIAL_FIELDS} | OFFICIAL_IRRELEVANT | {"ssm_cfg"}
+    check_fields(data, where, OFFICIAL_REQUIRED, allowed)
     ssm_cfg = data["ssm_cfg"]
     ssm_where = f"{where} (ssm_cfg)"
     allowed_ssm = {name for name, _ in _OFFICIAL_SSM_FIELDS} | _OFFICIAL_SSM_IRRELEVANT
     allowed_ssm |= {"dt_limit", "d_ssm"}  # checked below
-    _check_fields(ssm_cfg, ssm_where, _OFFICIAL_SSM_REQUIRED, allowed_ssm)
+    check_fields(ssm_cfg, ssm_where, _OFFICIAL_SSM_REQUIRED, allowed_ssm)
     _check_no_dt_limit(ssm_cfg.get("dt_limit"), "dt_limit", ssm_where)
     tree: dict = {
-        "norm_eps": _OFFICIAL_NORM_EPS,
+        "norm_eps": OFFICIAL_NORM_EPS,
         "mamba2": {ours: ssm_cfg[name] for name, ours in _OFFICIAL_SSM_FIELDS if name in ssm_cfg},
     }
-    for name, path, default in _OFFICIAL_FIELDS:
-        _put(tree, path, data.get(name, default))
-    tree["mamba2"]["rmsnorm_eps"] = _OFFICIAL_NORM_EPS  # RMSNormGated(eps=1e-5) in official Mamba2
-    tree["layer_pattern"] = ["mamba2"] * _as_int(tree["n_layer"], "n_layer", where)
-    config = _to_model_config(tree, where)
+    for name, path, default in OFFICIAL_FIELDS:
+        put_path(tree, path, data.get(name, default))
+    tree["mamba2"]["rmsnorm_eps"] = OFFICIAL_NORM_EPS  # RMSNormGated(eps=1e-5) in official Mamba2
+    tree["layer_pattern"] = ["mamba2"] * as_int(tree["n_layer"], "n_layer", where)
+    config = to_model_config(tree, where)
     d_ssm = ssm_cfg.get("d_ssm")
     if d_ssm is not None and d_ssm != config.mamba2.expand * config.d_model:
         raise CheckpointError(
