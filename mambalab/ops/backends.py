@@ -4,8 +4,8 @@ Each op (e.g. "selective_scan") has named backends ("reference", "torch", "trito
 registered with a loader that imports it lazily, so optional dependencies (triton, a C compiler) are only
 needed when that backend is used; an unavailable backend raises `BackendUnavailable` with the reason and how
 to fix it. `"auto"` resolves through the op's own preference function. The ops: "selective_scan",
-"causal_conv1d", "causal_conv1d_update", "selective_state_update", "mixer_step" (each registers its backends
-when its package, `mambalab.ops.<folder>`, is imported).
+"causal_conv1d", "causal_conv1d_update", "selective_state_update", "mixer_step", "ssd_scan",
+"ssd_state_update" (each registers its backends when its package, `mambalab.ops.<folder>`, is imported).
 """
 
 from __future__ import annotations
