@@ -364,7 +364,7 @@ def main() -> int:
         best = sweep(report)
         # The library's memory rule decides partial buffers vs atomics, unless atomics won the sweep.
         tiles = {k: v for k, v in best.__dict__.items() if k != "bwd_partial_dbc" or not v}
-        scan.default_config = lambda *args: dataclasses.replace(library_default(*args), **tiles)
+        scan.default_config = lambda *args, **kw: dataclasses.replace(library_default(*args, **kw), **tiles)
 
     # 3. Anchors: L=2048 and 8192.
     for length in (2048, 8192):

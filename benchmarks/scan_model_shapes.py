@@ -10,8 +10,9 @@ contiguous): each library is timed on the layout its model produces, from the sa
 
 Shapes: the three training shapes of benchmarks/train_vs_official.py (b8 L2048, b2 L8192, b1 L32768). For each,
 forward and forward+backward times (triton.testing.do_bench, median) and the extra peak memory of forward +
-backward, for the official kernel and for each of our tile configurations (`--configs`): the small-batch
-shapes leave most SMs idle with one program per 16 channels, so the sweep includes smaller channel blocks.
+backward, for the official kernel and for each of our configurations (`--configs`): the default (segments
+along L where the programs would not fill the GPU), without segments, dB/dC by atomics instead of per-block
+partial buffers (less memory), and smaller channel blocks.
 Every configuration is checked against our default one (outputs and gradients). JSON: $OUT or benchmarks/results.
 """
 
@@ -32,12 +33,10 @@ SHAPES = [(8, 2048), (2, 8192), (1, 32768)]
 D_INNER, N, RANK = 1536, 16, 48
 CONFIGS = {  # name -> ScanConfig overrides of the default
     "default": {},
+    "no_segments": {"segment": 0},
+    "atomics": {"bwd_partial_dbc": False},
     "fwd_bd8": {"block_d": 8},
-    "fwd_bd4": {"block_d": 4},
     "bwd_bd4": {"bwd_block_d": 4},
-    "bd4_bwd4": {"block_d": 4, "bwd_block_d": 4},
-    "bd2_bwd2": {"block_d": 2, "bwd_block_d": 2},
-    "ckpt16": {"chunk": 16, "fwd_chunk": 8, "bwd_chunk": 8},
 }
 
 

@@ -22,6 +22,17 @@ dy_ssm = dy · silu(z) and g_t = dL/dh_t, the adjoint recurrence g_t = C_t dy_ss
   dh_init = a_start g_start.
 dB/dC sum over channel blocks with float32 atomics or per-block partial buffers; dA, dD, dΔ-bias are
 per-sequence partials summed by the caller.
+
+Segments (`ScanConfig.segment` steps, 0 = off): at small batch × long L, one program per (channel block,
+sequence) leaves most SMs idle (b1 × d1536 at 16 channels a program: 96 programs), and each walks the whole
+sequence. The recurrence is linear, so L splits into segments run side by side: a summary pass computes each
+segment's state from zero, S_j, and ΣΔ_j over it (its decay Π_t exp(Δ_t A) = exp(A ΣΔ_j)); then each segment's
+program starts from h_init = exp(A ΣΔ_{j-1}) (… (exp(A ΣΔ_0) h0 + S_0) …) + S_{j-1}, folded over the segments
+before it, and runs as a sequence of its own. The backward does the same for the adjoint in reverse: with
+ĝ_j = Ā_{s_j} g_{s_j} (what segment j hands to segment j-1) and, from zero, Λ_j = Σ_{t∈j} (Π_{s_j≤u≤t} Ā_u) C_t
+dy_ssm_t, ĝ_j = Λ_j + exp(A ΣΔ_j) ĝ_{j+1} with ĝ_S = dL/dh_T; segment k starts its adjoint from ĝ_{k+1}.
+The forward pays one extra recurrence (the summary), the backward one extra pass over Δ, C and dy; segments
+are used only where the programs would not fill the GPU (default_config). Not with cu_seqlens.
 """
 
 from __future__ import annotations
@@ -54,7 +65,9 @@ class ScanConfig:
     - bwd_forward_adjoint: the adjoint's reverse scan run as a forward scan over the flipped steps (Triton
       lowers `reverse=True` with lane reversals of every operand; an in-thread flip is free).
     - fwd_maxnreg / bwd_maxnreg: a cap on registers per thread (more resident warps, possibly spills); None:
-      the compiler's choice."""
+      the compiler's choice.
+    - segment: steps per segment along L run by programs side by side (a multiple of chunk; 0: one segment per
+      sequence); see the module docstring."""
 
     block_d: int = 16
     chunk: int = 8
@@ -69,6 +82,7 @@ class ScanConfig:
     bwd_forward_adjoint: bool = True
     fwd_maxnreg: int | None = None
     bwd_maxnreg: int | None = None
+    segment: int = 0
 
     def __post_init__(self):
         if self.chunk % self.fwd_chunk:
@@ -77,12 +91,21 @@ class ScanConfig:
             raise ValueError(f"ScanConfig: bwd_chunk={self.bwd_chunk}, expected chunk={self.chunk} or half of it")
         if self.bwd_block_d % self.bwd_sub:
             raise ValueError(f"ScanConfig: bwd_sub={self.bwd_sub} must divide bwd_block_d={self.bwd_block_d}")
+        if self.segment % self.chunk:
+            raise ValueError(f"ScanConfig: segment={self.segment} must be a multiple of chunk={self.chunk}")
 
 
 PARTIAL_DBC_MAX_BYTES = 2 << 30
 
 
-def default_config(dim_per_group: int, n: int, batch: int = 1, groups: int = 1, length: int = 0) -> ScanConfig:
+SEGMENT_ALIGN = 64  # segment lengths are multiples of this (and so of every chunk)
+MIN_SEGMENT = 512  # shorter segments spend more on the fold over the segments before them than they gain
+FILLED_PER_SM = 4  # forward programs per SM from which the GPU counts as filled: no segments
+PROGRAMS_PER_SM = 8  # otherwise, segments are added until the forward has this many programs per SM
+
+
+def default_config(dim_per_group: int, n: int, batch: int = 1, groups: int = 1, length: int = 0,
+                   sm_count: int = 0, varlen: bool = False) -> ScanConfig:
     """The tiles chosen by sweeping on a GPU at N=16 (the sweeps: benchmarks/notes/scan.md): one warp per
     program, 16 channels × 8 steps forward, checkpoints every 8 steps (two floats per (b, d, l) at n = 16), 8
     channels × one whole 8-step interval per backward tile, the adjoint as a forward scan over flipped steps with
@@ -92,7 +115,22 @@ def default_config(dim_per_group: int, n: int, batch: int = 1, groups: int = 1, 
     config = ScanConfig()
     n_blk = triton.cdiv(dim_per_group, config.bwd_block_d)
     partial_bytes = 2 * 4 * batch * groups * n_blk * n * length
-    return ScanConfig(bwd_partial_dbc=partial_bytes <= PARTIAL_DBC_MAX_BYTES)
+    programs = batch * groups * triton.cdiv(dim_per_group, config.block_d)
+    segment = 0 if varlen else segment_length(length, programs, sm_count)
+    return ScanConfig(bwd_partial_dbc=partial_bytes <= PARTIAL_DBC_MAX_BYTES, segment=segment)
+
+
+def segment_length(length: int, programs: int, sm_count: int) -> int:
+    """Steps per segment so that programs × segments reaches PROGRAMS_PER_SM per SM, each segment at least
+    MIN_SEGMENT steps; 0 (no segments) when the programs already fill the GPU (FILLED_PER_SM) or the sequence
+    is short."""
+    if programs >= FILLED_PER_SM * sm_count:
+        return 0
+    wanted = triton.cdiv(PROGRAMS_PER_SM * sm_count, max(programs, 1))
+    n_segments = min(wanted, length // MIN_SEGMENT)
+    if n_segments <= 1:
+        return 0
+    return triton.cdiv(triton.cdiv(length, n_segments), SEGMENT_ALIGN) * SEGMENT_ALIGN
 
 
 def checkpoint_slots(rows: int, length: int, chunk: int, varlen: bool) -> int:
@@ -114,6 +152,18 @@ def _sequence_bounds(cu_ptr, seq, length, n_chunks, CHUNK: tl.constexpr, VARLEN:
         row = seq
         slot0 = seq * n_chunks
     return row.to(tl.int64), start, end, slot0.to(tl.int64)
+
+
+@triton.jit
+def _segment_bounds(start, end, slot0, SEG: tl.constexpr, CKPT: tl.constexpr):
+    """(segment index, first step, end step, first checkpoint slot) of this program's segment of the sequence
+    [start, end): program axis 2 (the whole sequence when SEG = 0)."""
+    k = tl.program_id(2)
+    if SEG > 0:
+        start = start + k * SEG
+        end = tl.minimum(end, start + SEG)
+        slot0 = slot0 + k * (SEG // CKPT)
+    return k, start, end, slot0
 
 
 @triton.jit
@@ -176,16 +226,19 @@ def _chunk_states(h, dA, dBu, first):
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, cu_ptr,
-    y_ptr, hT_ptr, ckpt_ptr,
-    length, dim, dim_per_group, n_chunks,
+    y_ptr, hT_ptr, ckpt_ptr, seg_h_ptr, seg_dsum_ptr,
+    length, dim, dim_per_group, n_chunks, n_segs,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_h0_s, s_h0_d, s_h0_n,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, VARLEN: tl.constexpr, STORE_CKPT: tl.constexpr,
+    HAS_H0: tl.constexpr, VARLEN: tl.constexpr, STORE_CKPT: tl.constexpr, SEG: tl.constexpr,
+    SUMMARY: tl.constexpr,
 ):
-    """CHUNK steps per iteration; with STORE_CKPT, the state every CKPT steps (a multiple of CHUNK)."""
+    """CHUNK steps per iteration; with STORE_CKPT, the state every CKPT steps (a multiple of CHUNK). With SEG,
+    one segment per program (axis 2), started from the fold of the summaries before it; with SUMMARY, the
+    summary pass: the segment's state from zero and its ΣΔ into seg_h / seg_dsum (rows, n_segs, d, ·), no y."""
     pid_blk = tl.program_id(0)
     seq = tl.program_id(1)
     n_blk = tl.cdiv(dim_per_group, BLOCK_D)
@@ -198,6 +251,7 @@ def _scan_fwd_kernel(
     mask_nd = mask_n[:, None] & mask_d[None, :]
     offs_t = tl.arange(0, CHUNK)
     row, start, end, slot0 = _sequence_bounds(cu_ptr, seq, length, n_chunks, CKPT, VARLEN)
+    segment, start, end, slot0 = _segment_bounds(start, end, slot0, SEG, CKPT)
 
     A2 = tl.load(A_ptr + offs_n[:, None] * s_A_n + offs_d[None, :] * s_A_d, mask=mask_nd, other=0.0)
     A2 = A2.to(tl.float32) * LOG2E  # exp(Δ A) = exp2(Δ · A log2 e)                          (NP, BD)
@@ -210,6 +264,15 @@ def _scan_fwd_kernel(
     if HAS_H0:
         h = tl.load(h0_ptr + seq * s_h0_s + offs_n[:, None] * s_h0_n + offs_d[None, :] * s_h0_d,
                     mask=mask_nd, other=0.0).to(tl.float32)
+    nd_offs = offs_n[:, None] + offs_d[None, :] * N  # (n, d) in contiguous (·, d, n) tensors
+    if SEG > 0:  # noqa: SIM102  (compile-time flags)
+        if not SUMMARY:  # fold the summaries of the segments before this one into h
+            for j in range(segment):
+                seg = seq * n_segs + j
+                h_j = tl.load(seg_h_ptr + seg * dim * N + nd_offs, mask=mask_nd, other=0.0)  # (NP, BD)
+                dsum_j = tl.load(seg_dsum_ptr + seg * dim + offs_d, mask=mask_d, other=0.0)  # (BD,)
+                h = tl.exp2(dsum_j[None, :] * A2) * h + h_j
+    dsum = tl.zeros([BLOCK_D], dtype=tl.float32)  # ΣΔ over the segment (SUMMARY)
 
     u_base = u_ptr + row * s_u_b + offs_d[None, :] * s_u_d
     dt_base = dt_ptr + row * s_dt_b + offs_d[None, :] * s_dt_d
@@ -217,7 +280,6 @@ def _scan_fwd_kernel(
     y_base = y_ptr + row * dim * length + offs_d[None, :] * length
     B_base = B_ptr + row * s_B_b + grp * s_B_g + offs_n[None, :] * s_B_n
     C_base = C_ptr + row * s_C_b + grp * s_C_g + offs_n[None, :] * s_C_n
-    nd_offs = offs_n[:, None] + offs_d[None, :] * N  # (n, d) in contiguous (·, d, n) tensors
     first = (offs_t == 0)[:, None, None]
     last = (offs_t == CHUNK - 1)[:, None, None]
 
@@ -250,16 +312,23 @@ def _scan_fwd_kernel(
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # Ā_t = exp(Δ_t A)                     (T, NP, BD)
         dBu = (dt * u)[:, None, :] * Bt[:, :, None]  # B̄_t u_t = Δ_t B_t u_t                  (T, NP, BD)
         hs = _chunk_states(h, dA, dBu, first)  # h_t                                         (T, NP, BD)
-        y = tl.sum(hs * Ct[:, :, None], axis=1)  # C_t · h_t                                 (T, BD)
         h = tl.sum(tl.where(last, hs, 0.0), axis=0)  # state after the chunk (masked steps keep it)
+        if SUMMARY:
+            dsum += tl.sum(dt, axis=0)
+        else:
+            y = tl.sum(hs * Ct[:, :, None], axis=1)  # C_t · h_t                             (T, BD)
+            if HAS_D:
+                y += Dv[None, :] * u
+            if HAS_Z:
+                y *= z * sigmoid(z)
+            tl.store(y_base + t[:, None], y.to(y_ptr.dtype.element_ty), mask=mask_td)
 
-        if HAS_D:
-            y += Dv[None, :] * u
-        if HAS_Z:
-            y *= z * sigmoid(z)
-        tl.store(y_base + t[:, None], y.to(y_ptr.dtype.element_ty), mask=mask_td)
-
-    tl.store(hT_ptr + seq * dim * N + nd_offs, h, mask=mask_nd)
+    if SUMMARY:
+        seg = seq * n_segs + segment
+        tl.store(seg_h_ptr + seg * dim * N + nd_offs, h, mask=mask_nd)
+        tl.store(seg_dsum_ptr + seg * dim + offs_d, dsum, mask=mask_d)
+    else:  # the final state, from the last segment
+        tl.store(hT_ptr + seq * dim * N + nd_offs, h, mask=mask_nd & (nd_offs * 0 + segment == n_segs - 1))
 
 
 # Backward tiles are 4-D, (STEPS, SUB, NP, DI): a program's BLOCK_D = SUB · DI channels are SUB sub-blocks of
@@ -425,15 +494,15 @@ def _bwd_steps(
 @triton.jit
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, cu_ptr, ckpt_ptr, dy_ptr, dhT_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    length, dim, dim_per_group, n_chunks, groups,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, seg_g_ptr, seg_dsum_ptr,
+    length, dim, dim_per_group, n_chunks, groups, n_segs,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_dy_b, s_dy_d, s_dy_l,
     N: tl.constexpr, NP: tl.constexpr, SUB: tl.constexpr, DI: tl.constexpr, CHUNK: tl.constexpr,
     STEPS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr, VARLEN: tl.constexpr, DBC_PARTIAL: tl.constexpr,
-    REUSE_DECAY: tl.constexpr, FORWARD_ADJOINT: tl.constexpr,
+    REUSE_DECAY: tl.constexpr, FORWARD_ADJOINT: tl.constexpr, SEG: tl.constexpr,
 ):
     """One checkpoint interval (CHUNK steps) per iteration, from the last back, over SUB · DI channels. With
     STEPS = CHUNK the whole interval is one tile. With STEPS = CHUNK / 2 it is two halves (half the registers
@@ -441,7 +510,9 @@ def _scan_bwd_kernel(
     advancing this interval's checkpoint through the earlier half (one extra half-interval forward scan, on
     inputs prefetched a whole iteration ahead); the earlier half starts from the checkpoint. dB/dC: float32
     atomics into (b, G, n, l), or with DBC_PARTIAL plain stores of this program's sums into
-    (b, G, n_blk, n, l)."""
+    (b, G, n_blk, n, l). With SEG, one segment per program (axis 2), its adjoint started from the fold of the
+    later segments' summaries (Λ_j, ΣΔ_j in seg_g / seg_dsum, from _scan_bwd_summary_kernel); the per-sequence
+    partials (dA, dD, dΔ-bias) are then per (sequence, segment)."""
     BLOCK_D: tl.constexpr = SUB * DI
     pid_blk = tl.program_id(0)
     seq = tl.program_id(1)
@@ -454,6 +525,7 @@ def _scan_bwd_kernel(
     mask_n = offs_n < N
     mask_nd = mask_n[None, :, None] & mask_d[:, None, :]  # (SUB, NP, DI)
     row, start, end, slot0 = _sequence_bounds(cu_ptr, seq, length, n_chunks, CHUNK, VARLEN)
+    segment, start, end, slot0 = _segment_bounds(start, end, slot0, SEG, CHUNK)
 
     A = tl.load(A_ptr + offs_n[None, :, None] * s_A_n + offs_d[:, None, :] * s_A_d, mask=mask_nd, other=0.0)
     A = A.to(tl.float32)  # (SUB, NP, DI)
@@ -468,6 +540,12 @@ def _scan_bwd_kernel(
     g_carry = tl.zeros([SUB, NP, DI], dtype=tl.float32)  # dL/dh at the first step of the later interval
     if HAS_DHT:
         g_carry = tl.load(dhT_ptr + seq * dim * N + nd_offs, mask=mask_nd, other=0.0)
+    if SEG > 0:  # ĝ_{k+1}: the later segments' summaries folded from the last (ĝ_j = Λ_j + exp(A ΣΔ_j) ĝ_{j+1})
+        for i in range(n_segs - 1 - segment):
+            seg = seq * n_segs + n_segs - 1 - i
+            g_j = tl.load(seg_g_ptr + seg * dim * N + nd_offs, mask=mask_nd, other=0.0)  # (SUB, NP, DI)
+            dsum_j = tl.load(seg_dsum_ptr + seg * dim + offs_d, mask=mask_d, other=0.0)  # (SUB, DI)
+            g_carry = g_j + tl.exp2(dsum_j[:, None, :] * A2) * g_carry
     dA_acc = tl.zeros([SUB, NP, DI], dtype=tl.float32)
     dD_acc = tl.zeros([SUB, DI], dtype=tl.float32)
     dbias_acc = tl.zeros([SUB, DI], dtype=tl.float32)
@@ -533,10 +611,68 @@ def _scan_bwd_kernel(
     raw0 = tl.load(dt_ptr + row * s_dt_b + offs_d * s_dt_d + start * s_dt_l, mask=mask_start, other=0.0)
     dt0, _ = _delta(raw0, mask_start, bias, HAS_BIAS, SOFTPLUS)  # (SUB, DI)
     dh0 = tl.exp2(dt0[:, None, :] * A2) * g_carry  # (SUB, NP, DI)
-    tl.store(dh0_ptr + seq * dim * N + nd_offs, dh0, mask=mask_nd)
-    tl.store(dA_ptr + seq * dim * N + nd_offs, dA_acc, mask=mask_nd)
-    tl.store(dD_ptr + seq * dim + offs_d, dD_acc, mask=mask_d)
-    tl.store(dbias_ptr + seq * dim + offs_d, dbias_acc, mask=mask_d)
+    tl.store(dh0_ptr + seq * dim * N + nd_offs, dh0, mask=mask_nd & (nd_offs * 0 + segment == 0))
+    part = seq * n_segs + segment  # this program's slot of the per-(sequence, segment) partials
+    tl.store(dA_ptr + part * dim * N + nd_offs, dA_acc, mask=mask_nd)
+    tl.store(dD_ptr + part * dim + offs_d, dD_acc, mask=mask_d)
+    tl.store(dbias_ptr + part * dim + offs_d, dbias_acc, mask=mask_d)
+
+
+@triton.jit
+def _scan_bwd_summary_kernel(
+    dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dy_ptr, seg_g_ptr, seg_dsum_ptr,
+    length, dim, dim_per_group, n_segs,
+    s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n, s_C_b, s_C_g, s_C_n, s_C_l, s_z_b, s_z_d, s_z_l, s_dy_b, s_dy_d, s_dy_l,
+    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SEG: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    """The backward's summary of segment j = program axis 2 + 1 (segment 0 needs none): from zero, Λ_j =
+    Σ_{t∈j} (Π_{s_j≤u≤t} Ā_u) C_t dy_ssm_t, the decay products as exp2(A log2e · cumulative ΣΔ), and ΣΔ_j, into
+    seg_g (rows, n_segs, d, n) and seg_dsum (rows, n_segs, d). Tiles as in the forward: (CHUNK, NP, BD)."""
+    pid_blk = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    j = tl.program_id(2) + 1
+    n_blk = tl.cdiv(dim_per_group, BLOCK_D)
+    grp = pid_blk // n_blk
+    offs_c = (pid_blk % n_blk) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_c < dim_per_group
+    offs_d = grp * dim_per_group + offs_c  # (BD,)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    offs_t = tl.arange(0, CHUNK)
+    start = j * SEG
+    end = tl.minimum(length, start + SEG)
+    A2 = tl.load(A_ptr + offs_n[:, None] * s_A_n + offs_d[None, :] * s_A_d, mask=mask_nd, other=0.0)
+    A2 = A2.to(tl.float32) * LOG2E  # (NP, BD)
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt_base = dt_ptr + row * s_dt_b + offs_d[None, :] * s_dt_d
+    z_base = z_ptr + row * s_z_b + offs_d[None, :] * s_z_d
+    dy_base = dy_ptr + row * s_dy_b + offs_d[None, :] * s_dy_d
+    C_base = C_ptr + row * s_C_b + grp * s_C_g + offs_n[None, :] * s_C_n
+    g = tl.zeros([NP, BLOCK_D], dtype=tl.float32)  # Λ_j                                       (NP, BD)
+    dsum = tl.zeros([BLOCK_D], dtype=tl.float32)  # ΣΔ up to the current chunk                  (BD,)
+    for t0 in range(start, end, CHUNK):
+        t = t0 + offs_t
+        mask_td = (t < end)[:, None] & mask_d[None, :]
+        mask_tn = (t < end)[:, None] & mask_n[None, :]
+        dt, _ = _delta(_load_td(dt_base, t[:, None] * s_dt_l, mask_td, True), mask_td, bias[None, :], HAS_BIAS,
+                       SOFTPLUS)  # (T, BD), 0 past the end
+        dy = _load_td(dy_base, t[:, None] * s_dy_l, mask_td, True)  # (T, BD)
+        if HAS_Z:
+            z = _load_td(z_base, t[:, None] * s_z_l, mask_td, True)
+            dy = dy * z * sigmoid(z)  # dy_ssm = dy · silu(z)
+        Ct = _load_tn(C_base, t, s_C_l, mask_tn)  # (T, NP)
+        cum = dsum[None, :] + tl.cumsum(dt, axis=0)  # Σ_{s_j ≤ u ≤ t} Δ_u                      (T, BD)
+        decay = tl.exp2(cum[:, None, :] * A2[None, :, :])  # (T, NP, BD)
+        g += tl.sum(decay * Ct[:, :, None] * dy[:, None, :], axis=0)
+        dsum += tl.sum(dt, axis=0)
+    seg = row * n_segs + j
+    nd_offs = offs_n[:, None] + offs_d[None, :] * N
+    tl.store(seg_g_ptr + seg * dim * N + nd_offs, g, mask=mask_nd)
+    tl.store(seg_dsum_ptr + seg * dim + offs_d, dsum, mask=mask_d)
 
 
 def _groups_view(B: torch.Tensor) -> torch.Tensor:
@@ -550,6 +686,13 @@ def _rows(u: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
 def _register_cap(maxnreg: int | None) -> dict:
     """Launch option capping registers per thread (absent: the compiler's choice, up to 255 at one warp)."""
     return {} if maxnreg is None else {"maxnreg": maxnreg}
+
+
+def _segments(config: ScanConfig, length: int, varlen: bool) -> tuple[int, int]:
+    """(steps per segment, segments per sequence); (0, 1) when the sequence runs in one piece."""
+    if varlen or config.segment == 0 or config.segment >= length:
+        return 0, 1
+    return config.segment, triton.cdiv(length, config.segment)
 
 
 def _dummy(u: torch.Tensor) -> torch.Tensor:
@@ -572,19 +715,29 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
     ckpt = common.empty(slots, dim, n, device=u.device, dtype=torch.float32)  # (slots, d, n)
     z_ = z if z is not None else u
     h0 = initial_state if initial_state is not None else final
-    grid = (groups * triton.cdiv(dim // groups, config.block_d), rows)
-    _scan_fwd_kernel[grid](
-        u, delta, A, B4, C4,
-        D if D is not None else _dummy(u), z_, delta_bias if delta_bias is not None else _dummy(u), h0,
-        cu_seqlens if varlen else _dummy(u),
-        y, final, ckpt if store_checkpoints else _dummy(u),
-        length, dim, dim // groups, n_chunks,
-        *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *z_.stride(), *h0.stride(),
-        N=n, NP=triton.next_power_of_2(n), BLOCK_D=config.block_d, CHUNK=config.fwd_chunk, CKPT=config.chunk,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        HAS_H0=initial_state is not None, VARLEN=varlen, STORE_CKPT=store_checkpoints,
-        num_warps=config.fwd_warps, **_register_cap(config.fwd_maxnreg),
-    )
+    seg, n_segs = _segments(config, length, varlen)
+    seg_h = common.empty(rows, n_segs, dim, n, device=u.device, dtype=torch.float32)  # S_j (rows, segs, d, n)
+    seg_dsum = common.empty(rows, n_segs, dim, device=u.device, dtype=torch.float32)  # ΣΔ_j (rows, segs, d)
+    blocks = groups * triton.cdiv(dim // groups, config.block_d)
+
+    def launch(grid, summary: bool):
+        _scan_fwd_kernel[grid](
+            u, delta, A, B4, C4,
+            D if D is not None else _dummy(u), z_, delta_bias if delta_bias is not None else _dummy(u), h0,
+            cu_seqlens if varlen else _dummy(u),
+            y, final, ckpt if store_checkpoints else _dummy(u), seg_h, seg_dsum,
+            length, dim, dim // groups, n_chunks, n_segs,
+            *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *z_.stride(), *h0.stride(),
+            N=n, NP=triton.next_power_of_2(n), BLOCK_D=config.block_d, CHUNK=config.fwd_chunk, CKPT=config.chunk,
+            HAS_D=D is not None and not summary, HAS_Z=z is not None and not summary,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+            HAS_H0=initial_state is not None and not summary, VARLEN=varlen, STORE_CKPT=store_checkpoints and not summary, SEG=seg, SUMMARY=summary,
+            num_warps=config.fwd_warps, **_register_cap(config.fwd_maxnreg),
+        )
+
+    if n_segs > 1:
+        launch((blocks, rows, n_segs - 1), summary=True)
+    launch((blocks, rows, n_segs), summary=False)
     return y, final, ckpt
 
 
@@ -602,7 +755,8 @@ def scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, 
     du = common.empty(batch, dim, length, device=u.device, dtype=u.dtype)  # (b, d, l)
     ddelta = common.empty(batch, dim, length, device=u.device, dtype=delta.dtype)  # (b, d, l)
     dz = common.empty(batch, dim, length, device=u.device, dtype=z.dtype) if z is not None else _dummy(u)
-    dA = common.empty(rows, dim, n, **f32)  # per-sequence partials                              (rows, d, n)
+    seg, n_segs = _segments(config, length, varlen)
+    dA = common.empty(rows * n_segs, dim, n, **f32)  # per-(sequence, segment) partials       (rows·segs, d, n)
     n_blk = triton.cdiv(dim // groups, config.bwd_block_d)
     if config.bwd_partial_dbc:  # one slice per channel block, summed below       (b, G, n_blk, n, l)
         dB = common.empty(batch, groups, n_blk, n, length, **f32)
@@ -610,24 +764,35 @@ def scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, 
     else:  # accumulated with atomics                                                (b, G, n, l)
         dB = torch.zeros(batch, groups, n, length, **f32)
         dC = torch.zeros(batch, groups, n, length, **f32)
-    dD = common.empty(rows, dim, **f32)  # (rows, d)
-    dbias = common.empty(rows, dim, **f32)
+    dD = common.empty(rows * n_segs, dim, **f32)  # (rows·segs, d)
+    dbias = common.empty(rows * n_segs, dim, **f32)
     dh0 = common.empty(rows, dim, n, **f32)  # (rows, d, n)
     z_ = z if z is not None else u
-    grid = (groups * n_blk, rows)
+    seg_g = common.empty(rows, n_segs, dim, n, **f32)  # Λ_j (rows, segs, d, n)
+    seg_dsum = common.empty(rows, n_segs, dim, **f32)  # ΣΔ_j (rows, segs, d)
+    if n_segs > 1:
+        _scan_bwd_summary_kernel[(groups * triton.cdiv(dim // groups, config.block_d), rows, n_segs - 1)](
+            delta, A, C4, z_, delta_bias if delta_bias is not None else _dummy(u), dy, seg_g, seg_dsum,
+            length, dim, dim // groups, n_segs,
+            *delta.stride(), *A.stride(), *C4.stride(), *z_.stride(), *dy.stride(),
+            N=n, NP=triton.next_power_of_2(n), BLOCK_D=config.block_d, CHUNK=config.fwd_chunk, SEG=seg,
+            HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+            num_warps=config.fwd_warps,
+        )
+    grid = (groups * n_blk, rows, n_segs)
     _scan_bwd_kernel[grid](
         u, delta, A, B4, C4,
         D if D is not None else _dummy(u), z_, delta_bias if delta_bias is not None else _dummy(u),
         cu_seqlens if varlen else _dummy(u), ckpt, dy,
         d_final.contiguous() if d_final is not None else _dummy(u),  # (rows, d, n), read with contiguous strides
-        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0,
-        length, dim, dim // groups, triton.cdiv(length, config.chunk), groups,
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, seg_g, seg_dsum,
+        length, dim, dim // groups, triton.cdiv(length, config.chunk), groups, n_segs,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *z_.stride(), *dy.stride(),
         N=n, NP=triton.next_power_of_2(n), SUB=config.bwd_sub, DI=config.bwd_block_d // config.bwd_sub,
         CHUNK=config.chunk, STEPS=config.bwd_chunk,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_DHT=d_final is not None, VARLEN=varlen, DBC_PARTIAL=config.bwd_partial_dbc,
-        REUSE_DECAY=config.bwd_reuse_decay, FORWARD_ADJOINT=config.bwd_forward_adjoint,
+        REUSE_DECAY=config.bwd_reuse_decay, FORWARD_ADJOINT=config.bwd_forward_adjoint, SEG=seg,
         num_warps=config.bwd_warps, **_register_cap(config.bwd_maxnreg),
     )
     if config.bwd_partial_dbc:

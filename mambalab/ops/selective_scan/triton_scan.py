@@ -10,6 +10,8 @@ Float64 is not supported here (the kernels keep state in float32): use the torch
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from mambalab.ops.backends import BackendUnavailable
@@ -55,31 +57,38 @@ def selective_scan_triton(
     return _OPS(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state, cu_seqlens)
 
 
-def _config(u, A, B):
+def _config(u, A, B, cu_seqlens):
     from mambalab.ops.selective_scan.triton_kernels import default_config
 
     groups = 1 if B.dim() == 3 else B.shape[1]
-    return default_config(u.shape[1] // groups, A.shape[1], u.shape[0], groups, u.shape[2])
+    return default_config(u.shape[1] // groups, A.shape[1], u.shape[0], groups, u.shape[2],
+                          sm_count=_sm_count(u.device), varlen=cu_seqlens is not None)
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (0 elsewhere: the interpreter has no occupancy to fill)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, store_checkpoints):
     from mambalab.ops.selective_scan.triton_kernels import scan_forward
 
     return scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
-                        store_checkpoints, _config(u, A, B))
+                        store_checkpoints, _config(u, A, B, cu_seqlens))
 
 
 def _backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ckpt, delta_softplus):
     from mambalab.ops.selective_scan.triton_kernels import scan_backward
 
     return scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ckpt, delta_softplus,
-                         _config(u, A, B))
+                         _config(u, A, B, cu_seqlens))
 
 
 def _checkpoint_slots(u, A, B, cu_seqlens):
     from mambalab.ops.selective_scan.triton_kernels import checkpoint_slots
 
-    return checkpoint_slots(sequence_count(u, cu_seqlens), u.shape[2], _config(u, A, B).chunk,
+    return checkpoint_slots(sequence_count(u, cu_seqlens), u.shape[2], _config(u, A, B, cu_seqlens).chunk,
                             cu_seqlens is not None)
 
 
