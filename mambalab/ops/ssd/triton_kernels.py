@@ -352,10 +352,10 @@ def ssd_chunk_backward_kernel(
     dC = tl.dot((pairs * dt[None, :]).to(DOT), B, input_precision=PRECISION, out_dtype=ACC)
     dC += from_start[:, None] * tl.dot(gy_dot, entering, input_precision=PRECISION, out_dtype=ACC)
     gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
-    tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask)
+    tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")
     dB = tl.dot(tl.trans(pairs.to(DOT)), C, input_precision=PRECISION, out_dtype=ACC)
     dB += to_end[:, None] * tl.dot(x.to(DOT), adjoint, input_precision=PRECISION, out_dtype=ACC)
-    tl.atomic_add(dB_ptr + gn_offs, dB * dt[:, None], mask=qn_mask)
+    tl.atomic_add(dB_ptr + gn_offs, dB * dt[:, None], mask=qn_mask, sem="relaxed")
 
 
 @triton.jit
