@@ -47,14 +47,10 @@ SWEEP = [  # SSDConfig fields; the first is the default
     {"forward_mode": "fused"},
     {"forward_mode": "fused", "chunk_forward": 64, "warps_forward": 8},
     {"forward_mode": "chunked", "chunk_forward": 64, "warps_forward": 8},
-    {"forward_mode": "chunked", "chunk_forward": 64, "block_p_forward": 32},
     {"block_p_state": 64},
-    {"block_p_state": 16},
     {"chunk_backward": 32, "warps_backward": 4},
     {"block_p_backward": 64},
-    {"warps_adjoint": 4},
     {"stages": 1},
-    {"stages": 3},
 ]
 FORWARD_FIELDS = {"forward_mode", "chunk_forward", "block_p_forward", "warps_forward"}
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
