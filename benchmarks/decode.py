@@ -19,17 +19,14 @@ Targets (ANCHORS.md): ≥2,800 tokens/s at batch 1 and ≥100,000 at batch 64; 1
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import base_parser, default_out, time_call, write_result
 from mambalab import LanguageModel
 from mambalab.inference.cuda_graph import GraphStep, decode_step
 from mambalab.inference.generate import generate, prefill
@@ -55,22 +52,9 @@ def log(msg: str) -> None:
     print(f"[{time.time() - T0:6.1f}s] {msg}", flush=True)
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(fn, device: str, repeats: int) -> float:
-    """Median wall seconds of fn() over `repeats` runs (after one warm-up run)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of fn() over `repeats` runs (after one warm-up run)."""
+    return time_call(fn, device, repeats=repeats, warmup=1).median_s
 
 
 def build(preset: str, cfg: dict) -> LanguageModel:
@@ -137,7 +121,7 @@ def hf_throughput(model, cfg: dict, checks: dict) -> list[dict]:
     """The same weights in transformers' MambaForCausalLM (its slow path unless mamba-ssm is installed)."""
     from transformers import MambaForCausalLM
 
-    from mambalab.models.checkpoint import save_pretrained
+    from mambalab.models.pretrained import save_pretrained
 
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(model, tmp)
@@ -275,9 +259,8 @@ def label_log_axis(ax, values: list[int]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = base_parser(__doc__.split("\n")[0], out_help="output folder (default $OUT, else benchmarks/results)")
     parser.add_argument("--quick", action="store_true", help="tiny models on CPU (< 60 s)")
-    parser.add_argument("--out", default=None, help="output folder (default $OUT, else benchmarks/results)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd graph variant")
     args = parser.parse_args()
     cfg = dict(QUICK if args.quick else FULL)
@@ -285,7 +268,7 @@ def main() -> None:
         cfg["variants"] = [v for v in cfg["variants"] if "compile" not in v]
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --quick for the CPU version")
-    out = Path(args.out or os.environ.get("OUT") or Path(__file__).parent / "results")
+    out = Path(args.out) if args.out else default_out()
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.manual_seed(0)
@@ -293,12 +276,11 @@ def main() -> None:
         torch.set_num_threads(1)  # tiny models: intra-op threads only add synchronisation
 
     name = "decode_quick" if args.quick else "decode"
-    results = {"config": cfg, "device": torch.cuda.get_device_name() if cfg["device"] == "cuda" else "cpu",
-               "torch": torch.__version__}
+    results = {"config": cfg}
 
     def save() -> None:  # after every section, so a run cut short still leaves its numbers
         results["wall_s"] = time.time() - T0
-        (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_result(name, results, out)
 
     plain = [v for v in cfg["variants"] if "compile" not in v]
     compiled = [v for v in cfg["variants"] if "compile" in v]

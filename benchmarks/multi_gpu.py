@@ -56,7 +56,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks.common import REPO, base_parser, command_line, result_path, write_result
+
 SCRIPT = Path(__file__).resolve()
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 LOSS_MATCH_STEPS = 50
@@ -228,7 +229,7 @@ def disjoint_groups(specs: list[Resume]) -> list[list[Resume]]:
 def keep_only_resume_checkpoint(run_dir: Path, step: int) -> None:
     """Free the disk a finished run no longer needs (~6 GB at 370M parameters): its exported model and every
     checkpoint but the one of `step`, which the resume phases continue from."""
-    from mambalab.train.checkpointing import checkpoint_dir, list_checkpoints
+    from mambalab.train.resume_checkpoints import checkpoint_dir, list_checkpoints
 
     keep = checkpoint_dir(run_dir / "checkpoints", step)
     for path in [run_dir / "model", *(c for c in list_checkpoints(run_dir / "checkpoints") if c != keep)]:
@@ -304,10 +305,8 @@ class Benchmark:
         print(f"[{self.elapsed():6.0f}s] {message}", flush=True)
 
     def save(self) -> None:
-        from mambalab.atomic import write_json_atomic
-
         self.result["wall_s"] = round(self.elapsed(), 1)
-        write_json_atomic(self.out, self.result)
+        write_result("multi_gpu", self.result, self.out)
 
     def skip(self, phase: str, reason: str) -> None:
         self.log(f"skip {phase}: {reason}")
@@ -333,8 +332,8 @@ class Benchmark:
 
     # phases
     def prepare_data(self) -> None:
+        from mambalab.tokenizer import ByteTokenizer
         from mambalab.train.data import prepare_dataset
-        from mambalab.train.tokenizer import ByteTokenizer
 
         manifest = prepare_dataset(["embedded"], self.work / "data", ByteTokenizer(), overwrite=True)
         self.result["data"] = {"source": "embedded corpus", "tokenizer": "byte",
@@ -397,7 +396,7 @@ class Benchmark:
                 self.finish_resume(spec, step, last, job)
 
     def launch_resume(self, spec: Resume) -> tuple[int, int, Launch]:
-        from mambalab.train.checkpointing import checkpoint_dir
+        from mambalab.train.resume_checkpoints import checkpoint_dir
 
         last = len(self.result["runs"][spec.source]["losses"])
         step = last - self.plan.resume_steps
@@ -494,10 +493,10 @@ def main() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="tiny model, short sequences, few steps")
+    parser = base_parser(__doc__, raw_description=True,
+                         out_help="JSON path or folder (default $OUT/multi_gpu.json, else benchmarks/results)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--tiny", action="store_true", help="tiny model, short sequences, few steps")
     parser.add_argument("--nproc", default="2,4", help="GPU counts to try (those above the visible count are"
                         " dropped); on CPU the first one only")
     parser.add_argument("--strategies", default="ddp,fsdp", help="of ddp, fsdp (comma-separated)")
@@ -507,7 +506,6 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, help="tokens per sequence (default 2048; tiny 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget of the command")
-    parser.add_argument("--out", default=None, help="JSON path (default $OUT/multi_gpu.json)")
     parser.add_argument("--work-dir", default=None, help="checkpoints, logs (default: temp, removed)")
     parser.add_argument("--keep-work", action="store_true", help="keep the temp work dir")
     args = parser.parse_args()
@@ -532,9 +530,8 @@ def main() -> None:
     shortest = max(2 * plan.resume_steps, plan.throughput_warmup + plan.resume_steps) + 1
     if min(plan.steps, plan.base_steps) < shortest:
         parser.error(f"--steps and --base-steps must be >= {shortest} (checkpoint and throughput windows)")
-    args.out = args.out or str(Path(os.environ.get("OUT", ".")) / "multi_gpu.json")
-    script = SCRIPT.relative_to(REPO) if SCRIPT.is_relative_to(REPO) else SCRIPT
-    command = shlex.join(["python3", str(script), *sys.argv[1:]])
+    args.out = str(result_path("multi_gpu", args.out))
+    command = command_line()
     os.environ.update(NO_MULTICAST)
     bench = Benchmark(plan, args, command)
     bench.result["device"].update(visible=visible, nprocs=nprocs, torch=torch.__version__,

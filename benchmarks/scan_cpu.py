@@ -12,32 +12,27 @@ run, the CPU time and the load average around each measurement (the machine may 
 that is busy elsewhere slows every two-thread op). `--tune` also sweeps the torch backend's chunk sizes at
 the largest length. The JSON also records the cpu backend's settings and the rate of its float32 exponential
 (one thread, an L1-resident array), the primitive its floor is counted in. Writes JSON (machine info,
-command, every timing) to --out.
+command, every timing) to --out (default $OUT, else benchmarks/results/scan_cpu.json).
 
-    python benchmarks/scan_cpu.py                      # b=2, d=512, N=16, L=1024 and 4096
-    python benchmarks/scan_cpu.py --tune --lengths 4096
+    PYTHONPATH=. python3 benchmarks/scan_cpu.py                      # b=2, d=512, N=16, L=1024 and 4096
+    PYTHONPATH=. python3 benchmarks/scan_cpu.py --tune --lengths 4096
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
-import json
 import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import base_parser, write_result
 from mambalab.ops.selective_scan import cpu_scan, selective_scan
 from mambalab.ops.selective_scan.torch_scan import CHUNK_LEN, SUB_LEN, chunked_selective_scan
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def make_inputs(batch, dim, n, length, seed=0):
@@ -143,30 +138,15 @@ def exp_rate(count=4096, calls=20000) -> float:
     return max(rates)
 
 
-def machine_info():
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {
-        "cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "load_average_at_start": list(os.getloadavg()),
-    }
-
-
-def write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+def machine_load() -> dict:
+    """What the shared environment record lacks for a CPU timing: the vector ISA torch uses, the load average."""
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "load_average_at_start": list(os.getloadavg())}
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = base_parser(__doc__, raw_description=True,
+                    out_help="JSON path or folder (default $OUT, else benchmarks/results/scan_cpu.json)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--state", type=int, default=16)
@@ -180,11 +160,10 @@ def main(argv=None):
                    help="before each run, wait until the CPU pressure (/proc/pressure/cpu avg10) is below PCT")
     p.add_argument("--tune", action="store_true", help="sweep the torch backend's chunk_len/sub_len")
     p.add_argument("--skip-loops", action="store_true", help="time only the torch backend (with --tune)")
-    p.add_argument("--out", type=Path, default=RESULTS / "scan_cpu.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    info = machine_info()
+    info = machine_load()
 
     impls = {"reference loop": (ours("reference"), args.loop_repeats), "torch": (ours("torch"), args.repeats),
              "cpu": (ours("cpu"), args.repeats)}
@@ -226,7 +205,6 @@ def main(argv=None):
 
     info["load_average_at_end"] = list(os.getloadavg())
     result = {
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": info,
         "shapes": {"batch": args.batch, "dim": args.dim, "N": args.state, "dtype": "float32",
@@ -240,7 +218,7 @@ def main(argv=None):
         "seconds": rows,
         "tuning": tuning,
     }
-    write_json(args.out, result)
+    out = write_result("scan_cpu", result, args.out)
 
     names = list(impls)
     print(f"selective scan on CPU, b={args.batch} d={args.dim} N={args.state} float32, {args.threads} threads "
@@ -256,7 +234,7 @@ def main(argv=None):
     for t in tuning:
         print(f"tune L={t['L']} chunk_len={t['chunk_len']} sub_len={t['sub_len']}: forward "
               f"{t['forward']['median']:.3f} s, forward+backward {t['forward+backward']['median']:.3f} s")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

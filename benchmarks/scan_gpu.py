@@ -2,7 +2,7 @@
 backend, the naive loop and causal SDPA attention, a tile-size sweep, an L sweep with bandwidth, fraction of
 the floor and peak memory, and the decode-step kernels. One command for one device call:
 
-    PYTHONPATH=. python3 benchmarks/scan_gpu.py            # writes $OUT/scan_h200.json (or ./scan_h200.json)
+    PYTHONPATH=. python3 benchmarks/scan_gpu.py   # writes $OUT/scan_gpu.json (or benchmarks/results/scan_gpu.json)
 
 Shapes follow ../shared/ANCHORS.md: b8, d2048, N16, bf16 u/Δ/B/C/z, float32 A/D/Δ-bias, delta_softplus, with z.
 Times are medians of triton.testing.do_bench. The table is printed last.
@@ -10,13 +10,10 @@ Times are medians of triton.testing.do_bench. The table is printed last.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 import torch
@@ -24,17 +21,21 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
+from benchmarks.common import base_parser, write_result
 from mambalab.ops import triton as kernels
-from mambalab.ops.conv1d import (
-    causal_conv1d,
-    causal_conv1d_fused,
-    causal_conv1d_update,
-    causal_conv1d_update_fused,
-)
-from mambalab.ops.mixer_step import mixer_step, mixer_step_fused
+from mambalab.ops.causal_conv1d.reference import causal_conv1d_reference as causal_conv1d
+from mambalab.ops.causal_conv1d.reference import causal_conv1d_update_reference as causal_conv1d_update
+from mambalab.ops.causal_conv1d.triton_conv import causal_conv1d_triton as causal_conv1d_fused
+from mambalab.ops.causal_conv1d.triton_conv import causal_conv1d_update_triton as causal_conv1d_update_fused
 from mambalab.ops.selective_scan import selective_scan
-from mambalab.ops.state_update import selective_state_update, selective_state_update_fused
-from mambalab.ops.triton import common, scan
+from mambalab.ops.selective_scan import triton_kernels as scan
+from mambalab.ops.state_update.reference import mixer_step_reference as mixer_step
+from mambalab.ops.state_update.reference import selective_state_update_reference as selective_state_update
+from mambalab.ops.state_update.triton_step import mixer_step_triton as mixer_step_fused
+from mambalab.ops.state_update.triton_step import (
+    selective_state_update_triton as selective_state_update_fused,
+)
+from mambalab.ops.triton import common
 
 COPY_BW = 4.25e12  # measured device-to-device copy, bytes/s (read + write), ANCHORS.md
 SFU_EXP = 16 * 132 * 1.98e9  # ex2 per second on the special-function units
@@ -46,9 +47,9 @@ TARGETS = {"fwd": {2048: 0.30, 8192: 1.3}, "fwdbwd": {2048: 1.9, 8192: 8.0}}
 # Tile configs swept at L=2048 (ScanConfig fields; the rest are the defaults). Forward: channels per program,
 # steps per iteration. Backward: channels per program and per thread (bwd_sub), dB/dC as per-block partial sums
 # or float32 atomics. The first backward config is the v6/v7 default (every other config's gradients are
-# compared with its). Earlier sweeps are in results/scan_h200_v5.json, v6 (caps with spills, the adjoint
-# variants), v7 (forward tiles, 4-channel blocks, caps, 16-step halves) and v8 (atomics into 4-64 slots);
-# notes/scan.md says what each measured.
+# compared with its). Earlier sweeps are in the v5, v6 (caps with spills, the adjoint variants), v7 (forward
+# tiles, 4-channel blocks, caps, 16-step halves) and v8 (atomics into 4-64 slots) results, in git
+# (notes/results_history.md); notes/scan.md says what each measured.
 V6 = {"chunk": 8, "bwd_block_d": 8, "bwd_chunk": 8}
 FWD_SWEEP = [
     {"block_d": 16, "fwd_chunk": 8},
@@ -335,16 +336,8 @@ def time_steps(report):
     report["decode_and_conv"] = out
 
 
-def write(report, path):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, path)
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "scan_h200.json"))
+    parser = base_parser(__doc__.split("\n")[0])
     parser.add_argument("--no-sweep", action="store_true", help="use the default tile config, skip the sweep")
     parser.add_argument("--no-steps", action="store_true", help="skip the decode-step and conv timings")
     parser.add_argument("--no-baselines", action="store_true",
@@ -355,16 +348,15 @@ def main() -> int:
     if kernels.device() != "cuda":
         print("scan_gpu.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "command": "PYTHONPATH=. python3 benchmarks/scan_gpu.py", "checks": {}, "anchors": {}, "lengths": {}}
-    log(f"{report['device']} torch {torch.__version__} triton {triton.__version__}")
+    report = {"checks": {}, "anchors": {}, "lengths": {}}
+    log(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}")
 
     # 1. Correctness at full size (default config), outputs poisoned with NaN.
     check("fp32 b8 d2048 L2048", make_inputs(8, 2048, 2048, dtype=torch.float32), 1e-5, report)
     check("bf16 b8 d2048 L2048", make_inputs(8, 2048, 2048), 1e-2, report)
     check("fp32 varlen 7 seqs, G=4, d1024 L4000", make_inputs(1, 1024, 4000, groups=4, dtype=torch.float32,
                                                               varlen_seqs=7), 1e-5, report)
-    write(report, opts.out)
+    write_result("scan_gpu", report, opts.out)
 
     # 2. Tile sweep; the rest runs with the best config.
     library_default = scan.default_config  # keeps its memory rule for the dB/dC partial buffers
@@ -372,7 +364,7 @@ def main() -> int:
         best = sweep(report)
         # The library's memory rule decides partial buffers vs atomics, unless atomics won the sweep.
         tiles = {k: v for k, v in best.__dict__.items() if k != "bwd_partial_dbc" or not v}
-        scan.default_config = lambda *args: dataclasses.replace(library_default(*args), **tiles)
+        scan.default_config = lambda *args, **kw: dataclasses.replace(library_default(*args, **kw), **tiles)
 
     # 3. Anchors: L=2048 and 8192.
     for length in (2048, 8192):
@@ -397,19 +389,19 @@ def main() -> int:
         row["target_fwd"], row["target_fwdbwd"] = TARGETS["fwd"][length], TARGETS["fwdbwd"][length]
         report["anchors"][str(length)] = row
         log(f"L={length}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items()))
-        write(report, opts.out)
+        write_result("scan_gpu", report, opts.out)
 
     if not opts.no_sweep:  # the best config at full size, after the anchors (its gradients were compared in the sweep)
         check("fp32 b8 d2048 L2048 (best config)", make_inputs(8, 2048, 2048, dtype=torch.float32), 1e-5, report)
         check("bf16 b8 d2048 L2048 (best config)", make_inputs(8, 2048, 2048), 1e-2, report)
         check("fp32 varlen 7 seqs, G=4, d1024 L4000 (best config)", make_inputs(
             1, 1024, 4000, groups=4, dtype=torch.float32, varlen_seqs=7), 1e-5, report)
-        write(report, opts.out)
+        write_result("scan_gpu", report, opts.out)
 
     # 4. Decode-step kernels and the sequence conv.
     if not opts.no_steps:
         time_steps(report)
-        write(report, opts.out)
+        write_result("scan_gpu", report, opts.out)
     # 5. L sweep: time, bandwidth, fraction of floor, peak extra memory.
     for length in map(int, opts.lengths.split(",")):
         if time.time() - T0 > opts.budget_s:
@@ -428,7 +420,7 @@ def main() -> int:
         log(f"L={length}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items()))
         del args
         torch.cuda.empty_cache()
-        write(report, opts.out)
+        write_result("scan_gpu", report, opts.out)
 
     print_table(report)
     return 0 if all(c["ok"] for c in report["checks"].values()) else 1

@@ -1,7 +1,7 @@
 """Training throughput and peak memory through `mambalab.train.Trainer` (AdamW, fp32 params, bf16 autocast).
 
-    PYTHONPATH=. python benchmarks/train.py            # GPU, one device call (~4-6 min): $OUT/train.json
-    PYTHONPATH=. python benchmarks/train.py --quick    # tiny models on CPU, ~1 min
+    PYTHONPATH=. python3 benchmarks/train.py            # GPU, one device call (~4-6 min): $OUT/train.json
+    PYTHONPATH=. python3 benchmarks/train.py --quick    # tiny models on CPU, ~1 min: train_quick.json
 
 Models: the mamba-130m shape (24 × 768, vocab 50280) beside the zoo's matched Transformer++ (transformer-125m,
 Llama-style 12 × 768, SwiGLU, RoPE, SDPA). Shapes: L = 2048 at batch 8, and L = 8192 at the largest batch of
@@ -14,16 +14,13 @@ Llama 12×768 + SDPA 198,600 tokens/s at 23.8 GB (b8, L=2048); target ≥160,000
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import logging
-import os
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks.common import base_parser, write_result
 from mambalab import LanguageModel
 from mambalab.models.zoo import get_preset
 from mambalab.train.trainer import TrainConfig, Trainer
@@ -78,13 +75,13 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = base_parser(__doc__, raw_description=True,
+                         out_help="JSON path or folder (default $OUT/train.json, else benchmarks/results/train.json)")
     parser.add_argument("--quick", action="store_true", help="tiny models on CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--scan-backend", default=None, help="override ssm.scan_backend (default: the preset's)")
     parser.add_argument("--models", default=None, help="comma-separated presets (default: the plan's two)")
     parser.add_argument("--lengths", default=None, help="comma-separated sequence lengths of the plan to run")
-    parser.add_argument("--out", default=None, help="JSON path (default: $OUT/train.json or ./train.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     plan = dict(QUICK if args.quick else FULL)
@@ -109,15 +106,9 @@ def main() -> None:
                 print(f"{preset:>18} L={seq_len:<5} b={batch:<2} {row['tokens_per_s']:>12,.0f} tokens/s"
                       f" {row['step_ms']:>9.1f} ms/step  peak {peak}")
                 break
-    device = torch.cuda.get_device_name() if plan["device"] == "cuda" else "cpu"
-    out = Path(args.out) if args.out else Path(os.environ.get("OUT", ".")) / "train.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"device": device, "torch": torch.__version__, "quick": args.quick, "precision": plan["precision"],
+    payload = {"device": plan["device"], "quick": args.quick, "precision": plan["precision"],
                "optimizer": "AdamW (mambalab.train.optim)", "results": results, "anchors": ANCHORS}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    print(f"wrote {write_result('train_quick' if args.quick else 'train', payload, args.out)}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ from mambalab.config import AttentionConfig, MLPConfig, ModelConfig, MoEConfig, 
 from mambalab.inference.generate import GenerationResult, generate
 from mambalab.inference.prefix_cache import PrefixCache
 from mambalab.inference.state import InferenceState
-from mambalab.models.checkpoint import load
 from mambalab.models.lm import LanguageModel
+from mambalab.models.pretrained import load
 from mambalab.ops.selective_scan import selective_scan
 from mambalab.ops.ssd import ssd_scan
 

@@ -1,5 +1,6 @@
 """Atomic file writes: write into a temp file beside the target, then rename it over the target, so that no
-reader (nor a crash half-way) ever sees half a file. And `file_sha256`, to tell whether a file changed."""
+reader (nor a crash half-way) ever sees half a file. And `file_sha256`, to tell whether a file changed, and
+`read_versioned_json`, to read back the manifests and indexes written this way."""
 
 from __future__ import annotations
 
@@ -43,3 +44,19 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_versioned_json(file: Path, fmt: str, version: int, error: type[Exception], missing: str) -> dict:
+    """The JSON object in `file` (a manifest or index this project writes) after checking its "format" and
+    "version" fields; `error(message naming the file)` when it is absent (`missing` says what that means),
+    unreadable, or of another format."""
+    if not file.is_file():
+        raise error(f"{file}: missing; {missing}")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{file}: unreadable JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != fmt or data.get("version") != version:
+        got = (data.get("format"), data.get("version")) if isinstance(data, dict) else type(data).__name__
+        raise error(f"{file}: expected format {fmt} v{version}, got {got}")
+    return data

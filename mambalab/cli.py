@@ -1,13 +1,39 @@
-"""The `mambalab` command line: one typer app, each subcommand a thin function over the library."""
+"""The `mambalab` command line: one typer app, each subcommand a thin function over the library.
+
+Errors: every `MambalabError` a subcommand raises (bad config, bad checkpoint, bad input...) is caught in one
+place, `_Commands.invoke`, and reported as one line `error: <message>` on stderr with exit code 2. Anything
+else (a bug, an OSError, CUDA running out of memory) keeps its traceback: it is not the user's bad value.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="mambalab: selective state space models.")
+from mambalab.errors import MambalabError
+
+ERROR_EXIT_CODE = 2  # as click's own usage errors
+
+
+class _Commands(TyperGroup):
+    """The app's command group: reports a `MambalabError` from any subcommand in one line, exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MambalabError as exc:
+            message = " ".join(str(exc).split())  # one line, whatever the message's layout
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(ERROR_EXIT_CODE) from exc
+
+
+app = typer.Typer(
+    cls=_Commands, add_completion=False, no_args_is_help=True, help="mambalab: selective state space models."
+)
 
 
 @app.command()
@@ -76,8 +102,6 @@ def compare(
     try:
         results = run_compare(preset, split(models), split(tasks), out, device, split(studies), progress=not quiet,
                               report_only=report_only, jobs=jobs, corpus=corpus)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
     except KeyboardInterrupt:
         typer.echo(f"interrupted: finished runs are cached in {out}; the same command resumes", err=True)
         raise typer.Exit(130) from None
@@ -92,14 +116,15 @@ _DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 def _device_and_dtype(device: str, dtype: str | None):
-    """'auto' -> cuda when available; a dtype name -> torch.dtype (None keeps the checkpoint's)."""
+    """(device name, torch dtype): 'auto' -> cuda when available; a dtype name -> torch.dtype (None keeps the
+    checkpoint's)."""
     import torch
+
+    from mambalab.device import resolve_device
 
     if dtype is not None and dtype not in _DTYPES:
         raise typer.BadParameter(f"--dtype must be one of {_DTYPES}, got {dtype!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return device, None if dtype is None else getattr(torch, dtype)
+    return str(resolve_device(device)), None if dtype is None else getattr(torch, dtype)
 
 
 @app.command()
@@ -129,19 +154,16 @@ def generate(
         raise typer.BadParameter("give exactly one of --prompt and --prompt-file")
     text = prompt if prompt is not None else Path(prompt_file).read_text()
     device, torch_dtype = _device_and_dtype(device, dtype)
-    try:
-        engine = Engine.from_dir(model, device=device, dtype=torch_dtype, cache_dir=cache_dir)
-        tokens = engine.encode(text)
-        if prefix_file is not None:
-            prefix = engine.encode(Path(prefix_file).read_text())
-            engine.cache_prefix(prefix)
-            tokens = prefix + tokens
-        sampling = {"do_sample": sample, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-                    "min_p": min_p, "repetition_penalty": repetition_penalty}
-        on_text = (lambda _, delta: typer.echo(delta, nl=False)) if stream else None
-        (completion,) = engine.complete([tokens], max_new_tokens, on_text=on_text, seed=seed, **sampling)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
+    engine = Engine.from_dir(model, device=device, dtype=torch_dtype, cache_dir=cache_dir)
+    tokens = engine.encode(text)
+    if prefix_file is not None:
+        prefix = engine.encode(Path(prefix_file).read_text())
+        engine.cache_prefix(prefix)
+        tokens = prefix + tokens
+    sampling = {"do_sample": sample, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                "min_p": min_p, "repetition_penalty": repetition_penalty}
+    on_text = (lambda _, delta: typer.echo(delta, nl=False)) if stream else None
+    (completion,) = engine.complete([tokens], max_new_tokens, on_text=on_text, seed=seed, **sampling)
     typer.echo("" if stream else completion.text)
 
 
@@ -166,8 +188,6 @@ def serve(
     typer.echo(f"loading {model} on {device}; serving on http://{host}:{port}/v1 (Ctrl-C stops)")
     try:
         run_server(model, host, port, system_prompt, device=device, dtype=torch_dtype, cache_dir=cache_dir)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
     except KeyboardInterrupt:
         typer.echo("stopped")
 
@@ -182,14 +202,11 @@ def prepare(
     overwrite: bool = typer.Option(False, help="Replace an existing prepared dataset at --out."),
 ) -> None:
     """Tokenize text into uint16/uint32 token shards with a manifest and a validation split."""
+    from mambalab.tokenizer import load_tokenizer
     from mambalab.train.data import prepare_dataset
-    from mambalab.train.tokenizer import load_tokenizer
 
-    try:
-        m = prepare_dataset(inputs, out, load_tokenizer(tokenizer), val_fraction=val_fraction,
-                            text_field=text_field, overwrite=overwrite)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    m = prepare_dataset(inputs, out, load_tokenizer(tokenizer), val_fraction=val_fraction,
+                        text_field=text_field, overwrite=overwrite)
     typer.echo(f"{out}: {m['documents']} documents, {m['splits']['train']['tokens']:,} train +"
                f" {m['splits']['val']['tokens']:,} val tokens ({m['dtype']}, tokenizer {m['tokenizer']['name']})")
 
@@ -209,20 +226,13 @@ def train(
     from rich.logging import RichHandler
 
     from mambalab.train.run import load_run_config, run_training
-    from mambalab.train.trainer import TrainingDiverged
 
     if config is None and preset is None:
         raise typer.BadParameter("give --config FILE.yaml or --preset NAME")
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 logs progress
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(show_path=False)])
-    try:
-        result = run_training(load_run_config(config, preset, overrides or []), out, resume=resume)
-    except TrainingDiverged as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from exc
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    result = run_training(load_run_config(config, preset, overrides or []), out, resume=resume)
     if result.model_dir is not None:
         last = next((r for r in reversed(result.records) if "val_loss" in r), None)
         stop = "stopped by signal; resume with --resume. " if result.stopped_by_signal else ""
@@ -246,11 +256,8 @@ def eval_(
 
     from mambalab.train.evaluate import evaluate_model
 
-    try:
-        result = evaluate_model(model, data, split=split, batch_size=batch_size, seq_len=seq_len,
-                                max_batches=max_batches, tokenizer=tokenizer, device=device)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    result = evaluate_model(model, data, split=split, batch_size=batch_size, seq_len=seq_len,
+                            max_batches=max_batches, tokenizer=tokenizer, device=device)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -273,10 +280,7 @@ def zoo(
         row = [name, f"{config.n_layer} × {config.d_model}", f"{count_params(config):,}",
                f"{flops_per_token(config, seq_len) / 1e9:.3g}"]
         if match:
-            try:
-                matched = match_config(config, match)
-            except ValueError as exc:
-                raise typer.BadParameter(str(exc)) from exc
+            matched = match_config(config, match)
             row.append(f"{matched.n_layer} layers, {count_params(matched):,}")
         table.add_row(*row)
     Console().print(table)

@@ -14,12 +14,15 @@ round-trips through JSON (`to_dict` / `from_dict`); unknown fields are an error,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mambalab.errors import ConfigError
 
 MIXER_KINDS = ("mamba", "attention", "s4d")
 FFN_KINDS = ("mlp", "moe")
@@ -35,7 +38,7 @@ class SSMConfig:
     d_state: int = 16  # N
     d_conv: int = 4
     expand: int = 2
-    dt_rank: int | str = "auto"  # "auto" = ceil(d_model / 16)
+    dt_rank: int | str = "auto"  # "auto" = ceil(d_model / 16), see `dt_rank_for`
     dt_min: float = 0.001
     dt_max: float = 0.1
     dt_init: str = "random"  # "random" | "constant"
@@ -43,25 +46,30 @@ class SSMConfig:
     dt_init_floor: float = 1e-4
     conv_bias: bool = True
     bias: bool = False
-    # Ablation switches (model-zoo issue): how A is initialised, how it is discretized, whether
-    # Δ, B, C (and A) depend on the input.
+    # Ablation switches (the Mamba paper's §4.6 ablations): how A is initialised, how it is discretized,
+    # whether Δ, B, C (and A) depend on the input.
     A_init: str = "s4d_real"  # "s4d_real" | "s4d_lin" | "random"
     discretization: str = "mamba"  # "mamba" (ZOH for A, Euler for B) | "zoh" | "bilinear" | "euler"
     selective: bool = True
     selective_A: bool = False
     scan_backend: str = "auto"
 
+    def dt_rank_for(self, d_model: int) -> int:
+        """Rank R of the Δ projection (x -> R -> d_inner) for a model of width d_model: "auto" is mamba-ssm's
+        ceil(d_model / 16)."""
+        return math.ceil(d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
+
     def __post_init__(self) -> None:
         if self.dt_init not in ("random", "constant"):
-            raise ValueError(f"SSMConfig.dt_init must be 'random' or 'constant', got {self.dt_init!r}")
+            raise ConfigError(f"SSMConfig.dt_init must be 'random' or 'constant', got {self.dt_init!r}")
         if self.dt_rank != "auto" and not (isinstance(self.dt_rank, int) and self.dt_rank > 0):
-            raise ValueError(f"SSMConfig.dt_rank must be 'auto' or a positive int, got {self.dt_rank!r}")
+            raise ConfigError(f"SSMConfig.dt_rank must be 'auto' or a positive int, got {self.dt_rank!r}")
         for name, allowed in (("A_init", MAMBA_A_INITS), ("discretization", DISCRETIZATIONS)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"SSMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(f"SSMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("d_state", "d_conv", "expand"):
             if getattr(self, name) < 1:
-                raise ValueError(f"SSMConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"SSMConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -76,7 +84,7 @@ class AttentionConfig:
     def __post_init__(self) -> None:
         kv = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
         if self.n_heads < 1 or kv < 1 or self.n_heads % kv:
-            raise ValueError(
+            raise ConfigError(
                 f"AttentionConfig: n_heads={self.n_heads} must be >= 1 and a multiple of n_kv_heads={kv}"
             )
 
@@ -101,9 +109,9 @@ class MoEConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= self.n_experts:
-            raise ValueError(f"MoEConfig.top_k must be in [1, n_experts={self.n_experts}], got {self.top_k}")
+            raise ConfigError(f"MoEConfig.top_k must be in [1, n_experts={self.n_experts}], got {self.top_k}")
         if self.capacity_factor <= 0:
-            raise ValueError(f"MoEConfig.capacity_factor must be > 0, got {self.capacity_factor}")
+            raise ConfigError(f"MoEConfig.capacity_factor must be > 0, got {self.capacity_factor}")
 
 
 @dataclass
@@ -128,9 +136,9 @@ class S4DConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"S4DConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(f"S4DConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.d_state < 2 or self.d_state % 2 or self.expand < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"S4DConfig: d_state must be even and >= 2 (N/2 complex modes), expand >= 1;"
                 f" got d_state={self.d_state}, expand={self.expand}"
             )
@@ -158,13 +166,13 @@ class ModelConfig:
         if self.layer_pattern is None:
             self.layer_pattern = ["mamba"] * self.n_layer
         if len(self.layer_pattern) != self.n_layer:
-            raise ValueError(
+            raise ConfigError(
                 f"ModelConfig.layer_pattern has {len(self.layer_pattern)} entries but n_layer={self.n_layer}"
             )
         for i, entry in enumerate(self.layer_pattern):
             parse_layer_kind(entry, where=f"ModelConfig.layer_pattern[{i}]")
         if self.d_model < 1 or self.n_layer < 1 or self.vocab_size < 1:
-            raise ValueError("ModelConfig.d_model, n_layer and vocab_size must be >= 1")
+            raise ConfigError("ModelConfig.d_model, n_layer and vocab_size must be >= 1")
 
     # Derived sizes -------------------------------------------------------------------------------------
     @property
@@ -178,8 +186,7 @@ class ModelConfig:
 
     @property
     def dt_rank(self) -> int:
-        r = self.ssm.dt_rank
-        return math.ceil(self.d_model / 16) if r == "auto" else int(r)
+        return self.ssm.dt_rank_for(self.d_model)
 
     # JSON round trip ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -187,7 +194,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> ModelConfig:
-        return _from_dict(cls, data, where)
+        return strict_from_dict(cls, data, where, nested=_SUBCONFIGS)
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -198,7 +205,7 @@ class ModelConfig:
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
+            raise ConfigError(f"{path}: not valid JSON ({e})") from e
         return cls.from_dict(data, where=str(path))
 
 
@@ -206,7 +213,7 @@ def parse_layer_kind(entry: str, where: str = "layer_pattern") -> tuple[str, str
     """'mamba+mlp' -> ('mamba', 'mlp'); 'mamba' -> ('mamba', None). Raises ValueError on unknown kinds."""
     parts = entry.split("+")
     if len(parts) > 2 or parts[0] not in MIXER_KINDS or (len(parts) == 2 and parts[1] not in FFN_KINDS):
-        raise ValueError(
+        raise ConfigError(
             f"{where}: unknown layer kind {entry!r}; expected a mixer in {MIXER_KINDS}"
             f" optionally followed by '+' and one of {FFN_KINDS}"
         )
@@ -216,15 +223,40 @@ def parse_layer_kind(entry: str, where: str = "layer_pattern") -> tuple[str, str
 _SUBCONFIGS = {"ssm": SSMConfig, "attention": AttentionConfig, "mlp": MLPConfig, "moe": MoEConfig, "s4d": S4DConfig}
 
 
-def _from_dict(cls, data: dict[str, Any], where: str):
+def strict_from_dict(cls, data: dict[str, Any], where: str, nested: dict[str, type] | None = None):
+    """`cls(**data)` for a dataclass `cls`, refusing a non-dict and any field `cls` lacks (named with `where`,
+    e.g. "config.ssm"), so a typo in a config file is an error rather than a silently ignored key. `nested`
+    maps field names to dataclasses whose dicts are converted the same way (e.g. ModelConfig's "ssm")."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")  # noqa: TRY004
+        raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown} for {cls.__name__}; known fields: {sorted(known)}")
-    kwargs = {}
-    for key, value in data.items():
-        sub = _SUBCONFIGS.get(key) if cls is ModelConfig else None
-        kwargs[key] = _from_dict(sub, value, f"{where}.{key}") if sub is not None else value
+        raise ConfigError(f"{where}: unknown field(s) {unknown} for {cls.__name__}; known fields: {sorted(known)}")
+    nested = nested or {}
+    kwargs = {
+        key: strict_from_dict(nested[key], value, f"{where}.{key}") if key in nested else value
+        for key, value in data.items()
+    }
     return cls(**kwargs)
+
+
+# Nested dict helpers (config trees from YAML, JSON or `--set` overrides) ----------------------------------
+def deep_merge(base: dict, extra: dict, where: str | None = None) -> dict:
+    """A copy of `base` with `extra` written over it, nested dicts merged key by key rather than replaced.
+    With `where`, a key of `extra` that `base` lacks is a `ConfigError` naming `where` (strict overrides)."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if where is not None and key not in base:
+            raise ConfigError(f"{where}: unknown config field {key!r}; known: {sorted(base)}")
+        merge = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = deep_merge(out[key], value, where) if merge else value
+    return out
+
+
+def flatten_dict(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}, "c": 2} -> {"a.b": 1, "c": 2}: nested keys joined with dots."""
+    out = {}
+    for key, value in tree.items():
+        out.update(flatten_dict(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out

@@ -32,7 +32,9 @@ from pathlib import Path
 import torch
 
 from mambalab.atomic import file_sha256
-from mambalab.experiments.presets import FAMILIES, Preset, get_preset, with_corpus
+from mambalab.device import resolve_device
+from mambalab.errors import ConfigError
+from mambalab.experiments.presets import FAMILIES, Preset, get_compare_preset, with_corpus
 from mambalab.experiments.runner import RunSpec, RunStore, execute, run_cached
 from mambalab.experiments.studies import main_specs, study_specs
 
@@ -52,17 +54,6 @@ class WorkItem:
     timed: bool = False  # measures speed: runs after every other item, alone on the machine
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
-    from mambalab.train.distributed import resolve_device as resolve
-
-    if device != "auto" and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but torch sees no CUDA GPU")
-    return resolve(device)
-
-
 def _choose(
     given: list[str] | None, allowed: tuple[str, ...], what: str, allow_empty: bool = False
 ) -> tuple[str, ...]:
@@ -70,7 +61,7 @@ def _choose(
         return allowed
     unknown = [g for g in given if g not in allowed]
     if unknown or not (given or allow_empty):
-        raise ValueError(
+        raise ConfigError(
             f"{what}: unknown or empty selection {unknown or given}; expected some of {list(allowed)}"
         )
     return tuple(g for g in allowed if g in given)
@@ -146,10 +137,10 @@ def run_items(specs: list[RunSpec], device: torch.device, progress: bool = True)
 def _cost(preset: Preset, family: str, device: torch.device, work_dir: Path) -> dict:
     """The family's cost profile (`work_dir` unused: a profile has nothing to checkpoint)."""
     from mambalab.experiments.cost import cost_profile
-    from mambalab.experiments.models import family_config
+    from mambalab.experiments.families import family_config
     from mambalab.models.lm import LanguageModel
     from mambalab.models.zoo import count_params
-    from mambalab.train.tokenizer import load_tokenizer
+    from mambalab.tokenizer import load_tokenizer
 
     config = family_config(family, preset.size, load_tokenizer(COST_TOKENIZER).vocab_size)
     torch.manual_seed(preset.seed)
@@ -208,18 +199,18 @@ def compare(
     `corpus`: a text file for the language-modelling runs instead of the embedded corpus."""
     from mambalab.experiments.report import write_report
 
-    chosen = get_preset(preset)
+    chosen = get_compare_preset(preset)
     if corpus is not None:
         path = Path(corpus).resolve()
         if not path.is_file():
-            raise ValueError(f"corpus must be a text file, got {str(corpus)!r} (not found)")
+            raise ConfigError(f"corpus must be a text file, got {str(corpus)!r} (not found)")
         chosen = with_corpus(chosen, str(path), file_sha256(path))
     families = _choose(models, FAMILIES, "models") if models is not None else chosen.models
     task_names = _choose(tasks, tuple(chosen.tasks), "tasks", allow_empty=True)
     study_names = _choose(studies, STUDIES, "studies", allow_empty=True)
     jobs = min(chosen.jobs, os.cpu_count() or 1) if jobs is None else jobs
     if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
     dev = resolve_device(device)
     out = Path(out_dir)
     store = RunStore(out)

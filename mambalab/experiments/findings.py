@@ -3,7 +3,7 @@
 A rule looks up the numbers it needs, returns None when they are missing (a model, task or study not run,
 or a failed run) and otherwise returns the statement that the numbers support: when a published contrast
 holds, it says so; when it does not, it says that instead (with both numbers), so no finding the numbers
-contradict can appear. Where the paper reports a number (ANCHORS.md "Published results"), the finding
+contradict can appear. Where the paper reports a number (the Mamba paper, arXiv 2312.00752), the finding
 gives the difference.
 
 Thresholds: "A ≫ B" means A − B ≥ 20 points; "A ≥ B" means A − B ≥ −1 point (evaluation noise). When both
@@ -74,8 +74,9 @@ def beyond_training(run: dict) -> tuple[list[int], float] | None:
     return sorted(lengths), sum(metric_at(run, n) or 0.0 for n in lengths) / len(lengths)
 
 
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def pct(x: float | None, unit: str = "%") -> str:
+    """A fraction as a percentage with one decimal ("12.5%"); None (no result) as a dash."""
+    return "—" if x is None else f"{100 * x:.1f}{unit}"
 
 
 # Rules ------------------------------------------------------------------------------------------------------

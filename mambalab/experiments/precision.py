@@ -18,11 +18,11 @@ import logging
 
 import torch
 
-from mambalab.experiments.models import family_config
+from mambalab.experiments.families import family_config
 from mambalab.experiments.presets import ModelSize, PrecisionStudy
 from mambalab.models.lm import LanguageModel
 from mambalab.ops.selective_scan import selective_scan
-from mambalab.ops.state_update import selective_state_update
+from mambalab.ops.state_update.reference import selective_state_update_reference as selective_state_update
 
 log = logging.getLogger(__name__)
 

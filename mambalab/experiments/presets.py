@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from mambalab.errors import ConfigError
+
 FAMILIES = ("mamba", "transformer", "s4d", "hybrid", "moe")
 
 
@@ -37,14 +39,14 @@ class TaskPlan:
     def __post_init__(self) -> None:
         lengths = self.eval_lengths
         if not isinstance(lengths, tuple) or not all(isinstance(n, int) and n > 0 for n in lengths):
-            raise ValueError(f"TaskPlan.eval_lengths must be a tuple of positive ints, got {lengths!r}")
+            raise ConfigError(f"TaskPlan.eval_lengths must be a tuple of positive ints, got {lengths!r}")
         if self.steps < 1 or self.batch_size < 1 or self.train_length < 1 or self.lr <= 0:
-            raise ValueError(
+            raise ConfigError(
                 "TaskPlan: steps, batch_size, train_length and lr must be positive, got "
                 f"{self.steps}, {self.batch_size}, {self.train_length}, {self.lr}"
             )
         if self.n_layer is not None and self.n_layer < 1:
-            raise ValueError(f"TaskPlan.n_layer must be None or >= 1, got {self.n_layer}")
+            raise ConfigError(f"TaskPlan.n_layer must be None or >= 1, got {self.n_layer}")
 
 
 @dataclass(frozen=True)
@@ -314,7 +316,8 @@ def with_corpus(preset: Preset, corpus: str, sha256: str) -> Preset:
 PRESETS = {"smoke": _smoke, "quick": _quick, "standard": _standard, "paper": _paper}
 
 
-def get_preset(name: str) -> Preset:
+def get_compare_preset(name: str) -> Preset:
+    """A fresh `Preset` of the comparison (`mambalab compare --preset`): smoke, quick, standard or paper."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[name]()

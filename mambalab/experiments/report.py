@@ -11,7 +11,7 @@ import datetime
 from pathlib import Path
 
 from mambalab.atomic import write_json_atomic
-from mambalab.experiments.findings import evaluate_findings, metric_at, train_metric
+from mambalab.experiments.findings import evaluate_findings, metric_at, pct, train_metric
 from mambalab.experiments.plots import write_plots
 
 SECTIONS = (
@@ -36,10 +36,6 @@ def _fmt(x, digits: int = 3) -> str:
             f"{x:.{digits}g}" if abs(x) < 1e-3 or abs(x) >= 1e4 else f"{x:.{digits}f}".rstrip("0").rstrip(".")
         )
     return str(x)
-
-
-def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}"
 
 
 def _cell(run: dict, length: int, scale) -> str:
@@ -67,7 +63,7 @@ def _task_section(results: dict, plots: dict) -> list[str]:
         lengths = list(plan["eval_lengths"])
         ok = [r for r in task_runs if r["status"] == "ok"]
         headline = ok[0]["headline"] if ok else "metric"
-        scale = (lambda x: _pct(x)) if headline != "bits_per_byte" else (lambda x: _fmt(x))
+        scale = (lambda x: pct(x, unit="")) if headline != "bits_per_byte" else (lambda x: _fmt(x))
         unit = "%" if headline != "bits_per_byte" else ""
         out.append(f"### {task}: {headline.replace('_', ' ')}{' (%)' if unit else ''} by length")
         out.append(

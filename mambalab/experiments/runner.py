@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from mambalab.atomic import write_json_atomic
-from mambalab.experiments.models import family_config
+from mambalab.config import flatten_dict
+from mambalab.experiments.families import family_config
 from mambalab.experiments.presets import ModelSize, TaskPlan
 from mambalab.models.lm import LanguageModel
 from mambalab.tasks import Task, build_task, seeded
@@ -58,16 +59,9 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        extra = ",".join(f"{k}={v}" for k, v in _flatten(self.overrides).items())
+        extra = ",".join(f"{k}={v}" for k, v in flatten_dict(self.overrides).items())
         size = f"d{self.size.d_model}xL{self.size.n_layer}n{self.size.d_state}"
         return f"{self.group}/{self.task}/{self.family}[{size}{',' + extra if extra else ''}]@{self.plan.train_length}"
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 class TaskBatches:
@@ -149,7 +143,7 @@ def train_model(
     interrupted midway resumes from its last checkpoint. A run stopped early (SIGINT finishes the step and
     returns) raises KeyboardInterrupt, so a partly trained model is never evaluated and cached.
     """
-    from mambalab.train.checkpointing import list_checkpoints
+    from mambalab.train.resume_checkpoints import list_checkpoints
     from mambalab.train.trainer import TrainConfig, Trainer
 
     work_dir = work_dir if plan.steps >= CHECKPOINT_MIN_STEPS else None

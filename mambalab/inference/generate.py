@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mambalab.errors import InputError
 from mambalab.inference.cuda_graph import GraphStep, decode_step, graph_choice
 from mambalab.inference.sampling import SamplingConfig
 from mambalab.inference.state import InferenceState
@@ -72,12 +73,12 @@ def generate(
     sampler = SamplingConfig(do_sample, temperature, top_k, top_p, min_p, repetition_penalty)
     rows = _prompt_rows(prompts, model.config.vocab_size)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        raise InputError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     eos = _eos_ids(eos_token_id, model.config.vocab_size)
     if generator is not None and generator.device.type != model.device.type:
-        raise ValueError(f"generator is on {generator.device} but the model is on {model.device}")
+        raise InputError(f"generator is on {generator.device} but the model is on {model.device}")
     if state is not None and state.batch_size not in (1, len(rows)):
-        raise ValueError(f"state has batch {state.batch_size}; expected 1 or the number of prompts ({len(rows)})")
+        raise InputError(f"state has batch {state.batch_size}; expected 1 or the number of prompts ({len(rows)})")
 
     logits, state = prefill(model, rows, state)  # (b, vocab)
     b, device = len(rows), logits.device
@@ -220,22 +221,22 @@ def _prompt_rows(prompts, vocab_size: int) -> list[list[int]]:
     """A (b, l) tensor or a list of token lists -> a list of int lists, validated."""
     if isinstance(prompts, torch.Tensor):
         if prompts.dim() != 2 or prompts.dtype not in (torch.int64, torch.int32):
-            raise ValueError(
+            raise InputError(
                 f"prompts must be a (batch, length) integer tensor, got {tuple(prompts.shape)} {prompts.dtype}"
             )
         prompts = prompts.tolist()
     if not isinstance(prompts, (list, tuple)) or not prompts or not all(
         isinstance(r, (list, tuple)) for r in prompts
     ):
-        raise ValueError("prompts must be a (batch, length) tensor or a non-empty list of token lists")
+        raise InputError("prompts must be a (batch, length) tensor or a non-empty list of token lists")
     rows = []
     for i, row in enumerate(prompts):
         if not row:
-            raise ValueError(f"prompts[{i}] is empty; every prompt needs at least one token")
+            raise InputError(f"prompts[{i}] is empty; every prompt needs at least one token")
         row = [int(t) for t in row]
         bad = [t for t in row if not 0 <= t < vocab_size]
         if bad:
-            raise ValueError(f"prompts[{i}] holds token id {bad[0]} outside [0, vocab_size={vocab_size})")
+            raise InputError(f"prompts[{i}] holds token id {bad[0]} outside [0, vocab_size={vocab_size})")
         rows.append(row)
     return rows
 
@@ -246,5 +247,5 @@ def _eos_ids(eos_token_id, vocab_size: int) -> list[int]:
     ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     for t in ids:
         if not isinstance(t, int) or not 0 <= t < vocab_size:
-            raise ValueError(f"eos_token_id must be token id(s) in [0, vocab_size={vocab_size}), got {eos_token_id!r}")
+            raise InputError(f"eos_token_id must be token id(s) in [0, vocab_size={vocab_size}), got {eos_token_id!r}")
     return ids

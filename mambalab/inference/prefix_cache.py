@@ -19,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from mambalab.errors import InputError
 from mambalab.inference.generate import prefill
 from mambalab.inference.state import (
     CorruptStateError,
@@ -42,7 +43,7 @@ class PrefixCache:
 
     def __init__(self, model, max_bytes: int = 1 << 30, directory: str | Path | None = None):
         if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+            raise InputError(f"max_bytes must be >= 0, got {max_bytes}")
         self.model, self.max_bytes = model, max_bytes
         self.directory = None if directory is None else Path(directory)
         self._entries: dict[tuple[int, ...], _Entry] = {}
@@ -65,7 +66,7 @@ class PrefixCache:
         """Cache `state` (batch 1) as the state after exactly `tokens`."""
         key = _key(tokens)
         if state.batch_size != 1 or int(state.seqlen[0]) != len(key):
-            raise ValueError(
+            raise InputError(
                 f"state: expected a batch-1 state that has consumed the {len(key)} given tokens, got batch"
                 f" {state.batch_size} with seqlen {state.seqlen.tolist()}"
             )
@@ -157,5 +158,5 @@ def _key(tokens) -> tuple[int, ...]:
     """The token ids as a tuple; no per-token conversion, so a lookup stays cheap for long prompts."""
     key = tuple(tokens.tolist() if hasattr(tokens, "tolist") else tokens)
     if not key:
-        raise ValueError("tokens: a cached prefix needs at least one token")
+        raise InputError("tokens: a cached prefix needs at least one token")
     return key

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mambalab.errors import InputError
+
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """Scale the logits of tokens already in the sequence (`seen`: (b, v) bool) by `penalty` (CTRL, HF)."""
@@ -72,15 +74,15 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.do_sample and not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 when sampling (do_sample=True), got {self.temperature}")
+            raise InputError(f"temperature must be > 0 when sampling (do_sample=True), got {self.temperature}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0 (0 = disabled), got {self.top_k!r}")
+            raise InputError(f"top_k must be an int >= 0 (0 = disabled), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+            raise InputError(f"min_p must be in [0, 1], got {self.min_p}")
         if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1.0 = disabled), got {self.repetition_penalty}")
+            raise InputError(f"repetition_penalty must be > 0 (1.0 = disabled), got {self.repetition_penalty}")
 
     def process(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the configured processors to float32 logits (b, v); `seen` (b, v) marks earlier tokens."""

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from mambalab.atomic import write_atomic
+from mambalab.config import flatten_dict
+from mambalab.errors import CorruptStateError, InputError, StateMismatchError
 
 # State tensors whose arithmetic must stay in float32 (float64 when the whole state is float64).
 FP32_KEYS = frozenset({"ssm"})
@@ -67,15 +69,15 @@ class InferenceState:
         """Join states along the batch. Tensors that differ in a non-batch size (e.g. KV caches of
         different capacity) are zero-padded at the end of that dimension to the largest."""
         if not states:
-            raise ValueError("InferenceState.concat needs at least one state")
+            raise InputError("InferenceState.concat needs at least one state")
         n_layers = {len(s.layers) for s in states}
         if len(n_layers) != 1:
-            raise ValueError(f"InferenceState.concat: states have different numbers of layers {sorted(n_layers)}")
+            raise InputError(f"InferenceState.concat: states have different numbers of layers {sorted(n_layers)}")
         layers = []
         for i in range(len(states[0].layers)):
             keys = set(states[0].layers[i])
             if any(set(s.layers[i]) != keys for s in states):
-                raise ValueError(f"InferenceState.concat: layer {i} holds different tensors across states")
+                raise InputError(f"InferenceState.concat: layer {i} holds different tensors across states")
             layers.append({k: _cat_padded([s.layers[i][k] for s in states]) for k in states[0].layers[i]})
         return cls(layers, torch.cat([s.seqlen for s in states]))
 
@@ -133,14 +135,6 @@ def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 # Fingerprints and the state file format ------------------------------------------------------------------
 STATE_FORMAT = "mambalab.InferenceState/1"
-
-
-class StateMismatchError(ValueError):
-    """A saved state belongs to another model, dtype or prefix than the one it is loaded for."""
-
-
-class CorruptStateError(ValueError):
-    """A state file is truncated, corrupt, or not a mambalab state."""
 
 
 # model -> (version key, fingerprint): hashing the weights once per version of the parameters.
@@ -210,7 +204,7 @@ def check_fingerprint(metadata: dict[str, str], model, path: str | Path = "state
     """Raise StateMismatchError naming the first difference between a file's fingerprint and `model`'s."""
     mine = model_fingerprint(model)
     if metadata.get("config_hash") != mine["config_hash"]:
-        theirs, ours = _flatten(json.loads(metadata["config"])), _flatten(json.loads(mine["config"]))
+        theirs, ours = flatten_dict(json.loads(metadata["config"])), flatten_dict(json.loads(mine["config"]))
         diffs = [f"{k}: {theirs.get(k)!r} (state) vs {ours.get(k)!r} (model)"
                  for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
         raise StateMismatchError(f"{path}: the state was saved from a model with another config ({'; '.join(diffs)})")
@@ -248,12 +242,7 @@ def _token_rows(tokens, batch_size: int) -> list[list[int]] | None:
     rows = [tokens] if not tokens or not isinstance(tokens[0], (list, tuple, torch.Tensor)) else tokens
     rows = [[int(t) for t in row] for row in rows]
     if len(rows) != batch_size:
-        raise ValueError(f"prefix_tokens: got {len(rows)} token rows for a state of batch {batch_size}")
+        raise InputError(f"prefix_tokens: got {len(rows)} token rows for a state of batch {batch_size}")
     return rows
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out

@@ -1,4 +1,5 @@
-"""Transformer++ attention (the Mamba paper's baseline): RoPE, no biases, causal SDPA, grouped-query optional.
+"""Transformer++ attention (the Mamba paper's baseline): RoPE (arXiv 2104.09864), no biases, causal SDPA,
+grouped-query optional.
 
 Shapes: b batch, l new tokens, d_model width, h query heads, h_kv key/value heads (h divisible by h_kv),
 hd head dim, cap KV-cache capacity.

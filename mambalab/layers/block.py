@@ -9,33 +9,28 @@ residual)` = `add_residual(residual, step(x, state, seqlen))` with the add fused
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 from torch import nn
 
 from mambalab.config import ModelConfig, parse_layer_kind
+from mambalab.layers.attention import Attention
+from mambalab.layers.mamba import Mamba
+from mambalab.layers.mamba_ablations import mamba_class
+from mambalab.layers.mlp import SwiGLU
+from mambalab.layers.moe import MoE
 from mambalab.layers.norm import RMSNorm
+from mambalab.layers.residual import add_residual
+from mambalab.layers.s4d import S4DMixer
 
-MIXERS = {
-    "mamba": "mambalab.layers.mamba:Mamba",
-    "attention": "mambalab.layers.attention:Attention",
-    "s4d": "mambalab.layers.s4d:S4DMixer",
-}
-FFNS = {
-    "mlp": "mambalab.layers.mlp:SwiGLU",
-    "moe": "mambalab.layers.moe:MoE",
-}
+# The classes of the kinds of `ModelConfig.layer_pattern` (config.MIXER_KINDS / FFN_KINDS name them).
+# "mamba" is the paper's `Mamba`, or `MambaAblation` when an ablation switch of SSMConfig is on (`mamba_class`).
+MIXERS: dict[str, type[nn.Module]] = {"mamba": Mamba, "attention": Attention, "s4d": S4DMixer}
+FFNS: dict[str, type[nn.Module]] = {"mlp": SwiGLU, "moe": MoE}
 
 
-def _resolve(path: str) -> type:
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def add_residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x + y in x's dtype: one kernel when y's dtype promotes to x's (bf16 onto the float32 residual)."""
-    return x + y if torch.promote_types(x.dtype, y.dtype) == x.dtype else x + y.to(x.dtype)
+def mixer_class(kind: str, config: ModelConfig) -> type[nn.Module]:
+    """The class of a layer's mixer of this kind under this config."""
+    return mamba_class(config.ssm) if kind == "mamba" else MIXERS[kind]
 
 
 class Block(nn.Module):
@@ -44,10 +39,10 @@ class Block(nn.Module):
         mixer_kind, ffn_kind = parse_layer_kind(config.layer_pattern[layer_idx])
         self.residual_in_fp32 = config.residual_in_fp32
         self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.mixer = _resolve(MIXERS[mixer_kind]).from_config(config, layer_idx)
+        self.mixer = mixer_class(mixer_kind, config).from_config(config, layer_idx)
         if ffn_kind is not None:
             self.norm2 = RMSNorm(config.d_model, config.norm_eps)
-            self.mlp = _resolve(FFNS[ffn_kind]).from_config(config, layer_idx)
+            self.mlp = FFNS[ffn_kind].from_config(config, layer_idx)
         else:
             self.norm2 = self.mlp = None
 

@@ -1,15 +1,22 @@
-"""The Mamba-1 mixer (Figure 3 of arXiv 2312.00752), parameter names as HF transformers' `MambaMixer`.
+"""The Mamba-1 mixer: the block of Figure 3 of arXiv 2312.00752 ("Mamba: Linear-Time Sequence Modeling with
+Selective State Spaces"), parameter names as HF transformers' `MambaMixer` (checkpoints load unchanged).
+Official implementation: `Mamba` in state-spaces/mamba, mamba_ssm/modules/mamba_simple.py.
 
 Shapes: b batch, l length, d_model model width, d = d_inner = expand·d_model, n = d_state, r = dt_rank.
 
-Ablation switches (SSMConfig; the defaults are the paper's Mamba and run `selective_scan`):
-    A_init          "s4d_real" A = −(1..N) | "s4d_lin" A = −1/2 | "random" A = −exp(N(0, 1)) (init only)
-    discretization  "mamba" (ZOH for A, Euler for B) | "zoh" | "bilinear" | "euler"  (see ops/hippo.py)
-    selective       False: Δ, B, C are learned per-channel parameters (dt_bias (d,), B, C (d, n)), not
-                    functions of the input: the LTI "Mamba + S4" ablation, run in CNN mode (ops/s4d.py)
-    selective_A     True: A_t = −exp(A_log + A_proj(x_t)) also depends on the input (A_proj zero at init)
-A non-default discretization or selective_A runs the for-loop recurrence of ops/s4d.py (`diagonal_recurrence`),
-which materialises (b, d, l, n) tensors: meant for ablations at small scale.
+The steps of `forward` (one token at a time in `step`):
+    1. in_proj: x, z = split(W_in · hidden)                     the SSM branch and the gate
+    2. causal depthwise conv over time (width d_conv)            ops/causal_conv1d
+    3. SiLU
+    4. x_proj: Δ (low rank r, then dt_proj), B, C from x         the selection mechanism (Algorithm 2)
+    5. selective scan: Δ = softplus(Δ + bias), h_t = exp(Δ A) h_{t-1} + Δ B x_t, y = C h + D x, y · SiLU(z)
+                                                                 ops/selective_scan (one step: ops/state_update)
+    6. out_proj
+Each op runs the backend named by `SSMConfig.scan_backend` where it has one of that name ("reference",
+"triton"), else its own "auto" (see `Mamba.kernel_backends`).
+
+`A_init` (the init of A) is an option of this class; the other ablation switches of SSMConfig (discretization,
+selective, selective_A) change steps 4-5 and live in `MambaAblation` (layers/mamba_ablations.py).
 """
 
 from __future__ import annotations
@@ -21,13 +28,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from mambalab.config import ModelConfig, SSMConfig
-from mambalab.layers.block import add_residual
+from mambalab.errors import InputError
+from mambalab.layers.residual import add_residual
+from mambalab.ops import backends
 from mambalab.ops.backends import records_grad
-from mambalab.ops.conv1d import causal_conv1d, causal_conv1d_fused, causal_conv1d_update
-from mambalab.ops.hippo import discretize_diagonal, s4d_init
-from mambalab.ops.mixer_step import mixer_step, mixer_step_fused
-from mambalab.ops.s4d import diagonal_recurrence, s4d_cnn
-from mambalab.ops.selective_scan import resolve_backend, selective_scan
+from mambalab.ops.causal_conv1d import OP as CONV_OP
+from mambalab.ops.causal_conv1d import UPDATE_OP as CONV_UPDATE_OP
+from mambalab.ops.causal_conv1d import causal_conv1d
+from mambalab.ops.hippo import s4d_init
+from mambalab.ops.selective_scan import OP as SCAN_OP
+from mambalab.ops.selective_scan import selective_scan
+from mambalab.ops.state_update import MIXER_STEP_OP, mixer_step
+from mambalab.ops.triton import resolve_for
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
@@ -42,44 +54,49 @@ def restore_float32(params) -> None:
 
 
 class Mamba(nn.Module):
-    def __init__(self, d_model: int, ssm: SSMConfig | None = None, layer_idx: int = 0, n_layer: int = 1):
+    uses_selective_scan = True  # steps 4-5 through `selective_scan` (MambaAblation: its own recurrences)
+
+    def __init__(self, d_model: int, ssm: SSMConfig | None = None, layer_idx: int = 0):
         super().__init__()
         ssm = ssm or SSMConfig()
+        if self.uses_selective_scan and not self.runs_paper_ssm(ssm):
+            raise InputError(
+                "Mamba: SSMConfig(discretization, selective, selective_A) must be the paper's ('mamba', True, False)"
+                f", got ({ssm.discretization!r}, {ssm.selective}, {ssm.selective_A}); the ablations are "
+                "mambalab.layers.mamba_ablations.MambaAblation (mamba_class(ssm) picks the class)"
+            )
         self.d_model, self.layer_idx, self.cfg = d_model, layer_idx, ssm
         self.d_inner = ssm.expand * d_model
         self.d_state, self.d_conv = ssm.d_state, ssm.d_conv
-        self.dt_rank = math.ceil(d_model / 16) if ssm.dt_rank == "auto" else int(ssm.dt_rank)
+        self.dt_rank = ssm.dt_rank_for(d_model)
         d, n, r = self.d_inner, self.d_state, self.dt_rank
 
         self.in_proj = nn.Linear(d_model, 2 * d, bias=ssm.bias)
         self.conv1d = nn.Conv1d(d, d, ssm.d_conv, groups=d, padding=ssm.d_conv - 1, bias=ssm.conv_bias)
-        if ssm.selective:
-            self.x_proj = nn.Linear(d, r + 2 * n, bias=False)
-            self.dt_proj = nn.Linear(r, d, bias=True)
-        else:  # LTI: Δ = softplus(dt_bias), B and C per channel
-            self.dt_bias = nn.Parameter(torch.empty(d))
-            self.B = nn.Parameter(torch.empty(d, n))
-            self.C = nn.Parameter(torch.empty(d, n))
-        if ssm.selective_A:
-            self.A_proj = nn.Linear(d, n, bias=False)
+        self._make_selection(d, n, r)
         self.A_log = nn.Parameter(torch.empty(d, n))
         self.D = nn.Parameter(torch.empty(d))
         self.out_proj = nn.Linear(d, d_model, bias=ssm.bias)
         self.reset_ssm_parameters()
 
+    @staticmethod
+    def runs_paper_ssm(ssm: SSMConfig) -> bool:
+        """True when SSMConfig's ablation switches are the paper's Mamba (what this class runs)."""
+        return ssm.selective and not ssm.selective_A and ssm.discretization == "mamba"
+
+    def _make_selection(self, d: int, n: int, r: int) -> None:
+        """The projections of step 4: x_proj (d -> r + 2n: Δ's low rank, B, C) and dt_proj (r -> d)."""
+        self.x_proj = nn.Linear(d, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, d, bias=True)
+
     @classmethod
     def from_config(cls, config: ModelConfig, layer_idx: int) -> Mamba:
-        return cls(config.d_model, config.ssm, layer_idx=layer_idx, n_layer=config.n_layer)
-
-    @property
-    def uses_selective_scan(self) -> bool:
-        """True for the paper's Mamba (the default switches): the fast `selective_scan` path."""
-        return self.cfg.selective and not self.cfg.selective_A and self.cfg.discretization == "mamba"
+        return cls(config.d_model, config.ssm, layer_idx=layer_idx)
 
     @property
     def delta_bias(self) -> nn.Parameter:
-        """Δ's bias (d,): `dt_proj.bias` of the selective mixer, `dt_bias` of the LTI one."""
-        return self.dt_proj.bias if self.cfg.selective else self.dt_bias
+        """Δ's bias (d,)."""
+        return self.dt_proj.bias
 
     def _fp32_params(self) -> list[nn.Parameter]:
         return [self.A_log, self.D, self.delta_bias]
@@ -87,35 +104,46 @@ class Mamba(nn.Module):
     @torch.no_grad()
     def reset_ssm_parameters(self) -> None:
         """A from `A_init` (S4D-Real: A = −(1..N)), D = 1, and Δ's bias so that softplus(bias) is log-uniform
-        in [dt_min, dt_max]; with selective=False, B = 1 and C ~ N(0, 1/N); A_proj starts at zero."""
+        in [dt_min, dt_max] (the paper's Section 3.6 and the official init)."""
         cfg, d, n = self.cfg, self.d_inner, self.d_state
         log_dt = torch.rand(d) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)
         dt = log_dt.exp().clamp(min=cfg.dt_init_floor)
-        if cfg.selective:
-            dt_std = self.dt_rank**-0.5 * cfg.dt_scale
-            if cfg.dt_init == "constant":
-                nn.init.constant_(self.dt_proj.weight, dt_std)
-            else:
-                nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)
-        else:
-            self.B.fill_(1.0)
-            nn.init.normal_(self.C, std=n**-0.5)
+        self._reset_selection()
         self.delta_bias.copy_(inverse_softplus(dt))
         if cfg.A_init == "random":
             self.A_log.normal_()  # A = −exp(N(0, 1))
         else:
             self.A_log.copy_(torch.log(-s4d_init(cfg.A_init, n, dtype=torch.complex64).real).repeat(d, 1))
-        if cfg.selective_A:
-            nn.init.zeros_(self.A_proj.weight)
         self.D.fill_(1.0)
         for p in self._fp32_params():
             p._no_weight_decay = True
+
+    def _reset_selection(self) -> None:
+        """dt_proj's weight: constant or uniform with scale dt_rank^-1/2 · dt_scale."""
+        dt_std = self.dt_rank**-0.5 * self.cfg.dt_scale
+        if self.cfg.dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, dt_std)
+        else:
+            nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)
 
     def _apply(self, fn, recurse=True):
         """Casting the model (e.g. .to(bfloat16)) keeps A_log, D and the Δ bias in float32."""
         super()._apply(fn, recurse)
         restore_float32(self._fp32_params())
         return self
+
+    # Kernels ------------------------------------------------------------------------------------------------
+    def _backend(self, op: str) -> str:
+        """The backend name the mixer passes to `op`: scan_backend where op has a backend of that name, else
+        "auto" (e.g. scan_backend="cpu": the conv and the step run their own "auto")."""
+        name = self.cfg.scan_backend
+        return name if name in backends.names(op) else "auto"
+
+    def kernel_backends(self, x: torch.Tensor) -> dict[str, str]:
+        """The backend each op of the mixer resolves to for tensors like x."""
+        ops = (CONV_OP, CONV_UPDATE_OP, MIXER_STEP_OP)
+        return {SCAN_OP: backends.resolve(SCAN_OP, self.cfg.scan_backend, x.device),
+                **{op: resolve_for(op, self._backend(op), x) for op in ops}}
 
     # State ------------------------------------------------------------------------------------------------
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict[str, torch.Tensor]:
@@ -126,29 +154,29 @@ class Mamba(nn.Module):
             "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype),  # (b, d, n)
         }
 
-    def _ssm_params(self):
-        A = -torch.exp(self.A_log.float() if self.A_log.dtype != torch.float64 else self.A_log)  # A  (d, n)
-        return A, self.D, self.dt_proj.bias
-
     # Parallel mode (training, prefill) -----------------------------------------------------------------------
     def forward(self, hidden: torch.Tensor, state: dict | None = None, seqlen=None) -> torch.Tensor:
         """hidden (b, l, d_model) -> (b, l, d_model). With `state`, start from it and leave the final state in it."""
-        n, r = self.d_state, self.dt_rank
         # 1. input projection, split into the SSM branch x and the gate z
         xz = self.in_proj(hidden).transpose(1, 2)  # (b, 2d, l)
         x, z = xz.chunk(2, dim=1)  # (b, d, l) each
         # 2. causal depthwise conv, 3. SiLU
-        conv_weight = self.conv1d.weight.squeeze(1)  # (d, w)
-        conv = causal_conv1d_fused if self._fused_kernels(x) else causal_conv1d
+        conv_args = (self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")  # weight (d, w)
+        backend = self._backend(CONV_OP)
         if state is None:
-            x = conv(x, conv_weight, self.conv1d.bias, activation="silu")  # (b, d, l)
+            x = causal_conv1d(x, *conv_args, backend=backend)  # (b, d, l)
         else:
-            x, state["conv"] = conv(
-                x, conv_weight, self.conv1d.bias, "silu", initial_state=state["conv"], return_final_state=True
-            )
-            state["conv"] = state["conv"].to(xz.dtype)
-        if not self.uses_selective_scan:  # 4.-5. the ablation switches' SSM (see the module docstring)
-            return self.out_proj(self._ablation_ssm(x, z, state).transpose(1, 2))  # (b, l, d_model)
+            x, conv_state = causal_conv1d(x, *conv_args, initial_state=state["conv"], return_final_state=True,
+                                          backend=backend)
+            state["conv"] = conv_state.to(xz.dtype)  # (b, d, w)
+        # 4.-5. selection and SSM
+        y = self._ssm(x, z, state)  # (b, d, l)
+        # 6. output projection
+        return self.out_proj(y.transpose(1, 2))  # (b, l, d_model)
+
+    def _ssm(self, x: torch.Tensor, z: torch.Tensor, state: dict | None) -> torch.Tensor:
+        """Steps 4-5: x, z (b, d, l) after the conv -> y (b, d, l); with `state`, from and into state["ssm"]."""
+        n, r = self.d_state, self.dt_rank
         # 4. x_proj gives the input-dependent Δ (low rank), B and C
         x_dbl = self.x_proj(x.transpose(1, 2))  # (b, l, r + 2n)
         dt, B, C = x_dbl.split([r, n, n], dim=-1)
@@ -156,26 +184,25 @@ class Mamba(nn.Module):
         B = B.transpose(1, 2)  # (b, n, l)
         C = C.transpose(1, 2)  # (b, n, l)
         # 5. selective scan: Δ = softplus(dt + bias), h_t = exp(ΔA) h + ΔB x, y = C h + D x, y *= silu(z)
-        A, D, dt_bias = self._ssm_params()
-        scan_args = {"D": D, "z": z, "delta_bias": dt_bias, "delta_softplus": True, "backend": self.cfg.scan_backend}
+        A = -torch.exp(self.A_log.float() if self.A_log.dtype != torch.float64 else self.A_log)  # A  (d, n)
+        scan_args = {"D": self.D, "z": z, "delta_bias": self.dt_proj.bias, "delta_softplus": True,
+                     "backend": self.cfg.scan_backend}
         if state is None:
-            y = selective_scan(x, dt, A, B, C, **scan_args)  # (b, d, l)
-        else:
-            y, final = selective_scan(x, dt, A, B, C, initial_state=state["ssm"], return_final_state=True, **scan_args)
-            state["ssm"] = final.to(state["ssm"].dtype)
-        # 6. output projection
-        return self.out_proj(y.transpose(1, 2))  # (b, l, d_model)
+            return selective_scan(x, dt, A, B, C, **scan_args)  # (b, d, l)
+        y, final = selective_scan(x, dt, A, B, C, initial_state=state["ssm"], return_final_state=True, **scan_args)
+        state["ssm"] = final.to(state["ssm"].dtype)
+        return y
 
     # Recurrent mode (decode) ----------------------------------------------------------------------------------
     def step(self, hidden: torch.Tensor, state: dict, seqlen=None) -> torch.Tensor:
         """hidden (b, d_model) -> (b, d_model), advancing `state` by one token in place: the steps of `forward`
-        for one position (mambalab/ops/mixer_step.py; two Triton launches where the scan runs in Triton)."""
+        for one position."""
         return self.out_proj(self._step_ssm(hidden, state))  # (b, d_model)
 
     def step_into_residual(self, hidden: torch.Tensor, state: dict, seqlen, residual: torch.Tensor) -> torch.Tensor:
-        """residual + step(hidden, state) in residual's dtype (see Block). Up to MAX_ROWS rows, where the fused
-        kernels run and no gradient is recorded, out_proj and the add are one Triton launch (ops/triton/linear.py:
-        cuBLAS takes 4-6 µs for this matrix-vector product at batch 1)."""
+        """residual + step(hidden, state) in residual's dtype (see Block). Up to MAX_ROWS rows, where the mixer
+        step runs in Triton and no gradient is recorded, out_proj and the add are one Triton launch
+        (ops/triton/linear.py; at batch 1 this matrix-vector product is launch-bound in cuBLAS)."""
         y = self._step_ssm(hidden, state)  # (b, d)
         if self._fused_out_proj(y, residual):
             from mambalab.ops.triton.linear import skinny_linear
@@ -184,60 +211,18 @@ class Mamba(nn.Module):
         return add_residual(residual, self.out_proj(y))
 
     def _step_ssm(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
-        """Steps 1-5 of one token: hidden (b, d_model) -> y (b, d), before out_proj."""
+        """Steps 1-5 of one token: hidden (b, d_model) -> y (b, d), before out_proj (ops/state_update `mixer_step`)."""
         xz = self.in_proj(hidden)  # (b, 2d)
         x, z = xz.chunk(2, dim=-1)  # (b, d)
-        conv_weight = self.conv1d.weight.squeeze(1)  # (d, w)
-        if not self.uses_selective_scan:
-            x = causal_conv1d_update(x, state["conv"], conv_weight, self.conv1d.bias, "silu")  # (b, d)
-            return self._ablation_ssm(x[..., None], z[..., None], state)[..., 0]  # (b, d)
-        step = mixer_step_fused if self._fused_kernels(x) else mixer_step
-        return step(x, z, state["conv"], state["ssm"], conv_weight, self.conv1d.bias, self.x_proj.weight,
-                    self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D)  # (b, d)
+        return mixer_step(x, z, state["conv"], state["ssm"], self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                          self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
+                          backend=self._backend(MIXER_STEP_OP))  # (b, d)
 
     def _fused_out_proj(self, y: torch.Tensor, residual: torch.Tensor) -> bool:
         from mambalab.ops.triton.linear import MAX_ROWS
 
         weight = self.out_proj.weight
-        return (y.shape[0] <= MAX_ROWS and self.out_proj.bias is None and self._fused_kernels(y)
+        return (y.shape[0] <= MAX_ROWS and self.out_proj.bias is None
+                and resolve_for(MIXER_STEP_OP, self._backend(MIXER_STEP_OP), y) == "triton"
                 and y.dtype == weight.dtype and torch.promote_types(y.dtype, residual.dtype) == residual.dtype
                 and not records_grad(weight, y))
-
-    def _fused_kernels(self, x: torch.Tensor) -> bool:
-        """Run the conv (sequence and decode step) and the SSM step through the fused Triton kernels where the
-        scan itself runs in Triton (CUDA)."""
-        return x.dtype != torch.float64 and resolve_backend(self.cfg.scan_backend, x.device) == "triton"
-
-    # Ablation switches ------------------------------------------------------------------------------------------
-    def _ablation_ssm(self, x: torch.Tensor, z: torch.Tensor, state: dict | None) -> torch.Tensor:
-        """The SSM of the non-default switches: x, z (b, d, l) after the conv -> y (b, d, l).
-
-        Tensors are laid out (b|1, d|1, l|1, n) so that constant ones broadcast: Δ (·, d, ·, 1), A, B, C.
-        """
-        cfg, n, r = self.cfg, self.d_state, self.dt_rank
-        A_log = self.A_log if self.A_log.dtype == torch.float64 else self.A_log.float()
-        xc = x.to(A_log.dtype)  # the SSM runs in float32 (float64 for a float64 model)     (b, d, l)
-        x_rows = x.transpose(1, 2)  # (b, l, d)
-        if cfg.selective:  # Δ_t, B_t, C_t from the input, as the default path
-            dt, B, C = self.x_proj(x_rows).split([r, n, n], dim=-1)  # (b, l, r), (b, l, n), (b, l, n)
-            dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2).to(A_log.dtype)  # (b, d, l)
-            dt = dt + self.delta_bias.to(A_log.dtype)[:, None]
-            B, C = B[:, None].to(A_log.dtype), C[:, None].to(A_log.dtype)  # (b, 1, l, n)
-        else:  # one learned Δ, B, C per channel
-            dt = self.delta_bias.to(A_log.dtype)[None, :, None]  # (1, d, 1)
-            B, C = self.B[None, :, None].to(A_log.dtype), self.C[None, :, None].to(A_log.dtype)  # (1, d, 1, n)
-        dt = F.softplus(dt)[..., None]  # Δ                                        (b|1, d, l|1, 1)
-        log_neg_A = A_log[None, :, None]  # (1, d, 1, n)
-        if cfg.selective_A:
-            log_neg_A = log_neg_A + self.A_proj(x_rows)[:, None].to(A_log.dtype)  # (b, d, l, n)
-        dA, dB = discretize_diagonal(-torch.exp(log_neg_A), B, dt, cfg.discretization)
-        h0 = None if state is None else state["ssm"]
-        if cfg.selective or cfg.selective_A:  # time-varying: the recurrence
-            y, final = diagonal_recurrence(dA, dB * xc[..., None], C, initial_state=h0)  # (b, d, l), (b, d, n)
-            y = y + self.D.to(A_log.dtype)[:, None] * xc
-        else:  # time-invariant: the S4D convolution, continuing from the state
-            y, final = s4d_cnn(xc, dA[0, :, 0], dB[0, :, 0], C[0, :, 0], self.D, initial_state=h0,
-                               return_final_state=True)
-        if state is not None:
-            state["ssm"].copy_(final)
-        return (y * F.silu(z.to(y.dtype))).to(x.dtype)  # y · SiLU(z)              (b, d, l)

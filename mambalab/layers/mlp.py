@@ -1,4 +1,5 @@
-"""SwiGLU feed-forward (Transformer++ / LLaMA): down_proj(SiLU(gate_proj(x)) · up_proj(x)), no biases."""
+"""SwiGLU feed-forward (Shazeer 2020, arXiv 2002.05202; Transformer++ / LLaMA): down_proj(SiLU(gate_proj(x)) ·
+up_proj(x)), no biases."""
 
 from __future__ import annotations
 

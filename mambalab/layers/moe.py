@@ -13,7 +13,7 @@ dropped by all its experts passes through the block's residual unchanged. In eva
 a token's output must not depend on which other tokens share its batch (decoding one token at a time has to
 give the same result as the parallel forward).
 
-Load-balancing loss (Switch Transformer): aux = aux_loss_weight · E · Σ_e f_e · P_e, with f_e the fraction of
+Load-balancing loss (Switch Transformer, arXiv 2101.03961): aux = aux_loss_weight · E · Σ_e f_e · P_e, with f_e the fraction of
 the T·k assignments routed to expert e and P_e the mean router probability of e; it is 1·aux_loss_weight for
 a perfectly balanced router and grows as routing concentrates.
 """

@@ -1,9 +1,29 @@
-"""RMSNorm (as in Mamba and LLaMA): x / rms(x) · weight, computed in float32."""
+"""RMSNorm (Zhang & Sennrich 2019, arXiv 1910.07467; as in Mamba and LLaMA): x / rms(x) · weight, computed in
+float32."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
+
+
+def rms_norm_composition(x: torch.Tensor, weight: torch.Tensor, eps: float, round_to_weight_dtype: bool):
+    """The norm as torch ops: x (..., d) -> (..., d); see `RMSNorm.forward`."""
+    if round_to_weight_dtype:
+        x = x.to(weight.dtype)
+    dtype = x.dtype
+    x32 = x.float() if dtype != torch.float64 else x
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(dtype)
+
+
+@functools.cache
+def _compiled_composition():
+    """`rms_norm_composition` through torch.compile: inductor fuses its 6-9 elementwise and reduction kernels
+    into one forward and one backward kernel (compiled on the first training step, then reused by every block)."""
+    return torch.compile(rms_norm_composition, fullgraph=True)
 
 
 class RMSNorm(nn.Module):
@@ -14,24 +34,19 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, round_to_weight_dtype: bool = False) -> torch.Tensor:  # (..., d) -> (..., d)
         """With round_to_weight_dtype, x is first rounded to the weight's dtype (the blocks normalise their
-        float32 residual stream so). Where no gradient is recorded and the Triton kernels run (CUDA), one
-        fused launch (mambalab/ops/triton/norm.py) instead of the 6-9 kernels below; under torch.compile the
-        composition, which inductor fuses with its neighbours."""
-        if self._fused(x):
-            from mambalab.ops.triton.norm import rms_norm
+        float32 residual stream so). On CUDA the composition's 6-9 kernels (casts, pow, mean, rsqrt, two
+        products, and twice as many in the backward) become one: where no gradient is recorded, one Triton
+        launch (mambalab/ops/triton/norm.py); in training, the composition compiled by torch.compile (forward
+        and backward fused). Inside an outer torch.compile, the plain composition, which inductor fuses with
+        its neighbours."""
+        if x.is_cuda and torch.float64 not in (x.dtype, self.weight.dtype) and not torch.compiler.is_compiling():
+            from mambalab.ops import triton as kernels
+            from mambalab.ops.backends import records_grad
 
-            return rms_norm(x, self.weight, self.eps, round_to_weight_dtype)
-        if round_to_weight_dtype:
-            x = x.to(self.weight.dtype)
-        dtype = x.dtype
-        x32 = x.float() if dtype != torch.float64 else x
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+            if records_grad(x, self.weight):
+                return _compiled_composition()(x, self.weight, self.eps, round_to_weight_dtype)
+            if kernels.runs_on(x.device):
+                from mambalab.ops.triton.norm import rms_norm
 
-    def _fused(self, x: torch.Tensor) -> bool:
-        if not x.is_cuda or torch.float64 in (x.dtype, self.weight.dtype) or torch.compiler.is_compiling():
-            return False
-        from mambalab.ops.backends import records_grad
-        from mambalab.ops.selective_scan import resolve_backend
-
-        return not records_grad(x, self.weight) and resolve_backend("auto", x.device) == "triton"
+                return rms_norm(x, self.weight, self.eps, round_to_weight_dtype)
+        return rms_norm_composition(x, self.weight, self.eps, round_to_weight_dtype)

@@ -6,15 +6,24 @@ Parameter names follow HF transformers' Mamba (`backbone.embeddings`, `backbone.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from mambalab.atomic import write_atomic
 from mambalab.config import ModelConfig
+from mambalab.errors import InputError
 from mambalab.inference.state import InferenceState
 from mambalab.layers.block import Block
 from mambalab.layers.norm import RMSNorm
+from mambalab.models import hf_config, weights_io
+from mambalab.ops.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
+
+logger = logging.getLogger(__name__)
 
 
 class Backbone(nn.Module):
@@ -63,9 +72,9 @@ class LanguageModel(nn.Module):
 
     def _check_ids(self, input_ids: torch.Tensor, name: str) -> None:
         if input_ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"{name} must be an integer tensor, got {input_ids.dtype}")
+            raise InputError(f"{name} must be an integer tensor, got {input_ids.dtype}")
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-            raise ValueError(
+            raise InputError(
                 f"{name} holds token ids outside [0, vocab_size={self.config.vocab_size}):"
                 f" min {int(input_ids.min())}, max {int(input_ids.max())}"
             )
@@ -75,11 +84,16 @@ class LanguageModel(nn.Module):
         return self.lm_head(hidden)[..., : self.config.vocab_size]
 
     # Parallel mode ----------------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, return_aux_loss: bool = False, state: InferenceState | None = None):
+    def forward(self, input_ids: torch.Tensor, return_aux_loss: bool = False, state: InferenceState | None = None,
+                labels: torch.Tensor | None = None):
         """input_ids (b, l) -> logits (b, l, vocab_size) [, aux_loss]. With `state`, continue from it and
-        advance it in place (that is prefill)."""
+        advance it in place (that is prefill).
+
+        With `labels` (b, l) (token ids, or -100 where not scored), the logits are replaced by the pair (sum of
+        the next-token cross-entropy over the labelled positions in float32, their count), computed by the
+        chunked fused head (`ops/linear_cross_entropy.py`): the (b, l, vocab) logits are never stored."""
         if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+            raise InputError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         self._check_ids(input_ids, "input_ids")
         x = self.backbone.embeddings(input_ids)  # (b, l, d_model)
         aux_total = x.new_zeros((), dtype=torch.float32)
@@ -90,8 +104,20 @@ class LanguageModel(nn.Module):
                 aux_total = aux_total + aux
         if state is not None:
             state.seqlen += input_ids.shape[1]
-        logits = self._logits(x)  # (b, l, vocab_size)
-        return (logits, aux_total) if return_aux_loss else logits
+        if labels is not None:
+            out = self._loss(x, labels)  # ((), ())
+        else:
+            out = self._logits(x)  # (b, l, vocab_size)
+        return (out, aux_total) if return_aux_loss else out
+
+    def _loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if labels.shape != hidden.shape[:2]:
+            raise InputError(f"labels must be (batch, length) = {tuple(hidden.shape[:2])}, got {tuple(labels.shape)}")
+        scored = labels[labels != IGNORE_INDEX]
+        self._check_ids(scored, "labels (other than -100)")
+        hidden = self.backbone.norm_f(hidden).to(self.lm_head.weight.dtype)  # (b, l, d_model)
+        return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, labels.reshape(-1),
+                                    self.config.vocab_size, IGNORE_INDEX)
 
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> InferenceState:
         device = device or self.device
@@ -103,13 +129,13 @@ class LanguageModel(nn.Module):
         A given `state` (e.g. a cached prefix) is continued, and not modified: the result is a new state."""
         state = self.allocate_state(input_ids.shape[0]) if state is None else state.clone()
         if state.batch_size != input_ids.shape[0]:
-            raise ValueError(f"state has batch {state.batch_size} but input_ids has batch {input_ids.shape[0]}")
+            raise InputError(f"state has batch {state.batch_size} but input_ids has batch {input_ids.shape[0]}")
         return self.forward(input_ids, state=state), state
 
     def step(self, token_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
         """One token per row in recurrent mode: token_ids (b,) -> logits (b, vocab_size); advances `state`."""
         if token_ids.dim() != 1 or token_ids.shape[0] != state.batch_size:
-            raise ValueError(f"token_ids must be (batch={state.batch_size},), got shape {tuple(token_ids.shape)}")
+            raise InputError(f"token_ids must be (batch={state.batch_size},), got shape {tuple(token_ids.shape)}")
         self._check_ids(token_ids, "token_ids")
         return self._step(token_ids, state)
 
@@ -127,17 +153,51 @@ class LanguageModel(nn.Module):
 
         return generate(self, prompts, max_new_tokens, **kwargs)
 
-    # Checkpoints (mambalab/models/checkpoint.py; imported here lazily because it imports this module) -----
-    def save_pretrained(self, directory):
-        """Write config.json + model.safetensors, loadable by `mambalab.load` and, for a pure Mamba, by
-        transformers' `MambaForCausalLM.from_pretrained`. Returns the directory."""
-        from mambalab.models.checkpoint import save_pretrained
-
-        return save_pretrained(self, directory)
+    # Pretrained directories (config translation in models/hf_config.py, weights in models/weights_io.py) ---
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json and model.safetensors into `directory` (created if needed), each through a temp
+        file and `os.replace`; returns the directory. Loadable by `mambalab.load` and, for a pure Mamba, by
+        transformers' `MambaForCausalLM.from_pretrained`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        fields = hf_config.pretrained_config_json(self.config, str(self.dtype).removeprefix("torch."))
+        shadowing = [name for name in weights_io.WEIGHT_NAMES[1:] if (directory / name).exists()]
+        if shadowing:
+            logger.warning(
+                "%s also holds %s; model.safetensors takes precedence when loading", directory, shadowing
+            )
+        weights_io.write_weights(self.state_dict(), directory, tied=self.config.tie_embeddings)
+        write_atomic(
+            directory / hf_config.CONFIG_NAME, lambda p: p.write_text(json.dumps(fields, indent=2) + "\n")
+        )
+        logger.info("saved checkpoint to %s", directory)
+        return directory
 
     @classmethod
-    def from_pretrained(cls, directory, **kw) -> LanguageModel:
-        """Load a mambalab, transformers or official state-spaces checkpoint directory (`mambalab.load`)."""
-        from mambalab.models.checkpoint import load
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LanguageModel:
+        """Load a mambalab, transformers or official state-spaces Mamba checkpoint directory.
 
-        return load(directory, **kw)
+        The model comes back in eval mode (as transformers' `from_pretrained` does); call `.train()` to train.
+        device: where the model lives (default CPU). dtype: the model's dtype (default: that of the stored
+        embedding); A_log, D and the Δ bias stay float32 whatever it is. Raises `CheckpointError` (a
+        `MambalabError`) naming the file and the key on any problem; the model is built only once everything
+        checks. Loading does not disturb the global random number generator.
+        """
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise InputError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
+        directory = hf_config.checkpoint_dir(directory)
+        config, fmt = hf_config.load_config(directory)
+        state, sources, weights = weights_io.read_weights(directory)
+        with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG
+            model = cls(config)
+        expected = {key: t.shape for key, t in model.state_dict().items()}
+        weights_io.check_state(state, sources, weights, expected, tied=config.tie_embeddings)
+        model.to(device=device or "cpu", dtype=dtype or state[weights_io.EMBEDDING_KEY].dtype)
+        model.load_state_dict(state, strict=True)
+        logger.info("loaded %s checkpoint %s (%s)", fmt, directory, weights.name)
+        return model.eval()

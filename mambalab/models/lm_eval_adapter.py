@@ -31,10 +31,11 @@ from collections import defaultdict
 
 import torch
 
+from mambalab.errors import InputError
 from mambalab.inference.generate import generate
-from mambalab.models.checkpoint import load
 from mambalab.models.lm import LanguageModel
-from mambalab.train.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+from mambalab.models.pretrained import load
+from mambalab.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 # gen_kwargs of lm_eval's generate_until that map onto `generate`'s sampling options.
 _SAMPLING_KWARGS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty")
@@ -47,16 +48,16 @@ class Scorer:
         self, model: LanguageModel, tokenizer: Tokenizer, batch_size: int = 8, tokens_per_call: int = 2048
     ):
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
         if tokenizer.vocab_size > model.config.vocab_size:
-            raise ValueError(
+            raise InputError(
                 f"tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
             )
         self.model, self.tokenizer = model.eval(), tokenizer
         self.batch_size, self.tokens_per_call = batch_size, tokens_per_call
         prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         if prefix is None:
-            raise ValueError("tokenizer has neither a BOS nor an EOS token to condition on an empty context")
+            raise InputError("tokenizer has neither a BOS nor an EOS token to condition on an empty context")
         self.prefix_token_id = prefix
 
     @classmethod
@@ -66,7 +67,7 @@ class Scorer:
         model = load(pretrained, device=device, dtype=dtype)
         tok = load_tokenizer(pretrained if tokenizer is None else tokenizer)
         if tokenizer is None and isinstance(tok, ByteTokenizer) and model.config.vocab_size != tok.vocab_size:
-            raise ValueError(
+            raise InputError(
                 f"{pretrained} holds no tokenizer.json and its vocabulary ({model.config.vocab_size}) is not"
                 " the byte tokenizer's; pass tokenizer= (a tokenizer.json or a directory holding one)"
             )
@@ -91,7 +92,7 @@ class Scorer:
         and whether each of them is the model's argmax there. Rows are batched longest first."""
         for i, (tokens, n) in enumerate(rows):
             if not 0 <= n < len(tokens):
-                raise ValueError(
+                raise InputError(
                     f"rows[{i}]: n={n} must be in [0, {len(tokens)}) (the first token is not scored)"
                 )
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
@@ -169,7 +170,7 @@ def _generation_options(gen_kwargs: dict, default_max_tokens: int) -> tuple[list
     if options.get("temperature", 1.0) == 0.0:  # lm_eval's spelling of greedy decoding
         options.update(do_sample=False, temperature=1.0)
     if kwargs:
-        raise ValueError(
+        raise InputError(
             f"gen_kwargs: unsupported key(s) {sorted(kwargs)};"
             f" supported: until, max_gen_toks, {', '.join(_SAMPLING_KWARGS)}"
         )

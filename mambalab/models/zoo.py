@@ -18,6 +18,7 @@ import copy
 import math
 
 from mambalab.config import AttentionConfig, ModelConfig, MoEConfig, S4DConfig, SSMConfig, parse_layer_kind
+from mambalab.errors import ConfigError
 from mambalab.layers.mlp import swiglu_width
 
 FAMILIES = ("mamba", "transformer", "s4d", "hybrid", "moe")
@@ -30,7 +31,7 @@ def hybrid_pattern(n_layer: int, attention_every: int = 8, attention_offset: int
     its FFN is MoE when i % moe_every == moe_offset, else `ffn` ("mlp" or None). Jamba itself is the
     default (1 attention : 7 Mamba, MoE every other layer); moe_every=None gives the MoE-free hybrid."""
     if attention_every < 1 or not 0 <= attention_offset < attention_every:
-        raise ValueError(f"hybrid_pattern: need attention_every >= 1 and 0 <= attention_offset < attention_every,"
+        raise ConfigError(f"hybrid_pattern: need attention_every >= 1 and 0 <= attention_offset < attention_every,"
                          f" got {attention_every}, {attention_offset}")
     pattern = []
     for i in range(n_layer):
@@ -48,7 +49,7 @@ def moe_mamba_pattern(n_layer: int) -> list[str]:
 def family_pattern(family: str, n_layer: int) -> list[str]:
     """The layer pattern of a family (see the module doc) at depth n_layer."""
     if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        raise ConfigError(f"family must be one of {FAMILIES}, got {family!r}")
     if family == "hybrid":
         return hybrid_pattern(n_layer, attention_offset=min(4, n_layer // 2), moe_every=None)  # ≥ 1 attention
     if family == "moe":
@@ -133,7 +134,7 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> float:
     quadratic term, the scan and the S4D convolution. Elementwise work (norms, activations) is left out;
     an MoE counts its router and the top_k experts a token visits."""
     if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        raise ConfigError(f"seq_len must be >= 1, got {seq_len}")
     forward = 2 * config.d_model * config.padded_vocab_size  # lm_head
     for entry in config.layer_pattern:
         mixer, ffn = parse_layer_kind(entry)
@@ -180,7 +181,7 @@ def match_config(config: ModelConfig, family: str, tolerance: float = 0.03) -> M
     knob's default (Mamba expand 2, the LLaMA MLP width) and, at half that weight, to config's depth wins
     (distances in log scale), then the closest count."""
     if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        raise ConfigError(f"family must be one of {FAMILIES}, got {family!r}")
     target = count_params(config)
     best, best_key = None, None
     for n_layer in range(1, 4 * config.n_layer + 9):
@@ -191,7 +192,7 @@ def match_config(config: ModelConfig, family: str, tolerance: float = 0.03) -> M
             if error <= tolerance and (best_key is None or key < best_key):
                 best, best_key = candidate, key
     if best is None:
-        raise ValueError(
+        raise ConfigError(
             f"match_config: no {family} config with d_model={config.d_model} within {tolerance:.0%} of"
             f" {target:,} parameters (depth 1..{4 * config.n_layer + 8})"
         )
@@ -242,5 +243,5 @@ PRESETS: dict[str, ModelConfig] = {
 def get_preset(name: str) -> ModelConfig:
     """A fresh copy of the preset `name` (see PRESETS)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
     return copy.deepcopy(PRESETS[name])

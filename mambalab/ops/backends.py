@@ -3,7 +3,9 @@
 Each op (e.g. "selective_scan") has named backends ("reference", "torch", "triton", "cpu"). A backend is
 registered with a loader that imports it lazily, so optional dependencies (triton, a C compiler) are only
 needed when that backend is used; an unavailable backend raises `BackendUnavailable` with the reason and how
-to fix it. `"auto"` resolves through the op's own preference function.
+to fix it. `"auto"` resolves through the op's own preference function. The ops: "selective_scan",
+"causal_conv1d", "causal_conv1d_update", "selective_state_update", "mixer_step" (each registers its backends
+when its package, `mambalab.ops.<folder>`, is imported).
 """
 
 from __future__ import annotations
@@ -79,5 +81,5 @@ def is_available(op: str, name: str) -> bool:
 def records_grad(*tensors) -> bool:
     """Whether autograd records an op on these tensors (None allowed). The fused kernels' custom ops are
     needed then, and under torch.compile (fake tensors); otherwise (inference) the kernels are called directly:
-    a custom op's dispatch costs ~100-200 µs of host time per call, which a short prefill pays per layer."""
+    a custom op's dispatch costs host time per call, which a short prefill pays per layer."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

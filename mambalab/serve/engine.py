@@ -88,10 +88,10 @@ class Engine:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, device=None, dtype=None, **kwargs) -> Engine:
-        """Load a checkpoint directory (`mambalab.models.checkpoint.load`) and its tokenizer (tokenizer.json
+        """Load a checkpoint directory (`mambalab.load`) and its tokenizer (tokenizer.json
         when present, else bytes)."""
-        from mambalab.models.checkpoint import load
-        from mambalab.train.tokenizer import load_tokenizer
+        from mambalab.models.pretrained import load
+        from mambalab.tokenizer import load_tokenizer
 
         return cls(load(model_dir, device=device, dtype=dtype), load_tokenizer(model_dir), **kwargs)
 

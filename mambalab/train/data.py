@@ -34,8 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mambalab.atomic import read_versioned_json
+from mambalab.errors import InputError
+from mambalab.tokenizer import Tokenizer
 from mambalab.train.corpus import EMBEDDED_CORPUS_NAME, embedded_corpus_path
-from mambalab.train.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +63,12 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+                raise InputError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
             text = record.get(text_field) if isinstance(record, dict) else None
             if isinstance(text, str):
                 yield text
                 continue
-            raise ValueError(f"{path}:{lineno}: expected an object with a string field {text_field!r}")
+            raise InputError(f"{path}:{lineno}: expected an object with a string field {text_field!r}")
 
 
 def _file_documents(path: Path, text_field: str) -> Iterator[str]:
@@ -76,7 +78,7 @@ def _file_documents(path: Path, text_field: str) -> Iterator[str]:
     try:
         yield path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -92,14 +94,14 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
                 p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES
             )
             if not found:
-                raise ValueError(f"inputs: folder {path} holds no {TEXT_SUFFIXES + JSONL_SUFFIXES} files")
+                raise InputError(f"inputs: folder {path} holds no {TEXT_SUFFIXES + JSONL_SUFFIXES} files")
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            raise ValueError(f"inputs: {str(item)!r} is not a file, a folder, or {EMBEDDED_CORPUS_NAME!r}")
+            raise InputError(f"inputs: {str(item)!r} is not a file, a folder, or {EMBEDDED_CORPUS_NAME!r}")
     if not files:
-        raise ValueError("inputs: expected at least one file or folder, got none")
+        raise InputError("inputs: expected at least one file or folder, got none")
     return files
 
 
@@ -158,14 +160,14 @@ def prepare_dataset(
     """Tokenize `inputs` into token shards under `out_dir` (written to a temp dir, then renamed); returns the
     manifest. An existing prepared dataset is replaced only with `overwrite=True`."""
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if chunk_tokens < 2 or shard_tokens < 1:
-        raise ValueError(f"chunk_tokens must be >= 2 and shard_tokens >= 1, got {chunk_tokens}, {shard_tokens}")
+        raise InputError(f"chunk_tokens must be >= 2 and shard_tokens >= 1, got {chunk_tokens}, {shard_tokens}")
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer {tokenizer!r} has no EOS token to separate documents")
+        raise InputError(f"tokenizer {tokenizer!r} has no EOS token to separate documents")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ValueError(f"out_dir {out_dir} exists and is not empty (pass overwrite=True to replace it)")
+        raise InputError(f"out_dir {out_dir} exists and is not empty (pass overwrite=True to replace it)")
     sources = [str(p) for p in expand_inputs(inputs)]
     fraction = Fraction(val_fraction).limit_denominator(1_000_000)
     dtype = token_dtype(tokenizer.vocab_size)
@@ -201,7 +203,7 @@ def prepare_dataset(
         }
         total = sum(s["tokens"] for s in splits.values())
         if total == 0:
-            raise ValueError(f"inputs: no text found in {sources}")
+            raise InputError(f"inputs: no text found in {sources}")
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -236,17 +238,8 @@ def prepare_dataset(
 # Reading shards -----------------------------------------------------------------------------------------------
 def read_manifest(path: str | Path) -> dict:
     path = Path(path)
-    file = path / MANIFEST
-    if not file.is_file():
-        raise ValueError(f"{path} is not a prepared dataset: no {MANIFEST} (run `mambalab prepare`)")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}: invalid JSON ({exc.msg})") from exc
-    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{file}: expected format {FORMAT} v{FORMAT_VERSION}, got {manifest.get('format')}"
-                         f" v{manifest.get('version')}")
-    return manifest
+    return read_versioned_json(path / MANIFEST, FORMAT, FORMAT_VERSION, InputError,
+                               missing=f"{path} is not a prepared dataset (run `mambalab prepare`)")
 
 
 class TokenDataset:
@@ -254,11 +247,11 @@ class TokenDataset:
 
     def __init__(self, path: str | Path, split: str = "train", tokenizer: Tokenizer | None = None):
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+            raise InputError(f"split must be one of {SPLITS}, got {split!r}")
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         if tokenizer is not None and tokenizer.fingerprint() != self.manifest["tokenizer"]["fingerprint"]:
-            raise ValueError(
+            raise InputError(
                 f"{self.path}: prepared with tokenizer {self.manifest['tokenizer']['name']!r}, which differs from"
                 f" {tokenizer!r} (fingerprints differ); prepare the data again with this tokenizer"
             )
@@ -269,7 +262,7 @@ class TokenDataset:
             expected = shard["tokens"] * dtype.itemsize
             if not file.is_file() or file.stat().st_size != expected:
                 size = file.stat().st_size if file.is_file() else "missing"
-                raise ValueError(f"{file}: expected {expected} bytes per {MANIFEST}, found {size}")
+                raise InputError(f"{file}: expected {expected} bytes per {MANIFEST}, found {size}")
             self.shards.append(np.memmap(file, dtype=dtype, mode="r", shape=(shard["tokens"],)))
         self.offsets = np.cumsum([0] + [s.size for s in self.shards])
         self.split = split
@@ -298,14 +291,14 @@ class _Windows:
 
     def __init__(self, dataset: TokenDataset, batch_size: int, seq_len: int, rank: int, world_size: int):
         if batch_size < 1 or seq_len < 1:
-            raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+            raise InputError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+            raise InputError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.dataset, self.batch_size, self.seq_len = dataset, batch_size, seq_len
         self.rank, self.world_size = rank, world_size
         self.n_windows = (len(dataset) - 1) // seq_len
         if self.n_windows < 1:
-            raise ValueError(
+            raise InputError(
                 f"{dataset.path} split {dataset.split!r} has {len(dataset)} tokens, fewer than seq_len + 1 ="
                 f" {seq_len + 1}"
             )
@@ -351,7 +344,7 @@ class RandomBatches(_Windows):
 
     def load_state_dict(self, state: dict) -> None:
         if state["seq_len"] != self.seq_len or state["seed"] != self.seed:
-            raise ValueError(
+            raise InputError(
                 f"data state was saved with seq_len={state['seq_len']}, seed={state['seed']}; this loader has"
                 f" seq_len={self.seq_len}, seed={self.seed}"
             )
@@ -369,7 +362,7 @@ class SequentialBatches(_Windows):
         if max_batches is not None:
             self.n_batches = min(self.n_batches, max_batches)
         if self.n_batches < 1:
-            raise ValueError(
+            raise InputError(
                 f"{dataset.path} split {dataset.split!r} has {self.n_windows} windows of {seq_len + 1} tokens,"
                 f" fewer than one global batch of {self.global_batch}"
             )

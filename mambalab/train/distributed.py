@@ -25,6 +25,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from mambalab.device import resolve_device
+from mambalab.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
@@ -47,12 +50,6 @@ class DistContext:
         return self.world_size > 1
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def init_distributed(device: str = "auto") -> DistContext:
     """Join the torchrun process group when WORLD_SIZE > 1 (once); a single-process context otherwise."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -71,15 +68,15 @@ def wrap_model(model: nn.Module, strategy: str, ctx: DistContext, bf16_params: b
     """The module to call for training. "none" returns `model`; "ddp" a DistributedDataParallel around it;
     "fsdp" shards `model` in place (each of `model.backbone.layers`, then the root) and returns it."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"distributed strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise InputError(f"distributed strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "auto":
         strategy = "ddp" if ctx.enabled else "none"
     if strategy == "none":
         if ctx.enabled:
-            raise ValueError(f"distributed='none' but WORLD_SIZE={ctx.world_size}; use 'ddp' or 'fsdp'")
+            raise InputError(f"distributed='none' but WORLD_SIZE={ctx.world_size}; use 'ddp' or 'fsdp'")
         return model
     if not dist.is_initialized():
-        raise ValueError(f"distributed={strategy!r} needs a process group: launch with torchrun")
+        raise InputError(f"distributed={strategy!r} needs a process group: launch with torchrun")
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 

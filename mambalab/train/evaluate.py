@@ -1,6 +1,6 @@
 """`mambalab eval`: perplexity and bits per byte of a model on a prepared dataset split or on raw text.
 
-The model is an exported directory (config.json + weights, any format `mambalab.models.checkpoint.load`
+The model is an exported directory (config.json + weights, any format `mambalab.load`
 reads), a training run directory (its `model/`), or one training checkpoint (`checkpoints/step_*`). Raw
 text inputs are tokenized with the model directory's tokenizer (tokenizer.json, else bytes) into a
 temporary dataset; a prepared dataset is read as is. Text is scored in non-overlapping windows of
@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from mambalab.config import ModelConfig
+from mambalab.device import resolve_device
+from mambalab.errors import InputError
 from mambalab.models.lm import LanguageModel
-from mambalab.train.checkpointing import INDEX, load_checkpoint
+from mambalab.tokenizer import load_tokenizer
 from mambalab.train.data import MANIFEST, SequentialBatches, TokenDataset, prepare_dataset
-from mambalab.train.distributed import resolve_device
-from mambalab.train.tokenizer import load_tokenizer
+from mambalab.train.resume_checkpoints import INDEX, load_checkpoint
 from mambalab.train.trainer import evaluate_loss
 
 
@@ -29,13 +30,13 @@ def load_model_dir(path: str | Path, device: torch.device) -> tuple[LanguageMode
     if (path / INDEX).is_file():
         ckpt = load_checkpoint(path)
         if ckpt.state.get("model_config") is None:
-            raise ValueError(f"{path}: this training checkpoint records no model config")
+            raise InputError(f"{path}: this training checkpoint records no model config")
         model = LanguageModel(ModelConfig.from_dict(ckpt.state["model_config"], where=str(path)))
         model.load_state_dict(ckpt.model)
         return model.to(device).eval(), path
     if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
         path = path / "model"
-    from mambalab.models.checkpoint import load
+    from mambalab.models.pretrained import load
 
     return load(path, device=device).eval(), path
 
@@ -65,7 +66,7 @@ def evaluate_model(
         dataset = TokenDataset(data_path, split)
         vocab = dataset.manifest["tokenizer"]["vocab_size"]
         if vocab > model.config.vocab_size:
-            raise ValueError(
+            raise InputError(
                 f"data {data}: tokenized with a vocabulary of {vocab}, larger than the model's"
                 f" {model.config.vocab_size}"
             )

@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+from mambalab.errors import ConfigError
+
 NO_DECAY_SUFFIXES = ("A_log", ".D", "dt_proj.bias")  # Mamba's SSM parameters, also when unflagged
 
 
@@ -51,7 +53,7 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW over `param_groups(model, weight_decay, no_decay)`."""
     if lr <= 0 or weight_decay < 0:
-        raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
+        raise ConfigError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
     return torch.optim.AdamW(param_groups(model, weight_decay, no_decay), lr=lr, betas=tuple(betas), eps=eps)
 
 

@@ -23,7 +23,6 @@ The model's vocab_size follows the tokenizer unless set explicitly. Output direc
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import shutil
@@ -32,8 +31,10 @@ from pathlib import Path
 
 import yaml
 
-from mambalab.config import ModelConfig
+from mambalab.config import ModelConfig, deep_merge, strict_from_dict
+from mambalab.errors import ConfigError
 from mambalab.models.lm import LanguageModel
+from mambalab.tokenizer import HFTokenizer, load_tokenizer
 from mambalab.train import distributed as dist_utils
 from mambalab.train.data import (
     MANIFEST,
@@ -44,7 +45,6 @@ from mambalab.train.data import (
     prepare_dataset,
     read_manifest,
 )
-from mambalab.train.tokenizer import HFTokenizer, load_tokenizer
 from mambalab.train.trainer import TrainConfig, Trainer, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -93,16 +93,8 @@ def _set_path(tree: dict, keys: list[str], value) -> None:
         if isinstance(child, dict):
             tree = child
             continue
-        raise ValueError(f"override: {'.'.join(keys)} goes through the non-mapping value {child!r}")
+        raise ConfigError(f"override: {'.'.join(keys)} goes through the non-mapping value {child!r}")
     tree[keys[-1]] = value
-
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            else value
-    return out
 
 
 def load_run_config(config_file: str | Path | None = None, preset: str | None = None,
@@ -114,9 +106,9 @@ def load_run_config(config_file: str | Path | None = None, preset: str | None = 
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"config {path}: cannot read YAML ({exc})") from exc
+            raise ConfigError(f"config {path}: cannot read YAML ({exc})") from exc
         if not isinstance(raw, dict) or set(raw) - {"model", "data", "train"}:
-            raise ValueError(f"config {path}: expected a mapping with sections model, data, train; got {raw!r:.200}")
+            raise ConfigError(f"config {path}: expected a mapping with sections model, data, train; got {raw!r:.200}")
     model = raw.get("model") or {}
     model = {"preset": model} if isinstance(model, str) else dict(model)
     if preset is not None:
@@ -127,7 +119,7 @@ def load_run_config(config_file: str | Path | None = None, preset: str | None = 
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r}: expected key=value, e.g. train.lr=1e-3")
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-3")
         keys = key.split(".")
         if keys[0] not in tree:
             if len(keys) == 1 and key in train_fields:
@@ -135,12 +127,10 @@ def load_run_config(config_file: str | Path | None = None, preset: str | None = 
             elif len(keys) == 1 and key in data_fields:
                 keys = ["data", key]
             else:
-                raise ValueError(f"override {item!r}: unknown key {key!r}; use train.X, data.X or model.X")
+                raise ConfigError(f"override {item!r}: unknown key {key!r}; use train.X, data.X or model.X")
         _set_path(tree, keys, _parse_value(text))
-    unknown = set(tree["data"]) - data_fields
-    if unknown:
-        raise ValueError(f"data: unknown fields {sorted(unknown)}; known: {sorted(data_fields)}")
-    return RunConfig(model=tree["model"], data=DataConfig(**tree["data"]), train=TrainConfig.from_dict(tree["train"]))
+    data = strict_from_dict(DataConfig, tree["data"], where="data")
+    return RunConfig(model=tree["model"], data=data, train=TrainConfig.from_dict(tree["train"]))
 
 
 def build_model_config(model: dict, vocab_size: int) -> ModelConfig:
@@ -152,17 +142,17 @@ def build_model_config(model: dict, vocab_size: int) -> ModelConfig:
         from mambalab.models.zoo import get_preset
 
         base = get_preset(name).to_dict()
-    merged = _deep_merge(base, spec)
+    merged = deep_merge(base, spec)
     pattern = base.get("layer_pattern")
     if "n_layer" in spec and "layer_pattern" not in spec and pattern and len(pattern) != spec["n_layer"]:
         if len(set(pattern)) != 1:
-            raise ValueError(f"model.n_layer={spec['n_layer']} changes the depth of the mixed preset {name!r};"
+            raise ConfigError(f"model.n_layer={spec['n_layer']} changes the depth of the mixed preset {name!r};"
                              f" also give model.layer_pattern (the preset's is {pattern})")
         merged["layer_pattern"] = pattern[:1] * spec["n_layer"]
     if "vocab_size" not in spec:
         merged["vocab_size"] = vocab_size
     elif merged["vocab_size"] < vocab_size:
-        raise ValueError(f"model.vocab_size={merged['vocab_size']} is smaller than the tokenizer's {vocab_size}")
+        raise ConfigError(f"model.vocab_size={merged['vocab_size']} is smaller than the tokenizer's {vocab_size}")
     return ModelConfig.from_dict(merged, where="model")
 
 
@@ -190,7 +180,7 @@ def resolve_dataset(data: DataConfig, out_dir: Path, ctx: dist_utils.DistContext
 # Run -----------------------------------------------------------------------------------------------------------
 def export_model(trainer: Trainer, config: ModelConfig, directory: Path, tokenizer) -> Path | None:
     """Gather the full weights (collective) and `save_pretrained` them on rank 0, with tokenizer.json."""
-    from mambalab.models.checkpoint import save_pretrained
+    from mambalab.models.pretrained import save_pretrained
 
     state = dist_utils.full_model_state(trainer.model)
     if not trainer.ctx.is_main:

@@ -1,8 +1,9 @@
 """The training loop: `TrainConfig` and `Trainer(model, config, train_batches, eval_batches, out_dir).fit()`.
 
 Contract (used by the compare runner too): batches are dicts `{"input_ids": (b, l) long, "labels": (b, l)
-long}` with -100 = ignored; logits at position t are scored against labels[:, t] (callers shift), and the
-model's MoE aux loss (`model(ids, return_aux_loss=True)`, already weighted by the model) is added.
+long}` with -100 = ignored; position t is scored against labels[:, t] (callers shift) by the model itself
+(`model(ids, labels=labels, return_aux_loss=True)` -> ((loss sum, count), aux): the fused chunked head, no
+stored logits), and the model's MoE aux loss (already weighted by the model) is added.
 `fit()` returns the metric records, one per logged step (train keys, plus val_* keys on evaluation steps).
 
 One optimizer step = `grad_accum` micro-batches per rank; the loss of each micro-batch is the mean over its
@@ -37,22 +38,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from mambalab.config import strict_from_dict
+from mambalab.errors import ConfigError, TrainingDiverged
 from mambalab.train import distributed as dist_utils
-from mambalab.train.checkpointing import latest_valid_checkpoint, list_checkpoints, save_checkpoint
 from mambalab.train.metrics import MetricsLog, plot_loss_curve
 from mambalab.train.optim import build_optimizer, lr_at, no_weight_decay_names
+from mambalab.train.resume_checkpoints import latest_valid_checkpoint, list_checkpoints, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-class TrainingDiverged(RuntimeError):
-    """`nan_patience` optimizer steps in a row had a non-finite loss or gradient norm."""
 
 
 @dataclass
@@ -89,32 +86,28 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
         if len(self.betas) != 2:
-            raise ValueError(f"TrainConfig.betas must have 2 values, got {self.betas}")
+            raise ConfigError(f"TrainConfig.betas must have 2 values, got {self.betas}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise ConfigError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.distributed not in dist_utils.STRATEGIES:
-            raise ValueError(
+            raise ConfigError(
                 f"TrainConfig.distributed must be one of {dist_utils.STRATEGIES}, got {self.distributed!r}"
             )
         for name in ("grad_accum", "batch_size", "seq_len", "max_steps", "log_every", "nan_patience"):
             if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "eval_every", "eval_batches", "ckpt_every", "keep_last", "grad_clip"):
             if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"TrainConfig: need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+            raise ConfigError(f"TrainConfig: need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return strict_from_dict(cls, data, where="train")
 
 
 # RNG state -------------------------------------------------------------------------------------------------
@@ -175,15 +168,6 @@ def tied_aliases(model: nn.Module) -> dict[str, str]:
     return aliases
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of the cross-entropy over non-ignored tokens in fp32, their count); logits (b, l, v), labels (b, l)."""
-    flat_labels = labels.reshape(-1)  # (b·l,)
-    total = F.cross_entropy(
-        logits.float().reshape(flat_labels.numel(), -1), flat_labels, ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    return total, (flat_labels != IGNORE_INDEX).sum()
-
-
 @torch.no_grad()
 def evaluate_loss(forward, batches: Iterable[dict], device: torch.device, autocast_dtype: torch.dtype | None = None,
                   max_batches: int | None = None, bytes_per_token: float | None = None) -> dict:
@@ -194,13 +178,12 @@ def evaluate_loss(forward, batches: Iterable[dict], device: torch.device, autoca
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     for batch in itertools.islice(batches, max_batches):
         with autocast:
-            logits = forward(batch["input_ids"].to(device))  # (b, l, v)
-            batch_total, batch_count = token_loss_sum(logits, batch["labels"].to(device))
+            batch_total, batch_count = forward(batch["input_ids"].to(device), labels=batch["labels"].to(device))
         total += batch_total.double()
         count += batch_count
     total, count = dist_utils.all_reduce(total, "sum"), dist_utils.all_reduce(count, "sum")
     if count.item() == 0:
-        raise ValueError("evaluate: the batches hold no labelled tokens")
+        raise ConfigError("evaluate: the batches hold no labelled tokens")
     loss = (total / count).item()
     out = {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": int(count.item())}
     if bytes_per_token:
@@ -293,8 +276,7 @@ class Trainer:
             tokens += ids.numel()
             with self._grad_sync(micro == cfg.grad_accum - 1):
                 with self._autocast():
-                    logits, aux = self.forward_model(ids, return_aux_loss=True)  # (b, l, v), ()
-                    total, count = token_loss_sum(logits, labels)
+                    (total, count), aux = self.forward_model(ids, labels=labels, return_aux_loss=True)  # (), (), ()
                     loss = total / count.clamp(min=1)
                 ((loss + aux.float()) / cfg.grad_accum).backward()
             loss_sum += loss.detach()
@@ -350,11 +332,11 @@ class Trainer:
     def _resume(self) -> None:
         root = self.checkpoint_root
         if root is None:
-            raise ValueError("resume needs an out_dir holding checkpoints/")
+            raise ConfigError("resume needs an out_dir holding checkpoints/")
         ckpt = latest_valid_checkpoint(root)
         if ckpt is None:
             if list_checkpoints(root):
-                raise ValueError(f"resume: every checkpoint under {root} is corrupt (see the warnings above)")
+                raise ConfigError(f"resume: every checkpoint under {root} is corrupt (see the warnings above)")
             logger.warning("resume: no checkpoint under %s yet; starting from step 0", root)
             return
         dist_utils.load_full_state(self.model, self.optimizer, ckpt.model, ckpt.optimizer)
@@ -452,7 +434,7 @@ class Trainer:
         if resume:
             self._resume()
         elif self.checkpoint_root is not None and list_checkpoints(self.checkpoint_root):
-            raise ValueError(f"{self.out_dir} already holds checkpoints: resume, or choose another out_dir")
+            raise ConfigError(f"{self.out_dir} already holds checkpoints: resume, or choose another out_dir")
         elif self._metrics is not None and self._metrics.path.exists():
             self._metrics.truncate_after(-1)
         batches = iter(self.train_batches)

@@ -6,8 +6,8 @@ from typer.testing import CliRunner
 
 from mambalab.cli import app
 from mambalab.inference.generate import generate
-from mambalab.models.checkpoint import save_pretrained
-from mambalab.train.tokenizer import ByteTokenizer
+from mambalab.models.pretrained import save_pretrained
+from mambalab.tokenizer import ByteTokenizer
 from tests.serve.test_app import byte_model
 
 

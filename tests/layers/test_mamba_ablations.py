@@ -7,11 +7,13 @@ import torch
 
 from mambalab.config import SSMConfig
 from mambalab.layers.mamba import Mamba
+from mambalab.layers.mamba_ablations import mamba_class
 from tests.conftest import rel_error
 
 
 def mamba(**kw) -> Mamba:
-    return Mamba(16, SSMConfig(d_state=4, scan_backend="reference", **kw)).double()
+    ssm = SSMConfig(d_state=4, scan_backend="reference", **kw)
+    return mamba_class(ssm)(16, ssm).double()
 
 
 def test_A_inits():
@@ -47,7 +49,7 @@ def test_lti_ssm_is_linear_in_its_input_and_selective_is_not():
     z = torch.randn(2, 32, 10, dtype=torch.float64)
     for selective, linear in ((False, True), (True, False)):
         m = mamba(selective=selective, discretization="zoh")
-        gap = rel_error(m._ablation_ssm(x1 + x2, z, None), m._ablation_ssm(x1, z, None) + m._ablation_ssm(x2, z, None))
+        gap = rel_error(m._ssm(x1 + x2, z, None), m._ssm(x1, z, None) + m._ssm(x2, z, None))
         assert (gap < 1e-12) == linear, (selective, gap)
 
 
@@ -62,3 +64,19 @@ def test_discretizations_differ_and_state_dtype_kept():
         m(x, state)
         assert state["ssm"].dtype == torch.float64 and state["ssm"].shape == (2, 32, 4)
     assert all(rel_error(outs[k], outs["mamba"]) > 1e-6 for k in ("zoh", "bilinear", "euler"))
+
+
+def test_ablation_switches_need_the_ablation_class_and_the_block_picks_it():
+    import pytest
+
+    from mambalab.config import MIXER_KINDS, ModelConfig
+    from mambalab.errors import InputError
+    from mambalab.layers.block import MIXERS, Block
+    from mambalab.layers.mamba_ablations import MambaAblation
+
+    with pytest.raises(InputError, match="MambaAblation"):
+        Mamba(16, SSMConfig(selective=False))
+    assert set(MIXERS) == set(MIXER_KINDS)
+    for ssm, cls in ((SSMConfig(), Mamba), (SSMConfig(discretization="zoh"), MambaAblation)):
+        block = Block(ModelConfig(d_model=16, n_layer=1, vocab_size=8, ssm=ssm), 0)
+        assert type(block.mixer) is cls

@@ -64,3 +64,35 @@ def test_validation(change, message):
     args.update(change)
     with pytest.raises(ValueError, match=f"selective_state_update: {message}"):
         selective_state_update(**args)
+
+
+def test_reference_steps_with_slot_indices_update_only_their_slots():
+    """The reference state update, conv update and mixer step with state_batch_indices equal the plain steps on
+    the gathered slots; the other slots are untouched."""
+    from mambalab.ops.causal_conv1d import causal_conv1d_update
+    from mambalab.ops.state_update import mixer_step
+
+    batch, slots, dim, n, width, rank = 2, 5, 6, 3, 4, 2
+    idx = torch.tensor([3, 0])
+    x, z, dt = (torch.randn(batch, dim, dtype=torch.float64) for _ in range(3))
+    A, B, C = -torch.rand(dim, n, dtype=torch.float64), torch.randn(batch, n, dtype=torch.float64), torch.randn(
+        batch, n, dtype=torch.float64)
+    ssm, conv = torch.randn(slots, dim, n, dtype=torch.float64), torch.randn(slots, dim, width, dtype=torch.float64)
+    weight, bias = torch.randn(dim, width, dtype=torch.float64), torch.full((dim,), -2.0, dtype=torch.float64)
+    x_proj, dt_proj = torch.randn(rank + 2 * n, dim, dtype=torch.float64), torch.randn(dim, rank, dtype=torch.float64)
+    steps = [
+        (lambda s, i: selective_state_update(s[0], x, dt, A, B, C, z_t=z, state_batch_indices=i), (ssm,)),
+        (lambda s, i: causal_conv1d_update(x, s[0], weight, None, "silu", state_batch_indices=i), (conv,)),
+        (lambda s, i: mixer_step(x, z, s[0], s[1], weight, None, x_proj, dt_proj, bias,
+                                 A.neg().log(), state_batch_indices=i), (conv, ssm)),
+    ]
+    for step, states in steps:
+        pooled = [s.clone() for s in states]
+        rows = [s[idx].clone() for s in states]
+        y = step(pooled, idx)
+        y_ref = step(rows, None)
+        assert rel_error(y, y_ref) < 1e-12
+        for pool, row, original in zip(pooled, rows, states):
+            expected = original.clone()
+            expected[idx] = row
+            assert torch.equal(pool, expected)

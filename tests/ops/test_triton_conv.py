@@ -3,14 +3,18 @@ x, weight, bias and the initial state; outputs poisoned with NaN. CPU runs use T
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
-from mambalab.ops.conv1d import causal_conv1d, causal_conv1d_fused
+from mambalab.ops.causal_conv1d import causal_conv1d
 from tests.conftest import rel_error
 from tests.ops.conftest import TRITON_DEVICE as DEVICE
 
 pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("triton_kernels", "poisoned_kernel_outputs")]
+
+causal_conv1d_fused = partial(causal_conv1d, backend="triton")
 
 
 def make_inputs(batch, dim, length, width=4, bias=True, state=True, channels_last=False, dtype=torch.float32):

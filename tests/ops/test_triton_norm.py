@@ -62,12 +62,25 @@ def test_strided_and_empty_inputs():
     assert empty.shape == (0, 3, 40)
 
 
-def test_module_uses_the_kernel_only_where_no_gradient_is_recorded_on_cuda():
+def test_module_uses_the_kernel_only_where_no_gradient_is_recorded_on_cuda(monkeypatch):
+    """CPU: the torch composition. CUDA: the Triton kernel where no gradient is recorded, the compiled
+    composition in training."""
+    from mambalab.layers import norm as norm_module
+    from mambalab.ops.triton import norm as kernel_module
+
+    calls = []
+    composition = norm_module.rms_norm_composition
+    monkeypatch.setattr(kernel_module, "rms_norm", lambda *a: calls.append("triton") or composition(*a))
+    monkeypatch.setattr(norm_module, "_compiled_composition", lambda: lambda *a: calls.append("compiled") or composition(*a))
     norm = RMSNorm(8)
     x = torch.randn(2, 8, requires_grad=True)
-    assert not norm._fused(x)  # CPU tensors: the composition
+    norm(x)
+    with torch.no_grad():
+        norm(x)
+    assert calls == []  # CPU tensors: the composition
     if torch.cuda.is_available():
         norm, x = norm.cuda(), x.cuda()
-        assert not norm._fused(x)  # a gradient is recorded
+        norm(x)  # a gradient is recorded
         with torch.no_grad():
-            assert norm._fused(x)
+            norm(x)
+        assert calls == ["compiled", "triton"]

@@ -141,6 +141,9 @@ SLOW_ADJOINT = {"bwd_reuse_decay": False, "bwd_forward_adjoint": False}  # the a
          None),
         ({"bwd_block_d": 16, "bwd_chunk": 4, "bwd_sub": 2, "bwd_reuse_decay": False, "bwd_forward_adjoint": True},
          1, [5, 0, 14]),
+        ({"segment": 8, "bwd_partial_dbc": True}, 1, None),  # 3 segments of 8, 8 and 3 steps
+        ({"segment": 16, "chunk": 16, "fwd_chunk": 8, "bwd_chunk": 8, "bwd_partial_dbc": False}, 2, None),
+        ({"segment": 8, "bwd_reuse_decay": False, "bwd_forward_adjoint": False}, 1, [12, 7]),  # packed: no segments
     ],
 )
 def test_other_tile_configs(monkeypatch, tiles, groups, seqlens):
@@ -148,17 +151,44 @@ def test_other_tile_configs(monkeypatch, tiles, groups, seqlens):
     half of it (the later half from the recomputed mid-interval state), channel sub-blocks per thread (bwd_sub,
     with channels masked off inside a sub-block: 6 channels per group), dB/dC by atomics or by per-block
     partial sums, a register cap, the adjoint's decay read off the recomputed Ā of the next step, the adjoint as
-    a forward scan over flipped steps."""
-    from mambalab.ops.triton import scan
+    a forward scan over flipped steps, the sequence split into segments run side by side (also with initial and
+    final state gradients: `compare` checks both)."""
+    from mambalab.ops.selective_scan import triton_kernels as scan
 
     config = scan.ScanConfig(**{"block_d": 8, "chunk": 8, "fwd_chunk": 4, **tiles})
-    monkeypatch.setattr(scan, "default_config", lambda *args: config)
+    monkeypatch.setattr(scan, "default_config", lambda *args, **kwargs: config)
     compare(make_inputs(batch=1 if seqlens else 2, dim=12 if groups > 1 else 8, length=19, groups=groups,
                         seqlens=seqlens), 1e-5)
 
 
+@pytest.mark.parametrize("length", [16, 17, 40])
+def test_segments_without_options(monkeypatch, length):
+    """Segments with no D, z, Δ bias or softplus, and segments that end exactly at the sequence's end."""
+    from mambalab.ops.selective_scan import triton_kernels as scan
+
+    config = scan.ScanConfig(block_d=8, chunk=8, fwd_chunk=8, bwd_block_d=8, segment=8)
+    monkeypatch.setattr(scan, "default_config", lambda *args, **kwargs: config)
+    args = make_inputs(batch=2, dim=8, length=length, extras=False)
+    args["delta"] = torch.rand_like(args["delta"]) * 0.1 + 1e-3  # Δ itself (no softplus): positive
+    compare(args, 1e-5, softplus=False)
+
+
+def test_segment_rule():
+    """Segments only where the programs would not fill the SMs, at least MIN_SEGMENT steps, aligned."""
+    from mambalab.ops.selective_scan import triton_kernels as scan
+
+    assert scan.segment_length(32768, programs=96, sm_count=132) == 3008  # 11 segments
+    assert scan.segment_length(8192, programs=192, sm_count=132) == 1408  # 6 segments
+    assert scan.segment_length(2048, programs=768, sm_count=132) == 0  # 5.8 programs per SM: filled
+    assert scan.segment_length(1024, programs=1, sm_count=132) == 512  # never shorter than MIN_SEGMENT
+    assert scan.segment_length(32768, programs=96, sm_count=0) == 0  # the interpreter: no segments
+    assert scan.default_config(1536, 16, 1, 1, 32768, sm_count=132, varlen=True).segment == 0
+    with pytest.raises(ValueError, match="segment=12"):
+        scan.ScanConfig(segment=12)
+
+
 def test_backward_tile_validation():
-    from mambalab.ops.triton import scan
+    from mambalab.ops.selective_scan import triton_kernels as scan
 
     with pytest.raises(ValueError, match="bwd_chunk=4"):
         scan.ScanConfig(chunk=16, bwd_chunk=4)

@@ -3,15 +3,21 @@ state_batch_indices map into a larger pool of state slots. CPU runs use Triton's
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
-from mambalab.ops.conv1d import causal_conv1d_update, causal_conv1d_update_fused
-from mambalab.ops.state_update import selective_state_update, selective_state_update_fused
+from mambalab.ops.causal_conv1d import causal_conv1d_update
+from mambalab.ops.state_update import mixer_step, selective_state_update
 from tests.conftest import rel_error
 from tests.ops.conftest import TRITON_DEVICE as DEVICE
 
 pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("triton_kernels")]
+
+selective_state_update_fused = partial(selective_state_update, backend="triton")
+causal_conv1d_update_fused = partial(causal_conv1d_update, backend="triton")
+mixer_step_fused = partial(mixer_step, backend="triton")
 
 
 def test_state_update_with_slot_indices():
@@ -70,8 +76,6 @@ def mixer_inputs(batch=3, dim=70, n=5, rank=6, width=4, slots=None):
 @pytest.mark.usefixtures("poisoned_kernel_outputs")
 def test_mixer_step_fused_matches_composition(batch, with_indices):
     """The two-launch mixer step against the single ops in float64: y and both states; outputs poisoned."""
-    from mambalab.ops.mixer_step import mixer_step, mixer_step_fused
-
     slots = batch + 4 if with_indices else None
     args = mixer_inputs(batch=batch, slots=slots)
     idx = torch.randperm(slots)[:batch] if with_indices else torch.arange(batch)
@@ -88,8 +92,6 @@ def test_mixer_step_fused_matches_composition(batch, with_indices):
 
 
 def test_mixer_step_fused_bad_shape():
-    from mambalab.ops.mixer_step import mixer_step_fused
-
     args = {k: v.to(DEVICE) for k, v in mixer_inputs().items()}
     args["dt_proj_weight"] = args["dt_proj_weight"][:, :4]
     with pytest.raises(ValueError, match=r"x_proj_weight must be \(14, 70\)"):
@@ -104,7 +106,8 @@ def test_model_parallel_equals_recurrent_through_the_kernels():
     torch.manual_seed(0)
     model = LanguageModel(ModelConfig(d_model=32, n_layer=2, vocab_size=61,
                                       ssm=SSMConfig(d_state=8, scan_backend="triton"))).to(DEVICE).eval()
-    assert model.backbone.layers[0].mixer._fused_kernels(torch.empty(1, device=DEVICE))
+    backends = model.backbone.layers[0].mixer.kernel_backends(torch.empty(1, device=DEVICE))
+    assert set(backends.values()) == {"triton"}, backends
     ids = torch.randint(0, 61, (2, 14), device=DEVICE)
     with torch.no_grad():
         full = model(ids)  # (b, l, V)

@@ -13,8 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mambalab import LanguageModel, ModelConfig
-from mambalab.train.checkpointing import load_checkpoint
 from mambalab.train.data import RandomBatches, TokenDataset
+from mambalab.train.resume_checkpoints import load_checkpoint
 from mambalab.train.trainer import TrainConfig, Trainer, seed_everything
 
 STEPS = 3

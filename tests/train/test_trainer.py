@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from mambalab import LanguageModel
-from mambalab.train.checkpointing import latest_valid_checkpoint, list_checkpoints
 from mambalab.train.evaluate import evaluate_model
+from mambalab.train.resume_checkpoints import latest_valid_checkpoint, list_checkpoints
 from mambalab.train.run import load_run_config, run_training
 from mambalab.train.trainer import TrainConfig, Trainer, TrainingDiverged
 
@@ -82,19 +82,19 @@ def test_grad_accumulation_matches_the_full_batch(tiny_model):
 
 
 class Poisoned(LanguageModel):
-    """Returns NaN logits on the training forward calls listed in `poison` (1-based)."""
+    """Returns a NaN loss on the training forward calls listed in `poison` (1-based)."""
 
     poison: frozenset[int] = frozenset()
     calls = 0
 
-    def forward(self, input_ids, return_aux_loss=False, state=None):
-        out = super().forward(input_ids, return_aux_loss=return_aux_loss, state=state)
+    def forward(self, input_ids, return_aux_loss=False, state=None, labels=None):
+        out = super().forward(input_ids, return_aux_loss=return_aux_loss, state=state, labels=labels)
         if not self.training:
             return out
         self.calls += 1
         if self.calls in self.poison:
-            logits, aux = out
-            return logits * math.nan, aux
+            (total, count), aux = out
+            return (total * math.nan, count), aux
         return out
 
 

@@ -1,7 +1,7 @@
 """`selective_scan`: validate the arguments once, then dispatch to a named backend.
 
 Backends: "reference" (for-loops, the oracle), "torch" (parallel chunked scan, any device), "triton"
-(fused GPU kernels), "cpu" (fused C/OpenMP kernels, compiled on first use), "auto" (see `resolve_backend`).
+(fused GPU kernels: triton_scan.py, kernels in triton_kernels.py), "cpu" (fused C/OpenMP kernels, compiled on first use), "auto" (see `resolve_backend`).
 All share this signature and these semantics; see reference.py for the math and the glossary.
 """
 
@@ -11,6 +11,7 @@ import itertools
 
 import torch
 
+from mambalab.errors import InputError
 from mambalab.ops import backends
 
 OP = "selective_scan"
@@ -85,11 +86,11 @@ def selective_scan(
 
 def _expect(cond: bool, message: str) -> None:
     if not cond:
-        raise ValueError(f"selective_scan: {message}")
+        raise InputError(f"selective_scan: {message}")
 
 
 def validate(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None, cu_seqlens=None):
-    """Check every shape against u (batch, dim, L) and A (dim, N); a ValueError names the bad argument."""
+    """Check every shape against u (batch, dim, L) and A (dim, N); an InputError names the bad argument."""
     _expect(u.dim() == 3, f"u must be (batch, dim, L), got shape {tuple(u.shape)}")
     batch, dim, length = u.shape
     _expect(delta.shape == u.shape, f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")

@@ -1,4 +1,4 @@
-"""`backend="triton"`: the fused kernels of mambalab/ops/triton/scan.py as differentiable torch ops.
+"""`backend="triton"`: the fused kernels of triton_kernels.py as differentiable torch ops.
 
 Two torch.library custom ops, `mambalab::selective_scan_fwd` and `mambalab::selective_scan_bwd`, with fake
 implementations and autograd (fused.py), so `torch.compile` traces a mixer using them without graph breaks. The
@@ -10,7 +10,7 @@ Float64 is not supported here (the kernels keep state in float32): use the torch
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 
 import torch
 
@@ -22,17 +22,9 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def load_triton_scan():
     """The triton `selective_scan`, or BackendUnavailable saying why it cannot run here."""
-    if importlib.util.find_spec("triton") is None:
-        raise BackendUnavailable("selective_scan backend 'triton' needs the triton package: pip install 'mambalab[triton]'")
     from mambalab.ops import triton as kernels
 
-    where = kernels.device()
-    if where is None:
-        raise BackendUnavailable(
-            "selective_scan backend 'triton' needs a CUDA GPU (none is visible); on CPU, use backend='torch', or run "
-            "the kernels in Triton's interpreter (mambalab.ops.triton.interpreter(), or TRITON_INTERPRET=1 set "
-            "before mambalab.ops.triton is imported)"
-        )
+    kernels.require("selective_scan")
     return selective_scan_triton
 
 
@@ -65,31 +57,38 @@ def selective_scan_triton(
     return _OPS(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state, cu_seqlens)
 
 
-def _config(u, A, B):
-    from mambalab.ops.triton.scan import default_config
+def _config(u, A, B, cu_seqlens):
+    from mambalab.ops.selective_scan.triton_kernels import default_config
 
     groups = 1 if B.dim() == 3 else B.shape[1]
-    return default_config(u.shape[1] // groups, A.shape[1], u.shape[0], groups, u.shape[2])
+    return default_config(u.shape[1] // groups, A.shape[1], u.shape[0], groups, u.shape[2],
+                          sm_count=_sm_count(u.device), varlen=cu_seqlens is not None)
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (0 elsewhere: the interpreter has no occupancy to fill)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, store_checkpoints):
-    from mambalab.ops.triton.scan import scan_forward
+    from mambalab.ops.selective_scan.triton_kernels import scan_forward
 
     return scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
-                        store_checkpoints, _config(u, A, B))
+                        store_checkpoints, _config(u, A, B, cu_seqlens))
 
 
 def _backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ckpt, delta_softplus):
-    from mambalab.ops.triton.scan import scan_backward
+    from mambalab.ops.selective_scan.triton_kernels import scan_backward
 
     return scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ckpt, delta_softplus,
-                         _config(u, A, B))
+                         _config(u, A, B, cu_seqlens))
 
 
 def _checkpoint_slots(u, A, B, cu_seqlens):
-    from mambalab.ops.triton.scan import checkpoint_slots
+    from mambalab.ops.selective_scan.triton_kernels import checkpoint_slots
 
-    return checkpoint_slots(sequence_count(u, cu_seqlens), u.shape[2], _config(u, A, B).chunk,
+    return checkpoint_slots(sequence_count(u, cu_seqlens), u.shape[2], _config(u, A, B, cu_seqlens).chunk,
                             cu_seqlens is not None)
 
 

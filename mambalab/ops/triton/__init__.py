@@ -1,7 +1,10 @@
-"""Fused Triton kernels (selective scan forward/backward, causal conv forward/backward, one-step state update,
-conv window update, the mixer's decode step, RMSNorm for inference).
+"""What the Triton kernels of every op share: where they run (`device`, `require`), the CPU interpreter for
+tests (`interpreter`), the "auto" rule of the ops with a reference and a triton backend, the @triton.jit math
+helpers (common.py), and the two kernels the layers call directly, outside any op's backend switch: RMSNorm
+(norm.py, layers/norm.py) and out_proj plus the residual add at decode (linear.py, layers/mamba.py).
+Each op's own kernels live in its folder (mambalab/ops/<op>/triton_kernels.py).
 
-Importing this package's kernel modules imports triton. The kernels are compiled for CUDA, or run by Triton's
+Importing a kernel module imports triton. The kernels are compiled for CUDA, or run by Triton's
 CPU interpreter when TRITON_INTERPRET=1: triton reads that variable when `@triton.jit` decorates a function
 (so it must be set before the kernel modules are first imported) and again while interpreted kernels run.
 `device()` says which tensors the kernels take now; `interpreter()` runs a block with the kernels
@@ -12,12 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import sys
+from collections.abc import Callable
 
-_KERNEL_MODULES = ("mambalab.ops.triton.common", "mambalab.ops.triton.scan", "mambalab.ops.triton.step",
-                   "mambalab.ops.triton.conv", "mambalab.ops.triton.norm",
-                   "mambalab.ops.triton.linear")
+from mambalab.errors import InputError
+
+_KERNEL_MODULES = ("mambalab.ops.triton.common", "mambalab.ops.selective_scan.triton_kernels",
+                   "mambalab.ops.state_update.triton_kernels", "mambalab.ops.causal_conv1d.triton_kernels",
+                   "mambalab.ops.triton.norm", "mambalab.ops.triton.linear")
 
 
 def _interpret_env() -> bool:
@@ -60,17 +67,50 @@ def interpreter():
             os.environ["TRITON_INTERPRET"] = previous
 
 
+def require(op: str) -> None:
+    """BackendUnavailable, saying why and what to do, unless op's triton backend can run here."""
+    from mambalab.ops.backends import BackendUnavailable
+
+    if importlib.util.find_spec("triton") is None:
+        raise BackendUnavailable(f"{op} backend 'triton' needs the triton package: pip install 'mambalab[triton]'")
+    if device() is None:
+        raise BackendUnavailable(
+            f"{op} backend 'triton' needs a CUDA GPU (none is visible); on CPU, use another backend, or run "
+            "the kernels in Triton's interpreter (mambalab.ops.triton.interpreter(), or TRITON_INTERPRET=1 set "
+            "before mambalab.ops.triton is imported)"
+        )
+
+
 def check_device(op: str, x) -> None:
-    """ValueError unless the kernels can take tensors on x's device here."""
+    """InputError unless the kernels can take tensors on x's device here."""
     where = device()
     if where != x.device.type:
-        raise ValueError(f"{op}: tensors are on {x.device}, but the Triton kernels run on {where or 'no device here'}")
+        raise InputError(f"{op}: tensors are on {x.device}, but the Triton kernels run on {where or 'no device here'}")
 
 
-def check_step_inputs(op: str, x_t, state_batch_indices) -> None:
-    """ValueError unless the decode-step kernels can take x_t here and state_batch_indices is (b,) or None."""
-    check_device(op, x_t)
-    if state_batch_indices is not None and tuple(state_batch_indices.shape) != (x_t.shape[0],):
-        raise ValueError(
-            f"{op}: state_batch_indices must be ({x_t.shape[0]},), got {tuple(state_batch_indices.shape)}"
-        )
+def auto_chooser(op: str) -> Callable:
+    """The "auto" of an op with a "reference" and a "triton" backend: "triton" on CUDA where it runs, else
+    "reference" (interpreted kernels are for tests: "auto" never picks them on CPU)."""
+    from mambalab.ops import backends
+
+    def choose(device) -> str:
+        return "triton" if device.type == "cuda" and backends.is_available(op, "triton") else "reference"
+
+    return choose
+
+
+def resolve_for(op: str, name: str, x) -> str:
+    """`backends.resolve` for x, except that "auto" is "reference" for float64 x (the kernels compute in float32,
+    the reference in x's precision)."""
+    import torch
+
+    from mambalab.ops import backends
+
+    if name == "auto" and x.dtype == torch.float64:
+        return "reference"
+    return backends.resolve(op, name, x.device)
+
+
+def runs_on(target) -> bool:
+    """Whether the compiled kernels take tensors on the device `target` (the layers' fused norm, on CUDA)."""
+    return target.type == "cuda" and importlib.util.find_spec("triton") is not None and device() == "cuda"

@@ -27,7 +27,7 @@ def softplus(x):
 
     log1p(t) = t · q(t), q a degree-9 Chebyshev fit of log1p(t) / t on [0, 1] (relative error ≤ 1.7e-7
     evaluated in float32; the whole softplus ≤ 6e-7 for x in [-10, 40], ≤ 2e-6 down to -40 through the
-    float32 exponent of e^-|x|, as for every exp here; benchmarks/notes/scan.md "v7")."""
+    float32 exponent of e^-|x|, as for every exp here; benchmarks/notes/scan.md)."""
     t = tl.exp2(-tl.abs(x) * LOG2E)  # e^-|x|, in (0, 1]
     q = t * -0.0032140322 + 0.019649142
     q = q * t - 0.05643497

@@ -1,14 +1,13 @@
 """y = x @ weight.T (optionally + residual) for a few rows (decode batch sizes) in one Triton launch.
 
-At batch 1-4 a projection is a matrix-vector product: it must read the weight once (in_proj of mamba-130m:
-3072 × 768 bf16 = 4.7 MB, 1.1 µs at 4.25 TB/s) and does almost no arithmetic. cuBLAS picks GEMM tiles for it
-and takes 4-6 µs on an H200 (benchmarks/results/decode_profile_h200_v10.json). Here each program reads
+At batch 1-4 a projection is a matrix-vector product: it must read the weight once and does almost no
+arithmetic, and cuBLAS's GEMM tiles for it run several times its memory floor. Here each program reads
 BLOCK_N whole weight rows, BLOCK_K columns at a time, and keeps the M ≤ BLOCK_M rows of x it multiplies in
 registers: acc (m, n) += Σ_k x (m, k) · w (n, k), in float32; many small programs keep every SM streaming.
 With a residual (the block's float32 stream), y = residual + acc rounded to x's dtype, as the unfused
 `residual + F.linear(x, weight)` rounds it: the block's add is one launch fewer.
-Measured (benchmarks/skinny_linear.py, notes/decode.md): faster than cuBLAS for out_proj (1536 -> 768), not
-for in_proj (768 -> 3072), so only out_proj uses it.
+Faster than cuBLAS for out_proj (d_inner -> d_model), not for in_proj (benchmarks/skinny_linear.py,
+benchmarks/notes/decode.md), so only out_proj uses it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Per row of x (…, d): optionally round x to the weight's dtype (the blocks normalise their float32 residual
 stream in the weights' dtype), r = 1 / sqrt(mean(x²) + eps) in float32, x̂ = x · r rounded to x's dtype, and
 y = weight · x̂ in float32, rounded to torch's result dtype of that product. The torch composition takes 6-9
-kernels (casts, pow, mean, rsqrt, two products); at decode batch sizes each is a few µs of launch and latency.
+kernels (casts, pow, mean, rsqrt, two products); at decode batch sizes each is launch- and latency-bound.
 """
 
 from __future__ import annotations

@@ -1,0 +1,50 @@
+"""Matched model configs for the comparison: one Mamba reference per size, every other family matched to it.
+
+`family_config("transformer", size, vocab)` builds the Mamba config of `size` and asks the model zoo's
+`match_config` for the Transformer++ (or S4D, hybrid, MoE) config within ±3% of its parameters. Study
+overrides (an init, a state size) are applied afterwards as nested config fields, e.g.
+`{"s4d": {"init": "random"}}`; those that change the parameter count go into `size` instead.
+"""
+
+from __future__ import annotations
+
+from mambalab.config import AttentionConfig, ModelConfig, MoEConfig, SSMConfig, deep_merge
+from mambalab.experiments.presets import ModelSize
+
+HEAD_DIM = 32  # attention heads of the matched Transformer++ / hybrid: d_model // 32 of them
+N_EXPERTS, TOP_K = 4, 2  # small MoE: 8 experts of the smallest width would not fit a tiny model's budget
+FEWER_EXPERTS = 2  # when 4 experts cannot meet ±3% (the expert width moves in steps of 8): 2, top-1
+
+
+def reference_config(size: ModelSize, vocab_size: int) -> ModelConfig:
+    """The Mamba model every family is matched to (the Mamba paper's synthetic-task block: no MLP). Its
+    attention and MoE sub-configs are what the matched families inherit."""
+    return ModelConfig(
+        d_model=size.d_model,
+        n_layer=size.n_layer,
+        vocab_size=vocab_size,
+        layer_pattern=["mamba"] * size.n_layer,
+        ssm=SSMConfig(d_state=size.d_state),
+        attention=AttentionConfig(n_heads=max(1, size.d_model // HEAD_DIM)),
+        moe=MoEConfig(n_experts=N_EXPERTS, top_k=TOP_K),
+    )
+
+
+def family_config(
+    family: str, size: ModelSize, vocab_size: int, overrides: dict | None = None
+) -> ModelConfig:
+    """The config of `family` matched (±3% parameters) to the Mamba reference of `size`, with `overrides`."""
+    from mambalab.models.zoo import match_config
+
+    config = reference_config(size, vocab_size)
+    if family == "moe":
+        try:
+            config = match_config(config, family)
+        except ValueError:
+            config.moe.n_experts, config.moe.top_k = FEWER_EXPERTS, 1
+            config = match_config(config, family)
+    elif family != "mamba":
+        config = match_config(config, family)
+    if overrides:
+        config = ModelConfig.from_dict(deep_merge(config.to_dict(), overrides, where="overrides"), where="overrides")
+    return config

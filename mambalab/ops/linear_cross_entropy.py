@@ -1,0 +1,88 @@
+"""The language-model head and its cross-entropy in one op, chunked over tokens: the (tokens, vocab) logits are
+never stored.
+
+`linear_cross_entropy(hidden, weight, labels, vocab_size)` = Σ_t CE(hidden_t · weight[:vocab_size]ᵀ, labels_t) over
+the labelled tokens, and their count. A 50K vocabulary at 16K tokens per step makes 0.8 G logits: stored for the
+backward as bf16 plus their float32 upcast, log-softmax and gradient, that is ~10 GB of memory traffic and
+several GB of peak memory for what is an elementwise epilogue of one matrix product. Here each chunk of tokens
+computes its logits, its loss and its gradients (softmax − one-hot, times the weight for the hidden states,
+times the hidden states for the weight) at once in the forward; the backward only scales the stored gradients
+by the incoming one. The matrix products run in the autocast dtype when autocast is on (as `nn.Linear` would),
+the softmax in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+IGNORE_INDEX = -100
+CHUNK_LOGITS = 1 << 27  # logits per chunk (tokens × vocab): 512 MB of float32 scratch
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, vocab_size: int,
+                         ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden (t, d), weight (v_padded, d) with v_padded ≥ vocab_size, labels (t,) in [0, vocab_size) or
+    ignore_index -> (sum of the cross-entropy over labelled tokens, float32 (float64 for float64 inputs), their
+    count). Differentiable in hidden
+    and weight (rows past vocab_size get zero gradient)."""
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"linear_cross_entropy: hidden (t, d) and weight (v, d) must share d, got "
+                         f"{tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if labels.shape != hidden.shape[:1]:
+        raise ValueError(f"linear_cross_entropy: labels must be ({hidden.shape[0]},), got {tuple(labels.shape)}")
+    if not 0 < vocab_size <= weight.shape[0]:
+        raise ValueError(f"linear_cross_entropy: vocab_size={vocab_size} must be in [1, {weight.shape[0]}]")
+    total, count = _LinearCrossEntropy.apply(hidden, weight, labels, vocab_size, ignore_index)
+    return total, count
+
+
+def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    device = weight.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, vocab_size, ignore_index):
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        dtype = _compute_dtype(weight)
+        # All rows of the (padded) weight: a vocabulary like 50277 makes (tokens, vocab) operands whose rows are
+        # not 16-byte aligned, which sends every matrix product to slow kernels. Padded columns get logit −inf.
+        w = weight.to(dtype)  # (v_padded, d)
+        tokens = hidden.shape[0]
+        chunk = max(1, CHUNK_LOGITS // weight.shape[0])
+        acc = torch.float64 if torch.float64 in (dtype, hidden.dtype) else torch.float32  # the softmax's dtype
+        total = torch.zeros((), device=hidden.device, dtype=acc)
+        grad_hidden = torch.empty_like(hidden) if needs_grad else None  # (t, d)
+        grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=acc) if needs_grad else None
+        valid_all = labels != ignore_index  # (t,)
+        for start in range(0, tokens, chunk):
+            h = hidden[start : start + chunk].to(dtype)  # (c, d)
+            valid = valid_all[start : start + chunk]  # (c,)
+            target = labels[start : start + chunk].clamp(0, vocab_size - 1)[:, None]  # (c, 1)
+            logits = (h @ w.t()).to(acc)  # (c, v_padded)
+            logits[:, vocab_size:] = -math.inf
+            lse = torch.logsumexp(logits, dim=-1)  # (c,)
+            picked = logits.gather(1, target)[:, 0]  # (c,)
+            total += torch.where(valid, lse - picked, 0.0).sum()
+            if not needs_grad:
+                continue
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits   (c, v_padded)
+            grad.scatter_add_(1, target, torch.full_like(picked, -1.0)[:, None])  # − one-hot
+            grad.mul_(valid[:, None])
+            grad = grad.to(dtype)
+            grad_hidden[start : start + chunk] = grad @ w  # (c, d)
+            grad_weight.add_(grad.t() @ h)  # (v_padded, d); zero on the padded rows
+        if needs_grad:
+            ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total, valid_all.sum()
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_count):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None, None, None
