@@ -1,7 +1,7 @@
 """Mamba-2 SSD (`ssd_scan`) on one GPU: ours (backend "triton") against the official Triton
 `mamba_chunk_scan_combined` on the same inputs in one process. One command, one device call (~3-6 min):
 
-    PYTHONPATH=.:/path/to/mamba_ssm-2.3.2.post1 python3 benchmarks/ssd_gpu.py   # $OUT/ssd_gpu.json if $OUT is set
+    PYTHONPATH=.:/path/to/mamba_ssm-2.3.2.post1 python3 benchmarks/ssd_gpu.py   # $OUT/ssd_gpu.json, else results/
 
 The official package is optional (skipped with a note when `mamba_ssm` is not importable, e.g. no einops); its
 SSD modules are imported without running `mamba_ssm/__init__.py`, which needs the built selective_scan_cuda.
@@ -16,27 +16,22 @@ the decode step. The table is printed last.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import importlib.util
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 import types
-from pathlib import Path
 
 import torch
-import triton
 from triton.testing import do_bench
 
+from benchmarks.common import base_parser, write_result
 from mambalab.ops.ssd import ssd_scan, ssd_state_update
 from mambalab.ops.ssd.triton_ssd import SSDConfig, ssd_triton
 
-REPO = Path(__file__).resolve().parent.parent
 DEVICE = "cuda"
 OFFICIAL_CHUNK = 256
 SWEEP_SHAPE = (8, 24, 2048)  # (b, h, L) of the tile sweep, the correctness check (at b1) and the decode step (h)
@@ -59,13 +54,6 @@ T0 = time.time()
 
 def log(msg: str) -> None:
     print(f"[{time.time() - T0:6.1f}s] {msg}", flush=True)
-
-
-def environment() -> dict:
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=False).stdout
-    return {"gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else None, "torch": torch.__version__,
-            "triton": triton.__version__, "cuda": torch.version.cuda, "commit": commit.strip() or None}
 
 
 def load_official():
@@ -319,7 +307,7 @@ def stage(report, name, fn):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = base_parser(__doc__.split("\n")[0])
     parser.add_argument("--no-sweep", action="store_true", help="skip the tile sweep (time the default only)")
     parser.add_argument("--budget", type=float, default=500.0,
                         help="seconds after which the remaining shapes are skipped (the device allows 600 per call)")
@@ -330,13 +318,11 @@ def main() -> int:
         global DEVICE, SHAPES, SWEEP, SWEEP_SHAPE, HEAD_DIM, N
         DEVICE, SHAPES, SWEEP_SHAPE, HEAD_DIM, N = "cpu", [(2, 2, 40)], (2, 2, 40), 16, 16
         SWEEP = [{}, {"forward_mode": "fused", "chunk_forward": 16}, {"chunk_backward": 16}]
-    report = {"environment": environment(), "shapes": {}}
-    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"shapes": {}}
 
     def save():  # after every stage: a run cut short by the device's time limit keeps what it measured
         report["table"] = table(report)
-        (out_dir / "ssd_gpu.json").write_text(json.dumps(report, indent=1))
+        write_result("ssd_gpu", report, opts.out)
 
     official, why = load_official()
     report["official"] = "mamba_ssm 2.3.2 mamba_chunk_scan_combined (Triton)" if official else f"skipped: {why}"
