@@ -15,6 +15,7 @@ import torch
 
 from mambalab.errors import InputError
 from mambalab.ops import backends
+from mambalab.ops.triton import auto_chooser
 
 OP = "ssd_scan"
 STEP_OP = "ssd_state_update"
@@ -72,14 +73,8 @@ def _choose_auto(device: torch.device) -> str:
     return "torch"
 
 
-def _choose_step_auto(device: torch.device) -> str:
-    if device.type == "cuda" and backends.is_available(STEP_OP, "triton"):
-        return "triton"
-    return "reference"
-
-
 backends.set_auto(OP, _choose_auto)
-backends.set_auto(STEP_OP, _choose_step_auto)
+backends.set_auto(STEP_OP, auto_chooser(STEP_OP))
 
 
 def ssd_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None,
