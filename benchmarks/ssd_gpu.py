@@ -1,7 +1,7 @@
 """Mamba-2 SSD (`ssd_scan`) on one GPU: ours (backend "triton") against the official Triton
 `mamba_chunk_scan_combined` on the same inputs in one process. One command, one device call (~3-6 min):
 
-    PYTHONPATH=.:/path/to/mamba_ssm-2.3.2.post1 python3 benchmarks/ssd_gpu.py   # $OUT/ssd_gpu.json if $OUT is set
+    PYTHONPATH=.:/path/to/mamba_ssm-2.3.2.post1 python3 benchmarks/ssd_gpu.py   # $OUT/ssd_gpu.json, else results/
 
 The official package is optional (skipped with a note when `mamba_ssm` is not importable, e.g. no einops); its
 SSD modules are imported without running `mamba_ssm/__init__.py`, which needs the built selective_scan_cuda.
@@ -16,27 +16,22 @@ the decode step. The table is printed last.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import importlib.util
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 import types
-from pathlib import Path
 
 import torch
-import triton
 from triton.testing import do_bench
 
+from benchmarks.common import base_parser, write_result
 from mambalab.ops.ssd import ssd_scan, ssd_state_update
 from mambalab.ops.ssd.triton_ssd import SSDConfig, ssd_triton
 
-REPO = Path(__file__).resolve().parent.parent
 DEVICE = "cuda"
 OFFICIAL_CHUNK = 256
 SWEEP_SHAPE = (8, 24, 2048)  # (b, h, L) of the tile sweep, the correctness check (at b1) and the decode step (h)
@@ -47,14 +42,10 @@ SWEEP = [  # SSDConfig fields; the first is the default
     {"forward_mode": "fused"},
     {"forward_mode": "fused", "chunk_forward": 64, "warps_forward": 8},
     {"forward_mode": "chunked", "chunk_forward": 64, "warps_forward": 8},
-    {"forward_mode": "chunked", "chunk_forward": 64, "block_p_forward": 32},
     {"block_p_state": 64},
-    {"block_p_state": 16},
     {"chunk_backward": 32, "warps_backward": 4},
     {"block_p_backward": 64},
-    {"warps_adjoint": 4},
     {"stages": 1},
-    {"stages": 3},
 ]
 FORWARD_FIELDS = {"forward_mode", "chunk_forward", "block_p_forward", "warps_forward"}
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
@@ -63,13 +54,6 @@ T0 = time.time()
 
 def log(msg: str) -> None:
     print(f"[{time.time() - T0:6.1f}s] {msg}", flush=True)
-
-
-def environment() -> dict:
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=False).stdout
-    return {"gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else None, "torch": torch.__version__,
-            "triton": triton.__version__, "cuda": torch.version.cuda, "commit": commit.strip() or None}
 
 
 def load_official():
@@ -192,6 +176,9 @@ def sweep(report) -> SSDConfig:
             rows[key] = {"fields": fields, "error": f"{type(e).__name__}: {str(e)[:300]}"}
             log(f"sweep {key} failed: {rows[key]['error']}")
     ok = {k: r for k, r in rows.items() if "error" not in r and r["max_rel_diff_to_default"] < 2e-2}
+    if not ok:
+        report["sweep"] = {"shape": SWEEP_SHAPE, "rows": rows, "best": None}
+        return SSDConfig()
     best_f = min(ok.values(), key=lambda r: r["fwd_ms"])["fields"]
     best_b = min(ok.values(), key=lambda r: r["fwdbwd_ms"] - r["fwd_ms"])["fields"]
     best = dataclasses.replace(SSDConfig(), **{k: v for k, v in best_f.items() if k in FORWARD_FIELDS},
@@ -212,27 +199,42 @@ def correctness(report, official):
     log(f"correctness vs torch fp32: {json.dumps(report['correctness_vs_torch_fp32'], default=lambda v: f'{v:.1e}')}")
 
 
-def time_shapes(report, official, best):
+def measure(row: dict, name: str, call, args) -> None:
+    """row[name_fwd_ms], [name_fwdbwd_ms], [name_fwdbwd_extra_gb]; an error (e.g. out of memory) is recorded."""
+    try:
+        row[f"{name}_fwd_ms"] = bench(forward(call, args))
+        run = fwd_bwd(call, args)
+        row[f"{name}_fwdbwd_ms"] = bench(run)
+        row[f"{name}_fwdbwd_extra_gb"] = peak_extra_gb(run)
+    except Exception as e:  # noqa: BLE001  (one failing measurement must not lose the others)
+        row[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        log(f"{name} failed: {row[f'{name}_error']}")
+
+
+def time_shapes(report, official, best, save, budget_s):
     for batch, heads, length in SHAPES:
         key = f"b{batch}_h{heads}_L{length}"
+        if time.time() - T0 > budget_s:
+            report["shapes"][key] = {"skipped": f"time budget of {budget_s} s spent"}
+            continue
         args = make_inputs(batch, heads, length)
         row = {}
         calls = {"ours": ours, "ours_best": lambda a, **kw: ours(a, best, **kw)}
         if official:
             calls["official"] = official
         for name, call in calls.items():
-            row[f"{name}_fwd_ms"] = bench(forward(call, args))
-            run = fwd_bwd(call, args)
-            row[f"{name}_fwdbwd_ms"] = bench(run)
-            row[f"{name}_fwdbwd_extra_gb"] = peak_extra_gb(run)
-            del run
-        if official:
+            measure(row, name, call, args)
+        if official and all(f"{n}_fwdbwd_ms" in row for n in calls):
             row["ours_vs_official_rel_err"] = compare(outputs_and_grads(ours, args),
                                                       outputs_and_grads(official, args))
             for t in ("fwd", "fwdbwd"):
                 row[f"speedup_{t}"] = row[f"official_{t}_ms"] / min(row[f"ours_{t}_ms"], row[f"ours_best_{t}_ms"])
         report["shapes"][key] = row
         log(f"{key}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)))
+        del args
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+        save()
 
 
 def decode_inputs(batch, heads):
@@ -294,9 +296,21 @@ def table(report) -> str:
     return "\n".join(lines)
 
 
+def stage(report, name, fn):
+    """fn(), or None with the error recorded in report["errors"] (later stages still run)."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        report.setdefault("errors", {})[name] = f"{type(e).__name__}: {str(e)[:500]}"
+        log(f"stage {name} failed: {report['errors'][name]}")
+        return None
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = base_parser(__doc__.split("\n")[0])
     parser.add_argument("--no-sweep", action="store_true", help="skip the tile sweep (time the default only)")
+    parser.add_argument("--budget", type=float, default=500.0,
+                        help="seconds after which the remaining shapes are skipped (the device allows 600 per call)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes on CPU in Triton's interpreter (TRITON_INTERPRET=1): checks the script only")
     opts = parser.parse_args()
@@ -304,19 +318,25 @@ def main() -> int:
         global DEVICE, SHAPES, SWEEP, SWEEP_SHAPE, HEAD_DIM, N
         DEVICE, SHAPES, SWEEP_SHAPE, HEAD_DIM, N = "cpu", [(2, 2, 40)], (2, 2, 40), 16, 16
         SWEEP = [{}, {"forward_mode": "fused", "chunk_forward": 16}, {"chunk_backward": 16}]
-    report = {"environment": environment(), "shapes": {}}
+    report = {"shapes": {}}
+
+    def save():  # after every stage: a run cut short by the device's time limit keeps what it measured
+        report["table"] = table(report)
+        write_result("ssd_gpu", report, opts.out)
+
     official, why = load_official()
     report["official"] = "mamba_ssm 2.3.2 mamba_chunk_scan_combined (Triton)" if official else f"skipped: {why}"
     log(f"official: {report['official']}")
     chunk_scan, step = official if official else (None, None)
-    best = SSDConfig() if opts.no_sweep else sweep(report)
-    correctness(report, official_fn(chunk_scan) if chunk_scan else None)
-    time_shapes(report, official_fn(chunk_scan) if chunk_scan else None, best)
-    time_decode(report, step)
-    report["table"] = table(report)
-    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "ssd_gpu.json").write_text(json.dumps(report, indent=1))
+    official_scan = official_fn(chunk_scan) if chunk_scan else None
+    best = stage(report, "sweep", lambda: SSDConfig() if opts.no_sweep else sweep(report)) or SSDConfig()
+    save()
+    stage(report, "correctness", lambda: correctness(report, official_scan))
+    save()
+    stage(report, "decode", lambda: time_decode(report, step))
+    save()
+    stage(report, "shapes", lambda: time_shapes(report, official_scan, best, save, opts.budget))
+    save()
     print(report["table"])
     return 0
 

@@ -156,6 +156,7 @@ def test_cu_seqlens_needs_batch_one(cu_seqlens, match):
     (torch.tensor([0, 5]), "end at l=6"),
     (torch.tensor([1, 6]), "start at 0"),
     ([0, 6], "must be a torch.Tensor"),
+    (torch.tensor([0, 6], device="meta"), "on x's device"),
 ])
 def test_cu_seqlens_errors(cu_seqlens, match):
     kw = make_inputs(1, 6, 4, 3, 2, 5, frozenset())

@@ -171,3 +171,36 @@ def test_forward_modes_and_tiles(mode):
     g = grads_of(tri_kw, y, h, gy.to(TRITON_DEVICE), gh.to(TRITON_DEVICE))
     for name in g_ref:
         assert rel_error(g[name], g_ref[name]) <= 1e-9, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(6))
+def test_random_shapes_and_tiles(case):
+    """Random sizes, options, packing and tiles (seeded by the case) against the loop in float64."""
+    gen = torch.Generator().manual_seed(case)
+    pick = lambda *values: values[int(torch.randint(len(values), (1,), generator=gen))]
+    groups = pick(1, 2)
+    heads, head_dim, n = groups * pick(1, 2, 3), pick(1, 5, 17, 33), pick(1, 7, 16, 20)
+    options = frozenset(o for o in ("D", "z", "dt_bias", "softplus", "initial_state") if pick(True, False))
+    packed = pick(True, False)
+    lengths = [pick(*((0,) if packed else ()), 1, 15, 16, 17, 40) for _ in range(pick(1, 2, 3))]
+    batch = 1 if packed else len(lengths)
+    length = sum(lengths) if packed else lengths[0]
+    kw = make_inputs(batch, length, heads, head_dim, groups, n, options, rows=len(lengths) if packed else None,
+                     d_matrix=pick(True, False))
+    extra = {}
+    if packed:
+        extra["cu_seqlens"] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    cfg = SSDConfig(chunk_forward=pick(16, 32), chunk_backward=pick(16, 32), block_p_forward=pick(16, 32),
+                    block_p_backward=pick(16, 32), block_p_state=pick(0, 16), forward_mode=pick("fused", "chunked"))
+    ref_kw = requiring_grad(kw)
+    tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+    y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)
+    y, h = ssd_triton(**tri_kw, return_final_state=True, config=cfg,
+                      **{k: v.to(TRITON_DEVICE) for k, v in extra.items()})
+    assert rel_error(y, y_ref) <= 1e-9 and rel_error(h, h_ref) <= 1e-9, (cfg, options, lengths)
+    gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)
+    g_ref = grads_of(ref_kw, y_ref, h_ref, gy, gh)
+    g = grads_of(tri_kw, y, h, gy.to(TRITON_DEVICE), gh.to(TRITON_DEVICE))
+    for name in g_ref:
+        assert rel_error(g[name], g_ref[name]) <= 1e-7, (name, cfg, options, lengths)

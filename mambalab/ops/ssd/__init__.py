@@ -15,6 +15,7 @@ import torch
 
 from mambalab.errors import InputError
 from mambalab.ops import backends
+from mambalab.ops.triton import auto_chooser
 
 OP = "ssd_scan"
 STEP_OP = "ssd_state_update"
@@ -72,14 +73,8 @@ def _choose_auto(device: torch.device) -> str:
     return "torch"
 
 
-def _choose_step_auto(device: torch.device) -> str:
-    if device.type == "cuda" and backends.is_available(STEP_OP, "triton"):
-        return "triton"
-    return "reference"
-
-
 backends.set_auto(OP, _choose_auto)
-backends.set_auto(STEP_OP, _choose_step_auto)
+backends.set_auto(STEP_OP, auto_chooser(STEP_OP))
 
 
 def ssd_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None,
@@ -163,6 +158,7 @@ def validate(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=None, c
                 f"cu_seqlens must be 1-D with >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
         _expect(not cu_seqlens.dtype.is_floating_point and not cu_seqlens.dtype.is_complex
                 and cu_seqlens.dtype != torch.bool, op, f"cu_seqlens must be an integer tensor, got {cu_seqlens.dtype}")
+        _expect(cu_seqlens.device == x.device, op, f"cu_seqlens must be on x's device {x.device}, got {cu_seqlens.device}")
         offsets = cu_seqlens.tolist()
         _expect(offsets[0] == 0 and offsets[-1] == length, op,
                 f"cu_seqlens must start at 0 and end at l={length}, got {offsets[0]}..{offsets[-1]}")
@@ -174,8 +170,6 @@ def validate(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=None, c
     tensors = {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z, "dt_bias": dt_bias,
                "initial_state": initial_state}
     _check_common(op, tensors, A, D, heads, head_dim)
-    _expect(cu_seqlens is None or cu_seqlens.device == x.device, op,
-            f"cu_seqlens must be on x's device {x.device}, got {cu_seqlens.device if cu_seqlens is not None else None}")
 
 
 def validate_step(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_bias=None, state_batch_indices=None):

@@ -75,6 +75,24 @@ def _decay_mask(log_decay, offs_q):
 
 
 @triton.jit
+def _lanes(pblock, head_dim, n_state, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Offsets of a chunk's positions, of this program's channel block and of the state, with the masks of the
+    channels and the state ((P,), (N,), (P, N))."""
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    p_mask, n_mask = offs_p < head_dim, offs_n < n_state
+    return offs_q, offs_p, offs_n, p_mask, n_mask, p_mask[:, None] & n_mask[None, :]
+
+
+@triton.jit
+def _sequence(seq_ptr, chunk_ptr, seq):
+    """(first row, length, first chunk in the chunk layout) of sequence `seq`."""
+    start = tl.load(seq_ptr + seq).to(tl.int64)
+    return start, tl.load(seq_ptr + seq + 1).to(tl.int64) - start, tl.load(chunk_ptr + seq).to(tl.int64)
+
+
+@triton.jit
 def _chunk_output(x, B, C, entering, dt, log_decay, D, offs_q, ACC: tl.constexpr, DOT: tl.constexpr,
                   PRECISION: tl.constexpr):
     """y_t = Σ_s L[t, s] (C_t · B_s) Δ_s x_s + exp(Λ_t) C_t · H + D x_t for one chunk  (Q, P)."""
@@ -93,11 +111,28 @@ def _gate(z_ptrs, mask, ACC: tl.constexpr):
 
 
 @triton.jit
-def _chunk_place(chunk_seq_ptr, seq_ptr, chunk_ptr, chunk, BLOCK_Q: tl.constexpr):
-    """(first row, rows left in the sequence from there) of chunk `chunk` of the (chunks, …) layout."""
+def _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q: tl.constexpr,
+                   BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Where this program of a chunk-parallel kernel (grid: chunks × heads × channel blocks) works: its head,
+    the chunk's first row, the offsets and masks of its tiles, and the offsets of its (P, N) block of the
+    chunk's state in a (chunks, h, p, n) buffer."""
+    chunk, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     seq = tl.load(chunk_seq_ptr + chunk)
     row = tl.load(seq_ptr + seq).to(tl.int64) + (chunk - tl.load(chunk_ptr + seq)) * BLOCK_Q
-    return row, tl.load(seq_ptr + seq + 1).to(tl.int64) - row
+    offs_q, offs_p, offs_n, p_mask, n_mask, pn_mask = _lanes(pblock, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
+    row_mask = offs_q < tl.load(seq_ptr + seq + 1).to(tl.int64) - row
+    state_offs = (chunk.to(tl.int64) * heads + head) * head_dim * n_state + _tile(offs_p, offs_n, n_state, 1)
+    return (chunk, head, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, row_mask[:, None] & p_mask[None, :],
+            row_mask[:, None] & n_mask[None, :], pn_mask, state_offs)
+
+
+@triton.jit
+def _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P: tl.constexpr, ACC: tl.constexpr, HAS_D: tl.constexpr):
+    """D of this head's channel block (zeros without D)  (P,)."""
+    D = tl.zeros((BLOCK_P,), dtype=ACC)
+    if HAS_D:
+        D += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC)
+    return D
 
 
 @triton.jit
@@ -113,20 +148,13 @@ def ssd_chunk_forward_kernel(
 ):
     """y of one (chunk, head, channel block) from the state entering the chunk (states, (chunks, h, p, n)):
     the chunk-parallel forward, for few (sequence, head) pairs and long sequences."""
-    chunk, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    row, rows_left = _chunk_place(chunk_seq_ptr, seq_ptr, chunk_ptr, chunk, BLOCK_Q)
+    (_, head, _, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
+     chunk_state) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P,
+                                   BLOCK_N)
     group = head // heads_per_group
-    offs_q = tl.arange(0, BLOCK_Q)
-    offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    p_mask, n_mask, row_mask = offs_p < head_dim, offs_n < n_state, offs_q < rows_left
-    qp_mask, qn_mask = row_mask[:, None] & p_mask[None, :], row_mask[:, None] & n_mask[None, :]
     A = tl.load(A_ptr + head).to(ACC)
-    chunk_state = (chunk.to(tl.int64) * heads + head) * head_dim * n_state + _tile(offs_p, offs_n, n_state, 1)
-    entering = tl.load(states_ptr + chunk_state, mask=p_mask[:, None] & n_mask[None, :], other=0.0).to(DOT)
-    D = tl.zeros((BLOCK_P,), dtype=ACC)
-    if HAS_D:
-        D += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC)
+    entering = tl.load(states_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # H              (P, N)
+    D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)
     dt, _ = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
                         HAS_BIAS, SOFTPLUS)
     x = tl.load(x_ptr + row * s_x_l + head * s_x_h + _tile(offs_q, offs_p, s_x_l, s_x_p), mask=qp_mask, other=0.0)
@@ -156,15 +184,9 @@ def ssd_forward_kernel(
     """y (STORE_Y), the state entering each chunk (STORE_STATES, (chunks, h, p, n)) and the final state
     (STORE_FINAL, (seqs, h, p, n)) of one (sequence, head, channel block)."""
     seq, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    start = tl.load(seq_ptr + seq).to(tl.int64)
-    length = tl.load(seq_ptr + seq + 1).to(tl.int64) - start
-    first_chunk = tl.load(chunk_ptr + seq).to(tl.int64)
+    start, length, first_chunk = _sequence(seq_ptr, chunk_ptr, seq)
     group = head // heads_per_group
-    offs_q = tl.arange(0, BLOCK_Q)
-    offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    p_mask, n_mask = offs_p < head_dim, offs_n < n_state
-    pn_mask = p_mask[:, None] & n_mask[None, :]
+    offs_q, offs_p, offs_n, p_mask, n_mask, pn_mask = _lanes(pblock, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
     A = tl.load(A_ptr + head).to(ACC)
     state_offs = _tile(offs_p, offs_n, n_state, 1)  # (P, N) within one (h, p, n) state
     head_state = heads * head_dim * n_state
@@ -175,9 +197,7 @@ def ssd_forward_kernel(
     x_offs, y_offs = _tile(offs_q, offs_p, s_x_l, s_x_p), _tile(offs_q, offs_p, s_y_l, s_y_p)
     z_offs = _tile(offs_q, offs_p, s_z_l, s_z_p)
     B_offs, C_offs = _tile(offs_q, offs_n, s_B_l, s_B_n), _tile(offs_q, offs_n, s_C_l, s_C_n)
-    D = tl.zeros((BLOCK_P,), dtype=ACC)
-    if HAS_D:
-        D += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC)
+    D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)
     for c in range(tl.cdiv(length, BLOCK_Q)):
         row = start + c * BLOCK_Q  # the chunk's first row
         row_mask = offs_q < length - c * BLOCK_Q  # (Q,)
@@ -227,15 +247,9 @@ def ssd_adjoint_kernel(
     """Walk one (sequence, head, channel block) backwards: store G_c = ∂loss/∂(state leaving chunk c) for
     every chunk ((chunks, h, p, n)), then G ← exp(Λ_Q) G + Σ_t exp(Λ_t) gy_t ⊗ C_t; the last G is ∂loss/∂H_0."""
     seq, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    start = tl.load(seq_ptr + seq).to(tl.int64)
-    length = tl.load(seq_ptr + seq + 1).to(tl.int64) - start
-    first_chunk = tl.load(chunk_ptr + seq).to(tl.int64)
+    start, length, first_chunk = _sequence(seq_ptr, chunk_ptr, seq)
     group = head // heads_per_group
-    offs_q = tl.arange(0, BLOCK_Q)
-    offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    p_mask, n_mask = offs_p < head_dim, offs_n < n_state
-    pn_mask = p_mask[:, None] & n_mask[None, :]
+    offs_q, offs_p, offs_n, p_mask, n_mask, pn_mask = _lanes(pblock, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
     A = tl.load(A_ptr + head).to(ACC)
     state_offs = _tile(offs_p, offs_n, n_state, 1)
     head_state = heads * head_dim * n_state
@@ -282,23 +296,14 @@ def ssd_chunk_backward_kernel(
     strides s_o_*; dB, dC (l, g, n) accumulated atomically (zeroed by the caller); per (chunk, h, p_block)
     partial sums: ddt (l, h, p_blocks) without the carry of later chunks (ddt_s += A dℓ_later σ(dt + bias)
     is added by the caller), dA, total = Σ_t ∂loss/∂Λ_t; dD (chunks, h, p); dt_sum = Σ_s Δ_s (chunks, h)."""
-    chunk, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    row, rows_left = _chunk_place(chunk_seq_ptr, seq_ptr, chunk_ptr, chunk, BLOCK_Q)
+    (chunk, head, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
+     chunk_state) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P,
+                                   BLOCK_N)
     group = head // heads_per_group
-    offs_q = tl.arange(0, BLOCK_Q)
-    offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    p_mask, n_mask, row_mask = offs_p < head_dim, offs_n < n_state, offs_q < rows_left
-    pn_mask = p_mask[:, None] & n_mask[None, :]
-    qp_mask, qn_mask = row_mask[:, None] & p_mask[None, :], row_mask[:, None] & n_mask[None, :]
     A = tl.load(A_ptr + head).to(ACC)
-    chunk_state = chunk.to(tl.int64) * heads * head_dim * n_state + head * head_dim * n_state
-    chunk_state += _tile(offs_p, offs_n, n_state, 1)
     entering = tl.load(states_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # H              (P, N)
     adjoint = tl.load(adjoints_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # G             (P, N)
-    D = tl.zeros((BLOCK_P,), dtype=ACC)
-    if HAS_D:
-        D += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC)
+    D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)
 
     dt, raw = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
                           HAS_BIAS, SOFTPLUS)
@@ -347,10 +352,10 @@ def ssd_chunk_backward_kernel(
     dC = tl.dot((pairs * dt[None, :]).to(DOT), B, input_precision=PRECISION, out_dtype=ACC)
     dC += from_start[:, None] * tl.dot(gy_dot, entering, input_precision=PRECISION, out_dtype=ACC)
     gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
-    tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask)
+    tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")
     dB = tl.dot(tl.trans(pairs.to(DOT)), C, input_precision=PRECISION, out_dtype=ACC)
     dB += to_end[:, None] * tl.dot(x.to(DOT), adjoint, input_precision=PRECISION, out_dtype=ACC)
-    tl.atomic_add(dB_ptr + gn_offs, dB * dt[:, None], mask=qn_mask)
+    tl.atomic_add(dB_ptr + gn_offs, dB * dt[:, None], mask=qn_mask, sem="relaxed")
 
 
 @triton.jit

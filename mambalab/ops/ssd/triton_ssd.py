@@ -43,28 +43,19 @@ def kernels():
     return module
 
 
-def kernel_device() -> str | None:
-    """"cpu" under TRITON_INTERPRET=1, "cuda" when a GPU is visible, else None."""
-    if _interpret_env():
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else None
-
-
 def load_triton_ssd():
     """The triton `ssd_scan`, or BackendUnavailable saying why it cannot run here."""
-    if importlib.util.find_spec("triton") is None:
-        raise BackendUnavailable("ssd_scan backend 'triton' needs the triton package: pip install 'mambalab[triton]'")
-    if kernel_device() is None:
-        raise BackendUnavailable(
-            "ssd_scan backend 'triton' needs a CUDA GPU (none is visible); on CPU use backend='torch', or run the "
-            "kernels in Triton's interpreter (TRITON_INTERPRET=1)"
-        )
+    from mambalab.ops.triton import require
+
+    require("ssd_scan")
     return ssd_triton
 
 
 def check_runnable(op: str, tensors: dict) -> None:
     """BackendUnavailable unless every tensor is on the device the kernels run on and of a float dtype they take."""
-    where = kernel_device()
+    from mambalab.ops.triton import device
+
+    where = device()
     for name, t in tensors.items():
         if t is None:
             continue

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from mambalab.ops.ssd.triton_ssd import _empty, _or, _strides2, check_runnable, kernels, load_triton_ssd
+from mambalab.ops.ssd.triton_ssd import _empty, _or, _strides2, check_runnable, kernels
 
 
 def load_triton_step():
     """The triton `ssd_state_update`, or BackendUnavailable saying why it cannot run here."""
-    load_triton_ssd()
+    from mambalab.ops.triton import require
+
+    require("ssd_state_update")
     return ssd_state_update_triton
 
 
