@@ -22,8 +22,10 @@ def rms_norm_composition(x: torch.Tensor, weight: torch.Tensor, eps: float, roun
 @functools.cache
 def _compiled_composition():
     """`rms_norm_composition` through torch.compile: inductor fuses its 6-9 elementwise and reduction kernels
-    into one forward and one backward kernel (compiled on the first training step, then reused by every block)."""
-    return torch.compile(rms_norm_composition, fullgraph=True)
+    into one forward and one backward kernel (compiled on the first training step, then reused by every block).
+    Shapes are symbolic (dynamic=True), so only a new dtype or flag compiles again; past torch's recompile limit
+    it runs eagerly (a warning, never an error)."""
+    return torch.compile(rms_norm_composition, dynamic=True)
 
 
 class RMSNorm(nn.Module):
