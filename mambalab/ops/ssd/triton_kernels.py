@@ -283,7 +283,7 @@ def ssd_adjoint_kernel(
 def ssd_chunk_backward_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
     states_ptr, adjoints_ptr,
-    dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, total_ptr, dt_sum_ptr,
+    dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr,
     s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n, s_D_h, s_D_p,
     s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p, s_o_l, s_o_h, s_o_p,
     heads, groups, heads_per_group, head_dim, n_state, p_blocks,
@@ -293,9 +293,8 @@ def ssd_chunk_backward_kernel(
 ):
     """Every gradient of one (chunk, head, channel block) from the state entering the chunk (states) and the
     adjoint of the state leaving it (adjoints): chunks are independent here. Outputs: dx, dz (l, h, p) with
-    strides s_o_*; dB, dC (l, g, n) accumulated atomically (zeroed by the caller); per (chunk, h, p_block)
-    partial sums: ddt (l, h, p_blocks) without the carry of later chunks (ddt_s += A dℓ_later σ(dt + bias)
-    is added by the caller), dA, total = Σ_t ∂loss/∂Λ_t; dD (chunks, h, p); dt_sum = Σ_s Δ_s (chunks, h)."""
+    strides s_o_*; dB, dC (l, g, n) accumulated atomically (zeroed by the caller); partial sums over channel
+    blocks: ddt (l, h, p_blocks) (∂loss/∂(dt + dt_bias)), dA (chunks, h, p_blocks); dD (chunks, h, p)."""
     (chunk, head, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
      chunk_state) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P,
                                    BLOCK_N)
@@ -311,6 +310,7 @@ def ssd_chunk_backward_kernel(
     chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
     from_start = tl.exp(log_decay)  # exp(Λ_t)                                               (Q,)
     to_end = tl.exp(chunk_decay - log_decay)  # exp(Λ_Q − Λ_s)                                (Q,)
+    through_both = tl.exp(chunk_decay) * tl.sum(tl.sum(adjoint.to(ACC) * entering.to(ACC), axis=1), axis=0)
     x = tl.load(x_ptr + row * s_x_l + head * s_x_h + _tile(offs_q, offs_p, s_x_l, s_x_p), mask=qp_mask, other=0.0)
     B = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask,
                 other=0.0).to(DOT)  # (Q, N)
@@ -320,8 +320,8 @@ def ssd_chunk_backward_kernel(
                  other=0.0).to(ACC)  # (Q, P)
     mask = _decay_mask(log_decay, offs_q)  # L                                                (Q, Q)
     scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ     (Q, Q)
-    y = tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)
-    y += from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)  # y^ssm
+    y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
+    y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)  # y^ssm
     x = x.to(ACC)
     gy, z, gate = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, _tile(offs_q, offs_p, s_z_l, s_z_p), qp_mask,
                                  ACC, HAS_Z)
@@ -331,24 +331,27 @@ def ssd_chunk_backward_kernel(
         tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
     gy_dot = gy.to(DOT)
     # Input side: g_s B_s = Σ_{t ≥ s} L[t, s] (C_t · B_s) gy_t + exp(Λ_Q − Λ_s) G B_s
-    gB = tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
-    gB += to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
+    leaving = to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
+    gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
     tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
-    input_grad = tl.sum(x * gB, axis=1)  # x_s · g_s B_s                                      (Q,)
-    d_log = tl.sum(gy * y, axis=1) - dt * input_grad  # ∂loss/∂Λ_t                           (Q,)
-    total = tl.sum(d_log, axis=0)
-    d_step = total - tl.cumsum(d_log, axis=0) + d_log  # Σ_{t ≥ s in the chunk} ∂loss/∂Λ_t        (Q,)
-    ddt = input_grad + A * d_step
+    gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s  (Q, Q)
+    # ∂loss/∂ℓ_k, ℓ = Δ A: the contributions of all (source s, sink t) pairs with s < k ≤ t (docs/math.md):
+    # both in the chunk (inner), sources before it read here (reads), sources here read after it (writes),
+    # sources before read after (through_both). A sum of terms, never a difference of two totals.
+    inner = scored * gx * dt[None, :]  # [t, s]
+    reads = tl.sum(gy * y_in, axis=1)  # [t]: what the entering state H adds to the loss through y_t
+    writes = dt * tl.sum(x * leaving, axis=1)  # [s]: what Δ_s x_s ⊗ B_s adds to the loss through G
+    k_le_t = offs_q[:, None] >= offs_q[None, :]  # [t or s, k]
+    before_k = tl.cumsum(inner, axis=1) - inner  # Σ_{s < k} inner[t, s]  at [t, k]
+    d_step = tl.sum(tl.where(k_le_t, before_k + reads[:, None], 0.0), axis=0)
+    d_step += tl.sum(tl.where(k_le_t, 0.0, writes[:, None]), axis=0) + through_both  # (Q,)
+    ddt = tl.sum(x * gB, axis=1) + A * d_step  # x_s · g_s B_s + A ∂loss/∂ℓ_s
     if SOFTPLUS:
         ddt *= sigmoid(raw)
     tl.store(ddt_ptr + ((row + offs_q) * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
-    partial = (chunk * heads + head) * p_blocks + pblock
-    tl.store(dA_ptr + partial, tl.sum(d_step * dt, axis=0))
-    tl.store(total_ptr + partial, total)
-    tl.store(dt_sum_ptr + chunk * heads + head, tl.sum(dt, axis=0), mask=pblock == 0)
-    tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, tl.sum(gy * x, axis=0), mask=p_mask)
+    tl.store(dA_ptr + (chunk * heads + head) * p_blocks + pblock, tl.sum(d_step * dt, axis=0))
     # State side: dC_t = H_tᵀ gy_t, dB_s = Δ_s g_sᵀ x_s
-    pairs = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC) * mask  # L[t,s] gy_t·x_s
+    pairs = gx * mask  # L[t, s] gy_t · x_s
     dC = tl.dot((pairs * dt[None, :]).to(DOT), B, input_precision=PRECISION, out_dtype=ACC)
     dC += from_start[:, None] * tl.dot(gy_dot, entering, input_precision=PRECISION, out_dtype=ACC)
     gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
@@ -356,6 +359,7 @@ def ssd_chunk_backward_kernel(
     dB = tl.dot(tl.trans(pairs.to(DOT)), C, input_precision=PRECISION, out_dtype=ACC)
     dB += to_end[:, None] * tl.dot(x.to(DOT), adjoint, input_precision=PRECISION, out_dtype=ACC)
     tl.atomic_add(dB_ptr + gn_offs, dB * dt[:, None], mask=qn_mask, sem="relaxed")
+    tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, tl.sum(gy * x, axis=0), mask=p_mask)
 
 
 @triton.jit
