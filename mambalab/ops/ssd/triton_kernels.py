@@ -1,27 +1,29 @@
-"""Fused chunked SSD kernels (Triton): one program per (sequence, head, block of head channels) walks the
-sequence chunk by chunk with its (p, n) state kept on chip.
+"""Fused chunked SSD kernels (Triton). Two kinds of programs: sequence walks (one program per (sequence, head,
+block of head channels) walks the sequence chunk by chunk, its (p, n) state kept on chip) and chunk-parallel
+kernels (one program per (chunk, head, channel block), given the state entering or leaving its chunk).
 
 Notation as in reference.py and torch_ssd.py: in a chunk of Q positions, Λ_t = Σ_{k ≤ t} Δ_k A (restarted
-at the chunk), L[t, s] = exp(Λ_t − Λ_s) for t ≥ s, and H the state entering the chunk.
+at the chunk), L[t, s] = exp(Λ_t − Λ_s) for t ≥ s, and H the state entering the chunk. Per chunk:
 
-Forward, per chunk (three matrix products of the chunk's tiles and one for the state):
+    y_t  = Σ_s L[t, s] (C_t · B_s) Δ_s x_s  +  exp(Λ_t) C_t · H  + D x_t     three tile products
+    H   ← exp(Λ_Q) H  +  Σ_s exp(Λ_Q − Λ_s) Δ_s x_s ⊗ B_s                    one more for the state
 
-    y_t  = Σ_s L[t, s] (C_t · B_s) Δ_s x_s  +  exp(Λ_t) C_t · H          intra-chunk + entering state
-    H   ← exp(Λ_Q) H  +  Σ_s exp(Λ_Q − Λ_s) Δ_s x_s ⊗ B_s                 the state leaving the chunk
+The forward either walks whole sequences computing both (`ssd_forward_kernel` with STORE_Y: nothing but y
+and the final state leave the chip), or walks them for the states only (STORE_STATES) and then computes y of
+every chunk in parallel (`ssd_chunk_forward_kernel`), for few (sequence, head) pairs and long sequences.
 
-The forward saves nothing but its inputs. The backward first reruns the state recurrence alone (the same
-kernel with STORE_Y off) to store the state entering every chunk, then walks the chunks backwards carrying
-G = ∂loss/∂H (the adjoint state, also on chip). With gy = ∂loss/∂y before the gate and
-g_s = Σ_{t ≥ s} exp(Λ_t − Λ_s) C_t ⊗ gy_t + exp(Λ_Q − Λ_s) G (never formed), every gradient of a chunk is a
-matrix product of its tiles:
+The backward: a state pass (the same kernel storing the state H entering each chunk), a backward walk
+storing G = ∂loss/∂(state leaving each chunk), then one program per (chunk, head, channel block) computing
+every gradient of the chunk from its tiles, H and G. With gy = ∂loss/∂y before the gate and
+g_s = Σ_{t ≥ s} exp(Λ_t − Λ_s) C_t ⊗ gy_t + exp(Λ_Q − Λ_s) G (never formed):
 
-    dx_s = Δ_s g_s B_s + D gy_s            dB_s = Δ_s g_sᵀ x_s            dC_t = H_tᵀ gy_t
-    dΔ_s = x_s · g_s B_s + A dℓ_s          dA = Σ_s Δ_s dℓ_s             G ← exp(Λ_Q) G + Σ_t exp(Λ_t) gy_t ⊗ C_t
+    dx_s = Δ_s g_s B_s + D gy_s        dB_s = Δ_s g_sᵀ x_s        dC_t = H_tᵀ gy_t
+    dΔ_s = x_s · g_s B_s + A dℓ_s      dA = Σ_s Δ_s dℓ_s
 
-where dℓ_s = Σ_{t ≥ s} (gy_t · y_t^ssm − Δ_t x_t · g_t B_t) (+ ⟨∂loss/∂H_final, H_final⟩), the gradient of
-the log-decay ℓ_s = Δ_s A (derivation in docs/math.md). Sums over the heads of a group (dB, dC) are atomic
-adds into float32 (float64) buffers; the other partial sums over channel blocks are stored per block and
-summed by the caller.
+where dℓ_k (ℓ = Δ A) sums the loss contributions of the (source, sink) pairs around position k: inside the
+chunk, through H, through G and through both (docs/math.md, "Gradients"). Sums over the heads of a group
+(dB, dC) are atomic adds into float32 (float64) buffers; the partial sums over channel blocks and chunks
+(dΔ, dA, dD) are stored per block and summed by the caller.
 
 Rows (positions) of every (…, l, …) tensor are addressed as start + offset with one stride, so batch rows
 and packed sequences (cu_seqlens) are the same case: `seq_starts` holds each sequence's first row.

@@ -1,9 +1,10 @@
 """`backend="triton"`: the fused chunked kernels of triton_kernels.py as one differentiable op.
 
-The forward launches one kernel (grid: sequences × heads × blocks of head channels) and saves only its
-inputs; the backward reruns the state recurrence to store the state entering each chunk
-(float32, transient: (chunks, h, p, n)), then runs the fused backward kernel. Sums the kernels leave per
-channel block or per sequence (dΔ, dA, dD, dt_bias) are finished here with a few torch reductions.
+Forward: one sequence walk computing y (fused), or a state walk plus every chunk in parallel (chunked),
+chosen by `SSDConfig.forward_mode`. It saves only its inputs. Backward: a state walk storing the state
+entering each chunk and a backward walk storing the adjoint of the state leaving each chunk (both transient,
+(chunks, h, p, n) in the matrix-product dtype), then one chunk-parallel kernel for every gradient; the sums
+the kernels leave per channel block or chunk (dΔ, dA, dD, dt_bias) are finished here with torch reductions.
 
 The kernels' chunks are powers of two ≤ chunk_size, within [16, 32] (forward) and [16, 64] (backward), so
 that the (p, n) state and the (Q, Q) score tiles fit on chip (`SSDConfig`); the result does not depend on them.
