@@ -128,7 +128,7 @@ def _check_common(op, tensors: dict, A, D, heads, head_dim) -> None:
     _expect(D is None or tuple(D.shape) in ((heads,), (heads, head_dim)), op,
             f"D must be (h={heads},) or (h={heads}, p={head_dim}), got {_shape(D)}")
     if not (torch.compiler.is_compiling() or (A.is_cuda and torch.cuda.is_current_stream_capturing())):
-        _expect(bool(torch.isfinite(A).all()) and bool((A < 0).all()), op,
+        _expect(bool(((A < 0) & torch.isfinite(A)).all()), op,
                 f"A must be negative and finite (A = -exp(A_log)), got max {A.max().item() if A.numel() else None}")
 
 

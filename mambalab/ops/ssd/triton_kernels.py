@@ -1,27 +1,29 @@
-"""Fused chunked SSD kernels (Triton): one program per (sequence, head, block of head channels) walks the
-sequence chunk by chunk with its (p, n) state kept on chip.
+"""Fused chunked SSD kernels (Triton). Two kinds of programs: sequence walks (one program per (sequence, head,
+block of head channels) walks the sequence chunk by chunk, its (p, n) state kept on chip) and chunk-parallel
+kernels (one program per (chunk, head, channel block), given the state entering or leaving its chunk).
 
 Notation as in reference.py and torch_ssd.py: in a chunk of Q positions, Λ_t = Σ_{k ≤ t} Δ_k A (restarted
-at the chunk), L[t, s] = exp(Λ_t − Λ_s) for t ≥ s, and H the state entering the chunk.
+at the chunk), L[t, s] = exp(Λ_t − Λ_s) for t ≥ s, and H the state entering the chunk. Per chunk:
 
-Forward, per chunk (three matrix products of the chunk's tiles and one for the state):
+    y_t  = Σ_s L[t, s] (C_t · B_s) Δ_s x_s  +  exp(Λ_t) C_t · H  + D x_t     three tile products
+    H   ← exp(Λ_Q) H  +  Σ_s exp(Λ_Q − Λ_s) Δ_s x_s ⊗ B_s                    one more for the state
 
-    y_t  = Σ_s L[t, s] (C_t · B_s) Δ_s x_s  +  exp(Λ_t) C_t · H          intra-chunk + entering state
-    H   ← exp(Λ_Q) H  +  Σ_s exp(Λ_Q − Λ_s) Δ_s x_s ⊗ B_s                 the state leaving the chunk
+The forward either walks whole sequences computing both (`ssd_forward_kernel` with STORE_Y: nothing but y
+and the final state leave the chip), or walks them for the states only (STORE_STATES) and then computes y of
+every chunk in parallel (`ssd_chunk_forward_kernel`), for few (sequence, head) pairs and long sequences.
 
-The forward saves nothing but its inputs. The backward first reruns the state recurrence alone (the same
-kernel with STORE_Y off) to store the state entering every chunk, then walks the chunks backwards carrying
-G = ∂loss/∂H (the adjoint state, also on chip). With gy = ∂loss/∂y before the gate and
-g_s = Σ_{t ≥ s} exp(Λ_t − Λ_s) C_t ⊗ gy_t + exp(Λ_Q − Λ_s) G (never formed), every gradient of a chunk is a
-matrix product of its tiles:
+The backward: a state pass (the same kernel storing the state H entering each chunk), a backward walk
+storing G = ∂loss/∂(state leaving each chunk), then one program per (chunk, head, channel block) computing
+every gradient of the chunk from its tiles, H and G. With gy = ∂loss/∂y before the gate and
+g_s = Σ_{t ≥ s} exp(Λ_t − Λ_s) C_t ⊗ gy_t + exp(Λ_Q − Λ_s) G (never formed):
 
-    dx_s = Δ_s g_s B_s + D gy_s            dB_s = Δ_s g_sᵀ x_s            dC_t = H_tᵀ gy_t
-    dΔ_s = x_s · g_s B_s + A dℓ_s          dA = Σ_s Δ_s dℓ_s             G ← exp(Λ_Q) G + Σ_t exp(Λ_t) gy_t ⊗ C_t
+    dx_s = Δ_s g_s B_s + D gy_s        dB_s = Δ_s g_sᵀ x_s        dC_t = H_tᵀ gy_t
+    dΔ_s = x_s · g_s B_s + A dℓ_s      dA = Σ_s Δ_s dℓ_s
 
-where dℓ_s = Σ_{t ≥ s} (gy_t · y_t^ssm − Δ_t x_t · g_t B_t) (+ ⟨∂loss/∂H_final, H_final⟩), the gradient of
-the log-decay ℓ_s = Δ_s A (derivation in docs/math.md). Sums over the heads of a group (dB, dC) are atomic
-adds into float32 (float64) buffers; the other partial sums over channel blocks are stored per block and
-summed by the caller.
+where dℓ_k (ℓ = Δ A) sums the loss contributions of the (source, sink) pairs around position k: inside the
+chunk, through H, through G and through both (docs/math.md, "Gradients"). Sums over the heads of a group
+(dB, dC) are atomic adds into float32 (float64) buffers; the partial sums over channel blocks and chunks
+(dΔ, dA, dD) are stored per block and summed by the caller.
 
 Rows (positions) of every (…, l, …) tensor are addressed as start + offset with one stride, so batch rows
 and packed sequences (cu_seqlens) are the same case: `seq_starts` holds each sequence's first row.
@@ -283,7 +285,7 @@ def ssd_adjoint_kernel(
 def ssd_chunk_backward_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
     states_ptr, adjoints_ptr,
-    dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, total_ptr, dt_sum_ptr,
+    dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr,
     s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n, s_D_h, s_D_p,
     s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p, s_o_l, s_o_h, s_o_p,
     heads, groups, heads_per_group, head_dim, n_state, p_blocks,
@@ -293,9 +295,8 @@ def ssd_chunk_backward_kernel(
 ):
     """Every gradient of one (chunk, head, channel block) from the state entering the chunk (states) and the
     adjoint of the state leaving it (adjoints): chunks are independent here. Outputs: dx, dz (l, h, p) with
-    strides s_o_*; dB, dC (l, g, n) accumulated atomically (zeroed by the caller); per (chunk, h, p_block)
-    partial sums: ddt (l, h, p_blocks) without the carry of later chunks (ddt_s += A dℓ_later σ(dt + bias)
-    is added by the caller), dA, total = Σ_t ∂loss/∂Λ_t; dD (chunks, h, p); dt_sum = Σ_s Δ_s (chunks, h)."""
+    strides s_o_*; dB, dC (l, g, n) accumulated atomically (zeroed by the caller); partial sums over channel
+    blocks: ddt (l, h, p_blocks) (∂loss/∂(dt + dt_bias)), dA (chunks, h, p_blocks); dD (chunks, h, p)."""
     (chunk, head, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
      chunk_state) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P,
                                    BLOCK_N)
@@ -311,6 +312,7 @@ def ssd_chunk_backward_kernel(
     chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
     from_start = tl.exp(log_decay)  # exp(Λ_t)                                               (Q,)
     to_end = tl.exp(chunk_decay - log_decay)  # exp(Λ_Q − Λ_s)                                (Q,)
+    through_both = tl.exp(chunk_decay) * tl.sum(tl.sum(adjoint.to(ACC) * entering.to(ACC), axis=1), axis=0)
     x = tl.load(x_ptr + row * s_x_l + head * s_x_h + _tile(offs_q, offs_p, s_x_l, s_x_p), mask=qp_mask, other=0.0)
     B = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask,
                 other=0.0).to(DOT)  # (Q, N)
@@ -320,8 +322,8 @@ def ssd_chunk_backward_kernel(
                  other=0.0).to(ACC)  # (Q, P)
     mask = _decay_mask(log_decay, offs_q)  # L                                                (Q, Q)
     scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ     (Q, Q)
-    y = tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)
-    y += from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)  # y^ssm
+    y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
+    y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)  # y^ssm
     x = x.to(ACC)
     gy, z, gate = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, _tile(offs_q, offs_p, s_z_l, s_z_p), qp_mask,
                                  ACC, HAS_Z)
@@ -331,24 +333,27 @@ def ssd_chunk_backward_kernel(
         tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
     gy_dot = gy.to(DOT)
     # Input side: g_s B_s = Σ_{t ≥ s} L[t, s] (C_t · B_s) gy_t + exp(Λ_Q − Λ_s) G B_s
-    gB = tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
-    gB += to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
+    leaving = to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
+    gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
     tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
-    input_grad = tl.sum(x * gB, axis=1)  # x_s · g_s B_s                                      (Q,)
-    d_log = tl.sum(gy * y, axis=1) - dt * input_grad  # ∂loss/∂Λ_t                           (Q,)
-    total = tl.sum(d_log, axis=0)
-    d_step = total - tl.cumsum(d_log, axis=0) + d_log  # Σ_{t ≥ s in the chunk} ∂loss/∂Λ_t        (Q,)
-    ddt = input_grad + A * d_step
+    gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s  (Q, Q)
+    # ∂loss/∂ℓ_k, ℓ = Δ A: the contributions of all (source s, sink t) pairs with s < k ≤ t (docs/math.md):
+    # both in the chunk (inner), sources before it read here (reads), sources here read after it (writes),
+    # sources before read after (through_both). A sum of terms, never a difference of two totals.
+    inner = scored * gx * dt[None, :]  # [t, s]
+    reads = tl.sum(gy * y_in, axis=1)  # [t]: what the entering state H adds to the loss through y_t
+    writes = dt * tl.sum(x * leaving, axis=1)  # [s]: what Δ_s x_s ⊗ B_s adds to the loss through G
+    k_le_t = offs_q[:, None] >= offs_q[None, :]  # [t or s, k]
+    before_k = tl.cumsum(inner, axis=1) - inner  # Σ_{s < k} inner[t, s]  at [t, k]
+    d_step = tl.sum(tl.where(k_le_t, before_k + reads[:, None], 0.0), axis=0)
+    d_step += tl.sum(tl.where(k_le_t, 0.0, writes[:, None]), axis=0) + through_both  # (Q,)
+    ddt = tl.sum(x * gB, axis=1) + A * d_step  # x_s · g_s B_s + A ∂loss/∂ℓ_s
     if SOFTPLUS:
         ddt *= sigmoid(raw)
     tl.store(ddt_ptr + ((row + offs_q) * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
-    partial = (chunk * heads + head) * p_blocks + pblock
-    tl.store(dA_ptr + partial, tl.sum(d_step * dt, axis=0))
-    tl.store(total_ptr + partial, total)
-    tl.store(dt_sum_ptr + chunk * heads + head, tl.sum(dt, axis=0), mask=pblock == 0)
-    tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, tl.sum(gy * x, axis=0), mask=p_mask)
+    tl.store(dA_ptr + (chunk * heads + head) * p_blocks + pblock, tl.sum(d_step * dt, axis=0))
     # State side: dC_t = H_tᵀ gy_t, dB_s = Δ_s g_sᵀ x_s
-    pairs = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC) * mask  # L[t,s] gy_t·x_s
+    pairs = gx * mask  # L[t, s] gy_t · x_s
     dC = tl.dot((pairs * dt[None, :]).to(DOT), B, input_precision=PRECISION, out_dtype=ACC)
     dC += from_start[:, None] * tl.dot(gy_dot, entering, input_precision=PRECISION, out_dtype=ACC)
     gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
@@ -356,6 +361,7 @@ def ssd_chunk_backward_kernel(
     dB = tl.dot(tl.trans(pairs.to(DOT)), C, input_precision=PRECISION, out_dtype=ACC)
     dB += to_end[:, None] * tl.dot(x.to(DOT), adjoint, input_precision=PRECISION, out_dtype=ACC)
     tl.atomic_add(dB_ptr + gn_offs, dB * dt[:, None], mask=qn_mask, sem="relaxed")
+    tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, tl.sum(gy * x, axis=0), mask=p_mask)
 
 
 @triton.jit

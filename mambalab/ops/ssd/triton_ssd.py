@@ -1,9 +1,10 @@
 """`backend="triton"`: the fused chunked kernels of triton_kernels.py as one differentiable op.
 
-The forward launches one kernel (grid: sequences × heads × blocks of head channels) and saves only its
-inputs and the final state; the backward reruns the state recurrence to store the state entering each chunk
-(float32, transient: (chunks, h, p, n)), then runs the fused backward kernel. Sums the kernels leave per
-channel block or per sequence (dΔ, dA, dD, dt_bias) are finished here with a few torch reductions.
+Forward: one sequence walk computing y (fused), or a state walk plus every chunk in parallel (chunked),
+chosen by `SSDConfig.forward_mode`. It saves only its inputs. Backward: a state walk storing the state
+entering each chunk and a backward walk storing the adjoint of the state leaving each chunk (both transient,
+(chunks, h, p, n) in the matrix-product dtype), then one chunk-parallel kernel for every gradient; the sums
+the kernels leave per channel block or chunk (dΔ, dA, dD, dt_bias) are finished here with torch reductions.
 
 The kernels' chunks are powers of two ≤ chunk_size, within [16, 32] (forward) and [16, 64] (backward), so
 that the (p, n) state and the (Q, Q) score tiles fit on chip (`SSDConfig`); the result does not depend on them.
@@ -177,21 +178,6 @@ class _Layout:
         return cls(cu_seqlens.to(device=device, dtype=torch.int64), torch.tensor(first, device=device),
                    chunk_seq.to(device), seqs, first[-1], chunk)
 
-    def row_chunks(self, batch, length):
-        """The chunk of every row (b·l,)."""
-        rows = torch.arange(batch * length, device=self.seq_starts.device)
-        seq = torch.searchsorted(self.seq_starts[1:], rows, right=True)
-        return self.first_chunks[seq] + torch.div(rows - self.seq_starts[seq], self.chunk, rounding_mode="floor")
-
-    def later_sums(self, totals, at_end):
-        """Σ over the later chunks of the same sequence of totals (chunks, h), plus at_end (seqs, h) of the
-        sequence; in float64."""
-        totals = totals.double()
-        suffix = torch.cat([totals.flip(0).cumsum(0).flip(0), totals.new_zeros(1, totals.shape[1])])  # (chunks + 1, h)
-        seq = self.chunk_seq.long()
-        end = self.first_chunks[seq + 1]
-        return suffix[:-1] - totals - suffix[end] + at_end.double()[seq]
-
 
 def _empty(*shape, device, dtype):
     from mambalab.ops.triton import common
@@ -302,9 +288,9 @@ def _strides_lhp(t):
     return (t.stride(1), t.stride(2), t.stride(3)) if t is not None else (0, 0, 0)
 
 
-def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, layout, softplus, cfg):
+def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg):
     """Every input's gradient: the states entering each chunk (forward kernel), the adjoints leaving each chunk
-    (backward walk), then all chunks at once; the carry of ∂loss/∂Λ across chunks is added here."""
+    (backward walk), then all chunks at once; here only the sums over channel blocks and chunks."""
     k = kernels()
     batch, length, heads, head_dim = x.shape
     groups, n = B.shape[2], B.shape[3]
@@ -334,32 +320,22 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, l
     dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
     dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
     dA = _empty(chunks, heads, p_blocks, device=dev, dtype=acc_torch)
-    totals = _empty(chunks, heads, p_blocks, device=dev, dtype=acc_torch)
     dD = _empty(chunks, heads, head_dim, device=dev, dtype=acc_torch)
-    dt_sum = _empty(chunks, heads, device=dev, dtype=acc_torch)
     Dm = _d_matrix(D, heads, head_dim)
     if chunks:
         k.ssd_chunk_backward_kernel[(chunks, heads, p_blocks)](
             x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
-            layout.chunk_seq, states, adjoints, dx, _or(dz, dx), ddt, dB, dC, dA, dD, totals, dt_sum,
+            layout.chunk_seq, states, adjoints, dx, _or(dz, dx), ddt, dB, dC, dA, dD,
             *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
             *dy.stride()[1:], *dx.stride()[1:],
             heads, groups, heads // groups, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None, **flags,
             num_warps=cfg.warps_backward, num_stages=cfg.stages,
         )
 
-    # ∂loss/∂Λ of the later chunks (and ⟨∂loss/∂H_final, H_final⟩) reaches every step of earlier chunks
-    at_end = (dfinal.double() * final.double()).sum((2, 3)) if dfinal is not None else final.new_zeros(
-        layout.seqs, heads, dtype=torch.float64)
-    later = layout.later_sums(totals.sum(-1), at_end).to(acc_torch)  # (chunks, h)
-    carry = A.to(acc_torch) * later[layout.row_chunks(batch, length)]  # (b·l, h)
-    if softplus:
-        raw = dt.reshape(rows, heads).to(acc_torch)
-        carry = carry * torch.sigmoid(raw + dt_bias.to(acc_torch) if dt_bias is not None else raw)
-    ddt = ddt.sum(-1) + carry  # (b·l, h): ∂loss/∂(dt + dt_bias)
+    ddt = ddt.sum(-1)  # (b·l, h): ∂loss/∂(dt + dt_bias)
     grads = {
         "x": dx, "dt": ddt.view(batch, length, heads).to(dt.dtype),
-        "A": (dA.sum((0, 2)) + (later * dt_sum).sum(0)).to(A.dtype),
+        "A": dA.sum((0, 2)).to(A.dtype),
         "B": dB.view(batch, length, groups, n).to(B.dtype), "C": dC.view(batch, length, groups, n).to(C.dtype),
         "D": None, "z": dz, "dt_bias": ddt.sum(0).to(dt_bias.dtype) if dt_bias is not None else None,
         "initial_state": dh0.to(initial_state.dtype) if initial_state is not None else None,
@@ -378,17 +354,17 @@ class _SSDFunction(torch.autograd.Function):
         x, dt, B, C = _rows(x), _rows(dt), _rows(B), _rows(C)
         z = _rows(z) if z is not None else None
         y, final = _output_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softplus, cfg)
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, final)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state)
         ctx.cu_seqlens, ctx.softplus, ctx.cfg = cu_seqlens, softplus, cfg
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, z, dt_bias, initial_state, final = ctx.saved_tensors
+        x, dt, A, B, C, D, z, dt_bias, initial_state = ctx.saved_tensors
         if dy is None:
             dy = torch.zeros_like(x)
         layout = _Layout.of(x.shape[0], x.shape[1], ctx.cu_seqlens, ctx.cfg.chunk_backward, x.device)
-        grads = _backward(_rows(dy), dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, final, layout,
+        grads = _backward(_rows(dy), dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout,
                           ctx.softplus, ctx.cfg)
         names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
         return (*(grads[k] for k in names), None, None, None)
