@@ -61,6 +61,26 @@ def test_channels_last_view_and_width_3():
     compare(make_inputs(2, 16, 65, width=3, channels_last=True), "silu", 1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_output_and_gradient_follow_the_input_layout(channels_last):
+    """y and dx take x's layout (the mixer's channels-last in_proj view gives a channels-last y, which x_proj
+    reads without a copy); the custom ops' fakes report the same strides as the kernels."""
+    from mambalab.ops.causal_conv1d.triton_conv import _conv_bwd_op, _conv_fwd_op
+
+    args = {k: v.to(DEVICE) if v is not None else None
+            for k, v in make_inputs(2, 16, 33, channels_last=channels_last).items()}
+    x = args["x"].requires_grad_(True)
+    y = causal_conv1d_fused(x, args["weight"], args["bias"], "silu")
+    (dx,) = torch.autograd.grad(y, [x], torch.randn_like(y))
+    for t in (y, dx):
+        _, d, length = t.shape
+        assert t.stride() == ((length * d, 1, d) if channels_last else (d * length, length, 1)), t.stride()
+    torch.library.opcheck(_conv_fwd_op, (x.detach(), args["weight"], args["bias"], None, True),
+                          test_utils=("test_faketensor",))
+    torch.library.opcheck(_conv_bwd_op, (torch.randn_like(y), x.detach(), args["weight"], args["bias"], None, True),
+                          test_utils=("test_faketensor",))
+
+
 def test_bfloat16_input():
     compare(make_inputs(2, 8, 33, dtype=torch.bfloat16), "silu", 1e-2)
 

@@ -94,6 +94,26 @@ def test_non_contiguous_inputs():
     compare(args, 1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_outputs_and_gradients_follow_the_input_layout(channels_last):
+    """y, du, dΔ and dz are laid out like u, Δ and z (channels-last stays channels-last, so the mixer's
+    projections take them without a copy), and the custom ops' fakes report the same strides as the kernels."""
+    from mambalab.ops.selective_scan.triton_scan import _OPS
+
+    args = {k: v.to(DEVICE) for k, v in make_inputs(batch=2, length=13).items()}
+    for name in ("u", "delta", "z") if channels_last else ():
+        args[name] = args[name].transpose(1, 2).contiguous().transpose(1, 2)
+    leaves = {k: v.requires_grad_(True) for k, v in args.items()}
+    y = selective_scan(**leaves, delta_softplus=True, backend="triton")
+    grads = torch.autograd.grad(y, [leaves["u"], leaves["delta"], leaves["z"]], torch.randn_like(y))
+    for t in (y, *grads):
+        _, d, length = t.shape
+        assert t.stride() == ((length * d, 1, d) if channels_last else (d * length, length, 1)), t.stride()
+    op_args = (*(leaves[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")), None,
+               True, True)
+    torch.library.opcheck(_OPS.forward_op, op_args, test_utils=("test_faketensor",))
+
+
 def test_expanded_output_gradients_and_empty_sequence():
     """Gradients of y.sum() + final.sum() arrive as stride-0 expanded tensors; L = 0 returns the initial state."""
     for length in (0, 5):

@@ -19,7 +19,8 @@ from mambalab.ops.causal_conv1d.reference import final_state
 
 def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
     """`causal_conv1d` in one pass over x forward, one backward. x may have any strides (the mixer's
-    channels-last in_proj output is read in place); y is contiguous (b, d, l)."""
+    channels-last in_proj output is read in place); y (and dx) take x's layout: channels-last stays channels-last
+    (mambalab.ops.triton.common.empty_like_layout), so x_proj reads the conv's output without a copy."""
     from mambalab.ops import triton as kernels
 
     kernels.check_device("causal_conv1d", x)
@@ -58,7 +59,9 @@ def _conv_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 
 @_conv_fwd_op.register_fake
 def _conv_fwd_fake(x, weight, bias, initial_state, silu):
-    return x.new_empty(x.shape)
+    from mambalab.ops.triton import common
+
+    return common.empty_like_layout(x)
 
 
 @torch.library.custom_op("mambalab::causal_conv1d_bwd", mutates_args=())
@@ -75,8 +78,10 @@ def _conv_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: 
 
 @_conv_bwd_op.register_fake
 def _conv_bwd_fake(dy, x, weight, bias, initial_state, silu):
+    from mambalab.ops.triton import common
+
     like = lambda t: t.new_empty(t.shape) if t is not None else x.new_empty(0)  # contiguous
-    return like(x), like(weight), like(bias), like(initial_state)
+    return common.empty_like_layout(x), like(weight), like(bias), like(initial_state)
 
 
 def _conv_setup_context(ctx, inputs, output):

@@ -59,7 +59,7 @@ def _pre_activation(x_base, h0_base, w_base, bias, t, mask_d, length, s_x_l, s_h
 @triton.jit
 def _conv_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, h0_ptr, y_ptr,
-    dim, length, s_x_b, s_x_d, s_x_l, s_w_d, s_w_w, s_h_b, s_h_d, s_h_w,
+    dim, length, s_x_b, s_x_d, s_x_l, s_w_d, s_w_w, s_h_b, s_h_d, s_h_w, s_y_b, s_y_d, s_y_l,
     WIDTH: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, SILU: tl.constexpr,
 ):
@@ -76,7 +76,7 @@ def _conv_fwd_kernel(
                         WIDTH, HAS_H0)  # (BL, BD)
     if SILU:
         p = p * sigmoid(p)
-    y_ptrs = y_ptr + row * dim * length + offs_d[None, :] * length + t[:, None]  # y: contiguous (b, d, l)
+    y_ptrs = y_ptr + row * s_y_b + offs_d[None, :] * s_y_d + t[:, None] * s_y_l  # (BL, BD)
     tl.store(y_ptrs, p.to(y_ptr.dtype.element_ty), mask=(t < length)[:, None] & mask_d[None, :])
 
 
@@ -129,10 +129,10 @@ def _grad_at(g_base, w_base, t, mask_d, length, s_w_w, WIDTH: tl.constexpr):
 
 @triton.jit
 def _conv_grad_in_kernel(
-    g_ptr, w_ptr, dx_ptr, dh0_ptr, dim, length, s_w_d, s_w_w,
+    g_ptr, w_ptr, dx_ptr, dh0_ptr, dim, length, s_w_d, s_w_w, s_dx_b, s_dx_d, s_dx_l,
     WIDTH: tl.constexpr, WP: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr, HAS_H0: tl.constexpr,
 ):
-    """Backward, second pass: dx (b, d, l) contiguous from g; with HAS_H0 the programs of the first block also
+    """Backward, second pass: dx (b, d, l) (any strides) from g; with HAS_H0 the programs of the first block also
     write dh0 (b, d, WIDTH) (column c holds position c - WIDTH; column 0 is outside every window: 0)."""
     pid_l, pid_d, row = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     offs_d = pid_d * BD + tl.arange(0, BD)  # (BD,)
@@ -141,7 +141,7 @@ def _conv_grad_in_kernel(
     g_base = g_ptr + row * dim * length + offs_d[None, :] * length  # (1, BD)
     w_base = w_ptr + offs_d * s_w_d
     dx = _grad_at(g_base, w_base, t, mask_d, length, s_w_w, WIDTH)  # (BL, BD)
-    tl.store(dx_ptr + row * dim * length + offs_d[None, :] * length + t[:, None], dx.to(dx_ptr.dtype.element_ty),
+    tl.store(dx_ptr + row * s_dx_b + offs_d[None, :] * s_dx_d + t[:, None] * s_dx_l, dx.to(dx_ptr.dtype.element_ty),
              mask=(t < length)[:, None] & mask_d[None, :])
     if HAS_H0:  # noqa: SIM102  (compile-time flag, then a run-time test)
         if pid_l == 0:
@@ -156,15 +156,16 @@ def _grid(batch: int, dim: int, length: int) -> tuple[int, int, int]:
 
 
 def conv_forward(x, weight, bias, initial_state, silu: bool) -> torch.Tensor:
-    """y (b, d, l) contiguous, in x's dtype (x may have any strides; weight (d, W); initial_state (b, d, W))."""
+    """y (b, d, l) in x's dtype and layout (common.empty_like_layout; x may have any strides; weight (d, W);
+    initial_state (b, d, W))."""
     batch, dim, length = x.shape
     width = weight.shape[1]
-    y = common.empty(batch, dim, length, device=x.device, dtype=x.dtype)
+    y = common.empty_like_layout(x)
     h0 = initial_state if initial_state is not None else x
     h0_strides = initial_state.stride() if initial_state is not None else (0, 0, 0)
     _conv_fwd_kernel[_grid(batch, dim, length)](
         x, weight, bias if bias is not None else weight, h0, y,
-        dim, length, *x.stride(), *weight.stride(), *h0_strides,
+        dim, length, *x.stride(), *weight.stride(), *h0_strides, *y.stride(),
         WIDTH=width, BL=BLOCK_L, BD=BLOCK_D, HAS_BIAS=bias is not None, HAS_H0=initial_state is not None,
         SILU=silu, num_warps=4,
     )
@@ -172,7 +173,7 @@ def conv_forward(x, weight, bias, initial_state, silu: bool) -> torch.Tensor:
 
 
 def conv_backward(dy, x, weight, bias, initial_state, silu: bool):
-    """(dx (b, d, l) in x's dtype, dweight (d, W) float32, dbias (d,) float32, d_initial_state (b, d, W)
+    """(dx (b, d, l) in x's dtype and layout, dweight (d, W) float32, dbias (d,) float32, d_initial_state (b, d, W)
     float32 or None) of the forward above, given dy (b, d, l). Two passes: g = dy · act'(p) with the dw/dbias
     partial sums, then dx from g (a float32 (b, d, l) transient)."""
     batch, dim, length = x.shape
@@ -190,10 +191,10 @@ def conv_backward(dy, x, weight, bias, initial_state, silu: bool):
         WIDTH=width, BL=BLOCK_L, BD=BLOCK_D, HAS_BIAS=bias is not None, HAS_H0=initial_state is not None,
         SILU=silu, num_warps=4,
     )
-    dx = common.empty(batch, dim, length, device=x.device, dtype=x.dtype)
+    dx = common.empty_like_layout(x)
     dh0 = common.empty(batch, dim, width, **f32) if initial_state is not None else None
     _conv_grad_in_kernel[grid](
-        g, weight, dx, dh0 if dh0 is not None else g, dim, length, *weight.stride(),
+        g, weight, dx, dh0 if dh0 is not None else g, dim, length, *weight.stride(), *dx.stride(),
         WIDTH=width, WP=triton.next_power_of_2(width), BL=BLOCK_L, BD=BLOCK_D, HAS_H0=initial_state is not None,
         num_warps=4,
     )

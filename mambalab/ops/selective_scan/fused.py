@@ -37,11 +37,13 @@ class FusedScan:
     """One backend's kernels as custom ops; see the module docstring.
 
     state_dtype(u): the dtype of the final state and checkpoints; index_dtype: what cu_seqlens is converted to
-    before the kernels see it.
+    before the kernels see it; like_layout(t): an empty (b, d, l) tensor laid out as the backend lays out its
+    output or gradient for input t (the fakes must match the kernels' strides; default: contiguous).
     """
 
     def __init__(self, name: str, forward: Callable, backward: Callable, checkpoint_slots: Callable,
-                 state_dtype: Callable[[Tensor], torch.dtype], index_dtype: torch.dtype):
+                 state_dtype: Callable[[Tensor], torch.dtype], index_dtype: torch.dtype,
+                 like_layout: Callable[[Tensor], Tensor] = lambda t: t.new_empty(t.shape)):
         self.index_dtype = index_dtype
         self._forward = forward
 
@@ -57,10 +59,10 @@ class FusedScan:
 
         def fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
                      store_checkpoints):
-            batch, dim, length = u.shape
+            dim = u.shape[1]
             rows, n, dtype = sequence_count(u, cu_seqlens), A.shape[1], state_dtype(u)
             slots = checkpoint_slots(u, A, B, cu_seqlens) if store_checkpoints else 0
-            return (u.new_empty(batch, dim, length), u.new_empty(rows, dim, n, dtype=dtype),
+            return (like_layout(u), u.new_empty(rows, dim, n, dtype=dtype),
                     u.new_empty(slots, dim, n, dtype=dtype))
 
         def bwd(
@@ -83,8 +85,8 @@ class FusedScan:
         def bwd_fake(dy, d_final, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, ckpt,
                      delta_softplus):
             like = lambda t: t.new_empty(t.shape) if t is not None else u.new_empty(0)  # contiguous
-            return like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias), like(
-                initial_state)
+            return (like_layout(u), like_layout(delta), like(A), like(B), like(C), like(D),
+                    like_layout(z) if z is not None else u.new_empty(0), like(delta_bias), like(initial_state))
 
         self.forward_op = torch.library.custom_op(f"mambalab::{name}_fwd", fwd, mutates_args=())
         self.forward_op.register_fake(fwd_fake)

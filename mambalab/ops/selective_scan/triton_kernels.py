@@ -230,7 +230,7 @@ def _scan_fwd_kernel(
     length, dim, dim_per_group, n_chunks, n_segs,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
-    s_z_b, s_z_d, s_z_l, s_h0_s, s_h0_d, s_h0_n,
+    s_z_b, s_z_d, s_z_l, s_h0_s, s_h0_d, s_h0_n, s_y_b, s_y_d, s_y_l,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, CKPT: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, VARLEN: tl.constexpr, STORE_CKPT: tl.constexpr, SEG: tl.constexpr,
@@ -277,7 +277,7 @@ def _scan_fwd_kernel(
     u_base = u_ptr + row * s_u_b + offs_d[None, :] * s_u_d
     dt_base = dt_ptr + row * s_dt_b + offs_d[None, :] * s_dt_d
     z_base = z_ptr + row * s_z_b + offs_d[None, :] * s_z_d
-    y_base = y_ptr + row * dim * length + offs_d[None, :] * length
+    y_base = y_ptr + row * s_y_b + offs_d[None, :] * s_y_d
     B_base = B_ptr + row * s_B_b + grp * s_B_g + offs_n[None, :] * s_B_n
     C_base = C_ptr + row * s_C_b + grp * s_C_g + offs_n[None, :] * s_C_n
     first = (offs_t == 0)[:, None, None]
@@ -321,7 +321,7 @@ def _scan_fwd_kernel(
                 y += Dv[None, :] * u
             if HAS_Z:
                 y *= z * sigmoid(z)
-            tl.store(y_base + t[:, None], y.to(y_ptr.dtype.element_ty), mask=mask_td)
+            tl.store(y_base + t[:, None] * s_y_l, y.to(y_ptr.dtype.element_ty), mask=mask_td)
 
     if SUMMARY:
         seg = seq * n_segs + segment
@@ -420,8 +420,8 @@ def _channel_sum(x):
 def _bwd_steps(
     h_start, g_carry, dA_acc, dD_acc, dbias_acc, dt_after,
     dt_raw, dtn_raw, u_raw, dy_raw, z_raw, B_raw, C_raw,
-    t, end, mask_d, mask_n, A, A2, bias, Dv, grad_base, dBC_base,
-    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
+    t, end, mask_d, mask_n, A, A2, bias, Dv, du_base, ddt_base, dz_base, s_du_l, s_ddt_l, s_dz_l, dBC_base,
+    dB_ptr, dC_ptr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     DBC_PARTIAL: tl.constexpr, REUSE_DECAY: tl.constexpr, FORWARD_ADJOINT: tl.constexpr,
 ):
@@ -452,7 +452,7 @@ def _bwd_steps(
         if HAS_D:
             pre_gate += Dv[None, :, :] * u
         dz = dy * pre_gate * sig_z * (1.0 + z * (1.0 - sig_z))
-        tl.store(dz_ptr + grad_base + t[:, None, None], dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
+        tl.store(dz_base + t[:, None, None] * s_dz_l, dz.to(dz_base.dtype.element_ty), mask=mask_td)
         dy_ssm = dy * z * sig_z
     du = tl.zeros(dy.shape, dtype=tl.float32)
     if HAS_D:
@@ -486,8 +486,8 @@ def _bwd_steps(
         ddt = ddt * sigmoid(raw)
     ddt = tl.where(mask_td, ddt, 0.0)
     dbias_acc += tl.sum(ddt, axis=0)
-    tl.store(du_ptr + grad_base + t[:, None, None], du.to(du_ptr.dtype.element_ty), mask=mask_td)
-    tl.store(ddt_ptr + grad_base + t[:, None, None], ddt.to(ddt_ptr.dtype.element_ty), mask=mask_td)
+    tl.store(du_base + t[:, None, None] * s_du_l, du.to(du_base.dtype.element_ty), mask=mask_td)
+    tl.store(ddt_base + t[:, None, None] * s_ddt_l, ddt.to(ddt_base.dtype.element_ty), mask=mask_td)
     return g_carry, dA_acc, dD_acc, dbias_acc, dt_after
 
 
@@ -499,6 +499,7 @@ def _scan_bwd_kernel(
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_z_b, s_z_d, s_z_l, s_dy_b, s_dy_d, s_dy_l,
+    s_du_b, s_du_d, s_du_l, s_ddt_b, s_ddt_d, s_ddt_l, s_dz_b, s_dz_d, s_dz_l,
     N: tl.constexpr, NP: tl.constexpr, SUB: tl.constexpr, DI: tl.constexpr, CHUNK: tl.constexpr,
     STEPS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_DHT: tl.constexpr, VARLEN: tl.constexpr, DBC_PARTIAL: tl.constexpr,
@@ -555,7 +556,9 @@ def _scan_bwd_kernel(
     dt_base = dt_ptr + row * s_dt_b + offs_d[None, :, :] * s_dt_d
     z_base = z_ptr + row * s_z_b + offs_d[None, :, :] * s_z_d
     dy_base = dy_ptr + row * s_dy_b + offs_d[None, :, :] * s_dy_d
-    grad_base = row * dim * length + offs_d[None, :, :] * length  # du, dΔ, dz: contiguous (b, d, l)
+    du_base = du_ptr + row * s_du_b + offs_d[None, :, :] * s_du_d  # (1, SUB, DI); gradients in their inputs' layouts
+    ddt_base = ddt_ptr + row * s_ddt_b + offs_d[None, :, :] * s_ddt_d
+    dz_base = dz_ptr + row * s_dz_b + offs_d[None, :, :] * s_dz_d
     B_base = B_ptr + row * s_B_b + grp * s_B_g + offs_n[None, :] * s_B_n  # (1, NP)
     C_base = C_ptr + row * s_C_b + grp * s_C_g + offs_n[None, :] * s_C_n
     if DBC_PARTIAL:
@@ -582,8 +585,8 @@ def _scan_bwd_kernel(
         if STEPS < CHUNK:  # the later half first, from the mid-interval state
             g_carry, dA_acc, dD_acc, dbias_acc, dt_after = _bwd_steps(
                 h_mid, g_carry, dA_acc, dD_acc, dbias_acc, dt_after, dt_hi, dtn_hi, u_hi, dy_hi, z_hi, B_hi, C_hi,
-                t0 + STEPS + steps, end, mask_d, mask_n, A, A2, bias, Dv, grad_base, dBC_base,
-                du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, DBC_PARTIAL,
+                t0 + STEPS + steps, end, mask_d, mask_n, A, A2, bias, Dv, du_base, ddt_base, dz_base,
+                s_du_l, s_ddt_l, s_dz_l, dBC_base, dB_ptr, dC_ptr, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, DBC_PARTIAL,
                 REUSE_DECAY, FORWARD_ADJOINT)
         h_start = h_ck
         dt_c, dtn_c, u_c, dy_c, z_c, B_c, C_c = dt_lo, dtn_lo, u_lo, dy_lo, z_lo, B_lo, C_lo
@@ -600,8 +603,8 @@ def _scan_bwd_kernel(
                 s_dt_l, s_u_l, s_z_l, s_dy_l, s_B_l, s_C_l, HAS_Z, REUSE_DECAY)
         g_carry, dA_acc, dD_acc, dbias_acc, dt_after = _bwd_steps(
             h_start, g_carry, dA_acc, dD_acc, dbias_acc, dt_after, dt_c, dtn_c, u_c, dy_c, z_c, B_c, C_c,
-            t0 + steps, end, mask_d, mask_n, A, A2, bias, Dv, grad_base, dBC_base,
-            du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, DBC_PARTIAL,
+            t0 + steps, end, mask_d, mask_n, A, A2, bias, Dv, du_base, ddt_base, dz_base,
+            s_du_l, s_ddt_l, s_dz_l, dBC_base, dB_ptr, dC_ptr, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, DBC_PARTIAL,
                 REUSE_DECAY, FORWARD_ADJOINT)
         if STEPS < CHUNK:  # the previous interval's mid state, for the next iteration
             h_mid = _advance(h_ck, dt_lo, u_lo, B_lo, tp + steps, end, mask_d, bias, A2, HAS_BIAS, SOFTPLUS)
@@ -701,15 +704,15 @@ def _dummy(u: torch.Tensor) -> torch.Tensor:
 
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
                  store_checkpoints, config: ScanConfig):
-    """Launch the forward. Returns y (b, d, l) in u's dtype, final state (rows, d, n) float32 and the
-    checkpoints (slots, d, n) float32 (an empty tensor unless store_checkpoints)."""
-    batch, dim, length = u.shape
+    """Launch the forward. Returns y (b, d, l) in u's dtype and layout (common.empty_like_layout), final state
+    (rows, d, n) float32 and the checkpoints (slots, d, n) float32 (an empty tensor unless store_checkpoints)."""
+    _, dim, length = u.shape
     n = A.shape[1]
     B4, C4 = _groups_view(B), _groups_view(C)
     groups = B4.shape[1]
     rows, varlen = _rows(u, cu_seqlens), cu_seqlens is not None
     n_chunks = triton.cdiv(length, config.chunk)
-    y = common.empty(batch, dim, length, device=u.device, dtype=u.dtype)  # (b, d, l)
+    y = common.empty_like_layout(u)  # (b, d, l), in u's layout
     final = common.empty(rows, dim, n, device=u.device, dtype=torch.float32)  # (rows, d, n)
     slots = checkpoint_slots(rows, length, config.chunk, varlen) if store_checkpoints else 0
     ckpt = common.empty(slots, dim, n, device=u.device, dtype=torch.float32)  # (slots, d, n)
@@ -728,7 +731,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
             y, final, ckpt if store_checkpoints else _dummy(u), seg_h, seg_dsum,
             length, dim, dim // groups, n_chunks, n_segs,
             *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *z_.stride(), *h0.stride(),
-            N=n, NP=triton.next_power_of_2(n), BLOCK_D=config.block_d, CHUNK=config.fwd_chunk, CKPT=config.chunk,
+            *y.stride(), N=n, NP=triton.next_power_of_2(n), BLOCK_D=config.block_d, CHUNK=config.fwd_chunk, CKPT=config.chunk,
             HAS_D=D is not None and not summary, HAS_Z=z is not None and not summary,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
             HAS_H0=initial_state is not None and not summary, VARLEN=varlen, STORE_CKPT=store_checkpoints and not summary, SEG=seg, SUMMARY=summary,
@@ -743,8 +746,8 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
 
 def scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ckpt, delta_softplus,
                   config: ScanConfig):
-    """Launch the backward. Returns float32/raw gradients: du, dΔ, dz (b, d, l) in the inputs' dtypes; dA
-    (d, n), dB and dC shaped like B/C, dD, dΔ-bias (d,) float32 (dz/dD/dbias empty when absent); dh_init
+    """Launch the backward. Returns float32/raw gradients: du, dΔ, dz (b, d, l) in the inputs' dtypes and layouts;
+    dA (d, n), dB and dC shaped like B/C, dD, dΔ-bias (d,) float32 (dz/dD/dbias empty when absent); dh_init
     (rows, d, n) float32."""
     batch, dim, length = u.shape
     n = A.shape[1]
@@ -752,9 +755,9 @@ def scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, 
     groups = B4.shape[1]
     rows, varlen = _rows(u, cu_seqlens), cu_seqlens is not None
     f32 = {"device": u.device, "dtype": torch.float32}
-    du = common.empty(batch, dim, length, device=u.device, dtype=u.dtype)  # (b, d, l)
-    ddelta = common.empty(batch, dim, length, device=u.device, dtype=delta.dtype)  # (b, d, l)
-    dz = common.empty(batch, dim, length, device=u.device, dtype=z.dtype) if z is not None else _dummy(u)
+    du = common.empty_like_layout(u)  # (b, d, l), each gradient in its input's layout
+    ddelta = common.empty_like_layout(delta)
+    dz = common.empty_like_layout(z) if z is not None else _dummy(u)
     seg, n_segs = _segments(config, length, varlen)
     dA = common.empty(rows * n_segs, dim, n, **f32)  # per-(sequence, segment) partials       (rows·segs, d, n)
     n_blk = triton.cdiv(dim // groups, config.bwd_block_d)
@@ -788,6 +791,7 @@ def scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, 
         du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, seg_g, seg_dsum,
         length, dim, dim // groups, triton.cdiv(length, config.chunk), groups, n_segs,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *z_.stride(), *dy.stride(),
+        *du.stride(), *ddelta.stride(), *(dz.stride() if z is not None else du.stride()),
         N=n, NP=triton.next_power_of_2(n), SUB=config.bwd_sub, DI=config.bwd_block_d // config.bwd_sub,
         CHUNK=config.chunk, STEPS=config.bwd_chunk,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,

@@ -4,7 +4,8 @@ Two torch.library custom ops, `mambalab::selective_scan_fwd` and `mambalab::sele
 implementations and autograd (fused.py), so `torch.compile` traces a mixer using them without graph breaks. The
 forward stores per-chunk state checkpoints only when a gradient is needed.
 
-Inputs are used in place with their strides (no copies, non-contiguous is fine); outputs are contiguous.
+Inputs are used in place with their strides (no copies, non-contiguous is fine); y and the gradients of u, Δ
+and z take their input's layout (channels-last stays channels-last: `common.empty_like_layout`).
 Float64 is not supported here (the kernels keep state in float32): use the torch backend for it.
 """
 
@@ -92,5 +93,11 @@ def _checkpoint_slots(u, A, B, cu_seqlens):
                             cu_seqlens is not None)
 
 
+def _like_layout(t):
+    from mambalab.ops.triton import common
+
+    return common.empty_like_layout(t)
+
+
 _OPS = FusedScan("selective_scan", _forward, _backward, _checkpoint_slots, state_dtype=lambda u: torch.float32,
-                 index_dtype=torch.int32)
+                 index_dtype=torch.int32, like_layout=_like_layout)

@@ -16,6 +16,22 @@ def empty(*shape, device, dtype) -> torch.Tensor:
     return torch.empty(*shape, device=device, dtype=dtype)
 
 
+def channels_last(t: torch.Tensor) -> bool:
+    """Whether a (b, d, l) tensor is a transposed view of (b, l, d) memory (channels the unit-stride axis), as
+    the mixer's projections produce. Kernel outputs follow their input's layout, so that the projections on
+    either side take them without a transposing copy."""
+    return t.dim() == 3 and t.shape[1] > 1 and t.shape[2] > 1 and t.stride(1) == 1
+
+
+def empty_like_layout(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised (b, d, l) buffer of t's shape: (b, l, d) in memory where t is channels-last, else
+    contiguous (also under fake tensors: the custom ops' fakes call it too)."""
+    batch, dim, length = t.shape
+    if channels_last(t):
+        return empty(batch, length, dim, device=t.device, dtype=dtype or t.dtype).transpose(1, 2)
+    return empty(batch, dim, length, device=t.device, dtype=dtype or t.dtype)
+
+
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x · log2 e): one multiply folded into A, then the fast ex2
 
 
