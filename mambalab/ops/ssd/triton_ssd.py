@@ -106,10 +106,10 @@ def default_config(chunk_size: int) -> SSDConfig:
 
 def _block(size: int, cap: int) -> int:
     """A power-of-two tile ≥ 16 (tl.dot's minimum) covering `size`, at most `cap` unless size needs less."""
-    return max(16, min(triton_next_pow2(size), cap))
+    return max(16, min(_next_pow2(size), cap))
 
 
-def triton_next_pow2(v: int) -> int:
+def _next_pow2(v: int) -> int:
     return 1 << (max(v, 1) - 1).bit_length()
 
 
@@ -231,7 +231,7 @@ def _state_block(rows: int, head_dim: int, cfg, device) -> int:
     if cfg.block_p_state:
         return _block(head_dim, cfg.block_p_state)
     for block in (64, 32):
-        if block <= triton_next_pow2(head_dim) and rows * -(-head_dim // block) >= 2 * _multiprocessors(device):
+        if block <= _next_pow2(head_dim) and rows * -(-head_dim // block) >= 2 * _multiprocessors(device):
             return block
     return 16
 
