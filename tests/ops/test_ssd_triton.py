@@ -37,14 +37,6 @@ def test_d_per_channel_blocks_of_channels_and_state():
     check_against_reference("triton", kw, *BOUNDS[torch.float64], device=TRITON_DEVICE, chunk_size=16)
 
 
-def test_packed_sequences():
-    lengths = [5, 0, 20, 1, 17]
-    kw = make_inputs(1, sum(lengths), 4, 3, 2, 5, rows=len(lengths))
-    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    check_against_reference("triton", kw, *BOUNDS[torch.float64], device=TRITON_DEVICE, cu_seqlens=offsets,
-                            chunk_size=16)
-
-
 def test_continuation_and_final_state_only_gradient():
     """Two calls chained through the final state equal one call; a loss on the final state alone (no dy)
     gives the same gradients as the reference."""
