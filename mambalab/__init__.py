@@ -7,10 +7,11 @@ from mambalab.inference.state import InferenceState
 from mambalab.models.lm import LanguageModel
 from mambalab.models.pretrained import load
 from mambalab.ops.selective_scan import selective_scan
+from mambalab.ops.ssd import ssd_scan
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AttentionConfig", "GenerationResult", "InferenceState", "LanguageModel", "MLPConfig", "MoEConfig",
-    "ModelConfig", "PrefixCache", "S4DConfig", "SSMConfig", "generate", "load", "selective_scan",
+    "ModelConfig", "PrefixCache", "S4DConfig", "SSMConfig", "generate", "load", "selective_scan", "ssd_scan",
 ]

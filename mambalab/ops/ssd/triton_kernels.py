@@ -1,0 +1,406 @@
+"""Fused chunked SSD kernels (Triton). Two kinds of programs: sequence walks (one program per (sequence, head,
+block of head channels) walks the sequence chunk by chunk, its (p, n) state kept on chip) and chunk-parallel
+kernels (one program per (chunk, head, channel block), given the state entering or leaving its chunk).
+
+Notation as in reference.py and torch_ssd.py: in a chunk of Q positions, Λ_t = Σ_{k ≤ t} Δ_k A (restarted
+at the chunk), L[t, s] = exp(Λ_t − Λ_s) for t ≥ s, and H the state entering the chunk. Per chunk:
+
+    y_t  = Σ_s L[t, s] (C_t · B_s) Δ_s x_s  +  exp(Λ_t) C_t · H  + D x_t     three tile products
+    H   ← exp(Λ_Q) H  +  Σ_s exp(Λ_Q − Λ_s) Δ_s x_s ⊗ B_s                    one more for the state
+
+The forward either walks whole sequences computing both (`ssd_forward_kernel` with STORE_Y: nothing but y
+and the final state leave the chip), or walks them for the states only (STORE_STATES) and then computes y of
+every chunk in parallel (`ssd_chunk_forward_kernel`), for few (sequence, head) pairs and long sequences.
+
+The backward: a state pass (the same kernel storing the state H entering each chunk), a backward walk
+storing G = ∂loss/∂(state leaving each chunk), then one program per (chunk, head, channel block) computing
+every gradient of the chunk from its tiles, H and G. With gy = ∂loss/∂y before the gate and
+g_s = Σ_{t ≥ s} exp(Λ_t − Λ_s) C_t ⊗ gy_t + exp(Λ_Q − Λ_s) G (never formed):
+
+    dx_s = Δ_s g_s B_s + D gy_s        dB_s = Δ_s g_sᵀ x_s        dC_t = H_tᵀ gy_t
+    dΔ_s = x_s · g_s B_s + A dℓ_s      dA = Σ_s Δ_s dℓ_s
+
+where dℓ_k (ℓ = Δ A) sums the loss contributions of the (source, sink) pairs around position k: inside the
+chunk, through H, through G and through both (docs/math.md, "Gradients"). Sums over the heads of a group
+(dB, dC) are atomic adds into float32 (float64) buffers; the partial sums over channel blocks and chunks
+(dΔ, dA, dD) are stored per block and summed by the caller.
+
+Rows (positions) of every (…, l, …) tensor are addressed as start + offset with one stride, so batch rows
+and packed sequences (cu_seqlens) are the same case: `seq_starts` holds each sequence's first row.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+from mambalab.ops.triton.common import sigmoid, softplus
+
+# Triton decides at decoration time whether @triton.jit functions are interpreted; record that decision.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+@triton.jit
+def _step_sizes(dt_chunk, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(Δ, dt + bias) of a chunk's rows (0 outside row_mask); softplus exact in float64, fast in float32."""
+    raw = tl.load(dt_chunk + offs_q * s_dt_l, mask=row_mask, other=0.0).to(ACC)
+    if HAS_BIAS:
+        raw += tl.load(bias_ptr + head).to(ACC)
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw, ACC)
+    return tl.where(row_mask, dt, 0.0), raw
+
+
+@triton.jit
+def _softplus(raw, ACC: tl.constexpr):
+    """log(1 + e^raw): exact in float64, the shared fast polynomial in float32."""
+    if ACC == tl.float64:
+        return tl.maximum(raw, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(raw)))
+    return softplus(raw)
+
+
+@triton.jit
+def _tile(offs_rows, offs_cols, s_row, s_col):
+    """int32 offsets of a (rows, cols) tile from its first element (loop-invariant: a chunk moves the base)."""
+    return offs_rows[:, None] * s_row + offs_cols[None, :] * s_col
+
+
+@triton.jit
+def _decay_mask(log_decay, offs_q):
+    """L[t, s] = exp(Λ_t − Λ_s) for t ≥ s, else 0  (Q, Q)."""
+    causal = offs_q[:, None] >= offs_q[None, :]
+    return tl.exp(tl.where(causal, log_decay[:, None] - log_decay[None, :], float("-inf")))
+
+
+@triton.jit
+def _lanes(pblock, head_dim, n_state, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Offsets of a chunk's positions, of this program's channel block and of the state, with the masks of the
+    channels and the state ((P,), (N,), (P, N))."""
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    p_mask, n_mask = offs_p < head_dim, offs_n < n_state
+    return offs_q, offs_p, offs_n, p_mask, n_mask, p_mask[:, None] & n_mask[None, :]
+
+
+@triton.jit
+def _sequence(seq_ptr, chunk_ptr, seq):
+    """(first row, length, first chunk in the chunk layout) of sequence `seq`."""
+    start = tl.load(seq_ptr + seq).to(tl.int64)
+    return start, tl.load(seq_ptr + seq + 1).to(tl.int64) - start, tl.load(chunk_ptr + seq).to(tl.int64)
+
+
+@triton.jit
+def _chunk_output(x, B, C, entering, dt, log_decay, D, offs_q, ACC: tl.constexpr, DOT: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    """y_t = Σ_s L[t, s] (C_t · B_s) Δ_s x_s + exp(Λ_t) C_t · H + D x_t for one chunk  (Q, P)."""
+    scores = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC)  # C_t · B_s        (Q, Q)
+    weights = scores * _decay_mask(log_decay, offs_q) * dt[None, :]  # L ∘ C Bᵀ, times Δ_s
+    y = tl.dot(weights.to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
+    y += tl.exp(log_decay)[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
+    return y + D[None, :] * x.to(ACC)
+
+
+@triton.jit
+def _gate(z_ptrs, mask, ACC: tl.constexpr):
+    """silu(z) of a tile."""
+    z = tl.load(z_ptrs, mask=mask, other=0.0).to(ACC)
+    return z * sigmoid(z)
+
+
+@triton.jit
+def _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q: tl.constexpr,
+                   BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Where this program of a chunk-parallel kernel (grid: chunks × heads × channel blocks) works: its head,
+    the chunk's first row, the offsets and masks of its tiles, and the offsets of its (P, N) block of the
+    chunk's state in a (chunks, h, p, n) buffer."""
+    chunk, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    seq = tl.load(chunk_seq_ptr + chunk)
+    row = tl.load(seq_ptr + seq).to(tl.int64) + (chunk - tl.load(chunk_ptr + seq)) * BLOCK_Q
+    offs_q, offs_p, offs_n, p_mask, n_mask, pn_mask = _lanes(pblock, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
+    row_mask = offs_q < tl.load(seq_ptr + seq + 1).to(tl.int64) - row
+    state_offs = (chunk.to(tl.int64) * heads + head) * head_dim * n_state + _tile(offs_p, offs_n, n_state, 1)
+    return (chunk, head, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, row_mask[:, None] & p_mask[None, :],
+            row_mask[:, None] & n_mask[None, :], pn_mask, state_offs)
+
+
+@triton.jit
+def _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P: tl.constexpr, ACC: tl.constexpr, HAS_D: tl.constexpr):
+    """D of this head's channel block (zeros without D)  (P,)."""
+    D = tl.zeros((BLOCK_P,), dtype=ACC)
+    if HAS_D:
+        D += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC)
+    return D
+
+
+@triton.jit
+def ssd_chunk_forward_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr, states_ptr,
+    y_ptr,
+    s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n, s_D_h, s_D_p,
+    s_z_l, s_z_h, s_z_p, s_y_l, s_y_h, s_y_p,
+    heads, heads_per_group, head_dim, n_state,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+):
+    """y of one (chunk, head, channel block) from the state entering the chunk (states, (chunks, h, p, n)):
+    the chunk-parallel forward, for few (sequence, head) pairs and long sequences."""
+    (_, head, _, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
+     chunk_state) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P,
+                                   BLOCK_N)
+    group = head // heads_per_group
+    A = tl.load(A_ptr + head).to(ACC)
+    entering = tl.load(states_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # H              (P, N)
+    D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)
+    dt, _ = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
+                        HAS_BIAS, SOFTPLUS)
+    x = tl.load(x_ptr + row * s_x_l + head * s_x_h + _tile(offs_q, offs_p, s_x_l, s_x_p), mask=qp_mask, other=0.0)
+    B = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask,
+                other=0.0).to(DOT)
+    C = tl.load(C_ptr + row * s_C_l + group * s_C_g + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask,
+                other=0.0).to(DOT)
+    y = _chunk_output(x, B, C, entering, dt, tl.cumsum(dt * A, axis=0), D, offs_q, ACC, DOT, PRECISION)
+    if HAS_Z:
+        y *= _gate(z_ptr + row * s_z_l + head * s_z_h + _tile(offs_q, offs_p, s_z_l, s_z_p), qp_mask, ACC)
+    tl.store(y_ptr + row * s_y_l + head * s_y_h + _tile(offs_q, offs_p, s_y_l, s_y_p), y.to(y_ptr.dtype.element_ty),
+             mask=qp_mask)
+
+
+@triton.jit
+def ssd_forward_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seq_ptr, chunk_ptr,
+    y_ptr, states_ptr, final_ptr,
+    s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n, s_D_h, s_D_p,
+    s_z_l, s_z_h, s_z_p, s_y_l, s_y_h, s_y_p,
+    heads, heads_per_group, head_dim, n_state,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, STORE_Y: tl.constexpr, STORE_STATES: tl.constexpr,
+    STORE_FINAL: tl.constexpr,
+):
+    """y (STORE_Y), the state entering each chunk (STORE_STATES, (chunks, h, p, n)) and the final state
+    (STORE_FINAL, (seqs, h, p, n)) of one (sequence, head, channel block)."""
+    seq, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start, length, first_chunk = _sequence(seq_ptr, chunk_ptr, seq)
+    group = head // heads_per_group
+    offs_q, offs_p, offs_n, p_mask, n_mask, pn_mask = _lanes(pblock, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
+    A = tl.load(A_ptr + head).to(ACC)
+    state_offs = _tile(offs_p, offs_n, n_state, 1)  # (P, N) within one (h, p, n) state
+    head_state = heads * head_dim * n_state
+    state = tl.zeros((BLOCK_P, BLOCK_N), dtype=ACC)
+    if HAS_INIT:
+        state += tl.load(h0_ptr + seq * head_state + head * head_dim * n_state + state_offs, mask=pn_mask,
+                         other=0.0).to(ACC)
+    x_offs, y_offs = _tile(offs_q, offs_p, s_x_l, s_x_p), _tile(offs_q, offs_p, s_y_l, s_y_p)
+    z_offs = _tile(offs_q, offs_p, s_z_l, s_z_p)
+    B_offs, C_offs = _tile(offs_q, offs_n, s_B_l, s_B_n), _tile(offs_q, offs_n, s_C_l, s_C_n)
+    D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)
+    for c in range(tl.cdiv(length, BLOCK_Q)):
+        row = start + c * BLOCK_Q  # the chunk's first row
+        row_mask = offs_q < length - c * BLOCK_Q  # (Q,)
+        qp_mask, qn_mask = row_mask[:, None] & p_mask[None, :], row_mask[:, None] & n_mask[None, :]
+        dt, _ = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
+                            HAS_BIAS, SOFTPLUS)
+        log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                         (Q,)
+        chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
+        x = tl.load(x_ptr + row * s_x_l + head * s_x_h + x_offs, mask=qp_mask, other=0.0)  # (Q, P)
+        B = tl.load(B_ptr + row * s_B_l + group * s_B_g + B_offs, mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
+        if STORE_STATES:
+            tl.store(states_ptr + (first_chunk + c) * head_state + head * head_dim * n_state + state_offs,
+                     state.to(states_ptr.dtype.element_ty), mask=pn_mask)
+        if STORE_Y:
+            C = tl.load(C_ptr + row * s_C_l + group * s_C_g + C_offs, mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
+            y = _chunk_output(x, B, C, state.to(DOT), dt, log_decay, D, offs_q, ACC, DOT, PRECISION)
+            if HAS_Z:
+                y *= _gate(z_ptr + row * s_z_l + head * s_z_h + z_offs, qp_mask, ACC)
+            tl.store(y_ptr + row * s_y_l + head * s_y_h + y_offs, y.to(y_ptr.dtype.element_ty), mask=qp_mask)
+        to_end = tl.exp(chunk_decay - log_decay) * dt  # exp(Λ_Q − Λ_s) Δ_s                   (Q,)
+        inputs = (x.to(ACC) * to_end[:, None]).to(DOT)  # (Q, P)
+        state = tl.exp(chunk_decay) * state + tl.dot(tl.trans(inputs), B, input_precision=PRECISION,
+                                                     out_dtype=ACC)
+    if STORE_FINAL:
+        tl.store(final_ptr + seq * head_state + head * head_dim * n_state + state_offs, state, mask=pn_mask)
+
+
+@triton.jit
+def _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, z_offs, qp_mask, ACC: tl.constexpr, HAS_Z: tl.constexpr):
+    """(gy, z, σ(z)): ∂loss/∂y before the gate y · silu(z) (dy itself without z)."""
+    if HAS_Z:
+        z = tl.load(z_ptr + row * s_z_l + head * s_z_h + z_offs, mask=qp_mask, other=0.0).to(ACC)
+        gate = sigmoid(z)
+        return dy * z * gate, z, gate
+    return dy, dy, dy
+
+
+@triton.jit
+def ssd_adjoint_kernel(
+    dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, dfinal_ptr, adjoints_ptr, dh0_ptr,
+    s_dt_l, s_dt_h, s_C_l, s_C_g, s_C_n, s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p,
+    heads, heads_per_group, head_dim, n_state,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_DFINAL: tl.constexpr,
+):
+    """Walk one (sequence, head, channel block) backwards: store G_c = ∂loss/∂(state leaving chunk c) for
+    every chunk ((chunks, h, p, n)), then G ← exp(Λ_Q) G + Σ_t exp(Λ_t) gy_t ⊗ C_t; the last G is ∂loss/∂H_0."""
+    seq, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start, length, first_chunk = _sequence(seq_ptr, chunk_ptr, seq)
+    group = head // heads_per_group
+    offs_q, offs_p, offs_n, p_mask, n_mask, pn_mask = _lanes(pblock, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
+    A = tl.load(A_ptr + head).to(ACC)
+    state_offs = _tile(offs_p, offs_n, n_state, 1)
+    head_state = heads * head_dim * n_state
+    seq_state = seq * head_state + head * head_dim * n_state + state_offs
+    adjoint = tl.zeros((BLOCK_P, BLOCK_N), dtype=ACC)
+    if HAS_DFINAL:
+        adjoint += tl.load(dfinal_ptr + seq_state, mask=pn_mask, other=0.0).to(ACC)
+    z_offs, dy_offs = _tile(offs_q, offs_p, s_z_l, s_z_p), _tile(offs_q, offs_p, s_dy_l, s_dy_p)
+    C_offs = _tile(offs_q, offs_n, s_C_l, s_C_n)
+    n_chunks = tl.cdiv(length, BLOCK_Q)
+    for i in range(n_chunks):
+        c = n_chunks - 1 - i
+        row = start + c * BLOCK_Q
+        row_mask = offs_q < length - c * BLOCK_Q
+        qp_mask, qn_mask = row_mask[:, None] & p_mask[None, :], row_mask[:, None] & n_mask[None, :]
+        tl.store(adjoints_ptr + (first_chunk + c) * head_state + head * head_dim * n_state + state_offs,
+                 adjoint.to(adjoints_ptr.dtype.element_ty), mask=pn_mask)
+        dt, _ = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
+                            HAS_BIAS, SOFTPLUS)
+        log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                        (Q,)
+        dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + dy_offs, mask=qp_mask, other=0.0).to(ACC)
+        gy, _, _ = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, z_offs, qp_mask, ACC, HAS_Z)
+        C = tl.load(C_ptr + row * s_C_l + group * s_C_g + C_offs, mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
+        weighted = (gy * tl.exp(log_decay)[:, None]).to(DOT)  # exp(Λ_t) gy_t                (Q, P)
+        adjoint = tl.exp(tl.sum(dt * A, axis=0)) * adjoint + tl.dot(tl.trans(weighted), C, input_precision=PRECISION,
+                                                                    out_dtype=ACC)
+    tl.store(dh0_ptr + seq_state, adjoint, mask=pn_mask)
+
+
+@triton.jit
+def ssd_chunk_backward_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
+    states_ptr, adjoints_ptr,
+    dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr,
+    s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n, s_D_h, s_D_p,
+    s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p, s_o_l, s_o_h, s_o_p,
+    heads, groups, heads_per_group, head_dim, n_state, p_blocks,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+):
+    """Every gradient of one (chunk, head, channel block) from the state entering the chunk (states) and the
+    adjoint of the state leaving it (adjoints): chunks are independent here. Outputs: dx, dz (l, h, p) with
+    strides s_o_*; dB, dC (l, g, n) accumulated atomically (zeroed by the caller); partial sums over channel
+    blocks: ddt (l, h, p_blocks) (∂loss/∂(dt + dt_bias)), dA (chunks, h, p_blocks); dD (chunks, h, p)."""
+    (chunk, head, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
+     chunk_state) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P,
+                                   BLOCK_N)
+    group = head // heads_per_group
+    A = tl.load(A_ptr + head).to(ACC)
+    entering = tl.load(states_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # H              (P, N)
+    adjoint = tl.load(adjoints_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # G             (P, N)
+    D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)
+
+    dt, raw = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
+                          HAS_BIAS, SOFTPLUS)
+    log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                            (Q,)
+    chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
+    from_start = tl.exp(log_decay)  # exp(Λ_t)                                               (Q,)
+    to_end = tl.exp(chunk_decay - log_decay)  # exp(Λ_Q − Λ_s)                                (Q,)
+    through_both = tl.exp(chunk_decay) * tl.sum(tl.sum(adjoint.to(ACC) * entering.to(ACC), axis=1), axis=0)
+    x = tl.load(x_ptr + row * s_x_l + head * s_x_h + _tile(offs_q, offs_p, s_x_l, s_x_p), mask=qp_mask, other=0.0)
+    B = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask,
+                other=0.0).to(DOT)  # (Q, N)
+    C = tl.load(C_ptr + row * s_C_l + group * s_C_g + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask,
+                other=0.0).to(DOT)  # (Q, N)
+    dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + _tile(offs_q, offs_p, s_dy_l, s_dy_p), mask=qp_mask,
+                 other=0.0).to(ACC)  # (Q, P)
+    mask = _decay_mask(log_decay, offs_q)  # L                                                (Q, Q)
+    scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ     (Q, Q)
+    y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
+    y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)  # y^ssm
+    x = x.to(ACC)
+    gy, z, gate = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, _tile(offs_q, offs_p, s_z_l, s_z_p), qp_mask,
+                                 ACC, HAS_Z)
+    o_offs = row * s_o_l + head * s_o_h + _tile(offs_q, offs_p, s_o_l, s_o_p)
+    if HAS_Z:
+        dz = dy * (y + D[None, :] * x) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z) = σ (1 + z (1 − σ))
+        tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
+    gy_dot = gy.to(DOT)
+    # Input side: g_s B_s = Σ_{t ≥ s} L[t, s] (C_t · B_s) gy_t + exp(Λ_Q − Λ_s) G B_s
+    leaving = to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
+    gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
+    tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
+    gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s  (Q, Q)
+    # ∂loss/∂ℓ_k, ℓ = Δ A: the contributions of all (source s, sink t) pairs with s < k ≤ t (docs/math.md):
+    # both in the chunk (inner), sources before it read here (reads), sources here read after it (writes),
+    # sources before read after (through_both). A sum of terms, never a difference of two totals.
+    inner = scored * gx * dt[None, :]  # [t, s]
+    reads = tl.sum(gy * y_in, axis=1)  # [t]: what the entering state H adds to the loss through y_t
+    writes = dt * tl.sum(x * leaving, axis=1)  # [s]: what Δ_s x_s ⊗ B_s adds to the loss through G
+    k_le_t = offs_q[:, None] >= offs_q[None, :]  # [t or s, k]
+    before_k = tl.cumsum(inner, axis=1) - inner  # Σ_{s < k} inner[t, s]  at [t, k]
+    d_step = tl.sum(tl.where(k_le_t, before_k + reads[:, None], 0.0), axis=0)
+    d_step += tl.sum(tl.where(k_le_t, 0.0, writes[:, None]), axis=0) + through_both  # (Q,)
+    ddt = tl.sum(x * gB, axis=1) + A * d_step  # x_s · g_s B_s + A ∂loss/∂ℓ_s
+    if SOFTPLUS:
+        ddt *= sigmoid(raw)
+    tl.store(ddt_ptr + ((row + offs_q) * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
+    tl.store(dA_ptr + (chunk * heads + head) * p_blocks + pblock, tl.sum(d_step * dt, axis=0))
+    # State side: dC_t = H_tᵀ gy_t, dB_s = Δ_s g_sᵀ x_s
+    pairs = gx * mask  # L[t, s] gy_t · x_s
+    dC = tl.dot((pairs * dt[None, :]).to(DOT), B, input_precision=PRECISION, out_dtype=ACC)
+    dC += from_start[:, None] * tl.dot(gy_dot, entering, input_precision=PRECISION, out_dtype=ACC)
+    gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
+    tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")
+    dB = tl.dot(tl.trans(pairs.to(DOT)), C, input_precision=PRECISION, out_dtype=ACC)
+    dB += to_end[:, None] * tl.dot(x.to(DOT), adjoint, input_precision=PRECISION, out_dtype=ACC)
+    tl.atomic_add(dB_ptr + gn_offs, dB * dt[:, None], mask=qn_mask, sem="relaxed")
+    tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, tl.sum(gy * x, axis=0), mask=p_mask)
+
+
+@triton.jit
+def ssd_step_kernel(
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, y_ptr,
+    s_st_b, s_st_h, s_st_p, s_st_n, s_x_b, s_x_h, s_x_p, s_dt_b, s_dt_h, s_B_b, s_B_g, s_B_n,
+    s_C_b, s_C_g, s_C_n, s_D_h, s_D_p, s_z_b, s_z_h, s_z_p, s_y_b, s_y_h, s_y_p,
+    heads_per_group, head_dim, n_state,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_IDX: tl.constexpr,
+):
+    """One decode step for (batch row, head, block of channels): H ← exp(Δ A) H + Δ x ⊗ B (in place, in the
+    state's slot: state_batch_indices[row] or the row), y = H · C + D x, y · silu(z)."""
+    row, head, pblock = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    slot = row
+    if HAS_IDX:
+        slot = tl.load(idx_ptr + row).to(tl.int64)
+    group = head // heads_per_group
+    offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    p_mask, n_mask = offs_p < head_dim, offs_n < n_state
+    pn_mask = p_mask[:, None] & n_mask[None, :]
+    dt = tl.load(dt_ptr + row * s_dt_b + head * s_dt_h).to(ACC)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + head).to(ACC)
+    if SOFTPLUS:
+        dt = _softplus(dt, ACC)
+    decay = tl.exp(dt * tl.load(A_ptr + head).to(ACC))  # exp(Δ A)
+    x = tl.load(x_ptr + row * s_x_b + head * s_x_h + offs_p * s_x_p, mask=p_mask, other=0.0).to(ACC)  # (P,)
+    B = tl.load(B_ptr + row * s_B_b + group * s_B_g + offs_n * s_B_n, mask=n_mask, other=0.0).to(ACC)  # (N,)
+    C = tl.load(C_ptr + row * s_C_b + group * s_C_g + offs_n * s_C_n, mask=n_mask, other=0.0).to(ACC)  # (N,)
+    st_ptrs = state_ptr + slot * s_st_b + head * s_st_h + offs_p[:, None] * s_st_p + offs_n[None, :] * s_st_n
+    state = tl.load(st_ptrs, mask=pn_mask, other=0.0).to(ACC)  # (P, N)
+    state = decay * state + (dt * x)[:, None] * B[None, :]
+    tl.store(st_ptrs, state.to(state_ptr.dtype.element_ty), mask=pn_mask)
+    y = tl.sum(state * C[None, :], axis=1)  # H · C                                           (P,)
+    if HAS_D:
+        y += tl.load(D_ptr + head * s_D_h + offs_p * s_D_p, mask=p_mask, other=0.0).to(ACC) * x
+    if HAS_Z:
+        z = tl.load(z_ptr + row * s_z_b + head * s_z_h + offs_p * s_z_p, mask=p_mask, other=0.0).to(ACC)
+        y *= z * sigmoid(z)
+    tl.store(y_ptr + row * s_y_b + head * s_y_h + offs_p * s_y_p, y.to(y_ptr.dtype.element_ty), mask=p_mask)

@@ -1,0 +1,386 @@
+"""`backend="triton"`: the fused chunked kernels of triton_kernels.py as one differentiable op.
+
+Forward: one sequence walk computing y (fused), or a state walk plus every chunk in parallel (chunked),
+chosen by `SSDConfig.forward_mode`. It saves only its inputs. Backward: a state walk storing the state
+entering each chunk and a backward walk storing the adjoint of the state leaving each chunk (both transient,
+(chunks, h, p, n) in the matrix-product dtype), then one chunk-parallel kernel for every gradient; the sums
+the kernels leave per channel block or chunk (dΔ, dA, dD, dt_bias) are finished here with torch reductions.
+
+The kernels' chunks are powers of two ≤ chunk_size, within [16, 32] (fused forward) and [16, 64] (the rest),
+so that the (p, n) state and the (Q, Q) tiles fit on chip (`SSDConfig`); the result does not depend on them.
+
+Runs on CUDA when compiled, on CPU in Triton's interpreter when TRITON_INTERPRET=1 (tests, tiny shapes).
+Float64 is computed in float64 (interpreter and GPU); 16-bit inputs use 16-bit matrix products with float32
+accumulation and state; float32 inputs use exact ("ieee") float32 products.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import itertools
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from mambalab.ops.backends import BackendUnavailable, records_grad
+
+_KERNELS = "mambalab.ops.ssd.triton_kernels"
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _interpret_env() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def kernels():
+    """The kernel module, (re)imported so that it is interpreted exactly when TRITON_INTERPRET is set now."""
+    module = sys.modules.get(_KERNELS) or importlib.import_module(_KERNELS)
+    if module.INTERPRETED != _interpret_env():
+        module = importlib.reload(module)
+    return module
+
+
+def load_triton_ssd():
+    """The triton `ssd_scan`, or BackendUnavailable saying why it cannot run here."""
+    from mambalab.ops.triton import require
+
+    require("ssd_scan")
+    return ssd_triton
+
+
+def check_runnable(op: str, tensors: dict) -> None:
+    """BackendUnavailable unless every tensor is on the device the kernels run on and of a float dtype they take."""
+    from mambalab.ops.triton import device
+
+    where = device()
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.device.type != where:
+            raise BackendUnavailable(f"{op} backend 'triton': {name} is on {t.device}, but the kernels run on "
+                                     f"{where or 'no device here'} tensors")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise BackendUnavailable(f"{op} backend 'triton': {name} is {t.dtype}; the kernels take float16, "
+                                     "bfloat16, float32 or float64")
+
+
+@dataclass(frozen=True)
+class SSDConfig:
+    """Tile sizes of the kernels. The fused forward walks chunks of `chunk_fused` positions; everything else
+    (the chunked forward, the state and adjoint walks, the chunk-parallel gradients) works in chunks of
+    `chunk`. Channel blocks (block_p_*) of head_dim per program; warps per program of each kernel.
+
+    Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16): the fused forward at
+    32 positions × 64 channels × 4 warps (255 registers, no spills; 64 × 64 spills 150-270 B), the chunk-parallel
+    forward at 64 × 64 × 8 warps (155 registers), the gradient kernel at 64 × 32 × 8 warps (72 B of spills)."""
+
+    chunk: int = 64
+    chunk_fused: int = 32
+    block_p_forward: int = 64
+    block_p_backward: int = 32
+    block_p_state: int = 0  # 0: chosen for parallelism (_state_block)
+    warps_fused: int = 4
+    warps_chunk_forward: int = 8
+    warps_state: int = 4
+    warps_adjoint: int = 8
+    warps_backward: int = 8
+    stages: int = 2
+    forward_mode: str = "auto"  # "fused" (walk whole sequences), "chunked" (pass states, then chunks in parallel)
+
+
+def _pow2_at_most(v: int) -> int:
+    return 1 << (max(v, 1).bit_length() - 1)
+
+
+def default_config(chunk_size: int) -> SSDConfig:
+    """Chunks of the largest power of two ≤ chunk_size, within [16, the default]: results do not depend on
+    the chunk; a small chunk_size asks for small tiles."""
+    chunk = max(_pow2_at_most(chunk_size), 16)
+    base = SSDConfig()
+    return dataclasses.replace(base, chunk=min(chunk, base.chunk), chunk_fused=min(chunk, base.chunk_fused))
+
+
+def _block(size: int, cap: int) -> int:
+    """A power-of-two tile ≥ 16 (tl.dot's minimum) covering `size`, at most `cap` unless size needs less."""
+    return max(16, min(_next_pow2(size), cap))
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << (max(v, 1) - 1).bit_length()
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t (b, l, ...) whose batch and position axes merge into one row axis of stride t.stride(1)."""
+    if t.shape[0] > 1 and t.stride(0) != t.shape[1] * t.stride(1):
+        t = t.contiguous()
+    return t
+
+
+def _acc_dtypes(x, B, C):
+    """(tl accumulator dtype, tl matrix-product operand dtype, input precision, torch accumulator dtype, torch
+    dtype of the stored chunk states = the operand dtype: they are only ever matrix-product operands)."""
+    import triton.language as tl
+
+    if torch.float64 in (x.dtype, B.dtype, C.dtype):
+        return tl.float64, tl.float64, "ieee", torch.float64, torch.float64
+    if x.dtype == B.dtype == C.dtype == torch.float16:
+        return tl.float32, tl.float16, "tf32", torch.float32, torch.float16
+    # Triton's interpreter multiplies bfloat16 tiles as their raw bits: interpreted, they are multiplied in float32.
+    if x.dtype == B.dtype == C.dtype == torch.bfloat16 and not kernels().INTERPRETED:
+        return tl.float32, tl.bfloat16, "tf32", torch.float32, torch.bfloat16
+    return tl.float32, tl.float32, "ieee", torch.float32, torch.float32
+
+
+@dataclass
+class _Sequences:
+    """What the forward's output pass needs: where each sequence starts along the flattened (b·l) rows."""
+
+    seq_starts: torch.Tensor  # (seqs + 1,) int64
+    seqs: int
+    first_chunks = None  # the output pass stores no chunk states
+
+    @classmethod
+    def of(cls, x, cu_seqlens):
+        if cu_seqlens is None:
+            return cls(torch.arange(x.shape[0] + 1, device=x.device, dtype=torch.int64) * x.shape[1], x.shape[0])
+        return cls(cu_seqlens.to(dtype=torch.int64), cu_seqlens.numel() - 1)
+
+
+@dataclass
+class _Layout:
+    """Sequences along the flattened (b·l) row axis and their chunks: sequence s is rows
+    seq_starts[s]:seq_starts[s+1] and chunks first_chunks[s]:first_chunks[s+1]; chunk j belongs to chunk_seq[j]."""
+
+    seq_starts: torch.Tensor  # (seqs + 1,) int64
+    first_chunks: torch.Tensor  # (seqs + 1,) int64
+    chunk_seq: torch.Tensor  # (chunks,) int32
+    seqs: int
+    chunks: int
+    chunk: int  # positions per chunk
+
+    @classmethod
+    def of(cls, batch, length, cu_seqlens, chunk, device):
+        if cu_seqlens is None:
+            per_seq = -(-length // chunk)
+            starts = torch.arange(batch + 1, device=device, dtype=torch.int64) * length
+            first = torch.arange(batch + 1, device=device, dtype=torch.int64) * per_seq
+            chunk_seq = torch.arange(batch, device=device, dtype=torch.int32).repeat_interleave(per_seq)
+            return cls(starts, first, chunk_seq, batch, batch * per_seq, chunk)
+        offsets = cu_seqlens.tolist()  # validated already (a host copy there too)
+        counts = [-(-(b - a) // chunk) for a, b in itertools.pairwise(offsets)]
+        first = [0, *itertools.accumulate(counts)]
+        seqs = len(counts)
+        chunk_seq = torch.repeat_interleave(torch.arange(seqs, dtype=torch.int32), torch.tensor(counts, dtype=torch.int64))
+        return cls(cu_seqlens.to(device=device, dtype=torch.int64), torch.tensor(first, device=device),
+                   chunk_seq.to(device), seqs, first[-1], chunk)
+
+
+def _empty(*shape, device, dtype):
+    from mambalab.ops.triton import common
+
+    return common.empty(*shape, device=device, dtype=dtype)
+
+
+def _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, mode):
+    """One launch of the sequence-walking kernel (grid: sequences × heads × channel blocks).
+
+    mode "output": (y, final state (seqs, h, p, n)) at chunks of cfg.chunk_fused (the fused forward);
+    "states": (states entering each chunk (chunks, h, p, n) in the matrix-product dtype, final state) at the
+    layout's chunk (the chunked forward and the backward; no y)."""
+    batch, length, heads, head_dim = x.shape
+    n = B.shape[3]
+    acc, dot, precision, acc_torch, state_torch = _acc_dtypes(x, B, C)
+    dev = x.device
+    store_y = mode == "output"
+    y = _empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype) if store_y else None
+    final = _empty(layout.seqs, heads, head_dim, n, device=dev, dtype=acc_torch)
+    states = None if store_y else _empty(layout.chunks, heads, head_dim, n, device=dev, dtype=state_torch)
+    Dm = _d_matrix(D, heads, head_dim)
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    if store_y:
+        block_p, chunk, warps = _block(head_dim, cfg.block_p_forward), cfg.chunk_fused, cfg.warps_fused
+    else:
+        block_p, chunk, warps = _state_block(layout.seqs * heads, head_dim, cfg, dev), layout.chunk, cfg.warps_state
+    out = y if store_y else x
+    kernels().ssd_forward_kernel[(layout.seqs, heads, -(-head_dim // block_p))](
+        x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), _or(h0, x), layout.seq_starts,
+        _or(layout.first_chunks, layout.seq_starts), out, _or(states, x), final,
+        *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
+        *out.stride()[1:],
+        heads, heads // B.shape[2], head_dim, n,
+        BLOCK_Q=chunk, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30), ACC=acc, DOT=dot, PRECISION=precision,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
+        HAS_INIT=initial_state is not None, STORE_Y=store_y, STORE_STATES=not store_y, STORE_FINAL=True,
+        num_warps=warps, num_stages=cfg.stages,
+    )
+    return (y, final) if store_y else (states, final)
+
+
+def _multiprocessors(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+
+
+def _state_block(rows: int, head_dim: int, cfg, device) -> int:
+    """Channels per program of the state pass and the adjoint walk: cfg.block_p_state, or (0) the widest block
+    that still gives ≥ 2 programs per multiprocessor (these walks are sequential in l: parallel only over
+    sequences × heads × blocks)."""
+    if cfg.block_p_state:
+        return _block(head_dim, cfg.block_p_state)
+    for block in (64, 32):
+        if block <= _next_pow2(head_dim) and rows * -(-head_dim // block) >= 2 * _multiprocessors(device):
+            return block
+    return 16
+
+
+def _fused_forward(rows: int, head_dim: int, cfg, device) -> bool:
+    """Whether the forward walks whole sequences (cfg.forward_mode "fused"), or passes states and then computes
+    every chunk in parallel ("chunked"); "auto": fused when its grid gives ≥ 2 programs per multiprocessor."""
+    if cfg.forward_mode != "auto":
+        return cfg.forward_mode == "fused"
+    return rows * -(-head_dim // _block(head_dim, cfg.block_p_forward)) >= 2 * _multiprocessors(device)
+
+
+def _output_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softplus, cfg):
+    """(y, final state) of inputs whose batch and length axes merge (see _rows)."""
+    heads, head_dim = x.shape[2], x.shape[3]
+    seqs = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+    if _fused_forward(seqs * heads, head_dim, cfg, x.device):
+        return _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, _Sequences.of(x, cu_seqlens), softplus,
+                              cfg, "output")
+    layout = _Layout.of(x.shape[0], x.shape[1], cu_seqlens, cfg.chunk, x.device)
+    states, final = _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, "states")
+    acc, dot, precision, _, _ = _acc_dtypes(x, B, C)
+    y = _empty(*x.shape, device=x.device, dtype=x.dtype)
+    Dm = _d_matrix(D, heads, head_dim)
+    block_p = _block(head_dim, cfg.block_p_forward)
+    if layout.chunks:
+        kernels().ssd_chunk_forward_kernel[(layout.chunks, heads, -(-head_dim // block_p))](
+            x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), layout.seq_starts, layout.first_chunks,
+            layout.chunk_seq, states, y,
+            *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
+            *y.stride()[1:],
+            heads, heads // B.shape[2], head_dim, B.shape[3],
+            BLOCK_Q=layout.chunk, BLOCK_P=block_p, BLOCK_N=_block(B.shape[3], 1 << 30), ACC=acc, DOT=dot,
+            PRECISION=precision, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
+            SOFTPLUS=softplus, num_warps=cfg.warps_chunk_forward, num_stages=cfg.stages,
+        )
+    return y, final
+
+
+def _d_matrix(D, heads, head_dim):
+    """D as (h, p) (a (h,) D broadcast with stride 0), or None."""
+    return D if D is None or D.dim() == 2 else D[:, None].expand(heads, head_dim)
+
+
+def _or(t, fallback):
+    return fallback if t is None else t
+
+
+def _strides2(t):
+    return (t.stride(0), t.stride(1)) if t is not None else (0, 0)
+
+
+def _strides_lhp(t):
+    return (t.stride(1), t.stride(2), t.stride(3)) if t is not None else (0, 0, 0)
+
+
+def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg):
+    """Every input's gradient: the states entering each chunk (forward kernel), the adjoints leaving each chunk
+    (backward walk), then all chunks at once; here only the sums over channel blocks and chunks."""
+    k = kernels()
+    batch, length, heads, head_dim = x.shape
+    groups, n = B.shape[2], B.shape[3]
+    acc, dot, precision, acc_torch, state_torch = _acc_dtypes(x, B, C)
+    dev = x.device
+    flags = {"BLOCK_Q": cfg.chunk, "BLOCK_N": _block(n, 1 << 30), "ACC": acc, "DOT": dot, "PRECISION": precision,
+             "HAS_Z": z is not None, "HAS_BIAS": dt_bias is not None, "SOFTPLUS": softplus}
+    states, _ = _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, "states")
+
+    adjoints = _empty(layout.chunks, heads, head_dim, n, device=dev, dtype=state_torch)
+    dh0 = _empty(layout.seqs, heads, head_dim, n, device=dev, dtype=acc_torch)
+    block_p = _state_block(layout.seqs * heads, head_dim, cfg, dev)
+    dfinal = dfinal.contiguous() if dfinal is not None else None
+    k.ssd_adjoint_kernel[(layout.seqs, heads, -(-head_dim // block_p))](
+        dt, A, C, _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks, _or(dfinal, x), adjoints,
+        dh0, *dt.stride()[1:], *C.stride()[1:], *_strides_lhp(z), *dy.stride()[1:],
+        heads, heads // groups, head_dim, n, BLOCK_P=block_p, HAS_DFINAL=dfinal is not None, **flags,
+        num_warps=cfg.warps_adjoint, num_stages=cfg.stages,
+    )
+
+    block_p = _block(head_dim, cfg.block_p_backward)
+    p_blocks = -(-head_dim // block_p)
+    rows, chunks = batch * length, layout.chunks
+    dx = _empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype)
+    dz = _empty(batch, length, heads, head_dim, device=dev, dtype=z.dtype) if z is not None else None
+    ddt = _empty(rows, heads, p_blocks, device=dev, dtype=acc_torch)
+    dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
+    dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
+    dA = _empty(chunks, heads, p_blocks, device=dev, dtype=acc_torch)
+    dD = _empty(chunks, heads, head_dim, device=dev, dtype=acc_torch)
+    Dm = _d_matrix(D, heads, head_dim)
+    if chunks:
+        k.ssd_chunk_backward_kernel[(chunks, heads, p_blocks)](
+            x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
+            layout.chunk_seq, states, adjoints, dx, _or(dz, dx), ddt, dB, dC, dA, dD,
+            *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
+            *dy.stride()[1:], *dx.stride()[1:],
+            heads, groups, heads // groups, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None, **flags,
+            num_warps=cfg.warps_backward, num_stages=cfg.stages,
+        )
+
+    ddt = ddt.sum(-1)  # (b·l, h): ∂loss/∂(dt + dt_bias)
+    grads = {
+        "x": dx, "dt": ddt.view(batch, length, heads).to(dt.dtype),
+        "A": dA.sum((0, 2)).to(A.dtype),
+        "B": dB.view(batch, length, groups, n).to(B.dtype), "C": dC.view(batch, length, groups, n).to(C.dtype),
+        "D": None, "z": dz, "dt_bias": ddt.sum(0).to(dt_bias.dtype) if dt_bias is not None else None,
+        "initial_state": dh0.to(initial_state.dtype) if initial_state is not None else None,
+    }
+    if D is not None:
+        dD = dD.sum(0)  # (h, p)
+        grads["D"] = (dD if D.dim() == 2 else dD.sum(-1)).to(D.dtype)
+    return grads
+
+
+class _SSDFunction(torch.autograd.Function):
+    """(y, final_state) with a backward through the fused kernels; cu_seqlens, softplus and cfg are constants."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softplus, cfg):
+        x, dt, B, C = _rows(x), _rows(dt), _rows(B), _rows(C)
+        z = _rows(z) if z is not None else None
+        y, final = _output_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softplus, cfg)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state)
+        ctx.cu_seqlens, ctx.softplus, ctx.cfg = cu_seqlens, softplus, cfg
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, dt, A, B, C, D, z, dt_bias, initial_state = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros_like(x)
+        layout = _Layout.of(x.shape[0], x.shape[1], ctx.cu_seqlens, ctx.cfg.chunk, x.device)
+        grads = _backward(_rows(dy), dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout,
+                          ctx.softplus, ctx.cfg)
+        names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
+        return (*(grads[k] for k in names), None, None, None)
+
+
+def ssd_triton(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None,
+               return_final_state=False, cu_seqlens=None, chunk_size=64, config: SSDConfig | None = None):
+    """Same signature and semantics as `mambalab.ops.ssd.ssd_scan` (arguments validated there); `config`
+    overrides the tile sizes (benchmarks)."""
+    check_runnable("ssd_scan", {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z, "dt_bias": dt_bias,
+                                "initial_state": initial_state})
+    cfg = config or default_config(chunk_size)
+    if records_grad(x, dt, A, B, C, D, z, dt_bias, initial_state):
+        y, final = _SSDFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, bool(dt_softplus),
+                                      cfg)
+    else:
+        y, final = _output_pass(_rows(x), _rows(dt), A, _rows(B), _rows(C), D, None if z is None else _rows(z),
+                                dt_bias, initial_state, cu_seqlens, bool(dt_softplus), cfg)
+    return (y, final) if return_final_state else y

@@ -1,0 +1,218 @@
+"""ssd_scan and ssd_state_update backend "triton" against the float64 for-loop: compiled on a GPU, in Triton's
+interpreter on CPU (tiny shapes), with every kernel output poisoned with NaN before the kernels run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mambalab.ops import backends
+from mambalab.ops.ssd import OP, STEP_OP, ssd_scan, ssd_state_update
+from mambalab.ops.ssd.triton_ssd import SSDConfig, ssd_triton
+from tests.conftest import rel_error
+from tests.ops.conftest import TRITON_DEVICE
+from tests.ops.ssd_cases import check_against_reference, grads_of, make_inputs, requiring_grad, run
+
+pytestmark = pytest.mark.usefixtures("triton_kernels", "poisoned_kernel_outputs")
+
+BOUNDS = {torch.float64: (1e-9, 1e-7), torch.float32: (1e-5, 3e-5)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("options,length,chunk_size", [
+    (frozenset({"D", "z", "dt_bias", "softplus", "initial_state"}), 37, 16),  # l not a multiple of the chunk
+    (frozenset(), 16, 16),  # exactly one chunk, nothing optional
+    (frozenset({"z", "initial_state"}), 50, 64),  # chunk_size 64: one partial chunk
+])
+def test_matches_reference(dtype, options, length, chunk_size):
+    out_bound, grad_bound = BOUNDS[dtype]
+    # g < h, p and n odd
+    kw = make_inputs(2, length, 4, 3, 2, 5, options, dtype=dtype)
+    check_against_reference("triton", kw, out_bound, grad_bound, device=TRITON_DEVICE, chunk_size=chunk_size)
+
+
+def test_d_per_channel_blocks_of_channels_and_state():
+    """p and n above one tile (p 40 > the backward's 32-channel blocks, n 20 pads to 32), D of shape (h, p)."""
+    kw = make_inputs(1, 21, 2, 40, 1, 20, d_matrix=True)
+    check_against_reference("triton", kw, *BOUNDS[torch.float64], device=TRITON_DEVICE, chunk_size=16)
+
+
+def test_continuation_and_final_state_only_gradient():
+    """Two calls chained through the final state equal one call; a loss on the final state alone (no dy)
+    gives the same gradients as the reference."""
+    kw = make_inputs(1, 40, 2, 3, 1, 5, frozenset({"D", "softplus", "dt_bias"}))
+    kw = {k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    y_full, h_full = run("triton", kw, return_final_state=True, chunk_size=16)
+    head = {k: (v[:, :23] if k in ("x", "dt", "B", "C") else v) for k, v in kw.items()}
+    tail = {k: (v[:, 23:] if k in ("x", "dt", "B", "C") else v) for k, v in kw.items()}
+    y1, h1 = run("triton", head, return_final_state=True, chunk_size=16)
+    y2, h2 = run("triton", tail, initial_state=h1, return_final_state=True, chunk_size=16)
+    assert rel_error(torch.cat([y1, y2], dim=1), y_full) <= 1e-12
+    assert rel_error(h2, h_full) <= 1e-12
+    ref_kw, tri_kw = requiring_grad(kw), requiring_grad(kw)
+    _, h_ref = run("reference", ref_kw, return_final_state=True)
+    _, h_tri = run("triton", tri_kw, return_final_state=True, chunk_size=16)
+    gh = torch.randn_like(h_ref)
+    names = ["x", "dt", "A", "B", "dt_bias"]  # the final state does not depend on C
+    g_ref = torch.autograd.grad((h_ref * gh).sum(), [ref_kw[k] for k in names])
+    g_tri = torch.autograd.grad((h_tri * gh).sum(), [tri_kw[k] for k in names])
+    for name, a, b in zip(names, g_tri, g_ref, strict=True):
+        assert rel_error(a, b) <= 1e-9, name
+
+
+def test_strided_inputs_like_a_split_projection():
+    """x, z, B, C, dt as slices of one (b, l, ·) projection, as the Mamba-2 mixer produces them."""
+    b, length, h, p, g, n = 2, 19, 2, 4, 1, 3
+    width = 2 * h * p + 2 * g * n + h
+    proj = torch.randn(b, length, width, dtype=torch.float64, device=TRITON_DEVICE)
+    z, x, B, C, dt = torch.split(proj, [h * p, h * p, g * n, g * n, h], dim=-1)
+    args = (x.view(b, length, h, p), dt, -torch.rand(h, dtype=torch.float64, device=TRITON_DEVICE) - 0.1,
+            B.view(b, length, g, n), C.view(b, length, g, n))
+    kw = {"z": z.view(b, length, h, p), "dt_softplus": True, "chunk_size": 16}
+    y = ssd_scan(*args, **kw, backend="triton")
+    y_ref = ssd_scan(*(t.cpu() for t in args), **{**kw, "z": kw["z"].cpu()}, backend="reference")
+    assert rel_error(y, y_ref) <= 1e-12
+
+
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+def test_16_bit_inputs(low):
+    kw = make_inputs(2, 40, 4, 16, 2, 16, dtype=torch.float32)
+    kw = {k: (v.to(low) if k in ("x", "B", "C", "z") else v) for k, v in kw.items()}
+    y_ref = run("reference", kw)
+    y, h = run("triton", {k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()},
+               return_final_state=True, chunk_size=16)
+    assert y.dtype == low and h.dtype == torch.float32
+    assert rel_error(y, y_ref) <= 2e-2
+
+
+def test_registered_and_chosen_on_cuda():
+    assert backends.is_available(OP, "triton") and backends.is_available(STEP_OP, "triton")
+    if TRITON_DEVICE == "cuda":
+        assert backends.resolve(OP, "auto", torch.device("cuda")) == "triton"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("pool", [False, True])
+def test_state_update_matches_reference(dtype, pool):
+    batch, heads, head_dim, groups, n = 3, 4, 5, 2, 7
+    slots = 6 if pool else batch
+    state = torch.randn(slots, heads, head_dim, n, dtype=dtype)
+    args = {
+        "x_t": torch.randn(batch, heads, head_dim, dtype=dtype), "dt_t": torch.randn(batch, heads, dtype=dtype),
+        "A": -(torch.rand(heads, dtype=dtype) + 0.1), "B_t": torch.randn(batch, groups, n, dtype=dtype),
+        "C_t": torch.randn(batch, groups, n, dtype=dtype), "D": torch.randn(heads, head_dim, dtype=dtype),
+        "z_t": torch.randn(batch, heads, head_dim, dtype=dtype), "dt_bias": torch.randn(heads, dtype=dtype),
+        "dt_softplus": True,
+    }
+    indices = torch.tensor([4, 0, 2]) if pool else None
+    ref_state = state.clone()
+    y_ref = ssd_state_update(ref_state, **args, state_batch_indices=indices, backend="reference")
+    dev = {k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    tri_state = state.to(TRITON_DEVICE)
+    y = ssd_state_update(tri_state, **dev, state_batch_indices=None if indices is None else indices.to(TRITON_DEVICE),
+                         backend="triton")
+    bound = 1e-12 if dtype == torch.float64 else 1e-5
+    assert rel_error(y, y_ref) <= bound
+    assert rel_error(tri_state, ref_state) <= bound
+
+
+def test_state_update_d_per_head_no_gate():
+    state = torch.randn(2, 2, 3, 4, dtype=torch.float64)
+    args = (torch.randn(2, 2, 3, dtype=torch.float64), torch.rand(2, 2, dtype=torch.float64),
+            -torch.rand(2, dtype=torch.float64) - 0.1, torch.randn(2, 1, 4, dtype=torch.float64),
+            torch.randn(2, 1, 4, dtype=torch.float64))
+    D = torch.randn(2, dtype=torch.float64)
+    ref_state = state.clone()
+    y_ref = ssd_state_update(ref_state, *args, D=D, backend="reference")
+    tri_state = state.to(TRITON_DEVICE)
+    y = ssd_state_update(tri_state, *(t.to(TRITON_DEVICE) for t in args), D=D.to(TRITON_DEVICE), backend="triton")
+    assert rel_error(y, y_ref) <= 1e-12 and rel_error(tri_state, ref_state) <= 1e-12
+
+
+def test_grads_of_partial_use():
+    """Only y is used (final state not returned): its gradients match the reference's."""
+    kw = make_inputs(1, 17, 2, 3, 1, 5, frozenset({"z", "D"}))
+    ref_kw = requiring_grad(kw)
+    tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+    y_ref = run("reference", ref_kw)
+    y = run("triton", tri_kw, chunk_size=16)
+    assert rel_error(y, y_ref) <= 1e-12
+    gy = torch.randn_like(y_ref)
+    g_ref = grads_of(ref_kw, y_ref, torch.zeros(()), gy, torch.zeros(()))
+    g = grads_of(tri_kw, y, torch.zeros((), device=TRITON_DEVICE), gy.to(TRITON_DEVICE),
+                 torch.zeros((), device=TRITON_DEVICE))
+    for name in g_ref:
+        assert rel_error(g[name], g_ref[name]) <= 1e-9, name
+
+
+@pytest.mark.parametrize("mode", ["fused", "chunked"])
+def test_forward_modes_and_tiles(mode):
+    """Both forward algorithms (walk whole sequences / pass states then chunks in parallel), the fused walk's
+    chunk and the other kernels' chunk of different sizes, packed sequences, against the loop."""
+    lengths = [7, 33, 0, 18]
+    kw = make_inputs(1, sum(lengths), 4, 3, 2, 5, rows=len(lengths))
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()]).to(TRITON_DEVICE)
+    cfg = SSDConfig(chunk=32, chunk_fused=16, block_p_state=16, forward_mode=mode)
+    tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+    ref_kw = requiring_grad(kw)
+    y_ref, h_ref = run("reference", ref_kw, return_final_state=True, cu_seqlens=offsets.cpu())
+    y, h = ssd_triton(**tri_kw, return_final_state=True, cu_seqlens=offsets, config=cfg)
+    assert rel_error(y, y_ref) <= 1e-12 and rel_error(h, h_ref) <= 1e-12
+    gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)
+    g_ref = grads_of(ref_kw, y_ref, h_ref, gy, gh)
+    g = grads_of(tri_kw, y, h, gy.to(TRITON_DEVICE), gh.to(TRITON_DEVICE))
+    for name in g_ref:
+        assert rel_error(g[name], g_ref[name]) <= 1e-9, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(6))
+def test_random_shapes_and_tiles(case):
+    """Random sizes, options, packing and tiles (seeded by the case) against the loop in float64."""
+    gen = torch.Generator().manual_seed(case)
+    pick = lambda *values: values[int(torch.randint(len(values), (1,), generator=gen))]
+    groups = pick(1, 2)
+    heads, head_dim, n = groups * pick(1, 2, 3), pick(1, 5, 17, 33), pick(1, 7, 16, 20)
+    options = frozenset(o for o in ("D", "z", "dt_bias", "softplus", "initial_state") if pick(True, False))
+    packed = pick(True, False)
+    lengths = [pick(*((0,) if packed else ()), 1, 15, 16, 17, 40) for _ in range(pick(1, 2, 3))]
+    batch = 1 if packed else len(lengths)
+    length = sum(lengths) if packed else lengths[0]
+    kw = make_inputs(batch, length, heads, head_dim, groups, n, options, rows=len(lengths) if packed else None,
+                     d_matrix=pick(True, False))
+    extra = {}
+    if packed:
+        extra["cu_seqlens"] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    cfg = SSDConfig(chunk=pick(16, 32), chunk_fused=pick(16, 32), block_p_forward=pick(16, 32),
+                    block_p_backward=pick(16, 32), block_p_state=pick(0, 16), forward_mode=pick("fused", "chunked"))
+    ref_kw = requiring_grad(kw)
+    tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+    y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)
+    y, h = ssd_triton(**tri_kw, return_final_state=True, config=cfg,
+                      **{k: v.to(TRITON_DEVICE) for k, v in extra.items()})
+    assert rel_error(y, y_ref) <= 1e-9 and rel_error(h, h_ref) <= 1e-9, (cfg, options, lengths)
+    gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)
+    g_ref = grads_of(ref_kw, y_ref, h_ref, gy, gh)
+    g = grads_of(tri_kw, y, h, gy.to(TRITON_DEVICE), gh.to(TRITON_DEVICE))
+    for name in g_ref:
+        assert rel_error(g[name], g_ref[name]) <= 1e-7, (name, cfg, options, lengths)
+
+
+@pytest.mark.skipif(TRITON_DEVICE != "cuda", reason="the compiled kernels at a model's tile sizes need a GPU")
+@pytest.mark.parametrize("mode", ["fused", "chunked"])
+@pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+def test_model_sized_on_gpu(mode, dtype, bound):
+    """A Mamba-2 layer's sizes (p 64, n 128, 2 groups, 1000 positions: a partial last chunk), compiled, against
+    the torch backend in float64 on the same (rounded) inputs: outputs, final state, every gradient."""
+    kw = make_inputs(2, 1000, 8, 64, 2, 128, dtype=torch.float32)
+    kw = {k: (v.to(dtype) if k in ("x", "B", "C", "z") else v) for k, v in kw.items()}
+    ref_kw = requiring_grad({k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+    tri_kw = requiring_grad({k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+    y_ref, h_ref = run("torch", ref_kw, return_final_state=True)
+    y, h = ssd_triton(**tri_kw, return_final_state=True, config=SSDConfig(forward_mode=mode))
+    assert rel_error(y, y_ref) <= bound and rel_error(h, h_ref) <= bound
+    gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)
+    g_ref = grads_of(ref_kw, y_ref, h_ref, gy, gh)
+    g = grads_of(tri_kw, y, h, gy.cuda().to(y.dtype), gh.cuda().float())
+    for name in g_ref:
+        assert rel_error(g[name], g_ref[name]) <= bound, name
