@@ -40,14 +40,14 @@ HEAD_DIM, N = 64, 128
 SWEEP = [  # SSDConfig fields; the first is the default
     {},
     {"forward_mode": "fused"},
-    {"forward_mode": "fused", "chunk_forward": 64, "warps_forward": 8},
-    {"forward_mode": "chunked", "chunk_forward": 64, "warps_forward": 8},
+    {"forward_mode": "fused", "chunk_fused": 64, "warps_fused": 8},
+    {"warps_chunk_forward": 4},
     {"block_p_state": 64},
-    {"chunk_backward": 32, "warps_backward": 4},
+    {"chunk": 32, "warps_chunk_forward": 4, "warps_backward": 4},
     {"block_p_backward": 64},
     {"stages": 1},
 ]
-FORWARD_FIELDS = {"forward_mode", "chunk_forward", "block_p_forward", "warps_forward"}
+FORWARD_FIELDS = {"forward_mode", "chunk_fused", "block_p_forward", "warps_fused", "warps_chunk_forward"}
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
 T0 = time.time()
 
@@ -317,7 +317,7 @@ def main() -> int:
     if opts.smoke:
         global DEVICE, SHAPES, SWEEP, SWEEP_SHAPE, HEAD_DIM, N
         DEVICE, SHAPES, SWEEP_SHAPE, HEAD_DIM, N = "cpu", [(2, 2, 40)], (2, 2, 40), 16, 16
-        SWEEP = [{}, {"forward_mode": "fused", "chunk_forward": 16}, {"chunk_backward": 16}]
+        SWEEP = [{}, {"forward_mode": "fused", "chunk_fused": 16}, {"chunk": 16}]
     report = {"shapes": {}}
 
     def save():  # after every stage: a run cut short by the device's time limit keeps what it measured

@@ -37,14 +37,6 @@ def test_d_per_channel_blocks_of_channels_and_state():
     check_against_reference("triton", kw, *BOUNDS[torch.float64], device=TRITON_DEVICE, chunk_size=16)
 
 
-def test_packed_sequences():
-    lengths = [5, 0, 20, 1, 17]
-    kw = make_inputs(1, sum(lengths), 4, 3, 2, 5, rows=len(lengths))
-    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    check_against_reference("triton", kw, *BOUNDS[torch.float64], device=TRITON_DEVICE, cu_seqlens=offsets,
-                            chunk_size=16)
-
-
 def test_continuation_and_final_state_only_gradient():
     """Two calls chained through the final state equal one call; a loss on the final state alone (no dy)
     gives the same gradients as the reference."""
@@ -155,12 +147,12 @@ def test_grads_of_partial_use():
 
 @pytest.mark.parametrize("mode", ["fused", "chunked"])
 def test_forward_modes_and_tiles(mode):
-    """Both forward algorithms (walk whole sequences / pass states then chunks in parallel), forward and
-    backward chunks of different sizes, packed sequences, against the loop."""
+    """Both forward algorithms (walk whole sequences / pass states then chunks in parallel), the fused walk's
+    chunk and the other kernels' chunk of different sizes, packed sequences, against the loop."""
     lengths = [7, 33, 0, 18]
     kw = make_inputs(1, sum(lengths), 4, 3, 2, 5, rows=len(lengths))
     offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()]).to(TRITON_DEVICE)
-    cfg = SSDConfig(chunk_forward=16, chunk_backward=32, block_p_state=16, forward_mode=mode)
+    cfg = SSDConfig(chunk=32, chunk_fused=16, block_p_state=16, forward_mode=mode)
     tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     ref_kw = requiring_grad(kw)
     y_ref, h_ref = run("reference", ref_kw, return_final_state=True, cu_seqlens=offsets.cpu())
@@ -191,7 +183,7 @@ def test_random_shapes_and_tiles(case):
     extra = {}
     if packed:
         extra["cu_seqlens"] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
-    cfg = SSDConfig(chunk_forward=pick(16, 32), chunk_backward=pick(16, 32), block_p_forward=pick(16, 32),
+    cfg = SSDConfig(chunk=pick(16, 32), chunk_fused=pick(16, 32), block_p_forward=pick(16, 32),
                     block_p_backward=pick(16, 32), block_p_state=pick(0, 16), forward_mode=pick("fused", "chunked"))
     ref_kw = requiring_grad(kw)
     tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})

@@ -6,8 +6,8 @@ entering each chunk and a backward walk storing the adjoint of the state leaving
 (chunks, h, p, n) in the matrix-product dtype), then one chunk-parallel kernel for every gradient; the sums
 the kernels leave per channel block or chunk (dΔ, dA, dD, dt_bias) are finished here with torch reductions.
 
-The kernels' chunks are powers of two ≤ chunk_size, within [16, 32] (forward) and [16, 64] (backward), so
-that the (p, n) state and the (Q, Q) score tiles fit on chip (`SSDConfig`); the result does not depend on them.
+The kernels' chunks are powers of two ≤ chunk_size, within [16, 32] (fused forward) and [16, 64] (the rest),
+so that the (p, n) state and the (Q, Q) tiles fit on chip (`SSDConfig`); the result does not depend on them.
 
 Runs on CUDA when compiled, on CPU in Triton's interpreter when TRITON_INTERPRET=1 (tests, tiny shapes).
 Float64 is computed in float64 (interpreter and GPU); 16-bit inputs use 16-bit matrix products with float32
@@ -70,20 +70,21 @@ def check_runnable(op: str, tensors: dict) -> None:
 
 @dataclass(frozen=True)
 class SSDConfig:
-    """Tile sizes of the kernels. The forward works in chunks of `chunk_forward` positions, the backward (its
-    state pass, the adjoint walk and the chunk-parallel gradients) in chunks of `chunk_backward`. Channel
-    blocks (block_p_*) of head_dim per program; warps per program of each kernel.
+    """Tile sizes of the kernels. The fused forward walks chunks of `chunk_fused` positions; everything else
+    (the chunked forward, the state and adjoint walks, the chunk-parallel gradients) works in chunks of
+    `chunk`. Channel blocks (block_p_*) of head_dim per program; warps per program of each kernel.
 
-    Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16): the forward at 32
-    positions × 64 channels × 4 warps and the gradient kernel at 64 × 32 × 8 warps build without spills;
-    64 × 64 forward tiles spill (150-270 B)."""
+    Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16): the fused forward at
+    32 positions × 64 channels × 4 warps (255 registers, no spills; 64 × 64 spills 150-270 B), the chunk-parallel
+    forward at 64 × 64 × 8 warps (155 registers), the gradient kernel at 64 × 32 × 8 warps (72 B of spills)."""
 
-    chunk_forward: int = 32
-    chunk_backward: int = 64
+    chunk: int = 64
+    chunk_fused: int = 32
     block_p_forward: int = 64
     block_p_backward: int = 32
     block_p_state: int = 0  # 0: chosen for parallelism (_state_block)
-    warps_forward: int = 4
+    warps_fused: int = 4
+    warps_chunk_forward: int = 8
     warps_state: int = 4
     warps_adjoint: int = 8
     warps_backward: int = 8
@@ -100,16 +101,15 @@ def default_config(chunk_size: int) -> SSDConfig:
     the chunk; a small chunk_size asks for small tiles."""
     chunk = max(_pow2_at_most(chunk_size), 16)
     base = SSDConfig()
-    return dataclasses.replace(base, chunk_forward=min(chunk, base.chunk_forward),
-                               chunk_backward=min(chunk, base.chunk_backward))
+    return dataclasses.replace(base, chunk=min(chunk, base.chunk), chunk_fused=min(chunk, base.chunk_fused))
 
 
 def _block(size: int, cap: int) -> int:
     """A power-of-two tile ≥ 16 (tl.dot's minimum) covering `size`, at most `cap` unless size needs less."""
-    return max(16, min(triton_next_pow2(size), cap))
+    return max(16, min(_next_pow2(size), cap))
 
 
-def triton_next_pow2(v: int) -> int:
+def _next_pow2(v: int) -> int:
     return 1 << (max(v, 1) - 1).bit_length()
 
 
@@ -188,7 +188,7 @@ def _empty(*shape, device, dtype):
 def _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, mode):
     """One launch of the sequence-walking kernel (grid: sequences × heads × channel blocks).
 
-    mode "output": (y, final state (seqs, h, p, n)) at chunks of cfg.chunk_forward (the fused forward);
+    mode "output": (y, final state (seqs, h, p, n)) at chunks of cfg.chunk_fused (the fused forward);
     "states": (states entering each chunk (chunks, h, p, n) in the matrix-product dtype, final state) at the
     layout's chunk (the chunked forward and the backward; no y)."""
     batch, length, heads, head_dim = x.shape
@@ -202,7 +202,7 @@ def _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplu
     Dm = _d_matrix(D, heads, head_dim)
     h0 = initial_state.contiguous() if initial_state is not None else None
     if store_y:
-        block_p, chunk, warps = _block(head_dim, cfg.block_p_forward), cfg.chunk_forward, cfg.warps_forward
+        block_p, chunk, warps = _block(head_dim, cfg.block_p_forward), cfg.chunk_fused, cfg.warps_fused
     else:
         block_p, chunk, warps = _state_block(layout.seqs * heads, head_dim, cfg, dev), layout.chunk, cfg.warps_state
     out = y if store_y else x
@@ -231,7 +231,7 @@ def _state_block(rows: int, head_dim: int, cfg, device) -> int:
     if cfg.block_p_state:
         return _block(head_dim, cfg.block_p_state)
     for block in (64, 32):
-        if block <= triton_next_pow2(head_dim) and rows * -(-head_dim // block) >= 2 * _multiprocessors(device):
+        if block <= _next_pow2(head_dim) and rows * -(-head_dim // block) >= 2 * _multiprocessors(device):
             return block
     return 16
 
@@ -251,7 +251,7 @@ def _output_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softp
     if _fused_forward(seqs * heads, head_dim, cfg, x.device):
         return _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, _Sequences.of(x, cu_seqlens), softplus,
                               cfg, "output")
-    layout = _Layout.of(x.shape[0], x.shape[1], cu_seqlens, cfg.chunk_forward, x.device)
+    layout = _Layout.of(x.shape[0], x.shape[1], cu_seqlens, cfg.chunk, x.device)
     states, final = _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, "states")
     acc, dot, precision, _, _ = _acc_dtypes(x, B, C)
     y = _empty(*x.shape, device=x.device, dtype=x.dtype)
@@ -266,7 +266,7 @@ def _output_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softp
             heads, heads // B.shape[2], head_dim, B.shape[3],
             BLOCK_Q=layout.chunk, BLOCK_P=block_p, BLOCK_N=_block(B.shape[3], 1 << 30), ACC=acc, DOT=dot,
             PRECISION=precision, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-            SOFTPLUS=softplus, num_warps=cfg.warps_forward, num_stages=cfg.stages,
+            SOFTPLUS=softplus, num_warps=cfg.warps_chunk_forward, num_stages=cfg.stages,
         )
     return y, final
 
@@ -296,7 +296,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
     groups, n = B.shape[2], B.shape[3]
     acc, dot, precision, acc_torch, state_torch = _acc_dtypes(x, B, C)
     dev = x.device
-    flags = {"BLOCK_Q": cfg.chunk_backward, "BLOCK_N": _block(n, 1 << 30), "ACC": acc, "DOT": dot, "PRECISION": precision,
+    flags = {"BLOCK_Q": cfg.chunk, "BLOCK_N": _block(n, 1 << 30), "ACC": acc, "DOT": dot, "PRECISION": precision,
              "HAS_Z": z is not None, "HAS_BIAS": dt_bias is not None, "SOFTPLUS": softplus}
     states, _ = _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, "states")
 
@@ -363,7 +363,7 @@ class _SSDFunction(torch.autograd.Function):
         x, dt, A, B, C, D, z, dt_bias, initial_state = ctx.saved_tensors
         if dy is None:
             dy = torch.zeros_like(x)
-        layout = _Layout.of(x.shape[0], x.shape[1], ctx.cu_seqlens, ctx.cfg.chunk_backward, x.device)
+        layout = _Layout.of(x.shape[0], x.shape[1], ctx.cu_seqlens, ctx.cfg.chunk, x.device)
         grads = _backward(_rows(dy), dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout,
                           ctx.softplus, ctx.cfg)
         names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mambalab.ops.ssd.triton_ssd import _empty, _or, _strides2, check_runnable, kernels
+from mambalab.ops.ssd.triton_ssd import _empty, _next_pow2, _or, _strides2, check_runnable, kernels
 
 
 def load_triton_step():
@@ -32,7 +32,7 @@ def ssd_state_update_triton(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_
     fp64 = torch.float64 in (state.dtype, x_t.dtype, dt_t.dtype, A.dtype, B_t.dtype, C_t.dtype)
     y = _empty(batch, heads, head_dim, device=x_t.device, dtype=x_t.dtype)
     Dm = D if D is None or D.dim() == 2 else D[:, None].expand(heads, head_dim)
-    block_p = min(block_p, 1 << (head_dim - 1).bit_length())
+    block_p = min(block_p, _next_pow2(head_dim))
     grid = (batch, heads, -(-head_dim // block_p))
     kernels().ssd_step_kernel[grid](
         state, x_t, dt_t, A, B_t, C_t, _or(Dm, x_t), _or(z_t, x_t), _or(dt_bias, x_t),
@@ -40,7 +40,7 @@ def ssd_state_update_triton(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_
         *state.stride(), *x_t.stride(), *dt_t.stride(), *B_t.stride(), *C_t.stride(), *_strides2(Dm),
         *_strides3(z_t), *y.stride(),
         heads // groups, head_dim, n,
-        BLOCK_P=block_p, BLOCK_N=1 << (n - 1).bit_length(), ACC=tl.float64 if fp64 else tl.float32,
+        BLOCK_P=block_p, BLOCK_N=_next_pow2(n), ACC=tl.float64 if fp64 else tl.float32,
         HAS_D=D is not None, HAS_Z=z_t is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
         HAS_IDX=state_batch_indices is not None,
     )
