@@ -40,11 +40,12 @@ from mambalab.models.zoo import get_preset
 
 FULL = {"shapes": [(2048, 8), (8192, 2), (32768, 1)], "warmup": 5, "steps": 20, "vocab": 50277,
         "d_model": 768, "n_layer": 24, "llama_layers": 12, "llama_ffn": 2048, "llama_heads": 12,
-        "ours_mamba": "mamba-130m", "ours_transformer": "transformer-125m"}
+        "ours_mamba": "mamba-130m", "ours_mamba2": "mamba2-130m", "ours_transformer": "transformer-125m"}
 QUICK = {"shapes": [(64, 2), (128, 1)], "warmup": 1, "steps": 3, "vocab": 256,
          "d_model": 64, "n_layer": 2, "llama_layers": 2, "llama_ffn": 128, "llama_heads": 2,
-         "ours_mamba": "tiny-mamba", "ours_transformer": "tiny-transformer"}
-MODELS = ("official-mamba", "mambalab-mamba", "hf-llama", "mambalab-transformer")
+         "ours_mamba": "tiny-mamba", "ours_mamba2": "tiny-mamba2", "ours_transformer": "tiny-transformer"}
+MODELS = ("official-mamba", "mambalab-mamba", "hf-llama", "mambalab-transformer", "official-mamba2",
+          "mambalab-mamba2")
 # A/B variants of our Mamba: "+logits-loss" scores through the (b, l, vocab) logits as the others do,
 # "+eager-norm" keeps RMSNorm's torch composition in training (not torch.compile'd).
 VARIANTS = ("+logits-loss", "+eager-norm")
@@ -72,12 +73,14 @@ def build(name: str, plan: dict, device: str):
     """(model, loss_fn(ids, labels) -> scalar loss) for `name` (a model of MODELS, ours with VARIANTS suffixes),
     fp32 parameters on `device`. The official model pads its vocabulary (as its users run it); ids are drawn
     below every model's vocabulary (plan["vocab"], the GPT-NeoX tokenizer's 50277)."""
-    if name == "official-mamba":
+    if name in ("official-mamba", "official-mamba2"):
         from mamba_ssm.models.config_mamba import MambaConfig
         from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 
+        # Mamba-2 without causal_conv1d: its memory-efficient fused path needs that package, so the plain one
+        ssm_cfg = {"layer": "Mamba1"} if name == "official-mamba" else {"layer": "Mamba2", "use_mem_eff_path": False}
         config = MambaConfig(d_model=plan["d_model"], n_layer=plan["n_layer"], d_intermediate=0,
-                             vocab_size=plan["vocab"], ssm_cfg={"layer": "Mamba1"}, rms_norm=True,
+                             vocab_size=plan["vocab"], ssm_cfg=ssm_cfg, rms_norm=True,
                              residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=8)
         model = MambaLMHeadModel(config, device=device)
         return model, lambda ids, labels: logits_loss(model(ids).logits, labels)
@@ -92,7 +95,8 @@ def build(name: str, plan: dict, device: str):
         model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa").to(device)
         return model, lambda ids, labels: logits_loss(model(input_ids=ids).logits, labels)
     base, *variants = name.split("+")
-    preset = plan["ours_mamba"] if base == "mambalab-mamba" else plan["ours_transformer"]
+    preset = {"mambalab-mamba": plan["ours_mamba"], "mambalab-mamba2": plan["ours_mamba2"],
+              "mambalab-transformer": plan["ours_transformer"]}[base]
     model = LanguageModel(get_preset(preset)).to(device)
     if "eager-norm" in variants:
         from mambalab.layers import norm
@@ -206,12 +210,17 @@ def ratios(results: list[dict]) -> list[dict]:
     out = []
     for length in sorted({r["seq_len"] for r in results}):
         ours, official = rate("mambalab-mamba", length), rate("official-mamba", length)
+        ours2, official2 = rate("mambalab-mamba2", length), rate("official-mamba2", length)
         transformer, llama = rate("mambalab-transformer", length), rate("hf-llama", length)
         row = {"seq_len": length}
         if ours and official:
             row["mamba_speed_vs_official"] = ours["tokens_per_s"] / official["tokens_per_s"]
             if ours["peak_gb"] and official["peak_gb"]:
                 row["mamba_memory_vs_official"] = ours["peak_gb"] / official["peak_gb"]
+        if ours2 and official2:
+            row["mamba2_speed_vs_official"] = ours2["tokens_per_s"] / official2["tokens_per_s"]
+            if ours2["peak_gb"] and official2["peak_gb"]:
+                row["mamba2_memory_vs_official"] = ours2["peak_gb"] / official2["peak_gb"]
         if ours and transformer:
             row["our_mamba_vs_our_transformer"] = ours["tokens_per_s"] / transformer["tokens_per_s"]
         if transformer and llama:
@@ -240,13 +249,13 @@ def main() -> None:
     device = "cpu" if args.quick else "cuda"
     models = [m for m in args.models.split(",") if m]
     notes = []
-    if args.quick and "official-mamba" in models:
-        models.remove("official-mamba")
+    if args.quick:  # no official package on CPU
+        models = [m for m in models if not m.startswith("official")]
     header = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "plan": {k: plan[k] for k in ("shapes", "warmup", "steps")}, "notes": notes}
     results = []
     for name in models:
-        if name == "official-mamba" and not add_official_to_path(args.official, args.wait_official):
+        if name.startswith("official") and not add_official_to_path(args.official, args.wait_official):
             notes.append(f"official mamba-ssm not built under {args.official}: skipped")
             continue
         results.extend(measure(name, plan, device, profile=not args.no_profile and "+" not in name))
