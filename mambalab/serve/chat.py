@@ -1,0 +1,120 @@
+"""Chat messages -> prompt tokens: the model's own chat template when it has one, else a simple default.
+
+The model directory's template is `chat_template` in tokenizer_config.json (a string, or a list of named
+templates of which "default" is taken) or a `chat_template.jinja` file; it is rendered in Jinja's sandbox the
+way HF transformers does (`messages`, `add_generation_prompt=True`, `bos_token`, `eos_token`,
+`raise_exception`). Without one, `DEFAULT_TEMPLATE` is used: each message is "<|role|>\\n{content}\\n" and
+the prompt ends with "<|assistant|>\\n"; the model starting another turn ("<|user|>", "<|system|>") ends
+its reply.
+
+A leading system message is tokenized on its own (its rendering is a prefix of the whole conversation's),
+so every conversation that starts with the same system prompt starts with the same tokens: the server caches
+the state after them once and each request resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mambalab.errors import MambalabError
+
+DEFAULT_TEMPLATE = "<|{role}|>\n{content}\n"
+DEFAULT_GENERATION_PROMPT = "<|assistant|>\n"
+DEFAULT_STOPS = ["<|user|>", "<|system|>"]
+ROLES = ("system", "developer", "user", "assistant")
+
+
+class ChatTemplateError(MambalabError):
+    """The chat template could not render these messages (it raised, or it is not valid Jinja)."""
+
+
+class ChatFormat:
+    """Renders (role, content) messages as prompt tokens; `stops` end the assistant's turn."""
+
+    def __init__(self, tokenizer, template: str | None = None, special_tokens: dict[str, str] | None = None):
+        self.tokenizer, self.source = tokenizer, template
+        self.special_tokens = special_tokens or {}
+        self._template = None if template is None else _compile(template)
+        self.stops = [] if template is not None else list(DEFAULT_STOPS)
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, tokenizer) -> ChatFormat:
+        """The chat format of a model directory (its template when it has one)."""
+        model_dir = Path(model_dir)
+        config = _read_json(model_dir / "tokenizer_config.json")
+        template = config.get("chat_template")
+        if isinstance(template, list):  # [{"name": ..., "template": ...}]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        jinja_file = model_dir / "chat_template.jinja"
+        if not isinstance(template, str) and jinja_file.is_file():
+            template = jinja_file.read_text(encoding="utf-8")
+        specials = {}
+        for key in ("bos_token", "eos_token"):
+            value = config.get(key)
+            value = value.get("content") if isinstance(value, dict) else value
+            specials[key] = value if isinstance(value, str) else ""
+        return cls(tokenizer, template if isinstance(template, str) else None, specials)
+
+    @property
+    def name(self) -> str:
+        return "default" if self._template is None else "model"
+
+    def tokens(self, messages: list[tuple[str, str]]) -> list[int]:
+        """The prompt tokens of a conversation, ending where the assistant's reply begins."""
+        head = self.system_tokens(messages[0][1]) if messages[0][0] == "system" else []
+        if self._template is None:
+            rest = messages[1:] if head else messages
+            return head + self._encode_turns(rest) + self.tokenizer.encode(DEFAULT_GENERATION_PROMPT)
+        text = self._render(messages, add_generation_prompt=True)
+        prefix = self._render(messages[:1], add_generation_prompt=False) if head else ""
+        if head and text.startswith(prefix):
+            return head + self.tokenizer.encode(text[len(prefix) :])
+        return self.tokenizer.encode(text)
+
+    def system_tokens(self, content: str) -> list[int]:
+        """The tokens a conversation starting with this system message starts with (cached by the server)."""
+        if self._template is None:
+            return self._encode_turns([("system", content)])
+        return self.tokenizer.encode(self._render([("system", content)], add_generation_prompt=False))
+
+    def _encode_turns(self, messages: list[tuple[str, str]]) -> list[int]:
+        return [t for role, content in messages
+                for t in self.tokenizer.encode(DEFAULT_TEMPLATE.format(role=role, content=content))]
+
+    def _render(self, messages: list[tuple[str, str]], add_generation_prompt: bool) -> str:
+        from jinja2 import TemplateError
+
+        try:
+            return self._template.render(
+                messages=[{"role": role, "content": content} for role, content in messages],
+                add_generation_prompt=add_generation_prompt, **self.special_tokens,
+            )
+        except TemplateError as e:
+            raise ChatTemplateError(f"the model's chat template cannot render these messages: {e}") from e
+
+
+def _compile(source: str):
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str):
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(source)
+    except TemplateError as e:
+        raise ChatTemplateError(f"the model's chat template is not valid Jinja: {e}") from e
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MambalabError(f"cannot parse {path}: {e}") from e
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,436 @@
+"""`Scheduler`: continuous batching of recurrent states; one owner of the model, any number of requests.
+
+A Mamba request's state has a fixed size, so every running request can share one decode step with no paged
+KV cache. Each `step()`:
+1. takes new submissions, drops cancelled and timed-out requests;
+2. admits waiting requests while fewer than `max_num_seqs` are in flight: each starts from the longest
+   cached prefix of its prompt (`PrefixCache`), else from a zero state;
+3. prefills at most `max_prefill_tokens` prompt tokens in all, in chunks (so one long prompt cannot starve
+   the decoding of the others); requests whose chunks have the same length run in one forward call. A
+   request whose prompt is done chooses its first token from the last logits and joins the decode batch;
+4. runs ONE decode step for every running request (their states joined along the batch, padded to a
+   bucket of 1, 2, 4, 8, ... rows on CUDA, where each bucket's step is replayed from a CUDA graph);
+5. chooses each row's token with the row's own options and `torch.Generator` (greedy rows share one
+   argmax), hands the settled text to the request (`TextStream`), and retires finished rows.
+
+The model is used only through its protocol: `model(ids, state=...)` (prefill, advancing a state),
+`model._step` through `decode_step`, `model.allocate_state`, and `InferenceState` select / concat / clone;
+any model with these (Mamba, Mamba-2, hybrids) is served.
+
+Threads: `submit` and `Request.cancel` may be called from any thread; everything else runs in the thread
+that calls `step()` (the scheduler thread started by `start()`, or the caller of `run_until_done`). Requests
+receive their text through `Request.drain()`; the scheduler never waits for a reader: text waits in the
+request (bounded by its max_new_tokens) and `on_update` only signals that there is some.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from mambalab.errors import MambalabError
+from mambalab.inference.cuda_graph import decode_step
+from mambalab.inference.prefix_cache import PrefixCache
+from mambalab.inference.sampling import SamplingConfig
+from mambalab.inference.state import InferenceState
+from mambalab.serve.text import TextStream
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Limits:
+    """What one server accepts. `max_model_len` bounds prompt + new tokens of a request; `max_num_seqs` the
+    requests prefilling or decoding at once (the rest wait, at most `max_waiting`); `max_prefill_tokens`
+    the prompt tokens run per scheduler step; `request_timeout` (s) the life of a request."""
+
+    max_model_len: int = 32768
+    max_num_seqs: int = 64
+    max_prefill_tokens: int = 2048
+    max_waiting: int = 1024
+    request_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_model_len", "max_num_seqs", "max_prefill_tokens", "max_waiting"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise MambalabError(f"Limits.{name} must be an integer >= 1, got {value!r}")
+        if not self.request_timeout > 0:
+            raise MambalabError(f"Limits.request_timeout must be > 0 seconds, got {self.request_timeout!r}")
+
+
+class RequestRejected(MambalabError):
+    """A request the scheduler cannot take: `param` names the offending field, `status` the HTTP status
+    (400 bad request, 429 too many waiting, 503 shutting down)."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.param, self.status = param, status
+
+
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Request:
+    """One prompt to continue. The scheduler fills the output side; readers call `drain()`."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    on_update: Callable[[], None] | None = None  # called (from the scheduler thread) when there is news
+    id: int = field(default_factory=lambda: next(_ids))
+
+    def __post_init__(self) -> None:
+        self.created = time.monotonic()
+        self.finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "timeout" | "error"
+        self.error: str | None = None
+        self.first_token_time: float | None = None
+        self.cached_tokens = 0  # prompt tokens resumed from the prefix cache
+        self.text: TextStream | None = None  # set by the scheduler (it knows the tokenizer)
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+        self.done = threading.Event()
+        # Scheduler side: the state while prefilling, how many prompt tokens it has consumed, the row's
+        # sampling generator and seen-token mask, the last chosen token.
+        self.state: InferenceState | None = None
+        self.consumed = 0
+        self.generator: torch.Generator | None = None
+        self.seen: torch.Tensor | None = None  # (1, vocab) bool, only with a repetition penalty
+        self.last_token = 0
+
+    @property
+    def completion_tokens(self) -> int:
+        return 0 if self.text is None else self.text.n_tokens
+
+    @property
+    def greedy(self) -> bool:
+        """Argmax of the raw logits: rows like this share one batched argmax."""
+        return not self.sampling.do_sample and self.sampling.repetition_penalty == 1.0
+
+    def cancel(self) -> None:
+        """Ask the scheduler to drop this request at its next step (safe from any thread)."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def drain(self) -> tuple[str, bool]:
+        """(text settled since the last call, whether the request has finished)."""
+        with self._lock:
+            text, self._pending = "".join(self._pending), []
+            return text, self.done.is_set()
+
+    # Scheduler side -------------------------------------------------------------------------------------
+    def _emit(self, text: str) -> None:
+        if text:
+            with self._lock:
+                self._pending.append(text)
+            self._notify()
+
+    def _finish(self, reason: str, error: str | None = None) -> None:
+        if self.done.is_set():
+            return
+        if reason in ("stop", "length") and self.text is not None:
+            tail = self.text.finish()
+            if tail:
+                with self._lock:
+                    self._pending.append(tail)
+        self.finish_reason, self.error = reason, error
+        self.state = self.seen = self.generator = None
+        self.done.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        if self.on_update is not None:
+            try:
+                self.on_update()
+            except Exception:  # noqa: BLE001 (a reader's callback must never stop the scheduler)
+                logger.exception("request %d: on_update failed", self.id)
+
+
+class Scheduler:
+    """Continuous batching over one model; see the module docstring for one step."""
+
+    def __init__(self, model, tokenizer, cache: PrefixCache, limits: Limits | None = None,
+                 use_cuda_graph: bool = True):
+        self.model, self.tokenizer, self.cache = model, tokenizer, cache
+        self.limits = limits or Limits()
+        self.use_cuda_graph = use_cuda_graph
+        self.eos = tokenizer.eos_token_id
+        self.lock = threading.Lock()  # held while stepping: the model and the cache are used by one thread
+        self._submitted: deque[Request] = deque()
+        self._waiting: deque[Request] = deque()
+        self._prefilling: list[Request] = []
+        self._running: list[Request] = []  # the rows of the decode batch, in order
+        self._joining: list[Request] = []  # prefilled, joining the batch at the next decode step
+        self._step = None  # the decode step over the running rows (EagerStep or GraphStep)
+        self._wake = threading.Event()
+        self._accepting = True
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.steps = 0  # decode steps run (for tests and logs)
+
+    # Any thread -----------------------------------------------------------------------------------------
+    def check(self, prompt: list[int], max_new_tokens: int) -> None:
+        """Raise RequestRejected when a request with this prompt and output length cannot be served."""
+        vocab = self.model.config.vocab_size
+        if not prompt:
+            raise RequestRejected("the prompt is empty: it needs at least one token", "prompt")
+        bad = next((t for t in prompt if not (isinstance(t, int) and 0 <= t < vocab)), None)
+        if bad is not None:
+            raise RequestRejected(f"the prompt holds token id {bad!r} outside [0, {vocab})", "prompt")
+        limit = self.limits.max_model_len
+        if len(prompt) > limit:
+            raise RequestRejected(f"the prompt has {len(prompt)} tokens; this server's maximum context length"
+                                  f" (--max-model-len) is {limit}", "prompt")
+        if max_new_tokens > limit - len(prompt):
+            raise RequestRejected(f"max_tokens={max_new_tokens} with a {len(prompt)}-token prompt exceeds the"
+                                  f" maximum context length {limit}: at most {limit - len(prompt)}", "max_tokens")
+
+    def submit(self, requests: list[Request]) -> None:
+        """Queue requests (all or none): RequestRejected when one is invalid, the queue is full, or the
+        scheduler is shutting down."""
+        for r in requests:
+            self.check(r.prompt, r.max_new_tokens)
+        if not self._accepting:
+            raise RequestRejected("the server is shutting down", None, status=503)
+        if len(self._submitted) + len(self._waiting) + len(requests) > self.limits.max_waiting:
+            raise RequestRejected(f"too many requests waiting (at most {self.limits.max_waiting}); retry later",
+                                  None, status=429)
+        for r in requests:
+            r.text = TextStream(self.tokenizer, r.stop)
+            self._submitted.append(r)
+        self._wake.set()
+
+    @property
+    def threaded(self) -> bool:
+        """Whether a scheduler thread (started by `start()`) is stepping."""
+        return self._thread is not None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._submitted or self._waiting or self._prefilling or self._joining or self._running)
+
+    # The scheduler thread -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run `step()` in a daemon thread until `stop()`."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="mambalab-scheduler", daemon=True)
+            self._thread.start()
+
+    def stop(self, drain_timeout: float = 0.0) -> None:
+        """Stop admitting; let in-flight requests finish for up to `drain_timeout` s; cancel the rest; join."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout
+        while self.busy and time.monotonic() < deadline and self._thread is not None:
+            time.sleep(0.02)
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self.lock:
+            self._fail_all("cancelled", "the server shut down")
+
+    def run_until_done(self, requests: list[Request]) -> None:
+        """Step in the calling thread until `requests` have finished (when no scheduler thread runs)."""
+        while not all(r.done.is_set() for r in requests):
+            self.step()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                worked = self.step()
+            except Exception as e:  # noqa: BLE001 (a failed step fails its requests, never the server)
+                logger.exception("scheduler step failed")
+                with self.lock:
+                    self._fail_all("error", f"internal error: {type(e).__name__}: {e}")
+                worked = True
+            if not worked:
+                self._wake.wait(0.5)
+
+    @torch.no_grad()
+    def step(self) -> bool:
+        """One scheduling iteration; False when there was nothing to do."""
+        with self.lock:
+            self._take_submitted()
+            self._drop_cancelled()
+            self._admit()
+            prefilled = self._prefill()
+            decoded = self._decode()
+            return prefilled or decoded
+
+    def _take_submitted(self) -> None:
+        while self._submitted:
+            self._waiting.append(self._submitted.popleft())
+
+    def _drop_cancelled(self) -> None:
+        now = time.monotonic()
+        timeout = self.limits.request_timeout
+
+        def gone(r: Request) -> bool:
+            if r.cancelled:
+                r._finish("cancelled")
+            elif now - r.created > timeout:
+                r._finish("timeout", f"the request ran past the server's timeout of {timeout:g} s")
+            return r.done.is_set()
+
+        self._waiting = deque(r for r in self._waiting if not gone(r))
+        self._prefilling = [r for r in self._prefilling if not gone(r)]
+        self._joining = [r for r in self._joining if not gone(r)]
+        if [r for r in self._running if gone(r)]:
+            self._retire()
+
+    def _fail_all(self, reason: str, error: str) -> None:
+        for group in (self._submitted, self._waiting, self._prefilling, self._joining, self._running):
+            for r in group:
+                r._finish(reason, error)
+            group.clear()
+        self._step = None
+
+    def _in_flight(self) -> int:
+        return len(self._prefilling) + len(self._joining) + len(self._running)
+
+    def _admit(self) -> None:
+        while self._waiting and self._in_flight() < self.limits.max_num_seqs:
+            r = self._waiting.popleft()
+            if r.max_new_tokens == 0:
+                r._finish("length")
+                continue
+            r.cached_tokens, state = self.cache.lookup(r.prompt)
+            r.state = state if state is not None else self.model.allocate_state(1)
+            r.consumed = r.cached_tokens
+            device = self.model.device
+            r.generator = torch.Generator(device=device)
+            r.generator.manual_seed(r.seed if r.seed is not None else random.getrandbits(63))
+            if r.sampling.repetition_penalty != 1.0:
+                r.seen = torch.zeros(1, self.model.config.vocab_size, dtype=torch.bool, device=device)
+                r.seen[0, torch.tensor(r.prompt, device=device)] = True
+            self._prefilling.append(r)
+
+    # Prefill ----------------------------------------------------------------------------------------------
+    def _prefill(self) -> bool:
+        """Run up to max_prefill_tokens prompt tokens, oldest requests first; same-length chunks together."""
+        budget = self.limits.max_prefill_tokens
+        groups: dict[int, list[Request]] = defaultdict(list)
+        for r in self._prefilling:
+            if budget == 0:
+                break
+            n = min(len(r.prompt) - r.consumed, budget)
+            groups[n].append(r)
+            budget -= n
+        for n, members in groups.items():
+            self._prefill_group(n, members)
+        self._prefilling = [r for r in self._prefilling if r.consumed < len(r.prompt)]
+        return bool(groups)
+
+    def _prefill_group(self, n: int, members: list[Request]) -> None:
+        ids = torch.tensor([r.prompt[r.consumed : r.consumed + n] for r in members],
+                           dtype=torch.long, device=self.model.device)  # (g, n)
+        state = members[0].state if len(members) == 1 else InferenceState.concat([r.state for r in members])
+        logits = self.model(ids, state=state)[:, -1]  # (g, vocab); advances `state` in place
+        for i, r in enumerate(members):
+            r.consumed += n
+            r.state = state if len(members) == 1 else state.select([i])
+            if r.consumed == len(r.prompt):
+                self._first_token(r, logits[i : i + 1])
+
+    def _first_token(self, r: Request, logits: torch.Tensor) -> None:
+        (token,) = self._choose(logits, [r])
+        r.first_token_time = time.monotonic()
+        if not self._accept_token(r, token):
+            self._joining.append(r)
+
+    # Decode -----------------------------------------------------------------------------------------------
+    def _decode(self) -> bool:
+        """One batched decode step over the running rows (new rows join first)."""
+        if self._joining:
+            self._rebuild(self._running, self._joining)
+        if not self._running:
+            return False
+        b = len(self._running)
+        tokens = torch.zeros(self._step.state.batch_size, dtype=torch.long, device=self.model.device)  # (B,)
+        tokens[:b] = torch.tensor([r.last_token for r in self._running], device=self.model.device)
+        logits = self._step(tokens)[:b]  # (b, vocab); rows past b are padding
+        self.steps += 1
+        chosen = self._choose(logits, self._running)
+        finished = [self._accept_token(r, t) for r, t in zip(self._running, chosen)]
+        if any(finished):
+            self._retire()
+        return True
+
+    def _retire(self) -> None:
+        """Drop finished rows from the decode batch."""
+        keep = [i for i, r in enumerate(self._running) if not r.done.is_set()]
+        if len(keep) == len(self._running):
+            return
+        survivors = [self._running[i] for i in keep]
+        if not survivors:
+            self._running, self._step = [], None
+            return
+        self._rebuild(survivors, [], keep)
+
+    def _rebuild(self, survivors: list[Request], joining: list[Request], keep: list[int] | None = None) -> None:
+        """A decode step over `survivors` (rows `keep` of the current batch, default all of its live rows)
+        followed by the prefilled `joining` requests."""
+        parts = []
+        if survivors:
+            rows = keep if keep is not None else list(range(len(survivors)))
+            parts.append(self._step.state.select(rows))
+        parts += [r.state for r in joining]
+        for r in joining:
+            r.state = None
+        rows = len(survivors) + len(joining)
+        padded = _bucket(rows) if self.model.device.type == "cuda" and self.use_cuda_graph else rows
+        if padded > rows:
+            parts.append(self.model.allocate_state(padded - rows))
+        state = parts[0] if len(parts) == 1 else InferenceState.concat(parts)
+        self._step = decode_step(self.model, state, self.use_cuda_graph)
+        self._running = survivors + joining
+        self._joining = []
+
+    # Choosing tokens --------------------------------------------------------------------------------------
+    def _choose(self, logits: torch.Tensor, rows: list[Request]) -> list[int]:
+        """logits (b, vocab) -> each row's next token, by the row's own options and generator."""
+        greedy = [i for i, r in enumerate(rows) if r.greedy]
+        chosen = [0] * len(rows)
+        if greedy:
+            picked = logits if len(greedy) == len(rows) else logits[greedy]
+            for i, t in zip(greedy, picked.argmax(-1).tolist()):
+                chosen[i] = t
+        for i, r in enumerate(rows):
+            if not r.greedy:
+                token = r.sampling.choose(logits[i : i + 1], r.seen, r.generator)  # (1,)
+                if r.seen is not None:
+                    r.seen[0, token] = True
+                chosen[i] = int(token)
+        return chosen
+
+    def _accept_token(self, r: Request, token: int) -> bool:
+        """Hand the token's text to the request; True (and the request finished) when it is its last."""
+        r.last_token = token
+        r._emit(r.text.push(token))
+        if r.text.stopped or token == self.eos:
+            r._finish("stop")
+        elif r.text.n_tokens >= r.max_new_tokens:
+            r._finish("length")
+        return r.done.is_set()
+
+
+def _bucket(rows: int) -> int:
+    """The batch size a decode step of `rows` rows runs at on CUDA (one captured graph per bucket)."""
+    return 1 << max(0, rows - 1).bit_length()
