@@ -157,7 +157,7 @@ class Request:
         if self.on_update is not None:
             try:
                 self.on_update()
-            except Exception:  # noqa: BLE001 (a reader's callback must never stop the scheduler)
+            except Exception:  # a reader's callback must never stop the scheduler
                 logger.exception("request %d: on_update failed", self.id)
 
 
@@ -255,7 +255,7 @@ class Scheduler:
             self._wake.clear()
             try:
                 worked = self.step()
-            except Exception as e:  # noqa: BLE001 (a failed step fails its requests, never the server)
+            except Exception as e:  # a failed step fails its requests, never the server
                 logger.exception("scheduler step failed")
                 with self.lock:
                     self._fail_all("error", f"internal error: {type(e).__name__}: {e}")

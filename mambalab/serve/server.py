@@ -94,7 +94,7 @@ def _interrupt(signum, frame):
 
 class ServerThread:
     """Serve `app` on host:port (0 = a free port) from a daemon thread: `start()` returns once it accepts
-    connections, `url` is its base URL, `stop()` shuts it down gracefully (context manager too)."""
+    connections, `url` is its base URL, `stop()` shuts it down gracefully."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, drain_timeout: float = 5.0,
                  log_level: str = "warning"):
@@ -119,9 +119,3 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout)
         self.sock.close()
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
