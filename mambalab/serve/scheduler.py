@@ -179,6 +179,7 @@ class Scheduler:
         self._step = None  # the decode step over the running rows (EagerStep or GraphStep)
         self._wake = threading.Event()
         self._accepting = True
+        self._cancel_after = float("inf")  # set by drain(): when in-flight requests are cancelled
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.steps = 0  # decode steps run (for tests and logs)
@@ -230,6 +231,13 @@ class Scheduler:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="mambalab-scheduler", daemon=True)
             self._thread.start()
+
+    def drain(self, timeout: float) -> None:
+        """Stop admitting new requests; cancel those still in flight after `timeout` s (safe from a signal
+        handler: it only sets flags)."""
+        self._accepting = False
+        self._cancel_after = time.monotonic() + timeout
+        self._wake.set()
 
     def stop(self, drain_timeout: float = 0.0) -> None:
         """Stop admitting; let in-flight requests finish for up to `drain_timeout` s; cancel the rest; join."""
@@ -285,6 +293,8 @@ class Scheduler:
         def gone(r: Request) -> bool:
             if r.cancelled:
                 r._finish("cancelled")
+            elif now > self._cancel_after:
+                r._finish("cancelled", "the server is shutting down")
             elif now - r.created > timeout:
                 r._finish("timeout", f"the request ran past the server's timeout of {timeout:g} s")
             return r.done.is_set()

@@ -1,9 +1,10 @@
 """Running the app: `serve` (the `mambalab serve` command, blocking, stopped by SIGINT/SIGTERM) and
 `ServerThread` (a server on a background thread, for tests and benchmarks).
 
-Shutdown on SIGINT or SIGTERM: uvicorn stops accepting connections and waits up to `drain_timeout` s for the
-open ones (streams keep flowing: the scheduler still runs); then the app's lifespan stops the scheduler
-(cancelling what is left) and `serve` returns normally, so the process exits with status 0.
+Shutdown on SIGINT or SIGTERM: uvicorn stops accepting connections and the scheduler new requests; in-flight
+requests may finish for `drain_timeout` s (streams keep flowing), then the scheduler cancels the rest (their
+streams end with an error event and `data: [DONE]`, non-streamed ones get 503); uvicorn closes the
+connections, the app's lifespan stops the scheduler thread, and `serve` returns normally: exit status 0.
 """
 
 from __future__ import annotations
@@ -35,12 +36,20 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_server(app, drain_timeout: float, log_level: str = "info"):
+def _uvicorn_server(app, drain_timeout: float, log_level: str = "info", on_exit=None):
+    """A uvicorn server for `app`; `on_exit()` runs when it receives SIGINT/SIGTERM."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=drain_timeout, lifespan="on",
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if on_exit is not None:
+                on_exit()
+            super().handle_exit(sig, frame)
+
+    # uvicorn's own grace period is a backstop: the scheduler ends the streams at drain_timeout
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=drain_timeout + 5, lifespan="on",
                             access_log=False, h11_max_incomplete_event_size=64 * 1024)
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 def serve(
@@ -68,7 +77,7 @@ def serve(
     name = served_model_name or Path(model_dir).resolve().name
     app = create_app(engine, name, ChatFormat.from_dir(model_dir, engine.tokenizer), system_prompt, api_key,
                      drain_timeout=drain_timeout)
-    server = _uvicorn_server(app, drain_timeout)
+    server = _uvicorn_server(app, drain_timeout, on_exit=lambda: engine.scheduler.drain(drain_timeout))
     sock = bind(host, port)
     if on_listening is not None:
         bound_host, bound_port = sock.getsockname()[:2]

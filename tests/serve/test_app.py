@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -127,8 +129,7 @@ def test_api_key_is_required_when_configured():
 def test_the_models_chat_template_is_used(tmp_path):
     template = ("{% for m in messages %}[{{ m.role }}]{{ m.content }}{{ eos_token }}{% endfor %}"
                 "{% if add_generation_prompt %}[assistant]{% endif %}")
-    (tmp_path / "tokenizer_config.json").write_text(
-        '{"chat_template": %s, "eos_token": "</s>"}' % __import__("json").dumps(template))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, "eos_token": "</s>"}))
     chat = ChatFormat.from_dir(tmp_path, TOK)
     tokens = chat.tokens([("system", "Be brief."), ("user", "hi")])
     assert tokens == TOK.encode("[system]Be brief.</s>[user]hi</s>[assistant]")
