@@ -222,7 +222,7 @@ async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, 
     sampling, stops = _sampling(body), body.stop_strings() + default_stops
     requests = [
         EngineRequest(p, max_tokens if max_tokens is not None else max(0, min(DEFAULT_MAX_TOKENS, limit - len(p))),
-                      sampling, body.seed, stops, on_update=notify)
+                      sampling, body.seed, stops, body.ignore_eos, on_update=notify)
         for p in prompts
     ]
     try:
@@ -268,20 +268,23 @@ async def _disconnected(request: Request) -> None:
 
 
 async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: _Envelope, include_usage: bool):
-    """The SSE stream: text chunks as they settle, one finish chunk per choice, usage, [DONE]. Leaving early
+    """The SSE stream: text chunks as they settle (the first token of a choice always gets one, its text maybe
+    empty, so clients can time the first token), one finish chunk per choice, usage, [DONE]. Leaving early
     (the client disconnected, or the server shuts down) cancels the requests."""
     try:
         if envelope.chat:
             for i in range(len(requests)):
                 yield envelope.event(envelope.chunk(i, role=True), include_usage)
         ended: set[int] = set()
+        announced: set[int] = set()  # choices whose first token has been sent (maybe with empty text)
         while len(ended) < len(requests):
             news.clear()
             for i, r in enumerate(requests):
                 if i in ended:
                     continue
                 text, done = r.drain()
-                if text:
+                if text or (r.started and i not in announced):
+                    announced.add(i)
                     yield envelope.event(envelope.chunk(i, text=text), include_usage)
                 if done:
                     ended.add(i)

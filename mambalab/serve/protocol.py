@@ -70,6 +70,7 @@ class _Generation(_Strict):
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1)
     user: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (benchmarks)
 
     def stop_strings(self) -> list[str]:
         return [] if self.stop is None else [self.stop] if isinstance(self.stop, str) else list(self.stop)

@@ -88,6 +88,7 @@ class Request:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # keep generating past EOS (benchmarks: every request makes max_new_tokens)
     on_update: Callable[[], None] | None = None  # called (from the scheduler thread) when there is news
     id: int = field(default_factory=lambda: next(_ids))
 
@@ -109,6 +110,11 @@ class Request:
         self.generator: torch.Generator | None = None
         self.seen: torch.Tensor | None = None  # (1, vocab) bool, only with a repetition penalty
         self.last_token = 0
+
+    @property
+    def started(self) -> bool:
+        """Whether its first token has been chosen."""
+        return self.first_token_time is not None
 
     @property
     def completion_tokens(self) -> int:
@@ -134,10 +140,11 @@ class Request:
             return text, self.done.is_set()
 
     # Scheduler side -------------------------------------------------------------------------------------
-    def _emit(self, text: str) -> None:
+    def _emit(self, text: str, force: bool = False) -> None:
         if text:
             with self._lock:
                 self._pending.append(text)
+        if text or force:
             self._notify()
 
     def _finish(self, reason: str, error: str | None = None) -> None:
@@ -165,7 +172,7 @@ class Scheduler:
     """Continuous batching over one model; see the module docstring for one step."""
 
     def __init__(self, model, tokenizer, cache: PrefixCache, limits: Limits | None = None,
-                 use_cuda_graph: bool = True):
+                 use_cuda_graph: bool = True, bucketed: bool | None = None):
         self.model, self.tokenizer, self.cache = model, tokenizer, cache
         self.limits = limits or Limits()
         self.use_cuda_graph = use_cuda_graph
@@ -174,9 +181,17 @@ class Scheduler:
         self._submitted: deque[Request] = deque()
         self._waiting: deque[Request] = deque()
         self._prefilling: list[Request] = []
-        self._running: list[Request] = []  # the rows of the decode batch, in order
         self._joining: list[Request] = []  # prefilled, joining the batch at the next decode step
-        self._step = None  # the decode step over the running rows (EagerStep or GraphStep)
+        # The decode batch: slot i of `_step`'s state holds request `_slots[i]` (None: free, computed for
+        # nothing); `_tokens` (B,) are the next step's inputs; `_in_flight` the last launched step's rows and
+        # chosen tokens, read on the host during the next step.
+        # Pad the batch to 1, 2, 4, ... rows (one CUDA graph per size) and reuse free slots in place; by
+        # default with CUDA graphs. Otherwise the batch is rebuilt with exactly the live rows at each change.
+        self.bucketed = use_cuda_graph and model.device.type == "cuda" if bucketed is None else bucketed
+        self._slots: list[Request | None] = []
+        self._step = None
+        self._tokens: torch.Tensor | None = None
+        self._in_flight = None
         self._wake = threading.Event()
         self._accepting = True
         self._cancel_after = float("inf")  # set by drain(): when in-flight requests are cancelled
@@ -223,7 +238,8 @@ class Scheduler:
 
     @property
     def busy(self) -> bool:
-        return bool(self._submitted or self._waiting or self._prefilling or self._joining or self._running)
+        return bool(self._submitted or self._waiting or self._prefilling or self._joining or self._running()
+                    or self._in_flight is not None)
 
     # The scheduler thread -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -302,21 +318,26 @@ class Scheduler:
         self._waiting = deque(r for r in self._waiting if not gone(r))
         self._prefilling = [r for r in self._prefilling if not gone(r)]
         self._joining = [r for r in self._joining if not gone(r)]
-        if [r for r in self._running if gone(r)]:
-            self._retire()
+        for r in self._running():
+            gone(r)  # its slot is freed at the next decode step
 
     def _fail_all(self, reason: str, error: str) -> None:
-        for group in (self._submitted, self._waiting, self._prefilling, self._joining, self._running):
+        for group in (self._submitted, self._waiting, self._prefilling, self._joining, self._running()):
             for r in group:
                 r._finish(reason, error)
-            group.clear()
-        self._step = None
+        self._submitted.clear()
+        self._waiting.clear()
+        self._prefilling, self._joining = [], []
+        self._slots, self._step, self._tokens, self._in_flight = [], None, None, None
 
-    def _in_flight(self) -> int:
-        return len(self._prefilling) + len(self._joining) + len(self._running)
+    def _running(self) -> list[Request]:
+        return [r for r in self._slots if r is not None and not r.done.is_set()]
+
+    def _n_in_flight(self) -> int:
+        return len(self._prefilling) + len(self._joining) + len(self._running())
 
     def _admit(self) -> None:
-        while self._waiting and self._in_flight() < self.limits.max_num_seqs:
+        while self._waiting and self._n_in_flight() < self.limits.max_num_seqs:
             r = self._waiting.popleft()
             if r.max_new_tokens == 0:
                 r._finish("length")
@@ -360,81 +381,98 @@ class Scheduler:
                 self._first_token(r, logits[i : i + 1])
 
     def _first_token(self, r: Request, logits: torch.Tensor) -> None:
-        (token,) = self._choose(logits, [r])
+        (token,) = self._choose([r], logits).tolist()
         r.first_token_time = time.monotonic()
         if not self._accept_token(r, token):
             self._joining.append(r)
 
     # Decode -----------------------------------------------------------------------------------------------
     def _decode(self) -> bool:
-        """One batched decode step over the running rows (new rows join first)."""
-        if self._joining:
-            self._rebuild(self._running, self._joining)
-        if not self._running:
-            return False
-        b = len(self._running)
-        tokens = torch.zeros(self._step.state.batch_size, dtype=torch.long, device=self.model.device)  # (B,)
-        tokens[:b] = torch.tensor([r.last_token for r in self._running], device=self.model.device)
-        logits = self._step(tokens)[:b]  # (b, vocab); rows past b are padding
-        self.steps += 1
-        chosen = self._choose(logits, self._running)
-        finished = [self._accept_token(r, t) for r, t in zip(self._running, chosen)]
-        if any(finished):
-            self._retire()
-        return True
+        """Launch one batched decode step over the slots, then do the host work of the previous step (text,
+        stop strings, finishing) while the device computes this one. A row that finished in the previous
+        step has been computed once more for nothing; it leaves at the next step."""
+        self._update_slots()
+        previous, self._in_flight = self._in_flight, None
+        if self._step is not None:
+            logits = self._step(self._tokens)  # (B, vocab); free slots are computed and ignored
+            self.steps += 1
+            chosen = self._choose(self._slots, logits)  # (B,) on the device
+            self._in_flight = (list(self._slots), _HostCopy(chosen))
+            self._tokens = chosen
+        if previous is not None:
+            slots, copy = previous
+            for r, token in zip(slots, copy.get()):
+                if r is not None and not r.done.is_set():
+                    self._accept_token(r, token)
+        return self._step is not None or previous is not None
 
-    def _retire(self) -> None:
-        """Drop finished rows from the decode batch."""
-        keep = [i for i, r in enumerate(self._running) if not r.done.is_set()]
-        if len(keep) == len(self._running):
+    def _update_slots(self) -> None:
+        """Free the slots of finished rows and give the joining requests one each: in place when the batch
+        has room (bucketed CUDA graphs), else by building a new batch of live rows + joiners."""
+        live = [i for i, r in enumerate(self._slots) if r is not None and not r.done.is_set()]
+        joining, self._joining = self._joining, []
+        if len(live) == len(self._slots) and not joining:
             return
-        survivors = [self._running[i] for i in keep]
-        if not survivors:
-            self._running, self._step = [], None
+        rows = len(live) + len(joining)
+        if rows == 0:
+            self._slots, self._step, self._tokens = [], None, None
             return
-        self._rebuild(survivors, [], keep)
+        capacity = len(self._slots)
+        free = [i for i in range(capacity) if i not in set(live)]
+        if self.bucketed and len(joining) <= len(free) and (capacity == 1 or rows > capacity // 4):
+            placed = free[: len(joining)]
+            if all(_fits(self._step.state, r.state) for r in joining):
+                for i in free:
+                    self._slots[i] = None
+                for i, r in zip(placed, joining):
+                    _write_row(self._step.state, i, r.state)
+                    self._slots[i], r.state = r, None
+                if joining:
+                    index = torch.tensor(placed, device=self._tokens.device)
+                    self._tokens[index] = torch.tensor([r.last_token for r in joining], device=self._tokens.device)
+                return
+        self._rebuild(live, joining)
 
-    def _rebuild(self, survivors: list[Request], joining: list[Request], keep: list[int] | None = None) -> None:
-        """A decode step over `survivors` (rows `keep` of the current batch, default all of its live rows)
-        followed by the prefilled `joining` requests."""
-        parts = []
-        if survivors:
-            rows = keep if keep is not None else list(range(len(survivors)))
-            parts.append(self._step.state.select(rows))
+    def _rebuild(self, live: list[int], joining: list[Request]) -> None:
+        """A new decode batch: the rows `live` of the current one, then `joining`, padded to a bucket."""
+        device = self.model.device
+        parts = [self._step.state.select(live)] if live else []
         parts += [r.state for r in joining]
+        rows = len(live) + len(joining)
+        size = _bucket(rows) if self.bucketed else rows
+        if size > rows:
+            parts.append(self.model.allocate_state(size - rows))
+        state = parts[0] if len(parts) == 1 else InferenceState.concat(parts)
+        tokens = torch.zeros(size, dtype=torch.long, device=device)  # (B,)
+        if live:
+            tokens[: len(live)] = self._tokens[torch.tensor(live, device=self._tokens.device)]
+        if joining:
+            tokens[len(live) : rows] = torch.tensor([r.last_token for r in joining], device=device)
+        self._slots = [self._slots[i] for i in live] + joining + [None] * (size - rows)
         for r in joining:
             r.state = None
-        rows = len(survivors) + len(joining)
-        padded = _bucket(rows) if self.model.device.type == "cuda" and self.use_cuda_graph else rows
-        if padded > rows:
-            parts.append(self.model.allocate_state(padded - rows))
-        state = parts[0] if len(parts) == 1 else InferenceState.concat(parts)
         self._step = decode_step(self.model, state, self.use_cuda_graph)
-        self._running = survivors + joining
-        self._joining = []
+        self._tokens = tokens
 
     # Choosing tokens --------------------------------------------------------------------------------------
-    def _choose(self, logits: torch.Tensor, rows: list[Request]) -> list[int]:
-        """logits (b, vocab) -> each row's next token, by the row's own options and generator."""
-        greedy = [i for i, r in enumerate(rows) if r.greedy]
-        chosen = [0] * len(rows)
-        if greedy:
-            picked = logits if len(greedy) == len(rows) else logits[greedy]
-            for i, t in zip(greedy, picked.argmax(-1).tolist()):
-                chosen[i] = t
+    def _choose(self, rows: list[Request | None], logits: torch.Tensor) -> torch.Tensor:
+        """logits (b, vocab) -> each row's next token (b,) on the device, by the row's own options and
+        generator: one argmax for all, then a draw (or penalised argmax) for each row that asks for one."""
+        chosen = logits.argmax(-1)  # (b,)
         for i, r in enumerate(rows):
-            if not r.greedy:
+            if r is not None and not r.greedy and not r.done.is_set():
                 token = r.sampling.choose(logits[i : i + 1], r.seen, r.generator)  # (1,)
                 if r.seen is not None:
-                    r.seen[0, token] = True
-                chosen[i] = int(token)
+                    r.seen[0].index_fill_(0, token, True)
+                chosen[i : i + 1] = token
         return chosen
 
     def _accept_token(self, r: Request, token: int) -> bool:
         """Hand the token's text to the request; True (and the request finished) when it is its last."""
         r.last_token = token
-        r._emit(r.text.push(token))
-        if r.text.stopped or token == self.eos:
+        first = r.text.n_tokens == 0
+        r._emit(r.text.push(token), force=first)  # readers learn of the first token even when it has no text
+        if r.text.stopped or (token == self.eos and not r.ignore_eos):
             r._finish("stop")
         elif r.text.n_tokens >= r.max_new_tokens:
             r._finish("length")
@@ -444,3 +482,39 @@ class Scheduler:
 def _bucket(rows: int) -> int:
     """The batch size a decode step of `rows` rows runs at on CUDA (one captured graph per bucket)."""
     return 1 << max(0, rows - 1).bit_length()
+
+
+def _fits(batch: InferenceState, row: InferenceState) -> bool:
+    """Whether a batch-1 state can be written into a row of `batch` (same shapes past the batch)."""
+    return all(
+        static.keys() == layer.keys() and all(static[k].shape[1:] == t.shape[1:] for k, t in layer.items())
+        for static, layer in zip(batch.layers, row.layers)
+    )
+
+
+def _write_row(batch: InferenceState, i: int, row: InferenceState) -> None:
+    """Copy a batch-1 state into row i of `batch`, in place (its buffers may be a CUDA graph's)."""
+    for static, layer in zip(batch.layers, row.layers):
+        for key, t in layer.items():
+            static[key][i].copy_(t[0])
+    batch.seqlen[i : i + 1].copy_(row.seqlen)
+
+
+class _HostCopy:
+    """A device tensor's values on the host: copied now (asynchronously on CUDA, so the host can work while
+    the device computes), read by `get()`."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.ready = None
+        if tensor.device.type == "cuda":
+            self.values = tensor.to("cpu", non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        else:
+            self.values = tensor.tolist()
+
+    def get(self) -> list[int]:
+        if self.ready is None:
+            return self.values
+        self.ready.synchronize()
+        return self.values.tolist()

@@ -59,7 +59,10 @@ class TextStream:
         pending = len(self.ids) - self._read
         if not final and text.endswith("\ufffd") and pending < MAX_PENDING_TOKENS:
             return ""
-        if len(text) <= len(context) or not text.startswith(context):
+        if text == context:  # the new tokens have no text (special or unknown ids): nothing to wait for
+            self._prefix = self._read = len(self.ids)
+            return ""
+        if len(text) < len(context) or not text.startswith(context):
             return ""
         self._prefix, self._read = self._read, len(self.ids)
         return text[len(context) :]

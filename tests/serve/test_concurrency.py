@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
+from mambalab.inference.prefix_cache import PrefixCache
 from mambalab.inference.sampling import SamplingConfig
 from mambalab.serve.engine import Engine
 from mambalab.serve.scheduler import Limits, Request, Scheduler
@@ -54,6 +55,32 @@ def test_the_scheduler_batches_rows_and_keeps_each_rows_tokens():
     assert [r.text.emitted for r in requests] == alone
     assert all(r.finish_reason in ("stop", "length") for r in requests)
     assert scheduler.steps - steps < sum(r.completion_tokens for r in requests) // 2
+
+
+def test_bucketed_slots_reuse_compact_and_keep_each_rows_tokens():
+    """The CUDA layout, run on CPU: the batch padded to 1, 2, 4, 8 rows, requests arriving and leaving at
+    different steps take free slots in place, the batch shrinks when mostly empty; every row's text is the
+    one it gets alone."""
+    model = byte_model()
+    lengths = [3, 17, 9, 30, 5, 12, 25, 2, 8]
+    prompts = [TOK.encode(f"slot {i}" + "q" * i) for i in range(len(lengths))]
+    sampling = [SamplingConfig(do_sample=bool(i % 3), temperature=0.8) for i in range(len(lengths))]
+    alone = Engine(model, TOK)
+    expected = [alone.complete([p], n, seed=i, **vars(c))[0].text
+                for i, (p, n, c) in enumerate(zip(prompts, lengths, sampling))]
+    scheduler = Scheduler(model, TOK, PrefixCache(model), Limits(max_num_seqs=5), bucketed=True)
+    requests = [Request(p, n, c, seed=i) for i, (p, n, c) in enumerate(zip(prompts, lengths, sampling))]
+    capacities = set()
+    for i, r in enumerate(requests):  # one new request every other step
+        scheduler.submit([r])
+        for _ in range(2):
+            scheduler.step()
+            capacities.add(len(scheduler._slots))
+    while not all(r.done.is_set() for r in requests):
+        scheduler.step()
+        capacities.add(len(scheduler._slots))
+    assert [r.text.emitted for r in requests] == expected
+    assert {1, 2, 4, 8} & capacities and capacities <= {0, 1, 2, 4, 8}
 
 
 def test_a_long_prompt_does_not_starve_decoding():
