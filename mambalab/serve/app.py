@@ -66,7 +66,7 @@ def create_app(
             tokens = chat.system_tokens(system_prompt)
             await run_in_threadpool(engine.cache_prefix, tokens)
             logger.info("system prompt of %d tokens prefilled and cached", len(tokens))
-        engine.start()
+        await run_in_threadpool(engine.start)  # captures the CUDA graphs first
         try:
             yield
         finally:
@@ -222,7 +222,7 @@ async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, 
     sampling, stops = _sampling(body), body.stop_strings() + default_stops
     requests = [
         EngineRequest(p, max_tokens if max_tokens is not None else max(0, min(DEFAULT_MAX_TOKENS, limit - len(p))),
-                      sampling, body.seed, stops, body.ignore_eos, on_update=notify)
+                      sampling, body.seed, stops, body.ignore_eos, on_update=notify, streaming=body.stream)
         for p in prompts
     ]
     try:

@@ -65,7 +65,9 @@ class Engine:
         return self.scheduler.lock
 
     def start(self) -> None:
-        """Run the scheduler in its own thread (the server); `complete` then waits for it."""
+        """Capture the decode steps (CUDA) and run the scheduler in its own thread (the server); `complete`
+        then waits for it."""
+        self.scheduler.warm_up()
         self.scheduler.start()
 
     def stop(self, drain_timeout: float = 0.0) -> None:

@@ -90,6 +90,7 @@ class Request:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False  # keep generating past EOS (benchmarks: every request makes max_new_tokens)
     on_update: Callable[[], None] | None = None  # called (from the scheduler thread) when there is news
+    streaming: bool = True  # on_update for each piece of text; False: only when the request ends
     id: int = field(default_factory=lambda: next(_ids))
 
     def __post_init__(self) -> None:
@@ -144,7 +145,7 @@ class Request:
         if text:
             with self._lock:
                 self._pending.append(text)
-        if text or force:
+        if (text or force) and self.streaming:
             self._notify()
 
     def _finish(self, reason: str, error: str | None = None) -> None:
@@ -242,6 +243,16 @@ class Scheduler:
                     or self._in_flight is not None)
 
     # The scheduler thread -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def warm_up(self) -> None:
+        """Capture the decode step of every batch bucket up to max_num_seqs now (CUDA graphs), so that no
+        request waits for a capture later. Nothing to do when not bucketed."""
+        if not self.bucketed:
+            return
+        with self.lock:
+            for size in sorted({_bucket(n) for n in range(1, self.limits.max_num_seqs + 1)}):
+                decode_step(self.model, self.model.allocate_state(size), self.use_cuda_graph)
+
     def start(self) -> None:
         """Run `step()` in a daemon thread until `stop()`."""
         if self._thread is None:
