@@ -222,7 +222,8 @@ async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, 
     sampling, stops = _sampling(body), body.stop_strings() + default_stops
     requests = [
         EngineRequest(p, max_tokens if max_tokens is not None else max(0, min(DEFAULT_MAX_TOKENS, limit - len(p))),
-                      sampling, body.seed, stops, body.ignore_eos, on_update=notify, streaming=body.stream)
+                      sampling, body.seed, stops, bool(body.ignore_eos), on_update=notify,
+                      streaming=bool(body.stream))
         for p in prompts
     ]
     try:

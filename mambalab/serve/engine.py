@@ -23,6 +23,8 @@ __all__ = ["Completion", "Engine", "TextStream", "load_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
+UNLIMITED = 1 << 62
+
 
 def load_tokenizer(model_dir: str | Path):
     """The tokenizer of a model directory (tokenizer.json when present, else bytes): serve's one import of it."""
@@ -40,12 +42,15 @@ class Completion:
 
 
 class Engine:
-    """Model + tokenizer + prefix cache + scheduler. `complete` works with or without the scheduler thread."""
+    """Model + tokenizer + prefix cache + scheduler. `complete` works with or without the scheduler thread.
+    `limits` bound what a server accepts; by default (library use, `mambalab generate`) the context is
+    unlimited."""
 
     def __init__(self, model, tokenizer, cache_bytes: int = 1 << 30, cache_dir: str | Path | None = None,
                  limits: Limits | None = None, use_cuda_graph: bool = True):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.cache = PrefixCache(model, max_bytes=cache_bytes, directory=cache_dir)
+        limits = limits or Limits(max_model_len=UNLIMITED)  # library use: no context limit of a server
         self.scheduler = Scheduler(self.model, tokenizer, self.cache, limits, use_cuda_graph)
 
     @classmethod

@@ -66,11 +66,11 @@ class _Generation(_Strict):
         | Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(max_length=MAX_STOP_STRINGS)]
         | None
     ) = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1)
+    n: int | None = Field(1, ge=1)
     user: str | None = Field(None, max_length=MAX_NAME_CHARS)
-    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (benchmarks)
+    ignore_eos: bool | None = False  # vLLM's extension: generate max_tokens whatever the model says (benchmarks)
 
     def stop_strings(self) -> list[str]:
         return [] if self.stop is None else [self.stop] if isinstance(self.stop, str) else list(self.stop)
@@ -86,7 +86,7 @@ class CompletionRequest(_Generation):
         | TokenIds
         | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]
     )
-    echo: bool = False
+    echo: bool | None = False
     logprobs: int | None = Field(None, ge=0)
 
 
@@ -131,7 +131,7 @@ def parse(model: type[_Generation], body: dict) -> _Generation:
 
 def _check_supported(r: _Generation) -> None:
     """Accepted by the schema, but only in their neutral setting."""
-    if r.n != 1:
+    if r.n not in (1, None):
         raise ApiError(400, f"only n = 1 is supported, got n = {r.n}", "n", "unsupported_parameter")
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(r, name):
