@@ -15,6 +15,7 @@ the state after them once and each request resumes from it.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from mambalab.errors import MambalabError
@@ -22,7 +23,7 @@ from mambalab.errors import MambalabError
 DEFAULT_TEMPLATE = "<|{role}|>\n{content}\n"
 DEFAULT_GENERATION_PROMPT = "<|assistant|>\n"
 DEFAULT_STOPS = ["<|user|>", "<|system|>"]
-ROLES = ("system", "developer", "user", "assistant")
+SYSTEM_CACHE_SIZE = 8
 
 
 class ChatTemplateError(MambalabError):
@@ -37,6 +38,8 @@ class ChatFormat:
         self.special_tokens = special_tokens or {}
         self._template = None if template is None else _compile(template)
         self.stops = [] if template is not None else list(DEFAULT_STOPS)
+        self._system_cache: dict[str, list[int]] = {}  # the last few system prompts' tokens (long ones recur)
+        self._lock = threading.Lock()
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, tokenizer) -> ChatFormat:
@@ -75,9 +78,17 @@ class ChatFormat:
 
     def system_tokens(self, content: str) -> list[int]:
         """The tokens a conversation starting with this system message starts with (cached by the server)."""
-        if self._template is None:
-            return self._encode_turns([("system", content)])
-        return self.tokenizer.encode(self._render([("system", content)], add_generation_prompt=False))
+        tokens = self._system_cache.get(content)
+        if tokens is None:
+            if self._template is None:
+                tokens = self._encode_turns([("system", content)])
+            else:
+                tokens = self.tokenizer.encode(self._render([("system", content)], add_generation_prompt=False))
+            with self._lock:  # requests are tokenized on several threads
+                if len(self._system_cache) >= SYSTEM_CACHE_SIZE:
+                    self._system_cache.pop(next(iter(self._system_cache)))
+                self._system_cache[content] = tokens
+        return list(tokens)
 
     def _encode_turns(self, messages: list[tuple[str, str]]) -> list[int]:
         return [t for role, content in messages

@@ -206,9 +206,10 @@ class Scheduler:
         vocab = self.model.config.vocab_size
         if not prompt:
             raise RequestRejected("the prompt is empty: it needs at least one token", "prompt")
-        bad = next((t for t in prompt if not (isinstance(t, int) and 0 <= t < vocab)), None)
-        if bad is not None:
-            raise RequestRejected(f"the prompt holds token id {bad!r} outside [0, {vocab})", "prompt")
+        low, high = min(prompt), max(prompt)  # ints: the HTTP layer's strict types, or a tokenizer's output
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            raise RequestRejected(f"the prompt holds token id {bad} outside [0, {vocab})", "prompt")
         limit = self.limits.max_model_len
         if len(prompt) > limit:
             raise RequestRejected(f"the prompt has {len(prompt)} tokens; this server's maximum context length"
