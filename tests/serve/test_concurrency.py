@@ -10,11 +10,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
+import httpx
+import pytest
+
 from mambalab.inference.prefix_cache import PrefixCache
 from mambalab.inference.sampling import SamplingConfig
 from mambalab.serve.engine import Engine
-from mambalab.serve.scheduler import Limits, Request, Scheduler
-from tests.serve.conftest import MODEL_NAME, TOK, byte_model
+from mambalab.serve.scheduler import Limits, Request, RequestRejected, Scheduler
+from tests.serve.conftest import MODEL_NAME, TOK, byte_model, start_server
 
 REQUESTS = [
     {"prompt": f"prompt number {i} " + "x" * (3 * i), "max_tokens": 8 + i % 5,
@@ -159,3 +162,21 @@ def test_many_concurrent_streams_complete(served):
     alone = [run(served.client, {"prompt": f"s{i}", "max_tokens": 6, "temperature": 0})[0] for i in range(16)]
     assert texts == alone
     assert threading.active_count() < 100
+
+
+def test_timeouts_and_a_full_queue_are_refused_cleanly():
+    """A request past --request-timeout ends (HTTP 408); past max_waiting queued requests, 429."""
+    engine = Engine(byte_model(), TOK, limits=Limits(request_timeout=0.5, max_waiting=2))
+    with pytest.raises(RequestRejected) as full:
+        engine.scheduler.submit([Request([1], 1) for _ in range(3)])
+    assert full.value.status == 429
+    thread = start_server(engine)
+    try:
+        body = {"model": MODEL_NAME, "prompt": "slow", "max_tokens": 4000, "temperature": 0}
+        response = httpx.post(f"{thread.url}/v1/completions", json=body, timeout=30)
+        assert response.status_code == 408 and response.json()["error"]["code"] == "request_timeout"
+        with httpx.stream("POST", f"{thread.url}/v1/completions", json={**body, "stream": True}, timeout=30) as r:
+            lines = [line for line in r.iter_lines() if line]
+        assert lines[-1] == "data: [DONE]" and "timeout" in lines[-2]
+    finally:
+        thread.stop()
