@@ -38,6 +38,9 @@ from mambalab.serve.engine import Engine
 from mambalab.serve.protocol import ApiError, ChatRequest, CompletionRequest, parse
 from mambalab.serve.scheduler import Request as EngineRequest
 from mambalab.serve.scheduler import RequestRejected
+from mambalab.serve.server import serve
+
+__all__ = ["create_app", "serve"]  # serve: the entry point's old home, kept
 
 logger = logging.getLogger(__name__)
 
