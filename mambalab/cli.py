@@ -150,7 +150,7 @@ def serve(
     model_dir: str = typer.Argument(None, help="Model directory to serve (mambalab, transformers or official)."),
     model: str = typer.Option(None, help="The model directory (the same as MODEL_DIR, kept as an alias)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8000, help="Port (0 = any free port)."),
+    port: str = typer.Option("8000", help="Port (0 = any free port)."),
     served_model_name: str = typer.Option(None, help="The model id clients ask for (default: the directory name)."),
     max_model_len: int = typer.Option(32768, help="Most tokens of a request: prompt + max_tokens."),
     max_num_seqs: int = typer.Option(64, help="Most requests prefilling or decoding at once (the rest wait)."),
@@ -180,8 +180,8 @@ def serve(
     model_dir = model_dir or model
     if not Path(model_dir).is_dir():
         fail(f"model directory {model_dir!r} does not exist or is not a directory")
-    if not 0 <= port <= 65535:
-        fail(f"--port must be in [0, 65535], got {port}")
+    if not (port.isdigit() and 0 <= int(port) <= 65535):
+        fail(f"--port must be an integer in [0, 65535], got {port!r}")
     if system_prompt_file is not None and not Path(system_prompt_file).is_file():
         fail(f"--system-prompt-file {system_prompt_file!r} is not a readable file")
     try:
@@ -196,7 +196,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     typer.echo(f"loading {model_dir} on {device}")
     try:
-        run_server(model_dir, host, port, system_prompt, device=device, dtype=torch_dtype, cache_dir=prefix_cache_dir,
+        run_server(model_dir, host, int(port), system_prompt, device=device, dtype=torch_dtype, cache_dir=prefix_cache_dir,
                    served_model_name=served_model_name, api_key=api_key, limits=limits,
                    drain_timeout=shutdown_timeout,
                    on_listening=lambda url: typer.echo(f"serving on {url}/v1 (Ctrl-C stops)"))

@@ -77,6 +77,7 @@ def test_a_signal_mid_generation_shuts_down_cleanly(model_dir, sig):
     "args, message",
     [(["/no/such/dir"], "does not exist"),
      (["{model}", "--port", "70000"], "--port"),
+     (["{model}", "--port", "http"], "--port"),
      (["{model}", "--system-prompt-file", "/no/such/file"], "--system-prompt-file"),
      (["{model}", "--max-num-seqs", "0"], "max_num_seqs"),
      (["{model}", "--model", "{model}"], "once"),
