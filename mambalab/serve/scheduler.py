@@ -13,9 +13,9 @@ KV cache. Each `step()`:
 5. chooses each row's token with the row's own options and `torch.Generator` (greedy rows share one
    argmax), hands the settled text to the request (`TextStream`), and retires finished rows.
 
-The model is used only through its protocol: `model(ids, state=...)` (prefill, advancing a state),
-`model._step` through `decode_step`, `model.allocate_state`, and `InferenceState` select / concat / clone;
-any model with these (Mamba, Mamba-2, hybrids) is served.
+The model is used only through its protocol: `model.prefill(ids, state)`, `model._step` through
+`decode_step`, `model.allocate_state`, and `InferenceState` select / concat / clone; any model with these
+(Mamba, Mamba-2, hybrids) is served.
 
 Threads: `submit` and `Request.cancel` may be called from any thread; everything else runs in the thread
 that calls `step()` (the scheduler thread started by `start()`, or the caller of `run_until_done`). Requests
@@ -385,7 +385,8 @@ class Scheduler:
         ids = torch.tensor([r.prompt[r.consumed : r.consumed + n] for r in members],
                            dtype=torch.long, device=self.model.device)  # (g, n)
         state = members[0].state if len(members) == 1 else InferenceState.concat([r.state for r in members])
-        logits = self.model(ids, state=state)[:, -1]  # (g, vocab); advances `state` in place
+        logits, state = self.model.prefill(ids, state)
+        logits = logits[:, -1]  # (g, vocab)
         for i, r in enumerate(members):
             r.consumed += n
             r.state = state if len(members) == 1 else state.select([i])

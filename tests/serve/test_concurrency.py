@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
+import torch
 
 from mambalab.inference.prefix_cache import PrefixCache
 from mambalab.inference.sampling import SamplingConfig
@@ -180,3 +181,25 @@ def test_timeouts_and_a_full_queue_are_refused_cleanly():
         assert lines[-1] == "data: [DONE]" and "timeout" in lines[-2]
     finally:
         thread.stop()
+
+
+@pytest.mark.parametrize("bucketed", [False, True], ids=["exact", "bucketed"])
+def test_a_hybrid_model_with_kv_caches_is_served_row_for_row(bucketed):
+    """The scheduler uses only the model protocol: attention layers (KV caches of different lengths, joined
+    by padding) decode each row as `generate` does alone."""
+    from mambalab import LanguageModel, ModelConfig, SSMConfig
+    from mambalab.inference.generate import generate
+
+    torch.manual_seed(1)
+    config = ModelConfig(d_model=32, n_layer=2, vocab_size=TOK.vocab_size, ssm=SSMConfig(d_state=8),
+                         layer_pattern=["mamba", "attention"])
+    model = LanguageModel(config).double().eval()
+    prompts = [TOK.encode("hybrid " + "w" * i) for i in range(5)]
+    expected = [generate(model, [p], 9 + i, eos_token_id=TOK.eos_token_id).sequences[0] for i, p in enumerate(prompts)]
+    scheduler = Scheduler(model, TOK, PrefixCache(model), Limits(max_prefill_tokens=5), bucketed=bucketed)
+    requests = [Request(p, 9 + i) for i, p in enumerate(prompts)]
+    for r in requests:  # arriving one step apart
+        scheduler.submit([r])
+        scheduler.step()
+    scheduler.run_until_done(requests)
+    assert [r.text.ids for r in requests] == expected
