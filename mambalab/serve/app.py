@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mambalab.errors import MambalabError
 from mambalab.inference.sampling import SamplingConfig
 from mambalab.serve.chat import ChatFormat, ChatTemplateError
 from mambalab.serve.engine import Engine
@@ -62,13 +63,16 @@ def create_app(
     shutdown lets in-flight requests finish for up to `drain_timeout` s before cancelling them."""
     chat = chat_format or ChatFormat(engine.tokenizer)
     created = int(time.time())
+    system_tokens = chat.system_tokens(system_prompt) if system_prompt else []
+    if len(system_tokens) >= engine.limits.max_model_len:
+        raise MambalabError(f"the system prompt has {len(system_tokens)} tokens, leaving no room under"
+                            f" --max-model-len {engine.limits.max_model_len}")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
-        if system_prompt:
-            tokens = chat.system_tokens(system_prompt)
-            await run_in_threadpool(engine.cache_prefix, tokens)
-            logger.info("system prompt of %d tokens prefilled and cached", len(tokens))
+        if system_tokens:
+            await run_in_threadpool(engine.cache_prefix, system_tokens)
+            logger.info("system prompt of %d tokens prefilled and cached", len(system_tokens))
         await run_in_threadpool(engine.start)  # captures the CUDA graphs first
         try:
             yield

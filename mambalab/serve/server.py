@@ -15,6 +15,7 @@ import socket
 import threading
 from pathlib import Path
 
+from mambalab.errors import MambalabError
 from mambalab.serve import require_serve_dependencies
 from mambalab.serve.scheduler import Limits
 
@@ -86,15 +87,18 @@ def serve(
     # uvicorn re-raises the signal it caught once it has shut down; make SIGTERM a KeyboardInterrupt as well,
     # so both end here, after a clean shutdown.
     previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    interrupted = False
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
-        pass
+        interrupted = True
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
         engine.stop()
         sock.close()
+    if not (server.started or interrupted):
+        raise MambalabError("the server failed to start (see the log above)")
 
 
 def _interrupt(signum, frame):

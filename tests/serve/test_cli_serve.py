@@ -88,3 +88,11 @@ def test_bad_command_lines_get_one_line_and_status_2(model_dir, args, message):
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+
+
+def test_a_system_prompt_past_the_context_limit_is_a_one_line_error(model_dir, tmp_path):
+    (tmp_path / "system.txt").write_text("s" * 200)
+    result = CliRunner().invoke(app, ["serve", str(model_dir), "--port", "0", "--device", "cpu", "--max-model-len",
+                                      "100", "--system-prompt-file", str(tmp_path / "system.txt")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("error: the system prompt has")
