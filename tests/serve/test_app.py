@@ -10,7 +10,6 @@ import pytest
 from mambalab.inference.generate import generate
 from mambalab.serve.chat import ChatFormat
 from mambalab.serve.engine import Engine
-from mambalab.serve.text import TextStream
 from tests.serve.conftest import MAX_MODEL_LEN, MODEL_NAME, SYSTEM, TOK, Served, byte_model, start_server
 
 __all__ = ["byte_model"]  # tests/inference/test_cli_generate.py imports it from here
@@ -135,16 +134,3 @@ def test_the_models_chat_template_is_used(tmp_path):
     assert tokens == TOK.encode("[system]Be brief.</s>[user]hi</s>[assistant]")
     assert tokens[: len(chat.system_tokens("Be brief."))] == chat.system_tokens("Be brief.")
     assert chat.stops == [] and ChatFormat.from_dir(tmp_path / "none", TOK).stops == ["<|user|>", "<|system|>"]
-
-
-def test_text_stream_holds_back_partial_characters_and_stop_strings():
-    stream = TextStream(TOK, stop=["END"])
-    out = [stream.push(t) for t in TOK.encode("é a E")]
-    assert out == ["", "é", " ", "a", " ", ""]  # é is two bytes; "E" may start "END"
-    assert [stream.push(t) for t in TOK.encode("x EN")] == ["Ex", " ", "", ""]
-    assert stream.push(TOK.encode("D")[0]) == "" and stream.stopped
-    assert stream.emitted == "é a Ex " and stream.finish() == ""
-    tail = TextStream(TOK, stop=["END"])
-    assert [tail.push(t) for t in TOK.encode("aEN")] == ["a", "", ""] and tail.finish() == "EN"
-    broken = TextStream(TOK)  # bytes that never form a character are handed out as U+FFFD
-    assert "".join(broken.push(t) for t in [0xFF] * 6) + broken.finish() == TOK.decode([0xFF] * 6)
