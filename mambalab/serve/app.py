@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
+import weakref
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI, Request
@@ -218,13 +221,8 @@ def _sampling(body) -> SamplingConfig:
 async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, prompts: list[list[int]], body,
                  max_tokens: int | None, default_stops: list[str]):
     """Submit one engine request per prompt; answer with one JSON body or an SSE stream."""
-    loop = asyncio.get_running_loop()
     news = asyncio.Event()
-
-    def notify() -> None:  # called from the scheduler thread
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
-            loop.call_soon_threadsafe(news.set)
-
+    notify = functools.partial(_Wakeups.of(asyncio.get_running_loop()).mark, news)  # from the scheduler thread
     limit = engine.limits.max_model_len
     sampling, stops = _sampling(body), body.stop_strings() + default_stops
     requests = [
@@ -327,6 +325,40 @@ def _usage(requests: list[EngineRequest]) -> dict:
     prompt = sum(len(r.prompt) for r in requests)
     completion = sum(r.completion_tokens for r in requests)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+_WAKEUPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its _Wakeups
+
+
+class _Wakeups:
+    """Sets a loop's asyncio events from other threads, one `call_soon_threadsafe` per batch: the scheduler
+    marks every request with news during a step, the loop wakes once and sets them all."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.marked: set[asyncio.Event] = set()
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Wakeups:
+        wakeups = _WAKEUPS.get(loop)
+        if wakeups is None:
+            wakeups = _WAKEUPS[loop] = cls(loop)
+        return wakeups
+
+    def mark(self, event: asyncio.Event) -> None:
+        with self.lock:
+            first = not self.marked
+            self.marked.add(event)
+        if first:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+                self.loop.call_soon_threadsafe(self._set_marked)
+
+    def _set_marked(self) -> None:
+        with self.lock:
+            events, self.marked = self.marked, set()
+        for event in events:
+            event.set()
 
 
 class _Envelope:
