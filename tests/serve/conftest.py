@@ -8,9 +8,6 @@ import torch
 from mambalab.serve.engine import Engine, load_tokenizer
 from mambalab.serve.scheduler import Limits
 
-pytest.importorskip("fastapi")
-pytest.importorskip("openai")
-
 TOK = load_tokenizer("byte")
 SYSTEM = "You are a tiny test model."
 MODEL_NAME = "tiny"
@@ -36,6 +33,8 @@ class Served:
 
 
 def start_server(engine: Engine, **app_kwargs):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("openai")
     from mambalab.serve.app import create_app
     from mambalab.serve.server import ServerThread
 

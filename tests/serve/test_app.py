@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 from mambalab.inference.generate import generate
@@ -20,6 +19,8 @@ def greedy(model, ids: list[int], n: int) -> list[int]:
 
 
 def test_models_health_and_version(served):
+    import httpx
+
     models = served.client.models.list()
     assert [m.id for m in models.data] == [MODEL_NAME]
     assert served.client.models.retrieve(MODEL_NAME).id == MODEL_NAME
@@ -109,6 +110,7 @@ def test_max_tokens_past_the_context_limit_is_refused(served):
 
 
 def test_api_key_is_required_when_configured():
+    import httpx
     import openai
 
     engine = Engine(byte_model(), TOK)

@@ -11,13 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from mambalab.cli import app
 from mambalab.models.checkpoint import save_pretrained
 from tests.serve.conftest import byte_model
+
+httpx = pytest.importorskip("httpx")
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
-import httpx
 import pytest
 import torch
 
@@ -19,6 +18,8 @@ from mambalab.inference.sampling import SamplingConfig
 from mambalab.serve.engine import Engine
 from mambalab.serve.scheduler import Limits, Request, RequestRejected, Scheduler
 from tests.serve.conftest import MODEL_NAME, TOK, byte_model, start_server
+
+httpx = pytest.importorskip("httpx")
 
 REQUESTS = [
     {"prompt": f"prompt number {i} " + "x" * (3 * i), "max_tokens": 8 + i % 5,

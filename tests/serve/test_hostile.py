@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 from tests.serve.conftest import MAX_MODEL_LEN, MODEL_NAME, TOK
+
+httpx = pytest.importorskip("httpx")
 
 OK = {"model": MODEL_NAME, "prompt": "x", "max_tokens": 2}
 CHAT = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
