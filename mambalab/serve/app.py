@@ -66,7 +66,11 @@ def create_app(
     shutdown lets in-flight requests finish for up to `drain_timeout` s before cancelling them."""
     chat = chat_format or ChatFormat(engine.tokenizer)
     created = int(time.time())
-    system_tokens = chat.system_tokens(system_prompt) if system_prompt else []
+    try:
+        system_tokens = chat.system_tokens(system_prompt) if system_prompt else []
+    except ChatTemplateError as e:
+        logger.warning("the system prompt is not cached: %s", e)
+        system_tokens = []
     if len(system_tokens) >= engine.limits.max_model_len:
         raise MambalabError(f"the system prompt has {len(system_tokens)} tokens, leaving no room under"
                             f" --max-model-len {engine.limits.max_model_len}")

@@ -66,14 +66,19 @@ class ChatFormat:
 
     def tokens(self, messages: list[tuple[str, str]]) -> list[int]:
         """The prompt tokens of a conversation, ending where the assistant's reply begins."""
-        head = self.system_tokens(messages[0][1]) if messages[0][0] == "system" else []
+        has_system = messages[0][0] == "system"
         if self._template is None:
-            rest = messages[1:] if head else messages
+            head = self.system_tokens(messages[0][1]) if has_system else []
+            rest = messages[1:] if has_system else messages
             return head + self._encode_turns(rest) + self.tokenizer.encode(DEFAULT_GENERATION_PROMPT)
         text = self._render(messages, add_generation_prompt=True)
-        prefix = self._render(messages[:1], add_generation_prompt=False) if head else ""
-        if head and text.startswith(prefix):
-            return head + self.tokenizer.encode(text[len(prefix) :])
+        if has_system:
+            try:  # some templates refuse a conversation of a system message alone: then no shared prefix
+                prefix = self._render(messages[:1], add_generation_prompt=False)
+            except ChatTemplateError:
+                prefix = None
+            if prefix and text.startswith(prefix):
+                return self.system_tokens(messages[0][1]) + self.tokenizer.encode(text[len(prefix) :])
         return self.tokenizer.encode(text)
 
     def system_tokens(self, content: str) -> list[int]:

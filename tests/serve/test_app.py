@@ -136,3 +136,17 @@ def test_the_models_chat_template_is_used(tmp_path):
     assert tokens == TOK.encode("[system]Be brief.</s>[user]hi</s>[assistant]")
     assert tokens[: len(chat.system_tokens("Be brief."))] == chat.system_tokens("Be brief.")
     assert chat.stops == [] and ChatFormat.from_dir(tmp_path / "none", TOK).stops == ["<|user|>", "<|system|>"]
+
+
+def test_a_template_that_refuses_a_lone_system_message(tmp_path):
+    """No shared system prefix then (each conversation is tokenized whole), and a conversation the template
+    refuses is a ChatTemplateError (answered with a 400)."""
+    from mambalab.serve.chat import ChatTemplateError
+
+    template = ("{% if messages[-1].role == 'system' %}{{ raise_exception('needs a user turn') }}{% endif %}"
+                "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    chat = ChatFormat.from_dir(tmp_path, TOK)
+    assert chat.tokens([("system", "S"), ("user", "hi")]) == TOK.encode("<system>S<user>hi<assistant>")
+    with pytest.raises(ChatTemplateError, match="needs a user turn"):
+        chat.tokens([("system", "S")])
