@@ -422,16 +422,17 @@ class Scheduler:
     def _update_slots(self) -> None:
         """Free the slots of finished rows and give the joining requests one each: in place when the batch
         has room (bucketed CUDA graphs), else by building a new batch of live rows + joiners."""
+        if not self._joining and not any(r is not None and r.done.is_set() for r in self._slots):
+            return  # nothing joins, nothing left
         live = [i for i, r in enumerate(self._slots) if r is not None and not r.done.is_set()]
         joining, self._joining = self._joining, []
-        if len(live) == len(self._slots) and not joining:
-            return
         rows = len(live) + len(joining)
         if rows == 0:
             self._slots, self._step, self._tokens = [], None, None
             return
         capacity = len(self._slots)
-        free = [i for i in range(capacity) if i not in set(live)]
+        taken = set(live)
+        free = [i for i in range(capacity) if i not in taken]
         if self.bucketed and len(joining) <= len(free) and (capacity == 1 or rows > capacity // 4):
             placed = free[: len(joining)]
             if all(_fits(self._step.state, r.state) for r in joining):
