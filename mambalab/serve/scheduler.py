@@ -229,7 +229,7 @@ class Scheduler:
             raise RequestRejected(f"too many requests waiting (at most {self.limits.max_waiting}); retry later",
                                   None, status=429)
         for r in requests:
-            r.text = TextStream(self.tokenizer, r.stop)
+            r.text = TextStream(self.tokenizer, r.stop, incremental=r.streaming)
             self._submitted.append(r)
         self._wake.set()
 

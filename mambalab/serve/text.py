@@ -19,8 +19,10 @@ class TextStream:
     """Turns one row's tokens into text deltas. Text that could still become a stop string, or an
     incomplete multi-byte character (decoded as U+FFFD), is held back until it is settled."""
 
-    def __init__(self, tokenizer, stop: list[str] | None = None):
+    def __init__(self, tokenizer, stop: list[str] | None = None, incremental: bool = True):
         self.tokenizer, self.stop = tokenizer, [s for s in (stop or []) if s]
+        # Without stop strings, a reader that wants only the whole text gets it decoded once, at the end.
+        self.incremental = incremental or bool(self.stop)
         self.ids: list[int] = []
         self.stopped = False  # a stop string was produced; nothing more is emitted
         self._pieces: list[str] = []  # the text handed out, in order
@@ -41,6 +43,8 @@ class TextStream:
         if self.stopped:
             return ""
         self.ids.append(token)
+        if not self.incremental:
+            return ""
         new = self._new_text(final=False)
         return self._settle(new) if new else ""
 

@@ -44,6 +44,8 @@ def test_streamed_pieces_add_up_to_the_whole_decoding(tmp_path, kind):
         stream = TextStream(tok)
         pieces = [stream.push(t) for t in ids] + [stream.finish()]
         assert "".join(pieces) == tok.decode(ids) == stream.emitted
+        whole = TextStream(tok, incremental=False)  # a reader that wants only the end: decoded once
+        assert [whole.push(t) for t in ids] == [""] * len(ids) and whole.finish() == tok.decode(ids)
 
 
 def test_stop_strings_across_subword_tokens(tmp_path):
