@@ -107,6 +107,7 @@ class Request:
         # Scheduler side: the state while prefilling, how many prompt tokens it has consumed, the row's
         # sampling generator and seen-token mask, the last chosen token.
         self.state: InferenceState | None = None
+        self.state_row = 0  # this request's row of `state` (prefilled prompts share one state)
         self.consumed = 0
         self.generator: torch.Generator | None = None
         self.seen: torch.Tensor | None = None  # (1, vocab) bool, only with a repetition penalty
@@ -386,18 +387,26 @@ class Scheduler:
                            dtype=torch.long, device=self.model.device)  # (g, n)
         state = members[0].state if len(members) == 1 else InferenceState.concat([r.state for r in members])
         logits, state = self.model.prefill(ids, state)
-        logits = logits[:, -1]  # (g, vocab)
-        for i, r in enumerate(members):
+        for r in members:
             r.consumed += n
-            r.state = state if len(members) == 1 else state.select([i])
-            if r.consumed == len(r.prompt):
-                self._first_token(r, logits[i : i + 1])
+        done = [i for i, r in enumerate(members) if r.consumed == len(r.prompt)]
+        for i, r in enumerate(members):
+            if r.consumed < len(r.prompt):  # more chunks to come: a state of its own
+                r.state, r.state_row = (state, 0) if len(members) == 1 else (state.select([i]), 0)
+        if done:
+            # Finished prompts share one state (their rows), written into the decode batch together.
+            shared = state if len(done) == len(members) else state.select(done)
+            finished = [members[i] for i in done]
+            for row, r in enumerate(finished):
+                r.state, r.state_row = shared, row
+            self._first_tokens(finished, logits[done, -1])  # (f, vocab)
 
-    def _first_token(self, r: Request, logits: torch.Tensor) -> None:
-        (token,) = self._choose([r], logits).tolist()
-        r.first_token_time = time.monotonic()
-        if not self._accept_token(r, token):
-            self._joining.append(r)
+    def _first_tokens(self, requests: list[Request], logits: torch.Tensor) -> None:
+        now = time.monotonic()
+        for r, token in zip(requests, self._choose(requests, logits).tolist()):
+            r.first_token_time = now
+            if not self._accept_token(r, token):
+                self._joining.append(r)
 
     # Decode -----------------------------------------------------------------------------------------------
     def _decode(self) -> bool:
@@ -425,34 +434,40 @@ class Scheduler:
         if not self._joining and not any(r is not None and r.done.is_set() for r in self._slots):
             return  # nothing joins, nothing left
         live = [i for i, r in enumerate(self._slots) if r is not None and not r.done.is_set()]
-        joining, self._joining = self._joining, []
-        rows = len(live) + len(joining)
+        joining = _by_state(self._joining)
+        self._joining = []
+        rows = len(live) + sum(len(group) for _, group in joining)
         if rows == 0:
             self._slots, self._step, self._tokens = [], None, None
             return
         capacity = len(self._slots)
         taken = set(live)
         free = [i for i in range(capacity) if i not in taken]
-        if self.bucketed and len(joining) <= len(free) and (capacity == 1 or rows > capacity // 4):
-            placed = free[: len(joining)]
-            if all(_fits(self._step.state, r.state) for r in joining):
-                for i in free:
-                    self._slots[i] = None
-                for i, r in zip(placed, joining):
-                    _write_row(self._step.state, i, r.state)
+        fits = all(_fits(self._step.state, state) for state, _ in joining) if self._step is not None else False
+        if self.bucketed and fits and rows <= capacity and (capacity == 1 or rows > capacity // 4):
+            for i in free:
+                self._slots[i] = None
+            for state, group in joining:
+                placed, free = free[: len(group)], free[len(group) :]
+                _write_rows(self._step.state, placed, state, [r.state_row for r in group])
+                tokens = torch.tensor([r.last_token for r in group], device=self._tokens.device)
+                self._tokens[torch.tensor(placed, device=self._tokens.device)] = tokens
+                for i, r in zip(placed, group):
                     self._slots[i], r.state = r, None
-                if joining:
-                    index = torch.tensor(placed, device=self._tokens.device)
-                    self._tokens[index] = torch.tensor([r.last_token for r in joining], device=self._tokens.device)
-                return
+            return
         self._rebuild(live, joining)
 
-    def _rebuild(self, live: list[int], joining: list[Request]) -> None:
-        """A new decode batch: the rows `live` of the current one, then `joining`, padded to a bucket."""
+    def _rebuild(self, live: list[int], joining: list[tuple[InferenceState, list[Request]]]) -> None:
+        """A new decode batch: the rows `live` of the current one, then the joining requests (grouped by the
+        state that holds their rows), padded to a bucket."""
         device = self.model.device
         parts = [self._step.state.select(live)] if live else []
-        parts += [r.state for r in joining]
-        rows = len(live) + len(joining)
+        joiners = []
+        for state, group in joining:
+            rows_of_group = [r.state_row for r in group]
+            parts.append(state if rows_of_group == list(range(state.batch_size)) else state.select(rows_of_group))
+            joiners += group
+        rows = len(live) + len(joiners)
         size = _bucket(rows) if self.bucketed else rows
         if size > rows:
             parts.append(self.model.allocate_state(size - rows))
@@ -460,10 +475,10 @@ class Scheduler:
         tokens = torch.zeros(size, dtype=torch.long, device=device)  # (B,)
         if live:
             tokens[: len(live)] = self._tokens[torch.tensor(live, device=self._tokens.device)]
-        if joining:
-            tokens[len(live) : rows] = torch.tensor([r.last_token for r in joining], device=device)
-        self._slots = [self._slots[i] for i in live] + joining + [None] * (size - rows)
-        for r in joining:
+        if joiners:
+            tokens[len(live) : rows] = torch.tensor([r.last_token for r in joiners], device=device)
+        self._slots = [self._slots[i] for i in live] + joiners + [None] * (size - rows)
+        for r in joiners:
             r.state = None
         self._step = decode_step(self.model, state, self.use_cuda_graph)
         self._tokens = tokens
@@ -498,20 +513,31 @@ def _bucket(rows: int) -> int:
     return 1 << max(0, rows - 1).bit_length()
 
 
-def _fits(batch: InferenceState, row: InferenceState) -> bool:
-    """Whether a batch-1 state can be written into a row of `batch` (same shapes past the batch)."""
+def _fits(batch: InferenceState, source: InferenceState) -> bool:
+    """Whether rows of `source` can be written into rows of `batch` (same tensors, same shapes past the batch)."""
     return all(
         static.keys() == layer.keys() and all(static[k].shape[1:] == t.shape[1:] for k, t in layer.items())
-        for static, layer in zip(batch.layers, row.layers)
+        for static, layer in zip(batch.layers, source.layers)
     )
 
 
-def _write_row(batch: InferenceState, i: int, row: InferenceState) -> None:
-    """Copy a batch-1 state into row i of `batch`, in place (its buffers may be a CUDA graph's)."""
-    for static, layer in zip(batch.layers, row.layers):
+def _write_rows(batch: InferenceState, slots: list[int], source: InferenceState, rows: list[int]) -> None:
+    """Copy rows `rows` of `source` into rows `slots` of `batch`, in place (its buffers may be a CUDA
+    graph's): one copy per tensor, whatever the number of rows."""
+    dst = torch.tensor(slots, device=batch.device)
+    src = torch.tensor(rows, device=source.device)
+    for static, layer in zip(batch.layers, source.layers):
         for key, t in layer.items():
-            static[key][i].copy_(t[0])
-    batch.seqlen[i : i + 1].copy_(row.seqlen)
+            static[key].index_copy_(0, dst, t.index_select(0, src))
+    batch.seqlen.index_copy_(0, dst, source.seqlen.index_select(0, src))
+
+
+def _by_state(requests: list[Request]) -> list[tuple[InferenceState, list[Request]]]:
+    """Requests grouped by the state object holding their rows, in order of first appearance."""
+    groups: dict[int, tuple[InferenceState, list[Request]]] = {}
+    for r in requests:
+        groups.setdefault(id(r.state), (r.state, []))[1].append(r)
+    return list(groups.values())
 
 
 class _HostCopy:

@@ -63,21 +63,23 @@ def test_the_scheduler_batches_rows_and_keeps_each_rows_tokens():
 
 
 def test_bucketed_slots_reuse_compact_and_keep_each_rows_tokens():
-    """The CUDA layout, run on CPU: the batch padded to 1, 2, 4, 8 rows, requests arriving and leaving at
-    different steps take free slots in place, the batch shrinks when mostly empty; every row's text is the
-    one it gets alone."""
+    """The CUDA layout, run on CPU: the batch padded to 1, 2, 4, 8 rows; requests arriving in waves (prompts
+    of equal length prefilled together, their rows written into free slots at once, long ones chunked) and
+    leaving at different steps; the batch grows and shrinks; every row's text is the one it gets alone."""
     model = byte_model()
-    lengths = [3, 17, 9, 30, 5, 12, 25, 2, 8]
-    prompts = [TOK.encode(f"slot {i}" + "q" * i) for i in range(len(lengths))]
+    lengths = [3, 17, 9, 30, 5, 12, 25, 2, 8, 14, 6]
+    prompts = [TOK.encode(f"slot {i:02d}" + ("long " * 5 if i == 4 else "")) for i in range(len(lengths))]
     sampling = [SamplingConfig(do_sample=bool(i % 3), temperature=0.8) for i in range(len(lengths))]
     alone = Engine(model, TOK)
     expected = [alone.complete([p], n, seed=i, **vars(c))[0].text
                 for i, (p, n, c) in enumerate(zip(prompts, lengths, sampling))]
-    scheduler = Scheduler(model, TOK, PrefixCache(model), Limits(max_num_seqs=5), bucketed=True)
+    scheduler = Scheduler(model, TOK, PrefixCache(model), Limits(max_num_seqs=7, max_prefill_tokens=20),
+                          bucketed=True)
     requests = [Request(p, n, c, seed=i) for i, (p, n, c) in enumerate(zip(prompts, lengths, sampling))]
-    capacities = set()
-    for i, r in enumerate(requests):  # one new request every other step
-        scheduler.submit([r])
+    capacities, start = set(), 0
+    for wave in (1, 3, 2, 4, 1):  # waves of requests, two steps apart
+        scheduler.submit(requests[start : start + wave])
+        start += wave
         for _ in range(2):
             scheduler.step()
             capacities.add(len(scheduler._slots))
