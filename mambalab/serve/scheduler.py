@@ -355,8 +355,7 @@ class Scheduler:
             if r.max_new_tokens == 0:
                 r._finish("length")
                 continue
-            r.cached_tokens, state = self.cache.lookup(r.prompt)
-            r.state = state if state is not None else self.model.allocate_state(1)
+            r.cached_tokens, r.state = self.cache.lookup(r.prompt)  # None: start from zeros
             r.consumed = r.cached_tokens
             device = self.model.device
             r.generator = torch.Generator(device=device)
@@ -385,7 +384,11 @@ class Scheduler:
     def _prefill_group(self, n: int, members: list[Request]) -> None:
         ids = torch.tensor([r.prompt[r.consumed : r.consumed + n] for r in members],
                            dtype=torch.long, device=self.model.device)  # (g, n)
-        state = members[0].state if len(members) == 1 else InferenceState.concat([r.state for r in members])
+        if all(r.state is None for r in members):
+            state = None  # all start from zeros: prefill allocates them at once
+        else:
+            states = [r.state if r.state is not None else self.model.allocate_state(1) for r in members]
+            state = states[0] if len(states) == 1 else InferenceState.concat(states)
         logits, state = self.model.prefill(ids, state)
         for r in members:
             r.consumed += n
