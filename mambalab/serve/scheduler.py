@@ -8,10 +8,14 @@ KV cache. Each `step()`:
 3. prefills at most `max_prefill_tokens` prompt tokens in all, in chunks (so one long prompt cannot starve
    the decoding of the others); requests whose chunks have the same length run in one forward call. A
    request whose prompt is done chooses its first token from the last logits and joins the decode batch;
-4. runs ONE decode step for every running request (their states joined along the batch, padded to a
-   bucket of 1, 2, 4, 8, ... rows on CUDA, where each bucket's step is replayed from a CUDA graph);
-5. chooses each row's token with the row's own options and `torch.Generator` (greedy rows share one
-   argmax), hands the settled text to the request (`TextStream`), and retires finished rows.
+4. runs ONE decode step for every running request. On CUDA the batch is padded to a bucket of 1, 2, 4,
+   8, ... rows, each bucket's step replayed from a CUDA graph; requests take free slots in place (one copy
+   per state tensor for all the requests prefilled together), and the batch is rebuilt only to grow or to
+   shrink when mostly empty. Elsewhere the batch is exactly the live rows, rebuilt when they change;
+5. chooses each row's token on the device, with the row's own options and `torch.Generator` (greedy rows
+   share one argmax), and reads the tokens on the host one step later: the text (`TextStream`), stop
+   strings and finished rows of step t are handled while the device computes step t+1 (a row that
+   finished is computed once more, for nothing, then its slot is freed).
 
 The model is used only through its protocol: `model.prefill(ids, state)`, `model._step` through
 `decode_step`, `model.allocate_state`, and `InferenceState` select / concat / clone; any model with these
