@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 from mambalab.errors import MambalabError
@@ -119,13 +120,13 @@ class ServerThread:
 
     def start(self, timeout: float = 60.0) -> ServerThread:
         self.thread.start()
-        waited = threading.Event()
-        while not self.server.started and self.thread.is_alive() and not waited.wait(0.01):
-            timeout -= 0.01
-            if timeout <= 0:
+        deadline = time.monotonic() + timeout
+        while not self.server.started and self.thread.is_alive():
+            if time.monotonic() > deadline:
                 raise TimeoutError("the server did not start in time")
+            time.sleep(0.01)
         if not self.server.started:
-            raise RuntimeError("the server failed to start (see the log)")
+            raise MambalabError("the server failed to start (see the log)")
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
