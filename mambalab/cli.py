@@ -169,27 +169,62 @@ def generate(
 
 @app.command()
 def serve(
-    model: str = typer.Option(..., help="Model directory to serve."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    port: int = typer.Option(8000, help="Port (0 = any free port)."),
+    model_dir: str = typer.Argument(None, help="Model directory to serve (mambalab, transformers or official)."),
+    model: str = typer.Option(None, help="The model directory (the same as MODEL_DIR, kept as an alias)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: str = typer.Option("8000", help="Port (0 = any free port)."),
+    served_model_name: str = typer.Option(None, help="The model id clients ask for (default: the directory name)."),
+    max_model_len: int = typer.Option(32768, help="Most tokens of a request: prompt + max_tokens."),
+    max_num_seqs: int = typer.Option(64, help="Most requests prefilling or decoding at once (the rest wait)."),
+    max_prefill_tokens: int = typer.Option(2048, help="Most prompt tokens run per scheduler step (chunked prefill)."),
+    max_waiting: int = typer.Option(1024, help="Most requests waiting; past it new ones get 429."),
+    request_timeout: float = typer.Option(600.0, help="Seconds a request may take before it is ended (408)."),
+    shutdown_timeout: float = typer.Option(10.0, help="On SIGINT/SIGTERM, seconds in-flight requests may finish."),
+    api_key: str = typer.Option(None, envvar="MAMBALAB_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1."),
     system_prompt_file: str = typer.Option(None, help="Default system prompt of chat requests, prefilled once."),
-    cache_dir: str = typer.Option(None, help="Keep prefix states here, reused across restarts."),
+    prefix_cache_dir: str = typer.Option(None, "--prefix-cache-dir", "--cache-dir",
+                                         help="Keep prefix states here, reused across restarts."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     dtype: str = typer.Option(None, help="float32 | bfloat16 | float16 | float64 (default: the checkpoint's)."),
 ) -> None:
-    """An OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models) for a model directory."""
+    """An OpenAI-compatible HTTP server (continuous batching) for a model directory; see docs/serve.md."""
     import logging
 
-    from mambalab.serve.app import serve as run_server
+    from mambalab.serve import require_serve_dependencies
+    from mambalab.serve.scheduler import Limits
+
+    def fail(message: str) -> None:
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(2)
+
+    if (model_dir is None) == (model is None):
+        fail("give the model directory once: mambalab serve MODEL_DIR (or --model MODEL_DIR)")
+    model_dir = model_dir or model
+    if not Path(model_dir).is_dir():
+        fail(f"model directory {model_dir!r} does not exist or is not a directory")
+    if not (port.isdigit() and 0 <= int(port) <= 65535):
+        fail(f"--port must be an integer in [0, 65535], got {port!r}")
+    if system_prompt_file is not None and not Path(system_prompt_file).is_file():
+        fail(f"--system-prompt-file {system_prompt_file!r} is not a readable file")
+    try:
+        require_serve_dependencies()
+        limits = Limits(max_model_len, max_num_seqs, max_prefill_tokens, max_waiting, request_timeout)
+        system_prompt = None if system_prompt_file is None else Path(system_prompt_file).read_text(encoding="utf-8")
+        device, torch_dtype = _device_and_dtype(device, dtype)
+    except (ValueError, OSError, typer.BadParameter) as e:
+        fail(str(e))
+    from mambalab.serve.server import serve as run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    system_prompt = None if system_prompt_file is None else Path(system_prompt_file).read_text()
-    device, torch_dtype = _device_and_dtype(device, dtype)
-    typer.echo(f"loading {model} on {device}; serving on http://{host}:{port}/v1 (Ctrl-C stops)")
+    typer.echo(f"loading {model_dir} on {device}")
     try:
-        run_server(model, host, port, system_prompt, device=device, dtype=torch_dtype, cache_dir=cache_dir)
-    except KeyboardInterrupt:
-        typer.echo("stopped")
+        run_server(model_dir, host, int(port), system_prompt, device=device, dtype=torch_dtype, cache_dir=prefix_cache_dir,
+                   served_model_name=served_model_name, api_key=api_key, limits=limits,
+                   drain_timeout=shutdown_timeout,
+                   on_listening=lambda url: typer.echo(f"serving on {url}/v1 (Ctrl-C stops)"))
+    except (ValueError, OSError) as e:
+        fail(str(e))
+    typer.echo("stopped")
 
 
 @app.command()

@@ -1,316 +1,401 @@
-"""An OpenAI-compatible HTTP API over an `Engine`, on the standard library's ThreadingHTTPServer.
+"""An OpenAI-compatible HTTP API over an `Engine`, on FastAPI.
 
-    GET  /v1/models              the one served model
-    POST /v1/completions         prompt (a string, a list of strings, or token ids) -> text
-    POST /v1/chat/completions    messages -> the assistant's reply, through `CHAT_TEMPLATE`
+    GET  /health, /version               liveness and the mambalab version (no API key needed)
+    GET  /v1/models, /v1/models/{id}      the one served model
+    POST /v1/completions                  prompt (a string, strings, token ids, token-id lists) -> text
+    POST /v1/chat/completions             messages -> the assistant's reply, through `ChatFormat`
 
-Options: max_tokens (default 16), temperature (default 1; 0 = greedy), top_p, top_k, min_p,
-repetition_penalty, seed, stop (a string or up to 4), stream (server-sent events ending with
-`data: [DONE]`), n = 1 only. A configured system prompt is used by chat requests without one of their own;
-its state is computed once at start-up and every such request resumes from it (prefix cache).
+Requests are validated by the strict models of `protocol.py` and handed to the engine's scheduler, which runs
+in its own thread; the event loop only waits for their text (signalled from the scheduler thread with
+`call_soon_threadsafe`), so no request, slow reader or disconnected client can hold up another. A client
+that disconnects has its request cancelled at the next scheduler step.
 
-A bad request gets a 400 JSON error `{"error": {"message", "type": "invalid_request_error", "param"}}`;
-no request can stop the server. Generations are serialised by the engine's lock.
+Every error is a JSON body `{"error": {"message", "type", "param", "code"}}`: 400 bad request (malformed
+JSON, unknown or unsupported field, out-of-bounds value, prompt + max_tokens past --max-model-len), 401 bad
+API key, 404 unknown path or model, 405 wrong method, 408 request timeout, 413 body too large, 429 too many
+waiting requests, 503 shutting down.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import hmac
 import json
 import logging
+import threading
 import time
 import uuid
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import weakref
+from importlib.metadata import PackageNotFoundError, version
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mambalab.errors import MambalabError
+from mambalab.inference.sampling import SamplingConfig
+from mambalab.serve.chat import ChatFormat, ChatTemplateError
 from mambalab.serve.engine import Engine
+from mambalab.serve.protocol import ApiError, ChatRequest, CompletionRequest, parse
+from mambalab.serve.scheduler import Request as EngineRequest
+from mambalab.serve.scheduler import RequestRejected
+from mambalab.serve.server import serve
+
+__all__ = ["create_app", "serve"]  # serve: the entry point's old home, kept
 
 logger = logging.getLogger(__name__)
 
-# One message is "<|role|>\n{content}\n"; the prompt ends with the assistant's header. Each message is
-# tokenized on its own, so a system message always gives the same tokens (and hits the prefix cache).
-CHAT_TEMPLATE = "<|{role}|>\n{content}\n"
-CHAT_ROLES = ("system", "user", "assistant")
-CHAT_STOPS = ["<|user|>", "<|system|>"]  # the model starting another turn ends its reply
-MAX_BODY_BYTES = 8 << 20
+MAX_BODY_BYTES = 4 << 20
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions; used for chat as well
 
 
-class RequestError(ValueError):
-    """A bad request: answered with a 400 naming `param`."""
+def create_app(
+    engine: Engine,
+    model_name: str = "mambalab",
+    chat_format: ChatFormat | None = None,
+    system_prompt: str | None = None,
+    api_key: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    drain_timeout: float = 10.0,
+) -> FastAPI:
+    """The FastAPI app. Its lifespan prefills and caches the system prompt (chat requests without a system
+    message of their own get it, and resume from its cached state), starts the scheduler thread, and on
+    shutdown lets in-flight requests finish for up to `drain_timeout` s before cancelling them."""
+    chat = chat_format or ChatFormat(engine.tokenizer)
+    created = int(time.time())
+    try:
+        system_tokens = chat.system_tokens(system_prompt) if system_prompt else []
+    except ChatTemplateError as e:
+        logger.warning("the system prompt is not cached: %s", e)
+        system_tokens = []
+    if len(system_tokens) >= engine.limits.max_model_len:
+        raise MambalabError(f"the system prompt has {len(system_tokens)} tokens, leaving no room under"
+                            f" --max-model-len {engine.limits.max_model_len}")
 
-    def __init__(self, message: str, param: str | None = None, status: int = 400):
-        super().__init__(message)
-        self.param, self.status = param, status
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if system_tokens:
+            await run_in_threadpool(engine.cache_prefix, system_tokens)
+            logger.info("system prompt of %d tokens prefilled and cached", len(system_tokens))
+        await run_in_threadpool(engine.start)  # captures the CUDA graphs first
+        try:
+            yield
+        finally:
+            await run_in_threadpool(engine.stop, drain_timeout)
+
+    app = FastAPI(title="mambalab", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise ApiError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'", None,
+                           "invalid_api_key", "authentication_error")
+
+    def model_card() -> dict:
+        return {"id": model_name, "object": "model", "created": created, "owned_by": "mambalab",
+                "max_model_len": engine.limits.max_model_len}
+
+    def check_model(name: str) -> None:
+        if name != model_name:
+            raise ApiError(404, f"the model '{name}' does not exist; this server serves '{model_name}'",
+                           "model", "model_not_found")
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, e: ApiError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        if e.status_code == 404:
+            error = ApiError(404, f"unknown path {request.url.path}", None, "not_found")
+        elif e.status_code == 405:
+            error = ApiError(405, f"method {request.method} is not allowed on {request.url.path}", None,
+                             "method_not_allowed")
+        else:
+            error = ApiError(e.status_code, str(e.detail), None, None)
+        return JSONResponse(error.body(), status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, e: Exception):
+        logger.exception("unhandled error")
+        error = ApiError(500, f"internal error: {type(e).__name__}", None, None, "server_error")
+        return JSONResponse(error.body(), status_code=500)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/version")
+    async def version_():
+        return {"version": _version()}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authorize(request)
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(request: Request, model_id: str):
+        authorize(request)
+        check_model(model_id)
+        return model_card()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        authorize(request)
+        body = parse(CompletionRequest, await _read_json(request, max_body_bytes))
+        check_model(body.model)
+        prompts = await run_in_threadpool(_completion_prompts, engine, body.prompt)
+        return await _serve(request, engine, model_name, False, prompts, body, body.max_tokens, [])
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request)
+        body = parse(ChatRequest, await _read_json(request, max_body_bytes))
+        check_model(body.model)
+        messages = [("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
+        if system_prompt and messages[0][0] != "system":
+            messages.insert(0, ("system", system_prompt))
+        try:
+            prompt = await run_in_threadpool(chat.tokens, messages)
+        except ChatTemplateError as e:
+            raise ApiError(400, str(e), "messages") from None
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        return await _serve(request, engine, model_name, True, [prompt], body, max_tokens, chat.stops)
+
+    return app
 
 
-@dataclass
-class _Options:
-    max_new_tokens: int
-    sampling: dict
-    seed: int | None
-    stop: list[str]
-    stream: bool
+def _version() -> str:
+    try:
+        return version("mambalab")
+    except PackageNotFoundError:
+        return "unknown"
 
 
-class OpenAIApp:
-    """Turns OpenAI request bodies into `Engine.complete` calls and OpenAI response bodies."""
+async def _read_json(request: Request, limit: int) -> dict:
+    """The body as a JSON object: 413 past `limit` bytes (read no further), 400 when not a JSON object."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        status = 413 if length.isdigit() else 400
+        raise ApiError(status, f"the body must be a JSON object of at most {limit} bytes", None,
+                       "request_too_large" if status == 413 else None)
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise ApiError(413, f"the body must be a JSON object of at most {limit} bytes", None, "request_too_large")
+    try:
+        body = json.loads(bytes(data))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too many digits
+        message = "too deeply nested" if isinstance(e, RecursionError) else str(e)[:200]
+        raise ApiError(400, f"the body is not valid JSON: {message}", None, "invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}", None, "invalid_json")
+    return body
 
-    def __init__(self, engine: Engine, model_name: str = "mambalab", system_prompt: str | None = None):
-        self.engine, self.model_name = engine, model_name
-        self.system_prompt = system_prompt
-        if system_prompt:
-            tokens = self._message_tokens("system", system_prompt)
-            engine.cache_prefix(tokens)
-            logger.info("system prompt of %d tokens prefilled and cached", len(tokens))
 
-    def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "mambalab"}]}
+def _completion_prompts(engine: Engine, prompt) -> list[list[int]]:
+    if isinstance(prompt, str):
+        return [engine.encode(prompt)]
+    if isinstance(prompt[0], int):
+        return [prompt]
+    return [engine.encode(p) if isinstance(p, str) else p for p in prompt]
 
-    # Requests -------------------------------------------------------------------------------------------
-    def completion_prompts(self, body: dict) -> list[list[int]]:
-        prompt = body.get("prompt")
-        if isinstance(prompt, str):
-            prompt = [prompt]
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            return [prompt]
-        if not isinstance(prompt, list) or not prompt:
-            raise RequestError("prompt must be a string, a list of strings or a list of token ids", "prompt")
-        if all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompt):
-            return prompt
-        if not all(isinstance(p, str) for p in prompt):
-            raise RequestError("prompt must be a string, a list of strings or a list of token ids", "prompt")
-        return [self.engine.encode(p) for p in prompt]
 
-    def chat_prompt(self, body: dict) -> list[int]:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise RequestError("messages must be a non-empty list of {role, content} objects", "messages")
-        parsed = []
-        for i, m in enumerate(messages):
-            role = m.get("role") if isinstance(m, dict) else None
-            if role not in CHAT_ROLES:
-                raise RequestError(f"messages[{i}].role must be one of {list(CHAT_ROLES)}, got {role!r}", "messages")
-            parsed.append((role, _content_text(m.get("content"), i)))
-        if self.system_prompt and parsed[0][0] != "system":
-            parsed.insert(0, ("system", self.system_prompt))
-        tokens = [t for role, content in parsed for t in self._message_tokens(role, content)]
-        return tokens + self.engine.encode("<|assistant|>\n")
+def _sampling(body) -> SamplingConfig:
+    temperature = 1.0 if body.temperature is None else body.temperature
+    return SamplingConfig(
+        do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else 1.0,
+        top_k=max(0, body.top_k or 0),
+        top_p=1.0 if body.top_p is None else body.top_p,
+        min_p=body.min_p or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+    )
 
-    def _message_tokens(self, role: str, content: str) -> list[int]:
-        return self.engine.encode(CHAT_TEMPLATE.format(role=role, content=content))
 
-    def options(self, body: dict, default_stop: list[str]) -> _Options:
-        """Validate the generation options of a request body."""
-        if body.get("n", 1) != 1:
-            raise RequestError("only n = 1 is supported", "n")
-        for name in ("frequency_penalty", "presence_penalty"):
-            if body.get(name, 0) not in (0, None):
-                raise RequestError(f"{name} is not supported; use repetition_penalty", name)
-        if body.get("logprobs") or body.get("echo"):
-            raise RequestError("logprobs and echo are not supported", "logprobs" if body.get("logprobs") else "echo")
-        max_tokens = _number(body, "max_tokens", 16, int, low=0)
-        if "max_completion_tokens" in body:
-            max_tokens = _number(body, "max_completion_tokens", 16, int, low=0)
-        temperature = _number(body, "temperature", 1.0, float, low=0)
-        sampling = {
-            "do_sample": temperature > 0,
-            "temperature": temperature if temperature > 0 else 1.0,
-            "top_p": _number(body, "top_p", 1.0, float, low=0, low_open=True, high=1),
-            "top_k": _number(body, "top_k", 0, int, low=0),
-            "min_p": _number(body, "min_p", 0.0, float, low=0, high=1),
-            "repetition_penalty": _number(body, "repetition_penalty", 1.0, float, low=0, low_open=True),
-        }
-        seed = body.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise RequestError(f"seed must be an integer, got {seed!r}", "seed")
-        stop = body.get("stop")
-        stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
-            raise RequestError("stop must be a string or a list of at most 4 strings", "stop")
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise RequestError(f"stream must be a boolean, got {stream!r}", "stream")
-        return _Options(max_tokens, sampling, seed, stop + default_stop, stream)
+async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, prompts: list[list[int]], body,
+                 max_tokens: int | None, default_stops: list[str]):
+    """Submit one engine request per prompt; answer with one JSON body or an SSE stream."""
+    news = asyncio.Event()
+    notify = functools.partial(_Wakeups.of(asyncio.get_running_loop()).mark, news)  # from the scheduler thread
+    limit = engine.limits.max_model_len
+    sampling, stops = _sampling(body), body.stop_strings() + default_stops
+    requests = [
+        EngineRequest(p, max_tokens if max_tokens is not None else max(0, min(DEFAULT_MAX_TOKENS, limit - len(p))),
+                      sampling, body.seed, stops, bool(body.ignore_eos), on_update=notify,
+                      streaming=bool(body.stream))
+        for p in prompts
+    ]
+    try:
+        engine.scheduler.submit(requests)
+    except RequestRejected as e:
+        kind = {429: "rate_limit_error", 503: "server_error"}.get(e.status, "invalid_request_error")
+        raise ApiError(e.status, str(e), e.param, None, kind) from None
+    envelope = _Envelope(chat, model_name, body.stream)
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(_events(requests, news, envelope, include_usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    if not await _wait(request, requests, news):
+        return Response(status_code=499)  # the client has gone: nobody reads this
+    failed = _failure(requests)
+    if failed is not None:
+        raise failed
+    return envelope.response([(r.text.emitted, r.finish_reason) for r in requests], _usage(requests))
 
-    def check_prompts(self, prompts: list[list[int]]) -> None:
-        vocab = self.engine.model.config.vocab_size
-        for p in prompts:
-            if not p:
-                raise RequestError("the prompt is empty", "prompt")
-            if not all(0 <= t < vocab for t in p):
-                raise RequestError(f"the prompt holds token ids outside [0, {vocab})", "prompt")
 
-    def run(self, prompts: list[list[int]], opts: _Options, on_text=None):
-        return self.engine.complete(prompts, opts.max_new_tokens, opts.stop, on_text, opts.seed, **opts.sampling)
+async def _wait(request: Request, requests: list[EngineRequest], news: asyncio.Event) -> bool:
+    """Wait until every request has finished (True) or the client disconnects (False, requests cancelled)."""
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        while True:
+            news.clear()
+            if all(r.done.is_set() for r in requests):
+                return True
+            woken = asyncio.ensure_future(news.wait())
+            finished, _ = await asyncio.wait({woken, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if gone in finished:
+                woken.cancel()
+                return False
+    finally:
+        gone.cancel()
+        for r in requests:
+            r.cancel()  # no-op for finished ones; cancels on disconnect or when this task is cancelled
 
-    # Responses ------------------------------------------------------------------------------------------
-    def response(self, chat: bool, completions) -> dict:
-        choices = []
-        for i, c in enumerate(completions):
-            if chat:
-                choices.append({"index": i, "message": {"role": "assistant", "content": c.text},
-                                "finish_reason": c.finish_reason})
-            else:
-                choices.append({"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason})
-        prompt_tokens = sum(c.prompt_tokens for c in completions)
-        completion_tokens = sum(c.completion_tokens for c in completions)
-        return {
-            **self.envelope(chat, stream=False),
-            "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }
 
-    def chunk(self, chat: bool, envelope: dict, index: int, text: str | None, finish_reason: str | None = None,
-              role: bool = False) -> dict:
-        if chat:
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: _Envelope, include_usage: bool):
+    """The SSE stream: text chunks as they settle (the first token of a choice always gets one, its text maybe
+    empty, so clients can time the first token), one finish chunk per choice, usage, [DONE]. Leaving early
+    (the client disconnected, or the server shuts down) cancels the requests."""
+    try:
+        if envelope.chat:
+            for i in range(len(requests)):
+                yield envelope.event(envelope.chunk(i, role=True), include_usage)
+        ended: set[int] = set()
+        announced: set[int] = set()  # choices whose first token has been sent (maybe with empty text)
+        while len(ended) < len(requests):
+            news.clear()
+            for i, r in enumerate(requests):
+                if i in ended:
+                    continue
+                text, done = r.drain()
+                if text or (r.started and i not in announced):
+                    announced.add(i)
+                    yield envelope.event(envelope.chunk(i, text=text), include_usage)
+                if done:
+                    ended.add(i)
+                    failure = _failure([r])
+                    if failure is not None:
+                        yield envelope.event(failure.body(), False)
+                    else:
+                        yield envelope.event(envelope.chunk(i, finish_reason=r.finish_reason), include_usage)
+            if len(ended) < len(requests):
+                await news.wait()
+        if include_usage:
+            yield envelope.event({**envelope.head(), "choices": [], "usage": _usage(requests)}, False)
+        yield "data: [DONE]\n\n"
+    finally:
+        for r in requests:
+            r.cancel()
+
+
+def _failure(requests: list[EngineRequest]) -> ApiError | None:
+    """The error to answer for requests that ended without completing."""
+    for r in requests:
+        if r.finish_reason == "timeout":
+            return ApiError(408, r.error, None, "request_timeout", "timeout_error")
+        if r.finish_reason == "cancelled":
+            return ApiError(503, r.error or "the request was cancelled", None, "cancelled", "server_error")
+        if r.finish_reason == "error":
+            return ApiError(500, r.error, None, None, "server_error")
+    return None
+
+
+def _usage(requests: list[EngineRequest]) -> dict:
+    prompt = sum(len(r.prompt) for r in requests)
+    completion = sum(r.completion_tokens for r in requests)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+_WAKEUPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its _Wakeups
+
+
+class _Wakeups:
+    """Sets a loop's asyncio events from other threads, one `call_soon_threadsafe` per batch: the scheduler
+    marks every request with news during a step, the loop wakes once and sets them all."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.marked: set[asyncio.Event] = set()
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Wakeups:
+        wakeups = _WAKEUPS.get(loop)
+        if wakeups is None:
+            wakeups = _WAKEUPS[loop] = cls(loop)
+        return wakeups
+
+    def mark(self, event: asyncio.Event) -> None:
+        with self.lock:
+            first = not self.marked
+            self.marked.add(event)
+        if first:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+                self.loop.call_soon_threadsafe(self._set_marked)
+
+    def _set_marked(self) -> None:
+        with self.lock:
+            events, self.marked = self.marked, set()
+        for event in events:
+            event.set()
+
+
+class _Envelope:
+    """The OpenAI response objects of one request (completion or chat, whole or streamed)."""
+
+    def __init__(self, chat: bool, model_name: str, stream: bool):
+        self.chat, self.model_name = chat, model_name
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.object = ("chat.completion.chunk" if stream else "chat.completion") if chat else "text_completion"
+        self.created = int(time.time())
+
+    def head(self) -> dict:
+        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model_name}
+
+    def response(self, outputs: list[tuple[str, str]], usage: dict) -> dict:
+        if self.chat:
+            choices = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                        "finish_reason": reason} for i, (text, reason) in enumerate(outputs)]
+        else:
+            choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
+                       for i, (text, reason) in enumerate(outputs)]
+        return {**self.head(), "choices": choices, "usage": usage}
+
+    def chunk(self, index: int, text: str | None = None, finish_reason: str | None = None, role: bool = False):
+        if self.chat:
             delta = {"role": "assistant"} if role else ({} if text is None else {"content": text})
-            choice = {"index": index, "delta": delta, "finish_reason": finish_reason}
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         else:
             choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
-        return {**envelope, "choices": [choice]}
+        return {**self.head(), "choices": [choice]}
 
-    def envelope(self, chat: bool, stream: bool) -> dict:
-        kind = ("chat.completion.chunk" if stream else "chat.completion") if chat else "text_completion"
-        prefix = "chatcmpl" if chat else "cmpl"
-        return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()),
-                "model": self.model_name}
-
-
-def _content_text(content, i: int) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "".join(str(p.get("text", "")) for p in content)
-    raise RequestError(f"messages[{i}].content must be a string or a list of text parts", "messages")
-
-
-def _number(body: dict, name: str, default, kind, low=None, high=None, low_open=False):
-    value = body.get(name, default)
-    if value is None:
-        value = default
-    ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
-    if not ok_type or isinstance(value, bool):
-        raise RequestError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}", name)
-    if low is not None and (value <= low if low_open else value < low) or high is not None and value > high:
-        bounds = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
-        raise RequestError(f"{name} must be in {bounds}, got {value}", name)
-    return kind(value)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Server
-
-    def log_message(self, format, *args):  # route http.server's access log through logging
-        logger.info("%s - %s", self.address_string(), format % args)
-
-    def do_GET(self):
-        self._guard(self._get)
-
-    def do_POST(self):
-        self._guard(self._post)
-
-    def _guard(self, handler) -> None:
-        """Run a handler; any failure becomes a JSON error response (never an exception in the server)."""
-        try:
-            handler()
-        except RequestError as e:
-            self._send_json(e.status, _error(str(e), e.param, "invalid_request_error"))
-        except ValueError as e:  # a check deeper down (generate, tokenizer) refused the request
-            self._send_json(400, _error(str(e), None, "invalid_request_error"))
-        except (BrokenPipeError, ConnectionResetError):
-            logger.info("client %s went away", self.address_string())
-        except Exception as e:
-            logger.exception("error while serving %s", self.path)
-            self._send_json(500, _error(f"internal error: {type(e).__name__}: {e}", None, "server_error"))
-
-    def _get(self) -> None:
-        if self.path.rstrip("/") != "/v1/models":
-            raise RequestError(f"unknown path {self.path}", None, status=404)
-        self._send_json(200, self.server.app.models())
-
-    def _post(self) -> None:
-        path = self.path.rstrip("/")
-        if path not in ("/v1/completions", "/v1/chat/completions"):
-            raise RequestError(f"unknown path {self.path}", None, status=404)
-        chat = path == "/v1/chat/completions"
-        body = self._read_json()
-        app = self.server.app
-        prompts = [app.chat_prompt(body)] if chat else app.completion_prompts(body)
-        opts = app.options(body, CHAT_STOPS if chat else [])
-        app.check_prompts(prompts)
-        if not opts.stream:
-            self._send_json(200, app.response(chat, app.run(prompts, opts)))
-            return
-        envelope = app.envelope(chat, stream=True)
-        self._start_events()
-        if chat:
-            self._event(app.chunk(chat, envelope, 0, None, role=True))
-        try:
-            completions = app.run(prompts, opts, lambda row, text: self._event(app.chunk(chat, envelope, row, text)))
-        except ValueError as e:  # headers are sent: report in the stream
-            self._event(_error(str(e), getattr(e, "param", None), "invalid_request_error"))
-        else:
-            for i, c in enumerate(completions):
-                self._event(app.chunk(chat, envelope, i, None, c.finish_reason))
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
-
-    def _read_json(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
-        if not 0 < length <= MAX_BODY_BYTES:
-            raise RequestError(f"the request needs a JSON body of 1 to {MAX_BODY_BYTES} bytes", None)
-        try:
-            body = json.loads(self.rfile.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RequestError(f"the body is not valid JSON: {e}", None) from e
-        if not isinstance(body, dict):
-            raise RequestError("the body must be a JSON object", None)
-        return body
-
-    def _send_json(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _start_events(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
-
-    def _event(self, payload: dict) -> None:
-        self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
-        self.wfile.flush()
-
-
-def _error(message: str, param: str | None, kind: str) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param}}
-
-
-class Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer holding the app; one thread per connection, daemon threads."""
-
-    daemon_threads = True
-
-    def __init__(self, app: OpenAIApp, host: str = "127.0.0.1", port: int = 8000):
-        super().__init__((host, port), _Handler)
-        self.app = app
-
-
-def serve(
-    model_dir: str, host: str = "127.0.0.1", port: int = 8000, system_prompt: str | None = None,
-    device=None, dtype=None, cache_dir: str | None = None,
-) -> None:
-    """Load `model_dir` and serve it until interrupted."""
-    from pathlib import Path
-
-    engine = Engine.from_dir(model_dir, device=device, dtype=dtype, cache_dir=cache_dir)
-    server = Server(OpenAIApp(engine, Path(model_dir).name, system_prompt), host, port)
-    logger.info("serving %s on http://%s:%d/v1", model_dir, *server.server_address[:2])
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    @staticmethod
+    def event(payload: dict, include_usage: bool) -> str:
+        if include_usage:
+            payload = {**payload, "usage": None}
+        return f"data: {json.dumps(payload)}\n\n"

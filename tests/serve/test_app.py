@@ -1,185 +1,152 @@
-"""The OpenAI-compatible server, started on 127.0.0.1:0 in a thread and queried with urllib."""
+"""The OpenAI-compatible server's happy paths, over real HTTP with the `openai` client."""
 
 from __future__ import annotations
 
 import json
-import threading
-import urllib.error
-import urllib.request
 
 import pytest
-import torch
 
-from mambalab import LanguageModel, ModelConfig, SSMConfig
 from mambalab.inference.generate import generate
-from mambalab.serve.app import OpenAIApp, Server
-from mambalab.serve.engine import Engine, TextStream
-from mambalab.tokenizer import ByteTokenizer
+from mambalab.serve.chat import ChatFormat
+from mambalab.serve.engine import Engine
+from tests.serve.conftest import MAX_MODEL_LEN, MODEL_NAME, SYSTEM, TOK, Served, byte_model, start_server
 
-SYSTEM = "You are a tiny test model."
-TOK = ByteTokenizer()
-
-
-def byte_model() -> LanguageModel:
-    torch.manual_seed(0)
-    config = ModelConfig(d_model=32, n_layer=2, vocab_size=TOK.vocab_size, ssm=SSMConfig(d_state=8))
-    return LanguageModel(config).double().eval()
+__all__ = ["byte_model"]  # tests/inference/test_cli_generate.py imports it from here
 
 
-@pytest.fixture(scope="module")
-def server():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # module-scoped: the server thread outlives each test's tests/conftest.py::_one_thread
-    model = byte_model()
-    srv = Server(OpenAIApp(Engine(model, TOK), "tiny", system_prompt=SYSTEM), "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    torch.set_num_threads(previous)
+def greedy(model, ids: list[int], n: int) -> list[int]:
+    return generate(model, [ids], n, eos_token_id=TOK.eos_token_id).sequences[0]
 
 
-def url(server, path: str) -> str:
-    return f"http://127.0.0.1:{server.server_address[1]}{path}"
+def test_models_health_and_version(served):
+    import httpx
+
+    models = served.client.models.list()
+    assert [m.id for m in models.data] == [MODEL_NAME]
+    assert served.client.models.retrieve(MODEL_NAME).id == MODEL_NAME
+    assert httpx.get(f"{served.url}/health", timeout=10).json() == {"status": "ok"}
+    assert "version" in httpx.get(f"{served.url}/version", timeout=10).json()
 
 
-def request(server, path: str, body=None, raw: bytes | None = None) -> tuple[int, dict]:
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(url(server, path), data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def events(server, path: str, body: dict) -> list:
-    req = urllib.request.Request(url(server, path), data=json.dumps({**body, "stream": True}).encode())
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        assert resp.headers["Content-Type"] == "text/event-stream"
-        lines = [line.decode().strip() for line in resp]
-    payloads = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
-    assert payloads[-1] == "[DONE]"
-    return [json.loads(p) for p in payloads[:-1]]
-
-
-def test_models(server):
-    status, body = request(server, "/v1/models")
-    assert status == 200 and body["data"][0]["id"] == "tiny"
-
-
-def test_greedy_completion_matches_generate(server):
+def test_greedy_completion_matches_generate(served):
     prompt = "Hello, state space"
-    status, body = request(server, "/v1/completions", {"prompt": prompt, "max_tokens": 12, "temperature": 0})
-    assert status == 200 and body["object"] == "text_completion"
+    out = served.client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=12, temperature=0)
     ids = TOK.encode(prompt)
-    expected = generate(server.app.engine.model, [ids], 12, eos_token_id=TOK.eos_token_id).sequences[0]
-    choice = body["choices"][0]
-    assert choice["text"] == TOK.decode(expected)
-    assert choice["finish_reason"] == ("stop" if expected[-1] == TOK.eos_token_id else "length")
-    assert body["usage"] == {"prompt_tokens": len(ids), "completion_tokens": len(expected),
-                             "total_tokens": len(ids) + len(expected)}
+    expected = greedy(served.engine.model, ids, 12)
+    choice = out.choices[0]
+    assert out.object == "text_completion" and choice.text == TOK.decode(expected)
+    assert choice.finish_reason == ("stop" if expected[-1] == TOK.eos_token_id else "length")
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (len(ids), len(expected))
+    assert out.usage.total_tokens == len(ids) + len(expected)
 
 
-def test_streamed_completion_equals_the_whole_one(server):
-    req = {"prompt": ["abc", "a longer prompt"], "max_tokens": 10, "temperature": 0}
-    _, whole = request(server, "/v1/completions", req)
-    chunks = events(server, "/v1/completions", req)
+def test_streamed_completion_equals_the_whole_one_with_usage(served):
+    req = {"model": MODEL_NAME, "prompt": ["abc", "a longer prompt"], "max_tokens": 10, "temperature": 0}
+    whole = served.client.completions.create(**req)
+    chunks = list(served.client.completions.create(**req, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
     for i in range(2):
-        mine = [c["choices"][0] for c in chunks if c["choices"][0]["index"] == i]
-        assert "".join(c["text"] for c in mine) == whole["choices"][i]["text"]
-        assert mine[-1]["finish_reason"] == whole["choices"][i]["finish_reason"]
+        mine = [c.choices[0] for c in chunks[:-1] if c.choices[0].index == i]
+        assert "".join(c.text for c in mine) == whole.choices[i].text
+        assert mine[-1].finish_reason == whole.choices[i].finish_reason
+    assert all(c.usage is None for c in chunks[:-1])
 
 
-def test_chat_resumes_from_the_cached_system_prompt(server):
+def test_chat_resumes_from_the_cached_system_prompt(served):
     messages = [{"role": "user", "content": "What is a selective scan?"}]
-    engine = server.app.engine
-    hits = engine.cache.hits
-    status, body = request(server, "/v1/chat/completions", {"messages": messages, "max_tokens": 10, "temperature": 0})
-    assert status == 200 and engine.cache.hits == hits + 1
-    uncached = OpenAIApp(Engine(engine.model, TOK))  # no configured system prompt, nothing cached
-    explicit = [{"role": "system", "content": SYSTEM}, *messages]
-    opts = uncached.options({"max_tokens": 10, "temperature": 0}, ["<|user|>", "<|system|>"])
-    reference = uncached.run([uncached.chat_prompt({"messages": explicit})], opts)[0]
-    assert uncached.engine.cache.hits == 0
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": reference.text}
+    cache = served.engine.cache
+    hits = cache.hits
+    reply = served.client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=10,
+                                                  temperature=0)
+    assert cache.hits == hits + 1
+    uncached = Engine(served.engine.model, TOK)  # no configured system prompt, nothing cached
+    chat = ChatFormat(TOK)
+    prompt = chat.tokens([("system", SYSTEM), ("user", messages[0]["content"])])
+    (reference,) = uncached.complete([prompt], 10, stop=chat.stops)
+    assert uncached.cache.hits == 0
+    assert reply.choices[0].message.content == reference.text
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.usage.prompt_tokens == len(prompt)
 
-    chunks = events(server, "/v1/chat/completions", {"messages": messages, "max_tokens": 10, "temperature": 0})
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
-    assert chunks[0]["object"] == "chat.completion.chunk"
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == reference.text
-    assert chunks[-1]["choices"][0]["finish_reason"] == reference.finish_reason
+    chunks = list(served.client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=10,
+                                                        temperature=0, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].object == "chat.completion.chunk"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reference.text
+    assert chunks[-1].choices[0].finish_reason == reference.finish_reason
 
 
-def test_stop_strings_cut_the_text(server):
-    req = {"prompt": "The", "max_tokens": 16, "temperature": 0}
-    text = request(server, "/v1/completions", req)[1]["choices"][0]["text"]
+def test_stop_strings_cut_the_text(served):
+    req = {"model": MODEL_NAME, "prompt": "The", "max_tokens": 16, "temperature": 0}
+    text = served.client.completions.create(**req).choices[0].text
     stop = text[4:6]
     assert len(stop) == 2
-    _, body = request(server, "/v1/completions", {**req, "stop": [stop]})
-    assert body["choices"][0] == {"index": 0, "text": text[: text.find(stop)], "logprobs": None,
-                                  "finish_reason": "stop"}
+    choice = served.client.completions.create(**req, stop=[stop]).choices[0]
+    assert (choice.text, choice.finish_reason) == (text[: text.find(stop)], "stop")
 
 
-def test_seeded_sampling_is_reproducible(server):
-    req = {"prompt": "xyz", "max_tokens": 12, "temperature": 1.3, "top_k": 50, "seed": 3}
-    assert request(server, "/v1/completions", req)[1]["choices"] == request(server, "/v1/completions", req)[1]["choices"]
+def test_seeded_sampling_is_reproducible(served):
+    req = {"model": MODEL_NAME, "prompt": "xyz", "max_tokens": 12, "temperature": 1.3, "seed": 3,
+           "extra_body": {"top_k": 50}}
+    first = served.client.completions.create(**req).choices[0].text
+    assert served.client.completions.create(**req).choices[0].text == first
+    other = served.client.completions.create(**{**req, "seed": 4}).choices[0].text
+    assert other != first
 
 
-def test_token_id_prompts(server):
-    status, body = request(server, "/v1/completions", {"prompt": [72, 105], "max_tokens": 3, "temperature": 0})
-    assert status == 200 and body["usage"]["prompt_tokens"] == 2
+def test_token_id_prompts_and_default_max_tokens(served):
+    out = served.client.completions.create(model=MODEL_NAME, prompt=[72, 105], temperature=0)
+    assert out.usage.prompt_tokens == 2 and out.usage.completion_tokens <= 16
+    assert out.choices[0].text == TOK.decode(greedy(served.engine.model, [72, 105], 16))
 
 
-@pytest.mark.parametrize(
-    "path, body, param",
-    [("/v1/completions", {"prompt": "x", "temperature": -1}, "temperature"),
-     ("/v1/completions", {"prompt": "x", "max_tokens": -1}, "max_tokens"),
-     ("/v1/completions", {"prompt": "x", "top_p": 0}, "top_p"),
-     ("/v1/completions", {"prompt": "x", "top_p": 1.5}, "top_p"),
-     ("/v1/completions", {"prompt": "x", "n": 2}, "n"),
-     ("/v1/completions", {"prompt": "x", "stop": 3}, "stop"),
-     ("/v1/completions", {"prompt": [1, TOK.vocab_size]}, "prompt"),
-     ("/v1/completions", {"prompt": ""}, "prompt"),
-     ("/v1/completions", {"max_tokens": 3}, "prompt"),
-     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, "messages"),
-     ("/v1/chat/completions", {"messages": []}, "messages")],
-)
-def test_bad_requests_get_400_naming_the_param_and_the_server_lives_on(server, path, body, param):
-    status, err = request(server, path, body)
-    assert status == 400
-    assert err["error"]["type"] == "invalid_request_error" and err["error"]["param"] == param
-    assert request(server, "/v1/completions", {"prompt": "ok", "max_tokens": 2})[0] == 200
+def test_max_tokens_past_the_context_limit_is_refused(served):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as err:
+        served.client.completions.create(model=MODEL_NAME, prompt="abc", max_tokens=MAX_MODEL_LEN)
+    assert err.value.body["param"] == "max_tokens" and str(MAX_MODEL_LEN) in err.value.body["message"]
+    fits = served.client.completions.create(model=MODEL_NAME, prompt="abc", max_tokens=3, temperature=0)
+    assert fits.usage.completion_tokens <= 3
 
 
-def test_malformed_bodies_and_unknown_paths(server):
-    status, err = request(server, "/v1/completions", raw=b"{not json")
-    assert status == 400 and "JSON" in err["error"]["message"]
-    assert request(server, "/v1/completions", raw=b"[1, 2]")[0] == 400
-    assert request(server, "/v1/nothing", {"prompt": "x"})[0] == 404
-    assert request(server, "/v1/models/extra")[0] == 404
+def test_api_key_is_required_when_configured():
+    import httpx
+    import openai
+
+    engine = Engine(byte_model(), TOK)
+    thread = start_server(engine, api_key="sesame")
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            Served(engine, thread, api_key="wrong").client.models.list()
+        response = httpx.post(f"{thread.url}/v1/completions", json={"model": MODEL_NAME, "prompt": "x"}, timeout=10)
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+        good = Served(engine, thread, api_key="sesame").client
+        assert good.completions.create(model=MODEL_NAME, prompt="x", max_tokens=2).usage.completion_tokens == 2
+        assert httpx.get(f"{thread.url}/health", timeout=10).status_code == 200  # no key needed
+    finally:
+        thread.stop()
 
 
-def test_concurrent_requests_are_served(server):
-    results = []
-    req = {"prompt": "concurrent", "max_tokens": 6, "temperature": 0}
-    threads = [threading.Thread(target=lambda: results.append(request(server, "/v1/completions", req)))
-               for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 4 and all(status == 200 for status, _ in results)
-    assert len({body["choices"][0]["text"] for _, body in results}) == 1
+def test_the_models_chat_template_is_used(tmp_path):
+    template = ("{% for m in messages %}[{{ m.role }}]{{ m.content }}{{ eos_token }}{% endfor %}"
+                "{% if add_generation_prompt %}[assistant]{% endif %}")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, "eos_token": "</s>"}))
+    chat = ChatFormat.from_dir(tmp_path, TOK)
+    tokens = chat.tokens([("system", "Be brief."), ("user", "hi")])
+    assert tokens == TOK.encode("[system]Be brief.</s>[user]hi</s>[assistant]")
+    assert tokens[: len(chat.system_tokens("Be brief."))] == chat.system_tokens("Be brief.")
+    assert chat.stops == [] and ChatFormat.from_dir(tmp_path / "none", TOK).stops == ["<|user|>", "<|system|>"]
 
 
-def test_text_stream_holds_back_partial_characters_and_stop_strings():
-    stream = TextStream(TOK, stop=["END"])
-    out = [stream.push(t) for t in TOK.encode("é a E")]
-    assert out == ["", "é", " ", "a", " ", ""]  # é is two bytes; "E" may start "END"
-    assert [stream.push(t) for t in TOK.encode("x EN")] == ["Ex", " ", "", ""]
-    assert stream.push(TOK.encode("D")[0]) == "" and stream.stopped
-    assert stream.emitted == "é a Ex " and stream.finish() == ""
-    tail = TextStream(TOK, stop=["END"])
-    assert [tail.push(t) for t in TOK.encode("aEN")] == ["a", "", ""] and tail.finish() == "EN"
+def test_a_template_that_refuses_a_lone_system_message(tmp_path):
+    """No shared system prefix then (each conversation is tokenized whole), and a conversation the template
+    refuses is a ChatTemplateError (answered with a 400)."""
+    from mambalab.serve.chat import ChatTemplateError
+
+    template = ("{% if messages[-1].role == 'system' %}{{ raise_exception('needs a user turn') }}{% endif %}"
+                "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    chat = ChatFormat.from_dir(tmp_path, TOK)
+    assert chat.tokens([("system", "S"), ("user", "hi")]) == TOK.encode("<system>S<user>hi<assistant>")
+    with pytest.raises(ChatTemplateError, match="needs a user turn"):
+        chat.tokens([("system", "S")])

@@ -1,0 +1,208 @@
+"""Continuous batching: concurrent requests give exactly what they give alone, share decode steps, and no
+stalled reader, disconnected client or long prompt holds up the others."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
+
+import pytest
+import torch
+
+from mambalab.inference.prefix_cache import PrefixCache
+from mambalab.inference.sampling import SamplingConfig
+from mambalab.serve.engine import Engine
+from mambalab.serve.scheduler import Limits, Request, RequestRejected, Scheduler
+from tests.serve.conftest import MODEL_NAME, TOK, byte_model, start_server
+
+httpx = pytest.importorskip("httpx")
+
+REQUESTS = [
+    {"prompt": f"prompt number {i} " + "x" * (3 * i), "max_tokens": 8 + i % 5,
+     **({"temperature": 0} if i % 2 == 0 else {"temperature": 0.9, "seed": 100 + i, "extra_body": {"top_p": 0.9}})}
+    for i in range(12)
+]
+
+
+def run(client, req: dict):
+    out = client.completions.create(model=MODEL_NAME, **req)
+    return out.choices[0].text, out.choices[0].finish_reason, out.usage.completion_tokens
+
+
+def test_concurrent_seeded_and_greedy_requests_equal_the_same_requests_alone(served):
+    alone = [run(served.client, req) for req in REQUESTS]
+    steps = served.engine.scheduler.steps
+    with ThreadPoolExecutor(len(REQUESTS)) as pool:
+        together = list(pool.map(lambda r: run(served.client, r), REQUESTS))
+    assert together == alone
+    decoded = sum(n for _, _, n in together)
+    assert served.engine.scheduler.steps - steps < decoded  # rows shared decode steps
+
+
+def test_the_scheduler_batches_rows_and_keeps_each_rows_tokens():
+    """Without HTTP: 6 requests submitted at once decode together (one step per token position), and each
+    row's text is the one it gets alone, greedy or with its own seeded generator."""
+    model = byte_model()
+    engine = Engine(model, TOK, limits=Limits(max_prefill_tokens=7))  # prompts need several chunks
+    prompts = [TOK.encode(f"row {i} " + "y" * (4 * i)) for i in range(6)]
+    configs = [SamplingConfig() if i % 2 else SamplingConfig(do_sample=True, temperature=1.1, top_k=40)
+               for i in range(6)]
+    alone = [engine.complete([p], 10, seed=7, **vars(c))[0].text for p, c in zip(prompts, configs)]
+    requests = [Request(p, 10, c, seed=7) for p, c in zip(prompts, configs)]
+    scheduler = engine.scheduler
+    steps = scheduler.steps
+    scheduler.submit(requests)
+    scheduler.run_until_done(requests)
+    assert [r.text.emitted for r in requests] == alone
+    assert all(r.finish_reason in ("stop", "length") for r in requests)
+    assert scheduler.steps - steps < sum(r.completion_tokens for r in requests) // 2
+
+
+def test_bucketed_slots_reuse_compact_and_keep_each_rows_tokens():
+    """The CUDA layout, run on CPU: the batch padded to 1, 2, 4, 8 rows; requests arriving in waves (prompts
+    of equal length prefilled together, their rows written into free slots at once, long ones chunked) and
+    leaving at different steps; the batch grows and shrinks; every row's text is the one it gets alone."""
+    model = byte_model()
+    lengths = [3, 17, 9, 30, 5, 12, 25, 2, 8, 14, 6]
+    prompts = [TOK.encode(f"slot {i:02d}" + ("long " * 5 if i == 4 else "")) for i in range(len(lengths))]
+    sampling = [SamplingConfig(do_sample=bool(i % 3), temperature=0.8) for i in range(len(lengths))]
+    alone = Engine(model, TOK)
+    expected = [alone.complete([p], n, seed=i, **vars(c))[0].text
+                for i, (p, n, c) in enumerate(zip(prompts, lengths, sampling))]
+    scheduler = Scheduler(model, TOK, PrefixCache(model), Limits(max_num_seqs=7, max_prefill_tokens=20),
+                          bucketed=True)
+    requests = [Request(p, n, c, seed=i) for i, (p, n, c) in enumerate(zip(prompts, lengths, sampling))]
+    capacities, start = set(), 0
+    for wave in (1, 3, 2, 4, 1):  # waves of requests, two steps apart
+        scheduler.submit(requests[start : start + wave])
+        start += wave
+        for _ in range(2):
+            scheduler.step()
+            capacities.add(len(scheduler._slots))
+    while not all(r.done.is_set() for r in requests):
+        scheduler.step()
+        capacities.add(len(scheduler._slots))
+    assert [r.text.emitted for r in requests] == expected
+    assert {1, 2, 4, 8} & capacities and capacities <= {0, 1, 2, 4, 8}
+
+
+def test_a_long_prompt_does_not_starve_decoding():
+    """While a long prompt prefills in chunks of max_prefill_tokens, a running request keeps decoding."""
+    engine = Engine(byte_model(), TOK, limits=Limits(max_prefill_tokens=16))
+    scheduler: Scheduler = engine.scheduler
+    short = Request(TOK.encode("hi"), 40)
+    scheduler.submit([short])
+    scheduler.step()
+    long = Request(TOK.encode("z" * 400), 1)
+    scheduler.submit([long])
+    for _ in range(10):
+        scheduler.step()
+    assert short.completion_tokens >= 10 and not long.done.is_set()
+    scheduler.run_until_done([short, long])
+
+
+def _raw_request(url: str, body: dict) -> socket.socket:
+    """Send a POST on a raw socket and return the socket without reading the answer."""
+    parsed = urlparse(url)
+    sock = socket.create_connection((parsed.hostname, parsed.port), timeout=10)
+    data = json.dumps(body).encode()
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return sock
+
+
+def _timed(client) -> float:
+    start = time.monotonic()
+    out = client.completions.create(model=MODEL_NAME, prompt="quick", max_tokens=4, temperature=0)
+    assert out.usage.completion_tokens >= 1
+    return time.monotonic() - start
+
+
+def _wait_idle(scheduler: Scheduler, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while scheduler.busy and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not scheduler.busy
+
+
+def test_a_stalled_streaming_reader_does_not_delay_others(served):
+    long = {"model": MODEL_NAME, "prompt": "stall", "max_tokens": 3000, "temperature": 0, "stream": True}
+    stalled = _raw_request(served.url, long)  # never read
+    try:
+        time.sleep(0.2)
+        assert served.engine.scheduler.busy
+        assert _timed(served.client) < 5.0
+        # the stalled request's generation goes on without its reader, and ends; its text waits for it
+        assert _wait_idle(served.engine.scheduler, 60)
+    finally:
+        stalled.close()
+
+
+def test_a_disconnected_client_is_cancelled(served):
+    long = {"model": MODEL_NAME, "prompt": "leave", "max_tokens": 4000, "temperature": 0}
+    for stream in (False, True):
+        sock = _raw_request(served.url, {**long, "stream": stream})
+        time.sleep(0.3)
+        assert served.engine.scheduler.busy
+        sock.close()
+        start = time.monotonic()
+        assert _wait_idle(served.engine.scheduler, 10)  # cancelled long before its 4000 tokens
+        assert time.monotonic() - start < 3.0
+        assert _timed(served.client) < 5.0
+
+
+def test_many_concurrent_streams_complete(served):
+    def stream(i: int) -> str:
+        chunks = served.client.completions.create(model=MODEL_NAME, prompt=f"s{i}", max_tokens=6, temperature=0,
+                                                  stream=True)
+        return "".join(c.choices[0].text for c in chunks)
+
+    with ThreadPoolExecutor(16) as pool:
+        texts = list(pool.map(stream, range(16)))
+    alone = [run(served.client, {"prompt": f"s{i}", "max_tokens": 6, "temperature": 0})[0] for i in range(16)]
+    assert texts == alone
+    assert threading.active_count() < 100
+
+
+def test_timeouts_and_a_full_queue_are_refused_cleanly():
+    """A request past --request-timeout ends (HTTP 408); past max_waiting queued requests, 429."""
+    engine = Engine(byte_model(), TOK, limits=Limits(request_timeout=0.5, max_waiting=2))
+    with pytest.raises(RequestRejected) as full:
+        engine.scheduler.submit([Request([1], 1) for _ in range(3)])
+    assert full.value.status == 429
+    thread = start_server(engine)
+    try:
+        body = {"model": MODEL_NAME, "prompt": "slow", "max_tokens": 4000, "temperature": 0}
+        response = httpx.post(f"{thread.url}/v1/completions", json=body, timeout=30)
+        assert response.status_code == 408 and response.json()["error"]["code"] == "request_timeout"
+        with httpx.stream("POST", f"{thread.url}/v1/completions", json={**body, "stream": True}, timeout=30) as r:
+            lines = [line for line in r.iter_lines() if line]
+        assert lines[-1] == "data: [DONE]" and "timeout" in lines[-2]
+    finally:
+        thread.stop()
+
+
+@pytest.mark.parametrize("bucketed", [False, True], ids=["exact", "bucketed"])
+def test_a_hybrid_model_with_kv_caches_is_served_row_for_row(bucketed):
+    """The scheduler uses only the model protocol: attention layers (KV caches of different lengths, joined
+    by padding) decode each row as `generate` does alone."""
+    from mambalab import LanguageModel, ModelConfig, SSMConfig
+    from mambalab.inference.generate import generate
+
+    torch.manual_seed(1)
+    config = ModelConfig(d_model=32, n_layer=2, vocab_size=TOK.vocab_size, ssm=SSMConfig(d_state=8),
+                         layer_pattern=["mamba", "attention"])
+    model = LanguageModel(config).double().eval()
+    prompts = [TOK.encode("hybrid " + "w" * i) for i in range(5)]
+    expected = [generate(model, [p], 9 + i, eos_token_id=TOK.eos_token_id).sequences[0] for i, p in enumerate(prompts)]
+    scheduler = Scheduler(model, TOK, PrefixCache(model), Limits(max_prefill_tokens=5), bucketed=bucketed)
+    requests = [Request(p, 9 + i) for i, p in enumerate(prompts)]
+    for r in requests:  # arriving one step apart
+        scheduler.submit([r])
+        scheduler.step()
+    scheduler.run_until_done(requests)
+    assert [r.text.ids for r in requests] == expected
