@@ -152,14 +152,6 @@ def _to_model_config(tree: dict, where: str) -> ModelConfig:
         raise CheckpointError(f"{where}: invalid config ({e})") from e
 
 
-def _as_int(value: Any, key: str, where: str) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise CheckpointError(f"{where}: field {key!r} must be an integer, got {value!r}")
-    return value
-
-
 # --- ModelConfig <-> transformers MambaConfig ---------------------------------------------------------------
 def transformers_incompatibility(config: ModelConfig) -> str | None:
     """Why transformers' `MambaForCausalLM` cannot compute this model, or None when it can."""
@@ -218,7 +210,6 @@ def _from_hf_config(data: dict, where: str) -> ModelConfig:
     tree: dict = {"pad_vocab_size_multiple": 1}  # the stored vocab_size is already the embedding's size
     for hf, path, default in _HF_FIELDS:
         _put(tree, path, data.get(hf, default))
-    tree["ssm"]["expand"] = _as_int(tree["ssm"]["expand"], "expand", where)
     for alias, hf in _HF_ALIASES.items():
         if alias in data and data[alias] != data.get(hf):
             raise CheckpointError(

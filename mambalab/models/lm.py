@@ -16,11 +16,11 @@ from torch import nn
 
 from mambalab.atomic import write_atomic
 from mambalab.config import ModelConfig
-from mambalab.errors import InputError
+from mambalab.errors import CheckpointError, InputError
 from mambalab.inference.state import InferenceState
 from mambalab.layers.block import Block
 from mambalab.layers.norm import RMSNorm
-from mambalab.models import hf_config, weights_io
+from mambalab.models import hf_config, memory, weights_io
 from mambalab.ops.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class Backbone(nn.Module):
 class LanguageModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
+        memory.check_model_fits(config, torch.get_default_dtype(), torch.get_default_device())
         self.config = config
         self.backbone = Backbone(config)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
@@ -192,6 +193,11 @@ class LanguageModel(nn.Module):
             raise InputError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
         directory = hf_config.checkpoint_dir(directory)
         config, fmt = hf_config.load_config(directory)
+        where = str(directory / hf_config.CONFIG_NAME)
+        memory.check_model_fits(config, torch.get_default_dtype(), "cpu", where, CheckpointError)
+        if dtype is not None or device is not None:
+            memory.check_model_fits(config, dtype or torch.get_default_dtype(), device or "cpu", where,
+                                    CheckpointError)
         state, sources, weights = weights_io.read_weights(directory)
         with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG
             model = cls(config)

@@ -13,7 +13,10 @@ Run config (YAML), every section optional:
     train: {lr: 1.0e-3, max_steps: 2000, ...}   # TrainConfig fields
 
 Overrides `key=value` address `train.lr`, `data.path`, `model.d_model`, `model.ssm.d_state`, ...; a bare key
-is looked up in TrainConfig, then in DataConfig. Values are parsed as YAML (so `1e-3` is a float).
+is looked up in TrainConfig, then in DataConfig (`mambalab train --list-keys` lists them all). Values are
+parsed as YAML (so `1e-3` is a float), and `INT**INT` is a power (`10**6`). The loaded config is checked
+before any data is prepared or tensor allocated: every value's type, the model's size limits, and a lower
+bound of the training memory against the device's (`mambalab.models.memory`).
 The model's vocab_size follows the tokenizer unless set explicitly. Output directory:
 
     OUT/run_config.yaml   the effective config      OUT/metrics.jsonl, OUT/loss_curve.png
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +36,10 @@ from pathlib import Path
 import yaml
 
 from mambalab.config import ModelConfig, deep_merge, strict_from_dict
+from mambalab.device import resolve_device
 from mambalab.errors import ConfigError
 from mambalab.models.lm import LanguageModel
+from mambalab.models.memory import check_training_fits
 from mambalab.tokenizer import HFTokenizer, load_tokenizer
 from mambalab.train import distributed as dist_utils
 from mambalab.train.data import (
@@ -78,6 +84,9 @@ class RunResult:
 
 # Config --------------------------------------------------------------------------------------------------------
 def _parse_value(text: str):
+    power = re.fullmatch(r"\s*(\d+)\s*\*\*\s*(\d{1,3})\s*", text)
+    if power:
+        return int(power[1]) ** int(power[2])
     value = yaml.safe_load(text)
     if isinstance(value, str):
         try:
@@ -130,7 +139,17 @@ def load_run_config(config_file: str | Path | None = None, preset: str | None = 
                 raise ConfigError(f"override {item!r}: unknown key {key!r}; use train.X, data.X or model.X")
         _set_path(tree, keys, _parse_value(text))
     data = strict_from_dict(DataConfig, tree["data"], where="data")
-    return RunConfig(model=tree["model"], data=data, train=TrainConfig.from_dict(tree["train"]))
+    run = RunConfig(model=tree["model"], data=data, train=TrainConfig.from_dict(tree["train"]))
+    check_run_fits(run)
+    return run
+
+
+def check_run_fits(run: RunConfig) -> None:
+    """Validate the model section and refuse a run whose training memory (a lower bound, the vocabulary not
+    yet known counted as 1) exceeds the device's, before any data is prepared or tensor allocated."""
+    config = build_model_config(run.model, vocab_size=1)
+    cfg = run.train
+    check_training_fits(config, cfg.batch_size, cfg.seq_len, resolve_device(cfg.device), where="train")
 
 
 def build_model_config(model: dict, vocab_size: int) -> ModelConfig:
