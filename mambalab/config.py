@@ -333,3 +333,10 @@ def flatten_dict(tree: dict, prefix: str = "") -> dict:
     for key, value in tree.items():
         out.update(flatten_dict(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
     return out
+
+
+def config_differences(theirs: dict, ours: dict, labels: tuple[str, str] = ("saved", "model")) -> list[str]:
+    """'key: a (saved) vs b (model)' for every dotted key where two config trees differ."""
+    theirs, ours = flatten_dict(theirs), flatten_dict(ours)
+    return [f"{k}: {theirs.get(k)!r} ({labels[0]}) vs {ours.get(k)!r} ({labels[1]})"
+            for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
