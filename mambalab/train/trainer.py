@@ -343,6 +343,8 @@ class Trainer:
             if list_checkpoints(root):
                 raise ConfigError(f"resume: every checkpoint under {root} is corrupt (see the warnings above)")
             logger.warning("resume: no checkpoint under %s yet; starting from step 0", root)
+            if self._metrics is not None:  # records of the killed run past step 0 would be logged twice
+                self.records = self._metrics.truncate_after(0)
             return
         missing = sorted({"trainer", "scheduler", "data", "rng"} - set(ckpt.state))
         if missing:
