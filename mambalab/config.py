@@ -278,7 +278,7 @@ def strict_from_dict(cls, data: dict[str, Any], where: str, nested: dict[str, ty
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         if key not in nested and not _matches(value, hints[key]):
-            raise ConfigError(f"{where}.{key} must be {_describe(hints[key])}, got {value!r}")
+            raise ConfigError(f"{where}.{key} must be {describe_type(hints[key])}, got {value!r}")
     kwargs = {
         key: strict_from_dict(nested[key], value, f"{where}.{key}") if key in nested else value
         for key, value in data.items()
@@ -305,13 +305,27 @@ def _matches(value: Any, hint: Any) -> bool:
     return isinstance(value, origin or hint)
 
 
-def _describe(hint: Any) -> str:
+def describe_type(hint: Any) -> str:
     """'int', 'int | str', 'list' ...: an annotation as a user reads it."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " | ".join(_describe(arg) for arg in typing.get_args(hint))
+        return " | ".join(describe_type(arg) for arg in typing.get_args(hint))
     if hint is type(None):
         return "null"
     return getattr(typing.get_origin(hint) or hint, "__name__", str(hint))
+
+
+def field_table(cls, prefix: str) -> list[tuple[str, str, Any]]:
+    """(dotted key, type, default) of every field of dataclass `cls`, nested dataclass fields expanded
+    (e.g. ("model.ssm.d_state", "int", 16)): the keys a config file or a `--set` override can address."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            rows += field_table(type(default), f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", describe_type(hints[f.name]), default))
+    return rows
 
 
 # Nested dict helpers (config trees from YAML, JSON or `--set` overrides) ----------------------------------

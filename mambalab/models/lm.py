@@ -72,6 +72,8 @@ class LanguageModel(nn.Module):
         return self.backbone.embeddings.weight.dtype
 
     def _check_ids(self, input_ids: torch.Tensor, name: str) -> None:
+        if not isinstance(input_ids, torch.Tensor):
+            raise InputError(f"{name} must be an integer torch.Tensor, got {type(input_ids).__name__}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise InputError(f"{name} must be an integer tensor, got {input_ids.dtype}")
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
@@ -93,9 +95,9 @@ class LanguageModel(nn.Module):
         With `labels` (b, l) (token ids, or -100 where not scored), the logits are replaced by the pair (sum of
         the next-token cross-entropy over the labelled positions in float32, their count), computed by the
         chunked fused head (`ops/linear_cross_entropy.py`): the (b, l, vocab) logits are never stored."""
+        self._check_ids(input_ids, "input_ids")
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-        self._check_ids(input_ids, "input_ids")
         x = self.backbone.embeddings(input_ids)  # (b, l, d_model)
         aux_total = x.new_zeros((), dtype=torch.float32)
         for i, layer in enumerate(self.backbone.layers):
@@ -127,7 +129,14 @@ class LanguageModel(nn.Module):
 
     def prefill(self, input_ids: torch.Tensor, state: InferenceState | None = None):
         """Run the prompt in parallel mode: (logits (b, l, vocab), state after the last token).
-        A given `state` (e.g. a cached prefix) is continued, and not modified: the result is a new state."""
+        A given `state` (e.g. a cached prefix) is continued, and not modified: the result is a new state.
+        An empty prompt (length 0) is refused: it has no logits to start generating from; a fresh state is
+        `allocate_state(batch)`."""
+        self._check_ids(input_ids, "input_ids")
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise InputError(f"input_ids must be (batch, length >= 1): prefill of no token has no logits to"
+                             f" continue from (a fresh state is allocate_state(batch)); got shape"
+                             f" {tuple(input_ids.shape)}")
         state = self.allocate_state(input_ids.shape[0]) if state is None else state.clone()
         if state.batch_size != input_ids.shape[0]:
             raise InputError(f"state has batch {state.batch_size} but input_ids has batch {input_ids.shape[0]}")
@@ -135,9 +144,9 @@ class LanguageModel(nn.Module):
 
     def step(self, token_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
         """One token per row in recurrent mode: token_ids (b,) -> logits (b, vocab_size); advances `state`."""
+        self._check_ids(token_ids, "token_ids")
         if token_ids.dim() != 1 or token_ids.shape[0] != state.batch_size:
             raise InputError(f"token_ids must be (batch={state.batch_size},), got shape {tuple(token_ids.shape)}")
-        self._check_ids(token_ids, "token_ids")
         return self._step(token_ids, state)
 
     def _step(self, token_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from mambalab.config import ModelConfig, deep_merge, strict_from_dict
+from mambalab.config import ModelConfig, deep_merge, field_table, strict_from_dict
 from mambalab.device import resolve_device
 from mambalab.errors import ConfigError
 from mambalab.models.lm import LanguageModel
@@ -150,6 +150,13 @@ def check_run_fits(run: RunConfig) -> None:
     config = build_model_config(run.model, vocab_size=1)
     cfg = run.train
     check_training_fits(config, cfg.batch_size, cfg.seq_len, resolve_device(cfg.device), where="train")
+
+
+def override_keys() -> list[tuple[str, str, object]]:
+    """(key, type, default) of every key a run config or `--set key=value` can address: model.preset, the
+    ModelConfig fields (defaults: ModelConfig's own, before a preset), data.* and train.*."""
+    return [("model.preset", "str", None), *field_table(ModelConfig, "model."), *field_table(DataConfig, "data."),
+            *field_table(TrainConfig, "train.")]
 
 
 def build_model_config(model: dict, vocab_size: int) -> ModelConfig:
