@@ -7,7 +7,7 @@
 
 Config fields that would change the math in a way mambalab does not implement (e.g. hidden_act other than
 silu, LayerNorm instead of RMSNorm) are refused; fields known to be irrelevant (use_cache, use_mambapy,
-fused_add_norm, ...) are ignored; any other field is an error. Every problem raises `CheckpointError`
+fused_add_norm, ...) are ignored; any other field is an error, unless loaded with strict=False (logged, ignored). Every problem raises `CheckpointError`
 naming the file and the field. This module imports no model, so the model can import it.
 """
 
@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from mambalab.config import ModelConfig
 from mambalab.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
@@ -132,11 +135,16 @@ def _non_default_fields(obj: Any, exempt: frozenset[str]) -> list[str]:
     return names
 
 
-def _check_fields(data: dict, where: str, required: dict, allowed: set[str] | frozenset[str]) -> None:
-    """Refuse fields outside `allowed` ∪ `required`, and a `required` field holding another value."""
+def _check_fields(data: dict, where: str, required: dict, allowed: set[str] | frozenset[str], strict: bool) -> None:
+    """Refuse fields outside `allowed` ∪ `required` (with `strict`; else log and ignore them), and a
+    `required` field holding another value (always: it would change the outputs)."""
     unknown = sorted(set(data) - set(allowed) - set(required))
-    if unknown:
-        raise CheckpointError(f"{where}: unknown config field(s) {unknown}")
+    if unknown and not strict:
+        logger.warning("%s: ignoring unknown config field(s) %s (strict_config=False)", where, unknown)
+    elif unknown:
+        raise CheckpointError(
+            f"{where}: unknown config field(s) {unknown}; if they are harmless, load with strict_config=False"
+        )
     for key, expected in required.items():
         if key in data and data[key] != expected:
             raise CheckpointError(
@@ -191,14 +199,11 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
         model_type="mamba",
         hidden_act="silu",
         intermediate_size=config.d_inner,
-        pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=0,
     )
     return fields
 
 
-def _from_hf_config(data: dict, where: str) -> ModelConfig:
+def _from_hf_config(data: dict, where: str, strict: bool = True) -> ModelConfig:
     allowed = (
         {hf for hf, _, _ in _HF_FIELDS}
         | _HF_IRRELEVANT
@@ -206,7 +211,7 @@ def _from_hf_config(data: dict, where: str) -> ModelConfig:
         | set(_HF_ALIASES)
         | {"intermediate_size"}
     )
-    _check_fields(data, where, _HF_REQUIRED, allowed)
+    _check_fields(data, where, _HF_REQUIRED, allowed, strict)
     tree: dict = {"pad_vocab_size_multiple": 1}  # the stored vocab_size is already the embedding's size
     for hf, path, default in _HF_FIELDS:
         _put(tree, path, data.get(hf, default))
@@ -224,9 +229,9 @@ def _from_hf_config(data: dict, where: str) -> ModelConfig:
     return config
 
 
-def _from_official_config(data: dict, where: str) -> ModelConfig:
+def _from_official_config(data: dict, where: str, strict: bool = True) -> ModelConfig:
     allowed = {name for name, _, _ in _OFFICIAL_FIELDS} | _OFFICIAL_IRRELEVANT | {"ssm_cfg"}
-    _check_fields(data, where, _OFFICIAL_REQUIRED, allowed)
+    _check_fields(data, where, _OFFICIAL_REQUIRED, allowed, strict)
     ssm_cfg = data.get("ssm_cfg", {})
     if not isinstance(ssm_cfg, dict):
         raise CheckpointError(f"{where}: field 'ssm_cfg' must be an object, got {ssm_cfg!r}")
@@ -235,6 +240,7 @@ def _from_official_config(data: dict, where: str) -> ModelConfig:
         f"{where} (ssm_cfg)",
         _OFFICIAL_SSM_REQUIRED,
         set(_OFFICIAL_SSM_FIELDS) | _OFFICIAL_SSM_IRRELEVANT,
+        strict,
     )
     tree: dict = {
         "norm_eps": _OFFICIAL_NORM_EPS,
@@ -245,7 +251,7 @@ def _from_official_config(data: dict, where: str) -> ModelConfig:
     return _to_model_config(tree, where)
 
 
-def _from_mambalab_config(data: dict, where: str) -> ModelConfig:
+def _from_mambalab_config(data: dict, where: str, strict: bool = True) -> ModelConfig:
     block = data["mambalab"]
     if not isinstance(block, dict):
         raise CheckpointError(f"{where}: field 'mambalab' must be an object, got {type(block).__name__}")
@@ -254,6 +260,7 @@ def _from_mambalab_config(data: dict, where: str) -> ModelConfig:
         f"{where} (mambalab)",
         {"format_version": FORMAT_VERSION},
         {"transformers_loadable", "note", "model"},
+        strict,
     )
     if "model" not in block:
         raise CheckpointError(f"{where}: field 'mambalab.model' (the ModelConfig) is missing")
@@ -261,7 +268,7 @@ def _from_mambalab_config(data: dict, where: str) -> ModelConfig:
     # The HF fields beside the block (written by save_pretrained) must describe the same model.
     hf = to_hf_config(config) if transformers_incompatibility(config) is None else {}
     rest = {k: v for k, v in data.items() if k != "mambalab"}
-    _check_fields(rest, where, {}, set(hf) | _HF_IRRELEVANT | _HF_GENERIC)
+    _check_fields(rest, where, {}, set(hf) | _HF_IRRELEVANT | _HF_GENERIC, strict)
     for key in sorted(set(rest) & set(hf) - _HF_IRRELEVANT - _HF_GENERIC):
         if rest[key] != hf[key]:
             raise CheckpointError(
@@ -271,8 +278,9 @@ def _from_mambalab_config(data: dict, where: str) -> ModelConfig:
     return config
 
 
-def load_config(directory: str | Path) -> tuple[ModelConfig, str]:
-    """(ModelConfig, format) of a checkpoint directory; format is "mambalab", "hf" or "official"."""
+def load_config(directory: str | Path, strict: bool = True) -> tuple[ModelConfig, str]:
+    """(ModelConfig, format) of a checkpoint directory; format is "mambalab", "hf" or "official". With
+    strict=False, fields this module does not know are logged and ignored instead of refused."""
     path = checkpoint_dir(directory) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: config file not found")
@@ -284,11 +292,11 @@ def load_config(directory: str | Path) -> tuple[ModelConfig, str]:
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     where = str(path)
     if "mambalab" in data:
-        return _from_mambalab_config(data, where), "mambalab"
+        return _from_mambalab_config(data, where, strict), "mambalab"
     if "model_type" in data or "hidden_size" in data:
-        return _from_hf_config(data, where), "hf"
+        return _from_hf_config(data, where, strict), "hf"
     if "d_model" in data:
-        return _from_official_config(data, where), "official"
+        return _from_official_config(data, where, strict), "official"
     raise CheckpointError(
         f"{where}: not a Mamba config: expected a 'mambalab' block, transformers' model_type 'mamba', or the"
         " official d_model/n_layer/ssm_cfg fields"
@@ -305,13 +313,16 @@ def checkpoint_dir(directory: str | Path) -> Path:
     return directory
 
 
-def pretrained_config_json(config: ModelConfig, dtype_name: str) -> dict[str, Any]:
+def pretrained_config_json(config: ModelConfig, dtype_name: str, tokenizer=None) -> dict[str, Any]:
     """The config.json `save_pretrained` writes: transformers' `MambaConfig` fields (vocab_size = the padded
     vocabulary, so shapes match) when transformers can compute the model, plus the "mambalab" block holding
     the full `ModelConfig`. A model transformers cannot represent (attention/MoE/S4D layers, SSM ablations)
-    gets only the block, with `transformers_loadable: false` and the reason."""
+    gets only the block, with `transformers_loadable: false` and the reason. The special-token ids are the
+    `tokenizer`'s (e.g. the byte tokenizer's BOS 256, EOS 257, PAD 258), null when it is not given."""
     reason = transformers_incompatibility(config)
     fields: dict[str, Any] = {} if reason else {**to_hf_config(config), "dtype": dtype_name}
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id") if reason is None else ():
+        fields[name] = None if tokenizer is None else getattr(tokenizer, name)
     if reason is None:
         note = "also loadable by transformers.MambaForCausalLM.from_pretrained"
     else:

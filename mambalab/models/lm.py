@@ -164,13 +164,16 @@ class LanguageModel(nn.Module):
         return generate(self, prompts, max_new_tokens, **kwargs)
 
     # Pretrained directories (config translation in models/hf_config.py, weights in models/weights_io.py) ---
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
         """Write config.json and model.safetensors into `directory` (created if needed), each through a temp
         file and `os.replace`; returns the directory. Loadable by `mambalab.load` and, for a pure Mamba, by
-        transformers' `MambaForCausalLM.from_pretrained`."""
+        transformers' `MambaForCausalLM.from_pretrained`. With `tokenizer` (a mambalab tokenizer), its files
+        for `transformers.AutoTokenizer` are written too and config.json carries its special-token ids."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        fields = hf_config.pretrained_config_json(self.config, str(self.dtype).removeprefix("torch."))
+        fields = hf_config.pretrained_config_json(self.config, str(self.dtype).removeprefix("torch."), tokenizer)
+        if tokenizer is not None:
+            tokenizer.save_hf_files(directory)
         shadowing = [name for name in weights_io.WEIGHT_NAMES[1:] if (directory / name).exists()]
         if shadowing:
             logger.warning(
@@ -189,6 +192,7 @@ class LanguageModel(nn.Module):
         directory: str | Path,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        strict_config: bool = True,
     ) -> LanguageModel:
         """Load a mambalab, transformers or official state-spaces Mamba checkpoint directory.
 
@@ -196,12 +200,13 @@ class LanguageModel(nn.Module):
         device: where the model lives (default CPU). dtype: the model's dtype (default: that of the stored
         embedding); A_log, D and the Δ bias stay float32 whatever it is. Raises `CheckpointError` (a
         `MambalabError`) naming the file and the key on any problem; the model is built only once everything
-        checks. Loading does not disturb the global random number generator.
+        checks. Loading does not disturb the global random number generator. strict_config=False logs and
+        ignores config.json fields mambalab does not know (fields that would change the math stay refused).
         """
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise InputError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
         directory = hf_config.checkpoint_dir(directory)
-        config, fmt = hf_config.load_config(directory)
+        config, fmt = hf_config.load_config(directory, strict=strict_config)
         where = str(directory / hf_config.CONFIG_NAME)
         memory.check_model_fits(config, torch.get_default_dtype(), "cpu", where, CheckpointError)
         if dtype is not None or device is not None:

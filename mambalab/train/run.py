@@ -21,7 +21,7 @@ The model's vocab_size follows the tokenizer unless set explicitly. Output direc
 
     OUT/run_config.yaml   the effective config      OUT/metrics.jsonl, OUT/loss_curve.png
     OUT/checkpoints/      training checkpoints      OUT/model/   the exported model (save_pretrained),
-    OUT/data/             prepared shards (when the data needed preparing)   plus tokenizer.json if any
+    OUT/data/             prepared shards (when the data needed preparing)   plus the tokenizer's files
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from mambalab.device import resolve_device
 from mambalab.errors import ConfigError
 from mambalab.models.lm import LanguageModel
 from mambalab.models.memory import check_training_fits
-from mambalab.tokenizer import HFTokenizer, load_tokenizer
+from mambalab.tokenizer import load_tokenizer
 from mambalab.train import distributed as dist_utils
 from mambalab.train.data import (
     MANIFEST,
@@ -205,7 +204,8 @@ def resolve_dataset(data: DataConfig, out_dir: Path, ctx: dist_utils.DistContext
 
 # Run -----------------------------------------------------------------------------------------------------------
 def export_model(trainer: Trainer, config: ModelConfig, directory: Path, tokenizer) -> Path | None:
-    """Gather the full weights (collective) and `save_pretrained` them on rank 0, with tokenizer.json."""
+    """Gather the full weights (collective) and `save_pretrained` them on rank 0 with the tokenizer's files
+    (for bytes too: transformers' AutoTokenizer loads them) and its special-token ids in config.json."""
     from mambalab.models.pretrained import save_pretrained
 
     state = dist_utils.full_model_state(trainer.model)
@@ -213,9 +213,7 @@ def export_model(trainer: Trainer, config: ModelConfig, directory: Path, tokeniz
         return None
     model = LanguageModel(config)
     model.load_state_dict(state)
-    save_pretrained(model, directory)
-    if isinstance(tokenizer, HFTokenizer):
-        shutil.copyfile(tokenizer.path, directory / "tokenizer.json")
+    save_pretrained(model, directory, tokenizer=tokenizer)
     return directory
 
 
