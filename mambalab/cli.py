@@ -14,7 +14,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from mambalab.errors import MambalabError
+from mambalab.errors import InputError, MambalabError
 
 ERROR_EXIT_CODE = 2  # as click's own usage errors
 
@@ -32,8 +32,43 @@ class _Commands(TyperGroup):
 
 
 app = typer.Typer(
-    cls=_Commands, add_completion=False, no_args_is_help=True, help="mambalab: selective state space models."
+    cls=_Commands, add_completion=False, no_args_is_help=True, help="mambalab: selective state space models.",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from mambalab import __version__
+
+        typer.echo(f"mambalab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """mambalab: selective state space models."""
+
+
+def _read_text(path: Path, option: str) -> str:
+    """The UTF-8 text of the file an option names; a missing, unreadable or non-text file is an InputError."""
+    if not path.is_file():
+        raise InputError(f"{option} {path}: {'is a directory' if path.is_dir() else 'no such file'}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{option} {path}: cannot be read as UTF-8 text ({exc})") from exc
+
+
+def _directory(path: Path | None, option: str) -> Path | None:
+    """`path` when it is a directory or does not exist yet (it will be created); an existing file is an
+    InputError rather than a FileExistsError deep inside the command."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path}: is a file; expected a directory (existing, or one to create)")
+    return path
 
 
 @app.command()
@@ -112,28 +147,25 @@ def compare(
         typer.echo(f"- {finding['text']}")
 
 
-_DTYPES = ("float32", "bfloat16", "float16", "float64")
+_DTYPE_HELP = "auto (the checkpoint's) | float32/fp32/float | bfloat16/bf16 | float16/fp16/half | float64/fp64/double."
 
 
 def _device_and_dtype(device: str, dtype: str | None):
-    """(device name, torch dtype): 'auto' -> cuda when available; a dtype name -> torch.dtype (None keeps the
-    checkpoint's)."""
-    import torch
+    """(device name, torch dtype): 'auto' -> cuda when available; a dtype name or alias -> torch.dtype (None
+    or 'auto' keeps the checkpoint's)."""
+    from mambalab.device import resolve_device, resolve_dtype
 
-    from mambalab.device import resolve_device
-
-    if dtype is not None and dtype not in _DTYPES:
-        raise typer.BadParameter(f"--dtype must be one of {_DTYPES}, got {dtype!r}")
-    return str(resolve_device(device)), None if dtype is None else getattr(torch, dtype)
+    return str(resolve_device(device)), resolve_dtype(dtype)
 
 
 @app.command()
 def generate(
-    model: str = typer.Option(..., help="Model directory (mambalab, transformers or official Mamba checkpoint)."),
+    model: Annotated[Path, typer.Option(help="Model directory (mambalab, transformers or official Mamba checkpoint).")],
     prompt: str = typer.Option(None, help="Prompt text."),
-    prompt_file: str = typer.Option(None, help="Read the prompt text from this file."),
-    prefix_file: str = typer.Option(None, help="Text before the prompt (e.g. a long context) whose state is cached."),
-    cache_dir: str = typer.Option(None, help="Keep prefix states here, reused by later runs."),
+    prompt_file: Annotated[Path | None, typer.Option(help="Read the prompt text from this file.")] = None,
+    prefix_file: Annotated[Path | None, typer.Option(
+        help="Text before the prompt (e.g. a long context) whose state is cached.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Keep prefix states here, reused by later runs.")] = None,
     max_new_tokens: int = typer.Option(64, help="Tokens to generate at most."),
     sample: bool = typer.Option(False, "--sample/--greedy", help="Sample (with the options below) or take the argmax."),
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
@@ -144,7 +176,7 @@ def generate(
     seed: int = typer.Option(None, help="Seed of the sampler, for reproducible samples."),
     stream: bool = typer.Option(False, help="Print tokens as they come."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    dtype: str = typer.Option(None, help="float32 | bfloat16 | float16 | float64 (default: the checkpoint's)."),
+    dtype: str = typer.Option(None, help=_DTYPE_HELP),
 ) -> None:
     """Continue a prompt with a model directory, in recurrent mode; a --prefix-file's state is computed once
     and reused (from --cache-dir across runs)."""
@@ -152,12 +184,13 @@ def generate(
 
     if (prompt is None) == (prompt_file is None):
         raise typer.BadParameter("give exactly one of --prompt and --prompt-file")
-    text = prompt if prompt is not None else Path(prompt_file).read_text()
+    text = prompt if prompt is not None else _read_text(prompt_file, "--prompt-file")
+    prefix_text = None if prefix_file is None else _read_text(prefix_file, "--prefix-file")
     device, torch_dtype = _device_and_dtype(device, dtype)
-    engine = Engine.from_dir(model, device=device, dtype=torch_dtype, cache_dir=cache_dir)
+    engine = Engine.from_dir(model, device=device, dtype=torch_dtype, cache_dir=_directory(cache_dir, "--cache-dir"))
     tokens = engine.encode(text)
-    if prefix_file is not None:
-        prefix = engine.encode(Path(prefix_file).read_text())
+    if prefix_text is not None:
+        prefix = engine.encode(prefix_text)
         engine.cache_prefix(prefix)
         tokens = prefix + tokens
     sampling = {"do_sample": sample, "temperature": temperature, "top_k": top_k, "top_p": top_p,
@@ -230,7 +263,7 @@ def serve(
 @app.command()
 def prepare(
     inputs: Annotated[list[str], typer.Argument(help="Text files, folders, JSONL files ('text' field), or 'embedded'.")],
-    out: str = typer.Option(..., "--out", help="Directory for the token shards and manifest.json."),
+    out: Annotated[Path, typer.Option("--out", help="Directory for the token shards and manifest.json.")],
     tokenizer: str = typer.Option("byte", help="'byte', a tokenizer.json, or a directory holding one."),
     val_fraction: float = typer.Option(0.05, help="Fraction of the token stream kept for validation."),
     text_field: str = typer.Option("text", help="Field of each JSONL record holding the text."),
@@ -240,7 +273,7 @@ def prepare(
     from mambalab.tokenizer import load_tokenizer
     from mambalab.train.data import prepare_dataset
 
-    m = prepare_dataset(inputs, out, load_tokenizer(tokenizer), val_fraction=val_fraction,
+    m = prepare_dataset(inputs, _directory(out, "--out"), load_tokenizer(tokenizer), val_fraction=val_fraction,
                         text_field=text_field, overwrite=overwrite)
     typer.echo(f"{out}: {m['documents']} documents, {m['splits']['train']['tokens']:,} train +"
                f" {m['splits']['val']['tokens']:,} val tokens ({m['dtype']}, tokenizer {m['tokenizer']['name']})")
@@ -248,11 +281,13 @@ def prepare(
 
 @app.command()
 def train(
-    config: str = typer.Option(None, "--config", help="Run config YAML (sections model, data, train)."),
+    config: Annotated[Path | None, typer.Option("--config", help="Run config YAML (sections model, data, train).")] = None,
     preset: str = typer.Option(None, "--preset", help="Model-zoo preset, e.g. tiny-mamba."),
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="key=value, e.g. --set train.lr=1e-3.")] = None,
-    out: str = typer.Option("runs/train", "--out", help="Output directory (checkpoints, metrics, model/)."),
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="key=value, e.g. --set train.lr=1e-3 "
+                                                        "(--list-keys lists every key).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output directory (checkpoints, metrics, model/).")] = Path("runs/train"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest valid checkpoint in --out."),
+    list_keys: bool = typer.Option(False, "--list-keys", help="List every --set key with its type and default."),
 ) -> None:
     """Train a model (on the embedded corpus by default); works under `torchrun --nproc_per_node=N`."""
     import logging
@@ -260,8 +295,16 @@ def train(
 
     from rich.logging import RichHandler
 
-    from mambalab.train.run import load_run_config, run_training
+    from mambalab.train.run import load_run_config, override_keys, run_training
 
+    if list_keys:
+        rows = [(key, kind, "-" if default is None else repr(default)) for key, kind, default in override_keys()]
+        widths = [max(len(row[i]) for row in rows) for i in range(2)]
+        typer.echo("\n".join(f"{k:<{widths[0]}}  {t:<{widths[1]}}  {d}" for k, t, d in rows))
+        return
+    if config is not None and not config.is_file():
+        raise InputError(f"--config {config}: no such file")
+    _directory(out, "--out")
     if config is None and preset is None:
         raise typer.BadParameter("give --config FILE.yaml or --preset NAME")
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 logs progress
@@ -277,7 +320,7 @@ def train(
 
 @app.command(name="eval")
 def eval_(
-    model: str = typer.Option(..., "--model", help="Exported model dir, training run dir, or checkpoint dir."),
+    model: Annotated[Path, typer.Option("--model", help="Exported model dir, training run dir, or checkpoint dir.")],
     data: str = typer.Option(..., "--data", help="Prepared dataset dir, or text/JSONL files/folders, or 'embedded'."),
     split: str = typer.Option("val", help="Split of a prepared dataset (raw text is scored whole)."),
     batch_size: int = typer.Option(8, help="Sequences per batch."),

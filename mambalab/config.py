@@ -19,6 +19,8 @@ import copy
 import dataclasses
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ class SSMConfig:
 
     d_state: int = 16  # N
     d_conv: int = 4
-    expand: int = 2
+    expand: int | float = 2  # d_inner = int(expand·d_model), as the official Mamba (configs may hold 2.0)
     dt_rank: int | str = "auto"  # "auto" = ceil(d_model / 16), see `dt_rank_for`
     dt_min: float = 0.001
     dt_max: float = 0.1
@@ -207,6 +209,7 @@ class ModelConfig:
     rescale_prenorm_residual: bool = True
 
     def __post_init__(self) -> None:
+        check_limits(self)
         if self.layer_pattern is None:
             self.layer_pattern = ["mamba"] * self.n_layer
         if len(self.layer_pattern) != self.n_layer:
@@ -233,7 +236,7 @@ class ModelConfig:
 
     @property
     def d_inner(self) -> int:
-        return self.ssm.expand * self.d_model
+        return int(self.ssm.expand * self.d_model)
 
     @property
     def dt_rank(self) -> int:
@@ -258,6 +261,44 @@ class ModelConfig:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from e
         return cls.from_dict(data, where=str(path))
+
+
+# Sane limits, checked before anything is allocated: far above every published model, far below a value that
+# would only fail in the allocator (docs/checkpoints.md lists them). Field path -> largest accepted value.
+LIMITS = {
+    "d_model": 65536,
+    "n_layer": 1024,
+    "vocab_size": 1 << 24,
+    "ssm.d_state": 1024,
+    "ssm.d_conv": 64,
+    "ssm.expand": 64,
+    "attention.n_heads": 1024,
+    "mlp.d_intermediate": 1 << 20,
+    "moe.n_experts": 1024,
+    "moe.d_intermediate": 1 << 20,
+    "s4d.d_state": 4096,
+    "s4d.expand": 64,
+}
+_FLOAT_OK = frozenset({"ssm.expand"})  # official configs may write expand as 2.0 (d_inner = int(expand·d_model))
+
+
+def check_limits(config: ModelConfig) -> None:
+    """Refuse a size field that is not a number of the right kind or lies past `LIMITS`, naming the field, so
+    a huge or garbled config fails here instead of in the allocator."""
+    for path, limit in LIMITS.items():
+        value = config
+        for part in path.split("."):
+            value = getattr(value, part)
+        if value is None:
+            continue
+        number = (int, float) if path in _FLOAT_OK else int
+        if isinstance(value, bool) or not isinstance(value, number):
+            kind = "a number" if path in _FLOAT_OK else "an integer"
+            raise ConfigError(f"ModelConfig.{path} must be {kind}, got {value!r}")
+        if value > limit:
+            raise ConfigError(
+                f"ModelConfig.{path} = {value:,} is past the limit {limit:,} (see docs/checkpoints.md, limits)"
+            )
 
 
 def parse_layer_kind(entry: str, where: str = "layer_pattern") -> tuple[str, str | None]:
@@ -288,11 +329,57 @@ def strict_from_dict(cls, data: dict[str, Any], where: str, nested: dict[str, ty
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {unknown} for {cls.__name__}; known fields: {sorted(known)}")
     nested = nested or {}
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key not in nested and not _matches(value, hints[key]):
+            raise ConfigError(f"{where}.{key} must be {describe_type(hints[key])}, got {value!r}")
     kwargs = {
         key: strict_from_dict(nested[key], value, f"{where}.{key}") if key in nested else value
         for key, value in data.items()
     }
     return cls(**kwargs)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON/YAML value fits a dataclass field's annotation (an int fits float; a bool fits neither
+    int nor float; a list fits a tuple; only the outer type of a container is checked)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (tuple, list):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, origin or hint)
+
+
+def describe_type(hint: Any) -> str:
+    """'int', 'int | str', 'list' ...: an annotation as a user reads it."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(describe_type(arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(typing.get_origin(hint) or hint, "__name__", str(hint))
+
+
+def field_table(cls, prefix: str) -> list[tuple[str, str, Any]]:
+    """(dotted key, type, default) of every field of dataclass `cls`, nested dataclass fields expanded
+    (e.g. ("model.ssm.d_state", "int", 16)): the keys a config file or a `--set` override can address."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            rows += field_table(type(default), f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", describe_type(hints[f.name]), default))
+    return rows
 
 
 # Nested dict helpers (config trees from YAML, JSON or `--set` overrides) ----------------------------------
@@ -314,3 +401,10 @@ def flatten_dict(tree: dict, prefix: str = "") -> dict:
     for key, value in tree.items():
         out.update(flatten_dict(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
     return out
+
+
+def config_differences(theirs: dict, ours: dict, labels: tuple[str, str] = ("saved", "model")) -> list[str]:
+    """'key: a (saved) vs b (model)' for every dotted key where two config trees differ."""
+    theirs, ours = flatten_dict(theirs), flatten_dict(ours)
+    return [f"{k}: {theirs.get(k)!r} ({labels[0]}) vs {ours.get(k)!r} ({labels[1]})"
+            for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]

@@ -1,4 +1,5 @@
-"""The `--device` option of every command and runner: a name -> `torch.device`, checked once here."""
+"""The `--device` and `--dtype` options of every command and runner: a name -> `torch.device` /
+`torch.dtype`, checked once here."""
 
 from __future__ import annotations
 
@@ -19,3 +20,24 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device {device!r} was asked for but torch sees no CUDA GPU")
     return torch.device(device)
+
+
+# --dtype names: torch's own and the usual short forms; "auto" keeps the checkpoint's dtype.
+DTYPE_NAMES = {
+    "auto": None,
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+}  # fmt: skip
+
+
+def resolve_dtype(name: str | None) -> torch.dtype | None:
+    """A --dtype name (see DTYPE_NAMES, case-insensitive) -> torch.dtype; None or "auto" -> None (keep the
+    checkpoint's). Anything else is an `InputError` listing the names."""
+    if name is None:
+        return None
+    key = name.strip().lower().removeprefix("torch.")
+    if key not in DTYPE_NAMES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {name!r}")
+    return DTYPE_NAMES[key]

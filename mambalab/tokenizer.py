@@ -14,13 +14,19 @@ string, and any id sequence decodes: invalid UTF-8 becomes U+FFFD by default, or
 `errors="surrogateescape"` (lossless: they encode back to the same bytes). `decode_bytes` gives raw bytes.
 
 `load_tokenizer(path_or_name)`: a directory with tokenizer.json, or a tokenizer.json file -> `HFTokenizer`;
-"byte" or a directory without tokenizer.json -> `ByteTokenizer`.
+"byte", a directory without tokenizer.json, or one holding the byte tokenizer's own export -> `ByteTokenizer`.
+
+`save_hf_files(directory)` writes files `transformers.AutoTokenizer.from_pretrained(directory)` loads: the
+HF tokenizer's own files, or for bytes a generated tokenizer.json (byte-level BPE without merges, so id i is
+byte i, and "<bos>" 256, "<eos>" 257, "<pad>" 258) whose tokenizer_config.json sets `split_special_tokens`,
+so that text spelling "<eos>" stays bytes, exactly as `ByteTokenizer.encode` does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +34,9 @@ from mambalab.errors import InputError
 
 BYTE_TOKENIZER_NAME = "byte"
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# tokenizer_config.json key marking the byte tokenizer's export, loaded back as a `ByteTokenizer`.
+_BYTE_EXPORT_MARK = "mambalab_tokenizer"
 # Names under which HF tokenizers commonly spell their special tokens, most specific first.
 _EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
 _BOS_NAMES = ("<|startoftext|>", "<s>", "<bos>", "<|begin_of_text|>", "[CLS]")
@@ -67,6 +76,24 @@ class ByteTokenizer:
 
     def decode(self, ids: Sequence[int], errors: str = "replace") -> str:
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def save_hf_files(self, directory: str | Path) -> list[Path]:
+        """Write tokenizer.json and tokenizer_config.json into `directory` for `transformers.AutoTokenizer`
+        (needs the `tokenizers` package); the ids are this tokenizer's. Returns the files written."""
+        from tokenizers import AddedToken, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizerModel
+
+        tok = HFTokenizerModel(models.BPE({char: i for i, char in enumerate(_byte_level_chars())}, []))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([AddedToken(t, special=True) for t in ("<bos>", "<eos>", "<pad>")])  # 256..258
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>", "eos_token": "<eos>",
+                  "pad_token": "<pad>", "split_special_tokens": True, "clean_up_tokenization_spaces": False,
+                  "model_max_length": 1 << 60, _BYTE_EXPORT_MARK: BYTE_TOKENIZER_NAME}
+        directory = Path(directory)
+        tok.save(str(directory / TOKENIZER_FILE))
+        (directory / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        return [directory / TOKENIZER_FILE, directory / TOKENIZER_CONFIG_FILE]
 
     def fingerprint(self) -> str:
         spec = {"type": "byte", "version": 1, "bos": 256, "eos": 257, "pad": 258, "vocab_size": 259}
@@ -144,11 +171,44 @@ class HFTokenizer:
     def fingerprint(self) -> str:
         return _sha256(json.dumps(json.loads(self._tok.to_str()), sort_keys=True))
 
+    def save_hf_files(self, directory: str | Path) -> list[Path]:
+        """Copy tokenizer.json (and tokenizer_config.json when it sits beside it) into `directory`."""
+        directory = Path(directory)
+        written = []
+        for source in (self.path, self.path.parent / TOKENIZER_CONFIG_FILE):
+            if source.is_file():
+                target = directory / (TOKENIZER_FILE if source == self.path else TOKENIZER_CONFIG_FILE)
+                if source.resolve() != target.resolve():
+                    shutil.copyfile(source, target)
+                written.append(target)
+        return written
+
     def __repr__(self) -> str:
         return f"HFTokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
 
 
 Tokenizer = ByteTokenizer | HFTokenizer
+
+
+def _byte_level_chars() -> list[str]:
+    """The printable stand-in character of each byte in byte-level BPE (GPT-2's, which the `tokenizers`
+    ByteLevel pre-tokenizer uses): printable Latin-1 bytes stand for themselves, the others, in order, for
+    chr(256), chr(257), ..."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    chars, extra = [], 0
+    for byte in range(256):
+        chars.append(chr(byte) if byte in printable else chr(256 + extra))
+        extra += byte not in printable
+    return chars
+
+
+def _is_byte_export(directory: Path) -> bool:
+    """Whether `directory`'s tokenizer files are `ByteTokenizer.save_hf_files`' (marked in its config)."""
+    config = directory / TOKENIZER_CONFIG_FILE
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get(_BYTE_EXPORT_MARK) == BYTE_TOKENIZER_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_tokenizer(path_or_name: str | Path | None = None) -> Tokenizer:
@@ -162,9 +222,9 @@ def load_tokenizer(path_or_name: str | Path | None = None) -> Tokenizer:
     path = Path(path_or_name)
     if path.is_dir():
         file = path / TOKENIZER_FILE
-        return HFTokenizer(file) if file.is_file() else ByteTokenizer()
+        return HFTokenizer(file) if file.is_file() and not _is_byte_export(path) else ByteTokenizer()
     if path.is_file():
-        return HFTokenizer(path)
+        return ByteTokenizer() if _is_byte_export(path.parent) else HFTokenizer(path)
     raise InputError(
         f"tokenizer: {str(path_or_name)!r} is neither {BYTE_TOKENIZER_NAME!r}, a directory, nor a tokenizer.json"
         " file (no downloads are made)"

@@ -14,6 +14,7 @@ plus a repetition penalty), seeded by `generator` for reproducible draws.
 
 from __future__ import annotations
 
+import operator
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -233,12 +234,19 @@ def _prompt_rows(prompts, vocab_size: int) -> list[list[int]]:
     for i, row in enumerate(prompts):
         if not row:
             raise InputError(f"prompts[{i}] is empty; every prompt needs at least one token")
-        row = [int(t) for t in row]
+        row = [_token_id(t, f"prompts[{i}][{j}]") for j, t in enumerate(row)]
         bad = [t for t in row if not 0 <= t < vocab_size]
         if bad:
             raise InputError(f"prompts[{i}] holds token id {bad[0]} outside [0, vocab_size={vocab_size})")
         rows.append(row)
     return rows
+
+
+def _token_id(value, name: str) -> int:
+    """An integer token id (Python or NumPy int); a float, even 1.0, or a bool is refused, never truncated."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise InputError(f"{name} = {value!r} is not an integer token id")
+    return operator.index(value)
 
 
 def _eos_ids(eos_token_id, vocab_size: int) -> list[int]:

@@ -5,7 +5,8 @@ for a 100-token and a 100,000-token prefix. Entries are batch-1 states keyed by 
 consumed. In memory they form an LRU bounded in bytes; with a `directory`, every entry is also written there
 (atomically, with the model's fingerprint, see `InferenceState.save`), entries evicted from memory are
 reloaded from disk on demand, and a new cache over the same directory (another process) finds them again.
-Files from another model or dtype are ignored; corrupt files are skipped with a warning.
+Files from another model or dtype are ignored; a corrupt, crafted or unreadable file is skipped (or, found
+bad when loaded, dropped and treated as a miss) with a warning naming it.
 
 Not thread-safe: callers that share one cache between threads serialise access (the server holds a lock).
 """
@@ -112,7 +113,7 @@ class PrefixCache:
         path = self._entries[key].path
         try:
             state = InferenceState.load(path, self.model, prefix_tokens=list(key))
-        except (FileNotFoundError, ValueError) as e:  # CorruptStateError / StateMismatchError
+        except (OSError, ValueError) as e:  # unreadable, CorruptStateError, StateMismatchError: a miss
             logger.warning("prefix cache: dropping %s: %s", path, e)
             del self._entries[key]
             return None
@@ -146,12 +147,25 @@ class PrefixCache:
             if any(meta.get(k) != mine[k] for k in ("config_hash", "weights_hash", "dtype")):
                 logger.debug("prefix cache: %s belongs to another model or dtype; ignored", path)
                 continue
-            rows = json.loads(meta.get("prefix_tokens", "null"))
-            if rows is None or len(rows) != 1:
+            key = _recorded_prefix(meta)
+            if key is None:
+                logger.warning("prefix cache: skipping %s: its metadata records no single-row token prefix", path)
                 continue
-            key = _key(rows[0])
             self._entries[key] = _Entry(key, path)
         logger.info("prefix cache: %d states of this model in %s", len(self._entries), self.directory)
+
+
+def _recorded_prefix(meta: dict[str, str]) -> tuple[int, ...] | None:
+    """The token prefix a state file's metadata records for its one row, or None when it records none or
+    something other than a non-empty list of token ids."""
+    try:
+        rows = json.loads(meta.get("prefix_tokens", "null"))
+    except (TypeError, json.JSONDecodeError):
+        return None
+    if not (isinstance(rows, list) and len(rows) == 1 and isinstance(rows[0], list) and rows[0]):
+        return None
+    row = rows[0]
+    return tuple(row) if all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in row) else None
 
 
 def _key(tokens) -> tuple[int, ...]:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from mambalab.atomic import write_atomic
-from mambalab.config import flatten_dict
+from mambalab.config import config_differences
 from mambalab.errors import CorruptStateError, InputError, StateMismatchError
 
 # State tensors whose arithmetic must stay in float32 (float64 when the whole state is float64).
@@ -110,17 +110,41 @@ class InferenceState:
         model (config, weights, dtype) and, when `prefix_tokens` is given, after exactly these tokens."""
         metadata, tensors = read_state_file(path)
         check_fingerprint(metadata, model, path)
+        layers = _layers_for(model, tensors, path)
         if prefix_tokens is not None:
             rows = _token_rows(prefix_tokens, int(tensors["seqlen"].shape[0]))
-            if tokens_hash(rows) != metadata["prefix_hash"]:
+            if tokens_hash(rows) != metadata.get("prefix_hash"):
                 raise StateMismatchError(f"{path}: the state was saved after other prefix tokens than the given ones")
-        n_layer = model.config.n_layer
-        layers = [{} for _ in range(n_layer)]
-        for name, t in tensors.items():
-            if name != "seqlen":
-                _, i, key = name.split(".", 2)
-                layers[int(i)][key] = t.to(model.device)
+        layers = [{key: t.to(model.device) for key, t in layer.items()} for layer in layers]
         return cls(layers, tensors["seqlen"].to(model.device))
+
+
+def _layers_for(model, tensors: dict[str, torch.Tensor], path) -> list[dict[str, torch.Tensor]]:
+    """The per-layer dicts of a state file's tensors after checking every name, shape and dtype against the
+    state `model` allocates (on the meta device: nothing allocated); CorruptStateError names the first bad
+    tensor. A size the fresh state leaves empty (a KV cache's length) may hold any value."""
+    seqlen = tensors["seqlen"]
+    if seqlen.dim() != 1 or seqlen.dtype != torch.int64 or not seqlen.numel() or bool((seqlen < 0).any()):
+        raise CorruptStateError(f"{path}: 'seqlen' must be a non-empty (batch,) int64 tensor of counts >= 0,"
+                                f" got {seqlen.dtype} of shape {tuple(seqlen.shape)}")
+    template = model.allocate_state(seqlen.shape[0], device="meta")
+    expected = {f"layers.{i}.{key}": (i, key, t) for i, layer in enumerate(template.layers) for key, t in layer.items()}
+    names = set(tensors) - {"seqlen"}
+    for problem, keys in (("is missing", sorted(set(expected) - names)), ("is not a tensor of this model's state",
+                                                                        sorted(names - set(expected)))):
+        if keys:
+            raise CorruptStateError(f"{path}: tensor {keys[0]!r} {problem} ({len(keys)} such)")
+    layers: list[dict[str, torch.Tensor]] = [{} for _ in template.layers]
+    for name, (i, key, want) in expected.items():
+        got = tensors[name]
+        fits = got.dim() == want.dim() and all(w in (0, g) for g, w in zip(got.shape, want.shape, strict=True))
+        if got.dtype != want.dtype or not fits:
+            raise CorruptStateError(
+                f"{path}: tensor {name!r} is {got.dtype} of shape {tuple(got.shape)}; the model's state holds"
+                f" {want.dtype} of shape {tuple(want.shape)} (0 = any size)"
+            )
+        layers[i][key] = got
+    return layers
 
 
 def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -205,9 +229,7 @@ def check_fingerprint(metadata: dict[str, str], model, path: str | Path = "state
     """Raise StateMismatchError naming the first difference between a file's fingerprint and `model`'s."""
     mine = model_fingerprint(model)
     if metadata.get("config_hash") != mine["config_hash"]:
-        theirs, ours = flatten_dict(json.loads(metadata["config"])), flatten_dict(json.loads(mine["config"]))
-        diffs = [f"{k}: {theirs.get(k)!r} (state) vs {ours.get(k)!r} (model)"
-                 for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+        diffs = config_differences(_json_object(metadata, "config", path), json.loads(mine["config"]), ("state", "model"))
         raise StateMismatchError(f"{path}: the state was saved from a model with another config ({'; '.join(diffs)})")
     if metadata.get("dtype") != mine["dtype"]:
         raise StateMismatchError(
@@ -218,6 +240,13 @@ def check_fingerprint(metadata: dict[str, str], model, path: str | Path = "state
             f"{path}: the state was saved from a model with other weights (weights hash"
             f" {metadata.get('weights_hash')} vs {mine['weights_hash']})"
         )
+
+
+def _json_object(metadata: dict[str, str], key: str, path) -> dict:
+    try:
+        return json.loads(metadata[key])
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise CorruptStateError(f"{path}: metadata field {key!r} is missing or not JSON") from e
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:

@@ -66,7 +66,7 @@ class Mamba(nn.Module):
                 "mambalab.layers.mamba_ablations.MambaAblation (mamba_class(ssm) picks the class)"
             )
         self.d_model, self.layer_idx, self.cfg = d_model, layer_idx, ssm
-        self.d_inner = ssm.expand * d_model
+        self.d_inner = int(ssm.expand * d_model)  # official: expand may be a float such as 2.0
         self.d_state, self.d_conv = ssm.d_state, ssm.d_conv
         self.dt_rank = ssm.dt_rank_for(d_model)
         d, n, r = self.d_inner, self.d_state, self.dt_rank

@@ -7,6 +7,7 @@ unknown or unsupported fields with `CheckpointError` naming the file and the fie
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from mambalab.config import ModelConfig
@@ -50,6 +51,8 @@ HF_FREE_MODEL_FIELDS = frozenset(
     {"layer_pattern", "pad_vocab_size_multiple", "attention", "mlp", "moe", "s4d", "mamba2"}
 )
 
+logger = logging.getLogger(__name__)
+
 
 # --- Field-table helpers -----------------------------------------------------------------------------------
 def get_path(obj: Any, path: str) -> Any:
@@ -79,11 +82,17 @@ def non_default_fields(obj: Any, exempt: frozenset[str]) -> list[str]:
     return names
 
 
-def check_fields(data: dict, where: str, required: dict, allowed: set[str] | frozenset[str]) -> None:
-    """Refuse fields outside `allowed` ∪ `required`, and a `required` field holding another value."""
+def check_fields(data: dict, where: str, required: dict, allowed: set[str] | frozenset[str],
+                 strict: bool = True) -> None:
+    """Refuse fields outside `allowed` ∪ `required` (with `strict`; else log and ignore them), and a
+    `required` field holding another value (always: it would change the outputs)."""
     unknown = sorted(set(data) - set(allowed) - set(required))
-    if unknown:
-        raise CheckpointError(f"{where}: unknown config field(s) {unknown}")
+    if unknown and not strict:
+        logger.warning("%s: ignoring unknown config field(s) %s (strict_config=False)", where, unknown)
+    elif unknown:
+        raise CheckpointError(
+            f"{where}: unknown config field(s) {unknown}; if they are harmless, load with strict_config=False"
+        )
     for key, expected in required.items():
         if key in data and data[key] != expected:
             raise CheckpointError(
@@ -99,11 +108,3 @@ def to_model_config(tree: dict, where: str) -> ModelConfig:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: invalid config ({e})") from e
 
-
-def as_int(value: Any, key: str, where: str) -> int:
-    """value as an int (2.0 is 2), else CheckpointError naming the field."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise CheckpointError(f"{where}: field {key!r} must be an integer, got {value!r}")
-    return value

@@ -12,13 +12,15 @@ helpers of models/config_fields.py.
 
 Config fields that would change the math in a way mambalab does not implement (e.g. hidden_act other than
 silu, LayerNorm instead of RMSNorm) are refused; fields known to be irrelevant (use_cache, use_mambapy,
-fused_add_norm, ...) are ignored; any other field is an error. Every problem raises `CheckpointError`
-naming the file and the field. This module imports no model, so the model can import it.
+fused_add_norm, ...) are ignored; any other field is an error, unless loaded with strict=False (logged and
+ignored; Mamba-2 configs are always strict). Every problem raises `CheckpointError` naming the file and the
+field. This module imports no model, so the model can import it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +34,14 @@ from mambalab.models.config_fields import (
     OFFICIAL_IRRELEVANT,
     OFFICIAL_NORM_EPS,
     OFFICIAL_REQUIRED,
-    as_int,
     check_fields,
     get_path,
     non_default_fields,
     put_path,
     to_model_config,
 )
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
@@ -136,14 +139,11 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
         model_type="mamba",
         hidden_act="silu",
         intermediate_size=config.d_inner,
-        pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=0,
     )
     return fields
 
 
-def _from_hf_config(data: dict, where: str) -> ModelConfig:
+def _from_hf_config(data: dict, where: str, strict: bool = True) -> ModelConfig:
     allowed = (
         {hf for hf, _, _ in _HF_FIELDS}
         | _HF_IRRELEVANT
@@ -151,11 +151,10 @@ def _from_hf_config(data: dict, where: str) -> ModelConfig:
         | set(_HF_ALIASES)
         | {"intermediate_size"}
     )
-    check_fields(data, where, _HF_REQUIRED, allowed)
+    check_fields(data, where, _HF_REQUIRED, allowed, strict)
     tree: dict = {"pad_vocab_size_multiple": 1}  # the stored vocab_size is already the embedding's size
     for hf, path, default in _HF_FIELDS:
         put_path(tree, path, data.get(hf, default))
-    tree["ssm"]["expand"] = as_int(tree["ssm"]["expand"], "expand", where)
     for alias, hf in _HF_ALIASES.items():
         if alias in data and data[alias] != data.get(hf):
             raise CheckpointError(
@@ -170,9 +169,9 @@ def _from_hf_config(data: dict, where: str) -> ModelConfig:
     return config
 
 
-def _from_official_config(data: dict, where: str) -> ModelConfig:
+def _from_official_config(data: dict, where: str, strict: bool = True) -> ModelConfig:
     allowed = {name for name, _, _ in OFFICIAL_FIELDS} | OFFICIAL_IRRELEVANT | {"ssm_cfg"}
-    check_fields(data, where, OFFICIAL_REQUIRED, allowed)
+    check_fields(data, where, OFFICIAL_REQUIRED, allowed, strict)
     ssm_cfg = data.get("ssm_cfg", {})
     if not isinstance(ssm_cfg, dict):
         raise CheckpointError(f"{where}: field 'ssm_cfg' must be an object, got {ssm_cfg!r}")
@@ -181,6 +180,7 @@ def _from_official_config(data: dict, where: str) -> ModelConfig:
         f"{where} (ssm_cfg)",
         _OFFICIAL_SSM_REQUIRED,
         set(_OFFICIAL_SSM_FIELDS) | _OFFICIAL_SSM_IRRELEVANT,
+        strict,
     )
     tree: dict = {
         "norm_eps": OFFICIAL_NORM_EPS,
@@ -191,7 +191,7 @@ def _from_official_config(data: dict, where: str) -> ModelConfig:
     return to_model_config(tree, where)
 
 
-def _from_mambalab_config(data: dict, where: str) -> ModelConfig:
+def _from_mambalab_config(data: dict, where: str, strict: bool = True) -> ModelConfig:
     block = data["mambalab"]
     if not isinstance(block, dict):
         raise CheckpointError(f"{where}: field 'mambalab' must be an object, got {type(block).__name__}")
@@ -200,6 +200,7 @@ def _from_mambalab_config(data: dict, where: str) -> ModelConfig:
         f"{where} (mambalab)",
         {"format_version": FORMAT_VERSION},
         {"transformers_loadable", "note", "model"},
+        strict,
     )
     if "model" not in block:
         raise CheckpointError(f"{where}: field 'mambalab.model' (the ModelConfig) is missing")
@@ -207,7 +208,7 @@ def _from_mambalab_config(data: dict, where: str) -> ModelConfig:
     # The HF fields beside the block (written by save_pretrained) must describe the same model.
     hf = to_hf_config(config) if transformers_incompatibility(config) is None else {}
     rest = {k: v for k, v in data.items() if k != "mambalab"}
-    check_fields(rest, where, {}, set(hf) | _HF_IRRELEVANT | HF_GENERIC_FIELDS)
+    check_fields(rest, where, {}, set(hf) | _HF_IRRELEVANT | HF_GENERIC_FIELDS, strict)
     for key in sorted(set(rest) & set(hf) - _HF_IRRELEVANT - HF_GENERIC_FIELDS):
         if rest[key] != hf[key]:
             raise CheckpointError(
@@ -217,8 +218,9 @@ def _from_mambalab_config(data: dict, where: str) -> ModelConfig:
     return config
 
 
-def load_config(directory: str | Path) -> tuple[ModelConfig, str]:
-    """(ModelConfig, format) of a checkpoint directory; format is "mambalab", "hf" or "official"."""
+def load_config(directory: str | Path, strict: bool = True) -> tuple[ModelConfig, str]:
+    """(ModelConfig, format) of a checkpoint directory; format is "mambalab", "hf" or "official". With
+    strict=False, fields this module does not know are logged and ignored instead of refused."""
     path = checkpoint_dir(directory) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: config file not found")
@@ -230,15 +232,15 @@ def load_config(directory: str | Path) -> tuple[ModelConfig, str]:
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     where = str(path)
     if "mambalab" in data:
-        return _from_mambalab_config(data, where), "mambalab"
+        return _from_mambalab_config(data, where, strict), "mambalab"
     if data.get("model_type") == "mamba2":
         return mamba2_hf.from_hf_config(data, where), "hf"
     if "model_type" in data or "hidden_size" in data:
-        return _from_hf_config(data, where), "hf"
+        return _from_hf_config(data, where, strict), "hf"
     if "d_model" in data and mamba2_hf.is_official_mamba2(data):
         return mamba2_hf.from_official_config(data, where), "official"
     if "d_model" in data:
-        return _from_official_config(data, where), "official"
+        return _from_official_config(data, where, strict), "official"
     raise CheckpointError(
         f"{where}: not a Mamba config: expected a 'mambalab' block, transformers' model_type 'mamba' or"
         " 'mamba2', or the official d_model/n_layer/ssm_cfg fields"
@@ -255,13 +257,17 @@ def checkpoint_dir(directory: str | Path) -> Path:
     return directory
 
 
-def pretrained_config_json(config: ModelConfig, dtype_name: str) -> dict[str, Any]:
+def pretrained_config_json(config: ModelConfig, dtype_name: str, tokenizer=None) -> dict[str, Any]:
     """The config.json `save_pretrained` writes: transformers' `MambaConfig` (or `Mamba2Config`) fields
     (vocab_size = the padded vocabulary, so shapes match) when transformers can compute the model, plus the
-    "mambalab" block holding the full `ModelConfig`. A model transformers cannot represent (attention/MoE/S4D layers, SSM ablations)
-    gets only the block, with `transformers_loadable: false` and the reason."""
+    "mambalab" block holding the full `ModelConfig`. A model transformers cannot represent (attention/MoE/S4D
+    layers, SSM ablations) gets only the block, with `transformers_loadable: false` and the reason. The
+    special-token ids are the `tokenizer`'s (e.g. the byte tokenizer's BOS 256, EOS 257, PAD 258), null when
+    it is not given."""
     reason = transformers_incompatibility(config)
     fields: dict[str, Any] = {} if reason else {**to_hf_config(config), "dtype": dtype_name}
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id") if reason is None else ():
+        fields[name] = None if tokenizer is None else getattr(tokenizer, name)
     if reason is None:
         note = f"also loadable by transformers.{fields['architectures'][0]}.from_pretrained"
     else:

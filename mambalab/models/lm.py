@@ -16,11 +16,11 @@ from torch import nn
 
 from mambalab.atomic import write_atomic
 from mambalab.config import ModelConfig
-from mambalab.errors import InputError
+from mambalab.errors import CheckpointError, InputError
 from mambalab.inference.state import InferenceState
 from mambalab.layers.block import Block
 from mambalab.layers.norm import RMSNorm
-from mambalab.models import hf_config, weights_io
+from mambalab.models import hf_config, memory, weights_io
 from mambalab.ops.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class Backbone(nn.Module):
 class LanguageModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
+        memory.check_model_fits(config, torch.get_default_dtype(), torch.get_default_device())
         self.config = config
         self.backbone = Backbone(config)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
@@ -71,6 +72,8 @@ class LanguageModel(nn.Module):
         return self.backbone.embeddings.weight.dtype
 
     def _check_ids(self, input_ids: torch.Tensor, name: str) -> None:
+        if not isinstance(input_ids, torch.Tensor):
+            raise InputError(f"{name} must be an integer torch.Tensor, got {type(input_ids).__name__}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise InputError(f"{name} must be an integer tensor, got {input_ids.dtype}")
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
@@ -92,9 +95,9 @@ class LanguageModel(nn.Module):
         With `labels` (b, l) (token ids, or -100 where not scored), the logits are replaced by the pair (sum of
         the next-token cross-entropy over the labelled positions in float32, their count), computed by the
         chunked fused head (`ops/linear_cross_entropy.py`): the (b, l, vocab) logits are never stored."""
+        self._check_ids(input_ids, "input_ids")
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-        self._check_ids(input_ids, "input_ids")
         x = self.backbone.embeddings(input_ids)  # (b, l, d_model)
         aux_total = x.new_zeros((), dtype=torch.float32)
         for i, layer in enumerate(self.backbone.layers):
@@ -126,7 +129,14 @@ class LanguageModel(nn.Module):
 
     def prefill(self, input_ids: torch.Tensor, state: InferenceState | None = None):
         """Run the prompt in parallel mode: (logits (b, l, vocab), state after the last token).
-        A given `state` (e.g. a cached prefix) is continued, and not modified: the result is a new state."""
+        A given `state` (e.g. a cached prefix) is continued, and not modified: the result is a new state.
+        An empty prompt (length 0) is refused: it has no logits to start generating from; a fresh state is
+        `allocate_state(batch)`."""
+        self._check_ids(input_ids, "input_ids")
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise InputError(f"input_ids must be (batch, length >= 1): prefill of no token has no logits to"
+                             f" continue from (a fresh state is allocate_state(batch)); got shape"
+                             f" {tuple(input_ids.shape)}")
         state = self.allocate_state(input_ids.shape[0]) if state is None else state.clone()
         if state.batch_size != input_ids.shape[0]:
             raise InputError(f"state has batch {state.batch_size} but input_ids has batch {input_ids.shape[0]}")
@@ -134,9 +144,9 @@ class LanguageModel(nn.Module):
 
     def step(self, token_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
         """One token per row in recurrent mode: token_ids (b,) -> logits (b, vocab_size); advances `state`."""
+        self._check_ids(token_ids, "token_ids")
         if token_ids.dim() != 1 or token_ids.shape[0] != state.batch_size:
             raise InputError(f"token_ids must be (batch={state.batch_size},), got shape {tuple(token_ids.shape)}")
-        self._check_ids(token_ids, "token_ids")
         return self._step(token_ids, state)
 
     def _step(self, token_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
@@ -154,13 +164,16 @@ class LanguageModel(nn.Module):
         return generate(self, prompts, max_new_tokens, **kwargs)
 
     # Pretrained directories (config translation in models/hf_config.py, weights in models/weights_io.py) ---
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
         """Write config.json and model.safetensors into `directory` (created if needed), each through a temp
         file and `os.replace`; returns the directory. Loadable by `mambalab.load` and, for a pure Mamba, by
-        transformers' `MambaForCausalLM.from_pretrained`."""
+        transformers' `MambaForCausalLM.from_pretrained`. With `tokenizer` (a mambalab tokenizer), its files
+        for `transformers.AutoTokenizer` are written too and config.json carries its special-token ids."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        fields = hf_config.pretrained_config_json(self.config, str(self.dtype).removeprefix("torch."))
+        fields = hf_config.pretrained_config_json(self.config, str(self.dtype).removeprefix("torch."), tokenizer)
+        if tokenizer is not None:
+            tokenizer.save_hf_files(directory)
         shadowing = [name for name in weights_io.WEIGHT_NAMES[1:] if (directory / name).exists()]
         if shadowing:
             logger.warning(
@@ -179,6 +192,7 @@ class LanguageModel(nn.Module):
         directory: str | Path,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        strict_config: bool = True,
     ) -> LanguageModel:
         """Load a mambalab, transformers or official state-spaces Mamba checkpoint directory.
 
@@ -186,12 +200,18 @@ class LanguageModel(nn.Module):
         device: where the model lives (default CPU). dtype: the model's dtype (default: that of the stored
         embedding); A_log, D and the Δ bias stay float32 whatever it is. Raises `CheckpointError` (a
         `MambalabError`) naming the file and the key on any problem; the model is built only once everything
-        checks. Loading does not disturb the global random number generator.
+        checks. Loading does not disturb the global random number generator. strict_config=False logs and
+        ignores config.json fields mambalab does not know (fields that would change the math stay refused).
         """
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise InputError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
         directory = hf_config.checkpoint_dir(directory)
-        config, fmt = hf_config.load_config(directory)
+        config, fmt = hf_config.load_config(directory, strict=strict_config)
+        where = str(directory / hf_config.CONFIG_NAME)
+        memory.check_model_fits(config, torch.get_default_dtype(), "cpu", where, CheckpointError)
+        if dtype is not None or device is not None:
+            memory.check_model_fits(config, dtype or torch.get_default_dtype(), device or "cpu", where,
+                                    CheckpointError)
         state, sources, weights = weights_io.read_weights(directory)
         with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG
             model = cls(config)

@@ -7,6 +7,16 @@
     lm = MambalabLM(pretrained="ckpt", tokenizer="path/to/tokenizer.json", batch_size=8, device="cuda")
     lm_eval.simple_evaluate(model=lm, tasks=["lambada_openai"])
 
+From the shell, lm_eval's own command line with the model registered (every lm_eval argument passes through):
+
+    python -m mambalab.lm_eval --model mambalab --model_args pretrained=DIR --tasks lambada_openai \
+        --batch_size auto --device cuda
+
+(`mambalab-lm-eval` is the same command.) lm_eval finds models only in its registry, filled at import, so a
+plain `lm_eval --model mambalab` cannot see this package. `--batch_size auto` (or `auto:N`) takes
+`--max_batch_size` rows (64 by default): the memory of a call is bounded by `tokens_per_call` whatever the
+batch, so there is nothing to probe.
+
 `Scorer` does the work and needs no lm_eval: it turns text into token rows, scores them in batches, and
 generates. `lm_eval_model_class()` imports lm_eval only when called (`pip install lm-eval`) and wraps a
 `Scorer` in lm_eval's `LM` interface. The three request kinds:
@@ -27,10 +37,12 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections import defaultdict
 
 import torch
 
+from mambalab.device import resolve_dtype
 from mambalab.errors import InputError
 from mambalab.inference.generate import generate
 from mambalab.models.lm import LanguageModel
@@ -38,6 +50,8 @@ from mambalab.models.pretrained import load
 from mambalab.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 # gen_kwargs of lm_eval's generate_until that map onto `generate`'s sampling options.
+logger = logging.getLogger(__name__)
+
 _SAMPLING_KWARGS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty")
 
 
@@ -149,6 +163,7 @@ class Scorer:
         for i, (_, gen_kwargs) in enumerate(requests):
             groups[json.dumps(gen_kwargs, sort_keys=True, default=str)].append(i)
         texts = [""] * len(requests)
+        text_vocab = self.tokenizer.vocab_size  # a model may have more rows (padding) than the tokenizer ids
         for members in groups.values():
             until, options = _generation_options(requests[members[0]][1], default_max_tokens)
             for start in range(0, len(members), self.batch_size):
@@ -156,7 +171,11 @@ class Scorer:
                 prompts = [self.tokenizer.encode(requests[i][0]) or [self.prefix_token_id] for i in batch]
                 result = generate(self.model, prompts, eos_token_id=self.tokenizer.eos_token_id, **options)
                 for i, sequence in zip(batch, result.sequences):
-                    texts[i] = _cut_at_stop(self.tokenizer.decode(sequence), until)
+                    known = [t for t in sequence if t < text_vocab]
+                    if len(known) < len(sequence):
+                        logger.warning("generate_until: dropped %d generated id(s) >= the tokenizer's vocabulary"
+                                       " (%d), which have no text", len(sequence) - len(known), text_vocab)
+                    texts[i] = _cut_at_stop(self.tokenizer.decode(known), until)
         return texts
 
 
@@ -184,6 +203,17 @@ def _cut_at_stop(text: str, until: list[str]) -> str:
     return text
 
 
+def parse_batch_size(batch_size, max_batch_size=64) -> int:
+    """lm_eval's --batch_size: an int, its string ("8"), or "auto" / "auto:N" = `max_batch_size` rows (the
+    memory of a call does not grow with the batch, see the module doc)."""
+    text = str(batch_size).strip()
+    if text == "auto" or text.startswith("auto:"):
+        return parse_batch_size(max_batch_size)
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"batch_size must be a positive int, 'auto' or 'auto:N', got {batch_size!r}")
+    return int(text)
+
+
 @functools.cache
 def lm_eval_model_class() -> type:
     """lm_eval's `LM` subclass over `Scorer`, registered as model "mambalab". Imports lm_eval here, so the
@@ -202,17 +232,16 @@ def lm_eval_model_class() -> type:
         holding one, or "byte" (default: the checkpoint's); `dtype`: e.g. "bfloat16"."""
 
         def __init__(
-            self, pretrained, tokenizer=None, batch_size=8, device=None, dtype=None, max_gen_toks=256
+            self, pretrained, tokenizer=None, batch_size=8, device=None, dtype=None, max_gen_toks=256,
+            max_batch_size=64,
         ):
             super().__init__()
-            if isinstance(dtype, str):  # "bfloat16" -> torch.bfloat16 (an unknown name fails in `load`)
-                dtype = getattr(torch, dtype, dtype)
             self.scorer = Scorer.from_pretrained(
                 pretrained,
                 tokenizer,
                 device=device,
-                dtype=dtype,
-                batch_size=int(batch_size) if str(batch_size).isdigit() else batch_size,  # "8" from the CLI
+                dtype=resolve_dtype(dtype) if isinstance(dtype, str) else dtype,  # "bfloat16", "bf16", "auto"
+                batch_size=parse_batch_size(batch_size, max_batch_size),
             )
             self.max_gen_toks = int(max_gen_toks)
 

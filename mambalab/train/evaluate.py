@@ -20,7 +20,7 @@ from mambalab.errors import InputError
 from mambalab.models.lm import LanguageModel
 from mambalab.tokenizer import load_tokenizer
 from mambalab.train.data import MANIFEST, SequentialBatches, TokenDataset, prepare_dataset
-from mambalab.train.resume_checkpoints import INDEX, load_checkpoint
+from mambalab.train.resume_checkpoints import INDEX, check_fits_model, load_checkpoint
 from mambalab.train.trainer import evaluate_loss
 
 
@@ -32,6 +32,7 @@ def load_model_dir(path: str | Path, device: torch.device) -> tuple[LanguageMode
         if ckpt.state.get("model_config") is None:
             raise InputError(f"{path}: this training checkpoint records no model config")
         model = LanguageModel(ModelConfig.from_dict(ckpt.state["model_config"], where=str(path)))
+        check_fits_model(ckpt, model)
         model.load_state_dict(ckpt.model)
         return model.to(device).eval(), path
     if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():

@@ -27,7 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mambalab.atomic import file_sha256, read_versioned_json
-from mambalab.errors import CorruptCheckpoint
+from mambalab.config import config_differences
+from mambalab.errors import CorruptCheckpoint, StateMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 PREFIX = "step_"
+# Fields of state.json that loading itself reads (the trainer checks its own: `Trainer._resume`).
+_STATE_FIELDS = ("optimizer", "aliases")
 
 
 @dataclass
@@ -159,11 +162,44 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     index = verify_checkpoint(path)
     state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    missing = sorted(set(_STATE_FIELDS) - set(state)) if isinstance(state, dict) else ["(not an object)"]
+    if missing:
+        raise CorruptCheckpoint(f"{path / STATE_FILE}: field(s) {missing} missing")
     model = load_file(str(path / MODEL_FILE))
     for alias, original in state.pop("aliases").items():
         model[alias] = model[original]
     optimizer = _join_optimizer(load_file(str(path / OPTIMIZER_FILE)), state.pop("optimizer"))
     return Checkpoint(path=path, step=int(index["step"]), model=model, optimizer=optimizer, state=state)
+
+
+def check_fits_model(ckpt: Checkpoint, model: torch.nn.Module) -> None:
+    """Refuse a checkpoint that does not belong to `model` before any tensor is copied into it: another
+    recorded model config (`StateMismatchError` naming the differing fields), or model / optimizer tensors
+    whose names, shapes or dtypes do not fit the model's parameters (`CorruptCheckpoint` naming the file and
+    the key; the checksums only prove the files are as written, not that they were written for this model)."""
+    recorded, config = ckpt.state.get("model_config"), getattr(model, "config", None)
+    if recorded is not None and config is not None:
+        diffs = config_differences(recorded, json.loads(json.dumps(config.to_dict())), ("checkpoint", "model"))
+        if diffs:
+            raise StateMismatchError(f"{ckpt.path}: trained with another model config ({'; '.join(diffs)})")
+    expected = model.state_dict()
+    model_file, optimizer_file = ckpt.path / MODEL_FILE, ckpt.path / OPTIMIZER_FILE
+    for problem, keys in (("missing", sorted(set(expected) - set(ckpt.model))),
+                          ("not a parameter of the model", sorted(set(ckpt.model) - set(expected)))):
+        if keys:
+            raise CorruptCheckpoint(f"{model_file}: key {keys[0]!r} {problem} ({len(keys)} such)")
+    for key, want in expected.items():
+        got = ckpt.model[key]
+        if got.shape != want.shape or got.is_floating_point() != want.is_floating_point():
+            raise CorruptCheckpoint(f"{model_file}: key {key!r} is {got.dtype} of shape {tuple(got.shape)}, the"
+                                    f" model's is {want.dtype} of shape {tuple(want.shape)}")
+    for name, entries in ckpt.optimizer["state"].items():
+        if name not in expected:
+            raise CorruptCheckpoint(f"{optimizer_file}: state of {name!r}, not a parameter of the model")
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != expected[name].shape:
+                raise CorruptCheckpoint(f"{optimizer_file}: '{name}/{key}' has shape {tuple(value.shape)}, the"
+                                        f" parameter's is {tuple(expected[name].shape)}")
 
 
 def latest_valid_checkpoint(root: str | Path) -> Checkpoint | None:

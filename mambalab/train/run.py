@@ -13,28 +13,33 @@ Run config (YAML), every section optional:
     train: {lr: 1.0e-3, max_steps: 2000, ...}   # TrainConfig fields
 
 Overrides `key=value` address `train.lr`, `data.path`, `model.d_model`, `model.ssm.d_state`, ...; a bare key
-is looked up in TrainConfig, then in DataConfig. Values are parsed as YAML (so `1e-3` is a float).
+is looked up in TrainConfig, then in DataConfig (`mambalab train --list-keys` lists them all). Values are
+parsed as YAML (so `1e-3` is a float), and `INT**INT` is a power (`10**6`). The loaded config is checked
+before any data is prepared or tensor allocated: every value's type, the model's size limits, and a lower
+bound of the training memory against the device's (`mambalab.models.memory`).
 The model's vocab_size follows the tokenizer unless set explicitly. Output directory:
 
     OUT/run_config.yaml   the effective config      OUT/metrics.jsonl, OUT/loss_curve.png
     OUT/checkpoints/      training checkpoints      OUT/model/   the exported model (save_pretrained),
-    OUT/data/             prepared shards (when the data needed preparing)   plus tokenizer.json if any
+    OUT/data/             prepared shards (when the data needed preparing)   plus the tokenizer's files
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from mambalab.config import ModelConfig, deep_merge, strict_from_dict
+from mambalab.config import ModelConfig, deep_merge, field_table, strict_from_dict
+from mambalab.device import resolve_device
 from mambalab.errors import ConfigError
 from mambalab.models.lm import LanguageModel
-from mambalab.tokenizer import HFTokenizer, load_tokenizer
+from mambalab.models.memory import check_training_fits
+from mambalab.tokenizer import load_tokenizer
 from mambalab.train import distributed as dist_utils
 from mambalab.train.data import (
     MANIFEST,
@@ -78,6 +83,9 @@ class RunResult:
 
 # Config --------------------------------------------------------------------------------------------------------
 def _parse_value(text: str):
+    power = re.fullmatch(r"\s*(\d+)\s*\*\*\s*(\d{1,3})\s*", text)
+    if power:
+        return int(power[1]) ** int(power[2])
     value = yaml.safe_load(text)
     if isinstance(value, str):
         try:
@@ -130,7 +138,24 @@ def load_run_config(config_file: str | Path | None = None, preset: str | None = 
                 raise ConfigError(f"override {item!r}: unknown key {key!r}; use train.X, data.X or model.X")
         _set_path(tree, keys, _parse_value(text))
     data = strict_from_dict(DataConfig, tree["data"], where="data")
-    return RunConfig(model=tree["model"], data=data, train=TrainConfig.from_dict(tree["train"]))
+    run = RunConfig(model=tree["model"], data=data, train=TrainConfig.from_dict(tree["train"]))
+    check_run_fits(run)
+    return run
+
+
+def check_run_fits(run: RunConfig) -> None:
+    """Validate the model section and refuse a run whose training memory (a lower bound, the vocabulary not
+    yet known counted as 1) exceeds the device's, before any data is prepared or tensor allocated."""
+    config = build_model_config(run.model, vocab_size=1)
+    cfg = run.train
+    check_training_fits(config, cfg.batch_size, cfg.seq_len, resolve_device(cfg.device), where="train")
+
+
+def override_keys() -> list[tuple[str, str, object]]:
+    """(key, type, default) of every key a run config or `--set key=value` can address: model.preset, the
+    ModelConfig fields (defaults: ModelConfig's own, before a preset), data.* and train.*."""
+    return [("model.preset", "str", None), *field_table(ModelConfig, "model."), *field_table(DataConfig, "data."),
+            *field_table(TrainConfig, "train.")]
 
 
 def build_model_config(model: dict, vocab_size: int) -> ModelConfig:
@@ -179,7 +204,8 @@ def resolve_dataset(data: DataConfig, out_dir: Path, ctx: dist_utils.DistContext
 
 # Run -----------------------------------------------------------------------------------------------------------
 def export_model(trainer: Trainer, config: ModelConfig, directory: Path, tokenizer) -> Path | None:
-    """Gather the full weights (collective) and `save_pretrained` them on rank 0, with tokenizer.json."""
+    """Gather the full weights (collective) and `save_pretrained` them on rank 0 with the tokenizer's files
+    (for bytes too: transformers' AutoTokenizer loads them) and its special-token ids in config.json."""
     from mambalab.models.pretrained import save_pretrained
 
     state = dist_utils.full_model_state(trainer.model)
@@ -187,9 +213,7 @@ def export_model(trainer: Trainer, config: ModelConfig, directory: Path, tokeniz
         return None
     model = LanguageModel(config)
     model.load_state_dict(state)
-    save_pretrained(model, directory)
-    if isinstance(tokenizer, HFTokenizer):
-        shutil.copyfile(tokenizer.path, directory / "tokenizer.json")
+    save_pretrained(model, directory, tokenizer=tokenizer)
     return directory
 
 

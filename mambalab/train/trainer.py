@@ -41,11 +41,16 @@ import torch
 from torch import nn
 
 from mambalab.config import strict_from_dict
-from mambalab.errors import ConfigError, TrainingDiverged
+from mambalab.errors import ConfigError, CorruptCheckpoint, TrainingDiverged
 from mambalab.train import distributed as dist_utils
 from mambalab.train.metrics import MetricsLog, plot_loss_curve
 from mambalab.train.optim import build_optimizer, lr_at, no_weight_decay_names
-from mambalab.train.resume_checkpoints import latest_valid_checkpoint, list_checkpoints, save_checkpoint
+from mambalab.train.resume_checkpoints import (
+    check_fits_model,
+    latest_valid_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -338,7 +343,13 @@ class Trainer:
             if list_checkpoints(root):
                 raise ConfigError(f"resume: every checkpoint under {root} is corrupt (see the warnings above)")
             logger.warning("resume: no checkpoint under %s yet; starting from step 0", root)
+            if self._metrics is not None:  # records of the killed run past step 0 would be logged twice
+                self.records = self._metrics.truncate_after(0)
             return
+        missing = sorted({"trainer", "scheduler", "data", "rng"} - set(ckpt.state))
+        if missing:
+            raise CorruptCheckpoint(f"{ckpt.path}: state.json lacks the trainer's field(s) {missing}")
+        check_fits_model(ckpt, self.model)
         dist_utils.load_full_state(self.model, self.optimizer, ckpt.model, ckpt.optimizer)
         trainer = ckpt.state["trainer"]
         self.step = ckpt.step

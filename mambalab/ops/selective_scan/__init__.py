@@ -90,7 +90,16 @@ def _expect(cond: bool, message: str) -> None:
 
 
 def validate(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None, cu_seqlens=None):
-    """Check every shape against u (batch, dim, L) and A (dim, N); an InputError names the bad argument."""
+    """Check every argument's type, dtype and shape against u (batch, dim, L) and A (dim, N); an InputError
+    names the bad argument. u is a real float tensor and z shares its dtype; delta, B and C have u's dtype or,
+    for a 16-bit u, float32 (never a lower precision than u's); A, D, delta_bias and initial_state are real
+    float tensors of any precision."""
+    args = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias,
+            "initial_state": initial_state}
+    for name, t in args.items():
+        _expect(t is None and name not in _REQUIRED or isinstance(t, torch.Tensor),
+                f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        _expect(t is None or t.dtype in _FLOATS, f"{name} must be a real float tensor {_FLOAT_NAMES}, got {_dtype(t)}")
     _expect(u.dim() == 3, f"u must be (batch, dim, L), got shape {tuple(u.shape)}")
     batch, dim, length = u.shape
     _expect(delta.shape == u.shape, f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
@@ -121,6 +130,21 @@ def validate(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=N
                 f"initial_state must be ({rows}, dim={dim}, N={n}), got {tuple(initial_state.shape)}")
     devices = {t.device for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None}
     _expect(len(devices) == 1, f"all tensors must be on one device, got {sorted(map(str, devices))}")
+    _expect(z is None or z.dtype == u.dtype, f"z must have u's dtype {u.dtype}, got {_dtype(z)}")
+    wider = (torch.float32,) if u.dtype in (torch.float16, torch.bfloat16) else ()
+    for name in ("delta", "B", "C"):
+        _expect(args[name].dtype in (u.dtype, *wider),
+                f"{name} must have u's dtype {u.dtype}{' or float32' if wider else ''}, got {args[name].dtype}"
+                " (a lower or another precision than u's is refused)")
+
+
+_REQUIRED = ("u", "delta", "A", "B", "C")
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOAT_NAMES = "(float16, bfloat16, float32 or float64)"
+
+
+def _dtype(t):
+    return None if t is None else t.dtype
 
 
 def _shape(t):
