@@ -108,3 +108,12 @@ def to_model_config(tree: dict, where: str) -> ModelConfig:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: invalid config ({e})") from e
 
+
+
+def as_int(value: Any, key: str, where: str) -> int:
+    """value as an int (2.0 is 2), else CheckpointError naming the field."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise CheckpointError(f"{where}: field {key!r} must be an integer, got {value!r}")
+    return value
