@@ -64,7 +64,7 @@ def test_strided_and_empty_inputs():
 
 def test_module_uses_the_kernel_only_where_no_gradient_is_recorded_on_cuda(monkeypatch):
     """CPU: the torch composition. CUDA: the Triton kernel where no gradient is recorded, the compiled
-    composition in training."""
+    composition in float32 training, the composition in 16-bit training."""
     from mambalab.layers import norm as norm_module
     from mambalab.ops.triton import norm as kernel_module
 
@@ -80,7 +80,8 @@ def test_module_uses_the_kernel_only_where_no_gradient_is_recorded_on_cuda(monke
     assert calls == []  # CPU tensors: the composition
     if torch.cuda.is_available():
         norm, x = norm.cuda(), x.cuda()
-        norm(x)  # a gradient is recorded
+        norm(x)  # a gradient is recorded, float32: compiled
+        norm.to(torch.bfloat16)(x.bfloat16())  # a 16-bit model in training: the composition
         with torch.no_grad():
             norm(x)
         assert calls == ["compiled", "triton"]
