@@ -11,7 +11,10 @@ subprocess. Every request is a 16-token prompt (token ids), greedy, streamed, `i
 exactly max_tokens tokens. Clients run as threads spread over `--client-procs` processes.
 
 Measured (each after a warm-up wave), every client mode `--repeats` times (the fastest run is reported, with
-the tokens/s of every run: the machine may be shared):
+the tokens/s of every run: the machine may be shared). The client processes are started once per mode; each
+client thread connects with a one-token warm-up request, and every run starts only when all clients are ready
+and released together from one barrier (the JSON's `client_start_spread_s`: how far apart their first requests
+started; `clients_ready_s`: the clients' own start-up, outside every run):
 - offline: `generate` on all the prompts as one batch, in this process, before the server starts (the ceiling);
 - batched: every client at once, `--rounds` requests each, one after another: aggregate tokens/s (all tokens
   / wall time), p50 / p99 request latency and time to first token (TTFT: the first chunk after the request);
@@ -45,6 +48,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_TOKENS = 16
+BARRIER_TIMEOUT_S = 1800  # a client that never arrives (a crashed process) fails the run instead of hanging it
 DEFAULTS = {
     "cpu": {"preset": "tiny-mamba", "dtype": "float32", "clients": 16, "max_tokens": 32, "rounds": 2,
             "client_procs": 1},
@@ -84,44 +88,86 @@ def _one_request(client, spec: dict) -> dict:
     return {"start": start, "first": first, "end": time.time(), "tokens": tokens}
 
 
-def _client_process(url: str, per_thread: list[list[dict]], start_at: float) -> list[dict]:
-    """Threads of this process, each with its own openai client sending its requests in order."""
+def _warmup_spec(spec: dict) -> dict:
+    """A one-token completion on the client's connection: opens it before the clock starts (not measured)."""
+    return {"kind": "completion", "model": spec["model"], "prompt": [65] * 4, "max_tokens": 1, "stream": False}
+
+
+def _client_process(url: str, per_thread: list[list[dict]], repeats: int, barrier, results) -> None:
+    """Threads of this process, each with its own openai client: one warm-up request, then for every repeat
+    wait at `barrier` (every client thread of every process and the coordinator), send its requests in order
+    and wait again. Puts {"records": [...], "errors": [...]} on `results`."""
     import openai
 
-    results: list[dict] = []
+    records: list[dict] = []
+    errors: list[str] = []
     lock = threading.Lock()
 
-    def run(specs: list[dict]) -> None:
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
-        time.sleep(max(0.0, start_at - time.time()))
-        for spec in specs:
-            record = _one_request(client, spec)
+    def run(client_id: int, specs: list[dict]) -> None:
+        try:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+            _one_request(client, _warmup_spec(specs[0]))
+            for repeat in range(repeats):
+                barrier.wait()  # every client started and connected: released together
+                for spec in specs:
+                    record = _one_request(client, spec)
+                    with lock:
+                        records.append({**record, "repeat": repeat, "client": client_id})
+                barrier.wait()  # the run ends when every client is done
+        except threading.BrokenBarrierError:  # another client failed; its error is reported
+            return
+        except Exception as error:  # noqa: BLE001 (any failure must free the barrier; the coordinator raises it)
             with lock:
-                results.append(record)
+                errors.append(f"{type(error).__name__}: {error}")
+            barrier.abort()
 
-    threads = [threading.Thread(target=run, args=(specs,)) for specs in per_thread]
+    threads = [threading.Thread(target=run, args=(i, specs)) for i, specs in enumerate(per_thread)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return results
+    results.put({"records": records, "errors": errors})
 
 
 def load(url: str, per_client: list[list[dict]], procs: int, repeats: int = 1) -> dict:
     """Run every client's requests at once (clients spread over `procs` processes), `repeats` times; the
     summary of the run with the most tokens/s (the machine may be shared: the least disturbed run), with
-    every run's tokens/s."""
+    every run's tokens/s.
+
+    The clock of a run starts only when every client thread of every process has started, connected (one
+    warm-up request each) and been released from a shared barrier; "client_start_spread_s" is how far apart
+    the clients' first requests of the run then started, "clients_ready_s" how long the clients took from
+    launch to ready (not part of any run)."""
     procs = max(1, min(procs, len(per_client)))
     groups = [per_client[i::procs] for i in range(procs)]
     context = multiprocessing.get_context("spawn")
-    runs = []
-    with context.Pool(procs) as pool:
+    barrier = context.Barrier(len(per_client) + 1, timeout=BARRIER_TIMEOUT_S)  # the clients and this process
+    results = context.Queue()
+    launched = time.time()
+    workers = [context.Process(target=_client_process, args=(url, group, repeats, barrier, results), daemon=True)
+               for group in groups]
+    for worker in workers:
+        worker.start()
+    ready_s = None
+    try:
         for _ in range(repeats):
-            start_at = time.time() + 2.0  # every process has imported openai and made its clients by then
-            parts = pool.starmap(_client_process, [(url, group, start_at) for group in groups])
-            runs.append(summarize([r for part in parts for r in part]))
+            barrier.wait()
+            ready_s = ready_s if ready_s is not None else time.time() - launched
+            barrier.wait()
+    except threading.BrokenBarrierError:
+        pass  # the failing client's error is in its process's part
+    parts = [results.get(timeout=BARRIER_TIMEOUT_S) for _ in workers]
+    for worker in workers:
+        worker.join()
+    errors = [e for part in parts for e in part["errors"]]
+    if errors or ready_s is None:
+        raise RuntimeError(f"{len(errors)} client(s) failed: {errors[:3] or 'the barrier was broken'}")
+    records = [dict(r, client=(p, r["client"])) for p, part in enumerate(parts) for r in part["records"]]
+    runs = [summarize([r for r in records if r["repeat"] == repeat]) for repeat in range(repeats)]
     best = max(runs, key=lambda run: run["tokens_per_s"])
-    return {**best, "tokens_per_s_of_each_run": [run["tokens_per_s"] for run in runs]}
+    return {**best, "tokens_per_s_of_each_run": [run["tokens_per_s"] for run in runs],
+            "client_start_spread_s_of_each_run": [run["client_start_spread_s"] for run in runs],
+            "clients_ready_s": round(ready_s, 4)}
 
 
 def summarize(records: list[dict]) -> dict:
@@ -129,9 +175,11 @@ def summarize(records: list[dict]) -> dict:
     tokens = sum(r["tokens"] for r in records)
     latency = [r["end"] - r["start"] for r in records]
     ttft = [r["first"] - r["start"] for r in records if r["first"] is not None]
+    first_starts = [min(r["start"] for r in records if r["client"] == c) for c in {r["client"] for r in records}]
     summary = {"requests": len(records), "tokens": tokens, "wall_s": round(wall, 4),
                "tokens_per_s": round(tokens / wall, 1),
-               "latency_p50_s": round(percentile(latency, 50), 4), "latency_p99_s": round(percentile(latency, 99), 4)}
+               "latency_p50_s": round(percentile(latency, 50), 4), "latency_p99_s": round(percentile(latency, 99), 4),
+               "client_start_spread_s": round(max(first_starts) - min(first_starts), 4)}
     if ttft:
         summary.update(ttft_p50_s=round(percentile(ttft, 50), 4), ttft_p99_s=round(percentile(ttft, 99), 4))
     return summary
