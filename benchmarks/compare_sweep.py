@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from mambalab.experiments.compare import resolve_device, run_all, run_items
-from mambalab.experiments.presets import get_preset
+from mambalab.experiments.presets import get_compare_preset
 from mambalab.experiments.runner import RunSpec, RunStore
 
 
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="sweep-out")
     args = parser.parse_args()
-    preset = get_preset(args.preset)
+    preset = get_compare_preset(args.preset)
     specs = [spec for text in args.run for spec in parse_run(text, preset)]
     device = resolve_device(args.device)
     start = time.perf_counter()

@@ -334,7 +334,7 @@ class Benchmark:
     # phases
     def prepare_data(self) -> None:
         from mambalab.train.data import prepare_dataset
-        from mambalab.train.tokenizer import ByteTokenizer
+        from mambalab.tokenizer import ByteTokenizer
 
         manifest = prepare_dataset(["embedded"], self.work / "data", ByteTokenizer(), overwrite=True)
         self.result["data"] = {"source": "embedded corpus", "tokenizer": "byte",

@@ -183,7 +183,7 @@ def prepare(
 ) -> None:
     """Tokenize text into uint16/uint32 token shards with a manifest and a validation split."""
     from mambalab.train.data import prepare_dataset
-    from mambalab.train.tokenizer import load_tokenizer
+    from mambalab.tokenizer import load_tokenizer
 
     try:
         m = prepare_dataset(inputs, out, load_tokenizer(tokenizer), val_fraction=val_fraction,

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from mambalab.atomic import file_sha256
-from mambalab.experiments.presets import FAMILIES, Preset, get_preset, with_corpus
+from mambalab.experiments.presets import FAMILIES, Preset, get_compare_preset, with_corpus
 from mambalab.experiments.runner import RunSpec, RunStore, execute, run_cached
 from mambalab.experiments.studies import main_specs, study_specs
 
@@ -146,10 +146,10 @@ def run_items(specs: list[RunSpec], device: torch.device, progress: bool = True)
 def _cost(preset: Preset, family: str, device: torch.device, work_dir: Path) -> dict:
     """The family's cost profile (`work_dir` unused: a profile has nothing to checkpoint)."""
     from mambalab.experiments.cost import cost_profile
-    from mambalab.experiments.models import family_config
+    from mambalab.experiments.families import family_config
     from mambalab.models.lm import LanguageModel
     from mambalab.models.zoo import count_params
-    from mambalab.train.tokenizer import load_tokenizer
+    from mambalab.tokenizer import load_tokenizer
 
     config = family_config(family, preset.size, load_tokenizer(COST_TOKENIZER).vocab_size)
     torch.manual_seed(preset.seed)
@@ -208,7 +208,7 @@ def compare(
     `corpus`: a text file for the language-modelling runs instead of the embedded corpus."""
     from mambalab.experiments.report import write_report
 
-    chosen = get_preset(preset)
+    chosen = get_compare_preset(preset)
     if corpus is not None:
         path = Path(corpus).resolve()
         if not path.is_file():

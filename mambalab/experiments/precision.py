@@ -18,7 +18,7 @@ import logging
 
 import torch
 
-from mambalab.experiments.models import family_config
+from mambalab.experiments.families import family_config
 from mambalab.experiments.presets import ModelSize, PrecisionStudy
 from mambalab.models.lm import LanguageModel
 from mambalab.ops.selective_scan import selective_scan

@@ -314,7 +314,7 @@ def with_corpus(preset: Preset, corpus: str, sha256: str) -> Preset:
 PRESETS = {"smoke": _smoke, "quick": _quick, "standard": _standard, "paper": _paper}
 
 
-def get_preset(name: str) -> Preset:
+def get_compare_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[name]()

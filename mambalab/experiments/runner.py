@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from mambalab.atomic import write_json_atomic
-from mambalab.experiments.models import family_config
+from mambalab.experiments.families import family_config
 from mambalab.experiments.presets import ModelSize, TaskPlan
 from mambalab.models.lm import LanguageModel
 from mambalab.tasks import Task, build_task, seeded

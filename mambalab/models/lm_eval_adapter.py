@@ -34,7 +34,7 @@ import torch
 from mambalab.inference.generate import generate
 from mambalab.models.checkpoint import load
 from mambalab.models.lm import LanguageModel
-from mambalab.train.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+from mambalab.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 # gen_kwargs of lm_eval's generate_until that map onto `generate`'s sampling options.
 _SAMPLING_KWARGS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty")

@@ -91,7 +91,7 @@ class Engine:
         """Load a checkpoint directory (`mambalab.models.checkpoint.load`) and its tokenizer (tokenizer.json
         when present, else bytes)."""
         from mambalab.models.checkpoint import load
-        from mambalab.train.tokenizer import load_tokenizer
+        from mambalab.tokenizer import load_tokenizer
 
         return cls(load(model_dir, device=device, dtype=dtype), load_tokenizer(model_dir), **kwargs)
 

@@ -17,7 +17,7 @@ import torch
 from mambalab.tasks.base import IGNORE_INDEX, Task, accuracy_metrics, seeded
 from mambalab.tasks.copying import Copying
 from mambalab.tasks.induction_heads import InductionHeads
-from mambalab.tasks.lm import LanguageModelling
+from mambalab.tasks.language_modelling import LanguageModelling
 from mambalab.tasks.mqar import MQAR
 from mambalab.tasks.phonebook import PhoneBook
 from mambalab.tasks.selective_copying import SelectiveCopying
@@ -53,7 +53,7 @@ def lm_task(
     must still have that content (a comparison's cached runs are keyed on it)."""
     from mambalab.atomic import file_sha256
     from mambalab.train.corpus import embedded_corpus_path
-    from mambalab.train.tokenizer import load_tokenizer
+    from mambalab.tokenizer import load_tokenizer
 
     path = Path(corpus) if corpus is not None else embedded_corpus_path()
     if not path.is_file():

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from mambalab.train.corpus import EMBEDDED_CORPUS_NAME, embedded_corpus_path
-from mambalab.train.tokenizer import Tokenizer
+from mambalab.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 

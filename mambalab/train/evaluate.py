@@ -19,7 +19,7 @@ from mambalab.models.lm import LanguageModel
 from mambalab.train.checkpointing import INDEX, load_checkpoint
 from mambalab.train.data import MANIFEST, SequentialBatches, TokenDataset, prepare_dataset
 from mambalab.train.distributed import resolve_device
-from mambalab.train.tokenizer import load_tokenizer
+from mambalab.tokenizer import load_tokenizer
 from mambalab.train.trainer import evaluate_loss
 
 

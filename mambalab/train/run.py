@@ -44,7 +44,7 @@ from mambalab.train.data import (
     prepare_dataset,
     read_manifest,
 )
-from mambalab.train.tokenizer import HFTokenizer, load_tokenizer
+from mambalab.tokenizer import HFTokenizer, load_tokenizer
 from mambalab.train.trainer import TrainConfig, Trainer, seed_everything
 
 logger = logging.getLogger(__name__)

@@ -182,7 +182,7 @@ ENDLESS_COMPARE = """
 import dataclasses, sys
 from mambalab.experiments import presets
 from mambalab.experiments.compare import compare
-smoke = presets.get_preset("smoke")
+smoke = presets.get_compare_preset("smoke")
 endless = dataclasses.replace(smoke, tasks={**smoke.tasks, "lm": dataclasses.replace(smoke.tasks["lm"], steps=10**4)})
 presets.PRESETS["endless"] = lambda: endless
 compare("endless", models=["mamba", "transformer"], tasks=["lm"], studies=[], out_dir=sys.argv[1], device="cpu",
@@ -279,9 +279,9 @@ def test_timed_items_run_alone_after_the_parallel_runs(tmp_path):
 @pytest.mark.parametrize("name", ["smoke", "quick", "standard", "paper"])
 def test_every_preset_plans_its_work_and_a_task_depth_reaches_its_runs(name):
     from mambalab.experiments.compare import STUDIES, plan_work
-    from mambalab.experiments.presets import get_preset
+    from mambalab.experiments.presets import get_compare_preset
 
-    preset = get_preset(name)
+    preset = get_compare_preset(name)
     specs, items = plan_work(preset, preset.models, tuple(preset.tasks), STUDIES, torch.device("cpu"), False)
     assert len({item.key for item in items}) == len(items) and specs
     for spec in specs:

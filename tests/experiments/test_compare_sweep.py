@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mambalab.experiments.presets import get_preset
+from mambalab.experiments.presets import get_compare_preset
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_sweep.py"
 
@@ -22,7 +22,7 @@ def _load_script():
 
 
 def test_one_spec_per_family_and_combination_with_overrides():
-    sweep, preset = _load_script(), get_preset("standard")
+    sweep, preset = _load_script(), get_compare_preset("standard")
     specs = sweep.parse_run(
         "mamba+s4d:selective_copying:lr=2e-3,1e-2:options.n_copy=4:size.n_layer=2:eval_lengths=64/128",
         preset,
@@ -38,7 +38,7 @@ def test_one_spec_per_family_and_combination_with_overrides():
 
 
 def test_seeds_are_separate_runs_of_one_plan():
-    sweep, preset = _load_script(), get_preset("quick")
+    sweep, preset = _load_script(), get_compare_preset("quick")
     specs = sweep.parse_run("mamba:selective_copying:steps=3000:seed=1,2", preset)
     assert [s.seed for s in specs] == [1, 2]
     assert specs[0].plan == specs[1].plan and specs[0].plan.steps == 3000
@@ -53,4 +53,4 @@ def test_seeds_are_separate_runs_of_one_plan():
 )
 def test_bad_runs_name_what_is_wrong(text, message):
     with pytest.raises(ValueError, match=message):
-        _load_script().parse_run(text, get_preset("standard"))
+        _load_script().parse_run(text, get_compare_preset("standard"))

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from mambalab.cli import app
 from mambalab.inference.generate import generate
 from mambalab.models.checkpoint import save_pretrained
-from mambalab.train.tokenizer import ByteTokenizer
+from mambalab.tokenizer import ByteTokenizer
 from tests.serve.test_app import byte_model
 
 

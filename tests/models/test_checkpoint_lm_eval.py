@@ -12,7 +12,7 @@ from mambalab import LanguageModel, ModelConfig, SSMConfig
 from mambalab.inference.generate import generate
 from mambalab.models import lm_eval_adapter
 from mambalab.models.lm_eval_adapter import Scorer, lm_eval_model_class
-from mambalab.train.tokenizer import ByteTokenizer
+from mambalab.tokenizer import ByteTokenizer
 from tests.conftest import rel_error
 
 TOK = ByteTokenizer()

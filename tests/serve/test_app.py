@@ -14,7 +14,7 @@ from mambalab import LanguageModel, ModelConfig, SSMConfig
 from mambalab.inference.generate import generate
 from mambalab.serve.app import OpenAIApp, Server
 from mambalab.serve.engine import Engine, TextStream
-from mambalab.train.tokenizer import ByteTokenizer
+from mambalab.tokenizer import ByteTokenizer
 
 SYSTEM = "You are a tiny test model."
 TOK = ByteTokenizer()

@@ -6,7 +6,7 @@ import pytest
 
 from mambalab import LanguageModel, ModelConfig
 from mambalab.train.data import prepare_dataset
-from mambalab.train.tokenizer import ByteTokenizer
+from mambalab.tokenizer import ByteTokenizer
 from mambalab.train.trainer import seed_everything
 
 

@@ -15,7 +15,7 @@ from mambalab.train.data import (
     prepare_dataset,
     read_manifest,
 )
-from mambalab.train.tokenizer import ByteTokenizer
+from mambalab.tokenizer import ByteTokenizer
 
 
 class WideByteTokenizer(ByteTokenizer):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mambalab.train.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
+from mambalab.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 
 
 def _train_hf_tokenizer(path, texts):
