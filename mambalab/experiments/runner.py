@@ -177,7 +177,7 @@ def train_model(
     if trainer.step < plan.steps:
         raise KeyboardInterrupt(f"training stopped at step {trainer.step} of {plan.steps}")
     tokens = plan.steps * plan.batch_size * plan.train_length
-    curve = [(int(m["step"]), float(m["loss"])) for m in metrics if "loss" in m]
+    curve = [[int(m["step"]), float(m["loss"])] for m in metrics if "loss" in m]  # as stored in JSON
     # throughput from the trainer's timing windows after the first (which holds warm-up and compilation)
     rates = [m["tokens_per_s"] for m in metrics if "tokens_per_s" in m]
     return {
