@@ -81,9 +81,10 @@ def compare(
     except KeyboardInterrupt:
         typer.echo(f"interrupted: finished runs are cached in {out}; the same command resumes", err=True)
         raise typer.Exit(130) from None
-    failed = [r for r in results["runs"] if r["status"] != "ok"]
-    typer.echo(f"report: {out}/report.md ({len(results['runs'])} runs, {len(failed)} failed, "
-               f"{results['wall_s']:.0f} s)")
+    work = results["work"]
+    typer.echo(f"report: {out}/report.md ({work['items']} work items: {work['training_runs']} training runs, "
+               f"{work['cost_profiles']} cost profiles, {work['precision_studies']} precision study; "
+               f"{work['not_ok']} not ok; {results['wall_s']:.0f} s)")
     for finding in results["findings"]:
         typer.echo(f"- {finding['text']}")
 
@@ -182,8 +183,8 @@ def prepare(
     overwrite: bool = typer.Option(False, help="Replace an existing prepared dataset at --out."),
 ) -> None:
     """Tokenize text into uint16/uint32 token shards with a manifest and a validation split."""
-    from mambalab.train.data import prepare_dataset
     from mambalab.tokenizer import load_tokenizer
+    from mambalab.train.data import prepare_dataset
 
     try:
         m = prepare_dataset(inputs, out, load_tokenizer(tokenizer), val_fraction=val_fraction,

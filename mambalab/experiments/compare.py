@@ -124,18 +124,19 @@ def plan_work(
 
 
 def run_items(specs: list[RunSpec], device: torch.device, progress: bool = True) -> list[WorkItem]:
-    """One work item per distinct run (specs of several groups may share a run)."""
-    items = {}
+    """One work item per distinct run (specs of several groups may share a run); labels are unique."""
+    items, labels = {}, set()
     for spec in specs:
-        items.setdefault(
+        if spec.key in items:
+            continue
+        label = spec.label if spec.label not in labels else f"{spec.label} #{spec.key[:6]}"
+        labels.add(label)
+        items[spec.key] = WorkItem(
+            label,
             spec.key,
-            WorkItem(
-                spec.label,
-                spec.key,
-                {"kind": "run", "spec": spec.to_dict()},
-                partial(execute, spec, device, progress=progress),
-                spec.plan.steps * spec.plan.batch_size * spec.plan.train_length,
-            ),
+            {"kind": "run", "spec": spec.to_dict()},
+            partial(execute, spec, device, progress=progress),
+            spec.plan.steps * spec.plan.batch_size * spec.plan.train_length,
         )
     return list(items.values())
 
@@ -246,12 +247,26 @@ def compare(
         "invocations": store.invocations(),
         "compute_s": sum(r.get("wall_s", 0.0) for r in records.values()),
         "cpu_s": sum(r.get("cpu_s", 0.0) for r in records.values()),
+        "work": _work_counts(items, records),
         "runs": [{**records[s.key], "group": s.group, "spec": s.to_dict()} for s in specs],
         "cost": {r["family"]: r for r in records.values() if r.get("kind") == "cost"},
         "precision": next((r for r in records.values() if r.get("kind") == "precision"), None),
     }
     write_report(results, out)
     return results
+
+
+def _work_counts(items: list[WorkItem], records: dict[str, dict]) -> dict:
+    """What the progress bar counted: work items, of which training runs, cost profiles, precision studies,
+    and how many of them did not succeed (failed, or missing in a report-only call)."""
+    kinds = [it.describe.get("kind") for it in items]
+    return {
+        "items": len(items),
+        "not_ok": sum(records[it.key]["status"] != "ok" for it in items),
+        "training_runs": kinds.count("run"),
+        "cost_profiles": kinds.count("cost"),
+        "precision_studies": kinds.count("precision"),
+    }
 
 
 def run_all(

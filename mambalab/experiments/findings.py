@@ -8,6 +8,10 @@ gives the difference.
 
 Thresholds: "A ≫ B" means A − B ≥ 20 points; "A ≥ B" means A − B ≥ −1 point (evaluation noise). When both
 score below 1 point, "A ≥ B" is not claimed: there is nothing to compare.
+
+Seeds: a main-grid contrast is evaluated in each seed separately (A's run of seed s against B's run of seed
+s). It is stated only if it holds in every seed; otherwise the finding says in how many it held and gives
+the numbers of each seed, so a contrast that depends on the seed never reads as a result.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise, takewhile
+
+from mambalab.experiments.seeds import Spread, seed_of, verdict
 
 MUCH_BETTER = 0.20
 NOISE = 0.01
@@ -55,13 +61,31 @@ def train_metric(run: dict) -> float | None:
     return metric_at(run, run["spec"]["plan"]["train_length"])
 
 
-def main_metric(results: dict, task: str, family: str) -> tuple[dict, float] | None:
-    """(run, headline metric at the training length) of the main run of `family` on `task`."""
-    found = runs(results, "main", task, family)
-    if not found:
-        return None
-    value = train_metric(found[0])
-    return None if value is None else (found[0], value)
+def seeded_main(results: dict, task: str, *families: str) -> dict[int, list[dict]]:
+    """{seed: [the main run of each family on `task`]} for every seed at which all of them succeeded."""
+    per_family = [{seed_of(r): r for r in runs(results, "main", task, f)} for f in families]
+    seeds = set.intersection(*(set(p) for p in per_family))
+    return {s: [p[s] for p in per_family] for s in sorted(seeds)}
+
+
+def pct_spread(values: list[float]) -> str:
+    """'61.3% (36.0-93.0%)' over several seeds (mean, min-max), '61.3%' for one."""
+    return Spread.of(values).format(lambda x: f"{100 * x:.1f}%")
+
+
+def _not_every(holds: dict[int, bool]) -> str:
+    """Completes 'did NOT hold ...' for a contrast that failed in some seed: 'here' (one seed), 'in every
+    seed: only in 2 of 3 seeds (not seed 1)', 'in any of 3 seeds'."""
+    if len(holds) == 1:
+        return "here"
+    if not any(holds.values()):
+        return f"in any of {len(holds)} seeds"
+    return f"in every seed: only {verdict(holds)}"
+
+
+def per_seed(pairs: dict[int, tuple[float, float]]) -> str:
+    """'seed 0: 93.0% vs 83.1%, seed 1: ...'"""
+    return ", ".join(f"seed {s}: {pct(a)} vs {pct(b)}" for s, (a, b) in sorted(pairs.items()))
 
 
 def beyond_training(run: dict) -> tuple[list[int], float] | None:
@@ -80,25 +104,32 @@ def pct(x: float) -> str:
 
 # Rules ------------------------------------------------------------------------------------------------------
 def selective_copying_rule(results: dict) -> Finding | None:
-    mamba, s4d = (
-        main_metric(results, "selective_copying", "mamba"),
-        main_metric(results, "selective_copying", "s4d"),
-    )
-    if mamba is None or s4d is None:
+    pairs = {
+        seed: (train_metric(m), train_metric(d))
+        for seed, (m, d) in seeded_main(results, "selective_copying", "mamba", "s4d").items()
+    }
+    pairs = {seed: p for seed, p in pairs.items() if None not in p}
+    if not pairs:
         return None
-    m, s = mamba[1], s4d[1]
-    paper = f"paper (Table 1, length 4096): Mamba 99.8%, S4 18.3%; here Mamba is {100 * (m - 0.998):+.1f} points off"
-    if m - s >= MUCH_BETTER:
+    holds = {seed: m - d >= MUCH_BETTER for seed, (m, d) in pairs.items()}
+    m, d = pct_spread([p[0] for p in pairs.values()]), pct_spread([p[1] for p in pairs.values()])
+    worst = min(pairs.values(), key=lambda p: p[0])[0]
+    paper = (
+        "paper (Table 1, length 4096): Mamba 99.8%, S4 18.3%; "
+        f"here Mamba's worst seed is {100 * (worst - 0.998):+.1f} points off"
+    )
+    seeds = per_seed(pairs) if len(pairs) > 1 else ""
+    if all(holds.values()):
         return Finding(
             "selective_copying",
-            f"Selective copying: Mamba {pct(m)} ≫ LTI S4D {pct(s)} "
-            f"(+{100 * (m - s):.1f} points): input-dependent Δ, B, C let it skip the noise. {paper}.",
+            f"Selective copying: Mamba {m} ≫ LTI S4D {d} {verdict(holds)}{'; ' + seeds if seeds else ''}: "
+            f"input-dependent Δ, B, C let it skip the noise. {paper}.",
             True,
         )
     return Finding(
         "selective_copying",
-        f"Selective copying: Mamba {pct(m)} vs LTI S4D {pct(s)}: the paper's "
-        f"wide gap did NOT appear at this budget ({100 * (m - s):+.1f} points). {paper}.",
+        f"Selective copying: Mamba {m} vs LTI S4D {d}: the paper's wide gap (≥20 points) did NOT appear "
+        f"{_not_every(holds)} at this budget{' (' + seeds + ')' if seeds else ''}. {paper}.",
         False,
     )
 
@@ -107,41 +138,50 @@ def _extrapolation_rule(task: str, better: str, worse: str, strong: bool, title:
     """Rule: past the training length, `better` ≫ `worse` (strong) or `better` ≥ `worse` (not strong)."""
 
     def rule(results: dict) -> Finding | None:
-        a, b = main_metric(results, task, better), main_metric(results, task, worse)
-        if a is None or b is None:
+        pairs, train, lengths = {}, None, None
+        for seed, (a, b) in seeded_main(results, task, better, worse).items():
+            ea, eb = beyond_training(a), beyond_training(b)
+            if ea is not None and eb is not None:
+                pairs[seed] = (ea[1], eb[1])
+                lengths, train = ea[0], a["spec"]["plan"]["train_length"]
+        if not pairs:
             return None
-        ea, eb = beyond_training(a[0]), beyond_training(b[0])
-        if ea is None or eb is None:
-            return None
-        lengths, va = ea
-        vb = eb[1]
-        train = a[0]["spec"]["plan"]["train_length"]
+        at_train = {
+            seed: (train_metric(a), train_metric(b))
+            for seed, (a, b) in seeded_main(results, task, better, worse).items()
+            if seed in pairs
+        }
         where = (
             f"mean over lengths {lengths[0]}-{lengths[-1]}, up to" if len(lengths) > 1 else f"at length {lengths[0]},"
         )
         span = (
-            f"{where} {lengths[-1] / train:.3g}× the training length {train}, "
-            f"where they score {pct(a[1])} and {pct(b[1])}"
+            f"{where} {lengths[-1] / train:.3g}× the training length {train}, where they score "
+            f"{pct_spread([v[0] or 0.0 for v in at_train.values()])} and "
+            f"{pct_spread([v[1] or 0.0 for v in at_train.values()])}"
         )
+        if len(pairs) > 1:
+            span += f"; past it, {per_seed(pairs)}"
         margin = MUCH_BETTER if strong else -NOISE
         relation = "≫" if strong else "≥"
         name_a, name_b = _display(better), _display(worse)
-        if max(va, vb) < NOISE:
+        va, vb = pct_spread([p[0] for p in pairs.values()]), pct_spread([p[1] for p in pairs.values()])
+        if all(max(p) < NOISE for p in pairs.values()):
             text = (
-                f"{title} past the training length: {name_a} {pct(va)} and {name_b} {pct(vb)} ({span}): "
+                f"{title} past the training length: {name_a} {va} and {name_b} {vb} ({span}): "
                 f"neither model gets anything right there, so this budget cannot show {name_a} {relation} "
                 f"{name_b}. {paper}"
             )
             return Finding(f"{task}_extrapolation", text, False)
-        if va - vb >= margin:
+        holds = {seed: a - b >= margin for seed, (a, b) in pairs.items()}
+        if all(holds.values()):
             text = (
-                f"{title} past the training length: {name_a} {pct(va)} {relation} {name_b} {pct(vb)} "
+                f"{title} past the training length: {name_a} {va} {relation} {name_b} {vb} {verdict(holds)} "
                 f"({span}). {paper}"
             )
             return Finding(f"{task}_extrapolation", text, True)
         text = (
-            f"{title} past the training length: {name_a} {pct(va)} vs {name_b} {pct(vb)} ({span}): "
-            f"the expected {name_a} {relation} {name_b} did NOT hold here. {paper}"
+            f"{title} past the training length: {name_a} {va} vs {name_b} {vb} ({span}): "
+            f"the expected {name_a} {relation} {name_b} did NOT hold {_not_every(holds)}. {paper}"
         )
         return Finding(f"{task}_extrapolation", text, False)
 
@@ -159,27 +199,32 @@ def _display(family: str) -> str:
 
 
 def induction_perfect_rule(results: dict) -> Finding | None:
-    """How far Mamba's induction-heads accuracy stays ≥ 99% (paper: 100% up to 2^20 tokens)."""
-    found = main_metric(results, "induction_heads", "mamba")
-    if found is None:
+    """How far Mamba's induction-heads accuracy stays ≥ 99% in every seed (paper: 100% up to 2^20 tokens)."""
+    seeded = seeded_main(results, "induction_heads", "mamba")
+    if not seeded:
         return None
-    run = found[0]
-    train = run["spec"]["plan"]["train_length"]
-    lengths = sorted(int(k) for k in run["eval"])
-    leading = list(takewhile(lambda n: (metric_at(run, n) or 0.0) >= 0.99, lengths))
-    if leading:
-        reach = leading[-1]
+    reach = {}
+    for seed, (run,) in seeded.items():
+        lengths = sorted(int(k) for k in run["eval"])
+        leading = list(takewhile(lambda n, run=run: (metric_at(run, n) or 0.0) >= 0.99, lengths))
+        reach[seed] = leading[-1] if leading else None
+    train = next(iter(seeded.values()))[0]["spec"]["plan"]["train_length"]
+    first = min(int(k) for k in next(iter(seeded.values()))[0]["eval"])
+    per = ", ".join(f"seed {s}: {r if r is not None else 'none'}" for s, r in sorted(reach.items()))
+    seeds = f" (longest length ≥99% per seed: {per})" if len(reach) > 1 else ""
+    if all(r is not None for r in reach.values()):
+        worst = min(reach.values())
         return Finding(
             "induction_heads_reach",
-            f"Induction heads: Mamba stays ≥99% up to {reach} tokens "
-            f"({reach / train:g}× its training length {train}); paper: 100% up to 2^20.",
-            reach > train,
+            f"Induction heads: Mamba stays ≥99% up to {worst} tokens ({worst / train:g}× its training length "
+            f"{train}) in every seed{seeds}; paper: 100% up to 2^20.",
+            worst > train,
         )
-    worst = min(lengths, key=lambda n: metric_at(run, n) or 0.0)
     return Finding(
         "induction_heads_reach",
-        f"Induction heads: Mamba is below 99% already at {lengths[0]} tokens "
-        f"(lowest {pct(metric_at(run, worst) or 0.0)} at {worst}); paper: 100% at every length up to 2^20.",
+        f"Induction heads: Mamba is below 99% already at {first} tokens in "
+        f"{sum(r is None for r in reach.values())} of {len(reach)} seed(s){seeds}; paper: 100% at every length "
+        "up to 2^20.",
         False,
     )
 
@@ -332,6 +377,19 @@ def precision_rule(results: dict) -> list[Finding]:
     return out
 
 
+GROWING = 1.25  # decode "grows" with the prefix when the longest prefix is ≥25% slower per token
+
+
+def decode_trend(short: dict, long: dict) -> str:
+    """'flat', 'growing' or 'unclear': growing only when even the fastest loop at the long prefix is ≥25%
+    slower than the slowest at the short one (the repeats' spread is not mistaken for growth)."""
+    if long["ms_per_token"] <= GROWING * short["ms_per_token"]:
+        return "flat"
+    if long.get("ms_min", long["ms_per_token"]) >= GROWING * short.get("ms_max", short["ms_per_token"]):
+        return "growing"
+    return "unclear (the repeats' spreads overlap)"
+
+
 def cost_rule(results: dict) -> list[Finding]:
     cost = {f: c for f, c in results.get("cost", {}).items() if c.get("status") == "ok"}
     out = []
@@ -340,13 +398,12 @@ def cost_rule(results: dict) -> list[Finding]:
         if len(d) < 2:
             continue
         ratio = d[-1]["ms_per_token"] / d[0]["ms_per_token"]
-        flat = ratio <= 1.25
         out.append(
             Finding(
                 f"decode_{family}",
                 f"Decode, {_display(family)}: {d[0]['ms_per_token']:.2f} ms/token after "
-                f"{d[0]['prefix']} tokens, {d[-1]['ms_per_token']:.2f} after {d[-1]['prefix']} (×{ratio:.2f}, "
-                f"{'flat' if flat else 'growing'}); state {d[-1]['state_bytes'] / 1e6:.2f} MB.",
+                f"{d[0]['prefix']} tokens, {d[-1]['ms_per_token']:.2f} after {d[-1]['prefix']} (medians, "
+                f"×{ratio:.2f}, {decode_trend(d[0], d[-1])}); state {d[-1]['state_bytes'] / 1e6:.2f} MB.",
                 None,
             )
         )

@@ -101,6 +101,7 @@ class CostStudy:
     train_length: int = 256
     train_batch: int = 8
     train_steps: int = 5
+    repeats: int = 5  # timed decode loops per prefix: the table shows their median and min-max
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,14 @@ class Preset:
     init: InitStudy | None = None
     scaling: ScalingStudy | None = None
     state: StateStudy | None = None
-    seed: int = 0
+    seed: int = 0  # the studies', the cost profiles' and the precision study's seed
+    seeds: tuple[int, ...] = (0, 1, 2)  # every main-grid task cell trains once per seed
     jobs: int = 1  # runs at once by default (`compare --jobs`), capped at the machine's CPU count
     notes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"Preset.seeds must be distinct seeds, at least one, got {self.seeds!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -150,6 +156,7 @@ def _smoke() -> Preset:
             plan=dataclasses.replace(tiny, steps=1),
         ),
         state=StateStudy(d_states=(1, 4), d_models=(), tasks=("mqar",), families=("mamba",)),
+        seeds=(0,),
     )
 
 

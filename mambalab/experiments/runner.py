@@ -60,7 +60,8 @@ class RunSpec:
     def label(self) -> str:
         extra = ",".join(f"{k}={v}" for k, v in _flatten(self.overrides).items())
         size = f"d{self.size.d_model}xL{self.size.n_layer}n{self.size.d_state}"
-        return f"{self.group}/{self.task}/{self.family}[{size}{',' + extra if extra else ''}]@{self.plan.train_length}"
+        where = f"{size}{',' + extra if extra else ''}"
+        return f"{self.group}/{self.task}/{self.family}[{where}]@{self.plan.train_length} seed {self.seed}"
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -206,6 +207,7 @@ def execute(spec: RunSpec, device: torch.device, work_dir: Path | None = None, p
         "flops_per_token": flops_per_token(config, spec.plan.train_length),
         "config": config.to_dict(),
         "train": train,
+        "dataset_tokens": task.dataset_tokens(),
         "eval": evaluate(model, task, spec.plan, spec.seed, device),
         "headline": task.headline,
         "higher_is_better": task.higher_is_better,

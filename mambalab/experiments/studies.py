@@ -1,9 +1,10 @@
 """The training runs of a comparison, as `RunSpec`s: the main grid and studies (b), (c), (d).
 
-main     every family × every task of the preset, same budget per task
+main     every family × every task of the preset, same budget per task, once per seed of the preset
 init     (b) S4D with each init on a long-range task (copying memory); Mamba with each A_init on LM
 scaling  (c) Mamba and Transformer++ at ≥3 sizes × 2 sequence lengths on LM, same tokens per size
 state    (d) Mamba at each d_state, and Mamba / Transformer++ at each d_model, on recall and copying
+The studies train with the preset's `seed` only (their runs of the reference model are the main grid's).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ LONG_RANGE_TASK = "selective_copying"  # with scattered=False: the copying-memor
 
 
 def main_specs(preset: Preset, families: tuple[str, ...], tasks: tuple[str, ...]) -> list[RunSpec]:
+    """Every family on every task, once per seed of the preset."""
     return [
-        RunSpec("main", family, task, preset.tasks[task], preset.size_for(preset.tasks[task]), preset.name,
-                preset.seed)
+        RunSpec("main", family, task, preset.tasks[task], preset.size_for(preset.tasks[task]), preset.name, seed)
         for task in tasks
         for family in families
+        for seed in preset.seeds
     ]
 
 

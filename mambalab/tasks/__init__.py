@@ -52,8 +52,8 @@ def lm_task(
     `max_bytes` keeps only the start of the text (small runs need no more). With `corpus_sha256` the file
     must still have that content (a comparison's cached runs are keyed on it)."""
     from mambalab.atomic import file_sha256
-    from mambalab.train.corpus import embedded_corpus_path
     from mambalab.tokenizer import load_tokenizer
+    from mambalab.train.corpus import embedded_corpus_path
 
     path = Path(corpus) if corpus is not None else embedded_corpus_path()
     if not path.is_file():

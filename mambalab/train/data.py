@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mambalab.train.corpus import EMBEDDED_CORPUS_NAME, embedded_corpus_path
 from mambalab.tokenizer import Tokenizer
+from mambalab.train.corpus import EMBEDDED_CORPUS_NAME, embedded_corpus_path
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import torch
 
 from mambalab.config import ModelConfig
 from mambalab.models.lm import LanguageModel
+from mambalab.tokenizer import load_tokenizer
 from mambalab.train.checkpointing import INDEX, load_checkpoint
 from mambalab.train.data import MANIFEST, SequentialBatches, TokenDataset, prepare_dataset
 from mambalab.train.distributed import resolve_device
-from mambalab.tokenizer import load_tokenizer
 from mambalab.train.trainer import evaluate_loss
 
 

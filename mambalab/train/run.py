@@ -34,6 +34,7 @@ import yaml
 
 from mambalab.config import ModelConfig
 from mambalab.models.lm import LanguageModel
+from mambalab.tokenizer import HFTokenizer, load_tokenizer
 from mambalab.train import distributed as dist_utils
 from mambalab.train.data import (
     MANIFEST,
@@ -44,7 +45,6 @@ from mambalab.train.data import (
     prepare_dataset,
     read_manifest,
 )
-from mambalab.tokenizer import HFTokenizer, load_tokenizer
 from mambalab.train.trainer import TrainConfig, Trainer, seed_everything
 
 logger = logging.getLogger(__name__)

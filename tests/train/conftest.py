@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mambalab import LanguageModel, ModelConfig
-from mambalab.train.data import prepare_dataset
 from mambalab.tokenizer import ByteTokenizer
+from mambalab.train.data import prepare_dataset
 from mambalab.train.trainer import seed_everything
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from mambalab.tokenizer import ByteTokenizer
 from mambalab.train.data import (
     RandomBatches,
     SequentialBatches,
@@ -15,7 +16,6 @@ from mambalab.train.data import (
     prepare_dataset,
     read_manifest,
 )
-from mambalab.tokenizer import ByteTokenizer
 
 
 class WideByteTokenizer(ByteTokenizer):
