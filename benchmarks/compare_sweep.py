@@ -96,6 +96,8 @@ def main() -> None:
             {
                 "family": spec.family,
                 "task": spec.task,
+                "seed": spec.seed,
+                "size": dataclasses.asdict(spec.size),
                 "plan": dataclasses.asdict(spec.plan),
                 "status": record["status"],
                 "error": record.get("error"),
@@ -104,10 +106,11 @@ def main() -> None:
                 "tokens_per_s": record.get("train", {}).get("tokens_per_s"),
                 "eval": {k: v.get(record.get("headline"), v) for k, v in record.get("eval", {}).items()},
                 "wall_s": record.get("wall_s"),
+                "cpu_s": record.get("cpu_s"),
             }
         )
         print(
-            f"{spec.family:12s} {spec.task:18s} lr={spec.plan.lr:g} steps={spec.plan.steps} b={spec.plan.batch_size}"
+            f"{spec.family:12s} {spec.task:18s} seed={spec.seed} lr={spec.plan.lr:g} steps={spec.plan.steps} b={spec.plan.batch_size}"
             f" {spec.plan.options} {spec.size} -> {rows[-1]['status']} loss={rows[-1]['final_loss']} eval={rows[-1]['eval']}"
             f" ({record.get('wall_s', 0):.0f} s)"
         )
