@@ -47,12 +47,12 @@ def parse_run(text: str, preset) -> list[RunSpec]:
         grid[name] = [_value(v) for v in values.split(",")]
     specs = []
     for combo in itertools.product(*grid.values()):
-        plan, size, seed = preset.tasks[task], preset.size, preset.seed
+        plan, sizes, seed = preset.tasks[task], {}, preset.seed
         for name, value in zip(grid, combo, strict=True):
             if name == "seed":
                 seed = value
             elif name.startswith("size."):
-                size = dataclasses.replace(size, **{name.removeprefix("size."): value})
+                sizes[name.removeprefix("size.")] = value
             elif name.startswith("options."):
                 plan = dataclasses.replace(
                     plan, options={**plan.options, name.removeprefix("options."): value}
@@ -65,6 +65,7 @@ def parse_run(text: str, preset) -> list[RunSpec]:
                 raise ValueError(
                     f"--run {text!r}: {name!r} is not a TaskPlan field, seed, options.<name> or size.<name>"
                 )
+        size = dataclasses.replace(preset.size_for(plan), **sizes)  # the task's depth, as the preset runs it
         specs += [
             RunSpec("sweep", family, task, plan, size, preset.name, seed)
             for family in families.split("+")

@@ -283,6 +283,34 @@ def zoo(
     Console().print(table)
 
 
+corpus_app = typer.Typer(no_args_is_help=True, help="A real English corpus for language modelling.")
+app.add_typer(corpus_app, name="corpus")
+
+
+@corpus_app.command("build")
+def corpus_build(
+    out: str = typer.Option(..., help="Output folder: corpus.txt, manifest.json, documents.jsonl."),
+    packages: str = typer.Option(None, help="A folder of the source .deb files (default: OUT/packages, "
+                                 "filled with `apt-get download`)."),
+    min_mb: float = typer.Option(100.0, help="Fail if the prose adds up to fewer megabytes."),
+) -> None:
+    """Assemble English prose from Debian documentation packages (mambalab/corpus/sources.py), deterministic,
+    with a manifest of sources, versions, licenses, sizes, hashes and the train/val split."""
+    from mambalab.corpus import CorpusError, build_corpus, download_packages
+
+    try:
+        if packages is None:
+            packages = str(Path(out) / "packages")
+            download_packages(Path(packages))
+        manifest = build_corpus(out, packages, min_bytes=int(min_mb * 1e6))
+    except CorpusError as e:
+        raise typer.BadParameter(str(e)) from e
+    split = manifest["split"]
+    typer.echo(f"{out}/corpus.txt: {manifest['corpus']['bytes'] / 1e6:.1f} MB from {len(manifest['sources'])} "
+               f"packages ({split['train_documents']} train / {split['val_documents']} val documents); "
+               f"sha256 {manifest['corpus']['sha256'][:16]}…")
+
+
 def main() -> None:
     app()
 
