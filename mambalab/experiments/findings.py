@@ -377,6 +377,36 @@ def precision_rule(results: dict) -> list[Finding]:
     return out
 
 
+def lm_data_rule(results: dict) -> Finding | None:
+    """How much of its corpus the language modelling saw: more than one epoch means the LM and scaling numbers
+    measure memorisation as much as modelling, which the train/eval loss gap shows."""
+    lm = [r for r in results.get("runs", []) if r.get("status") == "ok" and r.get("dataset_tokens")]
+    if not lm:
+        return None
+    epochs = {r["key"]: r["train"]["tokens"] / r["dataset_tokens"]["train"] for r in lm}
+    worst = max(lm, key=lambda r: epochs[r["key"]])
+    length = str(worst["spec"]["plan"]["train_length"])
+    train_loss, eval_loss = worst["train"]["final_loss"], worst["eval"].get(length, {}).get("loss")
+    corpus = worst["spec"]["plan"]["options"].get("corpus") or "the embedded corpus"
+    tokens = worst["dataset_tokens"]["train"]
+    gap = f"train loss {train_loss:.3f} vs eval loss {eval_loss:.3f}" if eval_loss is not None else ""
+    if epochs[worst["key"]] <= 1.0:
+        return Finding(
+            "lm_data",
+            f"Language modelling saw at most {epochs[worst['key']]:.2f} epochs of its training split "
+            f"({tokens:,} tokens of {corpus}); {gap} ({worst['group']}/{worst['spec']['family']}).",
+            None,
+        )
+    return Finding(
+        "lm_data",
+        f"Language modelling saw up to {epochs[worst['key']]:.1f} epochs of its {tokens:,}-token training split "
+        f"({corpus}; {worst['group']}/{worst['spec']['family']}, {gap}): past one epoch the LM and "
+        "scaling numbers measure memorisation as well as modelling. `mambalab corpus build` makes a corpus "
+        "of over 100 MB for `--corpus`.",
+        None,
+    )
+
+
 GROWING = 1.25  # decode "grows" with the prefix when the longest prefix is ≥25% slower per token
 
 
@@ -455,6 +485,7 @@ RULES: list[Callable[[dict], Finding | list[Finding] | None]] = [
         "Paper: a 410M Transformer beats a 2.8B Mamba once the book has ≥70 entries.",
     ),
     init_rule,
+    lm_data_rule,
     scaling_rule,
     state_rule,
     width_rule,

@@ -147,3 +147,14 @@ def test_precision_table_keeps_the_worst_error_per_model_level_mode_dtype():
     report = _report(res)
     assert "| mamba | op | parallel | 3e-07 (L=64) | unsupported |" in report
     assert "1e-07" not in report
+
+
+def test_lm_finding_states_epochs_and_the_train_eval_gap():
+    lm = run("lm", "mamba", {64: 0.5}, 64, 0, headline="bits_per_byte")
+    lm["train"] |= {"tokens": 3_000_000, "final_loss": 0.55}
+    lm["eval"]["64"]["loss"] = 2.30
+    lm["dataset_tokens"] = {"train": 1_000_000, "eval": 100_000}
+    text = by_id(results(lm))["lm_data"].text
+    assert "up to 3.0 epochs" in text and "train loss 0.550 vs eval loss 2.300" in text and "corpus build" in text
+    lm["dataset_tokens"]["train"] = 90_000_000
+    assert "at most 0.03 epochs" in by_id(results(lm))["lm_data"].text
