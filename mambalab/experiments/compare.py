@@ -35,7 +35,7 @@ from mambalab.experiments.studies import main_specs, study_specs
 
 log = logging.getLogger(__name__)
 
-STUDIES = ("precision", "cost", "init", "scaling", "state")
+STUDIES = ("precision", "cost", "init", "scaling", "state", "efficiency")
 COST_TOKENIZER = "byte"  # cost profiles use the LM task's byte-level vocabulary
 
 
@@ -84,11 +84,12 @@ def _filter_studies(
     tasks: tuple[str, ...],
     studies: tuple[str, ...],
 ) -> list[RunSpec]:
-    """Study runs of the selected studies and families (state-study tasks also follow --tasks)."""
+    """Study runs of the selected studies and families (state- and efficiency-study tasks also follow
+    --tasks)."""
     return [
         s
         for s in specs
-        if s.group in studies and s.family in families and (s.group != "state" or s.task in tasks)
+        if s.group in studies and s.family in families and (s.group not in ("state", "efficiency") or s.task in tasks)
     ]
 
 
@@ -102,7 +103,7 @@ def plan_work(
 ) -> tuple[list[RunSpec], list[WorkItem]]:
     """Every run spec (with its group, duplicates kept) and the unique work items to execute."""
     specs = main_specs(preset, families, tasks) + _filter_studies(
-        preset, study_specs(preset), families, tasks, studies
+        preset, study_specs(preset, families), families, tasks, studies
     )
     items = run_items(specs, device, progress)
     if "cost" in studies:

@@ -15,10 +15,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from mambalab.experiments.findings import metric_at, runs, train_metric
+from mambalab.experiments.families import FAMILY_INFO
+from mambalab.experiments.findings import efficiency_curves, metric_at, runs, train_metric
 from mambalab.experiments.seeds import Spread, by_cell
 
-FAMILY_STYLE = {"mamba": "C0", "transformer": "C1", "s4d": "C2", "hybrid": "C3", "moe": "C4"}
+FAMILY_STYLE = {name: family.color for name, family in FAMILY_INFO.items()}
 
 
 def _style(
@@ -239,6 +240,26 @@ def training_curves(results: dict, path: Path) -> str | None:
     return _save(fig, path)
 
 
+def sample_efficiency(results: dict, path: Path) -> str | None:
+    curves = efficiency_curves(results)
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for family, curve in sorted(curves.items()):
+        tokens = sorted(curve)
+        spreads = [Spread.of(list(curve[t].values())) for t in tokens]
+        color = FAMILY_STYLE.get(family)
+        ax.plot(tokens, [100 * sp.mean for sp in spreads], "o-", color=color, label=family)
+        ax.fill_between(
+            tokens, [100 * sp.low for sp in spreads], [100 * sp.high for sp in spreads], color=color, alpha=0.2, lw=0
+        )
+    ax.set_xscale("log")
+    task = runs(results, "efficiency")[0]["spec"]["task"]
+    _style(ax, task, "training tokens", "accuracy at the training length (%)", xlog2=False)
+    _title(fig, results, "Sample efficiency (mean over seeds, band min-max)")
+    return _save(fig, path)
+
+
 PLOTS = {
     "accuracy_vs_length.png": accuracy_vs_length,
     "training_loss.png": training_curves,
@@ -246,6 +267,7 @@ PLOTS = {
     "decode_latency.png": decode_latency,
     "precision_error.png": precision_error,
     "state_size.png": state_size,
+    "sample_efficiency.png": sample_efficiency,
 }
 
 

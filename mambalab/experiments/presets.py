@@ -17,7 +17,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-FAMILIES = ("mamba", "transformer", "s4d", "hybrid", "moe")
+from mambalab.experiments.families import FAMILY_INFO
+
+FAMILIES = tuple(FAMILY_INFO)
+ZOOLOGY_LRS = (1e-4, 4.6e-4, 2.2e-3, 1e-2)  # Zoology's sweep, np.logspace(-4, -2, 4); the best lr is reported
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,18 @@ class StateStudy:
     d_models: tuple[int, ...]
     tasks: tuple[str, ...] = ("mqar", "copying")
     families: tuple[str, ...] = ("mamba", "transformer")
+    # Zoology's protocol: each (family, d_model) trained at every lr, the best one reported; () = the task's lr
+    lrs: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class EfficiencyStudy:
+    """(e) sample efficiency: accuracy vs training tokens, each family trained on `task` for each budget in
+    `steps` (its own run and schedule; the largest may be the main grid's). arXiv 2402.01032: Transformers
+    learn to copy with ~100× fewer samples than GSSMs."""
+
+    steps: tuple[int, ...]
+    task: str = "copying"
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,7 @@ class Preset:
     init: InitStudy | None = None
     scaling: ScalingStudy | None = None
     state: StateStudy | None = None
+    efficiency: EfficiencyStudy | None = None
     seed: int = 0  # the studies', the cost profiles' and the precision study's seed
     seeds: tuple[int, ...] = (0, 1, 2)  # every main-grid task cell trains once per seed
     jobs: int = 1  # runs at once by default (`compare --jobs`), capped at the machine's CPU count
@@ -156,6 +172,7 @@ def _smoke() -> Preset:
             plan=dataclasses.replace(tiny, steps=1),
         ),
         state=StateStudy(d_states=(1, 4), d_models=(), tasks=("mqar",), families=("mamba",)),
+        efficiency=EfficiencyStudy(steps=(1, 2), task="mqar"),
         seeds=(0,),
     )
 
@@ -230,7 +247,8 @@ def _standard() -> Preset:
             "induction_heads": TaskPlan(
                 {"vocab_size": 16}, 256, (256, 1024, 4096, 16384), steps=8000, **{**synthetic, "lr": 5e-4}
             ),
-            "mqar": TaskPlan({"vocab_size": 8192}, 256, (256, 512, 1024), steps=4000, **synthetic),
+            # Zoology's MQAR: vocabulary 8192, 2 layers, n_kv = length / 16 (64 -> 4 ... 256 -> 16)
+            "mqar": TaskPlan({"vocab_size": 8192}, 256, (256, 512, 1024), steps=4000, n_layer=2, **synthetic),
             "copying": TaskPlan(
                 {"alphabet_size": 26}, 102, (52, 102, 112, 127, 152, 202), steps=3000, **synthetic
             ),
@@ -261,7 +279,14 @@ def _standard() -> Preset:
             lengths=(256, 1024),
             plan=dataclasses.replace(lm, steps=800, eval_lengths=()),
         ),
-        state=StateStudy(d_states=(2, 16, 64), d_models=(32, 64, 128), tasks=("mqar",)),
+        state=StateStudy(
+            d_states=(2, 16, 64),
+            d_models=(64, 128, 256),
+            tasks=("mqar",),
+            families=("mamba", "transformer", "s4d"),
+            lrs=ZOOLOGY_LRS,
+        ),
+        efficiency=EfficiencyStudy(steps=(375, 750, 1500, 3000)),
         jobs=14,
         notes=(
             "hybrid and moe run on request (--models)",

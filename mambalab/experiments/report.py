@@ -11,7 +11,13 @@ import datetime
 from pathlib import Path
 
 from mambalab.atomic import write_json_atomic
-from mambalab.experiments.findings import evaluate_findings, metric_at, train_metric
+from mambalab.experiments.findings import (
+    efficiency_curves,
+    evaluate_findings,
+    metric_at,
+    tokens_text,
+    train_metric,
+)
 from mambalab.experiments.plots import write_plots
 from mambalab.experiments.seeds import Spread, by_cell
 
@@ -24,6 +30,7 @@ SECTIONS = (
     "Init",
     "Scaling",
     "State size",
+    "Sample efficiency",
     "Failures",
     "Environment",
 )
@@ -181,7 +188,10 @@ def _label_overrides(run: dict) -> str:
     s = run["spec"]
     parts = [f"{k}.{kk}={vv}" for k, v in s["overrides"].items() for kk, vv in v.items()]
     size = s["size"]
-    parts.append(f"d{size['d_model']}×{size['n_layer']}, N={size['d_state']}, L={s['plan']['train_length']}")
+    parts.append(
+        f"d{size['d_model']}×{size['n_layer']}, N={size['d_state']}, L={s['plan']['train_length']}, "
+        f"lr {s['plan']['lr']:g}, {s['plan']['steps']} steps"
+    )
     return "; ".join(parts)
 
 
@@ -302,6 +312,28 @@ def _study_table(results: dict, group: str, empty: str) -> list[str]:
     )
 
 
+def _efficiency_section(results: dict, plots: dict) -> list[str]:
+    curves = efficiency_curves(results)
+    if not curves:
+        return ["The sample-efficiency study was not selected.", ""]
+    budgets = sorted({t for c in curves.values() for t in c})
+    rows = [
+        [family] + [_spread(list(c[t].values()), _pct) if t in c else "—" for t in budgets]
+        for family, c in sorted(curves.items())
+    ]
+    return (
+        [
+            (
+                "Accuracy (%) at the training length after each training budget (each its own run and "
+                "learning-rate schedule; mean over seeds, min-max): how fast each family learns the task."
+            ),
+            "",
+        ]
+        + _table(["model"] + [f"{tokens_text(t)} tokens" for t in budgets], rows)
+        + _img(plots, "sample_efficiency.png")
+    )
+
+
 def _training_calls(calls: list[dict]) -> str:
     """' (the calls that trained: 2, 912 s)' — every `compare` call on this output folder but report-only ones."""
     trained = [c for c in calls if not c.get("report_only")]
@@ -371,6 +403,7 @@ def render(results: dict, findings: list, plots: dict) -> str:
     lines += _img(plots, "loss_vs_flops.png")
     lines += ["## State size", ""] + _study_table(results, "state", "The state-size study was not selected.")
     lines += _img(plots, "state_size.png")
+    lines += ["## Sample efficiency", ""] + _efficiency_section(results, plots)
     lines += ["## Failures", ""] + _failures(results)
     lines += ["## Environment", ""] + _table(["key", "value"], [[k, v] for k, v in env.items()])
     return "\n".join(lines)

@@ -157,4 +157,38 @@ def test_lm_finding_states_epochs_and_the_train_eval_gap():
     text = by_id(results(lm))["lm_data"].text
     assert "up to 3.0 epochs" in text and "train loss 0.550 vs eval loss 2.300" in text and "corpus build" in text
     lm["dataset_tokens"]["train"] = 90_000_000
-    assert "at most 0.03 epochs" in by_id(results(lm))["lm_data"].text
+    assert "at most 0.0333 epochs" in by_id(results(lm))["lm_data"].text
+
+
+def _efficiency(family, steps_tokens, accuracy, seed):
+    r = run("copying", family, {22: accuracy}, 22, seed, group="efficiency")
+    r["train"]["tokens"] = steps_tokens
+    return r
+
+
+def test_sample_efficiency_finding_compares_the_budget_each_family_needs_per_seed():
+    curves = [
+        _efficiency("transformer", 100_000, 0.2, 0), _efficiency("transformer", 200_000, 0.8, 0),
+        _efficiency("mamba", 100_000, 0.0, 0), _efficiency("mamba", 200_000, 0.1, 0),
+        _efficiency("transformer", 100_000, 0.6, 1), _efficiency("transformer", 200_000, 0.9, 1),
+        _efficiency("mamba", 100_000, 0.0, 1), _efficiency("mamba", 200_000, 0.7, 1),
+    ]
+    found = by_id(results(*curves))["efficiency_copying"]
+    assert found.supports_paper is True and "in every seed (2 of 2)" in found.text
+    assert "Transformer++ 40.0% (20.0%-60.0%) at 100K, 85.0% (80.0%-90.0%) at 200K" in found.text
+    curves[1]["eval"]["22"]["token_accuracy"] = 0.3  # seed 0: Transformer++ never reaches 50%
+    found = by_id(results(*curves))["efficiency_copying"]
+    assert found.supports_paper is False and "did NOT hold in every seed: only in 1 of 2 seeds (not seed 0)" in found.text
+
+
+def test_width_finding_takes_the_best_learning_rate_per_width():
+    def state_run(family, d_model, lr, accuracy):
+        r = run("mqar", family, {256: accuracy}, 256, 0, group="state")
+        r["spec"]["size"] = {"d_model": d_model, "n_layer": 2, "d_state": 16}
+        r["spec"]["plan"]["lr"] = lr
+        return r
+
+    res = results(state_run("transformer", 64, 1e-3, 0.3), state_run("transformer", 64, 1e-2, 0.995),
+                  state_run("transformer", 128, 1e-3, 1.0), state_run("transformer", 128, 1e-2, 0.2))
+    found = by_id(res)["width_mqar"]
+    assert "solves it (≥99.0%) at d_model=64, 128 (d64: 99.5%, d128: 100.0%)" in found.text
