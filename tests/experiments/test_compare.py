@@ -52,7 +52,7 @@ def test_smoke_report_has_every_section_and_finite_numbers(smoke):
     assert all(math.isfinite(x) for x in numbers(stored))
     for name in stored["plots"].values():
         assert (out / name).stat().st_size > 0 and f"]({name})" in report
-    assert {r["group"] for r in stored["runs"]} == {"main", "init", "scaling", "state"}
+    assert {r["group"] for r in stored["runs"]} == {"main", "init", "scaling", "state", "efficiency"}
     assert stored["findings"] and all(f["text"] in report for f in stored["findings"])
 
 
