@@ -51,7 +51,8 @@ def licenses(files: dict[str, bytes], package: str) -> list[str]:
             (data for path, data in sorted(files.items()) if path.endswith("/copyright")), None
         )
     if copyright_file is None:
-        return ["(no copyright file in the package)"]
+        # Debian lets a package link its doc folder to a package built from the same source
+        return ["(no copyright file in the package: see its source package's /usr/share/doc/*/copyright)"]
     text = copyright_file.decode("utf-8", "replace")
     if not text.startswith("Format:"):
         return [f"(free-form copyright file: see /usr/share/doc/{package}/copyright)"]
