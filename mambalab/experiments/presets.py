@@ -219,7 +219,7 @@ def _quick() -> Preset:
         state=StateStudy(d_states=(2, 8), d_models=(), tasks=("mqar",), families=("mamba",)),
         efficiency=EfficiencyStudy(steps=(125, 250, 500)),
         jobs=2,
-        notes=("hybrid and moe run on request (--models); phone-book lookup with --tasks phonebook",),
+        notes=("hybrid and moe run on request (--models)", "3 seeds per task cell; studies (b)-(d) with seed 0"),
     )
 
 
