@@ -53,7 +53,7 @@ def compare(
                                "transformer,s4d): mamba,transformer,s4d,hybrid,moe."),
     tasks: str = typer.Option(None, help="Comma-separated tasks (default: the preset's; 'none' for studies only)."),
     studies: str = typer.Option(None, help="Comma-separated studies (default all; 'none' for none): "
-                                "precision,cost,init,scaling,state."),
+                                "precision,cost,init,scaling,state,efficiency."),
     out: str = typer.Option("compare-out", help="Output folder: report.md, PNGs, results.json, cached runs."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     quiet: bool = typer.Option(False, help="No progress bars."),

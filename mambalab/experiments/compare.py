@@ -89,7 +89,9 @@ def _filter_studies(
     return [
         s
         for s in specs
-        if s.group in studies and s.family in families and (s.group not in ("state", "efficiency") or s.task in tasks)
+        if s.group in studies
+        and s.family in families
+        and (s.group not in ("state", "efficiency") or s.task in tasks)
     ]
 
 

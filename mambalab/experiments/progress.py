@@ -31,7 +31,11 @@ class CompareProgress:
     the set in progress. `enabled=False` shows nothing; `console` (default: stdout) decides bar or lines."""
 
     def __init__(
-        self, total: int, enabled: bool = True, console: Console | None = None, heartbeat_s: float = HEARTBEAT_S
+        self,
+        total: int,
+        enabled: bool = True,
+        console: Console | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
     ):
         self.total, self.enabled, self.heartbeat_s = total, enabled, heartbeat_s
         self.console = console or Console(highlight=False)

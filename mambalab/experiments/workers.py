@@ -41,7 +41,9 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker_main(store_dir: str, key: str, describe: dict, fn: Callable, threads: int, parent_pid: int) -> None:
+def _worker_main(
+    store_dir: str, key: str, describe: dict, fn: Callable, threads: int, parent_pid: int
+) -> None:
     """Entry point of a worker process: run one item and store its record."""
     os.setpgrp()  # the terminal's Ctrl-C reaches the parent only; it forwards one SIGTERM per press
     signal.signal(signal.SIGINT, signal.SIG_IGN)

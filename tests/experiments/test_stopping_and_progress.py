@@ -107,8 +107,24 @@ def test_progress_heartbeat_names_the_running_items_and_labels_are_not_repeated(
 def test_compare_piped_prints_progress_before_it_ends(tmp_path):
     """The CLI with stdout a pipe: the first line arrives while the first run trains, not at the end."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    command = [sys.executable, "-m", "mambalab", "compare", "--preset", "smoke", "--models", "mamba",
-               "--tasks", "mqar,selective_copying", "--studies", "none", "--device", "cpu", "--out", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "mambalab",
+        "compare",
+        "--preset",
+        "smoke",
+        "--models",
+        "mamba",
+        "--tasks",
+        "mqar,selective_copying",
+        "--studies",
+        "none",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     first = proc.stdout.readline()
     running_when_first_line_came = proc.poll() is None
