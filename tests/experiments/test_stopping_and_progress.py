@@ -19,19 +19,20 @@ from mambalab.experiments.runner import RunStore
 
 ENDLESS_COMPARE = """
 import dataclasses, sys
+from mambalab.cli import app
 from mambalab.experiments import presets
-from mambalab.experiments.compare import compare
 if __name__ == "__main__":
     smoke = presets.get_compare_preset("smoke")
     lm = dataclasses.replace(smoke.tasks["lm"], steps=10**4)
     presets.PRESETS["endless"] = lambda: dataclasses.replace(smoke, tasks={**smoke.tasks, "lm": lm})
-    compare("endless", models=["mamba", "transformer"], tasks=["lm"], studies=[], out_dir=sys.argv[1],
-            device="cpu", progress=False, jobs=2)
+    app(["compare", "--preset", "endless", "--models", "mamba,transformer", "--tasks", "lm", "--studies", "none",
+         "--out", sys.argv[1], "--device", "cpu", "--quiet", "--jobs", "2"])
 """
 
 
 def _start_endless(out):
-    """The endless compare in its own session, as a shell runs a foreground job: Ctrl-C is SIGINT to the group."""
+    """`mambalab compare` on an endless preset, in its own session as a shell runs a foreground job: Ctrl-C
+    is SIGINT to the group."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(
         [sys.executable, "-c", ENDLESS_COMPARE, str(out)],
@@ -65,7 +66,8 @@ def test_ctrl_c_once_checkpoints_and_twice_exits_at_once(tmp_path, presses):
     # EOF only once every process holding the pipe (the workers too) has exited
     output, _ = proc.communicate(timeout=30)
     elapsed = time.monotonic() - start
-    assert proc.returncode != 0, output.decode()
+    assert proc.returncode == 130, output.decode()
+    assert "interrupted: finished runs are cached" in output.decode()
     assert not list(out.glob("runs/*.json"))  # nothing is cached as done
     if presses == 1:
         assert elapsed < 5.0, elapsed
