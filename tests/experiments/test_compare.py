@@ -53,6 +53,11 @@ def test_smoke_report_has_every_section_and_finite_numbers(smoke):
     for name in stored["plots"].values():
         assert (out / name).stat().st_size > 0 and f"]({name})" in report
     assert {r["group"] for r in stored["runs"]} == {"main", "init", "scaling", "state", "efficiency"}
+    # the header counts what the progress bar counted: distinct work items, not run specs of every group
+    work = stored["work"]
+    assert work["items"] == work["training_runs"] + work["cost_profiles"] + work["precision_studies"]
+    assert work["training_runs"] == len({r["key"] for r in stored["runs"]}) < len(stored["runs"])
+    assert f"{work['items']} work items ({work['training_runs']} training runs" in report
     assert stored["findings"] and all(f["text"] in report for f in stored["findings"])
 
 
@@ -285,6 +290,7 @@ def test_every_preset_plans_its_work_and_a_task_depth_reaches_its_runs(name):
     preset = get_compare_preset(name)
     specs, items = plan_work(preset, preset.models, tuple(preset.tasks), STUDIES, torch.device("cpu"), False)
     assert len({item.key for item in items}) == len(items) and specs
+    assert len({item.label for item in items}) == len(items)  # the progress list never shows a label twice
     for spec in specs:
         plan_depth = spec.plan.n_layer or preset.size.n_layer
         if spec.group in ("main", "state"):
