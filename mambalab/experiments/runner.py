@@ -61,7 +61,8 @@ class RunSpec:
         extra = ",".join(f"{k}={v}" for k, v in _flatten(self.overrides).items())
         size = f"d{self.size.d_model}xL{self.size.n_layer}n{self.size.d_state}"
         where = f"{size}{',' + extra if extra else ''}"
-        return f"{self.group}/{self.task}/{self.family}[{where}]@{self.plan.train_length} seed {self.seed}"
+        plan = f"{self.plan.train_length}, {self.plan.steps} steps, lr {self.plan.lr:g}"
+        return f"{self.group}/{self.task}/{self.family}[{where}]@{plan}, seed {self.seed}"
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
