@@ -48,7 +48,7 @@ def demo(seed: int = typer.Option(0, help="Random seed.")) -> None:
 
 @app.command()
 def compare(
-    preset: str = typer.Option("quick", help="smoke | quick (2-core CPU, ≤10 min, 3 seeds) | standard (1 GPU, ≤25 min) | paper."),
+    preset: str = typer.Option("quick", help="smoke | quick (2-core CPU, ≤10 min, 3 seeds) | standard (1 GPU, ~1 h, resumable) | paper."),
     models: str = typer.Option(None, help="Comma-separated families (default: the preset's; quick runs mamba,"
                                "transformer,s4d): mamba,transformer,s4d,hybrid,moe."),
     tasks: str = typer.Option(None, help="Comma-separated tasks (default: the preset's; 'none' for studies only)."),

@@ -5,7 +5,8 @@ Every model family trains on a task with the same budget (steps × batch × leng
     smoke     CI: seconds, every code path, numbers meaningless
     quick     a 2-core CPU in ≤10 minutes, 3 seeds per task cell, small vocabularies and short sequences
               (budgets chosen by sweeps on such a machine: benchmarks/notes/compare.md; see reports/)
-    standard  one GPU in ≤25 minutes: the paper-style settings at reduced step counts
+    standard  one GPU, about an hour (3 seeds, Zoology's lr sweep; estimated, resumable): the paper-style
+              settings at reduced step counts
     paper     the papers' settings (selective copying at length 4096, induction heads trained at 256 and
               tested to 2^14 and beyond, MQAR at vocab 8192): hours of GPU time
 
@@ -224,9 +225,11 @@ def _quick() -> Preset:
 
 
 def _standard() -> Preset:
-    """One GPU, ≤25 minutes with `--jobs 14` (runs share the GPU): the synthetic tasks at the papers'
-    vocabularies and shapes at reduced lengths and steps, 2-layer-Transformer-sized models (4 Mamba blocks of
-    width 64); Mamba, Transformer++ and S4D (hybrid and MoE on request).
+    """One GPU, about an hour with `--jobs 14` (runs share the GPU; 3 seeds per cell and Zoology's lr sweep
+    in the state study: ~3× the 1-seed preset's ~20 min, estimated, not measured; a call cut short resumes):
+    the synthetic tasks at the papers' vocabularies and shapes at reduced lengths and steps,
+    2-layer-Transformer-sized models (4 Mamba blocks of width 64); Mamba, Transformer++ and S4D (hybrid and
+    MoE on request).
 
     Learning rates, steps and depths were chosen by sweeps on the H200 (benchmarks/compare_sweep.py; results
     in benchmarks/results/compare_sweep_h200*.json, notes in benchmarks/notes/compare.md): Mamba learns
