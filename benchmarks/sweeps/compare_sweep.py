@@ -44,12 +44,12 @@ def parse_run(text: str, preset) -> list[RunSpec]:
         grid[name] = [_value(v) for v in values.split(",")]
     specs = []
     for combo in itertools.product(*grid.values()):
-        plan, size, seed = preset.tasks[task], preset.size, preset.seed
+        plan, sizes, seed = preset.tasks[task], {}, preset.seed
         for name, value in zip(grid, combo, strict=True):
             if name == "seed":
                 seed = value
             elif name.startswith("size."):
-                size = dataclasses.replace(size, **{name.removeprefix("size."): value})
+                sizes[name.removeprefix("size.")] = value
             elif name.startswith("options."):
                 plan = dataclasses.replace(
                     plan, options={**plan.options, name.removeprefix("options."): value}
@@ -62,6 +62,7 @@ def parse_run(text: str, preset) -> list[RunSpec]:
                 raise ValueError(
                     f"--run {text!r}: {name!r} is not a TaskPlan field, seed, options.<name> or size.<name>"
                 )
+        size = dataclasses.replace(preset.size_for(plan), **sizes)  # the task's depth, as the preset runs it
         specs += [
             RunSpec("sweep", family, task, plan, size, preset.name, seed)
             for family in families.split("+")
@@ -91,6 +92,8 @@ def main() -> None:
             {
                 "family": spec.family,
                 "task": spec.task,
+                "seed": spec.seed,
+                "size": dataclasses.asdict(spec.size),
                 "plan": dataclasses.asdict(spec.plan),
                 "status": record["status"],
                 "error": record.get("error"),
@@ -99,10 +102,11 @@ def main() -> None:
                 "tokens_per_s": record.get("train", {}).get("tokens_per_s"),
                 "eval": {k: v.get(record.get("headline"), v) for k, v in record.get("eval", {}).items()},
                 "wall_s": record.get("wall_s"),
+                "cpu_s": record.get("cpu_s"),
             }
         )
         print(
-            f"{spec.family:12s} {spec.task:18s} lr={spec.plan.lr:g} steps={spec.plan.steps} b={spec.plan.batch_size}"
+            f"{spec.family:12s} {spec.task:18s} seed={spec.seed} lr={spec.plan.lr:g} steps={spec.plan.steps} b={spec.plan.batch_size}"
             f" {spec.plan.options} {spec.size} -> {rows[-1]['status']} loss={rows[-1]['final_loss']} eval={rows[-1]['eval']}"
             f" ({record.get('wall_s', 0):.0f} s)"
         )

@@ -2,29 +2,26 @@
 
 Work items (each cached in the output folder, see runner.py): the main grid and studies (b)-(d) as training
 runs, one cost profile per family, and the precision study (a). Then `report.write_report` turns the
-collected records into report.md, PNG plots and results.json. Progress: one overall bar with the current
-item, and the trainer's own per-run progress.
+collected records into report.md, PNG plots and results.json. Progress (progress.py): one overall bar
+naming the items in progress and the trainer's own per-run bar on a terminal; a flushed line per item's
+start and finish otherwise.
 
 With `jobs > 1` the work items run in that many worker processes at once (on one device: the small models of
 the synthetic tasks leave most of a GPU idle, so several runs share it well). Each worker gets an equal share
-of the CPU cores (at most this process's thread count); per-run progress bars are off, the overall bar stays.
+of the CPU cores (at most this process's thread count); per-run progress bars are off. workers.py says how
+Ctrl-C and SIGTERM stop them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import platform
-import signal
-import threading
+import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -40,7 +37,7 @@ from mambalab.experiments.studies import main_specs, study_specs
 
 log = logging.getLogger(__name__)
 
-STUDIES = ("precision", "cost", "init", "scaling", "state")
+STUDIES = ("precision", "cost", "init", "scaling", "state", "efficiency")
 COST_TOKENIZER = "byte"  # cost profiles use the LM task's byte-level vocabulary
 
 
@@ -78,11 +75,14 @@ def _filter_studies(
     tasks: tuple[str, ...],
     studies: tuple[str, ...],
 ) -> list[RunSpec]:
-    """Study runs of the selected studies and families (state-study tasks also follow --tasks)."""
+    """Study runs of the selected studies and families (state- and efficiency-study tasks also follow
+    --tasks)."""
     return [
         s
         for s in specs
-        if s.group in studies and s.family in families and (s.group != "state" or s.task in tasks)
+        if s.group in studies
+        and s.family in families
+        and (s.group not in ("state", "efficiency") or s.task in tasks)
     ]
 
 
@@ -96,7 +96,7 @@ def plan_work(
 ) -> tuple[list[RunSpec], list[WorkItem]]:
     """Every run spec (with its group, duplicates kept) and the unique work items to execute."""
     specs = main_specs(preset, families, tasks) + _filter_studies(
-        preset, study_specs(preset), families, tasks, studies
+        preset, study_specs(preset, families), families, tasks, studies
     )
     items = run_items(specs, device, progress)
     if "cost" in studies:
@@ -118,18 +118,19 @@ def plan_work(
 
 
 def run_items(specs: list[RunSpec], device: torch.device, progress: bool = True) -> list[WorkItem]:
-    """One work item per distinct run (specs of several groups may share a run)."""
-    items = {}
+    """One work item per distinct run (specs of several groups may share a run); labels are unique."""
+    items, labels = {}, set()
     for spec in specs:
-        items.setdefault(
+        if spec.key in items:
+            continue
+        label = spec.label if spec.label not in labels else f"{spec.label} #{spec.key[:6]}"
+        labels.add(label)
+        items[spec.key] = WorkItem(
+            label,
             spec.key,
-            WorkItem(
-                spec.label,
-                spec.key,
-                {"kind": "run", "spec": spec.to_dict()},
-                partial(execute, spec, device, progress=progress),
-                spec.plan.steps * spec.plan.batch_size * spec.plan.train_length,
-            ),
+            {"kind": "run", "spec": spec.to_dict()},
+            partial(execute, spec, device, progress=progress),
+            spec.plan.steps * spec.plan.batch_size * spec.plan.train_length,
         )
     return list(items.values())
 
@@ -214,7 +215,8 @@ def compare(
     dev = resolve_device(device)
     out = Path(out_dir)
     store = RunStore(out)
-    specs, items = plan_work(chosen, families, task_names, study_names, dev, progress and jobs == 1)
+    trainer_bars = progress and jobs == 1 and sys.stdout.isatty()  # a run's own bar: on a terminal only
+    specs, items = plan_work(chosen, families, task_names, study_names, dev, trainer_bars)
     start, started, finished = time.perf_counter(), time.gmtime(), False
     here = {**environment(dev), "seed": chosen.seed}
     try:
@@ -239,6 +241,7 @@ def compare(
         "invocations": store.invocations(),
         "compute_s": sum(r.get("wall_s", 0.0) for r in records.values()),
         "cpu_s": sum(r.get("cpu_s", 0.0) for r in records.values()),
+        "work": _work_counts(items, records),
         "runs": [{**records[s.key], "group": s.group, "spec": s.to_dict()} for s in specs],
         "cost": {r["family"]: r for r in records.values() if r.get("kind") == "cost"},
         "precision": next((r for r in records.values() if r.get("kind") == "precision"), None),
@@ -247,117 +250,55 @@ def compare(
     return results
 
 
+def _work_counts(items: list[WorkItem], records: dict[str, dict]) -> dict:
+    """What the progress bar counted: work items, of which training runs, cost profiles, precision studies,
+    and how many of them did not succeed (failed, or missing in a report-only call)."""
+    kinds = [it.describe.get("kind") for it in items]
+    return {
+        "items": len(items),
+        "not_ok": sum(records[it.key]["status"] != "ok" for it in items),
+        "training_runs": kinds.count("run"),
+        "cost_profiles": kinds.count("cost"),
+        "precision_studies": kinds.count("precision"),
+    }
+
+
 def run_all(
-    items: list[WorkItem], store: RunStore, progress: bool, run: bool = True, jobs: int = 1
-) -> dict[str, dict]:
-    """Every item's record, in the order of `items`; `jobs` items at once in worker processes."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (
-        TextColumn("[bold]compare"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-    )
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        overall = bar.add_task("", total=len(items))
-
-        def done(item: WorkItem, record: dict) -> None:
-            status = record["status"] + (" (cached)" if record["cached"] else "")
-            log.info("%s: %s in %.1fs", item.label, status, record.get("wall_s", 0.0))
-            bar.advance(overall)
-
-        if jobs == 1 or not run:
-            records = {}
-            for item in items:
-                bar.update(overall, description=item.label)
-                records[item.key] = run_cached(store, item.key, item.describe, item.fn, run)
-                done(item, records[item.key])
-            return records
-
-        def running(labels: list[str]) -> None:
-            shown = ", ".join(labels[:3]) + (f" (+{len(labels) - 3})" if len(labels) > 3 else "")
-            bar.update(overall, description=f"running: {shown}" if labels else "")
-
-        return _run_parallel(items, store, jobs, done, running)
-
-
-def _run_parallel(
     items: list[WorkItem],
     store: RunStore,
-    jobs: int,
-    done: Callable[[WorkItem, dict], None],
-    running: Callable[[list[str]], None],
+    progress: bool,
+    run: bool = True,
+    jobs: int = 1,
+    console=None,
 ) -> dict[str, dict]:
-    """Run the items in `jobs` spawned worker processes (CUDA needs spawn); a worker that dies (killed, out
-    of host memory) fails its item and the pool's remaining items with that reason, instead of a crash.
+    """Every item's record, in the order of `items`; with `jobs > 1`, that many items at once in worker
+    processes (workers.py: how Ctrl-C and SIGTERM stop them). Timed items (speed measurements) run last, one
+    at a time in this process, once the workers are gone: sharing the machine with training runs would skew
+    them. `console`: where progress goes (default stdout; a bar on a terminal, lines otherwise)."""
+    from mambalab.experiments.progress import CompareProgress
+    from mambalab.experiments.workers import run_in_workers, stop_signals
 
-    Stopping: Ctrl-C reaches the workers too (one process group); SIGTERM to this process (`timeout`, a job
-    scheduler) is passed on to them. Either way each worker's trainer finishes its step and checkpoints, no
-    worker outlives this call, and the next call resumes the unfinished runs. `running` gets the labels of
-    the items in progress, about once a second. Timed items (speed measurements) run last, one at a time in
-    this process, once the workers are gone: sharing the machine with training runs would skew them."""
-    threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // jobs))
     records = {}
-    for item in items:  # cached results need no worker process
-        if (cached := store.succeeded(item.key)) is not None:
-            records[item.key] = cached
-            done(item, cached)
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,)
-    )
-    pending = [it for it in items if it.key not in records and not it.timed]
-    heaviest_first = sorted(pending, key=lambda it: -it.weight)  # so that no long run starts last
-    try:
-        with _forward_sigterm(pool):
-            futures = {
-                pool.submit(run_cached, store, it.key, it.describe, it.fn): it for it in heaviest_first
-            }
-            waiting = set(futures)
-            while waiting:
-                finished, waiting = wait(waiting, timeout=1.0, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    item = futures[future]
-                    try:
-                        records[item.key] = future.result()
-                    except BrokenProcessPool as e:
-                        records[item.key] = {
-                            "status": "failed",
-                            "error": f"worker process died: {e}",
-                            "key": item.key,
-                            **item.describe,
-                            "cached": False,
-                        }
-                    done(item, records[item.key])
-                running([futures[f].label for f in waiting if f.running()])
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    with _forward_sigterm(pool):  # SIGTERM now stops like Ctrl-C (the call is still logged)
-        for item in items:
-            if item.key not in records:  # the timed items
-                running([item.label])
-                records[item.key] = run_cached(store, item.key, item.describe, item.fn)
-                done(item, records[item.key])
+    with CompareProgress(len(items), progress, console) as shown, stop_signals():
+
+        def finished(item: WorkItem, record: dict) -> None:
+            status = record["status"] + (" (cached)" if record["cached"] else "")
+            log.info("%s: %s in %.1fs", item.label, status, record.get("wall_s", 0.0))
+            shown.finished(item.label, record)
+
+        in_process = items
+        if jobs > 1 and run:
+            for item in items:  # cached results need no worker process
+                if (cached := store.succeeded(item.key)) is not None:
+                    records[item.key] = cached
+                    finished(item, cached)
+            pending = [it for it in items if it.key not in records and not it.timed]
+            heaviest_first = sorted(pending, key=lambda it: -it.weight)  # so that no long run starts last
+            threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // jobs))
+            records |= run_in_workers(heaviest_first, store, jobs, threads, shown.started, finished)
+            in_process = [it for it in items if it.key not in records]
+        for item in in_process:
+            shown.started(item.label)
+            records[item.key] = run_cached(store, item.key, item.describe, item.fn, run)
+            finished(item, records[item.key])
     return {it.key: records[it.key] for it in items}
-
-
-@contextlib.contextmanager
-def _forward_sigterm(pool: ProcessPoolExecutor):
-    """While active, SIGTERM sends SIGTERM to the pool's workers and raises KeyboardInterrupt here."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_sigterm(signum, frame):
-        # the executor has no public way to signal its workers (Python 3.14 adds terminate_workers)
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            process.terminate()
-        raise KeyboardInterrupt("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -2,12 +2,14 @@
 
 Decoding goes through the public recurrent API: `model.prefill(prefix)` once, then `model.step(token,
 state)` per new token (greedy). A Mamba or S4D step reads a fixed-size state whatever the prefix; an
-attention step reads a KV cache that grows with it. Timing uses wall-clock with device synchronisation,
-after one warm-up step.
+attention step reads a KV cache that grows with it. Timing uses wall-clock with device synchronisation:
+the median (and min, max) of several timed loops after a warm-up loop, each model alone on the machine
+(compare runs the cost profiles after every training run).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -26,21 +28,35 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def decode_latency(model: LanguageModel, prefix: int, n_tokens: int, device: torch.device, seed: int) -> dict:
-    """ms per generated token (batch 1) after a `prefix`-token prompt, and the state's size in bytes."""
+def decode_latency(
+    model: LanguageModel, prefix: int, n_tokens: int, device: torch.device, seed: int, repeats: int = 1
+) -> dict:
+    """ms per generated token (batch 1) after a `prefix`-token prompt: the median over `repeats` timed loops
+    of `n_tokens` steps (with their min and max), after one untimed warm-up loop; and the state's size in
+    bytes. The loops continue one generation, so the last one starts (repeats × n_tokens) tokens later than
+    the first: negligible next to the prefixes profiled."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (1, prefix), generator=gen).to(device)  # (1, prefix)
     logits, state = model.prefill(ids)
     token = logits[:, -1].argmax(-1)  # (1,)
-    token = model.step(token, state).argmax(-1)  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(n_tokens):
-        token = model.step(token, state).argmax(-1)  # (1,)
-    _sync(device)
-    elapsed = time.perf_counter() - start
-    return {"prefix": prefix, "ms_per_token": 1e3 * elapsed / n_tokens, "state_bytes": state.nbytes()}
+    times = []
+    for loop in range(repeats + 1):  # loop 0 warms up
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(n_tokens):
+            token = model.step(token, state).argmax(-1)  # (1,)
+        _sync(device)
+        if loop:
+            times.append(1e3 * (time.perf_counter() - start) / n_tokens)
+    return {
+        "prefix": prefix,
+        "ms_per_token": statistics.median(times),
+        "ms_min": min(times),
+        "ms_max": max(times),
+        "repeats": repeats,
+        "state_bytes": state.nbytes(),
+    }
 
 
 def cost_profile(model: LanguageModel, study: CostStudy, device: torch.device, seed: int) -> dict:
@@ -50,7 +66,9 @@ def cost_profile(model: LanguageModel, study: CostStudy, device: torch.device, s
     train = train_model(model, TaskBatches(task, plan, seed), plan, device, seed, progress=False)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    decode = [decode_latency(model, p, study.decode_tokens, device, seed) for p in study.decode_prefixes]
+    decode = [
+        decode_latency(model, p, study.decode_tokens, device, seed, study.repeats) for p in study.decode_prefixes
+    ]
     return {
         "train_tokens_per_s": train["tokens_per_s"],
         "train_peak_memory_gb": train["peak_memory_gb"],

@@ -8,8 +8,36 @@ overrides (an init, a state size) are applied afterwards as nested config fields
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from mambalab.config import AttentionConfig, ModelConfig, MoEConfig, SSMConfig, deep_merge
-from mambalab.experiments.presets import ModelSize
+
+if TYPE_CHECKING:  # presets imports this module (for FAMILY_INFO)
+    from mambalab.experiments.presets import ModelSize
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family of the comparison: how findings and tables name it, which colour plots give it."""
+
+    name: str
+    display: str
+    color: str
+
+
+# Every family `compare` knows, in report order; a new family is one line here (its config comes from the
+# model zoo's `match_config`).
+FAMILY_INFO: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("mamba", "Mamba", "C0"),
+        Family("transformer", "Transformer++", "C1"),
+        Family("s4d", "S4D", "C2"),
+        Family("hybrid", "hybrid", "C3"),
+        Family("moe", "MoE-Mamba", "C4"),
+    )
+}
 
 HEAD_DIM = 32  # attention heads of the matched Transformer++ / hybrid: d_model // 32 of them
 N_EXPERTS, TOP_K = 4, 2  # small MoE: 8 experts of the smallest width would not fit a tiny model's budget

@@ -8,6 +8,10 @@ gives the difference.
 
 Thresholds: "A ≫ B" means A − B ≥ 20 points; "A ≥ B" means A − B ≥ −1 point (evaluation noise). When both
 score below 1 point, "A ≥ B" is not claimed: there is nothing to compare.
+
+Seeds: a main-grid contrast is evaluated in each seed separately (A's run of seed s against B's run of seed
+s). It is stated only if it holds in every seed; otherwise the finding says in how many it held and gives
+the numbers of each seed, so a contrast that depends on the seed never reads as a result.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise, takewhile
+
+from mambalab.experiments.families import FAMILY_INFO
+from mambalab.experiments.seeds import Spread, seed_of, verdict
 
 MUCH_BETTER = 0.20
 NOISE = 0.01
@@ -55,13 +62,36 @@ def train_metric(run: dict) -> float | None:
     return metric_at(run, run["spec"]["plan"]["train_length"])
 
 
-def main_metric(results: dict, task: str, family: str) -> tuple[dict, float] | None:
-    """(run, headline metric at the training length) of the main run of `family` on `task`."""
-    found = runs(results, "main", task, family)
-    if not found:
-        return None
-    value = train_metric(found[0])
-    return None if value is None else (found[0], value)
+def seeded_main(results: dict, task: str, *families: str) -> dict[int, list[dict]]:
+    """{seed: [the main run of each family on `task`]} for every seed at which all of them succeeded."""
+    per_family = [{seed_of(r): r for r in runs(results, "main", task, f)} for f in families]
+    seeds = set.intersection(*(set(p) for p in per_family))
+    return {s: [p[s] for p in per_family] for s in sorted(seeds)}
+
+
+def pct_spread(values: list[float]) -> str:
+    """'61.3% (36.0-93.0%)' over several seeds (mean, min-max), '61.3%' for one."""
+    return Spread.of(values).format(lambda x: f"{100 * x:.1f}%")
+
+
+def _not_every(holds: dict[int, bool]) -> str:
+    """Completes 'did NOT hold ...' for a contrast that failed in some seed: 'here' (one seed), 'in every
+    seed: only in 2 of 3 seeds (not seed 1)', 'in any of 3 seeds'."""
+    if len(holds) == 1:
+        return "here"
+    if not any(holds.values()):
+        return f"in any of {len(holds)} seeds"
+    return f"in every seed: only {verdict(holds)}"
+
+
+def tokens_text(n: int) -> str:
+    """1234567 -> '1.23M', 64000 -> '64K', 640 -> '640'."""
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else (f"{n / 1e3:.3g}K" if n >= 1e3 else str(n))
+
+
+def per_seed(pairs: dict[int, tuple[float, float]]) -> str:
+    """'seed 0: 93.0% vs 83.1%, seed 1: ...'"""
+    return ", ".join(f"seed {s}: {pct(a)} vs {pct(b)}" for s, (a, b) in sorted(pairs.items()))
 
 
 def beyond_training(run: dict) -> tuple[list[int], float] | None:
@@ -81,25 +111,32 @@ def pct(x: float | None, unit: str = "%") -> str:
 
 # Rules ------------------------------------------------------------------------------------------------------
 def selective_copying_rule(results: dict) -> Finding | None:
-    mamba, s4d = (
-        main_metric(results, "selective_copying", "mamba"),
-        main_metric(results, "selective_copying", "s4d"),
-    )
-    if mamba is None or s4d is None:
+    pairs = {
+        seed: (train_metric(m), train_metric(d))
+        for seed, (m, d) in seeded_main(results, "selective_copying", "mamba", "s4d").items()
+    }
+    pairs = {seed: p for seed, p in pairs.items() if None not in p}
+    if not pairs:
         return None
-    m, s = mamba[1], s4d[1]
-    paper = f"paper (Table 1, length 4096): Mamba 99.8%, S4 18.3%; here Mamba is {100 * (m - 0.998):+.1f} points off"
-    if m - s >= MUCH_BETTER:
+    holds = {seed: m - d >= MUCH_BETTER for seed, (m, d) in pairs.items()}
+    m, d = pct_spread([p[0] for p in pairs.values()]), pct_spread([p[1] for p in pairs.values()])
+    worst = min(pairs.values(), key=lambda p: p[0])[0]
+    paper = (
+        "paper (Table 1, length 4096): Mamba 99.8%, S4 18.3%; "
+        f"here Mamba's worst seed is {100 * (worst - 0.998):+.1f} points off"
+    )
+    seeds = per_seed(pairs) if len(pairs) > 1 else ""
+    if all(holds.values()):
         return Finding(
             "selective_copying",
-            f"Selective copying: Mamba {pct(m)} ≫ LTI S4D {pct(s)} "
-            f"(+{100 * (m - s):.1f} points): input-dependent Δ, B, C let it skip the noise. {paper}.",
+            f"Selective copying: Mamba {m} ≫ LTI S4D {d} {verdict(holds)}{'; ' + seeds if seeds else ''}: "
+            f"input-dependent Δ, B, C let it skip the noise. {paper}.",
             True,
         )
     return Finding(
         "selective_copying",
-        f"Selective copying: Mamba {pct(m)} vs LTI S4D {pct(s)}: the paper's "
-        f"wide gap did NOT appear at this budget ({100 * (m - s):+.1f} points). {paper}.",
+        f"Selective copying: Mamba {m} vs LTI S4D {d}: the paper's wide gap (≥20 points) did NOT appear "
+        f"{_not_every(holds)} at this budget{' (' + seeds + ')' if seeds else ''}. {paper}.",
         False,
     )
 
@@ -108,41 +145,50 @@ def _extrapolation_rule(task: str, better: str, worse: str, strong: bool, title:
     """Rule: past the training length, `better` ≫ `worse` (strong) or `better` ≥ `worse` (not strong)."""
 
     def rule(results: dict) -> Finding | None:
-        a, b = main_metric(results, task, better), main_metric(results, task, worse)
-        if a is None or b is None:
+        pairs, train, lengths = {}, None, None
+        for seed, (a, b) in seeded_main(results, task, better, worse).items():
+            ea, eb = beyond_training(a), beyond_training(b)
+            if ea is not None and eb is not None:
+                pairs[seed] = (ea[1], eb[1])
+                lengths, train = ea[0], a["spec"]["plan"]["train_length"]
+        if not pairs:
             return None
-        ea, eb = beyond_training(a[0]), beyond_training(b[0])
-        if ea is None or eb is None:
-            return None
-        lengths, va = ea
-        vb = eb[1]
-        train = a[0]["spec"]["plan"]["train_length"]
+        at_train = {
+            seed: (train_metric(a), train_metric(b))
+            for seed, (a, b) in seeded_main(results, task, better, worse).items()
+            if seed in pairs
+        }
         where = (
             f"mean over lengths {lengths[0]}-{lengths[-1]}, up to" if len(lengths) > 1 else f"at length {lengths[0]},"
         )
         span = (
-            f"{where} {lengths[-1] / train:.3g}× the training length {train}, "
-            f"where they score {pct(a[1])} and {pct(b[1])}"
+            f"{where} {lengths[-1] / train:.3g}× the training length {train}, where they score "
+            f"{pct_spread([v[0] or 0.0 for v in at_train.values()])} and "
+            f"{pct_spread([v[1] or 0.0 for v in at_train.values()])}"
         )
+        if len(pairs) > 1:
+            span += f"; past it, {per_seed(pairs)}"
         margin = MUCH_BETTER if strong else -NOISE
         relation = "≫" if strong else "≥"
         name_a, name_b = _display(better), _display(worse)
-        if max(va, vb) < NOISE:
+        va, vb = pct_spread([p[0] for p in pairs.values()]), pct_spread([p[1] for p in pairs.values()])
+        if all(max(p) < NOISE for p in pairs.values()):
             text = (
-                f"{title} past the training length: {name_a} {pct(va)} and {name_b} {pct(vb)} ({span}): "
+                f"{title} past the training length: {name_a} {va} and {name_b} {vb} ({span}): "
                 f"neither model gets anything right there, so this budget cannot show {name_a} {relation} "
                 f"{name_b}. {paper}"
             )
             return Finding(f"{task}_extrapolation", text, False)
-        if va - vb >= margin:
+        holds = {seed: a - b >= margin for seed, (a, b) in pairs.items()}
+        if all(holds.values()):
             text = (
-                f"{title} past the training length: {name_a} {pct(va)} {relation} {name_b} {pct(vb)} "
+                f"{title} past the training length: {name_a} {va} {relation} {name_b} {vb} {verdict(holds)} "
                 f"({span}). {paper}"
             )
             return Finding(f"{task}_extrapolation", text, True)
         text = (
-            f"{title} past the training length: {name_a} {pct(va)} vs {name_b} {pct(vb)} ({span}): "
-            f"the expected {name_a} {relation} {name_b} did NOT hold here. {paper}"
+            f"{title} past the training length: {name_a} {va} vs {name_b} {vb} ({span}): "
+            f"the expected {name_a} {relation} {name_b} did NOT hold {_not_every(holds)}. {paper}"
         )
         return Finding(f"{task}_extrapolation", text, False)
 
@@ -150,37 +196,37 @@ def _extrapolation_rule(task: str, better: str, worse: str, strong: bool, title:
 
 
 def _display(family: str) -> str:
-    return {
-        "mamba": "Mamba",
-        "transformer": "Transformer++",
-        "s4d": "S4D",
-        "hybrid": "hybrid",
-        "moe": "MoE-Mamba",
-    }[family]
+    info = FAMILY_INFO.get(family)
+    return info.display if info else family
 
 
 def induction_perfect_rule(results: dict) -> Finding | None:
-    """How far Mamba's induction-heads accuracy stays ≥ 99% (paper: 100% up to 2^20 tokens)."""
-    found = main_metric(results, "induction_heads", "mamba")
-    if found is None:
+    """How far Mamba's induction-heads accuracy stays ≥ 99% in every seed (paper: 100% up to 2^20 tokens)."""
+    seeded = seeded_main(results, "induction_heads", "mamba")
+    if not seeded:
         return None
-    run = found[0]
-    train = run["spec"]["plan"]["train_length"]
-    lengths = sorted(int(k) for k in run["eval"])
-    leading = list(takewhile(lambda n: (metric_at(run, n) or 0.0) >= 0.99, lengths))
-    if leading:
-        reach = leading[-1]
+    reach = {}
+    for seed, (run,) in seeded.items():
+        lengths = sorted(int(k) for k in run["eval"])
+        leading = list(takewhile(lambda n, run=run: (metric_at(run, n) or 0.0) >= 0.99, lengths))
+        reach[seed] = leading[-1] if leading else None
+    train = next(iter(seeded.values()))[0]["spec"]["plan"]["train_length"]
+    first = min(int(k) for k in next(iter(seeded.values()))[0]["eval"])
+    per = ", ".join(f"seed {s}: {r if r is not None else 'none'}" for s, r in sorted(reach.items()))
+    seeds = f" (longest length ≥99% per seed: {per})" if len(reach) > 1 else ""
+    if all(r is not None for r in reach.values()):
+        worst = min(reach.values())
         return Finding(
             "induction_heads_reach",
-            f"Induction heads: Mamba stays ≥99% up to {reach} tokens "
-            f"({reach / train:g}× its training length {train}); paper: 100% up to 2^20.",
-            reach > train,
+            f"Induction heads: Mamba stays ≥99% up to {worst} tokens ({worst / train:g}× its training length "
+            f"{train}) in every seed{seeds}; paper: 100% up to 2^20.",
+            worst > train,
         )
-    worst = min(lengths, key=lambda n: metric_at(run, n) or 0.0)
     return Finding(
         "induction_heads_reach",
-        f"Induction heads: Mamba is below 99% already at {lengths[0]} tokens "
-        f"(lowest {pct(metric_at(run, worst) or 0.0)} at {worst}); paper: 100% at every length up to 2^20.",
+        f"Induction heads: Mamba is below 99% already at {first} tokens in "
+        f"{sum(r is None for r in reach.values())} of {len(reach)} seed(s){seeds}; paper: 100% at every length "
+        "up to 2^20.",
         False,
     )
 
@@ -253,7 +299,8 @@ def state_rule(results: dict) -> list[Finding]:
         by_n = {}
         for r in runs(results, "state", task, "mamba"):
             if r["spec"]["size"]["d_model"] == results["preset"]["size"]["d_model"]:
-                by_n[r["spec"]["size"]["d_state"]] = train_metric(r)
+                n = r["spec"]["size"]["d_state"]
+                by_n[n] = max(by_n.get(n, 0.0), train_metric(r) or 0.0)  # the best lr (Zoology's protocol)
         if len(by_n) < 2:
             continue
         ns = sorted(by_n)
@@ -277,7 +324,9 @@ def width_rule(results: dict) -> list[Finding]:
         by_family = {}
         for r in runs(results, "state", task):
             if r["spec"]["size"]["d_state"] == d_state:
-                by_family.setdefault(r["spec"]["family"], {})[r["spec"]["size"]["d_model"]] = train_metric(r)
+                widths = by_family.setdefault(r["spec"]["family"], {})
+                d = r["spec"]["size"]["d_model"]
+                widths[d] = max(widths.get(d, 0.0), train_metric(r) or 0.0)  # the best lr (Zoology's protocol)
         by_family = {f: widths for f, widths in by_family.items() if len(widths) >= 2}
         if not by_family:
             continue
@@ -290,7 +339,12 @@ def width_rule(results: dict) -> list[Finding]:
             parts.append(f"{_display(family)} {verdict} ({series})")
         attention = by_family.get("transformer", {})
         supports = None if 64 not in attention else attention[64] >= SOLVED
-        paper = " Zoology (Fig. 2): attention solves MQAR at d_model=64." if task == "mqar" else ""
+        paper = (
+            " Zoology (Fig. 2; vocab 8192, 2 layers, best of 4 lrs, 6.4 M examples): attention solves MQAR at "
+            "d_model=64; Based (Fig. 2): Mamba's accuracy rises with its state size, below attention's."
+            if task == "mqar"
+            else ""
+        )
         out.append(Finding(f"width_{task}", f"{task} vs d_model: " + "; ".join(parts) + "." + paper, supports))
     return out
 
@@ -333,6 +387,99 @@ def precision_rule(results: dict) -> list[Finding]:
     return out
 
 
+def lm_data_rule(results: dict) -> Finding | None:
+    """How much of its corpus the language modelling saw: more than one epoch means the LM and scaling numbers
+    measure memorisation as much as modelling, which the train/eval loss gap shows."""
+    lm = [r for r in results.get("runs", []) if r.get("status") == "ok" and r.get("dataset_tokens")]
+    if not lm:
+        return None
+    epochs = {r["key"]: r["train"]["tokens"] / r["dataset_tokens"]["train"] for r in lm}
+    worst = max(lm, key=lambda r: epochs[r["key"]])
+    length = str(worst["spec"]["plan"]["train_length"])
+    train_loss, eval_loss = worst["train"]["final_loss"], worst["eval"].get(length, {}).get("loss")
+    corpus = worst["spec"]["plan"]["options"].get("corpus") or "the embedded corpus"
+    tokens = worst["dataset_tokens"]["train"]
+    gap = f"train loss {train_loss:.3f} vs eval loss {eval_loss:.3f}" if eval_loss is not None else ""
+    if epochs[worst["key"]] <= 1.0:
+        return Finding(
+            "lm_data",
+            f"Language modelling saw at most {epochs[worst['key']]:.3g} epochs of its training split "
+            f"({tokens:,} tokens of {corpus}); {gap} ({worst['group']}/{worst['spec']['family']}).",
+            None,
+        )
+    return Finding(
+        "lm_data",
+        f"Language modelling saw up to {epochs[worst['key']]:.1f} epochs of its {tokens:,}-token training split "
+        f"({corpus}; {worst['group']}/{worst['spec']['family']}, {gap}): past one epoch the LM and "
+        "scaling numbers measure memorisation as well as modelling. `mambalab corpus build` makes a corpus "
+        "of over 100 MB for `--corpus`.",
+        None,
+    )
+
+
+LEARNT = 0.5  # sample efficiency: the budget at which a family first gets half the strings right
+
+
+def efficiency_curves(results: dict) -> dict[str, dict[int, dict[int, float]]]:
+    """{family: {training tokens: {seed: headline metric at the training length}}} of study (e)."""
+    curves: dict[str, dict[int, dict[int, float]]] = {}
+    for r in runs(results, "efficiency"):
+        value = train_metric(r)
+        if value is not None:
+            curves.setdefault(r["spec"]["family"], {}).setdefault(r["train"]["tokens"], {})[seed_of(r)] = value
+    return curves
+
+
+def efficiency_rule(results: dict) -> Finding | None:
+    """Tokens each family needs to reach LEARNT at the training length; the paper's contrast (Transformers
+    learn copying far faster than GSSMs) holds in a seed when Transformer++ gets there at a smaller budget."""
+    curves = efficiency_curves(results)
+    if not curves:
+        return None
+    task = runs(results, "efficiency")[0]["spec"]["task"]
+
+    def first_learnt(family: str, seed: int) -> int | None:
+        return next((t for t in sorted(curves[family]) if curves[family][t].get(seed, 0.0) >= LEARNT), None)
+
+    parts = []
+    for family in sorted(curves):
+        points = ", ".join(
+            f"{pct_spread(list(curves[family][t].values()))} at {tokens_text(t)}" for t in sorted(curves[family])
+        )
+        parts.append(f"{_display(family)} {points}")
+    text = f"Sample efficiency on {task} (accuracy at the training length vs training tokens): " + "; ".join(parts)
+    if {"transformer", "mamba"} <= set(curves):
+        seeds = sorted(set.intersection(*(set(v) for f in ("transformer", "mamba") for v in curves[f].values())))
+        holds = {}
+        for seed in seeds:
+            t, m = first_learnt("transformer", seed), first_learnt("mamba", seed)
+            holds[seed] = t is not None and (m is None or t < m)
+        if holds:
+            claim = f"Transformer++ reaches {pct(LEARNT)} with fewer tokens than Mamba"
+            outcome = f"{claim} {verdict(holds)}" if all(holds.values()) else (
+                f"{claim}: did NOT hold {_not_every(holds)}"
+            )
+            text += (
+                f". {outcome}; paper (arXiv 2402.01032, Fig. 1): Transformers learn to copy with ~100× fewer "
+                "samples than GSSMs."
+            )
+            return Finding(f"efficiency_{task}", text, all(holds.values()))
+    return Finding(f"efficiency_{task}", text + ".", None)
+
+
+GROWING = 1.25  # decode "grows" with the prefix when the longest prefix is ≥25% slower per token
+
+
+def decode_trend(short: dict, long: dict) -> str:
+    """'flat', 'growing' or 'unclear': growing only when even the fastest loop at the long prefix is ≥25%
+    slower than the slowest at the short one (the repeats' spread is not mistaken for growth)."""
+    if long["ms_per_token"] <= GROWING * short["ms_per_token"]:
+        return "flat"
+    if long.get("ms_min", long["ms_per_token"]) >= GROWING * short.get("ms_max", short["ms_per_token"]):
+        return "growing"
+    return "unclear (the repeats' spreads overlap)"
+
+
 def cost_rule(results: dict) -> list[Finding]:
     cost = {f: c for f, c in results.get("cost", {}).items() if c.get("status") == "ok"}
     out = []
@@ -341,13 +488,12 @@ def cost_rule(results: dict) -> list[Finding]:
         if len(d) < 2:
             continue
         ratio = d[-1]["ms_per_token"] / d[0]["ms_per_token"]
-        flat = ratio <= 1.25
         out.append(
             Finding(
                 f"decode_{family}",
                 f"Decode, {_display(family)}: {d[0]['ms_per_token']:.2f} ms/token after "
-                f"{d[0]['prefix']} tokens, {d[-1]['ms_per_token']:.2f} after {d[-1]['prefix']} (×{ratio:.2f}, "
-                f"{'flat' if flat else 'growing'}); state {d[-1]['state_bytes'] / 1e6:.2f} MB.",
+                f"{d[0]['prefix']} tokens, {d[-1]['ms_per_token']:.2f} after {d[-1]['prefix']} (medians, "
+                f"×{ratio:.2f}, {decode_trend(d[0], d[-1])}); state {d[-1]['state_bytes'] / 1e6:.2f} MB.",
                 None,
             )
         )
@@ -399,9 +545,11 @@ RULES: list[Callable[[dict], Finding | list[Finding] | None]] = [
         "Paper: a 410M Transformer beats a 2.8B Mamba once the book has ≥70 entries.",
     ),
     init_rule,
+    lm_data_rule,
     scaling_rule,
     state_rule,
     width_rule,
+    efficiency_rule,
     precision_rule,
     cost_rule,
 ]

@@ -3,9 +3,10 @@
 Every model family trains on a task with the same budget (steps × batch × length tokens). Sizes:
 
     smoke     CI: seconds, every code path, numbers meaningless
-    quick     a 2-core CPU in ≤15 minutes, small vocabularies and short sequences, already showing the
-              headline contrasts (tuned and measured on such a machine; see reports/)
-    standard  one GPU in ≤25 minutes: the paper-style settings at reduced step counts
+    quick     a 2-core CPU in ≤10 minutes, 3 seeds per task cell, small vocabularies and short sequences
+              (budgets chosen by sweeps on such a machine: benchmarks/notes/compare.md; see reports/)
+    standard  one GPU, about an hour (3 seeds, Zoology's lr sweep; estimated, resumable): the paper-style
+              settings at reduced step counts
     paper     the papers' settings (selective copying at length 4096, induction heads trained at 256 and
               tested to 2^14 and beyond, MQAR at vocab 8192): hours of GPU time
 
@@ -18,8 +19,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from mambalab.errors import ConfigError
+from mambalab.experiments.families import FAMILY_INFO
 
-FAMILIES = ("mamba", "transformer", "s4d", "hybrid", "moe")
+FAMILIES = tuple(FAMILY_INFO)
+ZOOLOGY_LRS = (1e-4, 4.6e-4, 2.2e-3, 1e-2)  # Zoology's sweep, np.logspace(-4, -2, 4); the best lr is reported
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,18 @@ class StateStudy:
     d_models: tuple[int, ...]
     tasks: tuple[str, ...] = ("mqar", "copying")
     families: tuple[str, ...] = ("mamba", "transformer")
+    # Zoology's protocol: each (family, d_model) trained at every lr, the best one reported; () = the task's lr
+    lrs: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class EfficiencyStudy:
+    """(e) sample efficiency: accuracy vs training tokens, each family trained on `task` for each budget in
+    `steps` (its own run and schedule; the largest may be the main grid's). arXiv 2402.01032: Transformers
+    learn to copy with ~100× fewer samples than GSSMs."""
+
+    steps: tuple[int, ...]
+    task: str = "copying"
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,7 @@ class CostStudy:
     train_length: int = 256
     train_batch: int = 8
     train_steps: int = 5
+    repeats: int = 5  # timed decode loops per prefix: the table shows their median and min-max
 
 
 @dataclass(frozen=True)
@@ -116,9 +132,15 @@ class Preset:
     init: InitStudy | None = None
     scaling: ScalingStudy | None = None
     state: StateStudy | None = None
-    seed: int = 0
+    efficiency: EfficiencyStudy | None = None
+    seed: int = 0  # the studies', the cost profiles' and the precision study's seed
+    seeds: tuple[int, ...] = (0, 1, 2)  # every main-grid task cell trains once per seed
     jobs: int = 1  # runs at once by default (`compare --jobs`), capped at the machine's CPU count
     notes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"Preset.seeds must be distinct seeds, at least one, got {self.seeds!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -152,18 +174,21 @@ def _smoke() -> Preset:
             plan=dataclasses.replace(tiny, steps=1),
         ),
         state=StateStudy(d_states=(1, 4), d_models=(), tasks=("mqar",), families=("mamba",)),
+        efficiency=EfficiencyStudy(steps=(1, 2), task="mqar"),
+        seeds=(0,),
     )
 
 
 def _quick() -> Preset:
-    """2-core CPU, ≤15 minutes: 4 Mamba blocks of width 32 (2 for selective copying; the others matched),
-    vocabularies of 8-64 tokens, sequences of 22-64 tokens (evaluated up to 1024), a few hundred steps; Mamba,
-    Transformer++ and S4D by default."""
+    """2-core CPU, ≤10 minutes with 3 seeds per task cell: 4 Mamba blocks of width 32 (2 for selective
+    copying; the others matched), vocabularies of 8-64 tokens, sequences of 22-64 tokens (evaluated up to
+    1024), a few hundred to 2,500 steps; Mamba, Transformer++ and S4D by default."""
     size = ModelSize(d_model=32, n_layer=4, d_state=8)
     lm = TaskPlan({"max_bytes": 200_000}, 64, (64, 256), steps=150, batch_size=16, lr=3e-3, eval_examples=64)
     synthetic = {"batch_size": 32, "lr": 5e-3, "weight_decay": 0.0}
-    # 2 Mamba blocks learn selective copying where 4 stay on the loss plateau (benchmarks/notes/compare.md)
-    sc = TaskPlan({"vocab_size": 16, "n_copy": 4}, 64, (64, 256), steps=1500, n_layer=2, **{**synthetic, "lr": 1e-2})
+    # 2 Mamba blocks learn selective copying where 4 stay on the loss plateau; at length 32 and 2,500 steps
+    # they leave it in every seed (100%, and 99% at 4x the noise), at 1,500 steps in 2 of 3 (notes/compare.md)
+    sc = TaskPlan({"vocab_size": 16, "n_copy": 4}, 32, (32, 128), steps=2500, n_layer=2, **{**synthetic, "lr": 1e-2})
     return Preset(
         name="quick",
         size=size,
@@ -194,15 +219,18 @@ def _quick() -> Preset:
             plan=dataclasses.replace(lm, steps=100, eval_lengths=()),
         ),
         state=StateStudy(d_states=(2, 8), d_models=(), tasks=("mqar",), families=("mamba",)),
+        efficiency=EfficiencyStudy(steps=(125, 250, 500)),
         jobs=2,
-        notes=("hybrid and moe run on request (--models); phone-book lookup with --tasks phonebook",),
+        notes=("hybrid and moe run on request (--models)", "3 seeds per task cell; studies (b)-(d) with seed 0"),
     )
 
 
 def _standard() -> Preset:
-    """One GPU, ≤25 minutes with `--jobs 14` (runs share the GPU): the synthetic tasks at the papers'
-    vocabularies and shapes at reduced lengths and steps, 2-layer-Transformer-sized models (4 Mamba blocks of
-    width 64); Mamba, Transformer++ and S4D (hybrid and MoE on request).
+    """One GPU, about an hour with `--jobs 14` (runs share the GPU; 3 seeds per cell and Zoology's lr sweep
+    in the state study: ~3× the 1-seed preset's ~20 min, estimated, not measured; a call cut short resumes):
+    the synthetic tasks at the papers' vocabularies and shapes at reduced lengths and steps,
+    2-layer-Transformer-sized models (4 Mamba blocks of width 64); Mamba, Transformer++ and S4D (hybrid and
+    MoE on request).
 
     Learning rates, steps and depths were chosen by sweeps on the H200 (benchmarks/compare_sweep.py; results
     in benchmarks/results/compare_sweep_h200*.json, notes in benchmarks/notes/compare.md): Mamba learns
@@ -225,7 +253,8 @@ def _standard() -> Preset:
             "induction_heads": TaskPlan(
                 {"vocab_size": 16}, 256, (256, 1024, 4096, 16384), steps=8000, **{**synthetic, "lr": 5e-4}
             ),
-            "mqar": TaskPlan({"vocab_size": 8192}, 256, (256, 512, 1024), steps=4000, **synthetic),
+            # Zoology's MQAR: vocabulary 8192, 2 layers, n_kv = length / 16 (64 -> 4 ... 256 -> 16)
+            "mqar": TaskPlan({"vocab_size": 8192}, 256, (256, 512, 1024), steps=4000, n_layer=2, **synthetic),
             "copying": TaskPlan(
                 {"alphabet_size": 26}, 102, (52, 102, 112, 127, 152, 202), steps=3000, **synthetic
             ),
@@ -256,12 +285,21 @@ def _standard() -> Preset:
             lengths=(256, 1024),
             plan=dataclasses.replace(lm, steps=800, eval_lengths=()),
         ),
-        state=StateStudy(d_states=(2, 16, 64), d_models=(32, 64, 128), tasks=("mqar",)),
+        state=StateStudy(
+            d_states=(2, 16, 64),
+            d_models=(64, 128, 256),
+            tasks=("mqar",),
+            families=("mamba", "transformer", "s4d"),
+            lrs=ZOOLOGY_LRS,
+        ),
+        efficiency=EfficiencyStudy(steps=(375, 750, 1500, 3000)),
         jobs=14,
         notes=(
             "hybrid and moe run on request (--models)",
             "selective copying at length 256 with 8 tokens (paper: 4096 and 16) and MQAR up to length 1024: "
             + "reduced to fit the budget",
+            "language modelling and scaling want a real corpus: `mambalab corpus build --out corpus`, then "
+            + "`--corpus corpus/corpus.txt` (< 1 epoch); on the embedded 1.2 MB corpus they see ~15 epochs",
         ),
     )
 

@@ -61,7 +61,9 @@ class RunSpec:
     def label(self) -> str:
         extra = ",".join(f"{k}={v}" for k, v in flatten_dict(self.overrides).items())
         size = f"d{self.size.d_model}xL{self.size.n_layer}n{self.size.d_state}"
-        return f"{self.group}/{self.task}/{self.family}[{size}{',' + extra if extra else ''}]@{self.plan.train_length}"
+        where = f"{size}{',' + extra if extra else ''}"
+        plan = f"{self.plan.train_length}, {self.plan.steps} steps, lr {self.plan.lr:g}"
+        return f"{self.group}/{self.task}/{self.family}[{where}]@{plan}, seed {self.seed}"
 
 
 class TaskBatches:
@@ -171,7 +173,7 @@ def train_model(
     if trainer.step < plan.steps:
         raise KeyboardInterrupt(f"training stopped at step {trainer.step} of {plan.steps}")
     tokens = plan.steps * plan.batch_size * plan.train_length
-    curve = [(int(m["step"]), float(m["loss"])) for m in metrics if "loss" in m]
+    curve = [[int(m["step"]), float(m["loss"])] for m in metrics if "loss" in m]  # as stored in JSON
     # throughput from the trainer's timing windows after the first (which holds warm-up and compilation)
     rates = [m["tokens_per_s"] for m in metrics if "tokens_per_s" in m]
     return {
@@ -200,6 +202,7 @@ def execute(spec: RunSpec, device: torch.device, work_dir: Path | None = None, p
         "flops_per_token": flops_per_token(config, spec.plan.train_length),
         "config": config.to_dict(),
         "train": train,
+        "dataset_tokens": task.dataset_tokens(),
         "eval": evaluate(model, task, spec.plan, spec.seed, device),
         "headline": task.headline,
         "higher_is_better": task.higher_is_better,

@@ -1,9 +1,12 @@
 """The training runs of a comparison, as `RunSpec`s: the main grid and studies (b), (c), (d).
 
-main     every family × every task of the preset, same budget per task
+main     every family × every task of the preset, same budget per task, once per seed of the preset
 init     (b) S4D with each init on a long-range task (copying memory); Mamba with each A_init on LM
 scaling  (c) Mamba and Transformer++ at ≥3 sizes × 2 sequence lengths on LM, same tokens per size
 state    (d) Mamba at each d_state, and Mamba / Transformer++ at each d_model, on recall and copying
+efficiency (e) the selected families on copying at several step budgets (accuracy vs training tokens)
+The studies (b)-(d) train with the preset's `seed` only (their runs of the reference model are the main
+grid's); (e) with every seed of the main grid.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ LONG_RANGE_TASK = "selective_copying"  # with scattered=False: the copying-memor
 
 
 def main_specs(preset: Preset, families: tuple[str, ...], tasks: tuple[str, ...]) -> list[RunSpec]:
+    """Every family on every task, once per seed of the preset."""
     return [
-        RunSpec("main", family, task, preset.tasks[task], preset.size_for(preset.tasks[task]), preset.name,
-                preset.seed)
+        RunSpec("main", family, task, preset.tasks[task], preset.size_for(preset.tasks[task]), preset.name, seed)
         for task in tasks
         for family in families
+        for seed in preset.seeds
     ]
 
 
@@ -90,12 +94,31 @@ def state_specs(preset: Preset) -> list[RunSpec]:
             (family, dataclasses.replace(size, d_model=d)) for d in study.d_models for family in study.families
         ]
 
+    def plans(task):  # the task's plan, or one per lr of the sweep
+        plan = preset.tasks[task]
+        return [dataclasses.replace(plan, lr=lr) for lr in study.lrs] if study.lrs else [plan]
+
     return [
-        RunSpec("state", family, task, preset.tasks[task], size, preset.name, preset.seed)
+        RunSpec("state", family, task, plan, size, preset.name, preset.seed)
         for task in study.tasks
+        for plan in plans(task)
         for family, size in variants(preset.size_for(preset.tasks[task]))
     ]
 
 
-def study_specs(preset: Preset) -> list[RunSpec]:
-    return init_specs(preset) + scaling_specs(preset) + state_specs(preset)
+def efficiency_specs(preset: Preset, families: tuple[str, ...]) -> list[RunSpec]:
+    """(e) every selected family on the study's task at each step budget, with the main grid's seeds."""
+    study = preset.efficiency
+    if study is None or study.task not in preset.tasks:
+        return []
+    base = preset.tasks[study.task]
+    return [
+        RunSpec("efficiency", family, study.task, plan, preset.size_for(plan), preset.name, seed)
+        for plan in (dataclasses.replace(base, steps=steps) for steps in study.steps)
+        for family in families
+        for seed in preset.seeds
+    ]
+
+
+def study_specs(preset: Preset, families: tuple[str, ...]) -> list[RunSpec]:
+    return init_specs(preset) + scaling_specs(preset) + state_specs(preset) + efficiency_specs(preset, families)

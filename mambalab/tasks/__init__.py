@@ -64,11 +64,22 @@ def lm_task(
     if max_bytes is not None:
         text = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
     tok = load_tokenizer(tokenizer)
-    ids = torch.tensor(tok.encode(text), dtype=torch.long)  # (n,)
+    ids = _token_ids(tok, text)  # (n,)
     bytes_per_token = tok.bytes_per_token or len(text.encode("utf-8")) / max(1, ids.numel())
     return LanguageModelling(
         ids, vocab_size=tok.vocab_size, bytes_per_token=bytes_per_token, val_fraction=val_fraction
     )
+
+
+def _token_ids(tok, text: str) -> torch.Tensor:
+    """The text's token ids; for the byte tokenizer straight from the UTF-8 bytes (the same ids as
+    `tok.encode`, without a Python int per byte: a 100 MB corpus would take gigabytes that way)."""
+    from mambalab.tokenizer import ByteTokenizer
+
+    if isinstance(tok, ByteTokenizer):
+        data = bytearray(text.encode("utf-8", errors="surrogateescape"))
+        return torch.frombuffer(data, dtype=torch.uint8).long() if data else torch.zeros(0, dtype=torch.long)
+    return torch.tensor(tok.encode(text), dtype=torch.long)
 
 
 __all__ = [

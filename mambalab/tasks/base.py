@@ -96,6 +96,11 @@ class Task(ABC):
     def merge(self, parts: list[dict[str, float]]) -> dict[str, float]:
         return merge_metrics(parts)
 
+    def dataset_tokens(self) -> dict[str, int] | None:
+        """Tokens in the training and evaluation data of a finite dataset ({"train": n, "eval": n}); None for
+        a generator that never repeats itself (the synthetic tasks), where epochs mean nothing."""
+        return None
+
 
 def seeded(seed: int) -> torch.Generator:
     """A CPU generator seeded with `seed`: the one source of randomness of every task."""

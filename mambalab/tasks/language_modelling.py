@@ -47,6 +47,9 @@ class LanguageModelling(Task):
         cut = int(tokens.numel() * (1 - self.val_fraction))
         self._splits = {True: tokens[:cut], False: tokens[cut:]}
 
+    def dataset_tokens(self) -> dict[str, int]:
+        return {"train": self._splits[True].numel(), "eval": self._splits[False].numel()}
+
     def max_length(self) -> int:
         """The longest window both splits can provide."""
         return min(s.numel() for s in self._splits.values()) - 1

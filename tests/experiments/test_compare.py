@@ -17,6 +17,7 @@ from mambalab.experiments.compare import compare
 from mambalab.experiments.presets import ModelSize, TaskPlan
 from mambalab.experiments.report import SECTIONS
 from mambalab.experiments.runner import RunSpec, TaskBatches, eval_batches
+from mambalab.experiments.studies import main_specs
 from mambalab.tasks import build_task
 
 
@@ -51,7 +52,12 @@ def test_smoke_report_has_every_section_and_finite_numbers(smoke):
     assert all(math.isfinite(x) for x in numbers(stored))
     for name in stored["plots"].values():
         assert (out / name).stat().st_size > 0 and f"]({name})" in report
-    assert {r["group"] for r in stored["runs"]} == {"main", "init", "scaling", "state"}
+    assert {r["group"] for r in stored["runs"]} == {"main", "init", "scaling", "state", "efficiency"}
+    # the header counts what the progress bar counted: distinct work items, not run specs of every group
+    work = stored["work"]
+    assert work["items"] == work["training_runs"] + work["cost_profiles"] + work["precision_studies"]
+    assert work["training_runs"] == len({r["key"] for r in stored["runs"]}) < len(stored["runs"])
+    assert f"{work['items']} work items ({work['training_runs']} training runs" in report
     assert stored["findings"] and all(f["text"] in report for f in stored["findings"])
 
 
@@ -284,6 +290,7 @@ def test_every_preset_plans_its_work_and_a_task_depth_reaches_its_runs(name):
     preset = get_compare_preset(name)
     specs, items = plan_work(preset, preset.models, tuple(preset.tasks), STUDIES, torch.device("cpu"), False)
     assert len({item.key for item in items}) == len(items) and specs
+    assert len({item.label for item in items}) == len(items)  # the progress list never shows a label twice
     for spec in specs:
         plan_depth = spec.plan.n_layer or preset.size.n_layer
         if spec.group in ("main", "state"):
@@ -291,3 +298,17 @@ def test_every_preset_plans_its_work_and_a_task_depth_reaches_its_runs(name):
     depths = {s.size.n_layer for s in specs if s.group == "main" and s.task == "selective_copying"}
     expected = preset.tasks["selective_copying"].n_layer or preset.size.n_layer
     assert depths == {expected}
+
+
+def test_studies_plan_the_zoology_lr_sweep_and_the_sample_efficiency_budgets():
+    from mambalab.experiments.presets import get_compare_preset
+    from mambalab.experiments.studies import efficiency_specs, state_specs
+
+    standard = get_compare_preset("standard")
+    state = state_specs(standard)
+    assert {s.plan.lr for s in state} == set(standard.state.lrs) and len(state) == 4 * (3 + 3 * 3)
+    efficiency = efficiency_specs(standard, ("mamba", "transformer"))
+    assert sorted({s.plan.steps for s in efficiency}) == list(standard.efficiency.steps)
+    assert {s.seed for s in efficiency} == set(standard.seeds) and {s.task for s in efficiency} == {"copying"}
+    main_copying = [s for s in main_specs(standard, ("mamba",), ("copying",))]
+    assert {s.key for s in main_copying} <= {s.key for s in efficiency}  # the largest budget is the main run

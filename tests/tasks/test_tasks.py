@@ -163,3 +163,16 @@ def test_lm_task_refuses_a_corpus_whose_content_changed(tmp_path):
     corpus.write_text("abd " * 100)
     with pytest.raises(ValueError, match="changed"):
         lm_task(corpus=corpus, corpus_sha256=digest)
+
+
+def test_lm_task_byte_ids_are_the_tokenizers(tmp_path):
+    from mambalab.tasks import _token_ids
+    from mambalab.tokenizer import ByteTokenizer
+
+    text = "héllo wörld ✓ \udcff and more text"
+    assert _token_ids(ByteTokenizer(), text).tolist() == ByteTokenizer().encode(text)
+    assert _token_ids(ByteTokenizer(), "").tolist() == []
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abc ✓ " * 50)
+    task = lm_task(corpus=corpus, max_bytes=100)
+    assert task.dataset_tokens()["train"] + task.dataset_tokens()["eval"] == 100
