@@ -9,12 +9,17 @@ overrides (an init, a state size) are applied afterwards as nested config fields
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from mambalab.config import AttentionConfig, ModelConfig, MoEConfig, SSMConfig, deep_merge
 
-if TYPE_CHECKING:  # presets imports this module (for FAMILY_INFO)
-    from mambalab.experiments.presets import ModelSize
+
+@dataclass(frozen=True)
+class ModelSize:
+    """The reference (Mamba) model; other families are matched to its parameter count."""
+
+    d_model: int
+    n_layer: int
+    d_state: int = 16
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from mambalab.errors import ConfigError
-from mambalab.experiments.families import FAMILY_INFO
+from mambalab.experiments.families import FAMILY_INFO, ModelSize
 
 FAMILIES = tuple(FAMILY_INFO)
 ZOOLOGY_LRS = (1e-4, 4.6e-4, 2.2e-3, 1e-2)  # Zoology's sweep, np.logspace(-4, -2, 4); the best lr is reported
@@ -50,15 +50,6 @@ class TaskPlan:
             )
         if self.n_layer is not None and self.n_layer < 1:
             raise ConfigError(f"TaskPlan.n_layer must be None or >= 1, got {self.n_layer}")
-
-
-@dataclass(frozen=True)
-class ModelSize:
-    """The reference (Mamba) model; other families are matched to its parameter count."""
-
-    d_model: int
-    n_layer: int
-    d_state: int = 16
 
 
 @dataclass(frozen=True)
