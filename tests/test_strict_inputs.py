@@ -121,11 +121,15 @@ CLI_CASES = {
     "--set device=cuda": (["train", "--preset", "tiny-mamba", "--set", "device=cuda"], "cuda"),
     "prepare --out is a file": (["prepare", "embedded", "--out", "{file}"], "--out"),
     "eval --device cuda": (["eval", "--model", "{model}", "--data", "embedded", "--device", "cuda"], "cuda"),
+    "compare --report-only on an empty dir": (["compare", "--preset", "smoke", "--report-only", "--out", "{empty}"],
+                                              "no compare call has written"),
 }
 
 
 def _fill(args, model_dir, a_file, tmp_path):
-    values = {"model": str(model_dir), "file": str(a_file), "missing": str(tmp_path / "missing.txt")}
+    (tmp_path / "empty").mkdir(exist_ok=True)
+    values = {"model": str(model_dir), "file": str(a_file), "missing": str(tmp_path / "missing.txt"),
+              "empty": str(tmp_path / "empty")}
     return [arg.format(**values) for arg in args]
 
 

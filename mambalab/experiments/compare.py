@@ -217,6 +217,9 @@ def compare(
     store = RunStore(out)
     trainer_bars = progress and jobs == 1 and sys.stdout.isatty()  # a run's own bar: on a terminal only
     specs, items = plan_work(chosen, families, task_names, study_names, dev, trainer_bars)
+    if report_only and not (store.invocations_path.exists() or any(store.get(it.key) for it in items)):
+        raise ConfigError(f"--report-only: no compare call has written to {out} (no runs, no invocations.jsonl): "
+                          "train first, or point --out at the directory of an earlier call")
     start, started, finished = time.perf_counter(), time.gmtime(), False
     here = {**environment(dev), "seed": chosen.seed}
     try:

@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from mambalab.errors import ConfigError
 from mambalab.experiments import runner
 from mambalab.experiments.compare import compare
 from mambalab.experiments.presets import ModelSize, TaskPlan
@@ -158,6 +159,9 @@ def test_report_only_trains_nothing_and_lists_missing_runs(tmp_path, monkeypatch
         raise AssertionError("report_only trained a model")
 
     monkeypatch.setattr(runner, "train_model", must_not_train)
+    with pytest.raises(ConfigError, match="no compare call has written"):  # a directory compare never wrote to
+        compare("smoke", models=["mamba"], tasks=["selective_copying"], out_dir=tmp_path, report_only=True)
+    (tmp_path / "invocations.jsonl").write_text(json.dumps({"wall_s": 1.0, "finished": False}) + "\n")
     results = compare(
         "smoke",
         models=["mamba"],
