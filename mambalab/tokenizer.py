@@ -103,6 +103,18 @@ class ByteTokenizer:
         return "ByteTokenizer(vocab_size=259)"
 
 
+def read_tokenizer_config(path: Path) -> dict:
+    """A tokenizer_config.json as a dict ({} when the file is absent or not an object); InputError naming the
+    file when it is not valid JSON."""
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot parse {path}: {exc}") from exc
+    return config if isinstance(config, dict) else {}
+
+
 class HFTokenizer:
     """A `tokenizers.Tokenizer` loaded from tokenizer.json, behind the same interface as `ByteTokenizer`.
 
@@ -129,12 +141,7 @@ class HFTokenizer:
 
     @staticmethod
     def _configured_special_tokens(config_path: Path) -> dict[str, str]:
-        if not config_path.is_file():
-            return {}
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot parse {config_path}: {exc}") from exc
+        config = read_tokenizer_config(config_path)
         found = {}
         for key in ("bos_token", "eos_token", "pad_token"):
             value = config.get(key)

@@ -14,11 +14,11 @@ the state after them once and each request resumes from it.
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 from mambalab.errors import MambalabError
+from mambalab.tokenizer import read_tokenizer_config
 
 DEFAULT_TEMPLATE = "<|{role}|>\n{content}\n"
 DEFAULT_GENERATION_PROMPT = "<|assistant|>\n"
@@ -45,7 +45,7 @@ class ChatFormat:
     def from_dir(cls, model_dir: str | Path, tokenizer) -> ChatFormat:
         """The chat format of a model directory (its template when it has one)."""
         model_dir = Path(model_dir)
-        config = _read_json(model_dir / "tokenizer_config.json")
+        config = read_tokenizer_config(model_dir / "tokenizer_config.json")
         template = config.get("chat_template")
         if isinstance(template, list):  # [{"name": ..., "template": ...}]
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -124,13 +124,3 @@ def _compile(source: str):
         return env.from_string(source)
     except TemplateError as e:
         raise ChatTemplateError(f"the model's chat template is not valid Jinja: {e}") from e
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MambalabError(f"cannot parse {path}: {e}") from e
-    return data if isinstance(data, dict) else {}
