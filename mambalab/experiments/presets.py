@@ -220,8 +220,9 @@ def _quick() -> Preset:
 
 
 def _standard() -> Preset:
-    """One GPU, about an hour with `--jobs 14` (runs share the GPU; 3 seeds per cell and Zoology's lr sweep
-    in the state study: ~3× the 1-seed preset's ~20 min, estimated, not measured; a call cut short resumes):
+    """One GPU, about an hour with `--jobs 14` for Mamba, Transformer++ and S4D (runs share the GPU; 3 seeds
+    per cell and Zoology's lr sweep in the state study: ~3× the 1-seed preset's ~20 min, estimated, not
+    measured; Mamba-2, a default family since, adds its runs on top; a call cut short resumes):
     the synthetic tasks at the papers' vocabularies and shapes at reduced lengths and steps,
     2-layer-Transformer-sized models (4 Mamba blocks of width 64); Mamba, Transformer++, S4D and Mamba-2
     (hybrid and MoE on request).

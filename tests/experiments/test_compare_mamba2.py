@@ -1,0 +1,19 @@
+"""`mambalab compare --models mamba mamba2` at the smoke size: Mamba-2 trains, decodes and is named."""
+
+from __future__ import annotations
+
+from mambalab.experiments.compare import compare
+
+
+def test_smoke_compare_with_mamba2_names_it_in_the_report_and_findings(tmp_path):
+    results = compare("smoke", models=["mamba", "mamba2"], tasks=["mqar"], studies=["cost", "efficiency"],
+                      out_dir=tmp_path, device="cpu", progress=False)
+    assert [r for r in results["runs"] if r["status"] != "ok"] == []
+    mamba2 = [r for r in results["runs"] if r["spec"]["family"] == "mamba2"]
+    assert {r["group"] for r in mamba2} == {"main", "efficiency"}
+    assert all(set(r["config"]["layer_pattern"]) == {"mamba2"} for r in mamba2)
+    assert results["cost"]["mamba2"]["status"] == "ok"
+    report = (tmp_path / "report.md").read_text()
+    assert "mamba2" in report and "Mamba-2" in report
+    assert any(f["id"] == "mqar_state" for f in results["findings"])
+    assert any(f["id"] == "decode_mamba2" for f in results["findings"])
