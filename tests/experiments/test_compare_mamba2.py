@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mambalab.experiments.compare import compare
+from mambalab.experiments.presets import get_compare_preset
 
 
 def test_smoke_compare_with_mamba2_names_it_in_the_report_and_findings(tmp_path):
@@ -17,3 +18,10 @@ def test_smoke_compare_with_mamba2_names_it_in_the_report_and_findings(tmp_path)
     assert "mamba2" in report and "Mamba-2" in report
     assert any(f["id"] == "mqar_state" for f in results["findings"])
     assert any(f["id"] == "decode_mamba2" for f in results["findings"])
+
+
+def test_mamba2_is_a_default_of_standard_and_paper_only():
+    assert "mamba2" not in get_compare_preset("quick").models  # the README's ≤10-minute job stays as it was
+    for name in ("standard", "paper"):
+        preset = get_compare_preset(name)
+        assert "mamba2" in preset.models and "mamba2" in preset.state.families, name
