@@ -15,7 +15,10 @@ def test_smoke_compare_with_mamba2_names_it_in_the_report_and_findings(tmp_path)
     assert all(set(r["config"]["layer_pattern"]) == {"mamba2"} for r in mamba2)
     assert results["cost"]["mamba2"]["status"] == "ok"
     report = (tmp_path / "report.md").read_text()
-    assert "mamba2" in report and "Mamba-2" in report
+    assert "Mamba-2" in report
+    config = next(r["config"] for r in mamba2 if r["group"] == "main")
+    shape = f"| mamba2 | {config['n_layer']} × d{config['d_model']}, N={config['mamba2']['d_state']} |"
+    assert shape in report  # the task table names the matched Mamba-2's depth, width and state size
     assert any(f["id"] == "mqar_state" for f in results["findings"])
     assert any(f["id"] == "decode_mamba2" for f in results["findings"])
 
