@@ -353,7 +353,7 @@ def eval_(
 def zoo(
     seq_len: int = typer.Option(2048, help="Context length for the FLOP count."),
     match: str | None = typer.Option(None, help="Also match every preset to this family (mamba, transformer, "
-                                     "s4d, hybrid, moe) within 3% of its parameters."),
+                                     "s4d, hybrid, moe, mamba2) within 3% of its parameters."),
 ) -> None:
     """The model presets: shape, parameters, training FLOPs per token (and matched configs)."""
     from rich.console import Console
