@@ -111,7 +111,8 @@ def demo(seed: int = typer.Option(0, help="Random seed.")) -> None:
 def compare(
     preset: str = typer.Option("quick", help="smoke | quick (2-core CPU, ≤10 min, 3 seeds) | standard (1 GPU, ~1 h, resumable) | paper."),
     models: str = typer.Option(None, help="Comma-separated families (default: the preset's; quick runs mamba,"
-                               "transformer,s4d): mamba,transformer,s4d,hybrid,moe."),
+                               "transformer,s4d; standard and paper add mamba2): mamba,transformer,s4d,hybrid,"
+                               "moe,mamba2."),
     tasks: str = typer.Option(None, help="Comma-separated tasks (default: the preset's; 'none' for studies only)."),
     studies: str = typer.Option(None, help="Comma-separated studies (default all; 'none' for none): "
                                 "precision,cost,init,scaling,state,efficiency."),
