@@ -125,8 +125,8 @@ def compare(
     jobs: int = typer.Option(None, help="Runs at once, each in its own process (default: the preset's: quick 2, "
                              "standard 14 — small task models leave a GPU mostly idle — capped at the CPU count)."),
 ) -> None:
-    """Matched Mamba, Transformer++, S4D, hybrid and MoE models on recall, copying, induction and LM, with
-    cost, precision, init, scaling and state-size studies, in one report. Resumes from cached runs in --out."""
+    """Matched Mamba, Transformer++, S4D, hybrid, MoE and Mamba-2 models on recall, copying, induction and LM,
+    with cost, precision, init, scaling and state-size studies, in one report. Resumes from cached runs in --out."""
     import logging
 
     from mambalab.experiments.compare import compare as run_compare
