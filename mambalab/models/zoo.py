@@ -19,7 +19,6 @@ default.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 
 from mambalab.config import (
@@ -264,11 +263,14 @@ def match_config(config: ModelConfig, family: str, tolerance: float = 0.03) -> M
     target = count_params(config)
     widths = _mamba2_widths(config.d_model) if family == "mamba2" else [config.d_model]
     for d_model in widths:
-        best = _best_match(dataclasses.replace(config, d_model=d_model), family, target, tolerance)
+        at_width = copy.deepcopy(config)
+        at_width.d_model = d_model  # validated by `_with`, once the Mamba-2 head_dim fits the width
+        best = _best_match(at_width, family, target, tolerance)
         if best is not None:
             return best
     raise ConfigError(
-        f"match_config: no {family} config with d_model={config.d_model} within {tolerance:.0%} of"
+        f"match_config: no {family} config with d_model={config.d_model}"
+        f"{' (or a multiple of 8 within 2× of it)' if family == 'mamba2' else ''} within {tolerance:.0%} of"
         f" {target:,} parameters (depth 1..{4 * config.n_layer + 8})"
     )
 

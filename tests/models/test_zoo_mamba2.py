@@ -53,3 +53,8 @@ def test_mamba2_head_dim_divides_d_inner_into_enough_heads():
     assert mamba2_head_dim(64, 64) == 16  # 4 heads
     assert mamba2_head_dim(144, 64) == 16  # 9 heads: 32 would not divide 144
     assert mamba2_head_dim(6, 64) == 1
+
+
+def test_mamba2_match_errors_name_the_widths_tried():
+    with pytest.raises(ValueError, match=r"no mamba2 config with d_model=128 \(or a multiple of 8 within 2×"):
+        match_config(get_preset("tiny-mamba"), "mamba2", tolerance=1e-9)
