@@ -111,7 +111,8 @@ def demo(seed: int = typer.Option(0, help="Random seed.")) -> None:
 def compare(
     preset: str = typer.Option("quick", help="smoke | quick (2-core CPU, ≤10 min, 3 seeds) | standard (1 GPU, ~1 h, resumable) | paper."),
     models: str = typer.Option(None, help="Comma-separated families (default: the preset's; quick runs mamba,"
-                               "transformer,s4d): mamba,transformer,s4d,hybrid,moe."),
+                               "transformer,s4d; standard and paper add mamba2): mamba,transformer,s4d,hybrid,"
+                               "moe,mamba2."),
     tasks: str = typer.Option(None, help="Comma-separated tasks (default: the preset's; 'none' for studies only)."),
     studies: str = typer.Option(None, help="Comma-separated studies (default all; 'none' for none): "
                                 "precision,cost,init,scaling,state,efficiency."),
@@ -124,8 +125,8 @@ def compare(
     jobs: int = typer.Option(None, help="Runs at once, each in its own process (default: the preset's: quick 2, "
                              "standard 14 — small task models leave a GPU mostly idle — capped at the CPU count)."),
 ) -> None:
-    """Matched Mamba, Transformer++, S4D, hybrid and MoE models on recall, copying, induction and LM, with
-    cost, precision, init, scaling and state-size studies, in one report. Resumes from cached runs in --out."""
+    """Matched Mamba, Transformer++, S4D, hybrid, MoE and Mamba-2 models on recall, copying, induction and LM,
+    with cost, precision, init, scaling and state-size studies, in one report. Resumes from cached runs in --out."""
     import logging
 
     from mambalab.experiments.compare import compare as run_compare
@@ -353,7 +354,7 @@ def eval_(
 def zoo(
     seq_len: int = typer.Option(2048, help="Context length for the FLOP count."),
     match: str | None = typer.Option(None, help="Also match every preset to this family (mamba, transformer, "
-                                     "s4d, hybrid, moe) within 3% of its parameters."),
+                                     "s4d, hybrid, moe, mamba2) within 3% of its parameters."),
 ) -> None:
     """The model presets: shape, parameters, training FLOPs per token (and matched configs)."""
     from rich.console import Console

@@ -18,7 +18,7 @@ from mambalab.errors import CheckpointError, ConfigError, MambalabError
 def test_a_bad_value_gives_exit_2_and_one_line():
     result = CliRunner().invoke(app, ["zoo", "--match", "rnn"])
     assert result.exit_code == ERROR_EXIT_CODE == 2, result.output
-    assert result.stderr == "error: family must be one of ('mamba', 'transformer', 's4d', 'hybrid', 'moe'), got 'rnn'\n"
+    assert result.stderr == "error: family must be one of ('mamba', 'transformer', 's4d', 'hybrid', 'moe', 'mamba2'), got 'rnn'\n"
     assert "Invalid value" not in result.output and "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
 

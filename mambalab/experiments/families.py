@@ -1,7 +1,7 @@
 """Matched model configs for the comparison: one Mamba reference per size, every other family matched to it.
 
 `family_config("transformer", size, vocab)` builds the Mamba config of `size` and asks the model zoo's
-`match_config` for the Transformer++ (or S4D, hybrid, MoE) config within ±3% of its parameters. Study
+`match_config` for the Transformer++ (or S4D, hybrid, MoE, Mamba-2) config within ±3% of its parameters. Study
 overrides (an init, a state size) are applied afterwards as nested config fields, e.g.
 `{"s4d": {"init": "random"}}`; those that change the parameter count go into `size` instead.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mambalab.config import AttentionConfig, ModelConfig, MoEConfig, SSMConfig, deep_merge
+from mambalab.config import AttentionConfig, Mamba2Config, ModelConfig, MoEConfig, SSMConfig, deep_merge
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,19 @@ FAMILY_INFO: dict[str, Family] = {
         Family("s4d", "S4D", "C2"),
         Family("hybrid", "hybrid", "C3"),
         Family("moe", "MoE-Mamba", "C4"),
+        Family("mamba2", "Mamba-2", "C5"),
     )
 }
 
 HEAD_DIM = 32  # attention heads of the matched Transformer++ / hybrid: d_model // 32 of them
 N_EXPERTS, TOP_K = 4, 2  # small MoE: 8 experts of the smallest width would not fit a tiny model's budget
 FEWER_EXPERTS = 2  # when 4 experts cannot meet ±3% (the expert width moves in steps of 8): 2, top-1
+MAMBA2_CHUNK = 64  # the matched Mamba-2's SSD chunk: the tasks' sequences are short (the default 256 pads them)
 
 
 def reference_config(size: ModelSize, vocab_size: int) -> ModelConfig:
     """The Mamba model every family is matched to (the Mamba paper's synthetic-task block: no MLP). Its
-    attention and MoE sub-configs are what the matched families inherit."""
+    attention, MoE and Mamba-2 sub-configs are what the matched families inherit."""
     return ModelConfig(
         d_model=size.d_model,
         n_layer=size.n_layer,
@@ -60,6 +62,7 @@ def reference_config(size: ModelSize, vocab_size: int) -> ModelConfig:
         ssm=SSMConfig(d_state=size.d_state),
         attention=AttentionConfig(n_heads=max(1, size.d_model // HEAD_DIM)),
         moe=MoEConfig(n_experts=N_EXPERTS, top_k=TOP_K),
+        mamba2=Mamba2Config(chunk_size=MAMBA2_CHUNK),
     )
 
 

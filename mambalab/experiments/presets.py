@@ -212,16 +212,20 @@ def _quick() -> Preset:
         state=StateStudy(d_states=(2, 8), d_models=(), tasks=("mqar",), families=("mamba",)),
         efficiency=EfficiencyStudy(steps=(125, 250, 500)),
         jobs=2,
-        notes=("hybrid and moe run on request (--models)", "3 seeds per task cell; studies (b)-(d) with seed 0"),
+        notes=(
+            "hybrid, moe and mamba2 run on request (--models)",
+            "3 seeds per task cell; studies (b)-(d) with seed 0",
+        ),
     )
 
 
 def _standard() -> Preset:
-    """One GPU, about an hour with `--jobs 14` (runs share the GPU; 3 seeds per cell and Zoology's lr sweep
-    in the state study: ~3× the 1-seed preset's ~20 min, estimated, not measured; a call cut short resumes):
+    """One GPU, about an hour with `--jobs 14` for Mamba, Transformer++ and S4D (runs share the GPU; 3 seeds
+    per cell and Zoology's lr sweep in the state study: ~3× the 1-seed preset's ~20 min, estimated, not
+    measured; Mamba-2, a default family since, adds its runs on top; a call cut short resumes):
     the synthetic tasks at the papers' vocabularies and shapes at reduced lengths and steps,
-    2-layer-Transformer-sized models (4 Mamba blocks of width 64); Mamba, Transformer++ and S4D (hybrid and
-    MoE on request).
+    2-layer-Transformer-sized models (4 Mamba blocks of width 64); Mamba, Transformer++, S4D and Mamba-2
+    (hybrid and MoE on request).
 
     Learning rates, steps and depths were chosen by sweeps on the H200 (benchmarks/compare_sweep.py; results
     in benchmarks/results/compare_sweep_h200*.json, notes in benchmarks/notes/compare.md): Mamba learns
@@ -238,7 +242,7 @@ def _standard() -> Preset:
     return Preset(
         name="standard",
         size=size,
-        models=("mamba", "transformer", "s4d"),
+        models=("mamba", "transformer", "s4d", "mamba2"),
         tasks={
             "selective_copying": sc,
             "induction_heads": TaskPlan(
@@ -275,18 +279,20 @@ def _standard() -> Preset:
             sizes=(ModelSize(64, 4, 16), ModelSize(128, 4, 16), ModelSize(256, 4, 16)),
             lengths=(256, 1024),
             plan=dataclasses.replace(lm, steps=800, eval_lengths=()),
+            families=("mamba", "transformer", "mamba2"),
         ),
         state=StateStudy(
             d_states=(2, 16, 64),
             d_models=(64, 128, 256),
             tasks=("mqar",),
-            families=("mamba", "transformer", "s4d"),
+            families=("mamba", "transformer", "s4d", "mamba2"),
             lrs=ZOOLOGY_LRS,
         ),
         efficiency=EfficiencyStudy(steps=(375, 750, 1500, 3000)),
         jobs=14,
         notes=(
-            "hybrid and moe run on request (--models)",
+            "hybrid and moe run on request (--models); mamba2 matches Mamba's parameter count by its depth and"
+            + " its state size N (a power of two, 64 where it fits)",
             "selective copying at length 256 with 8 tokens (paper: 4096 and 16) and MQAR up to length 1024: "
             + "reduced to fit the budget",
             "language modelling and scaling want a real corpus: `mambalab corpus build --out corpus`, then "

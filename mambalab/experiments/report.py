@@ -83,6 +83,16 @@ def _seeds_ok(cell: list[dict]) -> str:
     return str(ok) if ok == len(cell) else f"{ok} of {len(cell)}"
 
 
+def _shape(config: dict) -> str:
+    """'4 × d32, N=16': a model's depth, width and, for Mamba or Mamba-2 layers, the state size N per channel
+    or head (a matched Mamba-2 chooses its N and may change the width)."""
+    mixers = {entry.split("+")[0] for entry in config["layer_pattern"]}
+    shape = f"{config['n_layer']} × d{config['d_model']}"
+    if "mamba2" in mixers:
+        return f"{shape}, N={config['mamba2']['d_state']}"
+    return f"{shape}, N={config['ssm']['d_state']}" if "mamba" in mixers else shape
+
+
 def _task_section(results: dict, plots: dict) -> list[str]:
     out = []
     seeds = results["preset"].get("seeds", [results["preset"].get("seed", 0)])
@@ -104,7 +114,7 @@ def _task_section(results: dict, plots: dict) -> list[str]:
             + (f"Mean over seeds {', '.join(map(str, seeds))} (min-max)." if len(seeds) > 1 else "")
         )
         out.append("")
-        header = ["model", "layers", "params", "seeds"] + [
+        header = ["model", "layers × width, N", "params", "seeds"] + [
             f"{n}{' (train)' if n == plan['train_length'] else ''}" for n in lengths
         ]
         rows = []
@@ -115,7 +125,7 @@ def _task_section(results: dict, plots: dict) -> list[str]:
                 rows.append([family, "—", "—", _seeds_ok(cell)] + [cell[0]["status"]] * len(lengths))
                 continue
             first = good[0]
-            row = [family, str(first["config"]["n_layer"]), f"{first['params']:,}", _seeds_ok(cell)]
+            row = [family, _shape(first["config"]), f"{first['params']:,}", _seeds_ok(cell)]
             for n in lengths:
                 errors = [r["eval"].get(str(n), {}).get("error") for r in good]
                 row.append(next(e for e in errors if e) if any(errors) else _spread(

@@ -6,12 +6,14 @@ Families (layer patterns of `ModelConfig`):
     s4d          ["s4d+mlp"] · n                      S4D layers interleaved with SwiGLU MLPs
     hybrid       `hybrid_pattern`: Jamba-style, one attention layer per 8, an MLP in every layer
     moe          ["mamba+moe"] · n                    MoE-Mamba: Mamba layers interleaved with MoE layers
-Mamba-2 presets (["mamba2"] · n, the published mamba2-* shapes) are listed in PRESETS; mixing "mamba2" with
-attention or MoE layers is a matter of the layer pattern.
+    mamba2       ["mamba2"] · n                       Mamba-2 (SSD): scalar A per head, a larger state N
+The published Mamba-2 shapes are the mamba2-* presets; mixing "mamba2" with attention or MoE layers is a
+matter of the layer pattern.
 
 `match_config(config, family)` gives a config of another family with the same d_model and a parameter
 count within ±3% (MoE: total parameters, all experts counted), by searching the depth together with the
-family's width knob (Mamba's expand, the MLP/expert width), preferring the knob's default.
+family's width knob (Mamba's expand, the MLP/expert width, Mamba-2's state size N), preferring the knob's
+default.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from mambalab.config import (
 from mambalab.errors import ConfigError
 from mambalab.layers.mlp import swiglu_width
 
-FAMILIES = ("mamba", "transformer", "s4d", "hybrid", "moe")
+FAMILIES = ("mamba", "transformer", "s4d", "hybrid", "moe", "mamba2")
+MAMBA2_D_STATES = tuple(2**k for k in range(2, 9))  # N of a matched Mamba-2: powers of two, 4..256
+MAMBA2_D_STATE = 64  # the preferred N of a small Mamba-2 (the mamba2-* checkpoints use 128)
+MAMBA2_MIN_HEADS = 4  # a matched Mamba-2 has at least this many heads where d_inner allows
 
 
 # Layer patterns --------------------------------------------------------------------------------------------
@@ -64,7 +69,7 @@ def family_pattern(family: str, n_layer: int) -> list[str]:
         return hybrid_pattern(n_layer, attention_offset=min(4, n_layer // 2), moe_every=None)  # ≥ 1 attention
     if family == "moe":
         return moe_mamba_pattern(n_layer)
-    return [{"mamba": "mamba", "transformer": "attention+mlp", "s4d": "s4d+mlp"}[family]] * n_layer
+    return [{"mamba": "mamba", "transformer": "attention+mlp", "s4d": "s4d+mlp", "mamba2": "mamba2"}[family]] * n_layer
 
 
 # Parameter counts ------------------------------------------------------------------------------------------
@@ -191,6 +196,9 @@ def _with(config: ModelConfig, family: str, n_layer: int, knob: int) -> ModelCon
     new.n_layer, new.layer_pattern = n_layer, family_pattern(family, n_layer)
     if family == "mamba":
         new.ssm.expand = knob
+    elif family == "mamba2":
+        new.mamba2.d_state, new.mamba2.n_groups = knob, 1
+        new.mamba2.head_dim = mamba2_head_dim(new.mamba2.expand * new.d_model, config.mamba2.head_dim)
     elif family == "moe":
         new.moe.d_intermediate = knob
     else:
@@ -201,25 +209,31 @@ def _with(config: ModelConfig, family: str, n_layer: int, knob: int) -> ModelCon
     return ModelConfig.from_dict(new.to_dict())  # re-validated
 
 
+def mamba2_head_dim(d_inner: int, largest: int) -> int:
+    """The head_dim of a matched Mamba-2: the largest power of two ≤ `largest` that divides d_inner into at
+    least MAMBA2_MIN_HEADS heads (1 when none does)."""
+    p = 1 << (largest.bit_length() - 1)
+    while p > 1 and (d_inner % p or d_inner // p < MAMBA2_MIN_HEADS):
+        p //= 2
+    return p
+
+
 def _knob_candidates(config: ModelConfig, family: str, n_layer: int, target: int) -> list[tuple[int, int]]:
     """(knob, default knob) pairs to try at this depth: Mamba's expand in 1..4; for an FFN width, the
     width (a multiple of 8) that makes the count hit the target, found from the count's linearity in it."""
     if family == "mamba":
         return [(e, 2) for e in (1, 2, 3, 4)]
+    if family == "mamba2":
+        return [(n, MAMBA2_D_STATE) for n in MAMBA2_D_STATES]
     default = swiglu_width(config.d_model, None, config.mlp.multiple_of)
     low, high = count_params(_with(config, family, n_layer, 8)), count_params(_with(config, family, n_layer, 16))
     width = 8 + (target - low) * 8 / (high - low)
     return [(max(8, 8 * round(width / 8)), default)]
 
 
-def match_config(config: ModelConfig, family: str, tolerance: float = 0.03) -> ModelConfig:
-    """A config of `family` with config's d_model (and vocabulary, norms, sub-configs) whose parameter count
-    is within `tolerance` of config's. Among the depths and knob values that fit, the one closest to the
-    knob's default (Mamba expand 2, the LLaMA MLP width) and, at half that weight, to config's depth wins
-    (distances in log scale), then the closest count."""
-    if family not in FAMILIES:
-        raise ConfigError(f"family must be one of {FAMILIES}, got {family!r}")
-    target = count_params(config)
+def _best_match(config: ModelConfig, family: str, target: int, tolerance: float) -> ModelConfig | None:
+    """The preferred config of `family` at config's d_model within `tolerance` of `target` (see
+    match_config), or None."""
     best, best_key = None, None
     for n_layer in range(1, 4 * config.n_layer + 9):
         for knob, default in _knob_candidates(config, family, n_layer, target):
@@ -228,12 +242,37 @@ def match_config(config: ModelConfig, family: str, tolerance: float = 0.03) -> M
             key = (abs(math.log(knob / default)) + 0.5 * abs(math.log(n_layer / config.n_layer)), error)
             if error <= tolerance and (best_key is None or key < best_key):
                 best, best_key = candidate, key
-    if best is None:
-        raise ConfigError(
-            f"match_config: no {family} config with d_model={config.d_model} within {tolerance:.0%} of"
-            f" {target:,} parameters (depth 1..{4 * config.n_layer + 8})"
-        )
     return best
+
+
+def _mamba2_widths(d_model: int) -> list[int]:
+    """d_model first, then the multiples of 8 within a factor of two of it, nearest first: a Mamba-2 layer
+    carries B, C (2·N per position) that a narrow Mamba's parameter budget may not afford at its width."""
+    others = [w for w in range(8, 2 * d_model + 1, 8) if w != d_model and 2 * w >= d_model]
+    return [d_model] + sorted(others, key=lambda w: (abs(math.log(w / d_model)), w))
+
+
+def match_config(config: ModelConfig, family: str, tolerance: float = 0.03) -> ModelConfig:
+    """A config of `family` with config's d_model (and vocabulary, norms, sub-configs) whose parameter count
+    is within `tolerance` of config's. Among the depths and knob values that fit, the one closest to the
+    knob's default (Mamba expand 2, the LLaMA MLP width, Mamba-2 N = 64) and, at half that weight, to
+    config's depth wins (distances in log scale), then the closest count. Mamba-2 alone may change d_model
+    (the nearest multiple of 8 that fits) when nothing fits at config's."""
+    if family not in FAMILIES:
+        raise ConfigError(f"family must be one of {FAMILIES}, got {family!r}")
+    target = count_params(config)
+    widths = _mamba2_widths(config.d_model) if family == "mamba2" else [config.d_model]
+    for d_model in widths:
+        at_width = copy.deepcopy(config)
+        at_width.d_model = d_model  # validated by `_with`, once the Mamba-2 head_dim fits the width
+        best = _best_match(at_width, family, target, tolerance)
+        if best is not None:
+            return best
+    raise ConfigError(
+        f"match_config: no {family} config with d_model={config.d_model}"
+        f"{' (or a multiple of 8 within 2× of it)' if family == 'mamba2' else ''} within {tolerance:.0%} of"
+        f" {target:,} parameters (depth 1..{4 * config.n_layer + 8})"
+    )
 
 
 # Presets ---------------------------------------------------------------------------------------------------

@@ -136,3 +136,26 @@ def test_selective_copying_with_more_noise_is_its_own_finding():
     assert "did NOT appear" in found["selective_copying"].text  # +14 points at the training length
     assert "Mamba 80.0% ≫ S4D 10.0%" in found["selective_copying_extrapolation"].text
     assert found["selective_copying_extrapolation"].supports_paper is True
+
+
+def mqar(family: str, accuracy: float, seed: int, d_state: int) -> dict:
+    """A main-grid MQAR run (training length 64) whose config records the state size N."""
+    r = run("mqar", family, {64: accuracy}, 64)
+    r["spec"]["seed"] = seed
+    r["config"] = {"ssm": {"d_state": 16}, "mamba2": {"d_state": d_state}}
+    return r
+
+
+def test_mqar_state_finding_only_when_mamba2_ran_and_per_seed():
+    mamba = [mqar("mamba", a, s, 64) for s, a in enumerate((0.2, 0.3))]
+    attention = [mqar("transformer", 1.0, s, 64) for s in (0, 1)]
+    assert "mqar_state" not in texts(results(*mamba, *attention))
+    closes = {f.id: f for f in evaluate_findings(results(*mamba, *attention, mqar("mamba2", 0.6, 0, 64),
+                                                           mqar("mamba2", 0.65, 1, 64)))}["mqar_state"]
+    assert closes.supports_paper and "Mamba-2 > Mamba in every seed (2 of 2)" in closes.text
+    assert "Mamba-2 N=64, Mamba N=16" in closes.text
+    assert "seed 0: closes 50% of Mamba's gap" in closes.text and "seed 1: closes 50%" in closes.text
+    mixed = {f.id: f for f in evaluate_findings(results(*mamba, mqar("mamba2", 0.6, 0, 64),
+                                                          mqar("mamba2", 0.3, 1, 64)))}["mqar_state"]
+    assert not mixed.supports_paper and "did NOT hold in every seed: only in 1 of 2 seeds (not seed 1)" in mixed.text
+    assert "gap" not in mixed.text  # no Transformer++ run: no gap to close

@@ -17,7 +17,8 @@ def run(task, family, accuracy, train_length, seed, group="main", headline="toke
         "group": group,
         "headline": headline,
         "params": 1000,
-        "config": {"n_layer": 2},
+        "config": {"n_layer": 2, "d_model": 32, "layer_pattern": [family] * 2, "ssm": {"d_state": 4},
+                   "mamba2": {"d_state": 64}},
         "train": {
             "final_loss": 0.5,
             "tokens": 1000,
@@ -155,7 +156,7 @@ def test_task_table_shows_mean_and_min_max_in_percent_and_init_table_in_percent(
     )
     res["runs"][-1]["spec"]["overrides"] = {"s4d": {"init": "legs"}}
     report = _report(res)
-    assert "| mamba | 2 | 1,000 | 3 | 63.3 (36.0-93.0) |" in report
+    assert "| mamba | 2 × d32, N=4 | 1,000 | 3 | 63.3 (36.0-93.0) |" in report
     assert "| selective_copying | s4d | s4d.init=legs;" in report and "| 100.0% |" in report
 
 
@@ -163,7 +164,7 @@ def test_a_failed_seed_is_counted_in_the_table():
     res = results(
         run("mqar", "mamba", {64: 0.5}, 64, 0), run("mqar", "mamba", {64: 0.5}, 64, 1, status="failed")
     )
-    assert "| mamba | 2 | 1,000 | 1 of 2 | 50.0 |" in _report(res)
+    assert "| mamba | 2 × d32, N=4 | 1,000 | 1 of 2 | 50.0 |" in _report(res)
 
 
 def test_precision_table_keeps_the_worst_error_per_model_level_mode_dtype():

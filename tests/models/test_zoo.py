@@ -76,7 +76,7 @@ def test_match_config_within_3_percent(family):
         assert matched.d_model == config.d_model
         kinds = {entry.split("+")[0] for entry in matched.layer_pattern}
         expected = {"mamba": {"mamba"}, "transformer": {"attention"}, "s4d": {"s4d"},
-                    "hybrid": {"mamba", "attention"}, "moe": {"mamba"}}[family]
+                    "hybrid": {"mamba", "attention"}, "moe": {"mamba"}, "mamba2": {"mamba2"}}[family]
         assert kinds == expected
 
 
