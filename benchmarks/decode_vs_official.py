@@ -153,16 +153,22 @@ def random_prompts(plan: dict, batch: int) -> torch.Tensor:
 
 @torch.no_grad()
 def check(ours, official, plan: dict) -> dict:
-    """Prefill logits of both on one prompt, and the agreeing prefix of their first greedy tokens."""
+    """Prefill logits of both on one prompt, and the agreeing prefix of their first greedy tokens. A failure
+    is reported in the result (the timing still runs)."""
     if official is None:
         return {}
     ids = random_prompts(plan, 1)
     n = plan["check_tokens"]
-    out = {"prefill_logits_rel_err": rel(ours(ids).float(), official(ids).logits.float()),
-           "greedy_tokens_checked": n,
-           "greedy_tokens_agreeing": agreeing_prefix(ours_generate(ours, ids, n, plan["variants"][0]),
-                                                     official_generate(official, ids, n))[0]}
-    official._decoding_cache = None  # captured for batch 1 and n tokens: the timing captures its own
+    try:
+        out = {"prefill_logits_rel_err": rel(ours(ids).float(), official(ids).logits.float()),
+               "greedy_tokens_checked": n,
+               "greedy_tokens_agreeing": agreeing_prefix(ours_generate(ours, ids, n, plan["variants"][0]),
+                                                         official_generate(official, ids, n))[0]}
+    except Exception as e:  # noqa: BLE001 (reported beside the timings, not fatal)
+        log(f"check failed: {type(e).__name__}: {e}")
+        return {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        official._decoding_cache = None  # captured for batch 1 and n tokens: the timing captures its own
     log(f"check: prefill logits rel. error {out['prefill_logits_rel_err']:.2e}; first {n} greedy tokens: "
         f"{out['greedy_tokens_agreeing']} agree before the first difference")
     return out

@@ -79,3 +79,32 @@ def test_ratios_divide_ours_by_the_official_of_the_same_model_and_batch():
             {"model": "mamba", "impl": "mambalab cuda-graph+compile", "batch": 1, "error": "boom"}]
     assert bench.ratios(rows) == [{"model": "mamba", "batch": 1, "impl": "mambalab cuda-graph",
                                    "ours_over_official": 1.5}]
+
+
+class _OfficialStandIn:
+    """The official model's calls the benchmark makes, answered by one of our models (greedy, so the same
+    tokens): checks the benchmark's plumbing of the official side on CPU."""
+
+    def __init__(self, model):
+        self.model, self._decoding_cache, self.calls = model, "captured", []
+
+    def __call__(self, ids):
+        return type("Output", (), {"logits": self.model(ids)})
+
+    def generate(self, ids, max_length, cg, top_k):
+        self.calls.append((ids.shape[0], max_length, cg, top_k))
+        new = torch.tensor(bench.ours_generate(self.model, ids, max_length - ids.shape[1], "cuda-graph"))
+        return torch.cat([ids, new], dim=1)  # (b, max_length), as official generate returns
+
+
+def test_check_compares_prefill_logits_and_greedy_tokens_and_drops_the_graph_cache(tmp_path):
+    plan = dict(bench.QUICK, check_tokens=5)
+    bench.write_checkpoint(bench.official_config("mamba", plan), tmp_path)
+    ours = LanguageModel.from_pretrained(tmp_path)
+    official = _OfficialStandIn(ours)
+    out = bench.check(ours, official, plan)
+    assert out == {"prefill_logits_rel_err": 0.0, "greedy_tokens_checked": 5, "greedy_tokens_agreeing": 5}
+    assert official.calls == [(1, plan["prompt_len"] + 5, True, 1)] and official._decoding_cache is None
+    broken = _OfficialStandIn(ours)
+    broken.generate = None
+    assert "TypeError" in bench.check(ours, broken, plan)["error"] and broken._decoding_cache is None
