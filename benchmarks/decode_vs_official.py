@@ -42,6 +42,7 @@ import torch
 
 from benchmarks.common import add_official_to_path, base_parser, time_call, write_result
 from mambalab import LanguageModel
+from mambalab.inference.cuda_graph import GraphStep, decode_step
 from mambalab.inference.generate import generate
 from mambalab.models.hf_config import load_config
 
@@ -198,6 +199,17 @@ def measure(kind: str, impl: str, batch: int, plan: dict, fn, reference) -> tupl
     return row, tokens
 
 
+def our_row(kind: str, variant: str, batch: int, plan: dict, model, ids: torch.Tensor, reference) -> dict:
+    """The timed row of our `variant`; on CUDA it also says whether the decode step replayed a CUDA graph
+    (False: the capture failed and it decoded eagerly)."""
+    row, _ = measure(kind, f"mambalab {variant}", batch, plan,
+                     lambda: ours_generate(model, ids, plan["new_tokens"], variant), reference)
+    if "error" not in row and plan["device"] == "cuda":
+        _, state = model.prefill(ids)
+        row["cuda_graph_captured"] = isinstance(decode_step(model, state, **VARIANTS[variant]), GraphStep)
+    return row
+
+
 def ratios(rows: list[dict]) -> list[dict]:
     """ours / official tokens/s per (model, batch, our variant)."""
     rate = {(r["model"], r["impl"], r["batch"]): r["tokens_per_s"] for r in rows if "tokens_per_s" in r}
@@ -219,6 +231,18 @@ def print_table(rows: list[dict]) -> None:
         agree = r.get("tokens_agreeing_with_official")
         print(f"{r['model']:7s} {r['batch']:5d}  {r['impl']:26s} {rate} "
               f"{f'{share:.2f}' if share else '':>14s} {f'{agree:.1f}' if agree is not None else '':>7s}")
+
+
+def find_official(plan: dict, root: Path, wait_s: float) -> tuple[bool, list[str]]:
+    """(whether the official side runs, notes saying why not, or whether it found causal_conv1d)."""
+    if plan["device"] != "cuda" or not torch.cuda.is_available():
+        return False, [f"official mamba-ssm skipped: needs CUDA (device {plan['device']})"]
+    if not add_official_to_path(root, wait_s):
+        return False, [f"official mamba-ssm skipped: not built under {root}"]
+    if (why := official_importable()) is not None:
+        return False, [f"official mamba-ssm skipped: not importable ({why})"]
+    conv = "found" if official_has_conv() else "missing: its torch conv fallback runs"
+    return True, [f"official causal_conv1d {conv}"]
 
 
 def parse_args(argv=None):
@@ -251,17 +275,7 @@ def main(argv=None) -> None:
         plan["batches"] = [int(b) for b in args.batches.split(",") if b]
     if args.repeats:
         plan["repeats"] = args.repeats
-    notes = []
-    if plan["device"] != "cuda" or not torch.cuda.is_available():
-        notes.append(f"official mamba-ssm skipped: needs CUDA (device {plan['device']})")
-    elif not add_official_to_path(args.official, args.wait_official):
-        notes.append(f"official mamba-ssm skipped: not built under {args.official}")
-    elif (why := official_importable()) is not None:
-        notes.append(f"official mamba-ssm skipped: not importable ({why})")
-    use_official = not notes
-    if use_official:
-        conv = "found" if official_has_conv() else "missing: its torch conv fallback runs"
-        notes.append(f"official causal_conv1d {conv}")
+    use_official, notes = find_official(plan, args.official, args.wait_official)
     global T0
     T0 = time.time()  # the budget counts from here, the official build ready
     for note in notes:
@@ -292,11 +306,8 @@ def main(argv=None) -> None:
                         kind, OFFICIAL, batch, plan,
                         lambda m=official, p=ids: official_generate(m, p, plan["new_tokens"]), None)
                     results["rows"].append(row)
-                row, _ = measure(kind, f"mambalab {plan['variants'][0]}", batch, plan,
-                                 lambda m=ours, p=ids: ours_generate(m, p, plan["new_tokens"],
-                                                                     plan["variants"][0]),
-                                 references.get((kind, batch)))
-                results["rows"].append(row)
+                results["rows"].append(our_row(kind, plan["variants"][0], batch, plan, ours, ids,
+                                               references.get((kind, batch))))
                 save()
             official = None
             gc.collect()
@@ -309,11 +320,8 @@ def main(argv=None) -> None:
                                  f" {COMPILE_AFTER_S} s")
                     log(notes[-1])
                     continue
-                row, _ = measure(kind, f"mambalab {variant}", batch, plan,
-                                 lambda m=ours_models[kind], p=ids, v=variant: ours_generate(
-                                     m, p, plan["new_tokens"], v),
-                                 references.get((kind, batch)))
-                results["rows"].append(row)
+                results["rows"].append(our_row(kind, variant, batch, plan, ours_models[kind], ids,
+                                               references.get((kind, batch))))
                 save()
     save()
     print_table(results["rows"])
