@@ -127,6 +127,29 @@ def write_result(name: str, payload: dict, out: str | Path | None = None) -> Pat
     return path
 
 
+def add_official_to_path(root: Path, wait_s: float) -> bool:
+    """Put the official mamba-ssm that anchors/build_official.sh built under `root` first on sys.path, with
+    its causal_conv1d when that was built too (`--with-conv`). Waits up to wait_s seconds for a build running
+    beside this process: for the selective scan, then, if the conv's build was started (its folder exists),
+    for the conv. False if the selective scan is not there in time."""
+    package, built = root / "mamba_ssm-2.3.2.post1", root / "bss"
+    conv_package, conv_built = root / "causal_conv1d-1.7.0", root / "bcc"
+    deadline = time.monotonic() + wait_s
+
+    def wait_for(folder: Path, pattern: str) -> bool:
+        while not list(folder.glob(pattern)) and time.monotonic() < deadline:
+            time.sleep(2)
+        return bool(list(folder.glob(pattern)))
+
+    if not (wait_for(built, "selective_scan_cuda*.so") and package.is_dir()):
+        return False
+    paths = [str(package), str(built)]
+    if conv_built.is_dir() and wait_for(conv_built, "causal_conv1d_cuda*.so") and conv_package.is_dir():
+        paths += [str(conv_package), str(conv_built)]
+    sys.path[:0] = paths
+    return True
+
+
 def base_parser(description: str | None, *, out_help: str | None = None, device: str | None = None,
                 dtype: str | None = None, repeats: int | None = None, warmup: int | None = None,
                 raw_description: bool = False) -> argparse.ArgumentParser:

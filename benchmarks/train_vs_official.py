@@ -27,14 +27,13 @@ import argparse
 import gc
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import write_result
+from benchmarks.common import add_official_to_path, write_result
 from mambalab import LanguageModel
 from mambalab.models.zoo import get_preset
 
@@ -49,19 +48,6 @@ MODELS = ("official-mamba", "mambalab-mamba", "hf-llama", "mambalab-transformer"
 # A/B variants of our Mamba: "+logits-loss" scores through the (b, l, vocab) logits as the others do,
 # "+eager-norm" keeps RMSNorm's torch composition in training (not torch.compile'd).
 VARIANTS = ("+logits-loss", "+eager-norm")
-
-
-def add_official_to_path(root: Path, wait_s: float) -> bool:
-    """Put the built official package first on sys.path (anchors/build_official.sh's layout), waiting up to
-    wait_s seconds for a build running beside this process to finish; False if it is not there."""
-    package, built = root / "mamba_ssm-2.3.2.post1", root / "bss"
-    deadline = time.monotonic() + wait_s
-    while not list(built.glob("selective_scan_cuda*.so")) and time.monotonic() < deadline:
-        time.sleep(2)
-    if not (package.is_dir() and list(built.glob("selective_scan_cuda*.so"))):
-        return False
-    sys.path[:0] = [str(package), str(built)]
-    return True
 
 
 def logits_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -84,3 +85,31 @@ def test_base_parser_adds_only_the_asked_flags():
     assert (args.out, args.device, args.dtype, args.repeats, args.warmup) == ("o", "cpu", "bfloat16", 5, 1)
     with pytest.raises(SystemExit):
         full.parse_args(["--dtype", "float64"])
+
+
+def _fake_official_build(root, conv: str | None):
+    """anchors/build_official.sh's layout under root; conv: None (not started), "started" or "built"."""
+    (root / "mamba_ssm-2.3.2.post1").mkdir(parents=True)
+    (root / "bss").mkdir()
+    (root / "bss" / "selective_scan_cuda.so").touch()
+    if conv is not None:
+        (root / "causal_conv1d-1.7.0").mkdir()
+        (root / "bcc").mkdir()
+    if conv == "built":
+        (root / "bcc" / "causal_conv1d_cuda.so").touch()
+
+
+@pytest.mark.parametrize("conv, extra", [(None, []), ("started", []),
+                                         ("built", ["causal_conv1d-1.7.0", "bcc"])])
+def test_add_official_to_path_adds_the_build_and_its_conv_when_built(tmp_path, monkeypatch, conv, extra):
+    monkeypatch.setattr(sys, "path", ["elsewhere"])
+    _fake_official_build(tmp_path, conv)
+    assert common.add_official_to_path(tmp_path, wait_s=0)
+    assert sys.path == [str(tmp_path / p) for p in ["mamba_ssm-2.3.2.post1", "bss", *extra]] + ["elsewhere"]
+
+
+def test_add_official_to_path_is_false_without_the_selective_scan(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", ["elsewhere"])
+    (tmp_path / "mamba_ssm-2.3.2.post1").mkdir()
+    assert not common.add_official_to_path(tmp_path, wait_s=0)
+    assert sys.path == ["elsewhere"]
