@@ -161,7 +161,8 @@ def check(ours, official, plan: dict) -> dict:
     ids = random_prompts(plan, 1)
     n = plan["check_tokens"]
     try:
-        out = {"prefill_logits_rel_err": rel(ours(ids).float(), official(ids).logits.float()),
+        logits = ours(ids).float()  # (1, l, vocab); the official pads its vocabulary to a multiple of 8
+        out = {"prefill_logits_rel_err": rel(logits, official(ids).logits[..., :logits.shape[-1]].float()),
                "greedy_tokens_checked": n,
                "greedy_tokens_agreeing": agreeing_prefix(ours_generate(ours, ids, n, plan["variants"][0]),
                                                          official_generate(official, ids, n))[0]}
