@@ -61,9 +61,13 @@ def test_parameter_names_and_shapes_are_transformers_mamba2mixer():
 @pytest.mark.parametrize("kw", [{}, {"n_groups": 3}, {"bias": True, "conv_bias": False, "expand": 4}])
 def test_forward_equals_transformers_mamba2mixer(kw):
     ours = mixer(dtype=torch.float32, **kw)
+    theirs = hf_mixer(ours)
+    if ours.n_groups > 1 and not hasattr(theirs.norm, "group_size"):
+        pytest.skip("this transformers normalizes the gated norm over all groups at once; official mamba-ssm "
+                    "and newer transformers normalize each group (tested against the recurrence below)")
     hidden = torch.randn(2, 11, 12)  # 11: not a multiple of chunk_size
     with torch.no_grad():
-        assert rel_error(ours(hidden), hf_mixer(ours)(hidden)) < 1e-5
+        assert rel_error(ours(hidden), theirs(hidden)) < 1e-5
 
 
 def test_forward_against_the_recurrence_written_out():
