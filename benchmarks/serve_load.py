@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import multiprocessing
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -45,6 +43,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.common import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_TOKENS = 16
@@ -283,17 +283,6 @@ def offline(model, per_client: list[list[dict]], max_tokens: int, device: str) -
     return {"batch": len(prompts), "tokens": tokens, "wall_s": round(best, 4), "tokens_per_s": round(tokens / best, 1)}
 
 
-def environment(device: str) -> dict:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-
-    commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
-    return {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-            "torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "git_commit": commit, "git_dirty": dirty, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
-
-
 def device_tag(device: str) -> str:
     if device != "cuda":
         return "cpu"
@@ -316,7 +305,7 @@ def main() -> None:
     cfg = {**DEFAULTS[args.device], **{k: v for k, v in vars(args).items() if v is not None}}
     torch.set_num_threads(args.threads)
     rng = random.Random(0)
-    results: dict = {"environment": environment(args.device), "config": cfg}
+    results: dict = {"load_average_1min_at_start": round(os.getloadavg()[0], 2), "config": cfg}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = build_model(cfg["preset"], cfg["dtype"], args.device, tmp / "model")
@@ -357,12 +346,7 @@ def main() -> None:
         c = results["cached_system_prompt"]
         results["ratios"]["cached_ttft_p99_vs_p50"] = round(c["ttft_p99_s"] / c["ttft_p50_s"], 2)
     log(f"ratios: {results['ratios']}")
-    out = Path(args.out) if args.out else (
-        Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "benchmarks" / "results")
-    if out.suffix != ".json":
-        out = out / f"serve_load_{device_tag(args.device)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_result(f"serve_load_{device_tag(args.device)}", results, args.out)
     log(f"wrote {out}")
 
 

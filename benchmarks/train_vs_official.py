@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import statistics
 import time
@@ -63,8 +64,10 @@ def build(name: str, plan: dict, device: str):
         from mamba_ssm.models.config_mamba import MambaConfig
         from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 
-        # Mamba-2 without causal_conv1d: its memory-efficient fused path needs that package, so the plain one
-        ssm_cfg = {"layer": "Mamba1"} if name == "official-mamba" else {"layer": "Mamba2", "use_mem_eff_path": False}
+        # Mamba-2's default memory-efficient fused path needs causal_conv1d (anchors/build_official.sh
+        # --with-conv); without it, the plain path
+        mem_eff = importlib.util.find_spec("causal_conv1d") is not None
+        ssm_cfg = {"layer": "Mamba1"} if name == "official-mamba" else {"layer": "Mamba2", "use_mem_eff_path": mem_eff}
         config = MambaConfig(d_model=plan["d_model"], n_layer=plan["n_layer"], d_intermediate=0,
                              vocab_size=plan["vocab"], ssm_cfg=ssm_cfg, rms_norm=True,
                              residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=8)
@@ -244,6 +247,9 @@ def main() -> None:
         if name.startswith("official") and not add_official_to_path(args.official, args.wait_official):
             notes.append(f"official mamba-ssm not built under {args.official}: skipped")
             continue
+        if name == "official-mamba2":
+            conv = importlib.util.find_spec("causal_conv1d") is not None
+            notes.append(f"official Mamba-2 with causal_conv1d: {conv} (its memory-efficient path: {conv})")
         results.extend(measure(name, plan, device, profile=not args.no_profile and "+" not in name))
         write_result("train_vs_official", {**header, "results": results, "ratios": ratios(results)}, args.out)
     for row in ratios(results):
