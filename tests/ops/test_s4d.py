@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mambalab.ops.hippo import DISCRETIZATIONS, S4D_INITS, discretize_diagonal, s4d_init
-from mambalab.ops.s4d import diagonal_recurrence, s4d_cnn, s4d_rnn, s4d_step
+from mambalab.ops.s4d import diagonal_recurrence, s4d_cnn, s4d_rnn, s4d_step, vandermonde
 from tests.conftest import rel_error
 
 
@@ -114,3 +114,23 @@ def test_time_varying_recurrence_matches_explicit_loop():
         state = dA[:, :, t] * state + dBu[:, :, t]
         expected.append((C[:, :, t] * state).sum(-1))
     assert rel_error(y, torch.stack(expected, -1)) < 1e-14 and rel_error(h, state) < 1e-14
+
+
+def test_vandermonde_is_the_power_table_with_gradients():
+    """exp(k·log Ā) == Ā^k written as repeated products, values and gradients (float64), including modes whose
+    angle passes π (the log's branch does not matter for integer k) and Ā = 0 (0^0 = 1)."""
+    torch.manual_seed(0)
+    dA = torch.exp(torch.complex(-torch.rand(3, 5, dtype=torch.float64), 4 * torch.randn(3, 5, dtype=torch.float64)))
+    dA = torch.cat((dA, torch.zeros(3, 1, dtype=dA.dtype)), dim=1).requires_grad_()  # (3, 6): one zero mode
+    powers = [torch.ones_like(dA)]
+    for _ in range(1, 9):
+        powers.append(powers[-1] * dA)
+    expected = torch.stack(powers, dim=-1)  # (3, 6, 9)
+    got = vandermonde(dA, 9)
+    assert rel_error(torch.view_as_real(got), torch.view_as_real(expected)) < 1e-13
+    weights = torch.randn(3, 5, 9, dtype=torch.complex128)  # the zero mode's gradient is undefined: left out
+    g_got, = torch.autograd.grad((got[:, :5] * weights).real.sum(), dA)
+    g_exp, = torch.autograd.grad((expected[:, :5] * weights).real.sum(), dA)
+    assert rel_error(torch.view_as_real(g_got[:, :5]), torch.view_as_real(g_exp[:, :5])) < 1e-12
+    assert vandermonde(dA, 0).shape == (3, 6, 0)
+
