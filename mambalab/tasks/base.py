@@ -115,10 +115,12 @@ def random_tokens(shape: tuple[int, ...], low: int, high: int, generator: torch.
 def sample_without_replacement(
     batch: int, population: int, k: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """(batch, k) distinct integers from [0, population) per row, in random order."""
+    """(batch, k) distinct integers from [0, population) per row, in random order: the k largest of
+    `population` uniform keys (a uniform k-subset, ordered by its keys). topk, not a full argsort: MQAR
+    draws 16 keys of 4,095 per row, where sorting every key cost 12 ms of a 64-row batch (topk: 1 ms)."""
     if k > population:
         raise ValueError(f"cannot draw k={k} distinct items from a population of {population}")
-    return torch.rand(batch, population, generator=generator).argsort(-1)[:, :k]
+    return torch.rand(batch, population, generator=generator).topk(k, dim=-1).indices  # (batch, k)
 
 
 def bits_per_token(loss_nats: float) -> float:
