@@ -72,13 +72,13 @@ def lm_task(
 
 
 def _token_ids(tok, text: str) -> torch.Tensor:
-    """The text's token ids; for the byte tokenizer straight from the UTF-8 bytes (the same ids as
+    """The text's token ids; for the byte tokenizer straight from the UTF-8 bytes as uint8 (the same ids as
     `tok.encode`, without a Python int per byte: a 100 MB corpus would take gigabytes that way)."""
     from mambalab.tokenizer import ByteTokenizer
 
     if isinstance(tok, ByteTokenizer):
         data = bytearray(text.encode("utf-8", errors="surrogateescape"))
-        return torch.frombuffer(data, dtype=torch.uint8).long() if data else torch.zeros(0, dtype=torch.long)
+        return torch.frombuffer(data, dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
     return torch.tensor(tok.encode(text), dtype=torch.long)
 
 

@@ -39,7 +39,7 @@ class LanguageModelling(Task):
             )
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"LanguageModelling.val_fraction must be in (0, 1), got {self.val_fraction}")
-        tokens = self.tokens.long()
+        tokens = self.tokens  # kept in its dtype (a byte corpus as uint8: 1 byte per token, not 8)
         if tokens.numel() and int(tokens.max()) >= self.vocab_size:
             raise ValueError(
                 f"LanguageModelling.tokens hold id {int(tokens.max())} >= vocab_size {self.vocab_size}"
@@ -63,7 +63,7 @@ class LanguageModelling(Task):
                 f"({stream.numel()} tokens)"
             )
         starts = torch.randint(0, stream.numel() - length, (batch_size,), generator=generator)  # (b,)
-        windows = stream[starts[:, None] + torch.arange(length + 1)]  # (b, l+1)
+        windows = stream[starts[:, None] + torch.arange(length + 1)].long()  # (b, l+1)
         return {"input_ids": windows[:, :-1].contiguous(), "labels": windows[:, 1:].contiguous()}
 
     def score(self, logits: torch.Tensor, batch: dict) -> dict[str, float]:
