@@ -109,7 +109,7 @@ def demo(seed: int = typer.Option(0, help="Random seed.")) -> None:
 
 @app.command()
 def compare(
-    preset: str = typer.Option("quick", help="smoke | quick (2-core CPU, ≤10 min, 3 seeds) | standard (1 GPU, ~1 h, resumable) | paper."),
+    preset: str = typer.Option("quick", help="smoke | quick (2-core CPU, ≤10 min, 3 seeds) | standard (1 GPU, ~2 h, resumable) | paper."),
     models: str = typer.Option(None, help="Comma-separated families (default: the preset's; quick runs mamba,"
                                "transformer,s4d; standard and paper add mamba2): mamba,transformer,s4d,hybrid,"
                                "moe,mamba2."),

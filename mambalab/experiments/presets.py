@@ -5,7 +5,7 @@ Every model family trains on a task with the same budget (steps × batch × leng
     smoke     CI: seconds, every code path, numbers meaningless
     quick     a 2-core CPU in ≤10 minutes, 3 seeds per task cell, small vocabularies and short sequences
               (budgets chosen by sweeps on such a machine: benchmarks/notes/compare.md; see reports/)
-    standard  one GPU, about an hour (3 seeds, Zoology's lr sweep; estimated, resumable): the paper-style
+    standard  one GPU, ~2 hours (192 items: 3 seeds, Zoology's lr sweep; resumable): the paper-style
               settings at reduced step counts
     paper     the papers' settings (selective copying at length 4096, induction heads trained at 256 and
               tested to 2^14 and beyond, MQAR at vocab 8192): hours of GPU time
@@ -220,9 +220,10 @@ def _quick() -> Preset:
 
 
 def _standard() -> Preset:
-    """One GPU, about an hour with `--jobs 14` for Mamba, Transformer++ and S4D (runs share the GPU; 3 seeds
-    per cell and Zoology's lr sweep in the state study: ~3× the 1-seed preset's ~20 min, estimated, not
-    measured; Mamba-2, a default family since, adds its runs on top; a call cut short resumes):
+    """One GPU, ~2 hours (192 items: 3 seeds per cell, Zoology's lr sweep in the state study, Mamba-2 beside
+    Mamba, Transformer++ and S4D; 14 runs share the GPU; a call cut short resumes). The first 25 items
+    (induction heads, selective copying, the init study's S4D runs) took ~14 minutes of one H100 with
+    `--jobs 12` (2026-12-06); the rest is extrapolated from them (benchmarks/notes/compare.md):
     the synthetic tasks at the papers' vocabularies and shapes at reduced lengths and steps,
     2-layer-Transformer-sized models (4 Mamba blocks of width 64); Mamba, Transformer++, S4D and Mamba-2
     (hybrid and MoE on request).
