@@ -222,7 +222,7 @@ def _quick() -> Preset:
 def _standard() -> Preset:
     """One GPU, ~2 hours (192 items: 3 seeds per cell, Zoology's lr sweep in the state study, Mamba-2 beside
     Mamba, Transformer++ and S4D; 14 runs share the GPU; a call cut short resumes). The first 25 items
-    (induction heads, selective copying, the init study's S4D runs) took ~14 minutes of one H100 with
+    (induction heads, selective copying, the init study's S4D runs) took 12 minutes of one H100 with
     `--jobs 12` (2026-12-06); the rest is extrapolated from them (benchmarks/notes/compare.md):
     the synthetic tasks at the papers' vocabularies and shapes at reduced lengths and steps,
     2-layer-Transformer-sized models (4 Mamba blocks of width 64); Mamba, Transformer++, S4D and Mamba-2
