@@ -324,9 +324,9 @@ def ssd_chunk_backward_kernel(
     carrying nothing from head to head: its registers are those of one head. The second sums the group's dB
     and dC; what it carries, W = Σ_heads L ∘ (gy xᵀ) Δ (Q, Q) and the state parts Σ_heads exp(Λ_t) gy_t H and
     Σ_heads Δ_s exp(Λ_Q − Λ_s) x_s G (Q, N each), is 16 + 32 + 32 = 80 float32 registers per thread at Q 64,
-    n 128 and 8 warps: carried through the first loop's work they would spill (sm_90 builds: 752 B of stack
-    instead of 160 B), carried through the light second loop they fit. The second loop re-reads its head's
-    tiles (x, dy, z, Δ, H, G: in cache, just read by the first) and recomputes gy xᵀ and L."""
+    n 128 and 8 warps: too many to carry through the first loop's work beside a tile that already uses 255
+    (they spill there, benchmarks/notes/ssd.md), few enough for the light second loop. That loop re-reads
+    its head's tiles (x, dy, z, Δ, H, G: in cache, just read by the first) and recomputes gy xᵀ and L."""
     (chunk, slot, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
      _) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
     first_head = slot * heads_per_program
