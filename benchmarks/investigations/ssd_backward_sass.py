@@ -16,6 +16,8 @@ import argparse
 import collections
 import sys
 
+import triton.language as tl
+
 from benchmarks.investigations.kernel_sass import compile_sm90, family, main_loop, resources, sass_of
 from mambalab.ops.ssd import triton_kernels as ssd
 from mambalab.ops.ssd.triton_ssd import SSDConfig
@@ -27,12 +29,9 @@ def kernel_values(cfg: SSDConfig, heads_per_program: int, dtype: str = "bf16") -
     """Every argument of ssd_chunk_backward_kernel as the launcher passes it at the benchmark shape (pointers as
     their dtype, integers as values, constexprs as constants)."""
     lhp = (HEADS * HEAD_DIM, HEAD_DIM, 1)  # strides of (b·l, h, p) rows
-    tl_acc, tl_dot = "fp32", dtype
-    import triton.language as tl
-
     values = {name: f"*{dtype}" for name in ("x_ptr", "dt_ptr", "B_ptr", "C_ptr", "z_ptr", "dy_ptr", "dx_ptr",
                                               "dz_ptr", "states_ptr", "adjoints_ptr")}
-    values.update({name: f"*{tl_acc}" for name in ("A_ptr", "D_ptr", "bias_ptr", "ddt_ptr", "dB_ptr", "dC_ptr",
+    values.update({name: "*fp32" for name in ("A_ptr", "D_ptr", "bias_ptr", "ddt_ptr", "dB_ptr", "dC_ptr",
                                                     "dA_ptr", "dD_ptr")})
     values.update(seq_ptr="*i64", chunk_ptr="*i64", chunk_seq_ptr="*i32")
     values.update(dict(zip(("s_x_l", "s_x_h", "s_x_p"), lhp)), s_dt_l=HEADS, s_dt_h=1, s_B_l=N, s_B_g=N, s_B_n=1,
@@ -43,7 +42,7 @@ def kernel_values(cfg: SSDConfig, heads_per_program: int, dtype: str = "bf16") -
     values.update(heads=HEADS, groups=1, heads_per_group=HEADS, heads_per_program=heads_per_program,
                   head_dim=HEAD_DIM, n_state=N, p_blocks=p_blocks)
     values.update(BLOCK_Q=cfg.chunk, BLOCK_P=cfg.block_p_backward, BLOCK_N=N, ACC=tl.float32,
-                  DOT=tl.bfloat16 if tl_dot == "bf16" else tl.float32, PRECISION="tf32", HAS_D=True, HAS_Z=True,
+                  DOT={"bf16": tl.bfloat16, "fp16": tl.float16}[dtype], PRECISION="tf32", HAS_D=True, HAS_Z=True,
                   HAS_BIAS=True, SOFTPLUS=True)
     return values
 

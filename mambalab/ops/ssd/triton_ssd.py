@@ -74,12 +74,13 @@ class SSDConfig:
     """Tile sizes of the kernels. The fused forward walks chunks of `chunk_fused` positions; everything else
     (the chunked forward, the state and adjoint walks, the chunk-parallel gradients) works in chunks of
     `chunk`. Channel blocks (block_p_*) of head_dim per program; warps per program of each kernel. The gradient
-kernel's programs each take `heads_per_program` heads of one group, summing their dB and dC on chip before
-one atomic add per element (0: the most that still fill the GPU, `_heads_per_program`).
+    kernel's programs each take `heads_per_program` heads of one group, summing their dB and dC on chip before
+    one atomic add per element (0: the most that still fill the GPU, `_heads_per_program`).
 
     Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16): the fused forward at
     32 positions × 64 channels × 4 warps (255 registers, no spills; 64 × 64 spills 150-270 B), the chunk-parallel
-    forward at 64 × 64 × 8 warps (155 registers), the gradient kernel at 64 × 32 × 8 warps (72 B of spills)."""
+    forward at 64 × 64 × 8 warps (155 registers), the gradient kernel at 64 × 32 × 8 warps (255 registers,
+    296 B of stack at one head per program, 344 B at 4)."""
 
     chunk: int = 64
     chunk_fused: int = 32
