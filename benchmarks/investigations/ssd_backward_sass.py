@@ -43,7 +43,7 @@ def kernel_values(cfg: SSDConfig, heads_per_program: int, dtype: str = "bf16") -
                   head_dim=HEAD_DIM, n_state=N, p_blocks=p_blocks)
     values.update(BLOCK_Q=cfg.chunk, BLOCK_P=cfg.block_p_backward, BLOCK_N=N, ACC=tl.float32,
                   DOT={"bf16": tl.bfloat16, "fp16": tl.float16}[dtype], PRECISION="tf32", HAS_D=True, HAS_Z=True,
-                  HAS_BIAS=True, SOFTPLUS=True)
+                  HAS_BIAS=True, SOFTPLUS=True, ONE_PASS=heads_per_program == 1)
     return values
 
 

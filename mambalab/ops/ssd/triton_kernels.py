@@ -302,6 +302,18 @@ def _head_tiles(x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoi
 
 
 @triton.jit
+def _add_state_side(pairs_dt, dC, dB, gx, mask, dt, log_decay, to_end, gy, x, entering, adjoint, DOT: tl.constexpr,
+                    PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """One head's share of dB and dC added to the group's sums: W += L ∘ (gy xᵀ) Δ (Q, Q), dC += exp(Λ_t) gy_t H,
+    dB += Δ_s exp(Λ_Q − Λ_s) x_s G (Q, N); W's products with B and C follow once for all heads."""
+    pairs_dt += gx * mask * dt[None, :]
+    dC = tl.dot((tl.exp(log_decay)[:, None] * gy).to(DOT), entering, acc=dC, input_precision=PRECISION,
+                out_dtype=ACC)
+    dB = tl.dot((x * (dt * to_end)[:, None]).to(DOT), adjoint, acc=dB, input_precision=PRECISION, out_dtype=ACC)
+    return pairs_dt, dC, dB
+
+
+@triton.jit
 def ssd_chunk_backward_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
     states_ptr, adjoints_ptr,
@@ -311,7 +323,7 @@ def ssd_chunk_backward_kernel(
     heads, groups, heads_per_group, heads_per_program, head_dim, n_state, p_blocks,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     """Every gradient of one chunk and channel block for `heads_per_program` consecutive heads of one group
     (grid: chunks × heads / heads_per_program × channel blocks), from the state entering the chunk (states)
@@ -326,7 +338,9 @@ def ssd_chunk_backward_kernel(
     Σ_heads Δ_s exp(Λ_Q − Λ_s) x_s G (Q, N each), is 16 + 32 + 32 = 80 float32 registers per thread at Q 64,
     n 128 and 8 warps: too many to carry through the first loop's work beside a tile that already uses 255
     (they spill there, benchmarks/notes/ssd.md), few enough for the light second loop. That loop re-reads
-    its head's tiles (x, dy, z, Δ, H, G: in cache, just read by the first) and recomputes gy xᵀ and L."""
+    its head's tiles (x, dy, z, Δ, H, G: in cache, just read by the first) and recomputes gy xᵀ and L.
+    ONE_PASS (one head per program: nothing crosses heads) adds the head's share at the end of the first loop
+    instead, from the tiles it holds."""
     (chunk, slot, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
      _) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
     first_head = slot * heads_per_program
@@ -339,6 +353,10 @@ def ssd_chunk_backward_kernel(
     z_offs, o_tile = _tile(offs_q, offs_p, s_z_l, s_z_p), _tile(offs_q, offs_p, s_o_l, s_o_p)
     state_tile = _tile(offs_p, offs_n, n_state, 1)
     k_le_t = offs_q[:, None] >= offs_q[None, :]  # [t or s, k]
+    # State side: dC_t = H_tᵀ gy_t, dB_s = Δ_s g_sᵀ x_s, summed over the program's heads
+    pairs_dt = tl.zeros((BLOCK_Q, BLOCK_Q), dtype=ACC)  # W[t, s] = Σ_heads L[t, s] gy_t · x_s Δ_s
+    dC = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)  # Σ_heads exp(Λ_t) gy_t H, then + W B
+    dB = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)  # Σ_heads Δ_s exp(Λ_Q − Λ_s) x_s G, then + Wᵀ C
     for i in range(heads_per_program):
         head = first_head + i
         A, entering, adjoint, dt, raw, log_decay, x, dy, gy, z, gate = _head_tiles(
@@ -381,22 +399,21 @@ def ssd_chunk_backward_kernel(
         tl.store(ddt_ptr + ((row + offs_q) * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
         tl.store(dA_ptr + (chunk * heads + head) * p_blocks + pblock, tl.sum(d_step * dt, axis=0))
         tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, tl.sum(gy * x, axis=0), mask=p_mask)
-    # State side: dC_t = H_tᵀ gy_t, dB_s = Δ_s g_sᵀ x_s, summed over the program's heads
-    pairs_dt = tl.zeros((BLOCK_Q, BLOCK_Q), dtype=ACC)  # W[t, s] = Σ_heads L[t, s] gy_t · x_s Δ_s
-    dC = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)  # Σ_heads exp(Λ_t) gy_t H, then + W B
-    dB = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)  # Σ_heads Δ_s exp(Λ_Q − Λ_s) x_s G, then + Wᵀ C
-    for i in range(heads_per_program):
-        A, entering, adjoint, dt, _raw, log_decay, x, _dy, gy, _z, _gate = _head_tiles(
-            x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr, first_head + i, chunk, row,
-            heads, head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile, x_offs, dy_offs, z_offs, s_x_l,
-            s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS)
-        x = x.to(ACC)
-        gx = tl.dot(gy.to(DOT), tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
-        pairs_dt += gx * _decay_mask(log_decay, offs_q) * dt[None, :]
-        to_end = tl.exp(tl.sum(dt * A, axis=0) - log_decay)  # exp(Λ_Q − Λ_s)                 (Q,)
-        dC = tl.dot((tl.exp(log_decay)[:, None] * gy).to(DOT), entering, acc=dC, input_precision=PRECISION,
-                    out_dtype=ACC)
-        dB = tl.dot((x * (dt * to_end)[:, None]).to(DOT), adjoint, acc=dB, input_precision=PRECISION, out_dtype=ACC)
+        if ONE_PASS:
+            pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, mask, dt, log_decay, to_end, gy, x, entering,
+                                               adjoint, DOT, PRECISION, ACC)
+    if not ONE_PASS:
+        for i in range(heads_per_program):
+            A, entering, adjoint, dt, _raw, log_decay, x, _dy, gy, _z, _gate = _head_tiles(
+                x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr, first_head + i, chunk,
+                row, heads, head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile, x_offs, dy_offs,
+                z_offs, s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS,
+                SOFTPLUS)
+            x = x.to(ACC)
+            gx = tl.dot(gy.to(DOT), tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # (Q, Q)
+            to_end = tl.exp(tl.sum(dt * A, axis=0) - log_decay)  # exp(Λ_Q − Λ_s)              (Q,)
+            pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, _decay_mask(log_decay, offs_q), dt, log_decay,
+                                               to_end, gy, x, entering, adjoint, DOT, PRECISION, ACC)
     pairs_dt = pairs_dt.to(DOT)
     gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
     dC = tl.dot(pairs_dt, B, acc=dC, input_precision=PRECISION, out_dtype=ACC)  # (Q, N)

@@ -80,7 +80,7 @@ class SSDConfig:
     Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16): the fused forward at
     32 positions × 64 channels × 4 warps (255 registers, no spills; 64 × 64 spills 150-270 B), the chunk-parallel
     forward at 64 × 64 × 8 warps (155 registers), the gradient kernel at 64 × 32 × 8 warps (255 registers,
-    296 B of stack at one head per program, 344 B at 4)."""
+    128 B of stack at one head per program, 344 B at 4)."""
 
     chunk: int = 64
     chunk_fused: int = 32
@@ -351,7 +351,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
             *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
             *dy.stride()[1:], *dx.stride()[1:],
             heads, groups, heads // groups, per_program, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None,
-            **flags,
+            ONE_PASS=per_program == 1, **flags,
             num_warps=cfg.warps_backward, num_stages=cfg.stages,
         )
 
