@@ -222,8 +222,10 @@ def test_random_shapes_and_tiles(case):
     extra = {}
     if packed:
         extra["cu_seqlens"] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    per_group = heads // groups
     cfg = SSDConfig(chunk=pick(16, 32), chunk_fused=pick(16, 32), block_p_forward=pick(16, 32),
-                    block_p_backward=pick(16, 32), block_p_state=pick(0, 16), forward_mode=pick("fused", "chunked"))
+                    block_p_backward=pick(16, 32), block_p_state=pick(0, 16), forward_mode=pick("fused", "chunked"),
+                    heads_per_program=pick(*(k for k in range(1, per_group + 1) if per_group % k == 0)))
     ref_kw = requiring_grad(kw)
     tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)
