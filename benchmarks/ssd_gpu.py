@@ -46,7 +46,11 @@ SWEEP = [  # SSDConfig fields; the first is the default
     {"chunk": 32, "warps_chunk_forward": 4, "warps_backward": 4},
     {"block_p_backward": 64},
     {"stages": 1},
+    {"heads_per_program": 4},
+    {"heads_per_program": 0},
 ]
+# The rest (chunk, block_p_backward, block_p_state, warps_state/adjoint/backward, stages, heads_per_program)
+# are taken from the config with the best backward (fwd+bwd − fwd).
 FORWARD_FIELDS = {"forward_mode", "chunk_fused", "block_p_forward", "warps_fused", "warps_chunk_forward"}
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
 T0 = time.time()
@@ -319,7 +323,7 @@ def main() -> int:
     if opts.smoke:
         global DEVICE, SHAPES, SWEEP, SWEEP_SHAPE, HEAD_DIM, N
         DEVICE, SHAPES, SWEEP_SHAPE, HEAD_DIM, N = "cpu", [(2, 2, 40)], (2, 2, 40), 16, 16
-        SWEEP = [{}, {"forward_mode": "fused", "chunk_fused": 16}, {"chunk": 16}]
+        SWEEP = [{}, {"forward_mode": "fused", "chunk_fused": 16}, {"chunk": 16}, {"heads_per_program": 2}]
     report = {"shapes": {}}
 
     def save():  # after every stage: a run cut short by the device's time limit keeps what it measured

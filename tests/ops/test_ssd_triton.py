@@ -3,11 +3,14 @@ interpreter on CPU (tiny shapes), with every kernel output poisoned with NaN bef
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from mambalab.errors import ConfigError
 from mambalab.ops import backends
-from mambalab.ops.ssd import OP, STEP_OP, ssd_scan, ssd_state_update
+from mambalab.ops.ssd import OP, STEP_OP, ssd_scan, ssd_state_update, triton_ssd
 from mambalab.ops.ssd.triton_ssd import SSDConfig, ssd_triton
 from tests.conftest import rel_error
 from tests.ops.conftest import TRITON_DEVICE
@@ -145,24 +148,60 @@ def test_grads_of_partial_use():
         assert rel_error(g[name], g_ref[name]) <= 1e-9, name
 
 
+def _check_packed(kw, lengths, cfg):
+    """ssd_triton(config=cfg) over packed sequences of `lengths` against the loop: y, final state and every
+    gradient (cotangents from a fixed seed, so that two configs on the same inputs get the same ones). Returns
+    the gradients."""
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+    ref_kw = requiring_grad(kw)
+    y_ref, h_ref = run("reference", ref_kw, return_final_state=True, cu_seqlens=offsets)
+    y, h = ssd_triton(**tri_kw, return_final_state=True, cu_seqlens=offsets.to(TRITON_DEVICE), config=cfg)
+    assert rel_error(y, y_ref) <= 1e-12 and rel_error(h, h_ref) <= 1e-12
+    gen = torch.Generator().manual_seed(0)
+    gy = torch.randn(y_ref.shape, generator=gen, dtype=y_ref.dtype)
+    gh = torch.randn(h_ref.shape, generator=gen, dtype=h_ref.dtype)
+    g_ref = grads_of(ref_kw, y_ref, h_ref, gy, gh)
+    g = grads_of(tri_kw, y, h, gy.to(TRITON_DEVICE), gh.to(TRITON_DEVICE))
+    for name in g_ref:
+        assert rel_error(g[name], g_ref[name]) <= 1e-9, name
+    return g
+
+
 @pytest.mark.parametrize("mode", ["fused", "chunked"])
 def test_forward_modes_and_tiles(mode):
     """Both forward algorithms (walk whole sequences / pass states then chunks in parallel), the fused walk's
     chunk and the other kernels' chunk of different sizes, packed sequences, against the loop."""
     lengths = [7, 33, 0, 18]
     kw = make_inputs(1, sum(lengths), 4, 3, 2, 5, rows=len(lengths))
-    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()]).to(TRITON_DEVICE)
-    cfg = SSDConfig(chunk=32, chunk_fused=16, block_p_state=16, forward_mode=mode)
-    tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
-    ref_kw = requiring_grad(kw)
-    y_ref, h_ref = run("reference", ref_kw, return_final_state=True, cu_seqlens=offsets.cpu())
-    y, h = ssd_triton(**tri_kw, return_final_state=True, cu_seqlens=offsets, config=cfg)
-    assert rel_error(y, y_ref) <= 1e-12 and rel_error(h, h_ref) <= 1e-12
-    gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)
-    g_ref = grads_of(ref_kw, y_ref, h_ref, gy, gh)
-    g = grads_of(tri_kw, y, h, gy.to(TRITON_DEVICE), gh.to(TRITON_DEVICE))
-    for name in g_ref:
-        assert rel_error(g[name], g_ref[name]) <= 1e-9, name
+    _check_packed(kw, lengths, SSDConfig(chunk=32, chunk_fused=16, block_p_state=16, forward_mode=mode))
+
+
+@pytest.mark.parametrize("heads_per_program", [2, 0])
+def test_heads_per_program(heads_per_program, monkeypatch):
+    """Several heads of one group per gradient program (2 of each group's 4: two programs add into each dB, dC
+    row; 0: auto, which on a device of one multiprocessor takes all 4): every gradient against the loop and
+    equal to one head per program on the same inputs; two channel blocks (p 17), n odd, packed sequences with
+    an empty one, D per channel."""
+    monkeypatch.setattr(triton_ssd, "_multiprocessors", lambda device: 1)
+    lengths = [37, 0, 9]
+    kw = make_inputs(1, sum(lengths), 8, 17, 2, 7, rows=len(lengths), d_matrix=True)
+    cfg = SSDConfig(chunk=16, block_p_backward=16, block_p_state=16, forward_mode="chunked")
+    several = _check_packed(kw, lengths, dataclasses.replace(cfg, heads_per_program=heads_per_program))
+    one = _check_packed(kw, lengths, cfg)
+    for name, grad in one.items():
+        assert rel_error(several[name], grad) <= 1e-12, name
+
+
+def test_heads_per_program_choice():
+    """Auto: the most heads of a group that leave ≥ 2 programs per multiprocessor (132 off CUDA); a value that
+    does not divide heads / groups is refused."""
+    auto, cpu = SSDConfig(heads_per_program=0), torch.device("cpu")
+    assert triton_ssd._heads_per_program(1024, 24, 24, 2, auto, cpu) == 24  # b8 L8192 h24 one group: 2048 programs
+    assert triton_ssd._heads_per_program(16, 24, 24, 2, auto, cpu) == 2  # 3 would leave 16 × 8 × 2 = 256 < 264
+    assert triton_ssd._heads_per_program(4, 8, 4, 1, auto, cpu) == 1
+    with pytest.raises(ConfigError, match="heads_per_program=5"):
+        triton_ssd._heads_per_program(4, 24, 12, 1, SSDConfig(heads_per_program=5), cpu)
 
 
 @pytest.mark.slow
@@ -183,8 +222,10 @@ def test_random_shapes_and_tiles(case):
     extra = {}
     if packed:
         extra["cu_seqlens"] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    per_group = heads // groups
     cfg = SSDConfig(chunk=pick(16, 32), chunk_fused=pick(16, 32), block_p_forward=pick(16, 32),
-                    block_p_backward=pick(16, 32), block_p_state=pick(0, 16), forward_mode=pick("fused", "chunked"))
+                    block_p_backward=pick(16, 32), block_p_state=pick(0, 16), forward_mode=pick("fused", "chunked"),
+                    heads_per_program=pick(*(k for k in range(1, per_group + 1) if per_group % k == 0)))
     ref_kw = requiring_grad(kw)
     tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)

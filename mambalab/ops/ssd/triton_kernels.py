@@ -13,8 +13,8 @@ and the final state leave the chip), or walks them for the states only (STORE_ST
 every chunk in parallel (`ssd_chunk_forward_kernel`), for few (sequence, head) pairs and long sequences.
 
 The backward: a state pass (the same kernel storing the state H entering each chunk), a backward walk
-storing G = ∂loss/∂(state leaving each chunk), then one program per (chunk, head, channel block) computing
-every gradient of the chunk from its tiles, H and G. With gy = ∂loss/∂y before the gate and
+storing G = ∂loss/∂(state leaving each chunk), then one program per (chunk, channel block, heads_per_program
+heads of one group) computing every gradient of the chunk from its tiles, H and G. With gy = ∂loss/∂y before the gate and
 g_s = Σ_{t ≥ s} exp(Λ_t − Λ_s) C_t ⊗ gy_t + exp(Λ_Q − Λ_s) G (never formed):
 
     dx_s = Δ_s g_s B_s + D gy_s        dB_s = Δ_s g_sᵀ x_s        dC_t = H_tᵀ gy_t
@@ -22,8 +22,9 @@ g_s = Σ_{t ≥ s} exp(Λ_t − Λ_s) C_t ⊗ gy_t + exp(Λ_Q − Λ_s) G (never
 
 where dℓ_k (ℓ = Δ A) sums the loss contributions of the (source, sink) pairs around position k: inside the
 chunk, through H, through G and through both (docs/math.md, "Gradients"). Sums over the heads of a group
-(dB, dC) are atomic adds into float32 (float64) buffers; the partial sums over channel blocks and chunks
-(dΔ, dA, dD) are stored per block and summed by the caller.
+(dB, dC) are summed on chip over the program's heads, then added atomically into float32 (float64) buffers,
+one add per element and program ((heads / heads_per_program) × channel blocks adds per element in all); the
+partial sums over channel blocks and chunks (dΔ, dA, dD) are stored per block and summed by the caller.
 
 Rows (positions) of every (…, l, …) tensor are addressed as start + offset with one stride, so batch rows
 and packed sequences (cu_seqlens) are the same case: `seq_starts` holds each sequence's first row.
@@ -282,86 +283,143 @@ def ssd_adjoint_kernel(
 
 
 @triton.jit
+def _head_tiles(x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr, head, chunk, row, heads,
+                head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile, x_offs, dy_offs, z_offs,
+                s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC: tl.constexpr, DOT: tl.constexpr,
+                HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """One head's tiles of a chunk: A; H and G (P, N); Δ, dt + bias and Λ_t (Q,); x (input dtype), dy, gy, z,
+    σ(z) (Q, P; without z, dy in place of z and σ(z))."""
+    A = tl.load(A_ptr + head).to(ACC)
+    chunk_state = (chunk.to(tl.int64) * heads + head) * head_dim * n_state + state_tile
+    entering = tl.load(states_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # H              (P, N)
+    adjoint = tl.load(adjoints_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # G             (P, N)
+    dt, raw = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
+                          HAS_BIAS, SOFTPLUS)
+    x = tl.load(x_ptr + row * s_x_l + head * s_x_h + x_offs, mask=qp_mask, other=0.0)  # (Q, P)
+    dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + dy_offs, mask=qp_mask, other=0.0).to(ACC)  # (Q, P)
+    gy, z, gate = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, z_offs, qp_mask, ACC, HAS_Z)
+    return A, entering, adjoint, dt, raw, tl.cumsum(dt * A, axis=0), x, dy, gy, z, gate
+
+
+@triton.jit
+def _add_state_side(pairs_dt, dC, dB, gx, mask, dt, log_decay, to_end, gy, x, entering, adjoint, DOT: tl.constexpr,
+                    PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """One head's share of dB and dC added to the group's sums: W += L ∘ (gy xᵀ) Δ (Q, Q), dC += exp(Λ_t) gy_t H,
+    dB += Δ_s exp(Λ_Q − Λ_s) x_s G (Q, N); W's products with B and C follow once for all heads."""
+    pairs_dt += gx * mask * dt[None, :]
+    dC = tl.dot((tl.exp(log_decay)[:, None] * gy).to(DOT), entering, acc=dC, input_precision=PRECISION,
+                out_dtype=ACC)
+    dB = tl.dot((x * (dt * to_end)[:, None]).to(DOT), adjoint, acc=dB, input_precision=PRECISION, out_dtype=ACC)
+    return pairs_dt, dC, dB
+
+
+@triton.jit
 def ssd_chunk_backward_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
     states_ptr, adjoints_ptr,
     dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr,
     s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n, s_D_h, s_D_p,
     s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p, s_o_l, s_o_h, s_o_p,
-    heads, groups, heads_per_group, head_dim, n_state, p_blocks,
+    heads, groups, heads_per_group, heads_per_program, head_dim, n_state, p_blocks,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
-    """Every gradient of one (chunk, head, channel block) from the state entering the chunk (states) and the
-    adjoint of the state leaving it (adjoints): chunks are independent here. Outputs: dx, dz (l, h, p) with
-    strides s_o_*; dB, dC (l, g, n) accumulated atomically (zeroed by the caller); partial sums over channel
-    blocks: ddt (l, h, p_blocks) (∂loss/∂(dt + dt_bias)), dA (chunks, h, p_blocks); dD (chunks, h, p)."""
-    (chunk, head, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
-     chunk_state) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P,
-                                   BLOCK_N)
-    group = head // heads_per_group
-    A = tl.load(A_ptr + head).to(ACC)
-    entering = tl.load(states_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # H              (P, N)
-    adjoint = tl.load(adjoints_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # G             (P, N)
-    D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)
+    """Every gradient of one chunk and channel block for `heads_per_program` consecutive heads of one group
+    (grid: chunks × heads / heads_per_program × channel blocks), from the state entering the chunk (states)
+    and the adjoint of the state leaving it (adjoints): chunks are independent here. Outputs: dx, dz (l, h, p)
+    with strides s_o_*; dB, dC (l, g, n) summed over the program's heads, then added atomically (one add per
+    element and program; zeroed by the caller); partial sums over channel blocks: ddt (l, h, p_blocks)
+    (∂loss/∂(dt + dt_bias)), dA (chunks, h, p_blocks); dD (chunks, h, p).
 
-    dt, raw = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
-                          HAS_BIAS, SOFTPLUS)
-    log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                            (Q,)
-    chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
-    from_start = tl.exp(log_decay)  # exp(Λ_t)                                               (Q,)
-    to_end = tl.exp(chunk_decay - log_decay)  # exp(Λ_Q − Λ_s)                                (Q,)
-    through_both = tl.exp(chunk_decay) * tl.sum(tl.sum(adjoint.to(ACC) * entering.to(ACC), axis=1), axis=0)
-    x = tl.load(x_ptr + row * s_x_l + head * s_x_h + _tile(offs_q, offs_p, s_x_l, s_x_p), mask=qp_mask, other=0.0)
+    Two loops over the heads (run-time loops, not unrolled). The first does each head's own gradients,
+    carrying nothing from head to head: its registers are those of one head. The second sums the group's dB
+    and dC; what it carries, W = Σ_heads L ∘ (gy xᵀ) Δ (Q, Q) and the state parts Σ_heads exp(Λ_t) gy_t H and
+    Σ_heads Δ_s exp(Λ_Q − Λ_s) x_s G (Q, N each), is 16 + 32 + 32 = 80 float32 registers per thread at Q 64,
+    n 128 and 8 warps: too many to carry through the first loop's work beside a tile that already uses 255
+    (they spill there, benchmarks/notes/ssd.md), few enough for the light second loop. That loop re-reads
+    its head's tiles (x, dy, z, Δ, H, G: in cache, just read by the first) and recomputes gy xᵀ and L.
+    ONE_PASS (one head per program: nothing crosses heads) adds the head's share at the end of the first loop
+    instead, from the tiles it holds."""
+    (chunk, slot, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
+     _) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
+    first_head = slot * heads_per_program
+    group = first_head // heads_per_group
     B = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask,
                 other=0.0).to(DOT)  # (Q, N)
     C = tl.load(C_ptr + row * s_C_l + group * s_C_g + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask,
                 other=0.0).to(DOT)  # (Q, N)
-    dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + _tile(offs_q, offs_p, s_dy_l, s_dy_p), mask=qp_mask,
-                 other=0.0).to(ACC)  # (Q, P)
-    mask = _decay_mask(log_decay, offs_q)  # L                                                (Q, Q)
-    scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ     (Q, Q)
-    y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
-    y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)  # y^ssm
-    x = x.to(ACC)
-    gy, z, gate = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, _tile(offs_q, offs_p, s_z_l, s_z_p), qp_mask,
-                                 ACC, HAS_Z)
-    o_offs = row * s_o_l + head * s_o_h + _tile(offs_q, offs_p, s_o_l, s_o_p)
-    if HAS_Z:
-        dz = dy * (y + D[None, :] * x) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z) = σ (1 + z (1 − σ))
-        tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
-    gy_dot = gy.to(DOT)
-    # Input side: g_s B_s = Σ_{t ≥ s} L[t, s] (C_t · B_s) gy_t + exp(Λ_Q − Λ_s) G B_s
-    leaving = to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
-    gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
-    tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
-    gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s  (Q, Q)
-    # ∂loss/∂ℓ_k, ℓ = Δ A: the contributions of all (source s, sink t) pairs with s < k ≤ t (docs/math.md):
-    # both in the chunk (inner), sources before it read here (reads), sources here read after it (writes),
-    # sources before read after (through_both). A sum of terms, never a difference of two totals.
-    inner = scored * gx * dt[None, :]  # [t, s]
-    reads = tl.sum(gy * y_in, axis=1)  # [t]: what the entering state H adds to the loss through y_t
-    writes = dt * tl.sum(x * leaving, axis=1)  # [s]: what Δ_s x_s ⊗ B_s adds to the loss through G
+    x_offs, dy_offs = _tile(offs_q, offs_p, s_x_l, s_x_p), _tile(offs_q, offs_p, s_dy_l, s_dy_p)
+    z_offs, o_tile = _tile(offs_q, offs_p, s_z_l, s_z_p), _tile(offs_q, offs_p, s_o_l, s_o_p)
+    state_tile = _tile(offs_p, offs_n, n_state, 1)
     k_le_t = offs_q[:, None] >= offs_q[None, :]  # [t or s, k]
-    before_k = tl.cumsum(inner, axis=1) - inner  # Σ_{s < k} inner[t, s]  at [t, k]
-    d_step = tl.sum(tl.where(k_le_t, before_k + reads[:, None], 0.0), axis=0)
-    d_step += tl.sum(tl.where(k_le_t, 0.0, writes[:, None]), axis=0) + through_both  # (Q,)
-    ddt = tl.sum(x * gB, axis=1) + A * d_step  # x_s · g_s B_s + A ∂loss/∂ℓ_s
-    if SOFTPLUS:
-        ddt *= sigmoid(raw)
-    tl.store(ddt_ptr + ((row + offs_q) * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
-    tl.store(dA_ptr + (chunk * heads + head) * p_blocks + pblock, tl.sum(d_step * dt, axis=0))
-    # State side: dC_t = H_tᵀ gy_t, dB_s = Δ_s g_sᵀ x_s
-    pairs = gx * mask  # L[t, s] gy_t · x_s
-    dC = tl.dot((pairs * dt[None, :]).to(DOT), B, input_precision=PRECISION, out_dtype=ACC)
-    dC += from_start[:, None] * tl.dot(gy_dot, entering, input_precision=PRECISION, out_dtype=ACC)
+    # State side: dC_t = H_tᵀ gy_t, dB_s = Δ_s g_sᵀ x_s, summed over the program's heads
+    pairs_dt = tl.zeros((BLOCK_Q, BLOCK_Q), dtype=ACC)  # W[t, s] = Σ_heads L[t, s] gy_t · x_s Δ_s
+    dC = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)  # Σ_heads exp(Λ_t) gy_t H, then + W B
+    dB = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)  # Σ_heads Δ_s exp(Λ_Q − Λ_s) x_s G, then + Wᵀ C
+    for i in range(heads_per_program):
+        head = first_head + i
+        A, entering, adjoint, dt, raw, log_decay, x, dy, gy, z, gate = _head_tiles(
+            x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr, head, chunk, row, heads,
+            head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile, x_offs, dy_offs, z_offs, s_x_l,
+            s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS)
+        D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)
+        chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
+        from_start = tl.exp(log_decay)  # exp(Λ_t)                                           (Q,)
+        to_end = tl.exp(chunk_decay - log_decay)  # exp(Λ_Q − Λ_s)                            (Q,)
+        through_both = tl.exp(chunk_decay) * tl.sum(tl.sum(adjoint.to(ACC) * entering.to(ACC), axis=1), axis=0)
+        mask = _decay_mask(log_decay, offs_q)  # L                                            (Q, Q)
+        scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ (Q, Q)
+        y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
+        y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION,
+                          out_dtype=ACC)  # y^ssm
+        x = x.to(ACC)
+        o_offs = row * s_o_l + head * s_o_h + o_tile
+        if HAS_Z:
+            dz = dy * (y + D[None, :] * x) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z) = σ (1 + z (1 − σ))
+            tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
+        gy_dot = gy.to(DOT)
+        # Input side: g_s B_s = Σ_{t ≥ s} L[t, s] (C_t · B_s) gy_t + exp(Λ_Q − Λ_s) G B_s
+        leaving = to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)
+        gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
+        tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
+        gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
+        # ∂loss/∂ℓ_k, ℓ = Δ A: the contributions of all (source s, sink t) pairs with s < k ≤ t (docs/math.md):
+        # both in the chunk (inner), sources before it read here (reads), sources here read after it (writes),
+        # sources before read after (through_both). A sum of terms, never a difference of two totals.
+        inner = scored * gx * dt[None, :]  # [t, s]
+        reads = tl.sum(gy * y_in, axis=1)  # [t]: what the entering state H adds to the loss through y_t
+        writes = dt * tl.sum(x * leaving, axis=1)  # [s]: what Δ_s x_s ⊗ B_s adds to the loss through G
+        before_k = tl.cumsum(inner, axis=1) - inner  # Σ_{s < k} inner[t, s]  at [t, k]
+        d_step = tl.sum(tl.where(k_le_t, before_k + reads[:, None], 0.0), axis=0)
+        d_step += tl.sum(tl.where(k_le_t, 0.0, writes[:, None]), axis=0) + through_both  # (Q,)
+        ddt = tl.sum(x * gB, axis=1) + A * d_step  # x_s · g_s B_s + A ∂loss/∂ℓ_s
+        if SOFTPLUS:
+            ddt *= sigmoid(raw)
+        tl.store(ddt_ptr + ((row + offs_q) * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
+        tl.store(dA_ptr + (chunk * heads + head) * p_blocks + pblock, tl.sum(d_step * dt, axis=0))
+        tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, tl.sum(gy * x, axis=0), mask=p_mask)
+        if ONE_PASS:
+            pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, mask, dt, log_decay, to_end, gy, x, entering,
+                                               adjoint, DOT, PRECISION, ACC)
+    if not ONE_PASS:
+        for i in range(heads_per_program):
+            A, entering, adjoint, dt, _raw, log_decay, x, _dy, gy, _z, _gate = _head_tiles(
+                x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr, first_head + i, chunk,
+                row, heads, head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile, x_offs, dy_offs,
+                z_offs, s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS,
+                SOFTPLUS)
+            x = x.to(ACC)
+            gx = tl.dot(gy.to(DOT), tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # (Q, Q)
+            to_end = tl.exp(tl.sum(dt * A, axis=0) - log_decay)  # exp(Λ_Q − Λ_s)              (Q,)
+            pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, _decay_mask(log_decay, offs_q), dt, log_decay,
+                                               to_end, gy, x, entering, adjoint, DOT, PRECISION, ACC)
+    pairs_dt = pairs_dt.to(DOT)
     gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
+    dC = tl.dot(pairs_dt, B, acc=dC, input_precision=PRECISION, out_dtype=ACC)  # (Q, N)
     tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")
-    dB = tl.dot(tl.trans(pairs.to(DOT)), C, input_precision=PRECISION, out_dtype=ACC)
-    dB += to_end[:, None] * tl.dot(x.to(DOT), adjoint, input_precision=PRECISION, out_dtype=ACC)
-    tl.atomic_add(dB_ptr + gn_offs, dB * dt[:, None], mask=qn_mask, sem="relaxed")
-    tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, tl.sum(gy * x, axis=0), mask=p_mask)
+    dB = tl.dot(tl.trans(pairs_dt), C, acc=dB, input_precision=PRECISION, out_dtype=ACC)  # (Q, N)
+    tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")
 
 
 @triton.jit

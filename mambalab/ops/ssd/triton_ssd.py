@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mambalab.errors import ConfigError
 from mambalab.ops.backends import BackendUnavailable, records_grad
 
 _KERNELS = "mambalab.ops.ssd.triton_kernels"
@@ -72,11 +73,14 @@ def check_runnable(op: str, tensors: dict) -> None:
 class SSDConfig:
     """Tile sizes of the kernels. The fused forward walks chunks of `chunk_fused` positions; everything else
     (the chunked forward, the state and adjoint walks, the chunk-parallel gradients) works in chunks of
-    `chunk`. Channel blocks (block_p_*) of head_dim per program; warps per program of each kernel.
+    `chunk`. Channel blocks (block_p_*) of head_dim per program; warps per program of each kernel. The gradient
+    kernel's programs each take `heads_per_program` heads of one group, summing their dB and dC on chip before
+    one atomic add per element (0: the most that still fill the GPU, `_heads_per_program`).
 
     Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16): the fused forward at
     32 positions × 64 channels × 4 warps (255 registers, no spills; 64 × 64 spills 150-270 B), the chunk-parallel
-    forward at 64 × 64 × 8 warps (155 registers), the gradient kernel at 64 × 32 × 8 warps (72 B of spills)."""
+    forward at 64 × 64 × 8 warps (155 registers), the gradient kernel at 64 × 32 × 8 warps (255 registers,
+    128 B of stack at one head per program, 344 B at 4)."""
 
     chunk: int = 64
     chunk_fused: int = 32
@@ -90,6 +94,7 @@ class SSDConfig:
     warps_backward: int = 8
     stages: int = 2
     forward_mode: str = "auto"  # "fused" (walk whole sequences), "chunked" (pass states, then chunks in parallel)
+    heads_per_program: int = 1  # heads of one group per gradient program (dividing heads / groups); 0: chosen
 
 
 def _pow2_at_most(v: int) -> int:
@@ -236,6 +241,22 @@ def _state_block(rows: int, head_dim: int, cfg, device) -> int:
     return 16
 
 
+def _heads_per_program(chunks: int, heads: int, heads_per_group: int, p_blocks: int, cfg, device) -> int:
+    """Heads per program of the gradient kernel: cfg.heads_per_program, or (0) the most heads of a group (a
+    divisor of heads / groups) that still give ≥ 2 programs per multiprocessor (each program adds its dB, dC
+    once per element: fewer programs, fewer atomic adds)."""
+    k = cfg.heads_per_program
+    if k < 0 or (k and heads_per_group % k):
+        raise ConfigError(f"SSDConfig.heads_per_program={k}: expected 0 (auto) or a divisor of heads / groups = "
+                          f"{heads_per_group}")
+    if k:
+        return k
+    fill = 2 * _multiprocessors(device)
+    fits = [d for d in range(1, heads_per_group + 1)
+            if heads_per_group % d == 0 and chunks * (heads // d) * p_blocks >= fill]
+    return max(fits, default=1)
+
+
 def _fused_forward(rows: int, head_dim: int, cfg, device) -> bool:
     """Whether the forward walks whole sequences (cfg.forward_mode "fused"), or passes states and then computes
     every chunk in parallel ("chunked"); "auto": fused when its grid gives ≥ 2 programs per multiprocessor."""
@@ -322,13 +343,15 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
     dA = _empty(chunks, heads, p_blocks, device=dev, dtype=acc_torch)
     dD = _empty(chunks, heads, head_dim, device=dev, dtype=acc_torch)
     Dm = _d_matrix(D, heads, head_dim)
+    per_program = _heads_per_program(chunks, heads, heads // groups, p_blocks, cfg, dev)
     if chunks:
-        k.ssd_chunk_backward_kernel[(chunks, heads, p_blocks)](
+        k.ssd_chunk_backward_kernel[(chunks, heads // per_program, p_blocks)](
             x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
             layout.chunk_seq, states, adjoints, dx, _or(dz, dx), ddt, dB, dC, dA, dD,
             *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
             *dy.stride()[1:], *dx.stride()[1:],
-            heads, groups, heads // groups, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None, **flags,
+            heads, groups, heads // groups, per_program, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None,
+            ONE_PASS=per_program == 1, **flags,
             num_warps=cfg.warps_backward, num_stages=cfg.stages,
         )
 
