@@ -19,7 +19,7 @@ import sys
 
 import triton.language as tl
 
-from benchmarks.investigations.kernel_sass import compile_sm90, family, main_loop, resources, sass_of
+from benchmarks.investigations.kernel_sass import _INSTR, compile_sm90, family, main_loop, resources, sass_of
 from mambalab.ops.ssd import triton_kernels as k
 from mambalab.ops.ssd.triton_ssd import SSDConfig
 
@@ -70,9 +70,10 @@ def local(cfg: SSDConfig, adjoint: bool) -> tuple:
 
 
 def passing(cfg: SSDConfig, reverse: bool) -> tuple:
-    values = {"local_ptr": "*fp32", "decay_ptr": "*fp32", "chunk_ptr": "*i64", "init_ptr": "*fp32", "passed_ptr": "*bf16",
-                  "final_ptr": "*fp32", "heads": HEADS, "state_size": HEAD_DIM * N, "BLOCK": min(cfg.block_pass, HEAD_DIM * N),
-                  "HAS_INIT": reverse, "REVERSE": reverse}
+    values = {"local_ptr": "*fp32", "decay_ptr": "*fp32", "chunk_ptr": "*i64", "init_ptr": "*fp32",
+              "passed_ptr": "*bf16", "final_ptr": "*fp32", "heads": HEADS, "state_size": HEAD_DIM * N,
+              "BLOCK": min(cfg.block_pass, HEAD_DIM * N), "STEPS": cfg.pass_steps, "HAS_INIT": reverse,
+              "REVERSE": reverse}
     return k.ssd_state_passing_kernel, values, cfg.warps_pass, cfg.stages
 
 
@@ -89,8 +90,11 @@ KERNELS = {
 def report(build) -> dict:
     fn, values, warps, stages = build
     cubin = compile_sm90(fn, values, warps, None, stages).asm["cubin"]
-    loop = main_loop(sass_of(cubin))
-    return {"resources": resources(cubin), "loop_instructions": len(loop),
+    sass = sass_of(cubin)
+    loop = main_loop(sass)
+    if len(loop) < 8:  # no sequential loop (a chunk-parallel kernel): the whole kernel
+        loop = [(0, m.group(3)) for m in _INSTR.finditer(sass)]
+    return {"resources": resources(cubin), "instructions": len(loop),
             "mix": collections.Counter(family(op) for _, op in loop).most_common(8)}
 
 
@@ -102,7 +106,7 @@ def main() -> int:
     cfg = dataclasses.replace(SSDConfig(), **fields)
     for name, build in KERNELS.items():
         r = report(build(cfg))
-        print(f"{name}\n  {r['resources']}\n  main loop: {r['loop_instructions']} instructions: "
+        print(f"{name}\n  {r['resources']}\n  main loop (or whole kernel): {r['instructions']} instructions: "
               + ", ".join(f"{op} {n}" for op, n in r["mix"]))
     return 0
 

@@ -183,7 +183,7 @@ def test_forward_modes_and_tiles(mode, state_mode):
 def test_parallel_state_passing_equals_walk():
     """state_mode "parallel" gives the walk's outputs, final state and gradients on the same inputs: packed
     sequences (one empty) with initial states, a loss on y and on the final state, p·n 35 over three blocks
-    of the state passing (the last partial)."""
+    of the state passing (the last partial), 3 chunks in 2 groups of its steps (the last partial)."""
     lengths = [40, 0, 23]
     kw = make_inputs(1, sum(lengths), 4, 5, 2, 7, rows=len(lengths), device=TRITON_DEVICE)
     offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=TRITON_DEVICE)
@@ -191,7 +191,8 @@ def test_parallel_state_passing_equals_walk():
     gh = torch.randn_like(kw["initial_state"])
     results = {}
     for mode in STATE_MODES:
-        cfg = SSDConfig(chunk=16, block_p_local=16, block_pass=16, forward_mode="chunked", state_mode=mode)
+        cfg = SSDConfig(chunk=16, block_p_local=16, block_pass=16, pass_steps=2, forward_mode="chunked",
+                        state_mode=mode)
         tri_kw = requiring_grad(kw)
         y, h = ssd_triton(**tri_kw, return_final_state=True, cu_seqlens=offsets, config=cfg)
         results[mode] = {"y": y, "final_state": h, **grads_of(tri_kw, y, h, gy, gh)}
@@ -206,6 +207,8 @@ def test_config_rejects_unknown_modes():
         SSDConfig(forward_mode="fast")
     with pytest.raises(ConfigError, match="block_pass"):
         SSDConfig(block_pass=100)
+    with pytest.raises(ConfigError, match="pass_steps"):
+        SSDConfig(pass_steps=0)
 
 
 @pytest.mark.slow
@@ -228,7 +231,8 @@ def test_random_shapes_and_tiles(case):
         extra["cu_seqlens"] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     cfg = SSDConfig(chunk=pick(16, 32), chunk_fused=pick(16, 32), block_p_forward=pick(16, 32),
                     block_p_backward=pick(16, 32), block_p_state=pick(0, 16), forward_mode=pick("fused", "chunked"),
-                    state_mode=pick(*STATE_MODES), block_p_local=pick(16, 32), block_pass=pick(16, 64))
+                    state_mode=pick(*STATE_MODES), block_p_local=pick(16, 32), block_pass=pick(16, 64),
+                    pass_steps=pick(1, 2, 8))
     ref_kw = requiring_grad(kw)
     tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)

@@ -286,37 +286,57 @@ def ssd_local_state_kernel(
 
 
 @triton.jit
+def _compose(decay_a, state_a, decay_b, state_b):
+    """Two consecutive steps S ← d S + l, a then b, as one step: (d_a d_b, d_b l_a + l_b)."""
+    return decay_a * decay_b, decay_b * state_a + state_b
+
+
+@triton.jit
 def ssd_state_passing_kernel(
     local_ptr, decay_ptr, chunk_ptr, init_ptr, passed_ptr, final_ptr,
     heads, state_size,
-    BLOCK: tl.constexpr, HAS_INIT: tl.constexpr, REVERSE: tl.constexpr,
+    BLOCK: tl.constexpr, STEPS: tl.constexpr, HAS_INIT: tl.constexpr, REVERSE: tl.constexpr,
 ):
     """Pass a state along one (sequence, head) over its chunks, elementwise on a block of the flattened (p·n)
     state: S ← exp(Λ_Q) S + local of each chunk (`ssd_local_state_kernel`), storing S before each step.
 
     Forward: S starts at the initial state; passed (chunks, h, p, n) = the state entering each chunk, final =
     the state leaving the sequence. REVERSE (chunks last to first): S starts at ∂loss/∂(final state); passed =
-    G, the adjoint of the state leaving each chunk; final = ∂loss/∂(initial state). The loads of a step depend
-    only on the chunk index, never on S: the compiler can issue the next steps' loads ahead (num_stages)."""
+    G, the adjoint of the state leaving each chunk; final = ∂loss/∂(initial state).
+
+    STEPS chunks at a time: their local states load as one (STEPS, BLOCK) tile that depends only on the chunk
+    indices, never on S, so that STEPS loads per element are in flight at once (the compiler cannot move a
+    load above the previous step's store: passed and local might overlap); a scan of the composed steps
+    (`_compose`) gives S after each of them."""
     seq, head, block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     first_chunk = tl.load(chunk_ptr + seq).to(tl.int64)
     n_chunks = tl.load(chunk_ptr + seq + 1).to(tl.int64) - first_chunk
-    offs = block * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < state_size
+    offs = block * BLOCK + tl.arange(0, BLOCK)[None, :]  # one row: S stays in the layout of the (STEPS, BLOCK) tiles
+    mask = offs < state_size  # (1, BLOCK)
     seq_offs = (seq.to(tl.int64) * heads + head) * state_size + offs
-    state = tl.zeros((BLOCK,), dtype=final_ptr.dtype.element_ty)
+    state = tl.zeros((1, BLOCK), dtype=final_ptr.dtype.element_ty)
     if HAS_INIT:
         state += tl.load(init_ptr + seq_offs, mask=mask, other=0.0).to(final_ptr.dtype.element_ty)
-    for i in range(n_chunks):
+    steps = tl.arange(0, STEPS)[:, None]  # (STEPS, 1)
+    for group in range(0, n_chunks, STEPS):
+        position = group + steps  # in the order of passing                                  (STEPS, 1)
+        in_seq = position < n_chunks
         if REVERSE:
-            chunk = first_chunk + n_chunks - 1 - i
+            chunk, step = first_chunk + n_chunks - 1 - position, -1
         else:
-            chunk = first_chunk + i
-        local = tl.load(local_ptr + (chunk * heads + head) * state_size + offs, mask=mask, other=0.0)
-        decay = tl.exp(tl.load(decay_ptr + chunk * heads + head))  # exp(Λ_Q)
-        tl.store(passed_ptr + (chunk * heads + head) * state_size + offs, state.to(passed_ptr.dtype.element_ty),
-                 mask=mask)
-        state = decay * state + local
+            chunk, step = first_chunk + position, 1
+        rows = (chunk * heads + head) * state_size + offs  # (STEPS, BLOCK)
+        local = tl.load(local_ptr + rows, mask=in_seq & mask, other=0.0)  # 0 past the end
+        decay = tl.exp(tl.load(decay_ptr + chunk * heads + head, mask=in_seq, other=0.0))  # exp(Λ_Q), 1 past
+        decays, sums = tl.associative_scan((tl.broadcast_to(decay, (STEPS, BLOCK)), local), 0, _compose)
+        after = decays * state + sums  # S after each step                                  (STEPS, BLOCK)
+        # S before a step is S after the one before it: the carried S goes to the group's first chunk, each
+        # `after` but the last (the next group's carry) to the chunk after its own.
+        tl.store(passed_ptr + rows, tl.broadcast_to(state, (STEPS, BLOCK)).to(passed_ptr.dtype.element_ty),
+                 mask=(steps == 0) & mask)
+        tl.store(passed_ptr + rows + step * heads * state_size, after.to(passed_ptr.dtype.element_ty),
+                 mask=(steps < STEPS - 1) & (position + 1 < n_chunks) & mask)
+        state = tl.sum(tl.where(steps == STEPS - 1, after, 0.0), axis=0, keep_dims=True)
     tl.store(final_ptr + seq_offs, state, mask=mask)
 
 

@@ -102,15 +102,21 @@ class SSDConfig:
     state_mode: str = "walk"  # how the chunked forward and the backward get the chunk states and adjoints
     block_p_local: int = 64  # state_mode "parallel": channels per program of the local-state kernel
     warps_local: int = 4
-    block_pass: int = 512  # state_mode "parallel": flattened (p·n) state elements per program of the passing
+    # state_mode "parallel": flattened (p·n) state elements per program of the passing and chunks whose local
+    # states it loads at once; block_pass ≥ 256 × warps_pass keeps each thread's steps in its registers (sm_90
+    # builds: the scan over the steps goes through shared memory otherwise)
+    block_pass: int = 1024
+    pass_steps: int = 8
     warps_pass: int = 4
 
     def __post_init__(self):
         for name, allowed in (("forward_mode", FORWARD_MODES), ("state_mode", STATE_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"SSDConfig.{name} is {getattr(self, name)!r}; expected one of {', '.join(allowed)}")
-        if self.block_pass < 16 or self.block_pass & (self.block_pass - 1):
-            raise ConfigError(f"SSDConfig.block_pass is {self.block_pass}; expected a power of two ≥ 16")
+        for name, least in (("block_pass", 16), ("pass_steps", 1)):
+            value = getattr(self, name)
+            if value < least or value & (value - 1):
+                raise ConfigError(f"SSDConfig.{name} is {value}; expected a power of two ≥ {least}")
 
 
 def _pow2_at_most(v: int) -> int:
@@ -315,7 +321,8 @@ def _passed_states(local, decay, init, layout, cfg, dtype, reverse):
     init = init.contiguous() if init is not None else None
     kernels().ssd_state_passing_kernel[(layout.seqs, heads, -(-head_dim * n // block))](
         local, decay, layout.first_chunks, _or(init, local), passed, final, heads, head_dim * n,
-        BLOCK=block, HAS_INIT=init is not None, REVERSE=reverse, num_warps=cfg.warps_pass, num_stages=cfg.stages,
+        BLOCK=block, STEPS=cfg.pass_steps, HAS_INIT=init is not None, REVERSE=reverse, num_warps=cfg.warps_pass,
+        num_stages=cfg.stages,
     )
     return passed, final
 
