@@ -1,6 +1,7 @@
-"""Fused chunked SSD kernels (Triton). Two kinds of programs: sequence walks (one program per (sequence, head,
-block of head channels) walks the sequence chunk by chunk, its (p, n) state kept on chip) and chunk-parallel
-kernels (one program per (chunk, head, channel block), given the state entering or leaving its chunk).
+"""Fused chunked SSD kernels (Triton). Three kinds of programs: sequence walks (one program per (sequence, head,
+block of head channels) walks the sequence chunk by chunk, its (p, n) state kept on chip), chunk-parallel
+kernels (one program per (chunk, head, channel block), given the state entering or leaving its chunk), and the
+state passing (one program per (sequence, head, block of the flattened p·n state), elementwise over chunks).
 
 Notation as in reference.py and torch_ssd.py: in a chunk of Q positions, Λ_t = Σ_{k ≤ t} Δ_k A (restarted
 at the chunk), L[t, s] = exp(Λ_t − Λ_s) for t ≥ s, and H the state entering the chunk. Per chunk:
@@ -24,6 +25,15 @@ where dℓ_k (ℓ = Δ A) sums the loss contributions of the (source, sink) pair
 chunk, through H, through G and through both (docs/math.md, "Gradients"). Sums over the heads of a group
 (dB, dC) are atomic adds into float32 (float64) buffers; the partial sums over channel blocks and chunks
 (dΔ, dA, dD) are stored per block and summed by the caller.
+
+The states entering the chunks and the adjoints leaving them come either from the walks above
+(`ssd_forward_kernel` with STORE_STATES, `ssd_adjoint_kernel`: one (p, Q)·(Q, n) product per chunk inside a
+sequential loop, so few programs and as many dependent steps as chunks per sequence) or in two parallel
+halves: `ssd_local_state_kernel` computes what each chunk alone adds (forward: Σ_s exp(Λ_Q − Λ_s) Δ_s x_s ⊗
+B_s; adjoint: Σ_t exp(Λ_t) gy_t ⊗ C_t) and its log decay Λ_Q, for every chunk at once; then
+`ssd_state_passing_kernel` runs S ← exp(Λ_Q) S + local along each sequence (backwards for the adjoints),
+elementwise, its loads independent of S. Both give the same states; the second trades a float32 round trip of
+the local states through HBM for parallelism over chunks.
 
 Rows (positions) of every (…, l, …) tensor are addressed as start + offset with one stride, so batch rows
 and packed sequences (cu_seqlens) are the same case: `seq_starts` holds each sequence's first row.

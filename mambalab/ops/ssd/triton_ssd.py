@@ -1,10 +1,16 @@
 """`backend="triton"`: the fused chunked kernels of triton_kernels.py as one differentiable op.
 
-Forward: one sequence walk computing y (fused), or a state walk plus every chunk in parallel (chunked),
-chosen by `SSDConfig.forward_mode`. It saves only its inputs. Backward: a state walk storing the state
-entering each chunk and a backward walk storing the adjoint of the state leaving each chunk (both transient,
-(chunks, h, p, n) in the matrix-product dtype), then one chunk-parallel kernel for every gradient; the sums
-the kernels leave per channel block or chunk (dΔ, dA, dD, dt_bias) are finished here with torch reductions.
+Forward: one sequence walk computing y (fused), or the chunk states plus every chunk in parallel (chunked),
+chosen by `SSDConfig.forward_mode`. It saves only its inputs. Backward: the state entering each chunk and the
+adjoint of the state leaving each chunk (both transient, (chunks, h, p, n) in the matrix-product dtype), then
+one chunk-parallel kernel for every gradient; the sums the kernels leave per channel block or chunk (dΔ, dA,
+dD, dt_bias) are finished here with torch reductions.
+
+The chunk states and adjoints (chunked forward and backward) come from `SSDConfig.state_mode`: "walk" (a
+sequential program per (sequence, head, channel block), `_sequence_pass` / `_chunk_adjoints`) or "parallel"
+(`_local_states`: every chunk's own contribution at once, float32, then `_passed_states`: an elementwise
+pass over each sequence's chunks). The walk's parallelism is sequences × heads × channel blocks and its time
+grows with the chunks per sequence; the parallel path moves 8 more bytes per state element through HBM.
 
 The kernels' chunks are powers of two ≤ chunk_size, within [16, 32] (fused forward) and [16, 64] (the rest),
 so that the (p, n) state and the (Q, Q) tiles fit on chip (`SSDConfig`); the result does not depend on them.
