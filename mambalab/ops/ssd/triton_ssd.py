@@ -91,7 +91,9 @@ class SSDConfig:
 
     Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16): the fused forward at
     32 positions × 64 channels × 4 warps (255 registers, no spills; 64 × 64 spills 150-270 B), the chunk-parallel
-    forward at 64 × 64 × 8 warps (155 registers), the gradient kernel at 64 × 32 × 8 warps (72 B of spills)."""
+    forward at 64 × 64 × 8 warps (155 registers), the gradient kernel at 64 × 32 × 8 warps (72 B of spills);
+    state_mode "parallel": the local states at 64 × 64 × 4 warps (106 registers), the passing at 1024 state
+    elements × 8 chunks × 4 warps (128 registers, no shared memory in its loop; benchmarks/notes/ssd.md)."""
 
     chunk: int = 64
     chunk_fused: int = 32
