@@ -8,10 +8,12 @@ SSD modules are imported without running `mamba_ssm/__init__.py`, which needs th
 
 Shapes (ANCHORS.md): b8, h24 and h32, head dim 64, N 128, one group, bf16 x/z/B/C/dt, float32 A/D/dt_bias,
 dt_softplus, with z and D; L = 2048, 8192 and (b2) 32768; official at chunk 256. Steps: a tile sweep of our
-kernels at L 2048 (forward and backward tiles chosen separately), forward and forward+backward times (median
-of triton.testing.do_bench), the extra peak memory of forward+backward and ours against official at every
-shape, the decode step, and last (its float32 reference is slow) ours and official against the float32 torch
-backend on one sequence. The table is printed last.
+kernels at L 2048 (forward and backward tiles chosen separately, `SSDConfig.state_mode` never mixed: see
+best_combination), forward and forward+backward times (median of triton.testing.do_bench), the extra peak
+memory of forward+backward and ours against official at every shape, the decode step, and last (its float32
+reference is slow) ours and official against the float32 torch backend on one sequence. The table is printed last. `--also state_mode=parallel` times that config at every
+shape too (its rows in the JSON and the log; the sweep's L 2048 alone does not show how the walks scale with
+the chunks per sequence).
 """
 
 from __future__ import annotations
@@ -48,10 +50,13 @@ SWEEP = [  # SSDConfig fields; the first is the default
     {"stages": 1},
     {"heads_per_program": 4},
     {"heads_per_program": 0},
+    {"state_mode": "parallel"},
+    {"state_mode": "parallel", "forward_mode": "chunked"},
 ]
 # The rest (chunk, block_p_backward, block_p_state, warps_state/adjoint/backward, stages, heads_per_program)
 # are taken from the config with the best backward (fwd+bwd − fwd).
 FORWARD_FIELDS = {"forward_mode", "chunk_fused", "block_p_forward", "warps_fused", "warps_chunk_forward"}
+SHARED_FIELDS = {"state_mode"}  # used by the chunked forward and by the backward alike
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
 T0 = time.time()
 
@@ -161,8 +166,32 @@ def peak_extra_gb(fn) -> float | None:
     return (torch.cuda.max_memory_allocated() - base) / 1e9
 
 
+def best_combination(ok: dict) -> tuple[SSDConfig, float]:
+    """The best forward fields (FORWARD_FIELDS of the row with the least forward time) with the best backward
+    fields (the others, from the row with the least forward+backward − forward time), and the forward+backward
+    time that combination is estimated to take. A SHARED_FIELDS value (state_mode: the chunked forward and
+    the backward both use it) is never mixed: rows are grouped by it, each group combined on its own, and the
+    group with the least estimated forward+backward time wins (training pays for both passes)."""
+    groups = {}
+    for r in ok.values():
+        shared = tuple(r["fields"].get(k, getattr(SSDConfig(), k)) for k in sorted(SHARED_FIELDS))
+        groups.setdefault(shared, []).append(r)
+    candidates = []
+    for shared, rows in groups.items():
+        best_f = min(rows, key=lambda r: r["fwd_ms"])
+        best_b = min(rows, key=lambda r: r["fwdbwd_ms"] - r["fwd_ms"])
+        fields = {**{k: v for k, v in best_b["fields"].items() if k not in FORWARD_FIELDS | SHARED_FIELDS},
+                  **{k: v for k, v in best_f["fields"].items() if k in FORWARD_FIELDS},
+                  **dict(zip(sorted(SHARED_FIELDS), shared, strict=True))}
+        estimate = best_f["fwd_ms"] + best_b["fwdbwd_ms"] - best_b["fwd_ms"]
+        candidates.append((estimate, dataclasses.replace(SSDConfig(), **fields)))
+    estimate, best = min(candidates, key=lambda c: c[0])
+    return best, estimate
+
+
 def sweep(report) -> SSDConfig:
-    """Time each tile config at b8 h24 L2048; the best forward fields and the best backward fields combine."""
+    """Time each tile config at b8 h24 L2048; the best forward fields and the best backward fields combine
+    (best_combination)."""
     args = make_inputs(*SWEEP_SHAPE)
     rows, first = {}, None
     for fields in SWEEP:
@@ -183,12 +212,10 @@ def sweep(report) -> SSDConfig:
     if not ok:
         report["sweep"] = {"shape": SWEEP_SHAPE, "rows": rows, "best": None}
         return SSDConfig()
-    best_f = min(ok.values(), key=lambda r: r["fwd_ms"])["fields"]
-    best_b = min(ok.values(), key=lambda r: r["fwdbwd_ms"] - r["fwd_ms"])["fields"]
-    best = dataclasses.replace(SSDConfig(), **{k: v for k, v in best_f.items() if k in FORWARD_FIELDS},
-                               **{k: v for k, v in best_b.items() if k not in FORWARD_FIELDS})
-    report["sweep"] = {"shape": SWEEP_SHAPE, "rows": rows, "best": dataclasses.asdict(best)}
-    log(f"best config {best}")
+    best, estimate = best_combination(ok)
+    report["sweep"] = {"shape": SWEEP_SHAPE, "rows": rows, "best": dataclasses.asdict(best),
+                       "best_fwdbwd_estimate_ms": estimate}
+    log(f"best config {best} (fwd+bwd estimated {estimate:.3f} ms)")
     return best
 
 
@@ -215,7 +242,22 @@ def measure(row: dict, name: str, call, args) -> None:
         log(f"{name} failed: {row[f'{name}_error']}")
 
 
-def time_shapes(report, official, best, save, budget_s):
+def parse_config(spec: str) -> dict:
+    """SSDConfig fields from "field=value,field=value" (ints where the field is an int)."""
+    types = {f.name: f.type for f in dataclasses.fields(SSDConfig)}
+    fields = {}
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        if key not in types:
+            raise SystemExit(f"--also {spec}: {key!r} is not an SSDConfig field ({', '.join(types)})")
+        fields[key] = int(value) if types[key] == "int" else value
+    dataclasses.replace(SSDConfig(), **fields)  # a bad value fails here, before any device time is spent
+    return fields
+
+
+def time_shapes(report, official, best, save, budget_s, also=()):
+    """Forward and forward+backward of ours (default, the sweep's best if different, each config of `also`)
+    and official at every shape, with their extra peak memory and their agreement."""
     for batch, heads, length in SHAPES:
         key = f"b{batch}_h{heads}_L{length}"
         if time.time() - T0 > budget_s:
@@ -226,6 +268,9 @@ def time_shapes(report, official, best, save, budget_s):
         calls = {"ours": ours}
         if best != SSDConfig():
             calls["ours_best"] = lambda a, **kw: ours(a, best, **kw)
+        for fields in also:
+            cfg = dataclasses.replace(SSDConfig(), **fields)
+            calls["ours_" + ",".join(f"{k}={v}" for k, v in fields.items())] = lambda a, cfg=cfg, **kw: ours(a, cfg, **kw)
         if official:
             calls["official"] = official
         for name, call in calls.items():
@@ -317,13 +362,17 @@ def main() -> int:
     parser.add_argument("--no-sweep", action="store_true", help="skip the tile sweep (time the default only)")
     parser.add_argument("--budget", type=float, default=500.0,
                         help="seconds after which the remaining shapes are skipped (the device allows 600 per call)")
+    parser.add_argument("--also", action="append", default=[], type=parse_config, metavar="FIELD=VALUE[,...]",
+                        help="an SSDConfig timed at every shape besides the default and the sweep's best, "
+                        "e.g. state_mode=parallel (repeatable)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes on CPU in Triton's interpreter (TRITON_INTERPRET=1): checks the script only")
     opts = parser.parse_args()
     if opts.smoke:
         global DEVICE, SHAPES, SWEEP, SWEEP_SHAPE, HEAD_DIM, N
         DEVICE, SHAPES, SWEEP_SHAPE, HEAD_DIM, N = "cpu", [(2, 2, 40)], (2, 2, 40), 16, 16
-        SWEEP = [{}, {"forward_mode": "fused", "chunk_fused": 16}, {"chunk": 16}, {"heads_per_program": 2}]
+        SWEEP = [{}, {"forward_mode": "fused", "chunk_fused": 16}, {"chunk": 16}, {"heads_per_program": 2},
+                 {"state_mode": "parallel"}]
     report = {"shapes": {}}
 
     def save():  # after every stage: a run cut short by the device's time limit keeps what it measured
@@ -337,7 +386,7 @@ def main() -> int:
     official_scan = official_fn(chunk_scan) if chunk_scan else None
     best = stage(report, "sweep", lambda: SSDConfig() if opts.no_sweep else sweep(report)) or SSDConfig()
     save()
-    stage(report, "shapes", lambda: time_shapes(report, official_scan, best, save, opts.budget))
+    stage(report, "shapes", lambda: time_shapes(report, official_scan, best, save, opts.budget, opts.also))
     save()
     stage(report, "decode", lambda: time_decode(report, step))
     save()

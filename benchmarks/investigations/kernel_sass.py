@@ -90,9 +90,10 @@ def backward_args(cfg: scan.ScanConfig, dtype: str = "bf16") -> tuple:
     return scan._scan_bwd_kernel, values, cfg.bwd_warps, cfg.bwd_maxnreg, cfg.bwd_block_d * cfg.chunk * n
 
 
-def compile_sm90(fn, values: dict, num_warps: int, maxnreg: int | None):
+def compile_sm90(fn, values: dict, num_warps: int, maxnreg: int | None, num_stages: int | None = None):
     signature, constexprs, attrs = _arg_types(fn, values)
-    options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
+    options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {}),
+               **({"num_stages": num_stages} if num_stages else {})}
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
                           options=options)
 

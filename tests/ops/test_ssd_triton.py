@@ -11,7 +11,7 @@ import torch
 from mambalab.errors import ConfigError
 from mambalab.ops import backends
 from mambalab.ops.ssd import OP, STEP_OP, ssd_scan, ssd_state_update, triton_ssd
-from mambalab.ops.ssd.triton_ssd import SSDConfig, ssd_triton
+from mambalab.ops.ssd.triton_ssd import STATE_MODES, SSDConfig, ssd_triton
 from tests.conftest import rel_error
 from tests.ops.conftest import TRITON_DEVICE
 from tests.ops.ssd_cases import check_against_reference, grads_of, make_inputs, requiring_grad, run
@@ -21,26 +21,36 @@ pytestmark = pytest.mark.usefixtures("triton_kernels", "poisoned_kernel_outputs"
 BOUNDS = {torch.float64: (1e-9, 1e-7), torch.float32: (1e-5, 3e-5)}
 
 
+@pytest.fixture(params=STATE_MODES)
+def state_mode(request, monkeypatch):
+    """Both ways of getting the chunk states and adjoints (SSDConfig.state_mode) under ssd_scan's default tiles."""
+    default = triton_ssd.default_config
+    monkeypatch.setattr(triton_ssd, "default_config",
+                        lambda chunk_size: dataclasses.replace(default(chunk_size), state_mode=request.param))
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("options,length,chunk_size", [
     (frozenset({"D", "z", "dt_bias", "softplus", "initial_state"}), 37, 16),  # l not a multiple of the chunk
     (frozenset(), 16, 16),  # exactly one chunk, nothing optional
     (frozenset({"z", "initial_state"}), 50, 64),  # chunk_size 64: one partial chunk
 ])
-def test_matches_reference(dtype, options, length, chunk_size):
+def test_matches_reference(dtype, options, length, chunk_size, state_mode):
     out_bound, grad_bound = BOUNDS[dtype]
     # g < h, p and n odd
     kw = make_inputs(2, length, 4, 3, 2, 5, options, dtype=dtype)
     check_against_reference("triton", kw, out_bound, grad_bound, device=TRITON_DEVICE, chunk_size=chunk_size)
 
 
-def test_d_per_channel_blocks_of_channels_and_state():
-    """p and n above one tile (p 40 > the backward's 32-channel blocks, n 20 pads to 32), D of shape (h, p)."""
+def test_d_per_channel_blocks_of_channels_and_state(state_mode):
+    """p and n above one tile (p 40 > the backward's 32-channel blocks, n 20 pads to 32; p·n 800 = one and a
+    half blocks of the state passing), D of shape (h, p)."""
     kw = make_inputs(1, 21, 2, 40, 1, 20, d_matrix=True)
     check_against_reference("triton", kw, *BOUNDS[torch.float64], device=TRITON_DEVICE, chunk_size=16)
 
 
-def test_continuation_and_final_state_only_gradient():
+def test_continuation_and_final_state_only_gradient(state_mode):
     """Two calls chained through the final state equal one call; a loss on the final state alone (no dy)
     gives the same gradients as the reference."""
     kw = make_inputs(1, 40, 2, 3, 1, 5, frozenset({"D", "softplus", "dt_bias"}))
@@ -168,13 +178,16 @@ def _check_packed(kw, lengths, cfg):
     return g
 
 
+@pytest.mark.parametrize("state_mode", STATE_MODES)
 @pytest.mark.parametrize("mode", ["fused", "chunked"])
-def test_forward_modes_and_tiles(mode):
-    """Both forward algorithms (walk whole sequences / pass states then chunks in parallel), the fused walk's
-    chunk and the other kernels' chunk of different sizes, packed sequences, against the loop."""
+def test_forward_modes_and_tiles(mode, state_mode):
+    """Both forward algorithms (walk whole sequences / pass states then chunks in parallel) with both ways of
+    getting the chunk states, the fused walk's chunk and the other kernels' chunk of different sizes, packed
+    sequences (one empty) with initial states, against the loop."""
     lengths = [7, 33, 0, 18]
     kw = make_inputs(1, sum(lengths), 4, 3, 2, 5, rows=len(lengths))
-    _check_packed(kw, lengths, SSDConfig(chunk=32, chunk_fused=16, block_p_state=16, forward_mode=mode))
+    _check_packed(kw, lengths, SSDConfig(chunk=32, chunk_fused=16, block_p_state=16, forward_mode=mode,
+                                         state_mode=state_mode))
 
 
 @pytest.mark.parametrize("heads_per_program", [2, 0])
@@ -204,6 +217,37 @@ def test_heads_per_program_choice():
         triton_ssd._heads_per_program(4, 24, 12, 1, SSDConfig(heads_per_program=5), cpu)
 
 
+def test_parallel_state_passing_equals_walk():
+    """state_mode "parallel" gives the walk's outputs, final state and gradients on the same inputs: packed
+    sequences (one empty) with initial states, a loss on y and on the final state, p·n 35 over three blocks
+    of the state passing (the last partial), 3 chunks in 2 groups of its steps (the last partial)."""
+    lengths = [40, 0, 23]
+    kw = make_inputs(1, sum(lengths), 4, 5, 2, 7, rows=len(lengths), device=TRITON_DEVICE)
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=TRITON_DEVICE)
+    gy = torch.randn_like(kw["x"])
+    gh = torch.randn_like(kw["initial_state"])
+    results = {}
+    for mode in STATE_MODES:
+        cfg = SSDConfig(chunk=16, block_p_local=16, block_pass=16, pass_steps=2, forward_mode="chunked",
+                        state_mode=mode)
+        tri_kw = requiring_grad(kw)
+        y, h = ssd_triton(**tri_kw, return_final_state=True, cu_seqlens=offsets, config=cfg)
+        results[mode] = {"y": y, "final_state": h, **grads_of(tri_kw, y, h, gy, gh)}
+    for name, value in results["walk"].items():
+        assert rel_error(results["parallel"][name], value) <= 1e-12, name
+
+
+def test_config_rejects_unknown_modes():
+    with pytest.raises(ConfigError, match="state_mode"):
+        SSDConfig(state_mode="scan")
+    with pytest.raises(ConfigError, match="forward_mode"):
+        SSDConfig(forward_mode="fast")
+    with pytest.raises(ConfigError, match="block_pass"):
+        SSDConfig(block_pass=100)
+    with pytest.raises(ConfigError, match="pass_steps"):
+        SSDConfig(pass_steps=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", range(6))
 def test_random_shapes_and_tiles(case):
@@ -225,7 +269,9 @@ def test_random_shapes_and_tiles(case):
     per_group = heads // groups
     cfg = SSDConfig(chunk=pick(16, 32), chunk_fused=pick(16, 32), block_p_forward=pick(16, 32),
                     block_p_backward=pick(16, 32), block_p_state=pick(0, 16), forward_mode=pick("fused", "chunked"),
-                    heads_per_program=pick(*(k for k in range(1, per_group + 1) if per_group % k == 0)))
+                    heads_per_program=pick(*(k for k in range(1, per_group + 1) if per_group % k == 0)),
+                    state_mode=pick(*STATE_MODES), block_p_local=pick(16, 32), block_pass=pick(16, 64),
+                    pass_steps=pick(1, 2, 8))
     ref_kw = requiring_grad(kw)
     tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)
@@ -240,9 +286,10 @@ def test_random_shapes_and_tiles(case):
 
 
 @pytest.mark.skipif(TRITON_DEVICE != "cuda", reason="the compiled kernels at a model's tile sizes need a GPU")
+@pytest.mark.parametrize("state_mode", STATE_MODES)
 @pytest.mark.parametrize("mode", ["fused", "chunked"])
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-def test_model_sized_on_gpu(mode, dtype, bound):
+def test_model_sized_on_gpu(mode, state_mode, dtype, bound):
     """A Mamba-2 layer's sizes (p 64, n 128, 2 groups, 1000 positions: a partial last chunk), compiled, against
     the torch backend in float64 on the same (rounded) inputs: outputs, final state, every gradient."""
     kw = make_inputs(2, 1000, 8, 64, 2, 128, dtype=torch.float32)
@@ -250,7 +297,7 @@ def test_model_sized_on_gpu(mode, dtype, bound):
     ref_kw = requiring_grad({k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     tri_kw = requiring_grad({k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("torch", ref_kw, return_final_state=True)
-    y, h = ssd_triton(**tri_kw, return_final_state=True, config=SSDConfig(forward_mode=mode))
+    y, h = ssd_triton(**tri_kw, return_final_state=True, config=SSDConfig(forward_mode=mode, state_mode=state_mode))
     assert rel_error(y, y_ref) <= bound and rel_error(h, h_ref) <= bound
     gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)
     g_ref = grads_of(ref_kw, y_ref, h_ref, gy, gh)

@@ -1,6 +1,7 @@
-"""Fused chunked SSD kernels (Triton). Two kinds of programs: sequence walks (one program per (sequence, head,
-block of head channels) walks the sequence chunk by chunk, its (p, n) state kept on chip) and chunk-parallel
-kernels (one program per (chunk, head, channel block), given the state entering or leaving its chunk).
+"""Fused chunked SSD kernels (Triton). Three kinds of programs: sequence walks (one program per (sequence, head,
+block of head channels) walks the sequence chunk by chunk, its (p, n) state kept on chip), chunk-parallel
+kernels (one program per (chunk, head, channel block), given the state entering or leaving its chunk), and the
+state passing (one program per (sequence, head, block of the flattened p·n state), elementwise over chunks).
 
 Notation as in reference.py and torch_ssd.py: in a chunk of Q positions, Λ_t = Σ_{k ≤ t} Δ_k A (restarted
 at the chunk), L[t, s] = exp(Λ_t − Λ_s) for t ≥ s, and H the state entering the chunk. Per chunk:
@@ -25,6 +26,15 @@ chunk, through H, through G and through both (docs/math.md, "Gradients"). Sums o
 (dB, dC) are summed on chip over the program's heads, then added atomically into float32 (float64) buffers,
 one add per element and program ((heads / heads_per_program) × channel blocks adds per element in all); the
 partial sums over channel blocks and chunks (dΔ, dA, dD) are stored per block and summed by the caller.
+
+The states entering the chunks and the adjoints leaving them come either from the walks above
+(`ssd_forward_kernel` with STORE_STATES, `ssd_adjoint_kernel`: one (p, Q)·(Q, n) product per chunk inside a
+sequential loop, so few programs and as many dependent steps as chunks per sequence) or in two parallel
+halves: `ssd_local_state_kernel` computes what each chunk alone adds (forward: Σ_s exp(Λ_Q − Λ_s) Δ_s x_s ⊗
+B_s; adjoint: Σ_t exp(Λ_t) gy_t ⊗ C_t) and its log decay Λ_Q, for every chunk at once; then
+`ssd_state_passing_kernel` runs S ← exp(Λ_Q) S + local along each sequence (backwards for the adjoints),
+elementwise, its loads independent of S. Both give the same states; the second trades a float32 round trip of
+the local states through HBM for parallelism over chunks.
 
 Rows (positions) of every (…, l, …) tensor are addressed as start + offset with one stride, so batch rows
 and packed sequences (cu_seqlens) are the same case: `seq_starts` holds each sequence's first row.
@@ -104,6 +114,14 @@ def _chunk_output(x, B, C, entering, dt, log_decay, D, offs_q, ACC: tl.constexpr
     y = tl.dot(weights.to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
     y += tl.exp(log_decay)[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
     return y + D[None, :] * x.to(ACC)
+
+
+@triton.jit
+def _weighted_outer(rows, weights, other, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """Σ_t weights_t rows_t ⊗ other_t over a chunk's positions: rows (Q, P), weights (Q,), other (Q, N) in the
+    matrix-product dtype  (P, N)."""
+    weighted = (rows.to(ACC) * weights[:, None]).to(DOT)  # (Q, P)
+    return tl.dot(tl.trans(weighted), other, input_precision=PRECISION, out_dtype=ACC)
 
 
 @triton.jit
@@ -221,9 +239,7 @@ def ssd_forward_kernel(
                 y *= _gate(z_ptr + row * s_z_l + head * s_z_h + z_offs, qp_mask, ACC)
             tl.store(y_ptr + row * s_y_l + head * s_y_h + y_offs, y.to(y_ptr.dtype.element_ty), mask=qp_mask)
         to_end = tl.exp(chunk_decay - log_decay) * dt  # exp(Λ_Q − Λ_s) Δ_s                   (Q,)
-        inputs = (x.to(ACC) * to_end[:, None]).to(DOT)  # (Q, P)
-        state = tl.exp(chunk_decay) * state + tl.dot(tl.trans(inputs), B, input_precision=PRECISION,
-                                                     out_dtype=ACC)
+        state = tl.exp(chunk_decay) * state + _weighted_outer(x, to_end, B, ACC, DOT, PRECISION)
     if STORE_FINAL:
         tl.store(final_ptr + seq * head_state + head * head_dim * n_state + state_offs, state, mask=pn_mask)
 
@@ -236,6 +252,103 @@ def _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, z_offs, qp_mask, ACC: tl.
         gate = sigmoid(z)
         return dy * z * gate, z, gate
     return dy, dy, dy
+
+
+@triton.jit
+def ssd_local_state_kernel(
+    rows_ptr, dt_ptr, A_ptr, other_ptr, z_ptr, bias_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr, local_ptr, decay_ptr,
+    s_r_l, s_r_h, s_r_p, s_dt_l, s_dt_h, s_o_l, s_o_g, s_o_n, s_z_l, s_z_h, s_z_p,
+    heads, heads_per_group, head_dim, n_state,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    ADJOINT: tl.constexpr,
+):
+    """What one chunk alone adds to the state passed along the sequence, for one (chunk, head, channel block):
+    the first half of the parallel state pass (`ssd_state_passing_kernel` is the second). Stores local
+    (chunks, h, p, n) and the chunk's log decay Λ_Q (chunks, h).
+
+    Forward (rows x, other B): local = Σ_s exp(Λ_Q − Λ_s) Δ_s x_s ⊗ B_s, the state leaving the chunk had it
+    entered at zero. ADJOINT (rows dy, other C, gated by z): local = Σ_t exp(Λ_t) gy_t ⊗ C_t, the chunk's
+    outputs' part of ∂loss/∂(state entering it). These are the walks' (`ssd_forward_kernel`,
+    `ssd_adjoint_kernel`) per-chunk products, taken out of their sequential loops."""
+    (chunk, head, pblock, row, offs_q, offs_p, offs_n, _, row_mask, qp_mask, qn_mask, pn_mask,
+     chunk_state) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P,
+                                   BLOCK_N)
+    group = head // heads_per_group
+    A = tl.load(A_ptr + head).to(ACC)
+    dt, _ = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
+                        HAS_BIAS, SOFTPLUS)
+    log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                            (Q,)
+    chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
+    rows = tl.load(rows_ptr + row * s_r_l + head * s_r_h + _tile(offs_q, offs_p, s_r_l, s_r_p), mask=qp_mask,
+                   other=0.0)  # x or dy                                                      (Q, P)
+    other = tl.load(other_ptr + row * s_o_l + group * s_o_g + _tile(offs_q, offs_n, s_o_l, s_o_n), mask=qn_mask,
+                    other=0.0).to(DOT)  # B or C                                              (Q, N)
+    if ADJOINT:
+        rows, _, _ = _gate_gradient(rows.to(ACC), z_ptr, row, head, s_z_l, s_z_h, _tile(offs_q, offs_p, s_z_l, s_z_p),
+                                    qp_mask, ACC, HAS_Z)  # gy
+        weights = tl.exp(log_decay)  # exp(Λ_t)
+    else:
+        weights = tl.exp(chunk_decay - log_decay) * dt  # exp(Λ_Q − Λ_s) Δ_s
+    local = _weighted_outer(rows, weights, other, ACC, DOT, PRECISION)  # (P, N)
+    tl.store(local_ptr + chunk_state, local.to(local_ptr.dtype.element_ty), mask=pn_mask)
+    if pblock == 0:
+        tl.store(decay_ptr + chunk.to(tl.int64) * heads + head, chunk_decay.to(decay_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _compose(decay_a, state_a, decay_b, state_b):
+    """Two consecutive steps S ← d S + l, a then b, as one step: (d_a d_b, d_b l_a + l_b)."""
+    return decay_a * decay_b, decay_b * state_a + state_b
+
+
+@triton.jit
+def ssd_state_passing_kernel(
+    local_ptr, decay_ptr, chunk_ptr, init_ptr, passed_ptr, final_ptr,
+    heads, state_size,
+    BLOCK: tl.constexpr, STEPS: tl.constexpr, HAS_INIT: tl.constexpr, REVERSE: tl.constexpr,
+):
+    """Pass a state along one (sequence, head) over its chunks, elementwise on a block of the flattened (p·n)
+    state: S ← exp(Λ_Q) S + local of each chunk (`ssd_local_state_kernel`), storing S before each step.
+
+    Forward: S starts at the initial state; passed (chunks, h, p, n) = the state entering each chunk, final =
+    the state leaving the sequence. REVERSE (chunks last to first): S starts at ∂loss/∂(final state); passed =
+    G, the adjoint of the state leaving each chunk; final = ∂loss/∂(initial state).
+
+    STEPS chunks at a time: their local states load as one (STEPS, BLOCK) tile that depends only on the chunk
+    indices, never on S, so that STEPS loads per element are in flight at once (the compiler cannot move a
+    load above the previous step's store: passed and local might overlap); a scan of the composed steps
+    (`_compose`) gives S after each of them."""
+    seq, head, block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    first_chunk = tl.load(chunk_ptr + seq).to(tl.int64)
+    n_chunks = tl.load(chunk_ptr + seq + 1).to(tl.int64) - first_chunk
+    offs = block * BLOCK + tl.arange(0, BLOCK)[None, :]  # one row: S stays in the layout of the (STEPS, BLOCK) tiles
+    mask = offs < state_size  # (1, BLOCK)
+    seq_offs = (seq.to(tl.int64) * heads + head) * state_size + offs
+    state = tl.zeros((1, BLOCK), dtype=final_ptr.dtype.element_ty)
+    if HAS_INIT:
+        state += tl.load(init_ptr + seq_offs, mask=mask, other=0.0).to(final_ptr.dtype.element_ty)
+    steps = tl.arange(0, STEPS)[:, None]  # (STEPS, 1)
+    for group in range(0, n_chunks, STEPS):
+        position = group + steps  # in the order of passing                                  (STEPS, 1)
+        in_seq = position < n_chunks
+        if REVERSE:
+            chunk, step = first_chunk + n_chunks - 1 - position, -1
+        else:
+            chunk, step = first_chunk + position, 1
+        rows = (chunk * heads + head) * state_size + offs  # (STEPS, BLOCK)
+        local = tl.load(local_ptr + rows, mask=in_seq & mask, other=0.0)  # 0 past the end
+        decay = tl.exp(tl.load(decay_ptr + chunk * heads + head, mask=in_seq, other=0.0))  # exp(Λ_Q), 1 past
+        decays, sums = tl.associative_scan((tl.broadcast_to(decay, (STEPS, BLOCK)), local), 0, _compose)
+        after = decays * state + sums  # S after each step                                  (STEPS, BLOCK)
+        # S before a step is S after the one before it: the carried S goes to the group's first chunk, each
+        # `after` but the last (the next group's carry) to the chunk after its own.
+        tl.store(passed_ptr + rows, tl.broadcast_to(state, (STEPS, BLOCK)).to(passed_ptr.dtype.element_ty),
+                 mask=(steps == 0) & mask)
+        tl.store(passed_ptr + rows + step * heads * state_size, after.to(passed_ptr.dtype.element_ty),
+                 mask=(steps < STEPS - 1) & (position + 1 < n_chunks) & mask)
+        state = tl.sum(tl.where(steps == STEPS - 1, after, 0.0), axis=0, keep_dims=True)
+    tl.store(final_ptr + seq_offs, state, mask=mask)
 
 
 @triton.jit
@@ -276,9 +389,8 @@ def ssd_adjoint_kernel(
         dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + dy_offs, mask=qp_mask, other=0.0).to(ACC)
         gy, _, _ = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, z_offs, qp_mask, ACC, HAS_Z)
         C = tl.load(C_ptr + row * s_C_l + group * s_C_g + C_offs, mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
-        weighted = (gy * tl.exp(log_decay)[:, None]).to(DOT)  # exp(Λ_t) gy_t                (Q, P)
-        adjoint = tl.exp(tl.sum(dt * A, axis=0)) * adjoint + tl.dot(tl.trans(weighted), C, input_precision=PRECISION,
-                                                                    out_dtype=ACC)
+        local = _weighted_outer(gy, tl.exp(log_decay), C, ACC, DOT, PRECISION)  # Σ_t exp(Λ_t) gy_t ⊗ C_t
+        adjoint = tl.exp(tl.sum(dt * A, axis=0)) * adjoint + local
     tl.store(dh0_ptr + seq_state, adjoint, mask=pn_mask)
 
 

@@ -1,10 +1,16 @@
 """`backend="triton"`: the fused chunked kernels of triton_kernels.py as one differentiable op.
 
-Forward: one sequence walk computing y (fused), or a state walk plus every chunk in parallel (chunked),
-chosen by `SSDConfig.forward_mode`. It saves only its inputs. Backward: a state walk storing the state
-entering each chunk and a backward walk storing the adjoint of the state leaving each chunk (both transient,
-(chunks, h, p, n) in the matrix-product dtype), then one chunk-parallel kernel for every gradient; the sums
-the kernels leave per channel block or chunk (dΔ, dA, dD, dt_bias) are finished here with torch reductions.
+Forward: one sequence walk computing y (fused), or the chunk states plus every chunk in parallel (chunked),
+chosen by `SSDConfig.forward_mode`. It saves only its inputs. Backward: the state entering each chunk and the
+adjoint of the state leaving each chunk (both transient, (chunks, h, p, n) in the matrix-product dtype), then
+one chunk-parallel kernel for every gradient; the sums the kernels leave per channel block or chunk (dΔ, dA,
+dD, dt_bias) are finished here with torch reductions.
+
+The chunk states and adjoints (chunked forward and backward) come from `SSDConfig.state_mode`: "walk" (a
+sequential program per (sequence, head, channel block), `_sequence_pass` / `_chunk_adjoints`) or "parallel"
+(`_local_states`: every chunk's own contribution at once, float32, then `_passed_states`: an elementwise
+pass over each sequence's chunks). The walk's parallelism is sequences × heads × channel blocks and its time
+grows with the chunks per sequence; the parallel path moves 8 more bytes per state element through HBM.
 
 The kernels' chunks are powers of two ≤ chunk_size, within [16, 32] (fused forward) and [16, 64] (the rest),
 so that the (p, n) state and the (Q, Q) tiles fit on chip (`SSDConfig`); the result does not depend on them.
@@ -30,6 +36,8 @@ from mambalab.errors import ConfigError
 from mambalab.ops.backends import BackendUnavailable, records_grad
 
 _KERNELS = "mambalab.ops.ssd.triton_kernels"
+FORWARD_MODES = ("auto", "fused", "chunked")
+STATE_MODES = ("walk", "parallel")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -77,10 +85,18 @@ class SSDConfig:
     kernel's programs each take `heads_per_program` heads of one group, summing their dB and dC on chip before
     one atomic add per element (0: the most that still fill the GPU, `_heads_per_program`).
 
+    `state_mode` chooses how the chunked forward and the backward get the state entering each chunk and the
+    adjoint of the state leaving it: "walk" (one sequential program per (sequence, head, channel block), a
+    tile product per chunk inside its loop) or "parallel" (every chunk's local contribution at once, then an
+    elementwise pass over the chunks: `_passed_states`). The fused forward computes its states on the fly and
+    ignores it.
+
     Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16): the fused forward at
     32 positions × 64 channels × 4 warps (255 registers, no spills; 64 × 64 spills 150-270 B), the chunk-parallel
     forward at 64 × 64 × 8 warps (155 registers), the gradient kernel at 64 × 32 × 8 warps (255 registers,
-    128 B of stack at one head per program, 344 B at 4)."""
+    128 B of stack at one head per program, 344 B at 4); state_mode "parallel": the local states at 64 × 64 ×
+    4 warps (106 registers), the passing at 1024 state elements × 8 chunks × 4 warps (128 registers, no shared
+    memory in its loop; benchmarks/notes/ssd.md)."""
 
     chunk: int = 64
     chunk_fused: int = 32
@@ -95,6 +111,24 @@ class SSDConfig:
     stages: int = 2
     forward_mode: str = "auto"  # "fused" (walk whole sequences), "chunked" (pass states, then chunks in parallel)
     heads_per_program: int = 1  # heads of one group per gradient program (dividing heads / groups); 0: chosen
+    state_mode: str = "walk"  # how the chunked forward and the backward get the chunk states and adjoints
+    block_p_local: int = 64  # state_mode "parallel": channels per program of the local-state kernel
+    warps_local: int = 4
+    # state_mode "parallel": flattened (p·n) state elements per program of the passing and chunks whose local
+    # states it loads at once; block_pass ≥ 256 × warps_pass keeps each thread's steps in its registers (sm_90
+    # builds: the scan over the steps goes through shared memory otherwise)
+    block_pass: int = 1024
+    pass_steps: int = 8
+    warps_pass: int = 4
+
+    def __post_init__(self):
+        for name, allowed in (("forward_mode", FORWARD_MODES), ("state_mode", STATE_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"SSDConfig.{name} is {getattr(self, name)!r}; expected one of {', '.join(allowed)}")
+        for name, least in (("block_pass", 16), ("pass_steps", 1)):
+            value = getattr(self, name)
+            if value < least or value & (value - 1):
+                raise ConfigError(f"SSDConfig.{name} is {value}; expected a power of two ≥ {least}")
 
 
 def _pow2_at_most(v: int) -> int:
@@ -225,6 +259,86 @@ def _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplu
     return (y, final) if store_y else (states, final)
 
 
+def _chunk_states(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg):
+    """(the state entering each chunk (chunks, h, p, n) in the matrix-product dtype, the final state (seqs, h,
+    p, n) in the accumulation dtype), walked or passed as cfg.state_mode says."""
+    if cfg.state_mode == "walk":
+        return _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, "states")
+    dtypes = _acc_dtypes(x, B, C)
+    local, decay = _local_states(x, dt, A, B, None, dt_bias, layout, softplus, cfg, dtypes, adjoint=False)
+    return _passed_states(local, decay, initial_state, layout, cfg, dtypes[4], reverse=False)
+
+
+def _chunk_adjoints(dy, dfinal, x, dt, A, B, C, z, dt_bias, layout, softplus, cfg):
+    """(G = ∂loss/∂(state leaving each chunk) (chunks, h, p, n) in the matrix-product dtype, ∂loss/∂(initial
+    state) (seqs, h, p, n) in the accumulation dtype), walked backwards or passed as cfg.state_mode says."""
+    heads, head_dim, n = x.shape[2], x.shape[3], C.shape[3]
+    dtypes = _acc_dtypes(x, B, C)
+    acc, dot, precision, acc_torch, state_torch = dtypes
+    dfinal = dfinal.contiguous() if dfinal is not None else None
+    if cfg.state_mode == "parallel":
+        local, decay = _local_states(dy, dt, A, C, z, dt_bias, layout, softplus, cfg, dtypes, adjoint=True)
+        return _passed_states(local, decay, dfinal, layout, cfg, state_torch, reverse=True)
+    dev = x.device
+    adjoints = _empty(layout.chunks, heads, head_dim, n, device=dev, dtype=state_torch)
+    dh0 = _empty(layout.seqs, heads, head_dim, n, device=dev, dtype=acc_torch)
+    block_p = _state_block(layout.seqs * heads, head_dim, cfg, dev)
+    kernels().ssd_adjoint_kernel[(layout.seqs, heads, -(-head_dim // block_p))](
+        dt, A, C, _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks, _or(dfinal, x), adjoints,
+        dh0, *dt.stride()[1:], *C.stride()[1:], *_strides_lhp(z), *dy.stride()[1:],
+        heads, heads // C.shape[2], head_dim, n,
+        BLOCK_Q=cfg.chunk, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30), ACC=acc, DOT=dot, PRECISION=precision,
+        HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, HAS_DFINAL=dfinal is not None,
+        num_warps=cfg.warps_adjoint, num_stages=cfg.stages,
+    )
+    return adjoints, dh0
+
+
+def _local_states(rows, dt, A, other, z, dt_bias, layout, softplus, cfg, dtypes, adjoint):
+    """Every chunk's local state (chunks, h, p, n) and log decay Λ_Q (chunks, h), both in the accumulation
+    dtype, in one chunk-parallel launch (grid: chunks × heads × channel blocks): rows x and other B (forward),
+    or rows dy gated by z and other C (adjoint); dtypes: _acc_dtypes of the op's inputs.
+
+    The local states stay in float32 for 16-bit inputs (each is added to the passed state once per chunk;
+    rounding it to 16 bits would add that rounding to every later state). Their HBM cost over the walk, which
+    writes only the 16-bit states: a float32 write here and a float32 read in the passing, 8 B per element of
+    (chunks, h, p, n) besides the walk's 2 B; the decays are negligible (chunks × h)."""
+    acc, dot, precision, acc_torch, _ = dtypes
+    heads, head_dim, n = rows.shape[2], rows.shape[3], other.shape[3]
+    local = _empty(layout.chunks, heads, head_dim, n, device=rows.device, dtype=acc_torch)
+    decay = _empty(layout.chunks, heads, device=rows.device, dtype=acc_torch)
+    block_p = _block(head_dim, cfg.block_p_local)
+    if layout.chunks:
+        kernels().ssd_local_state_kernel[(layout.chunks, heads, -(-head_dim // block_p))](
+            rows, dt, A, other, _or(z, rows), _or(dt_bias, rows), layout.seq_starts, layout.first_chunks,
+            layout.chunk_seq, local, decay,
+            *rows.stride()[1:], *dt.stride()[1:], *other.stride()[1:], *_strides_lhp(z),
+            heads, heads // other.shape[2], head_dim, n,
+            BLOCK_Q=layout.chunk, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30), ACC=acc, DOT=dot,
+            PRECISION=precision, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
+            ADJOINT=adjoint, num_warps=cfg.warps_local, num_stages=cfg.stages,
+        )
+    return local, decay
+
+
+def _passed_states(local, decay, init, layout, cfg, dtype, reverse):
+    """The local states passed along each sequence (grid: sequences × heads × blocks of the flattened p·n):
+    (the state before each chunk's step (chunks, h, p, n) in `dtype`, the state after the last step (seqs, h,
+    p, n) in local's dtype). Forward: init the initial state, first chunk to last; reverse: init ∂loss/∂(final
+    state), last chunk to first (see ssd_state_passing_kernel)."""
+    _, heads, head_dim, n = local.shape
+    passed = _empty(layout.chunks, heads, head_dim, n, device=local.device, dtype=dtype)
+    final = _empty(layout.seqs, heads, head_dim, n, device=local.device, dtype=local.dtype)
+    block = max(16, min(cfg.block_pass, _next_pow2(head_dim * n)))
+    init = init.contiguous() if init is not None else None
+    kernels().ssd_state_passing_kernel[(layout.seqs, heads, -(-head_dim * n // block))](
+        local, decay, layout.first_chunks, _or(init, local), passed, final, heads, head_dim * n,
+        BLOCK=block, STEPS=cfg.pass_steps, HAS_INIT=init is not None, REVERSE=reverse, num_warps=cfg.warps_pass,
+        num_stages=cfg.stages,
+    )
+    return passed, final
+
+
 def _multiprocessors(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
@@ -273,7 +387,7 @@ def _output_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softp
         return _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, _Sequences.of(x, cu_seqlens), softplus,
                               cfg, "output")
     layout = _Layout.of(x.shape[0], x.shape[1], cu_seqlens, cfg.chunk, x.device)
-    states, final = _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, "states")
+    states, final = _chunk_states(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg)
     acc, dot, precision, _, _ = _acc_dtypes(x, B, C)
     y = _empty(*x.shape, device=x.device, dtype=x.dtype)
     Dm = _d_matrix(D, heads, head_dim)
@@ -315,22 +429,12 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
     k = kernels()
     batch, length, heads, head_dim = x.shape
     groups, n = B.shape[2], B.shape[3]
-    acc, dot, precision, acc_torch, state_torch = _acc_dtypes(x, B, C)
+    acc, dot, precision, acc_torch, _ = _acc_dtypes(x, B, C)
     dev = x.device
     flags = {"BLOCK_Q": cfg.chunk, "BLOCK_N": _block(n, 1 << 30), "ACC": acc, "DOT": dot, "PRECISION": precision,
              "HAS_Z": z is not None, "HAS_BIAS": dt_bias is not None, "SOFTPLUS": softplus}
-    states, _ = _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, "states")
-
-    adjoints = _empty(layout.chunks, heads, head_dim, n, device=dev, dtype=state_torch)
-    dh0 = _empty(layout.seqs, heads, head_dim, n, device=dev, dtype=acc_torch)
-    block_p = _state_block(layout.seqs * heads, head_dim, cfg, dev)
-    dfinal = dfinal.contiguous() if dfinal is not None else None
-    k.ssd_adjoint_kernel[(layout.seqs, heads, -(-head_dim // block_p))](
-        dt, A, C, _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks, _or(dfinal, x), adjoints,
-        dh0, *dt.stride()[1:], *C.stride()[1:], *_strides_lhp(z), *dy.stride()[1:],
-        heads, heads // groups, head_dim, n, BLOCK_P=block_p, HAS_DFINAL=dfinal is not None, **flags,
-        num_warps=cfg.warps_adjoint, num_stages=cfg.stages,
-    )
+    states, _ = _chunk_states(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg)
+    adjoints, dh0 = _chunk_adjoints(dy, dfinal, x, dt, A, B, C, z, dt_bias, layout, softplus, cfg)
 
     block_p = _block(head_dim, cfg.block_p_backward)
     p_blocks = -(-head_dim // block_p)

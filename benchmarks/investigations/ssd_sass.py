@@ -1,0 +1,115 @@
+"""Static view of the SSD state kernels as built for sm_90, on a machine without a GPU: registers, spills and
+the SASS instructions of the main loop of the sequential walks (`ssd_forward_kernel` storing states,
+`ssd_adjoint_kernel`) and of the parallel state path (`ssd_local_state_kernel`, `ssd_state_passing_kernel`),
+specialised as a launch at b8 h24 L8192 p64 N128, one group, bf16 inputs, the default SSDConfig, would be:
+
+    PYTHONPATH=. python3 benchmarks/investigations/ssd_sass.py                       # every kernel
+    PYTHONPATH=. python3 benchmarks/investigations/ssd_sass.py --set block_pass=1024 --set warps_local=8
+
+Compiling and the helpers are kernel_sass.py's. Numbers from this script are predictions' raw material
+(benchmarks/notes/ssd.md), not timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import sys
+
+import triton.language as tl
+
+from benchmarks.investigations.kernel_sass import _INSTR, compile_sm90, family, main_loop, resources, sass_of
+from mambalab.ops.ssd import triton_kernels as k
+from mambalab.ops.ssd.triton_ssd import SSDConfig
+
+HEADS, HEAD_DIM, N = 24, 64, 128
+STATE_BLOCK_P = 32  # _state_block's choice for the walks at b8 h24 on 132 multiprocessors (16 at b2)
+LHP = {"l": HEADS * HEAD_DIM, "h": HEAD_DIM, "p": 1}  # strides of a contiguous (b, l, h, p) tensor
+LGN = {"l": N, "g": N, "n": 1}
+TILES = {"BLOCK_N": N, "ACC": tl.float32, "DOT": tl.bfloat16, "PRECISION": "tf32", "HAS_BIAS": True,
+         "SOFTPLUS": True}
+
+
+def _strides(prefix: str, strides: dict) -> dict:
+    return {f"s_{prefix}_{axis}": v for axis, v in strides.items()}
+
+
+def walk_states(cfg: SSDConfig) -> tuple:
+    values = dict(
+        x_ptr="*bf16", dt_ptr="*bf16", A_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32", z_ptr="*bf16",
+        bias_ptr="*fp32", h0_ptr="*fp32", seq_ptr="*i64", chunk_ptr="*i64", y_ptr="*bf16", states_ptr="*bf16",
+        final_ptr="*fp32", **_strides("x", LHP), s_dt_l=HEADS, s_dt_h=1, **_strides("B", LGN), **_strides("C", LGN),
+        s_D_h=1, s_D_p=0, **_strides("z", LHP), **_strides("y", LHP), heads=HEADS, heads_per_group=HEADS,
+        head_dim=HEAD_DIM, n_state=N, BLOCK_Q=cfg.chunk, BLOCK_P=STATE_BLOCK_P, **TILES, HAS_D=True, HAS_Z=True,
+        HAS_INIT=False, STORE_Y=False, STORE_STATES=True, STORE_FINAL=True,
+    )
+    return k.ssd_forward_kernel, values, cfg.warps_state, cfg.stages
+
+
+def walk_adjoints(cfg: SSDConfig) -> tuple:
+    values = dict(
+        dt_ptr="*bf16", A_ptr="*fp32", C_ptr="*bf16", z_ptr="*bf16", bias_ptr="*fp32", dy_ptr="*bf16",
+        seq_ptr="*i64", chunk_ptr="*i64", dfinal_ptr="*fp32", adjoints_ptr="*bf16", dh0_ptr="*fp32",
+        s_dt_l=HEADS, s_dt_h=1, **_strides("C", LGN), **_strides("z", LHP), **_strides("dy", LHP),
+        heads=HEADS, heads_per_group=HEADS, head_dim=HEAD_DIM, n_state=N, BLOCK_Q=cfg.chunk,
+        BLOCK_P=STATE_BLOCK_P, **TILES, HAS_Z=True, HAS_DFINAL=False,
+    )
+    return k.ssd_adjoint_kernel, values, cfg.warps_adjoint, cfg.stages
+
+
+def local(cfg: SSDConfig, adjoint: bool) -> tuple:
+    values = dict(
+        rows_ptr="*bf16", dt_ptr="*bf16", A_ptr="*fp32", other_ptr="*bf16", z_ptr="*bf16", bias_ptr="*fp32",
+        seq_ptr="*i64", chunk_ptr="*i64", chunk_seq_ptr="*i32", local_ptr="*fp32", decay_ptr="*fp32",
+        **_strides("r", LHP), s_dt_l=HEADS, s_dt_h=1, s_o_l=N, s_o_g=N, s_o_n=1, **_strides("z", LHP),
+        heads=HEADS, heads_per_group=HEADS, head_dim=HEAD_DIM, n_state=N, BLOCK_Q=cfg.chunk,
+        BLOCK_P=min(cfg.block_p_local, HEAD_DIM), **TILES, HAS_Z=adjoint, ADJOINT=adjoint,
+    )
+    return k.ssd_local_state_kernel, values, cfg.warps_local, cfg.stages
+
+
+def passing(cfg: SSDConfig, reverse: bool) -> tuple:
+    values = {"local_ptr": "*fp32", "decay_ptr": "*fp32", "chunk_ptr": "*i64", "init_ptr": "*fp32",
+              "passed_ptr": "*bf16", "final_ptr": "*fp32", "heads": HEADS, "state_size": HEAD_DIM * N,
+              "BLOCK": min(cfg.block_pass, HEAD_DIM * N), "STEPS": cfg.pass_steps, "HAS_INIT": reverse,
+              "REVERSE": reverse}
+    return k.ssd_state_passing_kernel, values, cfg.warps_pass, cfg.stages
+
+
+KERNELS = {
+    "walk states (ssd_forward_kernel, STORE_STATES)": walk_states,
+    "walk adjoints (ssd_adjoint_kernel)": walk_adjoints,
+    "local states (ssd_local_state_kernel)": lambda cfg: local(cfg, adjoint=False),
+    "local adjoints (ssd_local_state_kernel, ADJOINT)": lambda cfg: local(cfg, adjoint=True),
+    "state passing (ssd_state_passing_kernel)": lambda cfg: passing(cfg, reverse=False),
+    "adjoint passing (ssd_state_passing_kernel, REVERSE, dfinal)": lambda cfg: passing(cfg, reverse=True),
+}
+
+
+def report(build) -> dict:
+    fn, values, warps, stages = build
+    cubin = compile_sm90(fn, values, warps, None, stages).asm["cubin"]
+    sass = sass_of(cubin)
+    loop = main_loop(sass)
+    if len(loop) < 8:  # no sequential loop (a chunk-parallel kernel): the whole kernel
+        loop = [(0, m.group(3)) for m in _INSTR.finditer(sass)]
+    return {"resources": resources(cubin), "instructions": len(loop),
+            "mix": collections.Counter(family(op) for _, op in loop).most_common(8)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--set", action="append", default=[], help="SSDConfig field=value (repeatable)")
+    opts = parser.parse_args()
+    fields = {key: int(value) for key, value in (item.split("=", 1) for item in opts.set)}
+    cfg = dataclasses.replace(SSDConfig(), **fields)
+    for name, build in KERNELS.items():
+        r = report(build(cfg))
+        print(f"{name}\n  {r['resources']}\n  main loop (or whole kernel): {r['instructions']} instructions: "
+              + ", ".join(f"{op} {n}" for op, n in r["mix"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""benchmarks/ssd_gpu.py's pure-Python parts: how the sweep's rows combine into its best config, --also."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import ssd_gpu
+from mambalab.ops.ssd.triton_ssd import SSDConfig
+
+
+def _row(fields, fwd, fwdbwd):
+    return {"fields": fields, "fwd_ms": fwd, "fwdbwd_ms": fwdbwd}
+
+
+def test_best_combination_never_mixes_state_modes():
+    """The fastest forward is a walk row and the fastest backward a parallel row: the combination does not
+    pair them (the parallel forward was never timed with the walk's backward); the group with the least
+    estimated forward+backward wins."""
+    rows = {
+        "default": _row({}, 1.0, 4.0),  # backward 3.0
+        "fused": _row({"forward_mode": "fused"}, 0.5, 3.8),  # fastest forward, backward 3.3
+        "parallel": _row({"state_mode": "parallel"}, 1.2, 3.4),  # fastest backward 2.2
+        "parallel_chunked": _row({"state_mode": "parallel", "forward_mode": "chunked"}, 1.1, 3.9),
+    }
+    best, estimate = ssd_gpu.best_combination(rows)
+    assert best == SSDConfig(state_mode="parallel", forward_mode="chunked")
+    assert estimate == pytest.approx(1.1 + 2.2)
+    rows["parallel"] = _row({"state_mode": "parallel"}, 1.2, 4.9)  # now walk's 0.5 + 3.0 wins
+    best, estimate = ssd_gpu.best_combination(rows)
+    assert best == SSDConfig(forward_mode="fused") and estimate == pytest.approx(3.5)
+
+
+def test_parse_config():
+    assert ssd_gpu.parse_config("state_mode=parallel,block_pass=512") == {"state_mode": "parallel",
+                                                                         "block_pass": 512}
+    with pytest.raises(SystemExit, match="not an SSDConfig field"):
+        ssd_gpu.parse_config("mode=parallel")
+    with pytest.raises(ValueError, match="state_mode"):
+        ssd_gpu.parse_config("state_mode=scan")
