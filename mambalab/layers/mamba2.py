@@ -31,6 +31,17 @@ from mambalab.ops.ssd import ssd_scan
 from mambalab.ops.triton import resolve_for
 
 
+def gated_rms_norm_composition(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, group_size: int,
+                               eps: float) -> torch.Tensor:
+    """The gated norm as torch ops: y, z (..., d), weight (d,) -> (..., d); see `GatedRMSNorm`."""
+    dtype = y.dtype
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    gated = y.to(compute) * F.silu(z.to(compute))  # (..., d)
+    groups = gated.unflatten(-1, (-1, group_size))  # (..., g, d/g)
+    groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * groups.flatten(-2).to(dtype)  # (..., d)
+
+
 class GatedRMSNorm(nn.Module):
     """RMSNorm(y · SiLU(z)) · weight over groups of `group_size` channels, in float32 (float64 for float64
     inputs): official Mamba-2's `RMSNormGated` with norm_before_gate=False, HF's `Mamba2RMSNormGated`."""
@@ -42,19 +53,14 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # (..., d), (..., d) -> (..., d)
         """Where the Triton kernels run (CUDA), one fused launch forward and one backward
-        (mambalab/ops/triton/gated_norm.py) instead of the ~10 kernels below and their ~20 backward; the
-        composition stays the reference (CPU, float64) and runs inside torch.compile, whose inductor fuses it
+        (mambalab/ops/triton/gated_norm.py) instead of the composition's ~10 kernels and ~20 backward. The
+        composition is the reference (CPU, float64) and runs inside torch.compile, whose inductor fuses it
         with its neighbours."""
         if self._fused(y):
             from mambalab.ops.triton.gated_norm import gated_rms_norm
 
             return gated_rms_norm(y, z, self.weight, self.group_size, self.eps)
-        dtype = y.dtype
-        compute = torch.float64 if dtype == torch.float64 else torch.float32
-        gated = y.to(compute) * F.silu(z.to(compute))  # (..., d)
-        groups = gated.unflatten(-1, (-1, self.group_size))  # (..., g, d/g)
-        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * groups.flatten(-2).to(dtype)  # (..., d)
+        return gated_rms_norm_composition(y, z, self.weight, self.group_size, self.eps)
 
     def _fused(self, y: torch.Tensor) -> bool:
         if torch.float64 in (y.dtype, self.weight.dtype) or torch.compiler.is_compiling():

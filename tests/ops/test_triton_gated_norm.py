@@ -189,3 +189,14 @@ def test_module_trains_through_the_kernels(monkeypatch, y_dtype):
     out.backward(dout)
     grads = (y.grad, z.grad, norm.weight.grad)
     assert_gradients_match(grads, y, z, norm.weight, 37, norm.eps, dout)
+
+
+@pytest.mark.skipif(TRITON_DEVICE != "cuda", reason="the compiled kernels at a model's width need a GPU")
+@pytest.mark.parametrize("group_size", [1536, 192])
+def test_gradients_at_mamba2_130m_width_on_gpu(group_size):
+    """d_inner 1536 (one group, as mamba2-130m, and eight) over 2 × 1024 rows: the 2048-channel blocks with 8
+    warps and runs of 4 rows per backward program that the small shapes above do not reach."""
+    y, z, weight = random_inputs((2, 1024, 1536), torch.bfloat16, torch.float32)
+    dout = torch.randn(2, 1024, 1536, device=TRITON_DEVICE)
+    _, grads = fused_gradients(y, z, weight, group_size, 1e-5, dout)
+    assert_gradients_match(grads, y, z, weight, group_size, 1e-5, dout)

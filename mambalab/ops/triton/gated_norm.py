@@ -1,4 +1,4 @@
-"""Mamba-2's gated RMSNorm in Triton, forward and backward: the composition of `GatedRMSNorm.forward`
+"""Mamba-2's gated RMSNorm in Triton, forward and backward: `gated_rms_norm_composition`
 (mambalab/layers/mamba2.py) in one launch each way, for inference and training.
 
 Per row of y, z (…, d) and per group of `group_size` channels: g = y · SiLU(z) in float32,
