@@ -102,8 +102,9 @@ def _forward(y_rows: torch.Tensor, z_rows: torch.Tensor, weight: torch.Tensor, g
     if n_rows and dim:
         block = triton.next_power_of_2(group_size)
         _gated_rms_norm_kernel[(n_rows, dim // group_size)](
-            y_rows, z_rows, weight, out, r, y_rows.stride(0), z_rows.stride(0), out.stride(0), group_size, eps,
-            STORE_R=store_r, BLOCK_G=block, num_warps=4 if block <= 4096 else 8)
+            y_rows, z_rows, weight, out, out if r is None else r,  # out: a placeholder r, never written
+            y_rows.stride(0), z_rows.stride(0), out.stride(0), group_size, eps, STORE_R=store_r, BLOCK_G=block,
+            num_warps=4 if block <= 4096 else 8)
     return out, r
 
 
