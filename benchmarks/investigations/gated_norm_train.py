@@ -90,7 +90,8 @@ def fused_counts(b: int, l: int, d: int, group_size: int) -> dict:
 
 
 def gpu_times(b: int, l: int, d: int, group_size: int) -> dict:
-    """Median ms of forward and forward + backward, composition and kernels, and their largest disagreement."""
+    """Median ms of forward and forward + backward, composition and kernels, and the relative differences of
+    the kernels' output and gradients from the composition's."""
     from triton.testing import do_bench
 
     from mambalab.ops.triton.gated_norm import gated_rms_norm
