@@ -4,10 +4,9 @@
 Per row of y, z (…, d) and per group of `group_size` channels: g = y · SiLU(z) in float32,
 r = 1 / sqrt(mean(g²) + eps), ĝ = g · r rounded to y's dtype, and out = weight · ĝ in float32, rounded to
 torch's result dtype of that product. The torch composition takes 11 kernels forward and 21 backward, most
-reading and writing (…, d) float32 tensors, and autograd keeps four float32 intermediates (benchmarks/notes/
-train.md counts them);
-here the forward reads y, z and writes out (and r, one float32 per row and group), the backward reads y, z, r
-and the output's gradient and writes dy, dz.
+reading and writing (…, d) float32 tensors, and autograd keeps four float32 intermediates (counted in
+benchmarks/notes/train.md); here the forward reads y, z and writes out (and r, one float32 per row and group),
+the backward reads y, z, r and the output's gradient and writes dy, dz.
 
 Backward, per group of G channels (the float32 math; the rounding of ĝ to y's dtype is taken as identity):
   ĝ_i = g_i · r with r = (Σ_j g_j² / G + eps)^(-1/2), so ∂r/∂g_j = −r³ g_j / G and
