@@ -22,7 +22,6 @@ from mambalab.config import Mamba2Config, ModelConfig
 from mambalab.layers.mamba import inverse_softplus, restore_float32
 from mambalab.ops import backends
 from mambalab.ops import triton as kernels
-from mambalab.ops.backends import records_grad
 from mambalab.ops.causal_conv1d import OP as CONV_OP
 from mambalab.ops.causal_conv1d import UPDATE_OP as CONV_UPDATE_OP
 from mambalab.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
@@ -30,6 +29,17 @@ from mambalab.ops.ssd import OP as SSD_OP
 from mambalab.ops.ssd import STEP_OP as SSD_STEP_OP
 from mambalab.ops.ssd import ssd_scan
 from mambalab.ops.triton import resolve_for
+
+
+def gated_rms_norm_composition(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, group_size: int,
+                               eps: float) -> torch.Tensor:
+    """The gated norm as torch ops: y, z (..., d), weight (d,) -> (..., d); see `GatedRMSNorm`."""
+    dtype = y.dtype
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    gated = y.to(compute) * F.silu(z.to(compute))  # (..., d)
+    groups = gated.unflatten(-1, (-1, group_size))  # (..., g, d/g)
+    groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * groups.flatten(-2).to(dtype)  # (..., d)
 
 
 class GatedRMSNorm(nn.Module):
@@ -42,23 +52,20 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # (..., d), (..., d) -> (..., d)
-        """Where no gradient is recorded and the Triton kernels run (CUDA), one fused launch
-        (mambalab/ops/triton/gated_norm.py) instead of the ~10 kernels below."""
-        if self._fused(y, z):
+        """Where the Triton kernels run (CUDA), one fused launch forward and one backward
+        (mambalab/ops/triton/gated_norm.py) instead of the composition's ~10 kernels and ~20 backward. The
+        composition is the reference (CPU, float64) and runs inside torch.compile, whose inductor fuses it
+        with its neighbours."""
+        if self._fused(y):
             from mambalab.ops.triton.gated_norm import gated_rms_norm
 
             return gated_rms_norm(y, z, self.weight, self.group_size, self.eps)
-        dtype = y.dtype
-        compute = torch.float64 if dtype == torch.float64 else torch.float32
-        gated = y.to(compute) * F.silu(z.to(compute))  # (..., d)
-        groups = gated.unflatten(-1, (-1, self.group_size))  # (..., g, d/g)
-        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * groups.flatten(-2).to(dtype)  # (..., d)
+        return gated_rms_norm_composition(y, z, self.weight, self.group_size, self.eps)
 
-    def _fused(self, y: torch.Tensor, z: torch.Tensor) -> bool:
-        if not y.is_cuda or torch.float64 in (y.dtype, self.weight.dtype) or torch.compiler.is_compiling():
+    def _fused(self, y: torch.Tensor) -> bool:
+        if torch.float64 in (y.dtype, self.weight.dtype) or torch.compiler.is_compiling():
             return False
-        return kernels.runs_on(y.device) and not records_grad(y, z, self.weight)
+        return kernels.runs_on(y.device)
 
 
 class Mamba2(nn.Module):

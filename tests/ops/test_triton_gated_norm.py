@@ -1,6 +1,7 @@
-"""The fused gated RMSNorm kernel of Mamba-2 (mambalab/ops/triton/gated_norm.py) against `GatedRMSNorm`'s
-torch composition and a float64 oracle: dtype pairings, odd group sizes, strided and empty inputs; outputs
-poisoned with NaN first. On CPU the kernel runs in Triton's interpreter."""
+"""The fused gated RMSNorm kernels of Mamba-2 (mambalab/ops/triton/gated_norm.py), forward and backward,
+against `GatedRMSNorm`'s torch composition and a float64 oracle: dtype pairings, odd group sizes, several
+groups, strided and empty inputs, gradients of y, z and weight; outputs and gradients poisoned with NaN
+first. On CPU the kernels run in Triton's interpreter."""
 
 from __future__ import annotations
 
@@ -59,15 +60,18 @@ def test_strided_and_empty_inputs():
     assert gated_rms_norm(empty, empty, weight, 20, 1e-6).shape == (0, 3, 40)
 
 
-def test_module_uses_the_kernel_only_where_no_gradient_is_recorded_on_cuda():
+def test_module_uses_the_kernels_wherever_they_run_gradients_or_not(monkeypatch):
+    from mambalab.ops import triton as kernels
+
     norm = GatedRMSNorm(8, 4)
-    y, z = torch.randn(2, 8, requires_grad=True), torch.randn(2, 8)
-    assert not norm._fused(y, z)  # CPU tensors: the composition
-    if torch.cuda.is_available():
-        norm, y, z = norm.cuda(), y.cuda(), z.cuda()
-        assert not norm._fused(y, z)  # a gradient is recorded
-        with torch.no_grad():
-            assert norm._fused(y, z)
+    y = torch.randn(2, 8, requires_grad=True)
+    assert not norm._fused(y)  # CPU tensors: the composition
+    monkeypatch.setattr(kernels, "runs_on", lambda device: True)  # as on CUDA with triton
+    assert norm._fused(y)  # a gradient is recorded: the kernels all the same
+    assert not norm._fused(y.double())  # float64: the composition, in float64
+    assert not norm.double()._fused(y)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not norm.float()._fused(y)  # inside torch.compile: the composition, which inductor fuses
 
 
 @pytest.mark.parametrize(("z_shape", "w_shape", "group_size", "message"), [
@@ -84,3 +88,115 @@ def test_bad_arguments_are_named(z_shape, w_shape, group_size, message):
     z, weight = torch.randn(z_shape, device=TRITON_DEVICE), torch.ones(w_shape, device=TRITON_DEVICE)
     with pytest.raises(InputError, match=message):
         gated_rms_norm(y, z, weight, group_size, 1e-5)
+
+
+# Gradients against the float64 oracle (same rounded inputs, same output gradient). The kernels compute in
+# float32 and round each gradient once to its dtype: norm-wise within bfloat16's unit roundoff 2^-8 where the
+# GPU rounds to nearest, 2^-7 where the interpreter truncates (an error under one ulp); float32 sums over a
+# group and over the rows stay near 1e-7 at these sizes (1e-5 is 100× that, and a wrong term is O(1)).
+def grad_tol(dtype):
+    if dtype == torch.float32:
+        return 1e-5
+    return (2**-7 if TRITON_DEVICE == "cpu" else 2**-8) + 1e-5
+
+
+def oracle_gradients(y, z, weight, group_size, eps, dout):
+    leaves = [t.detach().double().requires_grad_() for t in (y, z, weight)]
+    return torch.autograd.grad(oracle(*leaves, group_size, eps), leaves, dout.double())
+
+
+def fused_gradients(y, z, weight, group_size, eps, dout):
+    """out and (dy, dz, dweight) through the kernels' autograd function."""
+    from mambalab.ops.triton.gated_norm import gated_rms_norm
+
+    leaves = [t.detach().requires_grad_() for t in (y, z, weight)]
+    out = gated_rms_norm(*leaves, group_size, eps)
+    assert out.grad_fn is not None and "GatedRMSNorm" in type(out.grad_fn).__name__
+    return out, torch.autograd.grad(out, leaves, dout)
+
+
+def assert_gradients_match(grads, y, z, weight, group_size, eps, dout):
+    for grad, exact, t in zip(grads, oracle_gradients(y, z, weight, group_size, eps, dout), (y, z, weight)):
+        assert grad.dtype == t.dtype and grad.shape == t.shape
+        assert rel_error(grad, exact) <= grad_tol(t.dtype), (t.dtype, rel_error(grad, exact))
+
+
+def random_inputs(shape, y_dtype, w_dtype, device=TRITON_DEVICE):
+    y = (torch.randn(shape) * 3).to(device=device, dtype=y_dtype)
+    z = (torch.randn(shape) * 3).to(device=device, dtype=y_dtype)
+    weight = (1 + 0.1 * torch.randn(shape[-1])).to(device=device, dtype=w_dtype)
+    return y, z, weight
+
+
+@pytest.mark.parametrize("y_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("w_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("shape", "group_size"), [((3, 2 * 37), 37), ((2, 5, 96), 32)])
+def test_gradients_match_the_float64_oracle(y_dtype, w_dtype, shape, group_size):
+    from mambalab.ops.triton.gated_norm import gated_rms_norm
+
+    y, z, weight = random_inputs(shape, y_dtype, w_dtype)
+    dout = torch.randn(shape, device=TRITON_DEVICE).to(torch.promote_types(w_dtype, y_dtype))
+    out, grads = fused_gradients(y, z, weight, group_size, 1e-5, dout)
+    assert torch.equal(out, gated_rms_norm(y, z, weight, group_size, 1e-5))  # training forward == inference
+    assert_gradients_match(grads, y, z, weight, group_size, 1e-5, dout)
+
+
+def test_backward_programs_take_runs_of_rows_with_a_ragged_end(monkeypatch):
+    """10 rows over at most 3 programs: runs of 4 rows, the last program 2 rows past the end."""
+    from mambalab.ops.triton import gated_norm
+
+    monkeypatch.setattr(gated_norm, "ROW_PROGRAMS", 3)
+    y, z, weight = random_inputs((2, 5, 3 * 7), torch.float32, torch.float32)
+    dout = torch.randn(2, 5, 21, device=TRITON_DEVICE)
+    _, grads = fused_gradients(y, z, weight, 7, 1e-5, dout)
+    assert_gradients_match(grads, y, z, weight, 7, 1e-5, dout)
+
+
+def test_gradients_of_strided_inputs():
+    """z a column slice of in_proj's output (row stride > d), as the mixer passes it; y with a non-unit channel
+    stride; the output's gradient transposed too."""
+    projected = torch.randn(2, 3, 40 + 17, device=TRITON_DEVICE)
+    z = projected[..., :40]  # (b, l, d), row stride 57
+    y = torch.randn(40, 3, 2, device=TRITON_DEVICE).permute(2, 1, 0)  # (b, l, d), channel stride 6
+    dout = torch.randn(40, 3, 2, device=TRITON_DEVICE).permute(2, 1, 0)
+    weight = torch.rand(40, device=TRITON_DEVICE) + 0.5
+    _, grads = fused_gradients(y, z, weight, 20, 1e-6, dout)
+    assert_gradients_match(grads, y, z, weight, 20, 1e-6, dout)
+
+
+def test_gradients_of_empty_inputs():
+    empty = torch.empty(0, 3, 40, device=TRITON_DEVICE)
+    weight = torch.rand(40, device=TRITON_DEVICE)
+    out, (dy, dz, dweight) = fused_gradients(empty, empty, weight, 20, 1e-6, empty)
+    assert out.shape == dy.shape == dz.shape == (0, 3, 40)
+    assert torch.equal(dweight, torch.zeros_like(weight))
+
+
+@pytest.mark.parametrize("y_dtype", [torch.float32, torch.bfloat16])
+def test_module_trains_through_the_kernels(monkeypatch, y_dtype):
+    """GatedRMSNorm as the mixer calls it in training (autocast: bfloat16 y, z and float32 weight): the
+    kernels' autograd function, gradients as the oracle's."""
+    from mambalab.ops import triton as kernels
+
+    monkeypatch.setattr(kernels, "runs_on", lambda device: device.type == TRITON_DEVICE)
+    norm = GatedRMSNorm(3 * 37, 37).to(TRITON_DEVICE)
+    norm.weight.data.uniform_(0.5, 1.5)
+    y, z, _ = random_inputs((2, 3, 3 * 37), y_dtype, torch.float32)
+    dout = torch.randn(2, 3, 3 * 37, device=TRITON_DEVICE)
+    y.requires_grad_(), z.requires_grad_()
+    out = norm(y, z)
+    assert "GatedRMSNorm" in type(out.grad_fn).__name__
+    out.backward(dout)
+    grads = (y.grad, z.grad, norm.weight.grad)
+    assert_gradients_match(grads, y, z, norm.weight, 37, norm.eps, dout)
+
+
+@pytest.mark.skipif(TRITON_DEVICE != "cuda", reason="the compiled kernels at a model's width need a GPU")
+@pytest.mark.parametrize("group_size", [1536, 192])
+def test_gradients_at_mamba2_130m_width_on_gpu(group_size):
+    """d_inner 1536 (one group, as mamba2-130m, and eight) over 2 × 1024 rows: the 2048-channel blocks with 8
+    warps and runs of 4 rows per backward program that the small shapes above do not reach."""
+    y, z, weight = random_inputs((2, 1024, 1536), torch.bfloat16, torch.float32)
+    dout = torch.randn(2, 1024, 1536, device=TRITON_DEVICE)
+    _, grads = fused_gradients(y, z, weight, group_size, 1e-5, dout)
+    assert_gradients_match(grads, y, z, weight, group_size, 1e-5, dout)
