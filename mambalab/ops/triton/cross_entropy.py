@@ -62,11 +62,12 @@ def _cross_entropy_kernel(logits_ptr, labels_ptr, loss_ptr, grad_ptr, s_logits, 
 
 def cross_entropy_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, ignore_index: int,
                        grad: torch.Tensor | None = None, scale: float = 1.0, write_grad: bool = True,
-                       block: int = BLOCK_V) -> torch.Tensor:
+                       block: int | None = None) -> torch.Tensor:
     """logits (r, v_padded) in bf16/fp16/fp32, labels (r,) -> loss (r,) float32 (0 on ignored rows).
 
     With write_grad, the gradient (softmax − one-hot) · scale of the loss goes into `grad` (r, v_padded), the
-    logits' dtype; grad=None writes it over the logits (each row is read wholly before it is written)."""
+    logits' dtype; grad=None writes it over the logits (each row is read wholly before it is written). block:
+    columns per step (a power of 2; BLOCK_V by default)."""
     validate(logits, labels, vocab_size, grad)
     rows, n_cols = logits.shape
     out = logits if grad is None else grad
@@ -74,7 +75,7 @@ def cross_entropy_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: i
     if rows:
         _cross_entropy_kernel[(rows,)](
             logits, labels, loss, out, logits.stride(0), labels.stride(0), out.stride(0), n_cols, vocab_size, ignore_index, scale,
-            BLOCK=min(block, triton.next_power_of_2(n_cols)), WRITE_GRAD=write_grad, num_warps=8)
+            BLOCK=min(block or BLOCK_V, triton.next_power_of_2(n_cols)), WRITE_GRAD=write_grad, num_warps=8)
     return loss
 
 
