@@ -5,7 +5,7 @@ Per row of logits (rows, v_padded), columns ≥ vocab_size being padding (logit 
 lse = log Σ_j e^{x_j}, loss = lse − x[label] (0 where label = ignore_index), and gradient
 (softmax − one-hot(label)) · scale (0 on ignored rows and padding columns), rounded to the logits' dtype.
 Two passes over the row: a running maximum and sum of exponentials per lane (no overflow at any logit), then
-the gradient. The same in torch ops is ~8 kernels (upcast, logsumexp's passes, gather, subtraction, exp,
+the gradient; whole blocks of the real vocabulary without masks (vectorised loads and stores), the rest after. The same in torch ops is ~8 kernels (upcast, logsumexp's passes, gather, subtraction, exp,
 scatter, mask, downcast) over float32 copies of the chunk: benchmarks/notes/train.md.
 """
 
@@ -27,6 +27,15 @@ _FLOOR = tl.constexpr(-3.0e38)  # the running maximum's start: finite, so that a
 
 
 @triton.jit
+def _online_add(x, m, s):
+    """Fold x (log2 units) into the per-lane running maximum m and sum s = Σ 2^{x - m}: of the two
+    exponentials of an update (rescaling s, adding x) one is 2^0, so one ex2 of -|x - m| per element."""
+    d = x - m
+    e = tl.exp2(-tl.abs(d))
+    return tl.maximum(m, x), tl.where(d > 0, s * e + 1.0, s + e)
+
+
+@triton.jit
 def _cross_entropy_kernel(logits_ptr, labels_ptr, loss_ptr, grad_ptr, s_logits, s_labels, s_grad, n_cols,
                           vocab_size, ignore_index, scale, BLOCK: tl.constexpr, WRITE_GRAD: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -35,30 +44,35 @@ def _cross_entropy_kernel(logits_ptr, labels_ptr, loss_ptr, grad_ptr, s_logits, 
     valid = label != ignore_index
     target = tl.minimum(tl.maximum(label, 0), vocab_size - 1)  # the reference's clamp: any label is in range
     cols = tl.arange(0, BLOCK)
-    # Pass 1, in log2 units (e^x = 2^{x log2 e}): per lane, the running maximum m and Σ 2^{x - m}.
+    whole = vocab_size // BLOCK * BLOCK  # columns in whole blocks of the real vocabulary: loaded without masks
+    # Pass 1, in log2 units (e^x = 2^{x log2 e}): per lane, the running maximum and sum of exponentials.
     m = tl.full((BLOCK,), _FLOOR, tl.float32)
     s = tl.zeros((BLOCK,), tl.float32)
-    for start in range(0, vocab_size, BLOCK):
+    for start in range(0, whole, BLOCK):
+        m, s = _online_add(tl.load(x_row + start + cols).to(tl.float32) * LOG2E, m, s)
+    for start in range(whole, vocab_size, BLOCK):  # the last, partial block
         x = tl.load(x_row + start + cols, mask=start + cols < vocab_size, other=-float("inf"))
-        x = x.to(tl.float32) * LOG2E
-        m_new = tl.maximum(m, x)
-        s = s * tl.exp2(m - m_new) + tl.exp2(x - m_new)
-        m = m_new
+        m, s = _online_add(x.to(tl.float32) * LOG2E, m, s)
     m_row = tl.max(m, axis=0)
     lse2 = m_row + tl.log2(tl.sum(s * tl.exp2(m - m_row), axis=0))  # log2 Σ_j 2^{x_j log2 e}
     picked = tl.load(x_row + target).to(tl.float32)
     tl.store(loss_ptr + row, tl.where(valid, lse2 / LOG2E - picked, 0.0))
     if WRITE_GRAD:
-        # Pass 2: softmax − one-hot, times the row's scale (0 when ignored); 0 past vocab_size.
+        # Pass 2: softmax · the row's scale (0 when ignored), 2^-inf = 0 past vocab_size; then the label's
+        # column once more, with the one-hot: no comparison per element.
         g_row = grad_ptr + row * s_grad
         row_scale = tl.where(valid, scale, 0.0)
-        for start in range(0, n_cols, BLOCK):
-            col = start + cols
-            x = tl.load(x_row + col, mask=col < vocab_size, other=-float("inf")).to(tl.float32)
-            p = tl.exp2(x * LOG2E - lse2)  # (BLOCK,) softmax, 0 on the padding
-            grad = (p - tl.where(col == target, 1.0, 0.0)) * row_scale
-            tl.store(g_row + col, grad.to(grad_ptr.dtype.element_ty), mask=col < n_cols)
-
+        dtype = grad_ptr.dtype.element_ty
+        for start in range(0, whole, BLOCK):
+            p = tl.exp2(tl.load(x_row + start + cols).to(tl.float32) * LOG2E - lse2)
+            tl.store(g_row + start + cols, (p * row_scale).to(dtype))
+        for start in range(whole, n_cols, BLOCK):  # the partial block and the padding
+            x = tl.load(x_row + start + cols, mask=start + cols < vocab_size, other=-float("inf"))
+            p = tl.exp2(x.to(tl.float32) * LOG2E - lse2)
+            tl.store(g_row + start + cols, (p * row_scale).to(dtype), mask=start + cols < n_cols)
+        tl.debug_barrier()  # every thread's store of the label's column lands before this one
+        p_target = tl.exp2(picked * LOG2E - lse2)
+        tl.store(g_row + target, ((p_target - 1.0) * row_scale).to(dtype))
 
 def cross_entropy_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, ignore_index: int,
                        grad: torch.Tensor | None = None, scale: float = 1.0, write_grad: bool = True,
