@@ -92,20 +92,33 @@ def test_kernel_in_place_and_loss_only():
     assert logits[:, 37:].abs().max() == 0
 
 
-def test_kernel_one_row_and_strided_labels():
+def test_kernel_one_row_and_strided_inputs():
     from mambalab.ops.triton.cross_entropy import cross_entropy_rows
 
     logits = torch.randn(1, 37, device=TRITON_DEVICE)
     labels = torch.tensor([[5, IGNORE_INDEX], [36, 1]], device=TRITON_DEVICE)[:1, 0]  # (1,)
-    want_loss, want_grad = oracle(logits, labels, 37)
+    _, want_grad = oracle(logits, labels, 37)
     grad = torch.full_like(logits, math.nan)
     loss = cross_entropy_rows(logits, labels, 37, IGNORE_INDEX, grad=grad, block=16)
-    assert rel_error(loss, want_loss) <= 1e-6 and rel_error(grad, want_grad) <= 2e-6
-    two = torch.randn(2, 37, device=TRITON_DEVICE)
+    assert rel_error(loss, oracle(logits, labels, 37)[0]) <= 1e-6 and rel_error(grad, want_grad) <= 2e-6
+    rows = torch.randn(2, 41, device=TRITON_DEVICE)[:, 1:38]  # (2, 37), row stride 41, unaligned rows
     strided = torch.tensor([[3, 0], [IGNORE_INDEX, 0]], device=TRITON_DEVICE)[:, 0]  # (2,), stride 2
-    want_loss, _ = oracle(two, strided, 37)
-    got = cross_entropy_rows(two, strided, 37, IGNORE_INDEX, write_grad=False)
-    assert rel_error(got, want_loss) <= 1e-6
+    want_loss, want_grad = oracle(rows, strided, 37)
+    out = torch.full((2, 40), math.nan, device=TRITON_DEVICE)[:, :37]  # a gradient buffer with row stride 40
+    assert rel_error(cross_entropy_rows(rows, strided, 37, IGNORE_INDEX, grad=out), want_loss) <= 1e-6
+    assert rel_error(out, want_grad) <= 2e-6
+
+
+def test_row_alignment_hint():
+    """The kernel is told rows are 16-byte aligned only when they are (a wrong hint corrupts a GPU's loads)."""
+    from mambalab.ops.triton.cross_entropy import _row_alignment
+
+    bf16 = torch.zeros(3, 50280, dtype=torch.bfloat16)
+    assert _row_alignment(bf16) == 8 and _row_alignment(bf16, torch.zeros(3, 50280, dtype=torch.bfloat16)) == 8
+    assert _row_alignment(torch.zeros(3, 50277, dtype=torch.bfloat16)) == 1
+    assert _row_alignment(torch.zeros(3, 50280)) == 4
+    assert _row_alignment(torch.zeros(3, 50296)[:, 1:50281]) == 1  # rows start 4 bytes into the buffer
+    assert _row_alignment(bf16, torch.zeros(3, 50288, dtype=torch.bfloat16)[:, 1:]) == 1
 
 
 @pytest.mark.parametrize(("logits", "labels", "vocab", "grad", "message"), [

@@ -37,9 +37,10 @@ def _online_add(x, m, s):
 
 @triton.jit
 def _cross_entropy_kernel(logits_ptr, labels_ptr, loss_ptr, grad_ptr, s_logits, s_labels, s_grad, n_cols,
-                          vocab_size, ignore_index, scale, BLOCK: tl.constexpr, WRITE_GRAD: tl.constexpr):
+                          vocab_size, ignore_index, scale, BLOCK: tl.constexpr, ALIGN: tl.constexpr,
+                          WRITE_GRAD: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    x_row = logits_ptr + row * s_logits
+    x_row = logits_ptr + tl.multiple_of(row * s_logits, ALIGN)
     label = tl.load(labels_ptr + row * s_labels)
     valid = label != ignore_index
     target = tl.minimum(tl.maximum(label, 0), vocab_size - 1)  # the reference's clamp: any label is in range
@@ -60,7 +61,7 @@ def _cross_entropy_kernel(logits_ptr, labels_ptr, loss_ptr, grad_ptr, s_logits, 
     if WRITE_GRAD:
         # Pass 2: softmax · the row's scale (0 when ignored), 2^-inf = 0 past vocab_size; then the label's
         # column once more, with the one-hot: no comparison per element.
-        g_row = grad_ptr + row * s_grad
+        g_row = grad_ptr + tl.multiple_of(row * s_grad, ALIGN)
         row_scale = tl.where(valid, scale, 0.0)
         dtype = grad_ptr.dtype.element_ty
         for start in range(0, whole, BLOCK):
@@ -89,8 +90,18 @@ def cross_entropy_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: i
     if rows:
         _cross_entropy_kernel[(rows,)](
             logits, labels, loss, out, logits.stride(0), labels.stride(0), out.stride(0), n_cols, vocab_size, ignore_index, scale,
-            BLOCK=min(block or BLOCK_V, triton.next_power_of_2(n_cols)), WRITE_GRAD=write_grad, num_warps=8)
+            BLOCK=min(block or BLOCK_V, triton.next_power_of_2(n_cols)), ALIGN=_row_alignment(logits, out),
+            WRITE_GRAD=write_grad, num_warps=8)
     return loss
+
+
+def _row_alignment(*tensors: torch.Tensor) -> int:
+    """Elements in 16 bytes if every row of these (r, v) tensors starts 16-byte aligned, else 1: Triton
+    vectorises loads and stores from what it can prove, and it marks a row stride like 50280 (a vocabulary
+    padded to a multiple of 8) as a multiple of nothing."""
+    vector = 16 // tensors[0].element_size()
+    aligned = all(t.data_ptr() % 16 == 0 and t.stride(0) % vector == 0 for t in tensors)
+    return vector if aligned else 1
 
 
 def validate(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, grad: torch.Tensor | None) -> None:
