@@ -22,6 +22,7 @@ import torch
 
 IGNORE_INDEX = -100
 CHUNK_LOGITS = 1 << 27  # logits per chunk (tokens × vocab): 512 MB of float32 scratch
+TRITON_SOFTMAX = True  # the per-chunk softmax by the Triton kernel where it runs; False: torch ops (A/B runs)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, vocab_size: int,
@@ -89,7 +90,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if needs_grad else None  # (t, d)
         grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=acc) if needs_grad else None
         valid_all = labels != ignore_index  # (t,)
-        fused = acc == torch.float32 and _kernels_take(hidden)  # the Triton softmax; float64 stays in torch
+        fused = TRITON_SOFTMAX and acc == torch.float32 and _kernels_take(hidden)  # the Triton softmax; float64 stays in torch
         for start in range(0, tokens, chunk):
             h = hidden[start : start + chunk].to(dtype)  # (c, d)
             labels_chunk = labels[start : start + chunk]  # (c,)

@@ -5,8 +5,9 @@ Per row of logits (rows, v_padded), columns ≥ vocab_size being padding (logit 
 lse = log Σ_j e^{x_j}, loss = lse − x[label] (0 where label = ignore_index), and gradient
 (softmax − one-hot(label)) · scale (0 on ignored rows and padding columns), rounded to the logits' dtype.
 Two passes over the row: a running maximum and sum of exponentials per lane (no overflow at any logit), then
-the gradient; whole blocks of the real vocabulary without masks (vectorised loads and stores), the rest after. The same in torch ops is ~8 kernels (upcast, logsumexp's passes, gather, subtraction, exp,
-scatter, mask, downcast) over float32 copies of the chunk: benchmarks/notes/train.md.
+the gradient; whole blocks of the real vocabulary without masks (vectorised loads and stores), the rest after.
+The same in torch ops is 9 full-size kernels (upcast, logsumexp's four, subtraction, exp, mask, downcast) over
+float32 copies of the chunk, 10× the bytes: benchmarks/notes/train.md.
 """
 
 from __future__ import annotations
