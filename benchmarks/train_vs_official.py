@@ -99,7 +99,7 @@ def build(name: str, plan: dict, device: str):
     triton_softmax = "torch-softmax" not in variants
 
     def loss_fn(ids, labels):
-        linear_cross_entropy.TRITON_SOFTMAX = triton_softmax  # set per call: every model of the run sets its own
+        linear_cross_entropy.TRITON_SOFTMAX = triton_softmax  # per call: each model of the run sets its own
         total, count = model(ids, labels=labels)
         return total / count
 

@@ -1,14 +1,15 @@
-"""The LM head's per-chunk softmax cross-entropy: torch ops vs the Triton kernel (mambalab/ops/triton/cross_entropy.py).
+"""The LM head's per-chunk softmax cross-entropy: torch ops vs the Triton kernel (ops/triton/cross_entropy.py)
 
     PYTHONPATH=. python3 benchmarks/investigations/cross_entropy_chunk.py --out $OUT    # needs a GPU
 
 At mamba-130m's head (d 768, vocab 50277 padded to 50280) and a training step of 16384 tokens (b2 × L8192 or
 b8 × L2048), bf16 logits:
 - one chunk of `linear_cross_entropy` (CHUNK_LOGITS / 50280 rows): the torch softmax on the float32 upcast
-  with the gradient cast back to bf16 (the reference path) vs the kernel at several column blocks, each checked
-  against float64 first; effective bandwidth counts the kernel's 6 bytes per logit (two bf16 reads, one write);
-- the whole op, forward and backward, `linear_cross_entropy` on 16384 tokens with the kernel and with the torch
-  softmax, and its peak memory: the per-step change that benchmarks/notes/train.md predicts.
+  with the gradient cast back to bf16 (the reference path) vs the kernel at several column blocks, each
+  checked against float64 first; effective bandwidth counts the kernel's 6 bytes per logit (two bf16 reads,
+  one write);
+- the whole op, forward and backward, `linear_cross_entropy` on 16384 tokens with the kernel and with the
+  torch softmax, and its peak memory: the per-step change that benchmarks/notes/train.md predicts.
 Times are CUDA-event medians (benchmarks.common.time_call).
 """
 
@@ -52,8 +53,10 @@ def chunk_timings(repeats: int) -> dict:
                                                repeats=repeats).median_s * 1e3, "kernel": []}
     for block in BLOCKS:
         loss = cross_entropy_rows(logits, labels, VOCAB, lce.IGNORE_INDEX, grad=grad, block=block)
-        timing = time_call(lambda b=block: cross_entropy_rows(logits, labels, VOCAB, lce.IGNORE_INDEX, grad=grad,
-                                                               block=b), "cuda", repeats=repeats)
+        def run(b=block):
+            return cross_entropy_rows(logits, labels, VOCAB, lce.IGNORE_INDEX, grad=grad, block=b)
+
+        timing = time_call(run, "cuda", repeats=repeats)
         ms = timing.median_s * 1e3
         out["kernel"].append({"block": block, "ms": ms, "tb_per_s": 6 * logits.numel() / (ms * 1e-3) / 1e12,
                               **check(logits, labels, grad, loss)})

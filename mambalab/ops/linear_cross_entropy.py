@@ -8,9 +8,9 @@ several GB of peak memory for what is an elementwise epilogue of one matrix prod
 computes its logits, its loss and its gradients (softmax − one-hot, times the weight for the hidden states,
 times the hidden states for the weight) at once in the forward; the backward only scales the stored gradients
 by the incoming one. The matrix products run in the autocast dtype when autocast is on (as `nn.Linear` would),
-the softmax in float32: one Triton kernel per chunk where the kernels run (mambalab/ops/triton/cross_entropy.py:
-reads the chunk's logits twice, writes the gradient once in the matmul dtype), else torch ops on a float32 copy,
-the reference (and the float64 path).
+the softmax in float32: one Triton kernel per chunk where the kernels run (ops/triton/cross_entropy.py: reads
+the chunk's logits twice, writes the gradient once in the matmul dtype), else torch ops on a float32 copy, the
+reference (and the float64 path).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if needs_grad else None  # (t, d)
         grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=acc) if needs_grad else None
         valid_all = labels != ignore_index  # (t,)
-        fused = TRITON_SOFTMAX and acc == torch.float32 and _kernels_take(hidden)  # the Triton softmax; float64 stays in torch
+        fused = TRITON_SOFTMAX and acc == torch.float32 and _kernels_take(hidden)  # float64 stays in torch
         for start in range(0, tokens, chunk):
             h = hidden[start : start + chunk].to(dtype)  # (c, d)
             labels_chunk = labels[start : start + chunk]  # (c,)
@@ -98,7 +98,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if fused:
                 from mambalab.ops.triton.cross_entropy import cross_entropy_rows
 
-                losses = cross_entropy_rows(logits, labels_chunk, vocab_size, ignore_index, write_grad=needs_grad)
+                losses = cross_entropy_rows(logits, labels_chunk, vocab_size, ignore_index,
+                                            write_grad=needs_grad)
                 total += losses.sum()
                 grad = logits  # (c, v_padded), overwritten by the gradient
             else:

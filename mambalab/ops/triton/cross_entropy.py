@@ -46,7 +46,7 @@ def _cross_entropy_kernel(logits_ptr, labels_ptr, loss_ptr, grad_ptr, s_logits, 
     valid = label != ignore_index
     target = tl.minimum(tl.maximum(label, 0), vocab_size - 1)  # the reference's clamp: any label is in range
     cols = tl.arange(0, BLOCK)
-    whole = vocab_size // BLOCK * BLOCK  # columns in whole blocks of the real vocabulary: loaded without masks
+    whole = vocab_size // BLOCK * BLOCK  # columns in whole blocks of the real vocabulary: no masks
     # Pass 1, in log2 units (e^x = 2^{x log2 e}): per lane, the running maximum and sum of exponentials.
     m = tl.full((BLOCK,), _FLOOR, tl.float32)
     s = tl.zeros((BLOCK,), tl.float32)
@@ -90,7 +90,8 @@ def cross_entropy_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: i
     loss = common.empty(rows, device=logits.device, dtype=torch.float32)
     if rows:
         _cross_entropy_kernel[(rows,)](
-            logits, labels, loss, out, logits.stride(0), labels.stride(0), out.stride(0), n_cols, vocab_size, ignore_index, scale,
+            logits, labels, loss, out, logits.stride(0), labels.stride(0), out.stride(0), n_cols, vocab_size,
+            ignore_index, scale,
             BLOCK=min(block or BLOCK_V, triton.next_power_of_2(n_cols)), ALIGN=_row_alignment(logits, out),
             WRITE_GRAD=write_grad, num_warps=8)
     return loss
@@ -114,9 +115,11 @@ def validate(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, grad: 
     _expect(logits.dtype in (torch.bfloat16, torch.float16, torch.float32),
             f"logits must be bfloat16, float16 or float32 (float64 stays in torch), got {logits.dtype}")
     _expect(tuple(labels.shape) == tuple(logits.shape[:1]) and not labels.is_floating_point(),
-            f"labels must be integers of shape ({logits.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
+            f"labels must be integers of shape ({logits.shape[0]},), got {labels.dtype} "
+            f"{tuple(labels.shape)}")
     _expect(0 < vocab_size <= logits.shape[1], f"vocab_size={vocab_size} must be in [1, {logits.shape[1]}]")
-    _expect(grad is None or (grad.shape == logits.shape and grad.dtype == logits.dtype and grad.stride(-1) == 1),
+    like = grad is None or (grad.shape == logits.shape and grad.dtype == logits.dtype and grad.stride(1) == 1)
+    _expect(like,
             f"grad must be the logits' shape {tuple(logits.shape)} and dtype {logits.dtype} with contiguous "
             f"rows, got {None if grad is None else (grad.dtype, tuple(grad.shape), tuple(grad.stride()))}")
 
