@@ -63,6 +63,7 @@ def _cross_entropy_kernel(logits_ptr, labels_ptr, loss_ptr, grad_ptr, s_logits, 
         # Pass 2: softmax · the row's scale (0 when ignored), 2^-inf = 0 past vocab_size; then the label's
         # column once more, with the one-hot: no comparison per element.
         g_row = grad_ptr + tl.multiple_of(row * s_grad, ALIGN)
+        tl.debug_barrier()  # every thread has read the label's logit before a gradient may overwrite it
         row_scale = tl.where(valid, scale, 0.0)
         dtype = grad_ptr.dtype.element_ty
         for start in range(0, whole, BLOCK):
@@ -75,6 +76,7 @@ def _cross_entropy_kernel(logits_ptr, labels_ptr, loss_ptr, grad_ptr, s_logits, 
         tl.debug_barrier()  # every thread's store of the label's column lands before this one
         p_target = tl.exp2(picked * LOG2E - lse2)
         tl.store(g_row + target, ((p_target - 1.0) * row_scale).to(dtype))
+
 
 def cross_entropy_rows(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, ignore_index: int,
                        grad: torch.Tensor | None = None, scale: float = 1.0, write_grad: bool = True,
