@@ -109,6 +109,20 @@ def test_kernel_one_row_and_strided_inputs():
     assert rel_error(out, want_grad) <= 2e-6
 
 
+@pytest.mark.skipif(TRITON_DEVICE != "cuda", reason="the model's vocabulary: too slow for the interpreter")
+def test_kernel_in_place_at_the_model_vocabulary():
+    """mamba-130m's head (50277 padded to 50280: aligned rows, whole blocks, a partial one and the padding),
+    the gradient written over the logits by the compiled kernel as linear_cross_entropy does."""
+    from mambalab.ops.triton.cross_entropy import cross_entropy_rows
+
+    logits, labels = chunk(300, 50280, 50277, torch.bfloat16, seed=11)
+    want_loss, want_grad = oracle(logits, labels, 50277)
+    row_scale = _row_scale(logits, 50277)
+    loss = cross_entropy_rows(logits, labels, 50277, IGNORE_INDEX)
+    assert ((loss.double() - want_loss).abs() / row_scale).max() <= 4e-7
+    assert rel_error(logits[3:], want_grad[3:]) <= 8e-3 and not logits[:, 50277:].any()
+
+
 def test_row_alignment_hint():
     """The kernel is told rows are 16-byte aligned only when they are (a wrong hint corrupts GPU loads)."""
     from mambalab.ops.triton.cross_entropy import _row_alignment
