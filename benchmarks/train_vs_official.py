@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from benchmarks.common import add_official_to_path, write_result
 from mambalab import LanguageModel
 from mambalab.models.zoo import get_preset
+from mambalab.ops import linear_cross_entropy
 
 FULL = {"shapes": [(2048, 8), (8192, 2), (32768, 1)], "warmup": 5, "steps": 20, "vocab": 50277,
         "d_model": 768, "n_layer": 24, "llama_layers": 12, "llama_ffn": 2048, "llama_heads": 12,
@@ -47,8 +48,9 @@ QUICK = {"shapes": [(64, 2), (128, 1)], "warmup": 1, "steps": 3, "vocab": 256,
 MODELS = ("official-mamba", "mambalab-mamba", "hf-llama", "mambalab-transformer", "official-mamba2",
           "mambalab-mamba2")
 # A/B variants of our Mamba: "+logits-loss" scores through the (b, l, vocab) logits as the others do,
-# "+eager-norm" keeps RMSNorm's torch composition in training (not torch.compile'd).
-VARIANTS = ("+logits-loss", "+eager-norm")
+# "+eager-norm" keeps RMSNorm's torch composition in training (not torch.compile'd), "+torch-softmax" computes
+# the fused head's per-chunk softmax in torch ops instead of the Triton kernel (ops/linear_cross_entropy.py).
+VARIANTS = ("+logits-loss", "+eager-norm", "+torch-softmax")
 
 
 def logits_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -94,7 +96,10 @@ def build(name: str, plan: dict, device: str):
     if "logits-loss" in variants:
         return model, lambda ids, labels: logits_loss(model(ids), labels)
 
+    triton_softmax = "torch-softmax" not in variants
+
     def loss_fn(ids, labels):
+        linear_cross_entropy.TRITON_SOFTMAX = triton_softmax  # per call: each model of the run sets its own
         total, count = model(ids, labels=labels)
         return total / count
 

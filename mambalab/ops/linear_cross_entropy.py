@@ -8,17 +8,21 @@ several GB of peak memory for what is an elementwise epilogue of one matrix prod
 computes its logits, its loss and its gradients (softmax − one-hot, times the weight for the hidden states,
 times the hidden states for the weight) at once in the forward; the backward only scales the stored gradients
 by the incoming one. The matrix products run in the autocast dtype when autocast is on (as `nn.Linear` would),
-the softmax in float32.
+the softmax in float32: one Triton kernel per chunk where the kernels run (ops/triton/cross_entropy.py: reads
+the chunk's logits twice, writes the gradient once in the matmul dtype), else torch ops on a float32 copy, the
+reference (and the float64 path).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
 
 IGNORE_INDEX = -100
 CHUNK_LOGITS = 1 << 27  # logits per chunk (tokens × vocab): 512 MB of float32 scratch
+TRITON_SOFTMAX = True  # the per-chunk softmax by the Triton kernel where it runs; False: torch ops (A/B runs)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, vocab_size: int,
@@ -43,6 +47,34 @@ def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
 
 
+def _kernels_take(t: torch.Tensor) -> bool:
+    """Whether the Triton kernels run on t's device now: compiled on CUDA, or interpreted on CPU (tests)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    from mambalab.ops import triton as kernels
+
+    return kernels.device() == t.device.type
+
+
+def _softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, ignore_index: int,
+                           needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reference of the Triton kernel (mambalab/ops/triton/cross_entropy.py), in torch ops and in the
+    logits' dtype: logits (c, v_padded) -> (Σ of the labelled rows' losses, (softmax − one-hot) masked to the
+    labelled rows and the real vocabulary, in place of the logits; None without needs_grad)."""
+    valid = labels != ignore_index  # (c,)
+    target = labels.clamp(0, vocab_size - 1)[:, None]  # (c, 1)
+    logits[:, vocab_size:] = -math.inf
+    lse = torch.logsumexp(logits, dim=-1)  # (c,)
+    picked = logits.gather(1, target)[:, 0]  # (c,)
+    total = torch.where(valid, lse - picked, 0.0).sum()
+    if not needs_grad:
+        return total, None
+    grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits   (c, v_padded)
+    grad.scatter_add_(1, target, torch.full_like(picked, -1.0)[:, None])  # − one-hot
+    grad.mul_(valid[:, None])
+    return total, grad
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, vocab_size, ignore_index):
@@ -58,20 +90,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if needs_grad else None  # (t, d)
         grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=acc) if needs_grad else None
         valid_all = labels != ignore_index  # (t,)
+        fused = TRITON_SOFTMAX and acc == torch.float32 and _kernels_take(hidden)  # float64 stays in torch
         for start in range(0, tokens, chunk):
             h = hidden[start : start + chunk].to(dtype)  # (c, d)
-            valid = valid_all[start : start + chunk]  # (c,)
-            target = labels[start : start + chunk].clamp(0, vocab_size - 1)[:, None]  # (c, 1)
-            logits = (h @ w.t()).to(acc)  # (c, v_padded)
-            logits[:, vocab_size:] = -math.inf
-            lse = torch.logsumexp(logits, dim=-1)  # (c,)
-            picked = logits.gather(1, target)[:, 0]  # (c,)
-            total += torch.where(valid, lse - picked, 0.0).sum()
+            labels_chunk = labels[start : start + chunk]  # (c,)
+            logits = h @ w.t()  # (c, v_padded)
+            if fused:
+                from mambalab.ops.triton.cross_entropy import cross_entropy_rows
+
+                losses = cross_entropy_rows(logits, labels_chunk, vocab_size, ignore_index,
+                                            write_grad=needs_grad)
+                total += losses.sum()
+                grad = logits  # (c, v_padded), overwritten by the gradient
+            else:
+                loss, grad = _softmax_cross_entropy(logits.to(acc), labels_chunk, vocab_size, ignore_index,
+                                                    needs_grad)
+                total += loss
             if not needs_grad:
                 continue
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits   (c, v_padded)
-            grad.scatter_add_(1, target, torch.full_like(picked, -1.0)[:, None])  # − one-hot
-            grad.mul_(valid[:, None])
             grad = grad.to(dtype)
             grad_hidden[start : start + chunk] = grad @ w  # (c, d)
             grad_weight.add_(grad.t() @ h)  # (v_padded, d); zero on the padded rows

@@ -1,8 +1,9 @@
 """What the Triton kernels of every op share: where they run (`device`, `require`), the CPU interpreter for
 tests (`interpreter`), the "auto" rule of the ops with a reference and a triton backend, the @triton.jit math
 helpers (common.py), and the kernels the layers call directly, outside any op's backend switch: RMSNorm
-(norm.py, layers/norm.py), Mamba-2's gated RMSNorm (gated_norm.py, layers/mamba2.py) and out_proj plus the
-residual add at decode (linear.py, layers/mamba.py).
+(norm.py, layers/norm.py), Mamba-2's gated RMSNorm (gated_norm.py, layers/mamba2.py), out_proj plus the
+residual add at decode (linear.py, layers/mamba.py) and the LM head's softmax cross-entropy (cross_entropy.py,
+ops/linear_cross_entropy.py).
 Each op's own kernels live in its folder (mambalab/ops/<op>/triton_kernels.py).
 
 Importing a kernel module imports triton. The kernels are compiled for CUDA, or run by Triton's
@@ -25,7 +26,8 @@ from mambalab.errors import InputError
 
 _KERNEL_MODULES = ("mambalab.ops.triton.common", "mambalab.ops.selective_scan.triton_kernels",
                    "mambalab.ops.state_update.triton_kernels", "mambalab.ops.causal_conv1d.triton_kernels",
-                   "mambalab.ops.triton.norm", "mambalab.ops.triton.gated_norm", "mambalab.ops.triton.linear")
+                   "mambalab.ops.triton.norm", "mambalab.ops.triton.gated_norm", "mambalab.ops.triton.linear",
+                   "mambalab.ops.triton.cross_entropy")
 
 
 def _interpret_env() -> bool:
