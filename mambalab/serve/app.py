@@ -279,12 +279,13 @@ async def _disconnected(request: Request) -> None:
 
 async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: _Envelope, include_usage: bool):
     """The SSE stream: text chunks as they settle (the first token of a choice always gets one, its text maybe
-    empty, so clients can time the first token), one finish chunk per choice, usage, [DONE]. Leaving early
-    (the client disconnected, or the server shuts down) cancels the requests."""
+    empty, so clients can time the first token), one finish chunk per choice, usage, [DONE]. Everything due at
+    one wake-up goes out in one write. Leaving early (the client disconnected, or the server shuts down)
+    cancels the requests."""
     try:
+        due: list[str] = []
         if envelope.chat:
-            for i in range(len(requests)):
-                yield envelope.event(envelope.chunk(i, role=True), include_usage)
+            due += [envelope.event(envelope.chunk(i, role=True), include_usage) for i in range(len(requests))]
         ended: set[int] = set()
         announced: set[int] = set()  # choices whose first token has been sent (maybe with empty text)
         while len(ended) < len(requests):
@@ -295,19 +296,23 @@ async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: 
                 text, done = r.drain()
                 if text or (r.started and i not in announced):
                     announced.add(i)
-                    yield envelope.event(envelope.chunk(i, text=text), include_usage)
+                    due.append(envelope.text_event(i, text, include_usage))
                 if done:
                     ended.add(i)
                     failure = _failure([r])
                     if failure is not None:
-                        yield envelope.event(failure.body(), False)
+                        due.append(envelope.event(failure.body(), False))
                     else:
-                        yield envelope.event(envelope.chunk(i, finish_reason=r.finish_reason), include_usage)
+                        due.append(envelope.event(envelope.chunk(i, finish_reason=r.finish_reason), include_usage))
             if len(ended) < len(requests):
+                if due:
+                    yield "".join(due)
+                    due = []
                 await news.wait()
         if include_usage:
-            yield envelope.event({**envelope.head(), "choices": [], "usage": _usage(requests)}, False)
-        yield "data: [DONE]\n\n"
+            due.append(envelope.event({**envelope.head(), "choices": [], "usage": _usage(requests)}, False))
+        due.append("data: [DONE]\n\n")
+        yield "".join(due)
     finally:
         for r in requests:
             r.cancel()
@@ -365,6 +370,11 @@ class _Wakeups:
             event.set()
 
 
+_TEXT_MARK = "\x00text\x00"  # stands for a chunk's text while its template is made
+_TEXT_MARK_JSON = json.dumps(_TEXT_MARK)
+_json_string = json.encoder.encode_basestring_ascii  # json.dumps of a str (ensure_ascii), without its checks
+
+
 class _Envelope:
     """The OpenAI response objects of one request (completion or chat, whole or streamed)."""
 
@@ -373,6 +383,21 @@ class _Envelope:
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.object = ("chat.completion.chunk" if stream else "chat.completion") if chat else "text_completion"
         self.created = int(time.time())
+        self._text_templates: dict[tuple[int, bool], tuple[str, str] | None] = {}
+
+    def text_event(self, index: int, text: str, include_usage: bool) -> str:
+        """`event(chunk(index, text=text), include_usage)`, the same characters, from a template made once per
+        choice: only the text is encoded per event (the stream's one event per token and request)."""
+        key = (index, include_usage)
+        if key not in self._text_templates:
+            whole = self.event(self.chunk(index, text=_TEXT_MARK), include_usage)
+            parts = whole.split(_TEXT_MARK_JSON)
+            # A model name holding the mark cannot be templated: its events are built whole.
+            self._text_templates[key] = (parts[0], parts[1]) if len(parts) == 2 else None
+        template = self._text_templates[key]
+        if template is None:
+            return self.event(self.chunk(index, text=text), include_usage)
+        return template[0] + _json_string(text) + template[1]
 
     def head(self) -> dict:
         return {"id": self.id, "object": self.object, "created": self.created, "model": self.model_name}
