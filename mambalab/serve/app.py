@@ -42,7 +42,7 @@ from mambalab.serve.engine import Engine
 from mambalab.serve.protocol import ApiError, ChatRequest, CompletionRequest, parse
 from mambalab.serve.scheduler import Request as EngineRequest
 from mambalab.serve.scheduler import RequestRejected
-from mambalab.serve.server import serve
+from mambalab.serve.server import STREAM_INTERVAL_S, serve
 
 __all__ = ["create_app", "serve"]  # serve: the entry point's old home, kept
 
@@ -60,10 +60,18 @@ def create_app(
     api_key: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     drain_timeout: float = 10.0,
+    stream_interval: float = STREAM_INTERVAL_S,
 ) -> FastAPI:
     """The FastAPI app. Its lifespan prefills and caches the system prompt (chat requests without a system
     message of their own get it, and resume from its cached state), starts the scheduler thread, and on
-    shutdown lets in-flight requests finish for up to `drain_timeout` s before cancelling them."""
+    shutdown lets in-flight requests finish for up to `drain_timeout` s before cancelling them.
+
+    A streamed request's first token is sent at once; after it, text waits until `stream_interval` s have
+    passed since the stream's last event, so that one event carries all the tokens made meanwhile (0: an
+    event for every scheduler step that made text). Each event costs the event loop more than a token costs
+    the scheduler, and both share one interpreter: with many fast streams, per-token events slow the decode."""
+    if not stream_interval >= 0:
+        raise MambalabError(f"stream_interval must be >= 0 seconds, got {stream_interval!r}")
     chat = chat_format or ChatFormat(engine.tokenizer)
     created = int(time.time())
     try:
@@ -153,7 +161,7 @@ def create_app(
         body = parse(CompletionRequest, await _read_json(request, max_body_bytes))
         check_model(body.model)
         prompts = await run_in_threadpool(_completion_prompts, engine, body.prompt)
-        return await _serve(request, engine, model_name, False, prompts, body, body.max_tokens, [])
+        return await _serve(request, engine, model_name, False, prompts, body, body.max_tokens, [], stream_interval)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -168,7 +176,8 @@ def create_app(
         except ChatTemplateError as e:
             raise ApiError(400, str(e), "messages") from None
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await _serve(request, engine, model_name, True, [prompt], body, max_tokens, chat.stops)
+        return await _serve(request, engine, model_name, True, [prompt], body, max_tokens, chat.stops,
+                            stream_interval)
 
     return app
 
@@ -223,7 +232,7 @@ def _sampling(body) -> SamplingConfig:
 
 
 async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, prompts: list[list[int]], body,
-                 max_tokens: int | None, default_stops: list[str]):
+                 max_tokens: int | None, default_stops: list[str], stream_interval: float):
     """Submit one engine request per prompt; answer with one JSON body or an SSE stream."""
     news = asyncio.Event()
     notify = functools.partial(_Wakeups.of(asyncio.get_running_loop()).mark, news)  # from the scheduler thread
@@ -243,8 +252,8 @@ async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, 
     envelope = _Envelope(chat, model_name, body.stream)
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(_events(requests, news, envelope, include_usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(_events(requests, news, envelope, include_usage, stream_interval),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     if not await _wait(request, requests, news):
         return Response(status_code=499)  # the client has gone: nobody reads this
     failed = _failure(requests)
@@ -277,10 +286,13 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: _Envelope, include_usage: bool):
-    """The SSE stream: text chunks as they settle (the first token of a choice always gets one, its text maybe
-    empty, so clients can time the first token), one finish chunk per choice, usage, [DONE]. Everything due at
-    one wake-up goes out in one write. Leaving early (the client disconnected, or the server shuts down)
+async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: _Envelope, include_usage: bool,
+                  interval: float = 0.0):
+    """The SSE stream: text chunks as they settle (the first token of a choice always gets one at once, its
+    text maybe empty, so clients can time the first token), one finish chunk per choice, usage, [DONE].
+    Everything due at one wake-up goes out in one write. Once every choice has had its first token, the
+    stream sleeps until `interval` s after its last write before it takes more text (a choice that ends
+    during that sleep waits for its end). Leaving early (the client disconnected, or the server shuts down)
     cancels the requests."""
     try:
         due: list[str] = []
@@ -288,6 +300,7 @@ async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: 
             due += [envelope.event(envelope.chunk(i, role=True), include_usage) for i in range(len(requests))]
         ended: set[int] = set()
         announced: set[int] = set()  # choices whose first token has been sent (maybe with empty text)
+        sent = 0.0  # when the last write was made
         while len(ended) < len(requests):
             news.clear()
             for i, r in enumerate(requests):
@@ -308,7 +321,10 @@ async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: 
                 if due:
                     yield "".join(due)
                     due = []
+                    sent = time.monotonic()
                 await news.wait()
+                if interval and len(announced) == len(requests):
+                    await asyncio.sleep(sent + interval - time.monotonic())  # returns at once when past
         if include_usage:
             due.append(envelope.event({**envelope.head(), "choices": [], "usage": _usage(requests)}, False))
         due.append("data: [DONE]\n\n")
