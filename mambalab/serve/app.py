@@ -403,7 +403,7 @@ class _Envelope:
 
     def text_event(self, index: int, text: str, include_usage: bool) -> str:
         """`event(chunk(index, text=text), include_usage)`, the same characters, from a template made once per
-        choice: only the text is encoded per event (the stream's one event per token and request)."""
+        choice: only the text is JSON-encoded per event (a stream's most frequent event)."""
         key = (index, include_usage)
         if key not in self._text_templates:
             whole = self.event(self.chunk(index, text=_TEXT_MARK), include_usage)
