@@ -18,11 +18,14 @@ started; `clients_ready_s`: the clients' own start-up, outside every run):
 - offline: `generate` on all the prompts as one batch, in this process, before the server starts (the ceiling);
 - batched: every client at once, `--rounds` requests each, one after another: aggregate tokens/s (all tokens
   / wall time), p50 / p99 request latency and time to first token (TTFT: the first chunk after the request);
-  then the same without streaming (one JSON answer per request: no per-token events);
+  then the same read by a minimal SSE reader (httpx, `_raw_request`: the server's share of the streamed time
+  apart from the openai client's parsing); then the same without streaming (one JSON answer per request);
+  streamed modes report their SSE events per request;
 - sequential: the same requests from one client, one at a time;
 - with `--cached-system-prompt-tokens K`: a second server with a K-token system prompt (prefilled and cached
   at start-up); every client sends a chat request at once (a short user turn resumed from the cached state):
   p50 / p99 TTFT.
+`--modes` runs a subset of these server runs (e.g. `--modes batched,batched_raw_reader` for a quick A/B).
 Targets (issue 16): CPU batched >= 3x sequential; CUDA batched >= 70% of offline at 64 clients x 128 tokens,
 p99 TTFT with the cached 8K system prompt <= 2x its p50. The JSON (with the environment: device, torch, git
 commit) goes to $OUT/serve_load_<device>.json when $OUT is set, else benchmarks/results/.
