@@ -323,6 +323,11 @@ def offline(model, per_client: list[list[dict]], max_tokens: int, device: str) -
     return {"batch": len(prompts), "tokens": tokens, "wall_s": round(best, 4), "tokens_per_s": round(tokens / best, 1)}
 
 
+def server_args(args) -> list[str]:
+    """The `mambalab serve` flags this run passes on."""
+    return [] if args.stream_interval_ms is None else ["--stream-interval-ms", str(args.stream_interval_ms)]
+
+
 def device_tag(device: str) -> str:
     if device != "cuda":
         return "cpu"
@@ -340,6 +345,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="Runs of each mode; the fastest is reported.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server and of offline.")
     parser.add_argument("--cached-system-prompt-tokens", type=int, default=0)
+    parser.add_argument("--stream-interval-ms", type=float,
+                        help="The servers' --stream-interval-ms (default: theirs; 0: an SSE event per decode step).")
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"Comma-separated server runs, in order (default: all of {', '.join(MODES)}).")
     parser.add_argument("--out", help="Output JSON (default: $OUT or benchmarks/results/serve_load_<device>.json).")
@@ -362,7 +369,7 @@ def main() -> None:
         if args.device == "cuda":
             torch.cuda.empty_cache()
 
-        server = Server(tmp / "model", args.device, cfg["clients"], args.threads, [], tmp / "server.log")
+        server = Server(tmp / "model", args.device, cfg["clients"], args.threads, server_args(args), tmp / "server.log")
         try:
             warm = completion_specs(cfg["clients"], 1, min(8, cfg["max_tokens"]), rng)
             load(server.url, warm, cfg["client_procs"])  # captures every bucket's graph
@@ -404,7 +411,7 @@ def cached_system_prompt(cfg: dict, args, tmp: Path, rng: random.Random) -> dict
     system = "".join(chr(rng.randrange(97, 123)) for _ in range(cfg["cached_system_prompt_tokens"]))
     (tmp / "system.txt").write_text(system)
     server = Server(tmp / "model", args.device, cfg["clients"], args.threads,
-                    ["--system-prompt-file", str(tmp / "system.txt")], tmp / "server_system.log")
+                    ["--system-prompt-file", str(tmp / "system.txt"), *server_args(args)], tmp / "server_system.log")
     try:
         def chat_specs(max_tokens: int) -> list[list[dict]]:
             return [[{"kind": "chat", "model": "bench", "max_tokens": max_tokens, "messages": [
