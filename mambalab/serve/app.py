@@ -291,8 +291,8 @@ async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: 
     """The SSE stream: text chunks as they settle (the first token of a choice always gets one at once, its
     text maybe empty, so clients can time the first token), one finish chunk per choice, usage, [DONE].
     Everything due at one wake-up goes out in one write. Once every choice has had its first token, the
-    stream sleeps until `interval` s after its last write before it takes more text (a choice that ends
-    during that sleep waits for its end). Leaving early (the client disconnected, or the server shuts down)
+    stream sleeps `interval` s after each write before it takes more text (a choice that ends during that
+    sleep waits for its end). Leaving early (the client disconnected, or the server shuts down)
     cancels the requests."""
     try:
         due: list[str] = []
@@ -300,7 +300,6 @@ async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: 
             due += [envelope.event(envelope.chunk(i, role=True), include_usage) for i in range(len(requests))]
         ended: set[int] = set()
         announced: set[int] = set()  # choices whose first token has been sent (maybe with empty text)
-        sent = 0.0  # when the last write was made
         while len(ended) < len(requests):
             news.clear()
             for i, r in enumerate(requests):
@@ -321,10 +320,9 @@ async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: 
                 if due:
                     yield "".join(due)
                     due = []
-                    sent = time.monotonic()
+                    if interval and len(announced) == len(requests):
+                        await asyncio.sleep(interval)  # the text made meanwhile goes out in one event
                 await news.wait()
-                if interval and len(announced) == len(requests):
-                    await asyncio.sleep(sent + interval - time.monotonic())  # returns at once when past
         if include_usage:
             due.append(envelope.event({**envelope.head(), "choices": [], "usage": _usage(requests)}, False))
         due.append("data: [DONE]\n\n")
