@@ -18,11 +18,14 @@ started; `clients_ready_s`: the clients' own start-up, outside every run):
 - offline: `generate` on all the prompts as one batch, in this process, before the server starts (the ceiling);
 - batched: every client at once, `--rounds` requests each, one after another: aggregate tokens/s (all tokens
   / wall time), p50 / p99 request latency and time to first token (TTFT: the first chunk after the request);
-  then the same without streaming (one JSON answer per request: no per-token events);
+  then the same read by a minimal SSE reader (httpx, `_raw_request`: the server's share of the streamed time
+  apart from the openai client's parsing); then the same without streaming (one JSON answer per request);
+  streamed modes report their SSE events per request;
 - sequential: the same requests from one client, one at a time;
 - with `--cached-system-prompt-tokens K`: a second server with a K-token system prompt (prefilled and cached
   at start-up); every client sends a chat request at once (a short user turn resumed from the cached state):
   p50 / p99 TTFT.
+`--modes` runs a subset of these server runs (e.g. `--modes batched,batched_raw_reader` for a quick A/B).
 Targets (issue 16): CPU batched >= 3x sequential; CUDA batched >= 70% of offline at 64 clients x 128 tokens,
 p99 TTFT with the cached 8K system prompt <= 2x its p50. The JSON (with the environment: device, torch, git
 commit) goes to $OUT/serve_load_<device>.json when $OUT is set, else benchmarks/results/.
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import multiprocessing
 import os
 import random
@@ -49,6 +53,7 @@ from benchmarks.common import write_result
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_TOKENS = 16
 BARRIER_TIMEOUT_S = 1800  # a client that never arrives (a crashed process) fails the run instead of hanging it
+MODES = ("batched", "batched_raw_reader", "batched_not_streamed", "sequential")
 DEFAULTS = {
     "cpu": {"preset": "tiny-mamba", "dtype": "float32", "clients": 16, "max_tokens": 32, "rounds": 2,
             "client_procs": 1},
@@ -79,13 +84,36 @@ def _one_request(client, spec: dict) -> dict:
         stream = client.completions.create(
             model=spec["model"], prompt=spec["prompt"], max_tokens=spec["max_tokens"], temperature=0,
             stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    events = 0
     for chunk in stream:
+        events += 1
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
         if first is None and chunk.choices and (
                 spec["kind"] != "chat" or chunk.choices[0].delta.content is not None):
             first = time.time()
-    return {"start": start, "first": first, "end": time.time(), "tokens": tokens}
+    return {"start": start, "first": first, "end": time.time(), "tokens": tokens, "events": events}
+
+
+def _raw_request(http, url: str, spec: dict) -> dict:
+    """The same streamed completion read by a minimal SSE reader (httpx, line by line): it parses only the
+    last chunk (the usage) and the first, so its per-event cost is the least a Python client can pay; beside
+    the openai client it tells the server's share of the streamed time from the client's."""
+    body = {"model": spec["model"], "prompt": spec["prompt"], "max_tokens": spec["max_tokens"], "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+    start = time.time()
+    first, events, last = None, 0, None
+    with http.stream("POST", f"{url}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            events += 1
+            if first is None:
+                first = time.time()
+            last = line
+    tokens = json.loads(last[len("data: "):])["usage"]["completion_tokens"]
+    return {"start": start, "first": first, "end": time.time(), "tokens": tokens, "events": events}
 
 
 def _warmup_spec(spec: dict) -> dict:
@@ -93,10 +121,13 @@ def _warmup_spec(spec: dict) -> dict:
     return {"kind": "completion", "model": spec["model"], "prompt": [65] * 4, "max_tokens": 1, "stream": False}
 
 
-def _client_process(url: str, per_thread: list[list[dict]], repeats: int, barrier, results) -> None:
-    """Threads of this process, each with its own openai client: one warm-up request, then for every repeat
+def _client_process(url: str, per_thread: list[list[dict]], repeats: int, barrier, results,
+                    reader: str = "openai") -> None:
+    """Threads of this process, each with its own openai client (or, with reader "raw", an httpx client for
+    streamed completions: `_raw_request`): one warm-up request, then for every repeat
     wait at `barrier` (every client thread of every process and the coordinator), send its requests in order
     and wait again. Puts {"records": [...], "errors": [...]} on `results`."""
+    import httpx
     import openai
 
     records: list[dict] = []
@@ -107,10 +138,16 @@ def _client_process(url: str, per_thread: list[list[dict]], repeats: int, barrie
         try:
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
             _one_request(client, _warmup_spec(specs[0]))
+            http = httpx.Client(timeout=600)
+            warm = _warmup_spec(specs[0])
+            http.post(f"{url}/v1/completions", json={k: warm[k] for k in ("model", "prompt", "max_tokens")}
+                      ).raise_for_status()
+            raw = reader == "raw"
             for repeat in range(repeats):
                 barrier.wait()  # every client started and connected: released together
                 for spec in specs:
-                    record = _one_request(client, spec)
+                    streamed = spec["kind"] == "completion" and spec.get("stream", True)
+                    record = _raw_request(http, url, spec) if raw and streamed else _one_request(client, spec)
                     with lock:
                         records.append({**record, "repeat": repeat, "client": client_id})
                 barrier.wait()  # the run ends when every client is done
@@ -129,7 +166,7 @@ def _client_process(url: str, per_thread: list[list[dict]], repeats: int, barrie
     results.put({"records": records, "errors": errors})
 
 
-def load(url: str, per_client: list[list[dict]], procs: int, repeats: int = 1) -> dict:
+def load(url: str, per_client: list[list[dict]], procs: int, repeats: int = 1, reader: str = "openai") -> dict:
     """Run every client's requests at once (clients spread over `procs` processes), `repeats` times; the
     summary of the run with the most tokens/s (the machine may be shared: the least disturbed run), with
     every run's tokens/s.
@@ -144,7 +181,7 @@ def load(url: str, per_client: list[list[dict]], procs: int, repeats: int = 1) -
     barrier = context.Barrier(len(per_client) + 1, timeout=BARRIER_TIMEOUT_S)  # the clients and this process
     results = context.Queue()
     launched = time.time()
-    workers = [context.Process(target=_client_process, args=(url, group, repeats, barrier, results), daemon=True)
+    workers = [context.Process(target=_client_process, args=(url, group, repeats, barrier, results, reader), daemon=True)
                for group in groups]
     for worker in workers:
         worker.start()
@@ -180,6 +217,9 @@ def summarize(records: list[dict]) -> dict:
                "tokens_per_s": round(tokens / wall, 1),
                "latency_p50_s": round(percentile(latency, 50), 4), "latency_p99_s": round(percentile(latency, 99), 4),
                "client_start_spread_s": round(max(first_starts) - min(first_starts), 4)}
+    events = [r["events"] for r in records if "events" in r]
+    if events:  # streamed: SSE data events per request ([DONE] not counted)
+        summary["events_per_request"] = round(sum(events) / len(events), 1)
     if ttft:
         summary.update(ttft_p50_s=round(percentile(ttft, 50), 4), ttft_p99_s=round(percentile(ttft, 99), 4))
     return summary
@@ -283,6 +323,11 @@ def offline(model, per_client: list[list[dict]], max_tokens: int, device: str) -
     return {"batch": len(prompts), "tokens": tokens, "wall_s": round(best, 4), "tokens_per_s": round(tokens / best, 1)}
 
 
+def server_args(args) -> list[str]:
+    """The `mambalab serve` flags this run passes on."""
+    return [] if args.stream_interval_ms is None else ["--stream-interval-ms", str(args.stream_interval_ms)]
+
+
 def device_tag(device: str) -> str:
     if device != "cuda":
         return "cpu"
@@ -300,8 +345,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="Runs of each mode; the fastest is reported.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server and of offline.")
     parser.add_argument("--cached-system-prompt-tokens", type=int, default=0)
+    parser.add_argument("--stream-interval-ms", type=float,
+                        help="The servers' --stream-interval-ms (default: theirs; 0: an SSE event per decode step).")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"Comma-separated server runs, in order (default: all of {', '.join(MODES)}).")
     parser.add_argument("--out", help="Output JSON (default: $OUT or benchmarks/results/serve_load_<device>.json).")
     args = parser.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown or not modes:
+        parser.error(f"--modes: unknown mode(s) {unknown or 'none given'}; choose from {', '.join(MODES)}")
     cfg = {**DEFAULTS[args.device], **{k: v for k, v in vars(args).items() if v is not None}}
     torch.set_num_threads(args.threads)
     rng = random.Random(0)
@@ -316,18 +369,22 @@ def main() -> None:
         if args.device == "cuda":
             torch.cuda.empty_cache()
 
-        server = Server(tmp / "model", args.device, cfg["clients"], args.threads, [], tmp / "server.log")
+        server = Server(tmp / "model", args.device, cfg["clients"], args.threads, server_args(args), tmp / "server.log")
         try:
             warm = completion_specs(cfg["clients"], 1, min(8, cfg["max_tokens"]), rng)
             load(server.url, warm, cfg["client_procs"])  # captures every bucket's graph
-            results["batched"] = load(server.url, per_client, cfg["client_procs"], cfg["repeats"])
-            log(f"batched (streamed): {results['batched']}")
             whole = [[{**spec, "stream": False} for spec in specs] for specs in per_client]
-            results["batched_not_streamed"] = load(server.url, whole, cfg["client_procs"], cfg["repeats"])
-            log(f"batched (not streamed): {results['batched_not_streamed']}")
             one_at_a_time = [[spec for specs in per_client for spec in specs]]
-            results["sequential"] = load(server.url, one_at_a_time, 1, cfg["repeats"])
-            log(f"sequential: {results['sequential']}")
+            runs = {
+                "batched": lambda: load(server.url, per_client, cfg["client_procs"], cfg["repeats"]),
+                "batched_raw_reader": lambda: load(server.url, per_client, cfg["client_procs"], cfg["repeats"],
+                                                   reader="raw"),
+                "batched_not_streamed": lambda: load(server.url, whole, cfg["client_procs"], cfg["repeats"]),
+                "sequential": lambda: load(server.url, one_at_a_time, 1, cfg["repeats"]),
+            }
+            for mode in modes:
+                results[mode] = runs[mode]()
+                log(f"{mode}: {results[mode]}")
         finally:
             server.stop()
 
@@ -335,13 +392,12 @@ def main() -> None:
             results["cached_system_prompt"] = cached_system_prompt(cfg, args, tmp, rng)
             log(f"cached system prompt: {results['cached_system_prompt']}")
 
-    batched, sequential, ceiling = results["batched"], results["sequential"], results["offline_generate"]
-    results["ratios"] = {
-        "batched_vs_sequential": round(batched["tokens_per_s"] / sequential["tokens_per_s"], 2),
-        "batched_vs_offline": round(batched["tokens_per_s"] / ceiling["tokens_per_s"], 3),
-        "batched_not_streamed_vs_offline": round(
-            results["batched_not_streamed"]["tokens_per_s"] / ceiling["tokens_per_s"], 3),
-    }
+    ceiling = results["offline_generate"]["tokens_per_s"]
+    results["ratios"] = {f"{mode}_vs_offline": round(results[mode]["tokens_per_s"] / ceiling, 3)
+                         for mode in modes if mode != "sequential"}
+    if "batched" in results and "sequential" in results:
+        results["ratios"]["batched_vs_sequential"] = round(
+            results["batched"]["tokens_per_s"] / results["sequential"]["tokens_per_s"], 2)
     if "cached_system_prompt" in results:
         c = results["cached_system_prompt"]
         results["ratios"]["cached_ttft_p99_vs_p50"] = round(c["ttft_p99_s"] / c["ttft_p50_s"], 2)
@@ -355,7 +411,7 @@ def cached_system_prompt(cfg: dict, args, tmp: Path, rng: random.Random) -> dict
     system = "".join(chr(rng.randrange(97, 123)) for _ in range(cfg["cached_system_prompt_tokens"]))
     (tmp / "system.txt").write_text(system)
     server = Server(tmp / "model", args.device, cfg["clients"], args.threads,
-                    ["--system-prompt-file", str(tmp / "system.txt")], tmp / "server_system.log")
+                    ["--system-prompt-file", str(tmp / "system.txt"), *server_args(args)], tmp / "server_system.log")
     try:
         def chat_specs(max_tokens: int) -> list[list[dict]]:
             return [[{"kind": "chat", "model": "bench", "max_tokens": max_tokens, "messages": [

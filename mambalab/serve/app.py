@@ -42,7 +42,7 @@ from mambalab.serve.engine import Engine
 from mambalab.serve.protocol import ApiError, ChatRequest, CompletionRequest, parse
 from mambalab.serve.scheduler import Request as EngineRequest
 from mambalab.serve.scheduler import RequestRejected
-from mambalab.serve.server import serve
+from mambalab.serve.server import STREAM_INTERVAL_S, serve
 
 __all__ = ["create_app", "serve"]  # serve: the entry point's old home, kept
 
@@ -60,10 +60,18 @@ def create_app(
     api_key: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     drain_timeout: float = 10.0,
+    stream_interval: float = STREAM_INTERVAL_S,
 ) -> FastAPI:
     """The FastAPI app. Its lifespan prefills and caches the system prompt (chat requests without a system
     message of their own get it, and resume from its cached state), starts the scheduler thread, and on
-    shutdown lets in-flight requests finish for up to `drain_timeout` s before cancelling them."""
+    shutdown lets in-flight requests finish for up to `drain_timeout` s before cancelling them.
+
+    A streamed request's first token is sent at once; after it, text waits until `stream_interval` s have
+    passed since the stream's last event, so that one event carries all the tokens made meanwhile (0: an
+    event for every scheduler step that made text). Each event costs the event loop more than a token costs
+    the scheduler, and both share one interpreter: with many fast streams, per-token events slow the decode."""
+    if not stream_interval >= 0:
+        raise MambalabError(f"stream_interval must be >= 0 seconds, got {stream_interval!r}")
     chat = chat_format or ChatFormat(engine.tokenizer)
     created = int(time.time())
     try:
@@ -153,7 +161,7 @@ def create_app(
         body = parse(CompletionRequest, await _read_json(request, max_body_bytes))
         check_model(body.model)
         prompts = await run_in_threadpool(_completion_prompts, engine, body.prompt)
-        return await _serve(request, engine, model_name, False, prompts, body, body.max_tokens, [])
+        return await _serve(request, engine, model_name, False, prompts, body, body.max_tokens, [], stream_interval)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -168,7 +176,8 @@ def create_app(
         except ChatTemplateError as e:
             raise ApiError(400, str(e), "messages") from None
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await _serve(request, engine, model_name, True, [prompt], body, max_tokens, chat.stops)
+        return await _serve(request, engine, model_name, True, [prompt], body, max_tokens, chat.stops,
+                            stream_interval)
 
     return app
 
@@ -223,7 +232,7 @@ def _sampling(body) -> SamplingConfig:
 
 
 async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, prompts: list[list[int]], body,
-                 max_tokens: int | None, default_stops: list[str]):
+                 max_tokens: int | None, default_stops: list[str], stream_interval: float):
     """Submit one engine request per prompt; answer with one JSON body or an SSE stream."""
     news = asyncio.Event()
     notify = functools.partial(_Wakeups.of(asyncio.get_running_loop()).mark, news)  # from the scheduler thread
@@ -243,8 +252,8 @@ async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, 
     envelope = _Envelope(chat, model_name, body.stream)
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(_events(requests, news, envelope, include_usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(_events(requests, news, envelope, include_usage, stream_interval),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     if not await _wait(request, requests, news):
         return Response(status_code=499)  # the client has gone: nobody reads this
     failed = _failure(requests)
@@ -277,14 +286,18 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: _Envelope, include_usage: bool):
-    """The SSE stream: text chunks as they settle (the first token of a choice always gets one, its text maybe
-    empty, so clients can time the first token), one finish chunk per choice, usage, [DONE]. Leaving early
-    (the client disconnected, or the server shuts down) cancels the requests."""
+async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: _Envelope, include_usage: bool,
+                  interval: float = 0.0):
+    """The SSE stream: text chunks as they settle (the first token of a choice always gets one at once, its
+    text maybe empty, so clients can time the first token), one finish chunk per choice, usage, [DONE].
+    Everything due at one wake-up goes out in one write. Once every choice has had its first token, the
+    stream sleeps `interval` s after each write before it takes more text (a choice that ends during that
+    sleep waits for its end). Leaving early (the client disconnected, or the server shuts down)
+    cancels the requests."""
     try:
+        due: list[str] = []
         if envelope.chat:
-            for i in range(len(requests)):
-                yield envelope.event(envelope.chunk(i, role=True), include_usage)
+            due += [envelope.event(envelope.chunk(i, role=True), include_usage) for i in range(len(requests))]
         ended: set[int] = set()
         announced: set[int] = set()  # choices whose first token has been sent (maybe with empty text)
         while len(ended) < len(requests):
@@ -295,19 +308,25 @@ async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: 
                 text, done = r.drain()
                 if text or (r.started and i not in announced):
                     announced.add(i)
-                    yield envelope.event(envelope.chunk(i, text=text), include_usage)
+                    due.append(envelope.text_event(i, text, include_usage))
                 if done:
                     ended.add(i)
                     failure = _failure([r])
                     if failure is not None:
-                        yield envelope.event(failure.body(), False)
+                        due.append(envelope.event(failure.body(), False))
                     else:
-                        yield envelope.event(envelope.chunk(i, finish_reason=r.finish_reason), include_usage)
+                        due.append(envelope.event(envelope.chunk(i, finish_reason=r.finish_reason), include_usage))
             if len(ended) < len(requests):
+                if due:
+                    yield "".join(due)
+                    due = []
+                    if interval and len(announced) == len(requests):
+                        await asyncio.sleep(interval)  # the text made meanwhile goes out in one event
                 await news.wait()
         if include_usage:
-            yield envelope.event({**envelope.head(), "choices": [], "usage": _usage(requests)}, False)
-        yield "data: [DONE]\n\n"
+            due.append(envelope.event({**envelope.head(), "choices": [], "usage": _usage(requests)}, False))
+        due.append("data: [DONE]\n\n")
+        yield "".join(due)
     finally:
         for r in requests:
             r.cancel()
@@ -365,6 +384,11 @@ class _Wakeups:
             event.set()
 
 
+_TEXT_MARK = "\x00text\x00"  # stands for a chunk's text while its template is made
+_TEXT_MARK_JSON = json.dumps(_TEXT_MARK)
+_json_string = json.encoder.encode_basestring_ascii  # json.dumps of a str (ensure_ascii), without its checks
+
+
 class _Envelope:
     """The OpenAI response objects of one request (completion or chat, whole or streamed)."""
 
@@ -373,6 +397,21 @@ class _Envelope:
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.object = ("chat.completion.chunk" if stream else "chat.completion") if chat else "text_completion"
         self.created = int(time.time())
+        self._text_templates: dict[tuple[int, bool], tuple[str, str] | None] = {}
+
+    def text_event(self, index: int, text: str, include_usage: bool) -> str:
+        """`event(chunk(index, text=text), include_usage)`, the same characters, from a template made once per
+        choice: only the text is JSON-encoded per event (a stream's most frequent event)."""
+        key = (index, include_usage)
+        if key not in self._text_templates:
+            whole = self.event(self.chunk(index, text=_TEXT_MARK), include_usage)
+            parts = whole.split(_TEXT_MARK_JSON)
+            # A model name holding the mark cannot be templated: its events are built whole.
+            self._text_templates[key] = (parts[0], parts[1]) if len(parts) == 2 else None
+        template = self._text_templates[key]
+        if template is None:
+            return self.event(self.chunk(index, text=text), include_usage)
+        return template[0] + _json_string(text) + template[1]
 
     def head(self) -> dict:
         return {"id": self.id, "object": self.object, "created": self.created, "model": self.model_name}

@@ -38,6 +38,9 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+STREAM_INTERVAL_S = 0.01  # a stream's text events after its first token are at least this far apart (create_app)
+
+
 def _uvicorn_server(app, drain_timeout: float, log_level: str = "info", on_exit=None):
     """A uvicorn server for `app`; `on_exit()` runs when it receives SIGINT/SIGTERM."""
     import uvicorn
@@ -67,9 +70,10 @@ def serve(
     limits: Limits | None = None,
     drain_timeout: float = 10.0,
     on_listening=None,
+    stream_interval: float = STREAM_INTERVAL_S,
 ) -> None:
     """Load `model_dir` and serve it on host:port until SIGINT/SIGTERM. `on_listening(url)` is called once
-    the model is loaded and the socket bound."""
+    the model is loaded and the socket bound. `stream_interval`: see `create_app`."""
     require_serve_dependencies()
     from mambalab.serve.app import create_app
     from mambalab.serve.chat import ChatFormat
@@ -78,7 +82,7 @@ def serve(
     engine = Engine.from_dir(model_dir, device=device, dtype=dtype, cache_dir=cache_dir, limits=limits)
     name = served_model_name or Path(model_dir).resolve().name
     app = create_app(engine, name, ChatFormat.from_dir(model_dir, engine.tokenizer), system_prompt, api_key,
-                     drain_timeout=drain_timeout)
+                     drain_timeout=drain_timeout, stream_interval=stream_interval)
     server = _uvicorn_server(app, drain_timeout, on_exit=lambda: engine.scheduler.drain(drain_timeout))
     sock = bind(host, port)
     if on_listening is not None:
