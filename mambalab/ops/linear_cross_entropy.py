@@ -15,7 +15,6 @@ reference (and the float64 path).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import torch
@@ -48,12 +47,12 @@ def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 def _kernels_take(t: torch.Tensor) -> bool:
-    """Whether the Triton kernels run on t's device now: compiled on CUDA, or interpreted on CPU (tests)."""
-    if importlib.util.find_spec("triton") is None:
-        return False
+    """Whether the per-chunk softmax runs in the Triton kernel for t: compiled, on CUDA. On CPU it stays in
+    torch ops, also under Triton's interpreter, where the kernel would be orders of magnitude slower (its
+    tests reach it there by patching this function)."""
     from mambalab.ops import triton as kernels
 
-    return kernels.device() == t.device.type
+    return kernels.runs_on(t.device)
 
 
 def _softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, ignore_index: int,
