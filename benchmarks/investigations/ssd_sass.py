@@ -1,10 +1,13 @@
-"""Static view of the SSD state kernels as built for sm_90, on a machine without a GPU: registers, spills and
-the SASS instructions of the main loop of the sequential walks (`ssd_forward_kernel` storing states,
-`ssd_adjoint_kernel`) and of the parallel state path (`ssd_local_state_kernel`, `ssd_state_passing_kernel`),
-specialised as a launch at b8 h24 L8192 p64 N128, one group, bf16 inputs, the default SSDConfig, would be:
+"""Static view of the SSD kernels of the backward and the state paths as built for sm_90, on a machine without a
+GPU: registers, spills and the SASS instructions of the main loop of the sequential walks (`ssd_forward_kernel`
+storing states, `ssd_adjoint_kernel`), of the parallel state path (`ssd_local_state_kernel`,
+`ssd_state_passing_kernel`) and of the gradient kernel (`ssd_chunk_backward_kernel`: its per-head loop when
+heads_per_program > 1), specialised as a launch at b8 h24 L8192 p64 N128, one group, bf16 inputs, the default
+SSDConfig (or the fields given), would be:
 
     PYTHONPATH=. python3 benchmarks/investigations/ssd_sass.py                       # every kernel
     PYTHONPATH=. python3 benchmarks/investigations/ssd_sass.py --set block_pass=1024 --set warps_local=8
+    PYTHONPATH=. python3 benchmarks/investigations/ssd_sass.py --set heads_per_program=4
 
 Compiling and the helpers are kernel_sass.py's. Numbers from this script are predictions' raw material
 (benchmarks/notes/ssd.md), not timings.
@@ -77,6 +80,21 @@ def passing(cfg: SSDConfig, reverse: bool) -> tuple:
     return k.ssd_state_passing_kernel, values, cfg.warps_pass, cfg.stages
 
 
+def gradients(cfg: SSDConfig) -> tuple:
+    k_heads = cfg.heads_per_program or HEADS  # "auto" takes every head of the group at this shape
+    values = dict(
+        x_ptr="*bf16", dt_ptr="*bf16", A_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32", z_ptr="*bf16",
+        bias_ptr="*fp32", dy_ptr="*bf16", seq_ptr="*i64", chunk_ptr="*i64", chunk_seq_ptr="*i32",
+        states_ptr="*bf16", adjoints_ptr="*bf16", dx_ptr="*bf16", dz_ptr="*bf16", ddt_ptr="*fp32", dB_ptr="*fp32",
+        dC_ptr="*fp32", dA_ptr="*fp32", dD_ptr="*fp32", **_strides("x", LHP), s_dt_l=HEADS, s_dt_h=1,
+        **_strides("B", LGN), **_strides("C", LGN), s_D_h=0, s_D_p=0, **_strides("z", LHP), **_strides("dy", LHP),
+        **_strides("o", LHP), heads=HEADS, groups=1, heads_per_group=HEADS, heads_per_program=k_heads,
+        head_dim=HEAD_DIM, n_state=N, p_blocks=HEAD_DIM // cfg.block_p_backward, BLOCK_Q=cfg.chunk,
+        BLOCK_P=cfg.block_p_backward, **TILES, HAS_D=True, HAS_Z=True, ONE_PASS=k_heads == 1,
+    )
+    return k.ssd_chunk_backward_kernel, values, cfg.warps_backward, cfg.stages
+
+
 KERNELS = {
     "walk states (ssd_forward_kernel, STORE_STATES)": walk_states,
     "walk adjoints (ssd_adjoint_kernel)": walk_adjoints,
@@ -84,6 +102,7 @@ KERNELS = {
     "local adjoints (ssd_local_state_kernel, ADJOINT)": lambda cfg: local(cfg, adjoint=True),
     "state passing (ssd_state_passing_kernel)": lambda cfg: passing(cfg, reverse=False),
     "adjoint passing (ssd_state_passing_kernel, REVERSE, dfinal)": lambda cfg: passing(cfg, reverse=True),
+    "gradients (ssd_chunk_backward_kernel)": gradients,
 }
 
 
