@@ -32,8 +32,10 @@ Writes decode_vs_official.json (to --out, else $OUT, else benchmarks/results/) a
 from __future__ import annotations
 
 import copy
+import faulthandler
 import gc
 import json
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -271,6 +273,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack: where a stalled run waits
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     plan = dict(QUICK if args.quick else FULL)
     if args.batches:
         plan["batches"] = [int(b) for b in args.batches.split(",") if b]
