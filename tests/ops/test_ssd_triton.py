@@ -217,6 +217,17 @@ def test_heads_per_program_choice():
         triton_ssd._heads_per_program(4, 24, 12, 1, SSDConfig(heads_per_program=5), cpu)
 
 
+def test_forward_mode_choice():
+    """Auto: the fused forward when (sequences × heads × channel blocks) give ≥ 1 program per multiprocessor (132
+    off CUDA), as timed on one H100: b8 h24 p64 (192 programs) fused, b2 h32 (64) chunked; a set mode is kept."""
+    auto, cpu = SSDConfig(), torch.device("cpu")
+    assert SSDConfig().forward_mode == "auto" and SSDConfig().heads_per_program == 0
+    assert triton_ssd._fused_forward(8 * 24, 64, auto, cpu)
+    assert not triton_ssd._fused_forward(2 * 32, 64, auto, cpu)
+    assert triton_ssd._fused_forward(2 * 32, 256, auto, cpu)  # 4 channel blocks of 64: 256 programs
+    assert not triton_ssd._fused_forward(8 * 24, 64, SSDConfig(forward_mode="chunked"), cpu)
+
+
 def test_parallel_state_passing_equals_walk():
     """state_mode "parallel" gives the walk's outputs, final state and gradients on the same inputs: packed
     sequences (one empty) with initial states, a loss on y and on the final state, p·n 35 over three blocks

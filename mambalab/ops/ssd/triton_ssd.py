@@ -110,7 +110,7 @@ class SSDConfig:
     warps_backward: int = 8
     stages: int = 2
     forward_mode: str = "auto"  # "fused" (walk whole sequences), "chunked" (pass states, then chunks in parallel)
-    heads_per_program: int = 1  # heads of one group per gradient program (dividing heads / groups); 0: chosen
+    heads_per_program: int = 0  # heads of one group per gradient program (dividing heads / groups); 0: chosen
     state_mode: str = "walk"  # how the chunked forward and the backward get the chunk states and adjoints
     block_p_local: int = 64  # state_mode "parallel": channels per program of the local-state kernel
     warps_local: int = 4
@@ -373,10 +373,11 @@ def _heads_per_program(chunks: int, heads: int, heads_per_group: int, p_blocks: 
 
 def _fused_forward(rows: int, head_dim: int, cfg, device) -> bool:
     """Whether the forward walks whole sequences (cfg.forward_mode "fused"), or passes states and then computes
-    every chunk in parallel ("chunked"); "auto": fused when its grid gives ≥ 2 programs per multiprocessor."""
+    every chunk in parallel ("chunked"); "auto": fused when its grid gives ≥ 1 program per multiprocessor (on
+    one H100, 192 programs: fused 1.8-1.9× faster; 48-64: chunked 1.2-1.4× faster; benchmarks/notes/ssd.md)."""
     if cfg.forward_mode != "auto":
         return cfg.forward_mode == "fused"
-    return rows * -(-head_dim // _block(head_dim, cfg.block_p_forward)) >= 2 * _multiprocessors(device)
+    return rows * -(-head_dim // _block(head_dim, cfg.block_p_forward)) >= _multiprocessors(device)
 
 
 def _output_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softplus, cfg):
