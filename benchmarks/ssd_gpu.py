@@ -41,15 +41,15 @@ SHAPES = [(8, 24, 2048), (8, 32, 2048), (8, 24, 8192), (8, 32, 8192), (2, 24, 32
 HEAD_DIM, N = 64, 128
 SWEEP = [  # SSDConfig fields; the first is the default
     {},
-    {"forward_mode": "fused"},
+    {"forward_mode": "chunked"},  # the default's forward at b8 h24 is the fused one (1 program per SM or more)
     {"forward_mode": "fused", "chunk_fused": 64, "warps_fused": 8},
-    {"warps_chunk_forward": 4},
+    {"warps_chunk_forward": 8},
     {"block_p_state": 64},
     {"chunk": 32, "warps_chunk_forward": 4, "warps_backward": 4},
     {"block_p_backward": 64},
     {"stages": 1},
     {"heads_per_program": 4},
-    {"heads_per_program": 0},
+    {"heads_per_program": 1},
     {"state_mode": "parallel"},
     {"state_mode": "parallel", "forward_mode": "chunked"},
 ]

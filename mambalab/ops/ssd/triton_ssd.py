@@ -91,9 +91,10 @@ class SSDConfig:
     elementwise pass over the chunks: `_passed_states`). The fused forward computes its states on the fly and
     ignores it.
 
-    Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16): the fused forward at
-    32 positions × 64 channels × 4 warps (255 registers, no spills; 64 × 64 spills 150-270 B), the chunk-parallel
-    forward at 64 × 64 × 8 warps (155 registers), the gradient kernel at 64 × 32 × 8 warps (255 registers,
+    Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16) and the tile sweep on one
+    H100 (benchmarks/results/ssd_gpu.json): the fused forward at 32 positions × 64 channels × 4 warps (255
+    registers, no spills; 64 × 64 spills 150-270 B), the chunk-parallel forward at 64 × 64 × 4 warps (the chunked
+    forward 0.28 ms at b8 h24 L2048 against 0.43 at 8 warps), the gradient kernel at 64 × 32 × 8 warps (255 registers,
     128 B of stack at one head per program, 344 B at 4); state_mode "parallel": the local states at 64 × 64 ×
     4 warps (106 registers), the passing at 1024 state elements × 8 chunks × 4 warps (128 registers, no shared
     memory in its loop; benchmarks/notes/ssd.md)."""
@@ -104,7 +105,7 @@ class SSDConfig:
     block_p_backward: int = 32
     block_p_state: int = 0  # 0: chosen for parallelism (_state_block)
     warps_fused: int = 4
-    warps_chunk_forward: int = 8
+    warps_chunk_forward: int = 4
     warps_state: int = 4
     warps_adjoint: int = 8
     warps_backward: int = 8
