@@ -67,20 +67,21 @@ def reference_config(size: ModelSize, vocab_size: int) -> ModelConfig:
 
 
 def family_config(
-    family: str, size: ModelSize, vocab_size: int, overrides: dict | None = None
+    family: str, size: ModelSize, vocab_size: int, overrides: dict | None = None, same_depth: bool = False
 ) -> ModelConfig:
-    """The config of `family` matched (±3% parameters) to the Mamba reference of `size`, with `overrides`."""
+    """The config of `family` matched (±3% parameters) to the Mamba reference of `size`, with `overrides`;
+    `same_depth`: at the reference's depth (match_config)."""
     from mambalab.models.zoo import match_config
 
     config = reference_config(size, vocab_size)
     if family == "moe":
         try:
-            config = match_config(config, family)
+            config = match_config(config, family, same_depth=same_depth)
         except ValueError:
             config.moe.n_experts, config.moe.top_k = FEWER_EXPERTS, 1
-            config = match_config(config, family)
+            config = match_config(config, family, same_depth=same_depth)
     elif family != "mamba":
-        config = match_config(config, family)
+        config = match_config(config, family, same_depth=same_depth)
     if overrides:
         config = ModelConfig.from_dict(deep_merge(config.to_dict(), overrides, where="overrides"), where="overrides")
     return config

@@ -181,8 +181,11 @@ def _extrapolation_rule(task: str, better: str, worse: str, strong: bool, title:
             return Finding(f"{task}_extrapolation", text, False)
         holds = {seed: a - b >= margin for seed, (a, b) in pairs.items()}
         if all(holds.values()):
+            # "≥" held only through the noise allowance somewhere: say the two are level, not that A is ahead
+            level = not strong and any(a < b for a, b in pairs.values())
+            shown = f"≈ (within {100 * NOISE:g} point of)" if level else relation
             text = (
-                f"{title} past the training length: {name_a} {va} {relation} {name_b} {vb} {verdict(holds)} "
+                f"{title} past the training length: {name_a} {va} {shown} {name_b} {vb} {verdict(holds)} "
                 f"({span}). {paper}"
             )
             return Finding(f"{task}_extrapolation", text, True)

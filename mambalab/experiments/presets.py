@@ -38,6 +38,10 @@ class TaskPlan:
     weight_decay: float = 0.1  # AdamW's, on every parameter not flagged _no_weight_decay
     eval_examples: int = 256  # per evaluation length
     n_layer: int | None = None  # the reference model's depth on this task (None: the preset's size)
+    # every family at the reference's depth, parameters matched by its width knob alone (Zoology's recall
+    # protocol: 2 layers each; by parameters alone a 2-block Mamba's match is a 1-layer Transformer++, which
+    # cannot learn associative recall)
+    same_depth: bool = False
 
     def __post_init__(self) -> None:
         lengths = self.eval_lengths
@@ -249,8 +253,10 @@ def _standard() -> Preset:
             "induction_heads": TaskPlan(
                 {"vocab_size": 16}, 256, (256, 1024, 4096, 16384), steps=8000, **{**synthetic, "lr": 5e-4}
             ),
-            # Zoology's MQAR: vocabulary 8192, 2 layers, n_kv = length / 16 (64 -> 4 ... 256 -> 16)
-            "mqar": TaskPlan({"vocab_size": 8192}, 256, (256, 512, 1024), steps=4000, n_layer=2, **synthetic),
+            # Zoology's MQAR: vocabulary 8192, 2 layers of every family, n_kv = length / 16 (64 -> 4 ... 256 -> 16)
+            "mqar": TaskPlan(
+                {"vocab_size": 8192}, 256, (256, 512, 1024), steps=4000, n_layer=2, same_depth=True, **synthetic
+            ),
             "copying": TaskPlan(
                 {"alphabet_size": 26}, 102, (52, 102, 112, 127, 152, 202), steps=3000, **synthetic
             ),

@@ -54,6 +54,10 @@ class RunSpec:
     def key(self) -> str:
         """Hash of everything that determines the result; not the group, so studies reuse main-grid runs."""
         content = {k: v for k, v in self.to_dict().items() if k != "group"}
+        # a later field, and one that only changes the matched families (not the Mamba reference): where it
+        # cannot change the result, the keys of runs cached before it stay as they were
+        if not self.plan.same_depth or self.family == "mamba":
+            del content["plan"]["same_depth"]
         blob = json.dumps(content, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -191,7 +195,7 @@ def execute(spec: RunSpec, device: torch.device, work_dir: Path | None = None, p
     from mambalab.models.zoo import count_params, flops_per_token
 
     task = build_task(spec.task, **spec.plan.options)
-    config = family_config(spec.family, spec.size, task.vocab_size, spec.overrides)
+    config = family_config(spec.family, spec.size, task.vocab_size, spec.overrides, spec.plan.same_depth)
     torch.manual_seed(spec.seed)
     model = LanguageModel(config).to(device)
     train = train_model(

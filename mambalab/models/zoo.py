@@ -231,11 +231,12 @@ def _knob_candidates(config: ModelConfig, family: str, n_layer: int, target: int
     return [(max(8, 8 * round(width / 8)), default)]
 
 
-def _best_match(config: ModelConfig, family: str, target: int, tolerance: float) -> ModelConfig | None:
+def _best_match(config: ModelConfig, family: str, target: int, tolerance: float,
+                same_depth: bool) -> ModelConfig | None:
     """The preferred config of `family` at config's d_model within `tolerance` of `target` (see
     match_config), or None."""
     best, best_key = None, None
-    for n_layer in range(1, 4 * config.n_layer + 9):
+    for n_layer in [config.n_layer] if same_depth else range(1, 4 * config.n_layer + 9):
         for knob, default in _knob_candidates(config, family, n_layer, target):
             candidate = _with(config, family, n_layer, knob)
             error = abs(count_params(candidate) / target - 1)
@@ -252,12 +253,13 @@ def _mamba2_widths(d_model: int) -> list[int]:
     return [d_model] + sorted(others, key=lambda w: (abs(math.log(w / d_model)), w))
 
 
-def match_config(config: ModelConfig, family: str, tolerance: float = 0.03) -> ModelConfig:
+def match_config(config: ModelConfig, family: str, tolerance: float = 0.03, same_depth: bool = False) -> ModelConfig:
     """A config of `family` with config's d_model (and vocabulary, norms, sub-configs) whose parameter count
     is within `tolerance` of config's. Among the depths and knob values that fit, the one closest to the
     knob's default (Mamba expand 2, the LLaMA MLP width, Mamba-2 N = 64) and, at half that weight, to
     config's depth wins (distances in log scale), then the closest count. Mamba-2 alone may change d_model
-    (the nearest multiple of 8 that fits) when nothing fits at config's."""
+    (the nearest multiple of 8 that fits) when nothing fits at config's. `same_depth`: config's depth only,
+    the knob alone meeting the count (Zoology's recall protocol: every model the same number of layers)."""
     if family not in FAMILIES:
         raise ConfigError(f"family must be one of {FAMILIES}, got {family!r}")
     target = count_params(config)
@@ -265,13 +267,13 @@ def match_config(config: ModelConfig, family: str, tolerance: float = 0.03) -> M
     for d_model in widths:
         at_width = copy.deepcopy(config)
         at_width.d_model = d_model  # validated by `_with`, once the Mamba-2 head_dim fits the width
-        best = _best_match(at_width, family, target, tolerance)
+        best = _best_match(at_width, family, target, tolerance, same_depth)
         if best is not None:
             return best
     raise ConfigError(
         f"match_config: no {family} config with d_model={config.d_model}"
         f"{' (or a multiple of 8 within 2× of it)' if family == 'mamba2' else ''} within {tolerance:.0%} of"
-        f" {target:,} parameters (depth 1..{4 * config.n_layer + 8})"
+        f" {target:,} parameters (depth {config.n_layer if same_depth else f'1..{4 * config.n_layer + 8}'})"
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import signal
@@ -137,6 +139,20 @@ def test_run_key_ignores_group_and_tracks_content():
     b = RunSpec("state", "mamba", "mqar", plan, ModelSize(32, 2, 4), "smoke", 0)
     c = RunSpec("main", "mamba", "mqar", plan, ModelSize(32, 2, 8), "smoke", 0)
     assert a.key == b.key != c.key
+
+
+def test_run_key_of_same_depth():
+    """same_depth changes the key of a matched family only: the Mamba reference's runs (and every run of a
+    plan without it, cached before the field existed) keep their keys."""
+    plan = TaskPlan({"vocab_size": 16}, 32, (32,), steps=1, batch_size=2)
+    deep = dataclasses.replace(plan, same_depth=True)
+    spec = lambda family, p: RunSpec("main", family, "mqar", p, ModelSize(32, 2, 4), "smoke", 0)
+    assert spec("mamba", plan).key == spec("mamba", deep).key
+    assert spec("transformer", plan).key != spec("transformer", deep).key
+    blob = {k: v for k, v in dataclasses.asdict(spec("transformer", plan)).items() if k != "group"}
+    del blob["plan"]["same_depth"]  # the key as computed before the field
+    assert spec("transformer", plan).key == hashlib.sha256(
+        json.dumps(blob, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
 def test_task_batches_resume_exactly_and_eval_data_is_held_out():

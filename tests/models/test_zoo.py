@@ -80,6 +80,20 @@ def test_match_config_within_3_percent(family):
         assert kinds == expected
 
 
+@pytest.mark.parametrize("family", ["transformer", "s4d", "mamba2"])
+def test_match_config_same_depth_keeps_the_depth(family):
+    """Zoology's protocol (MQAR: 2 layers of every model): by count alone a 2-block Mamba's Transformer++ is 1
+    layer; with same_depth it is 2, its width knob meeting the count within 3%."""
+    reference = ModelConfig(d_model=64, n_layer=2, vocab_size=8192)
+    matched = match_config(reference, family, same_depth=True)
+    assert matched.n_layer == 2 and matched.d_model == reference.d_model
+    assert abs(count_params(matched) / count_params(reference) - 1) <= 0.03
+    if family == "transformer":
+        assert match_config(reference, family).n_layer == 1
+    with pytest.raises(ValueError, match="depth 2"):
+        match_config(reference, family, tolerance=1e-9, same_depth=True)
+
+
 def test_match_config_errors():
     with pytest.raises(ValueError, match="family"):
         match_config(get_preset("tiny-mamba"), "rwkv")
