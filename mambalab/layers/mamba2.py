@@ -55,12 +55,16 @@ class GatedRMSNorm(nn.Module):
         """Where the Triton kernels run (CUDA), one fused launch forward and one backward
         (mambalab/ops/triton/gated_norm.py) instead of the composition's ~10 kernels and ~20 backward. The
         composition is the reference (CPU, float64) and runs inside torch.compile, whose inductor fuses it
-        with its neighbours."""
+        with its neighbours. Under autocast the output is in autocast's dtype: the mixer's out_proj would cast
+        it to that dtype anyway, so the values are the same and the float32 copy (written, read, cast, and
+        its gradient cast back) is never made."""
+        out_dtype = torch.get_autocast_dtype(y.device.type) if torch.is_autocast_enabled(y.device.type) else None
         if self._fused(y):
             from mambalab.ops.triton.gated_norm import gated_rms_norm
 
-            return gated_rms_norm(y, z, self.weight, self.group_size, self.eps)
-        return gated_rms_norm_composition(y, z, self.weight, self.group_size, self.eps)
+            return gated_rms_norm(y, z, self.weight, self.group_size, self.eps, out_dtype)
+        out = gated_rms_norm_composition(y, z, self.weight, self.group_size, self.eps)
+        return out if out_dtype is None else out.to(out_dtype)
 
     def _fused(self, y: torch.Tensor) -> bool:
         if torch.float64 in (y.dtype, self.weight.dtype) or torch.compiler.is_compiling():

@@ -200,3 +200,37 @@ def test_gradients_at_mamba2_130m_width_on_gpu(group_size):
     dout = torch.randn(2, 1024, 1536, device=TRITON_DEVICE)
     _, grads = fused_gradients(y, z, weight, group_size, 1e-5, dout)
     assert_gradients_match(grads, y, z, weight, group_size, 1e-5, dout)
+
+
+def test_autocast_output_in_autocast_dtype_as_out_proj_would_cast_it():
+    """Under autocast the layer writes its output in autocast's dtype (what out_proj casts it to anyway):
+    the kernels' bf16 output equals the float32 output cast to bf16 up to one rounding, the composition's is
+    exactly that cast, and the gradients through the bf16 output equal those through the float32 one fed the
+    same (bf16) output gradient."""
+    from mambalab.ops.triton.gated_norm import gated_rms_norm
+
+    y, z, weight = random_inputs((2, 3, 64), torch.bfloat16, torch.float32)
+    full = gated_rms_norm(y, z, weight, 32, 1e-5)  # float32
+    half = gated_rms_norm(y, z, weight, 32, 1e-5, torch.bfloat16)
+    assert full.dtype == torch.float32 and half.dtype == torch.bfloat16
+    ulp = 2**-7 if TRITON_DEVICE == "cpu" else 2**-8  # the interpreter truncates where the GPU rounds
+    assert ((half.float() - full.to(torch.bfloat16).float()).abs() <= ulp * full.abs()).all()
+    dout = torch.randn(2, 3, 64, device=TRITON_DEVICE).to(torch.bfloat16)
+    leaves = [t.detach().requires_grad_() for t in (y, z, weight)]
+    through_half = torch.autograd.grad(gated_rms_norm(*leaves, 32, 1e-5, torch.bfloat16), leaves, dout)
+    through_full = torch.autograd.grad(gated_rms_norm(*leaves, 32, 1e-5), leaves, dout.float())
+    for a, b in zip(through_half, through_full, strict=True):
+        assert torch.equal(a, b)
+
+    norm = GatedRMSNorm(64, 32).to(TRITON_DEVICE)
+    norm.weight.data.copy_(weight)
+    with torch.no_grad():
+        plain = norm(y, z)
+        with torch.autocast(torch.device(TRITON_DEVICE).type, dtype=torch.bfloat16):
+            cast = norm(y, z)
+    assert plain.dtype == torch.float32 and cast.dtype == torch.bfloat16
+    assert ((cast.float() - plain.to(torch.bfloat16).float()).abs() <= ulp * plain.abs()).all()
+    norm._fused = lambda y: False  # the composition (CPU, float64, torch.compile) under autocast too
+    with torch.no_grad(), torch.autocast(torch.device(TRITON_DEVICE).type, dtype=torch.bfloat16):
+        composed = norm(y, z)
+    assert composed.dtype == torch.bfloat16 and torch.equal(composed, norm(y, z).to(torch.bfloat16))

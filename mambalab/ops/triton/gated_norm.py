@@ -3,7 +3,8 @@
 
 Per row of y, z (…, d) and per group of `group_size` channels: g = y · SiLU(z) in float32,
 r = 1 / sqrt(mean(g²) + eps), ĝ = g · r rounded to y's dtype, and out = weight · ĝ in float32, rounded to
-torch's result dtype of that product. The torch composition takes 11 kernels forward and 21 backward, most
+torch's result dtype of that product (or to `out_dtype`: the layer asks for autocast's dtype under autocast, the
+dtype its out_proj casts the output to anyway). The torch composition takes 11 kernels forward and 21 backward, most
 reading and writing (…, d) float32 tensors, and autograd keeps four float32 intermediates (counted in
 benchmarks/notes/train.md); here the forward reads y, z and writes out (and r, one float32 per row and group),
 the backward reads y, z, r and the output's gradient and writes dy, dz.
@@ -94,10 +95,12 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _forward(y_rows: torch.Tensor, z_rows: torch.Tensor, weight: torch.Tensor, group_size: int, eps: float,
-             store_r: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """y, z (r, d) -> out (r, d) in promote(weight dtype, y dtype), and r (r, d / group_size) float32 if asked."""
+             store_r: bool, out_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """y, z (r, d) -> out (r, d) in out_dtype (None: promote(weight dtype, y dtype)), and r (r, d / group_size)
+    float32 if asked."""
     n_rows, dim = y_rows.shape
-    out = common.empty(n_rows, dim, device=y_rows.device, dtype=torch.promote_types(weight.dtype, y_rows.dtype))
+    out_dtype = out_dtype or torch.promote_types(weight.dtype, y_rows.dtype)
+    out = common.empty(n_rows, dim, device=y_rows.device, dtype=out_dtype)
     r = common.empty(n_rows, dim // group_size, device=y_rows.device, dtype=torch.float32) if store_r else None
     if n_rows and dim:
         block = triton.next_power_of_2(group_size)
@@ -131,9 +134,9 @@ class _GatedRMSNormFunction(torch.autograd.Function):
     """out = gated_rms_norm(y, z, weight) with the backward kernel; group_size and eps are constants."""
 
     @staticmethod
-    def forward(ctx, y, z, weight, group_size, eps):
+    def forward(ctx, y, z, weight, group_size, eps, out_dtype):
         y_rows, z_rows = _rows(y), _rows(z)  # (r, d)
-        out, r = _forward(y_rows, z_rows, weight, group_size, eps, store_r=True)
+        out, r = _forward(y_rows, z_rows, weight, group_size, eps, store_r=True, out_dtype=out_dtype)
         ctx.save_for_backward(y_rows, z_rows, weight, r)
         ctx.group_size, ctx.shape = group_size, y.shape
         return out.view(y.shape)
@@ -145,18 +148,18 @@ class _GatedRMSNormFunction(torch.autograd.Function):
         dy, dz, dweight = _backward(_rows(dout), y_rows, z_rows, weight, r, ctx.group_size)
         wanted = ctx.needs_input_grad
         return (dy.view(ctx.shape) if wanted[0] else None, dz.view(ctx.shape) if wanted[1] else None,
-                dweight if wanted[2] else None, None, None)
+                dweight if wanted[2] else None, None, None, None)
 
 
 def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, group_size: int,
-                   eps: float) -> torch.Tensor:
-    """y, z (…, d), weight (d,) -> (…, d) in promote(weight dtype, y dtype); see the module docstring.
-    Differentiable in y, z and weight (the backward kernel) where autograd records; otherwise the forward
-    kernel alone, without autograd's per-call host cost."""
+                   eps: float, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """y, z (…, d), weight (d,) -> (…, d) in out_dtype (None: promote(weight dtype, y dtype)); see the module
+    docstring. Differentiable in y, z and weight (the backward kernel) where autograd records; otherwise the
+    forward kernel alone, without autograd's per-call host cost."""
     validate(y, z, weight, group_size)
     if records_grad(y, z, weight):
-        return _GatedRMSNormFunction.apply(y, z, weight, group_size, eps)
-    out, _ = _forward(_rows(y), _rows(z), weight, group_size, eps, store_r=False)
+        return _GatedRMSNormFunction.apply(y, z, weight, group_size, eps, out_dtype)
+    out, _ = _forward(_rows(y), _rows(z), weight, group_size, eps, store_r=False, out_dtype=out_dtype)
     return out.view(y.shape)
 
 
