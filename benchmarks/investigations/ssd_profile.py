@@ -2,7 +2,8 @@
 and official `mamba_chunk_scan_combined` under the torch profiler on the same inputs, at the shapes of
 benchmarks/ssd_gpu.py where we lose (b8 h24 L8192, b2 h24 L32768) and where we win (b8 h24 L2048).
 
-    PYTHONPATH=.:/tmp/off/mamba_ssm-2.3.2.post1 python3 benchmarks/investigations/ssd_profile.py --out $OUT
+    PYTHONPATH=.:/tmp/off/mamba_ssm-2.3.2.post1 python3 benchmarks/investigations/ssd_profile.py --out $OUT \
+        --also state_mode=parallel
 
 Per shape and implementation: every GPU kernel of one forward+backward summed by name (calls and µs per
 iteration, over `--iters` iterations after a warm-up), the sum against the wall time per iteration (the rest
@@ -11,12 +12,15 @@ is gaps between launches). The official package is optional (its rows are skippe
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 
 import torch
 
 from benchmarks.common import base_parser, write_result
-from benchmarks.ssd_gpu import fwd_bwd, load_official, make_inputs, official_fn, ours
+from benchmarks.ssd_gpu import fwd_bwd, load_official, make_inputs, official_fn, ours, parse_config
+from mambalab.ops.ssd.triton_ssd import SSDConfig
 
 SHAPES = [(8, 24, 2048), (8, 24, 8192), (2, 24, 32768)]  # (b, h, L); head dim 64, N 128 (ssd_gpu's)
 
@@ -47,11 +51,16 @@ def kernel_table(run, iters: int) -> dict:
 def main() -> None:
     parser = base_parser(__doc__.split("\n")[0])
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--also", action="append", default=[], type=parse_config, metavar="FIELD=VALUE[,...]",
+                        help="an SSDConfig profiled besides the default, e.g. state_mode=parallel (repeatable)")
     opts = parser.parse_args()
     official, why = load_official()
     report = {"official": "mamba_ssm 2.3.2 mamba_chunk_scan_combined" if official else f"skipped: {why}",
               "shapes": {}}
     calls = {"ours": ours}
+    for fields in opts.also:
+        name = "ours " + ",".join(f"{k}={v}" for k, v in fields.items())
+        calls[name] = functools.partial(ours, config=dataclasses.replace(SSDConfig(), **fields))
     if official:
         calls["official"] = official_fn(official[0])
     for b, h, length in SHAPES:
