@@ -4,12 +4,13 @@ One dict of tensors per layer, every tensor batch-first, plus `seqlen` (b,) = to
 per row. A Mamba layer holds {"conv": (b, d_inner, d_conv) conv window, "ssm": (b, d_inner, N)}; a
 Mamba-2 layer {"conv": (b, d_inner + 2·G·N, d_conv), "ssm": (b, heads, head_dim, N)}; an attention
 layer holds its KV cache. Every "ssm" tensor of a state has one dtype, `ssm_dtype`: float32 by default
-(float64 for a float64 model), or the 16-bit one chosen when it was allocated (inference/state_dtype.py). `prefill` returns a state, `step` advances it in place, and it can
-be cloned, moved, split and joined along the batch (the basis of prefix caching and batched decoding).
+(float64 for a float64 model), or the one chosen when it was allocated (inference/state_dtype.py).
+`prefill` returns a state, `step` advances it in place, and it can be cloned, moved, split and joined along
+the batch (the basis of prefix caching and batched decoding).
 
 `save(path, model, prefix_tokens)` writes a safetensors file whose metadata fingerprints what the state
-belongs to: the model config, a hash of the weights, the dtype, the SSM state dtype and the tokens it has consumed.
-`InferenceState.load(path, model, state_dtype=...)` refuses a state of another model, dtype, SSM state dtype
+belongs to: the model config, a hash of the weights, the dtype, the SSM state dtype and the tokens it has
+consumed. `InferenceState.load(path, model, state_dtype=...)` refuses a state of another model, dtype, SSM state dtype
 or prefix with `StateMismatchError` naming the mismatch (a state is never converted silently: load it with the
 state dtype it was saved in, then `.to(state_dtype=...)`), and a corrupt or truncated file with
 `CorruptStateError`.

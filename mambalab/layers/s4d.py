@@ -13,8 +13,9 @@ Forward: in_proj (only when expand > 1 or gate = "silu") → SSM (y = K * x + D 
 (y·SiLU(z) with z from in_proj, then Linear(H, d_model)).
 
 State: {"ssm": (b, H, n, 2)} — the complex state h as (real, imaginary) pairs, float32 (float64 for a
-float64 model) or the chosen state dtype (computed in float32 all the same). A parallel forward given a state continues from it in either mode; in CNN mode the initial
-state's contribution Re(C Ā^{k+1} h0) and the final state come from the same Vandermonde matrix as the kernel.
+float64 model) or the chosen state dtype (inference/state_dtype.py; computed in float32 all the same). A
+parallel forward given a state continues from it in either mode; in CNN mode the initial state's contribution
+Re(C Ā^{k+1} h0) and the final state come from the same Vandermonde matrix as the kernel.
 """
 
 from __future__ import annotations
