@@ -24,10 +24,10 @@ seen, is not meant to serve a smaller one). Ours: `mambalab.inference.generate.g
 decode, in each batch's section with the default float32 SSM state ("cuda-graph") and with the state in the
 model's dtype ("cuda-graph+model-dtype-state", `state_dtype="model"`: bf16, half the bytes each decode step
 reads and writes, as official keeps it); then, last and only while the run is under COMPILE_AFTER_S, with
-`compile_step=True`. One warm-up call, then the median of `repeats` calls, each between CUDA events after a synchronize. tokens/s = batch · new
-tokens / seconds, prefill included, for both; ratio = ours / official. Each timed row also gives how many new
-tokens agree with the official ones before the first difference (mean over rows), and ours the bytes of the
-inference state per row (`state_bytes_per_row`).
+`compile_step=True`. One warm-up call, then the median of `repeats` calls, each between CUDA events after a
+synchronize. tokens/s = batch · new tokens / seconds, prefill included, for both; ratio = ours / official.
+Each timed row also gives how many new tokens agree with the official ones before the first difference (mean
+over rows), and ours the bytes of the inference state per row (`state_bytes_per_row`).
 
 Writes decode_vs_official.json (to --out, else $OUT, else benchmarks/results/) after every section.
 """
