@@ -195,3 +195,17 @@ def test_cli_generate_state_dtype(tmp_path):
     assert result.output == TOK.decode(expected.sequences[0]) + "\n"
     bad = CliRunner().invoke(app, [*args, "--state-dtype", "fp8"])
     assert bad.exit_code == 2 and "--state-dtype must be one of" in bad.output and "'fp8'" in bad.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("layers", [["mamba", "mamba"], ["mamba2", "mamba2"]])
+def test_cuda_graph_decode_of_a_bf16_state_is_captured_and_gives_the_eager_tokens(layers):
+    from mambalab.inference.cuda_graph import GraphStep, decode_step
+
+    model = ssm_model(layers=layers, seed=1).cuda()
+    prompts = torch.randint(0, VOCAB, (3, 5), device="cuda")
+    _, state = model.prefill(prompts, state_dtype="model")
+    step = decode_step(model, state)
+    assert isinstance(step, GraphStep) and step.state.ssm_dtype == torch.bfloat16  # its own graph, not eager
+    eager = generate(model, prompts, 10, state_dtype="model", use_cuda_graph=False).sequences
+    assert generate(model, prompts, 10, state_dtype="model").sequences == eager

@@ -130,3 +130,31 @@ def test_rounding_does_not_accumulate_past_one_rounding_per_step(op):
     bound = steps * torch.finfo(torch.bfloat16).eps / 2
     assert rel_error(torch.stack(ys16), torch.stack(ys32)) <= bound
     assert rel_error(state16, state32) <= bound
+
+
+@pytest.mark.triton
+@pytest.mark.usefixtures("triton_kernels", "poisoned_kernel_outputs")
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_scans_continue_from_a_16bit_state_as_from_its_float32_values(backend):
+    """A prefill continuing a 16-bit state (a cached prefix, a chunked prompt): the scans read the initial
+    state exactly, so y and the final state are those from the same values in float32."""
+    from mambalab.ops.selective_scan import selective_scan
+    from mambalab.ops.ssd import ssd_scan
+    from tests.ops.ssd_cases import make_inputs
+
+    device = TRITON_DEVICE if backend == "triton" else "cpu"
+    batch, dim, n, length = 2, 70, 5, 9
+    scan_args = {"u": torch.randn(batch, dim, length), "delta": torch.randn(batch, dim, length),
+                 "A": -torch.rand(dim, n) - 0.5, "B": torch.randn(batch, n, length), "C": torch.randn(batch, n, length),
+                 "D": torch.randn(dim), "z": torch.randn(batch, dim, length), "delta_bias": torch.randn(dim)}
+    ssd_args = make_inputs(batch, 11, 4, 5, 2, 7, dtype=torch.float32)
+    start_scan = torch.randn(batch, dim, n).to(torch.bfloat16)
+    start_ssd = ssd_args.pop("initial_state").to(torch.bfloat16)
+    for op, args, start in ((selective_scan, scan_args, start_scan), (ssd_scan, ssd_args, start_ssd)):
+        args = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+        if op is selective_scan:
+            args["delta_softplus"] = True
+        y16, final16 = op(**args, initial_state=start.to(device), return_final_state=True, backend=backend)
+        y32, final32 = op(**args, initial_state=start.float().to(device), return_final_state=True, backend=backend)
+        assert rel_error(y16, y32) <= 1e-6 and rel_error(final16, final32) <= 1e-6
+        assert final16.dtype == torch.float32  # rounded to the state dtype by the layer that stores it
