@@ -21,10 +21,13 @@ Timing, per (model, batch): the same random 16-token prompts for both, 128 new t
 `model.generate(ids, max_length=16 + 128, cg=True, top_k=1)`; its CUDA-graph cache is dropped before each
 batch size, so every batch captures its graphs in its own warm-up call (its cache, sized by the largest batch
 seen, is not meant to serve a smaller one). Ours: `mambalab.inference.generate.generate` with its CUDA-graph
-decode, then, last and only while the run is under COMPILE_AFTER_S, with `compile_step=True`. One warm-up
-call, then the median of `repeats` calls, each between CUDA events after a synchronize. tokens/s = batch · new
-tokens / seconds, prefill included, for both; ratio = ours / official. Each timed row also gives how many new
-tokens agree with the official ones before the first difference (mean over rows).
+decode, in each batch's section with the default float32 SSM state ("cuda-graph") and with the state in the
+model's dtype ("cuda-graph+model-dtype-state", `state_dtype="model"`: bf16, half the bytes each decode step
+reads and writes, as official keeps it); then, last and only while the run is under COMPILE_AFTER_S, with
+`compile_step=True`. One warm-up call, then the median of `repeats` calls, each between CUDA events after a
+synchronize. tokens/s = batch · new tokens / seconds, prefill included, for both; ratio = ours / official.
+Each timed row also gives how many new tokens agree with the official ones before the first difference (mean
+over rows), and ours the bytes of the inference state per row (`state_bytes_per_row`).
 
 Writes decode_vs_official.json (to --out, else $OUT, else benchmarks/results/) after every section.
 """
@@ -52,17 +55,22 @@ FULL = {
     "d_model": 768, "n_layer": 24, "vocab": 50277,
     "mamba2_ssm": {"d_state": 128, "headdim": 64, "ngroups": 1},
     "batches": [1, 64], "prompt_len": 16, "new_tokens": 128, "check_tokens": 16, "repeats": 5,
-    "dtype": "bfloat16", "device": "cuda", "variants": ["cuda-graph", "cuda-graph+compile"],
+    "dtype": "bfloat16", "device": "cuda", "variants": ["cuda-graph", "cuda-graph+model-dtype-state"],
+    "late_variants": ["cuda-graph+compile"],
 }
 QUICK = {
     "d_model": 64, "n_layer": 2, "vocab": 256,
     "mamba2_ssm": {"d_state": 16, "headdim": 16, "ngroups": 1, "chunk_size": 16},
     "batches": [1, 4], "prompt_len": 16, "new_tokens": 8, "check_tokens": 8, "repeats": 2,
-    "dtype": "float32", "device": "cpu", "variants": ["cuda-graph"],
+    "dtype": "float32", "device": "cpu", "variants": ["cuda-graph", "cuda-graph+model-dtype-state"],
+    "late_variants": [],
 }
 MODELS = ("mamba", "mamba2")
-# generate() options of our rows (CUDA graphs need CUDA: on CPU the "cuda-graph" row runs eagerly)
-VARIANTS = {"cuda-graph": {}, "cuda-graph+compile": {"compile_step": True}}
+# generate() options of our rows (CUDA graphs need CUDA: on CPU the "cuda-graph" rows run eagerly). "variants"
+# are timed in each batch's section beside official, "late_variants" after every section (within
+# COMPILE_AFTER_S).
+VARIANTS = {"cuda-graph": {}, "cuda-graph+model-dtype-state": {"state_dtype": "model"},
+            "cuda-graph+compile": {"compile_step": True}}
 OFFICIAL = "official cg=True"
 COMPILE_AFTER_S = 120  # the compiled variant is skipped once the run took this long
 T0 = time.time()
@@ -184,7 +192,7 @@ def timed_row(kind: str, impl: str, batch: int, plan: dict, fn) -> tuple[dict, o
     timing = time_call(lambda: last.update(out=fn()), plan["device"], repeats=plan["repeats"], warmup=1)
     row = {"model": kind, "impl": impl, "batch": batch, "seconds": timing.median_s,
            "tokens_per_s": batch * plan["new_tokens"] / timing.median_s, "timing": timing.as_dict()}
-    log(f"{kind:6s} {impl:24s} batch {batch:3d}: {row['tokens_per_s']:12,.0f} tokens/s")
+    log(f"{kind:6s} {impl:38s} batch {batch:3d}: {row['tokens_per_s']:12,.0f} tokens/s")
     return row, last["out"]
 
 
@@ -203,13 +211,17 @@ def measure(kind: str, impl: str, batch: int, plan: dict, fn, reference) -> tupl
 
 
 def our_row(kind: str, variant: str, batch: int, plan: dict, model, ids: torch.Tensor, reference) -> dict:
-    """The timed row of our `variant`; on CUDA it also says whether the decode step replayed a CUDA graph
-    (False: the capture failed and it decoded eagerly)."""
+    """The timed row of our `variant` with its state's bytes per row; on CUDA it also says whether the decode
+    step replayed a CUDA graph (False: the capture failed and it decoded eagerly)."""
     row, _ = measure(kind, f"mambalab {variant}", batch, plan,
                      lambda: ours_generate(model, ids, plan["new_tokens"], variant), reference)
-    if "error" not in row and plan["device"] == "cuda":
-        _, state = model.prefill(ids)
-        row["cuda_graph_captured"] = isinstance(decode_step(model, state, **VARIANTS[variant]), GraphStep)
+    if "error" not in row:
+        options = VARIANTS[variant]
+        _, state = model.prefill(ids, state_dtype=options.get("state_dtype"))
+        row["state_bytes_per_row"] = state.nbytes() // batch
+        if plan["device"] == "cuda":
+            step = decode_step(model, state, compile_step=options.get("compile_step", False))
+            row["cuda_graph_captured"] = isinstance(step, GraphStep)
     return row
 
 
@@ -226,13 +238,13 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     ratio = {(r["model"], r["impl"], r["batch"]): r["ours_over_official"] for r in ratios(rows)}
-    print(f"\n{'model':7s} {'batch':>5s}  {'impl':26s} {'tokens/s':>12s} {'ours/official':>14s}"
+    print(f"\n{'model':7s} {'batch':>5s}  {'impl':38s} {'tokens/s':>12s} {'ours/official':>14s}"
           f" {'agree':>7s}")
     for r in rows:
         rate = f"{r['tokens_per_s']:12,.0f}" if "tokens_per_s" in r else f"{'failed':>12s}"
         share = ratio.get((r["model"], r["impl"], r["batch"]))
         agree = r.get("tokens_agreeing_with_official")
-        print(f"{r['model']:7s} {r['batch']:5d}  {r['impl']:26s} {rate} "
+        print(f"{r['model']:7s} {r['batch']:5d}  {r['impl']:38s} {rate} "
               f"{f'{share:.2f}' if share else '':>14s} {f'{agree:.1f}' if agree is not None else '':>7s}")
 
 
@@ -311,14 +323,15 @@ def main(argv=None) -> None:
                         kind, OFFICIAL, batch, plan,
                         lambda m=official, p=ids: official_generate(m, p, plan["new_tokens"]), None)
                     results["rows"].append(row)
-                results["rows"].append(our_row(kind, plan["variants"][0], batch, plan, ours, ids,
-                                               references.get((kind, batch))))
+                for variant in plan["variants"]:
+                    results["rows"].append(our_row(kind, variant, batch, plan, ours, ids,
+                                                   references.get((kind, batch))))
                 save()
             official = None
             gc.collect()
             if plan["device"] == "cuda":
                 torch.cuda.empty_cache()
-        for variant in plan["variants"][1:]:
+        for variant in plan["late_variants"]:
             for (kind, batch), ids in prompts.items():
                 if time.time() - T0 > COMPILE_AFTER_S:
                     notes.append(f"mambalab {variant} {kind} batch {batch}: skipped, past"

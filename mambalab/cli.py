@@ -150,6 +150,8 @@ def compare(
 
 
 _DTYPE_HELP = "auto (the checkpoint's) | float32/fp32/float | bfloat16/bf16 | float16/fp16/half | float64/fp64/double."
+_STATE_DTYPE_HELP = ("Dtype of the SSM recurrent state: float32 (default) | model (the model's dtype: half the state"
+                     " bytes of a 16-bit model) | bfloat16 | float16 | float64; every step computes in float32.")
 def _exit_now(code: int) -> None:
     """Exit without the interpreter's teardown (seconds with torch loaded on a busy machine): Ctrl-C promises
     an exit within 5 s, and everything `compare` keeps is already on disk (atomic writes, the call logged)."""
@@ -188,17 +190,21 @@ def generate(
     stream: bool = typer.Option(False, help="Print tokens as they come."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     dtype: str = typer.Option(None, help=_DTYPE_HELP),
+    state_dtype: str = typer.Option(None, help=_STATE_DTYPE_HELP),
 ) -> None:
     """Continue a prompt with a model directory, in recurrent mode; a --prefix-file's state is computed once
     and reused (from --cache-dir across runs)."""
+    from mambalab.inference.state_dtype import check_state_dtype_name
     from mambalab.serve.engine import Engine
 
+    check_state_dtype_name(state_dtype)
     if (prompt is None) == (prompt_file is None):
         raise typer.BadParameter("give exactly one of --prompt and --prompt-file")
     text = prompt if prompt is not None else _read_text(prompt_file, "--prompt-file")
     prefix_text = None if prefix_file is None else _read_text(prefix_file, "--prefix-file")
     device, torch_dtype = _device_and_dtype(device, dtype)
-    engine = Engine.from_dir(model, device=device, dtype=torch_dtype, cache_dir=_directory(cache_dir, "--cache-dir"))
+    engine = Engine.from_dir(model, device=device, dtype=torch_dtype, cache_dir=_directory(cache_dir, "--cache-dir"),
+                             state_dtype=state_dtype)
     tokens = engine.encode(text)
     if prefix_text is not None:
         prefix = engine.encode(prefix_text)
@@ -233,10 +239,12 @@ def serve(
                                          help="Keep prefix states here, reused across restarts."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     dtype: str = typer.Option(None, help="float32 | bfloat16 | float16 | float64 (default: the checkpoint's)."),
+    state_dtype: str = typer.Option(None, help=_STATE_DTYPE_HELP),
 ) -> None:
     """An OpenAI-compatible HTTP server (continuous batching) for a model directory; see docs/serve.md."""
     import logging
 
+    from mambalab.inference.state_dtype import check_state_dtype_name
     from mambalab.serve import require_serve_dependencies
     from mambalab.serve.scheduler import Limits
 
@@ -260,6 +268,7 @@ def serve(
         limits = Limits(max_model_len, max_num_seqs, max_prefill_tokens, max_waiting, request_timeout)
         system_prompt = None if system_prompt_file is None else Path(system_prompt_file).read_text(encoding="utf-8")
         device, torch_dtype = _device_and_dtype(device, dtype)
+        check_state_dtype_name(state_dtype)
     except (ValueError, OSError, typer.BadParameter) as e:
         fail(str(e))
     from mambalab.serve.server import serve as run_server
@@ -268,7 +277,7 @@ def serve(
     typer.echo(f"loading {model_dir} on {device}")
     try:
         run_server(model_dir, host, int(port), system_prompt, device=device, dtype=torch_dtype, cache_dir=prefix_cache_dir,
-                   served_model_name=served_model_name, api_key=api_key, limits=limits,
+                   state_dtype=state_dtype, served_model_name=served_model_name, api_key=api_key, limits=limits,
                    drain_timeout=shutdown_timeout, stream_interval=stream_interval_ms / 1000,
                    on_listening=lambda url: typer.echo(f"serving on {url}/v1 (Ctrl-C stops)"))
     except (ValueError, OSError) as e:

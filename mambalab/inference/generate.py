@@ -26,6 +26,7 @@ from mambalab.errors import InputError
 from mambalab.inference.cuda_graph import GraphStep, decode_step, graph_choice
 from mambalab.inference.sampling import SamplingConfig
 from mambalab.inference.state import InferenceState
+from mambalab.inference.state_dtype import check_state_holds
 
 # Tokens per parallel forward call while prefilling (rows × chunk length).
 PREFILL_TOKENS_PER_CALL = 2048
@@ -61,6 +62,7 @@ def generate(
     return_state: bool = False,
     use_cuda_graph: bool = True,
     compile_step: bool = False,
+    state_dtype=None,
 ) -> GenerationResult:
     """Continue each prompt by up to `max_new_tokens` tokens.
 
@@ -70,6 +72,8 @@ def generate(
     eos_token_id: one id or several; a row stops after producing one of them.
     use_cuda_graph: on CUDA, replay the decode step from a CUDA graph (see cuda_graph.py); compile_step
     additionally runs it through torch.compile.
+    state_dtype: the dtype of the SSM states (None = float32; "model" = the model's dtype, which halves a
+    16-bit model's state bytes; see `LanguageModel.allocate_state`); a given `state` must hold it.
     The sampling options are those of `SamplingConfig` (HF transformers' semantics)."""
     sampler = SamplingConfig(do_sample, temperature, top_k, top_p, min_p, repetition_penalty)
     rows = _prompt_rows(prompts, model.config.vocab_size)
@@ -81,7 +85,7 @@ def generate(
     if state is not None and state.batch_size not in (1, len(rows)):
         raise InputError(f"state has batch {state.batch_size}; expected 1 or the number of prompts ({len(rows)})")
 
-    logits, state = prefill(model, rows, state)  # (b, vocab)
+    logits, state = prefill(model, rows, state, state_dtype)  # (b, vocab)
     b, device = len(rows), logits.device
     seen = _seen_tokens(rows, logits.shape[-1], device) if repetition_penalty != 1.0 else None  # (b, vocab)
     pad = eos[0] if eos else 0  # fed to finished rows
@@ -127,16 +131,19 @@ def generate(
     return GenerationResult(sequences, reasons, [len(r) for r in rows], final)
 
 
-def prefill(model, rows: list[list[int]], state: InferenceState | None = None):
+def prefill(model, rows: list[list[int]], state: InferenceState | None = None, state_dtype=None):
     """Run each prompt through the model in parallel mode, grouping prompts of equal length.
-    Returns (logits of each prompt's last token (b, vocab), state after each prompt (batch b))."""
+    Returns (logits of each prompt's last token (b, vocab), state after each prompt (batch b)); a new state
+    holds its SSM states in `state_dtype` (see `LanguageModel.allocate_state`), a given one must hold that."""
+    if state is not None:
+        check_state_holds(state, state_dtype, model.dtype)
     groups: dict[int, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         groups[len(row)].append(i)
     order, last_logits, states = [], [], []
     for length, members in groups.items():
         if state is None:
-            group_state = model.allocate_state(len(members))
+            group_state = model.allocate_state(len(members), state_dtype=state_dtype)
         else:
             group_state = state.select([0] * len(members) if state.batch_size == 1 else members)
         ids = torch.tensor([rows[i] for i in members], dtype=torch.long, device=model.device)  # (g, l)

@@ -5,7 +5,8 @@ for a 100-token and a 100,000-token prefix. Entries are batch-1 states keyed by 
 consumed. In memory they form an LRU bounded in bytes; with a `directory`, every entry is also written there
 (atomically, with the model's fingerprint, see `InferenceState.save`), entries evicted from memory are
 reloaded from disk on demand, and a new cache over the same directory (another process) finds them again.
-Files from another model or dtype are ignored; a corrupt, crafted or unreadable file is skipped (or, found
+All states of one cache hold their SSM states in its `state_dtype` (inference/state_dtype.py). Files from
+another model, dtype or SSM state dtype are ignored; a corrupt, crafted or unreadable file is skipped (or, found
 bad when loaded, dropped and treated as a miss) with a warning naming it.
 
 Not thread-safe: callers that share one cache between threads serialise access (the server holds a lock).
@@ -27,8 +28,10 @@ from mambalab.inference.state import (
     InferenceState,
     model_fingerprint,
     read_state_metadata,
+    recorded_state_dtype,
     tokens_hash,
 )
+from mambalab.inference.state_dtype import check_state_holds, default_state_dtype, resolve_state_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +45,11 @@ class _Entry:
 class PrefixCache:
     """States of token prefixes for one model: `put`, `lookup` (longest cached prefix), `prefill`."""
 
-    def __init__(self, model, max_bytes: int = 1 << 30, directory: str | Path | None = None):
+    def __init__(self, model, max_bytes: int = 1 << 30, directory: str | Path | None = None, state_dtype=None):
         if max_bytes < 0:
             raise InputError(f"max_bytes must be >= 0, got {max_bytes}")
         self.model, self.max_bytes = model, max_bytes
+        self.state_dtype = resolve_state_dtype(state_dtype, model.dtype)  # of every cached state's SSM states
         self.directory = None if directory is None else Path(directory)
         self._entries: dict[tuple[int, ...], _Entry] = {}
         self._memory: OrderedDict[tuple[int, ...], InferenceState] = OrderedDict()  # LRU order, oldest first
@@ -66,6 +70,7 @@ class PrefixCache:
     def put(self, tokens, state: InferenceState) -> None:
         """Cache `state` (batch 1) as the state after exactly `tokens`."""
         key = _key(tokens)
+        check_state_holds(state, self.state_dtype, self.model.dtype)
         if state.batch_size != 1 or int(state.seqlen[0]) != len(key):
             raise InputError(
                 f"state: expected a batch-1 state that has consumed the {len(key)} given tokens, got batch"
@@ -99,7 +104,7 @@ class PrefixCache:
         if state is not None:
             return state
         n, state = self.lookup(key)
-        _, state = prefill(self.model, [list(key[n:])], state)
+        _, state = prefill(self.model, [list(key[n:])], state, self.state_dtype)
         self.put(key, state)
         return state
 
@@ -112,7 +117,7 @@ class PrefixCache:
             return self._memory[key].clone()
         path = self._entries[key].path
         try:
-            state = InferenceState.load(path, self.model, prefix_tokens=list(key))
+            state = InferenceState.load(path, self.model, prefix_tokens=list(key), state_dtype=self.state_dtype)
         except (OSError, ValueError) as e:  # unreadable, CorruptStateError, StateMismatchError: a miss
             logger.warning("prefix cache: dropping %s: %s", path, e)
             del self._entries[key]
@@ -133,7 +138,10 @@ class PrefixCache:
 
     def _file_stem(self, key: tuple[int, ...]) -> str:
         model_hash = model_fingerprint(self.model)["weights_hash"]
-        return hashlib.sha256(f"{model_hash}:{tokens_hash([list(key)])}".encode()).hexdigest()[:32]
+        name = f"{model_hash}:{tokens_hash([list(key)])}"
+        if self.state_dtype != default_state_dtype(self.model.dtype):  # beside the default's file of this prefix
+            name += f":{self.state_dtype}"
+        return hashlib.sha256(name.encode()).hexdigest()[:32]
 
     def _index_directory(self) -> None:
         """Register the directory's states that belong to this model (read from their headers only)."""
@@ -146,6 +154,9 @@ class PrefixCache:
                 continue
             if any(meta.get(k) != mine[k] for k in ("config_hash", "weights_hash", "dtype")):
                 logger.debug("prefix cache: %s belongs to another model or dtype; ignored", path)
+                continue
+            if recorded_state_dtype(meta, self.model) not in ("None", str(self.state_dtype)):
+                logger.debug("prefix cache: %s holds SSM states of another dtype; ignored", path)
                 continue
             key = _recorded_prefix(meta)
             if key is None:

@@ -1,15 +1,19 @@
 """`InferenceState`: everything a model needs to continue a sequence in recurrent (RNN) mode.
 
 One dict of tensors per layer, every tensor batch-first, plus `seqlen` (b,) = tokens already consumed
-per row. A Mamba layer holds {"conv": (b, d_inner, d_conv) conv window, "ssm": (b, d_inner, N) float32}; a
-Mamba-2 layer {"conv": (b, d_inner + 2·G·N, d_conv), "ssm": (b, heads, head_dim, N) float32}; an attention
-layer holds its KV cache. `prefill` returns a state, `step` advances it in place, and it can
-be cloned, moved, split and joined along the batch (the basis of prefix caching and batched decoding).
+per row. A Mamba layer holds {"conv": (b, d_inner, d_conv) conv window, "ssm": (b, d_inner, N)}; a
+Mamba-2 layer {"conv": (b, d_inner + 2·G·N, d_conv), "ssm": (b, heads, head_dim, N)}; an attention
+layer holds its KV cache. Every "ssm" tensor of a state has one dtype, `ssm_dtype`: float32 by default
+(float64 for a float64 model), or the one chosen when it was allocated (inference/state_dtype.py).
+`prefill` returns a state, `step` advances it in place, and it can be cloned, moved, split and joined along
+the batch (the basis of prefix caching and batched decoding).
 
 `save(path, model, prefix_tokens)` writes a safetensors file whose metadata fingerprints what the state
-belongs to: the model config, a hash of the weights, the dtype and the tokens it has consumed.
-`InferenceState.load(path, model)` refuses a state of another model, dtype or prefix with `StateMismatchError`
-naming the mismatch, and a corrupt or truncated file with `CorruptStateError`.
+belongs to: the model config, a hash of the weights, the dtype, the SSM state dtype and the tokens it has
+consumed. `InferenceState.load(path, model, state_dtype=...)` refuses a state of another model, dtype, SSM state dtype
+or prefix with `StateMismatchError` naming the mismatch (a state is never converted silently: load it with the
+state dtype it was saved in, then `.to(state_dtype=...)`), and a corrupt or truncated file with
+`CorruptStateError`.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import torch.nn.functional as F
 from mambalab.atomic import write_atomic
 from mambalab.config import config_differences
 from mambalab.errors import CorruptStateError, InputError, StateMismatchError
+from mambalab.inference.state_dtype import default_state_dtype, resolve_state_dtype
 
-# State tensors whose arithmetic must stay in float32 (float64 when the whole state is float64).
-FP32_KEYS = frozenset({"ssm"})
+# The SSM recurrent states: in the state dtype (inference/state_dtype.py), not the model's.
+SSM_STATE_KEYS = frozenset({"ssm"})
 
 
 @dataclass
@@ -47,17 +52,36 @@ class InferenceState:
     def clone(self) -> InferenceState:
         return InferenceState([{k: v.clone() for k, v in layer.items()} for layer in self.layers], self.seqlen.clone())
 
-    def to(self, device=None, dtype=None) -> InferenceState:
-        """Move to `device`; cast floating tensors to `dtype` (FP32_KEYS stay float32 unless dtype is float64)."""
+    @property
+    def ssm_dtype(self) -> torch.dtype | None:
+        """The dtype of the SSM states (None when no layer has one, e.g. attention only)."""
+        dtypes = {t.dtype for layer in self.layers for k, t in layer.items() if k in SSM_STATE_KEYS}
+        if len(dtypes) > 1:
+            raise InputError(f"the state's SSM tensors have several dtypes {sorted(map(str, dtypes))}; a state"
+                             " holds one SSM state dtype")
+        return next(iter(dtypes), None)
+
+    def to(self, device=None, dtype=None, state_dtype=None) -> InferenceState:
+        """Move to `device`; cast the floating tensors other than SSM states to `dtype`, and the SSM states to
+        `state_dtype` (a dtype or name of inference/state_dtype.py; when None and `dtype` is given: the
+        default state dtype of a `dtype` model, float32 or float64)."""
+        ssm_target = None
+        if state_dtype is not None or dtype is not None:
+            ssm_target = resolve_state_dtype(state_dtype, dtype or self._model_dtype())
 
         def convert(key, t):
-            if dtype is not None and t.is_floating_point():
-                target = dtype if key not in FP32_KEYS or dtype == torch.float64 else torch.float32
+            target = ssm_target if key in SSM_STATE_KEYS else dtype
+            if target is not None and t.is_floating_point():
                 t = t.to(dtype=target)
             return t.to(device) if device is not None else t
 
         layers = [{k: convert(k, v) for k, v in layer.items()} for layer in self.layers]
         return InferenceState(layers, self.seqlen.to(device) if device is not None else self.seqlen)
+
+    def _model_dtype(self) -> torch.dtype | None:
+        """The dtype of the state's tensors in the model's dtype (conv windows, KV caches), None if it has none."""
+        return next((t.dtype for layer in self.layers for k, t in layer.items()
+                     if k not in SSM_STATE_KEYS and t.is_floating_point()), None)
 
     def select(self, rows) -> InferenceState:
         """The state of a subset of batch rows (`rows`: list, slice or index tensor)."""
@@ -79,6 +103,12 @@ class InferenceState:
             keys = set(states[0].layers[i])
             if any(set(s.layers[i]) != keys for s in states):
                 raise InputError(f"InferenceState.concat: layer {i} holds different tensors across states")
+            for key in sorted(keys):
+                dtypes = {s.layers[i][key].dtype for s in states}
+                if len(dtypes) > 1:
+                    raise InputError(f"InferenceState.concat: layer {i}'s {key!r} has dtypes "
+                                     f"{sorted(map(str, dtypes))} across states; convert them to one first "
+                                     "(.to(state_dtype=...))")
             layers.append({k: _cat_padded([s.layers[i][k] for s in states]) for k in states[0].layers[i]})
         return cls(layers, torch.cat([s.seqlen for s in states]))
 
@@ -96,6 +126,7 @@ class InferenceState:
         metadata = {
             "format": STATE_FORMAT,
             **model_fingerprint(model),
+            "state_dtype": str(self.ssm_dtype),
             "prefix_tokens": json.dumps(rows),
             "prefix_hash": tokens_hash(rows),
             "content_hash": _content_hash(tensors),
@@ -105,12 +136,14 @@ class InferenceState:
         write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     @classmethod
-    def load(cls, path: str | Path, model, prefix_tokens=None) -> InferenceState:
+    def load(cls, path: str | Path, model, prefix_tokens=None, state_dtype=None) -> InferenceState:
         """Read a state saved by `save` onto `model`'s device, after checking that it was saved from this
-        model (config, weights, dtype) and, when `prefix_tokens` is given, after exactly these tokens."""
+        model (config, weights, dtype), with SSM states in `state_dtype` (inference/state_dtype.py; None = the
+        default, float32) and, when `prefix_tokens` is given, after exactly these tokens."""
         metadata, tensors = read_state_file(path)
         check_fingerprint(metadata, model, path)
-        layers = _layers_for(model, tensors, path)
+        check_state_dtype(metadata, model, state_dtype, path)
+        layers = _layers_for(model, tensors, path, state_dtype)
         if prefix_tokens is not None:
             rows = _token_rows(prefix_tokens, int(tensors["seqlen"].shape[0]))
             if tokens_hash(rows) != metadata.get("prefix_hash"):
@@ -119,7 +152,7 @@ class InferenceState:
         return cls(layers, tensors["seqlen"].to(model.device))
 
 
-def _layers_for(model, tensors: dict[str, torch.Tensor], path) -> list[dict[str, torch.Tensor]]:
+def _layers_for(model, tensors: dict[str, torch.Tensor], path, state_dtype=None) -> list[dict[str, torch.Tensor]]:
     """The per-layer dicts of a state file's tensors after checking every name, shape and dtype against the
     state `model` allocates (on the meta device: nothing allocated); CorruptStateError names the first bad
     tensor. A size the fresh state leaves empty (a KV cache's length) may hold any value."""
@@ -127,7 +160,7 @@ def _layers_for(model, tensors: dict[str, torch.Tensor], path) -> list[dict[str,
     if seqlen.dim() != 1 or seqlen.dtype != torch.int64 or not seqlen.numel() or bool((seqlen < 0).any()):
         raise CorruptStateError(f"{path}: 'seqlen' must be a non-empty (batch,) int64 tensor of counts >= 0,"
                                 f" got {seqlen.dtype} of shape {tuple(seqlen.shape)}")
-    template = model.allocate_state(seqlen.shape[0], device="meta")
+    template = model.allocate_state(seqlen.shape[0], device="meta", state_dtype=state_dtype)
     expected = {f"layers.{i}.{key}": (i, key, t) for i, layer in enumerate(template.layers) for key, t in layer.items()}
     names = set(tensors) - {"seqlen"}
     for problem, keys in (("is missing", sorted(set(expected) - names)), ("is not a tensor of this model's state",
@@ -239,6 +272,24 @@ def check_fingerprint(metadata: dict[str, str], model, path: str | Path = "state
         raise StateMismatchError(
             f"{path}: the state was saved from a model with other weights (weights hash"
             f" {metadata.get('weights_hash')} vs {mine['weights_hash']})"
+        )
+
+
+def recorded_state_dtype(metadata: dict[str, str], model) -> str:
+    """The SSM state dtype a state file records ("None" for a model without SSM states); files written before
+    the field existed hold the default one."""
+    return metadata.get("state_dtype", str(default_state_dtype(model.dtype)))
+
+
+def check_state_dtype(metadata: dict[str, str], model, state_dtype, path: str | Path = "state") -> None:
+    """Raise StateMismatchError when a file's SSM states are not in the dtype `state_dtype` asks for."""
+    recorded, wanted = recorded_state_dtype(metadata, model), resolve_state_dtype(state_dtype, model.dtype)
+    if recorded not in ("None", str(wanted)):
+        saved = recorded.removeprefix("torch.")
+        raise StateMismatchError(
+            f"{path}: the state's SSM tensors were saved in {saved}, but {wanted} is asked for (state_dtype="
+            f"{state_dtype!r}); load it with state_dtype={saved!r}, then convert with .to(state_dtype=...)"
+            " if another dtype is wanted"
         )
 
 

@@ -56,7 +56,9 @@ class Attention(nn.Module):
     def from_config(cls, config: ModelConfig, layer_idx: int) -> Attention:
         return cls(config.d_model, config.attention, layer_idx=layer_idx)
 
-    def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict[str, torch.Tensor]:
+    def allocate_state(self, batch_size: int, device=None, dtype=None, state_dtype=None) -> dict[str, torch.Tensor]:
+        """An empty KV cache in `dtype` (default: the model's); `state_dtype` chooses the dtype of SSM states,
+        which attention has none of."""
         dtype = dtype or self.q_proj.weight.dtype
         shape = (batch_size, self.n_kv_heads, 0, self.head_dim)
         return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype)}

@@ -2,8 +2,9 @@
 
 Mixers and feed-forwards are looked up by the kind names of `ModelConfig.layer_pattern`. Each mixer class
 implements `from_config(config, layer_idx)`, `forward(x, state=None, seqlen=None)`, `step(x, state, seqlen)`
-and `allocate_state(batch, device, dtype)`; each feed-forward `from_config(config, layer_idx)` and
-`forward(x) -> (y, aux_loss or None)`. A mixer may also implement `step_into_residual(x, state, seqlen,
+and `allocate_state(batch, device, dtype, state_dtype)` (state_dtype: of an SSM state, see
+inference/state_dtype.py); each feed-forward `from_config(config, layer_idx)` and `forward(x) -> (y, aux_loss
+or None)`. A mixer may also implement `step_into_residual(x, state, seqlen,
 residual)` = `add_residual(residual, step(x, state, seqlen))` with the add fused (Mamba, at decode batch sizes).
 """
 

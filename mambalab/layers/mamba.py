@@ -29,6 +29,7 @@ from torch import nn
 
 from mambalab.config import ModelConfig, SSMConfig
 from mambalab.errors import InputError
+from mambalab.inference.state_dtype import resolve_state_dtype
 from mambalab.layers.residual import add_residual
 from mambalab.ops import backends
 from mambalab.ops.backends import records_grad
@@ -146,9 +147,11 @@ class Mamba(nn.Module):
                 **{op: resolve_for(op, self._backend(op), x) for op in ops}}
 
     # State ------------------------------------------------------------------------------------------------
-    def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict[str, torch.Tensor]:
+    def allocate_state(self, batch_size: int, device=None, dtype=None, state_dtype=None) -> dict[str, torch.Tensor]:
+        """Zero states: the conv window in `dtype` (default: the model's), the SSM state in `state_dtype`
+        (mambalab/inference/state_dtype.py: default float32, float64 for a float64 model)."""
         dtype = dtype or self.in_proj.weight.dtype
-        ssm_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        ssm_dtype = resolve_state_dtype(state_dtype, dtype)
         return {
             "conv": torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype),  # (b, d, w)
             "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype),  # (b, d, n)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mambalab.config import Mamba2Config, ModelConfig
+from mambalab.inference.state_dtype import resolve_state_dtype
 from mambalab.layers.mamba import inverse_softplus, restore_float32
 from mambalab.ops import backends
 from mambalab.ops import triton as kernels
@@ -142,9 +143,11 @@ class Mamba2(nn.Module):
                 **{op: resolve_for(op, self._backend(op), x) for op in (CONV_OP, CONV_UPDATE_OP)}}
 
     # State --------------------------------------------------------------------------------------------
-    def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict[str, torch.Tensor]:
+    def allocate_state(self, batch_size: int, device=None, dtype=None, state_dtype=None) -> dict[str, torch.Tensor]:
+        """Zero states: the conv window in `dtype` (default: the model's), the SSM state in `state_dtype`
+        (mambalab/inference/state_dtype.py: default float32, float64 for a float64 model)."""
         dtype = dtype or self.in_proj.weight.dtype
-        ssm_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        ssm_dtype = resolve_state_dtype(state_dtype, dtype)
         b, w, h, p, n = batch_size, self.d_conv, self.n_heads, self.head_dim, self.d_state
         return {
             "conv": torch.zeros(b, self.conv_dim, w, device=device, dtype=dtype),  # (b, conv_dim, w)

@@ -13,8 +13,9 @@ Forward: in_proj (only when expand > 1 or gate = "silu") → SSM (y = K * x + D 
 (y·SiLU(z) with z from in_proj, then Linear(H, d_model)).
 
 State: {"ssm": (b, H, n, 2)} — the complex state h as (real, imaginary) pairs, float32 (float64 for a
-float64 model). A parallel forward given a state continues from it in either mode; in CNN mode the initial
-state's contribution Re(C Ā^{k+1} h0) and the final state come from the same Vandermonde matrix as the kernel.
+float64 model) or the chosen state dtype (inference/state_dtype.py; computed in float32 all the same). A
+parallel forward given a state continues from it in either mode; in CNN mode the initial state's contribution
+Re(C Ā^{k+1} h0) and the final state come from the same Vandermonde matrix as the kernel.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mambalab.config import ModelConfig, S4DConfig
+from mambalab.inference.state_dtype import resolve_state_dtype
 from mambalab.layers.mamba import restore_float32
 from mambalab.ops.hippo import discretize_diagonal, s4d_init
 from mambalab.ops.s4d import s4d_cnn, s4d_rnn, s4d_step
@@ -86,9 +88,17 @@ class S4DMixer(nn.Module):
         return dA, dB, 2 * C  # conjugate pairs: y = 2·Re(C·h)
 
     # State --------------------------------------------------------------------------------------------------
-    def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict[str, torch.Tensor]:
-        dtype = torch.float64 if (dtype or self.D.dtype) == torch.float64 else torch.float32
+    def allocate_state(self, batch_size: int, device=None, dtype=None, state_dtype=None) -> dict[str, torch.Tensor]:
+        """The zero state in `state_dtype` (mambalab/inference/state_dtype.py: default float32, float64 for a
+        float64 model); `dtype` (default: the model's) only decides that default."""
+        dtype = resolve_state_dtype(state_dtype, dtype or self.D.dtype)
         return {"ssm": torch.zeros(batch_size, self.d_inner, self.n_modes, 2, device=device, dtype=dtype)}
+
+    def _complex_state(self, state: dict) -> torch.Tensor:
+        """The state (b, H, n) as complex numbers in float32 (float64): a view of state["ssm"] when it is stored
+        at that precision, else an upcast copy (a 16-bit state)."""
+        real = torch.float64 if state["ssm"].dtype == torch.float64 else torch.float32
+        return torch.view_as_complex(state["ssm"].to(real))
 
     # Shared by both modes: projections and gate on channel-last tensors ------------------------------------
     def _project_in(self, hidden: torch.Tensor):
@@ -114,7 +124,7 @@ class S4DMixer(nn.Module):
         if state is None:
             y = ssm(u, dA, dB, C, self.D)  # (b, H, l)
         else:
-            h0 = torch.view_as_complex(state["ssm"])  # (b, H, n)
+            h0 = self._complex_state(state)  # (b, H, n)
             y, final = ssm(u, dA, dB, C, self.D, initial_state=h0, return_final_state=True)
             state["ssm"].copy_(torch.view_as_real(final))
         # 3. gate and output projection
@@ -125,5 +135,8 @@ class S4DMixer(nn.Module):
         """hidden (b, d_model) -> (b, d_model), advancing `state` by one token in place."""
         x, z = self._project_in(hidden)  # (b, H)
         dA, dB, C = self.discrete_ssm()
-        y = s4d_step(x, torch.view_as_complex(state["ssm"]), dA, dB, C, self.D)  # (b, H)
+        h = self._complex_state(state)  # (b, H, n)
+        y = s4d_step(x, h, dA, dB, C, self.D)  # (b, H); advances h in place
+        if h.data_ptr() != state["ssm"].data_ptr():  # an upcast copy of a 16-bit state: round it back
+            state["ssm"].copy_(torch.view_as_real(h))
         return self._project_out(y, z)  # (b, d_model)

@@ -18,6 +18,7 @@ from mambalab.atomic import write_atomic
 from mambalab.config import ModelConfig
 from mambalab.errors import CheckpointError, InputError
 from mambalab.inference.state import InferenceState
+from mambalab.inference.state_dtype import check_state_holds, resolve_state_dtype
 from mambalab.layers.block import Block
 from mambalab.layers.norm import RMSNorm
 from mambalab.models import hf_config, memory, weights_io
@@ -122,22 +123,31 @@ class LanguageModel(nn.Module):
         return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, labels.reshape(-1),
                                     self.config.vocab_size, IGNORE_INDEX)
 
-    def allocate_state(self, batch_size: int, device=None, dtype=None) -> InferenceState:
+    def allocate_state(self, batch_size: int, device=None, dtype=None, state_dtype=None) -> InferenceState:
+        """A zero state for `batch_size` rows: conv windows and KV caches in `dtype` (default: the model's), SSM
+        states in `state_dtype`: None = float32 (float64 for a float64 model), "model" = the model's dtype, or
+        "float32" / "bfloat16" / "float16" / a torch dtype (mambalab/inference/state_dtype.py)."""
         device = device or self.device
-        layers = [layer.mixer.allocate_state(batch_size, device, dtype) for layer in self.backbone.layers]
+        ssm_dtype = resolve_state_dtype(state_dtype, dtype or self.dtype)
+        layers = [layer.mixer.allocate_state(batch_size, device, dtype, ssm_dtype) for layer in self.backbone.layers]
         return InferenceState(layers, torch.zeros(batch_size, dtype=torch.long, device=device))
 
-    def prefill(self, input_ids: torch.Tensor, state: InferenceState | None = None):
+    def prefill(self, input_ids: torch.Tensor, state: InferenceState | None = None, state_dtype=None):
         """Run the prompt in parallel mode: (logits (b, l, vocab), state after the last token).
         A given `state` (e.g. a cached prefix) is continued, and not modified: the result is a new state.
         An empty prompt (length 0) is refused: it has no logits to start generating from; a fresh state is
-        `allocate_state(batch)`."""
+        `allocate_state(batch)`. `state_dtype` is the SSM state dtype of the new state (see `allocate_state`);
+        a given `state` keeps its own, and must hold that one when `state_dtype` is given too."""
         self._check_ids(input_ids, "input_ids")
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise InputError(f"input_ids must be (batch, length >= 1): prefill of no token has no logits to"
                              f" continue from (a fresh state is allocate_state(batch)); got shape"
                              f" {tuple(input_ids.shape)}")
-        state = self.allocate_state(input_ids.shape[0]) if state is None else state.clone()
+        if state is None:
+            state = self.allocate_state(input_ids.shape[0], state_dtype=state_dtype)
+        else:
+            check_state_holds(state, state_dtype, self.dtype)
+            state = state.clone()
         if state.batch_size != input_ids.shape[0]:
             raise InputError(f"state has batch {state.batch_size} but input_ids has batch {input_ids.shape[0]}")
         return self.forward(input_ids, state=state), state

@@ -38,12 +38,12 @@ class Completion:
 class Engine:
     """Model + tokenizer + prefix cache + scheduler. `complete` works with or without the scheduler thread.
     `limits` bound what a server accepts; by default (library use, `mambalab generate`) the context is
-    unlimited."""
+    unlimited. `state_dtype` is the SSM state dtype of every request (see `LanguageModel.allocate_state`)."""
 
     def __init__(self, model, tokenizer, cache_bytes: int = 1 << 30, cache_dir: str | Path | None = None,
-                 limits: Limits | None = None, use_cuda_graph: bool = True):
+                 limits: Limits | None = None, use_cuda_graph: bool = True, state_dtype=None):
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.cache = PrefixCache(model, max_bytes=cache_bytes, directory=cache_dir)
+        self.cache = PrefixCache(model, max_bytes=cache_bytes, directory=cache_dir, state_dtype=state_dtype)
         limits = limits or Limits(max_model_len=UNLIMITED)  # library use: no context limit of a server
         self.scheduler = Scheduler(self.model, tokenizer, self.cache, limits, use_cuda_graph)
 

@@ -257,7 +257,7 @@ class Scheduler:
             return
         with self.lock:
             for size in sorted({_bucket(n) for n in range(1, self.limits.max_num_seqs + 1)}):
-                decode_step(self.model, self.model.allocate_state(size), self.use_cuda_graph)
+                decode_step(self.model, self._allocate(size), self.use_cuda_graph)
 
     def start(self) -> None:
         """Run `step()` in a daemon thread until `stop()`."""
@@ -391,9 +391,9 @@ class Scheduler:
         if all(r.state is None for r in members):
             state = None  # all start from zeros: prefill allocates them at once
         else:
-            states = [r.state if r.state is not None else self.model.allocate_state(1) for r in members]
+            states = [r.state if r.state is not None else self._allocate(1) for r in members]
             state = states[0] if len(states) == 1 else InferenceState.concat(states)
-        logits, state = self.model.prefill(ids, state)
+        logits, state = self.model.prefill(ids, state, state_dtype=self.cache.state_dtype)
         for r in members:
             r.consumed += n
         done = [i for i, r in enumerate(members) if r.consumed == len(r.prompt)]
@@ -407,6 +407,11 @@ class Scheduler:
             for row, r in enumerate(finished):
                 r.state, r.state_row = shared, row
             self._first_tokens(finished, logits[done, -1])  # (f, vocab)
+
+    def _allocate(self, rows: int) -> InferenceState:
+        """Zero states for `rows` requests, with the prefix cache's SSM state dtype: every state of the batch
+        (cached, prefilled, padding) holds that one, so they join."""
+        return self.model.allocate_state(rows, state_dtype=self.cache.state_dtype)
 
     def _first_tokens(self, requests: list[Request], logits: torch.Tensor) -> None:
         now = time.monotonic()
@@ -477,7 +482,7 @@ class Scheduler:
         rows = len(live) + len(joiners)
         size = _bucket(rows) if self.bucketed else rows
         if size > rows:
-            parts.append(self.model.allocate_state(size - rows))
+            parts.append(self._allocate(size - rows))
         state = parts[0] if len(parts) == 1 else InferenceState.concat(parts)
         tokens = torch.zeros(size, dtype=torch.long, device=device)  # (B,)
         if live:

@@ -71,15 +71,18 @@ def serve(
     drain_timeout: float = 10.0,
     on_listening=None,
     stream_interval: float = STREAM_INTERVAL_S,
+    state_dtype=None,
 ) -> None:
     """Load `model_dir` and serve it on host:port until SIGINT/SIGTERM. `on_listening(url)` is called once
-    the model is loaded and the socket bound. `stream_interval`: see `create_app`."""
+    the model is loaded and the socket bound. `stream_interval`: see `create_app`; `state_dtype`: the SSM
+    state dtype of every request (see `LanguageModel.allocate_state`)."""
     require_serve_dependencies()
     from mambalab.serve.app import create_app
     from mambalab.serve.chat import ChatFormat
     from mambalab.serve.engine import Engine
 
-    engine = Engine.from_dir(model_dir, device=device, dtype=dtype, cache_dir=cache_dir, limits=limits)
+    engine = Engine.from_dir(model_dir, device=device, dtype=dtype, cache_dir=cache_dir, limits=limits,
+                             state_dtype=state_dtype)
     name = served_model_name or Path(model_dir).resolve().name
     app = create_app(engine, name, ChatFormat.from_dir(model_dir, engine.tokenizer), system_prompt, api_key,
                      drain_timeout=drain_timeout, stream_interval=stream_interval)

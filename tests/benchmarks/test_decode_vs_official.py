@@ -25,11 +25,14 @@ def test_quick_run_times_our_models_and_skips_the_official_on_cpu(tmp_path):
     record = json.loads((tmp_path / "decode_vs_official.json").read_text())
     assert record["benchmark"] == "decode_vs_official" and "--quick" in record["command"]
     assert any("official mamba-ssm skipped" in note for note in record["notes"])
-    assert [(r["model"], r["batch"]) for r in record["rows"]] == [("mamba", 1), ("mamba", 3), ("mamba2", 1),
-                                                                  ("mamba2", 3)]
+    variants = ["mambalab cuda-graph", "mambalab cuda-graph+model-dtype-state"]
+    assert [(r["model"], r["batch"], r["impl"]) for r in record["rows"]] == [
+        (kind, batch, impl) for kind in ("mamba", "mamba2") for batch in (1, 3) for impl in variants]
     for row in record["rows"]:
-        assert row["impl"] == "mambalab cuda-graph" and row["timing"]["repeats"] == 1
+        assert row["timing"]["repeats"] == 1 and row["state_bytes_per_row"] > 0
         assert row["tokens_per_s"] == pytest.approx(row["batch"] * record["plan"]["new_tokens"] / row["seconds"])
+    for default, model_dtype in zip(record["rows"][::2], record["rows"][1::2]):  # a float32 model: the same bytes
+        assert model_dtype["state_bytes_per_row"] == default["state_bytes_per_row"]
     assert record["checks"] == {"mamba": {}, "mamba2": {}} and record["ratios"] == []
 
 

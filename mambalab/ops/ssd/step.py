@@ -3,7 +3,8 @@
     Δ = softplus(dt_t + dt_bias) (or dt_t + dt_bias);  H ← exp(Δ A) H + Δ x_t ⊗ B_t;  y_t = H · C_t + D x_t;
     y_t · silu(z_t).
 
-The state is updated in place (rows `state_batch_indices` of a slot pool when given), in its own dtype.
+The state is updated in place (rows `state_batch_indices` of a slot pool when given): read, upcast to float32
+(float64), advanced, rounded to its own dtype on store; y_t is read from the unrounded state.
 """
 
 from __future__ import annotations

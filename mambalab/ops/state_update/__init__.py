@@ -57,8 +57,9 @@ def selective_state_update(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_b
                            state_batch_indices=None, backend="auto"):
     """h ← exp(Δ A) h + Δ B x; returns y = (C·h + D x) · silu(z)  (b, d) in x_t's dtype.
 
-    state: (b, d, n) float32 (or (slots, d, n) with state_batch_indices), updated in place; x_t, dt_t, z_t:
-    (b, d); A: (d, n); B_t, C_t: (b, n) or (b, g, n); D, dt_bias: (d,). Δ = dt_t (+ dt_bias) (then softplus)."""
+    state: (b, d, n) float32, float64 or 16-bit (or (slots, d, n) with state_batch_indices), updated in place:
+    a 16-bit state is read, updated in float32 and rounded on store, y is computed before that rounding;
+    x_t, dt_t, z_t: (b, d); A: (d, n); B_t, C_t: (b, n) or (b, g, n); D, dt_bias: (d,). Δ = dt_t (+ dt_bias) (then softplus)."""
     validate(state, x_t, dt_t, A, B_t, C_t, D, z_t, dt_bias, state_batch_indices)
     impl = backends.get(OP, resolve_for(OP, backend, x_t))
     return impl(state, x_t, dt_t, A, B_t, C_t, D, z_t, dt_bias, dt_softplus, state_batch_indices)
@@ -68,8 +69,8 @@ def mixer_step(x_t, z_t, conv_state, ssm_state, conv_weight, conv_bias, x_proj_w
                A_log, D=None, state_batch_indices=None, backend="auto"):
     """One token of the mixer: x_t, z_t (b, d) (the two halves of in_proj's output) -> y (b, d) in x_t's dtype.
 
-    conv_state (b, d, w) and ssm_state (b, d, n) float32 (or (slots, d, ·) with state_batch_indices), both
-    updated in place; conv_weight (d, w), conv_bias (d,); x_proj_weight (r + 2n, d); dt_proj_weight (d, r),
+    conv_state (b, d, w) and ssm_state (b, d, n) (or (slots, d, ·) with state_batch_indices), both updated in
+    place (ssm_state float32, float64 or 16-bit, as in `selective_state_update`); conv_weight (d, w), conv_bias (d,); x_proj_weight (r + 2n, d); dt_proj_weight (d, r),
     dt_proj_bias (d,); A_log (d, n) (A = -exp(A_log)); D (d,)."""
     validate_mixer_step(x_t, z_t, conv_state, ssm_state, conv_weight, x_proj_weight, dt_proj_weight, dt_proj_bias,
                         A_log, state_batch_indices)

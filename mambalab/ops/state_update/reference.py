@@ -24,9 +24,10 @@ def selective_state_update_reference(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=
         state[state_batch_indices] = rows
         return y
     dim = state.shape[1]
-    dt = dt_t.to(state.dtype)
+    compute = torch.float64 if torch.float64 in (state.dtype, x_t.dtype) else torch.float32  # a 16-bit state too
+    dt = dt_t.to(compute)
     if dt_bias is not None:
-        dt = dt + dt_bias.to(state.dtype)
+        dt = dt + dt_bias.to(compute)
     if dt_softplus:
         dt = F.softplus(dt)  # Δ                                                      (b, d)
     if B_t.dim() == 3:  # groups: channel i reads group i // (d/g)
@@ -34,15 +35,16 @@ def selective_state_update_reference(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=
         C_t = C_t.repeat_interleave(dim // C_t.shape[1], dim=1)
     else:
         B_t, C_t = B_t[:, None, :], C_t[:, None, :]  # (b, 1, n)
-    x = x_t.to(state.dtype)
-    dA = (dt[..., None] * A).exp()  # Ā = exp(Δ A)                                    (b, d, n)
-    dBx = dt[..., None] * B_t.to(state.dtype) * x[..., None]  # B̄ x = Δ B x             (b, d, n)
-    state.copy_(dA * state + dBx)  # h_t = Ā h_{t-1} + B̄ x_t
-    y = (state * C_t.to(state.dtype)).sum(-1)  # C_t · h_t                              (b, d)
+    x = x_t.to(compute)
+    dA = (dt[..., None] * A.to(compute)).exp()  # Ā = exp(Δ A)                         (b, d, n)
+    dBx = dt[..., None] * B_t.to(compute) * x[..., None]  # B̄ x = Δ B x                 (b, d, n)
+    h = dA * state.to(compute) + dBx  # h_t = Ā h_{t-1} + B̄ x_t                        (b, d, n)
+    state.copy_(h)  # rounded to the state's dtype; y reads h unrounded, as the Triton kernel
+    y = (h * C_t.to(compute)).sum(-1)  # C_t · h_t                                      (b, d)
     if D is not None:
-        y = y + D.to(state.dtype) * x
+        y = y + D.to(compute) * x
     if z_t is not None:
-        y = y * F.silu(z_t.to(state.dtype))
+        y = y * F.silu(z_t.to(compute))
     return y.to(x_t.dtype)
 
 
