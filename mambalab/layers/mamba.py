@@ -30,9 +30,8 @@ from torch import nn
 from mambalab.config import ModelConfig, SSMConfig
 from mambalab.errors import InputError
 from mambalab.inference.state_dtype import resolve_state_dtype
-from mambalab.layers.residual import add_residual
+from mambalab.layers.residual import project_into_residual
 from mambalab.ops import backends
-from mambalab.ops.backends import records_grad
 from mambalab.ops.causal_conv1d import OP as CONV_OP
 from mambalab.ops.causal_conv1d import UPDATE_OP as CONV_UPDATE_OP
 from mambalab.ops.causal_conv1d import causal_conv1d
@@ -207,11 +206,8 @@ class Mamba(nn.Module):
         step runs in Triton and no gradient is recorded, out_proj and the add are one Triton launch
         (ops/triton/linear.py; at batch 1 this matrix-vector product is launch-bound in cuBLAS)."""
         y = self._step_ssm(hidden, state)  # (b, d)
-        if self._fused_out_proj(y, residual):
-            from mambalab.ops.triton.linear import skinny_linear
-
-            return skinny_linear(y, self.out_proj.weight, residual)  # (b, d_model)
-        return add_residual(residual, self.out_proj(y))
+        triton = resolve_for(MIXER_STEP_OP, self._backend(MIXER_STEP_OP), y) == "triton"
+        return project_into_residual(y, self.out_proj, residual, triton)  # (b, d_model)
 
     def _step_ssm(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """Steps 1-5 of one token: hidden (b, d_model) -> y (b, d), before out_proj (ops/state_update `mixer_step`)."""
@@ -221,11 +217,3 @@ class Mamba(nn.Module):
                           self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
                           backend=self._backend(MIXER_STEP_OP))  # (b, d)
 
-    def _fused_out_proj(self, y: torch.Tensor, residual: torch.Tensor) -> bool:
-        from mambalab.ops.triton.linear import MAX_ROWS
-
-        weight = self.out_proj.weight
-        return (y.shape[0] <= MAX_ROWS and self.out_proj.bias is None
-                and resolve_for(MIXER_STEP_OP, self._backend(MIXER_STEP_OP), y) == "triton"
-                and y.dtype == weight.dtype and torch.promote_types(y.dtype, residual.dtype) == residual.dtype
-                and not records_grad(weight, y))

@@ -21,6 +21,7 @@ from torch import nn
 from mambalab.config import Mamba2Config, ModelConfig
 from mambalab.inference.state_dtype import resolve_state_dtype
 from mambalab.layers.mamba import inverse_softplus, restore_float32
+from mambalab.layers.residual import project_into_residual
 from mambalab.ops import backends
 from mambalab.ops import triton as kernels
 from mambalab.ops.causal_conv1d import OP as CONV_OP
@@ -190,6 +191,17 @@ class Mamba2(nn.Module):
     def step(self, hidden: torch.Tensor, state: dict, seqlen=None) -> torch.Tensor:
         """hidden (b, d_model) -> (b, d_model), advancing `state` by one token in place: the steps of
         `forward` for one position."""
+        return self.out_proj(self._step_normed(hidden, state))  # (b, d_model)
+
+    def step_into_residual(self, hidden: torch.Tensor, state: dict, seqlen, residual: torch.Tensor) -> torch.Tensor:
+        """residual + step(hidden, state) in residual's dtype (see Block): out_proj and the add in one Triton
+        launch at decode batch sizes where the SSD step runs in Triton (layers/residual.py)."""
+        y = self._step_normed(hidden, state)  # (b, d)
+        triton = backends.resolve(SSD_STEP_OP, self._backend(SSD_STEP_OP), y.device) == "triton"
+        return project_into_residual(y, self.out_proj, residual, triton)  # (b, d_model)
+
+    def _step_normed(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
+        """Steps 1-5 of one token: hidden (b, d_model) -> the gated norm's output (b, d), before out_proj."""
         d, h, p, g, n = self.d_inner, self.n_heads, self.head_dim, self.n_groups, self.d_state
         z, xBC, dt = self.in_proj(hidden).split([d, self.conv_dim, h], dim=-1)  # (b, d|conv_dim|h)
         xBC = causal_conv1d_update(xBC, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
@@ -198,7 +210,7 @@ class Mamba2(nn.Module):
         A, D = self._ssm_params()
         heads = (x.unflatten(-1, (h, p)), dt, A, B.unflatten(-1, (g, n)), C.unflatten(-1, (g, n)))
         y = self._ssd_step(x)(state["ssm"], *heads, D=D, dt_bias=self.dt_bias, dt_softplus=True)  # (b, h, p)
-        return self.out_proj(self.norm(y.flatten(-2), z))  # (b, d_model)
+        return self.norm(y.flatten(-2), z)  # (b, d)
 
     def _ssd_step(self, x: torch.Tensor):
         """The backend of `ssd_state_update` for tensors like x, called without the op's argument checks:

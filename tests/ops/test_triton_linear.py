@@ -64,3 +64,32 @@ def test_strided_rows_and_bad_shapes():
         skinny_linear(torch.randn(5, 32, device=TRITON_DEVICE), w)
     with pytest.raises(ValueError, match="weight"):
         skinny_linear(torch.randn(1, 31, device=TRITON_DEVICE), w)
+
+
+@pytest.mark.parametrize("family", ["mamba", "mamba2"])
+@pytest.mark.parametrize("rows", [1, 3, 5])
+def test_mixer_step_into_residual_equals_step_plus_residual(family, rows, monkeypatch):
+    """A decode step's out_proj + residual add as one skinny_linear launch (up to 4 rows; 5 takes the
+    separate product and add) gives the step's output plus the residual, for Mamba and Mamba-2 alike."""
+    from mambalab.config import Mamba2Config, SSMConfig
+    from mambalab.layers.mamba import Mamba
+    from mambalab.layers.mamba2 import Mamba2
+    from mambalab.layers.residual import add_residual
+    from mambalab.ops.triton import linear
+
+    torch.manual_seed(rows)
+    mixer = (Mamba(32, SSMConfig(d_state=8, scan_backend="triton")) if family == "mamba"
+             else Mamba2(32, Mamba2Config(d_state=8, head_dim=16, n_groups=2, ssd_backend="triton")))
+    mixer = mixer.to(TRITON_DEVICE).eval()
+    calls, original = [], linear.skinny_linear
+    monkeypatch.setattr(linear, "skinny_linear", lambda *a, **k: calls.append(1) or original(*a, **k))
+    state = {k: torch.randn_like(v) for k, v in mixer.allocate_state(rows, TRITON_DEVICE).items()}
+    hidden, residual = torch.randn(rows, 32, device=TRITON_DEVICE), torch.randn(rows, 32, device=TRITON_DEVICE)
+    with torch.no_grad():
+        separate_state = {k: v.clone() for k, v in state.items()}
+        expected = add_residual(residual, mixer.step(hidden, separate_state))
+        fused = mixer.step_into_residual(hidden, state, None, residual)
+    assert len(calls) == (rows <= 4)
+    assert rel_error(fused, expected) <= 1e-6
+    for key, value in state.items():
+        assert torch.equal(value, separate_state[key]), key
