@@ -98,12 +98,16 @@ def state_specs(preset: Preset) -> list[RunSpec]:
         plan = preset.tasks[task]
         return [dataclasses.replace(plan, lr=lr) for lr in study.lrs] if study.lrs else [plan]
 
-    return [
+    specs = [
         RunSpec("state", family, task, plan, size, preset.name, preset.seed)
         for task in study.tasks
         for plan in plans(task)
         for family, size in variants(preset.size_for(preset.tasks[task]))
     ]
+    unique: dict[str, RunSpec] = {}  # Mamba at the reference (d_model, d_state) is in both series: listed once
+    for spec in specs:
+        unique.setdefault(spec.key, spec)
+    return list(unique.values())
 
 
 def efficiency_specs(preset: Preset, families: tuple[str, ...]) -> list[RunSpec]:
