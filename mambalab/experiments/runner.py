@@ -186,8 +186,17 @@ def train_model(
         "tokens_per_s": sum(rates[1:]) / len(rates[1:]) if len(rates) > 1 else tokens / trainer.elapsed_s,
         "final_loss": curve[-1][1] if curve else None,
         "curve": curve,
-        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
+        "peak_memory_gb": peak_memory_gb(metrics, device),
     }
+
+
+def peak_memory_gb(records: list[dict], device: torch.device) -> float | None:
+    """The run's peak GPU memory: the largest of its logged peaks (a run resumed in a new process logged its
+    earlier segments' peaks before the restart) and this process's; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    logged = [r["peak_gb"] for r in records if "peak_gb" in r]
+    return max([torch.cuda.max_memory_allocated(device) / 1e9, *logged])
 
 
 def execute(spec: RunSpec, device: torch.device, work_dir: Path | None = None, progress: bool = True) -> dict:

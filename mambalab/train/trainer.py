@@ -424,6 +424,8 @@ class Trainer:
             record["aux_loss"] = w["aux"] / max(w["steps"], 1)
         if w["skipped"]:
             record["skipped_steps"] = w["skipped"]
+        if self.device.type == "cuda":  # this process's peak so far (a resumed run's earlier peaks are in its records)
+            record["peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
         self._window = self._empty_window()
         return record
 

@@ -334,3 +334,14 @@ def test_studies_plan_the_zoology_lr_sweep_and_the_sample_efficiency_budgets():
     assert {s.seed for s in efficiency} == set(standard.seeds) and {s.task for s in efficiency} == {"copying"}
     main_copying = [s for s in main_specs(standard, ("mamba",), ("copying",))]
     assert {s.key for s in main_copying} <= {s.key for s in efficiency}  # the largest budget is the main run
+
+
+def test_peak_memory_of_a_resumed_run_counts_its_earlier_segments(monkeypatch):
+    """A run resumed in a new process reports the largest peak of all its segments (logged in its records before
+    the restart), not only the last segment's; None off CUDA."""
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 1e9)  # this segment: 1 GB
+    cuda = torch.device("cuda")
+    earlier = [{"step": 10, "loss": 1.0, "peak_gb": 2.5}, {"step": 20, "loss": 0.9, "peak_gb": 2.4}]
+    assert runner.peak_memory_gb(earlier + [{"step": 30, "loss": 0.8, "peak_gb": 1.0}], cuda) == 2.5
+    assert runner.peak_memory_gb([{"step": 30, "loss": 0.8}], cuda) == 1.0
+    assert runner.peak_memory_gb(earlier, torch.device("cpu")) is None
