@@ -5,6 +5,12 @@ Each entry is `name : number ,` with names of `name_len` letters (distinct withi
 paper finds a 410M Transformer beats a 2.8B Mamba once the book has >= 70 entries: the book must fit in a
 fixed-size state. Scored: the number's digits; `headline`: the rate of exactly right numbers.
 
+Training sequences may ask `train_queries` distinct names one after the other (`? name : number` each, every
+number scored), as MQAR asks many keys: one lookup scores only `number_len` tokens of a long sequence, too
+little signal for a small model to learn the lookup (a 2-layer Transformer++ stayed at 1-2 % after 3,000 steps
+of books of 7-8 entries, benchmarks/notes/compare.md). Evaluation always asks one name, in a book as long as
+the length allows.
+
 Tokens: digits 0-9, letters 10 .. 10+n_letters-1, then `:`, `,`, `?`. For `length` input tokens the book
 holds as many entries as fit; the generated batch can be up to one entry shorter than `length`.
 """
@@ -25,11 +31,12 @@ class PhoneBook(Task):
     n_letters: int = 26
     name_len: int = 2
     number_len: int = 4
+    train_queries: int = 1  # lookups per training sequence (evaluation: one)
     name: str = "phonebook"
     headline: str = "sequence_accuracy"
 
     def __post_init__(self) -> None:
-        for field_name in ("n_letters", "name_len", "number_len"):
+        for field_name in ("n_letters", "name_len", "number_len", "train_queries"):
             if getattr(self, field_name) < 1:
                 raise ValueError(f"PhoneBook.{field_name} must be >= 1, got {getattr(self, field_name)}")
         base = N_DIGITS + self.n_letters
@@ -43,16 +50,24 @@ class PhoneBook(Task):
     def entry_len(self) -> int:
         return self.name_len + self.number_len + 2
 
-    def entries(self, length: int) -> int:
-        """Entries in the book for at most `length` input tokens."""
-        return (length - 1 - self.name_len - self.number_len) // self.entry_len
+    @property
+    def query_len(self) -> int:
+        return self.name_len + self.number_len + 2  # ? name : number
+
+    def entries(self, length: int, queries: int = 1) -> int:
+        """Entries in the book for at most `length` input tokens followed by `queries` lookups."""
+        return (length + 1 - queries * self.query_len) // self.entry_len
 
     def min_length(self) -> int:
         return 1 + self.name_len + self.number_len + self.entry_len
 
     def batch(self, batch_size: int, length: int, generator: torch.Generator, train: bool = True) -> dict:
         self.check_length(length)
-        n = self.entries(length)
+        queries = self.train_queries if train else 1
+        n = self.entries(length, queries)
+        if n < queries:
+            raise ValueError(f"phonebook: length {length} holds {n} entries, fewer than the {queries} names asked"
+                             f" per training sequence (train_queries); use a longer train_length")
         if n > self.n_letters**self.name_len:
             raise ValueError(
                 f"phonebook: {n} entries need more distinct names than {self.n_letters}^{self.name_len}"
@@ -68,18 +83,19 @@ class PhoneBook(Task):
         colon = torch.full((batch_size, n, 1), self.colon, dtype=torch.long)
         comma = torch.full((batch_size, n, 1), self.comma, dtype=torch.long)
         book = torch.cat([names, colon, numbers, comma], dim=-1).flatten(1)  # (b, n·entry_len)
-        asked = torch.randint(0, n, (batch_size,), generator=generator)  # (b,)
-        rows = torch.arange(batch_size)
+        asked = sample_without_replacement(batch_size, n, queries, generator)  # (b, q) distinct entries
+        rows = torch.arange(batch_size)[:, None]  # (b, 1)
         query = torch.cat(
             [
-                torch.full((batch_size, 1), self.query, dtype=torch.long),
+                torch.full((batch_size, queries, 1), self.query, dtype=torch.long),
                 names[rows, asked],
-                colon[:, 0],
+                colon[:, :queries],
                 numbers[rows, asked],
             ],
             dim=-1,
-        )  # ? name : number   (b, 2 + name_len + number_len)
-        seq = torch.cat([book, query], dim=1)  # (b, l' + 1)
-        target = torch.zeros_like(seq, dtype=torch.bool)
-        target[:, -self.number_len :] = True
+        )  # ? name : number per lookup   (b, q, query_len)
+        seq = torch.cat([book, query.flatten(1)], dim=1)  # (b, l' + 1)
+        target = torch.zeros(batch_size, queries, self.query_len, dtype=torch.bool)
+        target[..., -self.number_len :] = True  # every lookup's number is scored
+        target = torch.cat([torch.zeros_like(book, dtype=torch.bool), target.flatten(1)], dim=1)
         return next_token_batch(seq, target)
