@@ -94,8 +94,9 @@ class SSDConfig:
     Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16) and the tile sweep on one
     H100 (benchmarks/results/ssd_gpu.json): the fused forward at 32 positions × 64 channels × 4 warps (255
     registers, no spills; 64 × 64 spills 150-270 B), the chunk-parallel forward at 64 × 64 × 4 warps (the chunked
-    forward 0.28 ms at b8 h24 L2048 against 0.43 at 8 warps), the gradient kernel at 64 × 32 × 8 warps (255 registers,
-    128 B of stack at one head per program, 344 B at 4); state_mode "parallel": the local states at 64 × 64 ×
+    forward 0.28 ms at b8 h24 L2048 against 0.43 at 8 warps), the gradient kernel at 64 × 32 × 4 warps (forward+backward
+    1.24-1.33× faster than at 8 warps at every shape of ssd_gpu.py but once, 8× slower at 2; 64 channels or 16 slower at
+    4 warps: results/ssd_gpu_backward_tiles.json); state_mode "parallel": the local states at 64 × 64 ×
     4 warps (106 registers), the passing at 1024 state elements × 8 chunks × 4 warps (128 registers, no shared
     memory in its loop; benchmarks/notes/ssd.md)."""
 
@@ -108,7 +109,7 @@ class SSDConfig:
     warps_chunk_forward: int = 4
     warps_state: int = 4
     warps_adjoint: int = 8
-    warps_backward: int = 8
+    warps_backward: int = 4
     stages: int = 2
     forward_mode: str = "auto"  # "fused" (walk whole sequences), "chunked" (pass states, then chunks in parallel)
     heads_per_program: int = 0  # heads of one group per gradient program (dividing heads / groups); 0: chosen
