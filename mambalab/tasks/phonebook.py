@@ -8,8 +8,10 @@ fixed-size state. Scored: the number's digits; `headline`: the rate of exactly r
 Training sequences may ask `train_queries` distinct names one after the other (`? name : number` each, every
 number scored), as MQAR asks many keys: one lookup scores only `number_len` tokens of a long sequence, too
 little signal for a small model to learn the lookup (a 2-layer Transformer++ stayed at 1-2 % after 3,000 steps
-of books of 7-8 entries, benchmarks/notes/compare.md). Evaluation always asks one name, in a book as long as
-the length allows.
+of books of 7-8 entries, benchmarks/notes/compare.md). Evaluation always asks one name. The book is the same
+in both: as many entries as `length` holds with one lookup, so the extra lookups make a training sequence
+(train_queries − 1) × query_len tokens longer than `length`; a book shortened to make room for them left a
+model that fits 8-entry books at 5 % on the 15-entry books it was evaluated on (same length 128).
 
 Tokens: digits 0-9, letters 10 .. 10+n_letters-1, then `:`, `,`, `?`. For `length` input tokens the book
 holds as many entries as fit; the generated batch can be up to one entry shorter than `length`.
@@ -54,9 +56,9 @@ class PhoneBook(Task):
     def query_len(self) -> int:
         return self.name_len + self.number_len + 2  # ? name : number
 
-    def entries(self, length: int, queries: int = 1) -> int:
-        """Entries in the book for at most `length` input tokens followed by `queries` lookups."""
-        return (length + 1 - queries * self.query_len) // self.entry_len
+    def entries(self, length: int) -> int:
+        """Entries in the book for at most `length` input tokens followed by one lookup."""
+        return (length + 1 - self.query_len) // self.entry_len
 
     def min_length(self) -> int:
         return 1 + self.name_len + self.number_len + self.entry_len
@@ -64,7 +66,7 @@ class PhoneBook(Task):
     def batch(self, batch_size: int, length: int, generator: torch.Generator, train: bool = True) -> dict:
         self.check_length(length)
         queries = self.train_queries if train else 1
-        n = self.entries(length, queries)
+        n = self.entries(length)
         if n < queries:
             raise ValueError(f"phonebook: length {length} holds {n} entries, fewer than the {queries} names asked"
                              f" per training sequence (train_queries); use a longer train_length")
@@ -94,7 +96,7 @@ class PhoneBook(Task):
             ],
             dim=-1,
         )  # ? name : number per lookup   (b, q, query_len)
-        seq = torch.cat([book, query.flatten(1)], dim=1)  # (b, l' + 1)
+        seq = torch.cat([book, query.flatten(1)], dim=1)  # (b, l' + 1), l' ≤ length + (q − 1)·query_len
         target = torch.zeros(batch_size, queries, self.query_len, dtype=torch.bool)
         target[..., -self.number_len :] = True  # every lookup's number is scored
         target = torch.cat([torch.zeros_like(book, dtype=torch.bool), target.flatten(1)], dim=1)

@@ -37,3 +37,7 @@ def test_parse_config():
         ssd_gpu.parse_config("mode=parallel")
     with pytest.raises(ValueError, match="state_mode"):
         ssd_gpu.parse_config("state_mode=scan")
+    assert ssd_gpu.parse_config("separate_dbc=1,block_n_dbc=128") == {"separate_dbc": True, "block_n_dbc": 128}
+    assert ssd_gpu.parse_config("separate_dbc=False") == {"separate_dbc": False}
+    with pytest.raises(SystemExit, match="separate_dbc takes true/false"):
+        ssd_gpu.parse_config("separate_dbc=yes")

@@ -141,12 +141,13 @@ def test_phonebook_query_number_is_in_the_book():
 
 def test_phonebook_training_sequences_ask_several_names_and_evaluation_one():
     """train_queries=3: three distinct names of the book asked after it, each answered by its own number, every
-    number scored; evaluation batches ask one name in a book as long as the length allows; too short a length
-    for the names asked is refused."""
+    number scored; evaluation batches ask one name in a book of the same size (the training sequences are two
+    lookups longer); too short a length for the names asked is refused."""
     task = PhoneBook(n_letters=5, name_len=2, number_len=3, train_queries=3)
     e, q = task.entry_len, task.query_len
     train = task.batch(8, 60, seeded(7))
-    n = task.entries(60, 3)
+    n = task.entries(60)
+    assert train["input_ids"].shape[1] == n * e + 3 * q - 1 <= 60 + 2 * q
     for ids, labels in zip(train["input_ids"], train["labels"]):
         book = ids[: n * e].view(n, e)
         names = [tuple(r[:2].tolist()) for r in book]
@@ -157,9 +158,10 @@ def test_phonebook_training_sequences_ask_several_names_and_evaluation_one():
             assert number.tolist() == book[names.index(tuple(lookup[1:3].tolist())), 3:6].tolist()
         assert (labels != IGNORE_INDEX).sum() == 3 * 3
     evaluation = task.batch(8, 60, seeded(7), train=False)
-    assert ((evaluation["labels"] != IGNORE_INDEX).sum(1) == 3).all() and task.entries(60, 1) > n
+    assert ((evaluation["labels"] != IGNORE_INDEX).sum(1) == 3).all()
+    assert evaluation["input_ids"].shape[1] == n * e + q - 1 <= 60
     with pytest.raises(ValueError, match="train_queries"):
-        PhoneBook(train_queries=5).batch(2, 40, seeded(0))
+        PhoneBook(train_queries=5).batch(2, 30, seeded(0))
 
 
 @pytest.mark.parametrize(
