@@ -104,6 +104,19 @@ def eval_batches(task: Task, plan: TaskPlan, length: int, seed: int) -> list[dic
     return [task.batch(n, length, gen, train=False) for n in sizes]
 
 
+def check_lengths(task: Task, plan: TaskPlan) -> None:
+    """One example at the training length and at every evaluation length, so that a length the task cannot
+    generate (too short, or a phone-book with more entries than distinct names) fails before training, not
+    after it. Raises ValueError naming the length."""
+    gen = seeded(0)
+    for length, train in [(plan.train_length, True), *((n, False) for n in plan.eval_lengths)]:
+        try:
+            task.batch(1, length, gen, train=train)
+        except ValueError as e:
+            what = "training" if train else "evaluation"
+            raise ValueError(f"{task.name}: {what} length {length} cannot be generated: {e}") from e
+
+
 @torch.no_grad()
 def evaluate(
     model: LanguageModel, task: Task, plan: TaskPlan, seed: int, device: torch.device
@@ -204,6 +217,7 @@ def execute(spec: RunSpec, device: torch.device, work_dir: Path | None = None, p
     from mambalab.models.zoo import count_params, flops_per_token
 
     task = build_task(spec.task, **spec.plan.options)
+    check_lengths(task, spec.plan)
     config = family_config(spec.family, spec.size, task.vocab_size, spec.overrides, spec.plan.same_depth)
     torch.manual_seed(spec.seed)
     model = LanguageModel(config).to(device)

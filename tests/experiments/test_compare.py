@@ -155,6 +155,18 @@ def test_run_key_of_same_depth():
         json.dumps(blob, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
+def test_a_length_the_task_cannot_generate_fails_before_training(monkeypatch):
+    """A phone-book whose longest evaluation book needs more names than exist fails at once, naming the length,
+    instead of after the training it would have wasted."""
+    from mambalab.experiments import runner
+
+    monkeypatch.setattr(runner, "train_model", lambda *a, **k: pytest.fail("trained before checking the lengths"))
+    plan = TaskPlan({"n_letters": 4, "name_len": 1}, 24, (24, 64), steps=2, batch_size=2)
+    spec = RunSpec("main", "transformer", "phonebook", plan, ModelSize(16, 2, 4), "smoke", 0)
+    with pytest.raises(ValueError, match="evaluation length 64 cannot be generated.*more distinct names"):
+        runner.execute(spec, torch.device("cpu"), progress=False)
+
+
 def test_task_batches_resume_exactly_and_eval_data_is_held_out():
     task = build_task("induction_heads", vocab_size=8)
     plan = TaskPlan({}, 16, (16, 64), steps=4, batch_size=3, eval_examples=5)
