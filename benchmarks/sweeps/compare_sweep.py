@@ -10,8 +10,9 @@ curve, evaluation per length and wall time.
 
 A --run is `families:task:field=v1,v2:...` with families separated by `+`; unlisted plan fields keep the
 preset's values; `options.<name>=...` changes a task option (e.g. options.vocab_size=512), `size.<name>=...`
-the model size (size.d_state=64, size.n_layer=2), `seed=1,2,3` the seed (how robust a result is); a tuple field is
-written with slashes (eval_lengths=128/512).
+the model size (size.d_state=64, size.n_layer=2), `config.<path>=...` a field of the matched model's config
+(config.attention.n_heads=4), `seed=1,2,3` the seed (how robust a result is); a tuple field is written with
+slashes (eval_lengths=128/512).
 """
 
 from __future__ import annotations
@@ -44,10 +45,16 @@ def parse_run(text: str, preset) -> list[RunSpec]:
         grid[name] = [_value(v) for v in values.split(",")]
     specs = []
     for combo in itertools.product(*grid.values()):
-        plan, sizes, seed = preset.tasks[task], {}, preset.seed
+        plan, sizes, seed, overrides = preset.tasks[task], {}, preset.seed, {}
         for name, value in zip(grid, combo, strict=True):
             if name == "seed":
                 seed = value
+            elif name.startswith("config."):
+                *path, leaf = name.removeprefix("config.").split(".")
+                node = overrides
+                for part in path:
+                    node = node.setdefault(part, {})
+                node[leaf] = value
             elif name.startswith("size."):
                 sizes[name.removeprefix("size.")] = value
             elif name.startswith("options."):
@@ -60,11 +67,12 @@ def parse_run(text: str, preset) -> list[RunSpec]:
                 plan = dataclasses.replace(plan, **{name: value})
             else:
                 raise ValueError(
-                    f"--run {text!r}: {name!r} is not a TaskPlan field, seed, options.<name> or size.<name>"
+                    f"--run {text!r}: {name!r} is not a TaskPlan field, seed, options.<name>, size.<name> or "
+                    "config.<path>"
                 )
         size = dataclasses.replace(preset.size_for(plan), **sizes)  # the task's depth, as the preset runs it
         specs += [
-            RunSpec("sweep", family, task, plan, size, preset.name, seed)
+            RunSpec("sweep", family, task, plan, size, preset.name, seed, overrides)
             for family in families.split("+")
         ]
     return specs

@@ -47,9 +47,17 @@ def test_seeds_are_separate_runs_of_one_plan():
     assert default.seed == preset.seed
 
 
+def test_config_fields_become_nested_overrides_of_the_matched_model():
+    sweep, preset = _load_script(), get_compare_preset("standard")
+    specs = sweep.parse_run("transformer:phonebook:config.attention.n_heads=4,8", preset)
+    assert [s.overrides for s in specs] == [{"attention": {"n_heads": 4}}, {"attention": {"n_heads": 8}}]
+    (plain,) = sweep.parse_run("transformer:phonebook", preset)
+    assert plain.overrides == {} and len({s.key for s in [*specs, plain]}) == 3
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("mamba:nope:lr=1e-3", "unknown task"), ("mamba:mqar:depth=3", "not a TaskPlan field")],
+    [("mamba:nope:lr=1e-3", "unknown task"), ("mamba:mqar:depth=3", "not a TaskPlan field, seed")],
 )
 def test_bad_runs_name_what_is_wrong(text, message):
     with pytest.raises(ValueError, match=message):
