@@ -190,17 +190,18 @@ def test_forward_modes_and_tiles(mode, state_mode):
                                          state_mode=state_mode))
 
 
-@pytest.mark.parametrize("heads_per_program", [2, 0])
-def test_heads_per_program(heads_per_program, monkeypatch):
+@pytest.mark.parametrize("heads_per_program,shared_scores", [(2, False), (0, False), (2, True)])
+def test_heads_per_program(heads_per_program, shared_scores, monkeypatch):
     """Several heads of one group per gradient program (2 of each group's 4: two programs add into each dB, dC
     row; 0: auto, which on a device of one multiprocessor takes all 4): every gradient against the loop and
     equal to one head per program on the same inputs; two channel blocks (p 17), n odd, packed sequences with
-    an empty one, D per channel."""
+    an empty one, D per channel; with shared_scores the group's C Bᵀ is computed once per program."""
     monkeypatch.setattr(triton_ssd, "_multiprocessors", lambda device: 1)
     lengths = [37, 0, 9]
     kw = make_inputs(1, sum(lengths), 8, 17, 2, 7, rows=len(lengths), d_matrix=True)
     cfg = SSDConfig(chunk=16, block_p_backward=16, block_p_state=16, forward_mode="chunked")
-    several = _check_packed(kw, lengths, dataclasses.replace(cfg, heads_per_program=heads_per_program))
+    several = _check_packed(kw, lengths, dataclasses.replace(cfg, heads_per_program=heads_per_program,
+                                                             shared_scores=shared_scores))
     one = _check_packed(kw, lengths, cfg)
     for name, grad in one.items():
         assert rel_error(several[name], grad) <= 1e-12, name
@@ -296,7 +297,7 @@ def test_random_shapes_and_tiles(case):
                     heads_per_program=pick(*(k for k in range(1, per_group + 1) if per_group % k == 0)),
                     state_mode=pick(*STATE_MODES), block_p_local=pick(16, 32), block_pass=pick(16, 64),
                     pass_steps=pick(1, 2, 8), separate_dbc=pick(True, False), block_p_dbc=pick(16, 32),
-                    block_n_dbc=pick(16, 32))
+                    block_n_dbc=pick(16, 32), shared_scores=pick(True, False))
     ref_kw = requiring_grad(kw)
     tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)

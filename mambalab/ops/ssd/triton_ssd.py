@@ -99,7 +99,8 @@ class SSDConfig:
     4 warps: results/ssd_gpu_backward_tiles.json); state_mode "parallel": the local states at 64 × 64 ×
     4 warps (106 registers), the passing at 1024 state elements × 8 chunks × 4 warps (128 registers, no shared
     memory in its loop; benchmarks/notes/ssd.md). separate_dbc (dB, dC in their own kernel) is off until timed:
-    its tiles (64 channels × 64 state channels × 8 warps) are a guess (notes/ssd.md has the prediction)."""
+    its tiles (64 channels × 64 state channels × 8 warps) are a guess; shared_scores is off until timed too
+    (notes/ssd.md has both predictions)."""
 
     chunk: int = 64
     chunk_fused: int = 32
@@ -127,6 +128,9 @@ class SSDConfig:
     # channels, every head of the group summed inside it, no atomics), the gradient kernel keeping only the
     # per-head gradients (one head per program); False: both in the gradient kernel (heads_per_program)
     separate_dbc: bool = False
+    # the gradient kernel computes C Bᵀ once per program for all its heads (held on chip through the head loop)
+    # instead of once per head
+    shared_scores: bool = False
     block_p_dbc: int = 64
     block_n_dbc: int = 64
     warps_dbc: int = 8
@@ -471,7 +475,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
             *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
             *dy.stride()[1:], *dx.stride()[1:],
             heads, groups, heads // groups, per_program, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None,
-            ONE_PASS=per_program == 1, STATE_SIDE=not cfg.separate_dbc, **flags,
+            ONE_PASS=per_program == 1, STATE_SIDE=not cfg.separate_dbc, SHARED_SCORES=cfg.shared_scores, **flags,
             num_warps=cfg.warps_backward, num_stages=cfg.stages,
         )
     if chunks and cfg.separate_dbc:
