@@ -67,12 +67,11 @@ QUICK = {
 }
 MODELS = ("mamba", "mamba2")
 # generate() options of our rows (CUDA graphs need CUDA: on CPU the "cuda-graph" rows run eagerly). "variants"
-# are timed in each batch's section beside official, "late_variants" after every section (within
-# COMPILE_AFTER_S).
+# are timed in each batch's section beside official, "late_variants" after every section (while the run is
+# within --late-budget seconds).
 VARIANTS = {"cuda-graph": {}, "cuda-graph+model-dtype-state": {"state_dtype": "model"},
             "cuda-graph+compile": {"compile_step": True}}
 OFFICIAL = "official cg=True"
-COMPILE_AFTER_S = 120  # the compiled variant is skipped once the run took this long
 T0 = time.time()
 
 
@@ -274,6 +273,9 @@ def parse_args(argv=None):
                         help="comma-separated batch sizes (default 1,64; --quick 1,4)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls per row (default 5; --quick 2)")
+    parser.add_argument("--late-budget", type=float, default=120.0,
+                        help="seconds into the run after which the late rows (the compiled step) are skipped"
+                             " (default 120)")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(models) - set(MODELS))
@@ -292,6 +294,7 @@ def main(argv=None) -> None:
         plan["batches"] = [int(b) for b in args.batches.split(",") if b]
     if args.repeats:
         plan["repeats"] = args.repeats
+    late_budget = args.late_budget
     use_official, notes = find_official(plan, args.official, args.wait_official)
     global T0
     T0 = time.time()  # the budget counts from here, the official build ready
@@ -333,9 +336,8 @@ def main(argv=None) -> None:
                 torch.cuda.empty_cache()
         for variant in plan["late_variants"]:
             for (kind, batch), ids in prompts.items():
-                if time.time() - T0 > COMPILE_AFTER_S:
-                    notes.append(f"mambalab {variant} {kind} batch {batch}: skipped, past"
-                                 f" {COMPILE_AFTER_S} s")
+                if time.time() - T0 > late_budget:
+                    notes.append(f"mambalab {variant} {kind} batch {batch}: skipped, past {late_budget:g} s")
                     log(notes[-1])
                     continue
                 results["rows"].append(our_row(kind, variant, batch, plan, ours_models[kind], ids,

@@ -40,6 +40,7 @@ def test_models_flag_refuses_unknown_names():
     with pytest.raises(SystemExit):
         bench.parse_args(["--models", "mamba,mamba3"])
     assert bench.parse_args(["--models", "mamba2"]).models == ["mamba2"]
+    assert bench.parse_args([]).late_budget == 120.0 and bench.parse_args(["--late-budget", "200"]).late_budget == 200.0
 
 
 @pytest.mark.parametrize("kind", ["mamba", "mamba2"])
