@@ -31,14 +31,20 @@ def test_digit_accuracy_tells_which_digit_is_wrong(monkeypatch):
     task = build_task("phonebook", n_letters=6, number_len=3)
     plan = TaskPlan({"n_letters": 6, "number_len": 3}, 40, (40,), steps=1, batch_size=1, eval_examples=7)
     batches = phonebook_digits.eval_batches(task, plan, 40, 0)
-    for miss_last, digits, numbers in ((False, [1.0, 1.0, 1.0], 1.0), (True, [1.0, 1.0, 0.0], 0.0)):
-        oracle = _Oracle(task.vocab_size, 3, miss_last)
-        feed = iter(batches)
-        monkeypatch.setattr(phonebook_digits, "eval_batches", lambda *a: [_labelled(oracle, b) for b in feed])
-        result = phonebook_digits.digit_accuracy(oracle, task, plan, 40, 0, torch.device("cpu"))
-        assert result == {"digits": digits, "numbers": numbers, "examples": 7}
+    assert _accuracy(monkeypatch, task, plan, batches, miss_last=False) == {
+        "digits": [1.0, 1.0, 1.0], "numbers": 1.0, "examples": 7}
+    assert _accuracy(monkeypatch, task, plan, batches, miss_last=True) == {
+        "digits": [1.0, 1.0, 0.0], "numbers": 0.0, "examples": 7}
 
 
-def _labelled(oracle, batch):
-    oracle.labels = batch["labels"]
-    return batch
+def _accuracy(monkeypatch, task, plan, batches, miss_last):
+    """digit_accuracy of an oracle that sees each batch's labels as the batch is handed out."""
+    oracle = _Oracle(task.vocab_size, 3, miss_last)
+
+    def handed_out(*_args):
+        for batch in batches:
+            oracle.labels = batch["labels"]
+            yield batch
+
+    monkeypatch.setattr(phonebook_digits, "eval_batches", handed_out)
+    return phonebook_digits.digit_accuracy(oracle, task, plan, 40, 0, torch.device("cpu"))
