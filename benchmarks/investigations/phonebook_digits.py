@@ -54,12 +54,15 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--train-queries", type=int, default=8)
     parser.add_argument("--number-len", type=int, default=4)
+    parser.add_argument("--name-len", type=int, default=2)
+    parser.add_argument("--n-letters", type=int, default=26)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     device = resolve_device(args.device)
     preset = get_compare_preset("standard")
     base = preset.tasks["phonebook"]
-    options = {**base.options, "train_queries": args.train_queries, "number_len": args.number_len}
+    options = {**base.options, "train_queries": args.train_queries, "number_len": args.number_len,
+               "name_len": args.name_len, "n_letters": args.n_letters}
     plan = TaskPlan(options, args.length, tuple(args.eval_lengths), steps=args.steps, batch_size=base.batch_size,
                     lr=args.lr, weight_decay=base.weight_decay, eval_examples=base.eval_examples)
     task = build_task("phonebook", **options)
