@@ -56,13 +56,14 @@ def main() -> None:
     parser.add_argument("--number-len", type=int, default=4)
     parser.add_argument("--name-len", type=int, default=2)
     parser.add_argument("--n-letters", type=int, default=26)
+    parser.add_argument("--no-colon", action="store_true", help="entries `name number ,` (PhoneBook colon=False)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     device = resolve_device(args.device)
     preset = get_compare_preset("standard")
     base = preset.tasks["phonebook"]
     options = {**base.options, "train_queries": args.train_queries, "number_len": args.number_len,
-               "name_len": args.name_len, "n_letters": args.n_letters}
+               "name_len": args.name_len, "n_letters": args.n_letters, "colon": not args.no_colon}
     plan = TaskPlan(options, args.length, tuple(args.eval_lengths), steps=args.steps, batch_size=base.batch_size,
                     lr=args.lr, weight_decay=base.weight_decay, eval_examples=base.eval_examples)
     task = build_task("phonebook", **options)

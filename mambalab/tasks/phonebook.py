@@ -13,7 +13,11 @@ in both: as many entries as `length` holds with one lookup, so the extra lookups
 (train_queries − 1) × query_len tokens longer than `length`; a book shortened to make room for them left a
 model that fits 8-entry books at 5 % on the 15-entry books it was evaluated on (same length 128).
 
-Tokens: digits 0-9, letters 10 .. 10+n_letters-1, then `:`, `,`, `?`. For `length` input tokens the book
+With `colon=False` an entry is `name number ,` and a lookup `? name number`: the first digit's key is then the
+name alone, as each later digit's key is the digits before it (a small Transformer learnt those and not the
+three-token key `name :`, benchmarks/notes/compare.md).
+
+Tokens: digits 0-9, letters 10 .. 10+n_letters-1, then `:` (unused without the colon), `,`, `?`. For `length` input tokens the book
 holds as many entries as fit; the generated batch can be up to one entry shorter than `length`.
 """
 
@@ -34,6 +38,7 @@ class PhoneBook(Task):
     name_len: int = 2
     number_len: int = 4
     train_queries: int = 1  # lookups per training sequence (evaluation: one)
+    colon: bool = True  # `name : number ,`; False: `name number ,` (and `? name number`)
     name: str = "phonebook"
     headline: str = "sequence_accuracy"
 
@@ -42,7 +47,7 @@ class PhoneBook(Task):
             if getattr(self, field_name) < 1:
                 raise ValueError(f"PhoneBook.{field_name} must be >= 1, got {getattr(self, field_name)}")
         base = N_DIGITS + self.n_letters
-        self.colon, self.comma, self.query = base, base + 1, base + 2
+        self.colon_id, self.comma, self.query = base, base + 1, base + 2
 
     @property
     def vocab_size(self) -> int:
@@ -50,11 +55,11 @@ class PhoneBook(Task):
 
     @property
     def entry_len(self) -> int:
-        return self.name_len + self.number_len + 2
+        return self.name_len + self.number_len + 1 + self.colon  # name (:) number ,
 
     @property
     def query_len(self) -> int:
-        return self.name_len + self.number_len + 2  # ? name : number
+        return self.name_len + self.number_len + 1 + self.colon  # ? name (:) number
 
     def entries(self, length: int) -> int:
         """Entries in the book for at most `length` input tokens followed by one lookup."""
@@ -82,7 +87,7 @@ class PhoneBook(Task):
         numbers = random_tokens(
             (batch_size, n, self.number_len), 0, N_DIGITS, generator
         )  # (b, n, number_len)
-        colon = torch.full((batch_size, n, 1), self.colon, dtype=torch.long)
+        colon = torch.full((batch_size, n, int(self.colon)), self.colon_id, dtype=torch.long)  # (b, n, 1 or 0)
         comma = torch.full((batch_size, n, 1), self.comma, dtype=torch.long)
         book = torch.cat([names, colon, numbers, comma], dim=-1).flatten(1)  # (b, n·entry_len)
         asked = sample_without_replacement(batch_size, n, queries, generator)  # (b, q) distinct entries

@@ -125,18 +125,23 @@ def test_copying_layout_and_variable_training_lengths():
     assert lengths.unique().numel() > 3  # training mixes string lengths
 
 
-def test_phonebook_query_number_is_in_the_book():
-    task = PhoneBook(n_letters=5, name_len=2, number_len=3)
+@pytest.mark.parametrize("colon", [True, False])
+def test_phonebook_query_number_is_in_the_book(colon):
+    """`name : number ,` entries (or `name number ,` without the colon), distinct names, and the asked name's
+    number as the only scored tokens."""
+    task = PhoneBook(n_letters=5, name_len=2, number_len=3, colon=colon)
     b = task.batch(16, 60, seeded(6))
-    e = task.entry_len
+    e, start = task.entry_len, 2 + colon  # the number's first position in an entry
+    assert e == 6 + colon
     for ids, labels in zip(b["input_ids"], b["labels"]):
         n = task.entries(60)
         book = ids[: n * e].view(n, e)
         names = [tuple(r[:2].tolist()) for r in book]
         assert len(set(names)) == n
+        assert (book[:, 2] == task.colon_id).all() if colon else (book[:, 2] < 10).all()
         query_name = tuple(ids[n * e + 1 : n * e + 3].tolist())
         number = labels[labels != IGNORE_INDEX]
-        assert number.tolist() == book[names.index(query_name), 3:6].tolist()
+        assert number.tolist() == book[names.index(query_name), start : start + 3].tolist()
 
 
 def test_phonebook_training_sequences_ask_several_names_and_evaluation_one():
