@@ -294,7 +294,6 @@ def main(argv=None) -> None:
         plan["batches"] = [int(b) for b in args.batches.split(",") if b]
     if args.repeats:
         plan["repeats"] = args.repeats
-    late_budget = args.late_budget
     use_official, notes = find_official(plan, args.official, args.wait_official)
     global T0
     T0 = time.time()  # the budget counts from here, the official build ready
@@ -336,8 +335,8 @@ def main(argv=None) -> None:
                 torch.cuda.empty_cache()
         for variant in plan["late_variants"]:
             for (kind, batch), ids in prompts.items():
-                if time.time() - T0 > late_budget:
-                    notes.append(f"mambalab {variant} {kind} batch {batch}: skipped, past {late_budget:g} s")
+                if time.time() - T0 > args.late_budget:
+                    notes.append(f"mambalab {variant} {kind} batch {batch}: skipped, past {args.late_budget:g} s")
                     log(notes[-1])
                     continue
                 results["rows"].append(our_row(kind, variant, batch, plan, ours_models[kind], ids,

@@ -252,9 +252,14 @@ def parse_config(spec: str) -> dict:
         key, _, value = item.partition("=")
         if key not in types:
             raise SystemExit(f"--also {spec}: {key!r} is not an SSDConfig field ({', '.join(types)})")
-        if types[key] == "bool" and value.lower() not in booleans:
-            raise SystemExit(f"--also {spec}: {key} takes true/false or 1/0, got {value!r}")
-        fields[key] = int(value) if types[key] == "int" else booleans[value.lower()] if types[key] == "bool" else value
+        if types[key] == "int":
+            fields[key] = int(value)
+        elif types[key] == "bool":
+            if value.lower() not in booleans:
+                raise SystemExit(f"--also {spec}: {key} takes true/false or 1/0, got {value!r}")
+            fields[key] = booleans[value.lower()]
+        else:
+            fields[key] = value
     dataclasses.replace(SSDConfig(), **fields)  # a bad value fails here, before any device time is spent
     return fields
 

@@ -19,7 +19,7 @@ from benchmarks.common import base_parser, write_result
 from mambalab.device import resolve_device
 from mambalab.experiments.families import family_config
 from mambalab.experiments.presets import TaskPlan, get_compare_preset
-from mambalab.experiments.runner import TaskBatches, _autocast, check_lengths, eval_batches, train_model
+from mambalab.experiments.runner import TaskBatches, autocast_for, check_lengths, eval_batches, train_model
 from mambalab.models.lm import LanguageModel
 from mambalab.tasks import build_task
 from mambalab.tasks.base import IGNORE_INDEX
@@ -31,7 +31,7 @@ def digit_accuracy(model, task, plan, length, seed, device) -> dict:
     model.eval()
     right, whole, examples = torch.zeros(task.number_len), 0, 0
     for batch in eval_batches(task, plan, length, seed):
-        with _autocast(device):
+        with autocast_for(device):
             logits = model(batch["input_ids"].to(device)).float().cpu()  # (b, l, v)
         labels = batch["labels"]  # (b, l): the number's digits scored, the rest IGNORE_INDEX
         scored = labels != IGNORE_INDEX

@@ -129,7 +129,7 @@ def evaluate(
         parts = []
         try:
             for batch in eval_batches(task, plan, length, seed):
-                with _autocast(device):
+                with autocast_for(device):
                     logits = model(batch["input_ids"].to(device))  # (b, l, v)
                 parts.append(task.score(logits.float().cpu(), batch))
         except torch.OutOfMemoryError as e:
@@ -142,7 +142,7 @@ def evaluate(
     return results
 
 
-def _autocast(device: torch.device):
+def autocast_for(device: torch.device):
     """bf16 autocast on GPU (as in training), nothing on CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 

@@ -17,8 +17,9 @@ With `colon=False` an entry is `name number ,` and a lookup `? name number`: the
 name alone, as each later digit's key is the digits before it (a small Transformer learnt those and not the
 three-token key `name :`, benchmarks/notes/compare.md).
 
-Tokens: digits 0-9, letters 10 .. 10+n_letters-1, then `:` (unused without the colon), `,`, `?`. For `length` input tokens the book
-holds as many entries as fit; the generated batch can be up to one entry shorter than `length`.
+Tokens: digits 0-9, letters 10 .. 10+n_letters-1, then `:` (unused without the colon), `,`, `?`. For `length`
+input tokens the book holds as many entries as fit; the generated batch can be up to one entry shorter than
+`length`.
 """
 
 from __future__ import annotations

@@ -430,6 +430,34 @@ def _add_state_side(pairs_dt, dC, dB, gx, mask, dt, log_decay, to_end, gy, x, en
 
 
 @triton.jit
+def _reread_state_side(pairs_dt, dC, dB, x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr,
+                       head, chunk, row, heads, head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile,
+                       x_offs, dy_offs, z_offs, s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h,
+                       ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, HAS_Z: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """_add_state_side for one head and channel block from its tiles read again (x, dy, z, Δ, H, G) and gy xᵀ
+    and L recomputed: what a program summing several heads' dB and dC does per head."""
+    A, entering, adjoint, dt, _raw, log_decay, x, _dy, gy, _z, _gate = _head_tiles(
+        x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr, head, chunk, row, heads,
+        head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile, x_offs, dy_offs, z_offs, s_x_l, s_x_h,
+        s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS)
+    x = x.to(ACC)
+    gx = tl.dot(gy.to(DOT), tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
+    to_end = tl.exp(tl.sum(dt * A, axis=0) - log_decay)  # exp(Λ_Q − Λ_s)                            (Q,)
+    return _add_state_side(pairs_dt, dC, dB, gx, _decay_mask(log_decay, offs_q), dt, log_decay, to_end, gy, x,
+                           entering, adjoint, DOT, PRECISION, ACC)
+
+
+@triton.jit
+def _close_state_side(pairs_dt, dC, dB, B, C, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """(dC, dB) of the group (Q, N): the state parts summed over heads plus W B and Wᵀ C."""
+    pairs_dt = pairs_dt.to(DOT)
+    dC = tl.dot(pairs_dt, B, acc=dC, input_precision=PRECISION, out_dtype=ACC)
+    dB = tl.dot(tl.trans(pairs_dt), C, acc=dB, input_precision=PRECISION, out_dtype=ACC)
+    return dC, dB
+
+
+@triton.jit
 def ssd_chunk_backward_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
     states_ptr, adjoints_ptr,
@@ -528,22 +556,15 @@ def ssd_chunk_backward_kernel(
                                                adjoint, DOT, PRECISION, ACC)
     if STATE_SIDE and not ONE_PASS:
         for i in range(heads_per_program):
-            A, entering, adjoint, dt, _raw, log_decay, x, _dy, gy, _z, _gate = _head_tiles(
-                x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr, first_head + i, chunk,
-                row, heads, head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile, x_offs, dy_offs,
-                z_offs, s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS,
-                SOFTPLUS)
-            x = x.to(ACC)
-            gx = tl.dot(gy.to(DOT), tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # (Q, Q)
-            to_end = tl.exp(tl.sum(dt * A, axis=0) - log_decay)  # exp(Λ_Q − Λ_s)              (Q,)
-            pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, _decay_mask(log_decay, offs_q), dt, log_decay,
-                                               to_end, gy, x, entering, adjoint, DOT, PRECISION, ACC)
+            pairs_dt, dC, dB = _reread_state_side(
+                pairs_dt, dC, dB, x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr,
+                first_head + i, chunk, row, heads, head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile,
+                x_offs, dy_offs, z_offs, s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT,
+                PRECISION, HAS_Z, HAS_BIAS, SOFTPLUS)
     if STATE_SIDE:
-        pairs_dt = pairs_dt.to(DOT)
+        dC, dB = _close_state_side(pairs_dt, dC, dB, B, C, ACC, DOT, PRECISION)  # (Q, N) each
         gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
-        dC = tl.dot(pairs_dt, B, acc=dC, input_precision=PRECISION, out_dtype=ACC)  # (Q, N)
         tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")
-        dB = tl.dot(tl.trans(pairs_dt), C, acc=dB, input_precision=PRECISION, out_dtype=ACC)  # (Q, N)
         tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")
 
 
@@ -580,26 +601,19 @@ def ssd_chunk_dbc_kernel(
             p_mask = offs_p < head_dim
             qp_mask = row_mask[:, None] & p_mask[None, :]
             pn_mask = p_mask[:, None] & (offs_n < n_state)[None, :]
-            A, entering, adjoint, dt, _raw, log_decay, x, _dy, gy, _z, _gate = _head_tiles(
-                x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr, head, chunk, row, heads,
-                head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, _tile(offs_p, offs_n, n_state, 1),
-                _tile(offs_q, offs_p, s_x_l, s_x_p), _tile(offs_q, offs_p, s_dy_l, s_dy_p),
-                _tile(offs_q, offs_p, s_z_l, s_z_p), s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h,
-                ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS)
-            x = x.to(ACC)
-            gx = tl.dot(gy.to(DOT), tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # (Q, Q)
-            to_end = tl.exp(tl.sum(dt * A, axis=0) - log_decay)  # exp(Λ_Q − Λ_s)                  (Q,)
-            pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, _decay_mask(log_decay, offs_q), dt, log_decay,
-                                               to_end, gy, x, entering, adjoint, DOT, PRECISION, ACC)
+            pairs_dt, dC, dB = _reread_state_side(
+                pairs_dt, dC, dB, x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr, head,
+                chunk, row, heads, head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask,
+                _tile(offs_p, offs_n, n_state, 1), _tile(offs_q, offs_p, s_x_l, s_x_p),
+                _tile(offs_q, offs_p, s_dy_l, s_dy_p), _tile(offs_q, offs_p, s_z_l, s_z_p), s_x_l, s_x_h, s_dt_l,
+                s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, PRECISION, HAS_Z, HAS_BIAS, SOFTPLUS)
     B = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask,
                 other=0.0).to(DOT)  # (Q, N)
     C = tl.load(C_ptr + row * s_C_l + group * s_C_g + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask,
                 other=0.0).to(DOT)  # (Q, N)
-    pairs_dt = pairs_dt.to(DOT)
+    dC, dB = _close_state_side(pairs_dt, dC, dB, B, C, ACC, DOT, PRECISION)  # (Q, N) each
     g_offs = row * s_g_l + group * s_g_g + _tile(offs_q, offs_n, s_g_l, s_g_n)
-    dC = tl.dot(pairs_dt, B, acc=dC, input_precision=PRECISION, out_dtype=ACC)
     tl.store(dC_ptr + g_offs, dC.to(dC_ptr.dtype.element_ty), mask=qn_mask)
-    dB = tl.dot(tl.trans(pairs_dt), C, acc=dB, input_precision=PRECISION, out_dtype=ACC)
     tl.store(dB_ptr + g_offs, dB.to(dB_ptr.dtype.element_ty), mask=qn_mask)
 
 

@@ -128,12 +128,12 @@ class SSDConfig:
     # channels, every head of the group summed inside it, no atomics), the gradient kernel keeping only the
     # per-head gradients (one head per program); False: both in the gradient kernel (heads_per_program)
     separate_dbc: bool = False
-    # the gradient kernel computes C Bᵀ once per program for all its heads (held on chip through the head loop)
-    # instead of once per head
-    shared_scores: bool = False
     block_p_dbc: int = 64
     block_n_dbc: int = 64
     warps_dbc: int = 8
+    # the gradient kernel computes C Bᵀ once per program for all its heads (held on chip through the head loop)
+    # instead of once per head
+    shared_scores: bool = False
 
     def __post_init__(self):
         for name, allowed in (("forward_mode", FORWARD_MODES), ("state_mode", STATE_MODES)):
