@@ -37,7 +37,7 @@ def test_parse_config():
         ssd_gpu.parse_config("mode=parallel")
     with pytest.raises(ValueError, match="state_mode"):
         ssd_gpu.parse_config("state_mode=scan")
-    assert ssd_gpu.parse_config("separate_dbc=1,block_n_dbc=128") == {"separate_dbc": True, "block_n_dbc": 128}
-    assert ssd_gpu.parse_config("separate_dbc=False") == {"separate_dbc": False}
-    with pytest.raises(SystemExit, match="separate_dbc takes true/false"):
-        ssd_gpu.parse_config("separate_dbc=yes")
+    assert ssd_gpu.parse_config("shared_scores=1,warps_adjoint=4") == {"shared_scores": True, "warps_adjoint": 4}
+    assert ssd_gpu.parse_config("shared_scores=False") == {"shared_scores": False}
+    with pytest.raises(SystemExit, match="shared_scores takes true/false"):
+        ssd_gpu.parse_config("shared_scores=yes")

@@ -207,19 +207,6 @@ def test_heads_per_program(heads_per_program, shared_scores, monkeypatch):
         assert rel_error(several[name], grad) <= 1e-12, name
 
 
-def test_separate_dbc_kernel():
-    """dB and dC from their own kernel (SSDConfig.separate_dbc): two heads per group summed in one program,
-    two channel blocks (p 17) and two state blocks (n 20 in blocks of 16, the last partial), packed sequences with
-    an empty one, against the loop and equal to the gradient kernel's atomic sums on the same inputs."""
-    lengths = [37, 0, 9]
-    kw = make_inputs(1, sum(lengths), 4, 17, 2, 20, rows=len(lengths), d_matrix=True)
-    cfg = SSDConfig(chunk=16, block_p_backward=16, block_p_state=16, forward_mode="chunked")
-    separate = _check_packed(kw, lengths, dataclasses.replace(cfg, separate_dbc=True, block_p_dbc=16, block_n_dbc=16))
-    summed = _check_packed(kw, lengths, cfg)
-    for name, grad in summed.items():
-        assert rel_error(separate[name], grad) <= 1e-12, name
-
-
 def test_heads_per_program_choice():
     """Auto: the most heads of a group that leave ≥ 2 programs per multiprocessor (132 off CUDA); a value that
     does not divide heads / groups is refused."""
@@ -296,8 +283,7 @@ def test_random_shapes_and_tiles(case):
                     block_p_backward=pick(16, 32), block_p_state=pick(0, 16), forward_mode=pick("fused", "chunked"),
                     heads_per_program=pick(*(k for k in range(1, per_group + 1) if per_group % k == 0)),
                     state_mode=pick(*STATE_MODES), block_p_local=pick(16, 32), block_pass=pick(16, 64),
-                    pass_steps=pick(1, 2, 8), separate_dbc=pick(True, False), block_p_dbc=pick(16, 32),
-                    block_n_dbc=pick(16, 32), shared_scores=pick(True, False))
+                    pass_steps=pick(1, 2, 8), shared_scores=pick(True, False))
     ref_kw = requiring_grad(kw)
     tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)
@@ -315,17 +301,17 @@ def test_random_shapes_and_tiles(case):
 @pytest.mark.parametrize("state_mode", STATE_MODES)
 @pytest.mark.parametrize("mode", ["fused", "chunked"])
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-@pytest.mark.parametrize("separate_dbc", [False, True])
-def test_model_sized_on_gpu(mode, state_mode, dtype, bound, separate_dbc):
+@pytest.mark.parametrize("shared_scores", [False, True])
+def test_model_sized_on_gpu(mode, state_mode, dtype, bound, shared_scores):
     """A Mamba-2 layer's sizes (p 64, n 128, 2 groups, 1000 positions: a partial last chunk), compiled, against
-    the torch backend in float64 on the same (rounded) inputs: outputs, final state, every gradient; dB and dC
-    summed atomically by the gradient kernel or written by their own kernel."""
+    the torch backend in float64 on the same (rounded) inputs: outputs, final state, every gradient; the gradient
+    kernel's C Bᵀ per head or once per program (shared_scores)."""
     kw = make_inputs(2, 1000, 8, 64, 2, 128, dtype=torch.float32)
     kw = {k: (v.to(dtype) if k in ("x", "B", "C", "z") else v) for k, v in kw.items()}
     ref_kw = requiring_grad({k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     tri_kw = requiring_grad({k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("torch", ref_kw, return_final_state=True)
-    cfg = SSDConfig(forward_mode=mode, state_mode=state_mode, separate_dbc=separate_dbc)
+    cfg = SSDConfig(forward_mode=mode, state_mode=state_mode, shared_scores=shared_scores)
     y, h = ssd_triton(**tri_kw, return_final_state=True, config=cfg)
     assert rel_error(y, y_ref) <= bound and rel_error(h, h_ref) <= bound
     gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)

@@ -27,10 +27,6 @@ chunk, through H, through G and through both (docs/math.md, "Gradients"). Sums o
 one add per element and program ((heads / heads_per_program) × channel blocks adds per element in all); the
 partial sums over channel blocks and chunks (dΔ, dA, dD) are stored per block and summed by the caller.
 
-With SSDConfig.separate_dbc the gradient kernel keeps only the per-head gradients and `ssd_chunk_dbc_kernel`
-computes dB and dC: one program per (chunk, group, block of state channels) sums every head of the group and
-writes each element once (no atomic adds, no zeroed float32 buffers, fewer live tiles in each kernel).
-
 The states entering the chunks and the adjoints leaving them come either from the walks above
 (`ssd_forward_kernel` with STORE_STATES, `ssd_adjoint_kernel`: one (p, Q)·(Q, n) product per chunk inside a
 sequential loop, so few programs and as many dependent steps as chunks per sequence) or in two parallel
@@ -467,7 +463,7 @@ def ssd_chunk_backward_kernel(
     heads, groups, heads_per_group, heads_per_program, head_dim, n_state, p_blocks,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, ONE_PASS: tl.constexpr, STATE_SIDE: tl.constexpr, SHARED_SCORES: tl.constexpr,
+    SOFTPLUS: tl.constexpr, ONE_PASS: tl.constexpr, SHARED_SCORES: tl.constexpr,
 ):
     """Every gradient of one chunk and channel block for `heads_per_program` consecutive heads of one group
     (grid: chunks × heads / heads_per_program × channel blocks), from the state entering the chunk (states)
@@ -484,8 +480,7 @@ def ssd_chunk_backward_kernel(
     (they spill there, benchmarks/notes/ssd.md), few enough for the light second loop. That loop re-reads
     its head's tiles (x, dy, z, Δ, H, G: in cache, just read by the first) and recomputes gy xᵀ and L.
     ONE_PASS (one head per program: nothing crosses heads) adds the head's share at the end of the first loop
-    instead, from the tiles it holds. Without STATE_SIDE the program leaves dB and dC to
-    `ssd_chunk_dbc_kernel` (SSDConfig.separate_dbc) and keeps only the first loop's per-head gradients.
+    instead, from the tiles it holds.
     SHARED_SCORES computes C Bᵀ (the same for every head of the group) once before the loop and keeps it on
     chip, instead of once per head (SSDConfig.shared_scores)."""
     (chunk, slot, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
@@ -551,70 +546,20 @@ def ssd_chunk_backward_kernel(
         tl.store(ddt_ptr + ((row + offs_q) * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
         tl.store(dA_ptr + (chunk * heads + head) * p_blocks + pblock, tl.sum(d_step * dt, axis=0))
         tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, tl.sum(gy * x, axis=0), mask=p_mask)
-        if ONE_PASS and STATE_SIDE:
+        if ONE_PASS:
             pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, mask, dt, log_decay, to_end, gy, x, entering,
                                                adjoint, DOT, PRECISION, ACC)
-    if STATE_SIDE and not ONE_PASS:
+    if not ONE_PASS:
         for i in range(heads_per_program):
             pairs_dt, dC, dB = _reread_state_side(
                 pairs_dt, dC, dB, x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr,
                 first_head + i, chunk, row, heads, head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile,
                 x_offs, dy_offs, z_offs, s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT,
                 PRECISION, HAS_Z, HAS_BIAS, SOFTPLUS)
-    if STATE_SIDE:
-        dC, dB = _close_state_side(pairs_dt, dC, dB, B, C, ACC, DOT, PRECISION)  # (Q, N) each
-        gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
-        tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")
-        tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")
-
-
-@triton.jit
-def ssd_chunk_dbc_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
-    states_ptr, adjoints_ptr, dB_ptr, dC_ptr,
-    s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n,
-    s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p, s_g_l, s_g_g, s_g_n,
-    heads, heads_per_group, head_dim, n_state,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
-    PRECISION: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-):
-    """dB and dC of one chunk, one group and one block of BLOCK_N state channels (grid: chunks × groups × state
-    blocks), summed over every head of the group and every block of its channels inside the program: each
-    output element is written once, in its own dtype (strides s_g_*, (l, g, n)), with no atomic add and no
-    zeroed buffer. Per (head, channel block) it adds, as the gradient kernel's second loop does (see there),
-    W += L ∘ (gy xᵀ) Δ (Q, Q), dC += exp(Λ_t) gy_t H and dB += Δ_s exp(Λ_Q − Λ_s) x_s G (Q, BLOCK_N); then
-    dC += W B and dB += Wᵀ C. W does not depend on the state channel: each state block recomputes it."""
-    chunk, group, nblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    seq = tl.load(chunk_seq_ptr + chunk)
-    row = tl.load(seq_ptr + seq).to(tl.int64) + (chunk - tl.load(chunk_ptr + seq)) * BLOCK_Q
-    offs_q = tl.arange(0, BLOCK_Q)
-    offs_n = nblock * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = offs_q < tl.load(seq_ptr + seq + 1).to(tl.int64) - row
-    qn_mask = row_mask[:, None] & (offs_n < n_state)[None, :]
-    pairs_dt = tl.zeros((BLOCK_Q, BLOCK_Q), dtype=ACC)  # W[t, s] = Σ_heads L[t, s] gy_t · x_s Δ_s
-    dC = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)
-    dB = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)
-    for i in range(heads_per_group):
-        head = group * heads_per_group + i
-        for pblock in range(tl.cdiv(head_dim, BLOCK_P)):
-            offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
-            p_mask = offs_p < head_dim
-            qp_mask = row_mask[:, None] & p_mask[None, :]
-            pn_mask = p_mask[:, None] & (offs_n < n_state)[None, :]
-            pairs_dt, dC, dB = _reread_state_side(
-                pairs_dt, dC, dB, x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr, head,
-                chunk, row, heads, head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask,
-                _tile(offs_p, offs_n, n_state, 1), _tile(offs_q, offs_p, s_x_l, s_x_p),
-                _tile(offs_q, offs_p, s_dy_l, s_dy_p), _tile(offs_q, offs_p, s_z_l, s_z_p), s_x_l, s_x_h, s_dt_l,
-                s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, PRECISION, HAS_Z, HAS_BIAS, SOFTPLUS)
-    B = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask,
-                other=0.0).to(DOT)  # (Q, N)
-    C = tl.load(C_ptr + row * s_C_l + group * s_C_g + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask,
-                other=0.0).to(DOT)  # (Q, N)
     dC, dB = _close_state_side(pairs_dt, dC, dB, B, C, ACC, DOT, PRECISION)  # (Q, N) each
-    g_offs = row * s_g_l + group * s_g_g + _tile(offs_q, offs_n, s_g_l, s_g_n)
-    tl.store(dC_ptr + g_offs, dC.to(dC_ptr.dtype.element_ty), mask=qn_mask)
-    tl.store(dB_ptr + g_offs, dB.to(dB_ptr.dtype.element_ty), mask=qn_mask)
+    gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
+    tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")
+    tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")
 
 
 @triton.jit

@@ -98,9 +98,8 @@ class SSDConfig:
     1.24-1.33× faster than at 8 warps at every shape of ssd_gpu.py but once, 8× slower at 2; 64 channels or 16 slower at
     4 warps: results/ssd_gpu_backward_tiles.json); state_mode "parallel": the local states at 64 × 64 ×
     4 warps (106 registers), the passing at 1024 state elements × 8 chunks × 4 warps (128 registers, no shared
-    memory in its loop; benchmarks/notes/ssd.md). separate_dbc (dB, dC in their own kernel) is off until timed:
-    its tiles (64 channels × 64 state channels × 8 warps) are a guess; shared_scores is off until timed too
-    (notes/ssd.md has both predictions)."""
+    memory in its loop; benchmarks/notes/ssd.md). shared_scores is off until timed (notes/ssd.md has the
+    prediction)."""
 
     chunk: int = 64
     chunk_fused: int = 32
@@ -124,13 +123,6 @@ class SSDConfig:
     block_pass: int = 1024
     pass_steps: int = 8
     warps_pass: int = 4
-    # dB and dC in their own kernel (`ssd_chunk_dbc_kernel`: one program per chunk, group and block of state
-    # channels, every head of the group summed inside it, no atomics), the gradient kernel keeping only the
-    # per-head gradients (one head per program); False: both in the gradient kernel (heads_per_program)
-    separate_dbc: bool = False
-    block_p_dbc: int = 64
-    block_n_dbc: int = 64
-    warps_dbc: int = 8
     # the gradient kernel computes C Bᵀ once per program for all its heads (held on chip through the head loop)
     # instead of once per head
     shared_scores: bool = False
@@ -457,17 +449,12 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
     dx = _empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype)
     dz = _empty(batch, length, heads, head_dim, device=dev, dtype=z.dtype) if z is not None else None
     ddt = _empty(rows, heads, p_blocks, device=dev, dtype=acc_torch)
-    if cfg.separate_dbc:  # written once per element by ssd_chunk_dbc_kernel, in the inputs' dtypes
-        dB = _empty(rows, groups, n, device=dev, dtype=B.dtype)
-        dC = _empty(rows, groups, n, device=dev, dtype=C.dtype)
-        per_program = 1
-    else:  # summed by atomic adds of the gradient kernel's programs
-        dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
-        dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
-        per_program = _heads_per_program(chunks, heads, heads // groups, p_blocks, cfg, dev)
+    dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)  # summed by atomic adds
+    dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
     dA = _empty(chunks, heads, p_blocks, device=dev, dtype=acc_torch)
     dD = _empty(chunks, heads, head_dim, device=dev, dtype=acc_torch)
     Dm = _d_matrix(D, heads, head_dim)
+    per_program = _heads_per_program(chunks, heads, heads // groups, p_blocks, cfg, dev)
     if chunks:
         k.ssd_chunk_backward_kernel[(chunks, heads // per_program, p_blocks)](
             x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
@@ -475,18 +462,8 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
             *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
             *dy.stride()[1:], *dx.stride()[1:],
             heads, groups, heads // groups, per_program, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None,
-            ONE_PASS=per_program == 1, STATE_SIDE=not cfg.separate_dbc, SHARED_SCORES=cfg.shared_scores, **flags,
+            ONE_PASS=per_program == 1, SHARED_SCORES=cfg.shared_scores, **flags,
             num_warps=cfg.warps_backward, num_stages=cfg.stages,
-        )
-    if chunks and cfg.separate_dbc:
-        block_n = _block(n, cfg.block_n_dbc)
-        k.ssd_chunk_dbc_kernel[(chunks, groups, -(-n // block_n))](
-            x, dt, A, B, C, _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
-            layout.chunk_seq, states, adjoints, dB, dC,
-            *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides_lhp(z),
-            *dy.stride()[1:], *dB.stride(), heads, heads // groups, head_dim, n,
-            **{**flags, "BLOCK_N": block_n}, BLOCK_P=_block(head_dim, cfg.block_p_dbc),
-            num_warps=cfg.warps_dbc, num_stages=cfg.stages,
         )
 
     ddt = ddt.sum(-1)  # (b·l, h): ∂loss/∂(dt + dt_bias)
