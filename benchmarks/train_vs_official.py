@@ -15,7 +15,9 @@ fused lm_head + cross-entropy: the (b, l, vocab) logits are never stored); the v
 `mambalab-mamba+logits-loss` times ours through its logits too, so the loss path's share is measured. Per shape (L = 2048, 8192, 32768 at batch 8, 2, 1):
 `warmup` steps, then `steps` steps each timed with CUDA events; tokens/s from the median step. Peak memory =
 torch.cuda.max_memory_allocated over the model's run (weights, optimizer state and activations). One step of
-each Mamba is profiled (torch.profiler): the top CUDA kernels with calls and time per call.
+each Mamba is profiled (torch.profiler): the top CUDA kernels with calls and time per call. `--interleave`
+holds every model at once and steps them in turn, one step each per round in a rotating order, so that a noisy
+stretch of the host CPU (these steps are partly launch-bound) falls on every model alike.
 
 Writes `train_vs_official.json` (to $OUT when set, else benchmarks/results/) after each model, with the
 environment (GPU, git commit) embedded.
@@ -106,30 +108,43 @@ def build(name: str, plan: dict, device: str):
     return model, loss_fn
 
 
+def make_optimizer(model, cuda: bool) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1, fused=cuda)
+
+
+def timed_step(model, loss_fn, optimizer, ids, labels, cuda: bool) -> tuple[float, torch.Tensor]:
+    """One optimizer step under bf16 autocast (on CUDA); its time in ms (CUDA events on GPU) and its loss."""
+    start = time.perf_counter()
+    if cuda:
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+    with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
+        loss = loss_fn(ids, labels)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if not cuda:
+        return 1000 * (time.perf_counter() - start), loss
+    end.record()
+    end.synchronize()
+    return begin.elapsed_time(end), loss
+
+
 def train_steps(model, loss_fn, ids, labels, warmup: int, steps: int, cuda: bool) -> dict:
     """Run warmup + steps optimizer steps; per-step times (ms) of the timed ones and the last loss."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1, fused=cuda)
-    device_type = "cuda" if cuda else "cpu"
+    optimizer = make_optimizer(model, cuda)
     times, loss = [], None
     for step in range(warmup + steps):
-        start = time.perf_counter()
-        if cuda:
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cuda):
-            loss = loss_fn(ids, labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            end.record()
-            end.synchronize()
-            elapsed = begin.elapsed_time(end)
-        else:
-            elapsed = 1000 * (time.perf_counter() - start)
+        elapsed, loss = timed_step(model, loss_fn, optimizer, ids, labels, cuda)
         if step >= warmup:
             times.append(elapsed)
     return {"step_ms": times, "loss": loss.item()}
+
+
+def step_stats(times: list[float], batch: int, length: int) -> dict:
+    median = statistics.median(times)
+    return {"step_ms_median": median, "step_ms_min": min(times), "step_ms_max": max(times),
+            "tokens_per_s": batch * length / (median / 1000)}
 
 
 def profile_step(model, loss_fn, ids, labels, top: int = 25) -> list[dict]:
@@ -169,9 +184,7 @@ def measure(name: str, plan: dict, device: str, profile: bool) -> list[dict]:
             ids = torch.randint(plan["vocab"], (batch, length + 1), device=device)  # (b, l + 1)
             inputs, labels = ids[:, :-1], ids[:, 1:]
             run = train_steps(model, loss_fn, inputs, labels, plan["warmup"], plan["steps"], cuda)
-            median = statistics.median(run["step_ms"])
-            row.update(step_ms_median=median, step_ms_min=min(run["step_ms"]), step_ms_max=max(run["step_ms"]),
-                       tokens_per_s=batch * length / (median / 1000), loss=run["loss"],
+            row.update(**step_stats(run["step_ms"], batch, length), loss=run["loss"],
                        peak_gb=torch.cuda.max_memory_allocated() / 1e9 if cuda else None)
             if profile and cuda and "mamba" in name:
                 row["profile"] = profile_step(model, loss_fn, inputs, labels)
@@ -181,9 +194,76 @@ def measure(name: str, plan: dict, device: str, profile: bool) -> list[dict]:
             model = loss_fn = None
             _norm_module()._compiled_composition = saved_norm
         results.append(row)
-        rate = f"{row['tokens_per_s']:>10,.0f} tok/s" if "tokens_per_s" in row else row.get("error", "")
-        peak = f"{row['peak_gb']:.1f} GB" if row.get("peak_gb") is not None else ""
-        print(f"{name:>22} L={length:<6} b={batch:<2} {rate} {peak}", flush=True)
+        print_row(row)
+    return results
+
+
+def print_row(row: dict) -> None:
+    rate = f"{row['tokens_per_s']:>10,.0f} tok/s" if "tokens_per_s" in row else row.get("error", "")
+    peak = f"{row['peak_gb']:.1f} GB" if row.get("peak_gb") is not None else ""
+    print(f"{row['model']:>22} L={row['seq_len']:<6} b={row['batch']:<2} {rate} {peak}", flush=True)
+
+
+def rotation(items: list, step: int) -> list:
+    """items starting at step mod len(items): over a round of steps each one goes first, second, … equally."""
+    k = step % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
+def resident_bytes(model, optimizer) -> int:
+    """Bytes a model keeps between steps: parameters, buffers and optimizer state (gradients are set to None)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def measure_interleaved(names: list[str], plan: dict, device: str) -> list[dict]:
+    """Every model of `names` held at once per shape and stepped in turn (one step each per round, the order
+    rotated every round), so a slow stretch of the host falls on all models alike instead of on whichever ran
+    then. Peak memory per model: the largest (allocated during its step − allocated before it) plus what it
+    keeps between steps, i.e. what it would peak at alone."""
+    cuda = device == "cuda"
+    results = []
+    for length, batch in plan["shapes"]:
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+        ids = torch.randint(plan["vocab"], (batch, length + 1), device=device)  # (b, l + 1)
+        inputs, labels = ids[:, :-1], ids[:, 1:]
+        runs = []
+        for name in names:
+            torch.manual_seed(0)
+            row = {"model": name, "seq_len": length, "batch": batch, "interleaved": True}
+            try:
+                model, loss_fn = build(name, plan, device)
+                row["params"] = sum(p.numel() for p in model.parameters())
+                runs.append({"row": row, "model": model, "loss_fn": loss_fn, "times": [], "peak": 0,
+                             "optimizer": make_optimizer(model, cuda)})
+            except torch.OutOfMemoryError as exc:
+                row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
+            results.append(row)
+        for step in range(plan["warmup"] + plan["steps"]):
+            for run in rotation([r for r in runs if "error" not in r["row"]], step):
+                before = torch.cuda.memory_allocated() if cuda else 0
+                keeps = resident_bytes(run["model"], run["optimizer"])
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                try:
+                    elapsed, loss = timed_step(run["model"], run["loss_fn"], run["optimizer"], inputs, labels, cuda)
+                except torch.OutOfMemoryError as exc:
+                    run["row"]["error"] = f"out of memory: {str(exc).splitlines()[0]}"
+                    continue
+                if cuda:
+                    run["peak"] = max(run["peak"], torch.cuda.max_memory_allocated() - before + keeps)
+                if step >= plan["warmup"]:
+                    run["times"].append(elapsed)
+                run["row"]["loss"] = loss.item()
+        for run in runs:
+            if "error" not in run["row"]:
+                run["row"].update(**step_stats(run["times"], batch, length),
+                                  peak_gb=run["peak"] / 1e9 if cuda else None)
+            print_row(run["row"])
+        runs = None
     return results
 
 
@@ -234,6 +314,9 @@ def main() -> None:
                         help=f"comma-separated, from {MODELS}; our models may take suffixes {VARIANTS}")
     parser.add_argument("--lengths", default=None, help="comma-separated subset of the plan's lengths")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-kernel profile of each Mamba")
+    parser.add_argument("--interleave", action="store_true",
+                        help="hold every model at once per shape and step them in turn (rotating order), so host "
+                             "noise falls on all alike; no profile; not with +eager-norm (a module-wide switch)")
     parser.add_argument("--out", default=None, help="JSON path or folder (default: $OUT, else benchmarks/results)")
     args = parser.parse_args()
     plan = dict(QUICK if args.quick else FULL)
@@ -247,7 +330,9 @@ def main() -> None:
         models = [m for m in models if not m.startswith("official")]
     header = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "plan": {k: plan[k] for k in ("shapes", "warmup", "steps")}, "notes": notes}
-    results = []
+    if args.interleave and any("eager-norm" in m for m in models):
+        raise SystemExit("--interleave: +eager-norm switches RMSNorm for every model in the process; time it alone")
+    results, runnable = [], []
     for name in models:
         if name.startswith("official") and not add_official_to_path(args.official, args.wait_official):
             notes.append(f"official mamba-ssm not built under {args.official}: skipped")
@@ -255,8 +340,15 @@ def main() -> None:
         if name == "official-mamba2":
             conv = importlib.util.find_spec("causal_conv1d") is not None
             notes.append(f"official Mamba-2 with causal_conv1d: {conv} (its memory-efficient path: {conv})")
+        if args.interleave:
+            runnable.append(name)
+            continue
         results.extend(measure(name, plan, device, profile=not args.no_profile and "+" not in name))
         write_result("train_vs_official", {**header, "results": results, "ratios": ratios(results)}, args.out)
+    if args.interleave:
+        results = measure_interleaved(runnable, plan, device)
+        write_result("train_vs_official", {**header, "interleaved": True, "results": results,
+                                           "ratios": ratios(results)}, args.out)
     for row in ratios(results):
         print(json.dumps(row))
 
