@@ -167,13 +167,24 @@ def profile_step(model, loss_fn, ids, labels, top: int = 25) -> list[dict]:
     return rows[:top]
 
 
+def release_memory(cuda: bool) -> None:
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+
+
+def random_batch(plan: dict, length: int, batch: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids drawn once per shape: inputs and next-token labels, (b, l) each."""
+    ids = torch.randint(plan["vocab"], (batch, length + 1), device=device)  # (b, l + 1)
+    return ids[:, :-1], ids[:, 1:]
+
+
 def measure(name: str, plan: dict, device: str, profile: bool) -> list[dict]:
     cuda = device == "cuda"
     results = []
     for length, batch in plan["shapes"]:
-        gc.collect()
+        release_memory(cuda)
         if cuda:
-            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         torch.manual_seed(0)
         row = {"model": name, "seq_len": length, "batch": batch}
@@ -181,8 +192,7 @@ def measure(name: str, plan: dict, device: str, profile: bool) -> list[dict]:
         try:
             model, loss_fn = build(name, plan, device)
             row["params"] = sum(p.numel() for p in model.parameters())
-            ids = torch.randint(plan["vocab"], (batch, length + 1), device=device)  # (b, l + 1)
-            inputs, labels = ids[:, :-1], ids[:, 1:]
+            inputs, labels = random_batch(plan, length, batch, device)
             run = train_steps(model, loss_fn, inputs, labels, plan["warmup"], plan["steps"], cuda)
             row.update(**step_stats(run["step_ms"], batch, length), loss=run["loss"],
                        peak_gb=torch.cuda.max_memory_allocated() / 1e9 if cuda else None)
@@ -225,11 +235,8 @@ def measure_interleaved(names: list[str], plan: dict, device: str) -> list[dict]
     cuda = device == "cuda"
     results = []
     for length, batch in plan["shapes"]:
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
-        ids = torch.randint(plan["vocab"], (batch, length + 1), device=device)  # (b, l + 1)
-        inputs, labels = ids[:, :-1], ids[:, 1:]
+        release_memory(cuda)
+        inputs, labels = random_batch(plan, length, batch, device)
         runs = []
         for name in names:
             torch.manual_seed(0)
