@@ -11,9 +11,10 @@ dt_softplus, with z and D; L = 2048, 8192 and (b2) 32768; official at chunk 256.
 kernels at L 2048 (forward and backward tiles chosen separately, `SSDConfig.state_mode` never mixed: see
 best_combination), forward and forward+backward times (median of triton.testing.do_bench), the extra peak
 memory of forward+backward and ours against official at every shape, the decode step, and last (its float32
-reference is slow) ours and official against the float32 torch backend on one sequence. The table is printed last. `--also state_mode=parallel` times that config at every
-shape too (its rows in the JSON and the log; the sweep's L 2048 alone does not show how the walks scale with
-the chunks per sequence).
+reference is slow) ours and official against the float32 torch backend on one sequence; then the registers,
+spills and shared memory of every compiled variant of our kernels (`kernel_resources`). The table is printed
+last. `--also state_mode=parallel` times that config at every shape too (its rows in the JSON and the log; the
+sweep's L 2048 alone does not show how the walks scale with the chunks per sequence).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ import torch
 from triton.testing import do_bench
 
 from benchmarks.common import base_parser, write_result
+from benchmarks.kernel_resources import compiled_resources, summary
 from mambalab.ops.ssd import ssd_scan, ssd_state_update
-from mambalab.ops.ssd.triton_ssd import SSDConfig, ssd_triton
+from mambalab.ops.ssd.triton_ssd import SSDConfig, kernels, ssd_triton
 
 DEVICE = "cuda"
 OFFICIAL_CHUNK = 256
@@ -400,6 +402,9 @@ def main() -> int:
     stage(report, "decode", lambda: time_decode(report, step))
     save()
     stage(report, "correctness", lambda: correctness(report, official_scan))
+    report["kernel_resources"] = compiled_resources(kernels())
+    for line in summary(report["kernel_resources"]):
+        log(line)
     save()
     print(report["table"])
     return 0

@@ -1,10 +1,16 @@
-"""benchmarks/ssd_gpu.py's pure-Python parts: how the sweep's rows combine into its best config, --also."""
+"""benchmarks/ssd_gpu.py: how the sweep's rows combine into its best config, --also, and the whole script at
+tiny shapes in Triton's interpreter (--smoke), so that a device call never finds it broken."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
-from benchmarks import ssd_gpu
+from benchmarks import common, ssd_gpu
 from mambalab.ops.ssd.triton_ssd import SSDConfig
 
 
@@ -41,3 +47,19 @@ def test_parse_config():
     assert ssd_gpu.parse_config("shared_scores=False") == {"shared_scores": False}
     with pytest.raises(SystemExit, match="shared_scores takes true/false"):
         ssd_gpu.parse_config("shared_scores=yes")
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_stage(tmp_path):
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": f"{common.REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    subprocess.run([sys.executable, "benchmarks/ssd_gpu.py", "--smoke", "--also", "shared_scores=1",
+                    "--out", str(tmp_path)], cwd=common.REPO, env=env, check=True, capture_output=True, timeout=600)
+    record = json.loads((tmp_path / "ssd_gpu.json").read_text())
+    assert "errors" not in record, record.get("errors")
+    (row,) = record["shapes"].values()
+    for name in ("ours", "ours_shared_scores=True"):
+        assert row[f"{name}_fwd_ms"] > 0 and row[f"{name}_fwdbwd_ms"] > 0
+    assert record["sweep"]["best"] is not None and set(record["decode_step"]) == {"b1", "b64"}
+    assert max(record["correctness_vs_torch_fp32"]["ours"].values()) < 2e-2
+    assert record["kernel_resources"] == []  # interpreted: nothing compiled
