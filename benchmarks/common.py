@@ -194,31 +194,54 @@ class Timing:
         return asdict(self)
 
 
-def time_call(fn: Callable[[], object], device: str = "cpu", *, repeats: int = 5, warmup: int = 1) -> Timing:
-    """Time fn() `repeats` times after `warmup` untimed calls.
-
-    On CUDA each call is bracketed by CUDA events (GPU time of the call's stream, launch included); on other
-    devices by perf_counter (wall time)."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"time_call: repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
-    for _ in range(warmup):
-        fn()
+def _seconds_of(fn: Callable[[], object], device: str) -> float:
+    """One call of fn(): between CUDA events after a synchronize on CUDA (GPU time of the call's stream,
+    launch included), by perf_counter elsewhere (wall time)."""
     if str(device).startswith("cuda"):
         import torch
 
-        samples = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3)
-        return Timing.of(samples)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
         fn()
-        samples.append(time.perf_counter() - start)
-    return Timing.of(samples)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _check_counts(name: str, repeats: int, warmup: int) -> None:
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"{name}: repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+
+
+def time_call(fn: Callable[[], object], device: str = "cpu", *, repeats: int = 5, warmup: int = 1) -> Timing:
+    """Time fn() `repeats` times after `warmup` untimed calls (each call as _seconds_of says)."""
+    _check_counts("time_call", repeats, warmup)
+    for _ in range(warmup):
+        fn()
+    return Timing.of([_seconds_of(fn, device) for _ in range(repeats)])
+
+
+def rotation(items: list, step: int) -> list:
+    """items starting at step mod len(items): over a round of steps each one goes first, second, … equally."""
+    k = step % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device: str = "cpu", *, repeats: int = 5,
+                     warmup: int = 1) -> dict[str, Timing]:
+    """Time several calls against each other: `warmup` untimed calls of each, then `repeats` rounds of one timed
+    call of each, in an order rotated every round. A slow stretch of the machine (host load, clocks) then falls
+    on every call alike instead of on whichever was timed during it, which is what a ratio between them needs."""
+    _check_counts("time_interleaved", repeats, warmup)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples = {name: [] for name in fns}
+    for round_ in range(repeats):
+        for name in rotation(list(fns), round_):
+            samples[name].append(_seconds_of(fns[name], device))
+    return {name: Timing.of(values) for name, values in samples.items()}

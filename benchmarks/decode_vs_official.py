@@ -24,8 +24,10 @@ seen, is not meant to serve a smaller one). Ours: `mambalab.inference.generate.g
 decode, in each batch's section with the default float32 SSM state ("cuda-graph") and with the state in the
 model's dtype ("cuda-graph+model-dtype-state", `state_dtype="model"`: bf16, half the bytes each decode step
 reads and writes, as official keeps it); then, last and only while the run is under COMPILE_AFTER_S, with
-`compile_step=True`. One warm-up call, then the median of `repeats` calls, each between CUDA events after a
-synchronize. tokens/s = batch · new tokens / seconds, prefill included, for both; ratio = ours / official.
+`compile_step=True`. Official and our rows of a batch are timed against each other: one warm-up call each,
+then `repeats` rounds of one call of each in a rotating order (benchmarks.common.time_interleaved), each call
+between CUDA events after a synchronize, so that a slow stretch of the machine falls on all of them alike; the
+median per row (the late rows are timed alone, after every section). tokens/s = batch · new tokens / seconds, prefill included, for both; ratio = ours / official.
 Each timed row also gives how many new tokens agree with the official ones before the first difference (mean
 over rows), and ours the bytes of the inference state per row (`state_bytes_per_row`).
 
@@ -45,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import add_official_to_path, base_parser, time_call, write_result
+from benchmarks.common import add_official_to_path, base_parser, time_interleaved, write_result
 from mambalab import LanguageModel
 from mambalab.inference.cuda_graph import GraphStep, decode_step
 from mambalab.inference.generate import generate
@@ -185,43 +187,77 @@ def check(ours, official, plan: dict) -> dict:
     return out
 
 
-def timed_row(kind: str, impl: str, batch: int, plan: dict, fn) -> tuple[dict, object]:
-    """Time fn() (one warm-up, then the plan's repeats): the row and fn's last output."""
-    last = {}
-    timing = time_call(lambda: last.update(out=fn()), plan["device"], repeats=plan["repeats"], warmup=1)
-    row = {"model": kind, "impl": impl, "batch": batch, "seconds": timing.median_s,
-           "tokens_per_s": batch * plan["new_tokens"] / timing.median_s, "timing": timing.as_dict()}
-    log(f"{kind:6s} {impl:38s} batch {batch:3d}: {row['tokens_per_s']:12,.0f} tokens/s")
-    return row, last["out"]
+def timed_rows(kind: str, batch: int, plan: dict, calls: dict) -> tuple[list[dict], dict]:
+    """Rows of every impl of `calls` {impl: fn} timed against each other (benchmarks.common.time_interleaved:
+    one warm-up call each, then `repeats` rounds of one call each in a rotating order) and each impl's last
+    output. An impl whose warm-up fails is reported in its row and left out of the rounds."""
+    outputs, runnable, failed = {}, {}, {}
+    for impl, fn in calls.items():
+        try:
+            outputs[impl] = fn()  # the warm-up: captures the CUDA graphs
+        except Exception as e:  # noqa: BLE001 (a variant that cannot run here is reported, not fatal)
+            failed[impl] = f"{type(e).__name__}: {e}"
+            log(f"{kind} {impl} batch {batch}: failed: {failed[impl]}")
+        else:
+            runnable[impl] = lambda impl=impl, fn=fn: outputs.__setitem__(impl, fn())
+    timings = time_interleaved(runnable, plan["device"], repeats=plan["repeats"], warmup=0) if runnable else {}
+    rows = []
+    for impl in calls:
+        row = {"model": kind, "impl": impl, "batch": batch}
+        if impl in failed:
+            rows.append({**row, "error": failed[impl]})
+            continue
+        timing = timings[impl]
+        row.update(seconds=timing.median_s, tokens_per_s=batch * plan["new_tokens"] / timing.median_s,
+                   timing=timing.as_dict(), timed_with=sorted(runnable))
+        log(f"{kind:6s} {impl:38s} batch {batch:3d}: {row['tokens_per_s']:12,.0f} tokens/s")
+        rows.append(row)
+    return rows, outputs
 
 
-def measure(kind: str, impl: str, batch: int, plan: dict, fn, reference) -> tuple[dict, object]:
-    """(a timed row, fn's last output); the row gives the agreement with the official tokens of the same
-    prompts when `reference` holds them. A failure is reported in the row (output None)."""
-    try:
-        row, tokens = timed_row(kind, impl, batch, plan, fn)
-    except Exception as e:  # noqa: BLE001 (a variant that cannot run here is reported, not fatal)
-        log(f"{kind} {impl} batch {batch}: failed: {type(e).__name__}: {e}")
-        return {"model": kind, "impl": impl, "batch": batch, "error": f"{type(e).__name__}: {e}"}, None
-    if reference is not None:
+def our_call(model, ids: torch.Tensor, plan: dict, variant: str):
+    return lambda: ours_generate(model, ids, plan["new_tokens"], variant)
+
+
+def describe_ours(row: dict, variant: str, plan: dict, model, ids: torch.Tensor) -> dict:
+    """Our row with its state's bytes per row and, on CUDA, whether the decode step replayed a CUDA graph
+    (False: the capture failed and it decoded eagerly)."""
+    if "error" in row:
+        return row
+    options = VARIANTS[variant]
+    _, state = model.prefill(ids, state_dtype=options.get("state_dtype"))
+    row["state_bytes_per_row"] = state.nbytes() // ids.shape[0]
+    if plan["device"] == "cuda":
+        step = decode_step(model, state, compile_step=options.get("compile_step", False))
+        row["cuda_graph_captured"] = isinstance(step, GraphStep)
+    return row
+
+
+def agreement(row: dict, tokens, reference) -> dict:
+    """The row with how many of its new tokens agree with official's (mean over prompts) when both exist."""
+    if "error" not in row and reference is not None and tokens is not None:
         agree = agreeing_prefix(tokens, reference)
         row["tokens_agreeing_with_official"] = sum(agree) / len(agree)
-    return row, tokens
-
-
-def our_row(kind: str, variant: str, batch: int, plan: dict, model, ids: torch.Tensor, reference) -> dict:
-    """The timed row of our `variant` with its state's bytes per row; on CUDA it also says whether the decode
-    step replayed a CUDA graph (False: the capture failed and it decoded eagerly)."""
-    row, _ = measure(kind, f"mambalab {variant}", batch, plan,
-                     lambda: ours_generate(model, ids, plan["new_tokens"], variant), reference)
-    if "error" not in row:
-        options = VARIANTS[variant]
-        _, state = model.prefill(ids, state_dtype=options.get("state_dtype"))
-        row["state_bytes_per_row"] = state.nbytes() // batch
-        if plan["device"] == "cuda":
-            step = decode_step(model, state, compile_step=options.get("compile_step", False))
-            row["cuda_graph_captured"] = isinstance(step, GraphStep)
     return row
+
+
+def batch_rows(kind: str, batch: int, plan: dict, variants: list[str], model, ids: torch.Tensor, official,
+               reference=None) -> tuple[list[dict], object]:
+    """The rows of official (when given) and of our `variants` on the same prompts, timed against each other;
+    and official's tokens (the reference of our rows' agreement; `reference` when official is not timed here)."""
+    calls = {}
+    if official is not None:
+        official._decoding_cache = None  # this batch captures its own graphs in its warm-up call
+        calls[OFFICIAL] = lambda: official_generate(official, ids, plan["new_tokens"])
+    for variant in variants:
+        calls[f"mambalab {variant}"] = our_call(model, ids, plan, variant)
+    rows, outputs = timed_rows(kind, batch, plan, calls)
+    reference = outputs.get(OFFICIAL, reference)
+    for row in rows:
+        if row["impl"] != OFFICIAL:
+            variant = row["impl"].removeprefix("mambalab ")
+            describe_ours(agreement(row, outputs.get(row["impl"]), reference), variant, plan, model, ids)
+    return rows, reference
 
 
 def ratios(rows: list[dict]) -> list[dict]:
@@ -319,15 +355,8 @@ def main(argv=None) -> None:
             save()
             for batch in plan["batches"]:
                 ids = prompts[kind, batch] = random_prompts(plan, batch)
-                if official is not None:
-                    official._decoding_cache = None  # this batch captures its own graphs in its warm-up call
-                    row, references[kind, batch] = measure(
-                        kind, OFFICIAL, batch, plan,
-                        lambda m=official, p=ids: official_generate(m, p, plan["new_tokens"]), None)
-                    results["rows"].append(row)
-                for variant in plan["variants"]:
-                    results["rows"].append(our_row(kind, variant, batch, plan, ours, ids,
-                                                   references.get((kind, batch))))
+                rows, references[kind, batch] = batch_rows(kind, batch, plan, plan["variants"], ours, ids, official)
+                results["rows"].extend(rows)
                 save()
             official = None
             gc.collect()
@@ -339,8 +368,9 @@ def main(argv=None) -> None:
                     notes.append(f"mambalab {variant} {kind} batch {batch}: skipped, past {args.late_budget:g} s")
                     log(notes[-1])
                     continue
-                results["rows"].append(our_row(kind, variant, batch, plan, ours_models[kind], ids,
-                                               references.get((kind, batch))))
+                rows, _ = batch_rows(kind, batch, plan, [variant], ours_models[kind], ids, None,
+                                     references.get((kind, batch)))
+                results["rows"].extend(rows)
                 save()
     save()
     print_table(results["rows"])

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import add_official_to_path, write_result
+from benchmarks.common import add_official_to_path, rotation, write_result
 from mambalab import LanguageModel
 from mambalab.models.zoo import get_preset
 from mambalab.ops import linear_cross_entropy
@@ -212,12 +212,6 @@ def print_row(row: dict) -> None:
     rate = f"{row['tokens_per_s']:>10,.0f} tok/s" if "tokens_per_s" in row else row.get("error", "")
     peak = f"{row['peak_gb']:.1f} GB" if row.get("peak_gb") is not None else ""
     print(f"{row['model']:>22} L={row['seq_len']:<6} b={row['batch']:<2} {rate} {peak}", flush=True)
-
-
-def rotation(items: list, step: int) -> list:
-    """items starting at step mod len(items): over a round of steps each one goes first, second, … equally."""
-    k = step % len(items) if items else 0
-    return items[k:] + items[:k]
 
 
 def resident_bytes(model, optimizer) -> int:

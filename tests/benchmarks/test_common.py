@@ -77,6 +77,23 @@ def test_time_call_runs_warmup_then_repeats():
         common.time_call(lambda: None, repeats=0)
 
 
+def test_rotation_puts_each_item_first_once_per_round():
+    items = ["a", "b", "c"]
+    orders = [common.rotation(items, step) for step in range(6)]
+    assert orders[:3] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]] and orders[3:] == orders[:3]
+    assert common.rotation([], 5) == []
+
+
+def test_time_interleaved_rotates_the_calls_every_round():
+    order = []
+    fns = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
+    timings = common.time_interleaved(fns, "cpu", repeats=3, warmup=1)
+    assert order == ["a", "b", "c"] + ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert {name: t.repeats for name, t in timings.items()} == {"a": 3, "b": 3, "c": 3}
+    with pytest.raises(ValueError, match="time_interleaved: repeats must be >= 1"):
+        common.time_interleaved(fns, repeats=0)
+
+
 def test_base_parser_adds_only_the_asked_flags():
     plain = common.base_parser("x").parse_args([])
     assert vars(plain) == {"out": None}

@@ -30,10 +30,25 @@ def test_quick_run_times_our_models_and_skips_the_official_on_cpu(tmp_path):
         (kind, batch, impl) for kind in ("mamba", "mamba2") for batch in (1, 3) for impl in variants]
     for row in record["rows"]:
         assert row["timing"]["repeats"] == 1 and row["state_bytes_per_row"] > 0
+        assert row["timed_with"] == sorted(variants)  # the batch's rows timed against each other
         assert row["tokens_per_s"] == pytest.approx(row["batch"] * record["plan"]["new_tokens"] / row["seconds"])
     for default, model_dtype in zip(record["rows"][::2], record["rows"][1::2]):  # a float32 model: the same bytes
         assert model_dtype["state_bytes_per_row"] == default["state_bytes_per_row"]
     assert record["checks"] == {"mamba": {}, "mamba2": {}} and record["ratios"] == []
+
+
+def test_timed_rows_report_a_failing_impl_and_time_the_rest_together():
+    def broken():
+        raise RuntimeError("no graph today")
+
+    calls = {"a": lambda: [[1, 2]], "broken": broken, "b": lambda: [[1, 3]]}
+    rows, outputs = bench.timed_rows("mamba", 1, {**bench.QUICK, "repeats": 3}, calls)
+    assert [row["impl"] for row in rows] == ["a", "broken", "b"]
+    assert rows[1]["error"] == "RuntimeError: no graph today" and "tokens_per_s" not in rows[1]
+    for row in (rows[0], rows[2]):
+        assert row["timed_with"] == ["a", "b"] and row["timing"]["repeats"] == 3
+    assert outputs == {"a": [[1, 2]], "b": [[1, 3]]}
+    assert bench.agreement(dict(rows[2]), outputs["b"], outputs["a"])["tokens_agreeing_with_official"] == 1
 
 
 def test_models_flag_refuses_unknown_names():

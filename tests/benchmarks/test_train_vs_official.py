@@ -14,13 +14,6 @@ from benchmarks import common
 from benchmarks import train_vs_official as bench
 
 
-def test_rotation_puts_each_item_first_once_per_round():
-    items = ["a", "b", "c"]
-    orders = [bench.rotation(items, step) for step in range(6)]
-    assert orders[:3] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]] and orders[3:] == orders[:3]
-    assert bench.rotation([], 5) == []
-
-
 def test_interleaved_rows_time_every_model_at_every_shape():
     plan = {**bench.QUICK, "shapes": [(16, 2), (24, 1)], "warmup": 1, "steps": 3}
     names = ["mambalab-mamba", "mambalab-transformer"]
