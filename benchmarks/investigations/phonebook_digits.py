@@ -56,20 +56,26 @@ def main() -> None:
     parser.add_argument("--number-len", type=int, default=4)
     parser.add_argument("--name-len", type=int, default=2)
     parser.add_argument("--n-letters", type=int, default=26)
+    parser.add_argument("--n-digits", type=int, default=10, help="the base of the numbers (PhoneBook n_digits)")
     parser.add_argument("--no-colon", action="store_true", help="entries `name number ,` (PhoneBook colon=False)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-layer", type=int, default=None,
+                        help="depth of the Mamba reference the family is matched to (default: the preset's)")
+    parser.add_argument("--same-depth", action="store_true", help="the family at the reference's depth (TaskPlan)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the preset plan's")
     args = parser.parse_args()
     device = resolve_device(args.device)
     preset = get_compare_preset("standard")
     base = preset.tasks["phonebook"]
     options = {**base.options, "train_queries": args.train_queries, "number_len": args.number_len,
-               "name_len": args.name_len, "n_letters": args.n_letters, "colon": not args.no_colon}
-    plan = TaskPlan(options, args.length, tuple(args.eval_lengths), steps=args.steps, batch_size=base.batch_size,
-                    lr=args.lr, weight_decay=base.weight_decay, eval_examples=base.eval_examples)
+               "name_len": args.name_len, "n_letters": args.n_letters, "colon": not args.no_colon, "n_digits": args.n_digits}
+    plan = TaskPlan(options, args.length, tuple(args.eval_lengths), steps=args.steps,
+                    batch_size=args.batch_size or base.batch_size, lr=args.lr, weight_decay=base.weight_decay,
+                    eval_examples=base.eval_examples, n_layer=args.n_layer, same_depth=args.same_depth)
     task = build_task("phonebook", **options)
     check_lengths(task, plan)
     torch.manual_seed(args.seed)
-    model = LanguageModel(family_config(args.family, preset.size_for(plan), task.vocab_size)).to(device)
+    model = LanguageModel(family_config(args.family, preset.size_for(plan), task.vocab_size, same_depth=plan.same_depth)).to(device)
     start = time.perf_counter()
     train = train_model(model, TaskBatches(task, plan, args.seed), plan, device, args.seed, progress=False)
     evals = {str(n): digit_accuracy(model, task, plan, n, args.seed, device) for n in plan.eval_lengths}
@@ -77,7 +83,9 @@ def main() -> None:
         print(f"length {n}: digits {result['digits']}, whole numbers {result['numbers']:.3f}")
     write_result("phonebook_digits", {
         "family": args.family, "plan": {"options": options, "train_length": args.length, "steps": args.steps,
-                                        "lr": args.lr}, "final_loss": train["final_loss"],
+                                        "lr": args.lr, "batch_size": plan.batch_size, "n_layer": args.n_layer,
+                                        "same_depth": args.same_depth, "layers": model.config.n_layer}, "final_loss": train["final_loss"],
+        "curve": train["curve"],
         "wall_s": time.perf_counter() - start, "eval": evals}, args.out)
 
 
