@@ -8,18 +8,12 @@ not learnt, this says whether the model and budget form an associative-recall ci
 
 from __future__ import annotations
 
-import time
-
-from benchmarks.common import base_parser, write_result
+from benchmarks.common import base_parser
 from benchmarks.investigations.phonebook_digits import (
     add_model_arguments,
     held_out_logits,
-    plan_from,
-    plan_record,
-    trained_model,
+    run_and_record,
 )
-from mambalab.device import resolve_device
-from mambalab.tasks import build_task
 
 
 def recall_metrics(model, task, plan, length, seed, device) -> dict:
@@ -34,19 +28,8 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=128)
     parser.add_argument("--n-kv", type=int, default=16, help="key-value pairs per sequence")
     args = parser.parse_args()
-    device = resolve_device(args.device)
-    options = {"vocab_size": args.vocab_size, "n_kv": args.n_kv}
-    plan = plan_from(args, options)
-    task = build_task("mqar", **options)
-    start = time.perf_counter()
-    model, train = trained_model(args.family, task, plan, args.seed, device)
-    evals = {str(n): recall_metrics(model, task, plan, n, args.seed, device) for n in plan.eval_lengths}
-    for n, result in evals.items():
-        print(f"length {n}: answers right {result['token_accuracy']:.3f}, loss {result['loss']:.3f}")
-    write_result("lookup_control", {
-        "family": args.family, "task": "mqar", "plan": plan_record(args, plan, model),
-        "final_loss": train["final_loss"], "curve": train["curve"], "wall_s": time.perf_counter() - start,
-        "eval": evals}, args.out)
+    run_and_record("lookup_control", args, "mqar", {"vocab_size": args.vocab_size, "n_kv": args.n_kv},
+                   recall_metrics, lambda r: f"answers right {r['token_accuracy']:.3f}, loss {r['loss']:.3f}")
 
 
 if __name__ == "__main__":

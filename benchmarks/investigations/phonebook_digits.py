@@ -88,6 +88,24 @@ def plan_record(args, plan: TaskPlan, model) -> dict:
             "layers": model.config.n_layer}
 
 
+def run_and_record(name: str, args, task_name: str, options: dict, evaluate, describe) -> None:
+    """Train `args.family` on `task_name` with `options` by the flags' plan, score each evaluation length with
+    `evaluate(model, task, plan, length, seed, device)`, print `describe(score)` per length and write the
+    result `name` (plan, loss curve, wall time, scores) to `args.out`."""
+    device = resolve_device(args.device)
+    plan = plan_from(args, options)
+    task = build_task(task_name, **options)
+    start = time.perf_counter()
+    model, train = trained_model(args.family, task, plan, args.seed, device)
+    evals = {str(n): evaluate(model, task, plan, n, args.seed, device) for n in plan.eval_lengths}
+    for n, result in evals.items():
+        print(f"length {n}: {describe(result)}")
+    write_result(name, {
+        "family": args.family, "task": task_name, "plan": plan_record(args, plan, model),
+        "final_loss": train["final_loss"], "curve": train["curve"], "wall_s": time.perf_counter() - start,
+        "eval": evals}, args.out)
+
+
 def main() -> None:
     parser = base_parser(__doc__, raw_description=True, device="auto")
     add_model_arguments(parser)
@@ -98,21 +116,11 @@ def main() -> None:
     parser.add_argument("--n-digits", type=int, default=10, help="the base of the numbers (PhoneBook n_digits)")
     parser.add_argument("--no-colon", action="store_true", help="entries `name number ,` (PhoneBook colon=False)")
     args = parser.parse_args()
-    device = resolve_device(args.device)
     options = {**get_compare_preset("standard").tasks["phonebook"].options, "train_queries": args.train_queries,
                "number_len": args.number_len, "name_len": args.name_len, "n_letters": args.n_letters,
                "colon": not args.no_colon, "n_digits": args.n_digits}
-    plan = plan_from(args, options)
-    task = build_task("phonebook", **options)
-    start = time.perf_counter()
-    model, train = trained_model(args.family, task, plan, args.seed, device)
-    evals = {str(n): digit_accuracy(model, task, plan, n, args.seed, device) for n in plan.eval_lengths}
-    for n, result in evals.items():
-        print(f"length {n}: digits {result['digits']}, whole numbers {result['numbers']:.3f}")
-    write_result("phonebook_digits", {
-        "family": args.family, "plan": plan_record(args, plan, model), "final_loss": train["final_loss"],
-        "curve": train["curve"], "wall_s": time.perf_counter() - start, "eval": evals}, args.out)
-
+    run_and_record("phonebook_digits", args, "phonebook", options, digit_accuracy,
+                   lambda r: f"digits {r['digits']}, whole numbers {r['numbers']:.3f}")
 
 if __name__ == "__main__":
     main()
