@@ -17,9 +17,13 @@ With `colon=False` an entry is `name number ,` and a lookup `? name number`: the
 name alone, as each later digit's key is the digits before it (a small Transformer learnt those and not the
 three-token key `name :`, benchmarks/notes/compare.md).
 
-Tokens: digits 0-9, letters 10 .. 10+n_letters-1, then `:` (unused without the colon), `,`, `?`. For `length`
-input tokens the book holds as many entries as fit; the generated batch can be up to one entry shorter than
-`length`.
+Numbers are written in base `n_digits` (10 by default): with a larger base each digit is one of more tokens,
+so fewer entries of a book share a digit; `n_digits` = 64 with `number_len` = 1 and one-letter names without the
+colon is MQAR's shape with a book as the context.
+
+Tokens: digits 0 .. n_digits-1, letters n_digits .. n_digits+n_letters-1, then `:` (unused without the colon),
+`,`, `?`. For `length` input tokens the book holds as many entries as fit; the generated batch can be up to one
+entry shorter than `length`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch
 
 from mambalab.tasks.base import Task, next_token_batch, random_tokens, sample_without_replacement
 
-N_DIGITS = 10
+DECIMAL = 10
 
 
 @dataclass
@@ -40,6 +44,7 @@ class PhoneBook(Task):
     number_len: int = 4
     train_queries: int = 1  # lookups per training sequence (evaluation: one)
     colon: bool = True  # `name : number ,`; False: `name number ,` (and `? name number`)
+    n_digits: int = DECIMAL  # the base the numbers are written in: tokens 0 .. n_digits-1
     name: str = "phonebook"
     headline: str = "sequence_accuracy"
 
@@ -47,12 +52,14 @@ class PhoneBook(Task):
         for field_name in ("n_letters", "name_len", "number_len", "train_queries"):
             if getattr(self, field_name) < 1:
                 raise ValueError(f"PhoneBook.{field_name} must be >= 1, got {getattr(self, field_name)}")
-        base = N_DIGITS + self.n_letters
+        if self.n_digits < 2:
+            raise ValueError(f"PhoneBook.n_digits (the base of the numbers) must be >= 2, got {self.n_digits}")
+        base = self.n_digits + self.n_letters
         self.colon_id, self.comma, self.query = base, base + 1, base + 2
 
     @property
     def vocab_size(self) -> int:
-        return N_DIGITS + self.n_letters + 3
+        return self.n_digits + self.n_letters + 3
 
     @property
     def entry_len(self) -> int:
@@ -84,9 +91,9 @@ class PhoneBook(Task):
             batch_size, self.n_letters**self.name_len, n, generator
         )  # (b, n)
         powers = self.n_letters ** torch.arange(self.name_len - 1, -1, -1)  # base-n_letters digits
-        names = N_DIGITS + (name_ids[..., None] // powers) % self.n_letters  # (b, n, name_len)
+        names = self.n_digits + (name_ids[..., None] // powers) % self.n_letters  # (b, n, name_len)
         numbers = random_tokens(
-            (batch_size, n, self.number_len), 0, N_DIGITS, generator
+            (batch_size, n, self.number_len), 0, self.n_digits, generator
         )  # (b, n, number_len)
         colon = torch.full((batch_size, n, int(self.colon)), self.colon_id, dtype=torch.long)  # (b, n, 1 or 0)
         comma = torch.full((batch_size, n, 1), self.comma, dtype=torch.long)

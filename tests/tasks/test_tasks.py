@@ -169,6 +169,24 @@ def test_phonebook_training_sequences_ask_several_names_and_evaluation_one():
         PhoneBook(train_queries=5).batch(2, 30, seeded(0))
 
 
+def test_phonebook_numbers_in_another_base():
+    """n_digits=64, one-digit numbers, one-letter names, no colon (MQAR's shape): digits are the tokens 0..63 and
+    use all of them, letters follow them, the asked number is the asked name's; a base below 2 is refused."""
+    task = PhoneBook(n_letters=8, name_len=1, number_len=1, colon=False, n_digits=64)
+    assert task.vocab_size == 64 + 8 + 3 and task.entry_len == 3
+    b = task.batch(64, 20, seeded(8))
+    n = task.entries(20)
+    book = b["input_ids"][:, : n * 3].view(64, n, 3)  # (b, n, name number ,)
+    assert ((book[..., 0] >= 64) & (book[..., 0] < 72)).all() and (book[..., 2] == task.comma).all()
+    assert book[..., 1].unique().numel() == 64  # every digit token of the base is drawn
+    asked = b["input_ids"][:, n * 3 + 1]  # (b,) the name after `?`
+    answers = b["labels"][b["labels"] != IGNORE_INDEX]  # (b,) one one-digit number each
+    rows = (book[..., 0] == asked[:, None]).float().argmax(1)  # (b,) the asked entry
+    assert torch.equal(answers, book[torch.arange(64), rows, 1])
+    with pytest.raises(ValueError, match="n_digits"):
+        PhoneBook(n_digits=1)
+
+
 @pytest.mark.parametrize(
     "bad",
     [
