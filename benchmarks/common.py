@@ -194,7 +194,7 @@ class Timing:
         return asdict(self)
 
 
-def _seconds_of(fn: Callable[[], object], device: str) -> float:
+def seconds_of(fn: Callable[[], object], device: str) -> float:
     """One call of fn(): between CUDA events after a synchronize on CUDA (GPU time of the call's stream,
     launch included), by perf_counter elsewhere (wall time)."""
     if str(device).startswith("cuda"):
@@ -218,11 +218,11 @@ def _check_counts(name: str, repeats: int, warmup: int) -> None:
 
 
 def time_call(fn: Callable[[], object], device: str = "cpu", *, repeats: int = 5, warmup: int = 1) -> Timing:
-    """Time fn() `repeats` times after `warmup` untimed calls (each call as _seconds_of says)."""
+    """Time fn() `repeats` times after `warmup` untimed calls (each call as seconds_of says)."""
     _check_counts("time_call", repeats, warmup)
     for _ in range(warmup):
         fn()
-    return Timing.of([_seconds_of(fn, device) for _ in range(repeats)])
+    return Timing.of([seconds_of(fn, device) for _ in range(repeats)])
 
 
 def rotation(items: list, step: int) -> list:
@@ -243,5 +243,5 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: str = "cpu", 
     samples = {name: [] for name in fns}
     for round_ in range(repeats):
         for name in rotation(list(fns), round_):
-            samples[name].append(_seconds_of(fns[name], device))
+            samples[name].append(seconds_of(fns[name], device))
     return {name: Timing.of(values) for name, values in samples.items()}

@@ -27,7 +27,8 @@ reads and writes, as official keeps it); then, last and only while the run is un
 `compile_step=True`. Official and our rows of a batch are timed against each other: one warm-up call each,
 then `repeats` rounds of one call of each in a rotating order (benchmarks.common.time_interleaved), each call
 between CUDA events after a synchronize, so that a slow stretch of the machine falls on all of them alike; the
-median per row (the late rows are timed alone, after every section). tokens/s = batch · new tokens / seconds, prefill included, for both; ratio = ours / official.
+median per row (the late rows are timed alone, after every section). tokens/s = batch · new tokens / seconds,
+prefill included, for both; ratio = ours / official.
 Each timed row also gives how many new tokens agree with the official ones before the first difference (mean
 over rows), and ours the bytes of the inference state per row (`state_bytes_per_row`).
 
@@ -200,7 +201,7 @@ def timed_rows(kind: str, batch: int, plan: dict, calls: dict) -> tuple[list[dic
             log(f"{kind} {impl} batch {batch}: failed: {failed[impl]}")
         else:
             runnable[impl] = lambda impl=impl, fn=fn: outputs.__setitem__(impl, fn())
-    timings = time_interleaved(runnable, plan["device"], repeats=plan["repeats"], warmup=0) if runnable else {}
+    timings = time_interleaved(runnable, plan["device"], repeats=plan["repeats"], warmup=0)
     rows = []
     for impl in calls:
         row = {"model": kind, "impl": impl, "batch": batch}

@@ -30,13 +30,12 @@ import gc
 import importlib.util
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import add_official_to_path, rotation, write_result
+from benchmarks.common import add_official_to_path, rotation, seconds_of, write_result
 from mambalab import LanguageModel
 from mambalab.models.zoo import get_preset
 from mambalab.ops import linear_cross_entropy
@@ -113,21 +112,18 @@ def make_optimizer(model, cuda: bool) -> torch.optim.Optimizer:
 
 
 def timed_step(model, loss_fn, optimizer, ids, labels, cuda: bool) -> tuple[float, torch.Tensor]:
-    """One optimizer step under bf16 autocast (on CUDA); its time in ms (CUDA events on GPU) and its loss."""
-    start = time.perf_counter()
-    if cuda:
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-    with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
-        loss = loss_fn(ids, labels)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if not cuda:
-        return 1000 * (time.perf_counter() - start), loss
-    end.record()
-    end.synchronize()
-    return begin.elapsed_time(end), loss
+    """One optimizer step under bf16 autocast (on CUDA); its time in ms (benchmarks.common.seconds_of) and its
+    loss."""
+    out = {}
+
+    def step():
+        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
+            out["loss"] = loss_fn(ids, labels)
+        out["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return 1000 * seconds_of(step, "cuda" if cuda else "cpu"), out["loss"]
 
 
 def train_steps(model, loss_fn, ids, labels, warmup: int, steps: int, cuda: bool) -> dict:

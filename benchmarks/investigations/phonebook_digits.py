@@ -122,5 +122,6 @@ def main() -> None:
     run_and_record("phonebook_digits", args, "phonebook", options, digit_accuracy,
                    lambda r: f"digits {r['digits']}, whole numbers {r['numbers']:.3f}")
 
+
 if __name__ == "__main__":
     main()

@@ -25,6 +25,7 @@ from benchmarks.common import base_parser, write_result
 from mambalab.experiments.compare import resolve_device, run_all, run_items
 from mambalab.experiments.presets import get_compare_preset
 from mambalab.experiments.runner import RunSpec, RunStore
+from mambalab.models.config_fields import put_path
 
 
 def _value(text: str):
@@ -50,11 +51,7 @@ def parse_run(text: str, preset) -> list[RunSpec]:
             if name == "seed":
                 seed = value
             elif name.startswith("config."):
-                *path, leaf = name.removeprefix("config.").split(".")
-                node = overrides
-                for part in path:
-                    node = node.setdefault(part, {})
-                node[leaf] = value
+                put_path(overrides, name.removeprefix("config."), value)
             elif name.startswith("size."):
                 sizes[name.removeprefix("size.")] = value
             elif name.startswith("options."):
