@@ -123,7 +123,8 @@ def compare(
     corpus: str = typer.Option(None, help="A UTF-8 text file for the language-modelling runs (default: the "
                                "embedded corpus)."),
     jobs: int = typer.Option(None, help="Runs at once, each in its own process (default: the preset's: quick 2, "
-                             "standard 14 — small task models leave a GPU mostly idle — capped at the CPU count)."),
+                             "standard 14 — small task models leave a GPU mostly idle — per visible GPU with "
+                             "--device cuda, the workers spread over them, capped at the CPU count)."),
 ) -> None:
     """Matched Mamba, Transformer++, S4D, hybrid, MoE and Mamba-2 models on recall, copying, induction and LM,
     with cost, precision, init, scaling and state-size studies, in one report. Resumes from cached runs in --out."""

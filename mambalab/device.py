@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from mambalab.errors import InputError
@@ -20,6 +22,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device {device!r} was asked for but torch sees no CUDA GPU")
     return torch.device(device)
+
+
+def gpus_to_spread_over(device: torch.device) -> list[str]:
+    """The CUDA device ids that worker processes of a `device` run can be spread over, one GPU each: every
+    visible GPU (as CUDA_VISIBLE_DEVICES names them, else 0..count-1) when `device` is plain "cuda" and more
+    than one is visible; none (leave the environment alone) for the CPU, one GPU, or a pinned "cuda:N"."""
+    if device.type != "cuda" or device.index is not None:
+        return []
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",") if v.strip()][:count] if visible else [str(i) for i in range(count)]
+    return ids if len(ids) > 1 else []
 
 
 # --dtype names: torch's own and the usual short forms; "auto" keeps the checkpoint's dtype.

@@ -7,7 +7,8 @@ naming the items in progress and the trainer's own per-run bar on a terminal; a 
 start and finish otherwise.
 
 With `jobs > 1` the work items run in that many worker processes at once (on one device: the small models of
-the synthetic tasks leave most of a GPU idle, so several runs share it well). Each worker gets an equal share
+the synthetic tasks leave most of a GPU idle, so several runs share it well). With `--device cuda` and several
+visible GPUs, the workers are spread over all of them, the preset's default jobs per GPU. Each worker gets an equal share
 of the CPU cores (at most this process's thread count); per-run progress bars are off. workers.py says how
 Ctrl-C and SIGTERM stop them.
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 
 from mambalab.atomic import file_sha256
-from mambalab.device import resolve_device
+from mambalab.device import gpus_to_spread_over, resolve_device
 from mambalab.errors import ConfigError
 from mambalab.experiments.presets import FAMILIES, Preset, get_compare_preset, with_corpus
 from mambalab.experiments.runner import RunSpec, RunStore, execute, run_cached
@@ -209,10 +210,11 @@ def compare(
     families = _choose(models, FAMILIES, "models") if models is not None else chosen.models
     task_names = _choose(tasks, tuple(chosen.tasks), "tasks", allow_empty=True)
     study_names = _choose(studies, STUDIES, "studies", allow_empty=True)
-    jobs = min(chosen.jobs, os.cpu_count() or 1) if jobs is None else jobs
+    dev = resolve_device(device)
+    gpus = gpus_to_spread_over(dev)
+    jobs = min(chosen.jobs * max(1, len(gpus)), os.cpu_count() or 1) if jobs is None else jobs
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
-    dev = resolve_device(device)
     out = Path(out_dir)
     store = RunStore(out)
     trainer_bars = progress and jobs == 1 and sys.stdout.isatty()  # a run's own bar: on a terminal only
@@ -221,9 +223,9 @@ def compare(
         raise ConfigError(f"--report-only: no compare call has written to {out} (no runs, no invocations.jsonl): "
                           "train first, or point --out at the directory of an earlier call")
     start, started, finished = time.perf_counter(), time.gmtime(), False
-    here = {**environment(dev), "seed": chosen.seed}
+    here = {**environment(dev), "seed": chosen.seed, **({"gpus": len(gpus)} if gpus and jobs > 1 else {})}
     try:
-        records = run_all(items, store, progress, run=not report_only, jobs=jobs)
+        records = run_all(items, store, progress, run=not report_only, jobs=jobs, gpus=gpus)
         finished = True
     finally:
         store.log_invocation(
@@ -273,11 +275,13 @@ def run_all(
     run: bool = True,
     jobs: int = 1,
     console=None,
+    gpus: list[str] | tuple[str, ...] = (),
 ) -> dict[str, dict]:
     """Every item's record, in the order of `items`; with `jobs > 1`, that many items at once in worker
     processes (workers.py: how Ctrl-C and SIGTERM stop them). Timed items (speed measurements) run last, one
     at a time in this process, once the workers are gone: sharing the machine with training runs would skew
-    them. `console`: where progress goes (default stdout; a bar on a terminal, lines otherwise)."""
+    them. `console`: where progress goes (default stdout; a bar on a terminal, lines otherwise); `gpus`: the CUDA
+    device ids the workers are spread over (none: every worker sees what this process sees)."""
     from mambalab.experiments.progress import CompareProgress
     from mambalab.experiments.workers import run_in_workers, stop_signals
 
@@ -298,7 +302,7 @@ def run_all(
             pending = [it for it in items if it.key not in records and not it.timed]
             heaviest_first = sorted(pending, key=lambda it: -it.weight)  # so that no long run starts last
             threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // jobs))
-            records |= run_in_workers(heaviest_first, store, jobs, threads, shown.started, finished)
+            records |= run_in_workers(heaviest_first, store, jobs, threads, shown.started, finished, gpus=gpus)
             in_process = [it for it in items if it.key not in records]
         for item in in_process:
             shown.started(item.label)

@@ -1,6 +1,7 @@
 """Work items of `compare` in worker processes, and stopping them on Ctrl-C / SIGTERM without ever hanging.
 
-Each pending item runs in its own spawned process (CUDA needs spawn), at most `jobs` at once. A worker writes
+Each pending item runs in its own spawned process (CUDA needs spawn), at most `jobs` at once; given several
+GPUs, each new worker goes to the one running the fewest (it sees only that GPU, as "cuda"). A worker writes
 its record into the RunStore itself (run_cached), so nothing travels back through a queue: the parent only
 starts processes, polls them, and reads the store once one has exited. A process that exits without a record
 (killed, out of host memory) fails its item with its exit code.
@@ -42,9 +43,11 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def _worker_main(
-    store_dir: str, key: str, describe: dict, fn: Callable, threads: int, parent_pid: int
+    store_dir: str, key: str, describe: dict, fn: Callable, threads: int, parent_pid: int, gpu: str | None
 ) -> None:
-    """Entry point of a worker process: run one item and store its record."""
+    """Entry point of a worker process: run one item (on GPU `gpu` alone, if given) and store its record."""
+    if gpu is not None:  # before anything initialises CUDA in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     os.setpgrp()  # the terminal's Ctrl-C reaches the parent only; it forwards one SIGTERM per press
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(parent_pid)
@@ -113,19 +116,25 @@ def run_in_workers(
     started: Callable[[str], None],
     finished: Callable[[object, dict], None],
     grace_s: float = GRACE_S,
+    gpus: list[str] | tuple[str, ...] = (),
 ) -> dict[str, dict]:
     """Run `items` (WorkItems, heaviest first as given) in at most `jobs` worker processes of `threads` torch
-    threads each; returns {key: record}. Raises KeyboardInterrupt after stopping the workers (see module)."""
+    threads each, spread over the CUDA device ids `gpus` if any; returns {key: record}. Raises
+    KeyboardInterrupt after stopping the workers (see module)."""
     context = multiprocessing.get_context("spawn")
     pending, running, records = list(items), {}, {}
+    on_gpu: dict[str, str] = {}  # running item key -> its GPU
     with stop_signals():
         try:
             while pending or running:
                 while pending and len(running) < jobs:
                     item = pending.pop(0)
+                    gpu = least_busy(gpus, on_gpu.values())
+                    if gpu is not None:
+                        on_gpu[item.key] = gpu
                     process = context.Process(
                         target=_worker_main,
-                        args=(str(store.dir.parent), item.key, item.describe, item.fn, threads, os.getpid()),
+                        args=(str(store.dir.parent), item.key, item.describe, item.fn, threads, os.getpid(), gpu),
                         name=f"compare-{item.key}",
                         daemon=True,
                     )
@@ -137,6 +146,7 @@ def run_in_workers(
                         continue
                     process.join()
                     del running[key]
+                    on_gpu.pop(key, None)
                     records[key] = _record_of(store, item, process.exitcode)
                     finished(item, records[key])
                 time.sleep(POLL_S)
@@ -144,6 +154,14 @@ def run_in_workers(
             _stop([p for _, p in running.values()], grace_s)
             raise
     return records
+
+
+def least_busy(gpus, busy) -> str | None:
+    """The first of `gpus` with the fewest entries in `busy` (the GPUs of the running workers); None if none."""
+    if not gpus:
+        return None
+    counts = list(busy)
+    return min(gpus, key=counts.count)
 
 
 def _record_of(store: RunStore, item, exitcode: int) -> dict:

@@ -357,3 +357,42 @@ def test_peak_memory_of_a_resumed_run_counts_its_earlier_segments(monkeypatch):
     assert runner.peak_memory_gb(earlier + [{"step": 30, "loss": 0.8, "peak_gb": 1.0}], cuda) == 2.5
     assert runner.peak_memory_gb([{"step": 30, "loss": 0.8}], cuda) == 1.0
     assert runner.peak_memory_gb(earlier, torch.device("cpu")) is None
+
+
+def _visible_gpu(work_dir) -> dict:
+    """A work item that says which GPUs its worker process was given (module level: picklable)."""
+    import os
+
+    time.sleep(0.3)
+    return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def test_workers_are_spread_over_the_given_gpus(tmp_path):
+    from functools import partial
+
+    from mambalab.experiments.compare import WorkItem, run_all
+    from mambalab.experiments.runner import RunStore
+
+    items = [WorkItem(f"run{i}", f"r{i}", {}, partial(_visible_gpu), weight=1.0) for i in range(3)]
+    records = run_all(items, RunStore(tmp_path), progress=False, jobs=2, gpus=["5", "7"])
+    seen = [records[f"r{i}"]["visible"] for i in range(3)]
+    assert sorted(seen[:2]) == ["5", "7"]  # two at once: one on each GPU
+    assert seen[2] in ("5", "7")
+
+
+def test_least_busy_gpu_and_which_gpus_a_device_spreads_over(monkeypatch):
+    from mambalab.device import gpus_to_spread_over
+    from mambalab.experiments.workers import least_busy
+
+    assert least_busy([], []) is None
+    assert least_busy(["0", "1", "2"], ["0", "1", "0"]) == "2"
+    assert least_busy(["0", "1"], ["1"]) == "0"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4, 6,7")
+    assert gpus_to_spread_over(torch.device("cuda")) == ["4", "6", "7"]
+    assert gpus_to_spread_over(torch.device("cuda:1")) == []  # pinned by the user
+    assert gpus_to_spread_over(torch.device("cpu")) == []
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpus_to_spread_over(torch.device("cuda")) == ["0", "1", "2"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert gpus_to_spread_over(torch.device("cuda")) == []
