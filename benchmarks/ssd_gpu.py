@@ -9,8 +9,9 @@ SSD modules are imported without running `mamba_ssm/__init__.py`, which needs th
 Shapes (ANCHORS.md): b8, h24 and h32, head dim 64, N 128, one group, bf16 x/z/B/C/dt, float32 A/D/dt_bias,
 dt_softplus, with z and D; L = 2048, 8192 and (b2) 32768; official at chunk 256. Steps: a tile sweep of our
 kernels at L 2048 (forward and backward tiles chosen separately, `SSDConfig.state_mode` never mixed: see
-best_combination), forward and forward+backward times (median of triton.testing.do_bench), the extra peak
-memory of forward+backward and ours against official at every shape, the decode step, and last (its float32
+best_combination), the decode step (eager and replayed from CUDA graphs, with our step kernel's tile choices
+and its state-traffic floor), forward and forward+backward times (median of triton.testing.do_bench), the extra
+peak memory of forward+backward and ours against official at every shape, and last (its float32
 reference is slow) ours and official against the float32 torch backend on one sequence; then the registers,
 spills and shared memory of every compiled variant of our kernels (`kernel_resources`). The table is printed
 last. `--also state_mode=parallel` times that config at every shape too (its rows in the JSON and the log; the
@@ -320,16 +321,53 @@ def official_step_call(step, a, state):
                 z=a["z_t"], dt_bias=a["dt_bias"][:, None].expand(heads, p), dt_softplus=True)
 
 
+STEP_TILES = [(block_p, warps) for block_p in (16, 32, 64) for warps in (1, 2, 4, 8)]  # the step kernel's choices
+GRAPH_STEPS = 16  # steps captured per CUDA graph: a replay's time over them is the kernel's, without the host
+
+
+def graph_us(step) -> float | None:
+    """µs per call of `step` replayed from a CUDA graph of GRAPH_STEPS calls (None off the GPU)."""
+    if DEVICE != "cuda":
+        return None
+    step()  # compile and warm up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(GRAPH_STEPS):
+            step()
+    return 1e3 * bench(graph.replay) / GRAPH_STEPS
+
+
+def state_floor_us(state: torch.Tensor) -> float:
+    """The step's floor: its state read and written once at the GPU's HBM bandwidth (H100 SXM: 3.35 TB/s)."""
+    return 2 * state.numel() * state.element_size() / 3.35e12 * 1e6
+
+
+def step_tiles(a, state) -> dict:
+    """Our step kernel at every (block_p, warps) of STEP_TILES, from CUDA graphs: {"p32w4": µs, ...}."""
+    from mambalab.ops.ssd.triton_step import ssd_state_update_triton
+
+    args = {k: v for k, v in a.items() if k != "state"}
+    return {f"p{block_p}w{warps}": graph_us(functools.partial(
+        ssd_state_update_triton, state, **args, dt_softplus=True, block_p=block_p, num_warps=warps))
+        for block_p, warps in STEP_TILES}
+
+
 def time_decode(report, official_step):
-    """One decode step at the sweep's head count, p64, N128, batch 1 and 64 (µs per call, launch included)."""
+    """One decode step at the sweep's head count, p64, N128 and a float32 state, batch 1 and 64: µs per call
+    with the launch (eager) and per step replayed from a CUDA graph (as decoding runs it), with the tile
+    choices of our kernel and the state-traffic floor."""
     out = {}
     for batch in (1, 64):
         a = decode_inputs(batch, SWEEP_SHAPE[1])
         mine = a["state"].clone()
-        row = {"ours_us": 1e3 * bench(functools.partial(our_step, a, mine))}
+        row = {"ours_us": 1e3 * bench(functools.partial(our_step, a, mine)),
+               "ours_graph_us": graph_us(functools.partial(our_step, a, mine)),
+               "floor_us": state_floor_us(mine), "ours_tiles_graph_us": step_tiles(a, mine)}
         if official_step:
             theirs = a["state"].clone()
             row["official_us"] = 1e3 * bench(functools.partial(official_step_call, official_step, a, theirs))
+            row["official_graph_us"] = graph_us(functools.partial(official_step_call, official_step, a, theirs))
             s3, s4 = a["state"].clone(), a["state"].clone()
             y3, y4 = our_step(a, s3), official_step_call(official_step, a, s4)
             row["rel_err_y"], row["rel_err_state"] = rel_error(y3, y4), rel_error(s3, s4)
@@ -397,9 +435,9 @@ def main() -> int:
     official_scan = official_fn(chunk_scan) if chunk_scan else None
     best = stage(report, "sweep", lambda: SSDConfig() if opts.no_sweep else sweep(report)) or SSDConfig()
     save()
-    stage(report, "shapes", lambda: time_shapes(report, official_scan, best, save, opts.budget, opts.also))
+    stage(report, "decode", lambda: time_decode(report, step))  # first: short, and never cut by --budget
     save()
-    stage(report, "decode", lambda: time_decode(report, step))
+    stage(report, "shapes", lambda: time_shapes(report, official_scan, best, save, opts.budget, opts.also))
     save()
     stage(report, "correctness", lambda: correctness(report, official_scan))
     report["kernel_resources"] = compiled_resources(kernels())

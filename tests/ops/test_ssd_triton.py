@@ -129,6 +129,28 @@ def test_state_update_matches_reference(dtype, pool):
     assert rel_error(tri_state, ref_state) <= bound
 
 
+@pytest.mark.parametrize("block_p,num_warps", [(2, 1), (8, 8)])
+def test_state_update_tiles_match_reference(block_p, num_warps):
+    """The step kernel's tile choices (benchmarks/ssd_gpu.py times them): 2 channels a program splits p=5 into
+    three blocks, the last partial; 8 covers it in one masked block."""
+    from mambalab.ops.ssd.triton_step import ssd_state_update_triton
+
+    batch, heads, head_dim, groups, n = 2, 4, 5, 2, 7
+    state = torch.randn(batch, heads, head_dim, n, dtype=torch.float64)
+    args = {
+        "x_t": torch.randn(batch, heads, head_dim), "dt_t": torch.randn(batch, heads), "A": -(torch.rand(heads) + 0.1),
+        "B_t": torch.randn(batch, groups, n), "C_t": torch.randn(batch, groups, n), "D": torch.randn(heads),
+        "z_t": torch.randn(batch, heads, head_dim), "dt_bias": torch.randn(heads), "dt_softplus": True,
+    }
+    args = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    ref_state = state.clone()
+    y_ref = ssd_state_update(ref_state, **args, backend="reference")
+    tri_state = state.to(TRITON_DEVICE)
+    y = ssd_state_update_triton(tri_state, **{k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v
+                                              for k, v in args.items()}, block_p=block_p, num_warps=num_warps)
+    assert rel_error(y, y_ref) <= 1e-12 and rel_error(tri_state, ref_state) <= 1e-12
+
+
 def test_state_update_d_per_head_no_gate():
     state = torch.randn(2, 2, 3, 4, dtype=torch.float64)
     args = (torch.randn(2, 2, 3, dtype=torch.float64), torch.rand(2, 2, dtype=torch.float64),

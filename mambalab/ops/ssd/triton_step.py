@@ -21,8 +21,9 @@ def _strides3(t):
 
 
 def ssd_state_update_triton(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_bias=None, dt_softplus=False,
-                            state_batch_indices=None, block_p: int = 32):
-    """Same signature and semantics as `mambalab.ops.ssd.ssd_state_update` (arguments validated there)."""
+                            state_batch_indices=None, block_p: int = 32, num_warps: int = 4):
+    """Same signature and semantics as `mambalab.ops.ssd.ssd_state_update` (arguments validated there);
+    `block_p` channels per program, `num_warps` warps each (benchmarks/ssd_gpu.py times the choices)."""
     import triton.language as tl
 
     check_runnable("ssd_state_update", {"state": state, "x_t": x_t, "dt_t": dt_t, "A": A, "B_t": B_t, "C_t": C_t,
@@ -42,6 +43,6 @@ def ssd_state_update_triton(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_
         heads // groups, head_dim, n,
         BLOCK_P=block_p, BLOCK_N=_next_pow2(n), ACC=tl.float64 if fp64 else tl.float32,
         HAS_D=D is not None, HAS_Z=z_t is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        HAS_IDX=state_batch_indices is not None,
+        HAS_IDX=state_batch_indices is not None, num_warps=num_warps,
     )
     return y
