@@ -99,7 +99,9 @@ class SSDConfig:
     4 warps: results/ssd_gpu_backward_tiles.json); state_mode "parallel": the local states at 64 × 64 ×
     4 warps (106 registers), the passing at 1024 state elements × 8 chunks × 4 warps (128 registers, no shared
     memory in its loop; benchmarks/notes/ssd.md). shared_scores is off until timed (notes/ssd.md has the
-    prediction)."""
+    prediction). split_backward is off until timed (the same notes have its resources and prediction): the
+    gradient kernel's per-head half and its dB/dC half as two kernels, so that neither carries the other's live
+    tiles, and no product takes a transposed computed tile."""
 
     chunk: int = 64
     chunk_fused: int = 32
@@ -126,6 +128,13 @@ class SSDConfig:
     # the gradient kernel computes C Bᵀ once per program for all its heads (held on chip through the head loop)
     # instead of once per head
     shared_scores: bool = False
+    # the gradients in two kernels instead of ssd_chunk_backward_kernel: per head (dx, dz, dΔ, dA, dD; its tiles
+    # block_p_backward × warps_backward) and per group (dB, dC: block_n_dbc state channels per program, its
+    # head channels block_p_dbc at a time, warps_dbc warps); heads_per_program and shared_scores do not apply
+    split_backward: bool = False
+    block_n_dbc: int = 64
+    block_p_dbc: int = 32
+    warps_dbc: int = 4
 
     def __post_init__(self):
         for name, allowed in (("forward_mode", FORWARD_MODES), ("state_mode", STATE_MODES)):
@@ -449,13 +458,36 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
     dx = _empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype)
     dz = _empty(batch, length, heads, head_dim, device=dev, dtype=z.dtype) if z is not None else None
     ddt = _empty(rows, heads, p_blocks, device=dev, dtype=acc_torch)
-    dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)  # summed by atomic adds
-    dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
     dA = _empty(chunks, heads, p_blocks, device=dev, dtype=acc_torch)
     dD = _empty(chunks, heads, head_dim, device=dev, dtype=acc_torch)
     Dm = _d_matrix(D, heads, head_dim)
-    per_program = _heads_per_program(chunks, heads, heads // groups, p_blocks, cfg, dev)
-    if chunks:
+    if cfg.split_backward:  # dB, dC written once per element by ssd_chunk_dbc_kernel, in the inputs' dtypes
+        dB = _empty(rows, groups, n, device=dev, dtype=B.dtype)
+        dC = _empty(rows, groups, n, device=dev, dtype=C.dtype)
+    else:  # summed by atomic adds
+        dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
+        dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
+    if chunks and cfg.split_backward:
+        k.ssd_chunk_dx_kernel[(chunks, heads, p_blocks)](
+            x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
+            layout.chunk_seq, states, adjoints, dx, _or(dz, dx), ddt, dA, dD,
+            *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
+            *dy.stride()[1:], *dx.stride()[1:],
+            heads, heads // groups, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None, **flags,
+            num_warps=cfg.warps_backward, num_stages=cfg.stages,
+        )
+        block_n = _block(n, cfg.block_n_dbc)
+        n_blocks = -(-n // block_n)
+        k.ssd_chunk_dbc_kernel[(chunks * n_blocks, groups)](
+            x, dt, A, B, C, _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
+            layout.chunk_seq, states, adjoints, dB, dC,
+            *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides_lhp(z),
+            *dy.stride()[1:], *dB.stride(),
+            heads, heads // groups, head_dim, n, n_blocks, **{**flags, "BLOCK_N": block_n},
+            BLOCK_P=_block(head_dim, cfg.block_p_dbc), num_warps=cfg.warps_dbc, num_stages=cfg.stages,
+        )
+    elif chunks:
+        per_program = _heads_per_program(chunks, heads, heads // groups, p_blocks, cfg, dev)
         k.ssd_chunk_backward_kernel[(chunks, heads // per_program, p_blocks)](
             x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
             layout.chunk_seq, states, adjoints, dx, _or(dz, dx), ddt, dB, dC, dA, dD,
