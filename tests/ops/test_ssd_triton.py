@@ -235,7 +235,7 @@ def test_split_backward_blocks_and_packed_sequences():
     lengths = [37, 0, 9]
     kw = make_inputs(1, sum(lengths), 8, 17, 2, 20, rows=len(lengths), d_matrix=True)
     cfg = SSDConfig(chunk=16, block_p_backward=16, block_p_state=16, forward_mode="chunked")
-    split = _check_packed(kw, lengths, dataclasses.replace(cfg, split_backward=True, block_n_dbc=16,
+    split = _check_packed(kw, lengths, dataclasses.replace(cfg, split_backward=True, block_p_dx=16, block_n_dbc=16,
                                                            block_p_dbc=16))
     single = _check_packed(kw, lengths, cfg)
     for name, grad in single.items():
@@ -319,7 +319,7 @@ def test_random_shapes_and_tiles(case):
                     heads_per_program=pick(*(k for k in range(1, per_group + 1) if per_group % k == 0)),
                     state_mode=pick(*STATE_MODES), block_p_local=pick(16, 32), block_pass=pick(16, 64),
                     pass_steps=pick(1, 2, 8), shared_scores=pick(True, False), split_backward=pick(True, False),
-                    block_n_dbc=pick(16, 32), block_p_dbc=pick(16, 32))
+                    block_p_dx=pick(16, 32), block_n_dbc=pick(16, 32), block_p_dbc=pick(16, 32))
     ref_kw = requiring_grad(kw)
     tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)

@@ -462,29 +462,33 @@ def _close_state_side(pairs_dt, dC, dB, B, C, ACC: tl.constexpr, DOT: tl.constex
 
 
 @triton.jit
-def _store_step_gradients(ddt_ptr, dA_ptr, dD_ptr, inner, read_terms, write_terms, input_terms, skip_terms,
-                          through_both, A, dt, raw, chunk, head, pblock, row, heads, head_dim, p_blocks, offs_q,
-                          offs_p, p_mask, row_mask, SOFTPLUS: tl.constexpr):
-    """Store one head's and channel block's partial sums of dΔ (ddt (l, h, p_blocks)), dA (chunks, h, p_blocks)
-    and dD (chunks, h, p) from: inner[t, s] = L[t, s] (C_t · B_s) (gy_t · x_s) Δ_s (Q, Q); the elementwise
-    products (Q, P) gy ∘ y_in (y_in the entering state's part of y), x ∘ leaving (leaving_s = exp(Λ_Q − Λ_s) G
-    B_s), x ∘ g B and gy ∘ x; through_both = exp(Λ_Q) Σ H ∘ G.
-
-    ∂loss/∂ℓ_k, ℓ = Δ A, sums the contributions of all (source s, sink t) pairs with s < k ≤ t (docs/math.md):
-    both in the chunk (inner), sources before it read here (reads), sources here read after it (writes),
-    sources before read after (through_both). A sum of terms, never a difference of two totals."""
-    k_le_t = offs_q[:, None] >= offs_q[None, :]  # [t or s, k]
-    reads = tl.sum(read_terms, axis=1)  # [t]: what the entering state H adds to the loss through y_t
-    writes = dt * tl.sum(write_terms, axis=1)  # [s]: what Δ_s x_s ⊗ B_s adds to the loss through G
+def _pair_steps(inner, offs_q):
+    """What the (source s, sink t) pairs inside the chunk add to ∂loss/∂ℓ_k: Σ_{t ≥ k} Σ_{s < k} inner[t, s],
+    inner[t, s] = L[t, s] (C_t · B_s) (gy_t · x_s) Δ_s  (Q,)."""
+    k_le_t = offs_q[:, None] >= offs_q[None, :]  # [t, k]
     before_k = tl.cumsum(inner, axis=1) - inner  # Σ_{s < k} inner[t, s]  at [t, k]
-    d_step = tl.sum(tl.where(k_le_t, before_k + reads[:, None], 0.0), axis=0)
-    d_step += tl.sum(tl.where(k_le_t, 0.0, writes[:, None]), axis=0) + through_both  # (Q,)
-    ddt = tl.sum(input_terms, axis=1) + A * d_step  # x_s · g_s B_s + A ∂loss/∂ℓ_s
+    return tl.sum(tl.where(k_le_t, before_k, 0.0), axis=0)
+
+
+@triton.jit
+def _store_step_gradients(ddt_ptr, dA_ptr, dD_ptr, pair_steps, reads, writes, input_sums, skip_sums, through_both,
+                          A, dt, raw, chunk, head, pblock, row, heads, head_dim, p_blocks, offs_q, offs_p, p_mask,
+                          row_mask, SOFTPLUS: tl.constexpr):
+    """Store one head's and channel block's partial sums of dΔ (ddt (l, h, p_blocks)), dA (chunks, h, p_blocks)
+    and dD (chunks, h, p) from the parts of ∂loss/∂ℓ_k, ℓ = Δ A (docs/math.md): the pairs inside the chunk
+    (pair_steps, `_pair_steps`), sources before it read here (reads_t = gy_t · y_in_t, y_in the entering
+    state's part of y), sources here read after it (writes_s = Δ_s x_s · exp(Λ_Q − Λ_s) G B_s), sources before
+    read after (through_both = exp(Λ_Q) Σ H ∘ G), each a running sum over the chunk (never a difference of two
+    totals: an exclusive sum subtracts only its own term); and input_sums_s = x_s · g_s B_s, skip_sums = Σ_t
+    gy_t ∘ x_t (P,)."""
+    d_step = pair_steps + tl.cumsum(reads, axis=0, reverse=True)  # + Σ_{t ≥ k} reads_t
+    d_step += tl.cumsum(writes, axis=0) - writes + through_both  # + Σ_{s < k} writes_s                   (Q,)
+    ddt = input_sums + A * d_step  # x_s · g_s B_s + A ∂loss/∂ℓ_s
     if SOFTPLUS:
         ddt *= sigmoid(raw)
     tl.store(ddt_ptr + ((row + offs_q) * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
     tl.store(dA_ptr + (chunk * heads + head) * p_blocks + pblock, tl.sum(d_step * dt, axis=0))
-    tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, tl.sum(skip_terms, axis=0), mask=p_mask)
+    tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, skip_sums, mask=p_mask)
 
 
 @triton.jit
@@ -564,9 +568,10 @@ def ssd_chunk_backward_kernel(
         gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
         tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
         gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
-        _store_step_gradients(ddt_ptr, dA_ptr, dD_ptr, scored * gx * dt[None, :], gy * y_in, x * leaving, x * gB,
-                              gy * x, through_both, A, dt, raw, chunk, head, pblock, row, heads, head_dim, p_blocks,
-                              offs_q, offs_p, p_mask, row_mask, SOFTPLUS)
+        _store_step_gradients(ddt_ptr, dA_ptr, dD_ptr, _pair_steps(scored * gx * dt[None, :], offs_q),
+                              tl.sum(gy * y_in, axis=1), dt * tl.sum(x * leaving, axis=1), tl.sum(x * gB, axis=1),
+                              tl.sum(gy * x, axis=0), through_both, A, dt, raw, chunk, head, pblock, row, heads,
+                              head_dim, p_blocks, offs_q, offs_p, p_mask, row_mask, SOFTPLUS)
         if ONE_PASS:
             pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, mask, dt, log_decay, to_end, gy, x, entering,
                                                adjoint, DOT, PRECISION, ACC)
@@ -609,13 +614,6 @@ def ssd_chunk_dx_kernel(
     n_mask = offs_n < n_state
     nq_mask, np_mask = n_mask[:, None] & row_mask[None, :], n_mask[:, None] & p_mask[None, :]
     B_row, C_row = B_ptr + row * s_B_l + group * s_B_g, C_ptr + row * s_C_l + group * s_C_g
-    B = tl.load(B_row + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
-    C = tl.load(C_row + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
-    B_t = tl.load(B_row + _tile(offs_n, offs_q, s_B_n, s_B_l), mask=nq_mask, other=0.0).to(DOT)  # Bᵀ   (N, Q)
-    C_t = tl.load(C_row + _tile(offs_n, offs_q, s_C_n, s_C_l), mask=nq_mask, other=0.0).to(DOT)  # Cᵀ   (N, Q)
-    state_t = (chunk.to(tl.int64) * heads + head) * head_dim * n_state + _tile(offs_n, offs_p, 1, n_state)
-    entering_t = tl.load(states_ptr + state_t, mask=np_mask, other=0.0).to(DOT)  # Hᵀ                 (N, P)
-    adjoint_t = tl.load(adjoints_ptr + state_t, mask=np_mask, other=0.0).to(DOT)  # Gᵀ                (N, P)
     A = tl.load(A_ptr + head).to(ACC)
     dt, raw = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
                           HAS_BIAS, SOFTPLUS)
@@ -623,34 +621,44 @@ def ssd_chunk_dx_kernel(
     chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
     x_row = x_ptr + row * s_x_l + head * s_x_h
     x = tl.load(x_row + _tile(offs_q, offs_p, s_x_l, s_x_p), mask=qp_mask, other=0.0)  # (Q, P)
-    x_t = tl.load(x_row + _tile(offs_p, offs_q, s_x_p, s_x_l), mask=p_mask[:, None] & row_mask[None, :],
-                  other=0.0).to(DOT)  # xᵀ                                                          (P, Q)
     dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + _tile(offs_q, offs_p, s_dy_l, s_dy_p), mask=qp_mask,
                  other=0.0).to(ACC)  # (Q, P)
     gy, z, gate = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, _tile(offs_q, offs_p, s_z_l, s_z_p), qp_mask,
                                  ACC, HAS_Z)
+    d_gate = dy * gate * (1.0 + z * (1.0 - gate))  # dz = d_gate (y + D x): ∂ silu(z) = σ (1 + z (1 − σ))
+    gy_dot = gy.to(DOT)
     D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)
-    to_end = tl.exp(chunk_decay - log_decay)  # exp(Λ_Q − Λ_s)                                      (Q,)
+    state_t = (chunk.to(tl.int64) * heads + head) * head_dim * n_state + _tile(offs_n, offs_p, 1, n_state)
+    entering_t = tl.load(states_ptr + state_t, mask=np_mask, other=0.0).to(DOT)  # Hᵀ                 (N, P)
+    adjoint_t = tl.load(adjoints_ptr + state_t, mask=np_mask, other=0.0).to(DOT)  # Gᵀ                (N, P)
     through_both = tl.exp(chunk_decay) * tl.sum(tl.sum(adjoint_t.to(ACC) * entering_t.to(ACC), axis=1), axis=0)
     # Output side, [t, ·]: y^ssm = L ∘ (C Bᵀ) Δ x + exp(Λ_t) C H, for dz and for what H adds to the loss
+    C = tl.load(C_row + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
+    B_t = tl.load(B_row + _tile(offs_n, offs_q, s_B_n, s_B_l), mask=nq_mask, other=0.0).to(DOT)  # Bᵀ   (N, Q)
     scored = tl.dot(C, B_t, input_precision=PRECISION, out_dtype=ACC) * _decay_mask(log_decay, offs_q)  # [t, s]
     y_in = tl.exp(log_decay)[:, None] * tl.dot(C, entering_t, input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
     y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)
-    x = x.to(ACC)
     o_offs = row * s_o_l + head * s_o_h + _tile(offs_q, offs_p, s_o_l, s_o_p)
     if HAS_Z:
-        dz = dy * (y + D[None, :] * x) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z) = σ (1 + z (1 − σ))
+        dz = d_gate * (y + D[None, :] * x.to(ACC))
         tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
-    gy_dot = gy.to(DOT)
+    reads = tl.sum(gy * y_in, axis=1)  # [t]
+    x_t = tl.load(x_row + _tile(offs_p, offs_q, s_x_p, s_x_l), mask=p_mask[:, None] & row_mask[None, :],
+                  other=0.0).to(DOT)  # xᵀ                                                          (P, Q)
     gx = tl.dot(gy_dot, x_t, input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s                [t, s]
+    pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)
     # Input side, [s, ·]: g_s B_s = Σ_{t ≥ s} L[t, s] (C_t · B_s) gy_t + exp(Λ_Q − Λ_s) G B_s
+    B = tl.load(B_row + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
+    C_t = tl.load(C_row + _tile(offs_n, offs_q, s_C_n, s_C_l), mask=nq_mask, other=0.0).to(DOT)  # Cᵀ   (N, Q)
     scored_t = tl.dot(B, C_t, input_precision=PRECISION, out_dtype=ACC) * _decay_mask_transposed(log_decay, offs_q)
-    leaving = to_end[:, None] * tl.dot(B, adjoint_t, input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
+    leaving = tl.exp(chunk_decay - log_decay)[:, None] * tl.dot(B, adjoint_t, input_precision=PRECISION,
+                                                                out_dtype=ACC)  # exp(Λ_Q − Λ_s) G B_s (Q, P)
     gB = leaving + tl.dot(scored_t.to(DOT), gy_dot, input_precision=PRECISION, out_dtype=ACC)
     tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
-    _store_step_gradients(ddt_ptr, dA_ptr, dD_ptr, scored * gx * dt[None, :], gy * y_in, x * leaving, x * gB,
-                          gy * x, through_both, A, dt, raw, chunk, head, pblock, row, heads, head_dim, p_blocks,
-                          offs_q, offs_p, p_mask, row_mask, SOFTPLUS)
+    x = x.to(ACC)
+    _store_step_gradients(ddt_ptr, dA_ptr, dD_ptr, pair_steps, reads, dt * tl.sum(x * leaving, axis=1),
+                          tl.sum(x * gB, axis=1), tl.sum(gy * x, axis=0), through_both, A, dt, raw, chunk, head,
+                          pblock, row, heads, head_dim, p_blocks, offs_q, offs_p, p_mask, row_mask, SOFTPLUS)
 
 
 @triton.jit
@@ -685,8 +693,8 @@ def ssd_chunk_dbc_kernel(
     for i in range(heads_per_group):
         head = group * heads_per_group + i
         A = tl.load(A_ptr + head).to(ACC)
-        dt, _ = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
-                            HAS_BIAS, SOFTPLUS)
+        dt, _raw = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l,
+                               ACC, HAS_BIAS, SOFTPLUS)
         log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                              (Q,)
         from_start = tl.exp(log_decay)  # exp(Λ_t)
         written = dt * tl.exp(tl.sum(dt * A, axis=0) - log_decay)  # Δ_s exp(Λ_Q − Λ_s)
@@ -700,7 +708,7 @@ def ssd_chunk_dbc_kernel(
                           mask=p_mask[:, None] & row_mask[None, :], other=0.0).to(ACC)  # xᵀ            (P, Q)
             dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + _tile(offs_q, offs_p, s_dy_l, s_dy_p),
                          mask=qp_mask, other=0.0).to(ACC)  # (Q, P)
-            gy, _, _ = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, _tile(offs_q, offs_p, s_z_l, s_z_p),
+            gy, _z, _gate = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, _tile(offs_q, offs_p, s_z_l, s_z_p),
                                       qp_mask, ACC, HAS_Z)
             entering = tl.load(states_ptr + state_head + _tile(offs_p, offs_n, n_state, 1),
                                mask=p_mask[:, None] & n_mask[None, :], other=0.0).to(DOT)  # H          (P, N)

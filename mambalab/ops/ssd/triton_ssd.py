@@ -128,13 +128,16 @@ class SSDConfig:
     # the gradient kernel computes C Bᵀ once per program for all its heads (held on chip through the head loop)
     # instead of once per head
     shared_scores: bool = False
-    # the gradients in two kernels instead of ssd_chunk_backward_kernel: per head (dx, dz, dΔ, dA, dD; its tiles
-    # block_p_backward × warps_backward) and per group (dB, dC: block_n_dbc state channels per program, its
-    # head channels block_p_dbc at a time, warps_dbc warps); heads_per_program and shared_scores do not apply
+    # the gradients in two kernels instead of ssd_chunk_backward_kernel: per head (dx, dz, dΔ, dA, dD: block_p_dx
+    # channels × warps_dx warps per program) and per group (dB, dC: block_n_dbc state channels per program, its
+    # head channels block_p_dbc at a time, warps_dbc warps); block_p_backward, warps_backward, heads_per_program
+    # and shared_scores are the single kernel's and do not apply
     split_backward: bool = False
+    block_p_dx: int = 32
+    warps_dx: int = 8
     block_n_dbc: int = 64
     block_p_dbc: int = 32
-    warps_dbc: int = 4
+    warps_dbc: int = 8
 
     def __post_init__(self):
         for name, allowed in (("forward_mode", FORWARD_MODES), ("state_mode", STATE_MODES)):
@@ -452,7 +455,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
     states, _ = _chunk_states(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg)
     adjoints, dh0 = _chunk_adjoints(dy, dfinal, x, dt, A, B, C, z, dt_bias, layout, softplus, cfg)
 
-    block_p = _block(head_dim, cfg.block_p_backward)
+    block_p = _block(head_dim, cfg.block_p_dx if cfg.split_backward else cfg.block_p_backward)
     p_blocks = -(-head_dim // block_p)
     rows, chunks = batch * length, layout.chunks
     dx = _empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype)
@@ -474,7 +477,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
             *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
             *dy.stride()[1:], *dx.stride()[1:],
             heads, heads // groups, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None, **flags,
-            num_warps=cfg.warps_backward, num_stages=cfg.stages,
+            num_warps=cfg.warps_dx, num_stages=cfg.stages,
         )
         block_n = _block(n, cfg.block_n_dbc)
         n_blocks = -(-n // block_n)
