@@ -27,6 +27,11 @@ chunk, through H, through G and through both (docs/math.md, "Gradients"). Sums o
 one add per element and program ((heads / heads_per_program) × channel blocks adds per element in all); the
 partial sums over channel blocks and chunks (dΔ, dA, dD) are stored per block and summed by the caller.
 
+SSDConfig.split_backward gives the same gradients from two kernels instead: `ssd_chunk_dx_kernel` (one head
+and channel block per program: dx, dz, dΔ, dA, dD) and `ssd_chunk_dbc_kernel` (one chunk, group and block of
+state channels per program: dB, dC summed over the group's heads on chip and written once), neither holding the
+other's tiles, and neither transposing a computed tile (transposed operands are loaded transposed).
+
 The states entering the chunks and the adjoints leaving them come either from the walks above
 (`ssd_forward_kernel` with STORE_STATES, `ssd_adjoint_kernel`: one (p, Q)·(Q, n) product per chunk inside a
 sequential loop, so few programs and as many dependent steps as chunks per sequence) or in two parallel

@@ -3,8 +3,9 @@
 Forward: one sequence walk computing y (fused), or the chunk states plus every chunk in parallel (chunked),
 chosen by `SSDConfig.forward_mode`. It saves only its inputs. Backward: the state entering each chunk and the
 adjoint of the state leaving each chunk (both transient, (chunks, h, p, n) in the matrix-product dtype), then
-one chunk-parallel kernel for every gradient; the sums the kernels leave per channel block or chunk (dΔ, dA,
-dD, dt_bias) are finished here with torch reductions.
+one chunk-parallel kernel for every gradient (or two, per head and per group: `SSDConfig.split_backward`); the
+sums the kernels leave per channel block or chunk (dΔ, dA, dD, dt_bias) are finished here with torch
+reductions.
 
 The chunk states and adjoints (chunked forward and backward) come from `SSDConfig.state_mode`: "walk" (a
 sequential program per (sequence, head, channel block), `_sequence_pass` / `_chunk_adjoints`) or "parallel"
