@@ -594,16 +594,40 @@ def ssd_chunk_backward_kernel(
 
 
 @triton.jit
+def ssd_chunk_scores_kernel(
+    B_ptr, C_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr, scores_ptr,
+    s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n,
+    groups, n_state,
+    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """C Bᵀ of one chunk and group (grid: chunks × groups) into scores (chunks, g, Q, Q) in the accumulation
+    dtype: [t, s] = C_t · B_s, zero past the sequence's end. The same for every head of the group, so the
+    per-head gradient kernel reads it (both orientations) instead of computing it (SSDConfig.stored_scores)."""
+    chunk, group = tl.program_id(0), tl.program_id(1)
+    seq = tl.load(chunk_seq_ptr + chunk)
+    row = tl.load(seq_ptr + seq).to(tl.int64) + (chunk - tl.load(chunk_ptr + seq)) * BLOCK_Q
+    offs_q, offs_n = tl.arange(0, BLOCK_Q), tl.arange(0, BLOCK_N)
+    row_mask, n_mask = offs_q < tl.load(seq_ptr + seq + 1).to(tl.int64) - row, offs_n < n_state
+    C = tl.load(C_ptr + row * s_C_l + group * s_C_g + _tile(offs_q, offs_n, s_C_l, s_C_n),
+                mask=row_mask[:, None] & n_mask[None, :], other=0.0).to(DOT)  # (Q, N)
+    B_t = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_n, offs_q, s_B_n, s_B_l),
+                  mask=n_mask[:, None] & row_mask[None, :], other=0.0).to(DOT)  # Bᵀ                   (N, Q)
+    scores = tl.dot(C, B_t, input_precision=PRECISION, out_dtype=ACC)  # (Q, Q)
+    tl.store(scores_ptr + (chunk.to(tl.int64) * groups + group) * BLOCK_Q * BLOCK_Q + _tile(offs_q, offs_q, BLOCK_Q, 1),
+             scores.to(scores_ptr.dtype.element_ty))
+
+
+@triton.jit
 def ssd_chunk_dx_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
-    states_ptr, adjoints_ptr,
+    states_ptr, adjoints_ptr, scores_ptr,
     dx_ptr, dz_ptr, ddt_ptr, dA_ptr, dD_ptr,
     s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n, s_D_h, s_D_p,
     s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p, s_o_l, s_o_h, s_o_p,
-    heads, heads_per_group, head_dim, n_state, p_blocks,
+    heads, groups, heads_per_group, head_dim, n_state, p_blocks,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, STORED_SCORES: tl.constexpr,
 ):
     """The per-head gradients of one (chunk, head, channel block) (grid: chunks × heads × channel blocks): dx,
     dz (l, h, p) with strides s_o_*, and the partial sums ddt, dA, dD of `ssd_chunk_backward_kernel`; dB and dC
@@ -612,7 +636,9 @@ def ssd_chunk_dx_kernel(
 
     Every tile product takes its operands in the orientation it needs: the transposed tiles (Bᵀ, Cᵀ, xᵀ, Hᵀ,
     Gᵀ) are loaded transposed from memory, and the scores are computed twice, L ∘ C Bᵀ at [t, s] (y, dΔ) and
-    Lᵀ ∘ B Cᵀ at [s, t] (g B), one more (Q, Q, N) product instead of a transposed computed tile."""
+    Lᵀ ∘ B Cᵀ at [s, t] (g B), one more (Q, Q, N) product instead of a transposed computed tile; or
+    (STORED_SCORES) C Bᵀ is read in both orientations from scores ((chunks, g, Q, Q), `ssd_chunk_scores_kernel`),
+    no (Q, Q, N) product at all."""
     (chunk, head, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, _,
      _) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
     group = head // heads_per_group
@@ -639,8 +665,13 @@ def ssd_chunk_dx_kernel(
     through_both = tl.exp(chunk_decay) * tl.sum(tl.sum(adjoint_t.to(ACC) * entering_t.to(ACC), axis=1), axis=0)
     # Output side, [t, ·]: y^ssm = L ∘ (C Bᵀ) Δ x + exp(Λ_t) C H, for dz and for what H adds to the loss
     C = tl.load(C_row + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
-    B_t = tl.load(B_row + _tile(offs_n, offs_q, s_B_n, s_B_l), mask=nq_mask, other=0.0).to(DOT)  # Bᵀ   (N, Q)
-    scored = tl.dot(C, B_t, input_precision=PRECISION, out_dtype=ACC) * _decay_mask(log_decay, offs_q)  # [t, s]
+    scores_chunk = scores_ptr + (chunk.to(tl.int64) * groups + group) * BLOCK_Q * BLOCK_Q
+    if STORED_SCORES:
+        scores = tl.load(scores_chunk + _tile(offs_q, offs_q, BLOCK_Q, 1)).to(ACC)  # C_t · B_s          [t, s]
+    else:
+        B_t = tl.load(B_row + _tile(offs_n, offs_q, s_B_n, s_B_l), mask=nq_mask, other=0.0).to(DOT)  # Bᵀ (N, Q)
+        scores = tl.dot(C, B_t, input_precision=PRECISION, out_dtype=ACC)
+    scored = scores * _decay_mask(log_decay, offs_q)  # L ∘ C Bᵀ                                    [t, s]
     y_in = tl.exp(log_decay)[:, None] * tl.dot(C, entering_t, input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
     y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)
     o_offs = row * s_o_l + head * s_o_h + _tile(offs_q, offs_p, s_o_l, s_o_p)
@@ -654,8 +685,12 @@ def ssd_chunk_dx_kernel(
     pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)
     # Input side, [s, ·]: g_s B_s = Σ_{t ≥ s} L[t, s] (C_t · B_s) gy_t + exp(Λ_Q − Λ_s) G B_s
     B = tl.load(B_row + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
-    C_t = tl.load(C_row + _tile(offs_n, offs_q, s_C_n, s_C_l), mask=nq_mask, other=0.0).to(DOT)  # Cᵀ   (N, Q)
-    scored_t = tl.dot(B, C_t, input_precision=PRECISION, out_dtype=ACC) * _decay_mask_transposed(log_decay, offs_q)
+    if STORED_SCORES:
+        scores_t = tl.load(scores_chunk + _tile(offs_q, offs_q, 1, BLOCK_Q)).to(ACC)  # B_s · C_t         [s, t]
+    else:
+        C_t = tl.load(C_row + _tile(offs_n, offs_q, s_C_n, s_C_l), mask=nq_mask, other=0.0).to(DOT)  # Cᵀ (N, Q)
+        scores_t = tl.dot(B, C_t, input_precision=PRECISION, out_dtype=ACC)
+    scored_t = scores_t * _decay_mask_transposed(log_decay, offs_q)  # Lᵀ ∘ B Cᵀ                   [s, t]
     leaving = tl.exp(chunk_decay - log_decay)[:, None] * tl.dot(B, adjoint_t, input_precision=PRECISION,
                                                                 out_dtype=ACC)  # exp(Λ_Q − Λ_s) G B_s (Q, P)
     gB = leaving + tl.dot(scored_t.to(DOT), gy_dot, input_precision=PRECISION, out_dtype=ACC)

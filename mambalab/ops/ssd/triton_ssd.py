@@ -134,6 +134,10 @@ class SSDConfig:
     # head channels block_p_dbc at a time, warps_dbc warps); block_p_backward, warps_backward, heads_per_program
     # and shared_scores are the single kernel's and do not apply
     split_backward: bool = False
+    # split_backward: C Bᵀ of each chunk and group computed once (ssd_chunk_scores_kernel, warps_dbc warps) and
+    # stored in the accumulation dtype ((chunks, g, Q, Q): 16 KB per chunk and group in float32), read by the
+    # per-head kernel in both orientations instead of two (Q, Q, N) products per head and channel block
+    stored_scores: bool = False
     block_p_dx: int = 32
     warps_dx: int = 8
     block_n_dbc: int = 64
@@ -472,13 +476,22 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
         dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
         dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
     if chunks and cfg.split_backward:
+        scores = None
+        if cfg.stored_scores:
+            scores = _empty(chunks, groups, cfg.chunk, cfg.chunk, device=dev, dtype=acc_torch)
+            k.ssd_chunk_scores_kernel[(chunks, groups)](
+                B, C, layout.seq_starts, layout.first_chunks, layout.chunk_seq, scores,
+                *B.stride()[1:], *C.stride()[1:], groups, n,
+                **{name: flags[name] for name in ("BLOCK_Q", "BLOCK_N", "ACC", "DOT", "PRECISION")},
+                num_warps=cfg.warps_dbc, num_stages=cfg.stages,
+            )
         k.ssd_chunk_dx_kernel[(chunks, heads, p_blocks)](
             x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
-            layout.chunk_seq, states, adjoints, dx, _or(dz, dx), ddt, dA, dD,
+            layout.chunk_seq, states, adjoints, _or(scores, dx), dx, _or(dz, dx), ddt, dA, dD,
             *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
             *dy.stride()[1:], *dx.stride()[1:],
-            heads, heads // groups, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None, **flags,
-            num_warps=cfg.warps_dx, num_stages=cfg.stages,
+            heads, groups, heads // groups, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None,
+            STORED_SCORES=cfg.stored_scores, **flags, num_warps=cfg.warps_dx, num_stages=cfg.stages,
         )
         block_n = _block(n, cfg.block_n_dbc)
         n_blocks = -(-n // block_n)
