@@ -340,12 +340,13 @@ def test_random_shapes_and_tiles(case):
 @pytest.mark.parametrize("mode", ["fused", "chunked"])
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("gradients", [{}, {"shared_scores": True}, {"split_backward": True},
-                                       {"split_backward": True, "stored_scores": True}])
+                                       {"split_backward": True, "stored_scores": True},
+                                       {"split_backward": True, "maxnreg_dx": 128, "maxnreg_dbc": 128}])
 def test_model_sized_on_gpu(mode, state_mode, dtype, bound, gradients):
     """A Mamba-2 layer's sizes (p 64, n 128, 2 groups, 1000 positions: a partial last chunk), compiled, against
     the torch backend in float64 on the same (rounded) inputs: outputs, final state, every gradient; the gradient
     kernel's C Bᵀ per head or once per program (shared_scores), or the gradients in two kernels (split_backward),
-    C Bᵀ computed per head or stored once per chunk (stored_scores)."""
+    C Bᵀ computed per head or stored once per chunk (stored_scores), registers bounded (maxnreg_*: spills)."""
     kw = make_inputs(2, 1000, 8, 64, 2, 128, dtype=torch.float32)
     kw = {k: (v.to(dtype) if k in ("x", "B", "C", "z") else v) for k, v in kw.items()}
     ref_kw = requiring_grad({k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})

@@ -143,6 +143,11 @@ class SSDConfig:
     block_n_dbc: int = 64
     block_p_dbc: int = 32
     warps_dbc: int = 8
+    # split_backward: the most registers per thread the compiler may give the per-head and the dB/dC kernel (0:
+    # its own choice, up to 255); a bound fits more programs on a multiprocessor (65536 registers: at 8 warps
+    # ≤ 128 for two) at the cost of spills
+    maxnreg_dx: int = 0
+    maxnreg_dbc: int = 0
 
     def __post_init__(self):
         for name, allowed in (("forward_mode", FORWARD_MODES), ("state_mode", STATE_MODES)):
@@ -492,6 +497,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
             *dy.stride()[1:], *dx.stride()[1:],
             heads, groups, heads // groups, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None,
             STORED_SCORES=cfg.stored_scores, **flags, num_warps=cfg.warps_dx, num_stages=cfg.stages,
+            maxnreg=cfg.maxnreg_dx or None,
         )
         block_n = _block(n, cfg.block_n_dbc)
         n_blocks = -(-n // block_n)
@@ -502,6 +508,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
             *dy.stride()[1:], *dB.stride(),
             heads, heads // groups, head_dim, n, n_blocks, **{**flags, "BLOCK_N": block_n},
             BLOCK_P=_block(head_dim, cfg.block_p_dbc), num_warps=cfg.warps_dbc, num_stages=cfg.stages,
+            maxnreg=cfg.maxnreg_dbc or None,
         )
     elif chunks:
         per_program = _heads_per_program(chunks, heads, heads // groups, p_blocks, cfg, dev)
