@@ -8,8 +8,10 @@ the kernel module swapped for one that records each launch instead of running it
 specialized and compiled exactly as Triton's launcher would (its own binder: the same constexprs, integer and
 alignment specializations, options) for the target (default sm_90), and the cubin's resources are read with
 the cuobjdump bundled with Triton. The rows are those of `kernel_resources.compiled_resources` plus the stack
-frame and local memory separately, so that a tile or warp choice can be judged before any device time: a
-kernel at 255 registers with a stack frame is latency-bound (benchmarks/notes/ssd.md).
+frame and local memory separately, so that a tile or warp choice can be judged before any device time: spills
+(a stack frame), registers and shared memory bound the programs per multiprocessor (benchmarks/notes/ssd.md;
+ptxas takes up to 255 registers when nothing bounds it, so the stack says more than the register count).
+dt is float32 here (ssd_gpu.py times bfloat16 dt: the same kernels but for one load's conversion).
 
 Run it with the device's Triton first on PYTHONPATH (e.g. `pip install --target /tmp/tri36 triton==3.6.0`):
 register allocation changes between Triton versions. Meta tensors have address 0, so every pointer counts as
