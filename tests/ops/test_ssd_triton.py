@@ -341,7 +341,9 @@ def test_random_shapes_and_tiles(case):
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("gradients", [{}, {"shared_scores": True}, {"split_backward": True},
                                        {"split_backward": True, "stored_scores": True},
-                                       {"split_backward": True, "maxnreg_dx": 128, "maxnreg_dbc": 128}])
+                                       {"split_backward": True, "maxnreg_dx": 128, "maxnreg_dbc": 128}],
+                         ids=["single_kernel", "shared_scores", "split_backward", "split_backward_stored_scores",
+                              "split_backward_maxnreg"])
 def test_model_sized_on_gpu(mode, state_mode, dtype, bound, gradients):
     """A Mamba-2 layer's sizes (p 64, n 128, 2 groups, 1000 positions: a partial last chunk), compiled, against
     the torch backend in float64 on the same (rounded) inputs: outputs, final state, every gradient; the gradient
