@@ -452,6 +452,46 @@ def _strides_lhp(t):
     return (t.stride(1), t.stride(2), t.stride(3)) if t is not None else (0, 0, 0)
 
 
+def _split_gradients(x, dt, A, B, C, Dm, z, dt_bias, dy, layout, states, adjoints, outputs, block_p, flags, cfg):
+    """The gradient launches of SSDConfig.split_backward: C Bᵀ per chunk and group (stored_scores), the per-head
+    kernel (dx, dz, dΔ, dA, dD at block_p channels per program) and the per-group kernel (dB, dC), into
+    outputs = (dx, dz, ddt, dA, dD, dB, dC) as `_backward` allocates them; flags: the kernels' shared constexprs."""
+    k = kernels()
+    dx, dz, ddt, dA, dD, dB, dC = outputs
+    heads, head_dim = x.shape[2], x.shape[3]
+    groups, n = B.shape[2], B.shape[3]
+    chunks, p_blocks = layout.chunks, ddt.shape[-1]
+    scores = None
+    if cfg.stored_scores:
+        scores = _empty(chunks, groups, cfg.chunk, cfg.chunk, device=x.device, dtype=dA.dtype)
+        k.ssd_chunk_scores_kernel[(chunks, groups)](
+            B, C, layout.seq_starts, layout.first_chunks, layout.chunk_seq, scores,
+            *B.stride()[1:], *C.stride()[1:], groups, n,
+            **{name: flags[name] for name in ("BLOCK_Q", "BLOCK_N", "ACC", "DOT", "PRECISION")},
+            num_warps=cfg.warps_dbc, num_stages=cfg.stages,
+        )
+    k.ssd_chunk_dx_kernel[(chunks, heads, p_blocks)](
+        x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
+        layout.chunk_seq, states, adjoints, _or(scores, dx), dx, _or(dz, dx), ddt, dA, dD,
+        *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
+        *dy.stride()[1:], *dx.stride()[1:],
+        heads, groups, heads // groups, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=Dm is not None,
+        STORED_SCORES=cfg.stored_scores, **flags, num_warps=cfg.warps_dx, num_stages=cfg.stages,
+        maxnreg=cfg.maxnreg_dx or None,
+    )
+    block_n = _block(n, cfg.block_n_dbc)
+    n_blocks = -(-n // block_n)
+    k.ssd_chunk_dbc_kernel[(chunks * n_blocks, groups)](
+        x, dt, A, B, C, _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
+        layout.chunk_seq, states, adjoints, dB, dC,
+        *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides_lhp(z),
+        *dy.stride()[1:], *dB.stride(),
+        heads, heads // groups, head_dim, n, n_blocks, **{**flags, "BLOCK_N": block_n},
+        BLOCK_P=_block(head_dim, cfg.block_p_dbc), num_warps=cfg.warps_dbc, num_stages=cfg.stages,
+        maxnreg=cfg.maxnreg_dbc or None,
+    )
+
+
 def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg):
     """Every input's gradient: the states entering each chunk (forward kernel), the adjoints leaving each chunk
     (backward walk), then all chunks at once; here only the sums over channel blocks and chunks."""
@@ -481,35 +521,8 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
         dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
         dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
     if chunks and cfg.split_backward:
-        scores = None
-        if cfg.stored_scores:
-            scores = _empty(chunks, groups, cfg.chunk, cfg.chunk, device=dev, dtype=acc_torch)
-            k.ssd_chunk_scores_kernel[(chunks, groups)](
-                B, C, layout.seq_starts, layout.first_chunks, layout.chunk_seq, scores,
-                *B.stride()[1:], *C.stride()[1:], groups, n,
-                **{name: flags[name] for name in ("BLOCK_Q", "BLOCK_N", "ACC", "DOT", "PRECISION")},
-                num_warps=cfg.warps_dbc, num_stages=cfg.stages,
-            )
-        k.ssd_chunk_dx_kernel[(chunks, heads, p_blocks)](
-            x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
-            layout.chunk_seq, states, adjoints, _or(scores, dx), dx, _or(dz, dx), ddt, dA, dD,
-            *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
-            *dy.stride()[1:], *dx.stride()[1:],
-            heads, groups, heads // groups, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None,
-            STORED_SCORES=cfg.stored_scores, **flags, num_warps=cfg.warps_dx, num_stages=cfg.stages,
-            maxnreg=cfg.maxnreg_dx or None,
-        )
-        block_n = _block(n, cfg.block_n_dbc)
-        n_blocks = -(-n // block_n)
-        k.ssd_chunk_dbc_kernel[(chunks * n_blocks, groups)](
-            x, dt, A, B, C, _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
-            layout.chunk_seq, states, adjoints, dB, dC,
-            *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides_lhp(z),
-            *dy.stride()[1:], *dB.stride(),
-            heads, heads // groups, head_dim, n, n_blocks, **{**flags, "BLOCK_N": block_n},
-            BLOCK_P=_block(head_dim, cfg.block_p_dbc), num_warps=cfg.warps_dbc, num_stages=cfg.stages,
-            maxnreg=cfg.maxnreg_dbc or None,
-        )
+        _split_gradients(x, dt, A, B, C, Dm, z, dt_bias, dy, layout, states, adjoints, (dx, dz, ddt, dA, dD, dB, dC),
+                         block_p, flags, cfg)
     elif chunks:
         per_program = _heads_per_program(chunks, heads, heads // groups, p_blocks, cfg, dev)
         k.ssd_chunk_backward_kernel[(chunks, heads // per_program, p_blocks)](
