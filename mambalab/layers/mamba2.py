@@ -13,6 +13,7 @@ y_t = h_t C_t + D x_t (`mambalab.ops.ssd`).
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -123,11 +124,13 @@ class Mamba2(nn.Module):
         restore_float32(self._fp32_params())
         return self
 
-    def _ssm_params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A (h,) = −exp(A_log) in float32 (float64 for a float64 model) and D, (h,) or (h, p)."""
-        A = -torch.exp(self.A_log if self.A_log.dtype == torch.float64 else self.A_log.float())  # (h,)
-        D = self.D.unflatten(0, (self.n_heads, self.head_dim)) if self.cfg.D_has_hdim else self.D
-        return A, D
+    def _A(self) -> torch.Tensor:
+        """A (h,) = −exp(A_log) in float32 (float64 for a float64 model)."""
+        return -torch.exp(self.A_log if self.A_log.dtype == torch.float64 else self.A_log.float())  # (h,)
+
+    def _D(self) -> torch.Tensor:
+        """D, (h,) or (h, p) (a view)."""
+        return self.D.unflatten(0, (self.n_heads, self.head_dim)) if self.cfg.D_has_hdim else self.D
 
     # Kernels ----------------------------------------------------------------------------------------
     def _backend(self, op: str) -> str:
@@ -173,7 +176,7 @@ class Mamba2(nn.Module):
             state["conv"].copy_(conv_state)
         x, B, C = xBC.transpose(1, 2).split([d, g * n, g * n], dim=-1)  # (b, l, d|g·n|g·n)
         # 4. SSD: Δ = softplus(dt + dt_bias), h_t = exp(Δ_t A) h_{t-1} + Δ_t x_t ⊗ B_t, y_t = h_t C_t + D x_t
-        A, D = self._ssm_params()
+        A, D = self._A(), self._D()
         args = {"D": D, "dt_bias": self.dt_bias, "dt_softplus": True, "chunk_size": self.cfg.chunk_size,
                 "backend": self.cfg.ssd_backend}
         heads = (x.unflatten(-1, (h, p)), dt, A, B.unflatten(-1, (g, n)), C.unflatten(-1, (g, n)))
@@ -207,15 +210,20 @@ class Mamba2(nn.Module):
         xBC = causal_conv1d_update(xBC, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu",
                                    backend=self._backend(CONV_UPDATE_OP))  # (b, conv_dim)
         x, B, C = xBC.split([d, g * n, g * n], dim=-1)  # (b, d|g·n|g·n)
-        A, D = self._ssm_params()
+        step, A = self._ssd_step(x)
         heads = (x.unflatten(-1, (h, p)), dt, A, B.unflatten(-1, (g, n)), C.unflatten(-1, (g, n)))
-        y = self._ssd_step(x)(state["ssm"], *heads, D=D, dt_bias=self.dt_bias, dt_softplus=True)  # (b, h, p)
+        y = step(state["ssm"], *heads, D=self._D(), dt_bias=self.dt_bias, dt_softplus=True)  # (b, h, p)
         return self.norm(y.flatten(-2), z)  # (b, d)
 
     def _ssd_step(self, x: torch.Tensor):
-        """The backend of `ssd_state_update` for tensors like x, called without the op's argument checks:
-        the mixer builds every argument in the shapes the op expects (the state comes from `allocate_state`,
-        a prefill, or a saved state fingerprinted against this model), with A = −exp(A_log) < 0, and the
-        checks' test of A's values reads the GPU: a host sync per layer and token, which a CUDA graph's
-        warm-up refuses."""
-        return backends.get(SSD_STEP_OP, backends.resolve(SSD_STEP_OP, self._backend(SSD_STEP_OP), x.device))
+        """(step, A): the backend of `ssd_state_update` for tensors like x, called without the op's argument
+        checks, and the A it takes. The mixer builds every argument in the shapes the op expects (the state
+        comes from `allocate_state`, a prefill, or a saved state fingerprinted against this model), with
+        A = −exp(A_log) < 0, and the checks' test of A's values reads the GPU: a host sync per layer and token,
+        which a CUDA graph's warm-up refuses. The Triton kernel takes A_log itself and computes A on chip (no
+        launches of the mixer's own per layer and token for A); the other backends take A."""
+        name = backends.resolve(SSD_STEP_OP, self._backend(SSD_STEP_OP), x.device)
+        step = backends.get(SSD_STEP_OP, name)
+        if name == "triton":
+            return partial(step, A_is_log=True), self.A_log
+        return step, self._A()

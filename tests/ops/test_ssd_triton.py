@@ -151,6 +151,24 @@ def test_state_update_tiles_match_reference(block_p, num_warps):
     assert rel_error(y, y_ref) <= 1e-12 and rel_error(tri_state, ref_state) <= 1e-12
 
 
+def test_state_update_takes_A_log():
+    """A_is_log (what the Mamba-2 mixer's decode step passes): A_log in, A = −exp(A_log) on chip."""
+    from mambalab.ops.ssd.triton_step import ssd_state_update_triton
+
+    state = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    args = {"x_t": torch.randn(2, 3, 4, dtype=torch.float64), "dt_t": torch.rand(2, 3, dtype=torch.float64),
+            "B_t": torch.randn(2, 1, 5, dtype=torch.float64), "C_t": torch.randn(2, 1, 5, dtype=torch.float64)}
+    A_log = torch.randn(3, dtype=torch.float64)
+    ref_state = state.clone()
+    y_ref = ssd_state_update(ref_state, args["x_t"], args["dt_t"], -A_log.exp(), args["B_t"], args["C_t"],
+                             backend="reference")
+    tri_state = state.to(TRITON_DEVICE)
+    dev = {k: v.to(TRITON_DEVICE) for k, v in args.items()}
+    y = ssd_state_update_triton(tri_state, dev["x_t"], dev["dt_t"], A_log.to(TRITON_DEVICE), dev["B_t"],
+                                dev["C_t"], A_is_log=True)
+    assert rel_error(y, y_ref) <= 1e-12 and rel_error(tri_state, ref_state) <= 1e-12
+
+
 def test_state_update_d_per_head_no_gate():
     state = torch.randn(2, 2, 3, 4, dtype=torch.float64)
     args = (torch.randn(2, 2, 3, dtype=torch.float64), torch.rand(2, 2, dtype=torch.float64),

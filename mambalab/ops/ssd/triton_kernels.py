@@ -779,10 +779,11 @@ def ssd_step_kernel(
     s_C_b, s_C_g, s_C_n, s_D_h, s_D_p, s_z_b, s_z_h, s_z_p, s_y_b, s_y_h, s_y_p,
     heads_per_group, head_dim, n_state,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_IDX: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_IDX: tl.constexpr, A_IS_LOG: tl.constexpr,
 ):
     """One decode step for (batch row, head, block of channels): H ← exp(Δ A) H + Δ x ⊗ B (in place, in the
-    state's slot: state_batch_indices[row] or the row), y = H · C + D x, y · silu(z)."""
+    state's slot: state_batch_indices[row] or the row), y = H · C + D x, y · silu(z). With A_IS_LOG, A_ptr holds
+    log(−A) (a mixer's A_log) and A = −exp of it."""
     row, head, pblock = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     slot = row
     if HAS_IDX:
@@ -797,7 +798,10 @@ def ssd_step_kernel(
         dt += tl.load(bias_ptr + head).to(ACC)
     if SOFTPLUS:
         dt = _softplus(dt, ACC)
-    decay = tl.exp(dt * tl.load(A_ptr + head).to(ACC))  # exp(Δ A)
+    A = tl.load(A_ptr + head).to(ACC)
+    if A_IS_LOG:
+        A = -tl.exp(A)
+    decay = tl.exp(dt * A)  # exp(Δ A)
     x = tl.load(x_ptr + row * s_x_b + head * s_x_h + offs_p * s_x_p, mask=p_mask, other=0.0).to(ACC)  # (P,)
     B = tl.load(B_ptr + row * s_B_b + group * s_B_g + offs_n * s_B_n, mask=n_mask, other=0.0).to(ACC)  # (N,)
     C = tl.load(C_ptr + row * s_C_b + group * s_C_g + offs_n * s_C_n, mask=n_mask, other=0.0).to(ACC)  # (N,)

@@ -21,9 +21,11 @@ def _strides3(t):
 
 
 def ssd_state_update_triton(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_bias=None, dt_softplus=False,
-                            state_batch_indices=None, block_p: int = 32, num_warps: int = 4):
+                            state_batch_indices=None, block_p: int = 32, num_warps: int = 4, A_is_log: bool = False):
     """Same signature and semantics as `mambalab.ops.ssd.ssd_state_update` (arguments validated there);
-    `block_p` channels per program, `num_warps` warps each (benchmarks/ssd_gpu.py times the choices)."""
+    `block_p` channels per program, `num_warps` warps each (benchmarks/ssd_gpu.py times the choices). With
+    `A_is_log`, A holds log(−A) (a mixer's A_log parameter) and the kernel takes A = −exp of it: a decoding
+    mixer then launches no kernels of its own to compute A each token."""
     import triton.language as tl
 
     check_runnable("ssd_state_update", {"state": state, "x_t": x_t, "dt_t": dt_t, "A": A, "B_t": B_t, "C_t": C_t,
@@ -43,6 +45,6 @@ def ssd_state_update_triton(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_
         heads // groups, head_dim, n,
         BLOCK_P=block_p, BLOCK_N=_next_pow2(n), ACC=tl.float64 if fp64 else tl.float32,
         HAS_D=D is not None, HAS_Z=z_t is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        HAS_IDX=state_batch_indices is not None, num_warps=num_warps,
+        HAS_IDX=state_batch_indices is not None, A_IS_LOG=A_is_log, num_warps=num_warps,
     )
     return y
