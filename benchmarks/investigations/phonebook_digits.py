@@ -57,7 +57,8 @@ def trained_model(family: str, task, plan: TaskPlan, seed: int, device: torch.de
     torch.manual_seed(seed)
     size = get_compare_preset("standard").size_for(plan)
     model = LanguageModel(family_config(family, size, task.vocab_size, same_depth=plan.same_depth)).to(device)
-    return model, train_model(model, TaskBatches(task, plan, seed), plan, device, seed, progress=False)
+    # progress lines (a line per few % when the output is not a terminal): a long run cut short still shows its loss
+    return model, train_model(model, TaskBatches(task, plan, seed), plan, device, seed, progress=True)
 
 
 def add_model_arguments(parser) -> None:
