@@ -36,6 +36,22 @@ EVAL_SEED_OFFSET = 1_000_003  # evaluation data never shares a seed with trainin
 CHECKPOINT_MIN_STEPS = 200  # shorter runs restart from scratch when interrupted (a checkpoint costs more)
 
 
+def run_key(spec: dict) -> str:
+    """Hash of everything in a `RunSpec.to_dict()` that determines the result: not the group (studies reuse
+    main-grid runs), and not where the corpus file lies (its sha256 names its content), so a cache moved to
+    another machine with the corpus elsewhere still resumes."""
+    content = {k: v for k, v in spec.items() if k != "group"}
+    plan = content["plan"] = dict(content["plan"])
+    # a later field, and one that only changes the matched families (not the Mamba reference): where it
+    # cannot change the result, the keys of runs cached before it stay as they were
+    if not plan.get("same_depth") or spec["family"] == "mamba":
+        plan.pop("same_depth", None)
+    if "corpus_sha256" in plan["options"]:
+        plan["options"] = {k: v for k, v in plan["options"].items() if k != "corpus"}
+    blob = json.dumps(content, sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class RunSpec:
     group: str  # "main" | "init" | "scaling" | "state"
@@ -52,14 +68,7 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        """Hash of everything that determines the result; not the group, so studies reuse main-grid runs."""
-        content = {k: v for k, v in self.to_dict().items() if k != "group"}
-        # a later field, and one that only changes the matched families (not the Mamba reference): where it
-        # cannot change the result, the keys of runs cached before it stay as they were
-        if not self.plan.same_depth or self.family == "mamba":
-            del content["plan"]["same_depth"]
-        blob = json.dumps(content, sort_keys=True, default=list)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return run_key(self.to_dict())
 
     @property
     def label(self) -> str:

@@ -278,6 +278,12 @@ def test_user_corpus_feeds_every_lm_run_and_a_missing_one_is_refused(tmp_path):
         compare(
             "smoke", tasks=["lm"], out_dir=tmp_path / "out", progress=False, corpus=tmp_path / "missing.txt"
         )
+    moved = tmp_path / "elsewhere" / "same.txt"  # the same content at another path: the cache still holds it
+    moved.parent.mkdir()
+    moved.write_bytes(corpus.read_bytes())
+    resumed = compare("smoke", models=["mamba"], tasks=["lm"], studies=["scaling"], out_dir=tmp_path / "out",
+                      device="cpu", progress=False, corpus=moved, report_only=True)
+    assert [r["status"] for r in resumed["runs"] if r["spec"]["task"] == "lm"] == ["ok"] * len(lm_runs)
     corpus.write_text("changed")  # the cached runs were keyed on the old content: they are not reused
     again = compare(
         "smoke",
