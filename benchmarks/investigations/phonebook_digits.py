@@ -11,6 +11,7 @@ digits alike says the lookup itself fails.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -57,8 +58,7 @@ def trained_model(family: str, task, plan: TaskPlan, seed: int, device: torch.de
     torch.manual_seed(seed)
     size = get_compare_preset("standard").size_for(plan)
     model = LanguageModel(family_config(family, size, task.vocab_size, same_depth=plan.same_depth)).to(device)
-    # progress lines (a line per few % when the output is not a terminal): a long run cut short still shows its loss
-    return model, train_model(model, TaskBatches(task, plan, seed), plan, device, seed, progress=True)
+    return model, train_model(model, TaskBatches(task, plan, seed), plan, device, seed, progress=False)
 
 
 def add_model_arguments(parser) -> None:
@@ -93,6 +93,7 @@ def run_and_record(name: str, args, task_name: str, options: dict, evaluate, des
     """Train `args.family` on `task_name` with `options` by the flags' plan, score each evaluation length with
     `evaluate(model, task, plan, length, seed, device)`, print `describe(score)` per length and write the
     result `name` (plan, loss curve, wall time, scores) to `args.out`."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the trainer's "step N: loss …" lines, 50 a run
     device = resolve_device(args.device)
     plan = plan_from(args, options)
     task = build_task(task_name, **options)
