@@ -230,18 +230,17 @@ def test_forward_modes_and_tiles(mode, state_mode):
                                          state_mode=state_mode))
 
 
-@pytest.mark.parametrize("heads_per_program,shared_scores", [(2, False), (0, False), (2, True)])
-def test_heads_per_program(heads_per_program, shared_scores, monkeypatch):
+@pytest.mark.parametrize("heads_per_program", [2, 0])
+def test_heads_per_program(heads_per_program, monkeypatch):
     """Several heads of one group per gradient program (2 of each group's 4: two programs add into each dB, dC
     row; 0: auto, which on a device of one multiprocessor takes all 4): every gradient against the loop and
     equal to one head per program on the same inputs; two channel blocks (p 17), n odd, packed sequences with
-    an empty one, D per channel; with shared_scores the group's C Bᵀ is computed once per program."""
+    an empty one, D per channel."""
     monkeypatch.setattr(triton_ssd, "_multiprocessors", lambda device: 1)
     lengths = [37, 0, 9]
     kw = make_inputs(1, sum(lengths), 8, 17, 2, 7, rows=len(lengths), d_matrix=True)
     cfg = SSDConfig(chunk=16, block_p_backward=16, block_p_state=16, forward_mode="chunked")
-    several = _check_packed(kw, lengths, dataclasses.replace(cfg, heads_per_program=heads_per_program,
-                                                             shared_scores=shared_scores))
+    several = _check_packed(kw, lengths, dataclasses.replace(cfg, heads_per_program=heads_per_program))
     one = _check_packed(kw, lengths, cfg)
     for name, grad in one.items():
         assert rel_error(several[name], grad) <= 1e-12, name
@@ -323,7 +322,7 @@ def test_random_shapes_and_tiles(case):
                     block_p_backward=pick(16, 32), block_p_state=pick(0, 16), forward_mode=pick("fused", "chunked"),
                     heads_per_program=pick(*(k for k in range(1, per_group + 1) if per_group % k == 0)),
                     state_mode=pick(*STATE_MODES), block_p_local=pick(16, 32), block_pass=pick(16, 64),
-                    pass_steps=pick(1, 2, 8), shared_scores=pick(True, False))
+                    pass_steps=pick(1, 2, 8))
     ref_kw = requiring_grad(kw)
     tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)
@@ -341,17 +340,15 @@ def test_random_shapes_and_tiles(case):
 @pytest.mark.parametrize("state_mode", STATE_MODES)
 @pytest.mark.parametrize("mode", ["fused", "chunked"])
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-@pytest.mark.parametrize("gradients", [{}, {"shared_scores": True}], ids=["single_kernel", "shared_scores"])
-def test_model_sized_on_gpu(mode, state_mode, dtype, bound, gradients):
+def test_model_sized_on_gpu(mode, state_mode, dtype, bound):
     """A Mamba-2 layer's sizes (p 64, n 128, 2 groups, 1000 positions: a partial last chunk), compiled, against
-    the torch backend in float64 on the same (rounded) inputs: outputs, final state, every gradient; the gradient
-    kernel's C Bᵀ per head or once per program (shared_scores)."""
+    the torch backend in float64 on the same (rounded) inputs: outputs, final state, every gradient."""
     kw = make_inputs(2, 1000, 8, 64, 2, 128, dtype=torch.float32)
     kw = {k: (v.to(dtype) if k in ("x", "B", "C", "z") else v) for k, v in kw.items()}
     ref_kw = requiring_grad({k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     tri_kw = requiring_grad({k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("torch", ref_kw, return_final_state=True)
-    cfg = SSDConfig(forward_mode=mode, state_mode=state_mode, **gradients)
+    cfg = SSDConfig(forward_mode=mode, state_mode=state_mode)
     y, h = ssd_triton(**tri_kw, return_final_state=True, config=cfg)
     assert rel_error(y, y_ref) <= bound and rel_error(h, h_ref) <= bound
     gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)

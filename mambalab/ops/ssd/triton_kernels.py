@@ -493,7 +493,7 @@ def ssd_chunk_backward_kernel(
     heads, groups, heads_per_group, heads_per_program, head_dim, n_state, p_blocks,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, ONE_PASS: tl.constexpr, SHARED_SCORES: tl.constexpr,
+    SOFTPLUS: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     """Every gradient of one chunk and channel block for `heads_per_program` consecutive heads of one group
     (grid: chunks × heads / heads_per_program × channel blocks), from the state entering the chunk (states)
@@ -510,9 +510,7 @@ def ssd_chunk_backward_kernel(
     (they spill there, benchmarks/notes/ssd.md), few enough for the light second loop. That loop re-reads
     its head's tiles (x, dy, z, Δ, H, G: in cache, just read by the first) and recomputes gy xᵀ and L.
     ONE_PASS (one head per program: nothing crosses heads) adds the head's share at the end of the first loop
-    instead, from the tiles it holds.
-    SHARED_SCORES computes C Bᵀ (the same for every head of the group) once before the loop and keeps it on
-    chip, instead of once per head (SSDConfig.shared_scores)."""
+    instead, from the tiles it holds."""
     (chunk, slot, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
      _) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
     first_head = slot * heads_per_program
@@ -524,8 +522,6 @@ def ssd_chunk_backward_kernel(
     x_offs, dy_offs = _tile(offs_q, offs_p, s_x_l, s_x_p), _tile(offs_q, offs_p, s_dy_l, s_dy_p)
     z_offs, o_tile = _tile(offs_q, offs_p, s_z_l, s_z_p), _tile(offs_q, offs_p, s_o_l, s_o_p)
     state_tile = _tile(offs_p, offs_n, n_state, 1)
-    if SHARED_SCORES:
-        scores = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC)  # C Bᵀ             (Q, Q)
     # State side: dC_t = H_tᵀ gy_t, dB_s = Δ_s g_sᵀ x_s, summed over the program's heads
     pairs_dt = tl.zeros((BLOCK_Q, BLOCK_Q), dtype=ACC)  # W[t, s] = Σ_heads L[t, s] gy_t · x_s Δ_s
     dC = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)  # Σ_heads exp(Λ_t) gy_t H, then + W B
@@ -542,10 +538,7 @@ def ssd_chunk_backward_kernel(
         to_end = tl.exp(chunk_decay - log_decay)  # exp(Λ_Q − Λ_s)                            (Q,)
         through_both = tl.exp(chunk_decay) * tl.sum(tl.sum(adjoint.to(ACC) * entering.to(ACC), axis=1), axis=0)
         mask = _decay_mask(log_decay, offs_q)  # L                                            (Q, Q)
-        if SHARED_SCORES:
-            scored = scores * mask  # L ∘ C Bᵀ                                                (Q, Q)
-        else:
-            scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask
+        scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ (Q, Q)
         y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
         y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION,
                           out_dtype=ACC)  # y^ssm

@@ -98,9 +98,10 @@ class SSDConfig:
     1.24-1.33× faster than at 8 warps at every shape of ssd_gpu.py but once, 8× slower at 2; 64 channels or 16 slower at
     4 warps: results/ssd_gpu_backward_tiles.json); state_mode "parallel": the local states at 64 × 64 ×
     4 warps (106 registers), the passing at 1024 state elements × 8 chunks × 4 warps (128 registers, no shared
-    memory in its loop; benchmarks/notes/ssd.md). shared_scores is off until timed (notes/ssd.md has the
-    prediction). The split gradient kernels (per head and per group) were timed on one H100 and removed: slower
-    at every shape (benchmarks/notes/ssd.md)."""
+    memory in its loop; benchmarks/notes/ssd.md); state_mode "walk", forward_mode "auto" (`_fused_forward`),
+    heads_per_program 0. The split gradient kernels (per head and per group) and shared scores (C Bᵀ once per
+    gradient program) were timed on one H100, slower than this single gradient kernel, and removed
+    (benchmarks/notes/ssd.md)."""
 
     chunk: int = 64
     chunk_fused: int = 32
@@ -124,9 +125,6 @@ class SSDConfig:
     block_pass: int = 1024
     pass_steps: int = 8
     warps_pass: int = 4
-    # the gradient kernel computes C Bᵀ once per program for all its heads (held on chip through the head loop)
-    # instead of once per head
-    shared_scores: bool = False
 
     def __post_init__(self):
         for name, allowed in (("forward_mode", FORWARD_MODES), ("state_mode", STATE_MODES)):
@@ -463,7 +461,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
             *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
             *dy.stride()[1:], *dx.stride()[1:],
             heads, groups, heads // groups, per_program, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None,
-            ONE_PASS=per_program == 1, SHARED_SCORES=cfg.shared_scores, **flags,
+            ONE_PASS=per_program == 1, **flags,
             num_warps=cfg.warps_backward, num_stages=cfg.stages,
         )
 
