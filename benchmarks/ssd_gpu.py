@@ -247,23 +247,14 @@ def measure(row: dict, name: str, call, args) -> None:
 
 
 def parse_config(spec: str) -> dict:
-    """SSDConfig fields from "field=value,field=value" (ints and booleans, true/false or 1/0, where the field
-    is one)."""
+    """SSDConfig fields from "field=value,field=value" (ints where the field is an int)."""
     types = {f.name: f.type for f in dataclasses.fields(SSDConfig)}
-    booleans = {"true": True, "1": True, "false": False, "0": False}
     fields = {}
     for item in spec.split(","):
         key, _, value = item.partition("=")
         if key not in types:
             raise SystemExit(f"--also {spec}: {key!r} is not an SSDConfig field ({', '.join(types)})")
-        if types[key] == "int":
-            fields[key] = int(value)
-        elif types[key] == "bool":
-            if value.lower() not in booleans:
-                raise SystemExit(f"--also {spec}: {key} takes true/false or 1/0, got {value!r}")
-            fields[key] = booleans[value.lower()]
-        else:
-            fields[key] = value
+        fields[key] = int(value) if types[key] == "int" else value
     dataclasses.replace(SSDConfig(), **fields)  # a bad value fails here, before any device time is spent
     return fields
 

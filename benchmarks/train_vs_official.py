@@ -26,7 +26,6 @@ environment (GPU, git commit) embedded.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import importlib.util
 import json
@@ -40,7 +39,6 @@ from benchmarks.common import add_official_to_path, rotation, seconds_of, write_
 from mambalab import LanguageModel
 from mambalab.models.zoo import get_preset
 from mambalab.ops import linear_cross_entropy
-from mambalab.ops.ssd import triton_ssd
 
 FULL = {"shapes": [(2048, 8), (8192, 2), (32768, 1)], "warmup": 5, "steps": 20, "vocab": 50277,
         "d_model": 768, "n_layer": 24, "llama_layers": 12, "llama_ffn": 2048, "llama_heads": 12,
@@ -52,17 +50,8 @@ MODELS = ("official-mamba", "mambalab-mamba", "hf-llama", "mambalab-transformer"
           "mambalab-mamba2")
 # A/B variants of our Mamba: "+logits-loss" scores through the (b, l, vocab) logits as the others do,
 # "+eager-norm" keeps RMSNorm's torch composition in training (not torch.compile'd), "+torch-softmax" computes
-# the fused head's per-chunk softmax in torch ops instead of the Triton kernel (ops/linear_cross_entropy.py);
-# "+split-backward" and "+split-stored" train Mamba-2 with SSDConfig.split_backward (and stored_scores) on.
-VARIANTS = ("+logits-loss", "+eager-norm", "+torch-softmax", "+split-backward", "+split-stored")
-SSD_VARIANTS = {"split-backward": {"split_backward": True},
-                "split-stored": {"split_backward": True, "stored_scores": True}}
-DEFAULT_SSD_CONFIG = triton_ssd.default_config
-
-
-def ssd_config_with(fields: dict):
-    """triton_ssd.default_config with `fields` replaced (read by each forward, kept by its backward)."""
-    return lambda chunk_size: dataclasses.replace(DEFAULT_SSD_CONFIG(chunk_size), **fields)
+# the fused head's per-chunk softmax in torch ops instead of the Triton kernel (ops/linear_cross_entropy.py).
+VARIANTS = ("+logits-loss", "+eager-norm", "+torch-softmax")
 
 
 def logits_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -109,11 +98,9 @@ def build(name: str, plan: dict, device: str):
         return model, lambda ids, labels: logits_loss(model(ids), labels)
 
     triton_softmax = "torch-softmax" not in variants
-    ssd_config = ssd_config_with({k: v for variant in variants for k, v in SSD_VARIANTS.get(variant, {}).items()})
 
     def loss_fn(ids, labels):
         linear_cross_entropy.TRITON_SOFTMAX = triton_softmax  # per call: each model of the run sets its own
-        triton_ssd.default_config = ssd_config
         total, count = model(ids, labels=labels)
         return total / count
 

@@ -43,25 +43,18 @@ def test_parse_config():
         ssd_gpu.parse_config("mode=parallel")
     with pytest.raises(ValueError, match="state_mode"):
         ssd_gpu.parse_config("state_mode=scan")
-    assert ssd_gpu.parse_config("shared_scores=1,warps_adjoint=4") == {"shared_scores": True, "warps_adjoint": 4}
-    assert ssd_gpu.parse_config("shared_scores=False") == {"shared_scores": False}
-    assert ssd_gpu.parse_config("split_backward=1,stored_scores=1,maxnreg_dbc=128") == {
-        "split_backward": True, "stored_scores": True, "maxnreg_dbc": 128}
-    with pytest.raises(SystemExit, match="shared_scores takes true/false"):
-        ssd_gpu.parse_config("shared_scores=yes")
 
 
 @pytest.mark.slow
 def test_smoke_run_writes_every_stage(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "1",
            "PYTHONPATH": f"{common.REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    subprocess.run([sys.executable, "benchmarks/ssd_gpu.py", "--smoke", "--also", "shared_scores=1", "--also",
-                    "split_backward=1,stored_scores=1", "--out", str(tmp_path)], cwd=common.REPO, env=env, check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run([sys.executable, "benchmarks/ssd_gpu.py", "--smoke", "--also", "state_mode=parallel",
+                    "--out", str(tmp_path)], cwd=common.REPO, env=env, check=True, capture_output=True, timeout=600)
     record = json.loads((tmp_path / "ssd_gpu.json").read_text())
     assert "errors" not in record, record.get("errors")
     (row,) = record["shapes"].values()
-    for name in ("ours", "ours_shared_scores=True", "ours_split_backward=True,stored_scores=True"):
+    for name in ("ours", "ours_state_mode=parallel"):
         assert row[f"{name}_fwd_ms"] > 0 and row[f"{name}_fwdbwd_ms"] > 0
     assert record["sweep"]["best"] is not None and set(record["decode_step"]) == {"b1", "b64"}
     assert max(record["correctness_vs_torch_fp32"]["ours"].values()) < 2e-2

@@ -42,19 +42,3 @@ def test_interleave_refuses_the_module_wide_norm_switch():
                            "--models", "mambalab-mamba,mambalab-mamba+eager-norm"],
                           check=False, cwd=common.REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "+eager-norm switches RMSNorm for every model" in done.stderr
-
-
-def test_ssd_variants_set_the_ssd_config_of_each_models_own_steps(monkeypatch):
-    """"+split-stored" makes the SSD forward of its model's steps read a config with the split gradient kernels
-    and stored scores on; the plain model's steps read the default again (each model sets its own per call)."""
-    from mambalab.ops.ssd import triton_ssd
-
-    monkeypatch.setattr(triton_ssd, "default_config", triton_ssd.default_config)
-    ids = torch.randint(bench.QUICK["vocab"], (1, 9))
-    _, split_loss = bench.build("mambalab-mamba2+split-stored", bench.QUICK, "cpu")
-    split_loss(ids, ids)
-    split = triton_ssd.default_config(64)
-    _, plain_loss = bench.build("mambalab-mamba2", bench.QUICK, "cpu")
-    plain_loss(ids, ids)
-    assert split.split_backward and split.stored_scores
-    assert triton_ssd.default_config(64) == bench.DEFAULT_SSD_CONFIG(64)

@@ -230,58 +230,20 @@ def test_forward_modes_and_tiles(mode, state_mode):
                                          state_mode=state_mode))
 
 
-@pytest.mark.parametrize("heads_per_program,shared_scores", [(2, False), (0, False), (2, True)])
-def test_heads_per_program(heads_per_program, shared_scores, monkeypatch):
+@pytest.mark.parametrize("heads_per_program", [2, 0])
+def test_heads_per_program(heads_per_program, monkeypatch):
     """Several heads of one group per gradient program (2 of each group's 4: two programs add into each dB, dC
     row; 0: auto, which on a device of one multiprocessor takes all 4): every gradient against the loop and
     equal to one head per program on the same inputs; two channel blocks (p 17), n odd, packed sequences with
-    an empty one, D per channel; with shared_scores the group's C Bᵀ is computed once per program."""
+    an empty one, D per channel."""
     monkeypatch.setattr(triton_ssd, "_multiprocessors", lambda device: 1)
     lengths = [37, 0, 9]
     kw = make_inputs(1, sum(lengths), 8, 17, 2, 7, rows=len(lengths), d_matrix=True)
     cfg = SSDConfig(chunk=16, block_p_backward=16, block_p_state=16, forward_mode="chunked")
-    several = _check_packed(kw, lengths, dataclasses.replace(cfg, heads_per_program=heads_per_program,
-                                                             shared_scores=shared_scores))
+    several = _check_packed(kw, lengths, dataclasses.replace(cfg, heads_per_program=heads_per_program))
     one = _check_packed(kw, lengths, cfg)
     for name, grad in one.items():
         assert rel_error(several[name], grad) <= 1e-12, name
-
-
-@pytest.fixture(params=[False, True], ids=["computed_scores", "stored_scores"])
-def split_backward(request, monkeypatch):
-    """ssd_scan's default tiles with the gradients in the two split kernels (SSDConfig.split_backward), C Bᵀ
-    computed per head or stored once per chunk and group (stored_scores)."""
-    default = triton_ssd.default_config
-    monkeypatch.setattr(triton_ssd, "default_config", lambda chunk_size: dataclasses.replace(
-        default(chunk_size), split_backward=True, stored_scores=request.param))
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("options,length,chunk_size", [
-    (frozenset({"D", "z", "dt_bias", "softplus", "initial_state"}), 37, 16),  # l not a multiple of the chunk
-    (frozenset(), 16, 16),  # exactly one chunk, nothing optional
-])
-def test_split_backward_matches_reference(dtype, options, length, chunk_size, split_backward):
-    """The split gradient kernels: outputs, final state and every gradient against the loop; g < h, p and n
-    odd."""
-    kw = make_inputs(2, length, 4, 3, 2, 5, options, dtype=dtype)
-    check_against_reference("triton", kw, *BOUNDS[dtype], device=TRITON_DEVICE, chunk_size=chunk_size)
-
-
-def test_split_backward_blocks_and_packed_sequences():
-    """The split gradient kernels over two channel blocks (p 17: blocks of 16 per program of the per-head kernel
-    and per step of the dB/dC kernel's loop), two state blocks (n 20 in blocks of 16, the last partial),
-    packed sequences (one empty) with initial states, D per channel, 4 heads per group: every gradient against
-    the loop and equal to the single gradient kernel's on the same inputs, C Bᵀ computed or stored."""
-    lengths = [37, 0, 9]
-    kw = make_inputs(1, sum(lengths), 8, 17, 2, 20, rows=len(lengths), d_matrix=True)
-    cfg = SSDConfig(chunk=16, block_p_backward=16, block_p_state=16, forward_mode="chunked")
-    single = _check_packed(kw, lengths, cfg)
-    for stored in (False, True):
-        split = _check_packed(kw, lengths, dataclasses.replace(
-            cfg, split_backward=True, stored_scores=stored, block_p_dx=16, block_n_dbc=16, block_p_dbc=16))
-        for name, grad in single.items():
-            assert rel_error(split[name], grad) <= 1e-12, (name, stored)
 
 
 def test_heads_per_program_choice():
@@ -360,8 +322,7 @@ def test_random_shapes_and_tiles(case):
                     block_p_backward=pick(16, 32), block_p_state=pick(0, 16), forward_mode=pick("fused", "chunked"),
                     heads_per_program=pick(*(k for k in range(1, per_group + 1) if per_group % k == 0)),
                     state_mode=pick(*STATE_MODES), block_p_local=pick(16, 32), block_pass=pick(16, 64),
-                    pass_steps=pick(1, 2, 8), shared_scores=pick(True, False), split_backward=pick(True, False),
-                    stored_scores=pick(True, False), block_p_dx=pick(16, 32), block_n_dbc=pick(16, 32), block_p_dbc=pick(16, 32))
+                    pass_steps=pick(1, 2, 8))
     ref_kw = requiring_grad(kw)
     tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)
@@ -379,22 +340,15 @@ def test_random_shapes_and_tiles(case):
 @pytest.mark.parametrize("state_mode", STATE_MODES)
 @pytest.mark.parametrize("mode", ["fused", "chunked"])
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-@pytest.mark.parametrize("gradients", [{}, {"shared_scores": True}, {"split_backward": True},
-                                       {"split_backward": True, "stored_scores": True},
-                                       {"split_backward": True, "maxnreg_dx": 128, "maxnreg_dbc": 128}],
-                         ids=["single_kernel", "shared_scores", "split_backward", "split_backward_stored_scores",
-                              "split_backward_maxnreg"])
-def test_model_sized_on_gpu(mode, state_mode, dtype, bound, gradients):
+def test_model_sized_on_gpu(mode, state_mode, dtype, bound):
     """A Mamba-2 layer's sizes (p 64, n 128, 2 groups, 1000 positions: a partial last chunk), compiled, against
-    the torch backend in float64 on the same (rounded) inputs: outputs, final state, every gradient; the gradient
-    kernel's C Bᵀ per head or once per program (shared_scores), or the gradients in two kernels (split_backward),
-    C Bᵀ computed per head or stored once per chunk (stored_scores), registers bounded (maxnreg_*: spills)."""
+    the torch backend in float64 on the same (rounded) inputs: outputs, final state, every gradient."""
     kw = make_inputs(2, 1000, 8, 64, 2, 128, dtype=torch.float32)
     kw = {k: (v.to(dtype) if k in ("x", "B", "C", "z") else v) for k, v in kw.items()}
     ref_kw = requiring_grad({k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     tri_kw = requiring_grad({k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("torch", ref_kw, return_final_state=True)
-    cfg = SSDConfig(forward_mode=mode, state_mode=state_mode, **gradients)
+    cfg = SSDConfig(forward_mode=mode, state_mode=state_mode)
     y, h = ssd_triton(**tri_kw, return_final_state=True, config=cfg)
     assert rel_error(y, y_ref) <= bound and rel_error(h, h_ref) <= bound
     gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)

@@ -27,11 +27,6 @@ chunk, through H, through G and through both (docs/math.md, "Gradients"). Sums o
 one add per element and program ((heads / heads_per_program) × channel blocks adds per element in all); the
 partial sums over channel blocks and chunks (dΔ, dA, dD) are stored per block and summed by the caller.
 
-SSDConfig.split_backward gives the same gradients from two kernels instead: `ssd_chunk_dx_kernel` (one head
-and channel block per program: dx, dz, dΔ, dA, dD) and `ssd_chunk_dbc_kernel` (one chunk, group and block of
-state channels per program: dB, dC summed over the group's heads on chip and written once), neither holding the
-other's tiles, and neither transposing a computed tile (transposed operands are loaded transposed).
-
 The states entering the chunks and the adjoints leaving them come either from the walks above
 (`ssd_forward_kernel` with STORE_STATES, `ssd_adjoint_kernel`: one (p, Q)·(Q, n) product per chunk inside a
 sequential loop, so few programs and as many dependent steps as chunks per sequence) or in two parallel
@@ -90,14 +85,6 @@ def _decay_mask(log_decay, offs_q):
     """L[t, s] = exp(Λ_t − Λ_s) for t ≥ s, else 0  (Q, Q)."""
     causal = offs_q[:, None] >= offs_q[None, :]
     return tl.exp(tl.where(causal, log_decay[:, None] - log_decay[None, :], float("-inf")))
-
-
-@triton.jit
-def _decay_mask_transposed(log_decay, offs_q):
-    """Lᵀ: [s, t] = exp(Λ_t − Λ_s) for t ≥ s, else 0  (Q, Q), computed in that orientation (no transpose of a
-    computed tile: Triton 3.6 miscompiled one, benchmarks/notes/ssd.md)."""
-    causal = offs_q[None, :] >= offs_q[:, None]
-    return tl.exp(tl.where(causal, log_decay[None, :] - log_decay[:, None], float("-inf")))
 
 
 @triton.jit
@@ -506,7 +493,7 @@ def ssd_chunk_backward_kernel(
     heads, groups, heads_per_group, heads_per_program, head_dim, n_state, p_blocks,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, ONE_PASS: tl.constexpr, SHARED_SCORES: tl.constexpr,
+    SOFTPLUS: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     """Every gradient of one chunk and channel block for `heads_per_program` consecutive heads of one group
     (grid: chunks × heads / heads_per_program × channel blocks), from the state entering the chunk (states)
@@ -523,9 +510,7 @@ def ssd_chunk_backward_kernel(
     (they spill there, benchmarks/notes/ssd.md), few enough for the light second loop. That loop re-reads
     its head's tiles (x, dy, z, Δ, H, G: in cache, just read by the first) and recomputes gy xᵀ and L.
     ONE_PASS (one head per program: nothing crosses heads) adds the head's share at the end of the first loop
-    instead, from the tiles it holds.
-    SHARED_SCORES computes C Bᵀ (the same for every head of the group) once before the loop and keeps it on
-    chip, instead of once per head (SSDConfig.shared_scores)."""
+    instead, from the tiles it holds."""
     (chunk, slot, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
      _) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
     first_head = slot * heads_per_program
@@ -537,8 +522,6 @@ def ssd_chunk_backward_kernel(
     x_offs, dy_offs = _tile(offs_q, offs_p, s_x_l, s_x_p), _tile(offs_q, offs_p, s_dy_l, s_dy_p)
     z_offs, o_tile = _tile(offs_q, offs_p, s_z_l, s_z_p), _tile(offs_q, offs_p, s_o_l, s_o_p)
     state_tile = _tile(offs_p, offs_n, n_state, 1)
-    if SHARED_SCORES:
-        scores = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC)  # C Bᵀ             (Q, Q)
     # State side: dC_t = H_tᵀ gy_t, dB_s = Δ_s g_sᵀ x_s, summed over the program's heads
     pairs_dt = tl.zeros((BLOCK_Q, BLOCK_Q), dtype=ACC)  # W[t, s] = Σ_heads L[t, s] gy_t · x_s Δ_s
     dC = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)  # Σ_heads exp(Λ_t) gy_t H, then + W B
@@ -555,10 +538,7 @@ def ssd_chunk_backward_kernel(
         to_end = tl.exp(chunk_decay - log_decay)  # exp(Λ_Q − Λ_s)                            (Q,)
         through_both = tl.exp(chunk_decay) * tl.sum(tl.sum(adjoint.to(ACC) * entering.to(ACC), axis=1), axis=0)
         mask = _decay_mask(log_decay, offs_q)  # L                                            (Q, Q)
-        if SHARED_SCORES:
-            scored = scores * mask  # L ∘ C Bᵀ                                                (Q, Q)
-        else:
-            scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask
+        scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ (Q, Q)
         y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
         y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION,
                           out_dtype=ACC)  # y^ssm
@@ -591,185 +571,6 @@ def ssd_chunk_backward_kernel(
     gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
     tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")
     tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")
-
-
-@triton.jit
-def ssd_chunk_scores_kernel(
-    B_ptr, C_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr, scores_ptr,
-    s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n,
-    groups, n_state,
-    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """C Bᵀ of one chunk and group (grid: chunks × groups) into scores (chunks, g, Q, Q) in the accumulation
-    dtype: [t, s] = C_t · B_s, zero past the sequence's end. The same for every head of the group, so the
-    per-head gradient kernel reads it (both orientations) instead of computing it (SSDConfig.stored_scores)."""
-    chunk, group = tl.program_id(0), tl.program_id(1)
-    seq = tl.load(chunk_seq_ptr + chunk)
-    row = tl.load(seq_ptr + seq).to(tl.int64) + (chunk - tl.load(chunk_ptr + seq)) * BLOCK_Q
-    offs_q, offs_n = tl.arange(0, BLOCK_Q), tl.arange(0, BLOCK_N)
-    row_mask, n_mask = offs_q < tl.load(seq_ptr + seq + 1).to(tl.int64) - row, offs_n < n_state
-    C = tl.load(C_ptr + row * s_C_l + group * s_C_g + _tile(offs_q, offs_n, s_C_l, s_C_n),
-                mask=row_mask[:, None] & n_mask[None, :], other=0.0).to(DOT)  # (Q, N)
-    B_t = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_n, offs_q, s_B_n, s_B_l),
-                  mask=n_mask[:, None] & row_mask[None, :], other=0.0).to(DOT)  # Bᵀ                   (N, Q)
-    scores = tl.dot(C, B_t, input_precision=PRECISION, out_dtype=ACC)  # (Q, Q)
-    tl.store(scores_ptr + (chunk.to(tl.int64) * groups + group) * BLOCK_Q * BLOCK_Q + _tile(offs_q, offs_q, BLOCK_Q, 1),
-             scores.to(scores_ptr.dtype.element_ty))
-
-
-@triton.jit
-def ssd_chunk_dx_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
-    states_ptr, adjoints_ptr, scores_ptr,
-    dx_ptr, dz_ptr, ddt_ptr, dA_ptr, dD_ptr,
-    s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n, s_D_h, s_D_p,
-    s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p, s_o_l, s_o_h, s_o_p,
-    heads, groups, heads_per_group, head_dim, n_state, p_blocks,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
-    PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, STORED_SCORES: tl.constexpr,
-):
-    """The per-head gradients of one (chunk, head, channel block) (grid: chunks × heads × channel blocks): dx,
-    dz (l, h, p) with strides s_o_*, and the partial sums ddt, dA, dD of `ssd_chunk_backward_kernel`; dB and dC
-    are `ssd_chunk_dbc_kernel`'s (SSDConfig.split_backward). Nothing is carried between heads or summed
-    across programs on chip, so its live tiles are one head's.
-
-    Every tile product takes its operands in the orientation it needs: the transposed tiles (Bᵀ, Cᵀ, xᵀ, Hᵀ,
-    Gᵀ) are loaded transposed from memory, and the scores are computed twice, L ∘ C Bᵀ at [t, s] (y, dΔ) and
-    Lᵀ ∘ B Cᵀ at [s, t] (g B), one more (Q, Q, N) product instead of a transposed computed tile; or
-    (STORED_SCORES) C Bᵀ is read in both orientations from scores ((chunks, g, Q, Q), `ssd_chunk_scores_kernel`),
-    no (Q, Q, N) product at all."""
-    (chunk, head, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, _,
-     _) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
-    group = head // heads_per_group
-    n_mask = offs_n < n_state
-    nq_mask, np_mask = n_mask[:, None] & row_mask[None, :], n_mask[:, None] & p_mask[None, :]
-    B_row, C_row = B_ptr + row * s_B_l + group * s_B_g, C_ptr + row * s_C_l + group * s_C_g
-    A = tl.load(A_ptr + head).to(ACC)
-    dt, raw = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
-                          HAS_BIAS, SOFTPLUS)
-    log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                                  (Q,)
-    chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
-    x_row = x_ptr + row * s_x_l + head * s_x_h
-    x = tl.load(x_row + _tile(offs_q, offs_p, s_x_l, s_x_p), mask=qp_mask, other=0.0)  # (Q, P)
-    dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + _tile(offs_q, offs_p, s_dy_l, s_dy_p), mask=qp_mask,
-                 other=0.0).to(ACC)  # (Q, P)
-    gy, z, gate = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, _tile(offs_q, offs_p, s_z_l, s_z_p), qp_mask,
-                                 ACC, HAS_Z)
-    d_gate = dy * gate * (1.0 + z * (1.0 - gate))  # dz = d_gate (y + D x): ∂ silu(z) = σ (1 + z (1 − σ))
-    gy_dot = gy.to(DOT)
-    D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)
-    state_t = (chunk.to(tl.int64) * heads + head) * head_dim * n_state + _tile(offs_n, offs_p, 1, n_state)
-    entering_t = tl.load(states_ptr + state_t, mask=np_mask, other=0.0).to(DOT)  # Hᵀ                 (N, P)
-    adjoint_t = tl.load(adjoints_ptr + state_t, mask=np_mask, other=0.0).to(DOT)  # Gᵀ                (N, P)
-    through_both = tl.exp(chunk_decay) * tl.sum(tl.sum(adjoint_t.to(ACC) * entering_t.to(ACC), axis=1), axis=0)
-    # Output side, [t, ·]: y^ssm = L ∘ (C Bᵀ) Δ x + exp(Λ_t) C H, for dz and for what H adds to the loss
-    C = tl.load(C_row + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
-    scores_chunk = scores_ptr + (chunk.to(tl.int64) * groups + group) * BLOCK_Q * BLOCK_Q
-    if STORED_SCORES:
-        scores = tl.load(scores_chunk + _tile(offs_q, offs_q, BLOCK_Q, 1)).to(ACC)  # C_t · B_s          [t, s]
-    else:
-        B_t = tl.load(B_row + _tile(offs_n, offs_q, s_B_n, s_B_l), mask=nq_mask, other=0.0).to(DOT)  # Bᵀ (N, Q)
-        scores = tl.dot(C, B_t, input_precision=PRECISION, out_dtype=ACC)
-    scored = scores * _decay_mask(log_decay, offs_q)  # L ∘ C Bᵀ                                    [t, s]
-    y_in = tl.exp(log_decay)[:, None] * tl.dot(C, entering_t, input_precision=PRECISION, out_dtype=ACC)  # (Q, P)
-    y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION, out_dtype=ACC)
-    o_offs = row * s_o_l + head * s_o_h + _tile(offs_q, offs_p, s_o_l, s_o_p)
-    if HAS_Z:
-        dz = d_gate * (y + D[None, :] * x.to(ACC))
-        tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
-    reads = tl.sum(gy * y_in, axis=1)  # [t]
-    x_t = tl.load(x_row + _tile(offs_p, offs_q, s_x_p, s_x_l), mask=p_mask[:, None] & row_mask[None, :],
-                  other=0.0).to(DOT)  # xᵀ                                                          (P, Q)
-    gx = tl.dot(gy_dot, x_t, input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s                [t, s]
-    pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)
-    # Input side, [s, ·]: g_s B_s = Σ_{t ≥ s} L[t, s] (C_t · B_s) gy_t + exp(Λ_Q − Λ_s) G B_s
-    B = tl.load(B_row + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
-    if STORED_SCORES:
-        scores_t = tl.load(scores_chunk + _tile(offs_q, offs_q, 1, BLOCK_Q)).to(ACC)  # B_s · C_t         [s, t]
-    else:
-        C_t = tl.load(C_row + _tile(offs_n, offs_q, s_C_n, s_C_l), mask=nq_mask, other=0.0).to(DOT)  # Cᵀ (N, Q)
-        scores_t = tl.dot(B, C_t, input_precision=PRECISION, out_dtype=ACC)
-    scored_t = scores_t * _decay_mask_transposed(log_decay, offs_q)  # Lᵀ ∘ B Cᵀ                   [s, t]
-    leaving = tl.exp(chunk_decay - log_decay)[:, None] * tl.dot(B, adjoint_t, input_precision=PRECISION,
-                                                                out_dtype=ACC)  # exp(Λ_Q − Λ_s) G B_s (Q, P)
-    gB = leaving + tl.dot(scored_t.to(DOT), gy_dot, input_precision=PRECISION, out_dtype=ACC)
-    tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
-    x = x.to(ACC)
-    _store_step_gradients(ddt_ptr, dA_ptr, dD_ptr, pair_steps, reads, dt * tl.sum(x * leaving, axis=1),
-                          tl.sum(x * gB, axis=1), tl.sum(gy * x, axis=0), through_both, A, dt, raw, chunk, head,
-                          pblock, row, heads, head_dim, p_blocks, offs_q, offs_p, p_mask, row_mask, SOFTPLUS)
-
-
-@triton.jit
-def ssd_chunk_dbc_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
-    states_ptr, adjoints_ptr, dB_ptr, dC_ptr,
-    s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n,
-    s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p, s_g_l, s_g_g, s_g_n,
-    heads, heads_per_group, head_dim, n_state, n_blocks,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
-    PRECISION: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-):
-    """dB and dC of one chunk, one group and one block of BLOCK_N state channels (grid: chunks · n_blocks ×
-    groups, the state blocks of a chunk adjacent so that the second reads its tiles from cache), summed over
-    every head of the group and every block of its channels inside the program: each element is written once,
-    in the output's dtype (strides s_g_*, (l, g, n)), with no atomic add and no zeroed buffer.
-
-    With W = Σ_heads L ∘ (gy xᵀ) Δ (Q, Q):  dC = Σ_heads exp(Λ_t) gy_t H + W B  and
-    dBᵀ = Σ_heads Gᵀ (x Δ exp(Λ_Q − Λ_s))ᵀ + Cᵀ W  (N, Q): dB is built transposed and stored through transposed
-    offsets, so that no computed tile is ever transposed (Cᵀ and xᵀ are loaded transposed)."""
-    block, group = tl.program_id(0), tl.program_id(1)
-    chunk, nblock = block // n_blocks, block % n_blocks
-    seq = tl.load(chunk_seq_ptr + chunk)
-    row = tl.load(seq_ptr + seq).to(tl.int64) + (chunk - tl.load(chunk_ptr + seq)) * BLOCK_Q
-    offs_q = tl.arange(0, BLOCK_Q)
-    offs_n = nblock * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask, n_mask = offs_q < tl.load(seq_ptr + seq + 1).to(tl.int64) - row, offs_n < n_state
-    qn_mask, nq_mask = row_mask[:, None] & n_mask[None, :], n_mask[:, None] & row_mask[None, :]
-    pairs_dt = tl.zeros((BLOCK_Q, BLOCK_Q), dtype=ACC)  # W[t, s] = Σ_heads L[t, s] gy_t · x_s Δ_s
-    dC = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)  # Σ_heads exp(Λ_t) gy_t H, then + W B
-    dB_t = tl.zeros((BLOCK_N, BLOCK_Q), dtype=ACC)  # Σ_heads Gᵀ (Δ_s exp(Λ_Q − Λ_s) x_s)ᵀ, then + Cᵀ W
-    for i in range(heads_per_group):
-        head = group * heads_per_group + i
-        A = tl.load(A_ptr + head).to(ACC)
-        dt, _raw = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l,
-                               ACC, HAS_BIAS, SOFTPLUS)
-        log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                              (Q,)
-        from_start = tl.exp(log_decay)  # exp(Λ_t)
-        written = dt * tl.exp(tl.sum(dt * A, axis=0) - log_decay)  # Δ_s exp(Λ_Q − Λ_s)
-        gx = tl.zeros((BLOCK_Q, BLOCK_Q), dtype=ACC)  # gy_t · x_s over the head's channels
-        state_head = (chunk.to(tl.int64) * heads + head) * head_dim * n_state
-        for pblock in range(tl.cdiv(head_dim, BLOCK_P)):
-            offs_p = pblock * BLOCK_P + tl.arange(0, BLOCK_P)
-            p_mask = offs_p < head_dim
-            qp_mask = row_mask[:, None] & p_mask[None, :]
-            x_t = tl.load(x_ptr + row * s_x_l + head * s_x_h + _tile(offs_p, offs_q, s_x_p, s_x_l),
-                          mask=p_mask[:, None] & row_mask[None, :], other=0.0).to(ACC)  # xᵀ            (P, Q)
-            dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + _tile(offs_q, offs_p, s_dy_l, s_dy_p),
-                         mask=qp_mask, other=0.0).to(ACC)  # (Q, P)
-            gy, _z, _gate = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, _tile(offs_q, offs_p, s_z_l, s_z_p),
-                                      qp_mask, ACC, HAS_Z)
-            entering = tl.load(states_ptr + state_head + _tile(offs_p, offs_n, n_state, 1),
-                               mask=p_mask[:, None] & n_mask[None, :], other=0.0).to(DOT)  # H          (P, N)
-            adjoint_t = tl.load(adjoints_ptr + state_head + _tile(offs_n, offs_p, 1, n_state),
-                                mask=n_mask[:, None] & p_mask[None, :], other=0.0).to(DOT)  # Gᵀ        (N, P)
-            gx = tl.dot(gy.to(DOT), x_t.to(DOT), acc=gx, input_precision=PRECISION, out_dtype=ACC)
-            dC = tl.dot((from_start[:, None] * gy).to(DOT), entering, acc=dC, input_precision=PRECISION,
-                        out_dtype=ACC)
-            dB_t = tl.dot(adjoint_t, (x_t * written[None, :]).to(DOT), acc=dB_t, input_precision=PRECISION,
-                          out_dtype=ACC)
-        pairs_dt += gx * _decay_mask(log_decay, offs_q) * dt[None, :]
-    B = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask,
-                other=0.0).to(DOT)  # (Q, N)
-    C_t = tl.load(C_ptr + row * s_C_l + group * s_C_g + _tile(offs_n, offs_q, s_C_n, s_C_l), mask=nq_mask,
-                  other=0.0).to(DOT)  # Cᵀ                                                          (N, Q)
-    pairs_dt = pairs_dt.to(DOT)
-    dC = tl.dot(pairs_dt, B, acc=dC, input_precision=PRECISION, out_dtype=ACC)
-    dB_t = tl.dot(C_t, pairs_dt, acc=dB_t, input_precision=PRECISION, out_dtype=ACC)
-    g_row = row * s_g_l + group * s_g_g
-    tl.store(dC_ptr + g_row + _tile(offs_q, offs_n, s_g_l, s_g_n), dC.to(dC_ptr.dtype.element_ty), mask=qn_mask)
-    tl.store(dB_ptr + g_row + _tile(offs_n, offs_q, s_g_n, s_g_l), dB_t.to(dB_ptr.dtype.element_ty), mask=nq_mask)
 
 
 @triton.jit

@@ -3,9 +3,8 @@
 Forward: one sequence walk computing y (fused), or the chunk states plus every chunk in parallel (chunked),
 chosen by `SSDConfig.forward_mode`. It saves only its inputs. Backward: the state entering each chunk and the
 adjoint of the state leaving each chunk (both transient, (chunks, h, p, n) in the matrix-product dtype), then
-one chunk-parallel kernel for every gradient (or two, per head and per group: `SSDConfig.split_backward`); the
-sums the kernels leave per channel block or chunk (dΔ, dA, dD, dt_bias) are finished here with torch
-reductions.
+one chunk-parallel kernel for every gradient; the sums it leaves per channel block or chunk (dΔ, dA, dD,
+dt_bias) are finished here with torch reductions.
 
 The chunk states and adjoints (chunked forward and backward) come from `SSDConfig.state_mode`: "walk" (a
 sequential program per (sequence, head, channel block), `_sequence_pass` / `_chunk_adjoints`) or "parallel"
@@ -99,10 +98,10 @@ class SSDConfig:
     1.24-1.33× faster than at 8 warps at every shape of ssd_gpu.py but once, 8× slower at 2; 64 channels or 16 slower at
     4 warps: results/ssd_gpu_backward_tiles.json); state_mode "parallel": the local states at 64 × 64 ×
     4 warps (106 registers), the passing at 1024 state elements × 8 chunks × 4 warps (128 registers, no shared
-    memory in its loop; benchmarks/notes/ssd.md). shared_scores is off until timed (notes/ssd.md has the
-    prediction). split_backward is off until timed (the same notes have its resources and prediction): the
-    gradient kernel's per-head half and its dB/dC half as two kernels, so that neither carries the other's live
-    tiles, and no product takes a transposed computed tile."""
+    memory in its loop; benchmarks/notes/ssd.md); state_mode "walk", forward_mode "auto" (`_fused_forward`),
+    heads_per_program 0. The split gradient kernels (per head and per group) and shared scores (C Bᵀ once per
+    gradient program) were timed on one H100, slower than this single gradient kernel, and removed
+    (benchmarks/notes/ssd.md)."""
 
     chunk: int = 64
     chunk_fused: int = 32
@@ -126,28 +125,6 @@ class SSDConfig:
     block_pass: int = 1024
     pass_steps: int = 8
     warps_pass: int = 4
-    # the gradient kernel computes C Bᵀ once per program for all its heads (held on chip through the head loop)
-    # instead of once per head
-    shared_scores: bool = False
-    # the gradients in two kernels instead of ssd_chunk_backward_kernel: per head (dx, dz, dΔ, dA, dD: block_p_dx
-    # channels × warps_dx warps per program) and per group (dB, dC: block_n_dbc state channels per program, its
-    # head channels block_p_dbc at a time, warps_dbc warps); block_p_backward, warps_backward, heads_per_program
-    # and shared_scores are the single kernel's and do not apply
-    split_backward: bool = False
-    # split_backward: C Bᵀ of each chunk and group computed once (ssd_chunk_scores_kernel, warps_dbc warps) and
-    # stored in the accumulation dtype ((chunks, g, Q, Q): 16 KB per chunk and group in float32), read by the
-    # per-head kernel in both orientations instead of two (Q, Q, N) products per head and channel block
-    stored_scores: bool = False
-    block_p_dx: int = 32
-    warps_dx: int = 8
-    block_n_dbc: int = 64
-    block_p_dbc: int = 32
-    warps_dbc: int = 8
-    # split_backward: the most registers per thread the compiler may give the per-head and the dB/dC kernel (0:
-    # its own choice, up to 255); a bound fits more programs on a multiprocessor (65536 registers: at 8 warps
-    # ≤ 128 for two) at the cost of spills
-    maxnreg_dx: int = 0
-    maxnreg_dbc: int = 0
 
     def __post_init__(self):
         for name, allowed in (("forward_mode", FORWARD_MODES), ("state_mode", STATE_MODES)):
@@ -452,46 +429,6 @@ def _strides_lhp(t):
     return (t.stride(1), t.stride(2), t.stride(3)) if t is not None else (0, 0, 0)
 
 
-def _split_gradients(x, dt, A, B, C, Dm, z, dt_bias, dy, layout, states, adjoints, outputs, block_p, flags, cfg):
-    """The gradient launches of SSDConfig.split_backward: C Bᵀ per chunk and group (stored_scores), the per-head
-    kernel (dx, dz, dΔ, dA, dD at block_p channels per program) and the per-group kernel (dB, dC), into
-    outputs = (dx, dz, ddt, dA, dD, dB, dC) as `_backward` allocates them; flags: the kernels' shared constexprs."""
-    k = kernels()
-    dx, dz, ddt, dA, dD, dB, dC = outputs
-    heads, head_dim = x.shape[2], x.shape[3]
-    groups, n = B.shape[2], B.shape[3]
-    chunks, p_blocks = layout.chunks, ddt.shape[-1]
-    scores = None
-    if cfg.stored_scores:
-        scores = _empty(chunks, groups, cfg.chunk, cfg.chunk, device=x.device, dtype=dA.dtype)
-        k.ssd_chunk_scores_kernel[(chunks, groups)](
-            B, C, layout.seq_starts, layout.first_chunks, layout.chunk_seq, scores,
-            *B.stride()[1:], *C.stride()[1:], groups, n,
-            **{name: flags[name] for name in ("BLOCK_Q", "BLOCK_N", "ACC", "DOT", "PRECISION")},
-            num_warps=cfg.warps_dbc, num_stages=cfg.stages,
-        )
-    k.ssd_chunk_dx_kernel[(chunks, heads, p_blocks)](
-        x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
-        layout.chunk_seq, states, adjoints, _or(scores, dx), dx, _or(dz, dx), ddt, dA, dD,
-        *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
-        *dy.stride()[1:], *dx.stride()[1:],
-        heads, groups, heads // groups, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=Dm is not None,
-        STORED_SCORES=cfg.stored_scores, **flags, num_warps=cfg.warps_dx, num_stages=cfg.stages,
-        maxnreg=cfg.maxnreg_dx or None,
-    )
-    block_n = _block(n, cfg.block_n_dbc)
-    n_blocks = -(-n // block_n)
-    k.ssd_chunk_dbc_kernel[(chunks * n_blocks, groups)](
-        x, dt, A, B, C, _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
-        layout.chunk_seq, states, adjoints, dB, dC,
-        *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides_lhp(z),
-        *dy.stride()[1:], *dB.stride(),
-        heads, heads // groups, head_dim, n, n_blocks, **{**flags, "BLOCK_N": block_n},
-        BLOCK_P=_block(head_dim, cfg.block_p_dbc), num_warps=cfg.warps_dbc, num_stages=cfg.stages,
-        maxnreg=cfg.maxnreg_dbc or None,
-    )
-
-
 def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg):
     """Every input's gradient: the states entering each chunk (forward kernel), the adjoints leaving each chunk
     (backward walk), then all chunks at once; here only the sums over channel blocks and chunks."""
@@ -505,7 +442,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
     states, _ = _chunk_states(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg)
     adjoints, dh0 = _chunk_adjoints(dy, dfinal, x, dt, A, B, C, z, dt_bias, layout, softplus, cfg)
 
-    block_p = _block(head_dim, cfg.block_p_dx if cfg.split_backward else cfg.block_p_backward)
+    block_p = _block(head_dim, cfg.block_p_backward)
     p_blocks = -(-head_dim // block_p)
     rows, chunks = batch * length, layout.chunks
     dx = _empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype)
@@ -514,16 +451,9 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
     dA = _empty(chunks, heads, p_blocks, device=dev, dtype=acc_torch)
     dD = _empty(chunks, heads, head_dim, device=dev, dtype=acc_torch)
     Dm = _d_matrix(D, heads, head_dim)
-    if cfg.split_backward:  # dB, dC written once per element by ssd_chunk_dbc_kernel, in the inputs' dtypes
-        dB = _empty(rows, groups, n, device=dev, dtype=B.dtype)
-        dC = _empty(rows, groups, n, device=dev, dtype=C.dtype)
-    else:  # summed by atomic adds
-        dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
-        dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
-    if chunks and cfg.split_backward:
-        _split_gradients(x, dt, A, B, C, Dm, z, dt_bias, dy, layout, states, adjoints, (dx, dz, ddt, dA, dD, dB, dC),
-                         block_p, flags, cfg)
-    elif chunks:
+    dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)  # summed by atomic adds
+    dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
+    if chunks:
         per_program = _heads_per_program(chunks, heads, heads // groups, p_blocks, cfg, dev)
         k.ssd_chunk_backward_kernel[(chunks, heads // per_program, p_blocks)](
             x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
@@ -531,7 +461,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
             *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
             *dy.stride()[1:], *dx.stride()[1:],
             heads, groups, heads // groups, per_program, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None,
-            ONE_PASS=per_program == 1, SHARED_SCORES=cfg.shared_scores, **flags,
+            ONE_PASS=per_program == 1, **flags,
             num_warps=cfg.warps_backward, num_stages=cfg.stages,
         )
 
