@@ -2,7 +2,7 @@
 # Device call after gpu_checks.sh (its official build awaited): Mamba-2 decode and training vs official (DECODE=0 /
 # TRAIN=0 skip them; MODELS names train_vs_official's models), then, in the background from a copy of the tree,
 # the standard compare (CUDA MPS when it works; USE_MPS=0, JOBS) resumed from the committed runs and the carried
-# checkpoints, and, with PB=1, the 20,000-step phone-book runs of notes/compare.md beside it. Holds until HOLD s; collect_compare.sh collects.
+# checkpoints. Holds until HOLD s; collect_compare.sh collects.
 # Returns logs2.tgz and the vs-official JSONs.
 #   run: HOLD=555 bash benchmarks/device/vs_official_and_compare.sh
 #   carry: [".device", ".official-src", ".corpus", ".compare-cache"]
@@ -22,7 +22,7 @@ if [ "${TRAIN:-1}" = 1 ]; then
     --models $MODELS --lengths 2048,8192 --out $OUT/train_vs_official.json > $L/train.log 2>&1
   echo "train rc=$? at $(el) s ($MODELS)" >> $L/train.log
 fi
-# --- background: compare + phone-book, from a copy (the next call re-syncs the working tree) ---
+# --- background: the compare, from a copy (the next call re-syncs the working tree) ---
 if [ ! -d /tmp/cmprepo ]; then
   cp -r $PWD /tmp/cmprepo; rm -rf /tmp/cmprepo/.official-src
   mkdir -p /tmp/corpus && xz -dc .corpus/corpus.txt.xz > /tmp/corpus/corpus.txt && cp .corpus/manifest.json /tmp/corpus/
@@ -44,19 +44,6 @@ fi
 [ $MPS = 1 ] || unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
 echo "MPS=$MPS at $(el) s" | tee -a $L/mps.txt
 cd /tmp/cmprepo; export PYTHONPATH=/tmp/cmprepo
-mkdir -p /tmp/pbout
-if [ "${PB:-0}" = 1 ]; then
-  for L_ in 101 191; do
-    setsid python3 benchmarks/investigations/phonebook_digits.py --length $L_ --name-len 1 --n-letters 64 --no-colon \
-      --train-queries 8 --steps ${PB_STEPS:-20000} --lr 1e-3 --eval-lengths $L_ 256 --device cuda \
-      --out /tmp/pbout/pb_mqarlike_L$L_.json > /tmp/pbout/pb_mqarlike_L$L_.log 2>&1 < /dev/null &
-  done
-  for L_ in 135 255; do
-    setsid python3 benchmarks/investigations/phonebook_digits.py --length $L_ --train-queries 8 --steps ${PB_STEPS:-20000} \
-      --lr 1e-3 --eval-lengths $L_ 256 --device cuda \
-      --out /tmp/pbout/pb_preset_L$L_.json > /tmp/pbout/pb_preset_L$L_.log 2>&1 < /dev/null &
-  done
-fi
 setsid bash -c "python3 -m mambalab compare --preset standard --device cuda --corpus /tmp/corpus/corpus.txt \
   --out /tmp/std --quiet --jobs ${JOBS:-12} > /tmp/compare.log 2>&1; echo compare rc=\$? >> /tmp/compare.log" < /dev/null &
 echo $! > /tmp/compare.pid
@@ -66,6 +53,5 @@ while [ $(el) -lt ${HOLD:-560} ]; do
   sleep 20
 done
 tail -c 3000 /tmp/compare.log > $L/compare_tail.txt
-for f in /tmp/pbout/*.log; do tail -c 1500 $f > $L/$(basename $f).tail; done
 tar czf $OUT/logs2.tgz -C /tmp logs2
 echo "call2 done at $(el) s"; cat $L/mps.txt; tail -12 $L/decode.log; tail -20 $L/train.log; tail -4 $L/progress.txt
