@@ -22,6 +22,7 @@ from itertools import pairwise, takewhile
 
 from mambalab.experiments.families import FAMILY_INFO
 from mambalab.experiments.seeds import Spread, seed_of, verdict
+from mambalab.tasks import build_task
 
 MUCH_BETTER = 0.20
 NOISE = 0.01
@@ -141,16 +142,25 @@ def selective_copying_rule(results: dict) -> Finding | None:
     )
 
 
-def _extrapolation_rule(task: str, better: str, worse: str, strong: bool, title: str, paper: str) -> Callable:
-    """Rule: past the training length, `better` ≫ `worse` (strong) or `better` ≥ `worse` (not strong)."""
+def _book_sizes(spec: dict, train: int, lengths: list[int]) -> str:
+    """What the phone-book's lengths mean: the entries of the book each holds."""
+    book = build_task("phonebook", **spec["plan"].get("options", {}))
+    return (f"books of {book.entries(lengths[0])}-{book.entries(lengths[-1])} entries against "
+            f"{book.entries(train)} in training")
+
+
+def _extrapolation_rule(task: str, better: str, worse: str, strong: bool, title: str, paper: str,
+                        describe: Callable[[dict, int, list[int]], str] | None = None) -> Callable:
+    """Rule: past the training length, `better` ≫ `worse` (strong) or `better` ≥ `worse` (not strong);
+    `describe(spec, train_length, lengths)` says what the lengths hold, where that is not just length."""
 
     def rule(results: dict) -> Finding | None:
-        pairs, train, lengths = {}, None, None
+        pairs, train, lengths, spec = {}, None, None, None
         for seed, (a, b) in seeded_main(results, task, better, worse).items():
             ea, eb = beyond_training(a), beyond_training(b)
             if ea is not None and eb is not None:
                 pairs[seed] = (ea[1], eb[1])
-                lengths, train = ea[0], a["spec"]["plan"]["train_length"]
+                lengths, train, spec = ea[0], a["spec"]["plan"]["train_length"], a["spec"]
         if not pairs:
             return None
         at_train = {
@@ -161,6 +171,8 @@ def _extrapolation_rule(task: str, better: str, worse: str, strong: bool, title:
         where = (
             f"mean over lengths {lengths[0]}-{lengths[-1]}, up to" if len(lengths) > 1 else f"at length {lengths[0]},"
         )
+        if describe is not None:
+            where = f"{describe(spec, train, lengths)}: {where}"
         span = (
             f"{where} {lengths[-1] / train:.3g}× the training length {train}, where they score "
             f"{pct_spread([v[0] or 0.0 for v in at_train.values()])} and "
@@ -593,6 +605,7 @@ RULES: list[Callable[[dict], Finding | list[Finding] | None]] = [
         False,
         "Phone-book lookup",
         "Paper: a 410M Transformer beats a 2.8B Mamba once the book has ≥70 entries.",
+        describe=_book_sizes,
     ),
     mqar_state_rule,
     init_rule,

@@ -164,3 +164,15 @@ def test_mqar_state_finding_only_when_mamba2_ran_and_per_seed():
                                                           mqar("mamba2", 0.3, 1, 64)))}["mqar_state"]
     assert not mixed.supports_paper and "did NOT hold in every seed: only in 1 of 2 seeds (not seed 1)" in mixed.text
     assert "gap" not in mixed.text  # no Transformer++ run: no gap to close
+
+
+def test_phonebook_finding_names_the_book_sizes_of_its_lengths():
+    """The phone-book's lengths are books: the finding says how many entries they hold (8 in training at length 53
+    in MQAR's entry shape, 16 and 31 past it)."""
+    options = {"n_letters": 64, "name_len": 1, "colon": False, "train_queries": 4}
+    pb = [run("phonebook", family, {53: 0.5, 101: a, 191: a / 2}, 53, headline="sequence_accuracy")
+          for family, a in (("transformer", 0.2), ("mamba", 0.05))]
+    for r in pb:
+        r["spec"]["plan"]["options"] = options
+    text = texts(results(*pb))["phonebook_extrapolation"]
+    assert "books of 16-31 entries against 8 in training: mean over lengths 101-191" in text
