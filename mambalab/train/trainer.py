@@ -292,12 +292,15 @@ class Trainer:
             grad_norm = grad_norm.full_tensor()
         loss_mean = dist_utils.all_reduce(loss_sum / cfg.grad_accum)
         aux_mean = dist_utils.all_reduce(aux_sum / cfg.grad_accum)
-        finite = bool(torch.isfinite(loss_mean) & torch.isfinite(grad_norm))
+        # the step's one wait for the device: its three numbers at once, before the optimizer step is queued (so
+        # that step runs on the GPU while the host prepares the next one)
+        loss_v, aux_v, norm_v = torch.stack([loss_mean.float(), aux_mean.float(), grad_norm.float()]).tolist()
+        finite = math.isfinite(loss_v) and math.isfinite(norm_v)
         if finite:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss_mean.item(), "aux_loss": aux_mean.item(), "grad_norm": grad_norm.item(), "lr": lr,
-                "finite": finite, "tokens": tokens * self.ctx.world_size}
+        return {"loss": loss_v, "aux_loss": aux_v, "grad_norm": norm_v, "lr": lr, "finite": finite,
+                "tokens": tokens * self.ctx.world_size}
 
     def evaluate(self) -> dict:
         """Validation loss (mean nats per token), perplexity and bits per byte over `config.eval_batches`."""
@@ -506,6 +509,9 @@ class Trainer:
             )
 
     def _stop_requested(self) -> bool:
-        """Whether any rank received SIGINT/SIGTERM (all ranks agree, so they checkpoint together)."""
+        """Whether any rank received SIGINT/SIGTERM (all ranks agree, so they checkpoint together; one process
+        asks no device, whose tensor round trip would wait for the queued step)."""
+        if self.ctx.world_size == 1:
+            return self.stop_signal is not None
         flag = torch.tensor(float(self.stop_signal is not None), device=self.device)
         return bool(dist_utils.all_reduce(flag, "max").item())
