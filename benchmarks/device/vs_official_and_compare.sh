@@ -1,7 +1,7 @@
 #!/bin/bash
 # Device call after gpu_checks.sh (its official build awaited): Mamba-2 decode and training vs official (DECODE=0 /
 # TRAIN=0 skip them; MODELS names train_vs_official's models), then, in the background from a copy of the tree,
-# the standard compare (CUDA MPS when it works; USE_MPS=0, JOBS) resumed from the committed runs and the carried
+# the standard compare (CUDA MPS when it works; USE_MPS=0, JOBS; a call that finds it running only holds) resumed from the committed runs and the carried
 # checkpoints. Holds until HOLD s; collect_compare.sh collects.
 # Returns logs2.tgz and the vs-official JSONs.
 #   run: HOLD=555 bash benchmarks/device/vs_official_and_compare.sh
@@ -44,9 +44,10 @@ fi
 [ $MPS = 1 ] || unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
 echo "MPS=$MPS at $(el) s" | tee -a $L/mps.txt
 cd /tmp/cmprepo; export PYTHONPATH=/tmp/cmprepo
-setsid bash -c "python3 -m mambalab compare --preset standard --device cuda --corpus /tmp/corpus/corpus.txt \
-  --out /tmp/std --quiet --jobs ${JOBS:-12} > /tmp/compare.log 2>&1; echo compare rc=\$? >> /tmp/compare.log" < /dev/null &
-echo $! > /tmp/compare.pid
+if ! pgrep -f "mambalab compare --preset" > /dev/null; then  # a call that finds it running only holds
+  setsid bash -c "python3 -m mambalab compare --preset standard --device cuda --corpus /tmp/corpus/corpus.txt \
+    --out /tmp/std --quiet --jobs ${JOBS:-12} > /tmp/compare.log 2>&1; echo compare rc=\$? >> /tmp/compare.log" < /dev/null &
+fi
 cd - > /dev/null
 while [ $(el) -lt ${HOLD:-560} ]; do
   echo "$(el) s: $(ls /tmp/std/runs/*.json | wc -l) runs; $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)" >> $L/progress.txt
