@@ -1,7 +1,10 @@
 """The training path's CUDA-only pieces against their references (skipped without CUDA): the compiled RMSNorm
-against the torch composition, and the fused head + cross-entropy under bf16 autocast against float64."""
+against the torch composition, the fused head + cross-entropy under bf16 autocast against float64, and the
+trainer's waits for the GPU per step."""
 
+import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -48,3 +51,43 @@ def test_fused_cross_entropy_under_autocast():
     ref.backward()
     assert int(count) == int((labels != -100).sum())
     assert rel_err(total, ref) < 5e-3 and rel_err(hidden.grad, h64.grad) < 2e-2 and rel_err(weight.grad, w64.grad) < 2e-2
+
+
+def _device_waits(fn) -> int:
+    """How many times `fn()` makes the host wait for the GPU (CUDA's synchronizing calls, as torch reports them)."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+def test_a_training_step_waits_for_the_gpu_once_more_than_its_model():
+    """The trainer reads loss, aux loss and grad norm in one transfer before the optimizer step and checks its
+    stop flag on the host: a step waits for the GPU at most once more than the model's forward + backward."""
+    from mambalab import LanguageModel
+    from mambalab.models.zoo import get_preset
+    from mambalab.train.trainer import TrainConfig, Trainer
+
+    model = LanguageModel(get_preset("tiny-mamba"))
+    ids = torch.randint(model.config.vocab_size, (2, 33))
+    batch = {"input_ids": ids[:, :-1].pin_memory(), "labels": ids[:, 1:].pin_memory()}
+    trainer = Trainer(model, TrainConfig(device="cuda", batch_size=2, seq_len=32, max_steps=10, progress=False),
+                      itertools.repeat(batch))
+    batches = itertools.repeat(batch)
+    trainer._train_step(batches)  # warm-up: compilation, allocator
+    on_gpu = {k: v.cuda() for k, v in batch.items()}
+
+    def model_only():
+        with trainer._autocast():
+            (total, count), aux = trainer.model(on_gpu["input_ids"], labels=on_gpu["labels"], return_aux_loss=True)
+        (total / count.clamp(min=1) + aux.float()).backward()
+        trainer.model.zero_grad(set_to_none=True)
+
+    model_only()
+    assert _device_waits(lambda: trainer._train_step(batches)) <= _device_waits(model_only) + 1
+    assert _device_waits(trainer._stop_requested) == 0
