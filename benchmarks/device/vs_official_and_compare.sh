@@ -47,6 +47,8 @@ fi
 echo "MPS=$MPS at $(el) s" | tee -a $L/mps.txt
 cd /tmp/cmprepo; export PYTHONPATH=/tmp/cmprepo
 if ! pgrep -f "mambalab compare --preset" > /dev/null; then  # a call that finds it running only holds
+  # the trainer's GPU checks first (its waits per step, its fused head and norm): a minute, logged, not gating
+  timeout 150 python3 -m pytest -q -rs -p no:cacheprovider tests/gpu/test_training_path.py > $L/training_path.txt 2>&1
   setsid bash -c "python3 -m mambalab compare --preset standard --device cuda --corpus /tmp/corpus/corpus.txt \
     --out /tmp/std --quiet --jobs ${JOBS:-12} > /tmp/compare.log 2>&1; echo compare rc=\$? >> /tmp/compare.log" < /dev/null &
 fi
