@@ -35,6 +35,7 @@ import torch
 
 from benchmarks.kernel_resources import summary
 from benchmarks.ssd_gpu import parse_config
+from mambalab.atomic import write_json_atomic
 from mambalab.ops.ssd import triton_ssd
 
 HEAD_DIM, N, GROUPS = 64, 128, 1
@@ -183,8 +184,7 @@ def main(argv=None) -> int:
                 print(f"L{length} {fields or 'default'}: {line}, {row['stack_bytes']} B stack", flush=True)
             rows += found
     if opts.json:
-        with open(opts.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json_atomic(opts.json, rows)
     return 0
 
 

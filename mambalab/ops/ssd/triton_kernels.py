@@ -463,27 +463,6 @@ def _pair_steps(inner, offs_q):
 
 
 @triton.jit
-def _store_step_gradients(ddt_ptr, dA_ptr, dD_ptr, pair_steps, reads, writes, input_sums, skip_sums, through_both,
-                          A, dt, raw, chunk, head, pblock, row, heads, head_dim, p_blocks, offs_q, offs_p, p_mask,
-                          row_mask, SOFTPLUS: tl.constexpr):
-    """Store one head's and channel block's partial sums of dΔ (ddt (l, h, p_blocks)), dA (chunks, h, p_blocks)
-    and dD (chunks, h, p) from the parts of ∂loss/∂ℓ_k, ℓ = Δ A (docs/math.md): the pairs inside the chunk
-    (pair_steps, `_pair_steps`), sources before it read here (reads_t = gy_t · y_in_t, y_in the entering
-    state's part of y), sources here read after it (writes_s = Δ_s x_s · exp(Λ_Q − Λ_s) G B_s), sources before
-    read after (through_both = exp(Λ_Q) Σ H ∘ G), each a running sum over the chunk (never a difference of two
-    totals: an exclusive sum subtracts only its own term); and input_sums_s = x_s · g_s B_s, skip_sums = Σ_t
-    gy_t ∘ x_t (P,)."""
-    d_step = pair_steps + tl.cumsum(reads, axis=0, reverse=True)  # + Σ_{t ≥ k} reads_t
-    d_step += tl.cumsum(writes, axis=0) - writes + through_both  # + Σ_{s < k} writes_s                   (Q,)
-    ddt = input_sums + A * d_step  # x_s · g_s B_s + A ∂loss/∂ℓ_s
-    if SOFTPLUS:
-        ddt *= sigmoid(raw)
-    tl.store(ddt_ptr + ((row + offs_q) * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
-    tl.store(dA_ptr + (chunk * heads + head) * p_blocks + pblock, tl.sum(d_step * dt, axis=0))
-    tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, skip_sums, mask=p_mask)
-
-
-@triton.jit
 def ssd_chunk_backward_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
     states_ptr, adjoints_ptr,
@@ -553,10 +532,23 @@ def ssd_chunk_backward_kernel(
         gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
         tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
         gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
-        _store_step_gradients(ddt_ptr, dA_ptr, dD_ptr, _pair_steps(scored * gx * dt[None, :], offs_q),
-                              tl.sum(gy * y_in, axis=1), dt * tl.sum(x * leaving, axis=1), tl.sum(x * gB, axis=1),
-                              tl.sum(gy * x, axis=0), through_both, A, dt, raw, chunk, head, pblock, row, heads,
-                              head_dim, p_blocks, offs_q, offs_p, p_mask, row_mask, SOFTPLUS)
+        # ∂loss/∂ℓ_k, ℓ = Δ A (docs/math.md), from the (source s, sink t) pairs with s < k ≤ t: both in the chunk
+        # (`_pair_steps`), sources before it read here (reads_t = gy_t · y_in_t, y_in the entering state's part
+        # of y), sources here read after it (writes_s = Δ_s x_s · exp(Λ_Q − Λ_s) G B_s), sources before read
+        # after (through_both); each a running sum over the chunk, never a difference of two totals
+        pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)
+        reads = tl.sum(gy * y_in, axis=1)  # (Q,)
+        writes = dt * tl.sum(x * leaving, axis=1)  # (Q,)
+        input_sums = tl.sum(x * gB, axis=1)  # x_s · g_s B_s                                              (Q,)
+        skip_sums = tl.sum(gy * x, axis=0)  # Σ_t gy_t ∘ x_t                                            (P,)
+        d_step = pair_steps + tl.cumsum(reads, axis=0, reverse=True)
+        d_step += tl.cumsum(writes, axis=0) - writes + through_both  # (Q,)
+        ddt = input_sums + A * d_step  # x_s · g_s B_s + A ∂loss/∂ℓ_s
+        if SOFTPLUS:
+            ddt *= sigmoid(raw)
+        tl.store(ddt_ptr + ((row + offs_q) * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
+        tl.store(dA_ptr + (chunk * heads + head) * p_blocks + pblock, tl.sum(d_step * dt, axis=0))
+        tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, skip_sums, mask=p_mask)
         if ONE_PASS:
             pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, mask, dt, log_decay, to_end, gy, x, entering,
                                                adjoint, DOT, PRECISION, ACC)
