@@ -183,6 +183,14 @@ def _training_environment(invocations: list[dict], here: dict) -> dict:
     return trained[-1] if trained else here
 
 
+def _measured_device(device: str, invocations: list[dict]) -> torch.device:
+    """The device whose cost profiles a report-only call reports (nothing runs, so it need not be present
+    here): the one asked for, else the one of the latest call that trained, else this machine's."""
+    if device == "auto":
+        device = _training_environment(invocations, {}).get("device", "auto")
+    return resolve_device(device, present=False)
+
+
 def compare(
     preset: str = "quick",
     models: list[str] | None = None,
@@ -210,20 +218,21 @@ def compare(
     families = _choose(models, FAMILIES, "models") if models is not None else chosen.models
     task_names = _choose(tasks, tuple(chosen.tasks), "tasks", allow_empty=True)
     study_names = _choose(studies, STUDIES, "studies", allow_empty=True)
-    dev = resolve_device(device)
-    gpus = gpus_to_spread_over(dev)
+    out = Path(out_dir)
+    store = RunStore(out)
+    local = resolve_device("auto" if report_only else device)  # the machine this call runs on
+    dev = _measured_device(device, store.invocations()) if report_only else local  # the one the items are keyed on
+    gpus = gpus_to_spread_over(local)
     jobs = min(chosen.jobs * max(1, len(gpus)), os.cpu_count() or 1) if jobs is None else jobs
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
-    out = Path(out_dir)
-    store = RunStore(out)
     trainer_bars = progress and jobs == 1 and sys.stdout.isatty()  # a run's own bar: on a terminal only
     specs, items = plan_work(chosen, families, task_names, study_names, dev, trainer_bars)
     if report_only and not (store.invocations_path.exists() or any(store.get(it.key) for it in items)):
         raise ConfigError(f"--report-only: no compare call has written to {out} (no runs, no invocations.jsonl): "
                           "train first, or point --out at the directory of an earlier call")
     start, started, finished = time.perf_counter(), time.gmtime(), False
-    here = {**environment(dev), "seed": chosen.seed, **({"gpus": len(gpus)} if gpus and jobs > 1 else {})}
+    here = {**environment(local), "seed": chosen.seed, **({"gpus": len(gpus)} if gpus and jobs > 1 else {})}
     try:
         records = run_all(items, store, progress, run=not report_only, jobs=jobs, gpus=gpus)
         finished = True

@@ -149,6 +149,45 @@ def _book_sizes(spec: dict, train: int, lengths: list[int]) -> str:
             f"{book.entries(train)} in training")
 
 
+PHONEBOOK_PAPER = "Paper: a 410M Transformer beats a 2.8B Mamba once the book has ≥70 entries."
+
+
+def phonebook_rule(results: dict) -> Finding | None:
+    """Phone-book lookup at the training length, per seed: Transformer++ ≫ Mamba (arXiv 2402.01032), with
+    Mamba-2 (its larger state N) beside them when it ran."""
+    seeded = seeded_main(results, "phonebook", "transformer", "mamba")
+    pairs = {seed: (train_metric(t), train_metric(m)) for seed, (t, m) in seeded.items()}
+    pairs = {seed: p for seed, p in pairs.items() if None not in p}
+    if not pairs:
+        return None
+    spec = seeded[next(iter(pairs))][0]["spec"]
+    train = spec["plan"]["train_length"]
+    entries = build_task("phonebook", **spec["plan"].get("options", {})).entries(train)
+    head = (
+        f"Phone-book lookup at the training length {train} (books of {entries} entries): Transformer++ "
+        f"{pct_spread([p[0] for p in pairs.values()])} vs Mamba {pct_spread([p[1] for p in pairs.values()])}"
+    )
+    beside = ""
+    mamba2 = [r for seed, (r,) in seeded_main(results, "phonebook", "mamba2").items()
+              if seed in pairs and train_metric(r) is not None]
+    if mamba2:
+        state = mamba2[0].get("config", {}).get("mamba2", {}).get("d_state")
+        beside = f"; Mamba-2{f' (N={state})' if state else ''} {pct_spread([train_metric(r) for r in mamba2])}"
+    seeds = f" ({per_seed(pairs)})" if len(pairs) > 1 else ""
+    if all(max(p) < NOISE for p in pairs.values()):
+        return Finding("phonebook", f"{head}: neither learns it at this budget{beside}. {PHONEBOOK_PAPER}", False)
+    holds = {seed: t - m >= MUCH_BETTER for seed, (t, m) in pairs.items()}
+    if all(holds.values()):
+        return Finding("phonebook", f"{head}: Transformer++ ≫ Mamba {verdict(holds)}{seeds}{beside}. {PHONEBOOK_PAPER}",
+                       True)
+    return Finding(
+        "phonebook",
+        f"{head}: the expected Transformer++ ≫ Mamba did NOT hold {_not_every(holds)}{seeds}{beside}. "
+        f"{PHONEBOOK_PAPER}",
+        False,
+    )
+
+
 def _extrapolation_rule(task: str, better: str, worse: str, strong: bool, title: str, paper: str,
                         describe: Callable[[dict, int, list[int]], str] | None = None) -> Callable:
     """Rule: past the training length, `better` ≫ `worse` (strong) or `better` ≥ `worse` (not strong);
@@ -598,13 +637,14 @@ RULES: list[Callable[[dict], Finding | list[Finding] | None]] = [
         "MQAR",
         "Paper (Zoology): attention solves MQAR at d_model=64; fixed-state models need more dimension.",
     ),
+    phonebook_rule,
     _extrapolation_rule(
         "phonebook",
         "transformer",
         "mamba",
         False,
         "Phone-book lookup",
-        "Paper: a 410M Transformer beats a 2.8B Mamba once the book has ≥70 entries.",
+        PHONEBOOK_PAPER,
         describe=_book_sizes,
     ),
     mqar_state_rule,

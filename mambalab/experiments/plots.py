@@ -8,15 +8,18 @@ line is the mean and the band the min-max; values ≤ 0 are left out of log axes
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
+from matplotlib import ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from mambalab.experiments.families import FAMILY_INFO
-from mambalab.experiments.findings import efficiency_curves, metric_at, runs, train_metric
+from mambalab.experiments.findings import efficiency_curves, metric_at, runs, tokens_text, train_metric
 from mambalab.experiments.seeds import Spread, by_cell
 
 FAMILY_STYLE = {name: family.color for name, family in FAMILY_INFO.items()}
@@ -46,9 +49,17 @@ def _style(
 def _title(fig, results: dict, what: str) -> None:
     env = results.get("environment", {})
     where = env.get("device_name") or env.get("device", "?")
-    fig.suptitle(
-        f"{what} — preset {results['preset']['name']}, {where} ({env.get('device', '?')})", fontsize=10
-    )
+    text = f"{what} — preset {results['preset']['name']}, {where} ({env.get('device', '?')})"
+    fig.suptitle(textwrap.fill(text, width=int(12 * fig.get_figwidth())), fontsize=10)  # ~12 characters an inch
+
+
+def _log_x(ax, label: Callable[[float], str]) -> None:
+    """A log x axis labelled at 1, 2 and 5 of each decade by `label` (the default minor labels overlap when
+    the data spans less than two decades)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: label(x)))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _percent(headline: str):
@@ -118,7 +129,7 @@ def loss_vs_flops(results: dict, path: Path) -> str | None:
         points.sort()
         ls = "-" if length == min(k[1] for k in series) else "--"
         ax.plot(*zip(*points), "o" + ls, color=FAMILY_STYLE.get(family), label=f"{family} L={length}")
-    ax.set_xscale("log")
+    _log_x(ax, lambda x: f"{x:.0e}".replace("e+", "e"))
     _style(ax, None, "training FLOPs (flops_per_token × tokens)", "eval loss (nats/token)", xlog2=False)
     _title(fig, results, "Scaling")
     return _save(fig, path)
@@ -253,7 +264,7 @@ def sample_efficiency(results: dict, path: Path) -> str | None:
         ax.fill_between(
             tokens, [100 * sp.low for sp in spreads], [100 * sp.high for sp in spreads], color=color, alpha=0.2, lw=0
         )
-    ax.set_xscale("log")
+    _log_x(ax, lambda x: tokens_text(round(x)))
     task = runs(results, "efficiency")[0]["spec"]["task"]
     _style(ax, task, "training tokens", "accuracy at the training length (%)", xlog2=False)
     _title(fig, results, "Sample efficiency (mean over seeds, band min-max)")

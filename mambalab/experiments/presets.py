@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mambalab.errors import ConfigError
 from mambalab.experiments.families import FAMILY_INFO, ModelSize
@@ -223,6 +224,12 @@ def _quick() -> Preset:
     )
 
 
+EMBEDDED_CORPUS_NOTE = (
+    "language modelling and scaling want a real corpus: `mambalab corpus build --out corpus`, then "
+    "`--corpus corpus/corpus.txt` (< 1 epoch); on the embedded 1.2 MB corpus they see ~15 epochs"
+)
+
+
 def _standard() -> Preset:
     """One GPU, ~2 hours (192 items: 3 seeds per cell, Zoology's lr sweep in the state study, Mamba-2 beside
     Mamba, Transformer++ and S4D; 14 runs share the GPU; a call cut short resumes). The first 25 items
@@ -308,8 +315,7 @@ def _standard() -> Preset:
             + " its state size N (a power of two, 64 where it fits)",
             "selective copying at length 256 with 8 tokens (paper: 4096 and 16) and MQAR up to length 1024: "
             + "reduced to fit the budget",
-            "language modelling and scaling want a real corpus: `mambalab corpus build --out corpus`, then "
-            + "`--corpus corpus/corpus.txt` (< 1 epoch); on the embedded 1.2 MB corpus they see ~15 epochs",
+            EMBEDDED_CORPUS_NOTE,
         ),
     )
 
@@ -348,7 +354,8 @@ def _paper() -> Preset:
 
 
 def with_corpus(preset: Preset, corpus: str, sha256: str) -> Preset:
-    """The preset with every language-modelling plan (main grid, init and scaling studies) on `corpus`."""
+    """The preset with every language-modelling plan (main grid, init and scaling studies) on `corpus`, its
+    note on the embedded corpus replaced by one naming the corpus."""
 
     def on_corpus(plan: TaskPlan | None) -> TaskPlan | None:
         if plan is None:
@@ -358,7 +365,10 @@ def with_corpus(preset: Preset, corpus: str, sha256: str) -> Preset:
     tasks = {name: on_corpus(plan) if name == "lm" else plan for name, plan in preset.tasks.items()}
     init = preset.init and dataclasses.replace(preset.init, lm=on_corpus(preset.init.lm))
     scaling = preset.scaling and dataclasses.replace(preset.scaling, plan=on_corpus(preset.scaling.plan))
-    return dataclasses.replace(preset, tasks=tasks, init=init, scaling=scaling)
+    notes = tuple(n for n in preset.notes if n != EMBEDDED_CORPUS_NOTE) + (
+        f"language modelling and scaling on the corpus {Path(corpus).name} (sha256 {sha256[:12]}…)",
+    )
+    return dataclasses.replace(preset, tasks=tasks, init=init, scaling=scaling, notes=notes)
 
 
 PRESETS = {"smoke": _smoke, "quick": _quick, "standard": _standard, "paper": _paper}

@@ -16,10 +16,10 @@ import torch
 
 from mambalab.errors import ConfigError
 from mambalab.experiments import runner
-from mambalab.experiments.compare import compare
-from mambalab.experiments.presets import ModelSize, TaskPlan
+from mambalab.experiments.compare import compare, plan_work
+from mambalab.experiments.presets import ModelSize, TaskPlan, get_compare_preset
 from mambalab.experiments.report import SECTIONS
-from mambalab.experiments.runner import RunSpec, TaskBatches, eval_batches
+from mambalab.experiments.runner import RunSpec, RunStore, TaskBatches, eval_batches
 from mambalab.experiments.studies import main_specs
 from mambalab.tasks import build_task
 
@@ -216,10 +216,30 @@ def test_report_only_describes_the_machine_that_trained(tmp_path):
     assert trained_here["environment"]["device"] == "cpu"
 
 
+def test_report_only_finds_the_cost_profiles_of_a_gpu_it_does_not_have(tmp_path, monkeypatch):
+    """Cost profiles are keyed by the device they ran on: a report rewritten on a machine without that GPU
+    reports them as measured, with or without --device naming it, instead of listing them missing."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    kwargs = {"models": ["mamba"], "tasks": [], "studies": ["cost"], "out_dir": tmp_path, "progress": False}
+    measured = compare("smoke", device="cpu", **kwargs)["cost"]["mamba"]
+    # the same profile as if a GPU had measured it: keyed for cuda, by a call that trained on cuda
+    _, (item,) = plan_work(get_compare_preset("smoke"), ["mamba"], [], ["cost"], torch.device("cuda"))
+    store = RunStore(tmp_path)
+    store.put(item.key, measured)
+    gpu = {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "seed": 0}
+    trained = {"wall_s": 60.0, "jobs": 12, "report_only": False, "finished": True, "environment": gpu}
+    store.invocations_path.write_text(json.dumps(trained) + "\n")
+    for device in ("auto", "cuda"):
+        reported = compare("smoke", device=device, report_only=True, **kwargs)
+        assert reported["cost"]["mamba"]["decode"] == measured["decode"]
+        assert reported["work"]["not_ok"] == 0
+    assert "missing" not in (tmp_path / "report.md").read_text()
+
+
 ENDLESS_COMPARE = """
 import dataclasses, sys
 from mambalab.experiments import presets
-from mambalab.experiments.compare import compare
+from mambalab.experiments.compare import compare, plan_work
 smoke = presets.get_compare_preset("smoke")
 endless = dataclasses.replace(smoke, tasks={**smoke.tasks, "lm": dataclasses.replace(smoke.tasks["lm"], steps=10**4)})
 presets.PRESETS["endless"] = lambda: endless
@@ -274,6 +294,9 @@ def test_user_corpus_feeds_every_lm_run_and_a_missing_one_is_refused(tmp_path):
     lm_runs = [r for r in results["runs"] if r["spec"]["task"] == "lm"]
     assert len(lm_runs) > 1 and all(r["status"] == "ok" for r in lm_runs)
     assert all(r["spec"]["plan"]["options"]["corpus"] == str(corpus.resolve()) for r in lm_runs)
+    notes = results["preset"]["notes"]
+    assert f"on the corpus my.txt (sha256 {hashlib.sha256(corpus.read_bytes()).hexdigest()[:12]}…)" in notes[-1]
+    assert not any("want a real corpus" in n for n in notes)
     with pytest.raises(ValueError, match="corpus"):
         compare(
             "smoke", tasks=["lm"], out_dir=tmp_path / "out", progress=False, corpus=tmp_path / "missing.txt"

@@ -176,3 +176,26 @@ def test_phonebook_finding_names_the_book_sizes_of_its_lengths():
         r["spec"]["plan"]["options"] = options
     text = texts(results(*pb))["phonebook_extrapolation"]
     assert "books of 16-31 entries against 8 in training: mean over lengths 101-191" in text
+
+
+def test_phonebook_finding_at_the_training_length_per_seed_with_mamba2_beside():
+    options = {"n_letters": 64, "name_len": 1, "colon": False, "train_queries": 4}
+
+    def book(family: str, accuracy: float, seed: int) -> dict:
+        r = run("phonebook", family, {53: accuracy, 101: accuracy / 4}, 53, headline="sequence_accuracy")
+        r["spec"]["plan"]["options"], r["spec"]["seed"] = options, seed
+        r["config"] = {"ssm": {"d_state": 16}, "mamba2": {"d_state": 128}}
+        return r
+
+    learnt = [book("transformer", a, s) for s, a in enumerate((0.5, 0.68, 0.08))]
+    mamba = [book("mamba", a, s) for s, a in enumerate((0.0, 0.10, 0.10))]
+    found = {f.id: f for f in evaluate_findings(results(*learnt, *mamba))}["phonebook"]
+    assert not found.supports_paper
+    assert found.text.startswith("Phone-book lookup at the training length 53 (books of 8 entries): Transformer++ "
+                                 "42.0% (8.0%-68.0%) vs Mamba 6.7% (0.0%-10.0%)")
+    assert "did NOT hold in every seed: only in 2 of 3 seeds (not seed 2)" in found.text
+    assert "seed 2: 8.0% vs 10.0%" in found.text and "Mamba-2" not in found.text
+    mamba2 = [book("mamba2", a, s) for s, a in enumerate((0.99, 0.63, 0.1))]
+    both = {f.id: f for f in evaluate_findings(results(*learnt[:2], *mamba[:2], *mamba2))}["phonebook"]
+    assert both.supports_paper and "Transformer++ ≫ Mamba in every seed (2 of 2)" in both.text
+    assert "Mamba-2 (N=128) 81.0% (63.0%-99.0%)" in both.text
