@@ -53,8 +53,9 @@ def test_fused_cross_entropy_under_autocast():
     assert rel_err(total, ref) < 5e-3 and rel_err(hidden.grad, h64.grad) < 2e-2 and rel_err(weight.grad, w64.grad) < 2e-2
 
 
-def _device_waits(fn) -> int:
-    """How many times `fn()` makes the host wait for the GPU (CUDA's synchronizing calls, as torch reports them)."""
+def _device_waits(fn) -> list[str]:
+    """Where `fn()` makes the host wait for the GPU: 'file:line' of each of CUDA's synchronizing calls, as torch
+    reports them (the Python line that called the op)."""
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -63,7 +64,7 @@ def _device_waits(fn) -> int:
             fn()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message).lower() for w in caught)
+    return [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower()]
 
 
 def test_a_training_step_waits_for_the_gpu_once_more_than_its_model():
@@ -89,5 +90,6 @@ def test_a_training_step_waits_for_the_gpu_once_more_than_its_model():
         trainer.model.zero_grad(set_to_none=True)
 
     model_only()
-    assert _device_waits(lambda: trainer._train_step(batches)) <= _device_waits(model_only) + 1
-    assert _device_waits(trainer._stop_requested) == 0
+    step, model_alone = _device_waits(lambda: trainer._train_step(batches)), _device_waits(model_only)
+    assert len(step) <= len(model_alone) + 1, f"a step waits at {step}; the model alone at {model_alone}"
+    assert _device_waits(trainer._stop_requested) == []

@@ -1,0 +1,116 @@
+"""Where the SSD gradient kernel's time goes: its own GPU time (torch profiler) with one part of its work taken
+out at a time, at the shapes where forward+backward loses to official (b8 h24 / h32 L8192, head dim 64, N 128).
+
+    PYTHONPATH=. python3 benchmarks/investigations/ssd_backward_ablation.py --out $OUT
+
+Each ablation is a textual edit of mambalab/ops/ssd/triton_kernels.py loaded as its own module (the edit must
+match exactly once, else the script stops), of which only the gradient kernel replaces the original's (the other
+kernels are compiled once); its gradients are wrong by construction: timing only. What an
+ablation saves bounds what making that part free could gain.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tempfile
+import types
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+from benchmarks.common import base_parser, write_result
+from benchmarks.investigations.ssd_profile import kernel_table
+from benchmarks.ssd_gpu import fwd_bwd, make_inputs, ours
+from mambalab.ops.ssd import triton_ssd
+
+KERNEL = "ssd_chunk_backward_kernel"
+SOURCE = Path(triton_ssd.__file__).with_name("triton_kernels.py")
+SHAPES = [(8, 24, 8192), (8, 32, 8192)]
+
+# name: [(text in the kernel source, its replacement)]
+ABLATIONS = {
+    "full": [],
+    "no state-side loop (dB, dC of the heads)": [
+        ("    if not ONE_PASS:\n        for i in range(heads_per_program):",
+         "    if False:\n        for i in range(heads_per_program):"),
+    ],
+    "no pair steps (dΔ's in-chunk pairs; gx unused in loop 1)": [
+        ("pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)", "pair_steps = dt * 0.0"),
+    ],
+    "no decay exps (L = causal 0/1 mask)": [
+        ('    return tl.exp(tl.where(causal, log_decay[:, None] - log_decay[None, :], float("-inf")))',
+         "    return tl.where(causal, 1.0, 0.0) + 0.0 * log_decay[:, None]"),
+    ],
+    "no y (dz from y_in only: one (Q,Q)·(Q,P) product less)": [
+        (("        y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION,\n"
+          "                          out_dtype=ACC)  # y^ssm"), "        y = y_in"),
+    ],
+    "no C Bᵀ product (scores = L)": [
+        ("scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ (Q, Q)",
+         "scored = mask"),
+    ],
+    "no (L ∘ C Bᵀ)ᵀ gy product (gB from G only)": [
+        ("gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)",
+         "gB = leaving"),
+    ],
+    "plain stores for dB, dC (no atomics)": [
+        ('tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")', "tl.store(dC_ptr + gn_offs, dC, mask=qn_mask)"),
+        ('tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")', "tl.store(dB_ptr + gn_offs, dB, mask=qn_mask)"),
+    ],
+    "no state-side loop, no pair steps": [
+        ("    if not ONE_PASS:\n        for i in range(heads_per_program):",
+         "    if False:\n        for i in range(heads_per_program):"),
+        ("pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)", "pair_steps = dt * 0.0"),
+    ],
+}
+
+
+def ablated_kernels(name: str, edits: list[tuple[str, str]], where: Path) -> types.ModuleType:
+    """The kernel module with its gradient kernel from a copy of the source with `edits` applied, imported from
+    its own file (Triton reads a kernel's source)."""
+    text = SOURCE.read_text()
+    for old, new in edits:
+        if text.count(old) != 1:
+            raise SystemExit(f"ablation {name!r}: {old[:60]!r} occurs {text.count(old)} times in {SOURCE}")
+        text = text.replace(old, new)
+    path = where / f"ssd_kernels_{abs(hash(name))}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    kernels = types.ModuleType(f"{triton_ssd.kernels().__name__}, {name}")
+    kernels.__dict__.update(triton_ssd.kernels().__dict__)
+    kernels.ssd_chunk_backward_kernel = module.ssd_chunk_backward_kernel
+    return kernels
+
+
+def main() -> None:
+    parser = base_parser(__doc__.split("\n")[0])
+    parser.add_argument("--iters", type=int, default=10)
+    opts = parser.parse_args()
+    report = {"kernel": KERNEL, "shapes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        modules = {name: ablated_kernels(name, edits, Path(tmp)) for name, edits in ABLATIONS.items()}
+        for b, h, length in SHAPES:
+            args = make_inputs(b, h, length)
+            row = {}
+            for name, module in modules.items():
+                with mock.patch.object(triton_ssd, "kernels", lambda module=module: module):
+                    table = kernel_table(fwd_bwd(ours, args), opts.iters)
+                kernel_us = sum(k["us"] for key, k in table["kernels"].items() if KERNEL in key)
+                row[name] = {"gradient_kernel_us": kernel_us, "all_kernels_us": table["kernel_us"],
+                             "wall_us": table["wall_us"]}
+                full = row["full"]["gradient_kernel_us"]
+                print(f"b{b} h{h} L{length} {name}: gradient kernel {kernel_us:.0f} µs ({kernel_us / full:.2f} of "
+                      f"full), all kernels {table['kernel_us']:.0f} µs", flush=True)
+            report["shapes"][f"b{b}_h{h}_L{length}"] = row
+            del args
+            torch.cuda.empty_cache()
+            write_result("ssd_backward_ablation", report, opts.out)
+
+
+if __name__ == "__main__":
+    main()
