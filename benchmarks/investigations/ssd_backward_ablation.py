@@ -1,7 +1,7 @@
 """Where the SSD gradient kernel's time goes: its own GPU time (torch profiler) with one part of its work taken
 out at a time, at the shapes where forward+backward loses to official (b8 h24 / h32 L8192, head dim 64, N 128).
 
-    PYTHONPATH=. python3 benchmarks/investigations/ssd_backward_ablation.py --out $OUT
+    PYTHONPATH=. python3 benchmarks/investigations/ssd_backward_ablation.py --out $OUT --also stages=1
 
 Each ablation is a textual edit of mambalab/ops/ssd/triton_kernels.py loaded as its own module (the edit must
 match exactly once, else the script stops), of which only the gradient kernel replaces the original's (the other
@@ -11,6 +11,8 @@ ablation saves bounds what making that part free could gain.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib.util
 import sys
 import tempfile
@@ -22,8 +24,9 @@ import torch
 
 from benchmarks.common import base_parser, write_result
 from benchmarks.investigations.ssd_profile import kernel_table
-from benchmarks.ssd_gpu import fwd_bwd, make_inputs, ours
+from benchmarks.ssd_gpu import fwd_bwd, make_inputs, ours, parse_config
 from mambalab.ops.ssd import triton_ssd
+from mambalab.ops.ssd.triton_ssd import SSDConfig
 
 KERNEL = "ssd_chunk_backward_kernel"
 SOURCE = Path(triton_ssd.__file__).with_name("triton_kernels.py")
@@ -54,6 +57,12 @@ ABLATIONS = {
     "no (L ∘ C Bᵀ)ᵀ gy product (gB from G only)": [
         ("gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)",
          "gB = leaving"),
+    ],
+    "alternative: pair steps as a prefix sum of column minus row sums (correct, fewer (Q, Q) passes)": [
+        ("pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)",
+         ("pair_inner = scored * gx * dt[None, :]\n"
+         "        pair_net = tl.sum(pair_inner, axis=0) - tl.sum(pair_inner, axis=1)\n"
+         "        pair_steps = tl.cumsum(pair_net, axis=0) - pair_net")),
     ],
     "plain stores for dB, dC (no atomics)": [
         ('tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")', "tl.store(dC_ptr + gn_offs, dC, mask=qn_mask)"),
@@ -90,6 +99,8 @@ def ablated_kernels(name: str, edits: list[tuple[str, str]], where: Path) -> typ
 def main() -> None:
     parser = base_parser(__doc__.split("\n")[0])
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--also", action="append", default=[], type=parse_config, metavar="FIELD=VALUE[,...]",
+                        help="an SSDConfig timed besides the default with the original kernels (repeatable)")
     opts = parser.parse_args()
     report = {"kernel": KERNEL, "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,6 +117,15 @@ def main() -> None:
                 full = row["full"]["gradient_kernel_us"]
                 print(f"b{b} h{h} L{length} {name}: gradient kernel {kernel_us:.0f} µs ({kernel_us / full:.2f} of "
                       f"full), all kernels {table['kernel_us']:.0f} µs", flush=True)
+            for fields in opts.also:
+                name = "config " + ",".join(f"{k}={v}" for k, v in fields.items())
+                config = dataclasses.replace(SSDConfig(), **fields)
+                table = kernel_table(fwd_bwd(functools.partial(ours, config=config), args), opts.iters)
+                kernel_us = sum(k["us"] for key, k in table["kernels"].items() if KERNEL in key)
+                row[name] = {"gradient_kernel_us": kernel_us, "all_kernels_us": table["kernel_us"],
+                             "wall_us": table["wall_us"]}
+                print(f"b{b} h{h} L{length} {name}: gradient kernel {kernel_us:.0f} µs, all kernels "
+                      f"{table['kernel_us']:.0f} µs", flush=True)
             report["shapes"][f"b{b}_h{h}_L{length}"] = row
             del args
             torch.cuda.empty_cache()
