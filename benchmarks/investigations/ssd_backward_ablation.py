@@ -20,8 +20,6 @@ import types
 from pathlib import Path
 from unittest import mock
 
-import torch
-
 from benchmarks.common import base_parser, write_result
 from benchmarks.investigations.ssd_profile import kernel_table
 from benchmarks.ssd_gpu import fwd_bwd, make_inputs, ours, parse_config
@@ -96,6 +94,13 @@ def ablated_kernels(name: str, edits: list[tuple[str, str]], where: Path) -> typ
     return kernels
 
 
+def gradient_kernel_times(run, iters: int) -> dict:
+    """µs per call of `run()`: the gradient kernel's, all kernels', and the wall time's."""
+    table = kernel_table(run, iters)
+    gradient = sum(k["us"] for key, k in table["kernels"].items() if KERNEL in key)
+    return {"gradient_kernel_us": gradient, "all_kernels_us": table["kernel_us"], "wall_us": table["wall_us"]}
+
+
 def main() -> None:
     parser = base_parser(__doc__.split("\n")[0])
     parser.add_argument("--iters", type=int, default=10)
@@ -104,31 +109,18 @@ def main() -> None:
     opts = parser.parse_args()
     report = {"kernel": KERNEL, "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        modules = {name: ablated_kernels(name, edits, Path(tmp)) for name, edits in ABLATIONS.items()}
+        variants = [(name, ablated_kernels(name, edits, Path(tmp)), SSDConfig()) for name, edits in ABLATIONS.items()]
+        variants += [("config " + ",".join(f"{k}={v}" for k, v in fields.items()), triton_ssd.kernels(),
+                      dataclasses.replace(SSDConfig(), **fields)) for fields in opts.also]
         for b, h, length in SHAPES:
-            args = make_inputs(b, h, length)
-            row = {}
-            for name, module in modules.items():
-                with mock.patch.object(triton_ssd, "kernels", lambda module=module: module):
-                    table = kernel_table(fwd_bwd(ours, args), opts.iters)
-                kernel_us = sum(k["us"] for key, k in table["kernels"].items() if KERNEL in key)
-                row[name] = {"gradient_kernel_us": kernel_us, "all_kernels_us": table["kernel_us"],
-                             "wall_us": table["wall_us"]}
-                full = row["full"]["gradient_kernel_us"]
-                print(f"b{b} h{h} L{length} {name}: gradient kernel {kernel_us:.0f} µs ({kernel_us / full:.2f} of "
-                      f"full), all kernels {table['kernel_us']:.0f} µs", flush=True)
-            for fields in opts.also:
-                name = "config " + ",".join(f"{k}={v}" for k, v in fields.items())
-                config = dataclasses.replace(SSDConfig(), **fields)
-                table = kernel_table(fwd_bwd(functools.partial(ours, config=config), args), opts.iters)
-                kernel_us = sum(k["us"] for key, k in table["kernels"].items() if KERNEL in key)
-                row[name] = {"gradient_kernel_us": kernel_us, "all_kernels_us": table["kernel_us"],
-                             "wall_us": table["wall_us"]}
-                print(f"b{b} h{h} L{length} {name}: gradient kernel {kernel_us:.0f} µs, all kernels "
-                      f"{table['kernel_us']:.0f} µs", flush=True)
-            report["shapes"][f"b{b}_h{h}_L{length}"] = row
-            del args
-            torch.cuda.empty_cache()
+            shape, args = f"b{b}_h{h}_L{length}", make_inputs(b, h, length)
+            row = report["shapes"][shape] = {}
+            for name, kernels, config in variants:
+                with mock.patch.object(triton_ssd, "kernels", lambda kernels=kernels: kernels):
+                    row[name] = gradient_kernel_times(fwd_bwd(functools.partial(ours, config=config), args), opts.iters)
+                us, full = row[name]["gradient_kernel_us"], row["full"]["gradient_kernel_us"]
+                print(f"{shape} {name}: gradient kernel {us:.0f} µs ({us / full:.2f} of full), all kernels "
+                      f"{row[name]['all_kernels_us']:.0f} µs", flush=True)
             write_result("ssd_backward_ablation", report, opts.out)
 
 
