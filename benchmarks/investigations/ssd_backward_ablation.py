@@ -30,6 +30,20 @@ KERNEL = "ssd_chunk_backward_kernel"
 SOURCE = Path(triton_ssd.__file__).with_name("triton_kernels.py")
 SHAPES = [(8, 24, 8192), (8, 32, 8192)]
 
+PAIR_CALL = "pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)"
+PAIR_FUNCTION = SOURCE.read_text().split("@triton.jit\ndef _pair_steps(")[1].split("@triton.jit")[0]
+TRIANGLE_PAIR_FUNCTION = '''inner, offs_q, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    """Σ_{s < k} Σ_{t ≥ k} inner[t, s]: the sums over t ≥ k as one product with the triangle [t ≥ k]."""
+    triangle = tl.where(offs_q[None, :] >= offs_q[:, None], 1.0, 0.0).to(ACC)  # [k, t]: t ≥ k
+    if PRECISION == "ieee":
+        after_k = tl.dot(triangle, inner, input_precision="ieee", out_dtype=ACC)  # Σ_{t ≥ k} inner[t, s]  [k, s]
+    else:
+        after_k = tl.dot(triangle, inner, input_precision="tf32x3", out_dtype=ACC)
+    return tl.sum(tl.where(offs_q[None, :] < offs_q[:, None], after_k, 0.0), axis=1)
+
+
+'''
+
 # name: [(text in the kernel source, its replacement)]
 ABLATIONS = {
     "full": [],
@@ -38,7 +52,7 @@ ABLATIONS = {
          "    if False:\n        for i in range(heads_per_program):"),
     ],
     "no pair steps (dΔ's in-chunk pairs; gx unused in loop 1)": [
-        ("pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)", "pair_steps = dt * 0.0"),
+        (PAIR_CALL, "pair_steps = dt * 0.0"),
     ],
     "no decay exps (L = causal 0/1 mask)": [
         ('    return tl.exp(tl.where(causal, log_decay[:, None] - log_decay[None, :], float("-inf")))',
@@ -57,10 +71,18 @@ ABLATIONS = {
          "gB = leaving"),
     ],
     "alternative: pair steps as a prefix sum of column minus row sums (correct, fewer (Q, Q) passes)": [
-        ("pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)",
-         ("pair_inner = scored * gx * dt[None, :]\n"
-         "        pair_net = tl.sum(pair_inner, axis=0) - tl.sum(pair_inner, axis=1)\n"
-         "        pair_steps = tl.cumsum(pair_net, axis=0) - pair_net")),
+        (PAIR_CALL, ("pair_inner = scored * gx * dt[None, :]\n"
+                    "        pair_net = tl.sum(pair_inner, axis=0) - tl.sum(pair_inner, axis=1)\n"
+                    "        pair_steps = tl.cumsum(pair_net, axis=0) - pair_net")),
+    ],
+    "alternative: the same in float64 (the prefix's cancellation made harmless)": [
+        (PAIR_CALL, ("pair_inner = (scored * gx * dt[None, :]).to(tl.float64)\n"
+                    "        pair_net = tl.sum(pair_inner, axis=0) - tl.sum(pair_inner, axis=1)\n"
+                    "        pair_steps = (tl.cumsum(pair_net, axis=0) - pair_net).to(ACC)")),
+    ],
+    "alternative: sums over t ≥ k as a product with the triangle (tf32x3)": [
+        (PAIR_FUNCTION, TRIANGLE_PAIR_FUNCTION),
+        (PAIR_CALL, "pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q, ACC, PRECISION)  # (Q,)"),
     ],
     "plain stores for dB, dC (no atomics)": [
         ('tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")', "tl.store(dC_ptr + gn_offs, dC, mask=qn_mask)"),
@@ -69,7 +91,7 @@ ABLATIONS = {
     "no state-side loop, no pair steps": [
         ("    if not ONE_PASS:\n        for i in range(heads_per_program):",
          "    if False:\n        for i in range(heads_per_program):"),
-        ("pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)", "pair_steps = dt * 0.0"),
+        (PAIR_CALL, "pair_steps = dt * 0.0"),
     ],
 }
 

@@ -72,16 +72,28 @@ class LanguageModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.backbone.embeddings.weight.dtype
 
-    def _check_ids(self, input_ids: torch.Tensor, name: str) -> None:
-        if not isinstance(input_ids, torch.Tensor):
-            raise InputError(f"{name} must be an integer torch.Tensor, got {type(input_ids).__name__}")
-        if input_ids.dtype not in (torch.int64, torch.int32):
-            raise InputError(f"{name} must be an integer tensor, got {input_ids.dtype}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-            raise InputError(
-                f"{name} holds token ids outside [0, vocab_size={self.config.vocab_size}):"
-                f" min {int(input_ids.min())}, max {int(input_ids.max())}"
-            )
+    def _check_ids(self, input_ids: torch.Tensor, name: str, labels: torch.Tensor | None = None) -> None:
+        """Token ids in [0, vocab_size), and `labels` too where they are not -100, else an `InputError` naming the
+        tensor and its range. Their minima and maxima are read in one transfer: on a GPU, one host
+        synchronisation per call (a training step's forward must not wait for the GPU more than that)."""
+        named = {name: input_ids, **({"labels (other than -100)": labels} if labels is not None else {})}
+        extremes = []
+        for what, ids in named.items():
+            if not isinstance(ids, torch.Tensor):
+                raise InputError(f"{what} must be an integer torch.Tensor, got {type(ids).__name__}")
+            if ids.dtype not in (torch.int64, torch.int32):
+                raise InputError(f"{what} must be an integer tensor, got {ids.dtype}")
+            if ids is labels:
+                ids = ids.masked_fill(ids == IGNORE_INDEX, 0)  # not scored: stands for a valid id
+            if ids.numel():
+                extremes += [(what, ids.min().long(), ids.max().long())]
+        if not extremes:
+            return
+        values = torch.stack([v for _, low, high in extremes for v in (low, high)]).tolist()
+        for (what, _, _), low, high in zip(extremes, values[0::2], values[1::2], strict=True):
+            if low < 0 or high >= self.config.vocab_size:
+                raise InputError(f"{what} holds token ids outside [0, vocab_size={self.config.vocab_size}):"
+                                 f" min {low}, max {high}")
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone.norm_f(hidden).to(self.lm_head.weight.dtype)
@@ -96,9 +108,11 @@ class LanguageModel(nn.Module):
         With `labels` (b, l) (token ids, or -100 where not scored), the logits are replaced by the pair (sum of
         the next-token cross-entropy over the labelled positions in float32, their count), computed by the
         chunked fused head (`ops/linear_cross_entropy.py`): the (b, l, vocab) logits are never stored."""
-        self._check_ids(input_ids, "input_ids")
+        self._check_ids(input_ids, "input_ids", labels)
         if input_ids.dim() != 2:
             raise InputError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        if labels is not None and labels.shape != input_ids.shape:
+            raise InputError(f"labels must be (batch, length) = {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
         x = self.backbone.embeddings(input_ids)  # (b, l, d_model)
         aux_total = x.new_zeros((), dtype=torch.float32)
         for i, layer in enumerate(self.backbone.layers):
@@ -115,10 +129,7 @@ class LanguageModel(nn.Module):
         return (out, aux_total) if return_aux_loss else out
 
     def _loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if labels.shape != hidden.shape[:2]:
-            raise InputError(f"labels must be (batch, length) = {tuple(hidden.shape[:2])}, got {tuple(labels.shape)}")
-        scored = labels[labels != IGNORE_INDEX]
-        self._check_ids(scored, "labels (other than -100)")
+        """(sum of the cross-entropy over the labelled positions, their count) of labels checked by forward."""
         hidden = self.backbone.norm_f(hidden).to(self.lm_head.weight.dtype)  # (b, l, d_model)
         return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, labels.reshape(-1),
                                     self.config.vocab_size, IGNORE_INDEX)

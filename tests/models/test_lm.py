@@ -85,6 +85,23 @@ def test_bad_token_ids_are_refused_with_a_clear_message():
         model.step(torch.tensor([1, 2, 3]), state)
 
 
+
+def test_labels_are_checked_with_the_ids_and_minus_100_is_not_scored():
+    model = LanguageModel(tiny_config())
+    ids = torch.tensor([[1, 2, 3]])
+    total, count = model(ids, labels=torch.tensor([[-100, 5, 60]]))
+    assert int(count) == 2 and torch.isfinite(total)
+    with pytest.raises(ValueError, match=r"labels \(other than -100\) .*outside \[0, vocab_size=61\).*min -1, max 60"):
+        model(ids, labels=torch.tensor([[-100, -1, 60]]))
+    with pytest.raises(ValueError, match=r"labels \(other than -100\) .*max 61"):
+        model(ids, labels=torch.tensor([[61, 2, 3]]))
+    with pytest.raises(ValueError, match=r"labels must be \(batch, length\) = \(1, 3\), got \(1, 2\)"):
+        model(ids, labels=torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match="labels .* must be an integer tensor"):
+        model(ids, labels=torch.ones(1, 3))
+    total, count = model(ids, labels=torch.full((1, 3), -100))  # nothing scored: no id to check
+    assert int(count) == 0
+
 def test_no_weight_decay_marks_and_init():
     cfg = tiny_config()
     model = LanguageModel(cfg)
