@@ -84,6 +84,8 @@ class LanguageModel(nn.Module):
             if ids.dtype not in (torch.int64, torch.int32):
                 raise InputError(f"{what} must be an integer tensor, got {ids.dtype}")
             if ids is labels:
+                if labels.device != input_ids.device:
+                    raise InputError(f"labels must be on the device of {name} ({input_ids.device}), got {labels.device}")
                 ids = ids.masked_fill(ids == IGNORE_INDEX, 0)  # not scored: stands for a valid id
             if ids.numel():
                 extremes += [(what, ids.min().long(), ids.max().long())]

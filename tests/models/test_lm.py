@@ -99,6 +99,8 @@ def test_labels_are_checked_with_the_ids_and_minus_100_is_not_scored():
         model(ids, labels=torch.tensor([[1, 2]]))
     with pytest.raises(ValueError, match="labels .* must be an integer tensor"):
         model(ids, labels=torch.ones(1, 3))
+    with pytest.raises(ValueError, match=r"labels must be on the device of input_ids \(meta\), got cpu"):
+        model(ids.to("meta"), labels=torch.tensor([[1, 2, 3]]))
     total, count = model(ids, labels=torch.full((1, 3), -100))  # nothing scored: no id to check
     assert int(count) == 0
 
