@@ -96,16 +96,21 @@ ABLATIONS = {
 }
 
 
-def ablated_kernels(name: str, edits: list[tuple[str, str]], where: Path) -> types.ModuleType:
-    """The kernel module with its gradient kernel from a copy of the source with `edits` applied, imported from
-    its own file (Triton reads a kernel's source)."""
+def edited_source(name: str, edits: list[tuple[str, str]]) -> str:
+    """The kernel module's source with `edits` applied (each must match exactly once)."""
     text = SOURCE.read_text()
     for old, new in edits:
         if text.count(old) != 1:
             raise SystemExit(f"ablation {name!r}: {old[:60]!r} occurs {text.count(old)} times in {SOURCE}")
         text = text.replace(old, new)
+    return text
+
+
+def ablated_kernels(name: str, edits: list[tuple[str, str]], where: Path) -> types.ModuleType:
+    """The kernel module with its gradient kernel from a copy of the source with `edits` applied, imported from
+    its own file (Triton reads a kernel's source)."""
     path = where / f"ssd_kernels_{abs(hash(name))}.py"
-    path.write_text(text)
+    path.write_text(edited_source(name, edits))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module
@@ -128,7 +133,13 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--also", action="append", default=[], type=parse_config, metavar="FIELD=VALUE[,...]",
                         help="an SSDConfig timed besides the default with the original kernels (repeatable)")
+    parser.add_argument("--apply", metavar="NAME", choices=[n for n in ABLATIONS if n.startswith("alternative")],
+                        help="write an alternative's source over the kernel module (on a device's copy of the tree, "
+                             "to run the compiled tests with it) and exit")
     opts = parser.parse_args()
+    if opts.apply:
+        SOURCE.write_text(edited_source(opts.apply, ABLATIONS[opts.apply]))
+        return
     report = {"kernel": KERNEL, "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         variants = [(name, ablated_kernels(name, edits, Path(tmp)), SSDConfig()) for name, edits in ABLATIONS.items()]
