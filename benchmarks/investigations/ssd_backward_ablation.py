@@ -44,6 +44,17 @@ TRIANGLE_PAIR_FUNCTION = '''inner, offs_q, ACC: tl.constexpr, PRECISION: tl.cons
 
 '''
 
+FLOAT64_PAIRS = (PAIR_CALL, ("pair_inner = (scored * gx * dt[None, :]).to(tl.float64)\n"
+                             "        pair_net = tl.sum(pair_inner, axis=0) - tl.sum(pair_inner, axis=1)\n"
+                             "        pair_steps = (tl.cumsum(pair_net, axis=0) - pair_net).to(ACC)"))
+SCORES_T = (
+    "gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)",
+    ("causal_t = offs_q[:, None] <= offs_q[None, :]  # [s, t]: t ≥ s\n"
+     "        mask_t = tl.exp(tl.where(causal_t, log_decay[None, :] - log_decay[:, None], float(\"-inf\")))  # Lᵀ\n"
+     "        scored_t = tl.dot(B, tl.trans(C), input_precision=PRECISION, out_dtype=ACC) * mask_t  # (L ∘ C Bᵀ)ᵀ\n"
+     "        gB = leaving + tl.dot(scored_t.to(DOT), gy_dot, input_precision=PRECISION, out_dtype=ACC)"),
+)
+
 # name: [(text in the kernel source, its replacement)]
 ABLATIONS = {
     "full": [],
@@ -75,15 +86,13 @@ ABLATIONS = {
                     "        pair_net = tl.sum(pair_inner, axis=0) - tl.sum(pair_inner, axis=1)\n"
                     "        pair_steps = tl.cumsum(pair_net, axis=0) - pair_net")),
     ],
-    "alternative: the same in float64 (the prefix's cancellation made harmless)": [
-        (PAIR_CALL, ("pair_inner = (scored * gx * dt[None, :]).to(tl.float64)\n"
-                    "        pair_net = tl.sum(pair_inner, axis=0) - tl.sum(pair_inner, axis=1)\n"
-                    "        pair_steps = (tl.cumsum(pair_net, axis=0) - pair_net).to(ACC)")),
-    ],
+    "alternative: the same in float64 (the prefix's cancellation made harmless)": [FLOAT64_PAIRS],
     "alternative: sums over t ≥ k as a product with the triangle (tf32x3)": [
         (PAIR_FUNCTION, TRIANGLE_PAIR_FUNCTION),
         (PAIR_CALL, "pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q, ACC, PRECISION)  # (Q,)"),
     ],
+    "alternative: (L ∘ C Bᵀ)ᵀ as its own product B Cᵀ ∘ Lᵀ (no transposed tile)": [SCORES_T],
+    "alternative: both (float64 pair steps, scoresᵀ as a product)": [SCORES_T, FLOAT64_PAIRS],
     "plain stores for dB, dC (no atomics)": [
         ('tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")', "tl.store(dC_ptr + gn_offs, dC, mask=qn_mask)"),
         ('tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")', "tl.store(dB_ptr + gn_offs, dB, mask=qn_mask)"),
