@@ -70,6 +70,12 @@ def seeded_main(results: dict, task: str, *families: str) -> dict[int, list[dict
     return {s: [p[s] for p in per_family] for s in sorted(seeds)}
 
 
+def at_training_length(results: dict, task: str, a: str, b: str) -> dict[int, tuple[float, float]]:
+    """{seed: (a's headline metric, b's) at the training length} for every seed where both have one."""
+    pairs = {seed: (train_metric(ra), train_metric(rb)) for seed, (ra, rb) in seeded_main(results, task, a, b).items()}
+    return {seed: p for seed, p in pairs.items() if None not in p}
+
+
 def pct_spread(values: list[float]) -> str:
     """'61.3% (36.0-93.0%)' over several seeds (mean, min-max), '61.3%' for one."""
     return Spread.of(values).format(lambda x: f"{100 * x:.1f}%")
@@ -112,11 +118,7 @@ def pct(x: float | None, unit: str = "%") -> str:
 
 # Rules ------------------------------------------------------------------------------------------------------
 def selective_copying_rule(results: dict) -> Finding | None:
-    pairs = {
-        seed: (train_metric(m), train_metric(d))
-        for seed, (m, d) in seeded_main(results, "selective_copying", "mamba", "s4d").items()
-    }
-    pairs = {seed: p for seed, p in pairs.items() if None not in p}
+    pairs = at_training_length(results, "selective_copying", "mamba", "s4d")
     if not pairs:
         return None
     holds = {seed: m - d >= MUCH_BETTER for seed, (m, d) in pairs.items()}
@@ -142,9 +144,14 @@ def selective_copying_rule(results: dict) -> Finding | None:
     )
 
 
+def _book(spec: dict):
+    """The phone-book task of a run's spec (its book sizes per length)."""
+    return build_task("phonebook", **spec["plan"].get("options", {}))
+
+
 def _book_sizes(spec: dict, train: int, lengths: list[int]) -> str:
     """What the phone-book's lengths mean: the entries of the book each holds."""
-    book = build_task("phonebook", **spec["plan"].get("options", {}))
+    book = _book(spec)
     return (f"books of {book.entries(lengths[0])}-{book.entries(lengths[-1])} entries against "
             f"{book.entries(train)} in training")
 
@@ -155,14 +162,12 @@ PHONEBOOK_PAPER = "Paper: a 410M Transformer beats a 2.8B Mamba once the book ha
 def phonebook_rule(results: dict) -> Finding | None:
     """Phone-book lookup at the training length, per seed: Transformer++ ≫ Mamba (arXiv 2402.01032), with
     Mamba-2 (its larger state N) beside them when it ran."""
-    seeded = seeded_main(results, "phonebook", "transformer", "mamba")
-    pairs = {seed: (train_metric(t), train_metric(m)) for seed, (t, m) in seeded.items()}
-    pairs = {seed: p for seed, p in pairs.items() if None not in p}
+    pairs = at_training_length(results, "phonebook", "transformer", "mamba")
     if not pairs:
         return None
-    spec = seeded[next(iter(pairs))][0]["spec"]
+    spec = seeded_main(results, "phonebook", "transformer")[next(iter(pairs))][0]["spec"]
     train = spec["plan"]["train_length"]
-    entries = build_task("phonebook", **spec["plan"].get("options", {})).entries(train)
+    entries = _book(spec).entries(train)
     head = (
         f"Phone-book lookup at the training length {train} (books of {entries} entries): Transformer++ "
         f"{pct_spread([p[0] for p in pairs.values()])} vs Mamba {pct_spread([p[1] for p in pairs.values()])}"
@@ -298,8 +303,7 @@ def mqar_state_rule(results: dict) -> Finding | None:
     has N = 64-128 where the presets' Mamba has 8-16) should close part of Mamba's gap to attention. Stated
     only when both ran; with Transformer++ also run, the share of the gap closed in each seed."""
     seeded = seeded_main(results, "mqar", "mamba", "mamba2")
-    pairs = {seed: (train_metric(m2), train_metric(m)) for seed, (m, m2) in seeded.items()}
-    pairs = {seed: p for seed, p in pairs.items() if None not in p}
+    pairs = at_training_length(results, "mqar", "mamba2", "mamba")
     if not pairs:
         return None
     m, m2 = seeded[next(iter(pairs))]
