@@ -44,6 +44,15 @@ TRIANGLE_PAIR_FUNCTION = '''inner, offs_q, ACC: tl.constexpr, PRECISION: tl.cons
 
 '''
 
+# the same product at the kernel's own precision: tf32 for 16-bit inputs (one pass, not three), ieee otherwise
+TRIANGLE_TF32_PAIR_FUNCTION = TRIANGLE_PAIR_FUNCTION.replace(
+    '''    if PRECISION == "ieee":
+        after_k = tl.dot(triangle, inner, input_precision="ieee", out_dtype=ACC)  # Σ_{t ≥ k} inner[t, s]  [k, s]
+    else:
+        after_k = tl.dot(triangle, inner, input_precision="tf32x3", out_dtype=ACC)
+''', "    after_k = tl.dot(triangle, inner, input_precision=PRECISION, out_dtype=ACC)  # Σ_{t ≥ k} inner[t, s]  [k, s]\n")
+assert TRIANGLE_TF32_PAIR_FUNCTION != TRIANGLE_PAIR_FUNCTION
+
 FLOAT64_PAIRS = (PAIR_CALL, ("pair_inner = (scored * gx * dt[None, :]).to(tl.float64)\n"
                              "        pair_net = tl.sum(pair_inner, axis=0) - tl.sum(pair_inner, axis=1)\n"
                              "        pair_steps = (tl.cumsum(pair_net, axis=0) - pair_net).to(ACC)"))
@@ -89,6 +98,10 @@ ABLATIONS = {
     "alternative: the same in float64 (the prefix's cancellation made harmless)": [FLOAT64_PAIRS],
     "alternative: sums over t ≥ k as a product with the triangle (tf32x3)": [
         (PAIR_FUNCTION, TRIANGLE_PAIR_FUNCTION),
+        (PAIR_CALL, "pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q, ACC, PRECISION)  # (Q,)"),
+    ],
+    "alternative: the same at the kernel's precision (tf32 for 16-bit inputs)": [
+        (PAIR_FUNCTION, TRIANGLE_TF32_PAIR_FUNCTION),
         (PAIR_CALL, "pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q, ACC, PRECISION)  # (Q,)"),
     ],
     "alternative: (L ∘ C Bᵀ)ᵀ as its own product B Cᵀ ∘ Lᵀ (no transposed tile)": [SCORES_T],
