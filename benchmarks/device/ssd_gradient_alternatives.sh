@@ -1,7 +1,8 @@
 #!/bin/bash
 # Device call: the gradient kernel's ablations and its correct alternatives (notes/ssd.md, eighth session), then
 # the fastest alternative as precise as the kernel compiled: its SSD tests and ssd_gpu.py against official.
-# Leaves the tree as it found it. Returns ssd_backward_ablation.json, ssd_gpu.json, ssd_alternatives.txt.
+# Then Nsight Compute's view of the gradient kernel as committed (investigations/ssd_ncu.py). Leaves the tree as it
+# found it. Returns ssd_backward_ablation.json, ssd_gpu.json, ssd_alternatives.txt, ssd_ncu.txt.
 #   run: bash benchmarks/device/ssd_gradient_alternatives.sh      carry: [".device", ".official-src"]
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 export PYTHONPATH=$PWD BENCH_GIT_COMMIT=$(cat .device/commit)
@@ -23,4 +24,8 @@ mkdir -p /tmp/ofs && tar xzf .official-src/mamba_ssm-2.3.2.post1.tar.gz -C /tmp/
 PYTHONPATH=$PWD:/tmp/ofs/mamba_ssm-2.3.2.post1 timeout 200 python3 benchmarks/ssd_gpu.py --no-sweep --budget 150 \
   --out $OUT/ssd_gpu.json >> $LOG 2>&1; echo "ssd_gpu rc=$? at $(el) s" >> $LOG
 git checkout mambalab/ops/ssd/triton_kernels.py
+timeout 150 ncu --clock-control none -k regex:ssd_chunk_backward -s 1 -c 1 --section SpeedOfLight --section Occupancy \
+  --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+  --section SourceCounters python3 benchmarks/investigations/ssd_ncu.py > $OUT/ssd_ncu.txt 2>&1
+echo "ncu (the kernel as committed) rc=$? at $(el) s" >> $LOG
 grep -v Warning $LOG | tail -40
