@@ -7,7 +7,7 @@
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 export PYTHONPATH=$PWD BENCH_GIT_COMMIT=$(cat .device/commit)
 LOG=$OUT/ssd_alternatives.txt; nvidia-smi -L > $LOG
-timeout 200 python3 benchmarks/investigations/ssd_backward_ablation.py --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
+timeout 200 python3 benchmarks/investigations/ssd_backward_ablation.py --also stages=3 --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
 BEST=$(python3 -c "
 import json, os
 rows = json.load(open(os.environ['OUT'] + '/ssd_backward_ablation.json'))['shapes'].values()

@@ -53,6 +53,14 @@ TRIANGLE_TF32_PAIR_FUNCTION = TRIANGLE_PAIR_FUNCTION.replace(
 ''', "    after_k = tl.dot(triangle, inner, input_precision=PRECISION, out_dtype=ACC)  # Σ_{t ≥ k} inner[t, s]  [k, s]\n")
 assert TRIANGLE_TF32_PAIR_FUNCTION != TRIANGLE_PAIR_FUNCTION
 
+SINK_AXIS_PAIR_FUNCTION = '''inner, offs_q):
+    """Σ_{s < k} Σ_{t ≥ k} inner[t, s]: scanned along the sinks t (the tile's rows), then summed along s."""
+    after_t = tl.cumsum(inner, axis=0, reverse=True)  # Σ_{t' ≥ t} inner[t', s]  at [t, s]
+    return tl.sum(tl.where(offs_q[None, :] < offs_q[:, None], after_t, 0.0), axis=1)
+
+
+'''
+
 FLOAT64_PAIRS = (PAIR_CALL, ("pair_inner = (scored * gx * dt[None, :]).to(tl.float64)\n"
                              "        pair_net = tl.sum(pair_inner, axis=0) - tl.sum(pair_inner, axis=1)\n"
                              "        pair_steps = (tl.cumsum(pair_net, axis=0) - pair_net).to(ACC)"))
@@ -103,6 +111,9 @@ ABLATIONS = {
     "alternative: the same at the kernel's precision (tf32 for 16-bit inputs)": [
         (PAIR_FUNCTION, TRIANGLE_TF32_PAIR_FUNCTION),
         (PAIR_CALL, "pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q, ACC, PRECISION)  # (Q,)"),
+    ],
+    "alternative: pair steps scanned along t, summed along s (the other axis order)": [
+        (PAIR_FUNCTION, SINK_AXIS_PAIR_FUNCTION),
     ],
     "alternative: (L ∘ C Bᵀ)ᵀ as its own product B Cᵀ ∘ Lᵀ (no transposed tile)": [SCORES_T],
     "alternative: both (float64 pair steps, scoresᵀ as a product)": [SCORES_T, FLOAT64_PAIRS],
