@@ -10,9 +10,9 @@ LOG=$OUT/ssd_alternatives.txt; nvidia-smi -L > $LOG
 timeout 170 python3 benchmarks/investigations/ssd_backward_ablation.py --also stages=3 --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
 BEST=$(python3 -c "
 import json, os
-rows = json.load(open(os.environ['OUT'] + '/ssd_backward_ablation.json'))['shapes'].values()
+rows = list(json.load(open(os.environ['OUT'] + '/ssd_backward_ablation.json'))['shapes'].values())
 imprecise = 'alternative: pair steps as a prefix sum'  # float32 dA 40x less precise: not a candidate
-names = [n for n in next(iter(rows)) if n.startswith('alternative') and not n.startswith(imprecise)]
+names = [n for n in rows[0] if n.startswith('alternative') and not n.startswith(imprecise) and all(n in r for r in rows)]
 print(min(names, key=lambda n: sum(r[n]['gradient_kernel_us'] for r in rows)))")
 echo "at $(el) s, fastest alternative: $BEST" >> $LOG
 python3 benchmarks/investigations/ssd_backward_ablation.py --apply "$BEST"
