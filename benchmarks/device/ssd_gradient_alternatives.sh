@@ -1,5 +1,5 @@
 #!/bin/bash
-# Device call: the gradient kernel's ablations and its correct alternatives (notes/ssd.md, eighth session), then
+# Device call: the gradient kernel and its correct alternatives timed (notes/ssd.md, eighth session), then
 # the fastest alternative as precise as the kernel compiled: its SSD tests and ssd_gpu.py against official.
 # Then Nsight Compute's view of the gradient kernel as committed (investigations/ssd_ncu.py). Leaves the tree as it
 # found it. Returns ssd_backward_ablation.json, ssd_gpu.json, ssd_alternatives.txt, ssd_ncu.txt.
@@ -7,7 +7,7 @@
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 export PYTHONPATH=$PWD BENCH_GIT_COMMIT=$(cat .device/commit)
 LOG=$OUT/ssd_alternatives.txt; nvidia-smi -L > $LOG
-timeout 170 python3 benchmarks/investigations/ssd_backward_ablation.py --also stages=3 --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
+timeout 150 python3 benchmarks/investigations/ssd_backward_ablation.py --alternatives-only --also stages=3 --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
 BEST=$(python3 -c "
 import json, os
 rows = list(json.load(open(os.environ['OUT'] + '/ssd_backward_ablation.json'))['shapes'].values())
@@ -16,15 +16,15 @@ names = [n for n in rows[0] if n.startswith('alternative') and not n.startswith(
 print(min(names, key=lambda n: sum(r[n]['gradient_kernel_us'] for r in rows)))")
 echo "at $(el) s, fastest alternative: $BEST" >> $LOG
 python3 benchmarks/investigations/ssd_backward_ablation.py --apply "$BEST"
-CUDA_LAUNCH_BLOCKING=1 timeout 90 python3 -m pytest -q -rs --tb=short -p no:cacheprovider tests/ops/test_ssd_triton.py \
+CUDA_LAUNCH_BLOCKING=1 timeout 70 python3 -m pytest -q -rs --tb=short -p no:cacheprovider tests/ops/test_ssd_triton.py \
   -k test_model_sized_on_gpu >> $LOG 2>&1; echo "model-sized rc=$? at $(el) s" >> $LOG
-timeout 120 python3 -m pytest -q -rs --tb=short -p no:cacheprovider -n 4 tests/ops/test_ssd_triton.py \
+timeout 80 python3 -m pytest -q -rs --tb=short -p no:cacheprovider -n 4 tests/ops/test_ssd_triton.py \
   tests/layers/test_mamba2.py -k "not test_model_sized_on_gpu" >> $LOG 2>&1; echo "ssd tests rc=$? at $(el) s" >> $LOG
 mkdir -p /tmp/ofs && tar xzf .official-src/mamba_ssm-2.3.2.post1.tar.gz -C /tmp/ofs
-PYTHONPATH=$PWD:/tmp/ofs/mamba_ssm-2.3.2.post1 timeout 140 python3 benchmarks/ssd_gpu.py --no-sweep --budget 110 \
+PYTHONPATH=$PWD:/tmp/ofs/mamba_ssm-2.3.2.post1 timeout 120 python3 benchmarks/ssd_gpu.py --no-sweep --budget 90 \
   --out $OUT/ssd_gpu.json >> $LOG 2>&1; echo "ssd_gpu rc=$? at $(el) s" >> $LOG
 git checkout mambalab/ops/ssd/triton_kernels.py
-timeout 60 ncu --clock-control none -k regex:ssd_chunk_backward -s 1 -c 1 --section SpeedOfLight --section Occupancy \
+timeout 50 ncu --clock-control none -k regex:ssd_chunk_backward -s 1 -c 1 --section SpeedOfLight --section Occupancy \
   --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
   --section SourceCounters python3 benchmarks/investigations/ssd_ncu.py > $OUT/ssd_ncu.txt 2>&1
 echo "ncu (the kernel as committed) rc=$? at $(el) s" >> $LOG

@@ -169,13 +169,17 @@ def main() -> None:
     parser.add_argument("--apply", metavar="NAME", choices=[n for n in ABLATIONS if n.startswith("alternative")],
                         help="write an alternative's source over the kernel module (on a device's copy of the tree, "
                              "to run the compiled tests with it) and exit")
+    parser.add_argument("--alternatives-only", action="store_true",
+                        help="time the full kernel and the alternatives, not the ablations")
     opts = parser.parse_args()
     if opts.apply:
         SOURCE.write_text(edited_source(opts.apply, ABLATIONS[opts.apply]))
         return
     report = {"kernel": KERNEL, "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        variants = [(name, ablated_kernels(name, edits, Path(tmp)), SSDConfig()) for name, edits in ABLATIONS.items()]
+        chosen = {name: edits for name, edits in ABLATIONS.items()
+                  if not opts.alternatives_only or name == "full" or name.startswith("alternative")}
+        variants = [(name, ablated_kernels(name, edits, Path(tmp)), SSDConfig()) for name, edits in chosen.items()]
         variants += [("config " + ",".join(f"{k}={v}" for k, v in fields.items()), triton_ssd.kernels(),
                       dataclasses.replace(SSDConfig(), **fields)) for fields in opts.also]
         for b, h, length in SHAPES:
