@@ -1,7 +1,8 @@
 #!/bin/bash
 # Device call: the gradient kernel and its correct alternatives timed (notes/ssd.md, eighth session), then
-# the fastest alternative as precise as the kernel compiled: its SSD tests and ssd_gpu.py against official.
-# Then Nsight Compute's view of the gradient kernel as committed (investigations/ssd_ncu.py). Leaves the tree as it
+# the fastest alternative as precise as the kernel compiled: its model-sized tests and ssd_gpu.py against official,
+# Nsight Compute's view of the gradient kernel as committed (investigations/ssd_ncu.py), and last the alternative's
+# other compiled SSD tests. Leaves the tree as it
 # found it. Returns ssd_backward_ablation.json, ssd_gpu.json, ssd_alternatives.txt, ssd_ncu.txt.
 #   run: bash benchmarks/device/ssd_gradient_alternatives.sh      carry: [".device", ".official-src"]
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
@@ -18,8 +19,6 @@ echo "at $(el) s, fastest alternative: $BEST" >> $LOG
 python3 benchmarks/investigations/ssd_backward_ablation.py --apply "$BEST"
 CUDA_LAUNCH_BLOCKING=1 timeout 70 python3 -m pytest -q -rs --tb=short -p no:cacheprovider tests/ops/test_ssd_triton.py \
   -k test_model_sized_on_gpu >> $LOG 2>&1; echo "model-sized rc=$? at $(el) s" >> $LOG
-timeout 80 python3 -m pytest -q -rs --tb=short -p no:cacheprovider -n 4 tests/ops/test_ssd_triton.py \
-  tests/layers/test_mamba2.py -k "not test_model_sized_on_gpu" >> $LOG 2>&1; echo "ssd tests rc=$? at $(el) s" >> $LOG
 mkdir -p /tmp/ofs && tar xzf .official-src/mamba_ssm-2.3.2.post1.tar.gz -C /tmp/ofs
 PYTHONPATH=$PWD:/tmp/ofs/mamba_ssm-2.3.2.post1 timeout 120 python3 benchmarks/ssd_gpu.py --no-sweep --budget 90 \
   --out $OUT/ssd_gpu.json >> $LOG 2>&1; echo "ssd_gpu rc=$? at $(el) s" >> $LOG
@@ -28,4 +27,8 @@ timeout 50 ncu --clock-control none -k regex:ssd_chunk_backward -s 1 -c 1 --sect
   --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
   --section SourceCounters python3 benchmarks/investigations/ssd_ncu.py > $OUT/ssd_ncu.txt 2>&1
 echo "ncu (the kernel as committed) rc=$? at $(el) s" >> $LOG
+python3 benchmarks/investigations/ssd_backward_ablation.py --apply "$BEST"   # last: the step a short call can lose
+timeout 80 python3 -m pytest -q -rs --tb=short -p no:cacheprovider -n 4 tests/ops/test_ssd_triton.py \
+  tests/layers/test_mamba2.py -k "not test_model_sized_on_gpu" >> $LOG 2>&1; echo "ssd tests rc=$? at $(el) s" >> $LOG
+git checkout mambalab/ops/ssd/triton_kernels.py
 grep -v Warning $LOG | tail -40
