@@ -2,8 +2,8 @@
 # Device call: the gradient kernel and its correct alternatives timed (notes/ssd.md, eighth session), then
 # the fastest alternative as precise as the kernel compiled: its model-sized tests and ssd_gpu.py against official,
 # Nsight Compute's view of the gradient kernel as committed (investigations/ssd_ncu.py), and last the alternative's
-# other compiled SSD tests. Leaves the tree as it
-# found it. Returns ssd_backward_ablation.json, ssd_gpu.json, ssd_alternatives.txt, ssd_ncu.txt.
+# other compiled SSD tests. Leaves the tree as it found it. Returns ssd_backward_ablation.json, ssd_gpu.json,
+# ssd_alternatives.txt, ssd_ncu.txt.
 #   run: bash benchmarks/device/ssd_gradient_alternatives.sh      carry: [".device", ".official-src"]
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 export PYTHONPATH=$PWD BENCH_GIT_COMMIT=$(cat .device/commit)
