@@ -68,7 +68,9 @@ def test_prefill_in_pieces_equals_one_prefill(pattern):
         _, pieces = model.prefill(ids[:, 5:], state=first)
         assert rel_error(model.step(token, pieces), model.step(token, whole)) < 1e-12
     assert rel_error(pieces.layers[0]["ssm"], whole.layers[0]["ssm"]) < 1e-12
-    assert torch.equal(pieces.layers[0]["conv"], whole.layers[0]["conv"])
+    # the conv window holds in_proj outputs of the last tokens: equal up to rounding, since a BLAS may block
+    # 8 rows differently from 13 (bit-equal on one CPU, not on another)
+    assert rel_error(pieces.layers[0]["conv"], whole.layers[0]["conv"]) < 1e-12
 
 
 @pytest.mark.parametrize("pattern", list(PATTERNS))
