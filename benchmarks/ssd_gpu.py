@@ -259,6 +259,15 @@ def parse_config(spec: str) -> dict:
     return fields
 
 
+def parse_shape(spec: str) -> tuple[int, int, int]:
+    """(batch, heads, length) from "b,h,L"."""
+    try:
+        batch, heads, length = (int(v) for v in spec.split(","))
+    except ValueError:
+        raise SystemExit(f"--shape {spec!r}: expected three integers batch,heads,length (e.g. 8,24,8192)") from None
+    return batch, heads, length
+
+
 def time_shapes(report, official, best, save, budget_s, also=()):
     """Forward and forward+backward of ours (default, the sweep's best if different, each config of `also`)
     and official at every shape, with their extra peak memory and their agreement."""
@@ -406,11 +415,16 @@ def main() -> int:
     parser.add_argument("--also", action="append", default=[], type=parse_config, metavar="FIELD=VALUE[,...]",
                         help="an SSDConfig timed at every shape besides the default and the sweep's best, "
                         "e.g. state_mode=parallel (repeatable)")
+    parser.add_argument("--shape", action="append", default=[], type=parse_shape, metavar="B,H,L",
+                        help="time only these shapes (repeatable; default: the six of SHAPES)")
+    parser.add_argument("--no-decode", action="store_true", help="skip the decode step's timings")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes on CPU in Triton's interpreter (TRITON_INTERPRET=1): checks the script only")
     opts = parser.parse_args()
+    global SHAPES
+    SHAPES = opts.shape or SHAPES
     if opts.smoke:
-        global DEVICE, SHAPES, SWEEP, SWEEP_SHAPE, HEAD_DIM, N
+        global DEVICE, SWEEP, SWEEP_SHAPE, HEAD_DIM, N
         DEVICE, SHAPES, SWEEP_SHAPE, HEAD_DIM, N = "cpu", [(2, 2, 40)], (2, 2, 40), 16, 16
         SWEEP = [{}, {"forward_mode": "fused", "chunk_fused": 16}, {"chunk": 16}, {"heads_per_program": 2},
                  {"state_mode": "parallel"}]
@@ -427,8 +441,9 @@ def main() -> int:
     official_scan = official_fn(chunk_scan) if chunk_scan else None
     best = stage(report, "sweep", lambda: SSDConfig() if opts.no_sweep else sweep(report)) or SSDConfig()
     save()
-    stage(report, "decode", lambda: time_decode(report, step))  # first: short, and never cut by --budget
-    save()
+    if not opts.no_decode:
+        stage(report, "decode", lambda: time_decode(report, step))  # first: short, and never cut by --budget
+        save()
     stage(report, "shapes", lambda: time_shapes(report, official_scan, best, save, opts.budget, opts.also))
     save()
     stage(report, "correctness", lambda: correctness(report, official_scan))

@@ -5,10 +5,13 @@
 # other compiled SSD tests. Leaves the tree as it found it. Returns ssd_backward_ablation.json, ssd_gpu.json,
 # ssd_alternatives.txt, ssd_ncu.txt.
 #   run: bash benchmarks/device/ssd_gradient_alternatives.sh      carry: [".device", ".official-src"]
+#   SHORT=1: about 4 minutes instead of 8 (b8 h24 L8192 alone for the alternatives, ssd_gpu.py at L8192 only)
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 export PYTHONPATH=$PWD BENCH_GIT_COMMIT=$(cat .device/commit)
+ABLATION_SHAPES= GPU_SHAPES=
+[ "${SHORT:-0}" = 1 ] && ABLATION_SHAPES="--shape 8,24,8192" && GPU_SHAPES="--no-decode --shape 8,24,8192 --shape 8,32,8192"
 LOG=$OUT/ssd_alternatives.txt; nvidia-smi -L > $LOG
-timeout 150 python3 benchmarks/investigations/ssd_backward_ablation.py --alternatives-only --also stages=3 --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
+timeout 150 python3 benchmarks/investigations/ssd_backward_ablation.py --alternatives-only --also stages=3 $ABLATION_SHAPES --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
 BEST=$(python3 -c "
 import json, os
 rows = list(json.load(open(os.environ['OUT'] + '/ssd_backward_ablation.json'))['shapes'].values())
@@ -20,7 +23,7 @@ python3 benchmarks/investigations/ssd_backward_ablation.py --apply "$BEST"
 CUDA_LAUNCH_BLOCKING=1 timeout 70 python3 -m pytest -q -rs --tb=short -p no:cacheprovider tests/ops/test_ssd_triton.py \
   -k test_model_sized_on_gpu >> $LOG 2>&1; echo "model-sized rc=$? at $(el) s" >> $LOG
 mkdir -p /tmp/ofs && tar xzf .official-src/mamba_ssm-2.3.2.post1.tar.gz -C /tmp/ofs
-PYTHONPATH=$PWD:/tmp/ofs/mamba_ssm-2.3.2.post1 timeout 120 python3 benchmarks/ssd_gpu.py --no-sweep --budget 90 \
+PYTHONPATH=$PWD:/tmp/ofs/mamba_ssm-2.3.2.post1 timeout 120 python3 benchmarks/ssd_gpu.py --no-sweep --budget 90 $GPU_SHAPES \
   --out $OUT/ssd_gpu.json >> $LOG 2>&1; echo "ssd_gpu rc=$? at $(el) s" >> $LOG
 git checkout mambalab/ops/ssd/triton_kernels.py
 timeout 50 ncu --clock-control none -k regex:ssd_chunk_backward -s 1 -c 1 --section SpeedOfLight --section Occupancy \

@@ -22,7 +22,7 @@ from unittest import mock
 
 from benchmarks.common import base_parser, write_result
 from benchmarks.investigations.ssd_profile import kernel_table
-from benchmarks.ssd_gpu import fwd_bwd, make_inputs, ours, parse_config
+from benchmarks.ssd_gpu import fwd_bwd, make_inputs, ours, parse_config, parse_shape
 from mambalab.ops.ssd import triton_ssd
 from mambalab.ops.ssd.triton_ssd import SSDConfig
 
@@ -169,6 +169,8 @@ def main() -> None:
     parser.add_argument("--apply", metavar="NAME", choices=[n for n in ABLATIONS if n.startswith("alternative")],
                         help="write an alternative's source over the kernel module (on a device's copy of the tree, "
                              "to run the compiled tests with it) and exit")
+    parser.add_argument("--shape", action="append", default=[], type=parse_shape, metavar="B,H,L",
+                        help="time only these shapes (repeatable; default: b8 h24 and h32 at L8192)")
     parser.add_argument("--alternatives-only", action="store_true",
                         help="time the full kernel and the alternatives, not the ablations")
     opts = parser.parse_args()
@@ -182,7 +184,7 @@ def main() -> None:
         variants = [(name, ablated_kernels(name, edits, Path(tmp)), SSDConfig()) for name, edits in chosen.items()]
         variants += [("config " + ",".join(f"{k}={v}" for k, v in fields.items()), triton_ssd.kernels(),
                       dataclasses.replace(SSDConfig(), **fields)) for fields in opts.also]
-        for b, h, length in SHAPES:
+        for b, h, length in opts.shape or SHAPES:
             shape, args = f"b{b}_h{h}_L{length}", make_inputs(b, h, length)
             row = report["shapes"][shape] = {}
             for name, kernels, config in variants:
