@@ -18,6 +18,11 @@ def _row(fields, fwd, fwdbwd):
     return {"fields": fields, "fwd_ms": fwd, "fwdbwd_ms": fwdbwd}
 
 
+def test_shape_option_parses_three_integers_and_names_a_bad_one():
+    assert ssd_gpu.parse_shape("8,24,8192") == (8, 24, 8192)
+    with pytest.raises(SystemExit, match="'8,24': expected three integers batch,heads,length"):
+        ssd_gpu.parse_shape("8,24")
+
 def test_best_combination_never_mixes_state_modes():
     """The fastest forward is a walk row and the fastest backward a parallel row: the combination does not
     pair them (the parallel forward was never timed with the walk's backward); the group with the least
