@@ -85,7 +85,6 @@ def test_bad_token_ids_are_refused_with_a_clear_message():
         model.step(torch.tensor([1, 2, 3]), state)
 
 
-
 def test_labels_are_checked_with_the_ids_and_minus_100_is_not_scored():
     model = LanguageModel(tiny_config())
     ids = torch.tensor([[1, 2, 3]])
@@ -103,6 +102,7 @@ def test_labels_are_checked_with_the_ids_and_minus_100_is_not_scored():
         model(ids.to("meta"), labels=torch.tensor([[1, 2, 3]]))
     total, count = model(ids, labels=torch.full((1, 3), -100))  # nothing scored: no id to check
     assert int(count) == 0
+
 
 def test_no_weight_decay_marks_and_init():
     cfg = tiny_config()
