@@ -173,6 +173,8 @@ def main() -> None:
                         help="time only these shapes (repeatable; default: b8 h24 and h32 at L8192)")
     parser.add_argument("--alternatives-only", action="store_true",
                         help="time the full kernel and the alternatives, not the ablations")
+    parser.add_argument("--configs-only", action="store_true",
+                        help="time the full kernel and the --also configs, neither ablations nor alternatives")
     opts = parser.parse_args()
     if opts.apply:
         SOURCE.write_text(edited_source(opts.apply, ABLATIONS[opts.apply]))
@@ -180,7 +182,8 @@ def main() -> None:
     report = {"kernel": KERNEL, "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         chosen = {name: edits for name, edits in ABLATIONS.items()
-                  if not opts.alternatives_only or name == "full" or name.startswith("alternative")}
+                  if name == "full" or not opts.configs_only
+                  and (not opts.alternatives_only or name.startswith("alternative"))}
         variants = [(name, ablated_kernels(name, edits, Path(tmp)), SSDConfig()) for name, edits in chosen.items()]
         variants += [("config " + ",".join(f"{k}={v}" for k, v in fields.items()), triton_ssd.kernels(),
                       dataclasses.replace(SSDConfig(), **fields)) for fields in opts.also]

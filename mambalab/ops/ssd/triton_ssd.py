@@ -99,9 +99,10 @@ class SSDConfig:
     4 warps: results/ssd_gpu_backward_tiles.json); state_mode "parallel": the local states at 64 × 64 ×
     4 warps (106 registers), the passing at 1024 state elements × 8 chunks × 4 warps (128 registers, no shared
     memory in its loop; benchmarks/notes/ssd.md); state_mode "walk", forward_mode "auto" (`_fused_forward`),
-    heads_per_program 0. The split gradient kernels (per head and per group) and shared scores (C Bᵀ once per
-    gradient program) were timed on one H100, slower than this single gradient kernel, and removed
-    (benchmarks/notes/ssd.md)."""
+    heads_per_program 0; the gradient kernel at 3 pipeline stages (its own time 0.88-0.90 of 2 stages' at b8 h24
+    / h32 L8192, results/ssd_backward_ablation.json; the other kernels slower at 3). The split gradient kernels
+    (per head and per group) and shared scores (C Bᵀ once per gradient program) were timed on one H100, slower
+    than this single gradient kernel, and removed (benchmarks/notes/ssd.md)."""
 
     chunk: int = 64
     chunk_fused: int = 32
@@ -114,6 +115,7 @@ class SSDConfig:
     warps_adjoint: int = 8
     warps_backward: int = 4
     stages: int = 2
+    stages_backward: int = 3  # the gradient kernel's pipeline stages (the other kernels take `stages`)
     forward_mode: str = "auto"  # "fused" (walk whole sequences), "chunked" (pass states, then chunks in parallel)
     heads_per_program: int = 0  # heads of one group per gradient program (dividing heads / groups); 0: chosen
     state_mode: str = "walk"  # how the chunked forward and the backward get the chunk states and adjoints
@@ -462,7 +464,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
             *dy.stride()[1:], *dx.stride()[1:],
             heads, groups, heads // groups, per_program, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None,
             ONE_PASS=per_program == 1, **flags,
-            num_warps=cfg.warps_backward, num_stages=cfg.stages,
+            num_warps=cfg.warps_backward, num_stages=cfg.stages_backward,
         )
 
     ddt = ddt.sum(-1)  # (b·l, h): ∂loss/∂(dt + dt_bias)
