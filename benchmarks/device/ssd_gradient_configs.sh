@@ -5,6 +5,7 @@
 # SSD tests: the most needed first, so a call cut short keeps them. Returns ssd_gpu.json,
 # ssd_backward_ablation.json, ssd_configs.txt.
 #   run: bash benchmarks/device/ssd_gradient_configs.sh      carry: [".device", ".official-src"]
+#   SHORT=1: the model-sized tests and ssd_gpu.py at L8192 only (a ~4-minute call)
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 export PYTHONPATH=$PWD BENCH_GIT_COMMIT=$(cat .device/commit)
 CONFIGS=${CONFIGS:-"stages_backward=2 stages_backward=4 heads_per_program=4 heads_per_program=8"}
@@ -13,8 +14,9 @@ CUDA_LAUNCH_BLOCKING=1 timeout 80 python3 -m pytest -q -rs --tb=short -p no:cach
   -k test_model_sized_on_gpu >> $LOG 2>&1; echo "model-sized rc=$? at $(el) s" >> $LOG
 mkdir -p /tmp/ofs && tar xzf .official-src/mamba_ssm-2.3.2.post1.tar.gz -C /tmp/ofs
 PYTHONPATH=$PWD:/tmp/ofs/mamba_ssm-2.3.2.post1 timeout 200 python3 benchmarks/ssd_gpu.py --no-sweep --no-decode \
-  --budget 160 --shape 8,24,8192 --shape 8,32,8192 --shape 8,24,2048 --shape 8,32,2048 \
+  --budget 160 --shape 8,24,8192 --shape 8,32,8192 $([ "${SHORT:-0}" = 1 ] || echo --shape 8,24,2048 --shape 8,32,2048) \
   --out $OUT/ssd_gpu.json >> $LOG 2>&1; echo "ssd_gpu rc=$? at $(el) s" >> $LOG
+[ "${SHORT:-0}" = 1 ] && exit 0
 timeout 120 python3 benchmarks/investigations/ssd_backward_ablation.py --configs-only \
   $(for c in $CONFIGS; do echo "--also $c"; done) --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
 echo "configs rc=$? at $(el) s" >> $LOG
