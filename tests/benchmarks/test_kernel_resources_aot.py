@@ -13,7 +13,7 @@ from benchmarks import kernel_resources_aot as aot
 from mambalab.ops.ssd.triton_ssd import SSDConfig
 
 TINY = {"chunk": 16, "chunk_fused": 16, "block_p_forward": 16, "block_p_backward": 16, "block_p_state": 16,
-        "warps_fused": 1, "warps_state": 1, "warps_adjoint": 1, "warps_backward": 1, "stages": 1,
+        "warps_fused": 1, "warps_state": 1, "warps_adjoint": 1, "warps_backward": 1, "stages": 1, "stages_backward": 1,
         "forward_mode": "fused"}
 KERNELS = ["ssd_forward_kernel", "ssd_forward_kernel", "ssd_adjoint_kernel", "ssd_chunk_backward_kernel"]
 

@@ -99,10 +99,10 @@ class SSDConfig:
     4 warps: results/ssd_gpu_backward_tiles.json); state_mode "parallel": the local states at 64 × 64 ×
     4 warps (106 registers), the passing at 1024 state elements × 8 chunks × 4 warps (128 registers, no shared
     memory in its loop; benchmarks/notes/ssd.md); state_mode "walk", forward_mode "auto" (`_fused_forward`),
-    heads_per_program 0; the gradient kernel at 3 pipeline stages (its own time 0.88-0.90 of 2 stages' at b8 h24
-    / h32 L8192, results/ssd_backward_ablation.json; the other kernels slower at 3). The split gradient kernels
-    (per head and per group) and shared scores (C Bᵀ once per gradient program) were timed on one H100, slower
-    than this single gradient kernel, and removed (benchmarks/notes/ssd.md)."""
+    heads_per_program 0 (4 or 8 heads 1.06-1.26× slower); the gradient kernel at 3 pipeline stages (2: 1.11-1.13×
+    slower at b8 h24 / h32 L8192, 4: 1.40×; results/ssd_backward_configs.json; the other kernels gain nothing from
+    3). The split gradient kernels (per head and per group) and shared scores (C Bᵀ once per gradient program)
+    were timed on one H100, slower than this single gradient kernel, and removed (benchmarks/notes/ssd.md)."""
 
     chunk: int = 64
     chunk_fused: int = 32
