@@ -92,7 +92,7 @@ def gradients(cfg: SSDConfig) -> tuple:
         head_dim=HEAD_DIM, n_state=N, p_blocks=HEAD_DIM // cfg.block_p_backward, BLOCK_Q=cfg.chunk,
         BLOCK_P=cfg.block_p_backward, **TILES, HAS_D=True, HAS_Z=True, ONE_PASS=k_heads == 1,
     )
-    return k.ssd_chunk_backward_kernel, values, cfg.warps_backward, cfg.stages
+    return k.ssd_chunk_backward_kernel, values, cfg.warps_backward, cfg.stages_backward
 
 
 KERNELS = {
