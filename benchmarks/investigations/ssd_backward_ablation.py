@@ -171,19 +171,23 @@ def main() -> None:
                              "to run the compiled tests with it) and exit")
     parser.add_argument("--shape", action="append", default=[], type=parse_shape, metavar="B,H,L",
                         help="time only these shapes (repeatable; default: b8 h24 and h32 at L8192)")
-    parser.add_argument("--alternatives-only", action="store_true",
-                        help="time the full kernel and the alternatives, not the ablations")
-    parser.add_argument("--configs-only", action="store_true",
-                        help="time the full kernel and the --also configs, neither ablations nor alternatives")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--alternatives-only", action="store_true",
+                      help="time the full kernel and the alternatives, not the ablations")
+    only.add_argument("--configs-only", action="store_true",
+                      help="time the full kernel and the --also configs, neither ablations nor alternatives")
     opts = parser.parse_args()
     if opts.apply:
         SOURCE.write_text(edited_source(opts.apply, ABLATIONS[opts.apply]))
         return
     report = {"kernel": KERNEL, "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        chosen = {name: edits for name, edits in ABLATIONS.items()
-                  if name == "full" or not opts.configs_only
-                  and (not opts.alternatives_only or name.startswith("alternative"))}
+        def timed(name: str) -> bool:
+            if name == "full" or not (opts.configs_only or opts.alternatives_only):
+                return True
+            return opts.alternatives_only and name.startswith("alternative")
+
+        chosen = {name: edits for name, edits in ABLATIONS.items() if timed(name)}
         variants = [(name, ablated_kernels(name, edits, Path(tmp)), SSDConfig()) for name, edits in chosen.items()]
         variants += [("config " + ",".join(f"{k}={v}" for k, v in fields.items()), triton_ssd.kernels(),
                       dataclasses.replace(SSDConfig(), **fields)) for fields in opts.also]

@@ -23,6 +23,7 @@ def test_shape_option_parses_three_integers_and_names_a_bad_one():
     with pytest.raises(SystemExit, match="'8,24': expected three integers batch,heads,length"):
         ssd_gpu.parse_shape("8,24")
 
+
 def test_best_combination_never_mixes_state_modes():
     """The fastest forward is a walk row and the fastest backward a parallel row: the combination does not
     pair them (the parallel forward was never timed with the walk's backward); the group with the least
