@@ -6,7 +6,9 @@ out at a time, at the shapes where forward+backward loses to official (b8 h24 / 
 Each ablation is a textual edit of mambalab/ops/ssd/triton_kernels.py loaded as its own module (the edit must
 match exactly once, else the script stops), of which only the gradient kernel replaces the original's (the other
 kernels are compiled once); its gradients are wrong by construction: timing only. What an
-ablation saves bounds what making that part free could gain.
+ablation saves bounds what making that part free could gain. Alternatives (another algorithm for a part) and
+schedules (the same work in another order) are correct: `--apply NAME` writes one over the kernel module, so
+that a device's copy of the tree runs the compiled tests with it.
 """
 
 from __future__ import annotations
@@ -72,6 +74,61 @@ SCORES_T = (
      "        gB = leaving + tl.dot(scored_t.to(DOT), gy_dot, input_precision=PRECISION, out_dtype=ACC)"),
 )
 
+# Schedules: the same work in another order, which moves what ptxas spills (register pressure; sm_90 builds of
+# Triton 3.6 on the CPU machine, notes/ssd.md "Eleventh session"). The first loop's body from D to the dD store,
+# cut into its three parts: the output side (y_in, y, dz and the sums that need them), the pair steps (gx and
+# the (Q, Q) scan) and the input side (leaving, gB, dx); each order keeps every sum next to its last operand.
+LOOP1_START = "        D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)\n"
+LOOP1_END = "        tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, skip_sums, mask=p_mask)\n"
+_TEXT = SOURCE.read_text()
+LOOP1 = _TEXT[_TEXT.index(LOOP1_START):_TEXT.index(LOOP1_END) + len(LOOP1_END)]
+LOOP1_HEAD = LOOP1.split("        y_in = ")[0] + "        o_offs = row * s_o_l + head * s_o_h + o_tile\n"
+LOOP1_TAIL = "        d_step = pair_steps" + LOOP1.split("        d_step = pair_steps")[1]
+OUTPUT_SIDE = """        y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
+        reads = tl.sum(gy * y_in, axis=1)  # (Q,)
+        y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION,
+                          out_dtype=ACC)  # y^ssm
+        skip_sums = tl.sum(gy * x.to(ACC), axis=0)  # Σ_t gy_t ∘ x_t                                        (P,)
+        if HAS_Z:
+            dz = dy * (y + D[None, :] * x.to(ACC)) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z)
+            tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
+"""
+PAIR_SIDE = """        gx = tl.dot(gy.to(DOT), tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
+        pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)
+"""
+INPUT_SIDE = """        leaving = to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)
+        writes = dt * tl.sum(x.to(ACC) * leaving, axis=1)  # (Q,)
+        gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy.to(DOT), input_precision=PRECISION, out_dtype=ACC)
+        input_sums = tl.sum(x.to(ACC) * gB, axis=1)  # x_s · g_s B_s                                          (Q,)
+        tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
+"""
+SIDES = {"output": OUTPUT_SIDE, "pairs": PAIR_SIDE, "input": INPUT_SIDE}
+
+
+def loop1_order(*sides: str) -> tuple[str, str]:
+    return LOOP1, LOOP1_HEAD + "".join(SIDES[side] for side in sides) + LOOP1_TAIL
+
+
+# The second loop as two: W and dC's state part (needs gy, x, H), then dB's (needs x, Δ, G): each carries one
+# (Q, N) sum instead of two.
+LOOP2 = _TEXT[_TEXT.index("    if not ONE_PASS:\n"):_TEXT.index("    dC, dB = _close_state_side(")]
+_HEAD_TILES = """            A, entering, adjoint, dt, _raw, log_decay, x, _dy, gy, _z, _gate = _head_tiles(
+                x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr, first_head + i, chunk, row,
+                heads, head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile, x_offs, dy_offs, z_offs,
+                s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS)
+"""
+LOOP2_SPLIT = ("    if not ONE_PASS:\n        for i in range(heads_per_program):\n" + _HEAD_TILES + """\
+            gx = tl.dot(gy.to(DOT), tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)
+            pairs_dt += gx * _decay_mask(log_decay, offs_q) * dt[None, :]
+            dC = tl.dot((tl.exp(log_decay)[:, None] * gy).to(DOT), entering, acc=dC, input_precision=PRECISION,
+                        out_dtype=ACC)
+        for i in range(heads_per_program):
+""" + _HEAD_TILES + """\
+            to_end = tl.exp(tl.sum(dt * A, axis=0) - log_decay)
+            dB = tl.dot((x.to(ACC) * (dt * to_end)[:, None]).to(DOT), adjoint, acc=dB, input_precision=PRECISION,
+                        out_dtype=ACC)
+""")
+
 # name: [(text in the kernel source, its replacement)]
 ABLATIONS = {
     "full": [],
@@ -121,12 +178,21 @@ ABLATIONS = {
         ('tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")', "tl.store(dC_ptr + gn_offs, dC, mask=qn_mask)"),
         ('tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")', "tl.store(dB_ptr + gn_offs, dB, mask=qn_mask)"),
     ],
+    "schedule: output side, pair steps, input side": [loop1_order("output", "pairs", "input")],
+    "schedule: the same, second loop split": [loop1_order("output", "pairs", "input"), (LOOP2, LOOP2_SPLIT)],
+    "schedule: output side, input side, pair steps": [loop1_order("output", "input", "pairs")],
+    "schedule: input side, output side, pair steps, second loop split": [
+        loop1_order("input", "output", "pairs"), (LOOP2, LOOP2_SPLIT)],
+    "schedule: second loop split": [(LOOP2, LOOP2_SPLIT)],
     "no state-side loop, no pair steps": [
         ("    if not ONE_PASS:\n        for i in range(heads_per_program):",
          "    if False:\n        for i in range(heads_per_program):"),
         (PAIR_CALL, "pair_steps = dt * 0.0"),
     ],
 }
+
+
+CORRECT = ("alternative", "schedule")  # the variants whose gradients are right: they may be applied
 
 
 def edited_source(name: str, edits: list[tuple[str, str]]) -> str:
@@ -166,14 +232,16 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--also", action="append", default=[], type=parse_config, metavar="FIELD=VALUE[,...]",
                         help="an SSDConfig timed besides the default with the original kernels (repeatable)")
-    parser.add_argument("--apply", metavar="NAME", choices=[n for n in ABLATIONS if n.startswith("alternative")],
-                        help="write an alternative's source over the kernel module (on a device's copy of the tree, "
+    parser.add_argument("--apply", metavar="NAME", choices=[n for n in ABLATIONS if n.startswith(CORRECT)],
+                        help="write an alternative's or a schedule's source over the kernel module (on a device's copy of the tree, "
                              "to run the compiled tests with it) and exit")
     parser.add_argument("--shape", action="append", default=[], type=parse_shape, metavar="B,H,L",
                         help="time only these shapes (repeatable; default: b8 h24 and h32 at L8192)")
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--alternatives-only", action="store_true",
                       help="time the full kernel and the alternatives, not the ablations")
+    only.add_argument("--schedules-only", action="store_true",
+                      help="time the full kernel and the schedules, not the ablations")
     only.add_argument("--configs-only", action="store_true",
                       help="time the full kernel and the --also configs, neither ablations nor alternatives")
     opts = parser.parse_args()
@@ -183,9 +251,10 @@ def main() -> None:
     report = {"kernel": KERNEL, "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         def timed(name: str) -> bool:
-            if name == "full" or not (opts.configs_only or opts.alternatives_only):
+            if name == "full" or not (opts.configs_only or opts.alternatives_only or opts.schedules_only):
                 return True
-            return opts.alternatives_only and name.startswith("alternative")
+            return (opts.alternatives_only and name.startswith("alternative")
+                    or opts.schedules_only and name.startswith("schedule"))
 
         chosen = {name: edits for name, edits in ABLATIONS.items() if timed(name)}
         variants = [(name, ablated_kernels(name, edits, Path(tmp)), SSDConfig()) for name, edits in chosen.items()]
