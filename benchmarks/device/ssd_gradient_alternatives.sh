@@ -8,6 +8,7 @@
 # ssd_gpu.json, ssd_alternatives.txt (and ssd_ncu.txt).
 #   run: ONLY=schedules bash benchmarks/device/ssd_gradient_alternatives.sh      carry: [".device", ".official-src"]
 #   SHORT=1: about 4 minutes instead of 8 (b8 h24 L8192 alone for the variants, ssd_gpu.py at L8192 only)
+#   GPU_ALSO="field=value[,...] ...": configs ssd_gpu.py times besides the default (--also)
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 export PYTHONPATH=$PWD BENCH_GIT_COMMIT=$(cat .device/commit) ONLY=${ONLY:-alternatives}
 ABLATION_SHAPES= GPU_SHAPES="--shape 8,24,8192 --shape 8,32,8192"
@@ -30,8 +31,8 @@ apply
 CUDA_LAUNCH_BLOCKING=1 timeout 70 python3 -m pytest -q -rs --tb=short -p no:cacheprovider tests/ops/test_ssd_triton.py \
   -k test_model_sized_on_gpu >> $LOG 2>&1; echo "model-sized rc=$? at $(el) s" >> $LOG
 mkdir -p /tmp/ofs && tar xzf .official-src/mamba_ssm-2.3.2.post1.tar.gz -C /tmp/ofs
-PYTHONPATH=$PWD:/tmp/ofs/mamba_ssm-2.3.2.post1 timeout 200 python3 benchmarks/ssd_gpu.py --no-sweep --no-decode \
-  --budget 160 $GPU_SHAPES --out $OUT/ssd_gpu.json >> $LOG 2>&1; echo "ssd_gpu rc=$? at $(el) s" >> $LOG
+PYTHONPATH=$PWD:/tmp/ofs/mamba_ssm-2.3.2.post1 timeout 260 python3 benchmarks/ssd_gpu.py --no-sweep --no-decode \
+  --budget 220 $GPU_SHAPES $(for c in ${GPU_ALSO:-}; do echo "--also $c"; done) --out $OUT/ssd_gpu.json >> $LOG 2>&1; echo "ssd_gpu rc=$? at $(el) s" >> $LOG
 git checkout mambalab/ops/ssd/triton_kernels.py
 if [ "${NCU:-0}" = 1 ]; then
   timeout 50 ncu --clock-control none -k regex:ssd_chunk_backward -s 1 -c 1 --section SpeedOfLight --section Occupancy \

@@ -67,22 +67,23 @@ FLOAT64_PAIRS = (PAIR_CALL, ("pair_inner = (scored * gx * dt[None, :]).to(tl.flo
                              "        pair_net = tl.sum(pair_inner, axis=0) - tl.sum(pair_inner, axis=1)\n"
                              "        pair_steps = (tl.cumsum(pair_net, axis=0) - pair_net).to(ACC)"))
 SCORES_T = (
-    "gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)",
+    "gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy.to(DOT), input_precision=PRECISION, out_dtype=ACC)",
     ("causal_t = offs_q[:, None] <= offs_q[None, :]  # [s, t]: t ≥ s\n"
      "        mask_t = tl.exp(tl.where(causal_t, log_decay[None, :] - log_decay[:, None], float(\"-inf\")))  # Lᵀ\n"
      "        scored_t = tl.dot(B, tl.trans(C), input_precision=PRECISION, out_dtype=ACC) * mask_t  # (L ∘ C Bᵀ)ᵀ\n"
-     "        gB = leaving + tl.dot(scored_t.to(DOT), gy_dot, input_precision=PRECISION, out_dtype=ACC)"),
+     "        gB = leaving + tl.dot(scored_t.to(DOT), gy.to(DOT), input_precision=PRECISION, out_dtype=ACC)"),
 )
 
 # Schedules: the same work in another order, which moves what ptxas spills (register pressure; sm_90 builds of
 # Triton 3.6 on the CPU machine, notes/ssd.md "Eleventh session"). The first loop's body from D to the dD store,
 # cut into its three parts: the output side (y_in, y, dz and the sums that need them), the pair steps (gx and
 # the (Q, Q) scan) and the input side (leaving, gB, dx); each order keeps every sum next to its last operand.
+# The kernel runs output side, pair steps, input side; single sums moved are the finer schedules.
 LOOP1_START = "        D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)\n"
 LOOP1_END = "        tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, skip_sums, mask=p_mask)\n"
 _TEXT = SOURCE.read_text()
 LOOP1 = _TEXT[_TEXT.index(LOOP1_START):_TEXT.index(LOOP1_END) + len(LOOP1_END)]
-LOOP1_HEAD = LOOP1.split("        y_in = ")[0] + "        o_offs = row * s_o_l + head * s_o_h + o_tile\n"
+LOOP1_HEAD = LOOP1.split("        o_offs = ")[0] + "        o_offs = row * s_o_l + head * s_o_h + o_tile\n"
 LOOP1_TAIL = "        d_step = pair_steps" + LOOP1.split("        d_step = pair_steps")[1]
 OUTPUT_SIDE = """        y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
         reads = tl.sum(gy * y_in, axis=1)  # (Q,)
@@ -102,6 +103,11 @@ INPUT_SIDE = """        leaving = to_end[:, None] * tl.dot(B, tl.trans(adjoint),
         input_sums = tl.sum(x.to(ACC) * gB, axis=1)  # x_s · g_s B_s                                          (Q,)
         tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
 """
+READS = "        reads = tl.sum(gy * y_in, axis=1)  # (Q,)\n"
+SKIP_SUMS = LOOP1[LOOP1.index("        skip_sums = "):LOOP1.index("        if HAS_Z:\n")]
+PAIRS_COMMENT = "        # ∂loss/∂ℓ_k, ℓ = Δ A"
+Y_PRODUCT = LOOP1[LOOP1.index("        y = y_in"):LOOP1.index("# y^ssm\n") + len("# y^ssm\n")]
+READS_AFTER_Y = (READS + Y_PRODUCT, Y_PRODUCT + READS)
 SIDES = {"output": OUTPUT_SIDE, "pairs": PAIR_SIDE, "input": INPUT_SIDE}
 
 
@@ -152,7 +158,7 @@ ABLATIONS = {
          "scored = mask"),
     ],
     "no (L ∘ C Bᵀ)ᵀ gy product (gB from G only)": [
-        ("gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)",
+        ("gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy.to(DOT), input_precision=PRECISION, out_dtype=ACC)",
          "gB = leaving"),
     ],
     "alternative: pair steps as a prefix sum of column minus row sums (correct, fewer (Q, Q) passes)": [
@@ -178,11 +184,11 @@ ABLATIONS = {
         ('tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")', "tl.store(dC_ptr + gn_offs, dC, mask=qn_mask)"),
         ('tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")', "tl.store(dB_ptr + gn_offs, dB, mask=qn_mask)"),
     ],
-    "schedule: output side, pair steps, input side": [loop1_order("output", "pairs", "input")],
-    "schedule: the same, second loop split": [loop1_order("output", "pairs", "input"), (LOOP2, LOOP2_SPLIT)],
     "schedule: output side, input side, pair steps": [loop1_order("output", "input", "pairs")],
-    "schedule: input side, output side, pair steps, second loop split": [
-        loop1_order("input", "output", "pairs"), (LOOP2, LOOP2_SPLIT)],
+    "schedule: reads after y": [READS_AFTER_Y],
+    "schedule: reads after y, skip_sums after dz": [READS_AFTER_Y, (SKIP_SUMS, ""),
+                                                    (PAIRS_COMMENT, SKIP_SUMS + PAIRS_COMMENT)],
+    "schedule: reads after dz": [(READS, ""), (PAIRS_COMMENT, READS + PAIRS_COMMENT)],
     "schedule: second loop split": [(LOOP2, LOOP2_SPLIT)],
     "no state-side loop, no pair steps": [
         ("    if not ONE_PASS:\n        for i in range(heads_per_program):",

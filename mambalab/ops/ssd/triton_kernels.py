@@ -518,29 +518,30 @@ def ssd_chunk_backward_kernel(
         through_both = tl.exp(chunk_decay) * tl.sum(tl.sum(adjoint.to(ACC) * entering.to(ACC), axis=1), axis=0)
         mask = _decay_mask(log_decay, offs_q)  # L                                            (Q, Q)
         scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ (Q, Q)
+        o_offs = row * s_o_l + head * s_o_h + o_tile
+        # Three parts, each sum taken as soon as its last operand exists, in the order that spills least (sm_90
+        # builds: 0.91 of the time of the input side before the pair steps; benchmarks/notes/ssd.md)
+        # Output side: y = y_in + (L ∘ C Bᵀ) Δ x recomputed for dz, y_in = exp(Λ_t) C_t H the entering state's part
         y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
+        reads = tl.sum(gy * y_in, axis=1)  # (Q,)
         y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION,
                           out_dtype=ACC)  # y^ssm
-        x = x.to(ACC)
-        o_offs = row * s_o_l + head * s_o_h + o_tile
+        skip_sums = tl.sum(gy * x.to(ACC), axis=0)  # Σ_t gy_t ∘ x_t                                        (P,)
         if HAS_Z:
-            dz = dy * (y + D[None, :] * x) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z) = σ (1 + z (1 − σ))
+            dz = dy * (y + D[None, :] * x.to(ACC)) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z) = σ (1 + z (1 − σ))
             tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
-        gy_dot = gy.to(DOT)
+        # ∂loss/∂ℓ_k, ℓ = Δ A (docs/math.md), from the (source s, sink t) pairs with s < k ≤ t: both in the chunk
+        # (`_pair_steps`), sources before it read here (reads_t = gy_t · y_in_t), sources here read after it
+        # (writes_s = Δ_s x_s · exp(Λ_Q − Λ_s) G B_s), sources before read after (through_both); each a running
+        # sum over the chunk, never a difference of two totals
+        gx = tl.dot(gy.to(DOT), tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
+        pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)
         # Input side: g_s B_s = Σ_{t ≥ s} L[t, s] (C_t · B_s) gy_t + exp(Λ_Q − Λ_s) G B_s
         leaving = to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)
-        gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
+        writes = dt * tl.sum(x.to(ACC) * leaving, axis=1)  # (Q,)
+        gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy.to(DOT), input_precision=PRECISION, out_dtype=ACC)
+        input_sums = tl.sum(x.to(ACC) * gB, axis=1)  # x_s · g_s B_s                                          (Q,)
         tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
-        gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
-        # ∂loss/∂ℓ_k, ℓ = Δ A (docs/math.md), from the (source s, sink t) pairs with s < k ≤ t: both in the chunk
-        # (`_pair_steps`), sources before it read here (reads_t = gy_t · y_in_t, y_in the entering state's part
-        # of y), sources here read after it (writes_s = Δ_s x_s · exp(Λ_Q − Λ_s) G B_s), sources before read
-        # after (through_both); each a running sum over the chunk, never a difference of two totals
-        pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)
-        reads = tl.sum(gy * y_in, axis=1)  # (Q,)
-        writes = dt * tl.sum(x * leaving, axis=1)  # (Q,)
-        input_sums = tl.sum(x * gB, axis=1)  # x_s · g_s B_s                                              (Q,)
-        skip_sums = tl.sum(gy * x, axis=0)  # Σ_t gy_t ∘ x_t                                            (P,)
         d_step = pair_steps + tl.cumsum(reads, axis=0, reverse=True)
         d_step += tl.cumsum(writes, axis=0) - writes + through_both  # (Q,)
         ddt = input_sums + A * d_step  # x_s · g_s B_s + A ∂loss/∂ℓ_s
