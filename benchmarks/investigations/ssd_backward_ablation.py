@@ -4,8 +4,8 @@ out at a time, at the shapes where forward+backward loses to official (b8 h24 / 
     PYTHONPATH=. python3 benchmarks/investigations/ssd_backward_ablation.py --out $OUT --also stages=1
 
 Each ablation is a textual edit of mambalab/ops/ssd/triton_kernels.py loaded as its own module (the edit must
-match exactly once, else the script stops), of which only the gradient kernel replaces the original's (the other
-kernels are compiled once); its gradients are wrong by construction: timing only. What an
+match exactly once, else the script stops), of which only the kernels the edit changed replace the original's (the
+others are compiled once); its gradients are wrong by construction: timing only. What an
 ablation saves bounds what making that part free could gain. Alternatives (another algorithm for a part) and
 schedules (the same work in another order) are correct: `--apply NAME` writes one over the kernel module, so
 that a device's copy of the tree runs the compiled tests with it.
@@ -75,45 +75,21 @@ SCORES_T = (
 )
 
 # Schedules: the same work in another order, which moves what ptxas spills (register pressure; sm_90 builds of
-# Triton 3.6 on the CPU machine, notes/ssd.md "Eleventh session"). The first loop's body from D to the dD store,
-# cut into its three parts: the output side (y_in, y, dz and the sums that need them), the pair steps (gx and
-# the (Q, Q) scan) and the input side (leaving, gB, dx); each order keeps every sum next to its last operand.
-# The kernel runs output side, pair steps, input side; single sums moved are the finer schedules.
+# Triton 3.6 on the CPU machine, notes/ssd.md "Eleventh session": the orders of the first loop's three parts,
+# timed at 066b68f). Here: single sums of the first loop moved, the second loop split, the walks masked.
 LOOP1_START = "        D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)\n"
 LOOP1_END = "        tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, skip_sums, mask=p_mask)\n"
 _TEXT = SOURCE.read_text()
 LOOP1 = _TEXT[_TEXT.index(LOOP1_START):_TEXT.index(LOOP1_END) + len(LOOP1_END)]
-LOOP1_HEAD = LOOP1.split("        o_offs = ")[0] + "        o_offs = row * s_o_l + head * s_o_h + o_tile\n"
-LOOP1_TAIL = "        d_step = pair_steps" + LOOP1.split("        d_step = pair_steps")[1]
-OUTPUT_SIDE = """        y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
-        reads = tl.sum(gy * y_in, axis=1)  # (Q,)
-        y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION,
-                          out_dtype=ACC)  # y^ssm
-        skip_sums = tl.sum(gy * x.to(ACC), axis=0)  # Σ_t gy_t ∘ x_t                                        (P,)
-        if HAS_Z:
-            dz = dy * (y + D[None, :] * x.to(ACC)) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z)
-            tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
-"""
-PAIR_SIDE = """        gx = tl.dot(gy.to(DOT), tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
-        pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)
-"""
-INPUT_SIDE = """        leaving = to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)
-        writes = dt * tl.sum(x.to(ACC) * leaving, axis=1)  # (Q,)
-        gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy.to(DOT), input_precision=PRECISION, out_dtype=ACC)
-        input_sums = tl.sum(x.to(ACC) * gB, axis=1)  # x_s · g_s B_s                                          (Q,)
-        tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
-"""
 READS = "        reads = tl.sum(gy * y_in, axis=1)  # (Q,)\n"
 SKIP_SUMS = LOOP1[LOOP1.index("        skip_sums = "):LOOP1.index("        if HAS_Z:\n")]
 PAIRS_COMMENT = "        # ∂loss/∂ℓ_k, ℓ = Δ A"
 Y_PRODUCT = LOOP1[LOOP1.index("        y = y_in"):LOOP1.index("# y^ssm\n") + len("# y^ssm\n")]
 READS_AFTER_Y = (READS + Y_PRODUCT, Y_PRODUCT + READS)
-SIDES = {"output": OUTPUT_SIDE, "pairs": PAIR_SIDE, "input": INPUT_SIDE}
-
-
-def loop1_order(*sides: str) -> tuple[str, str]:
-    return LOOP1, LOOP1_HEAD + "".join(SIDES[side] for side in sides) + LOOP1_TAIL
-
+WALK_MASKS = ("""    if PARTIAL:
+        return offs_q < length - c * BLOCK_Q
+    return tl.full((BLOCK_Q,), 1, tl.int1)
+""", "    return offs_q < length - c * BLOCK_Q\n")
 
 # The second loop as two: W and dC's state part (needs gy, x, H), then dB's (needs x, Δ, G): each carries one
 # (Q, N) sum instead of two.
@@ -184,12 +160,12 @@ ABLATIONS = {
         ('tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")', "tl.store(dC_ptr + gn_offs, dC, mask=qn_mask)"),
         ('tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")', "tl.store(dB_ptr + gn_offs, dB, mask=qn_mask)"),
     ],
-    "schedule: output side, input side, pair steps": [loop1_order("output", "input", "pairs")],
     "schedule: reads after y": [READS_AFTER_Y],
     "schedule: reads after y, skip_sums after dz": [READS_AFTER_Y, (SKIP_SUMS, ""),
                                                     (PAIRS_COMMENT, SKIP_SUMS + PAIRS_COMMENT)],
     "schedule: reads after dz": [(READS, ""), (PAIRS_COMMENT, READS + PAIRS_COMMENT)],
     "schedule: second loop split": [(LOOP2, LOOP2_SPLIT)],
+    "schedule: every walk step masked (as before the walks' unmasked full chunks)": [WALK_MASKS],
     "no state-side loop, no pair steps": [
         ("    if not ONE_PASS:\n        for i in range(heads_per_program):",
          "    if False:\n        for i in range(heads_per_program):"),
@@ -220,17 +196,21 @@ def ablated_kernels(name: str, edits: list[tuple[str, str]], where: Path) -> typ
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module
     spec.loader.exec_module(module)
-    kernels = types.ModuleType(f"{triton_ssd.kernels().__name__}, {name}")
-    kernels.__dict__.update(triton_ssd.kernels().__dict__)
-    kernels.ssd_chunk_backward_kernel = module.ssd_chunk_backward_kernel
+    original = triton_ssd.kernels()
+    kernels = types.ModuleType(f"{original.__name__}, {name}")
+    kernels.__dict__.update(original.__dict__)
+    for attr, value in vars(module).items():  # the kernels whose source the edits changed
+        if attr.endswith("_kernel") and value.cache_key != getattr(original, attr).cache_key:
+            setattr(kernels, attr, value)
     return kernels
 
 
 def gradient_kernel_times(run, iters: int) -> dict:
-    """µs per call of `run()`: the gradient kernel's, all kernels', and the wall time's."""
+    """µs per call of `run()`: the gradient kernel's, all kernels', the wall time's, and each SSD kernel's."""
     table = kernel_table(run, iters)
     gradient = sum(k["us"] for key, k in table["kernels"].items() if KERNEL in key)
-    return {"gradient_kernel_us": gradient, "all_kernels_us": table["kernel_us"], "wall_us": table["wall_us"]}
+    return {"gradient_kernel_us": gradient, "all_kernels_us": table["kernel_us"], "wall_us": table["wall_us"],
+            "ssd_kernels": {key: k for key, k in table["kernels"].items() if key.startswith("ssd_")}}
 
 
 def main() -> None:
