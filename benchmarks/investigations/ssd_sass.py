@@ -10,7 +10,9 @@ SSDConfig (or the fields given), would be:
     PYTHONPATH=. python3 benchmarks/investigations/ssd_sass.py --set heads_per_program=4
 
 Compiling and the helpers are kernel_sass.py's. Numbers from this script are predictions' raw material
-(benchmarks/notes/ssd.md), not timings.
+(benchmarks/notes/ssd.md), not timings. Spills differ between Triton versions: for the device's, install it
+beside (`pip install --target /tmp/tri36 triton==3.6.0`) and put it first (`PYTHONPATH=/tmp/tri36:.`); under
+3.6 the gradient kernel's time followed its first loop's spill instructions (notes/ssd.md, eleventh session).
 """
 
 from __future__ import annotations
