@@ -9,12 +9,14 @@
 #   run: ONLY=schedules bash benchmarks/device/ssd_gradient_alternatives.sh      carry: [".device", ".official-src"]
 #   SHORT=1: about 4 minutes instead of 8 (b8 h24 L8192 alone for the variants, ssd_gpu.py at L8192 only)
 #   GPU_ALSO="field=value[,...] ...": configs ssd_gpu.py times besides the default (--also)
+#   VARIANT="name": time the kernel and this one variant only (ssd_backward_ablation.py --variant)
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 export PYTHONPATH=$PWD BENCH_GIT_COMMIT=$(cat .device/commit) ONLY=${ONLY:-alternatives}
 ABLATION_SHAPES= GPU_SHAPES="--shape 8,24,8192 --shape 8,32,8192"
 [ "${SHORT:-0}" = 1 ] && ABLATION_SHAPES="--shape 8,24,8192" || GPU_SHAPES="$GPU_SHAPES --shape 8,24,2048 --shape 8,32,2048"
 LOG=$OUT/ssd_alternatives.txt; nvidia-smi -L > $LOG
-timeout 200 python3 benchmarks/investigations/ssd_backward_ablation.py --$ONLY-only $ABLATION_SHAPES \
+timeout 200 python3 benchmarks/investigations/ssd_backward_ablation.py ${VARIANT:+--variant "$VARIANT"} \
+  $([ -n "${VARIANT:-}" ] || echo --$ONLY-only) $ABLATION_SHAPES \
   --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
 BEST=$(python3 -c "
 import json, os

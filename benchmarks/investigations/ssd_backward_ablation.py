@@ -230,6 +230,8 @@ def main() -> None:
                       help="time the full kernel and the schedules, not the ablations")
     only.add_argument("--configs-only", action="store_true",
                       help="time the full kernel and the --also configs, neither ablations nor alternatives")
+    only.add_argument("--variant", action="append", choices=list(ABLATIONS), metavar="NAME",
+                      help="time the full kernel and this variant (repeatable)")
     opts = parser.parse_args()
     if opts.apply:
         SOURCE.write_text(edited_source(opts.apply, ABLATIONS[opts.apply]))
@@ -237,7 +239,9 @@ def main() -> None:
     report = {"kernel": KERNEL, "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         def timed(name: str) -> bool:
-            if name == "full" or not (opts.configs_only or opts.alternatives_only or opts.schedules_only):
+            if name == "full" or opts.variant and name in opts.variant:
+                return True
+            if not (opts.configs_only or opts.alternatives_only or opts.schedules_only or opts.variant):
                 return True
             return (opts.alternatives_only and name.startswith("alternative")
                     or opts.schedules_only and name.startswith("schedule"))
