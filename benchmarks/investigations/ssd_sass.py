@@ -26,7 +26,7 @@ import triton.language as tl
 
 from benchmarks.investigations.kernel_sass import _INSTR, compile_sm90, family, main_loop, resources, sass_of
 from mambalab.ops.ssd import triton_kernels as k
-from mambalab.ops.ssd.triton_ssd import SSDConfig, _registers_for
+from mambalab.ops.ssd.triton_ssd import SSDConfig
 
 HEADS, HEAD_DIM, N = 24, 64, 128
 STATE_BLOCK_P = 32  # _state_block's choice for the walks at b8 h24 on 132 multiprocessors (16 at b2)
@@ -49,7 +49,7 @@ def walk_states(cfg: SSDConfig) -> tuple:
         head_dim=HEAD_DIM, n_state=N, BLOCK_Q=cfg.chunk, BLOCK_P=STATE_BLOCK_P, **TILES, HAS_D=True, HAS_Z=True,
         HAS_INIT=False, STORE_Y=False, STORE_STATES=True, STORE_FINAL=True,
     )
-    return k.ssd_forward_kernel, values, cfg.warps_state, cfg.stages, _registers_for(cfg.programs_state, cfg.warps_state)
+    return k.ssd_forward_kernel, values, cfg.warps_state, cfg.stages
 
 
 def walk_adjoints(cfg: SSDConfig) -> tuple:
@@ -60,8 +60,7 @@ def walk_adjoints(cfg: SSDConfig) -> tuple:
         heads=HEADS, heads_per_group=HEADS, head_dim=HEAD_DIM, n_state=N, BLOCK_Q=cfg.chunk,
         BLOCK_P=STATE_BLOCK_P, **TILES, HAS_Z=True, HAS_DFINAL=False,
     )
-    return (k.ssd_adjoint_kernel, values, cfg.warps_adjoint, cfg.stages,
-            _registers_for(cfg.programs_adjoint, cfg.warps_adjoint))
+    return k.ssd_adjoint_kernel, values, cfg.warps_adjoint, cfg.stages
 
 
 def local(cfg: SSDConfig, adjoint: bool) -> tuple:
@@ -72,7 +71,7 @@ def local(cfg: SSDConfig, adjoint: bool) -> tuple:
         heads=HEADS, heads_per_group=HEADS, head_dim=HEAD_DIM, n_state=N, BLOCK_Q=cfg.chunk,
         BLOCK_P=min(cfg.block_p_local, HEAD_DIM), **TILES, HAS_Z=adjoint, ADJOINT=adjoint,
     )
-    return k.ssd_local_state_kernel, values, cfg.warps_local, cfg.stages, {}
+    return k.ssd_local_state_kernel, values, cfg.warps_local, cfg.stages
 
 
 def passing(cfg: SSDConfig, reverse: bool) -> tuple:
@@ -80,7 +79,7 @@ def passing(cfg: SSDConfig, reverse: bool) -> tuple:
               "passed_ptr": "*bf16", "final_ptr": "*fp32", "heads": HEADS, "state_size": HEAD_DIM * N,
               "BLOCK": min(cfg.block_pass, HEAD_DIM * N), "STEPS": cfg.pass_steps, "HAS_INIT": reverse,
               "REVERSE": reverse}
-    return k.ssd_state_passing_kernel, values, cfg.warps_pass, cfg.stages, {}
+    return k.ssd_state_passing_kernel, values, cfg.warps_pass, cfg.stages
 
 
 def gradients(cfg: SSDConfig) -> tuple:
@@ -95,7 +94,7 @@ def gradients(cfg: SSDConfig) -> tuple:
         head_dim=HEAD_DIM, n_state=N, p_blocks=HEAD_DIM // cfg.block_p_backward, BLOCK_Q=cfg.chunk,
         BLOCK_P=cfg.block_p_backward, **TILES, HAS_D=True, HAS_Z=True, ONE_PASS=k_heads == 1,
     )
-    return k.ssd_chunk_backward_kernel, values, cfg.warps_backward, cfg.stages_backward, {}
+    return k.ssd_chunk_backward_kernel, values, cfg.warps_backward, cfg.stages_backward
 
 
 KERNELS = {
@@ -110,8 +109,8 @@ KERNELS = {
 
 
 def report(build) -> dict:
-    fn, values, warps, stages, cap = build
-    cubin = compile_sm90(fn, values, warps, cap.get("maxnreg"), stages).asm["cubin"]
+    fn, values, warps, stages = build
+    cubin = compile_sm90(fn, values, warps, None, stages).asm["cubin"]
     sass = sass_of(cubin)
     loop = main_loop(sass)
     if len(loop) < 8:  # no sequential loop (a chunk-parallel kernel): the whole kernel

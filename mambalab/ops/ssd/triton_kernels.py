@@ -106,15 +106,6 @@ def _sequence(seq_ptr, chunk_ptr, seq):
 
 
 @triton.jit
-def _rows_in(offs_q, length, c, BLOCK_Q: tl.constexpr, PARTIAL: tl.constexpr):
-    """Which rows of chunk c lie in the sequence (Q,): a test for the shorter last chunk (PARTIAL), a constant
-    for the others, so that their loads and stores carry no per-row predicate."""
-    if PARTIAL:
-        return offs_q < length - c * BLOCK_Q
-    return tl.full((BLOCK_Q,), 1, tl.int1)
-
-
-@triton.jit
 def _chunk_output(x, B, C, entering, dt, log_decay, D, offs_q, ACC: tl.constexpr, DOT: tl.constexpr,
                   PRECISION: tl.constexpr):
     """y_t = Σ_s L[t, s] (C_t · B_s) Δ_s x_s + exp(Λ_t) C_t · H + D x_t for one chunk  (Q, P)."""
@@ -200,37 +191,6 @@ def ssd_chunk_forward_kernel(
 
 
 @triton.jit
-def _forward_chunk(state, c, start, length, first_chunk, head, group, x_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, bias_ptr,
-                   y_ptr, states_ptr, A, D, offs_q, p_mask, n_mask, pn_mask, state_offs, head_state, head_dim, n_state,
-                   x_offs, y_offs, z_offs, B_offs, C_offs, s_x_l, s_x_h, s_dt_l, s_dt_h, s_B_l, s_B_g, s_C_l, s_C_g,
-                   s_z_l, s_z_h, s_y_l, s_y_h, BLOCK_Q: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
-                   PRECISION: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   STORE_Y: tl.constexpr, STORE_STATES: tl.constexpr, PARTIAL: tl.constexpr):
-    """One step of the forward walk over chunk c: store the state entering it (STORE_STATES) and its y
-    (STORE_Y), then return the state leaving it  (P, N)."""
-    row = start + c * BLOCK_Q  # the chunk's first row
-    row_mask = _rows_in(offs_q, length, c, BLOCK_Q, PARTIAL)  # (Q,)
-    qp_mask, qn_mask = row_mask[:, None] & p_mask[None, :], row_mask[:, None] & n_mask[None, :]
-    dt, _ = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
-                        HAS_BIAS, SOFTPLUS)
-    log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                         (Q,)
-    chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
-    x = tl.load(x_ptr + row * s_x_l + head * s_x_h + x_offs, mask=qp_mask, other=0.0)  # (Q, P)
-    B = tl.load(B_ptr + row * s_B_l + group * s_B_g + B_offs, mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
-    if STORE_STATES:
-        tl.store(states_ptr + (first_chunk + c) * head_state + head * head_dim * n_state + state_offs,
-                 state.to(states_ptr.dtype.element_ty), mask=pn_mask)
-    if STORE_Y:
-        C = tl.load(C_ptr + row * s_C_l + group * s_C_g + C_offs, mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
-        y = _chunk_output(x, B, C, state.to(DOT), dt, log_decay, D, offs_q, ACC, DOT, PRECISION)
-        if HAS_Z:
-            y *= _gate(z_ptr + row * s_z_l + head * s_z_h + z_offs, qp_mask, ACC)
-        tl.store(y_ptr + row * s_y_l + head * s_y_h + y_offs, y.to(y_ptr.dtype.element_ty), mask=qp_mask)
-    to_end = tl.exp(chunk_decay - log_decay) * dt  # exp(Λ_Q − Λ_s) Δ_s                   (Q,)
-    return tl.exp(chunk_decay) * state + _weighted_outer(x, to_end, B, ACC, DOT, PRECISION)
-
-
-@triton.jit
 def ssd_forward_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seq_ptr, chunk_ptr,
     y_ptr, states_ptr, final_ptr,
@@ -259,21 +219,27 @@ def ssd_forward_kernel(
     z_offs = _tile(offs_q, offs_p, s_z_l, s_z_p)
     B_offs, C_offs = _tile(offs_q, offs_n, s_B_l, s_B_n), _tile(offs_q, offs_n, s_C_l, s_C_n)
     D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)
-    full = length // BLOCK_Q  # chunks of BLOCK_Q rows: no row mask; a shorter last one after them, masked
-    for c in range(full):
-        state = _forward_chunk(state, c, start, length, first_chunk, head, group, x_ptr, dt_ptr, B_ptr, C_ptr, z_ptr,
-                               bias_ptr, y_ptr, states_ptr, A, D, offs_q, p_mask, n_mask, pn_mask, state_offs,
-                               head_state, head_dim, n_state, x_offs, y_offs, z_offs, B_offs, C_offs, s_x_l,
-                               s_x_h, s_dt_l, s_dt_h, s_B_l, s_B_g, s_C_l, s_C_g, s_z_l, s_z_h, s_y_l, s_y_h,
-                               BLOCK_Q, ACC, DOT, PRECISION, HAS_Z, HAS_BIAS, SOFTPLUS, STORE_Y, STORE_STATES,
-                               PARTIAL=False)
-    if full * BLOCK_Q < length:
-        state = _forward_chunk(state, full, start, length, first_chunk, head, group, x_ptr, dt_ptr, B_ptr, C_ptr, z_ptr,
-                               bias_ptr, y_ptr, states_ptr, A, D, offs_q, p_mask, n_mask, pn_mask, state_offs,
-                               head_state, head_dim, n_state, x_offs, y_offs, z_offs, B_offs, C_offs, s_x_l,
-                               s_x_h, s_dt_l, s_dt_h, s_B_l, s_B_g, s_C_l, s_C_g, s_z_l, s_z_h, s_y_l, s_y_h,
-                               BLOCK_Q, ACC, DOT, PRECISION, HAS_Z, HAS_BIAS, SOFTPLUS, STORE_Y, STORE_STATES,
-                               PARTIAL=True)
+    for c in range(tl.cdiv(length, BLOCK_Q)):
+        row = start + c * BLOCK_Q  # the chunk's first row
+        row_mask = offs_q < length - c * BLOCK_Q  # (Q,)
+        qp_mask, qn_mask = row_mask[:, None] & p_mask[None, :], row_mask[:, None] & n_mask[None, :]
+        dt, _ = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
+                            HAS_BIAS, SOFTPLUS)
+        log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                         (Q,)
+        chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
+        x = tl.load(x_ptr + row * s_x_l + head * s_x_h + x_offs, mask=qp_mask, other=0.0)  # (Q, P)
+        B = tl.load(B_ptr + row * s_B_l + group * s_B_g + B_offs, mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
+        if STORE_STATES:
+            tl.store(states_ptr + (first_chunk + c) * head_state + head * head_dim * n_state + state_offs,
+                     state.to(states_ptr.dtype.element_ty), mask=pn_mask)
+        if STORE_Y:
+            C = tl.load(C_ptr + row * s_C_l + group * s_C_g + C_offs, mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
+            y = _chunk_output(x, B, C, state.to(DOT), dt, log_decay, D, offs_q, ACC, DOT, PRECISION)
+            if HAS_Z:
+                y *= _gate(z_ptr + row * s_z_l + head * s_z_h + z_offs, qp_mask, ACC)
+            tl.store(y_ptr + row * s_y_l + head * s_y_h + y_offs, y.to(y_ptr.dtype.element_ty), mask=qp_mask)
+        to_end = tl.exp(chunk_decay - log_decay) * dt  # exp(Λ_Q − Λ_s) Δ_s                   (Q,)
+        state = tl.exp(chunk_decay) * state + _weighted_outer(x, to_end, B, ACC, DOT, PRECISION)
     if STORE_FINAL:
         tl.store(final_ptr + seq * head_state + head * head_dim * n_state + state_offs, state, mask=pn_mask)
 
@@ -386,29 +352,6 @@ def ssd_state_passing_kernel(
 
 
 @triton.jit
-def _adjoint_chunk(adjoint, c, start, length, first_chunk, head, group, dt_ptr, C_ptr, z_ptr, bias_ptr, dy_ptr,
-                   adjoints_ptr, A, offs_q, p_mask, n_mask, pn_mask, state_offs, head_state, head_dim, n_state, z_offs,
-                   dy_offs, C_offs, s_dt_l, s_dt_h, s_C_l, s_C_g, s_z_l, s_z_h, s_dy_l, s_dy_h, BLOCK_Q: tl.constexpr,
-                   ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, HAS_Z: tl.constexpr,
-                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PARTIAL: tl.constexpr):
-    """One step of the adjoint walk over chunk c: store G (the adjoint of the state leaving it), then return
-    exp(Λ_Q) G + Σ_t exp(Λ_t) gy_t ⊗ C_t  (P, N)."""
-    row = start + c * BLOCK_Q
-    row_mask = _rows_in(offs_q, length, c, BLOCK_Q, PARTIAL)
-    qp_mask, qn_mask = row_mask[:, None] & p_mask[None, :], row_mask[:, None] & n_mask[None, :]
-    tl.store(adjoints_ptr + (first_chunk + c) * head_state + head * head_dim * n_state + state_offs,
-             adjoint.to(adjoints_ptr.dtype.element_ty), mask=pn_mask)
-    dt, _ = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
-                        HAS_BIAS, SOFTPLUS)
-    log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                            (Q,)
-    dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + dy_offs, mask=qp_mask, other=0.0).to(ACC)
-    gy, _, _ = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, z_offs, qp_mask, ACC, HAS_Z)
-    C = tl.load(C_ptr + row * s_C_l + group * s_C_g + C_offs, mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
-    local = _weighted_outer(gy, tl.exp(log_decay), C, ACC, DOT, PRECISION)  # Σ_t exp(Λ_t) gy_t ⊗ C_t
-    return tl.exp(tl.sum(dt * A, axis=0)) * adjoint + local
-
-
-@triton.jit
 def ssd_adjoint_kernel(
     dt_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, dfinal_ptr, adjoints_ptr, dh0_ptr,
     s_dt_l, s_dt_h, s_C_l, s_C_g, s_C_n, s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p,
@@ -432,19 +375,22 @@ def ssd_adjoint_kernel(
         adjoint += tl.load(dfinal_ptr + seq_state, mask=pn_mask, other=0.0).to(ACC)
     z_offs, dy_offs = _tile(offs_q, offs_p, s_z_l, s_z_p), _tile(offs_q, offs_p, s_dy_l, s_dy_p)
     C_offs = _tile(offs_q, offs_n, s_C_l, s_C_n)
-    full = length // BLOCK_Q  # chunks of BLOCK_Q rows: no row mask; a shorter last one is walked first, masked
-    if full * BLOCK_Q < length:
-        adjoint = _adjoint_chunk(adjoint, full, start, length, first_chunk, head, group, dt_ptr, C_ptr, z_ptr, bias_ptr,
-                                 dy_ptr, adjoints_ptr, A, offs_q, p_mask, n_mask, pn_mask, state_offs, head_state,
-                                 head_dim, n_state, z_offs, dy_offs, C_offs, s_dt_l, s_dt_h, s_C_l, s_C_g, s_z_l,
-                                 s_z_h, s_dy_l, s_dy_h, BLOCK_Q, ACC, DOT, PRECISION, HAS_Z, HAS_BIAS, SOFTPLUS,
-                                 PARTIAL=True)
-    for i in range(full):
-        adjoint = _adjoint_chunk(adjoint, full - 1 - i, start, length, first_chunk, head, group, dt_ptr, C_ptr, z_ptr,
-                                 bias_ptr, dy_ptr, adjoints_ptr, A, offs_q, p_mask, n_mask, pn_mask, state_offs,
-                                 head_state, head_dim, n_state, z_offs, dy_offs, C_offs, s_dt_l, s_dt_h, s_C_l, s_C_g,
-                                 s_z_l, s_z_h, s_dy_l, s_dy_h, BLOCK_Q, ACC, DOT, PRECISION, HAS_Z, HAS_BIAS, SOFTPLUS,
-                                 PARTIAL=False)
+    n_chunks = tl.cdiv(length, BLOCK_Q)
+    for i in range(n_chunks):
+        c = n_chunks - 1 - i
+        row = start + c * BLOCK_Q
+        row_mask = offs_q < length - c * BLOCK_Q
+        qp_mask, qn_mask = row_mask[:, None] & p_mask[None, :], row_mask[:, None] & n_mask[None, :]
+        tl.store(adjoints_ptr + (first_chunk + c) * head_state + head * head_dim * n_state + state_offs,
+                 adjoint.to(adjoints_ptr.dtype.element_ty), mask=pn_mask)
+        dt, _ = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
+                            HAS_BIAS, SOFTPLUS)
+        log_decay = tl.cumsum(dt * A, axis=0)  # Λ_t                                        (Q,)
+        dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + dy_offs, mask=qp_mask, other=0.0).to(ACC)
+        gy, _, _ = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, z_offs, qp_mask, ACC, HAS_Z)
+        C = tl.load(C_ptr + row * s_C_l + group * s_C_g + C_offs, mask=qn_mask, other=0.0).to(DOT)  # (Q, N)
+        local = _weighted_outer(gy, tl.exp(log_decay), C, ACC, DOT, PRECISION)  # Σ_t exp(Λ_t) gy_t ⊗ C_t
+        adjoint = tl.exp(tl.sum(dt * A, axis=0)) * adjoint + local
     tl.store(dh0_ptr + seq_state, adjoint, mask=pn_mask)
 
 
@@ -606,7 +552,7 @@ def ssd_chunk_backward_kernel(
         tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, skip_sums, mask=p_mask)
         if ONE_PASS:
             pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, mask, dt, log_decay, to_end, gy, x, entering,
-                                       adjoint, DOT, PRECISION, ACC)
+                                               adjoint, DOT, PRECISION, ACC)
     if not ONE_PASS:
         for i in range(heads_per_program):
             pairs_dt, dC, dB = _reread_state_side(

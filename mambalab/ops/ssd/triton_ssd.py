@@ -99,9 +99,7 @@ class SSDConfig:
     4 warps: results/ssd_gpu_backward_tiles.json); state_mode "parallel": the local states at 64 × 64 ×
     4 warps (106 registers), the passing at 1024 state elements × 8 chunks × 4 warps (128 registers, no shared
     memory in its loop; benchmarks/notes/ssd.md); state_mode "walk", forward_mode "auto" (`_fused_forward`),
-    heads_per_program 0 (4 or 8 heads 1.06-1.26× slower); the walks' registers capped for 3 (state, 4 warps: 168)
-    and 2 (adjoint, 8 warps: 128) programs per multiprocessor, which their unmasked full-chunk steps need (176
-    and 158 uncapped, no spills capped); the gradient kernel at 3 pipeline stages (2: 1.11-1.13×
+    heads_per_program 0 (4 or 8 heads 1.06-1.26× slower); the gradient kernel at 3 pipeline stages (2: 1.11-1.13×
     slower at b8 h24 / h32 L8192, 4: 1.40×; results/ssd_backward_configs.json; the other kernels gain nothing from
     3). The split gradient kernels (per head and per group) and shared scores (C Bᵀ once per gradient program)
     were timed on one H100, slower than this single gradient kernel, and removed (benchmarks/notes/ssd.md)."""
@@ -115,10 +113,6 @@ class SSDConfig:
     warps_chunk_forward: int = 4
     warps_state: int = 4
     warps_adjoint: int = 8
-    # programs per multiprocessor the state and adjoint walks' registers are capped for (0: no cap); each walk
-    # has a few hundred programs, so one more resident program can take a whole wave off
-    programs_state: int = 3
-    programs_adjoint: int = 2
     warps_backward: int = 4
     stages: int = 2
     stages_backward: int = 3  # the gradient kernel's pipeline stages (the other kernels take `stages`)
@@ -255,10 +249,8 @@ def _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplu
     h0 = initial_state.contiguous() if initial_state is not None else None
     if store_y:
         block_p, chunk, warps = _block(head_dim, cfg.block_p_forward), cfg.chunk_fused, cfg.warps_fused
-        cap = {}
     else:
         block_p, chunk, warps = _state_block(layout.seqs * heads, head_dim, cfg, dev), layout.chunk, cfg.warps_state
-        cap = _registers_for(cfg.programs_state, warps)
     out = y if store_y else x
     kernels().ssd_forward_kernel[(layout.seqs, heads, -(-head_dim // block_p))](
         x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), _or(h0, x), layout.seq_starts,
@@ -269,7 +261,7 @@ def _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplu
         BLOCK_Q=chunk, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30), ACC=acc, DOT=dot, PRECISION=precision,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
         HAS_INIT=initial_state is not None, STORE_Y=store_y, STORE_STATES=not store_y, STORE_FINAL=True,
-        num_warps=warps, num_stages=cfg.stages, **cap,
+        num_warps=warps, num_stages=cfg.stages,
     )
     return (y, final) if store_y else (states, final)
 
@@ -304,7 +296,7 @@ def _chunk_adjoints(dy, dfinal, x, dt, A, B, C, z, dt_bias, layout, softplus, cf
         heads, heads // C.shape[2], head_dim, n,
         BLOCK_Q=cfg.chunk, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30), ACC=acc, DOT=dot, PRECISION=precision,
         HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, HAS_DFINAL=dfinal is not None,
-        num_warps=cfg.warps_adjoint, num_stages=cfg.stages, **_registers_for(cfg.programs_adjoint, cfg.warps_adjoint),
+        num_warps=cfg.warps_adjoint, num_stages=cfg.stages,
     )
     return adjoints, dh0
 
@@ -352,14 +344,6 @@ def _passed_states(local, decay, init, layout, cfg, dtype, reverse):
         num_stages=cfg.stages,
     )
     return passed, final
-
-
-def _registers_for(programs: int, warps: int) -> dict:
-    """Launch option capping registers per thread so that `programs` programs of `warps` warps fit in one
-    multiprocessor's 64K registers (given out 8 per thread at a time); {} for no cap (0 programs, or no cap
-    below the 255 a thread can have)."""
-    cap = 65536 // max(programs * warps * 32, 1) // 8 * 8
-    return {"maxnreg": cap} if programs and cap < 255 else {}
 
 
 def _multiprocessors(device) -> int:
