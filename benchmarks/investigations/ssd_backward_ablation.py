@@ -76,7 +76,7 @@ SCORES_T = (
 
 # Schedules: the same work in another order, which moves what ptxas spills (register pressure; sm_90 builds of
 # Triton 3.6 on the CPU machine, notes/ssd.md "Eleventh session": the orders of the first loop's three parts,
-# timed at 066b68f). Here: single sums of the first loop moved, the second loop split, the walks masked.
+# timed at 066b68f). Here: single sums of the first loop moved, and the second loop split.
 LOOP1_START = "        D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)\n"
 LOOP1_END = "        tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, skip_sums, mask=p_mask)\n"
 _TEXT = SOURCE.read_text()
@@ -86,10 +86,6 @@ SKIP_SUMS = LOOP1[LOOP1.index("        skip_sums = "):LOOP1.index("        if HA
 PAIRS_COMMENT = "        # ∂loss/∂ℓ_k, ℓ = Δ A"
 Y_PRODUCT = LOOP1[LOOP1.index("        y = y_in"):LOOP1.index("# y^ssm\n") + len("# y^ssm\n")]
 READS_AFTER_Y = (READS + Y_PRODUCT, Y_PRODUCT + READS)
-WALK_MASKS = ("""    if PARTIAL:
-        return offs_q < length - c * BLOCK_Q
-    return tl.full((BLOCK_Q,), 1, tl.int1)
-""", "    return offs_q < length - c * BLOCK_Q\n")
 
 # The second loop as two: W and dC's state part (needs gy, x, H), then dB's (needs x, Δ, G): each carries one
 # (Q, N) sum instead of two.
@@ -165,7 +161,6 @@ ABLATIONS = {
                                                     (PAIRS_COMMENT, SKIP_SUMS + PAIRS_COMMENT)],
     "schedule: reads after dz": [(READS, ""), (PAIRS_COMMENT, READS + PAIRS_COMMENT)],
     "schedule: second loop split": [(LOOP2, LOOP2_SPLIT)],
-    "schedule: every walk step masked (as before the walks' unmasked full chunks)": [WALK_MASKS],
     "no state-side loop, no pair steps": [
         ("    if not ONE_PASS:\n        for i in range(heads_per_program):",
          "    if False:\n        for i in range(heads_per_program):"),
