@@ -519,8 +519,9 @@ def ssd_chunk_backward_kernel(
         mask = _decay_mask(log_decay, offs_q)  # L                                            (Q, Q)
         scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ (Q, Q)
         o_offs = row * s_o_l + head * s_o_h + o_tile
-        # Three parts, each sum taken as soon as its last operand exists, in the order that spills least (sm_90
-        # builds: 0.91 of the time of the input side before the pair steps; benchmarks/notes/ssd.md)
+        # Three parts, each sum taken as soon as its last operand exists, in the order that spills least: 0.91 of
+        # the time of the order before (output side, input side, pair steps, every sum last; one H100,
+        # benchmarks/notes/ssd.md)
         # Output side: y = y_in + (L ∘ C Bᵀ) Δ x recomputed for dz, y_in = exp(Λ_t) C_t H the entering state's part
         y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
         reads = tl.sum(gy * y_in, axis=1)  # (Q,)
