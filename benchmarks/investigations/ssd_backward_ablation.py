@@ -67,11 +67,11 @@ FLOAT64_PAIRS = (PAIR_CALL, ("pair_inner = (scored * gx * dt[None, :]).to(tl.flo
                              "        pair_net = tl.sum(pair_inner, axis=0) - tl.sum(pair_inner, axis=1)\n"
                              "        pair_steps = (tl.cumsum(pair_net, axis=0) - pair_net).to(ACC)"))
 SCORES_T = (
-    "gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy.to(DOT), input_precision=PRECISION, out_dtype=ACC)",
+    "gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)",
     ("causal_t = offs_q[:, None] <= offs_q[None, :]  # [s, t]: t ≥ s\n"
      "        mask_t = tl.exp(tl.where(causal_t, log_decay[None, :] - log_decay[:, None], float(\"-inf\")))  # Lᵀ\n"
      "        scored_t = tl.dot(B, tl.trans(C), input_precision=PRECISION, out_dtype=ACC) * mask_t  # (L ∘ C Bᵀ)ᵀ\n"
-     "        gB = leaving + tl.dot(scored_t.to(DOT), gy.to(DOT), input_precision=PRECISION, out_dtype=ACC)"),
+     "        gB = leaving + tl.dot(scored_t.to(DOT), gy_dot, input_precision=PRECISION, out_dtype=ACC)"),
 )
 
 # Schedules: the same work in another order, which moves what ptxas spills (register pressure; sm_90 builds of
@@ -130,7 +130,7 @@ ABLATIONS = {
          "scored = mask"),
     ],
     "no (L ∘ C Bᵀ)ᵀ gy product (gB from G only)": [
-        ("gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy.to(DOT), input_precision=PRECISION, out_dtype=ACC)",
+        ("gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)",
          "gB = leaving"),
     ],
     "alternative: pair steps as a prefix sum of column minus row sums (correct, fewer (Q, Q) passes)": [

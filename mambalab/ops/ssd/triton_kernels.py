@@ -527,21 +527,23 @@ def ssd_chunk_backward_kernel(
         reads = tl.sum(gy * y_in, axis=1)  # (Q,)
         y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION,
                           out_dtype=ACC)  # y^ssm
-        skip_sums = tl.sum(gy * x.to(ACC), axis=0)  # Σ_t gy_t ∘ x_t                                        (P,)
+        x_acc = x.to(ACC)
+        skip_sums = tl.sum(gy * x_acc, axis=0)  # Σ_t gy_t ∘ x_t                                            (P,)
         if HAS_Z:
-            dz = dy * (y + D[None, :] * x.to(ACC)) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z) = σ (1 + z (1 − σ))
+            dz = dy * (y + D[None, :] * x_acc) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z) = σ (1 + z (1 − σ))
             tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
         # ∂loss/∂ℓ_k, ℓ = Δ A (docs/math.md), from the (source s, sink t) pairs with s < k ≤ t: both in the chunk
         # (`_pair_steps`), sources before it read here (reads_t = gy_t · y_in_t), sources here read after it
         # (writes_s = Δ_s x_s · exp(Λ_Q − Λ_s) G B_s), sources before read after (through_both); each a running
         # sum over the chunk, never a difference of two totals
-        gx = tl.dot(gy.to(DOT), tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
+        gy_dot = gy.to(DOT)
+        gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
         pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)
         # Input side: g_s B_s = Σ_{t ≥ s} L[t, s] (C_t · B_s) gy_t + exp(Λ_Q − Λ_s) G B_s
         leaving = to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)
-        writes = dt * tl.sum(x.to(ACC) * leaving, axis=1)  # (Q,)
-        gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy.to(DOT), input_precision=PRECISION, out_dtype=ACC)
-        input_sums = tl.sum(x.to(ACC) * gB, axis=1)  # x_s · g_s B_s                                          (Q,)
+        writes = dt * tl.sum(x_acc * leaving, axis=1)  # (Q,)
+        gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
+        input_sums = tl.sum(x_acc * gB, axis=1)  # x_s · g_s B_s                                          (Q,)
         tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
         d_step = pair_steps + tl.cumsum(reads, axis=0, reverse=True)
         d_step += tl.cumsum(writes, axis=0) - writes + through_both  # (Q,)
