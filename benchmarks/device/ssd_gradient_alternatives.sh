@@ -9,19 +9,20 @@
 #   run: ONLY=schedules bash benchmarks/device/ssd_gradient_alternatives.sh      carry: [".device", ".official-src"]
 #   SHORT=1: about 4 minutes instead of 8 (b8 h24 L8192 alone for the variants, ssd_gpu.py at L8192 only)
 #   GPU_ALSO="field=value[,...] ...": configs ssd_gpu.py times besides the default (--also)
-#   VARIANT="name": time the kernel and this one variant only (ssd_backward_ablation.py --variant)
+#   VARIANT="name|name...": time the kernel and these variants only (ssd_backward_ablation.py --variant)
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 export PYTHONPATH=$PWD BENCH_GIT_COMMIT=$(cat .device/commit) ONLY=${ONLY:-alternatives}
 ABLATION_SHAPES= GPU_SHAPES="--shape 8,24,8192 --shape 8,32,8192"
 [ "${SHORT:-0}" = 1 ] && ABLATION_SHAPES="--shape 8,24,8192" || GPU_SHAPES="$GPU_SHAPES --shape 8,24,2048 --shape 8,32,2048"
 LOG=$OUT/ssd_alternatives.txt; nvidia-smi -L > $LOG
-timeout 200 python3 benchmarks/investigations/ssd_backward_ablation.py ${VARIANT:+--variant "$VARIANT"} \
+VARIANTS=(); IFS='|' read -ra NAMES <<< "${VARIANT:-}"; for n in "${NAMES[@]}"; do VARIANTS+=(--variant "$n"); done
+timeout 200 python3 benchmarks/investigations/ssd_backward_ablation.py "${VARIANTS[@]}" \
   $([ -n "${VARIANT:-}" ] || echo --$ONLY-only) $ABLATION_SHAPES \
   --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
 BEST=$(python3 -c "
 import json, os
 rows = list(json.load(open(os.environ['OUT'] + '/ssd_backward_ablation.json'))['shapes'].values())
-kind = os.environ['ONLY'][:-1]
+kind = ('alternative', 'schedule') if os.environ.get('VARIANT') else os.environ['ONLY'][:-1]
 imprecise = 'alternative: pair steps as a prefix sum'  # float32 dA 40x less precise: not a candidate
 names = [n for n in rows[0] if n.startswith(kind) and not n.startswith(imprecise) and all(n in r for r in rows)]
 total = lambda n: sum(r[n]['gradient_kernel_us'] for r in rows)

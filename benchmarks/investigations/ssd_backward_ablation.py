@@ -107,6 +107,44 @@ LOOP2_SPLIT = ("    if not ONE_PASS:\n        for i in range(heads_per_program):
                         out_dtype=ACC)
 """)
 
+# Pair steps from (Q, P) sums (notes/ssd.md, "Twelfth session"): Σ_{t ≥ k} Σ_{s < k} inner[t, s] is the sum over
+# t ≥ k of inner's row sums minus its column sums (the pairs with k ≤ s ≤ t are in both), and the row sums are
+# gy_t · (the in-chunk part of y_t), the column sums Δ_s x_s · (the in-chunk part of g_s B_s): no (Q, Q) pass, no
+# gx in the first loop. "strict": the scores without their diagonal (which cancels between the two sums, and
+# dominates them), its part of y and g B added from (C_t · B_t), so the difference keeps float32's precision.
+Y_PAIRS = (Y_PRODUCT, Y_PRODUCT.replace("        y = y_in + tl.dot(", "        y_pairs = tl.dot(").replace(
+    "out_dtype=ACC)  # y^ssm\n", "out_dtype=ACC)  # (L ∘ C Bᵀ) Δ x\n")
+    + "        pairs_read = tl.sum(gy * y_pairs, axis=1)  # gy_t · Σ_s inner-chunk part  (Q,)\n"
+    + "        y = y_in + y_pairs  # y^ssm\n")
+NO_GX = (("        gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)\n"
+         "        pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)\n"), "")
+G_B = ("        writes = dt * tl.sum(x_acc * leaving, axis=1)  # (Q,)\n"
+       "        gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)\n"
+       "        input_sums = tl.sum(x_acc * gB, axis=1)  # x_s · g_s B_s                                          (Q,)\n")
+G_B_PAIRS = (G_B, ("        leaving_sums = tl.sum(x_acc * leaving, axis=1)  # (Q,)\n"
+             "        writes = dt * leaving_sums\n"
+             "        gB_pairs = tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)\n"
+             "        pair_sums = tl.sum(x_acc * gB_pairs, axis=1)  # (Q,)\n"
+             "        gB = leaving + gB_pairs\n"
+             "        input_sums = leaving_sums + pair_sums  # x_s · g_s B_s                                   (Q,)\n"
+             "        pair_steps = tl.cumsum(pairs_read - dt * pair_sums, axis=0, reverse=True)  # (Q,)\n"))
+ONE_PASS_GX = ("            pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, mask, dt,",
+               ("            gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)\n"
+               "            pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, _decay_mask(log_decay, offs_q), dt,"))
+ROW_COLUMN_SUMS = [Y_PAIRS, NO_GX, G_B_PAIRS, ONE_PASS_GX]
+STRICT = [
+    ("    for i in range(heads_per_program):\n        head = first_head + i\n",
+     ("    diagonal = tl.sum(C.to(ACC) * B.to(ACC), axis=1)  # C_t · B_t  (Q,)\n"
+     "    for i in range(heads_per_program):\n        head = first_head + i\n")),
+    ("        mask = _decay_mask(log_decay, offs_q)  # L                                            (Q, Q)\n",
+     ("        mask = tl.exp(tl.where(offs_q[:, None] > offs_q[None, :], log_decay[:, None] - log_decay[None, :],\n"
+     "                               float(\"-inf\")))  # L without its diagonal  (Q, Q)\n")),
+    ("        y = y_in + y_pairs  # y^ssm\n",
+     "        y = y_in + y_pairs + (diagonal * dt)[:, None] * x.to(ACC)  # y^ssm\n"),
+    ("        gB = leaving + gB_pairs\n        input_sums = leaving_sums + pair_sums",
+     "        gB = leaving + gB_pairs + diagonal[:, None] * gy\n        input_sums = tl.sum(x_acc * gB, axis=1)"),
+]
+
 # name: [(text in the kernel source, its replacement)]
 ABLATIONS = {
     "full": [],
@@ -156,6 +194,8 @@ ABLATIONS = {
         ('tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")', "tl.store(dC_ptr + gn_offs, dC, mask=qn_mask)"),
         ('tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")', "tl.store(dB_ptr + gn_offs, dB, mask=qn_mask)"),
     ],
+    "alternative: pair steps from row minus column sums of (Q, P) products": ROW_COLUMN_SUMS,
+    "alternative: the same without the scores' diagonal": ROW_COLUMN_SUMS + STRICT,
     "schedule: reads after y": [READS_AFTER_Y],
     "schedule: reads after y, skip_sums after dz": [READS_AFTER_Y, (SKIP_SUMS, ""),
                                                     (PAIRS_COMMENT, SKIP_SUMS + PAIRS_COMMENT)],
