@@ -32,47 +32,7 @@ KERNEL = "ssd_chunk_backward_kernel"
 SOURCE = Path(triton_ssd.__file__).with_name("triton_kernels.py")
 SHAPES = [(8, 24, 8192), (8, 32, 8192)]
 
-PAIR_CALL = "pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)"
-PAIR_FUNCTION = SOURCE.read_text().split("@triton.jit\ndef _pair_steps(")[1].split("@triton.jit")[0]
-TRIANGLE_PAIR_FUNCTION = '''inner, offs_q, ACC: tl.constexpr, PRECISION: tl.constexpr):
-    """Σ_{s < k} Σ_{t ≥ k} inner[t, s]: the sums over t ≥ k as one product with the triangle [t ≥ k]."""
-    triangle = tl.where(offs_q[None, :] >= offs_q[:, None], 1.0, 0.0).to(ACC)  # [k, t]: t ≥ k
-    if PRECISION == "ieee":
-        after_k = tl.dot(triangle, inner, input_precision="ieee", out_dtype=ACC)  # Σ_{t ≥ k} inner[t, s]  [k, s]
-    else:
-        after_k = tl.dot(triangle, inner, input_precision="tf32x3", out_dtype=ACC)
-    return tl.sum(tl.where(offs_q[None, :] < offs_q[:, None], after_k, 0.0), axis=1)
-
-
-'''
-
-# the same product at the kernel's own precision: tf32 for 16-bit inputs (one pass, not three), ieee otherwise
-TRIANGLE_TF32_PAIR_FUNCTION = TRIANGLE_PAIR_FUNCTION.replace(
-    '''    if PRECISION == "ieee":
-        after_k = tl.dot(triangle, inner, input_precision="ieee", out_dtype=ACC)  # Σ_{t ≥ k} inner[t, s]  [k, s]
-    else:
-        after_k = tl.dot(triangle, inner, input_precision="tf32x3", out_dtype=ACC)
-''', "    after_k = tl.dot(triangle, inner, input_precision=PRECISION, out_dtype=ACC)  # Σ_{t ≥ k} inner[t, s]  [k, s]\n")
-assert TRIANGLE_TF32_PAIR_FUNCTION != TRIANGLE_PAIR_FUNCTION
-
-SINK_AXIS_PAIR_FUNCTION = '''inner, offs_q):
-    """Σ_{s < k} Σ_{t ≥ k} inner[t, s]: scanned along the sinks t (the tile's rows), then summed along s."""
-    after_t = tl.cumsum(inner, axis=0, reverse=True)  # Σ_{t' ≥ t} inner[t', s]  at [t, s]
-    return tl.sum(tl.where(offs_q[None, :] < offs_q[:, None], after_t, 0.0), axis=1)
-
-
-'''
-
-FLOAT64_PAIRS = (PAIR_CALL, ("pair_inner = (scored * gx * dt[None, :]).to(tl.float64)\n"
-                             "        pair_net = tl.sum(pair_inner, axis=0) - tl.sum(pair_inner, axis=1)\n"
-                             "        pair_steps = (tl.cumsum(pair_net, axis=0) - pair_net).to(ACC)"))
-SCORES_T = (
-    "gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)",
-    ("causal_t = offs_q[:, None] <= offs_q[None, :]  # [s, t]: t ≥ s\n"
-     "        mask_t = tl.exp(tl.where(causal_t, log_decay[None, :] - log_decay[:, None], float(\"-inf\")))  # Lᵀ\n"
-     "        scored_t = tl.dot(B, tl.trans(C), input_precision=PRECISION, out_dtype=ACC) * mask_t  # (L ∘ C Bᵀ)ᵀ\n"
-     "        gB = leaving + tl.dot(scored_t.to(DOT), gy_dot, input_precision=PRECISION, out_dtype=ACC)"),
-)
+PAIR_STEPS = "        pair_steps = tl.cumsum(pair_rows - pair_columns, axis=0, reverse=True)  # (Q,)\n"
 
 # Schedules: the same work in another order, which moves what ptxas spills (register pressure; sm_90 builds of
 # Triton 3.6 on the CPU machine, notes/ssd.md "Eleventh session": the orders of the first loop's three parts,
@@ -82,10 +42,8 @@ LOOP1_END = "        tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_
 _TEXT = SOURCE.read_text()
 LOOP1 = _TEXT[_TEXT.index(LOOP1_START):_TEXT.index(LOOP1_END) + len(LOOP1_END)]
 READS = "        reads = tl.sum(gy * y_in, axis=1)  # (Q,)\n"
-SKIP_SUMS = LOOP1[LOOP1.index("        skip_sums = "):LOOP1.index("        if HAS_Z:\n")]
+Y_SUM = "        y = y_in + y_pairs  # y^ssm\n"
 PAIRS_COMMENT = "        # ∂loss/∂ℓ_k, ℓ = Δ A"
-Y_PRODUCT = LOOP1[LOOP1.index("        y = y_in"):LOOP1.index("# y^ssm\n") + len("# y^ssm\n")]
-READS_AFTER_Y = (READS + Y_PRODUCT, Y_PRODUCT + READS)
 
 # The second loop as two: W and dC's state part (needs gy, x, H), then dB's (needs x, Δ, G): each carries one
 # (Q, N) sum instead of two.
@@ -106,125 +64,36 @@ LOOP2_SPLIT = ("    if not ONE_PASS:\n        for i in range(heads_per_program):
             dB = tl.dot((x.to(ACC) * (dt * to_end)[:, None]).to(DOT), adjoint, acc=dB, input_precision=PRECISION,
                         out_dtype=ACC)
 """)
+NO_STATE_SIDE_LOOP = ("    if not ONE_PASS:\n        for i in range(heads_per_program):",
+                      "    if False:\n        for i in range(heads_per_program):")
 
-# Pair steps from (Q, P) sums (notes/ssd.md, "Twelfth session"): Σ_{t ≥ k} Σ_{s < k} inner[t, s] is the sum over
-# t ≥ k of inner's row sums minus its column sums (the pairs with k ≤ s ≤ t are in both), and the row sums are
-# gy_t · (the in-chunk part of y_t), the column sums Δ_s x_s · (the in-chunk part of g_s B_s): no (Q, Q) pass, no
-# gx in the first loop. "strict": the scores without their diagonal (which cancels between the two sums, and
-# dominates them), its part of y and g B added from (C_t · B_t), so the difference keeps float32's precision.
-Y_PAIRS = (Y_PRODUCT, Y_PRODUCT.replace("        y = y_in + tl.dot(", "        y_pairs = tl.dot(").replace(
-    "out_dtype=ACC)  # y^ssm\n", "out_dtype=ACC)  # (L ∘ C Bᵀ) Δ x\n")
-    + "        pairs_read = tl.sum(gy * y_pairs, axis=1)  # gy_t · Σ_s inner-chunk part  (Q,)\n"
-    + "        y = y_in + y_pairs  # y^ssm\n")
-NO_GX = (("        gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)\n"
-         "        pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)\n"), "")
-G_B = ("        writes = dt * tl.sum(x_acc * leaving, axis=1)  # (Q,)\n"
-       "        gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)\n"
-       "        input_sums = tl.sum(x_acc * gB, axis=1)  # x_s · g_s B_s                                          (Q,)\n")
-G_B_PAIRS = (G_B, ("        leaving_sums = tl.sum(x_acc * leaving, axis=1)  # (Q,)\n"
-             "        writes = dt * leaving_sums\n"
-             "        gB_pairs = tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)\n"
-             "        pair_sums = tl.sum(x_acc * gB_pairs, axis=1)  # (Q,)\n"
-             "        gB = leaving + gB_pairs\n"
-             "        input_sums = leaving_sums + pair_sums  # x_s · g_s B_s                                   (Q,)\n"
-             "        pair_steps = tl.cumsum(pairs_read - dt * pair_sums, axis=0, reverse=True)  # (Q,)\n"))
-ONE_PASS_GX = ("            pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, mask, dt,",
-               ("            gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)\n"
-               "            pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, _decay_mask(log_decay, offs_q), dt,"))
-ROW_COLUMN_SUMS = [Y_PAIRS, NO_GX, G_B_PAIRS, ONE_PASS_GX]
-STRICT = [
-    ("    for i in range(heads_per_program):\n        head = first_head + i\n",
-     ("    diagonal = tl.sum(C.to(ACC) * B.to(ACC), axis=1)  # C_t · B_t  (Q,)\n"
-     "    for i in range(heads_per_program):\n        head = first_head + i\n")),
-    ("        mask = _decay_mask(log_decay, offs_q)  # L                                            (Q, Q)\n",
-     ("        mask = tl.exp(tl.where(offs_q[:, None] > offs_q[None, :], log_decay[:, None] - log_decay[None, :],\n"
-     "                               float(\"-inf\")))  # L without its diagonal  (Q, Q)\n")),
-    ("        y = y_in + y_pairs  # y^ssm\n",
-     "        y = y_in + y_pairs + (diagonal * dt)[:, None] * x.to(ACC)  # y^ssm\n"),
-    ("        gB = leaving + gB_pairs\n        input_sums = leaving_sums + pair_sums",
-     "        gB = leaving + gB_pairs + diagonal[:, None] * gy\n        input_sums = tl.sum(x_acc * gB, axis=1)"),
-]
-
-# The same with both sums taken from one rounded product: the row sums from gỹ (L ∘ C Bᵀ)~ (Δ x)~ and the column
-# sums from (Δ x)~ (L ∘ C Bᵀ)~ᵀ gỹ (~: rounded to the products' dtype), so that they differ by float32 summation
-# order only. With the rounding of each side different, the difference of the two (dominated by the pairs near
-# the diagonal) kept bf16's 4e-3 of the terms: 0.04-0.17 relative in dA at a model's sizes (one H100).
-SAME_ROUNDING = [
-    (("        y_pairs = tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION,\n"
-     "                          out_dtype=ACC)  # (L ∘ C Bᵀ) Δ x\n"
-     "        pairs_read = tl.sum(gy * y_pairs, axis=1)"),
-     ("        scored_dot, x_dt, gy_dot = scored.to(DOT), (x.to(ACC) * dt[:, None]).to(DOT), gy.to(DOT)\n"
-     "        y_pairs = tl.dot(scored_dot, x_dt, input_precision=PRECISION, out_dtype=ACC)  # (L ∘ C Bᵀ) Δ x\n"
-     "        pairs_read = tl.sum(gy_dot.to(ACC) * y_pairs, axis=1)")),
-    ("        gy_dot = gy.to(DOT)\n", ""),
-    ("        gB_pairs = tl.dot(tl.trans(scored.to(DOT)), gy_dot,", "        gB_pairs = tl.dot(tl.trans(scored_dot), gy_dot,"),
-    ("        pair_steps = tl.cumsum(pairs_read - dt * pair_sums, axis=0, reverse=True)",
-     ("        pairs_written = tl.sum(x_dt.to(ACC) * gB_pairs, axis=1)\n"
-     "        pair_steps = tl.cumsum(pairs_read - pairs_written, axis=0, reverse=True)")),
-]
-
-# name: [(text in the kernel source, its replacement)]
+# name: [(text in the kernel source, its replacement)]. The pair steps' earlier forms (a scan along the (Q, Q)
+# tile, its alternatives, and row minus column sums with each side rounded differently) were timed and replaced
+# (notes/ssd.md, eighth to twelfth sessions; results/ssd_backward_*.json).
 ABLATIONS = {
     "full": [],
-    "no state-side loop (dB, dC of the heads)": [
-        ("    if not ONE_PASS:\n        for i in range(heads_per_program):",
-         "    if False:\n        for i in range(heads_per_program):"),
-    ],
-    "no pair steps (dΔ's in-chunk pairs; gx unused in loop 1)": [
-        (PAIR_CALL, "pair_steps = dt * 0.0"),
-    ],
+    "no state-side loop (dB, dC of the heads)": [NO_STATE_SIDE_LOOP],
+    "no pair steps (dΔ's in-chunk pairs)": [(PAIR_STEPS, "        pair_steps = dt * 0.0\n")],
     "no decay exps (L = causal 0/1 mask)": [
         ('    return tl.exp(tl.where(causal, log_decay[:, None] - log_decay[None, :], float("-inf")))',
          "    return tl.where(causal, 1.0, 0.0) + 0.0 * log_decay[:, None]"),
-    ],
-    "no y (dz from y_in only: one (Q,Q)·(Q,P) product less)": [
-        (("        y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION,\n"
-          "                          out_dtype=ACC)  # y^ssm"), "        y = y_in"),
     ],
     "no C Bᵀ product (scores = L)": [
         ("scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ (Q, Q)",
          "scored = mask"),
     ],
     "no (L ∘ C Bᵀ)ᵀ gy product (gB from G only)": [
-        ("gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)",
-         "gB = leaving"),
+        ("gB_pairs = tl.dot(tl.trans(scores), gy_dot, input_precision=PRECISION, out_dtype=ACC)",
+         "gB_pairs = leaving * 0.0"),
     ],
-    "alternative: pair steps as a prefix sum of column minus row sums (correct, fewer (Q, Q) passes)": [
-        (PAIR_CALL, ("pair_inner = scored * gx * dt[None, :]\n"
-                    "        pair_net = tl.sum(pair_inner, axis=0) - tl.sum(pair_inner, axis=1)\n"
-                    "        pair_steps = tl.cumsum(pair_net, axis=0) - pair_net")),
-    ],
-    "alternative: the same in float64 (the prefix's cancellation made harmless)": [FLOAT64_PAIRS],
-    "alternative: sums over t ≥ k as a product with the triangle (tf32x3)": [
-        (PAIR_FUNCTION, TRIANGLE_PAIR_FUNCTION),
-        (PAIR_CALL, "pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q, ACC, PRECISION)  # (Q,)"),
-    ],
-    "alternative: the same at the kernel's precision (tf32 for 16-bit inputs)": [
-        (PAIR_FUNCTION, TRIANGLE_TF32_PAIR_FUNCTION),
-        (PAIR_CALL, "pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q, ACC, PRECISION)  # (Q,)"),
-    ],
-    "alternative: pair steps scanned along t, summed along s (the other axis order)": [
-        (PAIR_FUNCTION, SINK_AXIS_PAIR_FUNCTION),
-    ],
-    "alternative: (L ∘ C Bᵀ)ᵀ as its own product B Cᵀ ∘ Lᵀ (no transposed tile)": [SCORES_T],
-    "alternative: both (float64 pair steps, scoresᵀ as a product)": [SCORES_T, FLOAT64_PAIRS],
     "plain stores for dB, dC (no atomics)": [
         ('tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")', "tl.store(dC_ptr + gn_offs, dC, mask=qn_mask)"),
         ('tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")', "tl.store(dB_ptr + gn_offs, dB, mask=qn_mask)"),
     ],
-    "alternative: pair steps from row minus column sums of (Q, P) products": ROW_COLUMN_SUMS,
-    "alternative: the same without the scores' diagonal": ROW_COLUMN_SUMS + STRICT,
-    "alternative: row minus column sums of one rounded product": ROW_COLUMN_SUMS + SAME_ROUNDING,
-    "schedule: reads after y": [READS_AFTER_Y],
-    "schedule: reads after y, skip_sums after dz": [READS_AFTER_Y, (SKIP_SUMS, ""),
-                                                    (PAIRS_COMMENT, SKIP_SUMS + PAIRS_COMMENT)],
-    "schedule: reads after dz": [(READS, ""), (PAIRS_COMMENT, READS + PAIRS_COMMENT)],
+    "schedule: reads after y": [(READS, ""), (Y_SUM, Y_SUM + READS)],
+    "schedule: reads before the pair steps": [(READS, ""), (PAIRS_COMMENT, READS + PAIRS_COMMENT)],
     "schedule: second loop split": [(LOOP2, LOOP2_SPLIT)],
-    "no state-side loop, no pair steps": [
-        ("    if not ONE_PASS:\n        for i in range(heads_per_program):",
-         "    if False:\n        for i in range(heads_per_program):"),
-        (PAIR_CALL, "pair_steps = dt * 0.0"),
-    ],
+    "no state-side loop, no pair steps": [NO_STATE_SIDE_LOOP, (PAIR_STEPS, "        pair_steps = dt * 0.0\n")],
 }
 
 

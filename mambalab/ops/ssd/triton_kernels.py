@@ -454,15 +454,6 @@ def _close_state_side(pairs_dt, dC, dB, B, C, ACC: tl.constexpr, DOT: tl.constex
 
 
 @triton.jit
-def _pair_steps(inner, offs_q):
-    """What the (source s, sink t) pairs inside the chunk add to ∂loss/∂ℓ_k: Σ_{t ≥ k} Σ_{s < k} inner[t, s],
-    inner[t, s] = L[t, s] (C_t · B_s) (gy_t · x_s) Δ_s  (Q,)."""
-    k_le_t = offs_q[:, None] >= offs_q[None, :]  # [t, k]
-    before_k = tl.cumsum(inner, axis=1) - inner  # Σ_{s < k} inner[t, s]  at [t, k]
-    return tl.sum(tl.where(k_le_t, before_k, 0.0), axis=0)
-
-
-@triton.jit
 def ssd_chunk_backward_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
     states_ptr, adjoints_ptr,
@@ -525,25 +516,31 @@ def ssd_chunk_backward_kernel(
         # Output side: y = y_in + (L ∘ C Bᵀ) Δ x recomputed for dz, y_in = exp(Λ_t) C_t H the entering state's part
         y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
         reads = tl.sum(gy * y_in, axis=1)  # (Q,)
-        y = y_in + tl.dot((scored * dt[None, :]).to(DOT), x.to(DOT), input_precision=PRECISION,
-                          out_dtype=ACC)  # y^ssm
+        # The in-chunk pairs' operands, rounded once to the product dtype (~) for y, g B and both pair sums below
+        scores, x_dt, gy_dot = scored.to(DOT), (x.to(ACC) * dt[:, None]).to(DOT), gy.to(DOT)
+        y_pairs = tl.dot(scores, x_dt, input_precision=PRECISION, out_dtype=ACC)  # (L ∘ C Bᵀ)~ (Δ x)~   (Q, P)
+        pair_rows = tl.sum(gy_dot.to(ACC) * y_pairs, axis=1)  # Σ_s inner[t, s]                          (Q,)
+        y = y_in + y_pairs  # y^ssm
         x_acc = x.to(ACC)
         skip_sums = tl.sum(gy * x_acc, axis=0)  # Σ_t gy_t ∘ x_t                                            (P,)
         if HAS_Z:
             dz = dy * (y + D[None, :] * x_acc) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z) = σ (1 + z (1 − σ))
             tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
-        # ∂loss/∂ℓ_k, ℓ = Δ A (docs/math.md), from the (source s, sink t) pairs with s < k ≤ t: both in the chunk
-        # (`_pair_steps`), sources before it read here (reads_t = gy_t · y_in_t), sources here read after it
-        # (writes_s = Δ_s x_s · exp(Λ_Q − Λ_s) G B_s), sources before read after (through_both); each a running
-        # sum over the chunk, never a difference of two totals
-        gy_dot = gy.to(DOT)
-        gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
-        pair_steps = _pair_steps(scored * gx * dt[None, :], offs_q)  # (Q,)
         # Input side: g_s B_s = Σ_{t ≥ s} L[t, s] (C_t · B_s) gy_t + exp(Λ_Q − Λ_s) G B_s
         leaving = to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)
-        writes = dt * tl.sum(x_acc * leaving, axis=1)  # (Q,)
-        gB = leaving + tl.dot(tl.trans(scored.to(DOT)), gy_dot, input_precision=PRECISION, out_dtype=ACC)
-        input_sums = tl.sum(x_acc * gB, axis=1)  # x_s · g_s B_s                                          (Q,)
+        leaving_sums = tl.sum(x_acc * leaving, axis=1)  # x_s · exp(Λ_Q − Λ_s) G B_s                      (Q,)
+        writes = dt * leaving_sums
+        gB_pairs = tl.dot(tl.trans(scores), gy_dot, input_precision=PRECISION, out_dtype=ACC)  # (L ∘ C Bᵀ)~ᵀ gy~
+        pair_sums = tl.sum(x_acc * gB_pairs, axis=1)  # (Q,)
+        gB = leaving + gB_pairs
+        input_sums = leaving_sums + pair_sums  # x_s · g_s B_s                                              (Q,)
+        # ∂loss/∂ℓ_k, ℓ = Δ A (docs/math.md), from the (source s, sink t) pairs with s < k ≤ t: both in the chunk
+        # (Σ_{t ≥ k} of inner's row sums minus its column sums: the pairs with k ≤ s ≤ t are in both; one
+        # bilinear form of the same rounded operands, so they cancel to float32's precision), sources before it
+        # read here (reads_t = gy_t · y_in_t), sources here read after it (writes_s = Δ_s x_s · exp(Λ_Q − Λ_s)
+        # G B_s), sources before read after (through_both)
+        pair_columns = tl.sum(x_dt.to(ACC) * gB_pairs, axis=1)  # Σ_t inner[t, s]                        (Q,)
+        pair_steps = tl.cumsum(pair_rows - pair_columns, axis=0, reverse=True)  # (Q,)
         tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
         d_step = pair_steps + tl.cumsum(reads, axis=0, reverse=True)
         d_step += tl.cumsum(writes, axis=0) - writes + through_both  # (Q,)
@@ -554,6 +551,7 @@ def ssd_chunk_backward_kernel(
         tl.store(dA_ptr + (chunk * heads + head) * p_blocks + pblock, tl.sum(d_step * dt, axis=0))
         tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, skip_sums, mask=p_mask)
         if ONE_PASS:
+            gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
             pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, mask, dt, log_decay, to_end, gy, x, entering,
                                                adjoint, DOT, PRECISION, ACC)
     if not ONE_PASS:
