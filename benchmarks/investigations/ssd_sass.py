@@ -21,15 +21,16 @@ import argparse
 import collections
 import dataclasses
 import sys
+from unittest import mock
 
 import triton.language as tl
 
 from benchmarks.investigations.kernel_sass import _INSTR, compile_sm90, family, main_loop, resources, sass_of
 from mambalab.ops.ssd import triton_kernels as k
-from mambalab.ops.ssd.triton_ssd import SSDConfig
+from mambalab.ops.ssd.triton_ssd import SSDConfig, _adjoint_warps, _walk_block
 
 HEADS, HEAD_DIM, N = 24, 64, 128
-STATE_BLOCK_P = 32  # _state_block's choice for the walks at b8 h24 on 132 multiprocessors (16 at b2)
+BATCH, MULTIPROCESSORS = 8, 132  # the walks' channels per program as chosen on an H100
 LHP = {"l": HEADS * HEAD_DIM, "h": HEAD_DIM, "p": 1}  # strides of a contiguous (b, l, h, p) tensor
 LGN = {"l": N, "g": N, "n": 1}
 TILES = {"BLOCK_N": N, "ACC": tl.float32, "DOT": tl.bfloat16, "PRECISION": "tf32", "HAS_BIAS": True,
@@ -40,13 +41,19 @@ def _strides(prefix: str, strides: dict) -> dict:
     return {f"s_{prefix}_{axis}": v for axis, v in strides.items()}
 
 
+def _walk_block_here(walk: str, cfg: SSDConfig) -> int:
+    with mock.patch("mambalab.ops.ssd.triton_ssd._multiprocessors", lambda device: MULTIPROCESSORS):
+        return _walk_block(BATCH * HEADS, HEAD_DIM, walk, cfg, None)
+
+
 def walk_states(cfg: SSDConfig) -> tuple:
     values = dict(
         x_ptr="*bf16", dt_ptr="*bf16", A_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32", z_ptr="*bf16",
         bias_ptr="*fp32", h0_ptr="*fp32", seq_ptr="*i64", chunk_ptr="*i64", y_ptr="*bf16", states_ptr="*bf16",
         final_ptr="*fp32", **_strides("x", LHP), s_dt_l=HEADS, s_dt_h=1, **_strides("B", LGN), **_strides("C", LGN),
         s_D_h=1, s_D_p=0, **_strides("z", LHP), **_strides("y", LHP), heads=HEADS, heads_per_group=HEADS,
-        head_dim=HEAD_DIM, n_state=N, BLOCK_Q=cfg.chunk, BLOCK_P=STATE_BLOCK_P, **TILES, HAS_D=True, HAS_Z=True,
+        head_dim=HEAD_DIM, n_state=N, BLOCK_Q=cfg.chunk, BLOCK_P=_walk_block_here("state", cfg), **TILES, HAS_D=True,
+        HAS_Z=True,
         HAS_INIT=False, STORE_Y=False, STORE_STATES=True, STORE_FINAL=True,
     )
     return k.ssd_forward_kernel, values, cfg.warps_state, cfg.stages
@@ -58,9 +65,9 @@ def walk_adjoints(cfg: SSDConfig) -> tuple:
         seq_ptr="*i64", chunk_ptr="*i64", dfinal_ptr="*fp32", adjoints_ptr="*bf16", dh0_ptr="*fp32",
         s_dt_l=HEADS, s_dt_h=1, **_strides("C", LGN), **_strides("z", LHP), **_strides("dy", LHP),
         heads=HEADS, heads_per_group=HEADS, head_dim=HEAD_DIM, n_state=N, BLOCK_Q=cfg.chunk,
-        BLOCK_P=STATE_BLOCK_P, **TILES, HAS_Z=True, HAS_DFINAL=False,
+        BLOCK_P=_walk_block_here("adjoint", cfg), **TILES, HAS_Z=True, HAS_DFINAL=False,
     )
-    return k.ssd_adjoint_kernel, values, cfg.warps_adjoint, cfg.stages
+    return k.ssd_adjoint_kernel, values, _adjoint_warps(values["BLOCK_P"], cfg), cfg.stages
 
 
 def local(cfg: SSDConfig, adjoint: bool) -> tuple:

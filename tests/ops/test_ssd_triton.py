@@ -277,6 +277,23 @@ def test_heads_per_program_choice():
         triton_ssd._heads_per_program(4, 24, 12, 1, SSDConfig(heads_per_program=5), cpu)
 
 
+
+def test_walk_block_choice():
+    """Auto: the narrowest channel block whose walk programs all fit at once (132 multiprocessors off CUDA; the
+    state walk 3 per multiprocessor at 16-32 channels, 2 at 64; the adjoint walk 2), else 64; the adjoint walk
+    at 4 warps for 64 channels, 8 below. Set fields win."""
+    auto, cpu = SSDConfig(), torch.device("cpu")
+    walk = triton_ssd._walk_block
+    assert (walk(2 * 24, 64, "state", auto, cpu), walk(2 * 24, 64, "adjoint", auto, cpu)) == (16, 16)  # 192 programs
+    assert (walk(8 * 24, 64, "state", auto, cpu), walk(8 * 24, 64, "adjoint", auto, cpu)) == (32, 64)  # 384 ≤ 396
+    assert (walk(8 * 32, 64, "state", auto, cpu), walk(8 * 32, 64, "adjoint", auto, cpu)) == (64, 64)  # 512 > 396
+    assert walk(64 * 24, 64, "state", auto, cpu) == 64  # no block fits: the widest
+    assert walk(8 * 24, 24, "adjoint", auto, cpu) == 32  # 24 channels: one block of 32
+    set_ = SSDConfig(block_p_state=16, block_p_adjoint=32)
+    assert (walk(8 * 24, 64, "state", set_, cpu), walk(8 * 24, 64, "adjoint", set_, cpu)) == (16, 32)
+    assert [triton_ssd._adjoint_warps(b, auto) for b in (16, 32, 64)] == [8, 8, 4]
+    assert triton_ssd._adjoint_warps(64, SSDConfig(warps_adjoint=2)) == 2
+
 def test_forward_mode_choice():
     """Auto: the fused forward when (sequences × heads × channel blocks) give ≥ 1 program per multiprocessor (132
     off CUDA), as timed on one H100: b8 h24 p64 (192 programs) fused, b2 h32 (64) chunked; a set mode is kept."""

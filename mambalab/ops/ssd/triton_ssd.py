@@ -108,11 +108,12 @@ class SSDConfig:
     chunk_fused: int = 32
     block_p_forward: int = 64
     block_p_backward: int = 32
-    block_p_state: int = 0  # 0: chosen for parallelism (_state_block)
+    block_p_state: int = 0  # channels per program of the state walk; 0: chosen (_walk_block)
+    block_p_adjoint: int = 0  # channels per program of the adjoint walk; 0: chosen (_walk_block)
     warps_fused: int = 4
     warps_chunk_forward: int = 4
     warps_state: int = 4
-    warps_adjoint: int = 8
+    warps_adjoint: int = 0  # 0: 4 at 64 channels per program, 8 below (2 programs per multiprocessor either way)
     warps_backward: int = 4
     stages: int = 2
     stages_backward: int = 3  # the gradient kernel's pipeline stages (the other kernels take `stages`)
@@ -250,7 +251,7 @@ def _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplu
     if store_y:
         block_p, chunk, warps = _block(head_dim, cfg.block_p_forward), cfg.chunk_fused, cfg.warps_fused
     else:
-        block_p, chunk, warps = _state_block(layout.seqs * heads, head_dim, cfg, dev), layout.chunk, cfg.warps_state
+        block_p, chunk, warps = _walk_block(layout.seqs * heads, head_dim, "state", cfg, dev), layout.chunk, cfg.warps_state
     out = y if store_y else x
     kernels().ssd_forward_kernel[(layout.seqs, heads, -(-head_dim // block_p))](
         x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), _or(h0, x), layout.seq_starts,
@@ -289,14 +290,14 @@ def _chunk_adjoints(dy, dfinal, x, dt, A, B, C, z, dt_bias, layout, softplus, cf
     dev = x.device
     adjoints = _empty(layout.chunks, heads, head_dim, n, device=dev, dtype=state_torch)
     dh0 = _empty(layout.seqs, heads, head_dim, n, device=dev, dtype=acc_torch)
-    block_p = _state_block(layout.seqs * heads, head_dim, cfg, dev)
+    block_p = _walk_block(layout.seqs * heads, head_dim, "adjoint", cfg, dev)
     kernels().ssd_adjoint_kernel[(layout.seqs, heads, -(-head_dim // block_p))](
         dt, A, C, _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks, _or(dfinal, x), adjoints,
         dh0, *dt.stride()[1:], *C.stride()[1:], *_strides_lhp(z), *dy.stride()[1:],
         heads, heads // C.shape[2], head_dim, n,
         BLOCK_Q=cfg.chunk, BLOCK_P=block_p, BLOCK_N=_block(n, 1 << 30), ACC=acc, DOT=dot, PRECISION=precision,
         HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus, HAS_DFINAL=dfinal is not None,
-        num_warps=cfg.warps_adjoint, num_stages=cfg.stages,
+        num_warps=_adjoint_warps(block_p, cfg), num_stages=cfg.stages,
     )
     return adjoints, dh0
 
@@ -350,16 +351,34 @@ def _multiprocessors(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
-def _state_block(rows: int, head_dim: int, cfg, device) -> int:
-    """Channels per program of the state pass and the adjoint walk: cfg.block_p_state, or (0) the widest block
-    that still gives ≥ 2 programs per multiprocessor (these walks are sequential in l: parallel only over
-    sequences × heads × blocks)."""
-    if cfg.block_p_state:
-        return _block(head_dim, cfg.block_p_state)
-    for block in (64, 32):
-        if block <= _next_pow2(head_dim) and rows * -(-head_dim // block) >= 2 * _multiprocessors(device):
-            return block
-    return 16
+# How many programs of each walk fit on a multiprocessor at once, by channels per program, at the default warps
+# (sm_90 builds, Triton 3.6; 64 K registers per multiprocessor): the state walk at 4 warps takes 168 registers at
+# 32 channels (3 programs), 237 at 64 (2); the adjoint walk 128 at 32 channels and 8 warps (2), 255 at 64 and 4
+# warps (2). Resources at 16 channels taken as at 32's.
+_WALK_PROGRAMS_PER_SM = {"state": {16: 3, 32: 3, 64: 2}, "adjoint": {16: 2, 32: 2, 64: 2}}
+
+
+def _walk_block(rows: int, head_dim: int, walk: str, cfg, device) -> int:
+    """Channels per program of the state walk or the adjoint walk: cfg.block_p_state / block_p_adjoint, or (0)
+    the narrowest block whose programs (rows × channel blocks) all fit on the GPU at once, else 64. These walks
+    are sequential in l and each program takes as long as the longest: a second, partial wave of programs
+    doubles the walk's time (the adjoint walk at 32 channels and b8 h24: 384 programs for 264 places, one H100;
+    64 channels and 4 warps, 192 programs in one wave, took 0.2-0.3 ms off forward+backward at L8192,
+    benchmarks/notes/ssd.md)."""
+    chosen = cfg.block_p_state if walk == "state" else cfg.block_p_adjoint
+    if chosen:
+        return _block(head_dim, chosen)
+    for block in (16, 32, 64):
+        programs = rows * -(-head_dim // _block(head_dim, block))
+        if programs <= _WALK_PROGRAMS_PER_SM[walk][block] * _multiprocessors(device):
+            return _block(head_dim, block)
+    return _block(head_dim, 64)
+
+
+def _adjoint_warps(block_p: int, cfg) -> int:
+    """Warps per adjoint-walk program: cfg.warps_adjoint, or (0) 4 at 64 channels, 8 below (2 programs per
+    multiprocessor either way; 64 channels at 8 warps take 180 registers: one program)."""
+    return cfg.warps_adjoint or (4 if block_p >= 64 else 8)
 
 
 def _heads_per_program(chunks: int, heads: int, heads_per_group: int, p_blocks: int, cfg, device) -> int:
