@@ -64,6 +64,11 @@ LOOP2_SPLIT = ("    if not ONE_PASS:\n        for i in range(heads_per_program):
             dB = tl.dot((x.to(ACC) * (dt * to_end)[:, None]).to(DOT), adjoint, acc=dB, input_precision=PRECISION,
                         out_dtype=ACC)
 """)
+# The state side's three sums in another order: the two products first, then W's (Q, Q) update.
+W_UPDATE = "    pairs_dt += gx * mask * dt[None, :]\n"
+DB_PRODUCT = ("    dB = tl.dot((x * (dt * to_end)[:, None]).to(DOT), adjoint, acc=dB, input_precision=PRECISION, "
+              "out_dtype=ACC)\n")
+PRODUCTS_BEFORE_W = [(W_UPDATE, ""), (DB_PRODUCT, DB_PRODUCT + W_UPDATE)]
 NO_STATE_SIDE_LOOP = ("    if not ONE_PASS:\n        for i in range(heads_per_program):",
                       "    if False:\n        for i in range(heads_per_program):")
 
@@ -91,6 +96,8 @@ ABLATIONS = {
         ('tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")', "tl.store(dB_ptr + gn_offs, dB, mask=qn_mask)"),
     ],
     "schedule: reads after y": [(READS, ""), (Y_SUM, Y_SUM + READS)],
+    "schedule: reads after y, the state side's products before W": [(READS, ""), (Y_SUM, Y_SUM + READS)]
+    + PRODUCTS_BEFORE_W,
     "schedule: reads before the pair steps": [(READS, ""), (PAIRS_COMMENT, READS + PAIRS_COMMENT)],
     "schedule: second loop split": [(LOOP2, LOOP2_SPLIT)],
     "no state-side loop, no pair steps": [NO_STATE_SIDE_LOOP, (PAIR_STEPS, "        pair_steps = dt * 0.0\n")],
