@@ -28,6 +28,9 @@ total = lambda n: sum(r[n]['gradient_kernel_us'] for r in rows)
 best = min(names, key=total, default=None)
 print(best if best and total(best) < total('full') else '')")
 echo "at $(el) s, fastest $ONLY variant faster than the kernel: ${BEST:-none}" >> $LOG
+# the kernel module kept aside and put back (a device's copy of .git can be stale: no git checkout)
+KERNELS=mambalab/ops/ssd/triton_kernels.py; cp $KERNELS /tmp/kernels_as_synced.py
+restore() { cp /tmp/kernels_as_synced.py $KERNELS; }
 apply() { [ -n "$BEST" ] && python3 benchmarks/investigations/ssd_backward_ablation.py --apply "$BEST"; }
 apply
 CUDA_LAUNCH_BLOCKING=1 timeout 150 python3 -m pytest -q -rs --tb=short -p no:cacheprovider tests/ops/test_ssd_triton.py \
@@ -35,7 +38,7 @@ CUDA_LAUNCH_BLOCKING=1 timeout 150 python3 -m pytest -q -rs --tb=short -p no:cac
 mkdir -p /tmp/ofs && tar xzf .official-src/mamba_ssm-2.3.2.post1.tar.gz -C /tmp/ofs
 PYTHONPATH=$PWD:/tmp/ofs/mamba_ssm-2.3.2.post1 timeout 260 python3 benchmarks/ssd_gpu.py --no-sweep --no-decode \
   --budget 220 $GPU_SHAPES $(for c in ${GPU_ALSO:-}; do echo "--also $c"; done) --out $OUT/ssd_gpu.json >> $LOG 2>&1; echo "ssd_gpu rc=$? at $(el) s" >> $LOG
-git checkout mambalab/ops/ssd/triton_kernels.py
+restore
 if [ "${NCU:-0}" = 1 ]; then
   timeout 50 ncu --clock-control none -k regex:ssd_chunk_backward -s 1 -c 1 --section SpeedOfLight --section Occupancy \
     --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
@@ -45,5 +48,5 @@ fi
 apply   # last: the step a short call can lose
 timeout $(( 570 - $(el) )) python3 -m pytest -q -rs --tb=short -p no:cacheprovider -n 4 tests/ops/test_ssd_triton.py \
   tests/layers/test_mamba2.py -k "not test_model_sized_on_gpu" >> $LOG 2>&1; echo "ssd tests rc=$? at $(el) s" >> $LOG
-git checkout mambalab/ops/ssd/triton_kernels.py
+restore
 grep -v Warning $LOG | tail -40

@@ -510,17 +510,17 @@ def ssd_chunk_backward_kernel(
         mask = _decay_mask(log_decay, offs_q)  # L                                            (Q, Q)
         scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ (Q, Q)
         o_offs = row * s_o_l + head * s_o_h + o_tile
-        # Three parts, each sum taken as soon as its last operand exists, in the order that spills least: 0.91 of
-        # the time of the order before (output side, input side, pair steps, every sum last; one H100,
-        # benchmarks/notes/ssd.md)
+        # Three parts, each sum taken near its last operand, in the order that spills least: 0.91 of the time of
+        # the order before (output side, input side, pair steps, every sum last), and 0.95-0.96 with `reads` after
+        # y rather than before (one H100, benchmarks/notes/ssd.md)
         # Output side: y = y_in + (L ∘ C Bᵀ) Δ x recomputed for dz, y_in = exp(Λ_t) C_t H the entering state's part
         y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
-        reads = tl.sum(gy * y_in, axis=1)  # (Q,)
         # The in-chunk pairs' operands, rounded once to the product dtype (~) for y, g B and both pair sums below
         scores, x_dt, gy_dot = scored.to(DOT), (x.to(ACC) * dt[:, None]).to(DOT), gy.to(DOT)
         y_pairs = tl.dot(scores, x_dt, input_precision=PRECISION, out_dtype=ACC)  # (L ∘ C Bᵀ)~ (Δ x)~   (Q, P)
         pair_rows = tl.sum(gy_dot.to(ACC) * y_pairs, axis=1)  # Σ_s inner[t, s]                          (Q,)
         y = y_in + y_pairs  # y^ssm
+        reads = tl.sum(gy * y_in, axis=1)  # (Q,)
         x_acc = x.to(ACC)
         skip_sums = tl.sum(gy * x_acc, axis=0)  # Σ_t gy_t ∘ x_t                                            (P,)
         if HAS_Z:
