@@ -98,7 +98,6 @@ def test_16_bit_inputs(low):
     assert rel_error(y, y_ref) <= 2e-2
 
 
-
 def test_16_bit_decay_gradients():
     """dA and dΔ from 16-bit products (float16: interpreted, Triton multiplies float16 tiles as float16, as the
     GPU does bfloat16 ones) against float64 on the same rounded inputs. The in-chunk pairs' part of dΔ is a
@@ -277,7 +276,6 @@ def test_heads_per_program_choice():
         triton_ssd._heads_per_program(4, 24, 12, 1, SSDConfig(heads_per_program=5), cpu)
 
 
-
 def test_walk_block_choice():
     """Auto: the narrowest channel block whose walk programs all fit at once (132 multiprocessors off CUDA; the
     state walk 3 per multiprocessor at 16-32 channels, 2 at 64; the adjoint walk 2), else 64; the adjoint walk
@@ -293,6 +291,7 @@ def test_walk_block_choice():
     assert (walk(8 * 24, 64, "state", set_, cpu), walk(8 * 24, 64, "adjoint", set_, cpu)) == (16, 32)
     assert [triton_ssd._adjoint_warps(b, auto) for b in (16, 32, 64)] == [8, 8, 4]
     assert triton_ssd._adjoint_warps(64, SSDConfig(warps_adjoint=2)) == 2
+
 
 def test_forward_mode_choice():
     """Auto: the fused forward when (sequences × heads × channel blocks) give ≥ 1 program per multiprocessor (132

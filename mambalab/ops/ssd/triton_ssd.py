@@ -251,7 +251,8 @@ def _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplu
     if store_y:
         block_p, chunk, warps = _block(head_dim, cfg.block_p_forward), cfg.chunk_fused, cfg.warps_fused
     else:
-        block_p, chunk, warps = _walk_block(layout.seqs * heads, head_dim, "state", cfg, dev), layout.chunk, cfg.warps_state
+        block_p = _walk_block(layout.seqs * heads, head_dim, "state", cfg, dev)
+        chunk, warps = layout.chunk, cfg.warps_state
     out = y if store_y else x
     kernels().ssd_forward_kernel[(layout.seqs, heads, -(-head_dim // block_p))](
         x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), _or(h0, x), layout.seq_starts,
@@ -363,7 +364,7 @@ def _walk_block(rows: int, head_dim: int, walk: str, cfg, device) -> int:
     the narrowest block whose programs (rows × channel blocks) all fit on the GPU at once, else 64. These walks
     are sequential in l and each program takes as long as the longest: a second, partial wave of programs
     doubles the walk's time (the adjoint walk at 32 channels and b8 h24: 384 programs for 264 places, one H100;
-    64 channels and 4 warps, 192 programs in one wave, took 0.2-0.3 ms off forward+backward at L8192,
+    64 channels and 4 warps, 192 programs in one wave, took 0.2-0.4 ms off forward+backward at L8192,
     benchmarks/notes/ssd.md)."""
     chosen = cfg.block_p_state if walk == "state" else cfg.block_p_adjoint
     if chosen:
