@@ -21,8 +21,8 @@ import argparse
 import collections
 import dataclasses
 import sys
-from unittest import mock
 
+import torch
 import triton.language as tl
 
 from benchmarks.investigations.kernel_sass import _INSTR, compile_sm90, family, main_loop, resources, sass_of
@@ -30,7 +30,7 @@ from mambalab.ops.ssd import triton_kernels as k
 from mambalab.ops.ssd.triton_ssd import SSDConfig, _adjoint_warps, _walk_block
 
 HEADS, HEAD_DIM, N = 24, 64, 128
-BATCH, MULTIPROCESSORS = 8, 132  # the walks' channels per program as chosen on an H100
+BATCH = 8  # the walks' channels per program as chosen at b8 (off CUDA for 132 multiprocessors, an H100's)
 LHP = {"l": HEADS * HEAD_DIM, "h": HEAD_DIM, "p": 1}  # strides of a contiguous (b, l, h, p) tensor
 LGN = {"l": N, "g": N, "n": 1}
 TILES = {"BLOCK_N": N, "ACC": tl.float32, "DOT": tl.bfloat16, "PRECISION": "tf32", "HAS_BIAS": True,
@@ -42,8 +42,7 @@ def _strides(prefix: str, strides: dict) -> dict:
 
 
 def _walk_block_here(walk: str, cfg: SSDConfig) -> int:
-    with mock.patch("mambalab.ops.ssd.triton_ssd._multiprocessors", lambda device: MULTIPROCESSORS):
-        return _walk_block(BATCH * HEADS, HEAD_DIM, walk, cfg, None)
+    return _walk_block(BATCH * HEADS, HEAD_DIM, walk, cfg, torch.device("cpu"))
 
 
 def walk_states(cfg: SSDConfig) -> tuple:
@@ -52,9 +51,8 @@ def walk_states(cfg: SSDConfig) -> tuple:
         bias_ptr="*fp32", h0_ptr="*fp32", seq_ptr="*i64", chunk_ptr="*i64", y_ptr="*bf16", states_ptr="*bf16",
         final_ptr="*fp32", **_strides("x", LHP), s_dt_l=HEADS, s_dt_h=1, **_strides("B", LGN), **_strides("C", LGN),
         s_D_h=1, s_D_p=0, **_strides("z", LHP), **_strides("y", LHP), heads=HEADS, heads_per_group=HEADS,
-        head_dim=HEAD_DIM, n_state=N, BLOCK_Q=cfg.chunk, BLOCK_P=_walk_block_here("state", cfg), **TILES, HAS_D=True,
-        HAS_Z=True,
-        HAS_INIT=False, STORE_Y=False, STORE_STATES=True, STORE_FINAL=True,
+        head_dim=HEAD_DIM, n_state=N, BLOCK_Q=cfg.chunk, BLOCK_P=_walk_block_here("state", cfg), **TILES,
+        HAS_D=True, HAS_Z=True, HAS_INIT=False, STORE_Y=False, STORE_STATES=True, STORE_FINAL=True,
     )
     return k.ssd_forward_kernel, values, cfg.warps_state, cfg.stages
 

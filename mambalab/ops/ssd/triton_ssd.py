@@ -369,10 +369,10 @@ def _walk_block(rows: int, head_dim: int, walk: str, cfg, device) -> int:
     chosen = cfg.block_p_state if walk == "state" else cfg.block_p_adjoint
     if chosen:
         return _block(head_dim, chosen)
-    for block in (16, 32, 64):
-        programs = rows * -(-head_dim // _block(head_dim, block))
-        if programs <= _WALK_PROGRAMS_PER_SM[walk][block] * _multiprocessors(device):
-            return _block(head_dim, block)
+    for cap in (16, 32, 64):
+        block = _block(head_dim, cap)
+        if rows * -(-head_dim // block) <= _WALK_PROGRAMS_PER_SM[walk][cap] * _multiprocessors(device):
+            return block
     return _block(head_dim, 64)
 
 
