@@ -27,7 +27,7 @@ import triton.language as tl
 
 from benchmarks.investigations.kernel_sass import _INSTR, compile_sm90, family, main_loop, resources, sass_of
 from mambalab.ops.ssd import triton_kernels as k
-from mambalab.ops.ssd.triton_ssd import SSDConfig, _adjoint_warps, _pairs_floor, _walk_block
+from mambalab.ops.ssd.triton_ssd import SSDConfig, _adjoint_warps, _walk_block
 
 HEADS, HEAD_DIM, N = 24, 64, 128
 BATCH = 8  # the walks' channels per program as chosen at b8 (off CUDA for 132 multiprocessors, an H100's)
@@ -92,13 +92,12 @@ def gradients(cfg: SSDConfig) -> tuple:
     values = dict(
         x_ptr="*bf16", dt_ptr="*bf16", A_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32", z_ptr="*bf16",
         bias_ptr="*fp32", dy_ptr="*bf16", seq_ptr="*i64", chunk_ptr="*i64", chunk_seq_ptr="*i32",
-        states_ptr="*bf16", adjoints_ptr="*bf16", stash_ptr="*bf16", decay_stash_ptr="*fp32", dx_ptr="*bf16", dz_ptr="*bf16", ddt_ptr="*fp32", dB_ptr="*fp32",
+        states_ptr="*bf16", adjoints_ptr="*bf16", dx_ptr="*bf16", dz_ptr="*bf16", ddt_ptr="*fp32", dB_ptr="*fp32",
         dC_ptr="*fp32", dA_ptr="*fp32", dD_ptr="*fp32", **_strides("x", LHP), s_dt_l=HEADS, s_dt_h=1,
         **_strides("B", LGN), **_strides("C", LGN), s_D_h=0, s_D_p=0, **_strides("z", LHP), **_strides("dy", LHP),
-        **_strides("o", LHP), chunks=BATCH * 8192 // cfg.chunk, heads=HEADS, groups=1, heads_per_group=HEADS, heads_per_program=k_heads,
+        **_strides("o", LHP), heads=HEADS, groups=1, heads_per_group=HEADS, heads_per_program=k_heads,
         head_dim=HEAD_DIM, n_state=N, p_blocks=HEAD_DIM // cfg.block_p_backward, BLOCK_Q=cfg.chunk,
         BLOCK_P=cfg.block_p_backward, **TILES, HAS_D=True, HAS_Z=True, ONE_PASS=k_heads == 1,
-        STASH=cfg.stash_backward and k_heads > 1, PAIRS_FLOOR=_pairs_floor(torch.bfloat16),
     )
     return k.ssd_chunk_backward_kernel, values, cfg.warps_backward, cfg.stages_backward
 

@@ -134,26 +134,16 @@ def _gate(z_ptrs, mask, ACC: tl.constexpr):
 @triton.jit
 def _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q: tl.constexpr,
                    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Where this program of a chunk-parallel kernel (grid: chunks × heads × channel blocks) works: its chunk,
-    head and channel block, then what `_chunk_work` gives."""
+    """Where this program of a chunk-parallel kernel (grid: chunks × heads × channel blocks) works: its head,
+    the chunk's first row, the offsets and masks of its tiles, and the offsets of its (P, N) block of the
+    chunk's state in a (chunks, h, p, n) buffer."""
     chunk, head, pblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask, state_offs = _chunk_work(
-        chunk, head, pblock, chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
-    return (chunk, head, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
-            state_offs)
-
-
-@triton.jit
-def _chunk_work(chunk, head, pblock, chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state,
-                BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The chunk's first row, the offsets and masks of its tiles for channel block `pblock`, and the offsets of
-    that (P, N) block of the chunk's state of `head` in a (chunks, h, p, n) buffer."""
     seq = tl.load(chunk_seq_ptr + chunk)
     row = tl.load(seq_ptr + seq).to(tl.int64) + (chunk - tl.load(chunk_ptr + seq)) * BLOCK_Q
     offs_q, offs_p, offs_n, p_mask, n_mask, pn_mask = _lanes(pblock, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
     row_mask = offs_q < tl.load(seq_ptr + seq + 1).to(tl.int64) - row
     state_offs = (chunk.to(tl.int64) * heads + head) * head_dim * n_state + _tile(offs_p, offs_n, n_state, 1)
-    return (row, offs_q, offs_p, offs_n, p_mask, row_mask, row_mask[:, None] & p_mask[None, :],
+    return (chunk, head, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, row_mask[:, None] & p_mask[None, :],
             row_mask[:, None] & n_mask[None, :], pn_mask, state_offs)
 
 
@@ -455,41 +445,6 @@ def _reread_state_side(pairs_dt, dC, dB, x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, 
 
 
 @triton.jit
-def _pair_weights(x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, head, row, offs_q, row_mask, qp_mask, x_offs,
-                  dy_offs, z_offs, s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC: tl.constexpr,
-                  DOT: tl.constexpr, PRECISION: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  SOFTPLUS: tl.constexpr):
-    """One head's share of W, L ∘ (gy xᵀ) Δ (Q, Q), from its tiles read again (x, dy, z, Δ) and L's exps."""
-    A = tl.load(A_ptr + head).to(ACC)
-    dt, _ = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
-                        HAS_BIAS, SOFTPLUS)
-    x = tl.load(x_ptr + row * s_x_l + head * s_x_h + x_offs, mask=qp_mask, other=0.0).to(DOT)  # (Q, P)
-    dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + dy_offs, mask=qp_mask, other=0.0).to(ACC)
-    gy, _, _ = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, z_offs, qp_mask, ACC, HAS_Z)
-    gx = tl.dot(gy.to(DOT), tl.trans(x), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s      (Q, Q)
-    return gx * _decay_mask(tl.cumsum(dt * A, axis=0), offs_q) * dt[None, :]
-
-
-@triton.jit
-def _stashed_state_side(pairs_dt, dC, dB, head_stash, stash_tile, chunk_decay, entering, adjoint, offs_q,
-                        BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-                        PAIRS_FLOOR: tl.constexpr):
-    """One head's share of the group's dB and dC from the operands the first loop stashed: u = (exp(Λ_t) gy_t)~
-    and v = (Δ_s exp(Λ_Q − Λ_s) x_s)~ (Q, P), the state parts' own. W's share L[t, s] gy_t · x_s Δ_s is
-    exp(−Λ_Q) u_t · v_s for t ≥ s: one tile product, no exps, where Λ_Q ≥ PAIRS_FLOOR (u_t · v_s carries a factor
-    exp(Λ_Q) that must not push the pairs that matter below float32's range: at −40, pairs below ≈ 3e-21 in
-    units of gy x Δ flush to zero); a stronger decay adds nothing here, its share comes from `_pair_weights`."""
-    from_start_gy = tl.load(head_stash + stash_tile)  # u                                             (Q, P)
-    to_end_dx = tl.load(head_stash + BLOCK_Q * BLOCK_P + stash_tile)  # v                            (Q, P)
-    products = tl.dot(from_start_gy, tl.trans(to_end_dx), input_precision=PRECISION, out_dtype=ACC)  # (Q, Q)
-    scale = tl.where(chunk_decay >= PAIRS_FLOOR, tl.exp(-tl.maximum(chunk_decay, PAIRS_FLOOR)), 0.0)  # exp(−Λ_Q)
-    pairs_dt += tl.where(offs_q[:, None] >= offs_q[None, :], products * scale, 0.0)
-    dC = tl.dot(from_start_gy, entering, acc=dC, input_precision=PRECISION, out_dtype=ACC)
-    dB = tl.dot(to_end_dx, adjoint, acc=dB, input_precision=PRECISION, out_dtype=ACC)
-    return pairs_dt, dC, dB
-
-
-@triton.jit
 def _close_state_side(pairs_dt, dC, dB, B, C, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
     """(dC, dB) of the group (Q, N): the state parts summed over heads plus W B and Wᵀ C."""
     pairs_dt = pairs_dt.to(DOT)
@@ -501,154 +456,115 @@ def _close_state_side(pairs_dt, dC, dB, B, C, ACC: tl.constexpr, DOT: tl.constex
 @triton.jit
 def ssd_chunk_backward_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
-    states_ptr, adjoints_ptr, stash_ptr, decay_stash_ptr,
+    states_ptr, adjoints_ptr,
     dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr,
     s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n, s_D_h, s_D_p,
     s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p, s_o_l, s_o_h, s_o_p,
-    chunks, heads, groups, heads_per_group, heads_per_program, head_dim, n_state, p_blocks,
+    heads, groups, heads_per_group, heads_per_program, head_dim, n_state, p_blocks,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, ONE_PASS: tl.constexpr, STASH: tl.constexpr, PAIRS_FLOOR: tl.constexpr,
+    SOFTPLUS: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     """Every gradient of one chunk and channel block for `heads_per_program` consecutive heads of one group
-    (a work item; chunks × heads / heads_per_program × channel blocks of them, taken in turn by the programs of
-    a one-axis grid), from the state entering the chunk (states) and the adjoint of the state leaving it
-    (adjoints): chunks are independent here. Outputs: dx, dz (l, h, p) with strides s_o_*; dB, dC (l, g, n)
-    summed over the work item's heads, then added atomically (one add per element and work item; zeroed by the
-    caller); partial sums over channel blocks: ddt (l, h, p_blocks) (∂loss/∂(dt + dt_bias)), dA (chunks, h,
-    p_blocks); dD (chunks, h, p).
+    (grid: chunks × heads / heads_per_program × channel blocks), from the state entering the chunk (states)
+    and the adjoint of the state leaving it (adjoints): chunks are independent here. Outputs: dx, dz (l, h, p)
+    with strides s_o_*; dB, dC (l, g, n) summed over the program's heads, then added atomically (one add per
+    element and program; zeroed by the caller); partial sums over channel blocks: ddt (l, h, p_blocks)
+    (∂loss/∂(dt + dt_bias)), dA (chunks, h, p_blocks); dD (chunks, h, p).
 
     Two loops over the heads (run-time loops, not unrolled). The first does each head's own gradients,
     carrying nothing from head to head: its registers are those of one head. The second sums the group's dB
     and dC; what it carries, W = Σ_heads L ∘ (gy xᵀ) Δ (Q, Q) and the state parts Σ_heads exp(Λ_t) gy_t H and
     Σ_heads Δ_s exp(Λ_Q − Λ_s) x_s G (Q, N each), is 16 + 32 + 32 = 80 float32 registers per thread at Q 64,
     n 128 and 8 warps: too many to carry through the first loop's work beside a tile that already uses 255
-    (they spill there, benchmarks/notes/ssd.md), few enough for the light second loop. With STASH the first
-    loop stores each head's two operands of the state parts (Q, P each) and Λ_Q in the program's own slot of
-    stash (programs, heads_per_program, 2, Q, P) and decay_stash (programs, heads_per_program), and the second
-    reads them back (`_stashed_state_side`, from L2); without, it re-reads its head's tiles (x, dy, z, Δ, H, G)
-    and recomputes gy, Δ, gy xᵀ and L. ONE_PASS (one head per work item: nothing crosses heads) adds the head's
-    share at the end of the first loop instead, from the tiles it holds."""
-    program = tl.program_id(0)
-    slots = heads // heads_per_program
-    stash = stash_ptr + program.to(tl.int64) * heads_per_program * 2 * BLOCK_Q * BLOCK_P
-    decay_stash = decay_stash_ptr + program.to(tl.int64) * heads_per_program
-    for work in range(program, chunks * slots * p_blocks, tl.num_programs(0)):
-        chunk = work % chunks
-        slot = work // chunks % slots
-        pblock = work // (chunks * slots)
-        row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask, _ = _chunk_work(
-            chunk, slot, pblock, chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P,
-            BLOCK_N)
-        stash_tile = _tile(offs_q, tl.arange(0, BLOCK_P), BLOCK_P, 1)  # (Q, P) in a head's stashed tile
-        if STASH and not ONE_PASS:
-            tl.debug_barrier()  # the previous work item's second loop has read the stash
-        first_head = slot * heads_per_program
-        group = first_head // heads_per_group
-        B = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask,
-                    other=0.0).to(DOT)  # (Q, N)
-        C = tl.load(C_ptr + row * s_C_l + group * s_C_g + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask,
-                    other=0.0).to(DOT)  # (Q, N)
-        x_offs, dy_offs = _tile(offs_q, offs_p, s_x_l, s_x_p), _tile(offs_q, offs_p, s_dy_l, s_dy_p)
-        z_offs, o_tile = _tile(offs_q, offs_p, s_z_l, s_z_p), _tile(offs_q, offs_p, s_o_l, s_o_p)
-        state_tile = _tile(offs_p, offs_n, n_state, 1)
-        # State side: dC_t = H_tᵀ gy_t, dB_s = Δ_s g_sᵀ x_s, summed over the work item's heads
-        pairs_dt = tl.zeros((BLOCK_Q, BLOCK_Q), dtype=ACC)  # W[t, s] = Σ_heads L[t, s] gy_t · x_s Δ_s
-        dC = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)  # Σ_heads exp(Λ_t) gy_t H, then + W B
-        dB = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)  # Σ_heads Δ_s exp(Λ_Q − Λ_s) x_s G, then + Wᵀ C
+    (they spill there, benchmarks/notes/ssd.md), few enough for the light second loop. That loop re-reads
+    its head's tiles (x, dy, z, Δ, H, G: in cache, just read by the first) and recomputes gy xᵀ and L.
+    ONE_PASS (one head per program: nothing crosses heads) adds the head's share at the end of the first loop
+    instead, from the tiles it holds."""
+    (chunk, slot, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
+     _) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
+    first_head = slot * heads_per_program
+    group = first_head // heads_per_group
+    B = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask,
+                other=0.0).to(DOT)  # (Q, N)
+    C = tl.load(C_ptr + row * s_C_l + group * s_C_g + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask,
+                other=0.0).to(DOT)  # (Q, N)
+    x_offs, dy_offs = _tile(offs_q, offs_p, s_x_l, s_x_p), _tile(offs_q, offs_p, s_dy_l, s_dy_p)
+    z_offs, o_tile = _tile(offs_q, offs_p, s_z_l, s_z_p), _tile(offs_q, offs_p, s_o_l, s_o_p)
+    state_tile = _tile(offs_p, offs_n, n_state, 1)
+    # State side: dC_t = H_tᵀ gy_t, dB_s = Δ_s g_sᵀ x_s, summed over the program's heads
+    pairs_dt = tl.zeros((BLOCK_Q, BLOCK_Q), dtype=ACC)  # W[t, s] = Σ_heads L[t, s] gy_t · x_s Δ_s
+    dC = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)  # Σ_heads exp(Λ_t) gy_t H, then + W B
+    dB = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)  # Σ_heads Δ_s exp(Λ_Q − Λ_s) x_s G, then + Wᵀ C
+    for i in range(heads_per_program):
+        head = first_head + i
+        A, entering, adjoint, dt, raw, log_decay, x, dy, gy, z, gate = _head_tiles(
+            x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr, head, chunk, row, heads,
+            head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile, x_offs, dy_offs, z_offs, s_x_l,
+            s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS)
+        D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)
+        chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
+        from_start = tl.exp(log_decay)  # exp(Λ_t)                                           (Q,)
+        to_end = tl.exp(chunk_decay - log_decay)  # exp(Λ_Q − Λ_s)                            (Q,)
+        through_both = tl.exp(chunk_decay) * tl.sum(tl.sum(adjoint.to(ACC) * entering.to(ACC), axis=1), axis=0)
+        mask = _decay_mask(log_decay, offs_q)  # L                                            (Q, Q)
+        scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ (Q, Q)
+        o_offs = row * s_o_l + head * s_o_h + o_tile
+        # Three parts, each sum taken near its last operand, in the order that spills least: 0.91 of the time of
+        # the order before (output side, input side, pair steps, every sum last), and 0.95-0.96 with `reads` after
+        # y rather than before (one H100, benchmarks/notes/ssd.md)
+        # Output side: y = y_in + (L ∘ C Bᵀ) Δ x recomputed for dz, y_in = exp(Λ_t) C_t H the entering state's part
+        y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
+        # The in-chunk pairs' operands, rounded once to the product dtype (~) for y, g B and both pair sums below
+        scores, x_dt, gy_dot = scored.to(DOT), (x.to(ACC) * dt[:, None]).to(DOT), gy.to(DOT)
+        y_pairs = tl.dot(scores, x_dt, input_precision=PRECISION, out_dtype=ACC)  # (L ∘ C Bᵀ)~ (Δ x)~   (Q, P)
+        pair_rows = tl.sum(gy_dot.to(ACC) * y_pairs, axis=1)  # Σ_s inner[t, s]                          (Q,)
+        y = y_in + y_pairs  # y^ssm
+        reads = tl.sum(gy * y_in, axis=1)  # (Q,)
+        x_acc = x.to(ACC)
+        skip_sums = tl.sum(gy * x_acc, axis=0)  # Σ_t gy_t ∘ x_t                                            (P,)
+        if HAS_Z:
+            dz = dy * (y + D[None, :] * x_acc) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z) = σ (1 + z (1 − σ))
+            tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
+        # Input side: g_s B_s = Σ_{t ≥ s} L[t, s] (C_t · B_s) gy_t + exp(Λ_Q − Λ_s) G B_s
+        leaving = to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)
+        leaving_sums = tl.sum(x_acc * leaving, axis=1)  # x_s · exp(Λ_Q − Λ_s) G B_s                      (Q,)
+        writes = dt * leaving_sums
+        gB_pairs = tl.dot(tl.trans(scores), gy_dot, input_precision=PRECISION, out_dtype=ACC)  # (L ∘ C Bᵀ)~ᵀ gy~
+        pair_sums = tl.sum(x_acc * gB_pairs, axis=1)  # (Q,)
+        gB = leaving + gB_pairs
+        input_sums = leaving_sums + pair_sums  # x_s · g_s B_s                                              (Q,)
+        # ∂loss/∂ℓ_k, ℓ = Δ A (docs/math.md), from the (source s, sink t) pairs with s < k ≤ t: both in the chunk
+        # (Σ_{t ≥ k} of inner's row sums minus its column sums: the pairs with k ≤ s ≤ t are in both; one
+        # bilinear form of the same rounded operands, so they cancel to float32's precision), sources before it
+        # read here (reads_t = gy_t · y_in_t), sources here read after it (writes_s = Δ_s x_s · exp(Λ_Q − Λ_s)
+        # G B_s), sources before read after (through_both)
+        pair_columns = tl.sum(x_dt.to(ACC) * gB_pairs, axis=1)  # Σ_t inner[t, s]                        (Q,)
+        pair_steps = tl.cumsum(pair_rows - pair_columns, axis=0, reverse=True)  # (Q,)
+        tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
+        d_step = pair_steps + tl.cumsum(reads, axis=0, reverse=True)
+        d_step += tl.cumsum(writes, axis=0) - writes + through_both  # (Q,)
+        ddt = input_sums + A * d_step  # x_s · g_s B_s + A ∂loss/∂ℓ_s
+        if SOFTPLUS:
+            ddt *= sigmoid(raw)
+        tl.store(ddt_ptr + ((row + offs_q) * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
+        tl.store(dA_ptr + (chunk * heads + head) * p_blocks + pblock, tl.sum(d_step * dt, axis=0))
+        tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, skip_sums, mask=p_mask)
+        if ONE_PASS:
+            gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
+            pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, mask, dt, log_decay, to_end, gy, x, entering,
+                                               adjoint, DOT, PRECISION, ACC)
+    if not ONE_PASS:
         for i in range(heads_per_program):
-            head = first_head + i
-            A, entering, adjoint, dt, raw, log_decay, x, dy, gy, z, gate = _head_tiles(
-                x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr, head, chunk, row, heads,
-                head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile, x_offs, dy_offs, z_offs, s_x_l,
-                s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS)
-            D = _skip(D_ptr, head, offs_p, p_mask, s_D_h, s_D_p, BLOCK_P, ACC, HAS_D)
-            chunk_decay = tl.sum(dt * A, axis=0)  # Λ_Q
-            from_start = tl.exp(log_decay)  # exp(Λ_t)                                           (Q,)
-            to_end = tl.exp(chunk_decay - log_decay)  # exp(Λ_Q − Λ_s)                            (Q,)
-            if STASH and not ONE_PASS:  # this head's operands of the state parts, for the second loop
-                head_stash = stash + i * 2 * BLOCK_Q * BLOCK_P
-                tl.store(head_stash + stash_tile, (from_start[:, None] * gy).to(DOT))  # exp(Λ_t) gy_t
-                tl.store(head_stash + BLOCK_Q * BLOCK_P + stash_tile, (x.to(ACC) * (dt * to_end)[:, None]).to(DOT))
-                tl.store(decay_stash + i, chunk_decay)
-            through_both = tl.exp(chunk_decay) * tl.sum(tl.sum(adjoint.to(ACC) * entering.to(ACC), axis=1), axis=0)
-            mask = _decay_mask(log_decay, offs_q)  # L                                            (Q, Q)
-            scored = tl.dot(C, tl.trans(B), input_precision=PRECISION, out_dtype=ACC) * mask  # L ∘ C Bᵀ (Q, Q)
-            o_offs = row * s_o_l + head * s_o_h + o_tile
-            # Three parts, each sum taken near its last operand, in the order that spills least: 0.91 of the time of
-            # the order before (output side, input side, pair steps, every sum last), and 0.95-0.96 with `reads` after
-            # y rather than before (one H100, benchmarks/notes/ssd.md)
-            # Output side: y = y_in + (L ∘ C Bᵀ) Δ x recomputed for dz, y_in = exp(Λ_t) C_t H the entering state's part
-            y_in = from_start[:, None] * tl.dot(C, tl.trans(entering), input_precision=PRECISION, out_dtype=ACC)
-            # The in-chunk pairs' operands, rounded once to the product dtype (~) for y, g B and both pair sums below
-            scores, x_dt, gy_dot = scored.to(DOT), (x.to(ACC) * dt[:, None]).to(DOT), gy.to(DOT)
-            y_pairs = tl.dot(scores, x_dt, input_precision=PRECISION, out_dtype=ACC)  # (L ∘ C Bᵀ)~ (Δ x)~   (Q, P)
-            pair_rows = tl.sum(gy_dot.to(ACC) * y_pairs, axis=1)  # Σ_s inner[t, s]                          (Q,)
-            y = y_in + y_pairs  # y^ssm
-            reads = tl.sum(gy * y_in, axis=1)  # (Q,)
-            x_acc = x.to(ACC)
-            skip_sums = tl.sum(gy * x_acc, axis=0)  # Σ_t gy_t ∘ x_t                                            (P,)
-            if HAS_Z:
-                dz = dy * (y + D[None, :] * x_acc) * gate * (1.0 + z * (1.0 - gate))  # ∂ silu(z) = σ (1 + z (1 − σ))
-                tl.store(dz_ptr + o_offs, dz.to(dz_ptr.dtype.element_ty), mask=qp_mask)
-            # Input side: g_s B_s = Σ_{t ≥ s} L[t, s] (C_t · B_s) gy_t + exp(Λ_Q − Λ_s) G B_s
-            leaving = to_end[:, None] * tl.dot(B, tl.trans(adjoint), input_precision=PRECISION, out_dtype=ACC)
-            leaving_sums = tl.sum(x_acc * leaving, axis=1)  # x_s · exp(Λ_Q − Λ_s) G B_s                      (Q,)
-            writes = dt * leaving_sums
-            gB_pairs = tl.dot(tl.trans(scores), gy_dot, input_precision=PRECISION, out_dtype=ACC)  # (L ∘ C Bᵀ)~ᵀ gy~
-            pair_sums = tl.sum(x_acc * gB_pairs, axis=1)  # (Q,)
-            gB = leaving + gB_pairs
-            input_sums = leaving_sums + pair_sums  # x_s · g_s B_s                                              (Q,)
-            # ∂loss/∂ℓ_k, ℓ = Δ A (docs/math.md), from the (source s, sink t) pairs with s < k ≤ t: both in the chunk
-            # (Σ_{t ≥ k} of inner's row sums minus its column sums: the pairs with k ≤ s ≤ t are in both; one
-            # bilinear form of the same rounded operands, so they cancel to float32's precision), sources before it
-            # read here (reads_t = gy_t · y_in_t), sources here read after it (writes_s = Δ_s x_s · exp(Λ_Q − Λ_s)
-            # G B_s), sources before read after (through_both)
-            pair_columns = tl.sum(x_dt.to(ACC) * gB_pairs, axis=1)  # Σ_t inner[t, s]                        (Q,)
-            pair_steps = tl.cumsum(pair_rows - pair_columns, axis=0, reverse=True)  # (Q,)
-            tl.store(dx_ptr + o_offs, (dt[:, None] * gB + D[None, :] * gy).to(dx_ptr.dtype.element_ty), mask=qp_mask)
-            d_step = pair_steps + tl.cumsum(reads, axis=0, reverse=True)
-            d_step += tl.cumsum(writes, axis=0) - writes + through_both  # (Q,)
-            ddt = input_sums + A * d_step  # x_s · g_s B_s + A ∂loss/∂ℓ_s
-            if SOFTPLUS:
-                ddt *= sigmoid(raw)
-            tl.store(ddt_ptr + ((row + offs_q) * heads + head) * p_blocks + pblock, ddt, mask=row_mask)
-            tl.store(dA_ptr + (chunk * heads + head) * p_blocks + pblock, tl.sum(d_step * dt, axis=0))
-            tl.store(dD_ptr + (chunk * heads + head) * head_dim + offs_p, skip_sums, mask=p_mask)
-            if ONE_PASS:
-                gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
-                pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, mask, dt, log_decay, to_end, gy, x, entering,
-                                                   adjoint, DOT, PRECISION, ACC)
-        if not ONE_PASS:
-            if STASH:
-                tl.debug_barrier()  # the first loop's stores are visible to every thread
-            for i in range(heads_per_program):
-                head = first_head + i
-                if STASH:
-                    chunk_state = (chunk.to(tl.int64) * heads + head) * head_dim * n_state + state_tile
-                    entering = tl.load(states_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # H   (P, N)
-                    adjoint = tl.load(adjoints_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # G  (P, N)
-                    pairs_dt, dC, dB = _stashed_state_side(
-                        pairs_dt, dC, dB, stash + i * 2 * BLOCK_Q * BLOCK_P, stash_tile, tl.load(decay_stash + i),
-                        entering, adjoint, offs_q, BLOCK_Q, BLOCK_P, ACC, PRECISION, PAIRS_FLOOR)
-                else:
-                    pairs_dt, dC, dB = _reread_state_side(
-                        pairs_dt, dC, dB, x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr,
-                        head, chunk, row, heads, head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask,
-                        state_tile, x_offs, dy_offs, z_offs, s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l,
-                        s_dy_h, ACC, DOT, PRECISION, HAS_Z, HAS_BIAS, SOFTPLUS)
-            if STASH:  # W's share of the chunks whose decay the stashed operands cannot carry (a third loop:
-                # a branch with loads in the second would keep it from being pipelined)
-                for i in range(heads_per_program):
-                    if tl.load(decay_stash + i) < PAIRS_FLOOR:
-                        pairs_dt += _pair_weights(
-                            x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, first_head + i, row, offs_q, row_mask,
-                            qp_mask, x_offs, dy_offs, z_offs, s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l,
-                            s_dy_h, ACC, DOT, PRECISION, HAS_Z, HAS_BIAS, SOFTPLUS)
-        dC, dB = _close_state_side(pairs_dt, dC, dB, B, C, ACC, DOT, PRECISION)  # (Q, N) each
-        gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
-        tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")
-        tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")
+            pairs_dt, dC, dB = _reread_state_side(
+                pairs_dt, dC, dB, x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr,
+                first_head + i, chunk, row, heads, head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile,
+                x_offs, dy_offs, z_offs, s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT,
+                PRECISION, HAS_Z, HAS_BIAS, SOFTPLUS)
+    dC, dB = _close_state_side(pairs_dt, dC, dB, B, C, ACC, DOT, PRECISION)  # (Q, N) each
+    gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
+    tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")
+    tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")
 
 
 @triton.jit

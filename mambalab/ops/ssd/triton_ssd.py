@@ -117,10 +117,6 @@ class SSDConfig:
     warps_backward: int = 4
     stages: int = 2
     stages_backward: int = 3  # the gradient kernel's pipeline stages (the other kernels take `stages`)
-    # Gradient programs per multiprocessor, each taking work items (chunk, heads, channel block) in turn; 0: one
-    # program per work item
-    programs_backward: int = 2
-    stash_backward: bool = True  # the second head loop reads the state parts' operands the first stored
     forward_mode: str = "auto"  # "fused" (walk whole sequences), "chunked" (pass states, then chunks in parallel)
     heads_per_program: int = 0  # heads of one group per gradient program (dividing heads / groups); 0: chosen
     state_mode: str = "walk"  # how the chunked forward and the backward get the chunk states and adjoints
@@ -402,13 +398,6 @@ def _heads_per_program(chunks: int, heads: int, heads_per_group: int, p_blocks: 
     return max(fits, default=1)
 
 
-def _pairs_floor(operand_dtype) -> float:
-    """The least chunk log decay Λ_Q at which the gradient kernel takes W's per-head share from the stashed
-    state operands (`_stashed_state_side`): −40 (pairs below ≈ 3e-21 of gy x Δ lost to float32's range); never
-    (1) with float16 operands, whose range the factor exp(Λ_Q) in them would leave."""
-    return 1.0 if operand_dtype == torch.float16 else -40.0
-
-
 def _fused_forward(rows: int, head_dim: int, cfg, device) -> bool:
     """Whether the forward walks whole sequences (cfg.forward_mode "fused"), or passes states and then computes
     every chunk in parallel ("chunked"); "auto": fused when its grid gives ≥ 1 program per multiprocessor (on
@@ -468,7 +457,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
     k = kernels()
     batch, length, heads, head_dim = x.shape
     groups, n = B.shape[2], B.shape[3]
-    acc, dot, precision, acc_torch, state_torch = _acc_dtypes(x, B, C)
+    acc, dot, precision, acc_torch, _ = _acc_dtypes(x, B, C)
     dev = x.device
     flags = {"BLOCK_Q": cfg.chunk, "BLOCK_N": _block(n, 1 << 30), "ACC": acc, "DOT": dot, "PRECISION": precision,
              "HAS_Z": z is not None, "HAS_BIAS": dt_bias is not None, "SOFTPLUS": softplus}
@@ -488,18 +477,13 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
     dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
     if chunks:
         per_program = _heads_per_program(chunks, heads, heads // groups, p_blocks, cfg, dev)
-        work = chunks * heads // per_program * p_blocks
-        programs = min(work, cfg.programs_backward * _multiprocessors(dev)) if cfg.programs_backward else work
-        stash = cfg.stash_backward and per_program > 1
-        operands = _empty(programs if stash else 0, per_program, 2, cfg.chunk, block_p, device=dev, dtype=state_torch)
-        decays = _empty(programs if stash else 0, per_program, device=dev, dtype=acc_torch)
-        k.ssd_chunk_backward_kernel[(programs,)](
+        k.ssd_chunk_backward_kernel[(chunks, heads // per_program, p_blocks)](
             x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
-            layout.chunk_seq, states, adjoints, operands, decays, dx, _or(dz, dx), ddt, dB, dC, dA, dD,
+            layout.chunk_seq, states, adjoints, dx, _or(dz, dx), ddt, dB, dC, dA, dD,
             *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
             *dy.stride()[1:], *dx.stride()[1:],
-            chunks, heads, groups, heads // groups, per_program, head_dim, n, p_blocks, BLOCK_P=block_p,
-            HAS_D=D is not None, ONE_PASS=per_program == 1, STASH=stash, PAIRS_FLOOR=_pairs_floor(state_torch), **flags,
+            heads, groups, heads // groups, per_program, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None,
+            ONE_PASS=per_program == 1, **flags,
             num_warps=cfg.warps_backward, num_stages=cfg.stages_backward,
         )
 
