@@ -127,14 +127,14 @@ def l2_hints(first: str, second: str) -> list[tuple[str, str]]:
     return [
         (_TILE_LOADS, _HINTED_LOADS),
         ("                HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):\n    \"\"\"One head's tiles",
-         "                HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, EVICT: tl.constexpr):\n"
-         "    \"\"\"One head's tiles"),
+         ("                HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, EVICT: tl.constexpr):\n"
+         "    \"\"\"One head's tiles")),
         ("s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS)\n    x = x.to(ACC)",
-         f"s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS, {second!r})\n"
-         "    x = x.to(ACC)"),
+         (f"s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS, {second!r})\n"
+         "    x = x.to(ACC)")),
         ("s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS)\n        D = _skip",
-         f"s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS, {first!r})\n"
-         "        D = _skip"),
+         (f"s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS, {first!r})\n"
+         "        D = _skip")),
     ]
 
 
