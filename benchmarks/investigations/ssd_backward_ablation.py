@@ -97,14 +97,9 @@ PER_HEAD_W = [
 # read, dropped after the second's).
 REVERSE_SECOND_LOOP = [("                first_head + i, chunk, row, heads, head_dim, n_state,",
                         "                first_head + heads_per_program - 1 - i, chunk, row, heads, head_dim, n_state,")]
-_TILE_LOADS = """    entering = tl.load(states_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # H              (P, N)
-    adjoint = tl.load(adjoints_ptr + chunk_state, mask=pn_mask, other=0.0).to(DOT)  # G             (P, N)
-    dt, raw = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
-                          HAS_BIAS, SOFTPLUS)
-    x = tl.load(x_ptr + row * s_x_l + head * s_x_h + x_offs, mask=qp_mask, other=0.0)  # (Q, P)
-    dy = tl.load(dy_ptr + row * s_dy_l + head * s_dy_h + dy_offs, mask=qp_mask, other=0.0).to(ACC)  # (Q, P)
-    gy, z, gate = _gate_gradient(dy, z_ptr, row, head, s_z_l, s_z_h, z_offs, qp_mask, ACC, HAS_Z)
-"""
+_HEAD_TILES_AT = _TEXT.index("def _head_tiles(")
+_TILE_LOADS = _TEXT[_TEXT.index("    entering = tl.load(", _HEAD_TILES_AT):
+                    _TEXT.index("    return A, entering, adjoint, dt, raw,", _HEAD_TILES_AT)]
 _HINTED_LOADS = """    entering = tl.load(states_ptr + chunk_state, mask=pn_mask, other=0.0, eviction_policy=EVICT).to(DOT)
     adjoint = tl.load(adjoints_ptr + chunk_state, mask=pn_mask, other=0.0, eviction_policy=EVICT).to(DOT)
     dt, raw = _step_sizes(dt_ptr + row * s_dt_l + head * s_dt_h, bias_ptr, head, offs_q, row_mask, s_dt_l, ACC,
