@@ -1,20 +1,26 @@
 #!/bin/bash
-# Device call: Nsight Compute on the SSD gradient kernel as committed and on a variant of the kernel modules
+# Device call: the gradient kernel's second loop at 1 and 2 pipeline stages and without it (b8 h24 L8192), then
+# Nsight Compute on the SSD gradient kernel as committed and on a variant of the kernel modules
 # (files under .device/variant/, paths as in the repo, e.g. from `git show <commit>:mambalab/ops/ssd/...`), each
 # exported and printed with per-SASS-line stalls (source page); then ssd_gpu.py against official at b2 L32768.
-# Leaves the tree as it found it. Returns ncu_{committed,variant}.{txt,csv}, ssd_gpu.json, ssd_ncu_variant.txt.
+# Leaves the tree as it found it. Returns ssd_backward_ablation.json, ncu_{committed,variant}.{txt,csv},
+# ssd_gpu.json, ssd_ncu_variant.txt.
 #   run: bash benchmarks/device/ssd_ncu_variant.sh      carry: [".device", ".official-src"]
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 export PYTHONPATH=$PWD BENCH_GIT_COMMIT=$(cat .device/commit)
 LOG=$OUT/ssd_ncu_variant.txt; nvidia-smi -L > $LOG; ncu --version >> $LOG
 profile() {  # $1: name
-  timeout 150 ncu --clock-control none -k regex:ssd_chunk_backward -s 1 -c 1 --import-source yes \
+  timeout 120 ncu --clock-control none -k regex:ssd_chunk_backward -s 1 -c 1 --import-source yes \
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
     --section MemoryWorkloadAnalysis --section SourceCounters -o /tmp/ncu_$1 -f \
     python3 benchmarks/investigations/ssd_ncu.py >> $LOG 2>&1; echo "ncu $1 rc=$? at $(el) s" >> $LOG
   ncu -i /tmp/ncu_$1.ncu-rep --page details > $OUT/ncu_$1.txt 2>&1
   ncu -i /tmp/ncu_$1.ncu-rep --page source --csv --print-source sass > $OUT/ncu_$1.csv 2>&1
 }
+timeout 150 python3 benchmarks/investigations/ssd_backward_ablation.py --shape 8,24,8192 \
+  --variant "schedule: second loop at 1 stage" --variant "schedule: second loop at 2 stages" \
+  --variant "no state-side loop (dB, dC of the heads)" --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
+echo "loop stages rc=$? at $(el) s" >> $LOG
 profile committed
 mkdir -p /tmp/as_synced && cp -r mambalab/ops/ssd /tmp/as_synced/
 cp -r .device/variant/* . && profile variant

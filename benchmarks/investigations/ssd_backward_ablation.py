@@ -133,6 +133,25 @@ def l2_hints(first: str, second: str) -> list[tuple[str, str]]:
     ]
 
 
+# Each loop's software pipeline depth on its own (tl.range's num_stages; the kernel's loops take the launch's
+# stages_backward = 3): whether the second loop waits on its loads (latency) more than on its instructions. (4 stages
+# for the second loop take 135 KB of shared memory: one program per multiprocessor, not the same test.)
+LOOP1_HEAD = "    for i in range(heads_per_program):\n        head = first_head + i\n"
+LOOP2_HEAD = "    if not ONE_PASS:\n        for i in range(heads_per_program):\n"
+
+
+def loop_stages(first: int | None, second: int | None) -> list[tuple[str, str]]:
+    """Edits giving the first and the second head loop their own pipeline stages (None: the launch's)."""
+    edits = []
+    if first is not None:
+        edits.append((LOOP1_HEAD, LOOP1_HEAD.replace("range(heads_per_program)",
+                                                     f"tl.range(heads_per_program, num_stages={first})")))
+    if second is not None:
+        edits.append((LOOP2_HEAD, LOOP2_HEAD.replace("range(heads_per_program)",
+                                                     f"tl.range(heads_per_program, num_stages={second})")))
+    return edits
+
+
 NO_STATE_SIDE_LOOP = ("    if not ONE_PASS:\n        for i in range(heads_per_program):",
                       "    if False:\n        for i in range(heads_per_program):")
 
@@ -171,6 +190,8 @@ ABLATIONS = {
     "schedule: reverse order, L2 hints (first loop evict_last, second evict_first)":
         REVERSE_SECOND_LOOP + l2_hints("evict_last", "evict_first"),
     "schedule: reverse order, L2 hints (first loop evict_last)": REVERSE_SECOND_LOOP + l2_hints("evict_last", ""),
+    "schedule: second loop at 1 stage": loop_stages(None, 1),
+    "schedule: second loop at 2 stages": loop_stages(None, 2),
     "no state-side loop, no pair steps": [NO_STATE_SIDE_LOOP, (PAIR_STEPS, "        pair_steps = dt * 0.0\n")],
 }
 
