@@ -59,13 +59,14 @@ def forward_args(cfg: scan.ScanConfig, dtype: str = "bf16") -> tuple:
     values = dict(
         u_ptr=f"*{dtype}", dt_ptr=f"*{dtype}", A_ptr="*fp32", B_ptr=f"*{dtype}", C_ptr=f"*{dtype}", D_ptr="*fp32",
         z_ptr=f"*{dtype}", bias_ptr="*fp32", h0_ptr="*fp32", cu_ptr=f"*{dtype}", y_ptr=f"*{dtype}", hT_ptr="*fp32",
-        ckpt_ptr="*fp32", length=length, dim=d, dim_per_group=d, n_chunks=length // cfg.chunk,
+        ckpt_ptr="*fp32", seg_h_ptr="*fp32", seg_dsum_ptr="*fp32", length=length, dim=d, dim_per_group=d,
+        n_chunks=length // cfg.chunk, n_segs=1,
         **dict(zip(("s_u_b", "s_u_d", "s_u_l"), bdl)), **dict(zip(("s_dt_b", "s_dt_d", "s_dt_l"), bdl)),
         s_A_d=n, s_A_n=1, s_B_b=n * length, s_B_g=n * length, s_B_n=length, s_B_l=1,
         s_C_b=n * length, s_C_g=n * length, s_C_n=length, s_C_l=1, **dict(zip(("s_z_b", "s_z_d", "s_z_l"), bdl)),
-        s_h0_s=d * n, s_h0_d=n, s_h0_n=1,
+        s_h0_s=d * n, s_h0_d=n, s_h0_n=1, **dict(zip(("s_y_b", "s_y_d", "s_y_l"), bdl)),
         N=n, NP=n, BLOCK_D=cfg.block_d, CHUNK=cfg.fwd_chunk, CKPT=cfg.chunk, HAS_D=True, HAS_Z=True, HAS_BIAS=True,
-        SOFTPLUS=True, HAS_H0=False, VARLEN=False, STORE_CKPT=False,
+        SOFTPLUS=True, HAS_H0=False, VARLEN=False, STORE_CKPT=False, SEG=False, SUMMARY=False,
     )
     return scan._scan_fwd_kernel, values, cfg.fwd_warps, cfg.fwd_maxnreg, cfg.block_d * cfg.fwd_chunk * n
 
@@ -77,15 +78,17 @@ def backward_args(cfg: scan.ScanConfig, dtype: str = "bf16") -> tuple:
         u_ptr=f"*{dtype}", dt_ptr=f"*{dtype}", A_ptr="*fp32", B_ptr=f"*{dtype}", C_ptr=f"*{dtype}", D_ptr="*fp32",
         z_ptr=f"*{dtype}", bias_ptr="*fp32", cu_ptr=f"*{dtype}", ckpt_ptr="*fp32", dy_ptr=f"*{dtype}",
         dhT_ptr="*fp32", du_ptr=f"*{dtype}", ddt_ptr=f"*{dtype}", dz_ptr=f"*{dtype}", dA_ptr="*fp32",
-        dB_ptr="*fp32", dC_ptr="*fp32", dD_ptr="*fp32", dbias_ptr="*fp32", dh0_ptr="*fp32",
-        length=length, dim=d, dim_per_group=d, n_chunks=length // cfg.chunk, groups=1,
+        dB_ptr="*fp32", dC_ptr="*fp32", dD_ptr="*fp32", dbias_ptr="*fp32", dh0_ptr="*fp32", seg_g_ptr="*fp32",
+        seg_dsum_ptr="*fp32", length=length, dim=d, dim_per_group=d, n_chunks=length // cfg.chunk, groups=1, n_segs=1,
         **dict(zip(("s_u_b", "s_u_d", "s_u_l"), bdl)), **dict(zip(("s_dt_b", "s_dt_d", "s_dt_l"), bdl)),
         s_A_d=n, s_A_n=1, s_B_b=n * length, s_B_g=n * length, s_B_n=length, s_B_l=1,
         s_C_b=n * length, s_C_g=n * length, s_C_n=length, s_C_l=1, **dict(zip(("s_z_b", "s_z_d", "s_z_l"), bdl)),
-        **dict(zip(("s_dy_b", "s_dy_d", "s_dy_l"), bdl)),
+        **dict(zip(("s_dy_b", "s_dy_d", "s_dy_l"), bdl)), **dict(zip(("s_du_b", "s_du_d", "s_du_l"), bdl)),
+        **dict(zip(("s_ddt_b", "s_ddt_d", "s_ddt_l"), bdl)), **dict(zip(("s_dz_b", "s_dz_d", "s_dz_l"), bdl)),
         N=n, NP=n, SUB=cfg.bwd_sub, DI=cfg.bwd_block_d // cfg.bwd_sub, CHUNK=cfg.chunk, STEPS=cfg.bwd_chunk,
         HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_DHT=False, VARLEN=False,
         DBC_PARTIAL=cfg.bwd_partial_dbc, REUSE_DECAY=cfg.bwd_reuse_decay, FORWARD_ADJOINT=cfg.bwd_forward_adjoint,
+        SEG=False,
     )
     return scan._scan_bwd_kernel, values, cfg.bwd_warps, cfg.bwd_maxnreg, cfg.bwd_block_d * cfg.chunk * n
 
@@ -118,17 +121,22 @@ def resources(cubin: bytes) -> str:
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 
 
-def main_loop(sass: str) -> list[tuple[int, str]]:
-    """(address, opcode) of the instructions of the largest loop (a branch to an earlier address)."""
+def loops(sass: str, least: int = 8) -> list[list[tuple[int, str]]]:
+    """(address, opcode) of the instructions of each loop (a branch to an earlier address) spanning ≥ `least`
+    instructions, in address order (an outer loop contains its inner ones)."""
     instrs = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in _INSTR.finditer(sass)]
-    best = (0, 0)
+    spans = set()
     for addr, op, rest in instrs:
         target = re.search(r"0x([0-9a-f]+)", rest) if op.startswith("BRA") else None
         if target and int(target.group(1), 16) < addr:
-            start = int(target.group(1), 16)
-            if addr - start > best[1] - best[0]:
-                best = (start, addr)
-    return [(a, op) for a, op, _ in instrs if best[0] <= a <= best[1]]
+            spans.add((int(target.group(1), 16), addr))
+    bodies = [[(a, op) for a, op, _ in instrs if start <= a <= end] for start, end in sorted(spans)]
+    return [body for body in bodies if len(body) >= least]
+
+
+def main_loop(sass: str) -> list[tuple[int, str]]:
+    """(address, opcode) of the instructions of the largest loop."""
+    return max(loops(sass, least=1), key=len, default=[])
 
 
 def family(op: str) -> str:

@@ -1,13 +1,13 @@
 """Static view of the SSD kernels of the backward and the state paths as built for sm_90, on a machine without a
-GPU: registers, spills and the SASS instructions of the main loop of the sequential walks (`ssd_forward_kernel`
-storing states, `ssd_adjoint_kernel`), of the parallel state path (`ssd_local_state_kernel`,
-`ssd_state_passing_kernel`) and of the gradient kernel (`ssd_chunk_backward_kernel`: its per-head loop when
-heads_per_program > 1), specialised as a launch at b8 h24 L8192 p64 N128, one group, bf16 inputs, the default
-SSDConfig (or the fields given), would be:
+GPU: registers, stack, shared memory and the SASS instructions of each loop (spills, memory and tensor-core
+instructions, mix) of the sequential walks (`ssd_forward_kernel` storing states, `ssd_adjoint_kernel`), of the
+parallel state path (`ssd_local_state_kernel`, `ssd_state_passing_kernel`) and of the gradient kernel
+(`ssd_chunk_backward_kernel`: its two per-head loops when heads_per_program > 1), specialised as a launch at b8
+h24 L8192 p64 N128, one group, bf16 inputs, the default SSDConfig (or the fields given), would be:
 
     PYTHONPATH=. python3 benchmarks/investigations/ssd_sass.py                       # every kernel
     PYTHONPATH=. python3 benchmarks/investigations/ssd_sass.py --set block_pass=1024 --set warps_local=8
-    PYTHONPATH=. python3 benchmarks/investigations/ssd_sass.py --set heads_per_program=4
+    PYTHONPATH=. python3 benchmarks/investigations/ssd_sass.py --set heads_per_program=4 --only gradients
 
 Compiling and the helpers are kernel_sass.py's. Numbers from this script are predictions' raw material
 (benchmarks/notes/ssd.md), not timings. Spills differ between Triton versions: for the device's, install it
@@ -25,7 +25,7 @@ import sys
 import torch
 import triton.language as tl
 
-from benchmarks.investigations.kernel_sass import _INSTR, compile_sm90, family, main_loop, resources, sass_of
+from benchmarks.investigations.kernel_sass import _INSTR, compile_sm90, family, loops, resources, sass_of
 from mambalab.ops.ssd import triton_kernels as k
 from mambalab.ops.ssd.triton_ssd import SSDConfig, _adjoint_warps, _walk_block
 
@@ -114,26 +114,39 @@ KERNELS = {
 
 
 def report(build) -> dict:
+    """Resources (registers, stack; shared memory as launched) and each loop of ≥ 100 SASS instructions (the
+    whole kernel where there is none): its size, spill instructions, memory and tensor-core instructions and
+    mix."""
     fn, values, warps, stages = build
-    cubin = compile_sm90(fn, values, warps, None, stages).asm["cubin"]
-    sass = sass_of(cubin)
-    loop = main_loop(sass)
-    if len(loop) < 8:  # no sequential loop (a chunk-parallel kernel): the whole kernel
-        loop = [(0, m.group(3)) for m in _INSTR.finditer(sass)]
-    return {"resources": resources(cubin), "instructions": len(loop),
-            "mix": collections.Counter(family(op) for _, op in loop).most_common(8)}
+    kernel = compile_sm90(fn, values, warps, None, stages)
+    sass = sass_of(kernel.asm["cubin"])
+    bodies = loops(sass, least=100) or [[(0, m.group(3)) for m in _INSTR.finditer(sass)]]
+    memory = ("LDG", "LDGSTS", "STG", "RED", "HGMMA", "HMMA", "BAR")
+    return {"resources": f"{resources(kernel.asm['cubin'])} shared as launched {kernel.metadata.shared} B",
+            "loops": [{"instructions": len(body),
+                       "spills": sum(family(op) == "LDL/STL (spills)" for _, op in body),
+                       "memory_and_mma": {k: n for k in memory
+                                          if (n := sum(op.split(".")[0] == k for _, op in body))},
+                       "mix": collections.Counter(family(op) for _, op in body).most_common(8)}
+                      for body in bodies]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--set", action="append", default=[], help="SSDConfig field=value (repeatable)")
+    parser.add_argument("--only", help="build only the kernels whose name contains this")
     opts = parser.parse_args()
     fields = {key: int(value) for key, value in (item.split("=", 1) for item in opts.set)}
     cfg = dataclasses.replace(SSDConfig(), **fields)
     for name, build in KERNELS.items():
+        if opts.only and opts.only not in name:
+            continue
         r = report(build(cfg))
-        print(f"{name}\n  {r['resources']}\n  main loop (or whole kernel): {r['instructions']} instructions: "
-              + ", ".join(f"{op} {n}" for op, n in r["mix"]))
+        print(f"{name}\n  {r['resources']}")
+        for i, loop in enumerate(r["loops"]):
+            print(f"  loop {i + 1}: {loop['instructions']} instructions, {loop['spills']} spill instructions, "
+                  + ", ".join(f"{k} {n}" for k, n in loop["memory_and_mma"].items()) + "; "
+                  + ", ".join(f"{op} {n}" for op, n in loop["mix"]))
     return 0
 
 
