@@ -110,7 +110,7 @@ _HINTED_LOADS = """    entering = tl.load(states_ptr + chunk_state, mask=pn_mask
     if HAS_Z:
         z = tl.load(z_ptr + row * s_z_l + head * s_z_h + z_offs, mask=qp_mask, other=0.0,
                     eviction_policy=EVICT).to(ACC)
-        gate = tl.sigmoid(z)
+        gate = sigmoid(z)
         gy = dy * z * gate
     else:
         gy, z, gate = dy, dy, dy
