@@ -47,13 +47,14 @@ PAIRS_COMMENT = "        # ∂loss/∂ℓ_k, ℓ = Δ A"
 
 # The second loop as two: W and dC's state part (needs gy, x, H), then dB's (needs x, Δ, G): each carries one
 # (Q, N) sum instead of two.
-LOOP2 = _TEXT[_TEXT.index("    if not ONE_PASS:\n"):_TEXT.index("    dC, dB = _close_state_side(")]
+LOOP2_HEAD = "    if not ONE_PASS:\n        for i in range(heads_per_program):\n"
+LOOP2 = _TEXT[_TEXT.index(LOOP2_HEAD):_TEXT.index("    dC, dB = _close_state_side(")]
 _HEAD_TILES = """            A, entering, adjoint, dt, _raw, log_decay, x, _dy, gy, _z, _gate = _head_tiles(
                 x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr, first_head + i, chunk, row,
                 heads, head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile, x_offs, dy_offs, z_offs,
                 s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS)
 """
-LOOP2_SPLIT = ("    if not ONE_PASS:\n        for i in range(heads_per_program):\n" + _HEAD_TILES + """\
+LOOP2_SPLIT = (LOOP2_HEAD + _HEAD_TILES + """\
             gx = tl.dot(gy.to(DOT), tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)
             pairs_dt += gx * _decay_mask(log_decay, offs_q) * dt[None, :]
             dC = tl.dot((tl.exp(log_decay)[:, None] * gy).to(DOT), entering, acc=dC, input_precision=PRECISION,
@@ -73,7 +74,7 @@ PRODUCTS_BEFORE_W = [(W_UPDATE, ""), (DB_PRODUCT, DB_PRODUCT + W_UPDATE)]
 # the heads and multiplied at the end: nothing (Q, Q) carried through the second loop (Triton 3.6: that loop's spill
 # instructions 111 → 59, its instructions 1,484 → 1,425; W rounded per head instead of once).
 PER_HEAD_W = [
-    ("    pairs_dt += gx * mask * dt[None, :]\n",
+    (W_UPDATE,
      ("    w = (gx * mask * dt[None, :]).to(DOT)  # this head's W\n"
      "    dC = tl.dot(w, B, acc=dC, input_precision=PRECISION, out_dtype=ACC)\n"
      "    dB = tl.dot(tl.trans(w), C, acc=dB, input_precision=PRECISION, out_dtype=ACC)\n")),
@@ -137,7 +138,6 @@ def l2_hints(first: str, second: str) -> list[tuple[str, str]]:
 # stages_backward = 3): whether the second loop waits on its loads (latency) more than on its instructions. (4 stages
 # for the second loop take 135 KB of shared memory: one program per multiprocessor, not the same test.)
 LOOP1_HEAD = "    for i in range(heads_per_program):\n        head = first_head + i\n"
-LOOP2_HEAD = "    if not ONE_PASS:\n        for i in range(heads_per_program):\n"
 
 
 def loop_stages(first: int | None, second: int | None) -> list[tuple[str, str]]:
@@ -152,8 +152,7 @@ def loop_stages(first: int | None, second: int | None) -> list[tuple[str, str]]:
     return edits
 
 
-NO_STATE_SIDE_LOOP = ("    if not ONE_PASS:\n        for i in range(heads_per_program):",
-                      "    if False:\n        for i in range(heads_per_program):")
+NO_STATE_SIDE_LOOP = (LOOP2_HEAD, LOOP2_HEAD.replace("if not ONE_PASS:", "if False:"))
 
 # name: [(text in the kernel source, its replacement)]. The pair steps' earlier forms (a scan along the (Q, Q)
 # tile, its alternatives, and row minus column sums with each side rounded differently) were timed and replaced

@@ -120,9 +120,12 @@ def report(build) -> dict:
     fn, values, warps, stages = build
     kernel = compile_sm90(fn, values, warps, None, stages)
     sass = sass_of(kernel.asm["cubin"])
-    bodies = loops(sass, least=100) or [[(0, m.group(3)) for m in _INSTR.finditer(sass)]]
+    bodies = loops(sass, least=100)
+    whole = not bodies  # a chunk-parallel kernel: no sequential loop
+    bodies = bodies or [[(0, m.group(3)) for m in _INSTR.finditer(sass)]]
     memory = ("LDG", "LDGSTS", "STG", "RED", "HGMMA", "HMMA", "BAR")
     return {"resources": f"{resources(kernel.asm['cubin'])} shared as launched {kernel.metadata.shared} B",
+            "whole_kernel": whole,
             "loops": [{"instructions": len(body),
                        "spills": sum(family(op) == "LDL/STL (spills)" for _, op in body),
                        "memory_and_mma": {k: n for k in memory
@@ -144,7 +147,7 @@ def main() -> int:
         r = report(build(cfg))
         print(f"{name}\n  {r['resources']}")
         for i, loop in enumerate(r["loops"]):
-            print(f"  loop {i + 1}: {loop['instructions']} instructions, {loop['spills']} spill instructions, "
+            print(f"  {'whole kernel' if r['whole_kernel'] else f'loop {i + 1}'}: {loop['instructions']} instructions, {loop['spills']} spill instructions, "
                   + ", ".join(f"{k} {n}" for k, n in loop["memory_and_mma"].items()) + "; "
                   + ", ".join(f"{op} {n}" for op, n in loop["mix"]))
     return 0
