@@ -5,7 +5,8 @@
 # exported and printed with per-SASS-line stalls (source page); then ssd_gpu.py against official at b2 L32768.
 # Leaves the tree as it found it. Returns ssd_backward_ablation.json, ncu_{committed,variant}.{txt,csv},
 # ssd_gpu.json, ssd_ncu_variant.txt.
-#   run: bash benchmarks/device/ssd_ncu_variant.sh      carry: [".device", ".official-src"]
+#   run: [SSD_GPU=0] bash benchmarks/device/ssd_ncu_variant.sh      carry: [".device", ".official-src"]
+# (SSD_GPU=0: without the ssd_gpu.py part)
 START=$(date +%s); el() { echo $(( $(date +%s) - START )); }
 export PYTHONPATH=$PWD BENCH_GIT_COMMIT=$(cat .device/commit)
 LOG=$OUT/ssd_ncu_variant.txt; nvidia-smi -L > $LOG; ncu --version >> $LOG
@@ -25,8 +26,10 @@ profile committed
 mkdir -p /tmp/as_synced && cp -r mambalab/ops/ssd /tmp/as_synced/
 cp -r .device/variant/* . && profile variant
 cp -r /tmp/as_synced/ssd/* mambalab/ops/ssd/
+if [ "${SSD_GPU:-1}" != 0 ]; then
 mkdir -p /tmp/ofs && tar xzf .official-src/mamba_ssm-2.3.2.post1.tar.gz -C /tmp/ofs
 PYTHONPATH=$PWD:/tmp/ofs/mamba_ssm-2.3.2.post1 timeout $(( 560 - $(el) )) python3 benchmarks/ssd_gpu.py --no-sweep \
   --no-decode --budget 200 --shape 2,24,32768 --shape 2,32,32768 --out $OUT/ssd_gpu.json >> $LOG 2>&1
 echo "ssd_gpu rc=$? at $(el) s" >> $LOG
+fi
 grep -v Warning $LOG | tail -30
