@@ -24,9 +24,9 @@ profile() {  # $1: name
   ncu -i /tmp/ncu_$1.ncu-rep --page details > $OUT/ncu_$1.txt 2>&1
   ncu -i /tmp/ncu_$1.ncu-rep --page source --csv --print-source sass > $OUT/ncu_$1.csv 2>&1
 }
-timeout 120 python3 benchmarks/investigations/ssd_backward_ablation.py --shape 8,24,8192 \
+timeout 150 python3 benchmarks/investigations/ssd_backward_ablation.py --shape 8,24,8192 \
   --variant "schedule: second loop at 1 stage" --variant "schedule: second loop at 2 stages" \
-  --variant "no state-side loop (dB, dC of the heads)" --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
+  --variant "no state-side loop (dB, dC of the heads)" --variant "alternative: one pass over the heads, 8 warps" --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
 echo "loop stages rc=$? at $(el) s" >> $LOG
 profile committed
 if [ -d .device/variant ] && [ $(el) -lt 450 ]; then
