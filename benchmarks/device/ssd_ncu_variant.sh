@@ -24,12 +24,13 @@ profile() {  # $1: name
   ncu -i /tmp/ncu_$1.ncu-rep --page details > $OUT/ncu_$1.txt 2>&1
   ncu -i /tmp/ncu_$1.ncu-rep --page source --csv --print-source sass > $OUT/ncu_$1.csv 2>&1
 }
-timeout 150 python3 benchmarks/investigations/ssd_backward_ablation.py --shape 8,24,8192 \
+timeout 180 python3 benchmarks/investigations/ssd_backward_ablation.py --shape 8,24,8192 \
   --variant "schedule: second loop at 1 stage" --variant "schedule: second loop at 2 stages" \
-  --variant "no state-side loop (dB, dC of the heads)" --variant "alternative: one pass over the heads, 8 warps" --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
+  --variant "no state-side loop (dB, dC of the heads)" --variant "alternative: one pass over the heads, 8 warps" \
+  --also heads_per_program=12 --also heads_per_program=8 --out $OUT/ssd_backward_ablation.json >> $LOG 2>&1
 echo "loop stages rc=$? at $(el) s" >> $LOG
 profile committed
-if [ -d .device/variant ] && [ $(el) -lt 450 ]; then
+if [ -d .device/variant ] && [ $(el) -lt 460 ]; then
   mkdir -p /tmp/as_synced && cp -r mambalab/ops/ssd /tmp/as_synced/
   cp -r .device/variant/* . && profile variant
   cp -r /tmp/as_synced/ssd/* mambalab/ops/ssd/
