@@ -118,10 +118,11 @@ _HINTED_LOADS = """    entering = tl.load(states_ptr + chunk_state, mask=pn_mask
 """
 
 
-def l2_hints(first: str, second: str) -> list[tuple[str, str]]:
-    """Edits giving the first loop's tile loads the eviction policy `first` and the second loop's `second`."""
+def l2_hints(first: str, second: str, keyword: str = "eviction_policy") -> list[tuple[str, str]]:
+    """Edits giving the first loop's tile loads the eviction policy `first` and the second loop's `second` (or,
+    with keyword="cache_modifier", that load option)."""
     return [
-        (_TILE_LOADS, _HINTED_LOADS),
+        (_TILE_LOADS, _HINTED_LOADS.replace("eviction_policy=EVICT", f"{keyword}=EVICT")),
         ("                HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):\n    \"\"\"One head's tiles",
          ("                HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, EVICT: tl.constexpr):\n"
          "    \"\"\"One head's tiles")),
@@ -132,6 +133,16 @@ def l2_hints(first: str, second: str) -> list[tuple[str, str]]:
          (f"s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT, HAS_Z, HAS_BIAS, SOFTPLUS, {first!r})\n"
          "        D = _skip")),
     ]
+
+
+# Nsight Compute (fourteenth session, results/ssd_ncu_stalls.txt): a sixth of the kernel's warp stalls wait on spill
+# reloads (LDL) at 10 % L1 hits: two programs' 213 KB of shared memory leave L1 28 KB, which the tile loads' lines
+# (x, dy, z through L1) also take. Two ways to leave L1 to the stack: the tile loads marked first to go (evict_first)
+# or not cached in L1 at all (.cg).
+L1_FOR_SPILLS = {
+    "schedule: tile loads evict_first (L1 left to the spill reloads)": l2_hints("evict_first", "evict_first"),
+    "schedule: tile loads past L1 (.cg)": l2_hints(".cg", ".cg", "cache_modifier"),
+}
 
 
 # Each loop's software pipeline depth on its own (tl.range's num_stages; the kernel's loops take the launch's
@@ -197,6 +208,7 @@ ABLATIONS = {
     "schedule: second loop at 2 stages": loop_stages(None, 2),
     "no state-side loop, no pair steps": [NO_STATE_SIDE_LOOP, (PAIR_STEPS, "        pair_steps = dt * 0.0\n")],
     "alternative: one pass over the heads, 8 warps": ONE_PASS_EDITS,
+    **L1_FOR_SPILLS,
 }
 # The config a variant is timed with, where not the default.
 VARIANT_CONFIGS = {"alternative: one pass over the heads, 8 warps": {"warps_backward": 8}}
