@@ -58,7 +58,8 @@ def loops(rows: list[dict]) -> list[tuple[int, int]]:
 
 
 def producer(parsed: list[tuple], i: int, window: int = 1500) -> int | None:
-    """The row of the load whose result row i waits on (following register copies back), if one is in reach."""
+    """The row of the load whose result row i waits on: the latest writer of one of its source registers that is a
+    load (a source last written by a fixed-latency instruction is not what a long-scoreboard stall waits on)."""
     wanted = set(parsed[i][2])
     for j in range(i - 1, max(i - window, -1), -1):
         opcode, destination, _ = parsed[j]
