@@ -118,7 +118,7 @@ _HINTED_LOADS = """    entering = tl.load(states_ptr + chunk_state, mask=pn_mask
 """
 
 
-def l2_hints(first: str, second: str, keyword: str = "eviction_policy") -> list[tuple[str, str]]:
+def tile_load_hints(first: str, second: str, keyword: str = "eviction_policy") -> list[tuple[str, str]]:
     """Edits giving the first loop's tile loads the eviction policy `first` and the second loop's `second` (or,
     with keyword="cache_modifier", that load option)."""
     return [
@@ -138,10 +138,10 @@ def l2_hints(first: str, second: str, keyword: str = "eviction_policy") -> list[
 # Nsight Compute (fourteenth session, results/ssd_ncu_stalls.txt): a sixth of the kernel's warp stalls wait on spill
 # reloads (LDL) at 10 % L1 hits: two programs' 213 KB of shared memory leave L1 28 KB, which the tile loads' lines
 # (x, dy, z through L1) also take. Two ways to leave L1 to the stack: the tile loads marked first to go (evict_first)
-# or not cached in L1 at all (.cg).
+# or not cached in L1 at all (.cg). Timed: 1.00 and 0.99 of the kernel (results/ssd_backward_l1.json): not the lever.
 L1_FOR_SPILLS = {
-    "schedule: tile loads evict_first (L1 left to the spill reloads)": l2_hints("evict_first", "evict_first"),
-    "schedule: tile loads past L1 (.cg)": l2_hints(".cg", ".cg", "cache_modifier"),
+    "schedule: tile loads evict_first (L1 left to the spill reloads)": tile_load_hints("evict_first", "evict_first"),
+    "schedule: tile loads past L1 (.cg)": tile_load_hints(".cg", ".cg", "cache_modifier"),
 }
 
 
@@ -165,7 +165,7 @@ def loop_stages(first: int | None, second: int | None) -> list[tuple[str, str]]:
 
 # Both head loops counting the head itself (scf.for's own induction variable) instead of adding the program's first
 # head to a counter: the first head, a loop invariant, was the first loop's costliest spill reload (ncu, fourteenth
-# session: 5.4 % of the stall samples wait on it at the top of each iteration).
+# session: 5.4 % of the stall samples wait on it at the top of each iteration). Timed: 1.00 of the kernel.
 HEAD_AS_COUNTER = [
     (LOOP1_HEAD, "    for head in range(first_head, first_head + heads_per_program):\n"),
     (LOOP2_HEAD, LOOP2_HEAD.replace("for i in range(heads_per_program)",
@@ -176,7 +176,8 @@ HEAD_AS_COUNTER = [
 NO_STATE_SIDE_LOOP = (LOOP2_HEAD, LOOP2_HEAD.replace("if not ONE_PASS:", "if False:"))
 # dB and dC summed in the first loop, each head's state side added from the tiles it holds (the one-head path for
 # every program): no second loop, no re-reads, but W and the two (Q, N) sums carried through the first loop's work
-# (Triton 3.6, sm_90: 555 spill instructions a head at 4 warps, 225 at 8 warps; the kernel's two loops 143 at 4)
+# (Triton 3.6, sm_90: 555 spill instructions a head at 4 warps, 225 at 8 warps; the kernel's two loops 143 at 4).
+# Timed at 8 warps: 2.08 of the kernel (results/ssd_backward_ablation.json).
 ONE_PASS_EDITS = [("        if ONE_PASS:\n", "        if True:\n"), (LOOP2_HEAD, LOOP2_HEAD.replace("if not ONE_PASS:", "if False:"))]
 
 # name: [(text in the kernel source, its replacement)]. The pair steps' earlier forms (a scan along the (Q, Q)
@@ -209,11 +210,11 @@ ABLATIONS = {
     "schedule: second loop split": [(LOOP2, LOOP2_SPLIT)],
     "alternative: each head's W multiplied at once (no W carried)": PER_HEAD_W,
     "schedule: second loop in reverse head order": REVERSE_SECOND_LOOP,
-    "schedule: L2 hints (first loop evict_last, second evict_first)": l2_hints("evict_last", "evict_first"),
-    "schedule: L2 hints (first loop evict_last)": l2_hints("evict_last", ""),
+    "schedule: L2 hints (first loop evict_last, second evict_first)": tile_load_hints("evict_last", "evict_first"),
+    "schedule: L2 hints (first loop evict_last)": tile_load_hints("evict_last", ""),
     "schedule: reverse order, L2 hints (first loop evict_last, second evict_first)":
-        REVERSE_SECOND_LOOP + l2_hints("evict_last", "evict_first"),
-    "schedule: reverse order, L2 hints (first loop evict_last)": REVERSE_SECOND_LOOP + l2_hints("evict_last", ""),
+        REVERSE_SECOND_LOOP + tile_load_hints("evict_last", "evict_first"),
+    "schedule: reverse order, L2 hints (first loop evict_last)": REVERSE_SECOND_LOOP + tile_load_hints("evict_last", ""),
     "schedule: second loop at 1 stage": loop_stages(None, 1),
     "schedule: second loop at 2 stages": loop_stages(None, 2),
     "no state-side loop, no pair steps": [NO_STATE_SIDE_LOOP, (PAIR_STEPS, "        pair_steps = dt * 0.0\n")],
