@@ -121,16 +121,22 @@ def resources(cubin: bytes) -> str:
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 
 
-def loops(sass: str, least: int = 8) -> list[list[tuple[int, str]]]:
-    """(address, opcode) of the instructions of each loop (a branch to an earlier address) spanning ≥ `least`
-    instructions, in address order (an outer loop contains its inner ones)."""
-    instrs = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in _INSTR.finditer(sass)]
+def loop_spans(instrs) -> list[tuple[int, int]]:
+    """(first address, branch address) of each loop, in address order: every branch to an earlier address, from
+    (address, opcode, operands) of a kernel's instructions."""
     spans = set()
     for addr, op, rest in instrs:
         target = re.search(r"0x([0-9a-f]+)", rest) if op.startswith("BRA") else None
         if target and int(target.group(1), 16) < addr:
             spans.add((int(target.group(1), 16), addr))
-    bodies = [[(a, op) for a, op, _ in instrs if start <= a <= end] for start, end in sorted(spans)]
+    return sorted(spans)
+
+
+def loops(sass: str, least: int = 8) -> list[list[tuple[int, str]]]:
+    """(address, opcode) of the instructions of each loop (a branch to an earlier address) spanning ≥ `least`
+    instructions, in address order (an outer loop contains its inner ones)."""
+    instrs = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in _INSTR.finditer(sass)]
+    bodies = [[(a, op) for a, op, _ in instrs if start <= a <= end] for start, end in loop_spans(instrs)]
     return [body for body in bodies if len(body) >= least]
 
 

@@ -4,7 +4,7 @@ the stall reasons over the kernel and over each loop (a backward branch's body),
 kind of load that produced the awaited register (a spill reload LDL, a global load LDG, ...), and the spill
 reloads that cost most.
 
-    python3 benchmarks/investigations/ncu_stalls.py ncu_committed.csv [ncu_variant.csv.gz ...]   (gzipped or not)
+    PYTHONPATH=. python3 benchmarks/investigations/ncu_stalls.py ncu_committed.csv [ncu_variant.csv.gz ...]   (gzipped or not)
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import csv
 import gzip
 import re
 
+from benchmarks.investigations.kernel_sass import loop_spans
+
 REGISTER = re.compile(r"\bR(\d+)\b")
-BRANCH = re.compile(r"BRA\b.*?(0x[0-9a-f]+)")
 STACK_SLOT = re.compile(r"\[(R1[^\]]*)\]")
 LOADS = ("LDL", "LDG", "LDGSTS", "LDS", "LDSM", "LD", "ATOM")
 
@@ -47,14 +48,13 @@ def operands(sass: str) -> tuple[str, int | None, set[int]]:
 
 
 def loops(rows: list[dict]) -> list[tuple[int, int]]:
-    """(first, last) row of each loop: the rows from a backward branch's target to the branch."""
+    """(first, last) row of each loop: the rows from a backward branch's target to the branch, in the order of the
+    branches (an inner loop before the loop around it)."""
     index = {int(r["Address"], 16): i for i, r in enumerate(rows) if r["Address"].startswith("0x")}
-    spans = []
-    for i, r in enumerate(rows):
-        m = BRANCH.search(r["Source"])
-        if m and int(m.group(1), 16) in index and index[int(m.group(1), 16)] < i:
-            spans.append((index[int(m.group(1), 16)], i))
-    return spans
+    instrs = [(address, *re.sub(r"^@!?U?P\w+\s+", "", rows[i]["Source"].strip()).partition(" ")[::2])
+              for address, i in index.items()]  # (address, opcode, operands)
+    spans = [(index[start], index[end]) for start, end in loop_spans(instrs) if start in index]
+    return sorted(spans, key=lambda span: span[1])
 
 
 def producer(parsed: list[tuple], i: int, window: int = 1500) -> int | None:

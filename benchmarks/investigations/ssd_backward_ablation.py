@@ -178,7 +178,7 @@ NO_STATE_SIDE_LOOP = (LOOP2_HEAD, LOOP2_HEAD.replace("if not ONE_PASS:", "if Fal
 # every program): no second loop, no re-reads, but W and the two (Q, N) sums carried through the first loop's work
 # (Triton 3.6, sm_90: 555 spill instructions a head at 4 warps, 225 at 8 warps; the kernel's two loops 143 at 4).
 # Timed at 8 warps: 2.08 of the kernel (results/ssd_backward_ablation.json).
-ONE_PASS_EDITS = [("        if ONE_PASS:\n", "        if True:\n"), (LOOP2_HEAD, LOOP2_HEAD.replace("if not ONE_PASS:", "if False:"))]
+ONE_PASS_EDITS = [("        if ONE_PASS:\n", "        if True:\n"), NO_STATE_SIDE_LOOP]
 
 # name: [(text in the kernel source, its replacement)]. The pair steps' earlier forms (a scan along the (Q, Q)
 # tile, its alternatives, and row minus column sums with each side rounded differently) were timed and replaced
