@@ -26,6 +26,7 @@ import torch
 import triton.language as tl
 
 from benchmarks.investigations.kernel_sass import _INSTR, compile_sm90, family, loops, resources, sass_of
+from benchmarks.ssd_gpu import parse_config
 from mambalab.ops.ssd import triton_kernels as k
 from mambalab.ops.ssd.triton_ssd import SSDConfig, _adjoint_warps, _walk_block
 
@@ -89,6 +90,7 @@ def passing(cfg: SSDConfig, reverse: bool) -> tuple:
 
 def gradients(cfg: SSDConfig) -> tuple:
     k_heads = cfg.heads_per_program or HEADS  # "auto" takes every head of the group at this shape
+    inline = cfg.state_side == "inline"
     values = dict(
         x_ptr="*bf16", dt_ptr="*bf16", A_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32", z_ptr="*bf16",
         bias_ptr="*fp32", dy_ptr="*bf16", seq_ptr="*i64", chunk_ptr="*i64", chunk_seq_ptr="*i32",
@@ -97,9 +99,22 @@ def gradients(cfg: SSDConfig) -> tuple:
         **_strides("B", LGN), **_strides("C", LGN), s_D_h=0, s_D_p=0, **_strides("z", LHP), **_strides("dy", LHP),
         **_strides("o", LHP), heads=HEADS, groups=1, heads_per_group=HEADS, heads_per_program=k_heads,
         head_dim=HEAD_DIM, n_state=N, p_blocks=HEAD_DIM // cfg.block_p_backward, BLOCK_Q=cfg.chunk,
-        BLOCK_P=cfg.block_p_backward, **TILES, HAS_D=True, HAS_Z=True, ONE_PASS=k_heads == 1,
+        BLOCK_P=cfg.block_p_backward, **TILES, HAS_D=True, HAS_Z=True, ONE_PASS=inline and k_heads == 1,
+        STATE_SIDE=inline,
     )
     return k.ssd_chunk_backward_kernel, values, cfg.warps_backward, cfg.stages_backward
+
+
+def state_side(cfg: SSDConfig) -> tuple:
+    values = dict(
+        x_ptr="*bf16", dt_ptr="*bf16", A_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16", z_ptr="*bf16", bias_ptr="*fp32",
+        dy_ptr="*bf16", seq_ptr="*i64", chunk_ptr="*i64", chunk_seq_ptr="*i32", states_ptr="*bf16",
+        adjoints_ptr="*bf16", dB_ptr="*fp32", dC_ptr="*fp32", **_strides("x", LHP), s_dt_l=HEADS, s_dt_h=1,
+        **_strides("B", LGN), **_strides("C", LGN), **_strides("z", LHP), **_strides("dy", LHP), heads=HEADS,
+        groups=1, heads_per_group=HEADS, heads_per_program=cfg.heads_per_program or HEADS, head_dim=HEAD_DIM,
+        n_state=N, BLOCK_Q=cfg.chunk, BLOCK_P=min(cfg.block_p_state_side, HEAD_DIM), **TILES, HAS_Z=True,
+    )
+    return k.ssd_chunk_state_side_kernel, values, cfg.warps_state_side, cfg.stages_state_side
 
 
 KERNELS = {
@@ -110,6 +125,7 @@ KERNELS = {
     "state passing (ssd_state_passing_kernel)": lambda cfg: passing(cfg, reverse=False),
     "adjoint passing (ssd_state_passing_kernel, REVERSE, dfinal)": lambda cfg: passing(cfg, reverse=True),
     "gradients (ssd_chunk_backward_kernel)": gradients,
+    "dB and dC (ssd_chunk_state_side_kernel, state_side kernel)": state_side,
 }
 
 
@@ -136,11 +152,10 @@ def report(build) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--set", action="append", default=[], help="SSDConfig field=value (repeatable)")
+    parser.add_argument("--set", action="append", default=[], help="SSDConfig field=value[,...] (repeatable)")
     parser.add_argument("--only", help="build only the kernels whose name contains this")
     opts = parser.parse_args()
-    fields = {key: int(value) for key, value in (item.split("=", 1) for item in opts.set)}
-    cfg = dataclasses.replace(SSDConfig(), **fields)
+    cfg = dataclasses.replace(SSDConfig(), **{k: v for spec in opts.set for k, v in parse_config(spec).items()})
     for name, build in KERNELS.items():
         if opts.only and opts.only not in name:
             continue

@@ -11,7 +11,7 @@ import torch
 from mambalab.errors import ConfigError
 from mambalab.ops import backends
 from mambalab.ops.ssd import OP, STEP_OP, ssd_scan, ssd_state_update, triton_ssd
-from mambalab.ops.ssd.triton_ssd import STATE_MODES, SSDConfig, ssd_triton
+from mambalab.ops.ssd.triton_ssd import STATE_MODES, STATE_SIDES, SSDConfig, ssd_triton
 from tests.conftest import rel_error
 from tests.ops.conftest import TRITON_DEVICE
 from tests.ops.ssd_cases import check_against_reference, grads_of, make_inputs, requiring_grad, run
@@ -265,6 +265,23 @@ def test_heads_per_program(heads_per_program, monkeypatch):
         assert rel_error(several[name], grad) <= 1e-12, name
 
 
+@pytest.mark.parametrize("heads_per_program,block_p", [(2, 16), (0, 32)])
+def test_state_side_kernel(heads_per_program, block_p, monkeypatch):
+    """dB and dC in their own kernel (SSDConfig.state_side "kernel"), at channel blocks of their own: every
+    gradient against the loop and equal to the gradient kernel's inline sums on the same inputs; p 17, n odd,
+    packed sequences with an empty one."""
+    monkeypatch.setattr(triton_ssd, "_multiprocessors", lambda device: 1)
+    lengths = [37, 0, 9]
+    kw = make_inputs(1, sum(lengths), 8, 17, 2, 7, rows=len(lengths), d_matrix=True)
+    cfg = SSDConfig(chunk=16, block_p_backward=16, block_p_state=16, forward_mode="chunked",
+                    heads_per_program=heads_per_program)
+    inline = _check_packed(kw, lengths, cfg)
+    separate = _check_packed(kw, lengths, dataclasses.replace(cfg, state_side="kernel", block_p_state_side=block_p,
+                                                              warps_state_side=4))
+    for name, grad in inline.items():
+        assert rel_error(separate[name], grad) <= 1e-12, name
+
+
 def test_heads_per_program_choice():
     """Auto: the most heads of a group that leave ≥ 2 programs per multiprocessor (132 off CUDA); a value that
     does not divide heads / groups is refused."""
@@ -329,6 +346,8 @@ def test_config_rejects_unknown_modes():
         SSDConfig(state_mode="scan")
     with pytest.raises(ConfigError, match="forward_mode"):
         SSDConfig(forward_mode="fast")
+    with pytest.raises(ConfigError, match="state_side"):
+        SSDConfig(state_side="split")
     with pytest.raises(ConfigError, match="block_pass"):
         SSDConfig(block_pass=100)
     with pytest.raises(ConfigError, match="pass_steps"):
@@ -358,7 +377,7 @@ def test_random_shapes_and_tiles(case):
                     block_p_backward=pick(16, 32), block_p_state=pick(0, 16), forward_mode=pick("fused", "chunked"),
                     heads_per_program=pick(*(k for k in range(1, per_group + 1) if per_group % k == 0)),
                     state_mode=pick(*STATE_MODES), block_p_local=pick(16, 32), block_pass=pick(16, 64),
-                    pass_steps=pick(1, 2, 8))
+                    pass_steps=pick(1, 2, 8), state_side=pick(*STATE_SIDES), block_p_state_side=pick(16, 32))
     ref_kw = requiring_grad(kw)
     tri_kw = requiring_grad({k: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)
@@ -373,10 +392,10 @@ def test_random_shapes_and_tiles(case):
 
 
 @pytest.mark.skipif(TRITON_DEVICE != "cuda", reason="the compiled kernels at a model's tile sizes need a GPU")
-@pytest.mark.parametrize("state_mode", STATE_MODES)
+@pytest.mark.parametrize("state_mode,state_side", [("walk", "inline"), ("parallel", "inline"), ("walk", "kernel")])
 @pytest.mark.parametrize("mode", ["fused", "chunked"])
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-def test_model_sized_on_gpu(mode, state_mode, dtype, bound):
+def test_model_sized_on_gpu(mode, state_mode, state_side, dtype, bound):
     """A Mamba-2 layer's sizes (p 64, n 128, 2 groups, 1000 positions: a partial last chunk), compiled, against
     the torch backend in float64 on the same (rounded) inputs: outputs, final state, every gradient."""
     kw = make_inputs(2, 1000, 8, 64, 2, 128, dtype=torch.float32)
@@ -384,7 +403,7 @@ def test_model_sized_on_gpu(mode, state_mode, dtype, bound):
     ref_kw = requiring_grad({k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     tri_kw = requiring_grad({k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("torch", ref_kw, return_final_state=True)
-    cfg = SSDConfig(forward_mode=mode, state_mode=state_mode)
+    cfg = SSDConfig(forward_mode=mode, state_mode=state_mode, state_side=state_side)
     y, h = ssd_triton(**tri_kw, return_final_state=True, config=cfg)
     assert rel_error(y, y_ref) <= bound and rel_error(h, h_ref) <= bound
     gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)

@@ -454,6 +454,14 @@ def _close_state_side(pairs_dt, dC, dB, B, C, ACC: tl.constexpr, DOT: tl.constex
 
 
 @triton.jit
+def _add_to_group(dC, dB, dC_ptr, dB_ptr, row, group, groups, n_state, offs_q, offs_n, qn_mask):
+    """A program's (dC, dB) (Q, N) added atomically into the group's float32 (float64) buffers (l, g, n)."""
+    gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
+    tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")
+    tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")
+
+
+@triton.jit
 def ssd_chunk_backward_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
     states_ptr, adjoints_ptr,
@@ -463,7 +471,7 @@ def ssd_chunk_backward_kernel(
     heads, groups, heads_per_group, heads_per_program, head_dim, n_state, p_blocks,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, ONE_PASS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, ONE_PASS: tl.constexpr, STATE_SIDE: tl.constexpr,
 ):
     """Every gradient of one chunk and channel block for `heads_per_program` consecutive heads of one group
     (grid: chunks × heads / heads_per_program × channel blocks), from the state entering the chunk (states)
@@ -480,7 +488,8 @@ def ssd_chunk_backward_kernel(
     (they spill there, benchmarks/notes/ssd.md), few enough for the light second loop. That loop re-reads
     its head's tiles (x, dy, z, Δ, H, G: in cache, just read by the first) and recomputes gy xᵀ and L.
     ONE_PASS (one head per program: nothing crosses heads) adds the head's share at the end of the first loop
-    instead, from the tiles it holds."""
+    instead, from the tiles it holds. Without STATE_SIDE the kernel stops after the first loop, and
+    ssd_chunk_state_side_kernel adds dB and dC (SSDConfig.state_side "kernel")."""
     (chunk, slot, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
      _) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
     first_head = slot * heads_per_program
@@ -554,6 +563,8 @@ def ssd_chunk_backward_kernel(
             gx = tl.dot(gy_dot, tl.trans(x.to(DOT)), input_precision=PRECISION, out_dtype=ACC)  # gy_t · x_s (Q, Q)
             pairs_dt, dC, dB = _add_state_side(pairs_dt, dC, dB, gx, mask, dt, log_decay, to_end, gy, x, entering,
                                                adjoint, DOT, PRECISION, ACC)
+    if not STATE_SIDE:
+        return  # dB and dC come from ssd_chunk_state_side_kernel (SSDConfig.state_side "kernel")
     if not ONE_PASS:
         for i in range(heads_per_program):
             pairs_dt, dC, dB = _reread_state_side(
@@ -562,9 +573,44 @@ def ssd_chunk_backward_kernel(
                 x_offs, dy_offs, z_offs, s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT,
                 PRECISION, HAS_Z, HAS_BIAS, SOFTPLUS)
     dC, dB = _close_state_side(pairs_dt, dC, dB, B, C, ACC, DOT, PRECISION)  # (Q, N) each
-    gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
-    tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")
-    tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")
+    _add_to_group(dC, dB, dC_ptr, dB_ptr, row, group, groups, n_state, offs_q, offs_n, qn_mask)
+
+
+@triton.jit
+def ssd_chunk_state_side_kernel(
+    x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
+    states_ptr, adjoints_ptr, dB_ptr, dC_ptr,
+    s_x_l, s_x_h, s_x_p, s_dt_l, s_dt_h, s_B_l, s_B_g, s_B_n, s_C_l, s_C_g, s_C_n,
+    s_z_l, s_z_h, s_z_p, s_dy_l, s_dy_h, s_dy_p,
+    heads, groups, heads_per_group, heads_per_program, head_dim, n_state,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    """dB and dC of one chunk and channel block for `heads_per_program` consecutive heads of one group (grid:
+    chunks × heads / heads_per_program × channel blocks): the second head loop of ssd_chunk_backward_kernel
+    (STATE_SIDE) as a kernel of its own, its registers free of the first loop's tiles (SSDConfig.state_side
+    "kernel"). Adds into dB, dC as that kernel does."""
+    (chunk, slot, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
+     _) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
+    first_head = slot * heads_per_program
+    group = first_head // heads_per_group
+    x_offs, dy_offs = _tile(offs_q, offs_p, s_x_l, s_x_p), _tile(offs_q, offs_p, s_dy_l, s_dy_p)
+    z_offs, state_tile = _tile(offs_q, offs_p, s_z_l, s_z_p), _tile(offs_p, offs_n, n_state, 1)
+    pairs_dt = tl.zeros((BLOCK_Q, BLOCK_Q), dtype=ACC)  # W (Q, Q)
+    dC = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)
+    dB = tl.zeros((BLOCK_Q, BLOCK_N), dtype=ACC)
+    for i in range(heads_per_program):
+        pairs_dt, dC, dB = _reread_state_side(
+            pairs_dt, dC, dB, x_ptr, dt_ptr, A_ptr, z_ptr, bias_ptr, dy_ptr, states_ptr, adjoints_ptr,
+            first_head + i, chunk, row, heads, head_dim, n_state, offs_q, row_mask, qp_mask, pn_mask, state_tile,
+            x_offs, dy_offs, z_offs, s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT,
+            PRECISION, HAS_Z, HAS_BIAS, SOFTPLUS)
+    B = tl.load(B_ptr + row * s_B_l + group * s_B_g + _tile(offs_q, offs_n, s_B_l, s_B_n), mask=qn_mask,
+                other=0.0).to(DOT)  # (Q, N)
+    C = tl.load(C_ptr + row * s_C_l + group * s_C_g + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask,
+                other=0.0).to(DOT)  # (Q, N)
+    dC, dB = _close_state_side(pairs_dt, dC, dB, B, C, ACC, DOT, PRECISION)
+    _add_to_group(dC, dB, dC_ptr, dB_ptr, row, group, groups, n_state, offs_q, offs_n, qn_mask)
 
 
 @triton.jit

@@ -38,6 +38,7 @@ from mambalab.ops.backends import BackendUnavailable, records_grad
 _KERNELS = "mambalab.ops.ssd.triton_kernels"
 FORWARD_MODES = ("auto", "fused", "chunked")
 STATE_MODES = ("walk", "parallel")
+STATE_SIDES = ("inline", "kernel")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -128,9 +129,16 @@ class SSDConfig:
     block_pass: int = 1024
     pass_steps: int = 8
     warps_pass: int = 4
+    # dB and dC summed over the heads of a group: "inline" (the gradient kernel's second head loop) or "kernel"
+    # (`ssd_chunk_state_side_kernel` after it: its channels, warps and stages below, heads_per_program as above)
+    state_side: str = "inline"
+    block_p_state_side: int = 64
+    warps_state_side: int = 8
+    stages_state_side: int = 2
 
     def __post_init__(self):
-        for name, allowed in (("forward_mode", FORWARD_MODES), ("state_mode", STATE_MODES)):
+        for name, allowed in (("forward_mode", FORWARD_MODES), ("state_mode", STATE_MODES),
+                              ("state_side", STATE_SIDES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"SSDConfig.{name} is {getattr(self, name)!r}; expected one of {', '.join(allowed)}")
         for name, least in (("block_pass", 16), ("pass_steps", 1)):
@@ -451,6 +459,22 @@ def _strides_lhp(t):
     return (t.stride(1), t.stride(2), t.stride(3)) if t is not None else (0, 0, 0)
 
 
+def _state_side(x, dt, A, B, C, z, dt_bias, dy, states, adjoints, dB, dC, layout, flags, cfg):
+    """dB and dC summed over each group's heads (added into the zeroed buffers dB, dC) by their own kernel
+    (SSDConfig.state_side "kernel")."""
+    heads, head_dim, groups, n = x.shape[2], x.shape[3], B.shape[2], B.shape[3]
+    block_p = _block(head_dim, cfg.block_p_state_side)
+    p_blocks = -(-head_dim // block_p)
+    per_program = _heads_per_program(layout.chunks, heads, heads // groups, p_blocks, cfg, x.device)
+    kernels().ssd_chunk_state_side_kernel[(layout.chunks, heads // per_program, p_blocks)](
+        x, dt, A, B, C, _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks, layout.chunk_seq,
+        states, adjoints, dB, dC, *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:],
+        *_strides_lhp(z), *dy.stride()[1:],
+        heads, groups, heads // groups, per_program, head_dim, n, BLOCK_P=block_p, **flags,
+        num_warps=cfg.warps_state_side, num_stages=cfg.stages_state_side,
+    )
+
+
 def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg):
     """Every input's gradient: the states entering each chunk (forward kernel), the adjoints leaving each chunk
     (backward walk), then all chunks at once; here only the sums over channel blocks and chunks."""
@@ -476,6 +500,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
     dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)  # summed by atomic adds
     dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
     if chunks:
+        inline = cfg.state_side == "inline"
         per_program = _heads_per_program(chunks, heads, heads // groups, p_blocks, cfg, dev)
         k.ssd_chunk_backward_kernel[(chunks, heads // per_program, p_blocks)](
             x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
@@ -483,9 +508,11 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
             *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:], *_strides2(Dm), *_strides_lhp(z),
             *dy.stride()[1:], *dx.stride()[1:],
             heads, groups, heads // groups, per_program, head_dim, n, p_blocks, BLOCK_P=block_p, HAS_D=D is not None,
-            ONE_PASS=per_program == 1, **flags,
+            ONE_PASS=inline and per_program == 1, STATE_SIDE=inline, **flags,
             num_warps=cfg.warps_backward, num_stages=cfg.stages_backward,
         )
+        if not inline:
+            _state_side(x, dt, A, B, C, z, dt_bias, dy, states, adjoints, dB, dC, layout, flags, cfg)
     del states, adjoints  # back to the allocator (stream-ordered) before the sums below allocate: a lower peak
 
     ddt = ddt.sum(-1)  # (b·l, h): ∂loss/∂(dt + dt_bias)
