@@ -590,7 +590,7 @@ def ssd_chunk_state_side_kernel(
     chunks × heads / heads_per_program × channel blocks): the second head loop of ssd_chunk_backward_kernel
     (STATE_SIDE) as a kernel of its own, its registers free of the first loop's tiles (SSDConfig.state_side
     "kernel"). Adds into dB, dC as that kernel does."""
-    (chunk, slot, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
+    (chunk, slot, _pblock, row, offs_q, offs_p, offs_n, _p_mask, row_mask, qp_mask, qn_mask, pn_mask,
      _) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
     first_head = slot * heads_per_program
     group = first_head // heads_per_group
