@@ -90,7 +90,9 @@ class SSDConfig:
     adjoint of the state leaving it: "walk" (one sequential program per (sequence, head, channel block), a
     tile product per chunk inside its loop) or "parallel" (every chunk's local contribution at once, then an
     elementwise pass over the chunks: `_passed_states`). The fused forward computes its states on the fly and
-    ignores it.
+    ignores it. `state_side` chooses where dB and dC are summed over a group's heads: in a second head loop of
+    the gradient kernel ("inline") or in `ssd_chunk_state_side_kernel` after it ("kernel": the gradient kernel
+    keeps only its per-head loop, and the sums run in a kernel of their own tiles, warps and stages).
 
     Defaults from sm_90 builds (triton 3.9 on the CPU machine, b8 h24 p64 n128 bf16) and the tile sweep on one
     H100 (benchmarks/results/ssd_gpu.json): the fused forward at 32 positions × 64 channels × 4 warps (255
