@@ -223,12 +223,17 @@ def sweep(report) -> SSDConfig:
     return best
 
 
-def correctness(report, official):
-    """On one sequence (b1 h24 L2048): ours and official (bf16) against the torch backend in float32."""
+def correctness(report, official, also=()):
+    """On one sequence (b1 h24 L2048): ours (default and each config of `also`) and official (bf16) against
+    the torch backend in float32."""
     args = make_inputs(1, *SWEEP_SHAPE[1:], seed=1)
     ref = outputs_and_grads(lambda a, **kw: ssd_scan(**{k: v.float() for k, v in a.items()}, dt_softplus=True,
                                                      backend="torch", chunk_size=64, **kw), args)
     report["correctness_vs_torch_fp32"] = {"ours": compare(outputs_and_grads(ours, args), ref)}
+    for fields in also:
+        cfg = dataclasses.replace(SSDConfig(), **fields)
+        report["correctness_vs_torch_fp32"][config_name(fields)] = compare(
+            outputs_and_grads(lambda a, cfg=cfg, **kw: ours(a, cfg, **kw), args), ref)
     if official:
         report["correctness_vs_torch_fp32"]["official"] = compare(outputs_and_grads(official, args), ref)
     log(f"correctness vs torch fp32: {json.dumps(report['correctness_vs_torch_fp32'], default=lambda v: f'{v:.1e}')}")
@@ -268,6 +273,11 @@ def parse_shape(spec: str) -> tuple[int, int, int]:
     return batch, heads, length
 
 
+def config_name(fields: dict) -> str:
+    """"ours_field=value,...": how a config of `--also` is named in the report."""
+    return "ours_" + ",".join(f"{k}={v}" for k, v in fields.items())
+
+
 def time_shapes(report, official, best, save, budget_s, also=()):
     """Forward and forward+backward of ours (default, the sweep's best if different, each config of `also`)
     and official at every shape, with their extra peak memory and their agreement."""
@@ -283,14 +293,19 @@ def time_shapes(report, official, best, save, budget_s, also=()):
             calls["ours_best"] = lambda a, **kw: ours(a, best, **kw)
         for fields in also:
             cfg = dataclasses.replace(SSDConfig(), **fields)
-            calls["ours_" + ",".join(f"{k}={v}" for k, v in fields.items())] = lambda a, cfg=cfg, **kw: ours(a, cfg, **kw)
+            calls[config_name(fields)] = lambda a, cfg=cfg, **kw: ours(a, cfg, **kw)
         if official:
             calls["official"] = official
         for name, call in calls.items():
             measure(row, name, call, args)
+        if all(f"{n}_fwdbwd_ms" in row for n in calls):
+            default = outputs_and_grads(ours, args)
+            for name, call in calls.items():  # every other config of ours against the default, on the same inputs
+                if name not in ("ours", "official"):
+                    row[f"{name}_vs_ours_rel_err"] = errors = compare(outputs_and_grads(call, args), default)
+                    log(f"{key} {name} against the default: largest error {max(errors.values()):.1e}")
         if official and all(f"{n}_fwdbwd_ms" in row for n in calls):
-            row["ours_vs_official_rel_err"] = compare(outputs_and_grads(ours, args),
-                                                      outputs_and_grads(official, args))
+            row["ours_vs_official_rel_err"] = compare(default, outputs_and_grads(official, args))
             for t in ("fwd", "fwdbwd"):
                 row[f"speedup_{t}"] = row[f"official_{t}_ms"] / min(row[f"{n}_{t}_ms"] for n in calls if n != "official")
         report["shapes"][key] = row
@@ -446,7 +461,7 @@ def main() -> int:
         save()
     stage(report, "shapes", lambda: time_shapes(report, official_scan, best, save, opts.budget, opts.also))
     save()
-    stage(report, "correctness", lambda: correctness(report, official_scan))
+    stage(report, "correctness", lambda: correctness(report, official_scan, opts.also))
     report["kernel_resources"] = compiled_resources(kernels())
     for line in summary(report["kernel_resources"]):
         log(line)

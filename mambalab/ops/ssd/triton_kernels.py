@@ -461,7 +461,7 @@ def _add_to_group(dC, dB, dC_ptr, dB_ptr, row, group, groups, n_state, offs_q, o
     tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["heads_per_program"])
 def ssd_chunk_backward_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
     states_ptr, adjoints_ptr,
@@ -489,7 +489,9 @@ def ssd_chunk_backward_kernel(
     its head's tiles (x, dy, z, Δ, H, G: in cache, just read by the first) and recomputes gy xᵀ and L.
     ONE_PASS (one head per program: nothing crosses heads) adds the head's share at the end of the first loop
     instead, from the tiles it holds. Without STATE_SIDE the kernel stops after the first loop, and
-    ssd_chunk_state_side_kernel adds dB and dC (SSDConfig.state_side "kernel")."""
+    ssd_chunk_state_side_kernel adds dB and dC (SSDConfig.state_side "kernel"). heads_per_program is not
+    specialised: Triton 3.6 built the one-head case (its loop gone) without STATE_SIDE into an illegal
+    shared-memory access in bfloat16 on an H100 (benchmarks/notes/ssd.md, fifteenth session)."""
     (chunk, slot, pblock, row, offs_q, offs_p, offs_n, p_mask, row_mask, qp_mask, qn_mask, pn_mask,
      _) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
     first_head = slot * heads_per_program
@@ -576,7 +578,7 @@ def ssd_chunk_backward_kernel(
     _add_to_group(dC, dB, dC_ptr, dB_ptr, row, group, groups, n_state, offs_q, offs_n, qn_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["heads_per_program"])
 def ssd_chunk_state_side_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, dy_ptr, seq_ptr, chunk_ptr, chunk_seq_ptr,
     states_ptr, adjoints_ptr, dB_ptr, dC_ptr,
