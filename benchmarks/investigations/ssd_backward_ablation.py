@@ -222,7 +222,10 @@ ABLATIONS = {
     **L1_FOR_SPILLS,
     "schedule: loops over the head index": HEAD_AS_COUNTER,
 }
-# The config a variant is timed with, where not the default.
+# The config the variants are timed with: the gradient kernel with both head loops (state_side "inline"), the
+# kernel their edits were written for; and each variant's own fields on top, where it has some. (`--also` configs
+# start from the default SSDConfig.)
+BASE = SSDConfig(state_side="inline")
 VARIANT_CONFIGS = {"alternative: one pass over the heads, 8 warps": {"warps_backward": 8}}
 
 
@@ -299,7 +302,8 @@ def main() -> None:
                     or opts.schedules_only and name.startswith("schedule"))
 
         chosen = {name: edits for name, edits in ABLATIONS.items() if timed(name)}
-        variants = [(name, ablated_kernels(name, edits, Path(tmp)), SSDConfig(**VARIANT_CONFIGS.get(name, {})))
+        variants = [(name, ablated_kernels(name, edits, Path(tmp)),
+                     dataclasses.replace(BASE, **VARIANT_CONFIGS.get(name, {})))
                     for name, edits in chosen.items()]
         variants += [("config " + ",".join(f"{k}={v}" for k, v in fields.items()), triton_ssd.kernels(),
                       dataclasses.replace(SSDConfig(), **fields)) for fields in opts.also]

@@ -14,8 +14,9 @@ from mambalab.ops.ssd.triton_ssd import SSDConfig
 
 TINY = {"chunk": 16, "chunk_fused": 16, "block_p_forward": 16, "block_p_backward": 16, "block_p_state": 16,
         "warps_fused": 1, "warps_state": 1, "warps_adjoint": 1, "warps_backward": 1, "stages": 1, "stages_backward": 1,
-        "forward_mode": "fused"}
-KERNELS = ["ssd_forward_kernel", "ssd_forward_kernel", "ssd_adjoint_kernel", "ssd_chunk_backward_kernel"]
+        "forward_mode": "fused", "block_p_state_side": 16, "warps_state_side": 1, "stages_state_side": 1}
+KERNELS = ["ssd_forward_kernel", "ssd_forward_kernel", "ssd_adjoint_kernel", "ssd_chunk_backward_kernel",
+           "ssd_chunk_state_side_kernel"]
 
 
 def test_captures_every_launch_of_forward_and_backward(monkeypatch):
@@ -25,6 +26,7 @@ def test_captures_every_launch_of_forward_and_backward(monkeypatch):
     fused, states = launches[0].kwargs, launches[1].kwargs
     assert fused["STORE_Y"] and not fused["STORE_STATES"] and states["STORE_STATES"] and not states["STORE_Y"]
     assert launches[3].kwargs["num_warps"] == 1 and launches[3].kwargs["BLOCK_P"] == 16
+    assert not launches[3].kwargs["STATE_SIDE"] and launches[4].kwargs["num_warps"] == 1
 
 
 def test_compiled_rows_have_resources(tmp_path):

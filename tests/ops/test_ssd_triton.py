@@ -249,8 +249,9 @@ def test_forward_modes_and_tiles(mode, state_mode):
                                          state_mode=state_mode))
 
 
+@pytest.mark.parametrize("state_side", STATE_SIDES)
 @pytest.mark.parametrize("heads_per_program", [2, 0])
-def test_heads_per_program(heads_per_program, monkeypatch):
+def test_heads_per_program(heads_per_program, state_side, monkeypatch):
     """Several heads of one group per gradient program (2 of each group's 4: two programs add into each dB, dC
     row; 0: auto, which on a device of one multiprocessor takes all 4): every gradient against the loop and
     equal to one head per program on the same inputs; two channel blocks (p 17), n odd, packed sequences with
@@ -258,7 +259,7 @@ def test_heads_per_program(heads_per_program, monkeypatch):
     monkeypatch.setattr(triton_ssd, "_multiprocessors", lambda device: 1)
     lengths = [37, 0, 9]
     kw = make_inputs(1, sum(lengths), 8, 17, 2, 7, rows=len(lengths), d_matrix=True)
-    cfg = SSDConfig(chunk=16, block_p_backward=16, block_p_state=16, forward_mode="chunked")
+    cfg = SSDConfig(chunk=16, block_p_backward=16, block_p_state=16, forward_mode="chunked", state_side=state_side)
     several = _check_packed(kw, lengths, dataclasses.replace(cfg, heads_per_program=heads_per_program))
     one = _check_packed(kw, lengths, cfg)
     for name, grad in one.items():
@@ -267,15 +268,15 @@ def test_heads_per_program(heads_per_program, monkeypatch):
 
 @pytest.mark.parametrize("heads_per_program,block_p", [(2, 16), (0, 32)])
 def test_state_side_kernel(heads_per_program, block_p, monkeypatch):
-    """dB and dC in their own kernel (SSDConfig.state_side "kernel"), at channel blocks of their own: every
-    gradient against the loop and equal to the gradient kernel's inline sums on the same inputs; p 17, n odd,
-    packed sequences with an empty one."""
+    """dB and dC in their own kernel (SSDConfig.state_side "kernel", the default), at channel blocks of their
+    own: every gradient against the loop and equal to the gradient kernel's inline sums ("inline") on the same
+    inputs; p 17, n odd, packed sequences with an empty one."""
     monkeypatch.setattr(triton_ssd, "_multiprocessors", lambda device: 1)
     lengths = [37, 0, 9]
     kw = make_inputs(1, sum(lengths), 8, 17, 2, 7, rows=len(lengths), d_matrix=True)
     cfg = SSDConfig(chunk=16, block_p_backward=16, block_p_state=16, forward_mode="chunked",
                     heads_per_program=heads_per_program)
-    inline = _check_packed(kw, lengths, cfg)
+    inline = _check_packed(kw, lengths, dataclasses.replace(cfg, state_side="inline"))
     separate = _check_packed(kw, lengths, dataclasses.replace(cfg, state_side="kernel", block_p_state_side=block_p,
                                                               warps_state_side=4))
     for name, grad in inline.items():

@@ -24,8 +24,10 @@ g_s = Σ_{t ≥ s} exp(Λ_t − Λ_s) C_t ⊗ gy_t + exp(Λ_Q − Λ_s) G (never
 where dℓ_k (ℓ = Δ A) sums the loss contributions of the (source, sink) pairs around position k: inside the
 chunk, through H, through G and through both (docs/math.md, "Gradients"). Sums over the heads of a group
 (dB, dC) are summed on chip over the program's heads, then added atomically into float32 (float64) buffers,
-one add per element and program ((heads / heads_per_program) × channel blocks adds per element in all); the
-partial sums over channel blocks and chunks (dΔ, dA, dD) are stored per block and summed by the caller.
+one add per element and program ((heads / heads_per_program) × channel blocks adds per element in all): by
+a second head loop of the same program, or (the default) by `ssd_chunk_state_side_kernel`, the same loop as a
+kernel of its own after the gradient kernel, whose registers then hold one head's tiles only; the partial sums
+over channel blocks and chunks (dΔ, dA, dD) are stored per block and summed by the caller.
 
 The states entering the chunks and the adjoints leaving them come either from the walks above
 (`ssd_forward_kernel` with STORE_STATES, `ssd_adjoint_kernel`: one (p, Q)·(Q, n) product per chunk inside a

@@ -3,8 +3,8 @@
 Forward: one sequence walk computing y (fused), or the chunk states plus every chunk in parallel (chunked),
 chosen by `SSDConfig.forward_mode`. It saves only its inputs. Backward: the state entering each chunk and the
 adjoint of the state leaving each chunk (both transient, (chunks, h, p, n) in the matrix-product dtype), then
-one chunk-parallel kernel for every gradient; the sums it leaves per channel block or chunk (dΔ, dA, dD,
-dt_bias) are finished here with torch reductions.
+a chunk-parallel kernel for every gradient but dB and dC and one for those (`SSDConfig.state_side`); the sums
+left per channel block or chunk (dΔ, dA, dD, dt_bias) are finished here with torch reductions.
 
 The chunk states and adjoints (chunked forward and backward) come from `SSDConfig.state_mode`: "walk" (a
 sequential program per (sequence, head, channel block), `_sequence_pass` / `_chunk_adjoints`) or "parallel"
@@ -104,8 +104,12 @@ class SSDConfig:
     memory in its loop; benchmarks/notes/ssd.md); state_mode "walk", forward_mode "auto" (`_fused_forward`),
     heads_per_program 0 (4 or 8 heads 1.06-1.26× slower); the gradient kernel at 3 pipeline stages (2: 1.11-1.13×
     slower at b8 h24 / h32 L8192, 4: 1.40×; results/ssd_backward_configs.json; the other kernels gain nothing from
-    3). The split gradient kernels (per head and per group) and shared scores (C Bᵀ once per gradient program)
-    were timed on one H100, slower than this single gradient kernel, and removed (benchmarks/notes/ssd.md)."""
+    3). state_side "kernel": the gradient kernel's per-head loop (1.52 ms at b8 h24 L8192) and the state-side
+    kernel at 64 channels, 8 warps, 2 stages (0.73 ms: no spills; at 32 channels 1.03) took 0.82 of the inline
+    kernel's 2.76 ms, forward+backward 4.09-4.10 ms against 4.61-4.62 at h24 and 5.03-5.05 against 5.68-5.69 at
+    h32, the same gradients to the bf16 outputs' rounding (one H100, two runs; results/ssd_gpu_state_side*.json).
+    The earlier split gradient kernels (the seventh session's per-head and per-group pair) and shared scores
+    (C Bᵀ once per gradient program) were timed on one H100, slower, and removed (benchmarks/notes/ssd.md)."""
 
     chunk: int = 64
     chunk_fused: int = 32
@@ -133,7 +137,7 @@ class SSDConfig:
     warps_pass: int = 4
     # dB and dC summed over the heads of a group: "inline" (the gradient kernel's second head loop) or "kernel"
     # (`ssd_chunk_state_side_kernel` after it: its channels, warps and stages below, heads_per_program as above)
-    state_side: str = "inline"
+    state_side: str = "kernel"
     block_p_state_side: int = 64
     warps_state_side: int = 8
     stages_state_side: int = 2
