@@ -231,9 +231,8 @@ def correctness(report, official, also=()):
                                                      backend="torch", chunk_size=64, **kw), args)
     report["correctness_vs_torch_fp32"] = {"ours": compare(outputs_and_grads(ours, args), ref)}
     for fields in also:
-        cfg = dataclasses.replace(SSDConfig(), **fields)
         report["correctness_vs_torch_fp32"][config_name(fields)] = compare(
-            outputs_and_grads(lambda a, cfg=cfg, **kw: ours(a, cfg, **kw), args), ref)
+            outputs_and_grads(ours_with(fields), args), ref)
     if official:
         report["correctness_vs_torch_fp32"]["official"] = compare(outputs_and_grads(official, args), ref)
     log(f"correctness vs torch fp32: {json.dumps(report['correctness_vs_torch_fp32'], default=lambda v: f'{v:.1e}')}")
@@ -278,6 +277,12 @@ def config_name(fields: dict) -> str:
     return "ours_" + ",".join(f"{k}={v}" for k, v in fields.items())
 
 
+def ours_with(fields: dict):
+    """ours(args, **kw) under the default SSDConfig with `fields` replaced."""
+    cfg = dataclasses.replace(SSDConfig(), **fields)
+    return lambda a, **kw: ours(a, cfg, **kw)
+
+
 def time_shapes(report, official, best, save, budget_s, also=()):
     """Forward and forward+backward of ours (default, the sweep's best if different, each config of `also`)
     and official at every shape, with their extra peak memory and their agreement."""
@@ -292,8 +297,7 @@ def time_shapes(report, official, best, save, budget_s, also=()):
         if best != SSDConfig():
             calls["ours_best"] = lambda a, **kw: ours(a, best, **kw)
         for fields in also:
-            cfg = dataclasses.replace(SSDConfig(), **fields)
-            calls[config_name(fields)] = lambda a, cfg=cfg, **kw: ours(a, cfg, **kw)
+            calls[config_name(fields)] = ours_with(fields)
         if official:
             calls["official"] = official
         for name, call in calls.items():
@@ -304,10 +308,11 @@ def time_shapes(report, official, best, save, budget_s, also=()):
                 if name not in ("ours", "official"):
                     row[f"{name}_vs_ours_rel_err"] = errors = compare(outputs_and_grads(call, args), default)
                     log(f"{key} {name} against the default: largest error {max(errors.values()):.1e}")
-        if official and all(f"{n}_fwdbwd_ms" in row for n in calls):
-            row["ours_vs_official_rel_err"] = compare(default, outputs_and_grads(official, args))
-            for t in ("fwd", "fwdbwd"):
-                row[f"speedup_{t}"] = row[f"official_{t}_ms"] / min(row[f"{n}_{t}_ms"] for n in calls if n != "official")
+            if official:
+                row["ours_vs_official_rel_err"] = compare(default, outputs_and_grads(official, args))
+                for t in ("fwd", "fwdbwd"):
+                    row[f"speedup_{t}"] = row[f"official_{t}_ms"] / min(row[f"{n}_{t}_ms"] for n in calls
+                                                                        if n != "official")
         report["shapes"][key] = row
         log(f"{key}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)))
         del args
