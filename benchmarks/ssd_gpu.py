@@ -310,9 +310,10 @@ def time_shapes(report, official, best, save, budget_s, also=()):
                     log(f"{key} {name} against the default: largest error {max(errors.values()):.1e}")
             if official:
                 row["ours_vs_official_rel_err"] = compare(default, outputs_and_grads(official, args))
-                for t in ("fwd", "fwdbwd"):
-                    row[f"speedup_{t}"] = row[f"official_{t}_ms"] / min(row[f"{n}_{t}_ms"] for n in calls
-                                                                        if n != "official")
+                for t in ("fwd", "fwdbwd"):  # the default's (what users get), and the fastest config's
+                    row[f"speedup_{t}"] = row[f"official_{t}_ms"] / row[f"ours_{t}_ms"]
+                    row[f"best_speedup_{t}"] = row[f"official_{t}_ms"] / min(row[f"{n}_{t}_ms"] for n in calls
+                                                                             if n != "official")
         report["shapes"][key] = row
         log(f"{key}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)))
         del args
@@ -405,15 +406,16 @@ def _cell(row, key):
 def table(report) -> str:
     lines = [
         ("| shape | ours fwd | best fwd | official fwd | ours fwd+bwd | best fwd+bwd | official fwd+bwd "
-        "| speedup fwd / fwd+bwd | extra GB ours / official |"),
-        "|---|---|---|---|---|---|---|---|---|",
+        "| speedup fwd / fwd+bwd | fastest config's speedup | extra GB ours / official |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, r in report["shapes"].items():
         cells = [_cell(r, k) for k in ("ours_fwd_ms", "ours_best_fwd_ms", "official_fwd_ms", "ours_fwdbwd_ms",
                                        "ours_best_fwdbwd_ms", "official_fwdbwd_ms")]
         speed = f"{_cell(r, 'speedup_fwd')} / {_cell(r, 'speedup_fwdbwd')}"
+        fastest = f"{_cell(r, 'best_speedup_fwd')} / {_cell(r, 'best_speedup_fwdbwd')}"
         memory = f"{_cell(r, 'ours_fwdbwd_extra_gb')} / {_cell(r, 'official_fwdbwd_extra_gb')}"
-        lines.append(f"| {key} | {' | '.join(cells)} | {speed} | {memory} |")
+        lines.append(f"| {key} | {' | '.join(cells)} | {speed} | {fastest} | {memory} |")
     return "\n".join(lines)
 
 

@@ -7,7 +7,9 @@ benchmarks/ssd_gpu.py where we lose (b8 h24 L8192, b2 h24 L32768) and where we w
 
 Per shape and implementation: every GPU kernel of one forward+backward summed by name (calls and µs per
 iteration, over `--iters` iterations after a warm-up), the sum against the wall time per iteration (the rest
-is gaps between launches). The official package is optional (its rows are skipped when it is not importable).
+is gaps between launches), and the host's time to enqueue one iteration (where it nears the wall time, the GPU
+waits on Python and launches, not on kernels). The official package is optional (its rows are skipped when it
+is not importable).
 """
 
 from __future__ import annotations
@@ -19,20 +21,30 @@ import time
 import torch
 
 from benchmarks.common import base_parser, write_result
-from benchmarks.ssd_gpu import fwd_bwd, load_official, make_inputs, official_fn, ours, parse_config
+from benchmarks.ssd_gpu import (
+    fwd_bwd,
+    load_official,
+    make_inputs,
+    official_fn,
+    ours,
+    parse_config,
+    parse_shape,
+)
 from mambalab.ops.ssd.triton_ssd import SSDConfig
 
 SHAPES = [(8, 24, 2048), (8, 24, 8192), (2, 24, 32768)]  # (b, h, L); head dim 64, N 128 (ssd_gpu's)
 
 
 def kernel_table(run, iters: int) -> dict:
-    """Kernels of `iters` calls of run() summed by name, per call, largest first; wall and kernel µs per call."""
+    """Kernels of `iters` calls of run() summed by name, per call, largest first; wall, host (enqueueing) and
+    kernel µs per call."""
     for _ in range(3):
         run()
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(iters):
         run()
+    host_us = (time.perf_counter() - start) / iters * 1e6
     torch.cuda.synchronize()
     wall_us = (time.perf_counter() - start) / iters * 1e6
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -45,7 +57,7 @@ def kernel_table(run, iters: int) -> dict:
         if e.self_device_time_total > 0
     }
     kernels = dict(sorted(kernels.items(), key=lambda kv: -kv[1]["us"]))
-    return {"wall_us": wall_us, "kernel_us": sum(k["us"] for k in kernels.values()), "kernels": kernels}
+    return {"wall_us": wall_us, "host_us": host_us, "kernel_us": sum(k["us"] for k in kernels.values()), "kernels": kernels}
 
 
 def main() -> None:
@@ -53,6 +65,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--also", action="append", default=[], type=parse_config, metavar="FIELD=VALUE[,...]",
                         help="an SSDConfig profiled besides the default, e.g. state_mode=parallel (repeatable)")
+    parser.add_argument("--shape", action="append", default=[], type=parse_shape, metavar="B,H,L",
+                        help="profile only these shapes (repeatable; default: SHAPES)")
     opts = parser.parse_args()
     official, why = load_official()
     report = {"official": "mamba_ssm 2.3.2 mamba_chunk_scan_combined" if official else f"skipped: {why}",
@@ -63,14 +77,14 @@ def main() -> None:
         calls[name] = functools.partial(ours, config=dataclasses.replace(SSDConfig(), **fields))
     if official:
         calls["official"] = official_fn(official[0])
-    for b, h, length in SHAPES:
+    for b, h, length in opts.shape or SHAPES:
         args = make_inputs(b, h, length)
         row = {}
         for name, call in calls.items():
             row[name] = kernel_table(fwd_bwd(call, args), opts.iters)
             top = list(row[name]["kernels"].items())[:8]
-            print(f"b{b} h{h} L{length} {name}: wall {row[name]['wall_us']:.0f} µs, kernels "
-                  f"{row[name]['kernel_us']:.0f} µs", flush=True)
+            print(f"b{b} h{h} L{length} {name}: wall {row[name]['wall_us']:.0f} µs, host "
+                  f"{row[name]['host_us']:.0f} µs, kernels {row[name]['kernel_us']:.0f} µs", flush=True)
             for kernel, k in top:
                 print(f"    {k['us']:9.1f} µs  {k['calls']:5.1f}×  {kernel}", flush=True)
         report["shapes"][f"b{b}_h{h}_L{length}"] = row
