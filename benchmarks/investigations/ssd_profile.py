@@ -14,8 +14,6 @@ is not importable).
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import time
 
 import torch
@@ -27,10 +25,10 @@ from benchmarks.ssd_gpu import (
     make_inputs,
     official_fn,
     ours,
+    ours_with,
     parse_config,
     parse_shape,
 )
-from mambalab.ops.ssd.triton_ssd import SSDConfig
 
 SHAPES = [(8, 24, 2048), (8, 24, 8192), (2, 24, 32768)]  # (b, h, L); head dim 64, N 128 (ssd_gpu's)
 
@@ -74,7 +72,7 @@ def main() -> None:
     calls = {"ours": ours}
     for fields in opts.also:
         name = "ours " + ",".join(f"{k}={v}" for k, v in fields.items())
-        calls[name] = functools.partial(ours, config=dataclasses.replace(SSDConfig(), **fields))
+        calls[name] = ours_with(fields)
     if official:
         calls["official"] = official_fn(official[0])
     for b, h, length in opts.shape or SHAPES:
