@@ -44,14 +44,24 @@ class RMSNorm(nn.Module):
         does, which measured 6.6e-3 (bf16) between a model's training and inference forwards on an H100, over
         the 5e-3 its GPU test allows. Inside an outer torch.compile, the plain composition, which inductor fuses
         with its neighbours."""
+        path = self._path(x)
+        if path == "compiled":
+            return _compiled_composition()(x, self.weight, self.eps, round_to_weight_dtype)
+        if path == "triton":
+            from mambalab.ops.triton.norm import rms_norm
+
+            return rms_norm(x, self.weight, self.eps, round_to_weight_dtype)
+        return rms_norm_composition(x, self.weight, self.eps, round_to_weight_dtype)
+
+    def _path(self, x: torch.Tensor) -> str:
+        """How `forward` computes on x: "triton", "compiled" (the composition through torch.compile) or
+        "composition"; see `forward`."""
         if x.is_cuda and torch.float64 not in (x.dtype, self.weight.dtype) and not torch.compiler.is_compiling():
             from mambalab.ops import triton as kernels
             from mambalab.ops.backends import records_grad
 
-            if records_grad(x, self.weight) and x.dtype == self.weight.dtype == torch.float32:
-                return _compiled_composition()(x, self.weight, self.eps, round_to_weight_dtype)
+            if records_grad(x, self.weight):  # the Triton kernel has no backward
+                return "compiled" if x.dtype == self.weight.dtype == torch.float32 else "composition"
             if kernels.runs_on(x.device):
-                from mambalab.ops.triton.norm import rms_norm
-
-                return rms_norm(x, self.weight, self.eps, round_to_weight_dtype)
-        return rms_norm_composition(x, self.weight, self.eps, round_to_weight_dtype)
+                return "triton"
+        return "composition"

@@ -81,7 +81,8 @@ def test_module_uses_the_kernel_only_where_no_gradient_is_recorded_on_cuda(monke
     if torch.cuda.is_available():
         norm, x = norm.cuda(), x.cuda()
         norm(x)  # a gradient is recorded, float32: compiled
-        norm.to(torch.bfloat16)(x.bfloat16())  # a 16-bit model in training: the composition
+        y = norm.to(torch.bfloat16)(x.bfloat16())  # a 16-bit model in training: the composition
+        assert y.requires_grad  # the Triton kernel has no backward: it must not take a recorded call
         with torch.no_grad():
-            norm(x)
+            norm(x.bfloat16())
         assert calls == ["compiled", "triton"]
