@@ -249,7 +249,8 @@ async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, 
                  max_tokens: int | None, default_stops: list[str], stream_interval: float,
                  shared_prefix: int = 0):
     """Submit one engine request per prompt (the first `shared_prefix` tokens of each are a system prompt
-    that other requests share); answer with one JSON body or an SSE stream."""
+    that other requests share; a chat prompt's state is cached for the conversation's next turn); answer with
+    one JSON body or an SSE stream."""
     news = asyncio.Event()
     notify = functools.partial(_Wakeups.of(asyncio.get_running_loop()).mark, news)  # from the scheduler thread
     limit = engine.limits.max_model_len
@@ -257,7 +258,7 @@ async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, 
     requests = [
         EngineRequest(p, max_tokens if max_tokens is not None else max(0, min(DEFAULT_MAX_TOKENS, limit - len(p))),
                       sampling, body.seed, stops, bool(body.ignore_eos), on_update=notify,
-                      streaming=bool(body.stream), shared_prefix=shared_prefix)
+                      streaming=bool(body.stream), shared_prefix=shared_prefix, cache_prompt=chat)
         for p in prompts
     ]
     try:

@@ -5,7 +5,8 @@ KV cache. Each `step()`:
 1. takes new submissions, drops cancelled and timed-out requests;
 2. admits waiting requests while fewer than `max_num_seqs` are in flight: each starts from the longest
    cached prefix of its prompt (`PrefixCache`), else from a zero state. A request's `shared_prefix` (a
-   chat's system prompt) that is not cached yet is cached, in memory only, when its prefill passes it;
+   chat's system prompt) that is not cached yet is cached, in memory only, when its prefill passes it, and
+   with `cache_prompt` so is its whole prompt (the next turn of a conversation starts with it);
 3. prefills at most `max_prefill_tokens` prompt tokens in all, in chunks (so one long prompt cannot starve
    the decoding of the others); requests whose chunks have the same length run in one forward call. A
    request whose prompt is done chooses its first token from the last logits and joins the decode batch;
@@ -97,6 +98,7 @@ class Request:
     on_update: Callable[[], None] | None = None  # called (from the scheduler thread) when there is news
     streaming: bool = True  # on_update for each piece of text; False: only when the request ends
     shared_prefix: int = 0  # leading prompt tokens other requests share (a system prompt): their state is cached
+    cache_prompt: bool = False  # cache the state after the whole prompt (a chat's next turn extends it)
     id: int = field(default_factory=lambda: next(_ids))
 
     def __post_init__(self) -> None:
@@ -406,7 +408,7 @@ class Scheduler:
         for i, r in enumerate(members):
             r.consumed += n
             if r.consumed == r.cache_at:
-                self._cache_shared_prefix(r, state if len(members) == 1 else state.select([i]))
+                self._keep_state(r, r.cache_at, state if len(members) == 1 else state.select([i]))
         done = [i for i, r in enumerate(members) if r.consumed == len(r.prompt)]
         for i, r in enumerate(members):
             if r.consumed < len(r.prompt):  # more chunks to come: a state of its own
@@ -417,15 +419,18 @@ class Scheduler:
             finished = [members[i] for i in done]
             for row, r in enumerate(finished):
                 r.state, r.state_row = shared, row
+                if r.cache_prompt:
+                    self._keep_state(r, len(r.prompt), shared if len(finished) == 1 else shared.select([row]))
             self._first_tokens(finished, logits[done, -1])  # (f, vocab)
 
-    def _cache_shared_prefix(self, r: Request, state: InferenceState) -> None:
-        """Keep the state after `r`'s shared prefix in the cache's memory (not on disk: clients must not fill
-        it), so later requests that start with that prefix resume from it. Never fails the request."""
+    def _keep_state(self, r: Request, n: int, state: InferenceState) -> None:
+        """Keep `state`, the state after `r`'s first `n` prompt tokens, in the cache's memory (not on disk:
+        clients must not fill it), so later requests that start with those tokens resume from it. Never fails
+        the request."""
         try:
-            self.cache.put(r.prompt[: r.cache_at], state, persist=False)
+            self.cache.put(r.prompt[:n], state, persist=False)
         except Exception as e:  # noqa: BLE001 - a cache that cannot keep it costs speed, not the answer
-            logger.warning("prefix cache: the shared prefix of request %d is not cached: %s", r.id, e)
+            logger.warning("prefix cache: %d prompt tokens of request %d are not cached: %s", n, r.id, e)
 
     def _allocate(self, rows: int) -> InferenceState:
         """Zero states for `rows` requests, with the prefix cache's SSM state dtype: every state of the batch

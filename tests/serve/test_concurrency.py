@@ -276,4 +276,19 @@ def test_a_shared_prefix_the_cache_cannot_keep_costs_no_request(monkeypatch, cap
     engine.scheduler.submit([request])
     engine.scheduler.run_until_done([request])
     assert request.finish_reason in ("stop", "length") and request.text.emitted == expected.text
-    assert "shared prefix of request" in caplog.text and "no room" in caplog.text
+    assert "prompt tokens of request" in caplog.text and "no room" in caplog.text
+
+
+def test_a_cached_prompt_is_resumed_by_a_prompt_that_extends_it():
+    model = byte_model()
+    engine = Engine(model, TOK, limits=Limits(max_prefill_tokens=16))
+    first = TOK.encode("[user]a first question, long enough for several chunks</s>[assistant]")
+    turn = Request(first, 5, cache_prompt=True)
+    engine.scheduler.submit([turn])
+    engine.scheduler.run_until_done([turn])
+    extended = first + TOK.encode(turn.text.emitted + "</s>[user]and a second one</s>[assistant]")
+    (alone,) = Engine(model, TOK).complete([extended], 8)
+    later = Request(extended, 8)
+    engine.scheduler.submit([later])
+    engine.scheduler.run_until_done([later])
+    assert later.cached_tokens == len(first) and later.text.emitted == alone.text
