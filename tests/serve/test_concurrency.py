@@ -279,8 +279,16 @@ def test_a_shared_prefix_the_cache_cannot_keep_costs_no_request(monkeypatch, cap
     assert "prompt tokens of request" in caplog.text and "no room" in caplog.text
 
 
-def test_a_cached_prompt_is_resumed_by_a_prompt_that_extends_it():
+@pytest.mark.parametrize("pattern", [None, ["mamba", "attention"]])
+def test_a_cached_prompt_is_resumed_by_a_prompt_that_extends_it(pattern):
+    """A conversation's next turn resumes from the state after the previous prompt (KV caches included)."""
+    from mambalab import LanguageModel, ModelConfig, SSMConfig
+
     model = byte_model()
+    if pattern is not None:
+        config = ModelConfig(d_model=32, n_layer=2, vocab_size=TOK.vocab_size, ssm=SSMConfig(d_state=8),
+                             layer_pattern=pattern)
+        model = LanguageModel(config).double().eval()
     engine = Engine(model, TOK, limits=Limits(max_prefill_tokens=16))
     first = TOK.encode("[user]a first question, long enough for several chunks</s>[assistant]")
     turn = Request(first, 5, cache_prompt=True)
