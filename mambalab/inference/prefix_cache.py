@@ -64,6 +64,10 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, tokens) -> bool:
+        """Whether the state after exactly `tokens` is cached (in memory or on disk)."""
+        return _key(tokens) in self._entries
+
     @property
     def nbytes(self) -> int:
         """Bytes of the states held in memory."""

@@ -39,7 +39,7 @@ from mambalab.errors import MambalabError
 from mambalab.inference.sampling import SamplingConfig
 from mambalab.serve.chat import ChatFormat, ChatTemplateError
 from mambalab.serve.engine import Engine
-from mambalab.serve.protocol import ApiError, ChatRequest, CompletionRequest, parse
+from mambalab.serve.protocol import MAX_PROMPTS, ApiError, ChatRequest, CompletionRequest, parse
 from mambalab.serve.scheduler import Request as EngineRequest
 from mambalab.serve.scheduler import RequestRejected
 from mambalab.serve.server import STREAM_INTERVAL_S, serve
@@ -248,18 +248,22 @@ def _sampling(body) -> SamplingConfig:
 async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, prompts: list[list[int]], body,
                  max_tokens: int | None, default_stops: list[str], stream_interval: float,
                  shared_prefix: int = 0):
-    """Submit one engine request per prompt (the first `shared_prefix` tokens of each are a system prompt
-    that other requests share; a chat prompt's state is cached for the conversation's next turn); answer with
-    one JSON body or an SSE stream."""
+    """Submit `n` engine requests per prompt, choice index prompt·n + j (the first `shared_prefix` tokens of
+    each prompt are a system prompt that other requests share; a chat prompt's state is cached for the
+    conversation's next turn); answer with one JSON body or an SSE stream."""
+    n = body.n or 1
+    if len(prompts) * n > MAX_PROMPTS:
+        raise ApiError(400, f"{len(prompts)} prompts x n = {n} is {len(prompts) * n} choices; at most {MAX_PROMPTS}",
+                       "n")
     news = asyncio.Event()
     notify = functools.partial(_Wakeups.of(asyncio.get_running_loop()).mark, news)  # from the scheduler thread
     limit = engine.limits.max_model_len
     sampling, stops = _sampling(body), body.stop_strings() + default_stops
     requests = [
         EngineRequest(p, max_tokens if max_tokens is not None else max(0, min(DEFAULT_MAX_TOKENS, limit - len(p))),
-                      sampling, body.seed, stops, bool(body.ignore_eos), on_update=notify,
+                      sampling, _choice_seed(body.seed, j), stops, bool(body.ignore_eos), on_update=notify,
                       streaming=bool(body.stream), shared_prefix=shared_prefix, cache_prompt=chat)
-        for p in prompts
+        for p in prompts for j in range(n)
     ]
     try:
         engine.scheduler.submit(requests)
@@ -269,14 +273,22 @@ async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, 
     envelope = _Envelope(chat, model_name, body.stream)
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(_events(requests, news, envelope, include_usage, stream_interval),
+        return StreamingResponse(_events(requests, news, envelope, include_usage, stream_interval, n),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     if not await _wait(request, requests, news):
         return Response(status_code=499)  # the client has gone: nobody reads this
     failed = _failure(requests)
     if failed is not None:
         raise failed
-    return envelope.response([(r.text.emitted, r.finish_reason) for r in requests], _usage(requests))
+    return envelope.response([(r.text.emitted, r.finish_reason) for r in requests], _usage(requests, n))
+
+
+def _choice_seed(seed: int | None, j: int) -> int | None:
+    """The seed of a prompt's choice j: the request's seed for the first, and distinct ones for the others
+    (each its own draw), within torch's seed range."""
+    if seed is None or j == 0:
+        return seed
+    return seed + j if seed + j <= 2**64 - 1 else seed - j
 
 
 async def _wait(request: Request, requests: list[EngineRequest], news: asyncio.Event) -> bool:
@@ -304,7 +316,7 @@ async def _disconnected(request: Request) -> None:
 
 
 async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: _Envelope, include_usage: bool,
-                  interval: float = 0.0):
+                  interval: float = 0.0, n: int = 1):
     """The SSE stream: text chunks as they settle (the first token of a choice always gets one at once, its
     text maybe empty, so clients can time the first token), one finish chunk per choice, usage, [DONE].
     Everything due at one wake-up goes out in one write. Once every choice has had its first token, the
@@ -341,7 +353,7 @@ async def _events(requests: list[EngineRequest], news: asyncio.Event, envelope: 
                         await asyncio.sleep(interval)  # the text made meanwhile goes out in one event
                 await news.wait()
         if include_usage:
-            due.append(envelope.event({**envelope.head(), "choices": [], "usage": _usage(requests)}, False))
+            due.append(envelope.event({**envelope.head(), "choices": [], "usage": _usage(requests, n)}, False))
         due.append("data: [DONE]\n\n")
         yield "".join(due)
     finally:
@@ -361,10 +373,11 @@ def _failure(requests: list[EngineRequest]) -> ApiError | None:
     return None
 
 
-def _usage(requests: list[EngineRequest]) -> dict:
-    prompt = sum(len(r.prompt) for r in requests)
+def _usage(requests: list[EngineRequest], n: int) -> dict:
+    """OpenAI's usage: each prompt counted once (not once per choice), every choice's tokens."""
+    prompt = sum(len(r.prompt) for r in requests[::n])
     completion = sum(r.completion_tokens for r in requests)
-    cached = sum(r.cached_tokens for r in requests)  # prompt tokens resumed from the prefix cache
+    cached = sum(r.cached_tokens for r in requests[::n])  # prompt tokens resumed from the prefix cache
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": cached}}
 

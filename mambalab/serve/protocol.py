@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-MAX_PROMPTS = 64  # prompts in one completions request (each is one choice)
+MAX_PROMPTS = 64  # choices in one request: prompts of a completions request x n
 MAX_MESSAGES = 4096
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 256
@@ -68,7 +68,7 @@ class _Generation(_Strict):
     ) = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(1, ge=1)
+    n: int | None = Field(1, ge=1, le=MAX_PROMPTS)  # choices per prompt; prompts x n <= MAX_PROMPTS
     user: str | None = Field(None, max_length=MAX_NAME_CHARS)
     ignore_eos: bool | None = False  # vLLM's extension: generate max_tokens whatever the model says (benchmarks)
 
@@ -131,8 +131,6 @@ def parse(model: type[_Generation], body: dict) -> _Generation:
 
 def _check_supported(r: _Generation) -> None:
     """Accepted by the schema, but only in their neutral setting."""
-    if r.n not in (1, None):
-        raise ApiError(400, f"only n = 1 is supported, got n = {r.n}", "n", "unsupported_parameter")
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(r, name):
             raise ApiError(400, f"{name} is not supported; use repetition_penalty", name, "unsupported_parameter")

@@ -428,7 +428,8 @@ class Scheduler:
         clients must not fill it), so later requests that start with those tokens resume from it. Never fails
         the request."""
         try:
-            self.cache.put(r.prompt[:n], state, persist=False)
+            if r.prompt[:n] not in self.cache:  # (n choices of one prompt: the first keeps it)
+                self.cache.put(r.prompt[:n], state, persist=False)
         except Exception as e:  # noqa: BLE001 - a cache that cannot keep it costs speed, not the answer
             logger.warning("prefix cache: %d prompt tokens of request %d are not cached: %s", n, r.id, e)
 

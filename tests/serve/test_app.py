@@ -106,6 +106,26 @@ def test_a_conversations_next_turn_resumes_from_the_previous_prompt(served):
     assert second.choices[0].message.content == reference.text
 
 
+def test_n_choices_per_prompt_sampled_apart_and_counted_once(served):
+    req = {"model": MODEL_NAME, "prompt": ["abc", "xyz!"], "max_tokens": 12, "temperature": 1.0, "seed": 11}
+    many = served.client.completions.create(**req, n=3)
+    assert [c.index for c in many.choices] == list(range(6))
+    texts = [c.text for c in many.choices]
+    assert len(set(texts[:3])) == 3 and len(set(texts[3:])) == 3  # each choice its own draw
+    # choice j of a prompt is the single choice of that prompt with seed + j
+    singles = [served.client.completions.create(**{**req, "prompt": p, "seed": 11 + j})
+               for p in req["prompt"] for j in range(3)]
+    assert [s.choices[0].text for s in singles] == texts
+    assert many.usage.prompt_tokens == len(TOK.encode("abc")) + len(TOK.encode("xyz!"))  # once per prompt
+    assert many.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles)
+    chunks = list(served.client.completions.create(**req, n=3, stream=True))
+    for i in range(6):
+        assert "".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i) == texts[i]
+    chat = served.client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}],
+                                                 max_tokens=8, temperature=1.0, seed=3, n=2)
+    assert [c.index for c in chat.choices] == [0, 1]
+
+
 def test_stop_strings_cut_the_text(served):
     req = {"model": MODEL_NAME, "prompt": "The", "max_tokens": 16, "temperature": 0}
     text = served.client.completions.create(**req).choices[0].text
