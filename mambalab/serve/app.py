@@ -144,6 +144,12 @@ def create_app(
     async def version_():
         return {"version": _version()}
 
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        authorize(request)  # what was served is the operator's to see: behind the API key when there is one
+        text = engine.scheduler.stats.render(engine.scheduler, engine.cache)
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
     @app.get("/v1/models")
     async def models(request: Request):
         authorize(request)

@@ -47,6 +47,7 @@ from mambalab.inference.cuda_graph import decode_step
 from mambalab.inference.prefix_cache import PrefixCache
 from mambalab.inference.sampling import SamplingConfig
 from mambalab.inference.state import InferenceState
+from mambalab.serve.metrics import ServerStats
 from mambalab.serve.text import TextStream
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class Request:
         self.cached_tokens = 0  # prompt tokens resumed from the prefix cache
         self.text: TextStream | None = None  # set by the scheduler (it knows the tokenizer)
         self._cancelled = threading.Event()
+        self._on_finish: Callable[[Request], None] | None = None  # the scheduler's stats, set by submit
         self._lock = threading.Lock()
         self._pending: list[str] = []
         self.done = threading.Event()
@@ -169,6 +171,8 @@ class Request:
         self.finish_reason, self.error = reason, error
         self.state = self.seen = self.generator = None
         self.done.set()
+        if self._on_finish is not None:
+            self._on_finish(self)
         self._notify()
 
     def _notify(self) -> None:
@@ -209,6 +213,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.steps = 0  # decode steps run (for tests and logs)
+        self.stats = ServerStats()  # what has been served, for /metrics
 
     # Any thread -----------------------------------------------------------------------------------------
     def check(self, prompt: list[int], max_new_tokens: int) -> None:
@@ -240,8 +245,10 @@ class Scheduler:
         if len(self._submitted) + len(self._waiting) + len(requests) > self.limits.max_waiting:
             raise RequestRejected(f"too many requests waiting (at most {self.limits.max_waiting}); retry later",
                                   None, status=429)
+        self.stats.submitted(len(requests))
         for r in requests:
             r.text = TextStream(self.tokenizer, r.stop, incremental=r.streaming)
+            r._on_finish = self._record_finish
             self._submitted.append(r)
         self._wake.set()
 
@@ -249,6 +256,16 @@ class Scheduler:
     def threaded(self) -> bool:
         """Whether a scheduler thread (started by `start()`) is stepping."""
         return self._thread is not None
+
+    @property
+    def n_waiting(self) -> int:
+        """Requests submitted and not yet admitted (safe to read from any thread)."""
+        return len(self._submitted) + len(self._waiting)
+
+    @property
+    def n_in_flight(self) -> int:
+        """Requests prefilling or decoding (read from another thread: a snapshot that may be a step old)."""
+        return self._n_in_flight()
 
     @property
     def busy(self) -> bool:
@@ -367,6 +384,7 @@ class Scheduler:
                 r._finish("length")
                 continue
             r.cached_tokens, r.state = self.cache.lookup(r.prompt)  # None: start from zeros
+            self.stats.admitted(len(r.prompt), r.cached_tokens)
             r.consumed = r.cached_tokens
             if r.cached_tokens < r.shared_prefix < len(r.prompt):  # a shared prefix not cached yet
                 r.cache_at = r.shared_prefix
@@ -405,6 +423,7 @@ class Scheduler:
             states = [r.state if r.state is not None else self._allocate(1) for r in members]
             state = states[0] if len(states) == 1 else InferenceState.concat(states)
         logits, state = self.model.prefill(ids, state, state_dtype=self.cache.state_dtype)
+        self.stats.prefilled(ids.numel())
         for i, r in enumerate(members):
             r.consumed += n
             if r.consumed == r.cache_at:
@@ -422,6 +441,9 @@ class Scheduler:
                 if r.cache_prompt:
                     self._keep_state(r, len(r.prompt), shared if len(finished) == 1 else shared.select([row]))
             self._first_tokens(finished, logits[done, -1])  # (f, vocab)
+
+    def _record_finish(self, r: Request) -> None:
+        self.stats.request_finished(r.finish_reason, r.completion_tokens, time.monotonic() - r.created)
 
     def _keep_state(self, r: Request, n: int, state: InferenceState) -> None:
         """Keep `state`, the state after `r`'s first `n` prompt tokens, in the cache's memory (not on disk:
@@ -444,6 +466,7 @@ class Scheduler:
             if r.done.is_set():  # its choice failed
                 continue
             r.first_token_time = now
+            self.stats.first_token(now - r.created)
             if not self._accept_token(r, token):
                 self._joining.append(r)
 

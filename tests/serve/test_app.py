@@ -174,6 +174,55 @@ def test_api_key_is_required_when_configured():
         good = Served(engine, thread, api_key="sesame").client
         assert good.completions.create(model=MODEL_NAME, prompt="x", max_tokens=2).usage.completion_tokens == 2
         assert httpx.get(f"{thread.url}/health", timeout=10).status_code == 200  # no key needed
+        assert httpx.get(f"{thread.url}/metrics", timeout=10).status_code == 401
+        headers = {"Authorization": "Bearer sesame"}
+        assert httpx.get(f"{thread.url}/metrics", headers=headers, timeout=10).status_code == 200
+    finally:
+        thread.stop()
+
+
+def _metrics(url: str) -> dict[str, float]:
+    """GET /metrics as {sample name with labels: value}, checking the exposition's shape on the way."""
+    import httpx
+
+    response = httpx.get(f"{url}/metrics", timeout=10)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for line in response.text.splitlines():
+        if line.startswith("#"):
+            assert line.split()[1] in ("HELP", "TYPE"), line
+            continue
+        name, value = line.rsplit(" ", 1)
+        samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_what_was_served():
+    engine = Engine(byte_model(), TOK)
+    thread = start_server(engine, system_prompt=SYSTEM)
+    try:
+        client = Served(engine, thread).client
+        before = _metrics(thread.url)
+        assert before["mambalab_requests_received_total"] == 0 and before["mambalab_prefix_cache_entries"] == 1
+        out = client.completions.create(model=MODEL_NAME, prompt=["ab", "abcd"], max_tokens=5, temperature=0,
+                                        extra_body={"ignore_eos": True})
+        chat = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=3, temperature=0, extra_body={"ignore_eos": True})
+        after = _metrics(thread.url)
+        assert after["mambalab_requests_received_total"] == 3
+        assert after['mambalab_requests_finished_total{reason="length"}'] == 3
+        assert after["mambalab_generation_tokens_total"] == 5 + 5 + 3
+        assert after["mambalab_prompt_tokens_total"] == out.usage.prompt_tokens + chat.usage.prompt_tokens
+        cached = chat.usage.prompt_tokens_details.cached_tokens
+        assert cached > 0 and after["mambalab_prompt_tokens_cached_total"] == cached
+        assert after["mambalab_prefill_tokens_total"] == after["mambalab_prompt_tokens_total"] - cached
+        for counter, more in (("hits", 1), ("misses", 2)):  # the chat resumed; the two completions did not
+            name = f"mambalab_prefix_cache_{counter}_total"
+            assert after[name] == before[name] + more
+        assert after['mambalab_time_to_first_token_seconds_bucket{le="+Inf"}'] == 3
+        assert after["mambalab_request_latency_seconds_count"] == 3
+        assert after["mambalab_requests_running"] == 0 and after["mambalab_requests_waiting"] == 0
+        assert after["mambalab_decode_steps_total"] >= 4
     finally:
         thread.stop()
 
