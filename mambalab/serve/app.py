@@ -265,12 +265,14 @@ async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, 
     notify = functools.partial(_Wakeups.of(asyncio.get_running_loop()).mark, news)  # from the scheduler thread
     limit = engine.limits.max_model_len
     sampling, stops = _sampling(body), body.stop_strings() + default_stops
-    requests = [
-        EngineRequest(p, max_tokens if max_tokens is not None else max(0, min(DEFAULT_MAX_TOKENS, limit - len(p))),
-                      sampling, _choice_seed(body.seed, j), stops, bool(body.ignore_eos), on_update=notify,
-                      streaming=bool(body.stream), shared_prefix=shared_prefix, cache_prompt=chat)
-        for p in prompts for j in range(n)
-    ]
+    requests = []
+    for p in prompts:  # choice j > 0 of a prompt forks choice 0: one prefill per prompt
+        for j in range(n):
+            requests.append(EngineRequest(
+                p, max_tokens if max_tokens is not None else max(0, min(DEFAULT_MAX_TOKENS, limit - len(p))),
+                sampling, _choice_seed(body.seed, j), stops, bool(body.ignore_eos), on_update=notify,
+                streaming=bool(body.stream), shared_prefix=shared_prefix, cache_prompt=chat,
+                fork_of=requests[-j] if j else None))
     try:
         engine.scheduler.submit(requests)
     except RequestRejected as e:

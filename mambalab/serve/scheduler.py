@@ -4,7 +4,8 @@ A Mamba request's state has a fixed size, so every running request can share one
 KV cache. Each `step()`:
 1. takes new submissions, drops cancelled and timed-out requests;
 2. admits waiting requests while fewer than `max_num_seqs` are in flight: each starts from the longest
-   cached prefix of its prompt (`PrefixCache`), else from a zero state. A request's `shared_prefix` (a
+   cached prefix of its prompt (`PrefixCache`), else from a zero state; a fork (another choice of the same
+   prompt, `n` > 1) runs no prefill but takes the prefilled state and first logits of the request it forks. A request's `shared_prefix` (a
    chat's system prompt) that is not cached yet is cached, in memory only, when its prefill passes it, and
    with `cache_prompt` so is its whole prompt (the next turn of a conversation starts with it);
 3. prefills at most `max_prefill_tokens` prompt tokens in all, in chunks (so one long prompt cannot starve
@@ -100,6 +101,7 @@ class Request:
     streaming: bool = True  # on_update for each piece of text; False: only when the request ends
     shared_prefix: int = 0  # leading prompt tokens other requests share (a system prompt): their state is cached
     cache_prompt: bool = False  # cache the state after the whole prompt (a chat's next turn extends it)
+    fork_of: Request | None = None  # another choice of the same prompt: take its prefilled state, no prefill
     id: int = field(default_factory=lambda: next(_ids))
 
     def __post_init__(self) -> None:
@@ -197,6 +199,7 @@ class Scheduler:
         self._waiting: deque[Request] = deque()
         self._prefilling: list[Request] = []
         self._joining: list[Request] = []  # prefilled, joining the batch at the next decode step
+        self._forks: list[Request] = []  # admitted, waiting for the prefill of the request they fork
         # The decode batch: slot i of `_step`'s state holds request `_slots[i]` (None: free, computed for
         # nothing); `_tokens` (B,) are the next step's inputs; `_in_flight` the last launched step's rows and
         # chosen tokens, read on the host during the next step.
@@ -269,7 +272,8 @@ class Scheduler:
 
     @property
     def busy(self) -> bool:
-        return bool(self._submitted or self._waiting or self._prefilling or self._joining or self._running()
+        return bool(self._submitted or self._waiting or self._prefilling or self._forks or self._joining
+                    or self._running()
                     or self._in_flight is not None)
 
     # The scheduler thread -------------------------------------------------------------------------------
@@ -358,43 +362,65 @@ class Scheduler:
 
         self._waiting = deque(r for r in self._waiting if not gone(r))
         self._prefilling = [r for r in self._prefilling if not gone(r)]
+        self._forks = [r for r in self._forks if not gone(r)]
         self._joining = [r for r in self._joining if not gone(r)]
         for r in self._running():
             gone(r)  # its slot is freed at the next decode step
 
     def _fail_all(self, reason: str, error: str) -> None:
-        for group in (self._submitted, self._waiting, self._prefilling, self._joining, self._running()):
+        for group in (self._submitted, self._waiting, self._prefilling, self._forks, self._joining, self._running()):
             for r in group:
                 r._finish(reason, error)
         self._submitted.clear()
         self._waiting.clear()
-        self._prefilling, self._joining = [], []
+        self._prefilling, self._forks, self._joining = [], [], []
         self._slots, self._step, self._tokens, self._in_flight = [], None, None, None
 
     def _running(self) -> list[Request]:
         return [r for r in self._slots if r is not None and not r.done.is_set()]
 
     def _n_in_flight(self) -> int:
-        return len(self._prefilling) + len(self._joining) + len(self._running())
+        return len(self._prefilling) + len(self._forks) + len(self._joining) + len(self._running())
 
     def _admit(self) -> None:
+        self._release_orphaned_forks()
         while self._waiting and self._n_in_flight() < self.limits.max_num_seqs:
             r = self._waiting.popleft()
             if r.max_new_tokens == 0:
                 r._finish("length")
                 continue
-            r.cached_tokens, r.state = self.cache.lookup(r.prompt)  # None: start from zeros
-            self.stats.admitted(len(r.prompt), r.cached_tokens)
-            r.consumed = r.cached_tokens
-            if r.cached_tokens < r.shared_prefix < len(r.prompt):  # a shared prefix not cached yet
-                r.cache_at = r.shared_prefix
             device = self.model.device
             r.generator = torch.Generator(device=device)
             r.generator.manual_seed(r.seed if r.seed is not None else random.getrandbits(63))
             if r.sampling.repetition_penalty != 1.0:
                 r.seen = torch.zeros(1, self.model.config.vocab_size, dtype=torch.bool, device=device)
                 r.seen[0, torch.tensor(r.prompt, device=device)] = True
-            self._prefilling.append(r)
+            if r.fork_of is not None and not r.fork_of.done.is_set():
+                self._forks.append(r)  # its whole prompt comes from the request it forks
+                continue
+            self._start_prefill(r)
+
+    def _start_prefill(self, r: Request) -> None:
+        r.cached_tokens, r.state = self.cache.lookup(r.prompt)  # None: start from zeros
+        self.stats.admitted(len(r.prompt), r.cached_tokens)
+        r.consumed = r.cached_tokens
+        if r.cached_tokens < r.shared_prefix < len(r.prompt):  # a shared prefix not cached yet
+            r.cache_at = r.shared_prefix
+        self._prefilling.append(r)
+
+    def _release_orphaned_forks(self) -> None:
+        """Forks of a request that ended before its prefill did (cancelled, timed out) prefill themselves."""
+        orphans = [r for r in self._forks if r.fork_of.done.is_set()]
+        if orphans:
+            self._forks = [r for r in self._forks if not r.fork_of.done.is_set()]
+            for r in orphans:
+                self._start_prefill(r)
+
+    def _take_forks(self, leader: Request) -> list[Request]:
+        forks = [r for r in self._forks if r.fork_of is leader]
+        if forks:
+            self._forks = [r for r in self._forks if r.fork_of is not leader]
+        return forks
 
     # Prefill ----------------------------------------------------------------------------------------------
     def _prefill(self) -> bool:
@@ -434,13 +460,24 @@ class Scheduler:
                 r.state, r.state_row = (state, 0) if len(members) == 1 else (state.select([i]), 0)
         if done:
             # Finished prompts share one state (their rows), written into the decode batch together.
+            # Forks of a finished prompt take its row (copied when written into the batch) and its logits.
             shared = state if len(done) == len(members) else state.select(done)
             finished = [members[i] for i in done]
+            forks, fork_rows = [], []
             for row, r in enumerate(finished):
                 r.state, r.state_row = shared, row
                 if r.cache_prompt:
                     self._keep_state(r, len(r.prompt), shared if len(finished) == 1 else shared.select([row]))
-            self._first_tokens(finished, logits[done, -1])  # (f, vocab)
+                for fork in self._take_forks(r):
+                    fork.state, fork.state_row, fork.cached_tokens = shared, row, len(fork.prompt)
+                    self.stats.admitted(len(fork.prompt), len(fork.prompt))
+                    forks.append(fork)
+                    fork_rows.append(row)
+            first_logits = logits[done, -1]  # (f, vocab)
+            if forks:
+                first_logits = first_logits[torch.tensor(list(range(len(finished))) + fork_rows,
+                                                          device=first_logits.device)]
+            self._first_tokens(finished + forks, first_logits)
 
     def _record_finish(self, r: Request) -> None:
         self.stats.request_finished(r.finish_reason, r.completion_tokens, time.monotonic() - r.created)

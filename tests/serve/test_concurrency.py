@@ -300,3 +300,40 @@ def test_a_cached_prompt_is_resumed_by_a_prompt_that_extends_it(pattern):
     engine.scheduler.submit([later])
     engine.scheduler.run_until_done([later])
     assert later.cached_tokens == len(first) and later.text.emitted == alone.text
+
+
+@pytest.mark.parametrize("pattern", [None, ["mamba", "attention"]])
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_forks_take_their_leaders_prefill_and_sample_their_own_tokens(pattern, bucketed):
+    """n choices of one prompt: one prefill (the forks copy its state row and logits), and each choice's
+    text is the one it gets alone with its seed."""
+    from mambalab import LanguageModel, ModelConfig, SSMConfig
+
+    torch.manual_seed(2)
+    config = ModelConfig(d_model=32, n_layer=2, vocab_size=TOK.vocab_size, ssm=SSMConfig(d_state=8),
+                         layer_pattern=pattern)
+    model = LanguageModel(config).double().eval()
+    prompt = TOK.encode("fork me " * 5)
+    sampling = SamplingConfig(do_sample=True, temperature=1.2)
+    alone = [Engine(model, TOK).complete([prompt], 10, seed=40 + j, **vars(sampling))[0].text for j in range(3)]
+    scheduler = Scheduler(model, TOK, PrefixCache(model), Limits(max_prefill_tokens=16), bucketed=bucketed)
+    leader = Request(prompt, 10, sampling, seed=40)
+    choices = [leader] + [Request(prompt, 10, sampling, seed=40 + j, fork_of=leader) for j in (1, 2)]
+    scheduler.submit(choices)
+    scheduler.run_until_done(choices)
+    assert [r.text.emitted for r in choices] == alone and len(set(alone)) == 3
+    assert scheduler.stats.prefill_tokens == len(prompt)  # one prefill for the three
+
+
+def test_forks_of_a_request_cancelled_mid_prefill_prefill_themselves():
+    model = byte_model()
+    prompt = TOK.encode("a long prompt " * 6)
+    (alone,) = Engine(model, TOK).complete([prompt], 6)
+    scheduler = Engine(model, TOK, limits=Limits(max_prefill_tokens=8)).scheduler
+    leader = Request(prompt, 6)
+    fork = Request(prompt, 6, fork_of=leader)
+    scheduler.submit([leader, fork])
+    scheduler.step()  # the leader has run one chunk of its prompt
+    leader.cancel()
+    scheduler.run_until_done([leader, fork])
+    assert leader.finish_reason == "cancelled" and fork.text.emitted == alone.text
