@@ -4,10 +4,11 @@ A Mamba request's state has a fixed size, so every running request can share one
 KV cache. Each `step()`:
 1. takes new submissions, drops cancelled and timed-out requests;
 2. admits waiting requests while fewer than `max_num_seqs` are in flight: each starts from the longest
-   cached prefix of its prompt (`PrefixCache`), else from a zero state; a fork (another choice of the same
-   prompt, `n` > 1) runs no prefill but takes the prefilled state and first logits of the request it forks. A request's `shared_prefix` (a
+   cached prefix of its prompt (`PrefixCache`), else from a zero state. A request's `shared_prefix` (a
    chat's system prompt) that is not cached yet is cached, in memory only, when its prefill passes it, and
-   with `cache_prompt` so is its whole prompt (the next turn of a conversation starts with it);
+   with `cache_prompt` so is its whole prompt (the next turn of a conversation starts with it). A fork
+   (another choice of the same prompt, `n` > 1) runs no prefill: it takes the prefilled state and the first
+   logits of the request it forks;
 3. prefills at most `max_prefill_tokens` prompt tokens in all, in chunks (so one long prompt cannot starve
    the decoding of the others); requests whose chunks have the same length run in one forward call. A
    request whose prompt is done chooses its first token from the last logits and joins the decode batch;
@@ -273,8 +274,7 @@ class Scheduler:
     @property
     def busy(self) -> bool:
         return bool(self._submitted or self._waiting or self._prefilling or self._forks or self._joining
-                    or self._running()
-                    or self._in_flight is not None)
+                    or self._running() or self._in_flight is not None)
 
     # The scheduler thread -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -459,25 +459,25 @@ class Scheduler:
             if r.consumed < len(r.prompt):  # more chunks to come: a state of its own
                 r.state, r.state_row = (state, 0) if len(members) == 1 else (state.select([i]), 0)
         if done:
-            # Finished prompts share one state (their rows), written into the decode batch together.
-            # Forks of a finished prompt take its row (copied when written into the batch) and its logits.
             shared = state if len(done) == len(members) else state.select(done)
-            finished = [members[i] for i in done]
-            forks, fork_rows = [], []
-            for row, r in enumerate(finished):
-                r.state, r.state_row = shared, row
-                if r.cache_prompt:
-                    self._keep_state(r, len(r.prompt), shared if len(finished) == 1 else shared.select([row]))
-                for fork in self._take_forks(r):
-                    fork.state, fork.state_row, fork.cached_tokens = shared, row, len(fork.prompt)
-                    self.stats.admitted(len(fork.prompt), len(fork.prompt))
-                    forks.append(fork)
-                    fork_rows.append(row)
-            first_logits = logits[done, -1]  # (f, vocab)
-            if forks:
-                first_logits = first_logits[torch.tensor(list(range(len(finished))) + fork_rows,
-                                                          device=first_logits.device)]
-            self._first_tokens(finished + forks, first_logits)
+            self._prompts_done([members[i] for i in done], shared, logits[done, -1])
+
+    def _prompts_done(self, finished: list[Request], shared: InferenceState, last_logits: torch.Tensor) -> None:
+        """Requests whose prompts are done share one state (`shared`, row i for finished[i]), written into the
+        decode batch together; their forks take the same rows (copied when written) and logits (f, vocab)."""
+        forks, rows = [], list(range(len(finished)))
+        for row, r in enumerate(finished):
+            r.state, r.state_row = shared, row
+            if r.cache_prompt:
+                self._keep_state(r, len(r.prompt), shared if len(finished) == 1 else shared.select([row]))
+            for fork in self._take_forks(r):
+                fork.state, fork.state_row, fork.cached_tokens = shared, row, len(fork.prompt)
+                self.stats.admitted(len(fork.prompt), len(fork.prompt))
+                forks.append(fork)
+                rows.append(row)
+        if forks:
+            last_logits = last_logits[torch.tensor(rows, device=last_logits.device)]
+        self._first_tokens(finished + forks, last_logits)
 
     def _record_finish(self, r: Request) -> None:
         self.stats.request_finished(r.finish_reason, r.completion_tokens, time.monotonic() - r.created)
@@ -487,7 +487,7 @@ class Scheduler:
         clients must not fill it), so later requests that start with those tokens resume from it. Never fails
         the request."""
         try:
-            if r.prompt[:n] not in self.cache:  # (n choices of one prompt: the first keeps it)
+            if r.prompt[:n] not in self.cache:  # (another request with these tokens may have kept it)
                 self.cache.put(r.prompt[:n], state, persist=False)
         except Exception as e:  # noqa: BLE001 - a cache that cannot keep it costs speed, not the answer
             logger.warning("prefix cache: %d prompt tokens of request %d are not cached: %s", n, r.id, e)
