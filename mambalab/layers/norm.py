@@ -44,14 +44,41 @@ class RMSNorm(nn.Module):
         does, which measured 6.6e-3 (bf16) between a model's training and inference forwards on an H100, over
         the 5e-3 its GPU test allows. Inside an outer torch.compile, the plain composition, which inductor fuses
         with its neighbours."""
+        path = self._path(x)
+        if path == "compiled":
+            return _compiled_composition()(x, self.weight, self.eps, round_to_weight_dtype)
+        if path == "triton":
+            from mambalab.ops.triton.norm import rms_norm
+
+            return rms_norm(x, self.weight, self.eps, round_to_weight_dtype)
+        return rms_norm_composition(x, self.weight, self.eps, round_to_weight_dtype)
+
+    def add_then_norm(self, residual: torch.Tensor, branch: torch.Tensor | None,
+                      round_to_weight_dtype: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(residual + branch in residual's dtype, this norm of it): a block's residual add of the previous
+        branch's output (None: nothing to add) and its next norm. Where `forward` takes the Triton kernel, one
+        launch does both (ops/triton/norm.py `add_rms_norm`)."""
+        from mambalab.layers.residual import add_residual
+
+        if branch is None:
+            return residual, self(residual, round_to_weight_dtype)
+        if (self._path(residual) == "triton" and self._path(branch) == "triton"
+                and torch.promote_types(residual.dtype, branch.dtype) == residual.dtype):
+            from mambalab.ops.triton.norm import add_rms_norm
+
+            return add_rms_norm(residual, branch, self.weight, self.eps, round_to_weight_dtype)
+        total = add_residual(residual, branch)
+        return total, self(total, round_to_weight_dtype)
+
+    def _path(self, x: torch.Tensor) -> str:
+        """How `forward` computes on x: "triton", "compiled" (the composition through torch.compile) or
+        "composition"; see `forward`."""
         if x.is_cuda and torch.float64 not in (x.dtype, self.weight.dtype) and not torch.compiler.is_compiling():
             from mambalab.ops import triton as kernels
             from mambalab.ops.backends import records_grad
 
-            if records_grad(x, self.weight) and x.dtype == self.weight.dtype == torch.float32:
-                return _compiled_composition()(x, self.weight, self.eps, round_to_weight_dtype)
+            if records_grad(x, self.weight):  # the Triton kernel has no backward
+                return "compiled" if x.dtype == self.weight.dtype == torch.float32 else "composition"
             if kernels.runs_on(x.device):
-                from mambalab.ops.triton.norm import rms_norm
-
-                return rms_norm(x, self.weight, self.eps, round_to_weight_dtype)
-        return rms_norm_composition(x, self.weight, self.eps, round_to_weight_dtype)
+                return "triton"
+        return "composition"
