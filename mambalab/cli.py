@@ -352,7 +352,9 @@ def eval_(
     batch_size: int = typer.Option(8, help="Sequences per batch."),
     seq_len: int = typer.Option(512, help="Tokens per scored window."),
     max_batches: int = typer.Option(None, help="Stop after this many batches (default: all)."),
-    tokenizer: str = typer.Option(None, help="Tokenizer for raw text (default: the model directory's)."),
+    tokenizer: str = typer.Option(None, help="The model's tokenizer: it encodes raw text, and a prepared dataset"
+                                  " must have been made with it (default: the model directory's tokenizer.json;"
+                                  " bytes for a 259-token vocabulary)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
 ) -> None:
     """Perplexity and bits per byte of a model on a dataset."""

@@ -63,6 +63,7 @@ def generate(
     use_cuda_graph: bool = True,
     compile_step: bool = False,
     state_dtype=None,
+    prefix_tokens: Sequence[int] = (),
 ) -> GenerationResult:
     """Continue each prompt by up to `max_new_tokens` tokens.
 
@@ -74,6 +75,8 @@ def generate(
     additionally runs it through torch.compile.
     state_dtype: the dtype of the SSM states (None = float32; "model" = the model's dtype, which halves a
     16-bit model's state bytes; see `LanguageModel.allocate_state`); a given `state` must hold it.
+    prefix_tokens: the tokens a given `state` has consumed (a cached prefix): repetition_penalty counts them
+    as seen, as it counts the prompt's, so continuing a cached prefix gives the tokens of the whole prompt.
     The sampling options are those of `SamplingConfig` (HF transformers' semantics)."""
     sampler = SamplingConfig(do_sample, temperature, top_k, top_p, min_p, repetition_penalty)
     rows = _prompt_rows(prompts, model.config.vocab_size)
@@ -87,7 +90,9 @@ def generate(
 
     logits, state = prefill(model, rows, state, state_dtype)  # (b, vocab)
     b, device = len(rows), logits.device
-    seen = _seen_tokens(rows, logits.shape[-1], device) if repetition_penalty != 1.0 else None  # (b, vocab)
+    prefix = _prefix_row(prefix_tokens, model.config.vocab_size)
+    seen = _seen_tokens([prefix + row for row in rows], logits.shape[-1], device) if repetition_penalty != 1.0 \
+        else None  # (b, vocab)
     pad = eos[0] if eos else 0  # fed to finished rows
 
     # Only the prefill's logits are used when one token is asked for and no state: then there is no step.
@@ -223,6 +228,15 @@ class _HostCopy:
         if self.ready is not None:
             self.ready.synchronize()
         return self.tensor.tolist()
+
+
+def _prefix_row(tokens, vocab_size: int) -> list[int]:
+    """`prefix_tokens` as an int list, validated."""
+    tokens = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+    bad = next((t for t in tokens if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InputError(f"prefix_tokens must be token ids in [0, {vocab_size}), got {bad!r}")
+    return tokens
 
 
 def _prompt_rows(prompts, vocab_size: int) -> list[list[int]]:

@@ -76,10 +76,12 @@ class PrefixCache:
                 f"state: expected a batch-1 state that has consumed the {len(key)} given tokens, got batch"
                 f" {state.batch_size} with seqlen {state.seqlen.tolist()}"
             )
-        entry = self._entries.setdefault(key, _Entry(key))
+        entry = self._entries.get(key) or _Entry(key)
         if self.directory is not None and entry.path is None:
-            entry.path = self.directory / f"{self._file_stem(key)}.safetensors"
-            state.save(entry.path, self.model, prefix_tokens=list(key))
+            path = self.directory / f"{self._file_stem(key)}.safetensors"
+            state.save(path, self.model, prefix_tokens=list(key))  # a failed write registers nothing
+            entry.path = path
+        self._entries[key] = entry
         self._remember(key, state.clone())
 
     def lookup(self, tokens) -> tuple[int, InferenceState | None]:

@@ -5,7 +5,7 @@ follow HF transformers' semantics and order: repetition penalty (also applied wh
 only when sampling, temperature → top-k → top-p → min-p, then a draw from the softmax.
 
     repetition_penalty  seen tokens: logit / p if logit > 0 else logit · p   (p > 1 discourages repeats)
-    temperature         logits / T
+    temperature         logits / T   (computed as (logits − row max) / T: the same distribution, no overflow)
     top_k               keep the k largest logits
     top_p               keep the smallest set of most likely tokens whose probability reaches p
     min_p               keep tokens whose probability is ≥ min_p · (largest probability)
@@ -13,6 +13,7 @@ only when sampling, temperature → top-k → top-p → min-p, then a draw from 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,11 +26,17 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     if penalty == 1.0:
         return logits
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)  # (b, v)
-    return torch.where(seen, penalised, logits)
+    top = torch.finfo(logits.dtype).max  # a tiny penalty overflows logit / p: keep it the largest finite value
+    return torch.where(seen, penalised.clamp(max=top), logits)
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return logits if temperature == 1.0 else logits / temperature
+    """logits / T, shifted by each row's largest logit first (softmax and the filters after it are blind to
+    the shift): a tiny T then sends the others to −inf instead of overflowing every logit to ±inf."""
+    if temperature == 1.0:
+        return logits
+    shifted = logits - logits.amax(-1, keepdim=True)  # (b, v), ≤ 0
+    return (shifted.double() / temperature).to(logits.dtype)  # float64: a T below float32's range divides too
 
 
 def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -73,16 +80,18 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.do_sample and not self.temperature > 0:
-            raise InputError(f"temperature must be > 0 when sampling (do_sample=True), got {self.temperature}")
+        if self.do_sample and not 0 < self.temperature < math.inf:
+            raise InputError(f"temperature must be > 0 and finite when sampling (do_sample=True), got"
+                             f" {self.temperature}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise InputError(f"top_k must be an int >= 0 (0 = disabled), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.min_p <= 1.0:
             raise InputError(f"min_p must be in [0, 1], got {self.min_p}")
-        if not self.repetition_penalty > 0:
-            raise InputError(f"repetition_penalty must be > 0 (1.0 = disabled), got {self.repetition_penalty}")
+        if not 0 < self.repetition_penalty < math.inf:
+            raise InputError(f"repetition_penalty must be > 0 and finite (1.0 = disabled), got"
+                             f" {self.repetition_penalty}")
 
     def process(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the configured processors to float32 logits (b, v); `seen` (b, v) marks earlier tokens."""

@@ -13,8 +13,8 @@ helpers of models/config_fields.py.
 Config fields that would change the math in a way mambalab does not implement (e.g. hidden_act other than
 silu, LayerNorm instead of RMSNorm) are refused; fields known to be irrelevant (use_cache, use_mambapy,
 fused_add_norm, ...) are ignored; any other field is an error, unless loaded with strict=False (logged and
-ignored; Mamba-2 configs are always strict). Every problem raises `CheckpointError` naming the file and the
-field. This module imports no model, so the model can import it.
+ignored; a required value or a clamp of Δ is refused either way). Every problem raises `CheckpointError` naming
+the file and the field. This module imports no model, so the model can import it.
 """
 
 from __future__ import annotations
@@ -104,6 +104,8 @@ def transformers_incompatibility(config: ModelConfig) -> str | None:
     other = sorted({kind for kind in config.layer_pattern if kind != "mamba"})
     if other:
         return f"layer_pattern has layers other than plain 'mamba': {other}"
+    if float(config.ssm.expand) != int(config.ssm.expand):
+        return f"ssm.expand={config.ssm.expand} is not a whole number (transformers' MambaConfig takes an int)"
     changed = [
         f"ssm.{name}" for name in non_default_fields(config.ssm, _HF_FREE_SSM_FIELDS | _hf_ssm_fields())
     ]
@@ -132,7 +134,8 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
     # rescale_prenorm_residual only shapes a fresh init, but transformers' `_init_weights` (5.x) divides
     # out_proj.weight by sqrt(n_layer) even when that weight was loaded from the checkpoint: write False.
     fields.update(
-        vocab_size=config.padded_vocab_size, time_step_rank=config.dt_rank, rescale_prenorm_residual=False
+        vocab_size=config.padded_vocab_size, time_step_rank=config.dt_rank, rescale_prenorm_residual=False,
+        expand=int(config.ssm.expand),  # an official config's 2.0: transformers' strict MambaConfig takes an int
     )
     fields.update(
         architectures=["MambaForCausalLM"],
@@ -208,8 +211,12 @@ def _from_mambalab_config(data: dict, where: str, strict: bool = True) -> ModelC
     # The HF fields beside the block (written by save_pretrained) must describe the same model.
     hf = to_hf_config(config) if transformers_incompatibility(config) is None else {}
     rest = {k: v for k, v in data.items() if k != "mambalab"}
-    check_fields(rest, where, {}, set(hf) | _HF_IRRELEVANT | HF_GENERIC_FIELDS, strict)
-    for key in sorted(set(rest) & set(hf) - _HF_IRRELEVANT - HF_GENERIC_FIELDS):
+    irrelevant = _HF_IRRELEVANT
+    if mamba2_hf.uses_mamba2(config):  # transformers re-saves a Mamba2Config with its time_step_limit
+        irrelevant = mamba2_hf.HF_IRRELEVANT | {"time_step_limit"}
+        mamba2_hf.check_no_dt_limit(rest.get("time_step_limit"), "time_step_limit", where)
+    check_fields(rest, where, {}, set(hf) | irrelevant | HF_GENERIC_FIELDS, strict)
+    for key in sorted(set(rest) & set(hf) - irrelevant - HF_GENERIC_FIELDS):
         if rest[key] != hf[key]:
             raise CheckpointError(
                 f"{where}: field {key!r} = {rest[key]!r} disagrees with the 'mambalab' block,"
@@ -234,11 +241,11 @@ def load_config(directory: str | Path, strict: bool = True) -> tuple[ModelConfig
     if "mambalab" in data:
         return _from_mambalab_config(data, where, strict), "mambalab"
     if data.get("model_type") == "mamba2":
-        return mamba2_hf.from_hf_config(data, where), "hf"
+        return mamba2_hf.from_hf_config(data, where, strict), "hf"
     if "model_type" in data or "hidden_size" in data:
         return _from_hf_config(data, where, strict), "hf"
     if "d_model" in data and mamba2_hf.is_official_mamba2(data):
-        return mamba2_hf.from_official_config(data, where), "official"
+        return mamba2_hf.from_official_config(data, where, strict), "official"
     if "d_model" in data:
         return _from_official_config(data, where, strict), "official"
     raise CheckpointError(

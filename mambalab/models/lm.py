@@ -135,7 +135,7 @@ class LanguageModel(nn.Module):
         """(sum of the cross-entropy over the labelled positions, their count) of labels checked by forward."""
         hidden = self.backbone.norm_f(hidden).to(self.lm_head.weight.dtype)  # (b, l, d_model)
         return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, labels.reshape(-1),
-                                    self.config.vocab_size, IGNORE_INDEX)
+                                    self.config.vocab_size, IGNORE_INDEX, check_label_values=False)
 
     def allocate_state(self, batch_size: int, device=None, dtype=None, state_dtype=None) -> InferenceState:
         """A zero state for `batch_size` rows: conv windows and KV caches in `dtype` (default: the model's), SSM

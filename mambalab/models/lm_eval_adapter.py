@@ -90,7 +90,9 @@ class Scorer:
     # Tokens ---------------------------------------------------------------------------------------------
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """(context ids, continuation ids) as lm_eval's HF model makes them: trailing spaces of the context
-        move to the continuation, the whole text is encoded, and split at the context's token count."""
+        move to the continuation; the context is encoded alone, the continuation is the whole text's tokens
+        after the context's token count (where a merge crosses the boundary, the context keeps its own
+        tokens, as lm_eval's do)."""
         if not context:
             return [self.prefix_token_id], self.tokenizer.encode(continuation)
         n_spaces = len(context) - len(context.rstrip())
@@ -98,7 +100,7 @@ class Scorer:
             context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
         whole = self.tokenizer.encode(context + continuation)
         context_ids = self.tokenizer.encode(context)
-        return whole[: len(context_ids)], whole[len(context_ids) :]
+        return context_ids, whole[len(context_ids) :]
 
     @torch.no_grad()
     def score_tokens(self, rows: list[tuple[list[int], int]]) -> list[tuple[float, bool]]:

@@ -62,7 +62,7 @@ _HF_REQUIRED = {"model_type": "mamba2", "hidden_act": "silu", "rms_norm": True}
 # Fields that do not change the logits: caching, token ids, time_step_rank (Mamba-2 has no dt_proj), and
 # norm_before_gate, which transformers 4.44 wrote (default true) but whose PyTorch path always gated first,
 # as the checkpoints were trained; later versions dropped the field.
-_HF_IRRELEVANT = frozenset(
+HF_IRRELEVANT = frozenset(
     {"use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "time_step_rank", "norm_before_gate"}
 )
 _NO_LIMIT = (0.0, math.inf)
@@ -92,7 +92,7 @@ def _json_float(value: Any) -> Any:
     return float(value["__float__"]) if isinstance(value, dict) and set(value) == {"__float__"} else value
 
 
-def _check_no_dt_limit(value: Any, key: str, where: str) -> None:
+def check_no_dt_limit(value: Any, key: str, where: str) -> None:
     """Refuse a clamp of Δ: only (0, inf), or no field, is what mambalab computes."""
     if value is None:
         return
@@ -137,11 +137,11 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
     return fields
 
 
-def from_hf_config(data: dict, where: str) -> ModelConfig:
-    allowed = {hf for hf, _, _ in _HF_FIELDS} | _HF_IRRELEVANT | HF_GENERIC_FIELDS
+def from_hf_config(data: dict, where: str, strict: bool = True) -> ModelConfig:
+    allowed = {hf for hf, _, _ in _HF_FIELDS} | HF_IRRELEVANT | HF_GENERIC_FIELDS
     allowed |= {"num_heads", "time_step_limit"}  # checked below
-    check_fields(data, where, _HF_REQUIRED, allowed)
-    _check_no_dt_limit(data.get("time_step_limit"), "time_step_limit", where)
+    check_fields(data, where, _HF_REQUIRED, allowed, strict)
+    check_no_dt_limit(data.get("time_step_limit"), "time_step_limit", where)
     tree: dict = {"pad_vocab_size_multiple": 1}  # the stored vocab_size is already the embedding's size
     for hf, path, default in _HF_FIELDS:
         put_path(tree, path, data.get(hf, default))
@@ -164,15 +164,15 @@ def is_official_mamba2(data: dict) -> bool:
     return isinstance(ssm_cfg, dict) and ssm_cfg.get("layer") == "Mamba2"
 
 
-def from_official_config(data: dict, where: str) -> ModelConfig:
+def from_official_config(data: dict, where: str, strict: bool = True) -> ModelConfig:
     allowed = {name for name, _, _ in OFFICIAL_FIELDS} | OFFICIAL_IRRELEVANT | {"ssm_cfg"}
-    check_fields(data, where, OFFICIAL_REQUIRED, allowed)
+    check_fields(data, where, OFFICIAL_REQUIRED, allowed, strict)
     ssm_cfg = data["ssm_cfg"]
     ssm_where = f"{where} (ssm_cfg)"
     allowed_ssm = {name for name, _ in _OFFICIAL_SSM_FIELDS} | _OFFICIAL_SSM_IRRELEVANT
     allowed_ssm |= {"dt_limit", "d_ssm"}  # checked below
-    check_fields(ssm_cfg, ssm_where, _OFFICIAL_SSM_REQUIRED, allowed_ssm)
-    _check_no_dt_limit(ssm_cfg.get("dt_limit"), "dt_limit", ssm_where)
+    check_fields(ssm_cfg, ssm_where, _OFFICIAL_SSM_REQUIRED, allowed_ssm, strict)
+    check_no_dt_limit(ssm_cfg.get("dt_limit"), "dt_limit", ssm_where)
     tree: dict = {
         "norm_eps": OFFICIAL_NORM_EPS,
         "mamba2": {ours: ssm_cfg[name] for name, ours in _OFFICIAL_SSM_FIELDS if name in ssm_cfg},

@@ -19,26 +19,45 @@ import math
 
 import torch
 
+from mambalab.errors import InputError
+
 IGNORE_INDEX = -100
 CHUNK_LOGITS = 1 << 27  # logits per chunk (tokens × vocab): 512 MB of float32 scratch
 TRITON_SOFTMAX = True  # the per-chunk softmax by the Triton kernel where it runs; False: torch ops (A/B runs)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, vocab_size: int,
-                         ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
-    """hidden (t, d), weight (v_padded, d) with v_padded ≥ vocab_size, labels (t,) in [0, vocab_size) or
-    ignore_index -> (sum of the cross-entropy over labelled tokens, float32 (float64 for float64 inputs), their
-    count). Differentiable in hidden
-    and weight (rows past vocab_size get zero gradient)."""
+                         ignore_index: int = IGNORE_INDEX, check_label_values: bool = True
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden (t, d), weight (v_padded, d) with v_padded ≥ vocab_size, labels (t,) int64 or int32 in
+    [0, vocab_size) or ignore_index -> (sum of the cross-entropy over labelled tokens, float32 (float64 for
+    float64 inputs), their count). Differentiable in hidden and weight (rows past vocab_size get zero gradient).
+
+    A label out of range is an InputError naming the first one; that check reads the labels on the host (one
+    synchronisation on a GPU). `check_label_values=False` skips it, for a caller that has checked them already
+    (the language model's forward); unchecked, an out-of-range label is scored as the nearest valid id."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"linear_cross_entropy: hidden (t, d) and weight (v, d) must share d, got "
+        raise InputError(f"linear_cross_entropy: hidden (t, d) and weight (v, d) must share d, got "
                          f"{tuple(hidden.shape)} and {tuple(weight.shape)}")
     if labels.shape != hidden.shape[:1]:
-        raise ValueError(f"linear_cross_entropy: labels must be ({hidden.shape[0]},), got {tuple(labels.shape)}")
+        raise InputError(f"linear_cross_entropy: labels must be ({hidden.shape[0]},), got {tuple(labels.shape)}")
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise InputError(f"linear_cross_entropy: labels must be an integer tensor (int64 or int32), got {labels.dtype}")
     if not 0 < vocab_size <= weight.shape[0]:
-        raise ValueError(f"linear_cross_entropy: vocab_size={vocab_size} must be in [1, {weight.shape[0]}]")
+        raise InputError(f"linear_cross_entropy: vocab_size={vocab_size} must be in [1, {weight.shape[0]}]")
+    if check_label_values:
+        _check_label_values(labels, vocab_size, ignore_index)
     total, count = _LinearCrossEntropy.apply(hidden, weight, labels, vocab_size, ignore_index)
     return total, count
+
+
+def _check_label_values(labels: torch.Tensor, vocab_size: int, ignore_index: int) -> None:
+    """InputError naming the first label outside [0, vocab_size) that is not ignore_index, and its position."""
+    bad = ((labels < 0) | (labels >= vocab_size)) & (labels != ignore_index)  # (t,)
+    if bad.any():
+        position = int(bad.nonzero()[0, 0])
+        raise InputError(f"linear_cross_entropy: labels must be in [0, vocab_size={vocab_size}) or "
+                         f"ignore_index={ignore_index}, got labels[{position}] = {int(labels[position])}")
 
 
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -61,7 +80,7 @@ def _softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_siz
     logits' dtype: logits (c, v_padded) -> (Σ of the labelled rows' losses, (softmax − one-hot) masked to the
     labelled rows and the real vocabulary, in place of the logits; None without needs_grad)."""
     valid = labels != ignore_index  # (c,)
-    target = labels.clamp(0, vocab_size - 1)[:, None]  # (c, 1)
+    target = labels.clamp(0, vocab_size - 1)[:, None]  # (c, 1); ignore_index rows: any valid id, masked below
     logits[:, vocab_size:] = -math.inf
     lse = torch.logsumexp(logits, dim=-1)  # (c,)
     picked = logits.gather(1, target)[:, 0]  # (c,)

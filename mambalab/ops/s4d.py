@@ -45,6 +45,8 @@ def vandermonde(dA: torch.Tensor, length: int) -> torch.Tensor:
 def fft_conv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """Causal convolution y_k = Σ_{j≤k} K_{k−j} u_j via FFT, zero-padded to 2l: u (b, d, l), K (d, l)."""
     length = u.shape[-1]
+    if length == 0:  # nothing to convolve (and no FFT of 0 points)
+        return torch.zeros_like(u)
     n_fft = 2 * length
     y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft) * torch.fft.rfft(K, n=n_fft), n=n_fft)  # (b, d, 2l)
     return y[..., :length]  # (b, d, l)
@@ -83,13 +85,14 @@ def diagonal_recurrence(dA, dBu, C, initial_state=None):
     """
     compute = _compute_dtype(dA, dBu, C)
     dA, dBu, C = (t.to(compute) for t in (dA, dBu, C))
-    batch, dim, length = (max(t.shape[i] for t in (dA, dBu, C)) for i in range(3))
+    batch, dim, length = torch.broadcast_shapes(*(t.shape[:3] for t in (dA, dBu, C)))  # l = 0 stays 0
     h = dBu.new_zeros(batch, dim, dA.shape[-1]) if initial_state is None else initial_state.to(compute)  # (b, d, n)
     ys = []
     for t in range(length):
         h = _at(dA, t) * h + _at(dBu, t)  # h_t = Ā_t h_{t−1} + B̄_t u_t          (b, d, n)
         ys.append(_real((_at(C, t) * h).sum(-1)))  # y_t = Re(C_t · h_t)           (b, d)
-    return torch.stack(ys, dim=-1), h  # (b, d, l), (b, d, n)
+    y = torch.stack(ys, dim=-1) if ys else _real(h).new_zeros(batch, dim, 0)  # (b, d, l)
+    return y, h  # h_{l−1}: the initial state (or zeros) when l = 0
 
 
 def _at(x: torch.Tensor, t: int) -> torch.Tensor:

@@ -160,6 +160,7 @@ def create_app(
         authorize(request)
         body = parse(CompletionRequest, await _read_json(request, max_body_bytes))
         check_model(body.model)
+        _check_unicode([body.prompt] if isinstance(body.prompt, str) else body.prompt, "prompt")
         prompts = await run_in_threadpool(_completion_prompts, engine, body.prompt)
         return await _serve(request, engine, model_name, False, prompts, body, body.max_tokens, [], stream_interval)
 
@@ -169,6 +170,7 @@ def create_app(
         body = parse(ChatRequest, await _read_json(request, max_body_bytes))
         check_model(body.model)
         messages = [("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
+        _check_unicode([text for _, text in messages], "messages")
         if system_prompt and messages[0][0] != "system":
             messages.insert(0, ("system", system_prompt))
         try:
@@ -209,6 +211,18 @@ async def _read_json(request: Request, limit: int) -> dict:
     if not isinstance(body, dict):
         raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}", None, "invalid_json")
     return body
+
+
+def _check_unicode(items, param: str) -> None:
+    """ApiError 400 for a string of `items` that is not Unicode text UTF-8 can encode: a lone surrogate such as
+    "\\ud83d" (half an emoji), which JSON allows and clients that cut strings send. Non-strings are skipped."""
+    for i, text in enumerate(items):
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ApiError(400, f"{param}[{i}]: not valid Unicode text ({e.reason} at character {e.start})",
+                               param) from None
 
 
 def _completion_prompts(engine: Engine, prompt) -> list[list[int]]:

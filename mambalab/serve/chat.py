@@ -8,8 +8,9 @@ the prompt ends with "<|assistant|>\\n"; the model starting another turn ("<|use
 its reply.
 
 A leading system message is tokenized on its own (its rendering is a prefix of the whole conversation's),
-so every conversation that starts with the same system prompt starts with the same tokens: the server caches
-the state after them once and each request resumes from it.
+so every conversation that starts with the same system prompt starts with the same tokens: for the server's
+own system prompt (--system-prompt-file) the server caches the state after them once and each request resumes
+from it.
 """
 
 from __future__ import annotations

@@ -209,6 +209,8 @@ class Scheduler:
     def check(self, prompt: list[int], max_new_tokens: int) -> None:
         """Raise RequestRejected when a request with this prompt and output length cannot be served."""
         vocab = self.model.config.vocab_size
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise RequestRejected(f"max_tokens must be an int >= 0, got {max_new_tokens!r}", "max_tokens")
         if not prompt:
             raise RequestRejected("the prompt is empty: it needs at least one token", "prompt")
         low, high = min(prompt), max(prompt)  # ints: the HTTP layer's strict types, or a tokenizer's output
@@ -416,6 +418,8 @@ class Scheduler:
     def _first_tokens(self, requests: list[Request], logits: torch.Tensor) -> None:
         now = time.monotonic()
         for r, token in zip(requests, self._choose(requests, logits).tolist()):
+            if r.done.is_set():  # its choice failed
+                continue
             r.first_token_time = now
             if not self._accept_token(r, token):
                 self._joining.append(r)
@@ -502,7 +506,12 @@ class Scheduler:
         chosen = logits.argmax(-1)  # (b,)
         for i, r in enumerate(rows):
             if r is not None and not r.greedy and not r.done.is_set():
-                token = r.sampling.choose(logits[i : i + 1], r.seen, r.generator)  # (1,)
+                try:
+                    token = r.sampling.choose(logits[i : i + 1], r.seen, r.generator)  # (1,)
+                except Exception as e:  # one request's options must never fail the others' step
+                    logger.exception("request %d: choosing its next token failed", r.id)
+                    r._finish("error", f"internal error: {type(e).__name__}: {e}")
+                    continue
                 if r.seen is not None:
                     r.seen[0].index_fill_(0, token, True)
                 chosen[i : i + 1] = token

@@ -21,12 +21,15 @@ its position counts windows consumed by all ranks, so it resumes exactly and spl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -56,8 +59,14 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 # Reading documents --------------------------------------------------------------------------------------------
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:  # decoded line by line, so that invalid UTF-8 is reported with its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{path}:{lineno}: not UTF-8 ({exc.reason} at byte {exc.start} of the line)"
+                ) from exc
             if not line.strip():
                 continue
             try:
@@ -147,6 +156,35 @@ def _is_val_chunk(index: int, fraction: Fraction) -> bool:
     return index >= 1 and math.ceil(index * fraction) > math.ceil((index - 1) * fraction)
 
 
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Delete the `.{name}.tmp-*` siblings of `out_dir` that an earlier preparation killed before its cleanup
+    (SIGKILL, or SIGTERM outside `_sigterm_as_exit`) left behind."""
+    prefix = f".{out_dir.name}.tmp-"
+    for stale in out_dir.parent.iterdir():
+        if stale.name.startswith(prefix) and stale.is_dir():
+            logger.warning("removing %s, left by an interrupted preparation", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """SIGTERM raises SystemExit(143) instead of killing the process, so the temp directory is removed; only
+    in the main thread and while SIGTERM has its default action (a handler of the caller's is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def exit_now(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def prepare_dataset(
     inputs: Iterable[str | Path],
     out_dir: str | Path,
@@ -172,64 +210,65 @@ def prepare_dataset(
     fraction = Fraction(val_fraction).limit_denominator(1_000_000)
     dtype = token_dtype(tokenizer.vocab_size)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        writers = {split: _ShardWriter(tmp, split, dtype, shard_tokens) for split in SPLITS}
-        buffer: list[np.ndarray] = []
-        buffered = n_chunks = n_docs = n_bytes = 0
+    _remove_stale_temps(out_dir)
+    with _sigterm_as_exit():  # a preempted preparation removes its temp directory
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        try:
+            writers = {split: _ShardWriter(tmp, split, dtype, shard_tokens) for split in SPLITS}
+            buffer: list[np.ndarray] = []
+            buffered = n_chunks = n_docs = n_bytes = 0
 
-        def flush(final: bool) -> None:
-            nonlocal buffer, buffered, n_chunks
-            stream = np.concatenate(buffer) if buffer else np.zeros(0, dtype=np.int64)
-            while stream.size >= chunk_tokens or (final and stream.size):
-                chunk, stream = stream[:chunk_tokens], stream[chunk_tokens:]
-                writers["val" if _is_val_chunk(n_chunks, fraction) else "train"].write(chunk)
-                n_chunks += 1
-            buffer, buffered = [stream], stream.size
+            def flush(final: bool) -> None:
+                nonlocal buffer, buffered, n_chunks
+                stream = np.concatenate(buffer) if buffer else np.zeros(0, dtype=np.int64)
+                while stream.size >= chunk_tokens or (final and stream.size):
+                    chunk, stream = stream[:chunk_tokens], stream[chunk_tokens:]
+                    writers["val" if _is_val_chunk(n_chunks, fraction) else "train"].write(chunk)
+                    n_chunks += 1
+                buffer, buffered = [stream], stream.size
 
-        for text in iter_documents(sources, text_field):
-            ids = np.asarray(tokenizer.encode(text, add_eos=True), dtype=np.int64)
-            n_docs += 1
-            n_bytes += len(text.encode("utf-8", errors="surrogateescape"))
-            buffer.append(ids)
-            buffered += ids.size
-            if buffered >= chunk_tokens:
-                flush(final=False)
-        flush(final=True)
-        for writer in writers.values():
-            writer.close()
-        splits = {
-            split: {"tokens": sum(s["tokens"] for s in w.shards), "shards": w.shards} for split, w in writers.items()
-        }
-        total = sum(s["tokens"] for s in splits.values())
-        if total == 0:
-            raise InputError(f"inputs: no text found in {sources}")
-        manifest = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "tokenizer": {
-                "name": tokenizer.name,
-                "fingerprint": tokenizer.fingerprint(),
-                "vocab_size": tokenizer.vocab_size,
-                "eos_token_id": tokenizer.eos_token_id,
-            },
-            "dtype": dtype.name,
-            "sources": sources,
-            "documents": n_docs,
-            "bytes": n_bytes,
-            "tokens": total,
-            "bytes_per_token": n_bytes / total,
-            "val_fraction": val_fraction,
-            "chunk_tokens": chunk_tokens,
-            "splits": splits,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            for text in iter_documents(sources, text_field):
+                ids = np.asarray(tokenizer.encode(text, add_eos=True), dtype=np.int64)
+                n_docs += 1
+                n_bytes += len(text.encode("utf-8", errors="surrogateescape"))
+                buffer.append(ids)
+                buffered += ids.size
+                if buffered >= chunk_tokens:
+                    flush(final=False)
+            flush(final=True)
+            for writer in writers.values():
+                writer.close()
+            splits = {split: {"tokens": sum(s["tokens"] for s in w.shards), "shards": w.shards}
+                      for split, w in writers.items()}
+            total = sum(s["tokens"] for s in splits.values())
+            if total == 0:
+                raise InputError(f"inputs: no text found in {sources}")
+            manifest = {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "tokenizer": {
+                    "name": tokenizer.name,
+                    "fingerprint": tokenizer.fingerprint(),
+                    "vocab_size": tokenizer.vocab_size,
+                    "eos_token_id": tokenizer.eos_token_id,
+                },
+                "dtype": dtype.name,
+                "sources": sources,
+                "documents": n_docs,
+                "bytes": n_bytes,
+                "tokens": total,
+                "bytes_per_token": n_bytes / total,
+                "val_fraction": val_fraction,
+                "chunk_tokens": chunk_tokens,
+                "splits": splits,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     logger.info("prepared %s: %d documents, %d train + %d val tokens (%s)", out_dir, n_docs,
                 splits["train"]["tokens"], splits["val"]["tokens"], dtype.name)
     return manifest
@@ -286,6 +325,11 @@ class TokenDataset:
         return np.concatenate(pieces).astype(np.int64)
 
 
+def n_windows(tokens: int, seq_len: int) -> int:
+    """How many windows of seq_len + 1 tokens, starting at multiples of seq_len, `tokens` tokens hold."""
+    return max(tokens - 1, 0) // seq_len
+
+
 class _Windows:
     """Windows of seq_len + 1 tokens starting at multiples of seq_len; shared by both loaders."""
 
@@ -296,7 +340,7 @@ class _Windows:
             raise InputError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.dataset, self.batch_size, self.seq_len = dataset, batch_size, seq_len
         self.rank, self.world_size = rank, world_size
-        self.n_windows = (len(dataset) - 1) // seq_len
+        self.n_windows = n_windows(len(dataset), seq_len)
         if self.n_windows < 1:
             raise InputError(
                 f"{dataset.path} split {dataset.split!r} has {len(dataset)} tokens, fewer than seq_len + 1 ="

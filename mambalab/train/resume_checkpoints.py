@@ -11,7 +11,9 @@ A checkpoint is a directory `<root>/step_00000100/`:
 
 It is written to `<root>/.tmp-step_00000100/`, every file fsynced, then renamed into place, so a crash never
 leaves a partial `step_*` directory. Loading verifies sizes and checksums first: a truncated or corrupted
-file raises `CorruptCheckpoint` naming it, and `latest_valid_checkpoint` falls back to the previous one.
+file raises `CorruptCheckpoint` naming it, and `latest_valid_checkpoint` falls back to the previous one; a
+resume from it renames the skipped newer ones to `.corrupt-step_N` (`set_aside_newer`), out of the way of
+the steps it writes again.
 """
 
 from __future__ import annotations
@@ -172,16 +174,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path=path, step=int(index["step"]), model=model, optimizer=optimizer, state=state)
 
 
+def check_model_config(path: Path, recorded: dict | None, config) -> None:
+    """`StateMismatchError` naming the differing fields when checkpoint `path` recorded a model config other
+    than `config` (a ModelConfig); nothing when either is None."""
+    if recorded is not None and config is not None:
+        diffs = config_differences(recorded, json.loads(json.dumps(config.to_dict())), ("checkpoint", "model"))
+        if diffs:
+            raise StateMismatchError(f"{path}: trained with another model config ({'; '.join(diffs)})")
+
+
 def check_fits_model(ckpt: Checkpoint, model: torch.nn.Module) -> None:
     """Refuse a checkpoint that does not belong to `model` before any tensor is copied into it: another
     recorded model config (`StateMismatchError` naming the differing fields), or model / optimizer tensors
     whose names, shapes or dtypes do not fit the model's parameters (`CorruptCheckpoint` naming the file and
     the key; the checksums only prove the files are as written, not that they were written for this model)."""
-    recorded, config = ckpt.state.get("model_config"), getattr(model, "config", None)
-    if recorded is not None and config is not None:
-        diffs = config_differences(recorded, json.loads(json.dumps(config.to_dict())), ("checkpoint", "model"))
-        if diffs:
-            raise StateMismatchError(f"{ckpt.path}: trained with another model config ({'; '.join(diffs)})")
+    check_model_config(ckpt.path, ckpt.state.get("model_config"), getattr(model, "config", None))
     expected = model.state_dict()
     model_file, optimizer_file = ckpt.path / MODEL_FILE, ckpt.path / OPTIMIZER_FILE
     for problem, keys in (("missing", sorted(set(expected) - set(ckpt.model))),
@@ -200,6 +207,24 @@ def check_fits_model(ckpt: Checkpoint, model: torch.nn.Module) -> None:
             if isinstance(value, torch.Tensor) and value.dim() and value.shape != expected[name].shape:
                 raise CorruptCheckpoint(f"{optimizer_file}: '{name}/{key}' has shape {tuple(value.shape)}, the"
                                         f" parameter's is {tuple(expected[name].shape)}")
+
+
+def set_aside_newer(root: str | Path, step: int) -> list[Path]:
+    """Rename every checkpoint under `root` newer than `step` (those a resume skipped as corrupt) to a hidden
+    `.corrupt-step_N` (`.corrupt-step_N.K` when taken), which `list_checkpoints` ignores: the run rewrites
+    those steps and keep-last-K counts only valid checkpoints. Returns the new paths."""
+    moved = []
+    for path in list_checkpoints(root):
+        if int(path.name[len(PREFIX):]) <= step:
+            continue
+        target, k = path.with_name(f".corrupt-{path.name}"), 0
+        while target.exists():
+            k += 1
+            target = path.with_name(f".corrupt-{path.name}.{k}")
+        os.replace(path, target)
+        logger.warning("moved unusable checkpoint %s aside to %s (resuming from step %d)", path, target, step)
+        moved.append(target)
+    return moved
 
 
 def latest_valid_checkpoint(root: str | Path) -> Checkpoint | None:

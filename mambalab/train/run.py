@@ -17,7 +17,9 @@ is looked up in TrainConfig, then in DataConfig (`mambalab train --list-keys` li
 parsed as YAML (so `1e-3` is a float), and `INT**INT` is a power (`10**6`). The loaded config is checked
 before any data is prepared or tensor allocated: every value's type, the model's size limits, and a lower
 bound of the training memory against the device's (`mambalab.models.memory`).
-The model's vocab_size follows the tokenizer unless set explicitly. Output directory:
+The model's vocab_size follows the tokenizer unless set explicitly. A run the trainer would refuse (OUT holds
+checkpoints but no resume was asked for, or they recorded another model config) is refused before anything
+under OUT is written. Output directory:
 
     OUT/run_config.yaml   the effective config      OUT/metrics.jsonl, OUT/loss_curve.png
     OUT/checkpoints/      training checkpoints      OUT/model/   the exported model (save_pretrained),
@@ -34,12 +36,13 @@ from pathlib import Path
 
 import yaml
 
+from mambalab.atomic import write_text_atomic
 from mambalab.config import ModelConfig, deep_merge, field_table, strict_from_dict
 from mambalab.device import resolve_device
 from mambalab.errors import ConfigError
 from mambalab.models.lm import LanguageModel
 from mambalab.models.memory import check_training_fits
-from mambalab.tokenizer import load_tokenizer
+from mambalab.tokenizer import Tokenizer, load_tokenizer
 from mambalab.train import distributed as dist_utils
 from mambalab.train.data import (
     MANIFEST,
@@ -47,9 +50,11 @@ from mambalab.train.data import (
     SequentialBatches,
     TokenDataset,
     expand_inputs,
+    n_windows,
     prepare_dataset,
     read_manifest,
 )
+from mambalab.train.resume_checkpoints import check_model_config, latest_valid_checkpoint, list_checkpoints
 from mambalab.train.trainer import TrainConfig, Trainer, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -82,11 +87,20 @@ class RunResult:
 
 
 # Config --------------------------------------------------------------------------------------------------------
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1, where `3e-4` without a dot is a string) that reads YAML 1.2 floats
+    such as `3e-4` and `1E5` as floats, in a config file as in `--set`."""
+
+
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                                  list("-+0123456789."))
+
+
 def _parse_value(text: str):
     power = re.fullmatch(r"\s*(\d+)\s*\*\*\s*(\d{1,3})\s*", text)
     if power:
         return int(power[1]) ** int(power[2])
-    value = yaml.safe_load(text)
+    value = yaml.load(text, Loader=_YamlLoader)
     if isinstance(value, str):
         try:
             return float(value)
@@ -112,7 +126,7 @@ def load_run_config(config_file: str | Path | None = None, preset: str | None = 
     if config_file is not None:
         path = Path(config_file)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"config {path}: cannot read YAML ({exc})") from exc
         if not isinstance(raw, dict) or set(raw) - {"model", "data", "train"}:
@@ -217,30 +231,68 @@ def export_model(trainer: Trainer, config: ModelConfig, directory: Path, tokeniz
     return directory
 
 
+def data_vocab_size(data: DataConfig, tokenizer: Tokenizer) -> int:
+    """The vocabulary the data is (or will be) tokenized with, read before anything is prepared: a prepared
+    dataset's manifest, else the tokenizer's."""
+    path = Path(data.path)
+    return read_manifest(path)["tokenizer"]["vocab_size"] if (path / MANIFEST).is_file() else tokenizer.vocab_size
+
+
+def check_out_dir(out_dir: Path, resume: bool, model_config: ModelConfig) -> None:
+    """Refuse, before anything under `out_dir` is written, a run the trainer would refuse: checkpoints there
+    without `resume`, or a resume whose newest valid checkpoint recorded another model config."""
+    root = out_dir / "checkpoints"
+    if not resume:
+        if list_checkpoints(root):
+            raise ConfigError(f"{out_dir} already holds checkpoints: resume, or choose another out_dir")
+        return
+    ckpt = latest_valid_checkpoint(root)
+    if ckpt is not None:
+        check_model_config(ckpt.path, ckpt.state.get("model_config"), model_config)
+
+
+def write_run_config(run: RunConfig, model_config: ModelConfig, dataset_dir: Path, out_dir: Path) -> None:
+    """OUT/run_config.yaml: the effective config (model fields resolved, the prepared data's path), atomically."""
+    effective = run.to_dict()
+    effective.update(model=model_config.to_dict(), data={**effective["data"], "prepared": str(dataset_dir)})
+    write_text_atomic(out_dir / "run_config.yaml", yaml.safe_dump(effective, sort_keys=False))
+
+
+def build_eval_batches(cfg: TrainConfig, dataset_dir: Path, tokenizer: Tokenizer,
+                       ctx: dist_utils.DistContext) -> SequentialBatches | None:
+    """SequentialBatches over the validation split, or None (with a warning when evaluation was asked for)
+    when it holds less than one global batch of `seq_len + 1`-token windows."""
+    if not cfg.eval_every:
+        return None
+    val = TokenDataset(dataset_dir, "val", tokenizer)
+    global_batch = cfg.batch_size * ctx.world_size
+    if n_windows(len(val), cfg.seq_len) < global_batch:
+        logger.warning("evaluation skipped: the validation split of %s has %d tokens, fewer than one global batch"
+                       " of %d windows of seq_len + 1 = %d tokens (raise data.val_fraction, or lower batch_size"
+                       " or seq_len)", dataset_dir, len(val), global_batch, cfg.seq_len + 1)
+        return None
+    return SequentialBatches(val, cfg.batch_size, cfg.seq_len, max_batches=cfg.eval_batches or None,
+                             rank=ctx.rank, world_size=ctx.world_size)
+
+
 def run_training(run: RunConfig, out_dir: str | Path, resume: bool = False) -> RunResult:
-    """Prepare data, build the model (seeded identically on every rank), train, export to OUT/model."""
+    """Check the out dir, prepare data, build the model (seeded identically on every rank), train, export to
+    OUT/model. Nothing under OUT is written before the trainer's refusals have been checked."""
     out_dir = Path(out_dir)
     cfg = run.train
     ctx = dist_utils.init_distributed(cfg.device)
-    dataset_dir = resolve_dataset(run.data, out_dir, ctx)
-    manifest = read_manifest(dataset_dir)
     tokenizer = load_tokenizer(run.data.tokenizer)
-    model_config = build_model_config(run.model, manifest["tokenizer"]["vocab_size"])
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        effective = {**run.to_dict(), "model": model_config.to_dict(), "data": {**run.to_dict()["data"],
-                                                                               "prepared": str(dataset_dir)}}
-        (out_dir / "run_config.yaml").write_text(yaml.safe_dump(effective, sort_keys=False), encoding="utf-8")
+    model_config = build_model_config(run.model, data_vocab_size(run.data, tokenizer))
+    check_out_dir(out_dir, resume, model_config)
+    dataset_dir = resolve_dataset(run.data, out_dir, ctx)
     seed_everything(cfg.seed)
     model = LanguageModel(model_config)
     logger.info("model: %s parameters", f"{sum(p.numel() for p in model.parameters()):,}")
     train_batches = RandomBatches(TokenDataset(dataset_dir, "train", tokenizer), cfg.batch_size, cfg.seq_len,
                                   seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
-    eval_batches = None
-    if cfg.eval_every and manifest["splits"]["val"]["tokens"] > cfg.seq_len:
-        eval_batches = SequentialBatches(TokenDataset(dataset_dir, "val", tokenizer), cfg.batch_size, cfg.seq_len,
-                                         max_batches=cfg.eval_batches or None, rank=ctx.rank,
-                                         world_size=ctx.world_size)
+    eval_batches = build_eval_batches(cfg, dataset_dir, tokenizer, ctx)
+    if ctx.is_main:
+        write_run_config(run, model_config, dataset_dir, out_dir)
     trainer = Trainer(model, cfg, train_batches, eval_batches, out_dir=out_dir)
     records = trainer.fit(resume=resume)
     model_dir = export_model(trainer, model_config, out_dir / "model", tokenizer)

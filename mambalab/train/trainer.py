@@ -28,6 +28,7 @@ import functools
 import itertools
 import logging
 import math
+import numbers
 import random
 import signal
 import threading
@@ -41,7 +42,7 @@ import torch
 from torch import nn
 
 from mambalab.config import strict_from_dict
-from mambalab.errors import ConfigError, CorruptCheckpoint, TrainingDiverged
+from mambalab.errors import ConfigError, CorruptCheckpoint, InputError, TrainingDiverged
 from mambalab.train import distributed as dist_utils
 from mambalab.train.metrics import MetricsLog, plot_loss_curve
 from mambalab.train.optim import build_optimizer, lr_at, no_weight_decay_names
@@ -50,6 +51,7 @@ from mambalab.train.resume_checkpoints import (
     latest_valid_checkpoint,
     list_checkpoints,
     save_checkpoint,
+    set_aside_newer,
 )
 
 logger = logging.getLogger(__name__)
@@ -89,9 +91,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self._check_numbers()
         self.betas = tuple(float(b) for b in self.betas)
-        if len(self.betas) != 2:
-            raise ConfigError(f"TrainConfig.betas must have 2 values, got {self.betas}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.distributed not in dist_utils.STRATEGIES:
@@ -101,11 +102,26 @@ class TrainConfig:
         for name in ("grad_accum", "batch_size", "seq_len", "max_steps", "log_every", "nan_patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "eval_batches", "ckpt_every", "keep_last", "grad_clip"):
+        for name in ("warmup_steps", "eval_every", "eval_batches", "ckpt_every", "keep_last"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"TrainConfig: need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+        if not 0 <= self.seed < 2**64:  # torch.manual_seed's range
+            raise ConfigError(f"TrainConfig.seed must be in [0, 2**64), got {self.seed}")
+
+    def _check_numbers(self) -> None:
+        """The optimizer's numbers: finite, lr and eps > 0, weight_decay and grad_clip >= 0, 2 betas in [0, 1)
+        (AdamW would refuse the rest only after the data is prepared, and a NaN grad_clip disables clipping)."""
+        for name in ("lr", "eps", "weight_decay", "grad_clip"):
+            value, positive = getattr(self, name), name in ("lr", "eps")
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                raise ConfigError(f"TrainConfig.{name} must be a finite number {'> 0' if positive else '>= 0'},"
+                                  f" got {value}")
+        betas = list(self.betas)
+        if len(betas) != 2 or not all(
+                isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
+            raise ConfigError(f"TrainConfig.betas must be 2 numbers in [0, 1), got {self.betas}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -199,8 +215,9 @@ def evaluate_loss(forward, batches: Iterable[dict], device: torch.device, autoca
 class Trainer:
     """Trains `model` (a `LanguageModel` or anything with its `forward(ids, return_aux_loss=True)`).
 
-    `train_batches`: an iterable of batches, consumed endlessly; when it has `state_dict()` /
-    `load_state_dict()` its position is checkpointed, otherwise resume skips the batches already used.
+    `train_batches`: an iterable of batches, consumed endlessly (a re-iterable such as a DataLoader starts
+    over at each epoch's end; an iterator must not run out); when it has `state_dict()` / `load_state_dict()`
+    its position is checkpointed, otherwise resume skips the batches already used, across epochs.
     `eval_batches`: a re-iterable (each `iter()` starts over), of which `config.eval_batches` are used.
     `out_dir`: where metrics.jsonl, loss_curve.png and checkpoints/ go (None: nothing is written).
     `bytes_per_token`: enables bits per byte (taken from `eval_batches.dataset` when it has it).
@@ -353,6 +370,9 @@ class Trainer:
         if missing:
             raise CorruptCheckpoint(f"{ckpt.path}: state.json lacks the trainer's field(s) {missing}")
         check_fits_model(ckpt, self.model)
+        dist_utils.barrier()  # every rank has read its checkpoint before rank 0 renames the newer ones
+        if self.ctx.is_main:
+            set_aside_newer(root, ckpt.step)
         dist_utils.load_full_state(self.model, self.optimizer, ckpt.model, ckpt.optimizer)
         trainer = ckpt.state["trainer"]
         self.step = ckpt.step
@@ -453,7 +473,7 @@ class Trainer:
             raise ConfigError(f"{self.out_dir} already holds checkpoints: resume, or choose another out_dir")
         elif self._metrics is not None and self._metrics.path.exists():
             self._metrics.truncate_after(-1)
-        batches = iter(self.train_batches)
+        batches = self._endless_batches()
         if not hasattr(self.train_batches, "state_dict"):
             for _ in range(self.batches_consumed):
                 next(batches)
@@ -507,6 +527,26 @@ class Trainer:
                 f" saving. Last good checkpoint: {last[-1] if last else 'none'}. Try a lower lr, a longer"
                 " warmup or a smaller grad_clip."
             )
+
+    def _endless_batches(self) -> Iterator[dict]:
+        """`train_batches` without end: a re-iterable (a DataLoader, a list) is iterated again each time an
+        epoch ends; InputError when an epoch yields no batch (an empty iterable, an exhausted iterator)."""
+        yielded = 0
+        while True:
+            epoch_start = yielded
+            for batch in self.train_batches:
+                yielded += 1
+                yield batch
+            if yielded > epoch_start:
+                continue
+            if isinstance(self.train_batches, Iterator):
+                raise InputError(
+                    f"train_batches: the iterator ran out after {yielded} batches, short of max_steps ×"
+                    f" grad_accum = {self.config.max_steps * self.config.grad_accum}; pass a re-iterable (a"
+                    " DataLoader, a list), which starts over at each epoch, or an endless iterator"
+                )
+            raise InputError(f"train_batches: {type(self.train_batches).__name__} yielded no batch; expected at"
+                             " least one per epoch")
 
     def _stop_requested(self) -> bool:
         """Whether any rank received SIGINT/SIGTERM (all ranks agree, so they checkpoint together; one process

@@ -81,6 +81,28 @@ def test_directory_persists_states_for_a_new_cache_of_the_same_model_only(model,
     assert len(PrefixCache(tiny_model(dtype=torch.float32), directory=tmp_path)) == 0
 
 
+def test_a_failed_write_registers_nothing_and_the_next_put_writes(model, tmp_path, monkeypatch):
+    """A disk error while saving (ENOSPC) raises and leaves no entry and no file; putting the same prefix
+    again writes it, and a new cache over the directory finds it."""
+    from mambalab.inference.state import InferenceState
+
+    (system,) = random_prompts([9])
+    _, state = model.prefill(torch.tensor([system]))
+    cache = PrefixCache(model, directory=tmp_path)
+    save = InferenceState.save
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(InferenceState, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        cache.put(system, state)
+    assert len(cache) == 0 and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(InferenceState, "save", save)
+    cache.put(system, state)
+    assert len(cache) == 1 and len(PrefixCache(model, directory=tmp_path)) == 1
+
+
 def test_corrupt_files_in_the_directory_are_skipped(model, tmp_path):
     tokens = random_prompts([8])[0]
     PrefixCache(model, directory=tmp_path).prefill(tokens)
@@ -92,3 +114,17 @@ def test_corrupt_files_in_the_directory_are_skipped(model, tmp_path):
     data[-2] ^= 0xFF
     path.write_bytes(bytes(data))
     assert cache.lookup(tokens + [1]) == (0, None) and len(cache) == 0  # damaged after indexing: dropped
+
+
+def test_a_cached_prefix_with_a_repetition_penalty_gives_the_tokens_of_the_whole_prompt(model):
+    (user,) = random_prompts([4])
+    system = list(range(0, model.config.vocab_size, 2))  # half the vocabulary: the penalty changes the choice
+    cache = PrefixCache(model)
+    cache.prefill(system)
+    n, state = cache.lookup(system + user)
+    cold = generate(model, [system + user], 8, repetition_penalty=50.0).sequences
+    warm = generate(model, [user], 8, state=state, prefix_tokens=system, repetition_penalty=50.0).sequences
+    unseen = generate(model, [user], 8, state=cache.lookup(system + user)[1], repetition_penalty=50.0).sequences
+    assert n == len(system) and warm == cold and unseen != cold  # without prefix_tokens the prefix is unseen
+    with pytest.raises(ValueError, match="prefix_tokens"):
+        generate(model, [user], 2, state=state, prefix_tokens=[-1], repetition_penalty=2.0)

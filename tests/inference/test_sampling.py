@@ -36,8 +36,10 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_seen_logits
     assert apply_repetition_penalty(logits, seen, 1.0) is logits
 
 
-def test_temperature_divides():
-    assert apply_temperature(torch.tensor([[2.0, -1.0]]), 0.5).tolist() == [[4.0, -2.0]]
+def test_temperature_divides_the_logits_shifted_by_their_maximum():
+    logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
+    assert apply_temperature(logits, 0.5).tolist() == [[0.0, -6.0], [-5.0, 0.0]]
+    assert torch.allclose(apply_temperature(logits, 0.5).softmax(-1), (logits / 0.5).softmax(-1))
 
 
 def test_top_k_keeps_the_k_largest():
@@ -84,7 +86,8 @@ def test_greedy_applies_only_the_repetition_penalty():
     "kwargs, name",
     [({"do_sample": True, "temperature": 0.0}, "temperature"), ({"do_sample": True, "temperature": -1.0}, "temperature"),
      ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"),
-     ({"min_p": 1.5}, "min_p"), ({"repetition_penalty": 0.0}, "repetition_penalty")],
+     ({"min_p": 1.5}, "min_p"), ({"repetition_penalty": 0.0}, "repetition_penalty"),
+     ({"repetition_penalty": INF}, "repetition_penalty"), ({"do_sample": True, "temperature": INF}, "temperature")],
 )
 def test_bad_options_raise_value_errors_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -103,3 +106,21 @@ def test_seeded_draws_are_reproducible_and_follow_the_distribution():
     assert abs(draws[0].float().mean().item() - 0.3) < 0.04
     other = config.choose(logits, generator=torch.Generator().manual_seed(8))
     assert not torch.equal(draws[0], other)
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-300, 5e-324])
+def test_a_tiny_temperature_draws_the_argmax_instead_of_overflowing(temperature):
+    """logits / T overflows float32 below T ≈ 1e-38 (and T itself underflows float32 below 1.4e-45): the
+    shifted form in float64 keeps the most likely token's probability 1."""
+    logits = torch.randn(3, 50) * 5
+    config = SamplingConfig(do_sample=True, temperature=temperature)
+    tokens = config.choose(logits, generator=torch.Generator().manual_seed(0))
+    assert tokens.tolist() == logits.argmax(-1).tolist()
+
+
+def test_a_tiny_repetition_penalty_keeps_the_logits_finite():
+    logits = torch.tensor([[2.0, 1.0, -1.0, 0.5]])
+    seen = torch.tensor([[True, False, True, False]])
+    out = SamplingConfig(do_sample=True, repetition_penalty=1e-300).process(logits, seen)
+    assert not torch.isnan(out).any() and torch.isfinite(out[0, :2]).all()
+    assert SamplingConfig(do_sample=True, repetition_penalty=1e-300).choose(logits, seen).tolist() == [0]

@@ -39,3 +39,14 @@ def test_init_is_stable_and_flags_no_weight_decay():
     dt = mixer.log_dt.exp()
     assert (dt >= 0.01 - 1e-6).all() and (dt <= 0.02 + 1e-6).all()
     assert all(getattr(getattr(mixer, n), "_no_weight_decay", False) for n in ("log_dt", "A_log", "A_imag", "D"))
+
+
+def test_empty_sequence_gives_empty_output_and_leaves_the_state():
+    for mode in ("cnn", "rnn"):
+        mixer = S4DMixer(8, S4DConfig(d_state=4, mode=mode))
+        state = mixer.allocate_state(2)
+        state["ssm"].normal_()
+        before = state["ssm"].clone()
+        assert mixer(torch.randn(2, 0, 8)).shape == (2, 0, 8)
+        assert mixer(torch.randn(2, 0, 8), state).shape == (2, 0, 8)
+        assert torch.equal(state["ssm"], before), mode

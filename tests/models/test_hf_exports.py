@@ -117,3 +117,23 @@ def test_fields_that_change_the_math_stay_refused_without_strict(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="hidden_act"):
         mambalab.load(tmp_path, strict_config=False)
+
+
+@pytest.mark.parametrize("expand", [2.0, 1.5])
+def test_a_float_expand_is_written_as_transformers_reads_it(tmp_path, expand):
+    """Official configs write expand 2.0: transformers' strict MambaConfig takes an int, so a whole number is
+    written as one, and any other makes the checkpoint mambalab-only."""
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(d_model=16, n_layer=1, vocab_size=64, ssm=SSMConfig(d_state=4, expand=expand)))
+    model.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    assert data["mambalab"]["transformers_loadable"] == (expand == 2.0)
+    if expand == 2.0:
+        assert data["expand"] == 2 and isinstance(data["expand"], int)
+        hf = transformers.MambaForCausalLM.from_pretrained(tmp_path).eval()
+        ids = torch.tensor([[1, 2, 3, 4]])
+        with torch.no_grad():
+            assert torch.allclose(hf(ids).logits, model.eval()(ids), atol=1e-5)
+    else:
+        assert "expand" not in data
+    assert mambalab.load(tmp_path).config == model.config

@@ -286,3 +286,31 @@ def test_published_mamba2_130m_config_is_the_preset(tmp_path):
     }  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(published))
     assert load_config(tmp_path) == (get_preset("mamba2-130m"), "official")
+
+
+def test_a_checkpoint_that_transformers_saved_again_loads(tmp_path):
+    """ours -> save_pretrained -> Mamba2ForCausalLM -> save_pretrained (fine-tuning with transformers): the
+    re-saved config.json keeps our block beside transformers' own additions (time_step_limit, time_step_rank),
+    which loads as before; a clamp of Δ written there is refused, strict or not."""
+    model = ours()
+    model.save_pretrained(tmp_path / "ours")
+    Mamba2ForCausalLM.from_pretrained(tmp_path / "ours").save_pretrained(tmp_path / "hf")
+    data = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert "mambalab" in data and "time_step_limit" in data
+    assert mambalab.load(tmp_path / "hf").config == model.config
+    edit_config(tmp_path / "hf", lambda d: d.update(time_step_limit=[0.0, 0.01]))
+    with pytest.raises(CheckpointError, match="time_step_limit"):
+        mambalab.load(tmp_path / "hf", strict_config=False)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "official"])
+def test_strict_config_false_ignores_a_harmless_unknown_field(tmp_path, fmt):
+    if fmt == "hf":
+        hf_model().save_pretrained(tmp_path)
+    else:
+        official_dir(tmp_path, ours())
+    before = load_config(tmp_path)[0]
+    edit_config(tmp_path, lambda d: d.update(leftover_flag=True))
+    with pytest.raises(CheckpointError, match="leftover_flag.*strict_config=False"):
+        mambalab.load(tmp_path)
+    assert mambalab.load(tmp_path, strict_config=False).config == before

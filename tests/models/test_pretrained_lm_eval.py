@@ -53,6 +53,30 @@ def test_loglikelihood_equals_direct_forward(batch_size, tokens_per_call):
     assert scorer.encode_pair("", "x")[0] == [TOK.bos_token_id]
 
 
+def test_pairs_split_as_lm_eval_splits_them_where_a_merge_crosses_the_boundary(tmp_path):
+    """A BPE merge ("cd") across context "abc" and continuation "de": lm_eval's context keeps its own tokens
+    ("ab", "c"), and the continuation is the whole text's tokens after that count."""
+    tokenizers = pytest.importorskip("tokenizers")
+    template_lm = pytest.importorskip("lm_eval.api.model").TemplateLM
+    from mambalab.tokenizer import load_tokenizer
+
+    vocab = {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "cd": 5, "ab": 6, "<|endoftext|>": 7}
+    tokenizers.Tokenizer(tokenizers.models.BPE(vocab, [("c", "d"), ("a", "b")])).save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path)
+
+    class HarnessSide:  # what lm_eval's causal TemplateLM._encode_pair calls
+        backend = "causal"
+
+        def tok_encode(self, text, **kw):
+            return tok.encode(text)
+
+    scorer = Scorer(byte_model(), tok)
+    for context, continuation in [("abc", "de"), ("abc ", "de"), ("ab", "cde")]:
+        assert scorer.encode_pair(context, continuation) == template_lm._encode_pair(HarnessSide(), context,
+                                                                                     continuation)
+    assert scorer.encode_pair("abc", "de")[0] == tok.encode("abc")
+
+
 def test_greedy_flag():
     model = byte_model()
     scorer = Scorer(model, TOK, batch_size=2, tokens_per_call=5)
@@ -111,7 +135,8 @@ def test_tokenizerless_checkpoint_needs_a_tokenizer(tmp_path):
 
 
 def test_missing_lm_eval_gives_install_hint(monkeypatch):
-    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    for name in ("lm_eval", "lm_eval.api", "lm_eval.api.model", "lm_eval.api.registry"):  # even if imported
+        monkeypatch.setitem(sys.modules, name, None)
     lm_eval_model_class.cache_clear()
     with pytest.raises(ImportError, match="pip install lm-eval"):
         lm_eval_model_class()

@@ -88,6 +88,15 @@ def test_gradients_flow_to_input_weight_bias_and_state():
         (lambda: causal_conv1d_update(torch.randn(2, 3), torch.randn(2, 3), torch.randn(3, 4)), "conv_state must be"),
         (lambda: causal_conv1d_update(torch.randn(2, 4), torch.randn(2, 3, 4), torch.randn(3, 4)), "x_t must be"),
         (lambda: causal_conv1d_update(torch.randn(2, 3), torch.randn(2, 3, 4), torch.randn(3, 3)), "weight must be"),
+        (lambda: causal_conv1d(torch.randn(1, 4, 5), torch.randn(4, 0)), r"weight must be \(dim=4, width >= 1\)"),
+        (lambda: causal_conv1d(torch.arange(4).view(1, 1, 4), torch.ones(1, 2)),
+         "causal_conv1d: x must be a floating-point tensor, got torch.int64"),
+        (lambda: causal_conv1d(torch.randn(1, 2, 4), torch.randn(2, 2), torch.randn(2, device="meta")),
+         "causal_conv1d: all tensors must be on one device"),
+        (lambda: causal_conv1d_update(torch.randn(1, 1), torch.zeros(1, 1, 2, dtype=torch.int64), torch.ones(1, 2)),
+         "causal_conv1d_update: conv_state must be a floating-point tensor"),
+        (lambda: causal_conv1d_update(torch.ones(1, 1, dtype=torch.int32), torch.zeros(1, 1, 2), torch.ones(1, 2)),
+         "causal_conv1d_update: x_t must be a floating-point tensor"),
     ],
 )
 def test_validation(call, message):

@@ -2,11 +2,13 @@
 gradients of the hidden states and the weight, in float64 and under bf16 autocast, chunk boundaries included."""
 
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mambalab.errors import InputError
 from mambalab.ops import linear_cross_entropy as lce
 from mambalab.ops.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
@@ -98,6 +100,31 @@ def test_bad_shapes_are_named(bad, match):
     hidden, weight, labels = inputs(tokens=6, d=4, vocab_padded=8, vocab=8, dtype=torch.float64)
     with pytest.raises(ValueError, match=match):
         linear_cross_entropy(*bad(hidden, weight, labels), vocab_size=8)
+
+
+@pytest.mark.parametrize(("labels", "bad"), [([1, 2, 3, 13], "labels[3] = 13"), ([1, 500, 3, 2], "labels[1] = 500"),
+                                             ([-1, 2, IGNORE_INDEX, 2], "labels[0] = -1")])
+def test_out_of_range_labels_are_refused(labels, bad):
+    """No silent clamping: the first label outside [0, vocab_size) other than ignore_index is named."""
+    hidden, weight, _ = inputs(tokens=4, d=4, vocab_padded=16, vocab=13, dtype=torch.float64)
+    with pytest.raises(InputError, match=re.escape(f"labels must be in [0, vocab_size=13) or ignore_index=-100, got {bad}")):
+        linear_cross_entropy(hidden, weight, torch.tensor(labels), vocab_size=13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool, torch.uint8])
+def test_labels_must_be_int64_or_int32(dtype):
+    hidden, weight, labels = inputs(tokens=4, d=4, vocab_padded=8, vocab=8, dtype=torch.float64, ignore_every=9)
+    with pytest.raises(InputError, match=f"labels must be an integer tensor \\(int64 or int32\\), got {dtype}"):
+        linear_cross_entropy(hidden, weight, labels.to(dtype), vocab_size=8)
+
+
+def test_int32_labels_and_unchecked_values_give_the_same_loss():
+    """int32 labels are taken; check_label_values=False (a caller that checked them) skips only the check."""
+    hidden, weight, labels = inputs(tokens=9, d=4, vocab_padded=8, vocab=8, dtype=torch.float64)
+    expected = linear_cross_entropy(hidden, weight, labels, vocab_size=8)
+    for got in (linear_cross_entropy(hidden, weight, labels.int(), vocab_size=8),
+                linear_cross_entropy(hidden, weight, labels, vocab_size=8, check_label_values=False)):
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 def test_model_rejects_out_of_range_labels():

@@ -134,3 +134,16 @@ def test_vandermonde_is_the_power_table_with_gradients():
     assert rel_error(torch.view_as_real(g_got[:, :5]), torch.view_as_real(g_exp[:, :5])) < 1e-12
     assert vandermonde(dA, 0).shape == (3, 6, 0)
 
+
+
+@pytest.mark.parametrize("ssm", [s4d_cnn, s4d_rnn])
+def test_empty_sequence_gives_empty_output_and_keeps_the_state(ssm):
+    """l = 0 (as Mamba/Mamba2): y (b, d, 0), and the final state is the initial one (zeros without one)."""
+    dA, dB, C, D = random_ssm("s4d_lin", "zoh", 3, 4)
+    u = torch.randn(2, 3, 0, dtype=torch.float64)
+    h0 = torch.randn(2, 3, 4, dtype=torch.complex128)
+    y, final = ssm(u, dA, dB, C, D, initial_state=h0, return_final_state=True)
+    assert y.shape == (2, 3, 0) and y.dtype == torch.float64
+    assert torch.equal(final, h0)
+    y, final = ssm(u, dA, dB, C, D, return_final_state=True)
+    assert y.shape == (2, 3, 0) and torch.equal(final, torch.zeros_like(h0))

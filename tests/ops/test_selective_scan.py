@@ -266,12 +266,23 @@ def test_validation_names_the_argument(kw, name):
         (torch.tensor([1, 5]), "cu_seqlens must start at 0"),
         (torch.tensor([0, 4]), "cu_seqlens must start at 0 and end at L=5"),
         (torch.tensor([0, 3, 2, 5]), "cu_seqlens must be non-decreasing"),
+        ([0, 5], "cu_seqlens must be a torch.Tensor, got list"),
+        (torch.tensor([0, 5], device="meta"), "cu_seqlens must be on u's device cpu, got meta"),
+        (torch.tensor([0, 5], dtype=torch.complex64), "cu_seqlens must be an integer tensor, got torch.complex64"),
     ],
 )
 def test_cu_seqlens_validation(cu_seqlens, message):
     kw = make_inputs(1, 4, 3, 5, 1, set())
     with pytest.raises(ValueError, match=message):
         run("torch", kw, cu_seqlens=cu_seqlens)
+
+
+@pytest.mark.parametrize("A", [torch.full((4, 3), 0.5), torch.zeros(4, 3), torch.full((4, 3), -float("inf"))])
+def test_A_must_be_negative_and_finite(A):
+    """As ssd_scan: A = -exp(A_log) < 0 (checked on CPU tensors, where it costs no host sync)."""
+    kw = make_inputs(1, 4, 3, 5, 1, set())
+    with pytest.raises(ValueError, match="selective_scan: A must be negative and finite"):
+        run("torch", {**kw, "A": A.double()})
 
 
 def test_cu_seqlens_needs_batch_one_and_one_state_per_sequence():

@@ -56,6 +56,9 @@ def test_float32_state_bf16_input():
         ({"D": torch.randn(3)}, "D must be"),
         ({"z_t": torch.randn(2, 3)}, "z_t must be"),
         ({"dt_bias": torch.randn(5)}, "dt_bias must be"),
+        ({"x_t": torch.ones(2, 4, dtype=torch.int64)}, "x_t must be a floating-point tensor, got torch.int64"),
+        ({"state": torch.zeros(2, 4, 3, dtype=torch.int32)}, "state must be a floating-point tensor"),
+        ({"D": torch.randn(4, device="meta")}, "all tensors must be on one device"),
     ],
 )
 def test_validation(change, message):
@@ -96,3 +99,35 @@ def test_reference_steps_with_slot_indices_update_only_their_slots():
             expected = original.clone()
             expected[idx] = row
             assert torch.equal(pool, expected)
+
+
+def _mixer_args(dim=4, n=3, rank=2, width=3, batch=2):
+    return {"x_t": torch.randn(batch, dim), "z_t": torch.randn(batch, dim), "conv_state": torch.randn(batch, dim, width),
+            "ssm_state": torch.randn(batch, dim, n), "conv_weight": torch.randn(dim, width),
+            "conv_bias": torch.randn(dim), "x_proj_weight": torch.randn(rank + 2 * n, dim),
+            "dt_proj_weight": torch.randn(dim, rank), "dt_proj_bias": torch.randn(dim), "A_log": torch.randn(dim, n),
+            "D": torch.randn(dim)}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"D": torch.randn(1)}, r"D must be None or \(4,\), got \(1,\)"),
+        ({"D": torch.randn(7)}, r"D must be None or \(4,\), got \(7,\)"),
+        ({"conv_bias": torch.randn(1)}, r"conv_bias must be None or \(4,\), got \(1,\)"),
+        ({"conv_bias": torch.randn(4, 1)}, r"conv_bias must be None or \(4,\), got \(4, 1\)"),
+        ({"x_t": torch.ones(2, 4, dtype=torch.int64)}, "x_t must be a floating-point tensor"),
+    ],
+)
+def test_mixer_step_validation(change, message):
+    """D and conv_bias are None or (dim,) as in the single ops (the kernels read dim entries of them)."""
+    from mambalab.ops.state_update import mixer_step
+
+    with pytest.raises(ValueError, match=f"mixer_step: {message}"):
+        mixer_step(**{**_mixer_args(), **change}, backend="reference")
+
+
+def test_mixer_step_takes_no_d_and_no_conv_bias():
+    from mambalab.ops.state_update import mixer_step
+
+    assert mixer_step(**{**_mixer_args(), "D": None, "conv_bias": None}, backend="reference").shape == (2, 4)

@@ -90,6 +90,40 @@ def test_bucketed_slots_reuse_compact_and_keep_each_rows_tokens():
     assert {1, 2, 4, 8} & capacities and capacities <= {0, 1, 2, 4, 8}
 
 
+def test_a_request_whose_token_choice_fails_fails_alone(monkeypatch):
+    """An exception while choosing one request's token (its sampling options) finishes that request with an
+    error; the request beside it in the same step decodes on to the same text as alone."""
+    from mambalab.inference.sampling import SamplingConfig
+
+    engine = Engine(byte_model(), TOK)
+    expected = engine.complete([TOK.encode("hello")], 12, seed=3, do_sample=True)[0].text
+    scheduler: Scheduler = engine.scheduler
+    bad_options = SamplingConfig(do_sample=True)
+    choose = SamplingConfig.choose
+
+    def failing_choose(self, *args, **kwargs):
+        if self is bad_options:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return choose(self, *args, **kwargs)
+
+    monkeypatch.setattr(SamplingConfig, "choose", failing_choose)
+    good = Request(TOK.encode("hello"), 12, SamplingConfig(do_sample=True), seed=3)
+    bad = Request(TOK.encode("world"), 12, bad_options, seed=3)
+    scheduler.submit([good, bad])
+    scheduler.run_until_done([good, bad])
+    assert bad.finish_reason == "error" and "probability tensor" in bad.error
+    assert good.error is None and good.text.emitted == expected
+
+
+@pytest.mark.parametrize("max_new_tokens", [-1, -100, 2.5, True])
+def test_a_bad_max_new_tokens_is_rejected_naming_max_tokens(max_new_tokens):
+    from mambalab.serve.scheduler import RequestRejected
+
+    with pytest.raises(RequestRejected, match="max_tokens must be an int >= 0") as info:
+        Engine(byte_model(), TOK).complete([TOK.encode("hi")], max_new_tokens)
+    assert info.value.param == "max_tokens"
+
+
 def test_a_long_prompt_does_not_starve_decoding():
     """While a long prompt prefills in chunks of max_prefill_tokens, a running request keeps decoding."""
     engine = Engine(byte_model(), TOK, limits=Limits(max_prefill_tokens=16))

@@ -28,6 +28,10 @@ CASES = [
     ("nested-in-a-field", "POST", C, raw('{"model": "tiny", "prompt": "x", "user": ' + "[" * 50_000 + "]" * 50_000
                                          + "}"), 400, None),
     ("invalid-utf8", "POST", C, b'{"model": "tiny", "prompt": "\xff\xfe"}', 400, None),
+    ("lone-surrogate-prompt", "POST", C, raw('{"model": "tiny", "prompt": ["ok", "hi \\ud83d"], "max_tokens": 2}'),
+     400, "prompt"),
+    ("lone-surrogate-message", "POST", CC, raw('{"model": "tiny", "messages": [{"role": "user", "content":'
+                                               ' "\\ud83d"}], "max_tokens": 2}'), 400, "messages"),
     ("huge-int-literal", "POST", C, raw('{"model": "tiny", "prompt": [' + "9" * 100_000 + "]}"), 400, None),
     ("temperature-nan", "POST", C, raw('{"model": "tiny", "prompt": "x", "temperature": NaN}'), 400, "temperature"),
     ("temperature-inf", "POST", C, raw('{"model": "tiny", "prompt": "x", "temperature": Infinity}'), 400,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
 
+from mambalab.errors import InputError
 from mambalab.tokenizer import ByteTokenizer
 from mambalab.train.data import (
     RandomBatches,
@@ -148,3 +151,38 @@ def test_sequential_batches_restart(embedded_ds):
     assert torch.equal(a[0]["input_ids"][0], torch.from_numpy(ds.slice(0, 16)))
     with pytest.raises(ValueError, match="fewer than one global batch"):
         SequentialBatches(ds, batch_size=len(ds), seq_len=16)
+
+
+def test_invalid_utf8_in_jsonl_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=r"bad.jsonl:2: not UTF-8"):
+        prepare_dataset([bad], tmp_path / "ds", ByteTokenizer())
+
+
+def test_stale_temp_dirs_of_a_killed_preparation_are_removed(tmp_path):
+    stale = tmp_path / ".ds.tmp-killed"  # what a SIGKILL during prepare_dataset leaves
+    stale.mkdir()
+    (stale / "train-00000.bin").write_bytes(b"\0" * 8)
+    other = tmp_path / ".dsx.tmp-keep"  # another dataset's: not ours to remove
+    other.mkdir()
+    prepare_dataset([_write(tmp_path / "t.txt", _random_text(50))], tmp_path / "ds", ByteTokenizer())
+    assert not stale.exists() and other.is_dir()
+
+
+class TerminatedTokenizer(ByteTokenizer):
+    """Sends this process SIGTERM while encoding, as a preemption during preparation would."""
+
+    def encode(self, text, add_bos=False, add_eos=False):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return super().encode(text, add_bos=add_bos, add_eos=add_eos)
+
+
+def test_sigterm_during_preparation_exits_and_removes_the_temp_dir(tmp_path):
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("SIGTERM has a handler in this process; preparation leaves it alone")
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_dataset([_write(tmp_path / "t.txt", "text")], tmp_path / "ds", TerminatedTokenizer())
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -1,4 +1,5 @@
-"""Checkpoint files: exact round trip, atomic directories, keep-last-K, corrupt files and fallback."""
+"""Checkpoint files: exact round trip, atomic directories, keep-last-K, corrupt files and fallback, newer
+unusable checkpoints moved aside."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from mambalab.train.resume_checkpoints import (
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    set_aside_newer,
 )
 
 
@@ -64,3 +66,15 @@ def test_corrupt_checkpoint_is_named_and_previous_loads(tmp_path, damage):
         load_checkpoint(newest)
     fallback = latest_valid_checkpoint(tmp_path)
     assert fallback.step == 1 and torch.equal(fallback.model["norm.weight"], model["norm.weight"])
+
+
+def test_set_aside_newer_hides_them_from_the_listing(tmp_path):
+    model, optimizer = _states()
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model, optimizer, {})
+    set_aside_newer(tmp_path, 1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001"]
+    save_checkpoint(tmp_path, 2, model, optimizer, {})  # written afresh, not "already exists"
+    set_aside_newer(tmp_path, 1)  # a name already taken gets a counter
+    assert sorted(p.name for p in tmp_path.glob(".corrupt-*")) == [
+        ".corrupt-step_00000002", ".corrupt-step_00000002.1", ".corrupt-step_00000003"]

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from mambalab import LanguageModel
+from mambalab.errors import InputError
 from mambalab.train.evaluate import evaluate_model
 from mambalab.train.resume_checkpoints import latest_valid_checkpoint, list_checkpoints
 from mambalab.train.run import load_run_config, run_training
@@ -189,3 +190,47 @@ def test_moe_aux_loss_is_trained_and_logged():
     records = Trainer(model, cfg, _random_batches(2, 2, vocab=256)).fit()
     assert all(r["aux_loss"] > 0 for r in records)
     assert not torch.equal(router.detach(), before)  # the router is trained
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_resume_past_a_corrupt_checkpoint_writes_that_step_again(tiny_model, tmp_path):
+    """The corrupt newest checkpoint is moved aside, so reaching its step again writes a valid one."""
+    cfg = TrainConfig(max_steps=4, ckpt_every=2, keep_last=2, eval_every=0, warmup_steps=1, **QUIET)
+    batches = list(_random_batches(0, 4))
+    Trainer(tiny_model(0), cfg, batches, out_dir=tmp_path).fit()
+    root = tmp_path / "checkpoints"
+    _flip_last_byte(root / "step_00000004" / "model.safetensors")
+    Trainer(tiny_model(0), cfg, batches, out_dir=tmp_path).fit(resume=True)
+    assert [p.name for p in list_checkpoints(root)] == ["step_00000002", "step_00000004"]
+    assert latest_valid_checkpoint(root).step == 4
+    assert (root / ".corrupt-step_00000004").is_dir()
+
+
+def _constant_lr(max_steps, **kw):
+    return TrainConfig(lr=1e-3, min_lr=1e-3, warmup_steps=0, max_steps=max_steps, log_every=1, eval_every=0,
+                       **kw, **QUIET)
+
+
+def test_a_data_loader_is_iterated_again_each_epoch_and_resumes_across_epochs(tiny_model, tmp_path):
+    ids = torch.randint(259, (12, 33), generator=torch.Generator().manual_seed(3))  # 12 sequences of l + 1
+    rows = [{"input_ids": r[:-1], "labels": r[1:]} for r in ids]
+    loader = torch.utils.data.DataLoader(rows, batch_size=4)  # 3 batches per epoch
+    reference = Trainer(tiny_model(1), _constant_lr(7), loader).fit()
+    assert [r["step"] for r in reference] == list(range(1, 8))
+    Trainer(tiny_model(1), _constant_lr(4, ckpt_every=4), loader, out_dir=tmp_path).fit()
+    resumed = Trainer(tiny_model(9), _constant_lr(7), loader, out_dir=tmp_path).fit(resume=True)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in reference]  # step 5 takes epoch 2's second batch
+
+
+@pytest.mark.parametrize(("batches", "message"), [
+    (lambda: _random_batches(0, 3), "iterator ran out after 3 batches, short of max_steps × grad_accum = 4"),
+    (list, "list yielded no batch"),
+], ids=["exhausted iterator", "empty list"])
+def test_batches_that_run_out_are_refused_by_name(tiny_model, batches, message):
+    with pytest.raises(InputError, match=message):
+        Trainer(tiny_model(0), _constant_lr(4), batches()).fit()

@@ -17,6 +17,7 @@ import torch
 
 from mambalab.errors import InputError
 from mambalab.ops import backends
+from mambalab.ops.ssd import check_tensors
 from mambalab.ops.triton import auto_chooser, resolve_for
 
 OP = "causal_conv1d"
@@ -95,14 +96,15 @@ def _expect(op: str, cond: bool, message: str) -> None:
 
 def _validate_common(op, dim, weight, bias, activation):
     _expect(op, activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    _expect(op, weight.dim() == 2 and weight.shape[0] == dim,
-            f"weight must be (dim={dim}, width), got {tuple(weight.shape)}")
+    _expect(op, weight.dim() == 2 and weight.shape[0] == dim and weight.shape[1] >= 1,
+            f"weight must be (dim={dim}, width >= 1), got {tuple(weight.shape)}")
     _expect(op, bias is None or tuple(bias.shape) == (dim,),
             f"bias must be (dim={dim},), got {None if bias is None else tuple(bias.shape)}")
 
 
 def validate(x, weight, bias=None, activation=None, initial_state=None) -> None:
     """Check `causal_conv1d`'s arguments against x (batch, dim, L); an InputError names the bad one."""
+    check_tensors(OP, {"x": x, "weight": weight, "bias": bias, "initial_state": initial_state})
     _expect(OP, x.dim() == 3, f"x must be (batch, dim, L), got shape {tuple(x.shape)}")
     batch, dim, _ = x.shape
     _validate_common(OP, dim, weight, bias, activation)
@@ -115,6 +117,7 @@ def validate(x, weight, bias=None, activation=None, initial_state=None) -> None:
 def validate_update(x_t, conv_state, weight, bias=None, activation=None, state_batch_indices=None) -> None:
     """Check `causal_conv1d_update`'s arguments against conv_state (slots, dim, width); see `validate`."""
     op = UPDATE_OP
+    check_tensors(op, {"x_t": x_t, "conv_state": conv_state, "weight": weight, "bias": bias})
     _expect(op, activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     _expect(op, conv_state.dim() == 3, f"conv_state must be (batch, dim, width), got shape {tuple(conv_state.shape)}")
     slots, dim, width = conv_state.shape

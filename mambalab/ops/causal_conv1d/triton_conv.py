@@ -4,7 +4,8 @@ the fused mixer step) as differentiable torch ops.
 
 Two torch.library custom ops, `mambalab::causal_conv1d_fwd` and `mambalab::causal_conv1d_bwd`, with fake
 implementations and autograd, so `torch.compile` traces a mixer using them without graph breaks. CUDA tensors,
-or CPU tensors under Triton's interpreter. Arguments are validated by `mambalab.ops.causal_conv1d`.
+or CPU tensors under Triton's interpreter. Arguments are validated by `mambalab.ops.causal_conv1d`. The bias
+goes to the kernels contiguous (`dense`): they read it without a stride.
 """
 
 # ruff: noqa: UP045  (typing.Optional: torch.library infers the custom ops' schemas from these annotations)
@@ -15,6 +16,7 @@ import torch
 
 from mambalab.ops.backends import records_grad
 from mambalab.ops.causal_conv1d.reference import final_state
+from mambalab.ops.triton import dense
 
 
 def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
@@ -30,9 +32,7 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=No
     elif records_grad(x, weight, bias, history) or torch.compiler.is_compiling():  # the op: autograd, or tracing
         y = _conv_fwd_op(x, weight, bias, history, activation is not None)
     else:  # inference: the kernel without the op's dispatch
-        from mambalab.ops.causal_conv1d.triton_kernels import conv_forward
-
-        y = conv_forward(x, weight, bias, history, activation is not None)
+        y = _forward(x, weight, bias, history, activation is not None)
     if not return_final_state:
         return y
     return y, final_state(x, history, weight.shape[1])
@@ -45,16 +45,20 @@ def causal_conv1d_update_triton(x_t, conv_state, weight, bias=None, activation=N
     kernels.check_device("causal_conv1d_update", x_t)
     from mambalab.ops.state_update.triton_kernels import conv_update
 
-    return conv_update(x_t, conv_state, weight, bias, activation is not None, state_batch_indices)
+    return conv_update(x_t, conv_state, weight, dense(bias), activation is not None, state_batch_indices)
 
 
 # The ops' annotations are real types: torch.library infers their schemas from them.
 @torch.library.custom_op("mambalab::causal_conv1d_fwd", mutates_args=())
 def _conv_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                  initial_state: Optional[torch.Tensor], silu: bool) -> torch.Tensor:
+    return _forward(x, weight, bias, initial_state, silu)
+
+
+def _forward(x, weight, bias, initial_state, silu):
     from mambalab.ops.causal_conv1d.triton_kernels import conv_forward
 
-    return conv_forward(x, weight, bias, initial_state, silu)
+    return conv_forward(x, weight, dense(bias), initial_state, silu)
 
 
 @_conv_fwd_op.register_fake
@@ -71,7 +75,7 @@ def _conv_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: 
     """(dx, dweight, dbias, d_initial_state) in the inputs' dtypes; empty for absent inputs."""
     from mambalab.ops.causal_conv1d.triton_kernels import conv_backward
 
-    dx, dw, dbias, dh0 = conv_backward(dy, x, weight, bias, initial_state, silu)
+    dx, dw, dbias, dh0 = conv_backward(dy, x, weight, dense(bias), initial_state, silu)
     return (dx, dw.to(weight.dtype), dbias.to(bias.dtype) if bias is not None else x.new_empty(0),
             dh0.to(initial_state.dtype) if initial_state is not None else x.new_empty(0))
 

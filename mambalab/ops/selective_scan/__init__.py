@@ -7,12 +7,11 @@ All share this signature and these semantics; see reference.py for the math and 
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
 from mambalab.errors import InputError
 from mambalab.ops import backends
+from mambalab.ops.ssd import check_cu_seqlens, check_negative
 
 OP = "selective_scan"
 
@@ -72,9 +71,10 @@ def selective_scan(
 ):
     """y = selective_scan(u, Δ, A, B, C, ...): the Mamba-1 selective SSM over the whole sequence.
 
-    u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L) or (batch, G, N, L);
+    u, delta, z: (batch, dim, L); A: (dim, N) negative; B, C: (batch, N, L) or (batch, G, N, L);
     D, delta_bias: (dim,); initial_state: (batch, dim, N) (or (num_seqs, dim, N) with cu_seqlens).
     Returns y (u's dtype), or (y, final_state) with final_state float32 (float64 for float64 inputs).
+    A's values (negative, finite) are checked only on CPU tensors, where reading them costs no host sync.
     """
     validate(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens)
     impl = backends.get(OP, resolve_backend(backend, u.device))
@@ -114,22 +114,13 @@ def validate(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=N
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         _expect(t is None or tuple(t.shape) == (dim,), f"{name} must be (dim={dim},), got {_shape(t)}")
     _expect(z is None or z.shape == u.shape, f"z must have u's shape {tuple(u.shape)}, got {_shape(z)}")
-    rows = batch
-    if cu_seqlens is not None:
-        _expect(batch == 1, f"cu_seqlens packs sequences into one row: batch must be 1, got {batch}")
-        _expect(cu_seqlens.dim() == 1 and cu_seqlens.numel() >= 2,
-                f"cu_seqlens must be 1-D with >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
-        _expect(not cu_seqlens.dtype.is_floating_point and cu_seqlens.dtype != torch.bool,
-                f"cu_seqlens must be an integer tensor, got {cu_seqlens.dtype}")
-        c = cu_seqlens.tolist()
-        _expect(c[0] == 0 and c[-1] == length, f"cu_seqlens must start at 0 and end at L={length}, got {c[0]}..{c[-1]}")
-        _expect(all(a <= b for a, b in itertools.pairwise(c)), f"cu_seqlens must be non-decreasing, got {c}")
-        rows = len(c) - 1
+    rows = batch if cu_seqlens is None else check_cu_seqlens(OP, cu_seqlens, batch, length, u.device, ("u", "L"))
     if initial_state is not None:
         _expect(tuple(initial_state.shape) == (rows, dim, n),
                 f"initial_state must be ({rows}, dim={dim}, N={n}), got {tuple(initial_state.shape)}")
     devices = {t.device for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None}
     _expect(len(devices) == 1, f"all tensors must be on one device, got {sorted(map(str, devices))}")
+    check_negative(OP, A)
     _expect(z is None or z.dtype == u.dtype, f"z must have u's dtype {u.dtype}, got {_dtype(z)}")
     wider = (torch.float32,) if u.dtype in (torch.float16, torch.bfloat16) else ()
     for name in ("delta", "B", "C"):

@@ -4,7 +4,8 @@ Two torch.library custom ops, `mambalab::selective_scan_fwd` and `mambalab::sele
 implementations and autograd (fused.py), so `torch.compile` traces a mixer using them without graph breaks. The
 forward stores per-chunk state checkpoints only when a gradient is needed.
 
-Inputs are used in place with their strides (no copies, non-contiguous is fine); y and the gradients of u, Δ
+Inputs are used in place with their strides (no copies, non-contiguous is fine), except D and delta_bias,
+which the kernels read without a stride (`dense`: copied when not contiguous); y and the gradients of u, Δ
 and z take their input's layout (channels-last stays channels-last: `common.empty_like_layout`).
 Float64 is not supported here (the kernels keep state in float32): use the torch backend for it.
 """
@@ -17,6 +18,7 @@ import torch
 
 from mambalab.ops.backends import BackendUnavailable
 from mambalab.ops.selective_scan.fused import FusedScan, sequence_count
+from mambalab.ops.triton import dense
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -75,15 +77,15 @@ def _sm_count(device: torch.device) -> int:
 def _forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, store_checkpoints):
     from mambalab.ops.selective_scan.triton_kernels import scan_forward
 
-    return scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
-                        store_checkpoints, _config(u, A, B, cu_seqlens))
+    return scan_forward(u, delta, A, B, C, dense(D), z, dense(delta_bias), initial_state, cu_seqlens,
+                        delta_softplus, store_checkpoints, _config(u, A, B, cu_seqlens))
 
 
 def _backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ckpt, delta_softplus):
     from mambalab.ops.selective_scan.triton_kernels import scan_backward
 
-    return scan_backward(dy, d_final, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, ckpt, delta_softplus,
-                         _config(u, A, B, cu_seqlens))
+    return scan_backward(dy, d_final, u, delta, A, B, C, dense(D), z, dense(delta_bias), cu_seqlens, ckpt,
+                         delta_softplus, _config(u, A, B, cu_seqlens))
 
 
 def _checkpoint_slots(u, A, B, cu_seqlens):

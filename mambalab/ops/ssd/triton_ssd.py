@@ -34,6 +34,7 @@ import torch
 
 from mambalab.errors import ConfigError
 from mambalab.ops.backends import BackendUnavailable, records_grad
+from mambalab.ops.triton import dense
 
 _KERNELS = "mambalab.ops.ssd.triton_kernels"
 FORWARD_MODES = ("auto", "fused", "chunked")
@@ -591,6 +592,7 @@ def ssd_triton(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, 
     check_runnable("ssd_scan", {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z, "dt_bias": dt_bias,
                                 "initial_state": initial_state})
     cfg = config or default_config(chunk_size)
+    A, dt_bias = dense(A), dense(dt_bias)  # read per head without a stride, forward and backward
     if records_grad(x, dt, A, B, C, D, z, dt_bias, initial_state):
         y, final = _SSDFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, bool(dt_softplus),
                                       cfg)

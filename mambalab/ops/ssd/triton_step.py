@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from mambalab.ops.ssd.triton_ssd import _empty, _next_pow2, _or, _strides2, check_runnable, kernels
+from mambalab.ops.triton import dense
 
 
 def load_triton_step():
@@ -30,6 +31,7 @@ def ssd_state_update_triton(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_
 
     check_runnable("ssd_state_update", {"state": state, "x_t": x_t, "dt_t": dt_t, "A": A, "B_t": B_t, "C_t": C_t,
                                         "D": D, "z_t": z_t, "dt_bias": dt_bias})
+    A, dt_bias = dense(A), dense(dt_bias)  # read per head without a stride
     batch, heads, head_dim = x_t.shape
     groups, n = B_t.shape[1], B_t.shape[2]
     fp64 = torch.float64 in (state.dtype, x_t.dtype, dt_t.dtype, A.dtype, B_t.dtype, C_t.dtype)

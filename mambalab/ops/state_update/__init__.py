@@ -18,6 +18,7 @@ from __future__ import annotations
 from mambalab.errors import InputError
 from mambalab.ops import backends
 from mambalab.ops.causal_conv1d import check_state_batch_indices
+from mambalab.ops.ssd import check_tensors
 from mambalab.ops.triton import auto_chooser, resolve_for
 
 OP = "selective_state_update"
@@ -72,8 +73,8 @@ def mixer_step(x_t, z_t, conv_state, ssm_state, conv_weight, conv_bias, x_proj_w
     conv_state (b, d, w) and ssm_state (b, d, n) (or (slots, d, ·) with state_batch_indices), both updated in
     place (ssm_state float32, float64 or 16-bit, as in `selective_state_update`); conv_weight (d, w), conv_bias (d,); x_proj_weight (r + 2n, d); dt_proj_weight (d, r),
     dt_proj_bias (d,); A_log (d, n) (A = -exp(A_log)); D (d,)."""
-    validate_mixer_step(x_t, z_t, conv_state, ssm_state, conv_weight, x_proj_weight, dt_proj_weight, dt_proj_bias,
-                        A_log, state_batch_indices)
+    validate_mixer_step(x_t, z_t, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                        dt_proj_bias, A_log, D, state_batch_indices)
     impl = backends.get(MIXER_STEP_OP, resolve_for(MIXER_STEP_OP, backend, x_t))
     return impl(x_t, z_t, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                 dt_proj_bias, A_log, D, state_batch_indices)
@@ -91,6 +92,8 @@ def _shape(t):
 def validate(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_bias=None, state_batch_indices=None) -> None:
     """Check `selective_state_update`'s arguments against state (b or slots, dim, N); an InputError names the
     bad one."""
+    check_tensors(OP, {"state": state, "x_t": x_t, "dt_t": dt_t, "A": A, "B_t": B_t, "C_t": C_t, "D": D, "z_t": z_t,
+                       "dt_bias": dt_bias})
     _expect(OP, state.dim() == 3, f"state must be (batch, dim, N), got shape {tuple(state.shape)}")
     check_state_batch_indices(OP, state_batch_indices, x_t)
     slots, dim, n = state.shape
@@ -103,14 +106,22 @@ def validate(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_bias=None, stat
     _expect(OP, tuple(B_t.shape) == expected and dim % groups == 0,
             f"B_t must be ({batch}, {n}) or ({batch}, G, {n}) with G dividing {dim}, got {tuple(B_t.shape)}")
     _expect(OP, C_t.shape == B_t.shape, f"C_t must have B_t's shape {tuple(B_t.shape)}, got {tuple(C_t.shape)}")
-    for name, t in (("D", D), ("dt_bias", dt_bias)):
-        _expect(OP, t is None or tuple(t.shape) == (dim,), f"{name} must be ({dim},), got {_shape(t)}")
+    _check_optional_vectors(OP, dim, {"D": D, "dt_bias": dt_bias})
 
 
-def validate_mixer_step(x_t, z_t, conv_state, ssm_state, conv_weight, x_proj_weight, dt_proj_weight, dt_proj_bias,
-                        A_log, state_batch_indices=None) -> None:
+def _check_optional_vectors(op: str, dim: int, tensors: dict) -> None:
+    """Each of the optional per-channel parameters is None or (dim,) (the kernels read dim entries of it)."""
+    for name, t in tensors.items():
+        _expect(op, t is None or tuple(t.shape) == (dim,), f"{name} must be None or ({dim},), got {_shape(t)}")
+
+
+def validate_mixer_step(x_t, z_t, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                        dt_proj_bias, A_log, D=None, state_batch_indices=None) -> None:
     """Check `mixer_step`'s arguments against x_t (b, d), dt_proj_weight's rank r and A_log's N."""
     op = MIXER_STEP_OP
+    check_tensors(op, {"x_t": x_t, "z_t": z_t, "conv_state": conv_state, "ssm_state": ssm_state,
+                       "conv_weight": conv_weight, "conv_bias": conv_bias, "x_proj_weight": x_proj_weight,
+                       "dt_proj_weight": dt_proj_weight, "dt_proj_bias": dt_proj_bias, "A_log": A_log, "D": D})
     _expect(op, x_t.dim() == 2, f"x_t must be (batch, dim), got shape {tuple(x_t.shape)}")
     check_state_batch_indices(op, state_batch_indices, x_t)
     batch, dim = x_t.shape
@@ -124,3 +135,4 @@ def validate_mixer_step(x_t, z_t, conv_state, ssm_state, conv_weight, x_proj_wei
                 "dt_proj_bias": (dt_proj_bias, (dim,)), "A_log": (A_log, (dim, n))}
     for name, (t, shape) in expected.items():
         _expect(op, tuple(t.shape) == shape, f"{name} must be {shape}, got {tuple(t.shape)}")
+    _check_optional_vectors(op, dim, {"conv_bias": conv_bias, "D": D})

@@ -91,6 +91,13 @@ def check_device(op: str, x) -> None:
         raise InputError(f"{op}: tensors are on {x.device}, but the Triton kernels run on {where or 'no device here'}")
 
 
+def dense(t):
+    """t laid out contiguously (None stays None): the kernels read their 1-D per-channel and per-head parameters
+    (A, D, biases) at ptr + index, without a stride, so a strided or expanded view must be copied first (free
+    when t is contiguous already; autograd flows through the copy)."""
+    return None if t is None else t.contiguous()
+
+
 def auto_chooser(op: str) -> Callable:
     """The "auto" of an op with a "reference" and a "triton" backend: "triton" on CUDA where it runs, else
     "reference" (interpreted kernels are for tests: "auto" never picks them on CPU)."""
