@@ -90,9 +90,10 @@ def generate(
 
     logits, state = prefill(model, rows, state, state_dtype)  # (b, vocab)
     b, device = len(rows), logits.device
-    prefix = _prefix_row(prefix_tokens, model.config.vocab_size)
-    seen = _seen_tokens([prefix + row for row in rows], logits.shape[-1], device) if repetition_penalty != 1.0 \
-        else None  # (b, vocab)
+    prefix = _checked_row(prefix_tokens, "prefix_tokens", model.config.vocab_size)
+    seen = None  # (b, vocab): the tokens the repetition penalty counts, the cached prefix's included
+    if repetition_penalty != 1.0:
+        seen = _seen_tokens([prefix + row for row in rows], logits.shape[-1], device)
     pad = eos[0] if eos else 0  # fed to finished rows
 
     # Only the prefill's logits are used when one token is asked for and no state: then there is no step.
@@ -230,15 +231,6 @@ class _HostCopy:
         return self.tensor.tolist()
 
 
-def _prefix_row(tokens, vocab_size: int) -> list[int]:
-    """`prefix_tokens` as an int list, validated."""
-    tokens = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
-    bad = next((t for t in tokens if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size), None)
-    if bad is not None:
-        raise InputError(f"prefix_tokens must be token ids in [0, {vocab_size}), got {bad!r}")
-    return tokens
-
-
 def _prompt_rows(prompts, vocab_size: int) -> list[list[int]]:
     """A (b, l) tensor or a list of token lists -> a list of int lists, validated."""
     if isinstance(prompts, torch.Tensor):
@@ -255,12 +247,17 @@ def _prompt_rows(prompts, vocab_size: int) -> list[list[int]]:
     for i, row in enumerate(prompts):
         if not row:
             raise InputError(f"prompts[{i}] is empty; every prompt needs at least one token")
-        row = [_token_id(t, f"prompts[{i}][{j}]") for j, t in enumerate(row)]
-        bad = [t for t in row if not 0 <= t < vocab_size]
-        if bad:
-            raise InputError(f"prompts[{i}] holds token id {bad[0]} outside [0, vocab_size={vocab_size})")
-        rows.append(row)
+        rows.append(_checked_row(row, f"prompts[{i}]", vocab_size))
     return rows
+
+
+def _checked_row(row, name: str, vocab_size: int) -> list[int]:
+    """A sequence of token ids (a list or 1-D tensor) -> an int list, each an integer in [0, vocab_size)."""
+    row = [_token_id(t, f"{name}[{j}]") for j, t in enumerate(row.tolist() if isinstance(row, torch.Tensor) else row)]
+    bad = [t for t in row if not 0 <= t < vocab_size]
+    if bad:
+        raise InputError(f"{name} holds token id {bad[0]} outside [0, vocab_size={vocab_size})")
+    return row
 
 
 def _token_id(value, name: str) -> int:

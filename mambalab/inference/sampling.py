@@ -36,7 +36,9 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     if temperature == 1.0:
         return logits
     shifted = logits - logits.amax(-1, keepdim=True)  # (b, v), ≤ 0
-    return (shifted.double() / temperature).to(logits.dtype)  # float64: a T below float32's range divides too
+    # A T below the dtype's smallest normal would round to 0 in the division (0 / 0 at the maximum): any T that
+    # small sends every other logit to −inf anyway.
+    return shifted / max(temperature, torch.finfo(logits.dtype).tiny)
 
 
 def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from mambalab.errors import InputError
 from mambalab.ops import backends
-from mambalab.ops.ssd import check_tensors
+from mambalab.ops.checks import check_tensors
 from mambalab.ops.triton import auto_chooser, resolve_for
 
 OP = "causal_conv1d"

@@ -11,7 +11,7 @@ import torch
 
 from mambalab.errors import InputError
 from mambalab.ops import backends
-from mambalab.ops.ssd import check_cu_seqlens, check_negative
+from mambalab.ops.checks import check_cu_seqlens, check_negative
 
 OP = "selective_scan"
 

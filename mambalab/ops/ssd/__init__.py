@@ -9,12 +9,11 @@ dual, attention-like form), "torch" (chunked, pure PyTorch, any device), "triton
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
-from mambalab.errors import InputError
 from mambalab.ops import backends
+from mambalab.ops.checks import check_cu_seqlens, check_negative, check_tensors
+from mambalab.ops.checks import expect as _expect
 from mambalab.ops.triton import auto_chooser
 
 OP = "ssd_scan"
@@ -110,50 +109,8 @@ def ssd_state_update(state, x_t, dt_t, A, B_t, C_t, D=None, z_t=None, dt_bias=No
                 state_batch_indices=state_batch_indices)
 
 
-def _expect(cond: bool, op: str, message: str) -> None:
-    if not cond:
-        raise InputError(f"{op}: {message}")
-
-
 def _shape(t):
     return None if t is None else tuple(t.shape)
-
-
-def check_tensors(op, tensors: dict) -> None:
-    """Each of `tensors` (name -> tensor or None) a floating-point torch.Tensor or None, all on one device
-    (shared by the ops of other folders)."""
-    for name, t in tensors.items():
-        _expect(t is None or isinstance(t, torch.Tensor), op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        _expect(t is None or t.is_floating_point(), op, f"{name} must be a floating-point tensor, got {t.dtype if t is not None else None}")
-    devices = {t.device for t in tensors.values() if t is not None}
-    _expect(len(devices) == 1, op, f"all tensors must be on one device, got {sorted(map(str, devices))}")
-
-
-def check_negative(op, A) -> None:
-    """A's entries negative and finite (A = -exp(A_log)); checked only on CPU tensors, whose values are read
-    without a host sync (elsewhere a sync per call, or no values at all: meta tensors)."""
-    if A.device.type == "cpu" and not torch.compiler.is_compiling():
-        _expect(bool(((A < 0) & torch.isfinite(A)).all()), op,
-                f"A must be negative and finite (A = -exp(A_log)), got max {A.max().item() if A.numel() else None}")
-
-
-def check_cu_seqlens(op, cu_seqlens, batch, length, device, names=("x", "l")) -> int:
-    """cu_seqlens a 1-D integer tensor on `device` of non-decreasing offsets from 0 to `length`, packing
-    sequences along the position axis of a batch-1 input; returns the number of sequences. names: the input's
-    and its position axis' names in the messages."""
-    x_name, axis = names
-    _expect(isinstance(cu_seqlens, torch.Tensor), op, f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
-    _expect(batch == 1, op, f"cu_seqlens packs sequences along {axis}: batch must be 1, got {batch}")
-    _expect(cu_seqlens.dim() == 1 and cu_seqlens.numel() >= 2, op,
-            f"cu_seqlens must be 1-D with >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
-    _expect(not cu_seqlens.dtype.is_floating_point and not cu_seqlens.dtype.is_complex
-            and cu_seqlens.dtype != torch.bool, op, f"cu_seqlens must be an integer tensor, got {cu_seqlens.dtype}")
-    _expect(cu_seqlens.device == device, op, f"cu_seqlens must be on {x_name}'s device {device}, got {cu_seqlens.device}")
-    offsets = cu_seqlens.tolist()
-    _expect(offsets[0] == 0 and offsets[-1] == length, op,
-            f"cu_seqlens must start at 0 and end at {axis}={length}, got {offsets[0]}..{offsets[-1]}")
-    _expect(all(a <= b for a, b in itertools.pairwise(offsets)), op, f"cu_seqlens must be non-decreasing, got {offsets}")
-    return len(offsets) - 1
 
 
 def _check_common(op, tensors: dict, A, D, heads, head_dim) -> None:

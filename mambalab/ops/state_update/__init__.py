@@ -18,7 +18,7 @@ from __future__ import annotations
 from mambalab.errors import InputError
 from mambalab.ops import backends
 from mambalab.ops.causal_conv1d import check_state_batch_indices
-from mambalab.ops.ssd import check_tensors
+from mambalab.ops.checks import check_tensors
 from mambalab.ops.triton import auto_chooser, resolve_for
 
 OP = "selective_state_update"
