@@ -238,6 +238,8 @@ def serve(
     system_prompt_file: str = typer.Option(None, help="Default system prompt of chat requests, prefilled once."),
     prefix_cache_dir: str = typer.Option(None, "--prefix-cache-dir", "--cache-dir",
                                          help="Keep prefix states here, reused across restarts."),
+    prefix_cache_mb: int = typer.Option(1024, help="MiB of prefix states kept in memory (system prompts: the"
+                                                   " server's always, clients' least recently used first out)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     dtype: str = typer.Option(None, help="float32 | bfloat16 | float16 | float64 (default: the checkpoint's)."),
     state_dtype: str = typer.Option(None, help=_STATE_DTYPE_HELP),
@@ -264,6 +266,8 @@ def serve(
         fail(f"--stream-interval-ms must be >= 0, got {stream_interval_ms!r}")
     if system_prompt_file is not None and not Path(system_prompt_file).is_file():
         fail(f"--system-prompt-file {system_prompt_file!r} is not a readable file")
+    if prefix_cache_mb < 0:
+        fail(f"--prefix-cache-mb must be >= 0, got {prefix_cache_mb}")
     try:
         require_serve_dependencies()
         limits = Limits(max_model_len, max_num_seqs, max_prefill_tokens, max_waiting, request_timeout)
@@ -278,7 +282,7 @@ def serve(
     typer.echo(f"loading {model_dir} on {device}")
     try:
         run_server(model_dir, host, int(port), system_prompt, device=device, dtype=torch_dtype, cache_dir=prefix_cache_dir,
-                   state_dtype=state_dtype, served_model_name=served_model_name, api_key=api_key, limits=limits,
+                   cache_bytes=prefix_cache_mb << 20, state_dtype=state_dtype, served_model_name=served_model_name, api_key=api_key, limits=limits,
                    drain_timeout=shutdown_timeout, stream_interval=stream_interval_ms / 1000,
                    on_listening=lambda url: typer.echo(f"serving on {url}/v1 (Ctrl-C stops)"))
     except (ValueError, OSError) as e:

@@ -2,9 +2,10 @@
 
 A Mamba state has a fixed size whatever the prefix length, so resuming from a cached prefix costs the same
 for a 100-token and a 100,000-token prefix. Entries are batch-1 states keyed by the exact tokens they have
-consumed. In memory they form an LRU bounded in bytes; with a `directory`, every entry is also written there
-(atomically, with the model's fingerprint, see `InferenceState.save`), entries evicted from memory are
-reloaded from disk on demand, and a new cache over the same directory (another process) finds them again.
+consumed. In memory they form an LRU bounded in bytes (pinned entries stay outside it); with a `directory`,
+every entry is also written there unless put as memory-only (atomically, with the model's fingerprint, see
+`InferenceState.save`), entries evicted from memory are reloaded from disk on demand, and a new cache over the
+same directory (another process) finds them again.
 All states of one cache hold their SSM states in its `state_dtype` (inference/state_dtype.py). Files from
 another model, dtype or SSM state dtype are ignored; a corrupt, crafted or unreadable file is skipped (or, found
 bad when loaded, dropped and treated as a miss) with a warning naming it.
@@ -54,6 +55,7 @@ class PrefixCache:
         self._entries: dict[tuple[int, ...], _Entry] = {}
         self._memory: OrderedDict[tuple[int, ...], InferenceState] = OrderedDict()  # LRU order, oldest first
         self._bytes = 0
+        self._pinned: set[tuple[int, ...]] = set()  # kept in memory whatever max_bytes says
         self.hits = self.misses = 0  # lookups that found a cached prefix / found none
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -67,8 +69,10 @@ class PrefixCache:
         """Bytes of the states held in memory."""
         return self._bytes
 
-    def put(self, tokens, state: InferenceState) -> None:
-        """Cache `state` (batch 1) as the state after exactly `tokens`."""
+    def put(self, tokens, state: InferenceState, persist: bool = True, pin: bool = False) -> None:
+        """Cache `state` (batch 1) as the state after exactly `tokens`. `persist=False` keeps it in memory
+        only, also in a cache with a directory (what clients send: they must not fill the disk); `pin` keeps
+        it in memory for the cache's life, never evicted (the server's own system prompt)."""
         key = _key(tokens)
         check_state_holds(state, self.state_dtype, self.model.dtype)
         if state.batch_size != 1 or int(state.seqlen[0]) != len(key):
@@ -77,11 +81,13 @@ class PrefixCache:
                 f" {state.batch_size} with seqlen {state.seqlen.tolist()}"
             )
         entry = self._entries.get(key) or _Entry(key)
-        if self.directory is not None and entry.path is None:
+        if persist and self.directory is not None and entry.path is None:
             path = self.directory / f"{self._file_stem(key)}.safetensors"
             state.save(path, self.model, prefix_tokens=list(key))  # a failed write registers nothing
             entry.path = path
         self._entries[key] = entry
+        if pin:
+            self._pinned.add(key)
         self._remember(key, state.clone())
 
     def lookup(self, tokens) -> tuple[int, InferenceState | None]:
@@ -98,16 +104,18 @@ class PrefixCache:
         self.misses += 1
         return 0, None
 
-    def prefill(self, tokens) -> InferenceState:
+    def prefill(self, tokens, pin: bool = False) -> InferenceState:
         """The state after `tokens`: from the cache when cached, else computed (resuming from the longest
-        cached prefix) and cached."""
+        cached prefix) and cached; `pin` as in `put`."""
         key = _key(tokens)
         state = self._state(key) if key in self._entries else None
         if state is not None:
+            if pin:
+                self._pinned.add(key)  # `_state` has just put it in memory
             return state
         n, state = self.lookup(key)
         _, state = prefill(self.model, [list(key[n:])], state, self.state_dtype)
-        self.put(key, state)
+        self.put(key, state, pin=pin)
         return state
 
     # Internals ------------------------------------------------------------------------------------------
@@ -132,9 +140,10 @@ class PrefixCache:
             self._bytes -= self._memory.pop(key).nbytes()
         self._memory[key] = state
         self._bytes += state.nbytes()
-        while self._bytes > self.max_bytes and self._memory:
-            old_key, old = self._memory.popitem(last=False)
-            self._bytes -= old.nbytes()
+        for old_key in [k for k in self._memory if k not in self._pinned]:  # least recently used first
+            if self._bytes <= self.max_bytes:
+                break
+            self._bytes -= self._memory.pop(old_key).nbytes()
             if self._entries[old_key].path is None:  # not on disk: evicting forgets it
                 del self._entries[old_key]
 

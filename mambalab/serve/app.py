@@ -86,7 +86,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         if system_tokens:
-            await run_in_threadpool(engine.cache_prefix, system_tokens)
+            await run_in_threadpool(engine.cache_prefix, system_tokens, True)
             logger.info("system prompt of %d tokens prefilled and cached", len(system_tokens))
         await run_in_threadpool(engine.start)  # captures the CUDA graphs first
         try:
@@ -174,12 +174,12 @@ def create_app(
         if system_prompt and messages[0][0] != "system":
             messages.insert(0, ("system", system_prompt))
         try:
-            prompt = await run_in_threadpool(chat.tokens, messages)
+            prompt, shared = await run_in_threadpool(chat.tokens_and_shared_prefix, messages)
         except ChatTemplateError as e:
             raise ApiError(400, str(e), "messages") from None
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         return await _serve(request, engine, model_name, True, [prompt], body, max_tokens, chat.stops,
-                            stream_interval)
+                            stream_interval, shared)
 
     return app
 
@@ -246,8 +246,11 @@ def _sampling(body) -> SamplingConfig:
 
 
 async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, prompts: list[list[int]], body,
-                 max_tokens: int | None, default_stops: list[str], stream_interval: float):
-    """Submit one engine request per prompt; answer with one JSON body or an SSE stream."""
+                 max_tokens: int | None, default_stops: list[str], stream_interval: float,
+                 shared_prefix: int = 0):
+    """Submit one engine request per prompt (the first `shared_prefix` tokens of each are a system prompt
+    that other requests share; a chat prompt's state is cached for the conversation's next turn); answer with
+    one JSON body or an SSE stream."""
     news = asyncio.Event()
     notify = functools.partial(_Wakeups.of(asyncio.get_running_loop()).mark, news)  # from the scheduler thread
     limit = engine.limits.max_model_len
@@ -255,7 +258,7 @@ async def _serve(request: Request, engine: Engine, model_name: str, chat: bool, 
     requests = [
         EngineRequest(p, max_tokens if max_tokens is not None else max(0, min(DEFAULT_MAX_TOKENS, limit - len(p))),
                       sampling, body.seed, stops, bool(body.ignore_eos), on_update=notify,
-                      streaming=bool(body.stream))
+                      streaming=bool(body.stream), shared_prefix=shared_prefix, cache_prompt=chat)
         for p in prompts
     ]
     try:
@@ -361,7 +364,9 @@ def _failure(requests: list[EngineRequest]) -> ApiError | None:
 def _usage(requests: list[EngineRequest]) -> dict:
     prompt = sum(len(r.prompt) for r in requests)
     completion = sum(r.completion_tokens for r in requests)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached = sum(r.cached_tokens for r in requests)  # prompt tokens resumed from the prefix cache
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 _WAKEUPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its _Wakeups

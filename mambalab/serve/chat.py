@@ -8,9 +8,9 @@ the prompt ends with "<|assistant|>\\n"; the model starting another turn ("<|use
 its reply.
 
 A leading system message is tokenized on its own (its rendering is a prefix of the whole conversation's),
-so every conversation that starts with the same system prompt starts with the same tokens: for the server's
-own system prompt (--system-prompt-file) the server caches the state after them once and each request resumes
-from it.
+so every conversation that starts with the same system prompt starts with the same tokens: the server caches
+the state after them (its own system prompt, --system-prompt-file, at start-up and for good; a client's, in
+memory, the first time a request passes it) and each later request resumes from it.
 """
 
 from __future__ import annotations
@@ -67,11 +67,16 @@ class ChatFormat:
 
     def tokens(self, messages: list[tuple[str, str]]) -> list[int]:
         """The prompt tokens of a conversation, ending where the assistant's reply begins."""
+        return self.tokens_and_shared_prefix(messages)[0]
+
+    def tokens_and_shared_prefix(self, messages: list[tuple[str, str]]) -> tuple[list[int], int]:
+        """The prompt tokens and how many of them are the leading system message's (`system_tokens`), which
+        every conversation starting with that message shares (0 when none or the template mixes them)."""
         has_system = messages[0][0] == "system"
         if self._template is None:
             head = self.system_tokens(messages[0][1]) if has_system else []
             rest = messages[1:] if has_system else messages
-            return head + self._encode_turns(rest) + self.tokenizer.encode(DEFAULT_GENERATION_PROMPT)
+            return head + self._encode_turns(rest) + self.tokenizer.encode(DEFAULT_GENERATION_PROMPT), len(head)
         text = self._render(messages, add_generation_prompt=True)
         if has_system:
             try:  # some templates refuse a conversation of a system message alone: then no shared prefix
@@ -79,8 +84,9 @@ class ChatFormat:
             except ChatTemplateError:
                 prefix = None
             if prefix and text.startswith(prefix):
-                return self.system_tokens(messages[0][1]) + self.tokenizer.encode(text[len(prefix) :])
-        return self.tokenizer.encode(text)
+                head = self.system_tokens(messages[0][1])
+                return head + self.tokenizer.encode(text[len(prefix) :]), len(head)
+        return self.tokenizer.encode(text), 0
 
     def system_tokens(self, content: str) -> list[int]:
         """The tokens a conversation starting with this system message starts with (cached by the server)."""

@@ -76,10 +76,11 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
 
-    def cache_prefix(self, tokens: list[int]) -> None:
-        """Run `tokens` once and keep their state, so prompts that start with them resume from it."""
+    def cache_prefix(self, tokens: list[int], pin: bool = False) -> None:
+        """Run `tokens` once and keep their state, so prompts that start with them resume from it; `pin`
+        keeps it in memory for good (the server's system prompt)."""
         with self.lock:
-            self.cache.prefill(tokens)
+            self.cache.prefill(tokens, pin=pin)
 
     def complete(
         self,

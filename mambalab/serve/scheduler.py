@@ -4,7 +4,9 @@ A Mamba request's state has a fixed size, so every running request can share one
 KV cache. Each `step()`:
 1. takes new submissions, drops cancelled and timed-out requests;
 2. admits waiting requests while fewer than `max_num_seqs` are in flight: each starts from the longest
-   cached prefix of its prompt (`PrefixCache`), else from a zero state;
+   cached prefix of its prompt (`PrefixCache`), else from a zero state. A request's `shared_prefix` (a
+   chat's system prompt) that is not cached yet is cached, in memory only, when its prefill passes it, and
+   with `cache_prompt` so is its whole prompt (the next turn of a conversation starts with it);
 3. prefills at most `max_prefill_tokens` prompt tokens in all, in chunks (so one long prompt cannot starve
    the decoding of the others); requests whose chunks have the same length run in one forward call. A
    request whose prompt is done chooses its first token from the last logits and joins the decode batch;
@@ -95,6 +97,8 @@ class Request:
     ignore_eos: bool = False  # keep generating past EOS (benchmarks: every request makes max_new_tokens)
     on_update: Callable[[], None] | None = None  # called (from the scheduler thread) when there is news
     streaming: bool = True  # on_update for each piece of text; False: only when the request ends
+    shared_prefix: int = 0  # leading prompt tokens other requests share (a system prompt): their state is cached
+    cache_prompt: bool = False  # cache the state after the whole prompt (a chat's next turn extends it)
     id: int = field(default_factory=lambda: next(_ids))
 
     def __post_init__(self) -> None:
@@ -113,6 +117,7 @@ class Request:
         self.state: InferenceState | None = None
         self.state_row = 0  # this request's row of `state` (prefilled prompts share one state)
         self.consumed = 0
+        self.cache_at = 0  # the prompt position whose state the prefix cache keeps (0: none)
         self.generator: torch.Generator | None = None
         self.seen: torch.Tensor | None = None  # (1, vocab) bool, only with a repetition penalty
         self.last_token = 0
@@ -363,6 +368,8 @@ class Scheduler:
                 continue
             r.cached_tokens, r.state = self.cache.lookup(r.prompt)  # None: start from zeros
             r.consumed = r.cached_tokens
+            if r.cached_tokens < r.shared_prefix < len(r.prompt):  # a shared prefix not cached yet
+                r.cache_at = r.shared_prefix
             device = self.model.device
             r.generator = torch.Generator(device=device)
             r.generator.manual_seed(r.seed if r.seed is not None else random.getrandbits(63))
@@ -380,6 +387,8 @@ class Scheduler:
             if budget == 0:
                 break
             n = min(len(r.prompt) - r.consumed, budget)
+            if r.consumed < r.cache_at:  # a chunk ends where the shared prefix does
+                n = min(n, r.cache_at - r.consumed)
             groups[n].append(r)
             budget -= n
         for n, members in groups.items():
@@ -396,8 +405,10 @@ class Scheduler:
             states = [r.state if r.state is not None else self._allocate(1) for r in members]
             state = states[0] if len(states) == 1 else InferenceState.concat(states)
         logits, state = self.model.prefill(ids, state, state_dtype=self.cache.state_dtype)
-        for r in members:
+        for i, r in enumerate(members):
             r.consumed += n
+            if r.consumed == r.cache_at:
+                self._keep_state(r, r.cache_at, state if len(members) == 1 else state.select([i]))
         done = [i for i, r in enumerate(members) if r.consumed == len(r.prompt)]
         for i, r in enumerate(members):
             if r.consumed < len(r.prompt):  # more chunks to come: a state of its own
@@ -408,7 +419,18 @@ class Scheduler:
             finished = [members[i] for i in done]
             for row, r in enumerate(finished):
                 r.state, r.state_row = shared, row
+                if r.cache_prompt:
+                    self._keep_state(r, len(r.prompt), shared if len(finished) == 1 else shared.select([row]))
             self._first_tokens(finished, logits[done, -1])  # (f, vocab)
+
+    def _keep_state(self, r: Request, n: int, state: InferenceState) -> None:
+        """Keep `state`, the state after `r`'s first `n` prompt tokens, in the cache's memory (not on disk:
+        clients must not fill it), so later requests that start with those tokens resume from it. Never fails
+        the request."""
+        try:
+            self.cache.put(r.prompt[:n], state, persist=False)
+        except Exception as e:  # noqa: BLE001 - a cache that cannot keep it costs speed, not the answer
+            logger.warning("prefix cache: %d prompt tokens of request %d are not cached: %s", n, r.id, e)
 
     def _allocate(self, rows: int) -> InferenceState:
         """Zero states for `rows` requests, with the prefix cache's SSM state dtype: every state of the batch

@@ -65,6 +65,7 @@ def serve(
     device=None,
     dtype=None,
     cache_dir: str | None = None,
+    cache_bytes: int = 1 << 30,
     served_model_name: str | None = None,
     api_key: str | None = None,
     limits: Limits | None = None,
@@ -74,15 +75,16 @@ def serve(
     state_dtype=None,
 ) -> None:
     """Load `model_dir` and serve it on host:port until SIGINT/SIGTERM. `on_listening(url)` is called once
-    the model is loaded and the socket bound. `stream_interval`: see `create_app`; `state_dtype`: the SSM
-    state dtype of every request (see `LanguageModel.allocate_state`)."""
+    the model is loaded and the socket bound. `cache_bytes` bounds the prefix states kept in memory;
+    `stream_interval`: see `create_app`; `state_dtype`: the SSM state dtype of every request (see
+    `LanguageModel.allocate_state`)."""
     require_serve_dependencies()
     from mambalab.serve.app import create_app
     from mambalab.serve.chat import ChatFormat
     from mambalab.serve.engine import Engine
 
-    engine = Engine.from_dir(model_dir, device=device, dtype=dtype, cache_dir=cache_dir, limits=limits,
-                             state_dtype=state_dtype)
+    engine = Engine.from_dir(model_dir, device=device, dtype=dtype, cache_dir=cache_dir, cache_bytes=cache_bytes,
+                             limits=limits, state_dtype=state_dtype)
     name = served_model_name or Path(model_dir).resolve().name
     app = create_app(engine, name, ChatFormat.from_dir(model_dir, engine.tokenizer), system_prompt, api_key,
                      drain_timeout=drain_timeout, stream_interval=stream_interval)

@@ -9,7 +9,8 @@ A prepared dataset is a directory:
 Every document is tokenized and followed by EOS; the concatenated stream is cut into chunks of `chunk_tokens`
 and chunk i >= 1 goes to the validation split iff ceil(i·f) > ceil((i-1)·f) for f = val_fraction: a fraction
 f of the chunks, spread evenly, chunks 1, 1 + 1/f, ... (chunk 0 trains, so a tiny corpus still trains, and
-two chunks already give a validation split). Chunks are assigned while streaming, so inputs of any size
+two chunks already give a validation split). Chunks are assigned while streaming, and a large text file is
+read and tokenized in blocks (`_text_blocks`, cut where the tokenization is unchanged), so inputs of any size
 pass through in one pass with bounded memory.
 
 Loaders yield `{"input_ids": (b, l) long, "labels": (b, l) long}` with labels[:, t] = the token after
@@ -50,6 +51,8 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+TEXT_BLOCK_BYTES = 8 << 20  # a text file is read and tokenized in blocks of about this size
+CUT_CHECK_CHARS = 1024  # context each side of a cut between two blocks, tokenized whole to check the cut
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -80,14 +83,49 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
             raise InputError(f"{path}:{lineno}: expected an object with a string field {text_field!r}")
 
 
-def _file_documents(path: Path, text_field: str) -> Iterator[str]:
+def _text_blocks(path: Path, block_bytes: int) -> Iterator[str]:
+    """A text file's text in blocks of about `block_bytes` (at least one block, maybe empty), so that a file of
+    any size is read with bounded memory. A block ends after a newline that a non-space character follows,
+    where tokenizers start a new word anyway; a file with no such newline is one block. Invalid UTF-8 raises
+    InputError naming its byte offset in the file."""
+    data, offset, yielded = bytearray(), 0, False  # data starts at byte `offset` of the file
+    with path.open("rb") as f:
+        while True:
+            block = f.read(block_bytes)
+            data += block
+            cut = len(data) if not block else _last_word_start(data)
+            if cut > 0 or (not block and not yielded):
+                try:
+                    yield data[:cut].decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InputError(
+                        f"{path}: not UTF-8 text ({exc.reason} at byte {offset + exc.start})"
+                    ) from exc
+                yielded = True
+                del data[:cut]
+                offset += cut
+            if not block:
+                return
+
+
+def _last_word_start(data: bytearray) -> int:
+    """The position after the last newline of `data` that a non-space byte follows; 0 when there is none."""
+    end = len(data)
+    while (newline := data.rfind(b"\n", 0, end)) >= 0:
+        if newline + 1 < len(data) and not data[newline + 1 : newline + 2].isspace():
+            return newline + 1
+        end = newline
+    return 0
+
+
+def _file_documents(path: Path, text_field: str) -> Iterator[Iterator[str]]:
+    """Each document of a file, as its text in pieces: a JSONL line is one piece, a text file is read in
+    blocks of TEXT_BLOCK_BYTES."""
     if path.suffix.lower() in JSONL_SUFFIXES:
-        yield from _jsonl_documents(path, text_field)
-        return
-    try:
-        yield path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        for text in _jsonl_documents(path, text_field):
+            yield iter((text,))
+    else:
+        yield _text_blocks(path, TEXT_BLOCK_BYTES)
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -117,7 +155,35 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 def iter_documents(inputs: Iterable[str | Path], text_field: str = "text") -> Iterator[str]:
     """Every document of the inputs in order: a text file is one document, a JSONL line is one document."""
     for path in expand_inputs(inputs):
-        yield from _file_documents(path, text_field)
+        for pieces in _file_documents(path, text_field):
+            yield "".join(pieces)
+
+
+def _document_tokens(pieces: Iterator[str], tokenizer: Tokenizer, name: str) -> Iterator[tuple[np.ndarray, int]]:
+    """(token ids, UTF-8 bytes) of one document (of the file `name`) given in pieces, EOS after its last ids. A cut between two
+    pieces is kept only where the text around it (CUT_CHECK_CHARS each side) tokenizes whole as its two halves
+    do, so the ids are the whole document's whenever the tokenizer decides each token from that much context;
+    elsewhere (a tokenizer that marks the start of a text, say) the pieces are joined and tokenized together."""
+    held: list[str] = []  # pieces tokenized together, once the cut after them is known to be safe
+    for piece in pieces:
+        if held and _cut_is_safe(tokenizer, held[-1], piece):
+            yield _tokens_and_bytes(tokenizer, "".join(held), add_eos=False)
+            held = []
+        elif held and len(held) == 1:
+            logger.warning("tokenizer %s tokenizes across a cut between blocks of %s differently: the document"
+                           " is tokenized in larger pieces (more memory)", tokenizer.name, name)
+        held.append(piece)
+    yield _tokens_and_bytes(tokenizer, "".join(held), add_eos=True)
+
+
+def _cut_is_safe(tokenizer: Tokenizer, left: str, right: str) -> bool:
+    before, after = left[-CUT_CHECK_CHARS:], right[:CUT_CHECK_CHARS]
+    return tokenizer.encode(before + after) == tokenizer.encode(before) + tokenizer.encode(after)
+
+
+def _tokens_and_bytes(tokenizer: Tokenizer, text: str, add_eos: bool) -> tuple[np.ndarray, int]:
+    ids = np.asarray(tokenizer.encode(text, add_eos=add_eos), dtype=np.int64)
+    return ids, len(text.encode("utf-8", errors="surrogateescape"))
 
 
 # Writing shards -----------------------------------------------------------------------------------------------
@@ -227,14 +293,15 @@ def prepare_dataset(
                     n_chunks += 1
                 buffer, buffered = [stream], stream.size
 
-            for text in iter_documents(sources, text_field):
-                ids = np.asarray(tokenizer.encode(text, add_eos=True), dtype=np.int64)
-                n_docs += 1
-                n_bytes += len(text.encode("utf-8", errors="surrogateescape"))
-                buffer.append(ids)
-                buffered += ids.size
-                if buffered >= chunk_tokens:
-                    flush(final=False)
+            for path in sources:
+                for pieces in _file_documents(Path(path), text_field):
+                    n_docs += 1
+                    for ids, size in _document_tokens(pieces, tokenizer, path):
+                        n_bytes += size
+                        buffer.append(ids)
+                        buffered += ids.size
+                        if buffered >= chunk_tokens:
+                            flush(final=False)
             flush(final=True)
             for writer in writers.values():
                 writer.close()

@@ -128,3 +128,35 @@ def test_a_cached_prefix_with_a_repetition_penalty_gives_the_tokens_of_the_whole
     assert n == len(system) and warm == cold and unseen != cold  # without prefix_tokens the prefix is unseen
     with pytest.raises(ValueError, match="prefix_tokens"):
         generate(model, [user], 2, state=state, prefix_tokens=[-1], repetition_penalty=2.0)
+
+
+def test_a_pinned_state_stays_in_memory_and_others_are_evicted_around_it(model):
+    one = model.allocate_state(1).nbytes()
+    cache = PrefixCache(model, max_bytes=one)
+    pinned, a, b = random_prompts([7, 4, 5])
+    cache.prefill(pinned, pin=True)
+    cache.prefill(a)  # over max_bytes: a goes (the pinned state never does)
+    assert cache.lookup(a + [1]) == (0, None) and cache.lookup(pinned + [1])[0] == len(pinned)
+    cache.prefill(b)
+    assert len(cache) == 1 and cache.lookup(pinned + [1])[0] == len(pinned)
+
+
+def test_pinning_an_already_cached_state_keeps_it(model, tmp_path):
+    one = model.allocate_state(1).nbytes()
+    a, b = random_prompts([6, 8])
+    PrefixCache(model, directory=tmp_path).prefill(a)  # on disk only, for the next cache
+    cache = PrefixCache(model, max_bytes=one, directory=tmp_path)
+    cache.prefill(a, pin=True)  # read from disk, now pinned
+    cache.prefill(b)
+    assert list(cache._memory) == [tuple(a)]  # b was evicted to disk, a stayed
+
+
+def test_a_memory_only_put_writes_no_file(model, tmp_path):
+    cache = PrefixCache(model, max_bytes=0, directory=tmp_path)
+    tokens = random_prompts([9])[0]
+    _, state = model.prefill(torch.tensor([tokens]))
+    cache.put(tokens, state, persist=False)
+    assert list(tmp_path.iterdir()) == []
+    assert len(cache) == 0  # and with no room in memory it is forgotten at once, not kept half-registered
+    cache.put(tokens, state)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1 and cache.lookup(tokens + [1])[0] == len(tokens)

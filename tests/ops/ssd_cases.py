@@ -55,14 +55,15 @@ def grads_of(kw, y, final_state, gy, gh):
 
 def check_against_reference(backend, kw, out_bound=1e-9, grad_bound=1e-7, device="cpu", **extra):
     """Outputs, final state and the gradients of every input of `backend` (run on `device`) against the
-    for-loop on the same inputs (on CPU); the final state is float64 for float64 inputs, else float32."""
+    for-loop on the same inputs (on CPU); the final state is float64 when any of x, dt, A, B, C is, else float32."""
     ref_kw = requiring_grad(kw)
     kw = requiring_grad({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     extra_dev = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in extra.items()}
     y_ref, h_ref = run("reference", ref_kw, return_final_state=True, **extra)
     y, h = run(backend, kw, return_final_state=True, **extra_dev)
     assert y.dtype == kw["x"].dtype and y.device == kw["x"].device
-    assert h.dtype == (torch.float64 if kw["x"].dtype == torch.float64 else torch.float32)
+    state_inputs = ("x", "dt", "A", "B", "C")
+    assert h.dtype == (torch.float64 if any(kw[k].dtype == torch.float64 for k in state_inputs) else torch.float32)
     assert rel_error(y, y_ref) <= out_bound
     assert rel_error(h, h_ref) <= out_bound
     gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)
@@ -71,3 +72,8 @@ def check_against_reference(backend, kw, out_bound=1e-9, grad_bound=1e-7, device
     for name, grad in g_ref.items():
         assert g[name].dtype == kw[name].dtype, name
         assert rel_error(g[name], grad) <= grad_bound, name
+
+
+def with_one_float64(kw, name):
+    """float32 inputs but `name`, left in float64 (mixed-precision callers)."""
+    return {k: v.float() if isinstance(v, torch.Tensor) and k != name else v for k, v in kw.items()}

@@ -18,6 +18,7 @@ from tests.ops.ssd_cases import (
     make_inputs,
     requiring_grad,
     run,
+    with_one_float64,
 )
 
 OPTIONS = {
@@ -41,6 +42,13 @@ def test_matches_reference_float64(backend, chunk_size, length, options):
 def test_d_per_channel_and_one_group(backend):
     kw = make_inputs(1, 19, 3, 5, 1, 3, d_matrix=True)
     check_against_reference(backend, kw, chunk_size=4)
+
+
+@pytest.mark.parametrize("backend", ["quadratic", "torch"])
+@pytest.mark.parametrize("name", ["dt", "A", "B", "C", "D", "initial_state"])
+def test_one_float64_input_among_float32_ones(backend, name):
+    kw = with_one_float64(make_inputs(1, 19, 2, 3, 1, 4, frozenset({"D", "softplus", "initial_state"})), name)
+    check_against_reference(backend, kw, 1e-5, 3e-5, chunk_size=8)
 
 
 def test_reference_is_the_recurrence():

@@ -14,7 +14,14 @@ from mambalab.ops.ssd import OP, STEP_OP, ssd_scan, ssd_state_update, triton_ssd
 from mambalab.ops.ssd.triton_ssd import STATE_MODES, STATE_SIDES, SSDConfig, ssd_triton
 from tests.conftest import rel_error
 from tests.ops.conftest import TRITON_DEVICE
-from tests.ops.ssd_cases import check_against_reference, grads_of, make_inputs, requiring_grad, run
+from tests.ops.ssd_cases import (
+    check_against_reference,
+    grads_of,
+    make_inputs,
+    requiring_grad,
+    run,
+    with_one_float64,
+)
 
 pytestmark = pytest.mark.usefixtures("triton_kernels", "poisoned_kernel_outputs")
 
@@ -41,6 +48,13 @@ def test_matches_reference(dtype, options, length, chunk_size, state_mode):
     # g < h, p and n odd
     kw = make_inputs(2, length, 4, 3, 2, 5, options, dtype=dtype)
     check_against_reference("triton", kw, out_bound, grad_bound, device=TRITON_DEVICE, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("name", ["dt", "A", "B", "C", "D", "initial_state"])
+def test_one_float64_input_among_float32_ones(name):
+    """Computed in float64 (final state float64) when one of dt, A, B, C is, as the other backends are."""
+    kw = with_one_float64(make_inputs(1, 19, 2, 3, 1, 4, frozenset({"D", "softplus", "initial_state"})), name)
+    check_against_reference("triton", kw, *BOUNDS[torch.float32], device=TRITON_DEVICE, chunk_size=16)
 
 
 def test_d_per_channel_blocks_of_channels_and_state(state_mode):

@@ -75,6 +75,37 @@ def test_chat_resumes_from_the_cached_system_prompt(served):
     assert chunks[-1].choices[0].finish_reason == reference.finish_reason
 
 
+def test_a_clients_own_system_prompt_is_cached_after_its_first_request(served):
+    system = "You are a client's assistant; " + "be exact. " * 8
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "first question"}]
+    first = served.client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=6, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    messages[1]["content"] = "another question"
+    second = served.client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=6, temperature=0)
+    chat = ChatFormat(TOK)
+    assert second.usage.prompt_tokens_details.cached_tokens == len(chat.system_tokens(system))
+    prompt = chat.tokens([("system", system), ("user", "another question")])
+    (reference,) = Engine(served.engine.model, TOK).complete([prompt], 6, stop=chat.stops)
+    assert second.choices[0].message.content == reference.text
+    assert second.usage.prompt_tokens == len(prompt)
+
+
+def test_a_conversations_next_turn_resumes_from_the_previous_prompt(served):
+    messages = [{"role": "user", "content": "turn one " * 20}]
+    first = served.client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=6, temperature=0)
+    chat = ChatFormat(TOK)
+    turn_one = chat.tokens([("system", SYSTEM), ("user", messages[0]["content"])])
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "turn two"}]
+    second = served.client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=6, temperature=0)
+    conversation = [("system", SYSTEM)] + [(m["role"], m["content"]) for m in messages]
+    prompt = chat.tokens(conversation)
+    assert prompt[: len(turn_one)] == turn_one
+    assert second.usage.prompt_tokens_details.cached_tokens == len(turn_one)
+    (reference,) = Engine(served.engine.model, TOK).complete([prompt], 6, stop=chat.stops)
+    assert second.choices[0].message.content == reference.text
+
+
 def test_stop_strings_cut_the_text(served):
     req = {"model": MODEL_NAME, "prompt": "The", "max_tokens": 16, "temperature": 0}
     text = served.client.completions.create(**req).choices[0].text

@@ -82,6 +82,7 @@ def test_a_signal_mid_generation_shuts_down_cleanly(model_dir, sig):
      (["{model}", "--system-prompt-file", "/no/such/file"], "--system-prompt-file"),
      (["{model}", "--max-num-seqs", "0"], "max_num_seqs"),
      (["{model}", "--stream-interval-ms", "-1"], "--stream-interval-ms"),
+     (["{model}", "--prefix-cache-mb", "-1"], "--prefix-cache-mb"),
      (["{model}", "--model", "{model}"], "once"),
      ([], "once")],
 )

@@ -240,3 +240,55 @@ def test_a_hybrid_model_with_kv_caches_is_served_row_for_row(bucketed):
         scheduler.step()
     scheduler.run_until_done(requests)
     assert [r.text.ids for r in requests] == expected
+
+
+@pytest.mark.parametrize("max_prefill_tokens", [7, 64])
+def test_a_shared_prefix_is_cached_in_memory_once_passed_and_resumed_from(tmp_path, max_prefill_tokens):
+    """Requests sharing a system prompt: the first prefill to pass it keeps its state (in memory, not on
+    disk), later requests resume from it, and every row's text is the one it gets with nothing cached."""
+    model = byte_model()
+    system = TOK.encode("[system]A shared system prompt of some length.</s>")
+    prompts = [system + TOK.encode(f"[user]question {i}{'?' * i}</s>[assistant]") for i in range(4)]
+    alone = [Engine(model, TOK).complete([p], 8)[0].text for p in prompts]
+    engine = Engine(model, TOK, cache_dir=tmp_path, limits=Limits(max_prefill_tokens=max_prefill_tokens))
+    first = [Request(p, 8, shared_prefix=len(system)) for p in prompts[:2]]  # together: both compute it
+    engine.scheduler.submit(first)
+    engine.scheduler.run_until_done(first)
+    later = [Request(p, 8, shared_prefix=len(system)) for p in prompts[2:]]
+    engine.scheduler.submit(later)
+    engine.scheduler.run_until_done(later)
+    assert [r.text.emitted for r in first + later] == alone
+    assert [r.cached_tokens for r in first + later] == [0, 0, len(system), len(system)]
+    assert list(tmp_path.iterdir()) == []  # clients' prefixes never reach the disk
+
+
+def test_a_shared_prefix_the_cache_cannot_keep_costs_no_request(monkeypatch, caplog):
+    model = byte_model()
+    engine = Engine(model, TOK)
+    prompt = TOK.encode("[system]S</s>[user]hello</s>[assistant]")
+    (expected,) = engine.complete([prompt], 6)
+
+    def refuse(*args, **kwargs):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(engine.cache, "put", refuse)
+    request = Request(prompt, 6, shared_prefix=len(TOK.encode("[system]S</s>")))
+    engine.scheduler.submit([request])
+    engine.scheduler.run_until_done([request])
+    assert request.finish_reason in ("stop", "length") and request.text.emitted == expected.text
+    assert "prompt tokens of request" in caplog.text and "no room" in caplog.text
+
+
+def test_a_cached_prompt_is_resumed_by_a_prompt_that_extends_it():
+    model = byte_model()
+    engine = Engine(model, TOK, limits=Limits(max_prefill_tokens=16))
+    first = TOK.encode("[user]a first question, long enough for several chunks</s>[assistant]")
+    turn = Request(first, 5, cache_prompt=True)
+    engine.scheduler.submit([turn])
+    engine.scheduler.run_until_done([turn])
+    extended = first + TOK.encode(turn.text.emitted + "</s>[user]and a second one</s>[assistant]")
+    (alone,) = Engine(model, TOK).complete([extended], 8)
+    later = Request(extended, 8)
+    engine.scheduler.submit([later])
+    engine.scheduler.run_until_done([later])
+    assert later.cached_tokens == len(first) and later.text.emitted == alone.text

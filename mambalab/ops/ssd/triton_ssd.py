@@ -34,6 +34,7 @@ import torch
 
 from mambalab.errors import ConfigError
 from mambalab.ops.backends import BackendUnavailable, records_grad
+from mambalab.ops.ssd.common import compute_dtype
 from mambalab.ops.triton import dense
 
 _KERNELS = "mambalab.ops.ssd.triton_kernels"
@@ -182,12 +183,13 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _acc_dtypes(x, B, C):
+def _acc_dtypes(x, dt, A, B, C):
     """(tl accumulator dtype, tl matrix-product operand dtype, input precision, torch accumulator dtype, torch
-    dtype of the stored chunk states = the operand dtype: they are only ever matrix-product operands)."""
+    dtype of the stored chunk states = the operand dtype: they are only ever matrix-product operands).
+    Float64 when any input that enters the state is float64, as in the other backends (`compute_dtype`)."""
     import triton.language as tl
 
-    if torch.float64 in (x.dtype, B.dtype, C.dtype):
+    if compute_dtype(x, dt, A, B, C) == torch.float64:
         return tl.float64, tl.float64, "ieee", torch.float64, torch.float64
     if x.dtype == B.dtype == C.dtype == torch.float16:
         return tl.float32, tl.float16, "tf32", torch.float32, torch.float16
@@ -255,7 +257,7 @@ def _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplu
     layout's chunk (the chunked forward and the backward; no y)."""
     batch, length, heads, head_dim = x.shape
     n = B.shape[3]
-    acc, dot, precision, acc_torch, state_torch = _acc_dtypes(x, B, C)
+    acc, dot, precision, acc_torch, state_torch = _acc_dtypes(x, dt, A, B, C)
     dev = x.device
     store_y = mode == "output"
     y = _empty(batch, length, heads, head_dim, device=dev, dtype=x.dtype) if store_y else None
@@ -288,7 +290,7 @@ def _chunk_states(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus
     p, n) in the accumulation dtype), walked or passed as cfg.state_mode says."""
     if cfg.state_mode == "walk":
         return _sequence_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg, "states")
-    dtypes = _acc_dtypes(x, B, C)
+    dtypes = _acc_dtypes(x, dt, A, B, C)
     local, decay = _local_states(x, dt, A, B, None, dt_bias, layout, softplus, cfg, dtypes, adjoint=False)
     return _passed_states(local, decay, initial_state, layout, cfg, dtypes[4], reverse=False)
 
@@ -297,7 +299,7 @@ def _chunk_adjoints(dy, dfinal, x, dt, A, B, C, z, dt_bias, layout, softplus, cf
     """(G = ∂loss/∂(state leaving each chunk) (chunks, h, p, n) in the matrix-product dtype, ∂loss/∂(initial
     state) (seqs, h, p, n) in the accumulation dtype), walked backwards or passed as cfg.state_mode says."""
     heads, head_dim, n = x.shape[2], x.shape[3], C.shape[3]
-    dtypes = _acc_dtypes(x, B, C)
+    dtypes = _acc_dtypes(x, dt, A, B, C)
     acc, dot, precision, acc_torch, state_torch = dtypes
     dfinal = dfinal.contiguous() if dfinal is not None else None
     if cfg.state_mode == "parallel":
@@ -432,7 +434,7 @@ def _output_pass(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, softp
                               cfg, "output")
     layout = _Layout.of(x.shape[0], x.shape[1], cu_seqlens, cfg.chunk, x.device)
     states, final = _chunk_states(x, dt, A, B, C, D, z, dt_bias, initial_state, layout, softplus, cfg)
-    acc, dot, precision, _, _ = _acc_dtypes(x, B, C)
+    acc, dot, precision, _, _ = _acc_dtypes(x, dt, A, B, C)
     y = _empty(*x.shape, device=x.device, dtype=x.dtype)
     Dm = _d_matrix(D, heads, head_dim)
     block_p = _block(head_dim, cfg.block_p_forward)
@@ -508,7 +510,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
     k = kernels()
     batch, length, heads, head_dim = x.shape
     groups, n = B.shape[2], B.shape[3]
-    acc, dot, precision, acc_torch, _ = _acc_dtypes(x, B, C)
+    acc, dot, precision, acc_torch, _ = _acc_dtypes(x, dt, A, B, C)
     dev = x.device
     flags = {"BLOCK_Q": cfg.chunk, "BLOCK_N": _block(n, 1 << 30), "ACC": acc, "DOT": dot, "PRECISION": precision,
              "HAS_Z": z is not None, "HAS_BIAS": dt_bias is not None, "SOFTPLUS": softplus}
