@@ -13,7 +13,7 @@ PYTHONPATH=$PWD:$OFF python3 benchmarks/ssd_gpu.py --no-sweep --no-decode --budg
   --out $OUT/ssd_gpu.json 2>&1 | tail -40
 echo "ssd_gpu done at $(( $(date +%s) - T0 )) s"
 i=0
-for v in base new base new; do
+for v in base new; do
   i=$((i+1)); P=$PWD; [ $v = base ] && P=$PWD/.device/base:$PWD
   echo "== mamba2 $v round $i"
   PYTHONPATH=$P timeout 60 python3 benchmarks/investigations/decode_profile.py --preset mamba2-130m --batches 64,1 \
@@ -27,6 +27,6 @@ for v in base new; do
 done
 tar cf $OUT/decode_profiles.tar -C $DP .  # $OUT brings back 8 files at most
 echo "decode done at $(( $(date +%s) - T0 )) s"
-PYTHONPATH=$PWD:$OFF timeout 50 python3 benchmarks/investigations/ssd_profile.py --shape 8,24,2048 \
+[ "$SKIP_PROFILE" = 1 ] || PYTHONPATH=$PWD:$OFF timeout 50 python3 benchmarks/investigations/ssd_profile.py --shape 8,24,2048 \
   --also state_side=inline --out $OUT/ssd_profile.json 2>&1 | tail -30
 echo "all took $(( $(date +%s) - T0 )) s"
