@@ -28,10 +28,11 @@ import triton.language as tl
 from benchmarks.investigations.kernel_sass import _INSTR, compile_sm90, family, loops, resources, sass_of
 from benchmarks.ssd_gpu import parse_config
 from mambalab.ops.ssd import triton_kernels as k
-from mambalab.ops.ssd.triton_ssd import SSDConfig, _adjoint_warps, _walk_block
+from mambalab.ops.ssd.triton_ssd import SSDConfig, _adjoint_warps, _StateSidePlan, _walk_block
 
 HEADS, HEAD_DIM, N = 24, 64, 128
 BATCH = 8  # the walks' channels per program as chosen at b8 (off CUDA for 132 multiprocessors, an H100's)
+LENGTH = 8192
 LHP = {"l": HEADS * HEAD_DIM, "h": HEAD_DIM, "p": 1}  # strides of a contiguous (b, l, h, p) tensor
 LGN = {"l": N, "g": N, "n": 1}
 TILES = {"BLOCK_N": N, "ACC": tl.float32, "DOT": tl.bfloat16, "PRECISION": "tf32", "HAS_BIAS": True,
@@ -106,13 +107,15 @@ def gradients(cfg: SSDConfig) -> tuple:
 
 
 def state_side(cfg: SSDConfig) -> tuple:
+    plan = _StateSidePlan.of(BATCH * LENGTH // cfg.chunk, HEADS, 1, HEAD_DIM, cfg, torch.device("cpu"))
+    group_grads = "*bf16" if plan.sole else "*fp32"  # stored in B's dtype, or added into float32
     values = dict(
         x_ptr="*bf16", dt_ptr="*bf16", A_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16", z_ptr="*bf16", bias_ptr="*fp32",
         dy_ptr="*bf16", seq_ptr="*i64", chunk_ptr="*i64", chunk_seq_ptr="*i32", states_ptr="*bf16",
-        adjoints_ptr="*bf16", dB_ptr="*fp32", dC_ptr="*fp32", **_strides("x", LHP), s_dt_l=HEADS, s_dt_h=1,
-        **_strides("B", LGN), **_strides("C", LGN), **_strides("z", LHP), **_strides("dy", LHP), heads=HEADS,
-        groups=1, heads_per_group=HEADS, heads_per_program=cfg.heads_per_program or HEADS, head_dim=HEAD_DIM,
-        n_state=N, BLOCK_Q=cfg.chunk, BLOCK_P=min(cfg.block_p_state_side, HEAD_DIM), **TILES, HAS_Z=True,
+        adjoints_ptr="*bf16", dB_ptr=group_grads, dC_ptr=group_grads, **_strides("x", LHP), s_dt_l=HEADS,
+        s_dt_h=1, **_strides("B", LGN), **_strides("C", LGN), **_strides("z", LHP), **_strides("dy", LHP),
+        heads=HEADS, groups=1, heads_per_group=HEADS, heads_per_program=plan.per_program, head_dim=HEAD_DIM,
+        n_state=N, BLOCK_Q=cfg.chunk, BLOCK_P=plan.block_p, **TILES, HAS_Z=True, SOLE=plan.sole,
     )
     return k.ssd_chunk_state_side_kernel, values, cfg.warps_state_side, cfg.stages_state_side
 

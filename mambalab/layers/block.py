@@ -4,8 +4,11 @@ Mixers and feed-forwards are looked up by the kind names of `ModelConfig.layer_p
 implements `from_config(config, layer_idx)`, `forward(x, state=None, seqlen=None)`, `step(x, state, seqlen)`
 and `allocate_state(batch, device, dtype, state_dtype)` (state_dtype: of an SSM state, see
 inference/state_dtype.py); each feed-forward `from_config(config, layer_idx)` and `forward(x) -> (y, aux_loss
-or None)`. A mixer may also implement `step_into_residual(x, state, seqlen,
-residual)` = `add_residual(residual, step(x, state, seqlen))` with the add fused (Mamba, at decode batch sizes).
+or None)`. A mixer may also implement `step_deferred(x, state, seqlen, residual)` -> (residual + step(x, state,
+seqlen), None) with the add fused into its last kernel, or (residual, step(x, state, seqlen)) (Mamba, Mamba-2).
+
+In recurrent mode the blocks defer each residual add to the next norm, which adds and normalises in one launch
+(`step_deferred`, RMSNorm.add_then_norm): a decode step has no launch of its own per residual add.
 """
 
 from __future__ import annotations
@@ -65,10 +68,19 @@ class Block(nn.Module):
 
     def step(self, x, state: dict, seqlen):
         """x (b, d_model) -> (b, d_model), one token of recurrent mode."""
-        x = self._residual(x)
-        hidden = self.norm(x, round_to_weight_dtype=True)
-        if hasattr(self.mixer, "step_into_residual"):  # the add fused into the mixer's last kernel
-            x = self.mixer.step_into_residual(hidden, state, seqlen, x)
+        x, pending = self.step_deferred(x, None, state, seqlen)
+        return x if pending is None else add_residual(x, pending)
+
+    def step_deferred(self, x, pending, state: dict, seqlen):
+        """`step` of x + pending (the previous block's last branch output, or None) with the residual adds left
+        to the next norm: x, pending (b, d_model) -> (residual (b, d_model), this block's last branch output
+        still to be added, or None). Each norm adds the pending output and normalises in one launch."""
+        x, hidden = self.norm.add_then_norm(self._residual(x), pending, round_to_weight_dtype=True)
+        if hasattr(self.mixer, "step_deferred"):  # the add fused into the mixer's last kernel, or deferred
+            x, pending = self.mixer.step_deferred(hidden, state, seqlen, x)
         else:
-            x = add_residual(x, self.mixer.step(hidden, state, seqlen))
-        return self._ffn(x)[0]
+            pending = self.mixer.step(hidden, state, seqlen)
+        if self.mlp is not None:
+            x, hidden = self.norm2.add_then_norm(x, pending, round_to_weight_dtype=True)
+            pending = self.mlp(hidden)[0]
+        return x, pending

@@ -30,7 +30,7 @@ from torch import nn
 from mambalab.config import ModelConfig, SSMConfig
 from mambalab.errors import InputError
 from mambalab.inference.state_dtype import resolve_state_dtype
-from mambalab.layers.residual import project_into_residual
+from mambalab.layers.residual import project_deferred
 from mambalab.ops import backends
 from mambalab.ops.causal_conv1d import OP as CONV_OP
 from mambalab.ops.causal_conv1d import UPDATE_OP as CONV_UPDATE_OP
@@ -201,13 +201,15 @@ class Mamba(nn.Module):
         for one position."""
         return self.out_proj(self._step_ssm(hidden, state))  # (b, d_model)
 
-    def step_into_residual(self, hidden: torch.Tensor, state: dict, seqlen, residual: torch.Tensor) -> torch.Tensor:
-        """residual + step(hidden, state) in residual's dtype (see Block). Up to MAX_ROWS rows, where the mixer
-        step runs in Triton and no gradient is recorded, out_proj and the add are one Triton launch
-        (ops/triton/linear.py; at batch 1 this matrix-vector product is launch-bound in cuBLAS)."""
+    def step_deferred(self, hidden: torch.Tensor, state: dict, seqlen,
+                      residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`step` with the block's residual add: (residual + step(hidden, state), None), or (residual,
+        step(hidden, state)) with the add left to the next norm (see Block.step_deferred). Up to MAX_ROWS rows,
+        where the mixer step runs in Triton and no gradient is recorded, out_proj and the add are one Triton
+        launch (ops/triton/linear.py; at batch 1 this matrix-vector product is launch-bound in cuBLAS)."""
         y = self._step_ssm(hidden, state)  # (b, d)
         triton = resolve_for(MIXER_STEP_OP, self._backend(MIXER_STEP_OP), y) == "triton"
-        return project_into_residual(y, self.out_proj, residual, triton)  # (b, d_model)
+        return project_deferred(y, self.out_proj, residual, triton)  # (b, d_model), (b, d_model) or None
 
     def _step_ssm(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """Steps 1-5 of one token: hidden (b, d_model) -> y (b, d), before out_proj (ops/state_update `mixer_step`)."""

@@ -22,7 +22,7 @@ from torch import nn
 from mambalab.config import Mamba2Config, ModelConfig
 from mambalab.inference.state_dtype import resolve_state_dtype
 from mambalab.layers.mamba import inverse_softplus, restore_float32
-from mambalab.layers.residual import project_into_residual
+from mambalab.layers.residual import project_deferred
 from mambalab.ops import backends
 from mambalab.ops import triton as kernels
 from mambalab.ops.causal_conv1d import OP as CONV_OP
@@ -196,12 +196,14 @@ class Mamba2(nn.Module):
         `forward` for one position."""
         return self.out_proj(self._step_normed(hidden, state))  # (b, d_model)
 
-    def step_into_residual(self, hidden: torch.Tensor, state: dict, seqlen, residual: torch.Tensor) -> torch.Tensor:
-        """residual + step(hidden, state) in residual's dtype (see Block): out_proj and the add in one Triton
-        launch at decode batch sizes where the SSD step runs in Triton (layers/residual.py)."""
+    def step_deferred(self, hidden: torch.Tensor, state: dict, seqlen,
+                      residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`step` with the block's residual add, as Mamba.step_deferred: out_proj and the add in one Triton
+        launch at batch ≤ 4 where the SSD step runs in Triton, else the add left to the next norm
+        (layers/residual.py)."""
         y = self._step_normed(hidden, state)  # (b, d)
         triton = backends.resolve(SSD_STEP_OP, self._backend(SSD_STEP_OP), y.device) == "triton"
-        return project_into_residual(y, self.out_proj, residual, triton)  # (b, d_model)
+        return project_deferred(y, self.out_proj, residual, triton)  # (b, d_model), (b, d_model) or None
 
     def _step_normed(self, hidden: torch.Tensor, state: dict) -> torch.Tensor:
         """Steps 1-5 of one token: hidden (b, d_model) -> the gated norm's output (b, d), before out_proj."""

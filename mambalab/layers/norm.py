@@ -53,6 +53,23 @@ class RMSNorm(nn.Module):
             return rms_norm(x, self.weight, self.eps, round_to_weight_dtype)
         return rms_norm_composition(x, self.weight, self.eps, round_to_weight_dtype)
 
+    def add_then_norm(self, residual: torch.Tensor, branch: torch.Tensor | None,
+                      round_to_weight_dtype: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(residual + branch in residual's dtype, this norm of it): a block's residual add of the previous
+        branch's output (None: nothing to add) and its next norm. Where `forward` takes the Triton kernel, one
+        launch does both (ops/triton/norm.py `add_rms_norm`)."""
+        from mambalab.layers.residual import add_residual
+
+        if branch is None:
+            return residual, self(residual, round_to_weight_dtype)
+        if (self._path(residual) == "triton" and self._path(branch) == "triton"
+                and torch.promote_types(residual.dtype, branch.dtype) == residual.dtype):
+            from mambalab.ops.triton.norm import add_rms_norm
+
+            return add_rms_norm(residual, branch, self.weight, self.eps, round_to_weight_dtype)
+        total = add_residual(residual, branch)
+        return total, self(total, round_to_weight_dtype)
+
     def _path(self, x: torch.Tensor) -> str:
         """How `forward` computes on x: "triton", "compiled" (the composition through torch.compile) or
         "composition"; see `forward`."""

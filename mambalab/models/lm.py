@@ -97,8 +97,9 @@ class LanguageModel(nn.Module):
                 raise InputError(f"{what} holds token ids outside [0, vocab_size={self.config.vocab_size}):"
                                  f" min {low}, max {high}")
 
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone.norm_f(hidden).to(self.lm_head.weight.dtype)
+    def _logits(self, hidden: torch.Tensor, pending: torch.Tensor | None = None) -> torch.Tensor:
+        """The head on hidden + pending (a last block's output still to be added; None: nothing to add)."""
+        hidden = self.backbone.norm_f.add_then_norm(hidden, pending)[1].to(self.lm_head.weight.dtype)
         return self.lm_head(hidden)[..., : self.config.vocab_size]
 
     # Parallel mode ----------------------------------------------------------------------------------------
@@ -174,11 +175,11 @@ class LanguageModel(nn.Module):
 
     def _step(self, token_ids: torch.Tensor, state: InferenceState) -> torch.Tensor:
         """`step` without validation: no host synchronisation, so it can be captured in a CUDA graph."""
-        x = self.backbone.embeddings(token_ids)  # (b, d_model)
-        for i, layer in enumerate(self.backbone.layers):
-            x = layer.step(x, state.layers[i], state.seqlen)
+        x, pending = self.backbone.embeddings(token_ids), None  # (b, d_model)
+        for i, layer in enumerate(self.backbone.layers):  # each residual add is done by the next norm
+            x, pending = layer.step_deferred(x, pending, state.layers[i], state.seqlen)
         state.seqlen += 1
-        return self._logits(x)  # (b, vocab_size)
+        return self._logits(x, pending)  # (b, vocab_size)
 
     def generate(self, prompts, max_new_tokens: int, **kwargs):
         """Generate continuations of `prompts`; see `mambalab.inference.generate.generate` for the options."""

@@ -284,8 +284,13 @@ def test_heads_per_program(heads_per_program, state_side, monkeypatch):
 def test_state_side_kernel(heads_per_program, block_p, monkeypatch):
     """dB and dC in their own kernel (SSDConfig.state_side "kernel", the default), at channel blocks of their
     own: every gradient against the loop and equal to the gradient kernel's inline sums ("inline") on the same
-    inputs; p 17, n odd, packed sequences with an empty one."""
+    inputs; p 17, n odd, packed sequences with an empty one. (2, 16): two programs of channels and of heads add
+    into each row of dB, dC; (0, 32): one program a row stores them (into poisoned buffers)."""
     monkeypatch.setattr(triton_ssd, "_multiprocessors", lambda device: 1)
+    plan = triton_ssd._StateSidePlan.of(4, 8, 2, 17, SSDConfig(heads_per_program=heads_per_program,
+                                                              block_p_state_side=block_p, warps_state_side=4),
+                                        torch.device("cpu"))
+    assert plan.sole == (heads_per_program == 0)
     lengths = [37, 0, 9]
     kw = make_inputs(1, sum(lengths), 8, 17, 2, 7, rows=len(lengths), d_matrix=True)
     cfg = SSDConfig(chunk=16, block_p_backward=16, block_p_state=16, forward_mode="chunked",
@@ -306,6 +311,21 @@ def test_heads_per_program_choice():
     assert triton_ssd._heads_per_program(4, 8, 4, 1, auto, cpu) == 1
     with pytest.raises(ConfigError, match="heads_per_program=5"):
         triton_ssd._heads_per_program(4, 24, 12, 1, SSDConfig(heads_per_program=5), cpu)
+
+
+def test_state_side_plan():
+    """The state-side kernel's heads per program fill the multiprocessors at its programs per multiprocessor
+    (one at 8 warps, two at 4); its programs store dB, dC (sole) only with one channel block and a whole group
+    each."""
+    cpu = torch.device("cpu")
+    plan = triton_ssd._StateSidePlan.of(1024, 24, 1, 64, SSDConfig(), cpu)  # b8 h24 L8192
+    assert (plan.block_p, plan.p_blocks, plan.per_program, plan.sole) == (64, 1, 24, True)
+    assert triton_ssd._StateSidePlan.of(256, 32, 1, 64, SSDConfig(), cpu).sole  # b8 h32 L2048: 256 ≥ 132 programs
+    assert triton_ssd._StateSidePlan.of(256, 32, 1, 64, SSDConfig(warps_state_side=4), cpu).per_program == 16
+    assert not triton_ssd._StateSidePlan.of(1024, 24, 1, 64, SSDConfig(block_p_state_side=32), cpu).sole
+    assert not triton_ssd._StateSidePlan.of(1024, 24, 2, 64, SSDConfig(heads_per_program=6), cpu).sole
+    assert triton_ssd._StateSidePlan.of(1024, 24, 2, 64, SSDConfig(heads_per_program=12), cpu).sole
+    assert triton_ssd._StateSidePlan.of(64, 24, 1, 64, SSDConfig(), cpu).per_program == 8  # 64 × 3 ≥ 132
 
 
 def test_walk_block_choice():
@@ -407,18 +427,21 @@ def test_random_shapes_and_tiles(case):
 
 
 @pytest.mark.skipif(TRITON_DEVICE != "cuda", reason="the compiled kernels at a model's tile sizes need a GPU")
-@pytest.mark.parametrize("state_mode,state_side", [("walk", "inline"), ("parallel", "inline"), ("walk", "kernel")])
+@pytest.mark.parametrize("state_mode,state_side,heads_per_program", [
+    ("walk", "inline", 0), ("parallel", "inline", 0), ("walk", "kernel", 0), ("walk", "kernel", 4)])
 @pytest.mark.parametrize("mode", ["fused", "chunked"])
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-def test_model_sized_on_gpu(mode, state_mode, state_side, dtype, bound):
+def test_model_sized_on_gpu(mode, state_mode, state_side, heads_per_program, dtype, bound):
     """A Mamba-2 layer's sizes (p 64, n 128, 2 groups, 1000 positions: a partial last chunk), compiled, against
-    the torch backend in float64 on the same (rounded) inputs: outputs, final state, every gradient."""
+    the torch backend in float64 on the same (rounded) inputs: outputs, final state, every gradient. With a whole
+    group per program (4), the state-side kernel stores dB, dC in the inputs' dtype instead of adding them."""
     kw = make_inputs(2, 1000, 8, 64, 2, 128, dtype=torch.float32)
     kw = {k: (v.to(dtype) if k in ("x", "B", "C", "z") else v) for k, v in kw.items()}
     ref_kw = requiring_grad({k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     tri_kw = requiring_grad({k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
     y_ref, h_ref = run("torch", ref_kw, return_final_state=True)
-    cfg = SSDConfig(forward_mode=mode, state_mode=state_mode, state_side=state_side)
+    cfg = SSDConfig(forward_mode=mode, state_mode=state_mode, state_side=state_side,
+                    heads_per_program=heads_per_program)
     y, h = ssd_triton(**tri_kw, return_final_state=True, config=cfg)
     assert rel_error(y, y_ref) <= bound and rel_error(h, h_ref) <= bound
     gy, gh = torch.randn_like(y_ref), torch.randn_like(h_ref)

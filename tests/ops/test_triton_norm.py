@@ -1,6 +1,7 @@
 """The fused RMSNorm kernel (mambalab/ops/triton/norm.py) against `RMSNorm`'s torch composition and a float64
 oracle: every dtype pairing the blocks and norm_f use, rounding the input or not, odd widths, empty and
-strided inputs; outputs poisoned with NaN first. On CPU the kernel runs in Triton's interpreter."""
+strided inputs, with and without the residual add before it; outputs poisoned with NaN first. On CPU the
+kernel runs in Triton's interpreter."""
 
 from __future__ import annotations
 
@@ -51,6 +52,50 @@ def test_matches_the_torch_composition(x_dtype, w_dtype, round_input, shape):
     assert rel_error(y, exact) <= (4 if truncates else 1.5) * max(rel_error(ref, exact), tol / 8)
 
 
+@pytest.mark.parametrize("residual_dtype,branch_dtype", [(torch.float32, torch.bfloat16),
+                                                         (torch.float32, torch.float32),
+                                                         (torch.bfloat16, torch.bfloat16),
+                                                         (torch.float16, torch.float16)])
+@pytest.mark.parametrize("round_input", [False, True])
+def test_add_then_norm_equals_the_add_then_the_norm(residual_dtype, branch_dtype, round_input):
+    """add_rms_norm: the sum equals torch's `residual + branch` bit for bit (one rounding of the float32 sum to
+    the residual's dtype; within one bfloat16 ulp in the interpreter), and its norm equals the kernel's norm of
+    that sum bit for bit."""
+    from mambalab.layers.residual import add_residual
+    from mambalab.ops.triton.norm import add_rms_norm, rms_norm
+
+    torch.manual_seed(3)
+    residual = (torch.randn(5, 37) * 3).to(device=TRITON_DEVICE, dtype=residual_dtype)
+    branch = torch.randn(5, 37).to(device=TRITON_DEVICE, dtype=branch_dtype)
+    weight = (1 + 0.1 * torch.randn(37)).to(device=TRITON_DEVICE, dtype=torch.bfloat16)
+    total, y = add_rms_norm(residual, branch, weight, 1e-5, round_input)
+    expected = add_residual(residual, branch)
+    assert total.dtype == residual_dtype
+    if TRITON_DEVICE == "cpu" and residual_dtype == torch.bfloat16:  # the interpreter truncates to bfloat16
+        assert ((total.float() - expected.float()).abs() <= expected.float().abs() * 2**-7).all()
+    else:
+        assert torch.equal(total, expected)
+    assert torch.equal(y, rms_norm(total, weight, 1e-5, round_input))
+
+
+def test_add_then_norm_strided_empty_and_refused_inputs():
+    from mambalab.ops.triton.norm import add_rms_norm
+
+    weight = torch.rand(40, device=TRITON_DEVICE) + 0.5
+    residual = torch.randn(40, 6, device=TRITON_DEVICE).t()  # (6, 40), last dim not contiguous
+    branch = torch.randn(6, 80, device=TRITON_DEVICE)[:, ::2]  # (6, 40), strided
+    total, y = add_rms_norm(residual, branch, weight, 1e-6, False)
+    assert torch.equal(total, residual + branch)
+    assert rel_error(y, torch_norm(residual + branch, weight, 1e-6, False)) <= 2e-6
+    total, y = add_rms_norm(torch.empty(0, 3, 40, device=TRITON_DEVICE), torch.empty(0, 3, 40, device=TRITON_DEVICE),
+                            weight, 1e-6, False)
+    assert total.shape == y.shape == (0, 3, 40)
+    with pytest.raises(ValueError, match="promotes"):  # a float32 branch onto a bf16 residual is rounded first
+        add_rms_norm(residual.bfloat16(), branch, weight, 1e-6, False)
+    with pytest.raises(ValueError, match="shape"):
+        add_rms_norm(residual, branch[:3], weight, 1e-6, False)
+
+
 def test_strided_and_empty_inputs():
     from mambalab.ops.triton.norm import rms_norm
 
@@ -71,12 +116,15 @@ def test_module_uses_the_kernel_only_where_no_gradient_is_recorded_on_cuda(monke
     calls = []
     composition = norm_module.rms_norm_composition
     monkeypatch.setattr(kernel_module, "rms_norm", lambda *a: calls.append("triton") or composition(*a))
+    fused_add = kernel_module.add_rms_norm
+    monkeypatch.setattr(kernel_module, "add_rms_norm", lambda *a: calls.append("add") or fused_add(*a))
     monkeypatch.setattr(norm_module, "_compiled_composition", lambda: lambda *a: calls.append("compiled") or composition(*a))
     norm = RMSNorm(8)
     x = torch.randn(2, 8, requires_grad=True)
     norm(x)
     with torch.no_grad():
         norm(x)
+        norm.add_then_norm(x, x)
     assert calls == []  # CPU tensors: the composition
     if torch.cuda.is_available():
         norm, x = norm.cuda(), x.cuda()
@@ -85,4 +133,6 @@ def test_module_uses_the_kernel_only_where_no_gradient_is_recorded_on_cuda(monke
         assert y.requires_grad  # the Triton kernel has no backward: it must not take a recorded call
         with torch.no_grad():
             norm(x.bfloat16())
-        assert calls == ["compiled", "triton"]
+            norm.add_then_norm(x.float(), x.bfloat16())  # float32 residual + bf16 branch: the fused add
+        norm.add_then_norm(x.float(), x.bfloat16())  # recorded: the add, then the composition
+        assert calls == ["compiled", "triton", "add"]

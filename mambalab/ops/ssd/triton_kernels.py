@@ -456,11 +456,17 @@ def _close_state_side(pairs_dt, dC, dB, B, C, ACC: tl.constexpr, DOT: tl.constex
 
 
 @triton.jit
-def _add_to_group(dC, dB, dC_ptr, dB_ptr, row, group, groups, n_state, offs_q, offs_n, qn_mask):
-    """A program's (dC, dB) (Q, N) added atomically into the group's float32 (float64) buffers (l, g, n)."""
+def _add_to_group(dC, dB, dC_ptr, dB_ptr, row, group, groups, n_state, offs_q, offs_n, qn_mask,
+                  SOLE: tl.constexpr):
+    """A program's (dC, dB) (Q, N) into the group's buffers (l, g, n): stored in their dtype where this program
+    is the only one to write these elements (SOLE), else added atomically into zeroed float32 (float64) ones."""
     gn_offs = row * groups * n_state + group * n_state + _tile(offs_q, offs_n, groups * n_state, 1)
-    tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")
-    tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")
+    if SOLE:
+        tl.store(dC_ptr + gn_offs, dC.to(dC_ptr.dtype.element_ty), mask=qn_mask)
+        tl.store(dB_ptr + gn_offs, dB.to(dB_ptr.dtype.element_ty), mask=qn_mask)
+    else:
+        tl.atomic_add(dC_ptr + gn_offs, dC, mask=qn_mask, sem="relaxed")
+        tl.atomic_add(dB_ptr + gn_offs, dB, mask=qn_mask, sem="relaxed")
 
 
 @triton.jit(do_not_specialize=["heads_per_program"])
@@ -577,7 +583,7 @@ def ssd_chunk_backward_kernel(
                 x_offs, dy_offs, z_offs, s_x_l, s_x_h, s_dt_l, s_dt_h, s_z_l, s_z_h, s_dy_l, s_dy_h, ACC, DOT,
                 PRECISION, HAS_Z, HAS_BIAS, SOFTPLUS)
     dC, dB = _close_state_side(pairs_dt, dC, dB, B, C, ACC, DOT, PRECISION)  # (Q, N) each
-    _add_to_group(dC, dB, dC_ptr, dB_ptr, row, group, groups, n_state, offs_q, offs_n, qn_mask)
+    _add_to_group(dC, dB, dC_ptr, dB_ptr, row, group, groups, n_state, offs_q, offs_n, qn_mask, False)
 
 
 @triton.jit(do_not_specialize=["heads_per_program"])
@@ -589,11 +595,13 @@ def ssd_chunk_state_side_kernel(
     heads, groups, heads_per_group, heads_per_program, head_dim, n_state,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SOLE: tl.constexpr,
 ):
     """dB and dC of one chunk and channel block for `heads_per_program` consecutive heads of one group (grid:
     chunks × heads / heads_per_program × channel blocks): the second head loop of ssd_chunk_backward_kernel
     (STATE_SIDE) as a kernel of its own, its registers free of the first loop's tiles (SSDConfig.state_side
-    "kernel"). Adds into dB, dC as that kernel does."""
+    "kernel"). Adds into dB, dC as that kernel does, or (SOLE: one channel block and a whole group per program)
+    stores them in their dtype."""
     (chunk, slot, _pblock, row, offs_q, offs_p, offs_n, _p_mask, row_mask, qp_mask, qn_mask, pn_mask,
      _) = _chunk_program(chunk_seq_ptr, seq_ptr, chunk_ptr, heads, head_dim, n_state, BLOCK_Q, BLOCK_P, BLOCK_N)
     first_head = slot * heads_per_program
@@ -614,7 +622,7 @@ def ssd_chunk_state_side_kernel(
     C = tl.load(C_ptr + row * s_C_l + group * s_C_g + _tile(offs_q, offs_n, s_C_l, s_C_n), mask=qn_mask,
                 other=0.0).to(DOT)  # (Q, N)
     dC, dB = _close_state_side(pairs_dt, dC, dB, B, C, ACC, DOT, PRECISION)
-    _add_to_group(dC, dB, dC_ptr, dB_ptr, row, group, groups, n_state, offs_q, offs_n, qn_mask)
+    _add_to_group(dC, dB, dC_ptr, dB_ptr, row, group, groups, n_state, offs_q, offs_n, qn_mask, SOLE)
 
 
 @triton.jit

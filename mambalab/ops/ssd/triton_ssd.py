@@ -399,17 +399,18 @@ def _adjoint_warps(block_p: int, cfg) -> int:
     return cfg.warps_adjoint or (4 if block_p >= 64 else 8)
 
 
-def _heads_per_program(chunks: int, heads: int, heads_per_group: int, p_blocks: int, cfg, device) -> int:
-    """Heads per program of the gradient kernel: cfg.heads_per_program, or (0) the most heads of a group (a
-    divisor of heads / groups) that still give ≥ 2 programs per multiprocessor (each program adds its dB, dC
-    once per element: fewer programs, fewer atomic adds)."""
+def _heads_per_program(chunks: int, heads: int, heads_per_group: int, p_blocks: int, cfg, device,
+                       per_sm: int = 2) -> int:
+    """Heads per program of the gradient kernel (or the state-side kernel): cfg.heads_per_program, or (0) the
+    most heads of a group (a divisor of heads / groups) that still give ≥ `per_sm` programs per multiprocessor,
+    as many as fit on one (each program adds its dB, dC once per element: fewer programs, fewer atomic adds)."""
     k = cfg.heads_per_program
     if k < 0 or (k and heads_per_group % k):
         raise ConfigError(f"SSDConfig.heads_per_program={k}: expected 0 (auto) or a divisor of heads / groups = "
                           f"{heads_per_group}")
     if k:
         return k
-    fill = 2 * _multiprocessors(device)
+    fill = per_sm * _multiprocessors(device)
     fits = [d for d in range(1, heads_per_group + 1)
             if heads_per_group % d == 0 and chunks * (heads // d) * p_blocks >= fill]
     return max(fits, default=1)
@@ -468,19 +469,38 @@ def _strides_lhp(t):
     return (t.stride(1), t.stride(2), t.stride(3)) if t is not None else (0, 0, 0)
 
 
-def _state_side(x, dt, A, B, C, z, dt_bias, dy, states, adjoints, dB, dC, layout, flags, cfg):
-    """dB and dC summed over each group's heads (added into the zeroed buffers dB, dC) by their own kernel
-    (SSDConfig.state_side "kernel")."""
+@dataclass(frozen=True)
+class _StateSidePlan:
+    """The grid of ssd_chunk_state_side_kernel: channels and heads per program; `sole` when each program is the
+    only one to write its rows of dB and dC (one channel block, a whole group), which it then stores in their
+    dtype instead of adding into zeroed float32 buffers (no zeroing, no atomics, no conversion after)."""
+
+    block_p: int
+    p_blocks: int
+    per_program: int
+    sole: bool
+
+    @classmethod
+    def of(cls, chunks: int, heads: int, groups: int, head_dim: int, cfg, device) -> _StateSidePlan:
+        # 255 registers a thread at every sm_90 build of the kernel (Triton 3.6): 8 warps take a multiprocessor's
+        # 64 K registers, so one program fills it; 4 warps, two.
+        block_p = _block(head_dim, cfg.block_p_state_side)
+        p_blocks = -(-head_dim // block_p)
+        per_program = _heads_per_program(chunks, heads, heads // groups, p_blocks, cfg, device,
+                                         per_sm=max(1, 8 // cfg.warps_state_side))
+        return cls(block_p, p_blocks, per_program, p_blocks == 1 and per_program == heads // groups)
+
+
+def _state_side(x, dt, A, B, C, z, dt_bias, dy, states, adjoints, dB, dC, layout, flags, plan, cfg):
+    """dB and dC summed over each group's heads by their own kernel (SSDConfig.state_side "kernel"), stored
+    into dB, dC or added into them (zeroed) as `plan` says."""
     heads, head_dim, groups, n = x.shape[2], x.shape[3], B.shape[2], B.shape[3]
-    block_p = _block(head_dim, cfg.block_p_state_side)
-    p_blocks = -(-head_dim // block_p)
-    per_program = _heads_per_program(layout.chunks, heads, heads // groups, p_blocks, cfg, x.device)
-    kernels().ssd_chunk_state_side_kernel[(layout.chunks, heads // per_program, p_blocks)](
+    kernels().ssd_chunk_state_side_kernel[(layout.chunks, heads // plan.per_program, plan.p_blocks)](
         x, dt, A, B, C, _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks, layout.chunk_seq,
         states, adjoints, dB, dC, *x.stride()[1:], *dt.stride()[1:], *B.stride()[1:], *C.stride()[1:],
         *_strides_lhp(z), *dy.stride()[1:],
-        heads, groups, heads // groups, per_program, head_dim, n, BLOCK_P=block_p, **flags,
-        num_warps=cfg.warps_state_side, num_stages=cfg.stages_state_side,
+        heads, groups, heads // groups, plan.per_program, head_dim, n, BLOCK_P=plan.block_p, **flags,
+        SOLE=plan.sole, num_warps=cfg.warps_state_side, num_stages=cfg.stages_state_side,
     )
 
 
@@ -506,10 +526,15 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
     dA = _empty(chunks, heads, p_blocks, device=dev, dtype=acc_torch)
     dD = _empty(chunks, heads, head_dim, device=dev, dtype=acc_torch)
     Dm = _d_matrix(D, heads, head_dim)
-    dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)  # summed by atomic adds
-    dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
+    inline = cfg.state_side == "inline"
+    plan = None if inline else _StateSidePlan.of(chunks, heads, groups, head_dim, cfg, dev)
+    if plan is not None and plan.sole:  # stored once per element by the state-side kernel
+        dB = _empty(rows, groups, n, device=dev, dtype=B.dtype)
+        dC = _empty(rows, groups, n, device=dev, dtype=C.dtype)
+    else:  # summed by atomic adds
+        dB = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
+        dC = torch.zeros(rows, groups, n, device=dev, dtype=acc_torch)
     if chunks:
-        inline = cfg.state_side == "inline"
         per_program = _heads_per_program(chunks, heads, heads // groups, p_blocks, cfg, dev)
         k.ssd_chunk_backward_kernel[(chunks, heads // per_program, p_blocks)](
             x, dt, A, B, C, _or(Dm, x), _or(z, x), _or(dt_bias, x), dy, layout.seq_starts, layout.first_chunks,
@@ -521,7 +546,7 @@ def _backward(dy, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, layout, 
             num_warps=cfg.warps_backward, num_stages=cfg.stages_backward,
         )
         if not inline:
-            _state_side(x, dt, A, B, C, z, dt_bias, dy, states, adjoints, dB, dC, layout, flags, cfg)
+            _state_side(x, dt, A, B, C, z, dt_bias, dy, states, adjoints, dB, dC, layout, flags, plan, cfg)
     del states, adjoints  # back to the allocator (stream-ordered) before the sums below allocate: a lower peak
 
     ddt = ddt.sum(-1)  # (b·l, h): ∂loss/∂(dt + dt_bias)
