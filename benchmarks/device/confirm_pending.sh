@@ -1,7 +1,7 @@
 #!/bin/bash
-# The call that confirms branch gpu-pending (device; carry .device and .official-src), most needed first: the
-# compiled tests, SSD timings (ours vs official), the decode step's kernels A/B (base: .device/base, filled by
-# `git archive main mambalab | tar x -C .device/base`, the tree without the fused residual add), the SSD profile.
+# The call that confirms a branch of GPU-unmeasured kernel changes (device; carry .device and .official-src), most
+# needed first: the compiled tests, SSD timings (ours vs official), the decode step's kernels A/B (base:
+# .device/base, filled by `git archive main mambalab | tar x -C .device/base`, main's tree), the SSD profile.
 nvidia-smi --query-gpu=name --format=csv,noheader
 mkdir -p /tmp/ofs && tar xzf .official-src/mamba_ssm-2.3.2.post1.tar.gz -C /tmp/ofs
 export BENCH_GIT_COMMIT=$(cat .device/commit); OFF=/tmp/ofs/mamba_ssm-2.3.2.post1
