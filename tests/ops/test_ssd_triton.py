@@ -13,15 +13,9 @@ from mambalab.ops import backends
 from mambalab.ops.ssd import OP, STEP_OP, ssd_scan, ssd_state_update, triton_ssd
 from mambalab.ops.ssd.triton_ssd import STATE_MODES, STATE_SIDES, SSDConfig, ssd_triton
 from tests.conftest import rel_error
+from tests.ops import ssd_cases
 from tests.ops.conftest import TRITON_DEVICE
-from tests.ops.ssd_cases import (
-    check_against_reference,
-    grads_of,
-    make_inputs,
-    requiring_grad,
-    run,
-    with_one_float64,
-)
+from tests.ops.ssd_cases import check_against_reference, grads_of, make_inputs, requiring_grad, run
 
 pytestmark = pytest.mark.usefixtures("triton_kernels", "poisoned_kernel_outputs")
 
@@ -53,7 +47,7 @@ def test_matches_reference(dtype, options, length, chunk_size, state_mode):
 @pytest.mark.parametrize("name", ["dt", "A", "B", "C", "D", "initial_state"])
 def test_one_float64_input_among_float32_ones(name):
     """Computed in float64 (final state float64) when one of dt, A, B, C is, as the other backends are."""
-    kw = with_one_float64(make_inputs(1, 19, 2, 3, 1, 4, frozenset({"D", "softplus", "initial_state"})), name)
+    kw = ssd_cases.with_one_float64(make_inputs(1, 19, 2, 3, 1, 4, frozenset({"D", "softplus", "initial_state"})), name)
     check_against_reference("triton", kw, *BOUNDS[torch.float32], device=TRITON_DEVICE, chunk_size=16)
 
 
