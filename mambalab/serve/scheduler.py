@@ -395,7 +395,7 @@ class Scheduler:
             if r.sampling.repetition_penalty != 1.0:
                 r.seen = torch.zeros(1, self.model.config.vocab_size, dtype=torch.bool, device=device)
                 r.seen[0, torch.tensor(r.prompt, device=device)] = True
-            if r.fork_of is not None and not r.fork_of.done.is_set():
+            if r.fork_of is not None and any(p is r.fork_of for p in self._prefilling):
                 self._forks.append(r)  # its whole prompt comes from the request it forks
                 continue
             self._start_prefill(r)
@@ -409,7 +409,8 @@ class Scheduler:
         self._prefilling.append(r)
 
     def _release_orphaned_forks(self) -> None:
-        """Forks of a request that ended before its prefill did (cancelled, timed out) prefill themselves."""
+        """Forks of a request that ended before its prefill did (cancelled, timed out) prefill themselves. (A
+        fork admitted after its request's prefill, `max_num_seqs` reached, prefills itself at once.)"""
         orphans = [r for r in self._forks if r.fork_of.done.is_set()]
         if orphans:
             self._forks = [r for r in self._forks if not r.fork_of.done.is_set()]

@@ -337,3 +337,23 @@ def test_forks_of_a_request_cancelled_mid_prefill_prefill_themselves():
     leader.cancel()
     scheduler.run_until_done([leader, fork])
     assert leader.finish_reason == "cancelled" and fork.text.emitted == alone.text
+
+
+def test_a_fork_admitted_after_its_leaders_prefill_prefills_itself():
+    """max_num_seqs = 2 with another request running: the second choice is admitted while the first decodes,
+    and prefills itself at once instead of waiting for a prefill that is over."""
+    model = byte_model()
+    prompt = TOK.encode("one at a time")
+    (alone,) = Engine(model, TOK).complete([prompt], 30)
+    scheduler = Engine(model, TOK, limits=Limits(max_num_seqs=2)).scheduler
+    other = Request(TOK.encode("x"), 3)
+    scheduler.submit([other])
+    scheduler.step()
+    leader = Request(prompt, 30)
+    fork = Request(prompt, 30, fork_of=leader)
+    scheduler.submit([leader, fork])
+    while not fork.started:
+        scheduler.step()
+    assert other.done.is_set() and not leader.done.is_set()  # admitted after its leader's prefill, not its end
+    scheduler.run_until_done([leader, fork])
+    assert leader.text.emitted == fork.text.emitted == alone.text
