@@ -112,10 +112,10 @@ class PrefixCache:
         """The state after `tokens`: from the cache when cached, else computed (resuming from the longest
         cached prefix) and cached; `pin` as in `put`."""
         key = _key(tokens)
+        if pin:  # before `_state` reads it from disk into memory, so that this read cannot evict it
+            self._pinned.add(key)
         state = self._state(key) if key in self._entries else None
         if state is not None:
-            if pin:
-                self._pinned.add(key)  # `_state` has just put it in memory
             return state
         n, state = self.lookup(key)
         _, state = prefill(self.model, [list(key[n:])], state, self.state_dtype)

@@ -149,6 +149,9 @@ def test_pinning_an_already_cached_state_keeps_it(model, tmp_path):
     cache.prefill(a, pin=True)  # read from disk, now pinned
     cache.prefill(b)
     assert list(cache._memory) == [tuple(a)]  # b was evicted to disk, a stayed
+    no_room = PrefixCache(model, max_bytes=0, directory=tmp_path)
+    no_room.prefill(a, pin=True)  # its read from disk does not evict it
+    assert list(no_room._memory) == [tuple(a)] and no_room.nbytes == one
 
 
 def test_a_memory_only_put_writes_no_file(model, tmp_path):
