@@ -93,7 +93,8 @@ def _text_blocks(path: Path, block_bytes: int) -> Iterator[str]:
         while True:
             block = f.read(block_bytes)
             data += block
-            cut = len(data) if not block else _last_word_start(data)
+            # Only the new bytes (and the newline before them) can hold a cut: the rest had none.
+            cut = len(data) if not block else _last_word_start(data, len(data) - len(block) - 1)
             if cut > 0 or (not block and not yielded):
                 try:
                     yield data[:cut].decode("utf-8")
@@ -108,10 +109,10 @@ def _text_blocks(path: Path, block_bytes: int) -> Iterator[str]:
                 return
 
 
-def _last_word_start(data: bytearray) -> int:
-    """The position after the last newline of `data` that a non-space byte follows; 0 when there is none."""
+def _last_word_start(data: bytearray, start: int = 0) -> int:
+    """The position after the last newline of `data[start:]` that a non-space byte follows; 0 when none."""
     end = len(data)
-    while (newline := data.rfind(b"\n", 0, end)) >= 0:
+    while (newline := data.rfind(b"\n", max(start, 0), end)) >= 0:
         if newline + 1 < len(data) and not data[newline + 1 : newline + 2].isspace():
             return newline + 1
         end = newline
