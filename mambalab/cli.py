@@ -281,8 +281,9 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     typer.echo(f"loading {model_dir} on {device}")
     try:
-        run_server(model_dir, host, int(port), system_prompt, device=device, dtype=torch_dtype, cache_dir=prefix_cache_dir,
-                   cache_bytes=prefix_cache_mb << 20, state_dtype=state_dtype, served_model_name=served_model_name, api_key=api_key, limits=limits,
+        run_server(model_dir, host, int(port), system_prompt, device=device, dtype=torch_dtype,
+                   cache_dir=prefix_cache_dir, cache_bytes=prefix_cache_mb << 20, state_dtype=state_dtype,
+                   served_model_name=served_model_name, api_key=api_key, limits=limits,
                    drain_timeout=shutdown_timeout, stream_interval=stream_interval_ms / 1000,
                    on_listening=lambda url: typer.echo(f"serving on {url}/v1 (Ctrl-C stops)"))
     except (ValueError, OSError) as e:

@@ -269,7 +269,7 @@ class Scheduler:
     @property
     def n_in_flight(self) -> int:
         """Requests prefilling or decoding (read from another thread: a snapshot that may be a step old)."""
-        return self._n_in_flight()
+        return len(self._prefilling) + len(self._forks) + len(self._joining) + len(self._running())
 
     @property
     def busy(self) -> bool:
@@ -379,12 +379,9 @@ class Scheduler:
     def _running(self) -> list[Request]:
         return [r for r in self._slots if r is not None and not r.done.is_set()]
 
-    def _n_in_flight(self) -> int:
-        return len(self._prefilling) + len(self._forks) + len(self._joining) + len(self._running())
-
     def _admit(self) -> None:
         self._release_orphaned_forks()
-        while self._waiting and self._n_in_flight() < self.limits.max_num_seqs:
+        while self._waiting and self.n_in_flight < self.limits.max_num_seqs:
             r = self._waiting.popleft()
             if r.max_new_tokens == 0:
                 r._finish("length")

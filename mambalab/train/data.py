@@ -161,10 +161,11 @@ def iter_documents(inputs: Iterable[str | Path], text_field: str = "text") -> It
 
 
 def _document_tokens(pieces: Iterator[str], tokenizer: Tokenizer, name: str) -> Iterator[tuple[np.ndarray, int]]:
-    """(token ids, UTF-8 bytes) of one document (of the file `name`) given in pieces, EOS after its last ids. A cut between two
-    pieces is kept only where the text around it (CUT_CHECK_CHARS each side) tokenizes whole as its two halves
-    do, so the ids are the whole document's whenever the tokenizer decides each token from that much context;
-    elsewhere (a tokenizer that marks the start of a text, say) the pieces are joined and tokenized together."""
+    """(token ids, UTF-8 bytes) of one document of the file `name`, given in pieces; EOS after its last ids.
+    A cut between two pieces is kept only where the text around it (CUT_CHECK_CHARS each side) tokenizes whole
+    as its two halves do, so the ids are the whole document's whenever the tokenizer decides each token from
+    that much context; elsewhere (a tokenizer that marks the start of a text, say) the pieces are joined and
+    tokenized together."""
     held: list[str] = []  # pieces tokenized together, once the cut after them is known to be safe
     for piece in pieces:
         if held and _cut_is_safe(tokenizer, held[-1], piece):

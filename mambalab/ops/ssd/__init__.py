@@ -86,9 +86,9 @@ def ssd_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, in
     ((num_seqs + 1,) integer offsets of sequences packed along l, batch 1).
     Δ = softplus(dt + dt_bias) if dt_softplus else dt + dt_bias; H_t = exp(Δ_t A) H_{t-1} + Δ_t x_t ⊗ B_t;
     y_t = H_t · C_t + D x_t; y · silu(z). Returns y (x's dtype), or (y, final_state) with final_state
-    (b, h, p, n) (per sequence with cu_seqlens) in float32, float64 when any of x, dt, A, B, C is float64. Shapes, dtypes and
-    devices are always checked; A's values (negative, finite) only on CPU tensors, where reading them costs no
-    host synchronisation.
+    (b, h, p, n) (per sequence with cu_seqlens) in float32, float64 when any of x, dt, A, B, C is float64.
+    Shapes, dtypes and devices are always checked; A's values (negative, finite) only on CPU tensors, where
+    reading them costs no host synchronisation.
     """
     validate(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, chunk_size)
     impl = backends.get(OP, backends.resolve(OP, backend, x.device))
